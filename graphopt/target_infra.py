@@ -1,0 +1,118 @@
+"""What a compilation target is: options, TVM target, named stages, export, availability.
+
+One target = one file in `targets/`, holding a frozen options dataclass (its hash is part of
+every cache key) and the pass names of its stages, so the whole flow reads on one screen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tvm
+
+from .errors import TargetError
+from .pass_infra import parse_value
+
+# Stage order after the graph passes. Every target names the passes of each stage.
+STAGES = ("legalize", "schedule", "lower")
+
+
+@dataclass(frozen=True)
+class Availability:
+    can_compile: bool
+    can_run: bool
+    reason: str = ""
+
+
+class Target:
+    """Base class of a target; subclasses are registered with `register_target`."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.default_options()
+
+    @classmethod
+    def default_options(cls) -> Any:
+        return cls.Options()
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def from_text_options(cls, raw: Mapping[str, str]) -> Target:
+        """Options from `--target-opt key=value` strings, typed by the dataclass fields."""
+        base = cls.default_options()
+        fields = {f.name: f for f in dataclasses.fields(base)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise TargetError(
+                f"target '{cls.name}' has no option {', '.join(unknown)} "
+                f"(options: {', '.join(fields)})"
+            )
+        values: dict[str, Any] = {}
+        for key, text in raw.items():
+            current = getattr(base, key)
+            if isinstance(current, tuple):
+                values[key] = tuple(p for p in text.replace(",", ":").split(":") if p)
+            elif isinstance(current, str):
+                values[key] = text
+            else:
+                values[key] = parse_value(text)
+        return cls(dataclasses.replace(base, **values))
+
+    def options_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    def cache_key(self) -> str:
+        """Stable across runs: the target name and its frozen options."""
+        return f"{self.name}:{sorted(self.options_dict().items())}"
+
+    def tvm_target(self) -> tvm.target.Target:
+        raise NotImplementedError
+
+    def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
+        """Pass names per stage (see STAGES), as text-pipeline items."""
+        raise NotImplementedError
+
+    def device(self) -> Any:
+        return tvm.cpu()
+
+    def export(self, executable: Any, path: Path) -> None:
+        executable.export_library(str(path))
+
+    def availability(self) -> Availability:
+        return Availability(True, True)
+
+
+_TARGETS: dict[str, type[Target]] = {}
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    if cls.name in _TARGETS and _TARGETS[cls.name] is not cls:
+        raise ValueError(f"target {cls.name!r} registered twice")
+    _TARGETS[cls.name] = cls
+    return cls
+
+
+def registered_targets() -> dict[str, type[Target]]:
+    from . import targets  # noqa: F401  - importing registers every target file
+
+    return dict(sorted(_TARGETS.items()))
+
+
+def make_target(name: str, raw_options: Mapping[str, str] | None = None) -> Target:
+    targets = registered_targets()
+    if name not in targets:
+        raise TargetError(f"unknown target '{name}' (known: {', '.join(targets)})")
+    return targets[name].from_text_options(dict(raw_options or {}))

@@ -1,0 +1,82 @@
+"""x86-64 CPU through LLVM, tuned for the host CPU unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+
+from graphopt import _tvm
+from graphopt.target_infra import Target, register_target
+
+# Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
+# finalize_passes, spelled out so the whole flow is visible here.
+CPU_LOWER = [
+    "tvm.RewriteDataflowReshape",
+    "tvm.ToNonDataflow",
+    "tvm.RemovePurityChecking",
+    "tvm.CallTIRRewrite",
+    "tvm.StaticPlanBlockMemory",
+    "tvm.LowerAllocTensor",
+    "tvm.KillAfterLastUse",
+    "tvm.LowerRuntimeBuiltin",
+    "tvm.ComputePrimValue",
+    "tvm.VMShapeLower",
+    "tvm.AttachGlobalSymbol",
+]
+
+# Operators to TIR, then fold what became constant and fuse elementwise tails into kernels:
+# plain tvm.compile on CPU does neither.
+CPU_LEGALIZE = [
+    "tvm.backend.DispatchSampling",
+    "tvm.backend.DispatchSortScan",
+    "tvm.LegalizeOps",
+    "tvm.AnnotateTIROpPattern",
+    "tvm.FoldConstant",
+    "tvm.FuseOps",
+    "tvm.FuseTIR",
+]
+
+
+def cpu_schedule_stage(tuning_db: Path | None) -> list[str]:
+    """Apply tuned records when a database is given; otherwise kernels stay as TVM lowers them."""
+    if tuning_db is None:
+        return []
+    return [f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}"]
+
+
+@register_target
+class X86(Target):
+    """x86-64 CPU (LLVM); -mcpu detected from this host unless given."""
+
+    name = "x86"
+
+    @dataclass(frozen=True)
+    class Options:
+        mcpu: str = ""
+        mattr: tuple[str, ...] = ()
+        num_cores: int = 0
+        triple: str = "x86_64-linux-gnu"
+
+    @classmethod
+    def default_options(cls) -> Options:
+        return cls.Options(mcpu=_tvm.host_cpu_name(), num_cores=os.cpu_count() or 1)
+
+    def tvm_target(self) -> tvm.target.Target:
+        spec: dict = {"kind": "llvm", "mtriple": self.options.triple}
+        if self.options.mcpu:
+            spec["mcpu"] = self.options.mcpu
+        if self.options.mattr:
+            spec["mattr"] = list(self.options.mattr)
+        if self.options.num_cores:
+            spec["num-cores"] = self.options.num_cores
+        return _tvm.make_target(spec)
+
+    def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
+        return {
+            "legalize": list(CPU_LEGALIZE),
+            "schedule": cpu_schedule_stage(tuning_db),
+            "lower": list(CPU_LOWER),
+        }
