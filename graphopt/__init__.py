@@ -19,16 +19,29 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def compile(model: Any, output: str | Path, *, target: str = "x86", opt_level: int = 2,
-            pipeline: str | None = None, input_shapes: dict | None = None,
-            target_options: dict | None = None, **kwargs: Any) -> Artifact:
+def compile(
+    model: Any,
+    output: str | Path,
+    *,
+    target: str = "x86",
+    opt_level: int = 2,
+    pipeline: str | None = None,
+    input_shapes: dict | None = None,
+    target_options: dict | None = None,
+    **kwargs: Any,
+) -> Artifact:
     """Compile an ONNX model (path or ModelProto) into an artifact directory."""
     from .compile import CompileOptions, compile_model
 
     progress = kwargs.pop("progress", None)
-    opts = CompileOptions(target=target, opt_level=opt_level, pipeline=pipeline,
-                          input_shapes=input_shapes or {}, target_options=target_options or {},
-                          **kwargs)
+    opts = CompileOptions(
+        target=target,
+        opt_level=opt_level,
+        pipeline=pipeline,
+        input_shapes=input_shapes or {},
+        target_options=target_options or {},
+        **kwargs,
+    )
     return compile_model(model, output, opts, progress=progress)
 
 

@@ -64,11 +64,6 @@ def _returns_pass(cls: type) -> bool:
     return issubclass(cls, tvm.transform.Pass)
 
 
-def first_line_doc(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
-
-
 def make_target(spec: dict[str, Any] | str) -> tvm.target.Target:
     """TVM 0.27 rejects option strings ("llvm -mcpu=x"); targets are dicts or tags."""
     return tvm.target.Target(spec)
@@ -90,13 +85,16 @@ def host_cpu_features() -> set[str]:
 
 def iter_relax_calls(mod: tvm.IRModule) -> Iterator[relax.Call]:
     """Every Call in every Relax function of the module."""
+    calls: list[relax.Call] = []
+
+    def collect(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call):
+            calls.append(expr)
+
     for _, func in mod.functions.items():
         if isinstance(func, relax.Function):
-            calls: list[relax.Call] = []
-            relax.analysis.post_order_visit(
-                func, lambda e: calls.append(e) if isinstance(e, relax.Call) else None
-            )
-            yield from calls
+            relax.analysis.post_order_visit(func, collect)
+    return iter(calls)
 
 
 def op_counts(mod: tvm.IRModule) -> dict[str, int]:
@@ -132,6 +130,15 @@ def estimate_flops(mod: tvm.IRModule) -> int:
                 continue
             total += int(flops) * calls[gvar.name_hint]
     return total
+
+
+def well_formed_error(mod: tvm.IRModule) -> str | None:
+    """None if the module is well-formed, else the reason (0.27's well_formed raises)."""
+    try:
+        relax.analysis.well_formed(mod)
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types
+        return str(err).strip().splitlines()[-1]
+    return None
 
 
 def tensor(array: np.ndarray) -> Any:

@@ -38,8 +38,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     shapes = dict(parse_shape_arg(s) for s in args.input_shape)
     instruments: list[object] = []
     if args.print_after or args.print_after_all or args.print_after_change:
-        instruments.append(PrintAfter(args.print_after, args.print_after_all,
-                                      args.print_after_change))
+        instruments.append(
+            PrintAfter(args.print_after, args.print_after_all, args.print_after_change)
+        )
     if args.dump_dir:
         instruments.append(DumpDir(Path(args.dump_dir)))
     timer = TimePasses() if args.time_passes else None
@@ -59,8 +60,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if timer:
         print(timer.table())
     report = art.manifest["report"]
-    print(f"compiled {args.model} -> {args.output}/ for {args.target}: "
-          f"{report['kernels']} kernels, {report['flops'] / 1e6:.2f} MFLOPs")
+    print(
+        f"compiled {args.model} -> {args.output}/ for {args.target}: "
+        f"{report['kernels']} kernels, {report['flops'] / 1e6:.2f} MFLOPs"
+    )
     return 0
 
 
@@ -83,13 +86,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     art = load(args.artifact)
     inputs = load_npz(args.inputs) if args.inputs else None
-    result = compare(art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup,
-                     progress=_eprint)
-    rows = [[name, f"{t.median_ms:.3f}", f"{t.p10_ms:.3f}", f"{t.p90_ms:.3f}", len(t.samples_ms)]
-            for name, t in result.timings.items()]
+    result = compare(
+        art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup, progress=_eprint
+    )
+    rows = [
+        [name, f"{t.median_ms:.3f}", f"{t.p10_ms:.3f}", f"{t.p90_ms:.3f}", len(t.samples_ms)]
+        for name, t in result.timings.items()
+    ]
     print(format_table(["runtime", "median ms", "p10 ms", "p90 ms", "runs"], rows))
-    print(f"ratio graphopt / onnxruntime: {result.ratio:.2f}x "
-          f"(threads: {env.num_threads()}; max error {result.max_rel_error:.1e})")
+    print(
+        f"ratio graphopt / onnxruntime: {result.ratio:.2f}x "
+        f"(threads: {env.num_threads()}; max error {result.max_rel_error:.1e})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return 0
@@ -101,8 +109,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     art = load(args.artifact)
     result = compare(art, args.vs, eval_npz=args.eval, runs=args.runs, progress=_eprint)
-    print(f"\n{Path(args.vs).name} -> {args.artifact} "
-          f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})")
+    print(
+        f"\n{Path(args.vs).name} -> {args.artifact} "
+        f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})"
+    )
     print(result.table())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -124,7 +134,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print("\nTVM passes (use as tvm.<Name>):")
         print("  " + ", ".join(_tvm.relax_pass_names()))
     else:
-        print("\nTVM's own Relax passes are usable as tvm.<Name> (list them: graphopt passes --tvm)")
+        print(
+            "\nTVM's own Relax passes are usable as tvm.<Name> (list them: graphopt passes --tvm)"
+        )
     return 0
 
 
@@ -138,8 +150,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
         avail = target.availability()
         status = "compile+run" if avail.can_run else "compile" if avail.can_compile else "no"
         opts = ", ".join(f"{k}={v}" for k, v in target.options_dict().items())
-        rows.append([name, cls.summary(), status + (f" ({avail.reason})" if avail.reason else ""),
-                     opts])
+        rows.append(
+            [name, cls.summary(), status + (f" ({avail.reason})" if avail.reason else ""), opts]
+        )
     print(format_table(["target", "summary", "here", "options (defaults)"], rows))
     return 0
 
@@ -153,23 +166,50 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="path to model.onnx")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
     c.add_argument("--target", default="x86", help="target name (see `graphopt targets`)")
-    c.add_argument("--target-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="target option, e.g. mcpu=znver3 (repeatable)")
-    c.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4),
-                   help="optimization preset O0..O3 (default 2)")
+    c.add_argument(
+        "--target-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="target option, e.g. mcpu=znver3 (repeatable)",
+    )
+    c.add_argument(
+        "-O",
+        dest="opt_level",
+        type=int,
+        default=2,
+        choices=range(4),
+        help="optimization preset O0..O3 (default 2)",
+    )
     c.add_argument("--pipeline", help='graph pipeline text, e.g. "fold-constants,dce"')
-    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="static shape for an input, e.g. input=1,3,224,224 (repeatable)")
+    c.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="static shape for an input, e.g. input=1,3,224,224 (repeatable)",
+    )
     c.add_argument("--db", help="tuning database directory to apply")
-    c.add_argument("--print-after", action="append", default=[], metavar="PASS",
-                   help="print the IR after this pass (repeatable)")
+    c.add_argument(
+        "--print-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="print the IR after this pass (repeatable)",
+    )
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
-    c.add_argument("--print-after-change", action="store_true",
-                   help="print the IR after every pass that changed it")
+    c.add_argument(
+        "--print-after-change",
+        action="store_true",
+        help="print the IR after every pass that changed it",
+    )
     c.add_argument("--dump-dir", help="write numbered TVMScript per pass and the pipeline text")
     c.add_argument("--time-passes", action="store_true", help="print a table of pass times")
-    c.add_argument("--verify-each", action="store_true",
-                   help="run the model after every pass; name the first pass that breaks it")
+    c.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="run the model after every pass; name the first pass that breaks it",
+    )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.set_defaults(func=cmd_compile)
 

@@ -23,11 +23,11 @@ from . import __version__, _tvm
 from .artifact import FORMAT, LIBRARY, MANIFEST, Artifact, AtomicDirectory, call_vm, writable_parent
 from .errors import PipelineError
 from .frontend import ImportedModel, import_onnx
+from .inputs import random_inputs
 from .instrument import VerifyEach
 from .pass_infra import GraphPass, PassResult
 from .pipeline import PRESETS, canonical_text, instantiate, parse_pipeline, run_passes
 from .target_infra import STAGES, Target, make_target
-from .inputs import random_inputs
 
 
 @dataclass
@@ -38,8 +38,13 @@ class PassLog:
 
     def after_pass(self, index, pass_: GraphPass, stage, before, result: PassResult, seconds):
         self.rows.append(
-            {"pass": pass_.name, "stage": stage, "modified": result.modified,
-             "seconds": round(seconds, 4), "stats": dict(result.stats)}
+            {
+                "pass": pass_.name,
+                "stage": stage,
+                "modified": result.modified,
+                "seconds": round(seconds, 4),
+                "stats": dict(result.stats),
+            }
         )
 
 

@@ -83,8 +83,14 @@ class TimePasses:
 
         total = sum(r[2] for r in self.rows) or 1e-12
         body = [
-            [name, stage, f"{sec * 1000:.1f}", f"{100 * sec / total:.1f}%",
-             "yes" if mod else "no", stats]
+            [
+                name,
+                stage,
+                f"{sec * 1000:.1f}",
+                f"{100 * sec / total:.1f}%",
+                "yes" if mod else "no",
+                stats,
+            ]
             for name, stage, sec, mod, stats in self.rows
         ]
         body.append(["total", "", f"{total * 1000:.1f}", "100%", "", ""])

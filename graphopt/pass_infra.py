@@ -51,7 +51,9 @@ class GraphPass:
 
     @classmethod
     def summary(cls) -> str:
-        return _tvm.first_line_doc(cls)
+        """First line of the class's own docstring (not inherited from GraphPass)."""
+        doc = (cls.__dict__.get("__doc__") or "").strip()
+        return doc.splitlines()[0] if doc else ""
 
     @classmethod
     def from_text_options(cls, raw: Mapping[str, str]) -> GraphPass:

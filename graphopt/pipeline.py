@@ -161,8 +161,9 @@ def run_passes(
         for inst in instruments:
             hook = getattr(inst, "after_pass", None)
             if hook is not None:
-                hook(index=len(ran), pass_=p, stage=stage, before=mod, result=result,
-                     seconds=seconds)
+                hook(
+                    index=len(ran), pass_=p, stage=stage, before=mod, result=result, seconds=seconds
+                )
         mod = result.module
         ran.append(p.name)
     return mod

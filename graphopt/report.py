@@ -59,20 +59,36 @@ class Comparison:
     def table(self) -> str:
         ort_t, go_t = self.timings["onnxruntime"], self.timings["graphopt"]
         rows = [
-            ["size", _mib(self.model_bytes) + " (.onnx)", _mib(self.library_bytes) + " (.so)",
-             f"{self.library_bytes / max(1, self.model_bytes):.2f}x"],
+            [
+                "size",
+                _mib(self.model_bytes) + " (.onnx)",
+                _mib(self.library_bytes) + " (.so)",
+                f"{self.library_bytes / max(1, self.model_bytes):.2f}x",
+            ],
             ["FLOPs", "", f"{self.flops / 1e6:.2f} M", ""],
-            ["latency (median)", f"{ort_t.median_ms:.3f} ms", f"{go_t.median_ms:.3f} ms",
-             f"{self.ratio:.2f}x"],
-            ["latency (p10-p90)", f"{ort_t.p10_ms:.3f}-{ort_t.p90_ms:.3f} ms",
-             f"{go_t.p10_ms:.3f}-{go_t.p90_ms:.3f} ms", ""],
+            [
+                "latency (median)",
+                f"{ort_t.median_ms:.3f} ms",
+                f"{go_t.median_ms:.3f} ms",
+                f"{self.ratio:.2f}x",
+            ],
+            [
+                "latency (p10-p90)",
+                f"{ort_t.p10_ms:.3f}-{ort_t.p90_ms:.3f} ms",
+                f"{go_t.p10_ms:.3f}-{go_t.p90_ms:.3f} ms",
+                "",
+            ],
             ["max error vs onnxruntime", "", f"{self.max_rel_error:.2e}", "(relative to scale)"],
         ]
         if self.accuracy:
-            rows.append([f"accuracy ({self.eval_samples} labelled)",
-                         f"{100 * self.accuracy['onnxruntime']:.2f}%",
-                         f"{100 * self.accuracy['graphopt']:.2f}%",
-                         f"{100 * (self.accuracy['graphopt'] - self.accuracy['onnxruntime']):+.2f} pt"])
+            rows.append(
+                [
+                    f"accuracy ({self.eval_samples} labelled)",
+                    f"{100 * self.accuracy['onnxruntime']:.2f}%",
+                    f"{100 * self.accuracy['graphopt']:.2f}%",
+                    f"{100 * (self.accuracy['graphopt'] - self.accuracy['onnxruntime']):+.2f} pt",
+                ]
+            )
         if self.top1_agreement is not None:
             rows.append(["top-1 agreement", "", f"{100 * self.top1_agreement:.2f}%", ""])
         return format_table(["", "onnxruntime", "graphopt", "graphopt / ort"], rows)
@@ -98,8 +114,9 @@ def compare(
     feeds = inputs or random_inputs(artifact.inputs)
     ref = ort_run(session, feeds)
     got = artifact.run(feeds)
-    err = max_relative_error([ref[o.name] for o in artifact.outputs],
-                             [got[o.name] for o in artifact.outputs])
+    err = max_relative_error(
+        [ref[o.name] for o in artifact.outputs], [got[o.name] for o in artifact.outputs]
+    )
     result = Comparison(
         model_bytes=Path(onnx_path).stat().st_size,
         library_bytes=artifact.library_path.stat().st_size,
@@ -109,10 +126,15 @@ def compare(
     )
     if eval_npz is not None:
         _evaluate(result, artifact, session, load_npz(eval_npz), say)
-    contestants = {"onnxruntime": lambda: ort_run(session, feeds), "graphopt": artifact.runner(feeds)}
+    contestants = {
+        "onnxruntime": lambda: ort_run(session, feeds),
+        "graphopt": artifact.runner(feeds),
+    }
     step = max(1, runs // 10)
     result.timings = interleaved(
-        contestants, runs=runs, warmup=warmup,
+        contestants,
+        runs=runs,
+        warmup=warmup,
         progress=lambda i, n: say(f"bench: {i}/{n} rounds") if i % step == 0 or i == n else None,
     )
     return result

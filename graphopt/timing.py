@@ -30,8 +30,12 @@ class Timing:
         return _quantile(self.samples_ms, 0.9)
 
     def to_json(self) -> dict[str, Any]:
-        return {"median_ms": round(self.median_ms, 4), "p10_ms": round(self.p10_ms, 4),
-                "p90_ms": round(self.p90_ms, 4), "runs": len(self.samples_ms)}
+        return {
+            "median_ms": round(self.median_ms, 4),
+            "p10_ms": round(self.p10_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "runs": len(self.samples_ms),
+        }
 
 
 def _quantile(values: tuple[float, ...], q: float) -> float:

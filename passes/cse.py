@@ -7,11 +7,10 @@ After:   a = R.exp(x); c = R.add(a, a)
 from __future__ import annotations
 
 import tvm
+from graphopt.passes._common import apply_tvm_pass, call_count
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-
-from ._common import apply_tvm_pass, call_count
 
 
 @register_pass
@@ -26,5 +25,6 @@ class CommonSubexprElimination(GraphPass):
             [relax.transform.EliminateCommonSubexpr(), relax.transform.DeadCodeElimination()]
         )
         result = apply_tvm_pass(mod, seq)
-        return PassResult(result.module, result.modified,
-                          {"calls_removed": before - call_count(result.module)})
+        return PassResult(
+            result.module, result.modified, {"calls_removed": before - call_count(result.module)}
+        )

@@ -7,11 +7,10 @@ After:   a = R.add(x, y); return a
 from __future__ import annotations
 
 import tvm
+from graphopt.passes._common import apply_tvm_pass, call_count
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-
-from ._common import apply_tvm_pass, call_count
 
 
 @register_pass
@@ -23,5 +22,6 @@ class DeadCodeElimination(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         before = call_count(mod)
         result = apply_tvm_pass(mod, relax.transform.DeadCodeElimination())
-        return PassResult(result.module, result.modified,
-                          {"calls_removed": before - call_count(result.module)})
+        return PassResult(
+            result.module, result.modified, {"calls_removed": before - call_count(result.module)}
+        )

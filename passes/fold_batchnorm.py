@@ -10,11 +10,10 @@ target's fusion then merges into the producer's kernel.
 from __future__ import annotations
 
 import tvm
+from graphopt.passes._common import apply_tvm_pass, call_count
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-
-from ._common import apply_tvm_pass, call_count
 
 _BN = "relax.nn.batch_norm"
 
@@ -29,9 +28,17 @@ class FoldBatchnorm(GraphPass):
         before = call_count(mod, _BN)
         folded = relax.transform.FoldBatchnormToConv2D()(mod)
         into_conv = before - call_count(folded, _BN)
-        result = apply_tvm_pass(mod, tvm.transform.Sequential([
-            relax.transform.FoldBatchnormToConv2D(),
-            relax.transform.DecomposeOpsForInference(),
-        ]))
-        return PassResult(result.module, result.modified,
-                          {"folded_into_conv": into_conv, "decomposed": before - into_conv})
+        result = apply_tvm_pass(
+            mod,
+            tvm.transform.Sequential(
+                [
+                    relax.transform.FoldBatchnormToConv2D(),
+                    relax.transform.DecomposeOpsForInference(),
+                ]
+            ),
+        )
+        return PassResult(
+            result.module,
+            result.modified,
+            {"folded_into_conv": into_conv, "decomposed": before - into_conv},
+        )

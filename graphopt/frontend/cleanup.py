@@ -15,8 +15,9 @@ _FOLD_SIZE_LIMIT = 1 << 20  # elements: never materialize huge folded tensors
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference with data propagation (so Shape-derived values become known)."""
-    return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                             data_prop=True)
+    return onnx.shape_inference.infer_shapes(
+        model, check_type=False, strict_mode=False, data_prop=True
+    )
 
 
 def fold_shape_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -23,7 +23,7 @@ class TensorSpec:
 
 
 def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
-    """"name=1,3,224,224" (or "name=1x3x224x224") to ("name", (1, 3, 224, 224))."""
+    """ "name=1,3,224,224" (or "name=1x3x224x224") to ("name", (1, 3, 224, 224))."""
     name, eq, dims = text.rpartition("=")
     if not eq or not name or not dims:
         raise InputError(f"--input-shape '{text}' is not NAME=DIMS (e.g. input=1,3,224,224)")

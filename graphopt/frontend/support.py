@@ -38,7 +38,11 @@ def check_supported(model: onnx.ModelProto) -> None:
             continue
         ok = node.domain in _STANDARD_DOMAINS and node.op_type in supported
         if not ok:
-            key = node.op_type if node.domain in _STANDARD_DOMAINS else f"{node.domain}.{node.op_type}"
+            key = (
+                node.op_type
+                if node.domain in _STANDARD_DOMAINS
+                else f"{node.domain}.{node.op_type}"
+            )
             missing.setdefault(key, []).append(node.name or f"<node #{i}>")
     if missing:
         parts = []

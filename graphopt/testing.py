@@ -1,0 +1,78 @@
+"""Helpers for tests and pass authors: structure checks, honesty checks, numeric checks.
+
+result = check_rewrite(MyPass(), Before, Expected)     # structure + honest `modified`
+check_no_change(MyPass(), Unrelated)                    # "does not fire"
+check_numerics(MyPass(), Before)                        # same outputs on random inputs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+
+from . import _tvm
+from .frontend.shapes import TensorSpec
+from .inputs import random_inputs
+from .instrument import max_relative_error
+from .pass_infra import GraphPass, PassResult
+
+
+def _well_formed(mod: tvm.IRModule, when: str, pass_name: str) -> None:
+    error = _tvm.well_formed_error(mod)
+    assert error is None, f"module is not well-formed {when} {pass_name}: {error}"
+
+
+def apply_checked(pass_: GraphPass, mod: tvm.IRModule) -> PassResult:
+    """Run a pass, checking well-formedness around it and that `modified` tells the truth."""
+    _well_formed(mod, "before", pass_.name)
+    result = pass_(mod)
+    _well_formed(result.module, "after", pass_.name)
+    changed = not _tvm.structural_equal(result.module, mod)
+    assert result.modified == changed, (
+        f"pass {pass_.name} reported modified={result.modified} but the module "
+        f"{'changed' if changed else 'did not change'}"
+    )
+    return result
+
+
+def check_rewrite(pass_: GraphPass, before: tvm.IRModule, expected: tvm.IRModule) -> PassResult:
+    result = apply_checked(pass_, before)
+    assert result.modified, f"pass {pass_.name} did not fire"
+    tvm.ir.assert_structural_equal(result.module, expected, map_free_vars=True)
+    return result
+
+
+def check_no_change(pass_: GraphPass, mod: tvm.IRModule) -> PassResult:
+    result = apply_checked(pass_, mod)
+    assert not result.modified, f"pass {pass_.name} fired where it should not"
+    return result
+
+
+def param_specs(mod: tvm.IRModule, func: str = "main") -> list[TensorSpec]:
+    specs = []
+    for p in mod[func].params:
+        ty = p.ty
+        shape = tuple(int(d) for d in ty.shape.values)
+        specs.append(TensorSpec(p.name, shape, str(ty.dtype)))
+    return specs
+
+
+def run_module(mod: tvm.IRModule, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Build a Relax module (at any stage before lowering) for the host and run `main`."""
+    from .compile import build_and_run
+    from .target_infra import make_target
+
+    return build_and_run(mod, make_target("x86"), arrays)
+
+
+def check_numerics(
+    pass_: GraphPass, mod: tvm.IRModule, rtol: float = 1e-5, seed: int = 0
+) -> PassResult:
+    """The pass keeps outputs within rtol (relative to output scale) on random inputs."""
+    result = apply_checked(pass_, mod)
+    arrays = list(random_inputs(param_specs(mod), seed=seed).values())
+    err = max_relative_error(run_module(mod, arrays), run_module(result.module, arrays))
+    assert err <= rtol, f"pass {pass_.name} changed outputs: relative error {err:.3g} > {rtol}"
+    return result
