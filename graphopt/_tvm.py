@@ -145,5 +145,6 @@ def tensor(array: np.ndarray) -> Any:
     return tvm.runtime.tensor(array)
 
 
-def constant_value(const: relax.Constant) -> np.ndarray:
-    return const.data.numpy()
+def constant_value(const: Any) -> np.ndarray:
+    """The numpy value of a Relax constant (`tvm.ir.GenericConst.value` in 0.27)."""
+    return const.value.numpy()

@@ -7,10 +7,10 @@ After:   a = R.add(x, y); return a
 from __future__ import annotations
 
 import tvm
-from graphopt.passes._common import apply_tvm_pass, call_count
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._common import apply_tvm_pass, call_count
 
 
 @register_pass

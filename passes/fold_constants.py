@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
-from graphopt.passes._common import apply_tvm_pass, call_count
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._common import apply_tvm_pass, call_count
 
 
 @register_pass
