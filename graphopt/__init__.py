@@ -31,7 +31,7 @@ def compile(
     **kwargs: Any,
 ) -> Artifact:
     """Compile an ONNX model (path or ModelProto) into an artifact directory."""
-    from .compile import CompileOptions, compile_model
+    from .compiler import CompileOptions, compile_model
 
     progress = kwargs.pop("progress", None)
     opts = CompileOptions(

@@ -54,8 +54,12 @@ class Artifact:
             import tvm.runtime
             from tvm.runtime.vm import VirtualMachine
 
-            lib = tvm.runtime.load_module(str(self.library_path))
-            self._vm = VirtualMachine(lib, tvm.runtime.cpu())
+            try:
+                lib = tvm.runtime.load_module(str(self.library_path))
+                self._vm = VirtualMachine(lib, tvm.runtime.cpu())
+            except Exception as err:  # noqa: BLE001 - TVM raises several types here
+                reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+                raise ArtifactError(f"cannot load {self.library_path}: {reason}") from err
         return self._vm
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
@@ -149,6 +153,9 @@ def writable_parent(out: Path) -> None:
     parent = out.resolve().parent
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output path exists and is not a directory: {out}")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ArtifactError(f"cannot create {out}: {blocking} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ArtifactError(f"output directory {out} is not empty and not a graphopt artifact")
     if not parent.exists():

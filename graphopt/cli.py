@@ -31,7 +31,7 @@ def _key_values(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compile import CompileOptions, compile_model
+    from .compiler import CompileOptions, compile_model
     from .frontend import parse_shape_arg
     from .instrument import DumpDir, PrintAfter, TimePasses
 
@@ -99,8 +99,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"(threads: {env.num_threads()}; max error {result.max_rel_error:.1e})"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        _write_json(args.json, result.to_json())
     return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    from .machine import machine_info
+
+    Path(path).write_text(json.dumps({**data, "machine": machine_info()}, indent=2) + "\n")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -115,7 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     print(result.table())
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        _write_json(args.json, result.to_json())
     return 0
 
 

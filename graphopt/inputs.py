@@ -46,7 +46,13 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 def save_npz(path: str | Path, arrays: Mapping[str, Any]) -> None:
     """Write atomically: a reader never sees a half-written outputs file."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {err.strerror}") from err

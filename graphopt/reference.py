@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import env
+from .errors import InputError, ModelLoadError
 
 
 def ort_session(model: str | Path | bytes, threads: int | None = None, optimize: bool = True):
@@ -23,7 +24,28 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, optimize:
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ModelLoadError(f"model file not found: {model}")
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        name = "model" if isinstance(model, bytes) else str(model)
+        raise ModelLoadError(f"onnxruntime cannot load {name}: {_last_line(err)}") from err
+
+
+def _last_line(err: Exception) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def check_same_interface(session, inputs: Mapping[str, np.ndarray]) -> None:
+    """The reference model must take exactly the inputs the artifact takes."""
+    names = {i.name for i in session.get_inputs()}
+    if names != set(inputs):
+        raise InputError(
+            f"reference model inputs ({', '.join(sorted(names))}) differ from the artifact's "
+            f"({', '.join(sorted(inputs))}): is --vs the model this artifact was compiled from?"
+        )
 
 
 def ort_run(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

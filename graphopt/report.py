@@ -13,7 +13,7 @@ from .artifact import Artifact
 from .errors import InputError
 from .inputs import load_npz, random_inputs
 from .instrument import max_relative_error
-from .reference import ort_run, ort_session
+from .reference import check_same_interface, ort_run, ort_session
 from .timing import Timing, interleaved
 
 
@@ -112,8 +112,12 @@ def compare(
     say = progress or (lambda _m: None)
     session = ort_session(onnx_path)
     feeds = inputs or random_inputs(artifact.inputs)
-    ref = ort_run(session, feeds)
+    check_same_interface(session, feeds)
     got = artifact.run(feeds)
+    try:
+        ref = ort_run(session, feeds)
+    except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types
+        raise InputError(f"onnxruntime rejected the inputs: {str(err).splitlines()[-1]}") from err
     err = max_relative_error(
         [ref[o.name] for o in artifact.outputs], [got[o.name] for o in artifact.outputs]
     )

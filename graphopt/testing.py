@@ -61,7 +61,7 @@ def param_specs(mod: tvm.IRModule, func: str = "main") -> list[TensorSpec]:
 
 def run_module(mod: tvm.IRModule, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Build a Relax module (at any stage before lowering) for the host and run `main`."""
-    from .compile import build_and_run
+    from .compiler import build_and_run
     from .target_infra import make_target
 
     return build_and_run(mod, make_target("x86"), arrays)

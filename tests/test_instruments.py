@@ -11,7 +11,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from graphopt.compile import CompileOptions, compile_model
+from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import PipelineError, VerificationError
 from graphopt.instrument import DumpDir, PrintAfter, TimePasses
 from graphopt.pass_infra import _REGISTRY, GraphPass, PassResult, register_pass

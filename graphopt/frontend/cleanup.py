@@ -8,6 +8,7 @@ those sub-graphs into constants, and the importer sees a static graph.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 _FOLD_SIZE_LIMIT = 1 << 20  # elements: never materialize huge folded tensors
@@ -39,6 +40,7 @@ def fold_shape_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
                     shape_inference=True,
                     input_size_limit=_FOLD_SIZE_LIMIT,
                     output_size_limit=_FOLD_SIZE_LIMIT,
+                    should_fold=_small_constant_of_shape,
                 ),
                 common.RemoveUnusedNodesPass(),
             ],
@@ -48,6 +50,19 @@ def fold_shape_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
     )(model_ir)
     return ir.serde.serialize_model(model_ir)
+
+
+def _small_constant_of_shape(node) -> bool | None:
+    """Fold ConstantOfShape (onnxscript skips it by default) when its output is small.
+
+    PyTorch computes Pad amounts from ConstantOfShape; TVM's importer needs them constant.
+    """
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return None
+    shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    return int(np.prod(shape.numpy())) <= _FOLD_SIZE_LIMIT
 
 
 def clean_for_import(model: onnx.ModelProto) -> onnx.ModelProto:

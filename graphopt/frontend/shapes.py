@@ -68,6 +68,8 @@ def make_static(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]]) 
         dims = _dims(inp)
         if inp.name in overrides:
             shape = list(overrides[inp.name])
+            if any(int(d) <= 0 for d in shape):
+                raise InputError(f"input shape {inp.name}={_fmt(shape)}: dims must be positive")
             if len(shape) != len(dims):
                 raise InputError(
                     f"--input-shape {inp.name}: model input has rank {len(dims)} "

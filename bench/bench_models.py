@@ -1,0 +1,161 @@
+"""Real models, side by side: onnxruntime fp32, bare TVM, and graphopt, in one process.
+
+    python -m bench.bench_models [--runs N] [--models mobilenet_v2,efficientnet_lite0,minilm]
+
+For each model: export it once (cached, see bench/models/export.py), compile with graphopt
+(-O2, untuned), try TVM's bare flow (from_onnx + tvm.compile, no clean-up), check outputs on
+real inputs (photo crops, sentences) against onnxruntime, then time all runtimes interleaved
+and report medians and ratios. Writes bench/results/models.json and models.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import graphopt
+from graphopt.instrument import max_relative_error
+from graphopt.machine import machine_info
+from graphopt.reference import ort_run, ort_session
+from graphopt.report import format_table
+from graphopt.timing import interleaved
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("mobilenet_v2", "efficientnet_lite0", "minilm")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def real_inputs(name: str, n: int) -> list[dict[str, np.ndarray]]:
+    from bench.models.inputs import image_batch, sentence_batch
+
+    if name == "minilm":
+        return sentence_batch(n)
+    return [{"input": x} for x in image_batch(n)]
+
+
+def bare_tvm_runner(path: Path, feed: dict[str, np.ndarray]):
+    """TVM as a user gets it: from_onnx on the raw export, tvm.compile for plain llvm."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load(str(path)), shape_dict={k: list(v.shape) for k, v in feed.items()})
+    ex = tvm.compile(mod, target="llvm")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    arrays = [tvm.runtime.tensor(feed[p.name]) for p in mod["main"].params]
+    return lambda: vm["main"](*arrays)
+
+
+def accuracy(name: str, art: graphopt.Artifact, session: Any, feeds: list[dict]) -> dict:
+    """Agreement with onnxruntime on real inputs: error, top-1 (CNNs) or cosine (embeddings)."""
+    out = art.outputs[0].name
+    errs, agree, cosines = [], 0, []
+    for feed in feeds:
+        ref, got = ort_run(session, feed)[out], art.run(feed)[out]
+        errs.append(max_relative_error([ref], [got]))
+        if name == "minilm":
+            a, b = ref.ravel().astype(np.float64), got.ravel().astype(np.float64)
+            cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+        else:
+            agree += int(np.argmax(ref) == np.argmax(got))
+    result: dict[str, Any] = {"samples": len(feeds), "max_rel_error": max(errs)}
+    if cosines:
+        result["min_cosine"] = min(cosines)
+    else:
+        result["top1_agreement"] = f"{agree}/{len(feeds)}"
+    return result
+
+
+def bench_model(name: str, runs: int, samples: int, workdir: Path) -> dict[str, Any]:
+    from bench.models.export import export
+
+    path = export(name)
+    feeds = real_inputs(name, samples)
+    _say(f"[{name}] compiling with graphopt -O2")
+    start = time.perf_counter()
+    art = graphopt.compile(path, workdir / name, opt_level=2, progress=_say)
+    compile_s = time.perf_counter() - start
+    session = ort_session(path)
+    entry: dict[str, Any] = {
+        "model": name,
+        "onnx_bytes": path.stat().st_size,
+        "graphopt_compile_s": round(compile_s, 1),
+        "kernels": art.manifest["report"]["kernels"],
+        "flops": art.manifest["report"]["flops"],
+        "accuracy_vs_onnxruntime": accuracy(name, art, session, feeds),
+    }
+    feed = feeds[0]
+    contestants = {"onnxruntime": lambda: ort_run(session, feed), "graphopt": art.runner(feed)}
+    try:
+        contestants["tvm_bare"] = bare_tvm_runner(path, feed)
+    except Exception as err:  # noqa: BLE001 - the failure itself is a result
+        entry["tvm_bare_error"] = str(err).strip().splitlines()[-1][:300]
+        _say(f"[{name}] bare TVM failed: {entry['tvm_bare_error']}")
+    _say(f"[{name}] timing {', '.join(contestants)} interleaved, {runs} runs")
+    timings = interleaved(
+        contestants, runs=runs, warmup=3,
+        progress=lambda i, n: _say(f"[{name}] {i}/{n}") if i % max(1, n // 5) == 0 else None,
+    )
+    base = timings["onnxruntime"].median_ms
+    entry["latency"] = {k: t.to_json() for k, t in timings.items()}
+    entry["ratio_vs_onnxruntime"] = {k: round(t.median_ms / base, 2) for k, t in timings.items()}
+    return entry
+
+
+def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    rows = []
+    for r in results:
+        lat, ratio, acc = r["latency"], r["ratio_vs_onnxruntime"], r["accuracy_vs_onnxruntime"]
+        bare = (f"{lat['tvm_bare']['median_ms']:.1f} ({ratio['tvm_bare']:.1f}x)"
+                if "tvm_bare" in lat else "fails: " + r.get("tvm_bare_error", "")[:60])
+        quality = acc.get("top1_agreement") or f"min cos {acc['min_cosine']:.6f}"
+        rows.append([
+            r["model"], f"{lat['onnxruntime']['median_ms']:.1f}",
+            f"{lat['graphopt']['median_ms']:.1f} ({ratio['graphopt']:.1f}x)", bare,
+            f"{acc['max_rel_error']:.1e}", quality,
+        ])
+    header = ["model", "onnxruntime ms", "graphopt -O2 ms (ratio)", "bare TVM ms (ratio)",
+              "max rel err", "agreement"]
+    return (
+        f"# Real models: onnxruntime fp32 vs graphopt (untuned) vs bare TVM\n\n"
+        f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
+        f"{machine['date']}; medians of interleaved runs in one process.\n\n"
+        + format_table(header, rows) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=10, help="real inputs for accuracy")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    machine = machine_info()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            results.append(bench_model(name, args.runs, args.samples, Path(tmp)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "models.json").write_text(
+        json.dumps({"machine": machine, "runs": args.runs, "results": results}, indent=2) + "\n"
+    )
+    text = markdown(results, machine)
+    (args.out / "models.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
