@@ -20,7 +20,6 @@ import model_builders as mb  # noqa: E402
 
 import graphopt  # noqa: E402
 
-
 # name -> builder of every generated model the tests use.
 MODELS: dict[str, Callable] = {
     "cnn": mb.cnn,
@@ -61,8 +60,9 @@ def compiled(tmp_path_factory, model_files):
         if key not in cache:
             out = root / f"{name}-O{opt_level}-{len(cache)}"
             try:
-                cache[key] = graphopt.compile(model_files[name], out, opt_level=opt_level,
-                                              input_shapes=input_shapes)
+                cache[key] = graphopt.compile(
+                    model_files[name], out, opt_level=opt_level, input_shapes=input_shapes
+                )
             except Exception as err:  # noqa: BLE001 - re-raised for every test that asks
                 cache[key] = err
         if isinstance(cache[key], Exception):

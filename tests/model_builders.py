@@ -42,8 +42,14 @@ class GraphBuilder:
         """A float32 initializer with normal values times `scale`."""
         return self.const(self.rng.standard_normal(shape).astype(np.float32) * scale, prefix)
 
-    def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, domain: str = "",
-           **attrs) -> str:
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        name: str | None = None,
+        domain: str = "",
+        **attrs,
+    ) -> str:
         """Append a one-output node; returns the name of its output."""
         node_name = name or self.fresh(op_type.lower())
         out = f"{node_name}_out"
@@ -52,14 +58,19 @@ class GraphBuilder:
         )
         return out
 
-    def model(self, inputs: Sequence[onnx.ValueInfoProto],
-              outputs: Sequence[tuple[str, str, Sequence[int | str]]], name: str,
-              extra_opsets: Sequence[tuple[str, int]] = ()) -> onnx.ModelProto:
+    def model(
+        self,
+        inputs: Sequence[onnx.ValueInfoProto],
+        outputs: Sequence[tuple[str, str, Sequence[int | str]]],
+        name: str,
+        extra_opsets: Sequence[tuple[str, int]] = (),
+    ) -> onnx.ModelProto:
         """Build the model; `outputs` holds (graph output name, tensor feeding it, shape)."""
         out_infos = []
         for out_name, tensor, shape in outputs:
-            self.nodes.append(helper.make_node("Identity", [tensor], [out_name],
-                                               name=f"{out_name}_identity"))
+            self.nodes.append(
+                helper.make_node("Identity", [tensor], [out_name], name=f"{out_name}_identity")
+            )
             out_infos.append(_value_info(out_name, shape))
         graph = helper.make_graph(self.nodes, name, list(inputs), out_infos, self.initializers)
         opsets = [helper.make_opsetid("", OPSET)]
@@ -71,12 +82,23 @@ class GraphBuilder:
 
     # Layers built from the primitives above.
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, *, group: int = 1, pad: int = 0,
-             stride: int = 1, bias: bool = True) -> str:
+    def conv(
+        self,
+        x: str,
+        c_in: int,
+        c_out: int,
+        k: int,
+        *,
+        group: int = 1,
+        pad: int = 0,
+        stride: int = 1,
+        bias: bool = True,
+    ) -> str:
         w = self.weight([c_out, c_in // group, k, k], scale=1.0 / math.sqrt(c_in // group * k * k))
         ins = [x, w] + ([self.weight([c_out], 0.1, "b")] if bias else [])
-        return self.op("Conv", ins, kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2,
-                       group=group)
+        return self.op(
+            "Conv", ins, kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2, group=group
+        )
 
     def batch_norm(self, x: str, c: int) -> str:
         gamma = self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32), "gamma")
@@ -98,8 +120,9 @@ class GraphBuilder:
 
     def layer_norm(self, x: str, d: int) -> str:
         gamma = self.const(self.rng.uniform(0.5, 1.5, d).astype(np.float32), "ln_g")
-        return self.op("LayerNormalization", [x, gamma, self.weight([d], 0.1, "ln_b")],
-                       axis=-1, epsilon=1e-5)
+        return self.op(
+            "LayerNormalization", [x, gamma, self.weight([d], 0.1, "ln_b")], axis=-1, epsilon=1e-5
+        )
 
 
 def _value_info(name: str, shape: Sequence[int | str], elem=FLOAT) -> onnx.ValueInfoProto:
@@ -128,8 +151,9 @@ def mobilenet_block(seed: int = 1) -> onnx.ModelProto:
     h = g.op("HardSwish", [g.conv(h, c, c_out, 1)])
     gate = g.op("Sigmoid", [g.conv(g.op("GlobalAveragePool", [h]), c_out, c_out, 1)])
     y = g.op("Mul", [h, gate])
-    return g.model([_value_info("x", [1, c, 12, 12])], [("y", y, [1, c_out, 12, 12])],
-                   "mobilenet_block")
+    return g.model(
+        [_value_info("x", [1, c, 12, 12])], [("y", y, [1, c_out, 12, 12])], "mobilenet_block"
+    )
 
 
 def mlp(seed: int = 2) -> onnx.ModelProto:
@@ -196,13 +220,22 @@ def unsupported_ops(seed: int = 5) -> onnx.ModelProto:
     scale, zero = g.const(np.float32(0.05)), g.const(np.uint8(128))
     xq = g.op("QuantizeLinear", ["x", scale, zero], name="quant")
     wq = g.const(g.rng.integers(0, 255, (4, 4, 3, 3)).astype(np.uint8), "wq")
-    yq = g.op("QLinearConv", [xq, scale, zero, wq, scale, zero, scale, zero], name="qconv",
-              kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    yq = g.op(
+        "QLinearConv",
+        [xq, scale, zero, wq, scale, zero, scale, zero],
+        name="qconv",
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
+    )
     y = g.op("DequantizeLinear", [yq, scale, zero], name="dequant")
     y = g.op("Foo", [y], name="foo1", domain=UNSUPPORTED_DOMAIN)
     y = g.op("Foo", [g.op("Relu", [y], name="relu")], name="foo2", domain=UNSUPPORTED_DOMAIN)
-    return g.model([_value_info("x", [1, 4, 8, 8])], [("y", y, [1, 4, 8, 8])], "unsupported_ops",
-                   extra_opsets=[(UNSUPPORTED_DOMAIN, 1)])
+    return g.model(
+        [_value_info("x", [1, 4, 8, 8])],
+        [("y", y, [1, 4, 8, 8])],
+        "unsupported_ops",
+        extra_opsets=[(UNSUPPORTED_DOMAIN, 1)],
+    )
 
 
 def shape_subgraphs(seed: int = 6, constant_of_shape: bool = True) -> onnx.ModelProto:
@@ -213,13 +246,17 @@ def shape_subgraphs(seed: int = 6, constant_of_shape: bool = True) -> onnx.Model
     g = GraphBuilder(seed)
     i64 = np.int64
     shape = g.op("Shape", ["x"])
-    batch = g.op("Unsqueeze", [g.op("Gather", [shape, g.const(i64(0))], axis=0),
-                               g.const([0], dtype=i64)])
+    batch = g.op(
+        "Unsqueeze", [g.op("Gather", [shape, g.const(i64(0))], axis=0), g.const([0], dtype=i64)]
+    )
     height = g.op("Gather", [shape, g.const(i64(2))], axis=0)
     p = g.op("Unsqueeze", [g.op("Div", [height, g.const(i64(6))]), g.const([0], dtype=i64)])
     if constant_of_shape:
-        zeros2 = g.op("ConstantOfShape", [g.const([2], dtype=i64)],
-                      value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))
+        zeros2 = g.op(
+            "ConstantOfShape",
+            [g.const([2], dtype=i64)],
+            value=helper.make_tensor("v", TensorProto.INT64, [1], [0]),
+        )
     else:
         zeros2 = g.const([0, 0], dtype=i64)
     pads = g.op("Concat", [zeros2, p, p, zeros2, p, p], axis=0)
@@ -227,8 +264,11 @@ def shape_subgraphs(seed: int = 6, constant_of_shape: bool = True) -> onnx.Model
     h = g.op("Relu", [g.conv(h, 4, 4, 3)])
     flat = g.op("Reshape", [h, g.op("Concat", [batch, g.const([-1], dtype=i64)], axis=0)])
     if constant_of_shape:
-        half = g.op("ConstantOfShape", [g.op("Shape", [flat])],
-                    value=helper.make_tensor("v", FLOAT, [1], [0.5]))
+        half = g.op(
+            "ConstantOfShape",
+            [g.op("Shape", [flat])],
+            value=helper.make_tensor("v", FLOAT, [1], [0.5]),
+        )
     else:
         half = g.const(np.float32(0.5))
     y = g.linear(g.op("Add", [flat, half]), 4 * 6 * 6, 10)

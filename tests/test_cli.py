@@ -33,9 +33,14 @@ class Result:
 
 def run_subprocess(*args: str, cwd: Path | None = None) -> Result:
     """`python -m graphopt.cli ARGS` in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", "graphopt.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300,
-                          env={**_clean_env(), "GRAPHOPT_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "graphopt.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_clean_env(), "GRAPHOPT_NUM_THREADS": "1"},
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -107,8 +112,9 @@ def test_run_writes_outputs_by_name(cli_artifact, model_files, tmp_path):
     out, _ = cli_artifact
     feeds = {"x": np.random.default_rng(7).standard_normal((4, 32)).astype(np.float32)}
     np.savez(tmp_path / "in.npz", **feeds)
-    result = run_subprocess("run", out, "--inputs", tmp_path / "in.npz",
-                            "--outputs", tmp_path / "out.npz")
+    result = run_subprocess(
+        "run", out, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz"
+    )
     assert result.rc == 0, result.err
     assert "probs [4, 10]" in result.out
     ref = ort_run(ort_session(model_files["mlp"]), feeds)
@@ -119,8 +125,18 @@ def test_run_writes_outputs_by_name(cli_artifact, model_files, tmp_path):
 
 def test_bench(cli_artifact, model_files, tmp_path):
     out, _ = cli_artifact
-    result = run_subprocess("bench", out, "--vs", model_files["mlp"], "--runs", "5",
-                            "--warmup", "1", "--json", tmp_path / "bench.json")
+    result = run_subprocess(
+        "bench",
+        out,
+        "--vs",
+        model_files["mlp"],
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        tmp_path / "bench.json",
+    )
     assert result.rc == 0, result.err
     assert "ratio" in result.out
     assert "onnxruntime" in result.out and "graphopt" in result.out
@@ -175,14 +191,23 @@ def _write(path: Path, data: bytes) -> Path:
 # the error line must contain.
 COMPILE_ERRORS = {
     "missing-file": (lambda d: d / "nope.onnx", [], ["not found", "nope.onnx"]),
-    "corrupt-file": (lambda d: _write(d / "rand.onnx", np.random.default_rng(0).bytes(4096)), [],
-                     ["rand.onnx", "not a valid ONNX model"]),
-    "json-file": (lambda d: _write(d / "m.json", json.dumps({"graph": [1, 2]}).encode()), [],
-                  ["m.json", "not a valid ONNX model"]),
+    "corrupt-file": (
+        lambda d: _write(d / "rand.onnx", np.random.default_rng(0).bytes(4096)),
+        [],
+        ["rand.onnx", "not a valid ONNX model"],
+    ),
+    "json-file": (
+        lambda d: _write(d / "m.json", json.dumps({"graph": [1, 2]}).encode()),
+        [],
+        ["m.json", "not a valid ONNX model"],
+    ),
     "empty-file": (lambda d: _write(d / "empty.onnx", b""), [], ["empty.onnx", "empty"]),
     "directory": (lambda d: d, [], ["directory"]),
-    "unsupported-ops": ("unsupported_ops", [],
-                        ["QLinearConv", "qconv", "com.example.Foo", "foo1", "foo2"]),
+    "unsupported-ops": (
+        "unsupported_ops",
+        [],
+        ["QLinearConv", "qconv", "com.example.Foo", "foo1", "foo2"],
+    ),
     "dynamic-dims": ("dynamic_batch", [], ["x (N,16)", "--input-shape"]),
     "unknown-input-shape": ("dynamic_batch", ["--input-shape", "bogus=3,16"], ["bogus", "x"]),
     "bad-input-shape": ("dynamic_batch", ["--input-shape", "x=a,b"], ["x=a,b"]),
@@ -191,10 +216,12 @@ COMPILE_ERRORS = {
     "unknown-tvm-pass": ("mlp", ["--pipeline", "tvm.NoSuchPass"], ["tvm.NoSuchPass"]),
     "unclosed-brace": ("mlp", ["--pipeline", "fold-constants{"], ["unclosed"]),
     "empty-item": ("mlp", ["--pipeline", "fold-constants,,dce"], ["empty pass name"]),
-    "option-without-value": ("mlp", ["--pipeline", "fold-constants{fast}"],
-                             ["fast", "key=value"]),
-    "unknown-pass-option": ("mlp", ["--pipeline", "fold-constants{fast=1}"],
-                            ["fast", "fold-constants"]),
+    "option-without-value": ("mlp", ["--pipeline", "fold-constants{fast}"], ["fast", "key=value"]),
+    "unknown-pass-option": (
+        "mlp",
+        ["--pipeline", "fold-constants{fast=1}"],
+        ["fast", "fold-constants"],
+    ),
     "unknown-target": ("mlp", ["--target", "riscv-gpu"], ["riscv-gpu", "x86"]),
     "unknown-target-opt": ("mlp", ["--target-opt", "turbo=1"], ["turbo", "mcpu"]),
     "target-opt-not-key-value": ("mlp", ["--target-opt", "mcpu"], ["mcpu", "key=value"]),
@@ -225,16 +252,14 @@ def test_compile_error_as_process(model_files, tmp_path, case):
 def test_output_under_regular_file(run_cli, model_files, tmp_path):
     """-o FILE/out, where FILE is a regular file: a user error, found before compiling."""
     blocker = _write(tmp_path / "afile", b"x")
-    assert_user_error(run_cli("compile", "-q", model_files["mlp"], "-o", blocker / "out"),
-                      "afile")
+    assert_user_error(run_cli("compile", "-q", model_files["mlp"], "-o", blocker / "out"), "afile")
     assert blocker.read_bytes() == b"x"
     assert mb.leftovers(tmp_path) == []
 
 
 def test_output_is_regular_file(run_cli, model_files, tmp_path):
     target = _write(tmp_path / "out", b"keep me")
-    assert_user_error(run_cli("compile", "-q", model_files["mlp"], "-o", target),
-                      "not a directory")
+    assert_user_error(run_cli("compile", "-q", model_files["mlp"], "-o", target), "not a directory")
     assert target.read_bytes() == b"keep me"
 
 
@@ -293,14 +318,17 @@ def test_run_input_error_as_process(mlp_dir, tmp_path):
 
 
 def test_run_missing_inputs_file(run_cli, mlp_dir, tmp_path):
-    assert_user_error(run_cli("run", mlp_dir, "--inputs", tmp_path / "none.npz",
-                              "--outputs", tmp_path / "o.npz"), "none.npz")
+    assert_user_error(
+        run_cli("run", mlp_dir, "--inputs", tmp_path / "none.npz", "--outputs", tmp_path / "o.npz"),
+        "none.npz",
+    )
 
 
 def test_run_corrupt_inputs_file(run_cli, mlp_dir, tmp_path):
     bad = _write(tmp_path / "bad.npz", b"not a zip")
-    assert_user_error(run_cli("run", mlp_dir, "--inputs", bad, "--outputs", tmp_path / "o.npz"),
-                      "bad.npz")
+    assert_user_error(
+        run_cli("run", mlp_dir, "--inputs", bad, "--outputs", tmp_path / "o.npz"), "bad.npz"
+    )
 
 
 @pytest.mark.parametrize("artifact", ["missing", "plain-dir"])
@@ -309,8 +337,10 @@ def test_run_not_an_artifact(run_cli, tmp_path, artifact):
     if artifact == "plain-dir":
         directory.mkdir()
     inputs = _npz(tmp_path / "in.npz", x=GOOD_X)
-    assert_user_error(run_cli("run", directory, "--inputs", inputs, "--outputs",
-                              tmp_path / "o.npz"), str(directory))
+    assert_user_error(
+        run_cli("run", directory, "--inputs", inputs, "--outputs", tmp_path / "o.npz"),
+        str(directory),
+    )
 
 
 def test_run_corrupt_library(run_cli, mlp_dir, tmp_path):
@@ -318,25 +348,27 @@ def test_run_corrupt_library(run_cli, mlp_dir, tmp_path):
     broken = Path(shutil.copytree(mlp_dir, tmp_path / "art"))
     _write(broken / "model.so", b"garbage")
     inputs = _npz(tmp_path / "in.npz", x=GOOD_X)
-    assert_user_error(run_cli("run", broken, "--inputs", inputs, "--outputs", tmp_path / "o.npz"),
-                      "model.so")
+    assert_user_error(
+        run_cli("run", broken, "--inputs", inputs, "--outputs", tmp_path / "o.npz"), "model.so"
+    )
 
 
 def test_run_outputs_in_missing_directory(run_cli, mlp_dir, tmp_path):
     inputs = _npz(tmp_path / "in.npz", x=GOOD_X)
     outputs = tmp_path / "no-such-dir" / "o.npz"
-    assert_user_error(run_cli("run", mlp_dir, "--inputs", inputs, "--outputs", outputs),
-                      "no-such-dir")
+    assert_user_error(
+        run_cli("run", mlp_dir, "--inputs", inputs, "--outputs", outputs), "no-such-dir"
+    )
 
 
 def test_bench_missing_reference_model(run_cli, mlp_dir, tmp_path):
-    result = run_cli("bench", mlp_dir, "--vs", tmp_path / "nope.onnx", "--runs", "2",
-                     "--warmup", "0")
+    result = run_cli(
+        "bench", mlp_dir, "--vs", tmp_path / "nope.onnx", "--runs", "2", "--warmup", "0"
+    )
     assert_user_error(result, "nope.onnx")
 
 
 def test_bench_mismatched_reference_model(run_cli, mlp_dir, model_files):
     """--vs a model with other inputs than the artifact: a user error naming the input."""
-    result = run_cli("bench", mlp_dir, "--vs", model_files["cnn"], "--runs", "2",
-                     "--warmup", "0")
+    result = run_cli("bench", mlp_dir, "--vs", model_files["cnn"], "--runs", "2", "--warmup", "0")
     assert_user_error(result, "x")

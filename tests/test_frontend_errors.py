@@ -26,8 +26,14 @@ from graphopt.target_infra import make_target
 
 
 def test_error_classes_are_user_errors():
-    for cls in (ModelLoadError, UnsupportedOperatorError, DynamicShapeError, PipelineError,
-                TargetError, InputError):
+    for cls in (
+        ModelLoadError,
+        UnsupportedOperatorError,
+        DynamicShapeError,
+        PipelineError,
+        TargetError,
+        InputError,
+    ):
         assert issubclass(cls, GraphoptError)
 
 
@@ -104,6 +110,7 @@ def test_unsupported_ops_named_with_nodes():
 
 def test_unsupported_op_in_subgraph():
     """Nodes inside If branches are checked too."""
+
     def branch(name: str, node_name: str, domain: str) -> onnx.GraphProto:
         node = helper.make_node("Bar", ["x"], [f"{name}_y"], name=node_name, domain=domain)
         out = helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, [2])
@@ -112,12 +119,18 @@ def test_unsupported_op_in_subgraph():
     cond = helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
-    node = helper.make_node("If", ["cond"], ["y"], name="if1",
-                            then_branch=branch("then", "bar_then", "com.example"),
-                            else_branch=branch("else", "bar_else", "com.example"))
+    node = helper.make_node(
+        "If",
+        ["cond"],
+        ["y"],
+        name="if1",
+        then_branch=branch("then", "bar_then", "com.example"),
+        else_branch=branch("else", "bar_else", "com.example"),
+    )
     graph = helper.make_graph([node], "g", [cond, x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.example", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
     with pytest.raises(UnsupportedOperatorError) as info:
         import_onnx(model)
     assert re.search(r"com\.example\.Bar \[bar_\w+, bar_\w+\]", str(info.value))
@@ -191,8 +204,11 @@ def test_bad_input_shape_text(text):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("x=1,3,224,224", ("x", (1, 3, 224, 224))), ("x=1x3x8", ("x", (1, 3, 8))),
-     ("a=b=2,3", ("a=b", (2, 3)))],
+    [
+        ("x=1,3,224,224", ("x", (1, 3, 224, 224))),
+        ("x=1x3x8", ("x", (1, 3, 8))),
+        ("a=b=2,3", ("a=b", (2, 3))),
+    ],
 )
 def test_input_shape_text(text, expected):
     assert parse_shape_arg(text) == expected

@@ -57,8 +57,12 @@ def test_load_needs_only_the_runtime(transformer, tmp_path):
     feeds = mb.sample_inputs(transformer.inputs)
     np.savez(tmp_path / "in.npz", **feeds)
     argv = [str(transformer.directory), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]
-    proc = subprocess.run([sys.executable, "-c", RUNTIME_ONLY_SCRIPT, *argv, *COMPILER_MODULES],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNTIME_ONLY_SCRIPT, *argv, *COMPILER_MODULES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     expected = transformer.run(feeds)
     with np.load(tmp_path / "out.npz") as got:
@@ -84,8 +88,12 @@ BLOCK_CHECK_SCRIPT = textwrap.dedent(
 
 def test_blocking_really_blocks():
     """The blocking used above makes every compiler module fail to import (guards that test)."""
-    proc = subprocess.run([sys.executable, "-c", BLOCK_CHECK_SCRIPT, *COMPILER_MODULES],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_CHECK_SCRIPT, *COMPILER_MODULES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -105,8 +113,16 @@ def good_inputs(art) -> dict[str, np.ndarray]:
         (lambda f: {**f, "mask": f["mask"].astype(np.float64)}, ["'mask'", "float64"]),
         (lambda f: {**f, "x": f["x"].astype(np.int32)}, ["'x'", "int32"]),
     ],
-    ids=["extra-name", "wrong-name", "missing-one", "missing-all", "wrong-shape", "wrong-rank",
-         "wrong-dtype", "int-dtype"],
+    ids=[
+        "extra-name",
+        "wrong-name",
+        "missing-one",
+        "missing-all",
+        "wrong-shape",
+        "wrong-rank",
+        "wrong-dtype",
+        "int-dtype",
+    ],
 )
 def test_run_rejects_bad_inputs(transformer, change, named):
     with pytest.raises(InputError) as info:

@@ -121,8 +121,10 @@ def test_manifest_fields(compiled, model_files, opt_level):
     assert m["versions"]["tvm"] == tvm.__version__
     assert m["versions"]["onnx"] == onnx.__version__
     path = model_files["cnn"]
-    assert m["source"] == {"path": str(path),
-                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert m["source"] == {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def test_manifest_of_dynamic_model(compiled):
@@ -158,7 +160,9 @@ def test_compile_from_model_proto(graphopt_compile, tmp_path):
     model = mb.mlp()
     art = graphopt_compile(model, tmp_path / "art", opt_level=0)
     assert art.manifest["source"] == {
-        "path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+        "path": None,
+        "sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
+    }
 
 
 def test_public_compile_is_callable_twice(graphopt_compile, tmp_path):
