@@ -175,4 +175,4 @@ def test_time_passes_table(tmp_path):
     _compile(tmp_path, opt_level=1, instruments=[timer])
     table = timer.table()
     assert "| fold-constants" in table and "| total" in table
-    assert "calls_folded=" in table
+    assert "bindings_folded=" in table

@@ -65,8 +65,37 @@ def _small_constant_of_shape(node) -> bool | None:
     return int(np.prod(shape.numpy())) <= _FOLD_SIZE_LIMIT
 
 
+_CONSTANT_ATTRS = {
+    "value_int": (onnx.TensorProto.INT64, False),
+    "value_ints": (onnx.TensorProto.INT64, True),
+    "value_float": (onnx.TensorProto.FLOAT, False),
+    "value_floats": (onnx.TensorProto.FLOAT, True),
+}
+
+
+def normalize_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite Constant(value_int[s]/value_float[s]) as Constant(value=tensor).
+
+    Folding can leave a graph output produced by such a node (outputs cannot become
+    initializers), and TVM's importer reads only the `value` form.
+    """
+    for node in model.graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1:
+            continue
+        attr = node.attribute[0]
+        if attr.name not in _CONSTANT_ATTRS:
+            continue
+        dtype, is_list = _CONSTANT_ATTRS[attr.name]
+        values = onnx.helper.get_attribute_value(attr)
+        dims = [len(values)] if is_list else []
+        tensor = onnx.helper.make_tensor("value", dtype, dims, values if is_list else [values])
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", tensor))
+    return model
+
+
 def clean_for_import(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference, folding, and shape inference again for the importer's benefit."""
     model = infer_shapes(model)
-    model = fold_shape_subgraphs(model)
+    model = normalize_constants(fold_shape_subgraphs(model))
     return infer_shapes(model)

@@ -31,8 +31,8 @@ def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
     except ValueError as err:
         raise InputError(f"--input-shape '{text}': dims must be integers") from err
-    if any(d <= 0 for d in shape):
-        raise InputError(f"--input-shape '{text}': dims must be positive")
+    if any(d < 0 for d in shape):
+        raise InputError(f"--input-shape '{text}': dims must be >= 0")
     return name, shape
 
 
@@ -45,7 +45,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     out: list[int | str] = []
     for d in value.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:
             out.append(d.dim_value)
         else:
             out.append(d.dim_param or "?")
@@ -68,8 +68,8 @@ def make_static(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]]) 
         dims = _dims(inp)
         if inp.name in overrides:
             shape = list(overrides[inp.name])
-            if any(int(d) <= 0 for d in shape):
-                raise InputError(f"input shape {inp.name}={_fmt(shape)}: dims must be positive")
+            if any(int(d) < 0 for d in shape):
+                raise InputError(f"input shape {inp.name}={_fmt(shape)}: dims must be >= 0")
             if len(shape) != len(dims):
                 raise InputError(
                     f"--input-shape {inp.name}: model input has rank {len(dims)} "
