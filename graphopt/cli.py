@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, env
-from .errors import GraphoptError, InputError
+from .errors import GraphoptError, InputError, PassFailure
 
 
 def _eprint(msg: str) -> None:
@@ -260,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _eprint(f"error: {err}")
         return err.exit_code
+    except PassFailure as err:
+        if env.debug():
+            raise
+        _eprint(f"error: internal compiler error: {err}")
+        _eprint("  (bisect with --pipeline / --dump-dir; GRAPHOPT_DEBUG=1 shows the traceback)")
+        return 3
     except KeyboardInterrupt:
         _eprint("interrupted")
         return 130

@@ -41,3 +41,7 @@ class VerificationError(GraphoptError):
     """A pass changed the numbers beyond tolerance (--verify-each)."""
 
     exit_code = 3
+
+
+class PassFailure(RuntimeError):
+    """A pass raised (a compiler bug, not a user error): names it and the passes before it."""

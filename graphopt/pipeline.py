@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import tvm
 
-from .errors import PipelineError
+from .errors import PassFailure, PipelineError
 from .pass_infra import GraphPass, PassResult, make_pass
 
 # Each preset is the previous one plus more. Graph-level passes only: the target adds its own
@@ -124,10 +124,6 @@ def instantiate(specs: Sequence[PassSpec]) -> list[GraphPass]:
 def canonical_text(passes: Sequence[GraphPass]) -> str:
     """The exact text that rebuilds these pass instances (recorded in every manifest)."""
     return format_pipeline([PassSpec(p.name, tuple(p.option_text().items())) for p in passes])
-
-
-class PassFailure(RuntimeError):
-    """A pass raised: the message names it and every pass that ran before it."""
 
 
 def run_passes(
