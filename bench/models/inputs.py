@@ -106,7 +106,7 @@ def _normalize(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_crops() -> tuple[tuple[str, np.ndarray], ...]:
     photos = {name: _photo(name) for name in PHOTOS}
     crops = []

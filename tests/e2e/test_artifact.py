@@ -220,3 +220,24 @@ def test_corrupt_library_raises_artifact_error(artifact_copy):
     with pytest.raises(ArtifactError):
         art = graphopt.load(artifact_copy)
         art.run(good_inputs(art))
+
+
+def test_scalar_inputs_keep_zero_dims(tmp_path):
+    """0-d inputs (Clip's min/max here) must reach the model as 0-d, not 1-element arrays."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+        "clip",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("hi", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    art = graphopt.compile(model, tmp_path / "clip", opt_level=0)
+    x = np.linspace(-2, 2, 6, dtype="float32").reshape(2, 3)
+    out = art.run({"x": x, "lo": np.array(-1, "float32"), "hi": np.array(0.5, "float32")})
+    np.testing.assert_array_equal(out["y"], np.clip(x, -1, 0.5))

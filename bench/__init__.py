@@ -1,0 +1,1 @@
+"""Benchmarks and conformance runs for graphopt (not installed with the package)."""
