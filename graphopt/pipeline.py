@@ -21,9 +21,9 @@ from .pass_infra import GraphPass, PassResult, make_pass
 # stages (legalize, schedule, lower) after these.
 PRESETS: dict[str, str] = {
     "O0": "",
-    "O1": "fold-constants,dce",
-    "O2": "fold-constants,fold-batchnorm,fold-constants,cse,dce",
-    "O3": "fold-constants,fold-batchnorm,fold-constants,cse,dce",
+    "O1": "fold-constants,simplify,dce",
+    "O2": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
+    "O3": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
 }
 DEFAULT_PRESET = "O2"
 

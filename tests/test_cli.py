@@ -21,6 +21,7 @@ import pytest
 
 from graphopt import cli
 from graphopt.pass_infra import registered_passes
+from graphopt.pipeline import PRESETS
 from graphopt.reference import ort_run, ort_session
 
 
@@ -103,7 +104,7 @@ def test_compile(cli_artifact, model_files):
     assert "Traceback" not in result.err
     assert f"-> {out}/ for x86" in result.out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["pipeline"] == "fold-constants,fold-batchnorm,fold-constants,cse,dce"
+    assert manifest["pipeline"] == PRESETS["O2"]
     assert manifest["source"]["path"] == str(model_files["mlp"])
     assert (out / "model.so").is_file()
 

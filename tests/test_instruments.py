@@ -15,7 +15,7 @@ from graphopt.compiler import CompileOptions, compile_model
 from graphopt.errors import PipelineError, VerificationError
 from graphopt.instrument import DumpDir, PrintAfter, TimePasses
 from graphopt.pass_infra import _REGISTRY, GraphPass, PassResult, register_pass
-from graphopt.pipeline import PassFailure
+from graphopt.pipeline import PRESETS, PassFailure
 
 
 def _conv_bn_relu() -> onnx.ModelProto:
@@ -104,7 +104,7 @@ def test_verify_each_names_the_breaking_pass(tmp_path, broken_pass):
 
 def test_verify_each_passes_clean_pipeline(tmp_path):
     art = _compile(tmp_path, opt_level=2, verify_each=True)
-    assert art.manifest["pipeline"] == "fold-constants,fold-batchnorm,fold-constants,cse,dce"
+    assert art.manifest["pipeline"] == PRESETS["O2"]
 
 
 def test_pass_failure_names_previous_passes(tmp_path, failing_pass):
