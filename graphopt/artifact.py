@@ -149,7 +149,11 @@ def _fmt(spec: IOSpec) -> str:
 
 
 def writable_parent(out: Path) -> None:
-    """Fail before any work if the artifact cannot be written where asked."""
+    """Fail before any work if the artifact cannot be written where asked.
+
+    Missing parent directories are fine (they are created, like `mkdir -p`); a file in the
+    way, a foreign non-empty directory or no write permission are errors.
+    """
     parent = out.resolve().parent
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output path exists and is not a directory: {out}")
@@ -158,10 +162,9 @@ def writable_parent(out: Path) -> None:
         raise ArtifactError(f"cannot create {out}: {blocking} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ArtifactError(f"output directory {out} is not empty and not a graphopt artifact")
-    if not parent.exists():
-        raise ArtifactError(f"parent directory of {out} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ArtifactError(f"cannot write to {parent} (permission denied)")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ArtifactError(f"cannot write to {existing} (permission denied)")
 
 
 class AtomicDirectory:

@@ -273,10 +273,12 @@ def test_output_is_nonempty_non_artifact_dir(run_cli, model_files, tmp_path):
     assert mb.leftovers(tmp_path) == []
 
 
-def test_output_parent_missing(run_cli, model_files, tmp_path):
+def test_output_parents_are_created(run_cli, model_files, tmp_path):
+    """Like `mkdir -p`: `-o build/model` works in a fresh checkout."""
     out = tmp_path / "no" / "such" / "out"
-    assert_user_error(run_cli("compile", "-q", model_files["mlp"], "-o", out), "does not exist")
-    assert not (tmp_path / "no").exists()
+    assert run_cli("compile", "-q", model_files["mlp"], "-o", out).rc == 0
+    assert (out / "manifest.json").is_file()
+    assert mb.leftovers(out.parent) == []
 
 
 # ---------------------------------------------------------------------------------------------
