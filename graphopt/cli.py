@@ -67,6 +67,48 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """ "30m", "90s", "1h", "1.5h" or plain seconds to seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    unit = text[-1].lower() if text and text[-1].isalpha() else "s"
+    number = text[:-1] if text and text[-1].isalpha() else text
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError) as err:
+        raise InputError(f"--budget '{text}' is not a duration like 30m, 90s or 1h") from err
+    if value <= 0:
+        raise InputError(f"--budget '{text}' must be positive")
+    return value
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .compiler import CompileOptions
+    from .frontend import parse_shape_arg
+    from .report import format_table
+    from .tune import tune_model
+
+    budget = parse_duration(args.budget) if args.budget else None
+    opts = CompileOptions(
+        target=args.target,
+        target_options=_key_values(args.target_opt, "--target-opt"),
+        opt_level=args.opt_level,
+        pipeline=args.pipeline,
+        input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
+    )
+    summary = tune_model(
+        args.model, Path(args.db), opts, trials=args.trials, budget_seconds=budget, progress=_eprint
+    )
+    rows = [[name[:60], f"{us:.1f}"] for name, us in sorted(summary.best_us.items())]
+    if rows:
+        print(format_table(["task", "best us (this run)"], rows))
+    print(
+        f"tuning {summary.stopped}: {summary.tasks} tasks, trials {summary.trials_before} -> "
+        f"{summary.trials_after} in {summary.seconds:.0f}s; records in {summary.database}"
+    )
+    print(f"apply with: graphopt compile {args.model} --target {args.target} --db {args.db} -o OUT")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .artifact import load
     from .inputs import load_npz, save_npz
@@ -218,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.set_defaults(func=cmd_compile)
+
+    tu = sub.add_parser("tune", help="auto-tune kernels into a persistent per-target database")
+    tu.add_argument("model", help="path to model.onnx")
+    tu.add_argument("--db", required=True, help="tuning database directory (created, resumed)")
+    tu.add_argument("--target", default="x86")
+    tu.add_argument("--target-opt", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4))
+    tu.add_argument("--pipeline", help="graph pipeline text (must match the compile's)")
+    tu.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    tu.add_argument(
+        "--trials",
+        type=int,
+        default=1000,
+        help="total trials in the database to reach (default 1000)",
+    )
+    tu.add_argument("--budget", help="stop after this long, e.g. 30m (records are kept)")
+    tu.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
     r.add_argument("artifact")

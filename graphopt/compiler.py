@@ -28,6 +28,7 @@ from .instrument import VerifyEach
 from .pass_infra import GraphPass, PassResult
 from .pipeline import PRESETS, canonical_text, instantiate, parse_pipeline, run_passes
 from .target_infra import STAGES, Target, make_target
+from .tuning_db import resolve_database
 
 
 @dataclass
@@ -101,9 +102,10 @@ def compile_model(
     target = make_target(opts.target, opts.target_options)
     graph_text = graph_pipeline_text(opts)
     graph_passes = instantiate(parse_pipeline(graph_text))
+    records = resolve_database(opts.tuning_db, target) if opts.tuning_db else None
     stage_passes = {
         s: instantiate(parse_pipeline(",".join(names)))
-        for s, names in target.stages(opts.tuning_db).items()
+        for s, names in target.stages(records).items()
     }
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -141,6 +143,7 @@ def compile_model(
             if stage == "legalize":
                 flops = _tvm.estimate_flops(mod)
                 kernels = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+                kernel_calls = _tvm.op_counts(mod).get("relax.call_tir", 0)
             seconds[stage] = time.perf_counter() - t
 
     say("build: generating machine code")
@@ -148,10 +151,11 @@ def compile_model(
     executable = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=None)
     seconds["build"] = time.perf_counter() - t
 
-    manifest = _manifest(imported, model, target, opts, graph_passes, stage_passes)
+    manifest = _manifest(imported, model, target, records, graph_passes, stage_passes)
     manifest["report"] = {
         "flops": flops,
-        "kernels": kernels,
+        "kernels": kernels,  # distinct TIR kernels (identical ones are shared)
+        "kernel_calls": kernel_calls,  # call_tir launches in the graph
         "onnx_nodes": imported.onnx_nodes,
         "ops_after_import": ops_after_import,
         "ops_after_passes": ops_after_passes,
@@ -173,7 +177,7 @@ def _manifest(
     imported: ImportedModel,
     model: Any,
     target: Target,
-    opts: CompileOptions,
+    records: Path | None,
     graph_passes: Sequence[GraphPass],
     stage_passes: Mapping[str, Sequence[GraphPass]],
 ) -> dict[str, Any]:
@@ -192,7 +196,7 @@ def _manifest(
         "pipeline": canonical_text(graph_passes),
         "stages": {s: canonical_text(stage_passes[s]) for s in STAGES},
         "full_pipeline": full_pipeline_text(graph_passes, stage_passes),
-        "tuning_db": str(opts.tuning_db) if opts.tuning_db else None,
+        "tuning_db": str(records) if records else None,
         "source": {
             "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
             "sha256": imported.sha256,

@@ -23,7 +23,7 @@ PRESETS: dict[str, str] = {
     "O0": "",
     "O1": "fold-constants,simplify,dce",
     "O2": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
-    "O3": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
+    "O3": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,fuse,fold-constants,dce",
 }
 DEFAULT_PRESET = "O2"
 

@@ -1,0 +1,189 @@
+"""Kernel auto-tuning with MetaSchedule: a persistent JSON database per target, resumable.
+
+    graphopt tune model.onnx --target x86 --db tuning/ --trials 2000
+
+The database lives in `DB/<target>-<hash of the target options>/` so records of different CPUs
+never mix; `graphopt compile --db DB` applies the records for its own target. Records are
+written as they are measured, so Ctrl-C or an exhausted --budget keeps everything found, and
+a second run continues towards the same --trials total.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from .compiler import CompileOptions, graph_pipeline_text
+from .errors import GraphoptError
+from .frontend import import_onnx
+from .pipeline import instantiate, parse_pipeline, run_passes
+from .target_infra import Target, make_target
+from .tuning_db import database_dir
+
+
+class TuningError(GraphoptError):
+    """No tasks to tune, an unusable database, or an unreachable RPC tracker."""
+
+
+def build_without_tensor_intrin(mod: tvm.IRModule, target: Any, _params: Any) -> Any:
+    """MetaSchedule build without importing tvm.s_tir.tensor_intrin in every worker.
+
+    The default builder's import takes 60-120 s on a loaded 2-core machine and its 30 s
+    timeout then fails every build, so tuning silently returns untuned kernels.
+    """
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target)
+
+
+@dataclass
+class TuneSummary:
+    database: Path
+    tasks: int
+    trials_before: int
+    trials_after: int
+    seconds: float
+    stopped: str  # "done", "budget", "interrupted", "nothing to do"
+    best_us: dict[str, float] = field(default_factory=dict)
+
+
+def kernels_to_tune(model: Any, opts: CompileOptions, progress=None) -> tuple[Target, Any]:
+    """Import, graph passes and the legalize stage: the same kernels `compile` will build."""
+    target = make_target(opts.target, opts.target_options)
+    graph_passes = instantiate(parse_pipeline(graph_pipeline_text(opts)))
+    legalize = instantiate(parse_pipeline(",".join(target.stages()["legalize"])))
+    imported = import_onnx(model, opts.input_shapes, progress=progress)
+    mod = run_passes(imported.mod, graph_passes, stage="graph")
+    with target.tvm_target():
+        mod = run_passes(mod, legalize, stage="legalize")
+    return target, mod
+
+
+class _BudgetReached(Exception):
+    pass
+
+
+def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None], start: float):
+    """A MeasureCallback that prints progress and stops the search at the time budget."""
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    best: dict[int, float] = {}
+    trials = {"n": 0}
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(
+            self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
+        ):
+            for result in runner_results:
+                trials["n"] += 1
+                if result.error_msg is None and result.run_secs:
+                    us = 1e6 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                    best[task_id] = min(best.get(task_id, float("inf")), us)
+            done = sum(1 for t in task_scheduler.tasks_ if t.is_terminated)
+            name = tasks[task_id].task_name
+            say(
+                f"tune: {trials['n']} trials, tasks {done}/{len(tasks)}, "
+                f"{name[:40]} best {best.get(task_id, float('nan')):.1f} us, "
+                f"{time.perf_counter() - start:.0f}s"
+            )
+            if deadline is not None and time.perf_counter() > deadline:
+                raise _BudgetReached()
+
+    return Progress(), best
+
+
+def _count_records(database: Any, tasks: list) -> int:
+    total = 0
+    for task in tasks:
+        if database.has_workload(task.dispatched[0]):
+            workload = database.commit_workload(task.dispatched[0])
+            total += len(database.get_top_k(workload, 1 << 30))
+    return total
+
+
+def tune_model(
+    model: Any,
+    db_root: str | Path,
+    opts: CompileOptions,
+    *,
+    trials: int = 1000,
+    budget_seconds: float | None = None,
+    runner: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> TuneSummary:
+    """Tune every kernel of the model for the target; records persist under `db_root`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    say = progress or (lambda _m: None)
+    start = time.perf_counter()
+    target, mod = kernels_to_tune(model, opts, progress=say)
+    tvm_target = target.tvm_target()
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    if not tasks:
+        raise TuningError("the model has no kernels to tune")
+    work_dir = database_dir(Path(db_root), target)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "target.json").write_text(
+        json.dumps(
+            {"target": target.name, "options": target.options_dict(), "tvm": str(tvm_target)},
+            indent=2,
+        )
+        + "\n"
+    )
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    before = _count_records(database, tasks)
+    say(f"tune: {len(tasks)} tasks, {before} trials already in {work_dir}")
+    if before >= trials:
+        return TuneSummary(work_dir, len(tasks), before, before, 0.0, "nothing to do")
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted_tasks=tasks,
+        work_dir=str(work_dir),
+        space="post-order-apply",
+        strategy="evolutionary",
+        seed=0,
+    )
+    cores = os.cpu_count() or 1
+    deadline = start + budget_seconds if budget_seconds else None
+    callback, best = _progress_callback(tasks, deadline, say, start)
+    stopped = "done"
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=trials - before,
+            num_trials_per_iter=min(64, trials - before),
+            builder=ms.builder.LocalBuilder(
+                f_build=build_without_tensor_intrin, timeout_sec=120, max_workers=cores
+            ),
+            runner=runner or ms.runner.LocalRunner(),
+            database=database,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+        )
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    except Exception as err:  # noqa: BLE001 - the budget stop arrives wrapped by TVM's FFI
+        if "_BudgetReached" not in f"{type(err).__name__} {err}":
+            raise
+        stopped = "budget"
+    after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
+    names = {i: t.task_name for i, t in enumerate(tasks)}
+    return TuneSummary(
+        work_dir,
+        len(tasks),
+        before,
+        after,
+        time.perf_counter() - start,
+        stopped,
+        {names[i]: us for i, us in best.items()},
+    )

@@ -1,0 +1,54 @@
+"""Tuning: records persist per target, a second run resumes, compile --db applies them.
+
+Marked `tuning` (and slow): MetaSchedule builds and measures real candidates.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import graphopt
+from graphopt.compiler import CompileOptions
+from graphopt.errors import TargetError
+from graphopt.models import DEFAULT_MODEL, load_eval
+from graphopt.tune import tune_model
+from graphopt.tuning_db import database_dir, resolve_database
+
+pytestmark = [pytest.mark.tuning, pytest.mark.slow]
+
+
+def test_tune_resume_and_apply(tmp_path):
+    db = tmp_path / "db"
+    first = tune_model(DEFAULT_MODEL, db, CompileOptions(), trials=4)
+    assert first.stopped == "done" and first.trials_before == 0
+    assert first.trials_after >= 4
+    again = tune_model(DEFAULT_MODEL, db, CompileOptions(), trials=first.trials_after)
+    assert again.stopped == "nothing to do" and again.trials_before == first.trials_after
+    more = tune_model(DEFAULT_MODEL, db, CompileOptions(), trials=first.trials_after + 4)
+    assert more.trials_before == first.trials_after and more.trials_after > first.trials_after
+
+    art = graphopt.compile(DEFAULT_MODEL, tmp_path / "tuned", tuning_db=db)
+    assert art.manifest["tuning_db"] == str(first.database)
+    assert "MetaScheduleApplyDatabase" in art.manifest["stages"]["schedule"]
+    x, y = load_eval()
+    plain = graphopt.compile(DEFAULT_MODEL, tmp_path / "plain")
+    for i in range(5):
+        feed = {"input": x[i : i + 1]}
+        np.testing.assert_allclose(
+            art.run(feed)["logits"], plain.run(feed)["logits"], rtol=1e-5, atol=1e-5
+        )
+    info = json.loads((first.database / "target.json").read_text())
+    assert info["target"] == "x86"
+
+
+def test_database_is_per_target_options(tmp_path):
+    from graphopt.target_infra import make_target
+
+    a = database_dir(tmp_path, make_target("x86", {"mcpu": "znver3"}))
+    b = database_dir(tmp_path, make_target("x86", {"mcpu": "skylake"}))
+    assert a != b
+    with pytest.raises(TargetError, match="no tuning records"):
+        resolve_database(tmp_path, make_target("x86"))
