@@ -73,8 +73,8 @@ class _BudgetReached(Exception):
 
 def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None], start: float):
     """A MeasureCallback that prints progress and stops the search at the time budget."""
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     best: dict[int, float] = {}
     trials = {"n": 0}
