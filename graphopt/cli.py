@@ -109,6 +109,57 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_key(args: argparse.Namespace) -> str:
+    if not args.key:
+        raise InputError("--rpc needs --key KEY (the key the servers registered under)")
+    return args.key
+
+
+def cmd_rpc(args: argparse.Namespace) -> int:
+    from .rpc import TrackerAddress, run_foreground, server_args, tracker_args
+
+    if args.role == "tracker":
+        return run_foreground(
+            tracker_args(args.host, args.port or 9190),
+            f"RPC tracker on {args.host}:{args.port or 9190}",
+        )
+    tracker = TrackerAddress.parse(args.tracker)
+    return run_foreground(
+        server_args(tracker, args.key, args.host, args.port or 9090),
+        f"RPC server '{args.key}' registered at {tracker}",
+    )
+
+
+def _bench_remote(args: argparse.Namespace) -> int:
+    import statistics
+
+    from .artifact import load
+    from .inputs import load_npz, random_inputs
+    from .rpc import TrackerAddress, remote_latency
+
+    art = load(args.artifact)
+    inputs = load_npz(args.inputs) if args.inputs else random_inputs(art.inputs)
+    tracker = TrackerAddress.parse(args.rpc)
+    samples = remote_latency(
+        Path(args.artifact), tracker, _require_key(args), inputs, runs=args.runs
+    )
+    median = statistics.median(samples)
+    print(f"remote ({args.key} at {tracker}): median {median:.3f} ms over {len(samples)} runs")
+    if args.json:
+        _write_json(
+            args.json,
+            {
+                "remote": {
+                    "tracker": str(tracker),
+                    "key": args.key,
+                    "median_ms": median,
+                    "samples_ms": samples,
+                }
+            },
+        )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .artifact import load
     from .inputs import load_npz, save_npz
@@ -126,6 +177,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .inputs import load_npz
     from .report import compare, format_table
 
+    if args.rpc:
+        return _bench_remote(args)
+    if not args.vs:
+        raise InputError("bench needs --vs MODEL.onnx (local comparison) or --rpc HOST:PORT")
     art = load(args.artifact)
     inputs = load_npz(args.inputs) if args.inputs else None
     result = compare(
@@ -276,7 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="total trials in the database to reach (default 1000)",
     )
     tu.add_argument("--budget", help="stop after this long, e.g. 30m (records are kept)")
+    tu.add_argument("--rpc", metavar="HOST:PORT", help="measure candidates on RPC servers")
+    tu.add_argument("--key", help="RPC key of the servers (with --rpc)")
     tu.set_defaults(func=cmd_tune)
+
+    rpc = sub.add_parser("rpc", help="start a TVM RPC tracker or server (stops cleanly)")
+    rpc_sub = rpc.add_subparsers(dest="role", required=True, metavar="ROLE")
+    rt = rpc_sub.add_parser("tracker", help="run an RPC tracker")
+    rt.add_argument("--host", default="127.0.0.1")
+    rt.add_argument("--port", type=int, default=9190)
+    rs = rpc_sub.add_parser("server", help="run an RPC server registered at a tracker")
+    rs.add_argument("--tracker", required=True, metavar="HOST:PORT")
+    rs.add_argument("--key", required=True)
+    rs.add_argument("--host", default="127.0.0.1")
+    rs.add_argument("--port", type=int, default=9090)
+    for parser in (rt, rs):
+        parser.set_defaults(func=cmd_rpc)
 
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
     r.add_argument("artifact")
@@ -286,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="median latency vs onnxruntime, interleaved in one process")
     b.add_argument("artifact")
-    b.add_argument("--vs", required=True, metavar="MODEL.onnx", help="model for onnxruntime")
+    b.add_argument("--vs", metavar="MODEL.onnx", help="model for onnxruntime")
+    b.add_argument("--rpc", metavar="HOST:PORT", help="measure on a remote device via a tracker")
+    b.add_argument("--key", help="RPC key of the device (with --rpc)")
     b.add_argument("--runs", type=int, default=100)
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--inputs", help=".npz inputs (default: random, seeded)")

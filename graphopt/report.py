@@ -134,7 +134,7 @@ def compare(
         "onnxruntime": lambda: ort_run(session, feeds),
         "graphopt": artifact.runner(feeds),
     }
-    step = max(1, runs // 10)
+    step = max(1, runs // 4)
     result.timings = interleaved(
         contestants,
         runs=runs,
