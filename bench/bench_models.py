@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 import graphopt
+from graphopt import env
 from graphopt.instrument import max_relative_error
 from graphopt.machine import machine_info
 from graphopt.reference import ort_run, ort_session
@@ -104,7 +105,9 @@ def bench_model(name: str, runs: int, samples: int, workdir: Path) -> dict[str, 
         _say(f"[{name}] bare TVM failed: {entry['tvm_bare_error']}")
     _say(f"[{name}] timing {', '.join(contestants)} interleaved, {runs} runs")
     timings = interleaved(
-        contestants, runs=runs, warmup=3,
+        contestants,
+        runs=runs,
+        warmup=3,
         progress=lambda i, n: _say(f"[{name}] {i}/{n}") if i % max(1, n // 5) == 0 else None,
     )
     base = timings["onnxruntime"].median_ms
@@ -117,21 +120,36 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     rows = []
     for r in results:
         lat, ratio, acc = r["latency"], r["ratio_vs_onnxruntime"], r["accuracy_vs_onnxruntime"]
-        bare = (f"{lat['tvm_bare']['median_ms']:.1f} ({ratio['tvm_bare']:.1f}x)"
-                if "tvm_bare" in lat else "fails: " + r.get("tvm_bare_error", "")[:60])
+        bare = (
+            f"{lat['tvm_bare']['median_ms']:.1f} ({ratio['tvm_bare']:.1f}x)"
+            if "tvm_bare" in lat
+            else "fails: " + r.get("tvm_bare_error", "")[:60]
+        )
         quality = acc.get("top1_agreement") or f"min cos {acc['min_cosine']:.6f}"
-        rows.append([
-            r["model"], f"{lat['onnxruntime']['median_ms']:.1f}",
-            f"{lat['graphopt']['median_ms']:.1f} ({ratio['graphopt']:.1f}x)", bare,
-            f"{acc['max_rel_error']:.1e}", quality,
-        ])
-    header = ["model", "onnxruntime ms", "graphopt -O2 ms (ratio)", "bare TVM ms (ratio)",
-              "max rel err", "agreement"]
+        rows.append(
+            [
+                r["model"],
+                f"{lat['onnxruntime']['median_ms']:.1f}",
+                f"{lat['graphopt']['median_ms']:.1f} ({ratio['graphopt']:.1f}x)",
+                bare,
+                f"{acc['max_rel_error']:.1e}",
+                quality,
+            ]
+        )
+    header = [
+        "model",
+        "onnxruntime ms",
+        "graphopt -O2 ms (ratio)",
+        "bare TVM ms (ratio)",
+        "max rel err",
+        "agreement",
+    ]
     return (
         f"# Real models: onnxruntime fp32 vs graphopt (untuned) vs bare TVM\n\n"
         f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
         f"{machine['date']}; medians of interleaved runs in one process.\n\n"
-        + format_table(header, rows) + "\n"
+        + format_table(header, rows)
+        + "\n"
     )
 
 
@@ -142,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10, help="real inputs for accuracy")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    env.configure_for_benchmarks()  # before TVM's thread pool starts (it starts lazily)
     machine = machine_info()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

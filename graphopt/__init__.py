@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from . import env  # noqa: E402
+
+env.configure_tvm_runtime()  # before TVM's thread pool starts
+
 from .artifact import Artifact, load  # noqa: E402
 from .errors import GraphoptError  # noqa: E402
 

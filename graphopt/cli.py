@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("bench", "report"):
+        env.configure_for_benchmarks()
     try:
         return int(args.func(args))
     except GraphoptError as err:

@@ -44,5 +44,8 @@ def machine_info() -> dict[str, Any]:
         "simd": sorted(f for f in features if f.startswith(("avx", "fma", "neon", "sve"))),
         "cores": os.cpu_count(),
         "threads": env.num_threads(),
+        "tvm_runtime_env": {
+            v.name: os.environ.get(v.name) for v in (env.TVM_NUM_THREADS, env.TVM_SPIN)
+        },
         "versions": {p: _version(p) for p in _PACKAGES},
     }
