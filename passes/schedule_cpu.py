@@ -1,0 +1,132 @@
+"""Rule-based default schedules for CPU kernels, so untuned builds are not naive loops.
+
+Runs after FuseTIR, on every PrimFunc of the module, for the target of the surrounding
+`with target:` (`tvm.target.Target.current()`; the host CPU when there is none). Each
+function gets the first rule of `_cpu_schedule_rules` that matches its block structure:
+
+    matmul       C[b.., i, j] += A[b.., i, k] * B[b.., k, j] (+ fused epilogue): pad odd
+                 M/N, B packed into panels, mr x nr register tile, epilogue per tile
+    conv         sliding-window reduction with a weight (conv2d NCHW regular, depthwise,
+                 grouped, pointwise; conv1d): channels or width in SIMD lanes
+    window       the same without a weight (pooling, sums over outer axes)
+    reduction    softmax, layer norm, mean: s_tir.dlight.cpu.Reduction, else outer parallel
+    elementwise  fuse, vectorize, parallel
+
+Weight packing (matmul B panels, conv channel blocks) is moved out of the kernels with
+SplitLayoutRewritePreproc and, for constant weights, folded at compile time (FoldConstant,
+then DeadCodeElimination drops the packing functions); `prepack=false` keeps the packing as a
+kernel run on every call. A function no rule matches, or whose rules all raise, is kept exactly
+as it was and counted in `untouched` (`failed` counts functions where some rule raised; the
+messages are in `.errors`). Functions already marked `tirx.is_scheduled` (tuning records,
+dlight) are skipped. Belongs in a CPU target's schedule stage, after FuseTIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes import _cpu_schedule_rules as rules
+
+
+def _target() -> tvm.target.Target:
+    current = tvm.target.Target.current(allow_none=True)
+    if current is not None:
+        return current
+    from graphopt import _tvm
+
+    return _tvm.make_target({"kind": "llvm", "mcpu": _tvm.host_cpu_name()})
+
+
+@register_pass
+class ScheduleCpu(GraphPass):
+    """Default (untuned) CPU schedules: matmul/conv tiling, vectorize, parallelize."""
+
+    name = "schedule-cpu"
+
+    @dataclass(frozen=True)
+    class Options:
+        # Rules to use, ':'-separated in pipeline text (empty: all).
+        rules: tuple[str, ...] = ()
+        # Pack constant weights (matmul B panels, conv channel blocks) at compile time.
+        prepack: bool = True
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        target = _target()
+        info = rules.cpu_info(target)
+        stats = {f"scheduled_{r}": 0 for r in rules.RULES}
+        stats.update(untouched=0, failed=0, already_scheduled=0)
+        if info is None:
+            count = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+            stats["untouched"] = count
+            return PassResult(mod, False, stats)
+        enabled = set(self.options.rules) if self.options.rules else set(rules.RULES)
+        unknown = enabled - set(rules.RULES)
+        if unknown:
+            from graphopt.errors import PipelineError
+
+            raise PipelineError(
+                f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
+                f"(rules: {', '.join(rules.RULES)})"
+            )
+        updates = {}
+        prepack = False
+        self.errors: dict[str, str] = {}
+        for gvar, func in mod.functions.items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            if func.attrs is not None and func.attrs.get(rules.SCHEDULED_ATTR):
+                stats["already_scheduled"] += 1
+                continue
+            outcome = rules.schedule_func(func, info, target, enabled)
+            if outcome.errors:
+                stats["failed"] += 1
+                self.errors[gvar.name_hint] = "; ".join(outcome.errors)
+            if outcome.rule is None:
+                stats["untouched"] += 1
+                continue
+            stats[f"scheduled_{outcome.rule}"] += 1
+            updates[gvar] = outcome.func
+            prepack |= outcome.prepack
+        stats["prepacked_weights"] = 0
+        if not updates:
+            return PassResult(mod, False, stats)
+        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+        for gvar, func in updates.items():
+            new[gvar] = func
+        if prepack:
+            new, stats["prepacked_weights"] = _split_prepack(new, self.options.prepack)
+        return PassResult(new, True, stats)
+
+
+def _split_prepack(mod: tvm.IRModule, fold: bool) -> tuple[tvm.IRModule, int]:
+    """Move weight-packing blocks out of the kernels; fold them where the weight is constant.
+
+    Without folding (or for weights that are not constants) the packing still runs, as its own
+    kernel before the one that uses it. Returns the module and how many packed weights became
+    constants.
+    """
+    from tvm import relax
+
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    split = _prepack_calls(mod)
+    if not fold:
+        return mod, 0
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, split - _prepack_calls(mod)
+
+
+def _prepack_calls(mod: tvm.IRModule) -> int:
+    """call_tir calls of the packing functions SplitLayoutRewritePreproc creates."""
+    from graphopt import _tvm
+
+    return sum(
+        1
+        for call in _tvm.iter_relax_calls(mod)
+        if isinstance(call.op, tvm.ir.Op)
+        and call.op.name == "relax.call_tir"
+        and call.args[0].name_hint.endswith("_weight_prepack")
+    )
