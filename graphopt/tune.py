@@ -11,6 +11,7 @@ a second run continues towards the same --trials total.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -102,6 +103,19 @@ def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None]
     return Progress(), best
 
 
+def _reset_meta_schedule_handlers() -> None:
+    """MetaSchedule rebuilds its logging config from the names of the handlers already on its
+    logger and fails on any it did not create itself (a nameless one left by an earlier run or
+    by pytest: "'NoneType' object has no attribute 'format'"), so a second tuning run in one
+    process crashes. Drop foreign handlers; MetaSchedule re-creates its own.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        name = handler.get_name() or ""
+        if not name.startswith("tvm.s_tir.meta_schedule"):
+            logger.removeHandler(handler)
+
+
 def _count_records(database: Any, tasks: list) -> int:
     total = 0
     for task in tasks:
@@ -145,6 +159,7 @@ def tune_model(
     say(f"tune: {len(tasks)} tasks, {before} trials already in {work_dir}")
     if before >= trials:
         return TuneSummary(work_dir, len(tasks), before, before, 0.0, "nothing to do")
+    _reset_meta_schedule_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=tasks,
         work_dir=str(work_dir),

@@ -61,9 +61,9 @@ class X86(Target):
         mattr: tuple[str, ...] = ()
         num_cores: int = 0
         triple: str = "x86_64-linux-gnu"
-        # Rule-based default schedules (passes/schedule_cpu.py). Off by default until a
-        # miscompile on EfficientNet-Lite0 is fixed (see the README's numbers).
-        schedules: bool = False
+        # Rule-based default schedules (passes/schedule_cpu.py); schedules=false gives TVM's
+        # unscheduled loops (for comparison and for bisecting a miscompile).
+        schedules: bool = True
 
     @classmethod
     def default_options(cls) -> Options:
