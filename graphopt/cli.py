@@ -31,11 +31,9 @@ def _key_values(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compiler import CompileOptions, compile_model
-    from .frontend import parse_shape_arg
+    from .compiler import compile_model
     from .instrument import DumpDir, PrintAfter, TimePasses
 
-    shapes = dict(parse_shape_arg(s) for s in args.input_shape)
     instruments: list[object] = []
     if args.print_after or args.print_after_all or args.print_after_change:
         instruments.append(
@@ -46,12 +44,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     timer = TimePasses() if args.time_passes else None
     if timer:
         instruments.append(timer)
-    opts = CompileOptions(
-        target=args.target,
-        target_options=_key_values(args.target_opt, "--target-opt"),
-        opt_level=args.opt_level,
-        pipeline=args.pipeline,
-        input_shapes=shapes,
+    opts = _compile_options(
+        args,
         tuning_db=Path(args.db) if args.db else None,
         instruments=instruments,
         verify_each=args.verify_each,
@@ -82,19 +76,11 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .compiler import CompileOptions
-    from .frontend import parse_shape_arg
     from .report import format_table
     from .tune import tune_model
 
     budget = parse_duration(args.budget) if args.budget else None
-    opts = CompileOptions(
-        target=args.target,
-        target_options=_key_values(args.target_opt, "--target-opt"),
-        opt_level=args.opt_level,
-        pipeline=args.pipeline,
-        input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
-    )
+    opts = _compile_options(args)
     summary = tune_model(
         args.model, Path(args.db), opts, trials=args.trials, budget_seconds=budget, progress=_eprint
     )
@@ -260,6 +246,48 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options that decide which kernels get built: compile and tune must agree on them."""
+    parser.add_argument("--target", default="x86", help="target name (see `graphopt targets`)")
+    parser.add_argument(
+        "--target-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="target option, e.g. mcpu=znver3 (repeatable)",
+    )
+    parser.add_argument(
+        "-O",
+        dest="opt_level",
+        type=int,
+        default=2,
+        choices=range(4),
+        help="optimization preset O0..O3 (default 2)",
+    )
+    parser.add_argument("--pipeline", help='graph pipeline text, e.g. "fold-constants,dce"')
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="static shape for an input, e.g. input=1,3,224,224 (repeatable)",
+    )
+
+
+def _compile_options(args: argparse.Namespace, **extra):
+    from .compiler import CompileOptions
+    from .frontend import parse_shape_arg
+
+    return CompileOptions(
+        target=args.target,
+        target_options=_key_values(args.target_opt, "--target-opt"),
+        opt_level=args.opt_level,
+        pipeline=args.pipeline,
+        input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
+        **extra,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"graphopt {__version__}")
@@ -268,30 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
     c.add_argument("model", help="path to model.onnx")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    c.add_argument("--target", default="x86", help="target name (see `graphopt targets`)")
-    c.add_argument(
-        "--target-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="target option, e.g. mcpu=znver3 (repeatable)",
-    )
-    c.add_argument(
-        "-O",
-        dest="opt_level",
-        type=int,
-        default=2,
-        choices=range(4),
-        help="optimization preset O0..O3 (default 2)",
-    )
-    c.add_argument("--pipeline", help='graph pipeline text, e.g. "fold-constants,dce"')
-    c.add_argument(
-        "--input-shape",
-        action="append",
-        default=[],
-        metavar="NAME=DIMS",
-        help="static shape for an input, e.g. input=1,3,224,224 (repeatable)",
-    )
+    _add_model_options(c)
     c.add_argument("--db", help="tuning database directory to apply")
     c.add_argument(
         "--print-after",
@@ -319,11 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="auto-tune kernels into a persistent per-target database")
     tu.add_argument("model", help="path to model.onnx")
     tu.add_argument("--db", required=True, help="tuning database directory (created, resumed)")
-    tu.add_argument("--target", default="x86")
-    tu.add_argument("--target-opt", action="append", default=[], metavar="KEY=VALUE")
-    tu.add_argument("-O", dest="opt_level", type=int, default=2, choices=range(4))
-    tu.add_argument("--pipeline", help="graph pipeline text (must match the compile's)")
-    tu.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    _add_model_options(tu)
     tu.add_argument(
         "--trials",
         type=int,
