@@ -47,7 +47,7 @@ def start_group(args: Sequence[str]) -> subprocess.Popen:
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """Stop a process group started by start_group: SIGTERM, then SIGKILL."""
+    """Stop a process group started by start_group: SIGTERM, then SIGKILL for survivors."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -55,15 +55,13 @@ def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
             return
         try:
             proc.wait(timeout=timeout)
-            # children of the group may outlive the leader: make sure they are gone too
-            os.killpg(proc.pid, 0)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            if proc.poll() is not None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                return
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its socket-holding child may not be
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
 
 
 def tracker_args(host: str, port: int) -> list[str]:
