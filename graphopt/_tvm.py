@@ -141,10 +141,6 @@ def well_formed_error(mod: tvm.IRModule) -> str | None:
     return None
 
 
-def tensor(array: np.ndarray) -> Any:
-    return tvm.runtime.tensor(array)
-
-
 def constant_value(const: Any) -> np.ndarray:
     """The numpy value of a Relax constant (`tvm.ir.GenericConst.value` in 0.27)."""
     return const.value.numpy()

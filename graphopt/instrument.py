@@ -7,7 +7,6 @@ calls it after every pass. `finish()` (optional) runs once at the end.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,16 +146,3 @@ def max_relative_error(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> 
         scale = max(1.0, float(np.max(np.abs(r64))))
         worst = max(worst, float(np.max(np.abs(r64 - g64))) / scale)
     return worst
-
-
-@dataclass
-class Progress:
-    """One line per stage on stderr, so long compiles show they are alive."""
-
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    _start: float = field(default_factory=time.perf_counter)
-
-    def step(self, message: str) -> None:
-        elapsed = time.perf_counter() - self._start
-        self.stream.write(f"[{elapsed:6.1f}s] {message}\n")
-        self.stream.flush()
