@@ -1,14 +1,14 @@
 """Single kernels, side by side: untuned TVM, `schedule-cpu`, numpy and onnxruntime.
 
-    python -m bench.bench_kernels [--runs N] [--naive-runs N] [--only matmul_256,...]
+    python -m bench.bench_kernels [--runs N] [--naive-runs N] [--only matmul_256x256x256,...]
 
 For each kernel family (matmul, conv2d 3x3 stride 1/2, depthwise, pointwise) one Relax module
 is built with the operator (and its bias), run through the x86 legalize stage and lowered
-twice: as graphopt builds it today (no schedule: naive loops) and with the `schedule-cpu` pass
-in the schedule stage. The same operator runs in onnxruntime (a one-node ONNX model) and, for
-matmul, in numpy. Outputs are checked against the naive build; the fast contestants are
-timed interleaved (medians); the naive build, up to seconds per run, gets its own few runs.
-Writes bench/results/kernels.json and kernels.md.
+twice: without schedules (TVM's naive loops, x86 option schedules=false) and with the
+`schedule-cpu` pass in the schedule stage. The same operator runs in onnxruntime (a one-node
+ONNX model) and, for matmul, in numpy. Outputs are checked against the naive build; the fast
+contestants are timed interleaved (medians); the naive build, up to seconds per run, gets its
+own few runs. Writes bench/results/kernels.json and kernels.md.
 """
 
 from __future__ import annotations
@@ -307,9 +307,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['threads']} threads), TVM {m['versions'].get('apache-tvm')}, "
         f"onnxruntime {m['versions'].get('onnxruntime')}, numpy {m['versions'].get('numpy')}.",
         "",
-        "Median ms of interleaved runs (naive: its own few runs). `naive` is graphopt's build",
-        "today (legalized TIR, no schedule); `sched` adds the `schedule-cpu` pass. GFLOP/s in",
-        "brackets. `x naive` = naive / sched; `/ ort` = sched / onnxruntime (lower is better).",
+        "Median ms of interleaved runs (naive: its own few runs). `naive` is TVM's legalized",
+        "TIR without schedules (x86 `schedules=false`); `sched` adds the `schedule-cpu` pass.",
+        "GFLOP/s in brackets. `x naive` = naive / sched; `/ ort` = sched / onnxruntime.",
         "",
     ]
     header = ["kernel", "shape", "naive", "sched", "numpy", "onnxruntime", "x naive", "/ ort"]

@@ -382,7 +382,10 @@ def _tile_writer(sch: Schedule, main_rv, consumers: list[BlockView], info: CpuIn
         if _elementwise_on(last, sch.get(main_rv).writes[0].source):
             sch.set_scope(main_rv, 0, "local")
             return last.rv
-        schedule_injective(sch, last.rv, info)
+        if _is_pad(last):
+            _schedule_pad(sch, last, info)
+        else:
+            schedule_injective(sch, last.rv, info)
     return sch.cache_write(main_rv, 0, "local")
 
 
@@ -1129,7 +1132,10 @@ def schedule_elementwise(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> b
         except Exception:  # noqa: BLE001 - a block read twice in odd ways stays separate
             pass
     for v in root_blocks(sch):
-        schedule_injective(sch, v.rv, info)
+        if _is_pad(v):
+            _schedule_pad(sch, v, info)  # a zero fill plus a copy without conditions
+        else:
+            schedule_injective(sch, v.rv, info)
     return True
 
 
