@@ -21,6 +21,9 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, optimize:
     so.intra_op_num_threads = threads or env.num_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if env.TVM_SPIN.get() == "0":
+        # Benchmarks stop TVM's workers spinning; onnxruntime's must not spin either.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model if isinstance(model, bytes) else str(model)
