@@ -547,23 +547,36 @@ def _pick_rows(m: int, mr_max: int) -> tuple[int, bool]:
     return mr_max, True
 
 
-def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
+def _single_reduction(sch: Schedule, shape_of):
+    """The one reduction block with spatial-only producers/consumers and static extents.
+
+    Returns (views, block, shape, producers, consumers, extents), or None when the function
+    has another structure (the rule then does not apply).
+    """
     views = root_blocks(sch)
     if not simple_structure(sch, views):
-        return False
+        return None
     reductions = [v for v in views if not v.is_spatial]
     if len(reductions) != 1:
-        return False
-    mm = reductions[0]
-    shape = matmul_shape(mm)
+        return None
+    block = reductions[0]
+    shape = shape_of(block)
     if shape is None:
-        return False
-    producers, consumers = _split_epilogue(sch, views, mm)
+        return None
+    producers, consumers = _split_epilogue(sch, views, block)
     if not all(v.is_spatial for v in producers + consumers):
-        return False
-    ext = mm.extents()
+        return None
+    ext = block.extents()
     if any(e is None for e in ext):
+        return None
+    return views, block, shape, producers, consumers, ext
+
+
+def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
+    found = _single_reduction(sch, matmul_shape)
+    if found is None:
         return False
+    views, mm, shape, producers, consumers, ext = found
     m = 1
     for p in shape.rows:
         m *= ext[p]
@@ -836,22 +849,10 @@ def _channel_tile(shape: WindowShape, ext: list[int], info: CpuInfo) -> ChannelT
 
 
 def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weight: bool) -> bool:
-    views = root_blocks(sch)
-    if not simple_structure(sch, views):
+    found = _single_reduction(sch, lambda block: window_shape(block, need_weight))
+    if found is None:
         return False
-    reductions = [v for v in views if not v.is_spatial]
-    if len(reductions) != 1:
-        return False
-    conv = reductions[0]
-    shape = window_shape(conv, need_weight)
-    if shape is None:
-        return False
-    producers, consumers = _split_epilogue(sch, views, conv)
-    if not all(v.is_spatial for v in producers + consumers):
-        return False
-    ext = conv.extents()
-    if any(e is None for e in ext):
-        return False
+    views, conv, shape, producers, consumers, ext = found
 
     tile = _channel_tile(shape, ext, info) if need_weight else None
     # Data read per output channel (depthwise, pooling): pad it channel by channel, in cache,
