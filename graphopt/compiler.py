@@ -164,6 +164,7 @@ def compile_model(
     }
     with AtomicDirectory(out) as tmp:
         target.export(executable, tmp / LIBRARY)
+        target.export_bundle(tmp, manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     say(f"wrote {out}/ ({(out / LIBRARY).stat().st_size / 1024:.0f} KiB library)")
     return Artifact(out)

@@ -91,6 +91,10 @@ class Target:
     def export(self, executable: Any, path: Path) -> None:
         executable.export_library(str(path))
 
+    def export_bundle(self, directory: Path, manifest: dict[str, Any]) -> None:
+        """Add what a deployment needs besides the library (may extend `manifest`, which is
+        written after this); called inside the atomic artifact directory."""
+
     def availability(self) -> Availability:
         return Availability(True, True)
 

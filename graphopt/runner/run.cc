@@ -1,0 +1,225 @@
+// graphopt's model runner for boards without Python: run a compiled model.so on .npz/.npy inputs.
+//
+//   ./run model.so inputs.npz outputs.npz [--repeat N]
+//   ./run model.so input.npy output.npy        (one input, one output)
+//
+// Loads the library with the TVM runtime (libtvm_runtime.so + libtvm_ffi.so, found through the
+// rpath $ORIGIN/lib), creates the Relax VM the way tvm.runtime.vm.VirtualMachine does
+// (vm_load_executable, then vm_initialization(device type, id, allocator) for the CPU), calls
+// "main" and writes the outputs. When io.txt sits next to model.so (graphopt writes it), inputs
+// are matched by name and checked against the declared dtype and shape; outputs get the model's
+// names. --repeat N runs N more times and prints the median wall time (meaningless under an
+// emulator).
+#include <dlpack/dlpack.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "npy.h"
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+struct Decl {
+  std::string name, descr;
+  std::vector<int64_t> shape;
+};
+
+struct IoSpec {
+  std::vector<Decl> inputs, outputs;
+};
+
+// io.txt lines: "input|output DESCR NDIM D0 .. Dn-1 NAME" (the name is the rest of the line).
+IoSpec ReadIoSpec(const std::string& path) {
+  IoSpec spec;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream in(line);
+    std::string kind;
+    Decl d;
+    size_t ndim;
+    if (!(in >> kind >> d.descr >> ndim)) continue;
+    d.shape.resize(ndim);
+    for (auto& x : d.shape) in >> x;
+    std::getline(in >> std::ws, d.name);
+    (kind == "input" ? spec.inputs : spec.outputs).push_back(d);
+  }
+  return spec;
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+DLDataType ToDLType(const std::string& descr) {
+  int bytes = npy::ItemSize(descr);
+  DLDataType t{0, static_cast<uint8_t>(bytes * 8), 1};
+  switch (descr[1]) {
+    case 'f': t.code = kDLFloat; break;
+    case 'i': t.code = kDLInt; break;
+    case 'u': t.code = kDLUInt; break;
+    case 'b': t.code = kDLBool; break;
+    default: throw npy::Error("unsupported dtype '" + descr + "'");
+  }
+  return t;
+}
+
+std::string ToDescr(DLDataType t) {
+  const char* kind = t.code == kDLFloat ? "f" : t.code == kDLInt ? "i" : t.code == kDLUInt ? "u"
+                     : t.code == kDLBool ? "b" : nullptr;
+  if (kind == nullptr || t.lanes != 1) throw npy::Error("unsupported output dtype");
+  return std::string(t.bits == 8 ? "|" : "<") + kind + std::to_string(t.bits / 8);
+}
+
+struct CpuAlloc {
+  void AllocData(DLTensor* t) {
+    size_t bytes = (ffi::GetDataSize(*t) + 63) / 64 * 64;
+    t->data = std::aligned_alloc(64, bytes ? bytes : 64);
+  }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+ffi::Tensor ToTensor(const npy::Array& a) {
+  ffi::Tensor t = ffi::Tensor::FromNDAlloc(CpuAlloc(), ffi::ShapeView(a.shape.data(), a.shape.size()),
+                                           ToDLType(a.descr), DLDevice{kDLCPU, 0});
+  std::copy(a.data.begin(), a.data.end(), static_cast<char*>(t.data_ptr()));
+  return t;
+}
+
+void Flatten(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
+  if (auto t = value.try_cast<ffi::Tensor>()) {
+    out->push_back(*t);
+  } else if (auto items = value.try_cast<ffi::Array<ffi::Any>>()) {
+    for (const ffi::Any& item : *items) Flatten(item, out);
+  } else {
+    throw npy::Error("model returned a value that is neither a tensor nor a tuple");
+  }
+}
+
+npy::Array FromTensor(const ffi::Tensor& t, const std::string& name) {
+  if (!t.IsContiguous()) throw npy::Error("output '" + name + "' is not contiguous");
+  npy::Array a;
+  a.name = name;
+  a.descr = ToDescr(t.dtype());
+  a.shape.assign(t.shape().begin(), t.shape().end());
+  const char* begin = static_cast<const char*>(t.data_ptr()) + t.byte_offset();
+  a.data.assign(begin, begin + ffi::GetDataSize(static_cast<size_t>(t.numel()), t.dtype()));
+  return a;
+}
+
+bool EndsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Inputs in the model's order, checked against io.txt when there is one.
+std::vector<npy::Array> LoadInputs(const std::string& path, const IoSpec& spec) {
+  std::vector<npy::Array> given;
+  if (EndsWith(path, ".npy")) {
+    given.push_back(npy::ReadNpy(path, spec.inputs.size() == 1 ? spec.inputs[0].name : "input"));
+  } else {
+    given = npy::ReadNpz(path);
+  }
+  if (spec.inputs.empty()) return given;
+  if (EndsWith(path, ".npy") && spec.inputs.size() != 1) {
+    throw npy::Error("the model has " + std::to_string(spec.inputs.size()) +
+                     " inputs: pass them in one .npz");
+  }
+  std::vector<npy::Array> ordered;
+  std::string problems;
+  for (const Decl& d : spec.inputs) {
+    auto it = std::find_if(given.begin(), given.end(), [&](const npy::Array& a) { return a.name == d.name; });
+    if (it == given.end()) {
+      problems += "; missing input '" + d.name + "' " + d.descr + ShapeText(d.shape);
+      continue;
+    }
+    if (it->descr != d.descr) {
+      problems += "; input '" + d.name + "' has dtype " + it->descr + ", expected " + d.descr;
+    }
+    if (it->shape != d.shape) {
+      problems += "; input '" + d.name + "' has shape " + ShapeText(it->shape) + ", expected " +
+                  ShapeText(d.shape);
+    }
+    ordered.push_back(*it);
+  }
+  if (!problems.empty()) throw npy::Error(problems.substr(2));
+  return ordered;
+}
+
+int Usage() {
+  std::cerr << "usage: run MODEL.so INPUTS.npz|.npy OUTPUTS.npz|.npy [--repeat N]\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4 && !(argc == 6 && std::string(argv[4]) == "--repeat")) return Usage();
+  std::string model = argv[1], in_path = argv[2], out_path = argv[3];
+  int repeat = argc == 6 ? std::atoi(argv[5]) : 0;
+  try {
+    std::string dir = model.find('/') == std::string::npos ? "." : model.substr(0, model.rfind('/'));
+    IoSpec spec = ReadIoSpec(dir + "/io.txt");
+    std::vector<npy::Array> inputs = LoadInputs(in_path, spec);
+
+    ffi::Module lib = ffi::Module::LoadFromFile(model);
+    ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+    const int kPooledAllocator = 2;
+    vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    ffi::Function main_fn = vm->GetFunction("main").value();
+
+    std::vector<ffi::Any> args;
+    for (const npy::Array& a : inputs) args.emplace_back(ToTensor(a));
+    std::vector<ffi::AnyView> views(args.begin(), args.end());
+    auto call = [&]() {
+      ffi::Any result;
+      main_fn.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+      return result;
+    };
+    std::vector<ffi::Tensor> tensors;
+    Flatten(call(), &tensors);
+
+    if (repeat > 0) {
+      std::vector<double> ms;
+      for (int i = 0; i < repeat; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        call();
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ms.begin(), ms.end());
+      std::fprintf(stderr, "median %.3f ms over %d runs\n", ms[ms.size() / 2], repeat);
+    }
+
+    std::vector<npy::Array> outputs;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      std::string name = i < spec.outputs.size() ? spec.outputs[i].name : "output_" + std::to_string(i);
+      outputs.push_back(FromTensor(tensors[i], name));
+    }
+    if (EndsWith(out_path, ".npy")) {
+      if (outputs.size() != 1) {
+        throw npy::Error("the model has " + std::to_string(outputs.size()) + " outputs: write a .npz");
+      }
+      npy::WriteNpy(out_path, outputs[0]);
+    } else {
+      npy::WriteNpz(out_path, outputs);
+    }
+  } catch (const std::exception& err) {
+    std::cerr << "error: " << err.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
