@@ -1,0 +1,88 @@
+"""Calibration: run the fp32 graph over the samples and observe every quantizable layer's input.
+
+The graph is rebuilt with each layer's input as an extra output (`tap_module`), built once with
+the target's schedules, and run over every feed; a `Histogram` per layer accumulates the values,
+and an observer turns it into the range written to the ranges file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .layers import find_layers
+from .observers import METHODS, Histogram, observe_range
+from .ranges import write_ranges
+from .runner import build_runner
+
+
+def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
+    """`main` returning (input of each layer..., original outputs...); and the layer names."""
+    func = relax.transform.ToNonDataflow()(mod)["main"]
+    layers = find_layers(func)
+    body = func.body
+    outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
+    result = relax.BlockBuilder().normalize(relax.Tuple([*(ly.data for ly in layers), *outputs]))
+    new_body = relax.SeqExpr(body.blocks, result)
+    new_func = relax.Function(func.params, new_body, result.ty, attrs=func.attrs)
+    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    new["main"] = new_func
+    return relax.transform.Normalize()(new), [ly.name for ly in layers]
+
+
+def calibrate(
+    mod: tvm.IRModule,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    method: str = "entropy",
+    *,
+    act_dtype: str = "int8",
+    target: str = "x86",
+    target_options: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}."""
+    say = progress or (lambda _m: None)
+    if method not in METHODS:
+        from .errors import CalibrationError
+
+        raise CalibrationError(f"unknown calibration method '{method}' (use {', '.join(METHODS)})")
+    layers = find_layers(mod["main"])
+    if not layers:
+        return {}
+    tapped, names = tap_module(mod)
+    assert names == [ly.name for ly in layers], "tap and quantize must name layers alike"
+    say(f"calibrate: building the fp32 graph with {len(layers)} layer inputs as outputs")
+    run = build_runner(tapped, target, target_options)
+    hists = [Histogram() for _ in layers]
+    params = [p.name for p in mod["main"].params]
+    start = time.perf_counter()
+    step = max(1, len(feeds) // 10)
+    for i, feed in enumerate(feeds):
+        outs = run([feed[n] for n in params])
+        for h, value in zip(hists, outs[: len(layers)]):
+            h.add(value)
+        if (i + 1) % step == 0 or i + 1 == len(feeds):
+            rate = (i + 1) / max(time.perf_counter() - start, 1e-9)
+            say(f"calibrate: {i + 1}/{len(feeds)} samples ({rate:.1f}/s)")
+    result = {}
+    levels = 256
+    for layer, h in zip(layers, hists):
+        lo, hi = observe_range(h, method, levels)
+        result[layer.name] = {
+            "kind": layer.kind,
+            "weight_shape": layer.weight_shape,
+            "input": [lo, hi],
+            "observed": [h.lo, h.hi],
+        }
+    return result
+
+
+def calibrate_to_file(path: str | Path, mod, feeds, method: str = "entropy", **kw) -> dict:
+    ranges = calibrate(mod, feeds, method, **kw)
+    write_ranges(path, ranges, method)
+    return ranges

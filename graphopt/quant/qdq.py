@@ -1,0 +1,178 @@
+"""The QDQ form's building blocks: quantization parameters, numpy references, Relax emitters,
+and small QDQ test graphs (`conv2d_qdq_module`, `matmul_qdq_module`) for pass and kernel tests.
+
+The exact form is documented in `passes/quantize.py` (section "QDQ form"); everything that emits
+it goes through `emit_act_qdq`, `emit_dynamic_qdq` and `weight_dequantize` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R_op
+
+from .errors import CalibrationError
+
+QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+WEIGHT_QMAX = 127  # symmetric weights use [-127, 127]: negation stays representable
+DYNAMIC_EPS = 1e-8  # floor of a run-time scale (an all-zero tensor must not divide by zero)
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Static quantization of one activation: x ~ (q - zero_point) * scale."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "int8"
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+
+def act_qparams(lo: float, hi: float, dtype: str = "int8") -> ActQuant:
+    """Affine parameters covering [lo, hi] (extended to contain 0, so 0 is exact)."""
+    if dtype not in QRANGE:
+        raise CalibrationError(f"activation dtype must be int8 or uint8, not '{dtype}'")
+    qmin, qmax = QRANGE[dtype]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / (qmax - qmin)
+    if scale <= 0 or not np.isfinite(scale):
+        scale = 1e-8
+    scale = float(np.float32(scale))
+    zp = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))
+    return ActQuant(scale, zp, dtype)
+
+
+def weight_qparams(w: np.ndarray, axis: int, per_channel: bool = True):
+    """Symmetric int8 weights: (wq int8, scale fp32 of w.shape[axis] or a scalar)."""
+    w = np.asarray(w, np.float32)
+    if per_channel:
+        axis = axis % w.ndim
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.abs(w).max(axis=other) if other else np.abs(w)
+    else:
+        amax = np.array(np.abs(w).max())
+    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
+    bshape = [1] * w.ndim
+    if per_channel:
+        bshape[axis] = -1
+    wq = np.clip(np.round(w / scale.reshape(bshape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return wq, scale
+
+
+def fake_quant_np(x: np.ndarray, q: ActQuant) -> np.ndarray:
+    """numpy reference of quantize -> dequantize (round half to even, like TVM's legalization)."""
+    qmin, qmax = QRANGE[q.dtype]
+    xs = np.asarray(x, np.float32) / np.float32(q.scale)
+    return ((np.clip(np.round(xs) + q.zero_point, qmin, qmax) - q.zero_point) * q.scale).astype(
+        np.float32
+    )
+
+
+def dequant_weight_np(wq: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    bshape = [1] * wq.ndim
+    if np.ndim(scale):
+        bshape[axis % wq.ndim] = -1
+    return (wq.astype(np.float32) * np.asarray(scale, np.float32).reshape(bshape)).astype(
+        np.float32
+    )
+
+
+def emit_act_qdq(bb: relax.BlockBuilder, x: relax.Expr, q: ActQuant) -> relax.Var:
+    """q = quantize(x, s, zp); return dequantize(q, s, zp): static activation quantization."""
+    s = relax.const(q.scale, "float32")
+    zp = relax.const(q.zero_point, q.dtype)
+    xq = bb.emit(R_op.quantize(x, s, zp, axis=-1, out_dtype=q.dtype))
+    return bb.emit(R_op.dequantize(xq, s, zp, axis=-1, out_dtype="float32"))
+
+
+def emit_dynamic_qdq(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Var:
+    """Run-time symmetric int8: s = max(max|x|, eps) / 127, zp = 0."""
+    amax = bb.emit(R_op.max(R_op.abs(x)))
+    amax = bb.emit(R_op.maximum(amax, relax.const(DYNAMIC_EPS, "float32")))
+    s = bb.emit(R_op.divide(amax, relax.const(float(WEIGHT_QMAX), "float32")))
+    zp = relax.const(0, "int8")
+    xq = bb.emit(R_op.quantize(x, s, zp, axis=-1, out_dtype="int8"))
+    return bb.emit(R_op.dequantize(xq, s, zp, axis=-1, out_dtype="float32"))
+
+
+def weight_dequantize(wq: np.ndarray, scale: np.ndarray, axis: int) -> relax.Call:
+    """dequantize(int8 constant, per-channel (or scalar) scale, zero zp, axis) -> fp32."""
+    if np.ndim(scale):
+        zp = relax.const(np.zeros(np.shape(scale), np.int8))
+        s = relax.const(np.asarray(scale, np.float32))
+    else:
+        zp = relax.const(0, "int8")
+        s = relax.const(float(scale), "float32")
+    return R_op.dequantize(relax.const(wq), s, zp, axis=axis, out_dtype="float32")
+
+
+# ---- small QDQ test graphs (also imported by the integer-kernel tests) ----------------------
+
+
+def conv2d_qdq_module(
+    x_shape: Sequence[int],
+    w: np.ndarray,
+    act: ActQuant,
+    *,
+    bias: np.ndarray | None = None,
+    strides: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    groups: int = 1,
+    activation: str | None = None,
+    per_channel: bool = True,
+) -> tvm.IRModule:
+    """main(x) = [relu|relu6](conv2d(QDQ(x), DQ(wq)) [+ bias]) in the QDQ form (NCHW/OIHW)."""
+    wq, s_w = weight_qparams(w, 0, per_channel)
+    return _qdq_module(
+        x_shape,
+        act,
+        lambda xf: R_op.nn.conv2d(
+            xf, weight_dequantize(wq, s_w, 0), strides=strides, padding=padding, groups=groups
+        ),
+        bias.reshape(1, -1, 1, 1) if bias is not None else None,
+        activation,
+    )
+
+
+def matmul_qdq_module(
+    x_shape: Sequence[int],
+    w: np.ndarray,
+    act: ActQuant | None,
+    *,
+    bias: np.ndarray | None = None,
+    activation: str | None = None,
+    per_channel: bool = True,
+) -> tvm.IRModule:
+    """main(x) = matmul(QDQ(x), DQ(wq)) [+ bias] with W [K, N]; act=None: dynamic int8."""
+    wq, s_w = weight_qparams(w, 1, per_channel)
+    return _qdq_module(
+        x_shape,
+        act,
+        lambda xf: R_op.matmul(xf, weight_dequantize(wq, s_w, 1)),
+        bias,
+        activation,
+    )
+
+
+def _qdq_module(x_shape, act, make_op, bias, activation) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(tuple(x_shape), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xf = emit_act_qdq(bb, x, act) if act is not None else emit_dynamic_qdq(bb, x)
+            y = bb.emit(make_op(xf))
+            if bias is not None:
+                y = bb.emit(R_op.add(y, relax.const(np.asarray(bias, np.float32))))
+            if activation == "relu":
+                y = bb.emit(R_op.nn.relu(y))
+            elif activation == "relu6":
+                y = bb.emit(R_op.clip(y, 0.0, 6.0))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()

@@ -1,0 +1,130 @@
+"""Insert int8 quantize/dequantize (QDQ) around conv2d and matmul layers with constant weights.
+
+Static mode (default) takes calibrated activation ranges from a JSON file written by
+`graphopt.quant.calibrate` (`quantize{ranges=r.json}`), so the pass stays a pure IR->IR pass
+usable in text pipelines. Dynamic mode (`quantize{mode=dynamic}`) needs no ranges: activations
+are quantized at run time from their own max |x| (transformer matmuls). `skip=conv2d_3:matmul_0`
+keeps named layers in fp32 (what `--max-drop` uses). Layer names: `graphopt.quant.layers`.
+
+QDQ form (the contract with `lower-int8`; `graphopt.quant.qdq` emits it):
+    activation, static:   q  = R.quantize(x, s, zp, axis=-1, out_dtype=D)        D: int8 | uint8
+                          xf = R.dequantize(q, s, zp, axis=-1, out_dtype="float32")
+                          s an fp32 scalar constant, zp a scalar constant of dtype D; the range
+                          always contains 0 (zero padding is exact). Affine: zp may be nonzero.
+    activation, dynamic:  a = R.max(R.abs(x)); a = R.maximum(a, 1e-8); s = R.divide(a, 127.0)
+                          then the two ops above with that run-time s and zp = R.const(0, "int8").
+    weight:               wf = R.dequantize(wq, s_w, zp_w, axis=A, out_dtype="float32")
+                          wq an int8 constant in [-127, 127], symmetric: zp_w int8 zeros;
+                          per-channel: s_w fp32 vector (one per output channel) and zp_w an
+                          int8 zero vector of the same length; per-tensor: scalar s_w, zp_w.
+                          conv2d OIHW: A = 0; matmul W [K, N]: A = 1.
+    op:                   R.nn.conv2d(xf, wf, <the original attrs>) or R.matmul(xf, wf); the
+                          original bias add / relu / clip that followed stay as they were.
+Rounding is round-half-to-even in both quantize (TVM's legalization) and the numpy references.
+Each quantized layer gets its own activation QDQ, even when layers share an input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from graphopt import _tvm
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.quant.errors import CalibrationError
+from graphopt.quant.layers import Layer, find_layers
+from graphopt.quant.qdq import (
+    act_qparams,
+    emit_act_qdq,
+    emit_dynamic_qdq,
+    weight_dequantize,
+    weight_qparams,
+)
+from graphopt.quant.ranges import read_ranges
+
+
+@register_pass
+class Quantize(GraphPass):
+    """Insert int8 QDQ around conv2d/matmul with constant weights (static ranges or dynamic)."""
+
+    name = "quantize"
+
+    @dataclass(frozen=True)
+    class Options:
+        ranges: str = ""  # JSON file of calibrated activation ranges (static mode)
+        mode: str = "static"  # static | dynamic
+        per_channel: bool = True
+        act_dtype: str = "int8"  # int8 | uint8 (static mode)
+        skip: tuple[str, ...] = ()  # layer names kept in fp32
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        o = self.options
+        if o.mode not in ("static", "dynamic"):
+            raise CalibrationError(f"quantize: mode must be static or dynamic, not '{o.mode}'")
+        if o.act_dtype not in ("int8", "uint8"):
+            raise CalibrationError(f"quantize: act_dtype must be int8 or uint8, not {o.act_dtype}")
+        if o.mode == "static" and not o.ranges:
+            raise CalibrationError("quantize: static mode needs ranges=FILE (from calibration)")
+        ranges = read_ranges(Path(o.ranges)) if o.mode == "static" else {}
+        layers = find_layers(mod["main"])
+        plan: dict[str, Layer] = {}
+        skipped = 0
+        for layer in layers:
+            if layer.name in o.skip:
+                skipped += 1
+                continue
+            if o.mode == "static":
+                entry = ranges.get(layer.name)
+                if entry is None:
+                    skipped += 1
+                    continue
+                if list(entry["weight_shape"]) != layer.weight_shape:
+                    raise CalibrationError(
+                        f"quantize: ranges file {o.ranges} does not match this graph (layer "
+                        f"{layer.name} has weight {layer.weight_shape}, the file says "
+                        f"{entry['weight_shape']}); calibrate the same graph"
+                    )
+            plan[layer.name] = layer
+        stats = {"quantized": len(plan), "skipped": skipped}
+        if not plan:
+            return PassResult(mod, False, stats)
+        rewriter = _Rewriter(plan, ranges, o)
+        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+        new["main"] = rewriter.rewrite(mod["main"])
+        return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, plan: dict[str, Layer], ranges: dict, options) -> None:
+        super().__init__()
+        self.by_call = [(layer.call, layer) for layer in plan.values()]
+        self.ranges = ranges
+        self.o = options
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        return self.visit_expr(func)
+
+    def _layer(self, call: relax.Call) -> Layer | None:
+        for orig, layer in self.by_call:
+            if orig.same_as(call):
+                return layer
+        return None
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        layer = self._layer(call)
+        if layer is None:
+            return super().visit_call_(call)
+        data = self.visit_expr(call.args[0])
+        if self.o.mode == "dynamic":
+            xf = emit_dynamic_qdq(self.builder_, data)
+        else:
+            lo, hi = self.ranges[layer.name]["input"]
+            xf = emit_act_qdq(self.builder_, data, act_qparams(lo, hi, self.o.act_dtype))
+        wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.o.per_channel)
+        wf = self.builder_.emit(weight_dequantize(wq, s_w, layer.weight_axis))
+        return relax.Call(call.op, [xf, wf], call.attrs, call.ty_args)
