@@ -188,6 +188,9 @@ def kernels() -> list[Kernel]:
         conv_kernel("depthwise 3x3", 32, 112, 32, 3, 1, groups=32),
         conv_kernel("depthwise 3x3 stride 2", 96, 112, 96, 3, 2, groups=96),
         conv_kernel("pointwise 1x1", 64, 56, 128, 1, 1),
+        # MobileNetV2's stem and its widest expansion: little reduction per output.
+        conv_kernel("conv2d 3x3 stride 2", 3, 224, 32, 3, 2),
+        conv_kernel("pointwise 1x1", 16, 112, 96, 1, 1),
     ]
 
 

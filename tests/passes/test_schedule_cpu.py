@@ -157,6 +157,14 @@ CONVS = [
     (1, 8, 10, 10, 16, 3, 1, 1, 8),  # depthwise with channel multiplier 2
     (1, 12, 9, 9, 18, 3, 1, 1, 3),  # grouped conv
     (1, 8, 3, 3, 4, 3, 1, 0, 1),  # 1x1 output
+    # Short reductions over whole vectors of columns: output width in SIMD lanes.
+    (1, 16, 5, 32, 24, 1, 1, 0, 1),  # pointwise over 16 channels
+    (1, 3, 32, 32, 8, 3, 2, 1, 1),  # stride-2 stem: phase-split padded input
+    (2, 3, 30, 31, 8, 3, 2, (1, 1, 0, 1), 1),  # the same, batch 2, odd, asymmetric padding
+    # Stride-2 depthwise over wide maps: phase-split per-channel pads.
+    (1, 8, 34, 34, 8, 3, 2, 1, 8),
+    (1, 4, 20, 40, 4, 5, 2, 2, 4),  # 5x5 window
+    (1, 4, 20, 39, 4, 3, 2, 1, 4),  # padded width 41 is odd: no phase split
 ]
 
 
@@ -170,6 +178,23 @@ def test_conv2d(n, c, h, w, o, k, s, p, g):
         return relax.op.clip(y, 0.0, 6.0)
 
     check(_func([(n, c, h, w)], build), [_rand(n, c, h, w)], "conv")
+
+
+@pytest.mark.parametrize("c,o,g", [(3, 8, 1), (8, 8, 8)])
+def test_stride_2_windows_read_a_phase_split_input(c, o, g):
+    """The padded input of a wide stride-2 conv is stored as [.., y, x % 2, x // 2]."""
+    weight = _const(o, c // g, 3, 3)
+
+    def build(bb, x):
+        return relax.op.nn.conv2d(x, weight, strides=2, padding=1, groups=g)
+
+    result = check(_func([(1, c, 32, 32)], build), [_rand(1, c, 32, 32)], "conv")
+    text = "\n".join(f.script() for f in result.module.functions.values() if _is_prim(f))
+    assert "T.int64(34), T.int64(2), T.int64(17)" in text
+
+
+def _is_prim(func) -> bool:
+    return isinstance(func, tvm.tirx.PrimFunc)
 
 
 def test_conv2d_without_epilogue_and_residual():
