@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ from .errors import TargetError
 RUNNER = "run"
 IO_SPEC = "io.txt"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
+QEMU = "qemu-aarch64"
+QEMU_SYSROOT = Path("/usr/aarch64-linux-gnu")  # Debian's aarch64 libc, for qemu -L
 
 
 class BundleError(TargetError):
@@ -232,3 +235,29 @@ def _sibling_tool(cc: str, tool: str) -> str | None:
     name = Path(path).name
     prefix = name[: name.rfind("-") + 1] if "-" in name else ""
     return shutil.which(str(Path(path).with_name(prefix + tool)))
+
+
+def run_emulated(
+    directory: Path, inputs: dict[str, np.ndarray], cpu: str = "max"
+) -> dict[str, np.ndarray]:
+    """Run a bundle's runner under qemu-aarch64 (a correctness check: emulated times mean
+    nothing). `cpu` is qemu's -cpu: cortex-a53 rejects instructions that core lacks."""
+    directory = Path(directory)
+    if shutil.which(QEMU) is None or not QEMU_SYSROOT.is_dir():
+        raise BundleError(
+            f"running an aarch64 bundle here needs {QEMU} and {QEMU_SYSROOT}: "
+            "apt-get install qemu-user g++-aarch64-linux-gnu"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(src, **inputs)
+        cmd = [QEMU, "-cpu", cpu, "-L", str(QEMU_SYSROOT), str(directory / RUNNER),
+               str(directory / "model.so"), str(src), str(dst)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rc = proc.returncode
+            why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
+            last = (proc.stderr.strip().splitlines() or [""])[-1]
+            raise BundleError(f"runner under {QEMU} -cpu {cpu} failed ({why}): {last}".rstrip(": "))
+        with np.load(dst) as result:
+            return {name: result[name] for name in result.files}

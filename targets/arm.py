@@ -21,14 +21,13 @@ from typing import Any
 import tvm
 
 from graphopt import _tvm
+from graphopt.bundle import QEMU, QEMU_SYSROOT, write_bundle
 from graphopt.errors import TargetError
 from graphopt.target_infra import Availability, Target, register_target
 from graphopt.targets.x86 import CPU_LEGALIZE, CPU_LOWER, cpu_schedule_stage
 
 DEFAULT_CC = "aarch64-linux-gnu-g++"
 CC_PACKAGE = "g++-aarch64-linux-gnu"
-QEMU = "qemu-aarch64"
-QEMU_SYSROOT = Path("/usr/aarch64-linux-gnu")
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,6 @@ class Arm(Target):
         """The runner, the aarch64 TVM runtime and io.txt, described in manifest["bundle"]."""
         if not self.options.bundle:
             return
-        from graphopt.bundle import write_bundle
-
         manifest["bundle"] = write_bundle(
             directory, manifest, self.cross_compiler(), self.options.wheel_platform
         )
