@@ -1,0 +1,514 @@
+"""Integer kernels behind `lower-int8`: int8 conv2d / matmul with fused requantize epilogues.
+
+Every kernel is written directly in low-level TIR (already scheduled: `schedule-cpu` skips it)
+around one register-tiled micro-kernel whose inner step is a single SIMD "dot" instruction:
+
+    isa      lanes  k per 32-bit word  instruction                         activation domain
+    vnni     16     4 (bytes)          vpdpbusd zmm (u8 x s8 -> s32)        u8 (int8 + 128)
+    avx2     8      2 (int16 halves)   vpmaddwd ymm (s16 x s16 -> s32)      as is (exact)
+    sdot     4      4 (bytes)          sdot v.4s (s8 x s8 -> s32, ARM)      s8 (uint8 - 128)
+    generic  4      1                  plain int32 multiply-add             as is
+
+Activations are packed into 32-bit "words" of `kpack` reduction values (conv: im2col into
+[b, g, k/kpack, pixel]; matmul: [row, k/kpack]); constant int8 weights are packed the same way
+in numpy by the pass. A domain shift (vnni: +128, sdot: -128) makes the activations fit the
+instruction; it is undone exactly with the zero-point correction `-zp' * sum_k w`, which the
+pass folds into the per-channel int32 bias (`corr`). Padding reads the zero point, so padded
+taps contribute exactly zero after that correction, as they do in fake quantization.
+
+Epilogues (per output channel `ch`, from the int32 accumulator `acc`):
+    requant:  q = clamp(round_half_even(f32(acc + corr[ch]) * scale[ch]) + zp, lo, hi)  (int8)
+    dequant:  y = clamp(f32(acc + corr[ch]) * scale[ch] * [xs] + fbias[ch], lo, hi)    (fp32)
+`lo`/`hi` fold relu / clip (relu6) into the range; `xs` is the runtime activation scale of
+dynamic quantization. `reference_*` functions are the numpy integer model of the same math.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+# --------------------------------------------------------------------------------------------
+# Instruction sets
+
+
+@dataclass(frozen=True)
+class Isa:
+    """One integer dot-product scheme: vector width, packing and the instruction."""
+
+    name: str
+    lanes: int  # int32 accumulator lanes per SIMD register
+    kpack: int  # reduction values per 32-bit word
+    accumulators: int  # SIMD registers a register tile may use for accumulators
+    domain: str  # "u8", "s8" or "wide": what the activation operand must be
+
+    def offset(self, act_dtype: str) -> int:
+        """Added to activation values (and their zero point) to reach the operand domain."""
+        if self.domain == "u8" and act_dtype == "int8":
+            return 128
+        if self.domain == "s8" and act_dtype == "uint8":
+            return -128
+        return 0
+
+    def dot(self, acc, act, wt):
+        """acc + sum over each word's kpack products; act / wt are int32xL word vectors."""
+        n = self.lanes
+        if self.name == "vnni":
+            return T.call_llvm_pure_intrin(
+                f"int32x{n}",
+                "llvm.x86.avx512.vpdpbusd.512",
+                acc,
+                T.reinterpret(f"int8x{4 * n}", act),
+                T.reinterpret(f"int8x{4 * n}", wt),
+            )
+        if self.name == "avx2":
+            return acc + T.call_llvm_pure_intrin(
+                f"int32x{n}",
+                "llvm.x86.avx2.pmadd.wd",
+                T.reinterpret(f"int16x{2 * n}", act),
+                T.reinterpret(f"int16x{2 * n}", wt),
+            )
+        if self.name == "sdot":
+            return T.call_llvm_pure_intrin(
+                f"int32x{n}",
+                "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                acc,
+                T.reinterpret(f"int8x{4 * n}", act),
+                T.reinterpret(f"int8x{4 * n}", wt),
+            )
+        return acc + act * wt
+
+
+ISAS = {
+    "vnni": Isa("vnni", 16, 4, 24, "u8"),
+    "avx2": Isa("avx2", 8, 2, 12, "wide"),
+    "sdot": Isa("sdot", 4, 4, 24, "s8"),
+    "generic": Isa("generic", 4, 1, 12, "wide"),
+}
+
+# The instruction each scheme's inner loop must contain (checked in the generated assembly).
+ASM_MARKER = {"vnni": "vpdpbusd", "avx2": "vpmaddwd", "sdot": "sdot"}
+
+
+def isa_for_target(target: tvm.target.Target) -> Isa:
+    """The best scheme the target's CPU features allow."""
+    from tvm.target import codegen
+
+    features = set(codegen.llvm_get_cpu_features(target))
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple.startswith(("aarch64", "arm64")):
+        return ISAS["sdot"] if "dotprod" in features else ISAS["generic"]
+    if {"avx512vnni", "avx512bw", "avx512f"} <= features:
+        return ISAS["vnni"]
+    if "avx2" in features:
+        return ISAS["avx2"]
+    return ISAS["generic"]
+
+
+def pack_words(values: np.ndarray, kpack: int) -> np.ndarray:
+    """Pack the last axis (int8 values, zero-padded to a multiple of kpack) into int32 words."""
+    k = values.shape[-1]
+    kw = -(-k // kpack)
+    padded = np.zeros((*values.shape[:-1], kw * kpack), np.int32)
+    padded[..., :k] = values
+    if kpack == 1:
+        return padded
+    narrow = np.int8 if kpack == 4 else np.int16
+    return np.ascontiguousarray(padded.astype(narrow)).view(np.int32)
+
+
+def _word(vals: list, kpack: int):
+    """TIR: pack kpack int32 values (already in the operand domain) into one int32 word."""
+    if kpack == 1:
+        return vals[0]
+    bits = 32 // kpack
+    mask = (1 << bits) - 1
+    word = vals[0] & mask
+    for j in range(1, kpack):
+        word = word | ((vals[j] & mask) << (bits * j))
+    return word
+
+
+# --------------------------------------------------------------------------------------------
+# Epilogue
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What happens to the int32 accumulator: requantize to int8/uint8, or dequantize to fp32."""
+
+    out_dtype: str  # "int8" / "uint8" (requant) or "float32" (dequant)
+    zp: int = 0  # output zero point (requant)
+    lo: float = -math.inf  # clamp bounds, in the quantized domain (requant) or real (dequant)
+    hi: float = math.inf
+    dynamic: bool = False  # dequant: multiply by a runtime activation scale
+
+    @property
+    def requant(self) -> bool:
+        return self.out_dtype != "float32"
+
+    def bounds(self) -> tuple[float, float]:
+        if not self.requant:
+            return self.lo, self.hi
+        info = np.iinfo(self.out_dtype)
+        return max(self.lo, float(info.min)), min(self.hi, float(info.max))
+
+    def tir(self, acc, corr, scale, fbias, xs, lanes: int):
+        """The epilogue as a TIR expression of `lanes` lanes (1: scalar)."""
+        f32 = "float32" if lanes == 1 else f"float32x{lanes}"
+        i32 = "int32" if lanes == 1 else f"int32x{lanes}"
+        out = self.out_dtype if lanes == 1 else f"{self.out_dtype}x{lanes}"
+
+        def const(v):
+            c = T.float32(v)
+            return c if lanes == 1 else T.broadcast(c, lanes)
+
+        lo, hi = self.bounds()
+        value = T.Cast(f32, acc + corr) * scale
+        if self.requant:
+            value = T.round(value) + const(float(self.zp))
+            value = T.min(T.max(value, const(lo)), const(hi))
+            return T.Cast(out, T.Cast(i32, value))
+        if self.dynamic:
+            value = value * xs
+        value = value + fbias
+        if lo > -math.inf:
+            value = T.max(value, const(lo))
+        if hi < math.inf:
+            value = T.min(value, const(hi))
+        return value
+
+    def numpy(self, acc, corr, scale, fbias, xs=None):
+        """The same math in numpy (the reference the kernels are checked against)."""
+        value = (acc + corr).astype(np.float32) * scale.astype(np.float32)
+        lo, hi = self.bounds()
+        if self.requant:
+            value = np.round(value) + np.float32(self.zp)
+            return np.clip(value, lo, hi).astype(np.int32).astype(self.out_dtype)
+        if self.dynamic:
+            value = value * np.float32(xs)
+        value = value + fbias.astype(np.float32)
+        return np.clip(value, np.float32(lo), np.float32(hi)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# conv2d (NCHW, OIHW weights, any stride / padding / dilation / groups)
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    batch: int
+    cin: int
+    height: int
+    width: int
+    cout: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    groups: int
+    act_dtype: str
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        pt, pl, pb, pr = self.padding
+        oh = (self.height + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
+        ow = (self.width + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
+        return oh, ow
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.cin == self.cout and self.groups > 1
+
+    @property
+    def k_group(self) -> int:
+        return self.cin // self.groups * self.kh * self.kw
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Tile sizes and padded extents of the GEMM form of one conv."""
+
+    isa: Isa
+    mr: int
+    nr: int
+    og_pad: int  # output channels per group, padded to a multiple of mr
+    kwords: int  # reduction words per group
+    p_pad: int  # output pixels, padded to a multiple of nr * lanes
+
+
+def conv_plan(spec: ConvSpec, isa: Isa) -> ConvPlan:
+    oh, ow = spec.out_hw
+    pixels = oh * ow
+    og = spec.cout // spec.groups
+    nr = max(1, min(4, -(-pixels // isa.lanes), isa.accumulators // 4))
+    mr = max(1, min(isa.accumulators // nr, og))
+    og_pad = -(-og // mr) * mr
+    kwords = -(-spec.k_group // isa.kpack)
+    step = nr * isa.lanes
+    return ConvPlan(isa, mr, nr, og_pad, kwords, -(-pixels // step) * step)
+
+
+def pack_conv_weight(w: np.ndarray, spec: ConvSpec, plan: ConvPlan) -> np.ndarray:
+    """OIHW int8 weights -> int32 words [groups, og_pad, kwords] (zero rows for padding)."""
+    og = spec.cout // spec.groups
+    flat = w.reshape(spec.groups, og, spec.k_group).astype(np.int32)
+    padded = np.zeros((spec.groups, plan.og_pad, spec.k_group), np.int32)
+    padded[:, :og] = flat
+    return pack_words(padded, plan.isa.kpack)
+
+
+def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, w_words, corr, scale, fbias, out): im2col into words, GEMM, epilogue.
+
+    `zp` is the input zero point (what padding reads). Output channels are the tile rows
+    (weight words broadcast), output pixels the tile columns (activation words in lanes).
+    """
+    isa, mr, nr = plan.isa, plan.mr, plan.nr
+    lanes, kpack = isa.lanes, isa.kpack
+    n, cin, h, w, cout = spec.batch, spec.cin, spec.height, spec.width, spec.cout
+    groups, cg, kh, kw = spec.groups, spec.cin // spec.groups, spec.kh, spec.kw
+    og, ogp, kwords, pp = cout // groups, plan.og_pad, plan.kwords, plan.p_pad
+    oh, ow = spec.out_hw
+    pix = oh * ow
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pt, pl = spec.padding[0], spec.padding[1]
+    kgroup = spec.k_group
+    off = isa.offset(spec.act_dtype)
+    pointwise = kh == 1 and kw == 1 and spec.stride == (1, 1) and spec.padding == (0, 0, 0, 0)
+    row_tiles, col_tiles = ogp // mr, pp // (nr * lanes)
+    full_rows = og % mr == 0
+    step = nr * lanes
+
+    def tap(x, b, g, k, oy, ox):
+        """One im2col value in the operand domain; padding (and k beyond the group) reads zp."""
+        c = g * cg + k // (kh * kw)
+        r = k % (kh * kw)
+        iy = oy * sh - pt + (r // kw) * dh
+        ix = ox * sw - pl + (r % kw) * dw
+        inside = tvm.tirx.all(k < kgroup, iy >= 0, iy < h, ix >= 0, ix < w)
+        return T.if_then_else(inside, T.Cast("int32", x[b, c, iy, ix]) + off, T.int32(zp + off))
+
+    def channel_tap(xf, b, g, k, p):
+        inside = k < kgroup
+        return T.if_then_else(inside, T.Cast("int32", xf[b, g * cg + k, p]) + off, T.int32(0))
+
+    @T.prim_func
+    def conv(
+        x: T.Buffer((n, cin, h, w), spec.act_dtype),
+        wq: T.Buffer((groups, ogp, kwords), "int32"),
+        corr: T.Buffer((groups * ogp,), "int32"),
+        scale: T.Buffer((groups * ogp,), "float32"),
+        fbias: T.Buffer((groups * ogp,), "float32"),
+        out: T.Buffer((n, cout, oh, ow), ep.out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xf = T.decl_buffer((n, cin, h * w), spec.act_dtype, data=x.data)
+        of = T.decl_buffer((n, cout, pix), ep.out_dtype, data=out.data)
+        cols = T.decl_buffer((n, groups, kwords, pp), "int32")
+        for bgk in T.parallel(n * groups * kwords):
+            b = T.meta_var(bgk // (groups * kwords))
+            g = T.meta_var(bgk // kwords % groups)
+            kq = T.meta_var(bgk % kwords)
+            if pointwise:
+                for p in range(pix):
+                    cols[b, g, kq, p] = _word(
+                        [channel_tap(xf, b, g, kq * kpack + j, p) for j in range(kpack)], kpack
+                    )
+            else:
+                for oy, ox in T.grid(oh, ow):
+                    cols[b, g, kq, oy * ow + ox] = _word(
+                        [tap(x, b, g, kq * kpack + j, oy, ox) for j in range(kpack)], kpack
+                    )
+            for p in range(pix, pp):
+                cols[b, g, kq, p] = 0
+        for t in T.parallel(n * groups * row_tiles * col_tiles):
+            b = T.meta_var(t // (groups * row_tiles * col_tiles))
+            g = T.meta_var(t // (row_tiles * col_tiles) % groups)
+            o0 = T.meta_var(t // col_tiles % row_tiles * mr)
+            p0 = T.meta_var(t % col_tiles * step)
+            acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
+            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            for i in T.unroll(mr * nr):
+                acc[i] = T.broadcast(T.int32(0), lanes)
+            for kq in range(kwords):
+                for u in T.unroll(nr):
+                    for r in T.unroll(mr):
+                        acc[r * nr + u] = isa.dot(
+                            acc[r * nr + u],
+                            cols[b, g, kq, T.ramp(p0 + u * lanes, 1, lanes)],
+                            T.broadcast(wq[g, o0 + r, kq], lanes),
+                        )
+            for r in T.unroll(mr):
+                if full_rows or o0 + r < og:
+                    ch = T.meta_var(g * ogp + o0 + r)
+                    for u in T.unroll(nr):
+                        if p0 + u * lanes + lanes <= pix:
+                            of[b, g * og + o0 + r, T.ramp(p0 + u * lanes, 1, lanes)] = ep.tir(
+                                acc[r * nr + u],
+                                T.broadcast(corr[ch], lanes),
+                                T.broadcast(scale[ch], lanes),
+                                T.broadcast(fbias[ch], lanes),
+                                None,
+                                lanes,
+                            )
+                        else:
+                            tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
+                            for lane in range(lanes):
+                                if p0 + u * lanes + lane < pix:
+                                    of[b, g * og + o0 + r, p0 + u * lanes + lane] = ep.tir(
+                                        tail[lane], corr[ch], scale[ch], fbias[ch], None, 1
+                                    )
+
+    return conv
+
+
+def reference_conv2d(x, w, spec: ConvSpec, zp: int) -> np.ndarray:
+    """numpy int64 conv of (x - zp) with w (NCHW / OIHW), the exact integer result."""
+    oh, ow = spec.out_hw
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pt, pl, pb, pr = spec.padding
+    xs = x.astype(np.int64) - zp
+    xs = np.pad(xs, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    groups, cg, og = spec.groups, spec.cin // spec.groups, spec.cout // spec.groups
+    out = np.zeros((spec.batch, spec.cout, oh, ow), np.int64)
+    for ry in range(spec.kh):
+        for rx in range(spec.kw):
+            patch = xs[:, :, ry * dh : ry * dh + sh * (oh - 1) + 1 : sh]
+            patch = patch[:, :, :, rx * dw : rx * dw + sw * (ow - 1) + 1 : sw]
+            for g in range(groups):
+                wg = w[g * og : (g + 1) * og, :, ry, rx].astype(np.int64)
+                xg = patch[:, g * cg : (g + 1) * cg]
+                out[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", wg, xg)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# matmul: x[..., M, K] (int8 / uint8) @ W[K, N] (int8 constant)
+
+
+@dataclass(frozen=True)
+class MatmulSpec:
+    rows: int  # M times the batch dims
+    k: int
+    n: int
+    act_dtype: str
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    isa: Isa
+    mr: int
+    nr: int
+    kwords: int
+    rows_pad: int
+    n_pad: int  # N padded to a multiple of nr * lanes (one weight panel each)
+
+
+def matmul_plan(spec: MatmulSpec, isa: Isa) -> MatmulPlan:
+    nr = max(1, min(4, -(-spec.n // isa.lanes), isa.accumulators // 4))
+    mr = max(1, min(isa.accumulators // nr, spec.rows))
+    step = nr * isa.lanes
+    kwords = -(-spec.k // isa.kpack)
+    return MatmulPlan(isa, mr, nr, kwords, -(-spec.rows // mr) * mr, -(-spec.n // step) * step)
+
+
+def pack_matmul_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
+    """[K, N] int8 -> int32 word panels [n_pad / step, kwords, step] (zero-padded)."""
+    k, n = w.shape
+    step = plan.nr * plan.isa.lanes
+    padded = np.zeros((plan.n_pad, k), np.int32)
+    padded[:n] = w.T
+    words = pack_words(padded, plan.isa.kpack)  # [n_pad, kwords]
+    return np.ascontiguousarray(words.reshape(-1, step, plan.kwords).transpose(0, 2, 1))
+
+
+def matmul_kernel(
+    spec: MatmulSpec, plan: MatmulPlan, shape: tuple[int, ...], zp: int, ep: Epilogue
+) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, w_panels, corr, scale, fbias, xs, out): pack rows into words, GEMM.
+
+    Rows (activations, broadcast words) are the tile rows, output channels the tile columns
+    (weight words in lanes). `shape` is x's full shape (batch dims flattened into rows);
+    `xs` is the runtime activation scale (dynamic quantization; read only then).
+    """
+    isa, mr, nr = plan.isa, plan.mr, plan.nr
+    lanes, kpack = isa.lanes, isa.kpack
+    rows, k, n, kwords = spec.rows, spec.k, spec.n, plan.kwords
+    step = nr * lanes
+    row_tiles, col_tiles = plan.rows_pad // mr, plan.n_pad // step
+    off = isa.offset(spec.act_dtype)
+    out_shape = (*shape[:-1], n)
+    full_rows = rows % mr == 0
+    del zp  # no padding in a matmul: the zero point only enters through `corr`
+
+    def value(xf, m, kk):
+        inside = tvm.tirx.all(m < rows, kk < k)
+        return T.if_then_else(inside, T.Cast("int32", xf[T.min(m, rows - 1), kk]) + off, T.int32(0))
+
+    npad = plan.n_pad
+
+    @T.prim_func
+    def matmul(
+        x: T.Buffer(shape, spec.act_dtype),
+        wq: T.Buffer((col_tiles, kwords, step), "int32"),
+        corr: T.Buffer((npad,), "int32"),
+        scale: T.Buffer((npad,), "float32"),
+        fbias: T.Buffer((npad,), "float32"),
+        xs: T.Buffer((), "float32"),
+        out: T.Buffer(out_shape, ep.out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xf = T.decl_buffer((rows, k), spec.act_dtype, data=x.data)
+        of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
+        words = T.decl_buffer((plan.rows_pad, kwords), "int32")
+        for m in T.parallel(plan.rows_pad):
+            for kq in range(kwords):
+                words[m, kq] = _word([value(xf, m, kq * kpack + j) for j in range(kpack)], kpack)
+        for t in T.parallel(row_tiles * col_tiles):
+            m0 = T.meta_var(t // col_tiles * mr)
+            c = T.meta_var(t % col_tiles)
+            acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
+            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            for i in T.unroll(mr * nr):
+                acc[i] = T.broadcast(T.int32(0), lanes)
+            for kq in range(kwords):
+                for r in T.unroll(mr):
+                    for u in T.unroll(nr):
+                        acc[r * nr + u] = isa.dot(
+                            acc[r * nr + u],
+                            T.broadcast(words[m0 + r, kq], lanes),
+                            wq[c, kq, T.ramp(u * lanes, 1, lanes)],
+                        )
+            for r in T.unroll(mr):
+                if full_rows or m0 + r < rows:
+                    for u in T.unroll(nr):
+                        if c * step + u * lanes + lanes <= n:
+                            of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = ep.tir(
+                                acc[r * nr + u],
+                                corr[T.ramp(c * step + u * lanes, 1, lanes)],
+                                scale[T.ramp(c * step + u * lanes, 1, lanes)],
+                                fbias[T.ramp(c * step + u * lanes, 1, lanes)],
+                                T.broadcast(xs[()], lanes),
+                                lanes,
+                            )
+                        else:
+                            tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
+                            for lane in range(lanes):
+                                if c * step + u * lanes + lane < n:
+                                    of[m0 + r, c * step + u * lanes + lane] = ep.tir(
+                                        tail[lane],
+                                        corr[c * step + u * lanes + lane],
+                                        scale[c * step + u * lanes + lane],
+                                        fbias[c * step + u * lanes + lane],
+                                        xs[()],
+                                        1,
+                                    )
+
+    return matmul

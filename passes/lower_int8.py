@@ -1,0 +1,410 @@
+"""Lower QDQ conv2d / matmul layers to integer kernels (int8 x int8 -> int32, fused epilogue).
+
+Matches, in the QDQ form of `passes/quantize.py`:
+
+    xf = dequantize(q, s, zp)            q int8/uint8 (from a quantize or an earlier kernel)
+    wf = dequantize(W8, s_w, 0, axis)    W8 an int8 constant, per-channel or per-tensor
+    y  = conv2d(xf, wf) | matmul(xf, wf) [+ bias constant] [relu | clip(a, b)]
+    [q' = quantize(y, s', zp')]          when y has no other user
+
+and replaces it with one `call_tir` of an integer kernel (`_int8_kernels`): the int8 input is
+read as is, weights are packed for the target's dot instruction at compile time, bias becomes
+int32 (round(b / (s * s_w))), zero points are folded into a per-channel int32 correction, and
+the epilogue either requantizes straight to q' (round half to even, relu / clip folded into the
+clamp range: tensors stay int8 between consecutive quantized layers) or dequantizes to fp32
+when the consumer is fp32. Matmuls whose activation scale is computed at run time (dynamic
+quantization) get the runtime scale as a kernel argument (fp32 output).
+
+Anything else (other layouts, a non-constant weight or zero point, dynamic convs, K too large
+for an exact int32 sum) is left as it was and still runs as fake quantization; `stats` counts
+both. The instruction set comes from `isa` (`auto`: the current target, else this host), so
+the pass belongs after `quantize` in a flow compiled for that target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from graphopt import _tvm
+from graphopt.errors import PipelineError
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes import _int8_kernels as K
+
+# Largest reduction whose int32 sum cannot overflow: 255 * 128 per product.
+MAX_K = (2**31 - 1) // (255 * 128)
+
+
+@register_pass
+class LowerInt8(GraphPass):
+    """QDQ conv2d/matmul -> integer kernels with int32 bias and a fused requantize epilogue."""
+
+    name = "lower-int8"
+
+    @dataclass(frozen=True)
+    class Options:
+        # Dot-product scheme: auto | vnni | avx2 | sdot | generic.
+        isa: str = "auto"
+        # Also lower matmuls with a run-time activation scale (dynamic quantization).
+        dynamic: bool = True
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        isa = _resolve_isa(self.options.isa)
+        stats = {"lowered_conv2d": 0, "lowered_matmul": 0, "lowered_dynamic": 0}
+        stats.update(requantized=0, dequantized=0, left=0)
+        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+        changed = False
+        kernels: dict = {}
+        for gvar, func in mod.functions.items():
+            if not isinstance(func, relax.Function):
+                continue
+            plans, left = _find(func, isa, self.options.dynamic)
+            stats["left"] += left
+            if not plans:
+                continue
+            for plan in plans.values():
+                stats[f"lowered_{plan.kind}"] += 1
+                stats["lowered_dynamic"] += plan.dynamic
+                stats["requantized" if plan.ep.requant else "dequantized"] += 1
+            rewriter = _Rewriter(new, plans, kernels)
+            rewritten = rewriter.visit_expr(func)
+            new = rewriter.builder_.get()
+            new[gvar] = rewritten
+            changed = True
+        if not changed:
+            return PassResult(mod, False, stats)
+        new = relax.transform.DeadCodeElimination()(new)
+        return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+def _resolve_isa(name: str) -> K.Isa:
+    if name == "auto":
+        target = tvm.target.Target.current(allow_none=True)
+        if target is None or target.kind.name != "llvm":
+            target = _tvm.make_target({"kind": "llvm", "mcpu": _tvm.host_cpu_name()})
+        return K.isa_for_target(target)
+    if name not in K.ISAS:
+        raise PipelineError(f"lower-int8: unknown isa '{name}' (auto, {', '.join(K.ISAS)})")
+    return K.ISAS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Matching
+
+
+@dataclass
+class _Plan:
+    """One matched layer: what replaces the binding of `tail`."""
+
+    kind: str  # conv2d | matmul
+    tail: relax.Var  # the var whose binding becomes the kernel call
+    q: relax.Expr  # the int8 / uint8 input
+    xs: relax.Expr | None  # run-time activation scale (dynamic), else None
+    key: tuple  # kernel identity (shape, plan, epilogue)
+    make: object  # () -> PrimFunc
+    consts: list  # numpy arrays passed after q
+    ep: K.Epilogue
+    dynamic: bool
+
+
+def _op(expr) -> str:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
+
+
+def _const(expr) -> np.ndarray | None:
+    return _tvm.constant_value(expr) if isinstance(expr, tvm.ir.GenericConst) else None
+
+
+def _dims(expr) -> tuple[int, ...] | None:
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return tuple(int(v) for v in values)
+
+
+class _Graph:
+    """Bindings and use counts of one function (what the matcher walks)."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.value: dict = {}
+        self.users: dict = {}
+        self.order: list = []
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if isinstance(binding, relax.VarBinding):
+                    self.value[binding.var] = binding.value
+                    self.order.append(binding.var)
+                    self._use(binding.value, binding.var)
+        self._use(func.body.body, None)
+
+    def _use(self, expr, user) -> None:
+        if isinstance(expr, relax.Var):
+            self.users.setdefault(expr, []).append(user)
+        elif isinstance(expr, relax.Call):
+            for arg in expr.args:
+                self._use(arg, user)
+        elif isinstance(expr, relax.Tuple):
+            for field in expr.fields:
+                self._use(field, user)
+        elif isinstance(expr, relax.TupleGetItem):
+            self._use(expr.tuple_value, user)
+
+    def resolve(self, expr):
+        """The call or constant behind an expression (through var bindings)."""
+        while isinstance(expr, relax.Var) and expr in self.value:
+            expr = self.value[expr]
+        return expr
+
+    def only_user(self, var) -> relax.Var | None:
+        users = self.users.get(var, [])
+        return users[0] if len(users) == 1 and users[0] is not None else None
+
+
+def _find(func: relax.Function, isa: K.Isa, dynamic: bool) -> tuple[dict, int]:
+    graph = _Graph(func)
+    plans: dict = {}
+    left = 0
+    for var in graph.order:
+        call = graph.value[var]
+        if _op(call) not in ("relax.nn.conv2d", "relax.matmul"):
+            continue
+        if _op(graph.resolve(call.args[0])) != "relax.dequantize":
+            continue
+        plan = _match(graph, var, call, isa, dynamic)
+        if plan is None:
+            left += 1
+        else:
+            plans[plan.tail] = plan
+    return plans, left
+
+
+def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool) -> _Plan | None:
+    deq_x = graph.resolve(call.args[0])
+    deq_w = graph.resolve(call.args[1])
+    if _op(deq_w) != "relax.dequantize" or str(call.ty.dtype) != "float32":
+        return None
+    q = deq_x.args[0]
+    act_dtype = str(q.ty.dtype)
+    s_x, zp_x = _const(graph.resolve(deq_x.args[1])), _const(graph.resolve(deq_x.args[2]))
+    w8, s_w = _const(graph.resolve(deq_w.args[0])), _const(graph.resolve(deq_w.args[1]))
+    zp_w = _const(graph.resolve(deq_w.args[2]))
+    if act_dtype not in ("int8", "uint8") or zp_x is None or zp_x.size != 1:
+        return None
+    if w8 is None or s_w is None or zp_w is None or w8.dtype != np.int8 or np.any(zp_w != 0):
+        return None
+    is_dynamic = s_x is None
+    if is_dynamic and (not dynamic or _op(call) != "relax.matmul" or _dims(deq_x.args[1]) != ()):
+        return None
+    if s_x is not None and s_x.size != 1:
+        return None
+    out_shape = _dims(call)
+    if out_shape is None:
+        return None
+    kind = "conv2d" if _op(call) == "relax.nn.conv2d" else "matmul"
+    channels = out_shape[1] if kind == "conv2d" else out_shape[-1]
+    w_axis = 0 if kind == "conv2d" else 1
+    if int(deq_w.attrs.axis) % w8.ndim != w_axis and s_w.size != 1:
+        return None
+    s_w = np.broadcast_to(s_w.astype(np.float32).reshape(-1), (channels,))
+    tail, bias, lo, hi, requant = _epilogue_chain(graph, var, kind, channels, is_dynamic)
+    ep_args = dict(s_x=None if is_dynamic else float(s_x.reshape(())), zp_x=int(zp_x.reshape(())))
+    if requant is not None:
+        s_o, zp_o, out_dtype = requant
+        lo_q = max(-math.inf, round(lo / s_o) + zp_o) if lo > -math.inf else -math.inf
+        hi_q = min(math.inf, round(hi / s_o) + zp_o) if hi < math.inf else math.inf
+        ep = K.Epilogue(out_dtype, zp=zp_o, lo=lo_q, hi=hi_q)
+        ep_args.update(s_out=s_o)
+    else:
+        ep = K.Epilogue("float32", lo=lo, hi=hi, dynamic=is_dynamic)
+    if kind == "conv2d":
+        return _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa)
+    return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, is_dynamic)
+
+
+def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bool):
+    """Follow bias add, relu / clip and a final quantize through single-use bindings."""
+    tail, bias, lo, hi, requant = var, None, -math.inf, math.inf, None
+    nxt = graph.only_user(tail)
+    if nxt is not None and _op(graph.value[nxt]) == "relax.add":
+        add = graph.value[nxt]
+        other = add.args[1] if add.args[0].same_as(tail) else add.args[0]
+        b = _const(graph.resolve(other))
+        b = _channel_vector(b, kind, channels, len(_dims(add) or ()))
+        if b is not None and _dims(add) == _dims(graph.value[var]):
+            tail, bias = nxt, b
+            nxt = graph.only_user(tail)
+    if nxt is not None and _op(graph.value[nxt]) == "relax.nn.relu":
+        tail, lo = nxt, 0.0
+        nxt = graph.only_user(tail)
+    elif nxt is not None and _op(graph.value[nxt]) == "relax.clip":
+        clip = graph.value[nxt]
+        a, b = _prim_float(clip.args[1]), _prim_float(clip.args[2])
+        if a is not None and b is not None and a <= 0.0:
+            tail, lo, hi = nxt, a, b
+            nxt = graph.only_user(tail)
+    if nxt is not None and not is_dynamic and _op(graph.value[nxt]) == "relax.quantize":
+        quant = graph.value[nxt]
+        s_o, zp_o = _const(graph.resolve(quant.args[1])), _const(graph.resolve(quant.args[2]))
+        out_dtype = str(quant.attrs.out_dtype)
+        if (
+            s_o is not None
+            and zp_o is not None
+            and s_o.size == 1
+            and zp_o.size == 1
+            and out_dtype in ("int8", "uint8")
+            and float(s_o.reshape(())) > 0
+        ):
+            tail = nxt
+            requant = (float(s_o.reshape(())), int(zp_o.reshape(())), out_dtype)
+    return tail, bias, lo, hi, requant
+
+
+def _prim_float(expr) -> float | None:
+    value = getattr(expr, "value", None)
+    if isinstance(value, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
+        return float(value.value)
+    const = _const(expr)
+    return float(const.reshape(())) if const is not None and const.size == 1 else None
+
+
+def _channel_vector(b, kind: str, channels: int, ndim: int) -> np.ndarray | None:
+    """A bias constant as one value per output channel, or None if it varies otherwise."""
+    if b is None or b.ndim > ndim or b.dtype != np.float32:
+        return None
+    shape = (1,) * (ndim - b.ndim) + b.shape
+    axis = 1 if kind == "conv2d" else ndim - 1
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(b.reshape(-1), (channels,)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel constants
+
+
+def _epilogue_constants(w_sum, s_w, bias, ep: K.Epilogue, ep_args: dict, off: int):
+    """Per-channel (corr int32, scale fp32, fbias fp32) for the kernel's epilogue."""
+    s_x, zp_x = ep_args["s_x"], ep_args["zp_x"]
+    corr = -(zp_x + off) * w_sum.astype(np.int64)
+    bias = np.zeros_like(s_w) if bias is None else bias
+    if ep.requant:
+        real = np.float64(s_x) * s_w.astype(np.float64)
+        corr = corr + np.round(bias.astype(np.float64) / real).astype(np.int64)
+        scale = (real / ep_args["s_out"]).astype(np.float32)
+        fbias = np.zeros_like(s_w)
+    elif ep.dynamic:
+        scale, fbias = s_w.astype(np.float32), bias
+    else:
+        scale = (np.float32(s_x) * s_w).astype(np.float32)
+        fbias = bias
+    corr = np.clip(corr, -(2**31), 2**31 - 1).astype(np.int32)
+    return corr, scale, fbias.astype(np.float32)
+
+
+def _pad(values: np.ndarray, length: int, groups: int = 1) -> np.ndarray:
+    """Per-channel values padded per group to `length` (rows the kernel computes but drops)."""
+    per = values.reshape(groups, -1)
+    out = np.zeros((groups, length), values.dtype)
+    out[:, : per.shape[1]] = per
+    return out.reshape(-1)
+
+
+def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan | None:
+    attrs = call.attrs
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    x_shape = _dims(q)
+    if layouts != ("NCHW", "OIHW", "NCHW") or x_shape is None or w8.ndim != 4:
+        return None
+    groups = int(attrs.groups)
+    spec = K.ConvSpec(
+        *x_shape,
+        cout=w8.shape[0],
+        kh=w8.shape[2],
+        kw=w8.shape[3],
+        stride=tuple(int(v) for v in attrs.strides),
+        padding=tuple(int(v) for v in attrs.padding),
+        dilation=tuple(int(v) for v in attrs.dilation),
+        groups=groups,
+        act_dtype=str(q.ty.dtype),
+    )
+    if spec.k_group > MAX_K or w8.shape[1] * groups != spec.cin:
+        return None
+    plan = K.conv_plan(spec, isa)
+    off = isa.offset(spec.act_dtype)
+    w_sum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
+    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
+    consts = [K.pack_conv_weight(w8, spec, plan)]
+    consts += [_pad(a, plan.og_pad, groups) for a in (corr, scale, fbias)]
+    zp = ep_args["zp_x"]
+    key = ("conv2d", spec, plan, zp, ep)
+    return _Plan(
+        "conv2d", tail, q, None, key, lambda: K.conv2d_kernel(spec, plan, zp, ep), consts, ep, False
+    )
+
+
+def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn):
+    x_shape = _dims(q)
+    if x_shape is None or len(x_shape) < 2 or w8.ndim != 2 or x_shape[-1] != w8.shape[0]:
+        return None
+    if w8.shape[0] > MAX_K:
+        return None
+    rows = int(np.prod(x_shape[:-1]))
+    spec = K.MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype))
+    plan = K.matmul_plan(spec, isa)
+    off = isa.offset(spec.act_dtype)
+    w_sum = w8.astype(np.int64).sum(axis=0)
+    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
+    consts = [K.pack_matmul_weight(w8, plan)]
+    consts += [_pad(a, plan.n_pad) for a in (corr, scale, fbias)]
+    xs = deq_x.args[1] if dyn else None
+    if not dyn:
+        consts.append(np.array(1.0, np.float32))
+    zp = ep_args["zp_x"]
+    key = ("matmul", spec, plan, x_shape, ep)
+    return _Plan(
+        "matmul",
+        tail,
+        q,
+        xs,
+        key,
+        lambda: K.matmul_kernel(spec, plan, x_shape, zp, ep),
+        consts,
+        ep,
+        dyn,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rewriting
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """Replaces each plan's tail binding by the kernel call (the rest dies in DCE)."""
+
+    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict) -> None:
+        super().__init__(mod)
+        self.plans = plans
+        self.kernels = kernels  # kernel key -> GlobalVar, shared by identical layers
+
+    def _kernel(self, plan: _Plan) -> tvm.ir.GlobalVar:
+        if plan.key not in self.kernels:
+            name = f"int8_{plan.kind}"
+            self.kernels[plan.key] = self.builder_.add_func(plan.make(), name)
+        return self.kernels[plan.key]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        plan = self.plans.get(binding.var)
+        if plan is None:
+            super().visit_var_binding_(binding)
+            return
+        args = [self.visit_expr(plan.q), *(relax.const(c) for c in plan.consts)]
+        if plan.xs is not None:
+            args.append(self.visit_expr(plan.xs))
+        ty = binding.var.ty
+        call = relax.call_tir(self._kernel(plan), args, relax.TensorType(ty.shape, ty.dtype))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
