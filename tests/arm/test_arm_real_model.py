@@ -1,0 +1,48 @@
+"""A benchmark model (MobileNetV2, real weights) built for a Raspberry Pi 4 runs under qemu and
+matches the x86 build and onnxruntime. Slow: two compiles of a real model and an emulated run."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import graphopt
+from graphopt import bundle
+from graphopt.instrument import max_relative_error
+from graphopt.reference import ort_run, ort_session
+
+pytestmark = [
+    pytest.mark.arm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("aarch64-linux-gnu-g++") is None or shutil.which(bundle.QEMU) is None,
+        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
+    ),
+]
+
+
+def model_file(name: str):
+    """The exported benchmark model: from the cache, else exported (needs the bench extras)."""
+    from bench.models.export import export, model_path
+
+    if not model_path(name).is_file():
+        pytest.importorskip("torch", reason="bench extras not installed (make test-slow)")
+    return export(name)
+
+
+def test_mobilenet_v2_on_rpi4_matches_x86(tmp_path):
+    from bench.models.inputs import image_batch
+
+    path = model_file("mobilenet_v2")
+    arm = graphopt.compile(path, tmp_path / "arm", target="arm", target_options={"board": "rpi4"})
+    x86 = graphopt.compile(path, tmp_path / "x86")
+    feed = {"input": image_batch(1)[0]}
+    out = x86.outputs[0].name
+    got = bundle.run_emulated(arm.directory, feed, cpu="cortex-a72")[out]
+    want = x86.run(feed)[out]
+    ref = ort_run(ort_session(path), feed)[out]
+    assert max_relative_error([want], [got]) <= 1e-5
+    assert max_relative_error([ref], [got]) <= 1e-4
+    assert int(np.argmax(got)) == int(np.argmax(ref))
