@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow conformance bench lint clean
+.PHONY: demo test test-slow test-arm conformance bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: $(STAMP)
 ## Slow tests: real models (needs the bench extras) and more.
 test-slow: $(BENCH_STAMP)
 	$(BIN)/pytest -m slow -q
+
+## ARM bundles under emulation: installs the aarch64 cross compiler and qemu (Debian, as root)
+## when missing, then runs every `arm` test (the real-model one too).
+test-arm: $(STAMP)
+	command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { apt-get update -qq && apt-get install -y --no-install-recommends \
+	    g++-aarch64-linux-gnu qemu-user; }
+	$(BIN)/pytest -m arm -q tests/arm
 
 ## ONNX backend node tests through graphopt vs bare TVM (writes bench/results/).
 conformance: $(STAMP)
