@@ -8,10 +8,16 @@ from pathlib import Path
 from .errors import TargetError
 from .target_infra import Target
 
+# Target options that choose which kernels exist but not how one kernel compiles: records are
+# keyed by the kernel's own structure, so these need not split a database.
+_NOT_CODEGEN = frozenset({"schedules", "fast_erf"})
+
 
 def database_dir(db_root: Path, target: Target) -> Path:
-    """Per-target sub-directory: the target's options hash keeps CPUs apart."""
-    digest = hashlib.sha256(target.cache_key().encode()).hexdigest()[:10]
+    """Per-target sub-directory: the hash of the options that shape code keeps CPUs apart."""
+    options = {k: v for k, v in target.options_dict().items() if k not in _NOT_CODEGEN}
+    key = f"{target.name}:{sorted(options.items())}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return Path(db_root) / f"{target.name}-{digest}"
 
 
