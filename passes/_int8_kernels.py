@@ -286,18 +286,25 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
     full_rows = og % mr == 0
     step = nr * lanes
 
-    def tap(x, b, g, k, oy, ox):
-        """One im2col value in the operand domain; padding (and k beyond the group) reads zp."""
-        c = g * cg + k // (kh * kw)
-        r = k % (kh * kw)
-        iy = oy * sh - pt + (r // kw) * dh
-        ix = ox * sw - pl + (r % kw) * dw
-        inside = tvm.tirx.all(k < kgroup, iy >= 0, iy < h, ix >= 0, ix < w)
-        return T.if_then_else(inside, T.Cast("int32", x[b, c, iy, ix]) + off, T.int32(zp + off))
+    hp, wp = h + pt + spec.padding[2], w + pl + spec.padding[3]
+    padded = hp != h or wp != w
 
-    def channel_tap(xf, b, g, k, p):
-        inside = k < kgroup
-        return T.if_then_else(inside, T.Cast("int32", xf[b, g * cg + k, p]) + off, T.int32(0))
+    def window_word(src, b, g, kq, oy, ox):
+        """One im2col word; k beyond the group reads any valid tap (its weight is zero)."""
+        vals = []
+        for j in range(kpack):
+            k = T.min(kq * kpack + j, kgroup - 1)
+            c, ry, rx = k // (kh * kw), k % (kh * kw) // kw, k % kw
+            tap = src[b, g * cg + c, oy * sh + ry * dh, ox * sw + rx * dw]
+            vals.append(T.Cast("int32", tap) + off)
+        return _word(vals, kpack)
+
+    def channel_word(xf, b, g, kq, p):
+        vals = []
+        for j in range(kpack):
+            k = T.min(kq * kpack + j, kgroup - 1)
+            vals.append(T.Cast("int32", xf[b, g * cg + k, p]) + off)
+        return _word(vals, kpack)
 
     @T.prim_func
     def conv(
@@ -312,22 +319,37 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
         xf = T.decl_buffer((n, cin, h * w), spec.act_dtype, data=x.data)
         of = T.decl_buffer((n, cout, pix), ep.out_dtype, data=out.data)
         cols = T.decl_buffer((n, groups, kwords, pp), "int32")
-        for bgk in T.parallel(n * groups * kwords):
-            b = T.meta_var(bgk // (groups * kwords))
-            g = T.meta_var(bgk // kwords % groups)
-            kq = T.meta_var(bgk % kwords)
-            if pointwise:
+        if pointwise:
+            for bgk in T.parallel(n * groups * kwords):
                 for p in range(pix):
-                    cols[b, g, kq, p] = _word(
-                        [channel_tap(xf, b, g, kq * kpack + j, p) for j in range(kpack)], kpack
+                    cols[bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p] = (
+                        channel_word(
+                            xf, bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p
+                        )
                     )
-            else:
-                for oy, ox in T.grid(oh, ow):
-                    cols[b, g, kq, oy * ow + ox] = _word(
-                        [tap(x, b, g, kq * kpack + j, oy, ox) for j in range(kpack)], kpack
-                    )
+        elif padded:
+            xp = T.decl_buffer((n, cin, hp, wp), spec.act_dtype)
+            for bc in T.parallel(n * cin):
+                for iy, ix in T.grid(hp, wp):
+                    xp[bc // cin, bc % cin, iy, ix] = T.Cast(spec.act_dtype, zp)
+                for iy, ix in T.grid(h, w):
+                    xp[bc // cin, bc % cin, iy + pt, ix + pl] = x[bc // cin, bc % cin, iy, ix]
+            for task in T.parallel(n * groups * kwords * oh):
+                b = T.meta_var(task // (groups * kwords * oh))
+                g = T.meta_var(task // (kwords * oh) % groups)
+                kq = T.meta_var(task // oh % kwords)
+                for ox in range(ow):
+                    cols[b, g, kq, task % oh * ow + ox] = window_word(xp, b, g, kq, task % oh, ox)
+        else:
+            for task in T.parallel(n * groups * kwords * oh):
+                b = T.meta_var(task // (groups * kwords * oh))
+                g = T.meta_var(task // (kwords * oh) % groups)
+                kq = T.meta_var(task // oh % kwords)
+                for ox in range(ow):
+                    cols[b, g, kq, task % oh * ow + ox] = window_word(x, b, g, kq, task % oh, ox)
+        for bgk in range(n * groups * kwords):
             for p in range(pix, pp):
-                cols[b, g, kq, p] = 0
+                cols[bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p] = 0
         for t in T.parallel(n * groups * row_tiles * col_tiles):
             b = T.meta_var(t // (groups * row_tiles * col_tiles))
             g = T.meta_var(t // (row_tiles * col_tiles) % groups)
@@ -367,6 +389,74 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                                     )
 
     return conv
+
+
+def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, w int32 [C, KH*KW], corr, scale, fbias, out) for groups == C_in == C_out.
+
+    Per channel: a padded int16 plane of (x - zp) (so padding and zero point vanish exactly),
+    split into `stride` column phases so every tap is a contiguous vector load; output width
+    in int32 lanes, all taps unrolled. No dot instruction: 9 taps per output are too few.
+    """
+    lanes = isa.lanes
+    n, ch_n, h, w = spec.batch, spec.cin, spec.height, spec.width
+    kh, kw = spec.kh, spec.kw
+    oh, ow = spec.out_hw
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pt, pl = spec.padding[0], spec.padding[1]
+    owp = -(-ow // lanes) * lanes
+    hp = max(h + pt + spec.padding[2], (oh - 1) * sh + (kh - 1) * dh + 1)
+    pw = max(owp + (kw - 1) * dw // sw + 1, (w + pl) // sw + 1)
+
+    def taps(plane, wt, c, oy, xo):
+        total = None
+        for ry in range(kh):
+            for rx in range(kw):
+                row = plane[(rx * dw) % sw, oy * sh + ry * dh, T.ramp(xo + rx * dw // sw, 1, lanes)]
+                term = T.Cast(f"int32x{lanes}", row) * T.broadcast(wt[c, ry * kw + rx], lanes)
+                total = term if total is None else total + term
+        return total
+
+    @T.prim_func
+    def depthwise(
+        x: T.Buffer((n, ch_n, h, w), spec.act_dtype),
+        wt: T.Buffer((ch_n, kh * kw), "int32"),
+        corr: T.Buffer((ch_n,), "int32"),
+        scale: T.Buffer((ch_n,), "float32"),
+        fbias: T.Buffer((ch_n,), "float32"),
+        out: T.Buffer((n, ch_n, oh, ow), ep.out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for bc in T.parallel(n * ch_n):
+            b = T.meta_var(bc // ch_n)
+            c = T.meta_var(bc % ch_n)
+            plane = T.decl_buffer((sw, hp, pw), "int16")
+            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            for ph, iy, ix in T.grid(sw, hp, pw):
+                plane[ph, iy, ix] = T.int16(0)
+            for iy, ix in T.grid(h, w):
+                plane[(ix + pl) % sw, iy + pt, (ix + pl) // sw] = T.Cast(
+                    "int16", T.Cast("int32", x[b, c, iy, ix]) - zp
+                )
+            for oy, xb in T.grid(oh, owp // lanes):
+                if xb * lanes + lanes <= ow:
+                    out[b, c, oy, T.ramp(xb * lanes, 1, lanes)] = ep.tir(
+                        taps(plane, wt, c, oy, xb * lanes),
+                        T.broadcast(corr[c], lanes),
+                        T.broadcast(scale[c], lanes),
+                        T.broadcast(fbias[c], lanes),
+                        None,
+                        lanes,
+                    )
+                else:
+                    tail[T.ramp(0, 1, lanes)] = taps(plane, wt, c, oy, xb * lanes)
+                    for lane in range(lanes):
+                        if xb * lanes + lane < ow:
+                            out[b, c, oy, xb * lanes + lane] = ep.tir(
+                                tail[lane], corr[c], scale[c], fbias[c], None, 1
+                            )
+
+    return depthwise
 
 
 def reference_conv2d(x, w, spec: ConvSpec, zp: int) -> np.ndarray:

@@ -333,17 +333,24 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
     )
     if spec.k_group > MAX_K or w8.shape[1] * groups != spec.cin:
         return None
-    plan = K.conv_plan(spec, isa)
-    off = isa.offset(spec.act_dtype)
+    zp = ep_args["zp_x"]
     w_sum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
-    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
+    if spec.depthwise:
+        # The depthwise kernel subtracts the zero point itself: no correction term.
+        corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, -zp)
+        consts = [w8.reshape(spec.cout, -1).astype(np.int32), corr, scale, fbias]
+        key = ("depthwise", spec, isa, zp, ep)
+        make = lambda: K.depthwise_kernel(spec, isa, zp, ep)  # noqa: E731
+        return _Plan("conv2d", tail, q, None, key, make, consts, ep, False)
+    plan = K.conv_plan(spec, isa)
+    corr, scale, fbias = _epilogue_constants(
+        w_sum, s_w, bias, ep, ep_args, isa.offset(spec.act_dtype)
+    )
     consts = [K.pack_conv_weight(w8, spec, plan)]
     consts += [_pad(a, plan.og_pad, groups) for a in (corr, scale, fbias)]
-    zp = ep_args["zp_x"]
     key = ("conv2d", spec, plan, zp, ep)
-    return _Plan(
-        "conv2d", tail, q, None, key, lambda: K.conv2d_kernel(spec, plan, zp, ep), consts, ep, False
-    )
+    make = lambda: K.conv2d_kernel(spec, plan, zp, ep)  # noqa: E731
+    return _Plan("conv2d", tail, q, None, key, make, consts, ep, False)
 
 
 def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn):

@@ -1,0 +1,213 @@
+"""The integer kernels of `lower-int8`, built alone and checked bit for bit against numpy.
+
+Every dot-product scheme that can run here runs: vnni when the host has AVX-512 VNNI, avx2
+compiled for znver3 (runs on any AVX2 host), generic for baseline x86-64. The ARM sdot path
+is compile-only: its assembly must contain sdot. Each scheme's assembly must contain its
+instruction (vpdpbusd, vpmaddwd, sdot).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from graphopt import _tvm
+from graphopt.passes import _int8_kernels as K
+
+HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()
+HOST_AVX2 = "avx2" in _tvm.host_cpu_features()
+
+# (scheme, LLVM cpu it is compiled for)
+RUNNABLE = [
+    pytest.param(
+        "vnni", "icelake-server", marks=pytest.mark.skipif(not HOST_VNNI, reason="no VNNI")
+    ),
+    pytest.param("avx2", "znver3", marks=pytest.mark.skipif(not HOST_AVX2, reason="no AVX2")),
+    # The portable fallback: same code paths, checked in the slow run.
+    pytest.param("generic", "x86-64", marks=pytest.mark.slow),
+]
+
+
+def _build(func, mcpu: str):
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    return tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+
+
+def _ints(rng, shape, dtype):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def _call(lib, args, out_shape, out_dtype):
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*[tvm.runtime.tensor(np.require(a, requirements="C")) for a in args], out)
+    return out.numpy()
+
+
+CONVS = {
+    # name: (batch, cin, h, w, cout, kh, kw, stride, padding, dilation, groups)
+    "3x3_pad_odd": (1, 5, 9, 7, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "stride2_asym_pad_groups_batch2": (2, 8, 10, 11, 12, 3, 3, (2, 2), (1, 0, 2, 1), (1, 1), 2),
+    "1x1": (1, 16, 7, 7, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_odd_channels": (3, 13, 5, 3, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_stride2": (1, 6, 9, 9, 5, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "5x3_dilated_nopad": (1, 4, 12, 10, 9, 5, 3, (1, 2), (0, 0, 0, 0), (2, 1), 1),
+    "depthwise_multiplier2": (1, 4, 8, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+}
+
+
+def _conv_case(name, act_dtype, rng):
+    dims = CONVS[name]
+    spec = K.ConvSpec(*dims, act_dtype=act_dtype)
+    x = _ints(rng, dims[:4], act_dtype)
+    w = rng.integers(-127, 128, (spec.cout, spec.cin // spec.groups, spec.kh, spec.kw))
+    return spec, x, w.astype(np.int8)
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize("name", list(CONVS))
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_conv2d_requant_exact(isa, mcpu, name, act_dtype):
+    rng = np.random.default_rng(len(name))
+    spec, x, w = _conv_case(name, act_dtype, rng)
+    scheme = K.ISAS[isa]
+    plan = K.conv_plan(spec, scheme)
+    zp = int(rng.integers(-5, 6)) + (128 if act_dtype == "uint8" else 0)
+    ep = K.Epilogue("int8", zp=-3, lo=-20.0, hi=100.0)
+    og = spec.cout // spec.groups
+    colsum = w.reshape(spec.cout, -1).astype(np.int64).sum(1)
+    bias = rng.integers(-2000, 2000, spec.cout)
+    corr = bias - (zp + scheme.offset(act_dtype)) * colsum
+    scale = rng.uniform(0.001, 0.02, spec.cout).astype(np.float32)
+
+    def padded(v, dtype):
+        out = np.zeros((spec.groups, plan.og_pad), dtype)
+        out[:, :og] = v.reshape(spec.groups, og)
+        return out.reshape(-1)
+
+    args = [x, K.pack_conv_weight(w, spec, plan), padded(corr, np.int32)]
+    args += [padded(scale, np.float32), np.zeros(spec.groups * plan.og_pad, np.float32)]
+    lib = _build(K.conv2d_kernel(spec, plan, zp, ep), mcpu)
+    got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "int8")
+    acc = K.reference_conv2d(x, w, spec, zp)
+    c4 = (1, -1, 1, 1)
+    want = ep.numpy(acc + bias.reshape(c4), 0, scale.reshape(c4), np.float32(0))
+    np.testing.assert_array_equal(got, want)
+    assert got.min() >= -20 and got.max() <= 100
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (2, 6, 9, 11, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),
+        (1, 5, 12, 13, 5, 3, 3, (2, 2), (1, 0, 1, 2), (1, 1), 5),
+        (1, 4, 10, 10, 4, 5, 3, (1, 2), (2, 1, 2, 1), (2, 1), 4),
+    ],
+)
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_depthwise_exact(isa, mcpu, dims, act_dtype):
+    rng = np.random.default_rng(1)
+    spec = K.ConvSpec(*dims, act_dtype=act_dtype)
+    assert spec.depthwise
+    x = _ints(rng, dims[:4], act_dtype)
+    w = rng.integers(-127, 128, (spec.cout, 1, spec.kh, spec.kw)).astype(np.int8)
+    zp = 7 if act_dtype == "int8" else 131
+    ep = K.Epilogue("uint8", zp=5, lo=5.0)  # relu folded: clamp at the zero point
+    corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
+    args = [x, w.reshape(spec.cout, -1).astype(np.int32), corr, scale, np.zeros_like(scale)]
+    lib = _build(K.depthwise_kernel(spec, K.ISAS[isa], zp, ep), mcpu)
+    got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "uint8")
+    c4 = (1, -1, 1, 1)
+    want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
+    np.testing.assert_array_equal(got, want)
+    assert got.min() >= 5
+
+
+def _matmul(isa, mcpu, shape, n, act_dtype, ep, zp, rng):
+    scheme = K.ISAS[isa]
+    rows, k = int(np.prod(shape[:-1])), shape[-1]
+    spec = K.MatmulSpec(rows, k, n, act_dtype)
+    plan = K.matmul_plan(spec, scheme)
+    x = _ints(rng, shape, act_dtype)
+    w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    corr = -(zp + scheme.offset(act_dtype)) * w.astype(np.int64).sum(0)
+    scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+    fbias = rng.normal(size=n).astype(np.float32)
+
+    def pad(v, dtype):
+        out = np.zeros(plan.n_pad, dtype)
+        out[:n] = v
+        return out
+
+    xs = np.array(0.37, np.float32)
+    args = [x, K.pack_matmul_weight(w, plan), pad(corr, np.int32), pad(scale, np.float32)]
+    args += [pad(fbias, np.float32), xs]
+    lib = _build(K.matmul_kernel(spec, plan, shape, zp, ep), mcpu)
+    got = _call(lib, args, (*shape[:-1], n), ep.out_dtype)
+    acc = (x.reshape(rows, k).astype(np.int64) - zp) @ w.astype(np.int64)
+    want = ep.numpy(acc, 0, scale, fbias, xs).reshape(got.shape)
+    return got, want
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize("shape,n", [((2, 7, 13), 21), ((5, 64), 48), ((1, 3), 1), ((33, 70), 40)])
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_matmul_requant_exact(isa, mcpu, shape, n, act_dtype):
+    rng = np.random.default_rng(n)
+    ep = K.Epilogue("uint8", zp=7, lo=7.0, hi=200.0)
+    zp = 3 if act_dtype == "int8" else 140
+    got, want = _matmul(isa, mcpu, shape, n, act_dtype, ep, zp, rng)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_matmul_dequant(isa, mcpu, dynamic):
+    """fp32 outputs: the integer part is exact; the last fp32 step may fuse into an FMA."""
+    rng = np.random.default_rng(3)
+    ep = K.Epilogue("float32", lo=0.0, dynamic=dynamic)
+    got, want = _matmul(isa, mcpu, (3, 33), 19, "int8", ep, 0 if dynamic else -4, rng)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert got.min() == 0.0
+
+
+# ---- instruction selection --------------------------------------------------------------
+
+
+def _asm(func, target: dict) -> str:
+    return tvm.tirx.build(
+        tvm.IRModule({"main": func}), target=tvm.target.Target(target)
+    ).inspect_source("asm")
+
+
+TARGETS = {
+    "vnni": {"kind": "llvm", "mcpu": "icelake-server"},
+    "avx2": {"kind": "llvm", "mcpu": "znver3"},
+    "sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+}
+
+
+@pytest.mark.parametrize("isa", list(TARGETS))
+def test_target_picks_scheme(isa):
+    assert K.isa_for_target(tvm.target.Target(TARGETS[isa])).name == isa
+    plain_arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+    assert K.isa_for_target(tvm.target.Target(plain_arm)).name == "generic"
+
+
+@pytest.mark.parametrize("isa", list(TARGETS))
+def test_inner_loop_uses_the_dot_instruction(isa):
+    scheme = K.ISAS[isa]
+    conv = K.ConvSpec(1, 32, 14, 14, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "uint8")
+    mm = K.MatmulSpec(64, 128, 96, "int8")
+    kernels = [
+        K.conv2d_kernel(conv, K.conv_plan(conv, scheme), 0, K.Epilogue("int8")),
+        K.matmul_kernel(mm, K.matmul_plan(mm, scheme), (64, 128), 0, K.Epilogue("int8")),
+    ]
+    marker = K.ASM_MARKER[isa]
+    for kernel in kernels:
+        asm = _asm(kernel, TARGETS[isa])
+        # The unrolled register tile issues mr * nr dot instructions per reduction step.
+        assert asm.count(marker) >= 4, f"{isa}: {marker} missing from the kernel's assembly"
