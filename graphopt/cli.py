@@ -49,16 +49,83 @@ def cmd_compile(args: argparse.Namespace) -> int:
         tuning_db=Path(args.db) if args.db else None,
         instruments=instruments,
         verify_each=args.verify_each,
+        quantization=_quant_options(args),
     )
     art = compile_model(args.model, args.output, opts, progress=None if args.quiet else _eprint)
     if timer:
         print(timer.table())
+    if "quantization" in art.manifest:
+        from .quant.flow import format_report
+
+        print(format_report(art.manifest["quantization"]))
     report = art.manifest["report"]
     print(
         f"compiled {args.model} -> {args.output}/ for {args.target}: "
         f"{report['kernels']} kernels, {report['flops'] / 1e6:.2f} MFLOPs"
     )
     return 0
+
+
+def _quant_options(args: argparse.Namespace):
+    """`--quantize int8` and its flags; None without --quantize (flags alone are an error)."""
+    from .quant.flow import QuantOptions
+
+    if args.quantize is None:
+        given = [f for f in ("calibration", "max_drop", "eval") if getattr(args, f) is not None]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise InputError(f"{flags} only apply with --quantize int8")
+        return None
+    return QuantOptions(
+        calibration=args.calibration,
+        method=args.calib_method,
+        per_channel=args.per_channel,
+        act_dtype=args.act_dtype,
+        mode=args.quant_mode,
+        max_drop=args.max_drop,
+        eval_data=args.eval,
+        samples=args.calib_samples,
+        integer_kernels=args.int8_kernels,
+    )
+
+
+def _add_quant_options(parser: argparse.ArgumentParser) -> None:
+    q = parser.add_argument_group("int8 quantization (docs/INT8.md)")
+    q.add_argument("--quantize", choices=["int8"], help="post-training quantization scheme")
+    q.add_argument("--calibration", metavar="DATA", help=".npz of samples, .npy or image dir")
+    q.add_argument(
+        "--calib-method",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        default="percentile",
+        help="activation range observer (default percentile, 99.99)",
+    )
+    q.add_argument("--calib-samples", type=int, default=64, help="calibration feeds (default 64)")
+    q.add_argument(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per-output-channel weight scales (default on)",
+    )
+    q.add_argument("--act-dtype", choices=["int8", "uint8"], default="int8")
+    q.add_argument(
+        "--quant-mode",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static: calibrated activation ranges; dynamic: ranges at run time (transformers)",
+    )
+    q.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="X",
+        help="keep the most sensitive layers fp32 until the metric drops <= X points",
+    )
+    q.add_argument("--eval", metavar="DATA.npz", help="x (and labels y) for --max-drop/report")
+    q.add_argument(
+        "--int8-kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lower QDQ to integer kernels (lower-int8) when available; else fake-quant",
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -319,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the model after every pass; name the first pass that breaks it",
     )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _add_quant_options(c)
     c.set_defaults(func=cmd_compile)
 
     tu = sub.add_parser("tune", help="auto-tune kernels into a persistent per-target database")

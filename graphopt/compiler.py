@@ -62,6 +62,7 @@ class CompileOptions:
     instruments: Sequence[object] = ()
     verify_each: bool = False
     verify_rtol: float = 1e-4
+    quantization: Any = None  # graphopt.quant.flow.QuantOptions: `--quantize int8`
 
 
 def graph_pipeline_text(opts: CompileOptions) -> str:
@@ -117,6 +118,7 @@ def compile_model(
 
     log = PassLog()
     instruments = [log, *opts.instruments]
+    verifier = None
     if opts.verify_each:
         arrays = list(random_inputs(imported.inputs).values())
         verifier = VerifyEach(lambda m: build_and_run(m, target, arrays), rtol=opts.verify_rtol)
@@ -131,9 +133,24 @@ def compile_model(
     mod = run_passes(mod, graph_passes, instruments, stage="graph")
     ops_after_passes = _tvm.op_counts(mod)
     seconds["graph_passes"] = time.perf_counter() - t
+    ran = [p.name for p in graph_passes]
+
+    quant = None
+    if opts.quantization is not None:
+        from .quant.flow import quantize_step
+
+        t = time.perf_counter()
+        quant = quantize_step(
+            mod, imported.inputs, opts.quantization, opts.target, opts.target_options, say
+        )
+        mod = run_passes(mod, quant.passes, instruments, stage="quantize", already_ran=ran)
+        ran += [p.name for p in quant.passes]
+        quant.manifest["pipeline"] = canonical_text(quant.passes)
+        if verifier is not None:  # later passes are checked against the quantized graph
+            verifier.start(mod)
+        seconds["quantize"] = time.perf_counter() - t
 
     flops = 0
-    ran = [p.name for p in graph_passes]
     with target.tvm_target():
         for stage in STAGES:
             t = time.perf_counter()
@@ -150,8 +167,17 @@ def compile_model(
     t = time.perf_counter()
     executable = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=None)
     seconds["build"] = time.perf_counter() - t
+    if quant is not None and target.availability().can_run:
+        from tvm import relax
+
+        vm = relax.VirtualMachine(executable, target.device())
+        quant.check_artifact(lambda arrays: call_vm(vm, arrays))
 
     manifest = _manifest(imported, model, target, records, graph_passes, stage_passes)
+    if quant is not None:
+        manifest["quantization"] = quant.manifest
+        manifest["full_pipeline"] = full_pipeline_text([*graph_passes, *quant.passes], stage_passes)
+        quant.workdir.cleanup()
     manifest["report"] = {
         "flops": flops,
         "kernels": kernels,  # distinct TIR kernels (identical ones are shared)

@@ -1,0 +1,233 @@
+"""The quantization step of `graphopt compile --quantize int8`: calibrate, analyze, decide, and
+the passes to run (`quantize{...}`, then `lower-int8` when that pass is registered).
+
+compile: graph passes -> quantize_step (this file) -> target stages. The step returns the
+passes for the compiler to run (so instruments, --dump-dir and the pass log see them) and the
+manifest's "quantization" entry: settings, ranges, per-layer decisions, accuracy report.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from ..pass_infra import GraphPass, make_pass, registered_passes
+from .calibrate import calibrate
+from .data import batch_feeds, load_calibration
+from .errors import CalibrationError
+from .layers import Layer, find_layers
+from .ranges import write_ranges
+from .sensitivity import Sensitivity, Settings, analyze
+
+LOWER_PASS = "lower-int8"
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What `--quantize int8 ...` asks for."""
+
+    calibration: str | None = None
+    method: str = "percentile"
+    per_channel: bool = True
+    act_dtype: str = "int8"
+    mode: str = "static"  # static | dynamic
+    max_drop: float | None = None
+    eval_data: str | None = None  # .npz with x (and y) for --max-drop and the accuracy report
+    samples: int = 64  # calibration feeds used
+    sensitivity: bool = True
+    sensitivity_samples: int = 32
+    integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
+
+
+@dataclass
+class QuantStep:
+    passes: list[GraphPass]
+    manifest: dict
+    table: str = ""
+    workdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    check: Callable[[Callable], float] | None = field(default=None, repr=False)
+
+    def check_artifact(self, run: Callable[[list[np.ndarray]], list[np.ndarray]]) -> None:
+        """Score the built executable itself on the evaluation feeds (into the manifest)."""
+        if self.check is not None and self.manifest.get("accuracy"):
+            self.manifest["accuracy"]["artifact"] = round(self.check(run), 4)
+
+
+def int8_is_slower(layer: Layer, target: str) -> bool | None:
+    """Hook: True when the target's int8 kernel for `layer` is slower than its fp32 kernel.
+
+    None means unknown, which keeps the layer int8. Needs per-layer int8-vs-fp32 kernel timings
+    on the target (from the integer kernels of `lower-int8` and a kernel benchmark or the
+    tuning database); nothing provides them yet.
+    """
+    return None
+
+
+def quantize_step(
+    mod: tvm.IRModule,
+    inputs: Sequence,
+    opts: QuantOptions,
+    target: str = "x86",
+    target_options: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> QuantStep:
+    say = progress or (lambda _m: None)
+    _check(opts)
+    layers = find_layers(mod["main"])
+    feeds = (
+        load_calibration(opts.calibration, inputs, limit=opts.samples) if opts.calibration else []
+    )
+    say(f"quantize: {len(layers)} quantizable layers, {len(feeds)} calibration feeds")
+    workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
+    ranges: dict = {}
+    if opts.mode == "static":
+        ranges = calibrate(
+            mod,
+            feeds,
+            opts.method,
+            act_dtype=opts.act_dtype,
+            target=target,
+            target_options=target_options,
+            progress=say,
+        )
+    ranges_path = Path(workdir.name) / "ranges.json"
+    write_ranges(ranges_path, ranges, opts.method)
+
+    settings = Settings(opts.mode, opts.per_channel, opts.act_dtype)
+    eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
+    sens: Sensitivity | None = None
+    if (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers:
+        sens = analyze(
+            mod,
+            ranges,
+            settings,
+            eval_feeds,
+            labels=labels,
+            max_drop=opts.max_drop,
+            target=target,
+            target_options=target_options,
+            progress=say,
+        )
+    skip = list(sens.skip) if sens else []
+    decisions = []
+    for layer in layers:
+        reason = None
+        if layer.name in skip:
+            reason = "max-drop"
+        elif opts.mode == "static" and layer.name not in ranges:
+            reason = "no range"
+        elif int8_is_slower(layer, target):
+            reason = "int8 kernel slower"
+            skip.append(layer.name)
+        decisions.append(
+            {
+                "layer": layer.name,
+                "what": layer.describe(),
+                "precision": "fp32" if reason else "int8",
+                **({"reason": reason} if reason else {}),
+            }
+        )
+    quant_opts = {
+        "mode": opts.mode,
+        "per_channel": "true" if opts.per_channel else "false",
+        "act_dtype": opts.act_dtype,
+    }
+    if opts.mode == "static":
+        quant_opts["ranges"] = str(ranges_path)
+    if skip:
+        quant_opts["skip"] = ":".join(skip)
+    passes = [make_pass("quantize", quant_opts)]
+    lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
+    if lowered:
+        passes.append(make_pass(LOWER_PASS))
+    manifest = {
+        "scheme": "int8",
+        "settings": {k: v for k, v in asdict(opts).items()},
+        "kernels": "integer (lower-int8)" if lowered else "fake-quant (fp32 math on QDQ values)",
+        "layers": decisions,
+        "int8_layers": sum(d["precision"] == "int8" for d in decisions),
+        "ranges": ranges,
+        "accuracy": sens.to_json() if sens else None,
+        "missing": (
+            "per-layer int8-vs-fp32 kernel timings: int8_is_slower() returns unknown, so no "
+            "layer is kept fp32 for speed"
+        ),
+    }
+    check = None
+    if sens is not None and sens.score_outputs is not None:
+        params = [p.name for p in mod["main"].params]
+        score = sens.score_outputs
+
+        def check(run):
+            return score([run([feed[p] for p in params])[0] for feed in eval_feeds])
+
+    return QuantStep(passes, manifest, format_report(manifest), workdir, check)
+
+
+def _check(opts: QuantOptions) -> None:
+    if opts.mode not in ("static", "dynamic"):
+        raise CalibrationError(f"--quant-mode must be static or dynamic, not '{opts.mode}'")
+    if opts.mode == "static" and not opts.calibration:
+        raise CalibrationError(
+            "--quantize int8 needs --calibration DATA (an .npz of samples, or a directory of "
+            ".npy files or images); or use --quant-mode dynamic"
+        )
+    if opts.max_drop is not None and opts.max_drop < 0:
+        raise CalibrationError("--max-drop must be >= 0")
+    if opts.max_drop is not None and not (opts.calibration or opts.eval_data):
+        raise CalibrationError("--max-drop needs data: --calibration or --eval")
+
+
+def _eval_feeds(opts: QuantOptions, inputs, calib_feeds):
+    """Feeds (and labels) for sensitivity and --max-drop: --eval data, else calibration data."""
+    if not opts.eval_data:
+        return calib_feeds[: opts.sensitivity_samples], None
+    from ..inputs import load_npz
+
+    data = load_npz(opts.eval_data)
+    labels = data.pop("y", None)
+    if len(inputs) == 1 and inputs[0].name not in data and "x" in data:
+        data = {inputs[0].name: data["x"]}
+    feeds = batch_feeds(data, inputs)
+    if labels is not None:
+        batch = inputs[0].shape[0] if inputs[0].shape else 1
+        labels = np.asarray(labels).ravel()[: len(feeds) * batch]
+    return feeds, labels
+
+
+def format_report(q: dict) -> str:
+    """The compile output: per-layer decisions with sensitivity, and the accuracy summary."""
+    from ..report import format_table
+
+    acc = q.get("accuracy")
+    sens = {r["layer"]: r for r in acc["layers"]} if acc else {}
+    rows = []
+    for d in q["layers"]:
+        s = sens.get(d["layer"], {})
+        rows.append(
+            [
+                d["layer"],
+                d["what"],
+                s.get("sqnr_db", "-"),
+                s.get("cosine", "-"),
+                d["precision"] + (f" ({d['reason']})" if "reason" in d else ""),
+            ]
+        )
+    lines = [
+        f"int8 ({q['settings']['mode']}, {q['kernels']}): {q['int8_layers']}/{len(q['layers'])} "
+        "layers int8",
+        format_table(["layer", "op", "SQNR dB (alone)", "cosine (alone)", "precision"], rows),
+    ]
+    if acc:
+        lines.append(
+            f"{acc['metric']} on {acc['samples']} feeds: fp32 {acc['fp32']:.2f}, all int8 "
+            f"{acc['all_int8']:.2f}, chosen {acc['final']:.2f}"
+            + (f", artifact {acc['artifact']:.2f}" if "artifact" in acc else "")
+            + (f" (kept fp32: {', '.join(acc['kept_fp32'])})" if acc["kept_fp32"] else "")
+        )
+    return "\n".join(lines)

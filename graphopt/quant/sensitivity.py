@@ -1,0 +1,222 @@
+"""Accuracy control: per-layer sensitivity and the `--max-drop` search.
+
+Both need the model run with any subset of layers quantized. Instead of compiling one model per
+subset, `switchable_module` builds one graph whose extra input `flags` (one fp32 per layer)
+selects, layer by layer, the fake-quantized or the fp32 operands:
+    xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
+f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly. Same ranges, same weights, same
+rounding as the `quantize` pass (both use `graphopt.quant.qdq`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R_op
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .layers import Layer, find_layers
+from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
+from .runner import build_runner
+
+FLAGS = "quant_flags"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "static"
+    per_channel: bool = True
+    act_dtype: str = "int8"
+
+
+def switchable_module(
+    mod: tvm.IRModule, ranges: Mapping[str, dict], settings: Settings
+) -> tuple[tvm.IRModule, list[Layer]]:
+    """`main(*inputs, quant_flags)`; the layers the flags address, in flag order."""
+    func = mod["main"]
+    layers = [ly for ly in find_layers(func) if settings.mode == "dynamic" or ly.name in ranges]
+    flags = relax.Var(FLAGS, relax.TensorType((max(len(layers), 1),), "float32"))
+    rewriter = _Switch(layers, ranges, settings, flags)
+    new_func = rewriter.visit_expr(func)
+    new_func = relax.Function(
+        [*new_func.params, flags], new_func.body, new_func.ret_ty, attrs=new_func.attrs
+    )
+    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    new["main"] = new_func
+    return new, layers
+
+
+@mutator
+class _Switch(PyExprMutator):
+    def __init__(self, layers, ranges, settings, flags) -> None:
+        super().__init__()
+        self.layers = list(enumerate(layers))
+        self.ranges = ranges
+        self.s = settings
+        self.flags = flags
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        hit = next(((i, ly) for i, ly in self.layers if ly.call.same_as(call)), None)
+        if hit is None:
+            return super().visit_call_(call)
+        i, layer = hit
+        bb = self.builder_
+        f = bb.emit(R_op.strided_slice(self.flags, axes=[0], begin=[i], end=[i + 1]))
+        x = self.visit_expr(call.args[0])
+        if self.s.mode == "dynamic":
+            xq = emit_dynamic_qdq(bb, x)
+        else:
+            lo, hi = self.ranges[layer.name]["input"]
+            xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
+        x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
+        w = call.args[1]
+        wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
+        delta = bb.emit(R_op.subtract(weight_dequantize(wq, s_w, layer.weight_axis), w))
+        w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
+        return relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+def cosines(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> np.ndarray:
+    """Cosine per sample (row of the flattened first output)."""
+    out = []
+    for r, g in zip(ref, got):
+        r2, g2 = r.reshape(r.shape[0], -1), g.reshape(g.shape[0], -1)
+        num = np.sum(r2 * g2, axis=1, dtype=np.float64)
+        den = np.linalg.norm(r2, axis=1) * np.linalg.norm(g2, axis=1)
+        out.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0))
+    return np.array(out)
+
+
+@dataclass
+class Metric:
+    """The accuracy metric --max-drop budgets, in points: higher is better, drop = fp32 - int8.
+
+    labelled accuracy (%) when labels exist; else top-1 agreement with fp32 (%) for
+    classifier-shaped outputs [batch, classes]; else 100 * min cosine vs fp32.
+    """
+
+    kind: str
+    labels: np.ndarray | None = None
+
+    @staticmethod
+    def choose(ref_first: Sequence[np.ndarray], labels: np.ndarray | None) -> Metric:
+        if labels is not None:
+            return Metric("accuracy", np.asarray(labels).ravel())
+        o = ref_first[0]
+        if o.ndim == 2 and o.shape[1] > 1:
+            return Metric("top1_agreement")
+        return Metric("min_cosine")
+
+    def score(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+        if self.kind == "accuracy":
+            pred = np.concatenate([g.reshape(g.shape[0], -1).argmax(1) for g in got])
+            return 100.0 * float(np.mean(pred == self.labels[: len(pred)]))
+        if self.kind == "top1_agreement":
+            a = np.concatenate([r.reshape(r.shape[0], -1).argmax(1) for r in ref])
+            b = np.concatenate([g.reshape(g.shape[0], -1).argmax(1) for g in got])
+            return 100.0 * float(np.mean(a == b))
+        return 100.0 * float(cosines(ref, got).min())
+
+
+# ---- the search ---------------------------------------------------------------------------
+
+
+@dataclass
+class Sensitivity:
+    rows: list[dict]  # per layer: name, what, sqnr_db, cosine (only this layer int8)
+    fp32_score: float
+    int8_score: float  # every layer int8
+    final_score: float  # the chosen layers int8
+    metric: str
+    skip: list[str]  # layers kept fp32 by --max-drop, most sensitive first
+    samples: int
+    score_outputs: Callable[[list[np.ndarray]], float] | None = None  # metric vs the fp32 run
+
+    def to_json(self) -> dict:
+        return {
+            "metric": self.metric,
+            "samples": self.samples,
+            "fp32": round(self.fp32_score, 4),
+            "all_int8": round(self.int8_score, 4),
+            "final": round(self.final_score, 4),
+            "kept_fp32": self.skip,
+            "layers": self.rows,
+        }
+
+
+def analyze(
+    mod: tvm.IRModule,
+    ranges: Mapping[str, dict],
+    settings: Settings,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    labels: np.ndarray | None = None,
+    max_drop: float | None = None,
+    target: str = "x86",
+    target_options: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Sensitivity:
+    """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32."""
+    say = progress or (lambda _m: None)
+    switch, layers = switchable_module(mod, ranges, settings)
+    n = len(layers)
+    say(f"sensitivity: building the switchable graph ({n} layers)")
+    run_vm = build_runner(switch, target, target_options)
+    params = [p.name for p in mod["main"].params]
+
+    def run(flags: np.ndarray) -> list[np.ndarray]:
+        f = flags.astype(np.float32) if n else np.zeros(1, np.float32)
+        return [run_vm([feed[p] for p in params] + [f])[0] for feed in feeds]
+
+    ref = run(np.zeros(n))
+    metric = Metric.choose(ref, labels)
+    fp32_score = metric.score(ref, ref)
+    rows = []
+    for i, layer in enumerate(layers):
+        flags = np.zeros(n)
+        flags[i] = 1
+        got = run(flags)
+        rows.append(
+            {
+                "layer": layer.name,
+                "what": layer.describe(),
+                "sqnr_db": round(sqnr_db(np.concatenate(ref), np.concatenate(got)), 2),
+                "cosine": round(float(cosines(ref, got).mean()), 6),
+            }
+        )
+        say(f"sensitivity: {i + 1}/{n} {layer.name} sqnr {rows[-1]['sqnr_db']} dB")
+    on = np.ones(n)
+    all_score = metric.score(ref, run(on))
+    score, skip = all_score, []
+    if max_drop is not None:
+        order = sorted(range(n), key=lambda i: rows[i]["sqnr_db"])
+        for i in order:
+            if fp32_score - score <= max_drop:
+                break
+            on[i] = 0
+            skip.append(layers[i].name)
+            score = metric.score(ref, run(on))
+            say(f"max-drop: {layers[i].name} kept fp32 -> {metric.kind} {score:.2f}")
+    return Sensitivity(
+        rows,
+        fp32_score,
+        all_score,
+        score,
+        metric.kind,
+        skip,
+        len(feeds),
+        lambda got: metric.score(ref, got),
+    )
