@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform as host_platform
 import re
 import shutil
 import signal
@@ -261,3 +262,12 @@ def run_emulated(
             raise BundleError(f"runner under {QEMU} -cpu {cpu} failed ({why}): {last}".rstrip(": "))
         with np.load(dst) as result:
             return {name: result[name] for name in result.files}
+
+
+def foreign_arch(manifest: dict[str, Any]) -> str | None:
+    """The artifact's CPU architecture when it is not this machine's (None: runs here)."""
+    triple = str(manifest.get("target", {}).get("options", {}).get("triple", ""))
+    arch = {"arm64": "aarch64"}.get(triple.split("-")[0], triple.split("-")[0])
+    host = {"arm64": "aarch64", "amd64": "x86_64"}.get(host_platform.machine().lower())
+    host = host or host_platform.machine().lower()
+    return arch if arch and arch != host else None

@@ -215,10 +215,16 @@ def _bench_remote(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .artifact import load
+    from .bundle import foreign_arch, run_emulated
     from .inputs import load_npz, save_npz
 
     art = load(args.artifact)
-    outputs = art.run(load_npz(args.inputs))
+    if foreign := foreign_arch(art.manifest):  # an ARM bundle on a PC: its runner under qemu
+        inputs = dict(zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs))))
+        outputs = run_emulated(art.directory, inputs)
+        _eprint(f"ran the {foreign} bundle's runner under qemu (emulated)")
+    else:
+        outputs = art.run(load_npz(args.inputs))
     save_npz(args.outputs, outputs)
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {args.outputs}: {shapes}")
@@ -235,6 +241,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.vs:
         raise InputError("bench needs --vs MODEL.onnx (local comparison) or --rpc HOST:PORT")
     art = load(args.artifact)
+    _require_native(art, "bench")
     inputs = load_npz(args.inputs) if args.inputs else None
     result = compare(
         art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup, progress=_eprint
@@ -253,6 +260,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_native(art, command: str) -> None:
+    """Local timing of a bundle built for another CPU would time an emulator: refuse."""
+    from .bundle import foreign_arch
+
+    if arch := foreign_arch(art.manifest):
+        raise InputError(
+            f"{art.directory} is built for {arch}: `graphopt {command}` would time an emulator here; "
+            f"measure it on the board with `graphopt bench DIR --rpc TRACKER --key KEY`, or run "
+            f"`./run model.so in.npz out.npz --repeat 50` there (docs/ARM.md)"
+        )
+
+
 def _write_json(path: str, data: dict) -> None:
     from .machine import machine_info
 
@@ -264,6 +283,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import compare
 
     art = load(args.artifact)
+    _require_native(art, "report")
     result = compare(art, args.vs, eval_npz=args.eval, runs=args.runs, progress=_eprint)
     print(
         f"\n{Path(args.vs).name} -> {args.artifact} "

@@ -167,7 +167,15 @@ def remote_latency(
     arrays = art.check_inputs(inputs)
     remote = request(tracker, key)
     remote.upload(str(art.library_path))
-    lib = remote.load_module(art.library_path.name)
+    try:
+        lib = remote.load_module(art.library_path.name)
+    except Exception as err:  # noqa: BLE001 - TVM re-raises the remote error as RuntimeError
+        triple = art.manifest["target"]["options"].get("triple", "?")
+        raise RPCError(
+            f"the server under key '{key}' cannot load {art.library_path.name} (built for "
+            f"{triple}; the board must match it and run TVM {art.manifest['versions']['tvm']}): "
+            f"{_last_line(err)}"
+        ) from err
     dev = remote.cpu()
     vm = runtime.vm.VirtualMachine(lib, dev)
     args = [runtime.tensor(a, dev) for a in arrays]

@@ -166,3 +166,14 @@ def test_quantized_model_matches_x86(tmp_path):
     # Values are multiples of the output scale 0.1; a rounding tie may flip one step.
     assert np.abs(got - want).max() <= 0.1 + 1e-6
     assert np.mean(got == want) > 0.99 and np.count_nonzero(want) > 100
+
+
+def test_cli_run_emulates_a_bundle(arm_build, compiled, tmp_path, capsys):
+    art, x86 = arm_build("mlp"), compiled("mlp")
+    feeds = mb.sample_inputs(x86.inputs, seed=5)
+    np.savez(tmp_path / "in.npz", **feeds)
+    args = ["run", str(art.directory), "--inputs", str(tmp_path / "in.npz")]
+    assert main([*args, "--outputs", str(tmp_path / "out.npz")]) == 0
+    assert "under qemu" in capsys.readouterr().err
+    with np.load(tmp_path / "out.npz") as out:
+        assert_close(dict(out), x86.run(feeds))
