@@ -264,8 +264,11 @@ def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bo
 
 
 def _prim_float(expr) -> float | None:
+    """A clip bound: an immediate (possibly wrapped in a PrimValue) or a scalar constant."""
     value = getattr(expr, "value", None)
-    if isinstance(value, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value is not None and isinstance(getattr(value, "value", None), (int, float)):
         return float(value.value)
     const = _const(expr)
     return float(const.reshape(())) if const is not None and const.size == 1 else None

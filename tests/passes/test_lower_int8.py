@@ -1,0 +1,322 @@
+"""lower-int8: QDQ conv2d / matmul layers become integer kernels, bit-exact vs numpy.
+
+Graphs that take the int8 tensor as input and end in a quantize are compared bit for bit with
+a numpy integer model written from the QDQ contract (int32 bias = round(b / (s_x s_w)),
+multiplier s_x s_w / s_out in fp32, round half to even, activation folded into the clamp);
+graphs with fp32 ends are compared with the unlowered (fake-quant) graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tvm import relax
+from tvm.relax import op as R
+
+from graphopt import _tvm
+from graphopt.errors import PipelineError
+from graphopt.passes import _int8_kernels as K
+from graphopt.pipeline import instantiate, parse_pipeline
+from graphopt.quant import qdq
+from graphopt.testing import apply_checked, check_no_change, run_module
+
+ISA = "vnni" if {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features() else "avx2"
+
+
+def lower(mod, **options):
+    text = ",".join(f"{k}={v}" for k, v in {"isa": ISA, **options}.items())
+    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{{text}}}"))
+    return apply_checked(pass_, mod)
+
+
+def _module(x_shape, x_dtype, body):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(tuple(x_shape), x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+class Layer:
+    """One quantized layer with int8 input and (optionally) requantized output, plus its numpy
+    integer reference."""
+
+    def __init__(
+        self,
+        kind,
+        x_shape,
+        w_shape,
+        act_dtype,
+        *,
+        out_dtype="uint8",
+        per_channel=True,
+        activation=None,
+        bias=True,
+        seed=0,
+        **conv,
+    ):
+        rng = np.random.default_rng(seed)
+        self.kind, self.conv, self.activation = kind, conv, activation
+        self.x_shape, self.act_dtype, self.out_dtype = x_shape, act_dtype, out_dtype
+        axis = 0 if kind == "conv2d" else 1
+        w = rng.normal(size=w_shape).astype(np.float32) * 0.2
+        self.wq, self.s_w = qdq.weight_qparams(w, axis, per_channel)
+        self.axis = axis
+        channels = w_shape[axis]
+        self.bias = rng.normal(size=channels).astype(np.float32) if bias else None
+        self.act = qdq.act_qparams(-3.0, 5.0, act_dtype)
+        self.out = qdq.act_qparams(-1.0, 7.0, out_dtype) if out_dtype else None
+        info = np.iinfo(act_dtype)
+        self.x = rng.integers(info.min, int(info.max) + 1, x_shape).astype(act_dtype)
+
+    def float_layer(self, bb, xf):
+        wf = bb.emit(qdq.weight_dequantize(self.wq, self.s_w, self.axis))
+        if self.kind == "conv2d":
+            y = bb.emit(R.nn.conv2d(xf, wf, **self.conv))
+            bshape = (1, -1, 1, 1)
+        else:
+            y = bb.emit(R.matmul(xf, wf))
+            bshape = (-1,)
+        if self.bias is not None:
+            y = bb.emit(R.add(y, relax.const(self.bias.reshape(bshape))))
+        if self.activation == "relu":
+            y = bb.emit(R.nn.relu(y))
+        elif self.activation == "relu6":
+            y = bb.emit(R.clip(y, 0.0, 6.0))
+        return y
+
+    def module(self):
+        def body(bb, x):
+            s = relax.const(self.act.scale, "float32")
+            zp = relax.const(self.act.zero_point, self.act_dtype)
+            y = self.float_layer(bb, bb.emit(R.dequantize(x, s, zp, -1, "float32")))
+            if self.out is None:
+                return y
+            so = relax.const(self.out.scale, "float32")
+            zo = relax.const(self.out.zero_point, self.out_dtype)
+            return bb.emit(R.quantize(y, so, zo, -1, self.out_dtype))
+
+        return _module(self.x_shape, self.act_dtype, body)
+
+    def reference(self):
+        """numpy integer model of the lowered layer (requantized output)."""
+        zp = self.act.zero_point
+        if self.kind == "conv2d":
+            c = self.conv
+            spec = K.ConvSpec(
+                *self.x_shape,
+                self.wq.shape[0],
+                self.wq.shape[2],
+                self.wq.shape[3],
+                tuple(c.get("strides", (1, 1))),
+                tuple(c.get("padding", (0, 0, 0, 0))),
+                (1, 1),
+                c.get("groups", 1),
+                self.act_dtype,
+            )
+            acc = K.reference_conv2d(self.x, self.wq, spec, zp)
+            cshape = (1, -1, 1, 1)
+        else:
+            acc = (self.x.astype(np.int64) - zp) @ self.wq.astype(np.int64)
+            cshape = (-1,)
+        s_w = np.broadcast_to(self.s_w, (self.wq.shape[self.axis],)).astype(np.float64)
+        real = np.float64(self.act.scale) * s_w
+        bias = np.zeros_like(real) if self.bias is None else self.bias.astype(np.float64)
+        acc = acc + np.round(bias / real).astype(np.int64).reshape(cshape)
+        mult = (real / self.out.scale).astype(np.float32).reshape(cshape)
+        qmin, qmax = qdq.QRANGE[self.out_dtype]
+        zo = self.out.zero_point
+        lo, hi = float(qmin), float(qmax)
+        if self.activation in ("relu", "relu6"):
+            lo = max(lo, float(zo))
+        if self.activation == "relu6":
+            hi = min(hi, float(round(6.0 / self.out.scale) + zo))
+        value = np.round(acc.astype(np.float32) * mult) + np.float32(zo)
+        return np.clip(value, lo, hi).astype(self.out_dtype)
+
+
+CONV_CASES = {
+    "3x3_pad": dict(x_shape=(1, 5, 9, 7), w_shape=(6, 5, 3, 3), padding=(1, 1, 1, 1)),
+    "stride2_groups_batch2": dict(
+        x_shape=(2, 8, 10, 11),
+        w_shape=(12, 4, 3, 3),
+        strides=(2, 2),
+        padding=(1, 0, 2, 1),
+        groups=2,
+    ),
+    "1x1": dict(x_shape=(1, 13, 6, 5), w_shape=(7, 13, 1, 1)),
+    "depthwise": dict(x_shape=(1, 6, 9, 9), w_shape=(6, 1, 3, 3), padding=(1, 1, 1, 1), groups=6),
+    "depthwise_stride2": dict(
+        x_shape=(2, 4, 11, 10),
+        w_shape=(4, 1, 3, 3),
+        strides=(2, 2),
+        padding=(1, 1, 1, 1),
+        groups=4,
+    ),
+}
+
+
+def _conv_layer(name, **kw):
+    case = dict(CONV_CASES[name])
+    x_shape, w_shape = case.pop("x_shape"), case.pop("w_shape")
+    return Layer("conv2d", x_shape, w_shape, **kw, **case)
+
+
+def _check_exact(layer: Layer, kind: str):
+    mod = layer.module()
+    result = lower(mod)
+    assert result.stats[f"lowered_{kind}"] == 1 and result.stats["requantized"] == 1
+    counts = _tvm.op_counts(result.module)
+    for op in ("relax.quantize", "relax.dequantize", "relax.nn.conv2d", "relax.matmul"):
+        assert op not in counts, f"{op} left after lowering"
+    (got,) = run_module(result.module, [layer.x])
+    np.testing.assert_array_equal(got, layer.reference())
+    # Fake quantization (the unlowered graph) agrees up to the final requantize rounding.
+    (fake,) = run_module(mod, [layer.x])
+    assert np.abs(fake.astype(np.int32) - got.astype(np.int32)).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(CONV_CASES))
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_conv2d_exact(name, act_dtype):
+    _check_exact(_conv_layer(name, act_dtype=act_dtype, activation="relu6"), "conv2d")
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_conv2d_activation_folding(activation, per_channel):
+    layer = _conv_layer(
+        "3x3_pad",
+        act_dtype="int8",
+        activation=activation,
+        per_channel=per_channel,
+        out_dtype="int8",
+        bias=activation != "relu",
+    )
+    _check_exact(layer, "conv2d")
+    got = run_module(lower(layer.module()).module, [layer.x])[0]
+    if activation is not None:
+        assert got.min() >= layer.out.zero_point  # relu: clamped at the output zero point
+
+
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("x_shape,w_shape", [((2, 7, 13), (13, 21)), ((5, 64), (64, 48))])
+def test_matmul_exact(act_dtype, x_shape, w_shape):
+    layer = Layer("matmul", x_shape, w_shape, act_dtype, activation="relu", seed=2)
+    _check_exact(layer, "matmul")
+
+
+def test_fp32_consumer_dequantizes_in_the_epilogue():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(6, 5, 3, 3)).astype(np.float32)
+    mod = qdq.conv2d_qdq_module(
+        (1, 5, 9, 7),
+        w,
+        qdq.act_qparams(-2, 3, "uint8"),
+        bias=rng.normal(size=6).astype(np.float32),
+        padding=(1, 1, 1, 1),
+        activation="relu6",
+    )
+    result = lower(mod)
+    assert result.stats["dequantized"] == 1 and result.stats["lowered_conv2d"] == 1
+    x = rng.normal(size=(1, 5, 9, 7)).astype(np.float32)
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_matmul():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(33, 40)).astype(np.float32)
+    mod = qdq.matmul_qdq_module((2, 9, 33), w, None, bias=rng.normal(size=40).astype(np.float32))
+    result = lower(mod)
+    assert result.stats["lowered_dynamic"] == 1
+    x = rng.normal(size=(2, 9, 33)).astype(np.float32)
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    check_no_change(_no_dynamic(), mod)
+
+
+def _no_dynamic():
+    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{isa={ISA},dynamic=false}}"))
+    return pass_
+
+
+def test_chain_of_two_convs_stays_int8():
+    """conv -> relu -> QDQ -> conv: one kernel requantizes straight into the next one's input."""
+    rng = np.random.default_rng(6)
+    w1 = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(4, 8, 1, 1)).astype(np.float32)
+    a1, a2 = qdq.act_qparams(-2.0, 2.0, "int8"), qdq.act_qparams(0.0, 9.0, "uint8")
+
+    def conv(bb, xf, w, **attrs):
+        wq, s_w = qdq.weight_qparams(w, 0)
+        return bb.emit(R.nn.conv2d(xf, bb.emit(qdq.weight_dequantize(wq, s_w, 0)), **attrs))
+
+    def body(bb, x):
+        y = bb.emit(R.nn.relu(conv(bb, qdq.emit_act_qdq(bb, x, a1), w1, padding=(1, 1, 1, 1))))
+        return conv(bb, qdq.emit_act_qdq(bb, y, a2), w2)
+
+    mod = _module((1, 3, 8, 8), "float32", body)
+    result = lower(mod)
+    assert result.stats["lowered_conv2d"] == 2
+    assert result.stats["requantized"] == 1 and result.stats["dequantized"] == 1
+    counts = _tvm.op_counts(result.module)
+    assert counts.get("relax.quantize") == 1  # the model input only
+    assert "relax.dequantize" not in counts and "relax.nn.relu" not in counts
+    calls = [c for c in _tvm.iter_relax_calls(result.module) if c.op.name == "relax.call_tir"]
+    assert len(calls) == 2
+    first, second = sorted(calls, key=lambda c: str(c.ty.dtype) != "uint8")
+    assert str(first.ty.dtype) == "uint8"  # conv1 writes the int8 input of conv2 ...
+    assert str(second.args[1].fields[0].ty.dtype) == "uint8"  # ... which reads it as is
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    # Only the intermediate requantize may round differently: a few steps of a2 at most.
+    assert np.abs(got - want).max() <= 3 * a2.scale * np.abs(w2).sum(axis=(1, 2, 3)).max()
+
+
+def test_does_not_fire_without_qdq():
+    bb_mod = _module(
+        (1, 3, 8, 8),
+        "float32",
+        lambda bb, x: bb.emit(R.nn.conv2d(x, relax.const(np.ones((4, 3, 3, 3), np.float32)))),
+    )
+    assert check_no_change(_pass(), bb_mod).stats["left"] == 0
+
+
+def test_leaves_what_it_cannot_lower():
+    """A weight that is a parameter, and a conv with a run-time activation scale, stay QDQ."""
+    act = qdq.act_qparams(-1.0, 1.0, "int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 6, 6), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 3, 3, 3), "int8"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            xf = qdq.emit_act_qdq(bb, x, act)
+            wf = bb.emit(R.dequantize(w, relax.const(0.1, "float32"), relax.const(0, "int8")))
+            y1 = bb.emit(R.nn.conv2d(xf, wf))
+            wq = np.ones((4, 3, 3, 3), np.int8)
+            y2 = bb.emit(
+                R.nn.conv2d(qdq.emit_dynamic_qdq(bb, x), qdq.weight_dequantize(wq, 0.1, 0))
+            )
+            out = bb.emit_output(R.add(y1, y2))
+        bb.emit_func_output(out)
+    result = check_no_change(_pass(), bb.get())
+    assert result.stats["left"] == 2 and result.stats["lowered_conv2d"] == 0
+
+
+def test_unknown_isa_is_a_pipeline_error():
+    with pytest.raises(PipelineError, match="unknown isa"):
+        instantiate(parse_pipeline("lower-int8{isa=avx9}"))[0](
+            _conv_layer("1x1", act_dtype="int8").module()
+        )
+
+
+def _pass():
+    return instantiate(parse_pipeline(f"lower-int8{{isa={ISA}}}"))[0]
+
+
+def test_registered_and_round_trips():
+    (pass_,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))
+    assert pass_.name == "lower-int8" and pass_.option_text() == {"isa": "avx2"}
