@@ -266,7 +266,7 @@ def _require_native(art, command: str) -> None:
 
     if arch := foreign_arch(art.manifest):
         raise InputError(
-            f"{art.directory} is built for {arch}: `graphopt {command}` would time an emulator here; "
+            f"{art.directory} is built for {arch}: `graphopt {command}` would time an emulator; "
             f"measure it on the board with `graphopt bench DIR --rpc TRACKER --key KEY`, or run "
             f"`./run model.so in.npz out.npz --repeat 50` there (docs/ARM.md)"
         )
@@ -330,6 +330,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
             [name, cls.summary(), status + (f" ({avail.reason})" if avail.reason else ""), opts]
         )
     print(format_table(["target", "summary", "here", "options (defaults)"], rows))
+    for name, cls in registered_targets().items():
+        if presets := cls.presets():
+            print(f"\n{name} presets (--target-opt):")
+            print(format_table(["option", "meaning"], [[k, v] for k, v in presets.items()]))
     return 0
 
 

@@ -50,6 +50,11 @@ class Target:
         return doc.splitlines()[0] if doc else ""
 
     @classmethod
+    def presets(cls) -> dict[str, str]:
+        """Named option values worth listing in `graphopt targets` (e.g. ARM boards)."""
+        return {}
+
+    @classmethod
     def from_text_options(cls, raw: Mapping[str, str]) -> Target:
         """Options from `--target-opt key=value` strings, typed by the dataclass fields."""
         base = cls.default_options()

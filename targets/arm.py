@@ -74,6 +74,13 @@ class Arm(Target):
         wheel_platform: str = "manylinux_2_28_aarch64"  # where the board runtime comes from
 
     @classmethod
+    def presets(cls) -> dict[str, str]:
+        return {
+            f"board={name}": f"{b.about}; LLVM -mcpu={b.mcpu or '(generic, +neon)'}"
+            for name, b in BOARDS.items()
+        }
+
+    @classmethod
     def from_text_options(cls, raw: Mapping[str, str]) -> Target:
         target = super().from_text_options(raw)
         if target.options.board not in BOARDS:
