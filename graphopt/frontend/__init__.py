@@ -14,6 +14,7 @@ from tvm import relax
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
 from .load import load_model
+from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
 from .support import check_supported
 
@@ -59,6 +60,7 @@ def import_onnx(
     nodes_in = len(model.graph.node)
     say(f"import: loaded {nodes_in} ONNX nodes (opset {_opset(model)})")
     model = make_static(model, dict(input_shapes or {}))
+    model = rewrite_quantized(model)  # QLinear*/ *Integer ops TVM lacks -> QDQ + float ops
     lap("load")
     check_supported(model)
     if cleanup:

@@ -14,7 +14,9 @@ _STANDARD_DOMAINS = {"", "ai.onnx"}
 def supported_op_types() -> set[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    return set(_get_convert_map()) | _BUILTIN
+    from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
+
+    return set(_get_convert_map()) | _BUILTIN | REWRITTEN
 
 
 def _all_nodes(graph: onnx.GraphProto):

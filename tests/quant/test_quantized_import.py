@@ -1,0 +1,209 @@
+"""Import of quantized ONNX models vs onnxruntime with graph optimizations disabled."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.frontend import import_onnx
+from graphopt.frontend.quantized import rewrite_quantized
+from graphopt.reference import ort_session
+from graphopt.testing import run_module
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "q", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _both(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+    sess = ort_session(model.SerializeToString(), optimize=False)
+    ref = sess.run(None, feeds)
+    imported = import_onnx(model)
+    got = run_module(imported.mod, [feeds[s.name] for s in imported.inputs])
+    return ref, got
+
+
+def _vi(name, elem, shape):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs",
+    [
+        ((1, 3, 9, 7), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+        ((2, 4, 10, 10), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 0], "group": 4}),
+        ((1, 6, 5, 5), (4, 3, 1, 1), {"group": 2}),
+    ],
+)
+def test_qlinear_conv(x_shape, w_shape, attrs):
+    o = w_shape[0]
+    inits = [
+        _init("xs", np.float32(0.02)), _init("xz", np.uint8(128)),
+        _init("w", RNG.integers(-127, 128, w_shape).astype(np.int8)),
+        _init("ws", RNG.uniform(0.005, 0.02, o).astype(np.float32)),
+        _init("wz", np.zeros(o, np.int8)),
+        _init("ys", np.float32(0.05)), _init("yz", np.uint8(100)),
+        _init("b", RNG.integers(-5000, 5000, o).astype(np.int32)),
+    ]  # fmt: skip
+    node = helper.make_node(
+        "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **attrs
+    )
+    model = _model(
+        [node], [_vi("x", TensorProto.UINT8, x_shape)], [_vi("y", TensorProto.UINT8, None)], inits
+    )  # noqa: E501
+    assert {n.op_type for n in rewrite_quantized(model).graph.node} == {
+        "DequantizeLinear", "Conv", "QuantizeLinear"
+    }  # fmt: skip
+    x = RNG.integers(0, 256, x_shape).astype(np.uint8)
+    (ref,), (got,) = _both(model, {"x": x})
+    diff = np.abs(ref.astype(np.int32) - got.astype(np.int32))
+    # Exact but for rounding ties of the requantization (fp32 vs exact int32 accumulation).
+    assert diff.max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def test_qlinear_matmul():
+    inits = [
+        _init("as", np.float32(0.03)), _init("az", np.int8(-3)),
+        _init("b", RNG.integers(-127, 128, (24, 7)).astype(np.int8)),
+        _init("bs", RNG.uniform(0.005, 0.02, 7).astype(np.float32)),
+        _init("bz", np.zeros(7, np.int8)),
+        _init("ys", np.float32(0.04)), _init("yz", np.int8(2)),
+    ]  # fmt: skip
+    node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
+    model = _model(
+        [node], [_vi("a", TensorProto.INT8, (3, 5, 24))], [_vi("y", TensorProto.INT8, None)], inits
+    )  # noqa: E501
+    a = RNG.integers(-128, 128, (3, 5, 24)).astype(np.int8)
+    (ref,), (got,) = _both(model, {"a": a})
+    diff = np.abs(ref.astype(np.int32) - got.astype(np.int32))
+    assert diff.max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def test_conv_integer_and_matmul_integer_are_exact():
+    inits = [
+        _init("w", RNG.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)),
+        _init("xz", np.uint8(7)),
+        _init("wz", np.int8(-2)),  # onnxruntime takes only a scalar here
+        _init("b", RNG.integers(-128, 128, (36, 5)).astype(np.int8)),
+        _init("bz", RNG.integers(-3, 3, 5).astype(np.int8)),
+        _init("shape", np.array([2, 36], np.int64)),
+    ]
+    nodes = [
+        helper.make_node(
+            "ConvInteger", ["x", "w", "xz", "wz"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),  # noqa: E501
+        helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["m"]),
+    ]
+    inputs = [
+        _vi("x", TensorProto.UINT8, (2, 4, 7, 6)),
+        _vi("a", TensorProto.UINT8, (4, 36)),
+        _vi("az", TensorProto.UINT8, ()),
+    ]
+    outputs = [_vi("c", TensorProto.INT32, None), _vi("m", TensorProto.INT32, None)]
+    model = _model(nodes, inputs, outputs, inits[:4] + inits[4:5])
+    feeds = {
+        "x": RNG.integers(0, 256, (2, 4, 7, 6)).astype(np.uint8),
+        "a": RNG.integers(0, 256, (4, 36)).astype(np.uint8),
+        "az": np.array(200, np.uint8),
+    }
+    ref, got = _both(model, feeds)
+    for r, g in zip(ref, got):
+        assert g.dtype == np.int32
+        np.testing.assert_array_equal(r, g)
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    """A small fp32 CNN (conv, relu, depthwise conv, pool, matmul) and calibration data."""
+    d = tmp_path_factory.mktemp("ortq")
+    w1 = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    w2 = RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3
+    w3 = RNG.standard_normal((8, 10)).astype(np.float32) * 0.3
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=8, strides=[2, 2]),  # noqa: E501
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "w3"], ["y"]),
+    ]
+    inits = [_init("w1", w1), _init("b1", RNG.standard_normal(8).astype(np.float32) * 0.1),
+             _init("w2", w2), _init("w3", w3)]  # fmt: skip
+    model = _model(
+        nodes,
+        [_vi("x", TensorProto.FLOAT, (1, 3, 12, 12))],
+        [_vi("y", TensorProto.FLOAT, (1, 10))],
+        inits,
+        opset=13,
+    )  # noqa: E501
+    path = d / "cnn.onnx"
+    onnx.save(model, path)
+    samples = [RNG.standard_normal((1, 3, 12, 12)).astype(np.float32) for _ in range(16)]
+    return d, path, samples
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_onnxruntime_static_quantized_models(small_cnn, fmt):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    d, path, samples = small_cnn
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": s} for s in samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = d / f"cnn_{fmt}.onnx"
+    quantize_static(
+        str(path), str(out), Reader(), quant_format=getattr(QuantFormat, fmt),
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+    )  # fmt: skip
+    model = onnx.load(out)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("QLinearConv" in ops) == (fmt == "QOperator")
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    (ref,), (got,) = _both(model, {"x": x})
+    # Both dequantize the same int8 values; they differ only where a requantization rounds a
+    # tie differently (exact int32 vs fp32 accumulation): at most a step of the output scale.
+    step = np.abs(ref).max() / 64
+    assert np.abs(ref - got).max() <= step, (np.abs(ref - got).max(), step)
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.999
+
+
+def test_onnxruntime_dynamic_quantized_matmul(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    w = RNG.standard_normal((16, 12)).astype(np.float32)
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_vi("x", TensorProto.FLOAT, (4, 16))], [_vi("y", TensorProto.FLOAT, (4, 12))],
+        [_init("w", w)], opset=13,
+    )  # fmt: skip
+    onnx.save(model, tmp_path / "m.onnx")
+    quantize_dynamic(
+        str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8
+    )  # noqa: E501
+    q = onnx.load(tmp_path / "q.onnx")
+    assert "MatMulInteger" in {n.op_type for n in q.graph.node}
+    x = RNG.standard_normal((4, 16)).astype(np.float32)
+    (ref,), (got,) = _both(q, {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
