@@ -403,8 +403,10 @@ class _Rewriter(relax.PyExprMutator):
 
     def _kernel(self, plan: _Plan) -> tvm.ir.GlobalVar:
         if plan.key not in self.kernels:
-            name = f"int8_{plan.kind}"
-            self.kernels[plan.key] = self.builder_.add_func(plan.make(), name)
+            # TVMScript names every kernel after its Python function: drop that symbol so
+            # the module's unique GlobalVar name becomes the exported one.
+            func = plan.make().without_attr("global_symbol")
+            self.kernels[plan.key] = self.builder_.add_func(func, f"int8_{plan.key[0]}")
         return self.kernels[plan.key]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

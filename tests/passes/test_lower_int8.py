@@ -320,3 +320,37 @@ def _pass():
 def test_registered_and_round_trips():
     (pass_,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))
     assert pass_.name == "lower-int8" and pass_.option_text() == {"isa": "avx2"}
+
+
+DIGITS = "graphopt/models/digits_cnn.onnx"
+DIGITS_EVAL = "graphopt/models/digits_eval.npz"
+
+
+@pytest.mark.slow
+def test_digits_end_to_end_matches_fake_quant(tmp_path):
+    """The bundled model through `quantize` + `lower-int8` (pipeline text) against the same
+    QDQ graph without lowering: the same predictions, logits within requantize rounding."""
+    import graphopt
+    from graphopt.frontend import import_onnx
+    from graphopt.quant.calibrate import calibrate_to_file
+    from graphopt.quant.data import load_calibration
+
+    imported = import_onnx(DIGITS)
+    graph = instantiate(parse_pipeline("O2"))
+    mod = imported.mod
+    for p in graph:
+        mod = p(mod).module
+    feeds = load_calibration(DIGITS_EVAL, imported.inputs, limit=32)
+    ranges = tmp_path / "ranges.json"
+    calibrate_to_file(ranges, mod, feeds, "minmax")
+    quant = f"O2,quantize{{ranges={ranges}}}"
+    fake = graphopt.compile(DIGITS, tmp_path / "fake", pipeline=quant)
+    real = graphopt.compile(DIGITS, tmp_path / "int8", pipeline=f"{quant},lower-int8")
+    stats = next(p for p in real.manifest["report"]["passes"] if p["pass"] == "lower-int8")
+    assert stats["stats"]["lowered_conv2d"] == 4 and stats["stats"]["lowered_matmul"] == 1
+    x = np.load(DIGITS_EVAL)["x"]
+    name = imported.inputs[0].name
+    got = np.concatenate([next(iter(real.run({name: x[i : i + 1]}).values())) for i in range(100)])
+    want = np.concatenate([next(iter(fake.run({name: x[i : i + 1]}).values())) for i in range(100)])
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
