@@ -721,10 +721,20 @@ class WindowShape:
     x_stride: int | None = None  # step of the data index per output column
     y_window: int = 1  # window height: input rows one output row reads
     data: object = None  # the buffer the window slides over
+    channel_last: bool = False  # NHWC: output channels innermost, columns right before
 
 
 def window_shape(view: BlockView, need_weight: bool) -> WindowShape | None:
-    """`C[.., x] += D[.., x * s + r ..] (* W[f, ..])` with x the output's innermost axis."""
+    """`C[.., x] += D[.., x * s + r ..] (* W[f, ..])` with x the output's innermost axis, or
+    channel-last `C[.., x, f] += D[.., x * s + r, c] (* W[f, ..])` (NHWC: c a reduction, or f
+    itself for depthwise)."""
+    shape = _window_shape(view, need_weight, channel_last=False)
+    if shape is None and need_weight:
+        shape = _window_shape(view, need_weight, channel_last=True)
+    return shape
+
+
+def _window_shape(view: BlockView, need_weight: bool, channel_last: bool) -> WindowShape | None:
     store = view.store()
     if store is None or not view.is_reduction:
         return None
@@ -732,7 +742,10 @@ def window_shape(view: BlockView, need_weight: bool) -> WindowShape | None:
     out_vars = _plain_vars(store.indices)
     if out_vars is None or None in out_vars or len(set(out_vars)) != len(out_vars):
         return None
-    x = out_vars[-1]
+    if channel_last and len(out_vars) < 3:
+        return None
+    x = out_vars[-2] if channel_last else out_vars[-1]
+    xpos = -2 if channel_last else -1
     red_vars = {ivars[p] for p, k in enumerate(view.kinds) if k == "R"}
     loads = [ld for ld in _loads(store.value) if not ld.source.same_as(store.buffer)]
     data = [ld for ld in loads if any(x in _vars(i) for i in ld.indices)]
@@ -740,10 +753,18 @@ def window_shape(view: BlockView, need_weight: bool) -> WindowShape | None:
         return None
     data = data[0]
     x_dims = [i for i in data.indices if x in _vars(i)]
-    if len(x_dims) != 1 or not x_dims[0].same_as(data.indices[-1]):
-        return None  # x must move along the data's contiguous axis
+    if len(data.indices) < -xpos or len(x_dims) != 1 or not x_dims[0].same_as(data.indices[xpos]):
+        return None  # x must move along the data's contiguous axis (its last but one: NHWC)
     if not (_vars(x_dims[0]) - {x}) <= red_vars:
         return None
+    if channel_last:
+        last, f = data.indices[-1], out_vars[-1]
+        ext = view.extents()
+        unit = {ivars[p] for p, e in enumerate(ext) if e == 1}
+        plain_channel = isinstance(last, tirx.Var) and last in red_vars
+        depthwise = _linear_coef(last, f) == 1 and (_vars(last) - {f}) <= (red_vars & unit)
+        if not (plain_channel or depthwise):
+            return None  # the data's innermost axis: input channels, or f (depthwise)
     shape = WindowShape(
         x=ivars.index(x),
         channel=None,
@@ -752,9 +773,10 @@ def window_shape(view: BlockView, need_weight: bool) -> WindowShape | None:
         x_stride=_linear_coef(x_dims[0], x),
         data=data.source,
     )
-    if len(data.indices) >= 2:
-        # Rows slide along the data axis right before the columns (NCHW, NCW).
-        row_idx = data.indices[-2]
+    shape.channel_last = channel_last
+    if len(data.indices) >= 1 - xpos:
+        # Rows slide along the data axis right before the columns (NCHW, NCW, NHWC).
+        row_idx = data.indices[xpos - 1]
         rows = [v for v in _vars(row_idx) if v in out_vars]
         if len(rows) == 1 and _vars(row_idx) & red_vars and not rows[0].same_as(x):
             shape.y = ivars.index(rows[0])
@@ -834,7 +856,7 @@ def _channel_tile(shape: WindowShape, ext: list[int], info: CpuInfo) -> ChannelT
     """
     if (
         shape.channel is None
-        or shape.data_uses_channel
+        or (shape.data_uses_channel and not shape.channel_last)
         or shape.weight_channel_dim is None
         or shape.weight_index is None
     ):
@@ -900,7 +922,8 @@ def _width_beats_channels(shape: WindowShape, ext: list[int], info: CpuInfo, pha
     (or a phase-split input) and a width of whole vectors.
     """
     return (
-        (shape.x_stride == 1 or phased)
+        not shape.channel_last
+        and (shape.x_stride == 1 or phased)
         and ext[shape.x] % info.lanes == 0
         and _reduction_size(shape, ext) < 8 * info.lanes
     )
@@ -910,7 +933,7 @@ def _phase_split_pad(shape: WindowShape, producers, ext, info: CpuInfo) -> Block
     """The pad feeding a stride-s window whose output is wide enough to vectorize, if its
     padded width is a multiple of s (the layout change below must be exact)."""
     s = shape.x_stride
-    if s is None or s < 2 or s > 4 or ext[shape.x] < info.lanes // 2:
+    if shape.channel_last or s is None or s < 2 or s > 4 or ext[shape.x] < info.lanes // 2:
         return None
     for p in producers:
         if _is_pad(p) and p.block.writes[0].source.same_as(shape.data):

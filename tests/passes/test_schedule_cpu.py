@@ -180,6 +180,33 @@ def test_conv2d(n, c, h, w, o, k, s, p, g):
     check(_func([(n, c, h, w)], build), [_rand(n, c, h, w)], "conv")
 
 
+NHWC_CONVS = [
+    # (N, H, W, C, O, kernel, stride, padding, groups): what the `layout` pass produces
+    (1, 12, 12, 16, 32, 3, 1, 1, 1),
+    (2, 13, 11, 16, 24, 3, 2, 1, 1),  # stride 2, odd sizes, batch 2, half-register channels
+    (1, 7, 7, 32, 48, 1, 1, 0, 1),  # pointwise
+    (1, 14, 14, 32, 32, 3, 1, 1, 32),  # depthwise: channels in lanes, data loaded as vectors
+    (1, 15, 15, 48, 48, 3, 2, 1, 48),  # depthwise stride 2, odd map
+    (1, 9, 9, 3, 8, 3, 2, 1, 1),  # 3 input channels
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,s,p,g", NHWC_CONVS)
+def test_conv2d_nhwc(n, h, w, c, o, k, s, p, g):
+    weight, bias = _const(o, k, k, c // g), _const(1, 1, 1, o, seed=2)
+
+    def build(bb, x):
+        y = bb.emit(
+            relax.op.nn.conv2d(
+                x, weight, strides=s, padding=p, groups=g, data_layout="NHWC", kernel_layout="OHWI"
+            )
+        )
+        y = bb.emit(relax.op.add(y, bias))
+        return relax.op.clip(y, 0.0, 6.0)
+
+    check(_func([(n, h, w, c)], build), [_rand(n, h, w, c)], "conv")
+
+
 @pytest.mark.parametrize("c,o,g", [(3, 8, 1), (8, 8, 8)])
 def test_stride_2_windows_read_a_phase_split_input(c, o, g):
     """The padded input of a wide stride-2 conv is stored as [.., y, x % 2, x // 2]."""

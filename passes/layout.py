@@ -1,0 +1,280 @@
+"""Convert conv2d to the layout the CPU kernels want (NHWC), transposes folded and cancelled.
+
+Wraps `relax.transform.ConvertLayout`, which rewrites each conv2d to the desired layout and
+propagates it through layout-agnostic neighbours (elementwise, pads, pooling, reductions), so
+the transposes in and out of consecutive convs meet and cancel. Around it:
+
+- before: ONNX importers emit Clip / Relu6 as `call_tir` kernels (`maximum`, `minimum` with a
+  scalar), which ConvertLayout cannot see through; a call_tir whose kernel is one elementwise
+  max / min / add / multiply of a tensor and a 0-d scalar is raised back to the Relax operator;
+- after: weight transposes are folded into the constant weights, and transpose pairs that
+  compose to the identity are cancelled.
+
+    before:  y = conv2d(x, W)                                  # NCHW, OIHW
+             z = call_tir(maximum, (y, 0.0))
+             o = conv2d(z, V)
+    after:   xt = permute_dims(x, [0, 2, 3, 1])
+             y = conv2d(xt, W', data_layout="NHWC", kernel_layout="OHWI")   # W' constant
+             z = maximum(y, 0.0)
+             ot = conv2d(z, V', data_layout="NHWC", kernel_layout="OHWI")
+             o = permute_dims(ot, [0, 3, 1, 2])
+
+Counters: `convs_converted`, `elementwise_raised`, `constants_folded`, `transposes_left`
+(activation transposes in the result: the graph's entry and exit, and any op the layout could
+not pass) and `transposes_removed` (of the two per conv a conv-by-conv conversion needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from graphopt import _tvm
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+
+_TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
+
+
+@register_pass
+class Layout(GraphPass):
+    """conv2d to NHWC (or another layout), weight transposes folded, transposes cancelled."""
+
+    name = "layout"
+
+    @dataclass(frozen=True)
+    class Options:
+        data_layout: str = "NHWC"
+        kernel_layout: str = "OHWI"
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        stats = dict.fromkeys(
+            (
+                "convs_converted",
+                "elementwise_raised",
+                "constants_folded",
+                "transposes_left",
+                "transposes_removed",
+            ),
+            0,
+        )
+        todo = _convs_to_convert(mod, self.options.data_layout)
+        if not todo:
+            return PassResult(mod, False, stats)
+        before = _count(mod, _TRANSPOSES)
+        new, stats["elementwise_raised"] = _raise_scalar_elementwise(mod)
+        desired = {"relax.nn.conv2d": [self.options.data_layout, self.options.kernel_layout]}
+        new = relax.transform.ConvertLayout(desired)(new)
+        new, stats["constants_folded"] = _fold_constant_transposes(new)
+        new = _cancel_transpose_pairs(new)
+        new = relax.transform.DeadCodeElimination()(new)
+        stats["convs_converted"] = todo - _convs_to_convert(new, self.options.data_layout)
+        stats["transposes_left"] = max(0, _count(new, _TRANSPOSES) - before)
+        stats["transposes_removed"] = max(
+            0, 2 * stats["convs_converted"] - stats["transposes_left"]
+        )
+        return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+def _convs_to_convert(mod: tvm.IRModule, layout: str) -> int:
+    return sum(
+        1
+        for call in _tvm.iter_relax_calls(mod)
+        if isinstance(call.op, tvm.ir.Op)
+        and call.op.name == "relax.nn.conv2d"
+        and str(call.attrs.data_layout) != layout
+    )
+
+
+def _count(mod: tvm.IRModule, names) -> int:
+    return sum(
+        1
+        for call in _tvm.iter_relax_calls(mod)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name in names
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar elementwise kernels back to Relax operators
+
+_TIR_TO_RELAX = {
+    tirx.Max: relax.op.maximum,
+    tirx.Min: relax.op.minimum,
+    tirx.Add: relax.op.add,
+    tirx.Mul: relax.op.multiply,
+}
+
+
+def _scalar_elementwise(func) -> object | None:
+    """The Relax op of `out[i..] = op(x[i..], s[()])` (either order), else None.
+
+    Read from the kernel's single block: one store indexed by the block's own iterators, a
+    value that is one max / min / add / multiply of a load of the first parameter at those
+    indices and a load of a 0-d second parameter.
+    """
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 3:
+        return None
+    try:
+        from tvm.s_tir import Schedule
+
+        sch = Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - not a schedulable kernel
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    if not isinstance(store, tirx.BufferStore):
+        return None
+    make = _TIR_TO_RELAX.get(type(store.value))
+    if make is None:
+        return None
+    x_buf, s_buf = func.params[0], func.params[1]
+    operands = [store.value.a, store.value.b]
+    loads = [e for e in operands if isinstance(e, tvm.ir.TensorLoad)]
+    if len(loads) != 2:
+        return None
+    tensor = [ld for ld in loads if ld.source.same_as(x_buf)]
+    scalar = [ld for ld in loads if ld.source.same_as(s_buf)]
+    if len(tensor) != 1 or len(scalar) != 1 or len(scalar[0].indices) != 0:
+        return None
+    idx = list(tensor[0].indices)
+    if len(idx) != len(store.indices) or any(
+        not (isinstance(i, tirx.Var) and i.same_as(j)) for i, j in zip(idx, store.indices)
+    ):
+        return None
+    if not store.buffer.same_as(func.params[2]):
+        return None
+    return make
+
+
+@relax.expr_functor.mutator
+class _Raise(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, ops: dict) -> None:
+        super().__init__(mod)
+        self.ops = ops  # kernel GlobalVar name -> Relax op
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+            return call
+        make = self.ops.get(call.args[0].name_hint)
+        args = call.args[1]
+        if make is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+            return call
+        x, s = args.fields
+        xt, st, out = x.ty, s.ty, call.ty
+        if not (
+            isinstance(xt, relax.TensorType)
+            and isinstance(st, relax.TensorType)
+            and st.ndim == 0
+            and isinstance(out, relax.TensorType)
+            and _tvm.structural_equal(xt.shape, out.shape)
+            and xt.dtype == out.dtype == st.dtype
+        ):
+            return call
+        self.count += 1
+        return make(x, s)
+
+
+def _raise_scalar_elementwise(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    ops = {}
+    for gvar, func in mod.functions.items():
+        make = _scalar_elementwise(func)
+        if make is not None:
+            ops[gvar.name_hint] = make
+    if not ops:
+        return mod, 0
+    return _rewrite_functions(mod, lambda m: _Raise(m, ops))
+
+
+def _rewrite_functions(mod: tvm.IRModule, make_mutator) -> tuple[tvm.IRModule, int]:
+    new, total = mod, 0
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        mutator = make_mutator(new)
+        rewritten = mutator.visit_expr(func)
+        if not mutator.count:
+            continue
+        total += mutator.count
+        new = mutator.builder_.get()
+        new[gvar] = rewritten
+    return new, total
+
+
+# --------------------------------------------------------------------------------------------
+# Folding and cancelling
+
+
+@relax.expr_functor.mutator
+class _FoldWeights(relax.PyExprMutator):
+    """permute_dims of a constant -> the transposed constant."""
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.permute_dims"):
+            return call
+        arg = call.args[0]
+        if isinstance(arg, relax.Var):
+            bound = self.lookup_binding(arg)
+            arg = arg if bound is None else bound
+        if isinstance(arg, tvm.ir.GenericConst):
+            data = _tvm.constant_value(arg)
+            axes = call.attrs.axes
+            axes = None if axes is None else [int(a) for a in axes]
+            self.count += 1
+            return relax.const(np.ascontiguousarray(np.transpose(data, axes)))
+        return call
+
+
+def _fold_constant_transposes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    return _rewrite_functions(mod, _FoldWeights)
+
+
+def _axes(call: relax.Call) -> list[int] | None:
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.permute_dims"):
+        return None
+    axes = call.attrs.axes
+    if axes is None:
+        return list(range(call.ty.ndim))[::-1]
+    return [int(a) for a in axes]
+
+
+@relax.expr_functor.mutator
+class _CancelPairs(relax.PyExprMutator):
+    """permute_dims(permute_dims(x, a), b) with a then b the identity -> x."""
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        outer = _axes(call)
+        if outer is None:
+            return call
+        inner_expr = call.args[0]
+        if isinstance(inner_expr, relax.Var):
+            bound = self.lookup_binding(inner_expr)
+            inner_expr = inner_expr if bound is None else bound
+        if not isinstance(inner_expr, relax.Call):
+            return call
+        inner = _axes(inner_expr)
+        if inner is None or len(inner) != len(outer):
+            return call
+        if [inner[o] for o in outer] != list(range(len(outer))):
+            return call
+        self.count += 1
+        return inner_expr.args[0]
+
+
+def _cancel_transpose_pairs(mod: tvm.IRModule) -> tvm.IRModule:
+    return _rewrite_functions(mod, _CancelPairs)[0]

@@ -1,0 +1,152 @@
+"""layout: conv2d to NHWC, weight transposes folded into constants, transposes cancelled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, topi
+
+from graphopt import _tvm
+from graphopt.pass_infra import make_pass
+from graphopt.pipeline import instantiate, parse_pipeline, run_passes
+from graphopt.target_infra import make_target
+from graphopt.testing import apply_checked
+
+HOST = make_target("x86")
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _module(shape, build):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+W1, B1 = _rand(16, 8, 3, 3, seed=1), _rand(1, 16, 1, 1, seed=2)
+W2 = _rand(16, 1, 3, 3, seed=3)  # depthwise
+
+
+def _before_net(bb, x, te_clip=False):
+    """conv -> bias -> relu6 -> depthwise stride-2 conv: NCHW, as ONNX exports it."""
+    y = bb.emit(relax.op.nn.conv2d(x, relax.const(W1), padding=1))
+    y = bb.emit(relax.op.add(y, relax.const(B1)))
+    if te_clip:  # what the ONNX importer emits for Clip: TE kernels with scalar bounds
+        y = bb.emit_te(topi.maximum, y, relax.const(0.0, "float32"))
+        y = bb.emit_te(topi.minimum, y, relax.const(6.0, "float32"))
+    else:
+        y = bb.emit(relax.op.maximum(y, relax.const(0.0, "float32")))
+        y = bb.emit(relax.op.minimum(y, relax.const(6.0, "float32")))
+    return relax.op.nn.conv2d(y, relax.const(W2), strides=2, padding=1, groups=16)
+
+
+def _expected_net(bb, x):
+    nhwc = {"data_layout": "NHWC", "kernel_layout": "OHWI", "out_layout": "NHWC"}
+    y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+    y = bb.emit(
+        relax.op.nn.conv2d(y, relax.const(W1.transpose(0, 2, 3, 1).copy()), padding=1, **nhwc)
+    )
+    y = bb.emit(relax.op.add(y, relax.const(B1.transpose(0, 2, 3, 1).copy())))
+    y = bb.emit(relax.op.maximum(y, relax.const(0.0, "float32")))
+    y = bb.emit(relax.op.minimum(y, relax.const(6.0, "float32")))
+    w2 = relax.const(W2.transpose(0, 2, 3, 1).copy())
+    y = bb.emit(relax.op.nn.conv2d(y, w2, strides=2, padding=1, groups=16, **nhwc))
+    return relax.op.permute_dims(y, [0, 3, 1, 2])
+
+
+def _normalized(mod):
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def test_before_expected():
+    before = _module((1, 8, 10, 10), _before_net)
+    result = apply_checked(make_pass("layout"), before)
+    expected = _module((1, 8, 10, 10), _expected_net)
+    got = _normalized(result.module)
+    assert _tvm.structural_equal(got, _normalized(expected)), _tvm.to_script(got)
+    assert result.stats["convs_converted"] == 2
+    assert result.stats["transposes_left"] == 2  # graph entry and exit only
+    assert result.stats["transposes_removed"] == 2  # between the two convs
+    assert result.stats["constants_folded"] == 3  # two weights and the bias
+
+
+def _build_run(mod, x):
+    stages = HOST.stages()
+    with HOST.tvm_target():
+        for stage in ("legalize", "schedule", "lower"):
+            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
+    ex = tvm.compile(mod, target=HOST.tvm_target(), relax_pipeline=None)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 10, 10), (2, 8, 13, 9)])
+def test_importer_clip_kernels_are_raised_and_numbers_unchanged(shape):
+    before = _module(shape, lambda bb, x: _before_net(bb, x, te_clip=True))
+    result = apply_checked(make_pass("layout"), before)
+    assert result.stats["elementwise_raised"] == 2
+    assert result.stats["transposes_left"] == 2
+    counts = _tvm.op_counts(result.module)
+    assert counts.get("relax.call_tir", 0) == 0 and counts["relax.permute_dims"] == 2
+    x = _rand(*shape, seed=7)
+    want = _build_run(before, x)
+    got = _build_run(result.module, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_does_not_fire_without_nchw_convs():
+    w = relax.const(_rand(8, 4))
+    no_conv = _module((3, 8), lambda bb, x: relax.op.matmul(x, w))
+    nhwc = _module(
+        (1, 6, 6, 8),
+        lambda bb, x: relax.op.nn.conv2d(
+            x, relax.const(_rand(4, 1, 1, 8)), data_layout="NHWC", kernel_layout="OHWI"
+        ),
+    )
+    for mod in (no_conv, nhwc):
+        result = apply_checked(make_pass("layout"), mod)
+        assert not result.modified and result.stats["convs_converted"] == 0
+
+
+def test_elementwise_kernels_that_are_not_scalar_ops_stay():
+    """A call_tir reading a full second tensor is not raised (only tensor-with-0-d-scalar)."""
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(W1), padding=1))
+        return bb.emit_te(topi.maximum, y, relax.const(_rand(1, 16, 10, 10, seed=4)))
+
+    before = _module((1, 8, 10, 10), build)
+    result = apply_checked(make_pass("layout"), before)
+    assert result.stats["elementwise_raised"] == 0
+    assert result.stats["convs_converted"] == 1
+    x = _rand(1, 8, 10, 10, seed=5)
+    got, want = _build_run(result.module, x), _build_run(before, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_all_convs_nhwc_and_outputs_match_onnxruntime(tmp_path):
+    from pathlib import Path
+
+    import graphopt
+    from graphopt.reference import ort_run, ort_session
+
+    path = Path.home() / ".cache/graphopt/models/mobilenet_v2.onnx"
+    if not path.is_file():
+        pytest.skip("mobilenet_v2.onnx not exported (bench/models/export.py)")
+    art = graphopt.compile(path, tmp_path / "a", pipeline="O2,layout")
+    rows = [r for r in art.manifest["report"]["passes"] if r.get("pass") == "layout"]
+    assert rows, art.manifest["report"]["passes"]
+    x = _rand(1, 3, 224, 224, seed=9)
+    out = art.outputs[0].name
+    want = ort_run(ort_session(path), {"input": x})[out]
+    got = art.run({"input": x})[out]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
