@@ -228,21 +228,44 @@ def matmul_bias_patterns() -> list[FusionPattern]:
     )
 
 
-def parallel_matmul_patterns() -> list[FusionPattern]:
-    """The combined matmul (+ bias) (+ activation) with its split, so the split costs no kernel.
+def parallel_matmul_patterns(split_inputs: set) -> list[FusionPattern]:
+    """The combined matmul (+ bias) (+ activation) whose result is split, as its own group.
 
-    FuseOps never fuses a split into its producer; here the kernel writes the pieces directly.
+    The split stays outside: a kernel that writes three outputs is not a matmul that
+    schedule-cpu's matmul rule recognizes, and the consumers (the attention group, or FuseOps
+    with the following reshapes) read the pieces anyway. `split_inputs` holds the vars that
+    feed a `split` (see `split_inputs`), so only the combined matmuls form this family.
     """
     mm = _op("matmul")(wildcard(), wildcard())
     body = _unary(_with_bias(mm)) | _with_bias(mm)
-    split = _op("split")(body)
-    return [FusionPattern(f"{PREFIX}parallel_matmul", split, check=check_group)]
+
+    def check(ctx) -> bool:
+        out = ctx.value_to_bound_var[ctx.matched_expr]
+        return any(out.same_as(v) for v in split_inputs) and check_group(ctx)
+
+    return [FusionPattern(f"{PREFIX}parallel_matmul", body, check=check)]
+
+
+def split_inputs(func: relax.Function) -> set:
+    """Vars that are the input of a `split` in `func`."""
+    found: set = set()
+
+    def visit(e):
+        if isinstance(e, relax.Call) and _op_name(e) == "relax.split":
+            if isinstance(e.args[0], relax.Var):
+                found.add(e.args[0])
+
+    relax.analysis.post_order_visit(func, visit)
+    return found
 
 
 def attention_patterns() -> list[FusionPattern]:
-    """matmul(Q, K^T) [* or / scale] [+ mask] -> softmax -> matmul(., V).
+    """matmul(Q, K^T) [* or / scale] [+ mask] -> softmax [-> NaN guard] -> matmul(., V).
 
-    The head split (reshape, transpose) that feeds Q, K or V and the head merge (transpose,
+    The variants exporters produce: the scale on the scores, or on Q and K each (PyTorch's
+    scaled_dot_product_attention multiplies both by d^-1/4); mask present or absent; the NaN
+    guard `where(isnan(p), 0, p)` that recent PyTorch exports put after a masked softmax. The
+    head split (reshape, transpose) that feeds Q, K or V and the head merge (transpose,
     reshape) after the output go into the group too: the kernel then reads the projections and
     writes the merged heads in place, instead of separate transpose kernels around it.
     """
@@ -250,16 +273,22 @@ def attention_patterns() -> list[FusionPattern]:
     def operand() -> DFPattern:
         w = wildcard()
         heads = _op("permute_dims")(_op("reshape")(w, wildcard())) | _op("permute_dims")(w)
-        return heads | w
+        base = heads | w
+        return _scaled(base) | base
 
     scores = _op("matmul")(operand(), operand())
-    scaled = _op("divide")(scores, is_const()) | _op("multiply")(scores, is_const()) | scores
+    scaled = _scaled(scores) | scores
     masked = _op("add")(scaled, wildcard()) | scaled
     probs = _op("nn.softmax")(masked)
-    out = _op("matmul")(probs, operand())
+    guarded = _op("where")(_op("isnan")(probs), is_const(), probs) | probs
+    out = _op("matmul")(guarded, operand())
     merged = _op("permute_dims")(out)
     tails = [_op("reshape")(merged, wildcard()), merged, out]
     return [FusionPattern(f"{PREFIX}attention", t, check=check_attention) for t in tails]
+
+
+def _scaled(t: DFPattern) -> DFPattern:
+    return _op("divide")(t, is_const()) | _op("multiply")(t, is_const())
 
 
 def family_of(composite: str) -> str:
@@ -430,7 +459,11 @@ def _count(func: relax.Function, op_name: str) -> int:
 
 
 def _hoist_weights(func: relax.Function, consts: dict) -> relax.Function:
-    """Bind each constant matmul weight, and each constant added to a matmul, to a var."""
+    """Bind each constant matmul weight, and each constant added to a matmul, to a var.
+
+    CombineParallelMatmul only sees a bias written after the matmul (`add(mm, b)`): `add(b, mm)`
+    is swapped, which changes no bits (fp addition is commutative).
+    """
     if not isinstance(func.body, relax.SeqExpr):
         return func
     first = len(consts)
@@ -451,6 +484,8 @@ def _hoist_weights(func: relax.Function, consts: dict) -> relax.Function:
                     matmuls.add(b.var)
                     slots = [1]
                 elif name == "relax.add" and any(a in matmuls for a in args):
+                    if args[0] not in matmuls:
+                        args.reverse()  # bias + x (PyTorch's Gemm export) -> x + bias: exact
                     slots = [i for i, a in enumerate(args) if a not in matmuls]
                 for i in slots:
                     if isinstance(args[i], tvm.ir.Constant):

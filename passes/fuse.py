@@ -34,11 +34,11 @@ from graphopt.passes import _fusion_patterns as fp
 
 FAMILIES = ("conv_act", "matmul_gelu", "matmul_bias", "layer_norm", "attention", "parallel_matmul")
 _PATTERNS = {  # families that group bindings with FuseOpsByPattern, in priority order
-    "attention": fp.attention_patterns,
-    "parallel_matmul": fp.parallel_matmul_patterns,
-    "conv_act": fp.conv_act_patterns,
-    "matmul_gelu": fp.matmul_gelu_patterns,
-    "matmul_bias": fp.matmul_bias_patterns,
+    "attention": lambda mod: fp.attention_patterns(),
+    "parallel_matmul": lambda mod: fp.parallel_matmul_patterns(_split_inputs(mod)),
+    "conv_act": lambda mod: fp.conv_act_patterns(),
+    "matmul_gelu": lambda mod: fp.matmul_gelu_patterns(),
+    "matmul_bias": lambda mod: fp.matmul_bias_patterns(),
 }
 # Functions the pass never looks into: groups it or another partitioner already made.
 _SEALED_ATTRS = ("Primitive", "Composite", "Codegen")
@@ -55,6 +55,10 @@ def _graph_functions(mod: tvm.IRModule) -> list[tuple[tvm.ir.GlobalVar, relax.Fu
         for gv, f in mod.functions.items()
         if isinstance(f, relax.Function) and not _sealed(f)
     ]
+
+
+def _split_inputs(mod: tvm.IRModule) -> set:
+    return {v for _, f in _graph_functions(mod) for v in fp.split_inputs(f)}
 
 
 def composite_calls(mod: tvm.IRModule) -> dict[str, int]:
@@ -110,7 +114,7 @@ class Fuse(GraphPass):
                 new = tvm.IRModule({**dict(new.functions.items()), **rewritten}, attrs=new.attrs)
                 stats["layer_norm"] = rewriter.count
 
-        patterns = [p for family, make in _PATTERNS.items() if family in on for p in make()]
+        patterns = [p for family, make in _PATTERNS.items() if family in on for p in make(new)]
         entries = [gv.name_hint for gv, _ in _graph_functions(new)]
         if patterns and entries:
             new = relax.transform.FuseOpsByPattern(

@@ -400,6 +400,57 @@ def test_attention_is_one_group(scale):
     assert set(main_ops(result.module)) == {"call:" + _callee(result.module)}
 
 
+def _minilm_attention_module(mask=True):
+    """Attention as torch 2.x exports all-MiniLM-L6-v2 (scaled_dot_product_attention):
+
+    projections -> reshape to heads -> permute (K straight to K^T) -> Q and K each times
+    d^-1/4 -> matmul -> + mask -> softmax -> where(isnan(p), 0, p) -> matmul V -> merge heads.
+    """
+    heads, seq, dim = 2, 6, 8
+    quarter = relax.const(dim**-0.25, "float32")
+
+    def body(bb, q, k, v, m):
+        def split(t, perm):
+            t = bb.emit(relax.op.reshape(t, (1, seq, heads, dim)))
+            return bb.emit(relax.op.permute_dims(t, perm))
+
+        qh = bb.emit(relax.op.multiply(split(q, [0, 2, 1, 3]), quarter))
+        kt = bb.emit(relax.op.multiply(split(k, [0, 2, 3, 1]), quarter))
+        s = bb.emit(relax.op.matmul(qh, kt))
+        if mask:
+            s = bb.emit(relax.op.add(s, m))
+        p = bb.emit(relax.op.nn.softmax(s, axis=-1))
+        zero = relax.const(np.zeros((), "float32"))
+        p = bb.emit(relax.op.where(bb.emit(relax.op.isnan(p)), zero, p))
+        out = bb.emit(relax.op.matmul(p, split(v, [0, 2, 1, 3])))
+        out = bb.emit(relax.op.permute_dims(out, [0, 2, 1, 3]))
+        return bb.emit(relax.op.reshape(out, (1, seq, heads * dim)))
+
+    d = heads * dim
+    shapes = {"q": (1, seq, d), "k": (1, seq, d), "v": (1, seq, d), "m": (1, 1, seq, seq)}
+    return build(shapes, body)
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_attention_as_minilm_exports_it(mask):
+    """Scale on Q and K, NaN guard, head split and merge: one group, the same numbers."""
+    result = check_numerics(fuse(), _minilm_attention_module(mask=mask))
+    assert result.stats == stats(attention=1)
+    ((name, inside),) = composites(result.module).items()
+    assert name == "graphopt.attention"
+    assert inside["relax.matmul"] == 2 and inside["relax.multiply"] == 2
+    assert inside["relax.isnan"] == 1 and inside["relax.where"] == 1
+    assert inside["relax.permute_dims"] == 4 and inside["relax.reshape"] == 4
+    assert set(main_ops(result.module)) == {"call:" + _callee(result.module)}
+
+
+def test_softmax_of_a_non_matmul_is_not_attention():
+    def body(bb, s, v):
+        return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(s, axis=-1)), v))
+
+    check_no_change(fuse(), build({"s": (2, 6, 6), "v": (2, 6, 8)}, body))
+
+
 def test_attention_that_also_returns_probabilities():
     """Models that output the attention weights: the fused function returns them too."""
     result = check_numerics(fuse(), _attention_module(return_probs=True))
@@ -419,7 +470,7 @@ def test_attention_switched_off_from_pipeline_text():
 # --- 5. parallel matmuls -----------------------------------------------------------------
 
 
-def _qkv_module(weights_as_params=False):
+def _qkv_module(weights_as_params=False, bias_first=False):
     ws = [const((16, 16)) for _ in range(3)]
     bs = [const((16,)) for _ in range(3)]
 
@@ -427,7 +478,8 @@ def _qkv_module(weights_as_params=False):
         outs = []
         for i in range(3):
             w = params[i] if weights_as_params else ws[i]
-            outs.append(bb.emit(relax.op.add(bb.emit(relax.op.matmul(x, w)), bs[i])))
+            mm = bb.emit(relax.op.matmul(x, w))
+            outs.append(bb.emit(relax.op.add(bs[i], mm) if bias_first else relax.op.add(mm, bs[i])))
         return relax.Tuple(outs)
 
     inputs = {"x": (2, 4, 16)}
@@ -441,13 +493,22 @@ def test_parallel_matmuls_combined_then_folded():
     assert result.stats == stats(parallel_matmul=1)
     ((name, inside),) = composites(result.module).items()
     assert name == "graphopt.parallel_matmul"
-    assert inside == Counter({"relax.matmul": 1, "relax.add": 1, "relax.split": 1})
+    # The split stays outside, so schedule-cpu's matmul rule sees a one-output matmul.
+    assert inside == Counter({"relax.matmul": 1, "relax.add": 1})
+    assert main_ops(result.module)["relax.split"] == 1
     assert main_ops(result.module)["relax.concat"] == 2  # weights and biases, still to fold
     folded = apply_checked(make_pass("fold-constants"), result.module).module
     assert "relax.concat" not in main_ops(folded)
     assert list(composites(folded)) == ["graphopt.parallel_matmul"]
     w = [p for p in folded[_callee(folded)].params if tuple(p.ty.shape.values) == (16, 48)]
     assert len(w) == 1  # one (16, 48) weight instead of three (16, 16)
+
+
+def test_parallel_matmuls_with_the_bias_first():
+    """PyTorch's Linear exports as add(bias, matmul): TVM's combiner only sees add(mm, bias)."""
+    result = check_numerics(fuse(), _qkv_module(bias_first=True), rtol=0)
+    assert result.stats == stats(parallel_matmul=1)
+    assert list(composites(result.module)) == ["graphopt.parallel_matmul"]
 
 
 def test_parallel_matmuls_with_runtime_weights_are_left_alone():
