@@ -1,0 +1,72 @@
+"""int8 on ARM: the bundled digits CNN through `quantize` + `lower-int8` (sdot kernels) for a
+Raspberry Pi 5 gives the same numbers under qemu as the x86 build with x86 integer kernels.
+
+The isa is named (`lower-int8{isa=sdot}`): graph passes run outside the target's
+`with target:` scope in compile, so `isa=auto` would pick this host's instructions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import graphopt
+from graphopt import bundle
+from graphopt.pass_infra import registered_passes
+
+pytestmark = [
+    pytest.mark.arm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("aarch64-linux-gnu-g++") is None
+        or shutil.which(bundle.QEMU) is None
+        or shutil.which("aarch64-linux-gnu-objdump") is None,
+        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
+    ),
+    pytest.mark.skipif("lower-int8" not in registered_passes(), reason="no lower-int8 pass"),
+]
+
+DIGITS = "graphopt/models/digits_cnn.onnx"
+DIGITS_EVAL = "graphopt/models/digits_eval.npz"
+SAMPLES = 4
+
+
+def test_int8_digits_on_rpi5_matches_x86(tmp_path):
+    from graphopt.frontend import import_onnx
+    from graphopt.pipeline import instantiate, parse_pipeline
+    from graphopt.quant.calibrate import calibrate_to_file
+    from graphopt.quant.data import load_calibration
+
+    imported = import_onnx(DIGITS)
+    mod = imported.mod
+    for p in instantiate(parse_pipeline("O2")):
+        mod = p(mod).module
+    ranges = tmp_path / "ranges.json"
+    feeds = load_calibration(DIGITS_EVAL, imported.inputs, limit=32)
+    calibrate_to_file(ranges, mod, feeds, "minmax")  # on this host: ranges do not depend on it
+    quant = f"O2,quantize{{ranges={ranges}}}"
+
+    x86 = graphopt.compile(DIGITS, tmp_path / "x86", pipeline=f"{quant},lower-int8")
+    arm = graphopt.compile(
+        DIGITS,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "rpi5"},
+        pipeline=f"{quant},lower-int8{{isa=sdot}}",
+    )
+    stats = next(p for p in arm.manifest["report"]["passes"] if p["pass"] == "lower-int8")
+    assert stats["stats"]["lowered_conv2d"] == 4 and stats["stats"]["left"] == 0
+    asm = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(arm.library_path)], capture_output=True, text=True
+    ).stdout
+    assert "\tsdot\t" in asm
+
+    x = np.load(DIGITS_EVAL)["x"][:SAMPLES]
+    name, out = imported.inputs[0].name, x86.outputs[0].name
+    for i in range(SAMPLES):
+        feed = {name: x[i : i + 1]}
+        got = bundle.run_emulated(arm.directory, feed, cpu="cortex-a76")[out]
+        np.testing.assert_allclose(got, x86.run(feed)[out], rtol=1e-6, atol=1e-6)
