@@ -94,9 +94,10 @@ def fetch_runtime(platform: str = "manylinux_2_28_aarch64") -> Runtime:
     try:
         _unpack(tvm_whl, tmp, "tvm/lib/")
         _unpack(ffi_whl, tmp, "tvm_ffi/lib/", "tvm_ffi/include/")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process unpacked it first
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -177,3 +177,20 @@ def test_cli_run_emulates_a_bundle(arm_build, compiled, tmp_path, capsys):
     assert "under qemu" in capsys.readouterr().err
     with np.load(tmp_path / "out.npz") as out:
         assert_close(dict(out), x86.run(feeds))
+
+
+def test_runner_repeat_prints_a_median(arm_build, compiled, tmp_path):
+    art = arm_build("mlp")
+    np.savez(tmp_path / "in.npz", **mb.sample_inputs(compiled("mlp").inputs))
+    proc = qemu_run(
+        art.directory, art.library_path, tmp_path / "in.npz", tmp_path / "o.npz", "--repeat", "3"
+    )
+    assert proc.returncode == 0 and "over 3 runs" in proc.stderr  # the time itself means nothing
+
+
+def test_bundle_false_writes_library_and_manifest_only(tmp_path, model_files):
+    art = graphopt.compile(
+        model_files["mlp"], tmp_path / "bare", target="arm", target_options={"bundle": "false"}
+    )
+    assert sorted(p.name for p in art.directory.iterdir()) == ["manifest.json", "model.so"]
+    assert "bundle" not in art.manifest

@@ -134,3 +134,24 @@ def test_runner_source_ships_with_the_package():
     sources = bundle.runner_source()
     assert b"vm_load_executable" in sources["run.cc"] and b"ReadNpz" in sources["npy.h"]
     assert np.dtype("float32").str == "<f4"  # io.txt's dtype strings are numpy's
+
+
+def test_runtime_download_failure_is_one_line(tmp_path, monkeypatch):
+    """No cached wheels and no index: a BundleError saying where to put the wheels."""
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    with pytest.raises(bundle.BundleError, match="put both wheels in .*wheels"):
+        bundle.fetch_runtime()
+    assert not (tmp_path / "runtime").exists()
+
+
+@needs_cc
+def test_failed_bundle_leaves_no_output(tmp_path, monkeypatch, capsys):
+    """The bundle is part of the atomic artifact: if it fails, nothing is written."""
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    out = tmp_path / "out"
+    rc = main(["compile", "graphopt/models/digits_cnn.onnx", "--target", "arm", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "TVM runtime wheels" in err and "Traceback" not in err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
