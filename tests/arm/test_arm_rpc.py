@@ -60,6 +60,7 @@ def arm_bundle(tmp_path_factory):
     return graphopt.compile(DEFAULT_MODEL, out, target="arm", target_options={"board": "rpi4"})
 
 
+@pytest.mark.slow  # starting a tracker and a server takes ~25 s on a loaded machine
 def test_bench_rpc_wrong_architecture_is_one_line(x86_server, arm_bundle, capsys):
     args = ["bench", str(arm_bundle.directory), "--rpc", str(x86_server), "--key", KEY]
     rc = main([*args, "--runs", "3"])
