@@ -245,6 +245,8 @@ def run_emulated(
     """Run a bundle's runner under qemu-aarch64 (a correctness check: emulated times mean
     nothing). `cpu` is qemu's -cpu: cortex-a53 rejects instructions that core lacks."""
     directory = Path(directory)
+    if not (directory / RUNNER).is_file():
+        raise BundleError(f"{directory} has no runner (compiled with --target-opt bundle=false?)")
     if shutil.which(QEMU) is None or not QEMU_SYSROOT.is_dir():
         raise BundleError(
             f"running an aarch64 bundle here needs {QEMU} and {QEMU_SYSROOT}: "

@@ -220,6 +220,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     art = load(args.artifact)
     if foreign := foreign_arch(art.manifest):  # an ARM bundle on a PC: its runner under qemu
+        if foreign != "aarch64":
+            raise InputError(f"{art.directory} is built for {foreign} and cannot run here")
         inputs = dict(zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs))))
         outputs = run_emulated(art.directory, inputs)
         _eprint(f"ran the {foreign} bundle's runner under qemu (emulated)")

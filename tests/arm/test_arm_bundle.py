@@ -7,6 +7,7 @@ under the emulator are never measured: these tests check numbers and instruction
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -70,6 +71,10 @@ def test_bundle_contents_and_manifest(arm_build):
     glibc = tuple(int(x) for x in info["requires"]["glibc"].split("."))
     assert (2, 17) <= glibc < (3, 0)
     assert "aarch64" in art.manifest["target"]["tvm"]
+    asm = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(art.library_path)], capture_output=True, text=True
+    ).stdout
+    assert re.search(r"fmla\s+v\d+\.4s", asm)  # schedule-cpu vectorized for 128-bit NEON
     elf = (art.directory / "run").read_bytes()[:20]
     assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
 
@@ -194,3 +199,5 @@ def test_bundle_false_writes_library_and_manifest_only(tmp_path, model_files):
     )
     assert sorted(p.name for p in art.directory.iterdir()) == ["manifest.json", "model.so"]
     assert "bundle" not in art.manifest
+    with pytest.raises(bundle.BundleError, match="no runner"):
+        bundle.run_emulated(art.directory, {})
