@@ -133,6 +133,9 @@ def _word(vals: list, kpack: int):
     return word
 
 
+# Parallel tasks a kernel aims for (more than any core count here; tiny layers get fewer).
+MIN_TASKS = 8
+
 # --------------------------------------------------------------------------------------------
 # Epilogue
 
@@ -306,6 +309,11 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
             vals.append(T.Cast("int32", xf[b, g * cg + k, p]) + off)
         return _word(vals, kpack)
 
+    tasks_per_image = groups * col_tiles
+    row_chunks = max(1, min(row_tiles, -(-MIN_TASKS // (n * tasks_per_image))))
+    chunk = -(-row_tiles // row_chunks)
+    row_chunks = -(-row_tiles // chunk)
+
     @T.prim_func
     def conv(
         x: T.Buffer((n, cin, h, w), spec.act_dtype),
@@ -318,75 +326,86 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((n, cin, h * w), spec.act_dtype, data=x.data)
         of = T.decl_buffer((n, cout, pix), ep.out_dtype, data=out.data)
-        cols = T.decl_buffer((n, groups, kwords, pp), "int32")
-        if pointwise:
-            for bgk in T.parallel(n * groups * kwords):
-                for p in range(pix):
-                    cols[bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p] = (
-                        channel_word(
-                            xf, bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p
+        cols = T.decl_buffer((1, 1, 1, 1) if pointwise else (n, groups, kwords, pp), "int32")
+        if not pointwise:
+            # Window convs: im2col of the whole input first (vectorized along output rows).
+            if padded:
+                xp = T.decl_buffer((n, cin, hp, wp), spec.act_dtype)
+                for bc in T.parallel(n * cin):
+                    for iy, ix in T.grid(hp, wp):
+                        xp[bc // cin, bc % cin, iy, ix] = T.Cast(spec.act_dtype, zp)
+                    for iy, ix in T.grid(h, w):
+                        xp[bc // cin, bc % cin, iy + pt, ix + pl] = x[bc // cin, bc % cin, iy, ix]
+                for task in T.parallel(n * groups * kwords * oh):
+                    b = T.meta_var(task // (groups * kwords * oh))
+                    g = T.meta_var(task // (kwords * oh) % groups)
+                    kq = T.meta_var(task // oh % kwords)
+                    for ox in range(ow):
+                        cols[b, g, kq, task % oh * ow + ox] = window_word(
+                            xp, b, g, kq, task % oh, ox
                         )
-                    )
-        elif padded:
-            xp = T.decl_buffer((n, cin, hp, wp), spec.act_dtype)
-            for bc in T.parallel(n * cin):
-                for iy, ix in T.grid(hp, wp):
-                    xp[bc // cin, bc % cin, iy, ix] = T.Cast(spec.act_dtype, zp)
-                for iy, ix in T.grid(h, w):
-                    xp[bc // cin, bc % cin, iy + pt, ix + pl] = x[bc // cin, bc % cin, iy, ix]
-            for task in T.parallel(n * groups * kwords * oh):
-                b = T.meta_var(task // (groups * kwords * oh))
-                g = T.meta_var(task // (kwords * oh) % groups)
-                kq = T.meta_var(task // oh % kwords)
-                for ox in range(ow):
-                    cols[b, g, kq, task % oh * ow + ox] = window_word(xp, b, g, kq, task % oh, ox)
-        else:
-            for task in T.parallel(n * groups * kwords * oh):
-                b = T.meta_var(task // (groups * kwords * oh))
-                g = T.meta_var(task // (kwords * oh) % groups)
-                kq = T.meta_var(task // oh % kwords)
-                for ox in range(ow):
-                    cols[b, g, kq, task % oh * ow + ox] = window_word(x, b, g, kq, task % oh, ox)
-        for bgk in range(n * groups * kwords):
-            for p in range(pix, pp):
-                cols[bgk // (groups * kwords), bgk // kwords % groups, bgk % kwords, p] = 0
-        for t in T.parallel(n * groups * row_tiles * col_tiles):
-            b = T.meta_var(t // (groups * row_tiles * col_tiles))
-            g = T.meta_var(t // (row_tiles * col_tiles) % groups)
-            o0 = T.meta_var(t // col_tiles % row_tiles * mr)
-            p0 = T.meta_var(t % col_tiles * step)
+            else:
+                for task in T.parallel(n * groups * kwords * oh):
+                    b = T.meta_var(task // (groups * kwords * oh))
+                    g = T.meta_var(task // (kwords * oh) % groups)
+                    kq = T.meta_var(task // oh % kwords)
+                    for ox in range(ow):
+                        cols[b, g, kq, task % oh * ow + ox] = window_word(
+                            x, b, g, kq, task % oh, ox
+                        )
+        # One task: a column tile (step output pixels) times a chunk of output-channel tiles.
+        for task in T.parallel(n * tasks_per_image * row_chunks):
+            b = T.meta_var(task // (tasks_per_image * row_chunks))
+            g = T.meta_var(task // (col_tiles * row_chunks) % groups)
+            p0 = T.meta_var(task // row_chunks % col_tiles * step)
+            rc = T.meta_var(task % row_chunks)
+            tile = T.decl_buffer((kwords, step), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), "int32", scope="local")
-            for i in T.unroll(mr * nr):
-                acc[i] = T.broadcast(T.int32(0), lanes)
-            for kq in range(kwords):
-                for u in T.unroll(nr):
-                    for r in T.unroll(mr):
-                        acc[r * nr + u] = isa.dot(
-                            acc[r * nr + u],
-                            cols[b, g, kq, T.ramp(p0 + u * lanes, 1, lanes)],
-                            T.broadcast(wq[g, o0 + r, kq], lanes),
-                        )
-            for r in T.unroll(mr):
-                if full_rows or o0 + r < og:
-                    ch = T.meta_var(g * ogp + o0 + r)
+            if pointwise:
+                # Pack this tile's pixels (all channels of the group) into words.
+                if p0 + step <= pix:
+                    for kq, j in T.grid(kwords, step):
+                        tile[kq, j] = channel_word(xf, b, g, kq, p0 + j)
+                else:
+                    for kq, j in T.grid(kwords, step):
+                        tile[kq, j] = channel_word(xf, b, g, kq, T.min(p0 + j, pix - 1))
+            else:
+                for kq, j in T.grid(kwords, step):
+                    tile[kq, j] = cols[b, g, kq, T.min(p0 + j, pix - 1)]
+            for rt in range(rc * chunk, T.min(rc * chunk + chunk, row_tiles)):
+                for i in T.unroll(mr * nr):
+                    acc[i] = T.broadcast(T.int32(0), lanes)
+                for kq in range(kwords):
                     for u in T.unroll(nr):
-                        if p0 + u * lanes + lanes <= pix:
-                            of[b, g * og + o0 + r, T.ramp(p0 + u * lanes, 1, lanes)] = ep.tir(
+                        for r in T.unroll(mr):
+                            acc[r * nr + u] = isa.dot(
                                 acc[r * nr + u],
-                                T.broadcast(corr[ch], lanes),
-                                T.broadcast(scale[ch], lanes),
-                                T.broadcast(fbias[ch], lanes),
-                                None,
-                                lanes,
+                                tile[kq, T.ramp(u * lanes, 1, lanes)],
+                                T.broadcast(wq[g, rt * mr + r, kq], lanes),
                             )
-                        else:
-                            tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
-                            for lane in range(lanes):
-                                if p0 + u * lanes + lane < pix:
-                                    of[b, g * og + o0 + r, p0 + u * lanes + lane] = ep.tir(
-                                        tail[lane], corr[ch], scale[ch], fbias[ch], None, 1
+                for r in T.unroll(mr):
+                    if full_rows or rt * mr + r < og:
+                        ch = T.meta_var(g * ogp + rt * mr + r)
+                        for u in T.unroll(nr):
+                            if p0 + u * lanes + lanes <= pix:
+                                of[b, g * og + rt * mr + r, T.ramp(p0 + u * lanes, 1, lanes)] = (
+                                    ep.tir(
+                                        acc[r * nr + u],
+                                        T.broadcast(corr[ch], lanes),
+                                        T.broadcast(scale[ch], lanes),
+                                        T.broadcast(fbias[ch], lanes),
+                                        None,
+                                        lanes,
                                     )
+                                )
+                            else:
+                                tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
+                                for lane in range(lanes):
+                                    if p0 + u * lanes + lane < pix:
+                                        of[b, g * og + rt * mr + r, p0 + u * lanes + lane] = ep.tir(
+                                            tail[lane], corr[ch], scale[ch], fbias[ch], None, 1
+                                        )
 
     return conv
 
@@ -536,6 +555,9 @@ def matmul_kernel(
     off = isa.offset(spec.act_dtype)
     out_shape = (*shape[:-1], n)
     full_rows = rows % mr == 0
+    col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
+    chunk = -(-col_tiles // col_chunks)
+    col_chunks = -(-col_tiles // chunk)
     del zp  # no padding in a matmul: the zero point only enters through `corr`
 
     def value(xf, m, kk):
@@ -557,48 +579,52 @@ def matmul_kernel(
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((rows, k), spec.act_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
-        words = T.decl_buffer((plan.rows_pad, kwords), "int32")
-        for m in T.parallel(plan.rows_pad):
-            for kq in range(kwords):
-                words[m, kq] = _word([value(xf, m, kq * kpack + j) for j in range(kpack)], kpack)
-        for t in T.parallel(row_tiles * col_tiles):
-            m0 = T.meta_var(t // col_tiles * mr)
-            c = T.meta_var(t % col_tiles)
+        # One task: mr rows (packed into words here) times a chunk of column tiles.
+        for task in T.parallel(row_tiles * col_chunks):
+            m0 = T.meta_var(task // col_chunks * mr)
+            words = T.decl_buffer((mr, kwords), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), "int32", scope="local")
-            for i in T.unroll(mr * nr):
-                acc[i] = T.broadcast(T.int32(0), lanes)
-            for kq in range(kwords):
-                for r in T.unroll(mr):
-                    for u in T.unroll(nr):
-                        acc[r * nr + u] = isa.dot(
-                            acc[r * nr + u],
-                            T.broadcast(words[m0 + r, kq], lanes),
-                            wq[c, kq, T.ramp(u * lanes, 1, lanes)],
-                        )
-            for r in T.unroll(mr):
-                if full_rows or m0 + r < rows:
-                    for u in T.unroll(nr):
-                        if c * step + u * lanes + lanes <= n:
-                            of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = ep.tir(
+            for r, kq in T.grid(mr, kwords):
+                words[r, kq] = _word(
+                    [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
+                )
+            for c in range(
+                task % col_chunks * chunk, T.min(task % col_chunks * chunk + chunk, col_tiles)
+            ):
+                for i in T.unroll(mr * nr):
+                    acc[i] = T.broadcast(T.int32(0), lanes)
+                for kq in range(kwords):
+                    for r in T.unroll(mr):
+                        for u in T.unroll(nr):
+                            acc[r * nr + u] = isa.dot(
                                 acc[r * nr + u],
-                                corr[T.ramp(c * step + u * lanes, 1, lanes)],
-                                scale[T.ramp(c * step + u * lanes, 1, lanes)],
-                                fbias[T.ramp(c * step + u * lanes, 1, lanes)],
-                                T.broadcast(xs[()], lanes),
-                                lanes,
+                                T.broadcast(words[r, kq], lanes),
+                                wq[c, kq, T.ramp(u * lanes, 1, lanes)],
                             )
-                        else:
-                            tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
-                            for lane in range(lanes):
-                                if c * step + u * lanes + lane < n:
-                                    of[m0 + r, c * step + u * lanes + lane] = ep.tir(
-                                        tail[lane],
-                                        corr[c * step + u * lanes + lane],
-                                        scale[c * step + u * lanes + lane],
-                                        fbias[c * step + u * lanes + lane],
-                                        xs[()],
-                                        1,
-                                    )
+                for r in T.unroll(mr):
+                    if full_rows or m0 + r < rows:
+                        for u in T.unroll(nr):
+                            if c * step + u * lanes + lanes <= n:
+                                of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = ep.tir(
+                                    acc[r * nr + u],
+                                    corr[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    scale[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    fbias[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    T.broadcast(xs[()], lanes),
+                                    lanes,
+                                )
+                            else:
+                                tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
+                                for lane in range(lanes):
+                                    if c * step + u * lanes + lane < n:
+                                        of[m0 + r, c * step + u * lanes + lane] = ep.tir(
+                                            tail[lane],
+                                            corr[c * step + u * lanes + lane],
+                                            scale[c * step + u * lanes + lane],
+                                            fbias[c * step + u * lanes + lane],
+                                            xs[()],
+                                            1,
+                                        )
 
     return matmul
