@@ -46,3 +46,19 @@ def test_mobilenet_v2_on_rpi4_matches_x86(tmp_path):
     assert max_relative_error([want], [got]) <= 1e-5
     assert max_relative_error([ref], [got]) <= 1e-4
     assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+def test_minilm_on_rpi5_matches_x86(tmp_path):
+    """Two int64 inputs (token ids and mask) through the runner's npz reader."""
+    from bench.models.inputs import sentence_batch
+
+    path = model_file("minilm")
+    arm = graphopt.compile(path, tmp_path / "arm", target="arm", target_options={"board": "rpi5"})
+    x86 = graphopt.compile(path, tmp_path / "x86")
+    feed = sentence_batch(1)[0]
+    out = x86.outputs[0].name
+    got = bundle.run_emulated(arm.directory, feed, cpu="cortex-a76")[out]
+    want = x86.run(feed)[out]
+    ref = ort_run(ort_session(path), feed)[out]
+    assert max_relative_error([want], [got]) <= 1e-5
+    assert max_relative_error([ref], [got]) <= 1e-4
