@@ -111,7 +111,12 @@ def _download_wheels(wheels: Path, platform: str, tvm_version: str, ffi_version:
         "--platform", platform, "-d", str(wheels),
         f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    print(f"downloading the {platform} TVM runtime (about 100 MB, once) into {wheels}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess(cmd, 1, "", "pip took more than 15 minutes")
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise BundleError(
