@@ -413,9 +413,12 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
 def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w int32 [C, KH*KW], corr, scale, fbias, out) for groups == C_in == C_out.
 
-    Per channel: a padded int16 plane of (x - zp) (so padding and zero point vanish exactly),
-    split into `stride` column phases so every tap is a contiguous vector load; output width
-    in int32 lanes, all taps unrolled. No dot instruction: 9 taps per output are too few.
+    Per channel: a padded plane of (x - zp) (so padding and zero point vanish exactly), split
+    into `stride` column phases so every tap is a contiguous vector load; output width in
+    lanes, all taps unrolled. With 9 taps per output a dot instruction has nothing to reduce,
+    and int32 multiplies (vpmulld) are slow, so the sums run as fp32 FMAs on integer values:
+    exact while |sum| < 2^24 (the pass checks kh * kw * 255 * 128 stays below that), then
+    converted to int32 for the usual epilogue.
     """
     lanes = isa.lanes
     n, ch_n, h, w = spec.batch, spec.cin, spec.height, spec.width
@@ -432,14 +435,14 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
         for ry in range(kh):
             for rx in range(kw):
                 row = plane[(rx * dw) % sw, oy * sh + ry * dh, T.ramp(xo + rx * dw // sw, 1, lanes)]
-                term = T.Cast(f"int32x{lanes}", row) * T.broadcast(wt[c, ry * kw + rx], lanes)
+                term = row * T.broadcast(wt[c, ry * kw + rx], lanes)
                 total = term if total is None else total + term
-        return total
+        return T.Cast(f"int32x{lanes}", total)
 
     @T.prim_func
     def depthwise(
         x: T.Buffer((n, ch_n, h, w), spec.act_dtype),
-        wt: T.Buffer((ch_n, kh * kw), "int32"),
+        wt: T.Buffer((ch_n, kh * kw), "float32"),
         corr: T.Buffer((ch_n,), "int32"),
         scale: T.Buffer((ch_n,), "float32"),
         fbias: T.Buffer((ch_n,), "float32"),
@@ -449,14 +452,19 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
         for bc in T.parallel(n * ch_n):
             b = T.meta_var(bc // ch_n)
             c = T.meta_var(bc % ch_n)
-            plane = T.decl_buffer((sw, hp, pw), "int16")
+            plane = T.decl_buffer((sw, hp, pw), "float32")
             tail = T.decl_buffer((lanes,), "int32", scope="local")
             for ph, iy, ix in T.grid(sw, hp, pw):
-                plane[ph, iy, ix] = T.int16(0)
-            for iy, ix in T.grid(h, w):
-                plane[(ix + pl) % sw, iy + pt, (ix + pl) // sw] = T.Cast(
-                    "int16", T.Cast("int32", x[b, c, iy, ix]) - zp
-                )
+                plane[ph, iy, ix] = T.float32(0)
+            for ph in T.unroll(sw):
+                for iy in range(h):
+                    # Plane column j of phase ph holds input column j * sw + ph - pl.
+                    for j in range(
+                        T.max(0, (pl - ph + sw - 1) // sw), T.min(pw, (w - 1 + pl - ph) // sw + 1)
+                    ):
+                        plane[ph, iy + pt, j] = T.Cast(
+                            "float32", T.Cast("int32", x[b, c, iy, j * sw + ph - pl]) - zp
+                        )
             for oy, xb in T.grid(oh, owp // lanes):
                 if xb * lanes + lanes <= ow:
                     out[b, c, oy, T.ramp(xb * lanes, 1, lanes)] = ep.tir(
