@@ -78,17 +78,45 @@ def _reaches_group(ctx, start: list, defined: set) -> bool:
     return False
 
 
-def _known_tir_calls(ctx) -> bool:
-    """call_tir inside a group only for the importer's Clip kernels (maximum / minimum)."""
+def _known_tir_calls(ctx, elementwise: frozenset[str] = frozenset()) -> bool:
+    """call_tir inside a group only for the importer's Clip kernels (maximum / minimum) and
+    kernels named in `elementwise` (see `elementwise_kernels`)."""
     for value in ctx.matched_bindings.values():
         if isinstance(value, relax.Call) and _op_name(value) == "relax.call_tir":
-            if not _MINMAX.match(value.args[0].name_hint):
+            name = value.args[0].name_hint
+            if not _MINMAX.match(name) and name not in elementwise:
                 return False
     return True
 
 
-def check_group(ctx) -> bool:
-    return _group_is_closed(ctx) and _known_tir_calls(ctx)
+def check_group(ctx, elementwise: frozenset[str] = frozenset()) -> bool:
+    return _group_is_closed(ctx) and _known_tir_calls(ctx, elementwise)
+
+
+def elementwise_kernels(mod: tvm.IRModule) -> frozenset[str]:
+    """The module's TIR kernels that FuseOps would fuse after a conv or matmul.
+
+    The importer emits some ops as call_tir (ONNX Pad becomes a `pad` kernel). FuseOps fuses
+    a following kernel whose pattern is elementwise or broadcast (TVM's AnnotateTIROpPattern:
+    a pad that only adds a row and a column at the end qualifies); a composite group is opaque
+    to FuseOps, so the group takes such a kernel itself or the fusion is lost.
+    """
+    prims = {
+        gv: f
+        for gv, f in mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and not _MINMAX.match(gv.name_hint)
+    }
+    if not prims:
+        return frozenset()
+    annotated = relax.transform.AnnotateTIROpPattern()(tvm.IRModule(prims))
+    broadcast = 1  # TVM's OpPatternKind: kElemWise 0, kBroadcast 1, kInjective 2, ...
+    return frozenset(
+        gv.name_hint
+        for gv, f in annotated.functions.items()
+        if f.attrs is not None
+        and "op_pattern" in f.attrs
+        and int(f.attrs["op_pattern"]) <= broadcast
+    )
 
 
 def check_attention(ctx) -> bool:
@@ -170,28 +198,39 @@ def _with_bias(producer: DFPattern) -> DFPattern:
 EPILOGUE_OPS = ("add", "multiply", "subtract", "divide")
 
 
-def _family(name: str, bodies: list[tuple[str, DFPattern]]) -> list[FusionPattern]:
-    """Each body followed by one binary elementwise op, then the body alone.
+def _family(
+    name: str, bodies: list[tuple[str, DFPattern]], elementwise: frozenset[str] = frozenset()
+) -> list[FusionPattern]:
+    """Each body followed by one binary elementwise op, then (given `elementwise` kernels) by
+    one such TIR kernel, then the body alone.
 
     FuseOps would fuse an elementwise op after a matmul or conv (a residual add, a
-    squeeze-excite gate) into the same kernel, but it sees a composite function as opaque:
-    the epilogue variant keeps that fusion. Being listed first, it claims the bindings.
+    squeeze-excite gate, a pad kernel) into the same kernel, but it sees a composite function
+    as opaque: the epilogue variants keep that fusion. Being listed first, they claim the
+    bindings.
     """
+
+    def check(ctx) -> bool:
+        return check_group(ctx, elementwise)
+
     out = []
     for kind, body in bodies:
         other = wildcard()
         epilogue = _op(EPILOGUE_OPS[0])(body, other)
         for op in EPILOGUE_OPS[1:]:
             epilogue = epilogue | _op(op)(body, other) | _op(op)(other, body)
-        out.append(FusionPattern(f"{PREFIX}{name}.{kind}_epilogue", epilogue, check=check_group))
-        out.append(FusionPattern(f"{PREFIX}{name}.{kind}", body, check=check_group))
+        out.append(FusionPattern(f"{PREFIX}{name}.{kind}_epilogue", epilogue, check=check))
+        if elementwise:
+            tir = _call_tir(body)
+            out.append(FusionPattern(f"{PREFIX}{name}.{kind}_kernel_epilogue", tir, check=check))
+        out.append(FusionPattern(f"{PREFIX}{name}.{kind}", body, check=check))
     return out
 
 
 # --- families -------------------------------------------------------------------------------
 
 
-def conv_act_patterns() -> list[FusionPattern]:
+def conv_act_patterns(elementwise: frozenset[str] = frozenset()) -> list[FusionPattern]:
     """conv2d (+ bias) + activation: hard-swish, SiLU, ReLU6, then single-op activations."""
     t = _with_bias(_op("nn.conv2d")(wildcard(), wildcard()))
     return _family(
@@ -202,6 +241,7 @@ def conv_act_patterns() -> list[FusionPattern]:
             ("relu6", _relu6(t)),
             ("unary", _unary(t)),
         ],
+        elementwise,
     )
 
 

@@ -36,7 +36,7 @@ FAMILIES = ("conv_act", "matmul_gelu", "matmul_bias", "layer_norm", "attention",
 _PATTERNS = {  # families that group bindings with FuseOpsByPattern, in priority order
     "attention": lambda mod: fp.attention_patterns(),
     "parallel_matmul": lambda mod: fp.parallel_matmul_patterns(_split_inputs(mod)),
-    "conv_act": lambda mod: fp.conv_act_patterns(),
+    "conv_act": lambda mod: fp.conv_act_patterns(fp.elementwise_kernels(mod)),
     "matmul_gelu": lambda mod: fp.matmul_gelu_patterns(),
     "matmul_bias": lambda mod: fp.matmul_bias_patterns(),
 }

@@ -632,3 +632,33 @@ def test_onnx_cnn(tmp_path):
     assert fuse_stats == stats(conv_act=3)
     # TVM's FuseOps already makes one kernel per conv + activation here: no regression.
     assert kernels["fused"] <= kernels["base"], kernels
+
+
+def padded_cnn(pads):
+    """conv + ReLU, then an ONNX Pad (the importer's `pad` kernel), then a depthwise conv."""
+    g = mb.GraphBuilder(9)
+    h = g.op("Relu", [g.conv("x", 3, 8, 3, pad=1)])
+    h = g.op("Pad", [h, g.const(np.array(pads, dtype=np.int64))], mode="constant")
+    size = 8 + pads[2] + pads[6]
+    y = g.conv(h, 8, 8, 3, group=8)
+    return g.model(
+        [mb._value_info("x", [1, 3, 8, 8])], [("y", y, [1, 8, size - 2, size - 2])], "pad"
+    )
+
+
+def test_pad_kernel_after_conv_joins_the_group():
+    """A pad that only adds at the end is broadcast-like: FuseOps would fuse it, so must we."""
+    cnn = composites(_fused_import(padded_cnn([0, 0, 0, 0, 0, 0, 1, 1])))
+    assert "graphopt.conv_act.unary_kernel_epilogue" in cnn
+
+
+def test_symmetric_pad_stays_outside():
+    """A pad on both sides is injective: FuseOps keeps it out of the conv too."""
+    cnn = composites(_fused_import(padded_cnn([0, 0, 1, 1, 0, 0, 1, 1])))
+    assert set(cnn) == {"graphopt.conv_act.unary"}
+
+
+def test_pad_after_conv_costs_no_kernel(tmp_path):
+    kernels, fuse_stats = _compile_both(padded_cnn([0, 0, 0, 0, 0, 0, 1, 1]), tmp_path)
+    assert fuse_stats == stats(conv_act=1)  # the depthwise conv has no activation
+    assert kernels["fused"] <= kernels["base"], kernels
