@@ -50,7 +50,7 @@ BOARDS: dict[str, Board] = {
     "rpi4": Board("cortex-a72", 4, "Raspberry Pi 4 (Cortex-A72)"),
     "rpi5": Board("cortex-a76", 4, "Raspberry Pi 5 (Cortex-A76)"),
     "rk3588": Board("cortex-a76", 4, "Rockchip RK3588 (4x Cortex-A76 big cores)"),
-    "jetson-orin": Board("cortex-a78ae", 6, "NVIDIA Jetson Orin (Cortex-A78AE)"),
+    "jetson-orin": Board("cortex-a78ae", 6, "NVIDIA Jetson Orin (Cortex-A78AE; 6-12 cores)"),
     "graviton2": Board("neoverse-n1", 4, "AWS Graviton2 (Neoverse-N1; set num_cores)"),
 }
 
