@@ -888,18 +888,27 @@ def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weig
         tile = None
     if tile is not None:
         phased = None
-    if phased is not None:
-        _apply_phase_split(sch, phased, shape.x_stride)
-        shape.x_stride = 1  # the conv now reads each phase with unit stride
     # Data read per output channel (depthwise, pooling): pad it channel by channel, in cache,
     # right before the channel is convolved. Shared data (regular conv): pad it once.
     per_channel = not need_weight or shape.data_uses_channel
     local_pads = [p for p in producers if per_channel and tile is None and _is_pad(p)]
+    odd = phased is not None and _int(shape.data.ty.shape[-1]) % shape.x_stride != 0
+    if phased is not None and odd:
+        # An odd padded width needs the pad decomposed before the layout change, and
+        # decomposed pads cannot move into the channel loop: pad the whole input once.
+        local_pads = []
+        fill = _apply_phase_split(sch, phased, shape.x_stride, decompose=True)
+        _unroll_phases(sch, [fill, phased.rv], info)
+    elif phased is not None:
+        _apply_phase_split(sch, phased, shape.x_stride, decompose=False)
+        if not local_pads:
+            fill = sch.decompose_padding(phased.rv, sch.get_loops(phased.rv)[0])
+            _unroll_phases(sch, [fill, phased.rv], info)
+    if phased is not None:
+        shape.x_stride = 1  # the conv now reads each phase with unit stride
     for p in producers:
         if not any(p.block.same_as(q.block) for q in local_pads):
-            if phased is not None and p.block.same_as(phased.block):
-                _schedule_phased_pad(sch, p.rv, sch.get_loops(p.rv)[0], info)
-            else:
+            if phased is None or not p.block.same_as(phased.block):
                 _schedule_pad(sch, p, info)
 
     conv_rv = conv.rv
@@ -930,39 +939,50 @@ def _width_beats_channels(shape: WindowShape, ext: list[int], info: CpuInfo, pha
 
 
 def _phase_split_pad(shape: WindowShape, producers, ext, info: CpuInfo) -> BlockView | None:
-    """The pad feeding a stride-s window whose output is wide enough to vectorize, if its
-    padded width is a multiple of s (the layout change below must be exact)."""
+    """The pad feeding a stride-s window whose output is wide enough to vectorize."""
     s = shape.x_stride
     if shape.channel_last or s is None or s < 2 or s > 4 or ext[shape.x] < info.lanes // 2:
         return None
     for p in producers:
         if _is_pad(p) and p.block.writes[0].source.same_as(shape.data):
-            width = _int(shape.data.ty.shape[-1])
-            return p if width is not None and width % s == 0 else None
+            return p if _int(shape.data.ty.shape[-1]) is not None else None
     return None
 
 
-def _apply_phase_split(sch: Schedule, pad: BlockView, s: int) -> None:
+def _apply_phase_split(sch: Schedule, pad: BlockView, s: int, decompose: bool):
     """Store the padded input as `s` phases, `[.., y, x % s, x // s]`.
 
     A stride-s window then reads `[.., x*s + rx]` as `[.., rx % s, x + rx // s]`: unit stride,
-    so a vector of outputs loads whole vectors (a strided TIR vector load is a gather).
+    so a vector of outputs loads whole vectors (a strided TIR vector load is a gather). With
+    `decompose` the pad first becomes a zero fill plus an unconditional copy (returns the
+    fill): the layout change of an odd padded width (TF-style pads) adds a zero column no
+    window reads, which decompose_padding cannot take apart afterwards.
     """
+    fill = sch.decompose_padding(pad.rv, sch.get_loops(pad.rv)[0]) if decompose else pad.rv
 
     def phases(*idx):
         return (*idx[:-1], idx[-1] % s, idx[-1] // s)
 
-    ndim = len(pad.block.writes[0].source.ty.shape)
-    sch.transform_layout(pad.rv, ("write", 0), tirx.IndexMap.from_func(phases, ndim=ndim))
+    buf = pad.block.writes[0].source
+    index_map = tirx.IndexMap.from_func(phases, ndim=len(buf.ty.shape))
+    if _int(buf.ty.shape[-1]) % s:
+        zero = tirx.const(0.0, buf.dtype)
+        sch.transform_layout(fill, ("write", 0), index_map, pad_value=zero)
+    else:
+        sch.transform_layout(fill, ("write", 0), index_map)
+    return fill
 
 
-def _schedule_phased_pad(sch: Schedule, rv, at, info: CpuInfo, parallel: bool = True) -> None:
-    """Zero fill plus an unconditional copy into the phase-split buffer (decompose_padding);
-    the copy's rows are split by the phase count and left to LLVM, which vectorizes the
-    interleaved loads with shuffles."""
-    fill = sch.decompose_padding(rv, at)
-    for block in (fill, rv):
+def _unroll_phases(sch: Schedule, blocks, info: CpuInfo | None = None) -> None:
+    """Rows of the fill and the copy split by two and unrolled, left to LLVM, which vectorizes
+    the copy's interleaved loads with shuffles; whole-tensor ones (`info`) also parallel."""
+    for block in blocks:
         loops = sch.get_loops(block)
+        if info is not None and len(loops) > 2:
+            extents = [_int(sch.get(lp).extent) or 1 for lp in loops]
+            if _product(extents) >= MIN_PARALLEL_ELEMS:
+                sch.parallel(sch.fuse(*loops[:-2]))
+                loops = sch.get_loops(block)
         extent = _int(sch.get(loops[-1]).extent)
         if extent is not None and extent % 2 == 0 and extent > 2:
             _, inner = sch.split(loops[-1], [None, 2])
@@ -1109,7 +1129,8 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
         if par is not None:
             sch.compute_at(p.rv, par)
         if phased:
-            _schedule_phased_pad(sch, p.rv, sch.get_loops(p.rv)[1 if par is not None else 0], info)
+            at = sch.get_loops(p.rv)[1 if par is not None else 0]
+            _unroll_phases(sch, [sch.decompose_padding(p.rv, at), p.rv])
         else:
             _vectorize_row(sch, p.rv, info)
 

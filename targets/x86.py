@@ -27,12 +27,14 @@ CPU_LOWER = [
     "tvm.AttachGlobalSymbol",
 ]
 
-# Operators to TIR (fp32 erf / GELU first, as a polynomial that vectorizes: passes/fast_erf.py),
-# then fold what became constant and fuse elementwise tails into kernels: plain tvm.compile on
-# CPU does neither.
+# Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
+# TIR (fp32 erf / GELU first, as a polynomial that vectorizes: passes/fast_erf.py), then fold
+# what became constant and fuse elementwise tails into kernels: plain tvm.compile on CPU does
+# neither.
 CPU_LEGALIZE = [
     "tvm.backend.DispatchSampling",
     "tvm.backend.DispatchSortScan",
+    "fold-pad",
     "fast-erf",
     "tvm.LegalizeOps",
     "tvm.AnnotateTIROpPattern",

@@ -164,7 +164,10 @@ CONVS = [
     # Stride-2 depthwise over wide maps: phase-split per-channel pads.
     (1, 8, 34, 34, 8, 3, 2, 1, 8),
     (1, 4, 20, 40, 4, 5, 2, 2, 4),  # 5x5 window
-    (1, 4, 20, 39, 4, 3, 2, 1, 4),  # padded width 41 is odd: no phase split
+    (1, 4, 20, 39, 4, 3, 2, 1, 4),  # padded width 41 is odd: one more zero column
+    # TF-style asymmetric pads (fold-pad): odd padded widths, whole-input phase split.
+    (1, 3, 32, 32, 8, 3, 2, (0, 0, 1, 1), 1),
+    (1, 8, 32, 32, 8, 3, 2, (0, 0, 1, 1), 8),
 ]
 
 

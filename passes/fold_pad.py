@@ -1,0 +1,150 @@
+"""Fold a zero pad of the spatial axes into the conv2d that reads it.
+
+TF-exported models (EfficientNet-Lite0) pad asymmetrically with an explicit Pad, which the
+ONNX importer emits as a `pad` TIR kernel in front of a conv2d with padding 0. As its own kernel
+the pad is one more pass over the activation (each of EfficientNet-Lite0's 13 pads costs about
+as much as a conv), and the conv then reads a pre-padded odd-width input. Folded into the conv's
+own (asymmetric) padding, the conv kernel pads in cache and its schedule sees the real stride
+pattern.
+
+    before:  p = call_tir(pad, (x,))                      # [1,C,H,W] -> [1,C,H+1,W+1], zeros
+             y = conv2d(p, w, strides=2, padding=[0, 0, 0, 0])
+    after:   y = conv2d(x, w, strides=2, padding=[0, 0, 1, 1])   # top, left, bottom, right
+
+Only kernels whose single block is `out[i..] = if_then_else(inside, x[i.. - before], 0.0)`
+with the batch and channel axes unpadded fold; the pad stays for other readers. Counter:
+`pads_folded`.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, tirx
+
+from graphopt import _tvm
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+
+
+def _zero_pad_widths(func) -> list[tuple[int, int]] | None:
+    """(before, after) per axis of a constant-zero pad kernel, else None."""
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 2:
+        return None
+    try:
+        from tvm.s_tir import Schedule
+
+        sch = Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - not a schedulable kernel
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    if not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(func.params[1]):
+        return None
+    value = store.value
+    if isinstance(value, tvm.ir.Call) and str(getattr(value.op, "name", "")).endswith(
+        "if_then_else"
+    ):
+        _, inside, outside = value.args
+    elif isinstance(value, tirx.Select):
+        inside, outside = value.true_value, value.false_value
+    else:
+        return None
+    if not (isinstance(outside, tirx.FloatImm) and float(outside.value) == 0.0):
+        return None
+    if not (isinstance(inside, tvm.ir.TensorLoad) and inside.source.same_as(func.params[0])):
+        return None
+    in_shape = [_int(d) for d in func.params[0].ty.shape]
+    out_shape = [_int(d) for d in func.params[1].ty.shape]
+    if None in in_shape or None in out_shape or len(inside.indices) != len(store.indices):
+        return None
+    analyzer = tvm.sym.Analyzer()  # tvm.arith in older TVM
+    widths = []
+    for d, (src, dst) in enumerate(zip(inside.indices, store.indices)):
+        offset = analyzer.simplify(dst - src)
+        if not isinstance(offset, tirx.IntImm):
+            return None
+        before = int(offset.value)
+        after = out_shape[d] - in_shape[d] - before
+        if before < 0 or after < 0:
+            return None
+        widths.append((before, after))
+    return widths
+
+
+def _int(x) -> int | None:
+    return int(x) if isinstance(x, tirx.IntImm) else None
+
+
+@relax.expr_functor.mutator
+class _Fold(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, pads: dict) -> None:
+        super().__init__(mod)
+        self.pads = pads  # pad kernel name -> widths
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+            return call
+        if str(call.attrs.data_layout) != "NCHW":
+            return call
+        data = call.args[0]
+        producer = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if not (
+            isinstance(producer, relax.Call)
+            and isinstance(producer.op, tvm.ir.Op)
+            and producer.op.name == "relax.call_tir"
+            and producer.args[0].name_hint in self.pads
+        ):
+            return call
+        widths = self.pads[producer.args[0].name_hint]
+        if len(widths) != 4 or widths[0] != (0, 0) or widths[1] != (0, 0):
+            return call
+        (pt, pb), (pl, pr) = widths[2], widths[3]
+        top, left, bottom, right = (int(p) for p in call.attrs.padding)
+        attrs = call.attrs
+        self.count += 1
+        return relax.op.nn.conv2d(
+            producer.args[1].fields[0],
+            call.args[1],
+            strides=[int(s) for s in attrs.strides],
+            padding=[top + pt, left + pl, bottom + pb, right + pr],
+            dilation=[int(d) for d in attrs.dilation],
+            groups=int(attrs.groups),
+            data_layout=str(attrs.data_layout),
+            kernel_layout=str(attrs.kernel_layout),
+            out_layout=str(attrs.out_layout),
+            out_dtype=None if str(attrs.out_dtype) in ("", "None", "void") else attrs.out_dtype,
+        )
+
+
+@register_pass
+class FoldPad(GraphPass):
+    """Zero pads of H/W (importer `pad` kernels) folded into the padding of the conv2d after."""
+
+    name = "fold-pad"
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        pads = {}
+        for gvar, func in mod.functions.items():
+            widths = _zero_pad_widths(func)
+            if widths is not None:
+                pads[gvar.name_hint] = widths
+        if not pads:
+            return PassResult(mod, False, {"pads_folded": 0})
+        new, count = mod, 0
+        for gvar, func in mod.functions.items():
+            if not isinstance(func, relax.Function):
+                continue
+            folder = _Fold(new, pads)
+            rewritten = folder.visit_expr(func)
+            if not folder.count:
+                continue
+            count += folder.count
+            new = folder.builder_.get()
+            new[gvar] = rewritten
+        if count:
+            new = relax.transform.DeadCodeElimination()(new)
+        changed = count > 0 and not _tvm.structural_equal(new, mod)
+        return PassResult(new, changed, {"pads_folded": count})
