@@ -1,17 +1,21 @@
 """Real models, side by side: onnxruntime fp32, bare TVM, and graphopt, in one process.
 
     python -m bench.bench_models [--runs N] [--models mobilenet_v2,efficientnet_lite0,minilm]
+                                 [--tuned minilm=DB_ROOT ...]
 
 For each model: export it once (cached, see bench/models/export.py), compile with graphopt
-(-O2, untuned), try TVM's bare flow (from_onnx + tvm.compile, no clean-up), check outputs on
-real inputs (photo crops, sentences) against onnxruntime, then time all runtimes interleaved
-and report medians and ratios. Writes bench/results/models.json and models.md.
+(-O2, untuned; with --tuned also `compile --db DB_ROOT`, whose trials and tuning minutes come
+from the database's tuning_runs.json), try TVM's bare flow (from_onnx + tvm.compile, no
+clean-up), check outputs on real inputs (photo crops, sentences) against onnxruntime, then time
+all runtimes interleaved and report medians and ratios. Writes bench/results/models.json and
+models.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -78,7 +82,21 @@ def accuracy(name: str, art: graphopt.Artifact, session: Any, feeds: list[dict])
     return result
 
 
-def bench_model(name: str, runs: int, samples: int, workdir: Path) -> dict[str, Any]:
+def tuned_build(name: str, path: Path, db_root: Path, workdir: Path):
+    """graphopt -O2 with the tuning records of db_root, and what finding them cost."""
+    from graphopt.target_infra import make_target
+    from graphopt.tune import tuning_cost
+    from graphopt.tuning_db import database_dir
+
+    _say(f"[{name}] compiling with graphopt -O2 --db {db_root}")
+    art = graphopt.compile(path, workdir / f"{name}-tuned", opt_level=2, tuning_db=db_root)
+    cost = tuning_cost(database_dir(db_root, make_target("x86")))
+    return art, {"database": str(db_root), **cost}
+
+
+def bench_model(
+    name: str, runs: int, samples: int, workdir: Path, db_root: Path | None = None
+) -> dict[str, Any]:
     from bench.models.export import export
 
     path = export(name)
@@ -107,6 +125,10 @@ def bench_model(name: str, runs: int, samples: int, workdir: Path) -> dict[str, 
         "graphopt": art.runner(feed),
         "graphopt_unscheduled": unscheduled.runner(feed),
     }
+    if db_root is not None:
+        tuned, entry["tuning"] = tuned_build(name, path, db_root, workdir)
+        entry["accuracy_tuned_vs_onnxruntime"] = accuracy(name, tuned, session, feeds)
+        contestants["graphopt_tuned"] = tuned.runner(feed)
     try:
         contestants["tvm_bare"] = bare_tvm_runner(path, feed)
     except Exception as err:  # noqa: BLE001 - the failure itself is a result
@@ -139,31 +161,44 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             if "tvm_bare" in lat
             else "fails: " + r.get("tvm_bare_error", "")[:50]
         )
+        if "graphopt_tuned" in lat:
+            t = r["tuning"]
+            tuned = [
+                f"{lat['graphopt_tuned']['median_ms']:.1f} ({ratio['graphopt_tuned']:.2f}x)",
+                f"{t['trials']} trials, {t['minutes']:.0f} min",
+                _quality(r["accuracy_tuned_vs_onnxruntime"]),
+            ]
+        else:
+            tuned = ["-", "not tuned", "-"]
         rows.append(
             [
                 r["model"],
                 f"{lat['onnxruntime']['median_ms']:.1f}",
+                bare,
                 f"{lat['graphopt']['median_ms']:.1f} ({ratio['graphopt']:.2f}x)",
                 _quality(r["accuracy_vs_onnxruntime"]),
+                *tuned,
                 f"{lat['graphopt_unscheduled']['median_ms']:.1f} "
                 f"({ratio['graphopt_unscheduled']:.1f}x)",
-                _quality(r["accuracy_unscheduled_vs_onnxruntime"]),
-                bare,
             ]
         )
     header = [
         "model",
         "onnxruntime ms",
-        "graphopt -O2 (default) ms (ratio)",
+        "bare TVM ms (ratio)",
+        "graphopt untuned ms (ratio)",
+        "error / agreement",
+        "graphopt tuned ms (ratio)",
+        "tuning",
         "error / agreement",
         "schedules=false ms (ratio)",
-        "error / agreement",
-        "bare TVM ms (ratio)",
     ]
     return (
-        "# Real models: onnxruntime fp32 vs graphopt (untuned) vs bare TVM\n\n"
+        "# Real models: onnxruntime fp32 vs bare TVM vs graphopt untuned and tuned\n\n"
         f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
-        f"{machine['date']}; medians of interleaved runs in one process. Errors are max "
+        f"{machine['date']}, load average {machine.get('load_average', '?')} (other jobs on the "
+        "machine: compare ratios, not absolute times); medians of interleaved runs in one "
+        "process. Errors are max "
         "|graphopt - onnxruntime| relative to the output scale, over real inputs.\n\n"
         + format_table(header, rows)
         + "\n"
@@ -176,13 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--samples", type=int, default=10, help="real inputs for accuracy")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        default=[],
+        metavar="MODEL=DB_ROOT",
+        help="also time `compile --db DB_ROOT` for MODEL (repeatable)",
+    )
     args = parser.parse_args(argv)
+    tuned = dict(item.split("=", 1) for item in args.tuned)
     env.configure_for_benchmarks()  # before TVM's thread pool starts (it starts lazily)
     machine = machine_info()
+    machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            results.append(bench_model(name, args.runs, args.samples, Path(tmp)))
+            db = Path(tuned[name]) if name in tuned else None
+            results.append(bench_model(name, args.runs, args.samples, Path(tmp), db))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "models.json").write_text(
         json.dumps({"machine": machine, "runs": args.runs, "results": results}, indent=2) + "\n"

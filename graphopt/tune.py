@@ -193,7 +193,7 @@ def tune_model(
         stopped = "budget"
     after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
     names = {i: t.task_name for i, t in enumerate(tasks)}
-    return TuneSummary(
+    summary = TuneSummary(
         work_dir,
         len(tasks),
         before,
@@ -202,3 +202,37 @@ def tune_model(
         stopped,
         {names[i]: us for i, us in best.items()},
     )
+    log_run(work_dir, summary)
+    return summary
+
+
+RUNS_LOG = "tuning_runs.json"
+
+
+def log_run(work_dir: Path, summary: TuneSummary) -> None:
+    """Append this run to DB/<target>/tuning_runs.json: what the records cost to find
+    (benchmarks report trials and minutes next to tuned latencies)."""
+    path = Path(work_dir) / RUNS_LOG
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append(
+        {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tasks": summary.tasks,
+            "trials_before": summary.trials_before,
+            "trials_after": summary.trials_after,
+            "seconds": round(summary.seconds, 1),
+            "stopped": summary.stopped,
+        }
+    )
+    path.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+def tuning_cost(work_dir: Path) -> dict[str, Any]:
+    """Trials in the database and the minutes all logged runs took to find them."""
+    path = Path(work_dir) / RUNS_LOG
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    return {
+        "runs": len(runs),
+        "trials": max((r["trials_after"] for r in runs), default=0),
+        "minutes": round(sum(r["seconds"] for r in runs) / 60, 1),
+    }

@@ -14,7 +14,7 @@ import graphopt
 from graphopt.compiler import CompileOptions
 from graphopt.errors import TargetError
 from graphopt.models import DEFAULT_MODEL, load_eval
-from graphopt.tune import tune_model
+from graphopt.tune import tune_model, tuning_cost
 from graphopt.tuning_db import database_dir, resolve_database
 
 pytestmark = [pytest.mark.tuning, pytest.mark.slow]
@@ -42,6 +42,8 @@ def test_tune_resume_and_apply(tmp_path):
         )
     info = json.loads((first.database / "target.json").read_text())
     assert info["target"] == "x86"
+    cost = tuning_cost(first.database)  # two runs measured something; "nothing to do" did not
+    assert cost["runs"] == 2 and cost["trials"] == more.trials_after and cost["minutes"] > 0
 
 
 def test_database_is_per_target_options(tmp_path):
