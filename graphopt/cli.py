@@ -96,8 +96,8 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--calib-method",
         choices=["minmax", "percentile", "entropy", "mse"],
-        default="percentile",
-        help="activation range observer (default percentile, 99.99)",
+        default="mse",
+        help="activation range observer (default mse)",
     )
     q.add_argument("--calib-samples", type=int, default=64, help="calibration feeds (default 64)")
     q.add_argument(

@@ -32,7 +32,7 @@ class QuantOptions:
     """What `--quantize int8 ...` asks for."""
 
     calibration: str | None = None
-    method: str = "percentile"
+    method: str = "mse"
     per_channel: bool = True
     act_dtype: str = "int8"
     mode: str = "static"  # static | dynamic

@@ -106,6 +106,11 @@ def _entropy_threshold(hist: Histogram, levels: int) -> float:
     """TensorRT's KL calibration: the clip threshold whose `levels`-bin quantized histogram
     diverges least (KL) from the reference histogram with the clipped outliers folded in."""
     counts = _abs_histogram(hist).astype(np.float64)
+    # Zero is exact in every range (the zero point), so the zero bin carries no divergence;
+    # left in, a post-relu spike at 0 drags the threshold down (merging it smears the spike).
+    counts[0] = 0
+    if not counts.any():
+        return hist.width
     nbins = counts.size
     target = max(levels, 2)
     last = int(np.nonzero(counts)[0][-1]) + 1

@@ -78,7 +78,7 @@ def test_compile_digits_int8_within_half_a_point(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SQNR dB" in printed and "conv2d_0" in printed
     q = json.loads((out / "manifest.json").read_text())["quantization"]
-    assert q["int8_layers"] == 5 and q["settings"]["method"] == "percentile"
+    assert q["int8_layers"] == 5 and q["settings"]["method"] == "mse"
     assert q["pipeline"].startswith("quantize{")
     acc = q["accuracy"]
     assert acc["metric"] == "accuracy" and acc["samples"] == 450

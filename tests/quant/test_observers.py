@@ -73,3 +73,13 @@ def test_errors():
         observe_range(_hist(np.ones(3, np.float32)), "nope")
     with pytest.raises(CalibrationError, match="non-finite"):
         Histogram().add(np.array([1.0, np.inf], np.float32))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_spike_at_zero_does_not_collapse_the_range(method):
+    # 75% exact zeros (post-relu sparsity) + a unit gaussian: zero is exact in any range, so
+    # the range follows the gaussian part (entropy used to collapse to ~0.5 here).
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.zeros(150_000), rng.standard_normal(50_000)]).astype(np.float32)
+    lo, hi = observe_range(_hist(x), method)
+    assert 2.5 < hi <= x.max() and x.min() <= lo < -2.5, (method, lo, hi)
