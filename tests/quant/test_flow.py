@@ -140,3 +140,24 @@ def test_user_errors(tmp_path, capsys, extra, message):
     assert main(["compile", DIGITS, "-o", str(tmp_path / "o"), "-q", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_lower_int8_follows_quantize_when_registered():
+    from graphopt.pass_infra import registered_passes
+    from graphopt.quant.flow import QuantOptions, quantize_step
+
+    imported = import_onnx(DIGITS)
+    opts = QuantOptions(DIGITS_EVAL, samples=4, sensitivity=False)
+    step = quantize_step(imported.mod, imported.inputs, opts)
+    names = [p.name for p in step.passes]
+    lowered = "lower-int8" in registered_passes()
+    assert names == (["quantize", "lower-int8"] if lowered else ["quantize"])
+    assert step.manifest["kernels"].startswith("integer" if lowered else "fake-quant")
+    off = quantize_step(
+        imported.mod,
+        imported.inputs,
+        QuantOptions(DIGITS_EVAL, samples=4, sensitivity=False, integer_kernels=False),
+    )  # noqa: E501
+    assert [p.name for p in off.passes] == ["quantize"]
+    assert off.manifest["accuracy"] is None
+    assert off.manifest["int8_layers"] == len(off.manifest["layers"]) >= 4
