@@ -921,6 +921,10 @@ def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weig
     return True
 
 
+# Reductions shorter than this many SIMD widths per output store the tile width-vectorized.
+WIDTH_MAX_REDUCTION = 8
+
+
 def _width_beats_channels(shape: WindowShape, ext: list[int], info: CpuInfo, phased: bool) -> bool:
     """Output width in lanes beats output channels in lanes when each output sums few terms.
 
@@ -933,8 +937,8 @@ def _width_beats_channels(shape: WindowShape, ext: list[int], info: CpuInfo, pha
     return (
         not shape.channel_last
         and (shape.x_stride == 1 or phased)
-        and ext[shape.x] % info.lanes == 0
-        and _reduction_size(shape, ext) < 8 * info.lanes
+        and _pick_width(ext[shape.x], info.lanes) * 4 >= 3 * info.lanes
+        and _reduction_size(shape, ext) < WIDTH_MAX_REDUCTION * info.lanes
     )
 
 
