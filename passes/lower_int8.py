@@ -62,7 +62,7 @@ class LowerInt8(GraphPass):
         for gvar, func in mod.functions.items():
             if not isinstance(func, relax.Function):
                 continue
-            plans, left = _find(func, isa, self.options.dynamic)
+            plans, left = _find(func, mod, isa, self.options.dynamic)
             stats["left"] += left
             if not plans:
                 continue
@@ -129,7 +129,8 @@ def _dims(expr) -> tuple[int, ...] | None:
 class _Graph:
     """Bindings and use counts of one function (what the matcher walks)."""
 
-    def __init__(self, func: relax.Function) -> None:
+    def __init__(self, func: relax.Function, mod: tvm.IRModule) -> None:
+        self.mod = mod
         self.value: dict = {}
         self.users: dict = {}
         self.order: list = []
@@ -164,8 +165,8 @@ class _Graph:
         return users[0] if len(users) == 1 and users[0] is not None else None
 
 
-def _find(func: relax.Function, isa: K.Isa, dynamic: bool) -> tuple[dict, int]:
-    graph = _Graph(func)
+def _find(func, mod, isa: K.Isa, dynamic: bool) -> tuple[dict, int]:
+    graph = _Graph(func, mod)
     plans: dict = {}
     left = 0
     for var in graph.order:
@@ -237,15 +238,12 @@ def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bo
         if b is not None and _dims(add) == _dims(graph.value[var]):
             tail, bias = nxt, b
             nxt = graph.only_user(tail)
-    if nxt is not None and _op(graph.value[nxt]) == "relax.nn.relu":
-        tail, lo = nxt, 0.0
+    while nxt is not None:
+        bound = _clamp(graph, nxt, tail)
+        if bound is None or max(lo, bound[0]) > min(hi, bound[1]):
+            break
+        tail, lo, hi = nxt, max(lo, bound[0]), min(hi, bound[1])
         nxt = graph.only_user(tail)
-    elif nxt is not None and _op(graph.value[nxt]) == "relax.clip":
-        clip = graph.value[nxt]
-        a, b = _prim_float(clip.args[1]), _prim_float(clip.args[2])
-        if a is not None and b is not None and a <= 0.0:
-            tail, lo, hi = nxt, a, b
-            nxt = graph.only_user(tail)
     if nxt is not None and not is_dynamic and _op(graph.value[nxt]) == "relax.quantize":
         quant = graph.value[nxt]
         s_o, zp_o = _const(graph.resolve(quant.args[1])), _const(graph.resolve(quant.args[2]))
@@ -261,6 +259,61 @@ def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bo
             tail = nxt
             requant = (float(s_o.reshape(())), int(zp_o.reshape(())), out_dtype)
     return tail, bias, lo, hi, requant
+
+
+def _clamp(graph: _Graph, var, data) -> tuple[float, float] | None:
+    """(lo, hi) when `var` clamps `data` by constants: relu, clip, maximum / minimum with a
+    scalar (as a Relax op, or a call_tir of a one-block max / min kernel: how the ONNX importer
+    brings in Clip)."""
+    call = graph.value[var]
+    op = _op(call)
+    if op == "relax.nn.relu" and call.args[0].same_as(data):
+        return 0.0, math.inf
+    if op == "relax.clip" and call.args[0].same_as(data):
+        lo, hi = _prim_float(call.args[1]), _prim_float(call.args[2])
+        return None if lo is None or hi is None else (lo, hi)
+    if op in ("relax.maximum", "relax.minimum"):
+        kind, args = op[len("relax.") : len("relax.") + 3], list(call.args)
+    elif op == "relax.call_tir" and isinstance(call.args[1], relax.Tuple):
+        kind, args = _minmax_kernel(graph.mod[call.args[0]]), list(call.args[1].fields)
+    else:
+        return None
+    if kind is None or len(args) != 2 or not args[0].same_as(data):
+        return None
+    c = _const(graph.resolve(args[1]))
+    if c is None or c.size != 1:
+        return None
+    c = float(c.reshape(()))
+    return (c, math.inf) if kind == "max" else (-math.inf, c)
+
+
+def _minmax_kernel(func) -> str | None:
+    """'max' / 'min' when a PrimFunc is out[i..] = max|min(a[i..], b[]) in a single block."""
+    if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 3:
+        return None
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - any other shape of function is simply not a match
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    if not isinstance(store, tvm.tirx.BufferStore):
+        return None
+    value = store.value
+    kind = "max" if isinstance(value, tvm.tirx.Max) else "min"
+    if not isinstance(value, (tvm.tirx.Max, tvm.tirx.Min)):
+        return None
+    a, b = func.params[:2]  # 0.27: a load's source is the parameter itself
+    first, second = value.a, value.b
+    loads = all(isinstance(e, tvm.ir.TensorLoad) for e in (first, second))
+    if not loads or not first.source.same_as(a) or not second.source.same_as(b):
+        return None
+    same_index = len(first.indices) == len(store.indices) and all(
+        i.same_as(j) for i, j in zip(first.indices, store.indices)
+    )
+    return kind if same_index and len(second.indices) == 0 else None
 
 
 def _prim_float(expr) -> float | None:

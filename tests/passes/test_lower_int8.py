@@ -354,3 +354,22 @@ def test_digits_end_to_end_matches_fake_quant(tmp_path):
     want = np.concatenate([next(iter(fake.run({name: x[i : i + 1]}).values())) for i in range(100)])
     assert (got.argmax(1) == want.argmax(1)).all()
     assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("form", ["relax_ops", "call_te"])
+def test_clip_as_maximum_minimum_folds(form):
+    """ONNX Clip imports as call_tir(maximum) -> call_tir(minimum) with scalar constants."""
+    from tvm import topi
+
+    layer = _conv_layer("1x1", act_dtype="int8", activation=None)
+
+    def clamp(bb, y):
+        lo, hi = relax.const(0.0, "float32"), relax.const(6.0, "float32")
+        if form == "relax_ops":
+            return bb.emit(R.minimum(bb.emit(R.maximum(y, lo)), hi))
+        return bb.emit_te(topi.minimum, bb.emit_te(topi.maximum, y, lo), hi)
+
+    float_layer = layer.float_layer
+    layer.float_layer = lambda bb, xf: clamp(bb, float_layer(bb, xf))
+    layer.activation = "relu6"  # what the reference folds: the same clamp
+    _check_exact(layer, "conv2d")
