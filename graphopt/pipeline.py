@@ -24,7 +24,7 @@ PRESETS: dict[str, str] = {
     "O1": "fold-constants,simplify,dce",
     "O2": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
     # fuse without attention: schedule-cpu has no rule for a fused attention kernel yet, and
-    # unscheduled it is ~20x slower than the separate kernels (bench/results/passes.md).
+    # unscheduled it is ~15x slower than the separate kernels (bench/results/passes.md).
     "O3": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,fuse{attention=false},"
     "fold-constants,dce",
 }
