@@ -86,6 +86,10 @@ def _quant_options(args: argparse.Namespace):
         eval_data=args.eval,
         samples=args.calib_samples,
         integer_kernels=args.int8_kernels,
+        granularity=args.dynamic_granularity,
+        metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
+            args.quant_metric, args.quant_metric
+        ),
     )
 
 
@@ -114,12 +118,24 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         help="static: calibrated activation ranges; dynamic: ranges at run time (transformers)",
     )
     q.add_argument(
+        "--dynamic-granularity",
+        choices=["row", "tensor"],
+        default="row",
+        help="dynamic mode: one run-time scale per row/token (default) or per tensor",
+    )
+    q.add_argument(
         "--max-drop",
         type=float,
         metavar="X",
         help="keep the most sensitive layers fp32 until the metric drops <= X points",
     )
     q.add_argument("--eval", metavar="DATA.npz", help="x (and labels y) for --max-drop/report")
+    q.add_argument(
+        "--quant-metric",
+        choices=["auto", "accuracy", "top1", "cosine"],
+        default="auto",
+        help="what --max-drop budgets (auto: accuracy with labels, top1 for [N, classes])",
+    )
     q.add_argument(
         "--int8-kernels",
         action=argparse.BooleanOptionalAction,

@@ -13,6 +13,10 @@ QDQ form (the contract with `lower-int8`; `graphopt.quant.qdq` emits it):
                           always contains 0 (zero padding is exact). Affine: zp may be nonzero.
     activation, dynamic:  a = R.max(R.abs(x)); a = R.maximum(a, 1e-8); s = R.divide(a, 127.0)
                           then the two ops above with that run-time s and zp = R.const(0, "int8").
+                          granularity=row: a = R.reshape(R.max(R.abs(x), axis=-1), (rows,)),
+                          one scale per row of x [1.., rows, K], zp int8 zeros [rows], and
+                          quantize/dequantize along axis = ndim - 2 (per-tensor if x has other
+                          leading dims > 1).
     weight:               wf = R.dequantize(wq, s_w, zp_w, axis=A, out_dtype="float32")
                           wq an int8 constant in [-127, 127], symmetric: zp_w int8 zeros;
                           per-channel: s_w fp32 vector (one per output channel) and zp_w an
@@ -60,6 +64,7 @@ class Quantize(GraphPass):
         per_channel: bool = True
         act_dtype: str = "int8"  # int8 | uint8 (static mode)
         skip: tuple[str, ...] = ()  # layer names kept in fp32
+        granularity: str = "tensor"  # dynamic mode: tensor | row (one scale per row/token)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -67,6 +72,10 @@ class Quantize(GraphPass):
             raise CalibrationError(f"quantize: mode must be static or dynamic, not '{o.mode}'")
         if o.act_dtype not in ("int8", "uint8"):
             raise CalibrationError(f"quantize: act_dtype must be int8 or uint8, not {o.act_dtype}")
+        if o.granularity not in ("tensor", "row"):
+            raise CalibrationError(
+                f"quantize: granularity must be tensor or row, not {o.granularity}"
+            )
         if o.mode == "static" and not o.ranges:
             raise CalibrationError("quantize: static mode needs ranges=FILE (from calibration)")
         ranges = read_ranges(Path(o.ranges)) if o.mode == "static" else {}
@@ -121,7 +130,7 @@ class _Rewriter(PyExprMutator):
             return super().visit_call_(call)
         data = self.visit_expr(call.args[0])
         if self.o.mode == "dynamic":
-            xf = emit_dynamic_qdq(self.builder_, data)
+            xf = emit_dynamic_qdq(self.builder_, data, self.o.granularity == "row")
         else:
             lo, hi = self.ranges[layer.name]["input"]
             xf = emit_act_qdq(self.builder_, data, act_qparams(lo, hi, self.o.act_dtype))

@@ -41,6 +41,8 @@ class QuantOptions:
     samples: int = 64  # calibration feeds used
     sensitivity: bool = True
     sensitivity_samples: int = 32
+    metric: str = "auto"  # auto | accuracy | top1_agreement | min_cosine
+    granularity: str = "tensor"  # dynamic mode: tensor | row
     integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
 
 
@@ -98,7 +100,7 @@ def quantize_step(
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
 
-    settings = Settings(opts.mode, opts.per_channel, opts.act_dtype)
+    settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
     eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
     sens: Sensitivity | None = None
     if (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers:
@@ -109,6 +111,7 @@ def quantize_step(
             eval_feeds,
             labels=labels,
             max_drop=opts.max_drop,
+            metric=opts.metric,
             target=target,
             target_options=target_options,
             progress=say,
@@ -137,6 +140,8 @@ def quantize_step(
         "per_channel": "true" if opts.per_channel else "false",
         "act_dtype": opts.act_dtype,
     }
+    if opts.mode == "dynamic" and opts.granularity != "tensor":
+        quant_opts["granularity"] = opts.granularity
     if opts.mode == "static":
         quant_opts["ranges"] = str(ranges_path)
     if skip:
@@ -177,6 +182,10 @@ def _check(opts: QuantOptions) -> None:
             "--quantize int8 needs --calibration DATA (an .npz of samples, or a directory of "
             ".npy files or images); or use --quant-mode dynamic"
         )
+    from .sensitivity import Metric
+
+    if opts.metric not in Metric.KINDS:
+        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
     if opts.max_drop is not None and opts.max_drop < 0:
         raise CalibrationError("--max-drop must be >= 0")
     if opts.max_drop is not None and not (opts.calibration or opts.eval_data):

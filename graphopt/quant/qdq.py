@@ -91,14 +91,33 @@ def emit_act_qdq(bb: relax.BlockBuilder, x: relax.Expr, q: ActQuant) -> relax.Va
     return bb.emit(R_op.dequantize(xq, s, zp, axis=-1, out_dtype="float32"))
 
 
-def emit_dynamic_qdq(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Var:
-    """Run-time symmetric int8: s = max(max|x|, eps) / 127, zp = 0."""
-    amax = bb.emit(R_op.max(R_op.abs(x)))
+def row_axis(x: relax.Expr) -> int | None:
+    """The axis of rows for per-row scales: ndim-2 when every other leading dim is 1."""
+    shape = [int(d) for d in x.ty.shape.values]
+    if len(shape) < 2 or any(d != 1 for d in shape[:-2]):
+        return None
+    return len(shape) - 2
+
+
+def emit_dynamic_qdq(bb: relax.BlockBuilder, x: relax.Expr, per_row: bool = False) -> relax.Var:
+    """Run-time symmetric int8: s = max(max|x|, eps) / 127, zp = 0.
+
+    per_row: one scale per row (token) of x [.., rows, K] (a 1-D s along axis ndim-2, when the
+    other leading dims are 1): an outlier token no longer coarsens every other token's steps.
+    """
+    axis = row_axis(x) if per_row else None
+    if axis is None:
+        amax = bb.emit(R_op.max(R_op.abs(x)))
+        zp = relax.const(0, "int8")
+        axis = -1
+    else:
+        rows = int(x.ty.shape.values[axis])
+        amax = bb.emit(R_op.reshape(R_op.max(R_op.abs(x), axis=-1), (rows,)))
+        zp = relax.const(np.zeros(rows, np.int8))
     amax = bb.emit(R_op.maximum(amax, relax.const(DYNAMIC_EPS, "float32")))
     s = bb.emit(R_op.divide(amax, relax.const(float(WEIGHT_QMAX), "float32")))
-    zp = relax.const(0, "int8")
-    xq = bb.emit(R_op.quantize(x, s, zp, axis=-1, out_dtype="int8"))
-    return bb.emit(R_op.dequantize(xq, s, zp, axis=-1, out_dtype="float32"))
+    xq = bb.emit(R_op.quantize(x, s, zp, axis=axis, out_dtype="int8"))
+    return bb.emit(R_op.dequantize(xq, s, zp, axis=axis, out_dtype="float32"))
 
 
 def weight_dequantize(wq: np.ndarray, scale: np.ndarray, axis: int) -> relax.Call:

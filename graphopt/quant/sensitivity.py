@@ -19,6 +19,7 @@ from tvm import relax
 from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .errors import CalibrationError
 from .layers import Layer, find_layers
 from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
 from .runner import build_runner
@@ -31,6 +32,7 @@ class Settings:
     mode: str = "static"
     per_channel: bool = True
     act_dtype: str = "int8"
+    granularity: str = "tensor"
 
 
 def switchable_module(
@@ -68,7 +70,7 @@ class _Switch(PyExprMutator):
         f = bb.emit(R_op.strided_slice(self.flags, axes=[0], begin=[i], end=[i + 1]))
         x = self.visit_expr(call.args[0])
         if self.s.mode == "dynamic":
-            xq = emit_dynamic_qdq(bb, x)
+            xq = emit_dynamic_qdq(bb, x, self.s.granularity == "row")
         else:
             lo, hi = self.ranges[layer.name]["input"]
             xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
@@ -105,14 +107,23 @@ class Metric:
     """The accuracy metric --max-drop budgets, in points: higher is better, drop = fp32 - int8.
 
     labelled accuracy (%) when labels exist; else top-1 agreement with fp32 (%) for
-    classifier-shaped outputs [batch, classes]; else 100 * min cosine vs fp32.
+    classifier-shaped outputs [batch, classes]; else 100 * min cosine vs fp32. Embeddings are
+    [batch, dim] too: ask for `min_cosine` explicitly (`--quant-metric cosine`).
     """
+
+    KINDS = ("auto", "accuracy", "top1_agreement", "min_cosine")
 
     kind: str
     labels: np.ndarray | None = None
 
     @staticmethod
-    def choose(ref_first: Sequence[np.ndarray], labels: np.ndarray | None) -> Metric:
+    def choose(
+        ref_first: Sequence[np.ndarray], labels: np.ndarray | None, kind: str = "auto"
+    ) -> Metric:
+        if kind == "accuracy" and labels is None:
+            raise CalibrationError("metric accuracy needs labels (y in the --eval .npz)")
+        if kind not in ("auto", "accuracy"):
+            return Metric(kind)
         if labels is not None:
             return Metric("accuracy", np.asarray(labels).ravel())
         o = ref_first[0]
@@ -165,6 +176,7 @@ def analyze(
     *,
     labels: np.ndarray | None = None,
     max_drop: float | None = None,
+    metric: str = "auto",
     target: str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -182,7 +194,7 @@ def analyze(
         return [run_vm([feed[p] for p in params] + [f])[0] for feed in feeds]
 
     ref = run(np.zeros(n))
-    metric = Metric.choose(ref, labels)
+    metric = Metric.choose(ref, labels, metric)
     fp32_score = metric.score(ref, ref)
     rows = []
     for i, layer in enumerate(layers):

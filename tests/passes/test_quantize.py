@@ -148,6 +148,24 @@ def test_dynamic_mode_quantizes_at_run_time():
         assert np.abs(got - fp32).max() / np.abs(fp32).max() < 0.03
 
 
+def test_dynamic_per_row_scales():
+    w = RNG.standard_normal((16, 8)).astype(np.float32)
+    before = fp32_module((1, 6, 16), lambda x: R_op.matmul(x, relax.const(w)))
+    result = apply_checked(make_pass("quantize", {"mode": "dynamic", "granularity": "row"}), before)
+    x = RNG.standard_normal((1, 6, 16)).astype(np.float32)
+    x[0, 2] *= 1000.0  # one outlier row must not coarsen the others
+    s = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-8) / np.float32(127)
+    xq = np.clip(np.round(x / s), -128, 127) * s
+    wq, s_w = weight_qparams(w, 1)
+    ref = xq @ dequant_weight_np(wq, s_w, 1)
+    got = run_module(result.module, [x])[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    fp32 = x @ w
+    rows = [0, 1, 3, 4, 5]
+    err = np.abs(got - fp32)[0, rows].max() / np.abs(fp32[0, rows]).max()
+    assert err < 0.03
+
+
 def test_does_not_fire_without_constant_weights_or_when_skipped(tmp_path):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 3, 6, 6), "float32"))
