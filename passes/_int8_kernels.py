@@ -133,6 +133,9 @@ def _word(vals: list, kpack: int):
     return word
 
 
+# Depthwise output rows computed together (shared input rows load once).
+DW_ROWS = 4
+
 # Parallel tasks a kernel aims for (more than any core count here; tiny layers get fewer).
 MIN_TASKS = 8
 
@@ -427,7 +430,9 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pt, pl = spec.padding[0], spec.padding[1]
     owp = -(-ow // lanes) * lanes
-    hp = max(h + pt + spec.padding[2], (oh - 1) * sh + (kh - 1) * dh + 1)
+    rows = DW_ROWS  # output rows per step: their taps share input rows (loaded once)
+    ohp = -(-oh // rows) * rows
+    hp = max(h + pt + spec.padding[2], (ohp - 1) * sh + (kh - 1) * dh + 1)
     pw = max(owp + (kw - 1) * dw // sw + 1, (w + pl) // sw + 1)
 
     def taps(plane, wt, c, oy, xo):
@@ -465,23 +470,28 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
                         plane[ph, iy + pt, j] = T.Cast(
                             "float32", T.Cast("int32", x[b, c, iy, j * sw + ph - pl]) - zp
                         )
-            for oy, xb in T.grid(oh, owp // lanes):
-                if xb * lanes + lanes <= ow:
-                    out[b, c, oy, T.ramp(xb * lanes, 1, lanes)] = ep.tir(
-                        taps(plane, wt, c, oy, xb * lanes),
-                        T.broadcast(corr[c], lanes),
-                        T.broadcast(scale[c], lanes),
-                        T.broadcast(fbias[c], lanes),
-                        None,
-                        lanes,
-                    )
-                else:
-                    tail[T.ramp(0, 1, lanes)] = taps(plane, wt, c, oy, xb * lanes)
-                    for lane in range(lanes):
-                        if xb * lanes + lane < ow:
-                            out[b, c, oy, xb * lanes + lane] = ep.tir(
-                                tail[lane], corr[c], scale[c], fbias[c], None, 1
+            for oyb, xb in T.grid(ohp // rows, owp // lanes):
+                acc = T.decl_buffer((rows,), f"int32x{lanes}", scope="local")
+                for r in T.unroll(rows):
+                    acc[r] = taps(plane, wt, c, oyb * rows + r, xb * lanes)
+                for r in T.unroll(rows):
+                    if oyb * rows + r < oh:
+                        if xb * lanes + lanes <= ow:
+                            out[b, c, oyb * rows + r, T.ramp(xb * lanes, 1, lanes)] = ep.tir(
+                                acc[r],
+                                T.broadcast(corr[c], lanes),
+                                T.broadcast(scale[c], lanes),
+                                T.broadcast(fbias[c], lanes),
+                                None,
+                                lanes,
                             )
+                        else:
+                            tail[T.ramp(0, 1, lanes)] = acc[r]
+                            for lane in range(lanes):
+                                if xb * lanes + lane < ow:
+                                    out[b, c, oyb * rows + r, xb * lanes + lane] = ep.tir(
+                                        tail[lane], corr[c], scale[c], fbias[c], None, 1
+                                    )
 
     return depthwise
 
