@@ -50,6 +50,10 @@ conformance: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_models
 
+## int8 accuracy and speed vs onnxruntime's quantizer (writes bench/results/int8.*).
+bench-int8: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_int8
+
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt passes targets tests bench
 	$(BIN)/ruff format --check graphopt passes targets tests bench

@@ -161,3 +161,17 @@ def test_lower_int8_follows_quantize_when_registered():
     assert [p.name for p in off.passes] == ["quantize"]
     assert off.manifest["accuracy"] is None
     assert off.manifest["int8_layers"] == len(off.manifest["layers"]) >= 4
+
+
+@pytest.mark.slow
+def test_compile_digits_with_integer_kernels(tmp_path):
+    from graphopt.pass_infra import registered_passes
+
+    if "lower-int8" not in registered_passes():
+        pytest.skip("lower-int8 is not registered: the flow is fake-quant")
+    out = tmp_path / "d8"
+    argv = ["compile", DIGITS, "-o", str(out), "-q", "--quantize", "int8"]
+    assert main([*argv, "--calibration", DIGITS_EVAL, "--eval", DIGITS_EVAL]) == 0
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["kernels"].startswith("integer") and q["pipeline"].endswith("lower-int8")
+    assert q["accuracy"]["fp32"] - q["accuracy"]["artifact"] <= 0.5
