@@ -18,6 +18,7 @@ from graphopt.instrument import max_relative_error
 from graphopt.pipeline import PRESETS, instantiate, parse_pipeline, run_passes
 from graphopt.reference import ort_run, ort_session
 from graphopt.target_infra import make_target
+from graphopt.testing import apply_checked
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +35,13 @@ def export():
 
 
 def _graph(path, pipeline: str) -> tvm.IRModule:
+    """Import and run the pipeline, checking well-formedness and honest `modified` per pass."""
     from graphopt.frontend import import_onnx
 
-    return run_passes(import_onnx(path).mod, instantiate(parse_pipeline(pipeline)))
+    mod = import_onnx(path).mod
+    for pass_ in instantiate(parse_pipeline(pipeline)):
+        mod = apply_checked(pass_, mod).module
+    return mod
 
 
 def _kernels_from_groups(mod: tvm.IRModule) -> int:
