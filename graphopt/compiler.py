@@ -135,14 +135,16 @@ def compile_model(
     seconds["graph_passes"] = time.perf_counter() - t
     ran = [p.name for p in graph_passes]
 
-    quant = None
-    if opts.quantization is not None:
-        from .quant.flow import quantize_step
+    from .quant.flow import imported_step, quantize_step
 
-        t = time.perf_counter()
+    t = time.perf_counter()
+    if opts.quantization is not None:
         quant = quantize_step(
             mod, imported.inputs, opts.quantization, opts.target, opts.target_options, say
         )
+    else:  # an already-quantized model: its own int8 weights, integer kernels
+        quant = imported_step(mod)
+    if quant is not None:
         mod = run_passes(mod, quant.passes, instruments, stage="quantize", already_ran=ran)
         ran += [p.name for p in quant.passes]
         quant.manifest["pipeline"] = canonical_text(quant.passes)
@@ -177,7 +179,8 @@ def compile_model(
     if quant is not None:
         manifest["quantization"] = quant.manifest
         manifest["full_pipeline"] = full_pipeline_text([*graph_passes, *quant.passes], stage_passes)
-        quant.workdir.cleanup()
+        if quant.workdir is not None:
+            quant.workdir.cleanup()
     manifest["report"] = {
         "flops": flops,
         "kernels": kernels,  # distinct TIR kernels (identical ones are shared)

@@ -24,6 +24,11 @@ QDQ form (the contract with `lower-int8`; `graphopt.quant.qdq` emits it):
                           conv2d OIHW: A = 0; matmul W [K, N]: A = 1.
     op:                   R.nn.conv2d(xf, wf, <the original attrs>) or R.matmul(xf, wf); the
                           original bias add / relu / clip that followed stay as they were.
+Imported QDQ models (`mode=imported`): the graph passes fold DequantizeLinear(int8 weight) into
+an fp32 constant; for layers whose input is already quantize -> dequantize with constant scalar
+parameters, the pass recovers the int8 weight and per-channel scales from that constant (exactly,
+or the layer is left alone) and re-emits the weight form above; the activation pair stays as
+TVM's importer made it (scalar scale, axis=1, any zero point). Recovered weights may hold -128.
 Rounding is round-half-to-even in both quantize (TVM's legalization) and the numpy references.
 Each quantized layer gets its own activation QDQ, even when layers share an input.
 """
@@ -40,11 +45,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.quant.errors import CalibrationError
-from graphopt.quant.layers import Layer, find_layers
+from graphopt.quant.layers import Layer, find_layers, quantized_inputs
 from graphopt.quant.qdq import (
     act_qparams,
     emit_act_qdq,
     emit_dynamic_qdq,
+    recover_int8_weight,
     weight_dequantize,
     weight_qparams,
 )
@@ -60,7 +66,7 @@ class Quantize(GraphPass):
     @dataclass(frozen=True)
     class Options:
         ranges: str = ""  # JSON file of calibrated activation ranges (static mode)
-        mode: str = "static"  # static | dynamic
+        mode: str = "static"  # static | dynamic | imported
         per_channel: bool = True
         act_dtype: str = "int8"  # int8 | uint8 (static mode)
         skip: tuple[str, ...] = ()  # layer names kept in fp32
@@ -68,8 +74,10 @@ class Quantize(GraphPass):
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
-        if o.mode not in ("static", "dynamic"):
-            raise CalibrationError(f"quantize: mode must be static or dynamic, not '{o.mode}'")
+        if o.mode not in ("static", "dynamic", "imported"):
+            raise CalibrationError(
+                f"quantize: mode must be static, dynamic or imported, not '{o.mode}'"
+            )
         if o.act_dtype not in ("int8", "uint8"):
             raise CalibrationError(f"quantize: act_dtype must be int8 or uint8, not {o.act_dtype}")
         if o.granularity not in ("tensor", "row"):
@@ -82,10 +90,18 @@ class Quantize(GraphPass):
         layers = find_layers(mod["main"])
         plan: dict[str, Layer] = {}
         skipped = 0
+        imported = quantized_inputs(mod["main"], layers) if o.mode == "imported" else set()
+        weights: dict = {}
         for layer in layers:
             if layer.name in o.skip:
                 skipped += 1
                 continue
+            if o.mode == "imported":
+                rec = recover_int8_weight(layer.weight, layer.weight_axis)
+                if layer.name not in imported or rec is None:
+                    skipped += 1
+                    continue
+                weights[layer.name] = rec
             if o.mode == "static":
                 entry = ranges.get(layer.name)
                 if entry is None:
@@ -101,7 +117,7 @@ class Quantize(GraphPass):
         stats = {"quantized": len(plan), "skipped": skipped}
         if not plan:
             return PassResult(mod, False, stats)
-        rewriter = _Rewriter(plan, ranges, o)
+        rewriter = _Rewriter(plan, ranges, o, weights)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         new["main"] = rewriter.rewrite(mod["main"])
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
@@ -109,8 +125,9 @@ class Quantize(GraphPass):
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, plan: dict[str, Layer], ranges: dict, options) -> None:
+    def __init__(self, plan: dict[str, Layer], ranges: dict, options, weights) -> None:
         super().__init__()
+        self.weights = weights
         self.by_call = [(layer.call, layer) for layer in plan.values()]
         self.ranges = ranges
         self.o = options
@@ -129,6 +146,10 @@ class _Rewriter(PyExprMutator):
         if layer is None:
             return super().visit_call_(call)
         data = self.visit_expr(call.args[0])
+        if self.o.mode == "imported":  # input already QDQ: restore the int8 weight only
+            wq, s_w = self.weights[layer.name]
+            wf = self.builder_.emit(weight_dequantize(wq, s_w, layer.weight_axis))
+            return relax.Call(call.op, [data, wf], call.attrs, call.ty_args)
         if self.o.mode == "dynamic":
             xf = emit_dynamic_qdq(self.builder_, data, self.o.granularity == "row")
         else:

@@ -174,6 +174,26 @@ def quantize_step(
     return QuantStep(passes, manifest, format_report(manifest), workdir, check)
 
 
+def imported_step(mod: tvm.IRModule) -> QuantStep | None:
+    """A model that arrives quantized (QDQ or QLinear* ONNX): restore its int8 weights
+    (`quantize{mode=imported}`) and lower to integer kernels, no calibration. None if the graph
+    has no quantize op."""
+    from .. import _tvm
+
+    if "relax.quantize" not in _tvm.op_counts(mod):
+        return None
+    passes = [make_pass("quantize", {"mode": "imported"})]
+    lowered = LOWER_PASS in registered_passes()
+    if lowered:
+        passes.append(make_pass(LOWER_PASS))
+    manifest = {
+        "scheme": "int8",
+        "source": "already-quantized model (its own scales and zero points)",
+        "kernels": "integer (lower-int8)" if lowered else "fake-quant (fp32 math on QDQ values)",
+    }
+    return QuantStep(passes, manifest)
+
+
 def _check(opts: QuantOptions) -> None:
     if opts.mode not in ("static", "dynamic"):
         raise CalibrationError(f"--quant-mode must be static or dynamic, not '{opts.mode}'")
@@ -213,6 +233,8 @@ def format_report(q: dict) -> str:
     """The compile output: per-layer decisions with sensitivity, and the accuracy summary."""
     from ..report import format_table
 
+    if "layers" not in q:
+        return f"int8 ({q.get('source', '')}; {q['kernels']})"
     acc = q.get("accuracy")
     sens = {r["layer"]: r for r in acc["layers"]} if acc else {}
     rows = []

@@ -27,6 +27,7 @@ class Layer:
     var: relax.Var  # the variable the layer's result is bound to
     call: relax.Call
     weight_axis: int  # output-channel axis of the weight: 0 (OIHW) or 1 ([K, N])
+    weight_const: relax.Expr  # the constant (call.args[1], or what that variable is bound to)
 
     @property
     def data(self) -> relax.Expr:
@@ -34,11 +35,11 @@ class Layer:
 
     @property
     def weight(self) -> np.ndarray:
-        return _tvm.constant_value(self.call.args[1])
+        return _tvm.constant_value(self.weight_const)
 
     @property
     def weight_shape(self) -> list[int]:
-        return [int(d) for d in self.call.args[1].ty.shape.values]
+        return [int(d) for d in self.weight_const.ty.shape.values]
 
     def describe(self) -> str:
         if self.kind == "conv2d":
@@ -58,19 +59,23 @@ def _is_f32(expr: relax.Expr) -> bool:
     return isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32"
 
 
-def layer_kind(call: relax.Expr) -> str | None:
-    """'conv2d' / 'matmul' if `call` is a quantizable layer, else None."""
+def layer_kind(call: relax.Expr, weight: relax.Expr | None = None) -> str | None:
+    """'conv2d' / 'matmul' if `call` is a quantizable layer (its weight, `call.args[1]` or the
+    constant that variable is bound to, is constant), else None."""
     if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
         return None
-    if len(call.args) < 2 or not _is_const(call.args[1]) or _is_const(call.args[0]):
+    if len(call.args) < 2:
         return None
-    if not (_is_f32(call.args[0]) and _is_f32(call.args[1]) and _is_f32(call)):
+    weight = call.args[1] if weight is None else weight
+    if not _is_const(weight) or _is_const(call.args[0]):
+        return None
+    if not (_is_f32(call.args[0]) and _is_f32(weight) and _is_f32(call)):
         return None
     if call.op.name == CONV2D:
         a = call.attrs
         if a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.out_layout == "NCHW":
             return "conv2d"
-    elif call.op.name == MATMUL and len(call.args[1].ty.shape.values) == 2:
+    elif call.op.name == MATMUL and len(weight.ty.shape.values) == 2:
         return "matmul"
     return None
 
@@ -82,15 +87,50 @@ def find_layers(func: relax.Function) -> list[Layer]:
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         return layers
+    consts: dict = {}  # variables bound to constants (TVM's importer leaves some)
     for block in body.blocks:
         for binding in block.bindings:
             if not isinstance(binding, relax.VarBinding):
                 continue
-            kind = layer_kind(binding.value)
+            if _is_const(binding.value):
+                consts[binding.var] = binding.value
+            value = binding.value
+            if not isinstance(value, relax.Call) or len(value.args) < 2:
+                continue
+            weight = consts.get(value.args[1], value.args[1])
+            kind = layer_kind(value, weight)
             if kind is None:
                 continue
             name = f"{kind}_{counts[kind]}"
             counts[kind] += 1
             axis = 0 if kind == "conv2d" else 1
-            layers.append(Layer(name, kind, binding.var, binding.value, axis))
+            layers.append(Layer(name, kind, binding.var, value, axis, weight))
     return layers
+
+
+def quantized_inputs(func: relax.Function, layers: list[Layer]) -> set[str]:
+    """Layers whose input is already dequantize(quantize(x)) with constant scalar parameters
+    (an imported QDQ model): the names of those layers."""
+    bound: dict = {}
+    body = func.body
+    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                bound[b.var] = b.value
+
+    def static_call(expr, op: str):
+        value = bound.get(expr) if isinstance(expr, relax.Var) else None
+        ok = (
+            isinstance(value, relax.Call)
+            and isinstance(value.op, tvm.ir.Op)
+            and value.op.name == op
+            and all(_is_const(a) and _tvm.constant_value(a).size == 1 for a in value.args[1:3])
+        )
+        return value if ok else None
+
+    names = set()
+    for layer in layers:
+        dq = static_call(layer.data, "relax.dequantize")
+        if dq is not None and static_call(dq.args[0], "relax.quantize") is not None:
+            names.add(layer.name)
+    return names

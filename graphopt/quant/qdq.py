@@ -65,6 +65,36 @@ def weight_qparams(w: np.ndarray, axis: int, per_channel: bool = True):
     return wq, scale
 
 
+def recover_int8_weight(w: np.ndarray, axis: int, tol: float = 1e-3):
+    """(wq int8, per-channel scale) with w == wq * scale, or None when w is not such a product.
+
+    For imported QDQ models, whose DequantizeLinear(int8 weight) the graph passes fold into an
+    fp32 constant: each channel's scale is max|w| / k with k its largest |int| (127 or 128 for
+    symmetric per-channel quantizers; any k in 1..128 for a per-tensor scale).
+    """
+    w = np.asarray(w, np.float32)
+    axis = axis % w.ndim
+    wm = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).astype(np.float64)
+    scales = np.ones(wm.shape[0], np.float32)
+    q = np.zeros(wm.shape, np.int8)
+    for c, row in enumerate(wm):
+        amax = np.abs(row).max()
+        if amax == 0:
+            continue
+        for k in (127, 128, *range(126, 0, -1)):
+            s = np.float32(amax / k)
+            r = row / s
+            if np.abs(r - np.round(r)).max() <= tol and np.abs(np.round(r)).max() <= 128:
+                if np.round(r).max() > 127:
+                    continue
+                scales[c], q[c] = s, np.round(r).astype(np.int8)
+                break
+        else:
+            return None
+    wq = np.moveaxis(q.reshape(np.moveaxis(w, axis, 0).shape), 0, axis)
+    return wq, scales
+
+
 def fake_quant_np(x: np.ndarray, q: ActQuant) -> np.ndarray:
     """numpy reference of quantize -> dequantize (round half to even, like TVM's legalization)."""
     qmin, qmax = QRANGE[q.dtype]

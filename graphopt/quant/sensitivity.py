@@ -75,7 +75,7 @@ class _Switch(PyExprMutator):
             lo, hi = self.ranges[layer.name]["input"]
             xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
         x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
-        w = call.args[1]
+        w = self.visit_expr(call.args[1])
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
         delta = bb.emit(R_op.subtract(weight_dequantize(wq, s_w, layer.weight_axis), w))
         w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))

@@ -207,3 +207,63 @@ def test_onnxruntime_dynamic_quantized_matmul(tmp_path):
     x = RNG.standard_normal((4, 16)).astype(np.float32)
     (ref,), (got,) = _both(q, {"x": x})
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_imported_qdq_model_gets_its_int8_weights_back(small_cnn):
+    """fold-constants turns DequantizeLinear(int8 weight) into fp32; quantize{mode=imported}
+    recovers the exact int8 weights and scales, so lower-int8 sees the QDQ form again."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from graphopt import _tvm
+    from graphopt.pass_infra import make_pass
+    from graphopt.pipeline import instantiate, parse_pipeline, run_passes
+    from graphopt.quant.flow import imported_step
+    from graphopt.testing import apply_checked
+
+    d, path, samples = small_cnn
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": s} for s in samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = d / "cnn_imported.onnx"
+    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    mod = run_passes(import_onnx(out).mod, instantiate(parse_pipeline("O2")))
+    assert imported_step(mod) is not None
+    result = apply_checked(make_pass("quantize", {"mode": "imported"}), mod)
+    assert dict(result.stats) == {"quantized": 3, "skipped": 0}
+    int8_weights = [
+        c for c in _tvm.iter_relax_calls(result.module)
+        if c.op.name == "relax.dequantize" and str(c.args[0].ty.dtype) == "int8"
+        and not isinstance(c.args[0], relax_var_type())
+    ]  # fmt: skip
+    assert len(int8_weights) == 3
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    before, after = run_module(mod, [x])[0], run_module(result.module, [x])[0]
+    # Same weights (to an ulp of the scale): equal but for an output rounding tie.
+    assert np.abs(before - after).max() <= np.abs(before).max() / 64
+
+
+def relax_var_type():
+    from tvm import relax
+
+    return relax.Var
+
+
+def test_recover_int8_weight():
+    from graphopt.quant.qdq import dequant_weight_np, recover_int8_weight, weight_qparams
+
+    w = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    wq, s = weight_qparams(w, 0)
+    folded = dequant_weight_np(wq, s, 0)
+    got_q, got_s = recover_int8_weight(folded, 0)
+    np.testing.assert_array_equal(got_q, wq)
+    np.testing.assert_allclose(got_s, s, rtol=1e-6)
+    # A per-tensor scale is recovered per channel, exactly.
+    wq_t, s_t = weight_qparams(w, 0, per_channel=False)
+    got_q, got_s = recover_int8_weight(dequant_weight_np(wq_t, s_t, 0), 0)
+    np.testing.assert_allclose(dequant_weight_np(got_q, got_s, 0), dequant_weight_np(wq_t, s_t, 0))
+    assert recover_int8_weight(w, 0) is None  # plain fp32 weights are not int8 products
