@@ -18,7 +18,9 @@ quantization) get the runtime scale as a kernel argument (fp32 output).
 Anything else (other layouts, a non-constant weight or zero point, dynamic convs, K too large
 for an exact int32 sum) is left as it was and still runs as fake quantization; `stats` counts
 both. The instruction set comes from `isa` (`auto`: the current target, else this host), so
-the pass belongs after `quantize` in a flow compiled for that target.
+the pass belongs after `quantize` in a flow compiled for that target. Kernels carry their recipe:
+when the graph passes run without the target (so the host's scheme was used), `schedule-cpu`
+rebuilds them for the target's scheme (`passes/_int8_schedule_rules.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_kernels as K
+from graphopt.passes._int8_schedule_rules import RECIPE_ATTR, recipe
 
 # Largest reduction whose int32 sum cannot overflow: 255 * 128 per product.
 MAX_K = (2**31 - 1) // (255 * 128)
@@ -109,6 +112,7 @@ class _Plan:
     consts: list  # numpy arrays passed after q
     ep: K.Epilogue
     dynamic: bool
+    recipe: str = ""  # how schedule-cpu rebuilds the kernel for another target
 
 
 def _op(expr) -> str:
@@ -397,7 +401,8 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
         consts = [w8.reshape(spec.cout, -1).astype(np.float32), corr, scale, fbias]
         key = ("depthwise", spec, isa, zp, ep)
         make = lambda: K.depthwise_kernel(spec, isa, zp, ep)  # noqa: E731
-        return _Plan("conv2d", tail, q, None, key, make, consts, ep, False)
+        how = recipe("depthwise", spec, isa, zp, ep)
+        return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
     plan = K.conv_plan(spec, isa)
     corr, scale, fbias = _epilogue_constants(
         w_sum, s_w, bias, ep, ep_args, isa.offset(spec.act_dtype)
@@ -406,7 +411,8 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
     consts += [_pad(a, plan.og_pad, groups) for a in (corr, scale, fbias)]
     key = ("conv2d", spec, plan, zp, ep)
     make = lambda: K.conv2d_kernel(spec, plan, zp, ep)  # noqa: E731
-    return _Plan("conv2d", tail, q, None, key, make, consts, ep, False)
+    how = recipe("conv2d", spec, isa, zp, ep)
+    return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
 
 
 def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn):
@@ -438,6 +444,7 @@ def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, d
         consts,
         ep,
         dyn,
+        recipe("matmul", spec, isa, zp, ep, x_shape),
     )
 
 
@@ -458,7 +465,7 @@ class _Rewriter(relax.PyExprMutator):
         if plan.key not in self.kernels:
             # TVMScript names every kernel after its Python function: drop that symbol so
             # the module's unique GlobalVar name becomes the exported one.
-            func = plan.make().without_attr("global_symbol")
+            func = plan.make().without_attr("global_symbol").with_attr(RECIPE_ATTR, plan.recipe)
             self.kernels[plan.key] = self.builder_.add_func(func, f"int8_{plan.key[0]}")
         return self.kernels[plan.key]
 

@@ -29,6 +29,7 @@ import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _cpu_schedule_rules as rules
+from graphopt.passes import _int8_schedule_rules as int8_rules
 
 
 def _target() -> tvm.target.Target:
@@ -71,6 +72,9 @@ class ScheduleCpu(GraphPass):
                 f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
                 f"(rules: {', '.join(rules.RULES)})"
             )
+        # lower-int8 kernels built for another CPU's dot instruction are rebuilt for this one.
+        original = mod
+        mod, stats["retargeted_int8"] = int8_rules.retarget(mod, target)
         updates = {}
         prepack = False
         self.errors: dict[str, str] = {}
@@ -92,7 +96,7 @@ class ScheduleCpu(GraphPass):
             prepack |= outcome.prepack
         stats["prepacked_weights"] = 0
         if not updates:
-            return PassResult(mod, False, stats)
+            return PassResult(mod, mod is not original, stats)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         for gvar, func in updates.items():
             new[gvar] = func

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm
 from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt.errors import PipelineError
+from graphopt.pass_infra import make_pass
 from graphopt.passes import _int8_kernels as K
 from graphopt.pipeline import instantiate, parse_pipeline
 from graphopt.quant import qdq
@@ -373,3 +375,50 @@ def test_clip_as_maximum_minimum_folds(form):
     layer.float_layer = lambda bb, xf: clamp(bb, float_layer(bb, xf))
     layer.activation = "relu6"  # what the reference folds: the same clamp
     _check_exact(layer, "conv2d")
+
+
+RETARGETS = {
+    # scheme lower-int8 used (no target current) -> target schedule-cpu runs under
+    "vnni->avx2": ("vnni", {"kind": "llvm", "mcpu": "znver3"}),
+    "avx2->vnni": ("avx2", {"kind": "llvm", "mcpu": "icelake-server"}),
+    "avx2->generic": ("avx2", {"kind": "llvm", "mcpu": "x86-64"}),
+}
+
+
+@pytest.mark.parametrize("case", list(RETARGETS))
+@pytest.mark.parametrize("layer", ["conv", "depthwise", "matmul"])
+def test_schedule_cpu_rebuilds_kernels_for_the_target(case, layer):
+    """lower-int8 ran for one scheme; schedule-cpu under another target rebuilds the kernel
+    and repacks its constants, and the result is still bit-exact."""
+    built, target = RETARGETS[case]
+    if built == "vnni" or target.get("mcpu") == "icelake-server":
+        if not {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features():
+            pytest.skip("runs VNNI code")
+    if layer == "matmul":
+        lay = Layer("matmul", (2, 5, 13), (13, 21), "uint8", activation="relu", seed=3)
+    else:
+        name = "depthwise" if layer == "depthwise" else "stride2_groups_batch2"
+        lay = _conv_layer(name, act_dtype="int8", activation="relu6")
+    (lower_pass,) = instantiate(parse_pipeline(f"lower-int8{{isa={built}}}"))
+    lowered = lower_pass(lay.module()).module
+    with tvm.target.Target(target):
+        result = apply_checked(make_pass("schedule-cpu"), lowered)
+    assert result.stats["retargeted_int8"] == 1
+    (got,) = run_module(result.module, [lay.x])
+    np.testing.assert_array_equal(got, lay.reference())
+
+
+def test_retarget_to_arm_emits_sdot():
+    from graphopt.passes._int8_schedule_rules import retarget
+
+    lay = _conv_layer("3x3_pad", act_dtype="uint8")
+    (lower_pass,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))
+    lowered = lower_pass(lay.module()).module
+    arm = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
+    )
+    mod, count = retarget(lowered, arm)
+    assert count == 1
+    (kernel,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    asm = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=arm).inspect_source("asm")
+    assert K.ASM_MARKER["sdot"] in asm
