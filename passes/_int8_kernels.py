@@ -9,12 +9,15 @@ around one register-tiled micro-kernel whose inner step is a single SIMD "dot" i
     sdot     4      4 (bytes)          sdot v.4s (s8 x s8 -> s32, ARM)      s8 (uint8 - 128)
     generic  4      1                  plain int32 multiply-add             as is
 
-Activations are packed into 32-bit "words" of `kpack` reduction values (conv: im2col into
-[b, g, k/kpack, pixel]; matmul: [row, k/kpack]); constant int8 weights are packed the same way
-in numpy by the pass. A domain shift (vnni: +128, sdot: -128) makes the activations fit the
-instruction; it is undone exactly with the zero-point correction `-zp' * sum_k w`, which the
-pass folds into the per-channel int32 bias (`corr`). Padding reads the zero point, so padded
-taps contribute exactly zero after that correction, as they do in fake quantization.
+Activations are packed into 32-bit "words" of `kpack` reduction values, per parallel task:
+a conv task packs one tile [k/kpack, pixels] (window convs read it from a whole-input
+im2col, 1x1 convs straight from NCHW), a matmul task its rows [rows, k/kpack]; constant int8
+weights are packed the same way in numpy by the pass. Depthwise convs have their own kernel
+(no dot instruction; see `depthwise_kernel`). A domain shift (vnni: +128, sdot: -128) makes
+the activations fit the instruction; it is undone exactly with the zero-point correction
+`-zp' * sum_k w`, which the pass folds into the per-channel int32 bias (`corr`). Padding
+reads the zero point, so padded taps contribute exactly zero after that correction, as they
+do in fake quantization.
 
 Epilogues (per output channel `ch`, from the int32 accumulator `acc`):
     requant:  q = clamp(round_half_even(f32(acc + corr[ch]) * scale[ch]) + zp, lo, hi)  (int8)
