@@ -2,7 +2,11 @@
 
 Runs after FuseTIR, on every PrimFunc of the module, for the target of the surrounding
 `with target:` (`tvm.target.Target.current()`; the host CPU when there is none). Each
-function gets the first rule of `_cpu_schedule_rules` that matches its block structure:
+function gets the first rule that matches its block structure (`_attention_schedule_rule`,
+then those of `_cpu_schedule_rules`):
+
+    attention    fuse's attention group: row blocks in parallel, softmax row per thread,
+                 register-tiled Q K^T and P V
 
     matmul       C[b.., i, j] += A[b.., i, k] * B[b.., k, j] (+ fused epilogue): pad odd
                  M/N, B packed into panels, mr x nr register tile, epilogue per tile
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes import _attention_schedule_rule as attention_rule
 from graphopt.passes import _cpu_schedule_rules as rules
 from graphopt.passes import _int8_schedule_rules as int8_rules
 
@@ -57,20 +62,21 @@ class ScheduleCpu(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         target = _target()
         info = rules.cpu_info(target)
-        stats = {f"scheduled_{r}": 0 for r in rules.RULES}
+        stats = {f"scheduled_{r}": 0 for r in ("attention", *rules.RULES)}
         stats.update(untouched=0, failed=0, already_scheduled=0)
         if info is None:
             count = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
             stats["untouched"] = count
             return PassResult(mod, False, stats)
-        enabled = set(self.options.rules) if self.options.rules else set(rules.RULES)
-        unknown = enabled - set(rules.RULES)
+        all_rules = {"attention", *rules.RULES}
+        enabled = set(self.options.rules) if self.options.rules else all_rules
+        unknown = enabled - all_rules
         if unknown:
             from graphopt.errors import PipelineError
 
             raise PipelineError(
                 f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
-                f"(rules: {', '.join(rules.RULES)})"
+                f"(rules: attention, {', '.join(rules.RULES)})"
             )
         # lower-int8 kernels built for another CPU's dot instruction are rebuilt for this one.
         original = mod
@@ -84,7 +90,14 @@ class ScheduleCpu(GraphPass):
             if func.attrs is not None and func.attrs.get(rules.SCHEDULED_ATTR):
                 stats["already_scheduled"] += 1
                 continue
-            outcome = rules.schedule_func(func, info, target, enabled)
+            # The fused attention kernel first: the generic rules would take its softmax.
+            outcome = rules.Outcome(None, func, [])
+            if "attention" in enabled:
+                outcome = attention_rule.schedule(func, info)
+            if outcome.rule is None:
+                errors = outcome.errors
+                outcome = rules.schedule_func(func, info, target, enabled)
+                outcome.errors[:0] = errors
             if outcome.errors:
                 stats["failed"] += 1
                 self.errors[gvar.name_hint] = "; ".join(outcome.errors)
