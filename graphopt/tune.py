@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,16 +34,21 @@ class TuningError(GraphoptError):
     """No tasks to tune, an unusable database, or an unreachable RPC tracker."""
 
 
+def without_rewrite(mod: tvm.IRModule) -> tvm.IRModule:
+    """The kernel as measured: weight layout rewrite blocks removed, the weight taken in its
+    rewritten layout (MetaSchedule's convention, also used by schedule-cpu's prepacking)."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+
+
 def build_without_tensor_intrin(mod: tvm.IRModule, target: Any, _params: Any) -> Any:
     """MetaSchedule build without importing tvm.s_tir.tensor_intrin in every worker.
 
     The default builder's import takes 60-120 s on a loaded 2-core machine and its 30 s
     timeout then fails every build, so tuning silently returns untuned kernels.
     """
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.tirx.build(mod, target=target)
+    return tvm.tirx.build(without_rewrite(mod), target=target)
 
 
 @dataclass
@@ -98,9 +104,10 @@ def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None]
                 f"{time.perf_counter() - start:.0f}s"
             )
             if deadline is not None and time.perf_counter() > deadline:
+                trials["budget_reached"] = 1  # the FFI may re-raise it as a bare RuntimeError
                 raise _BudgetReached()
 
-    return Progress(), best
+    return Progress(), best, trials
 
 
 def _reset_meta_schedule_handlers() -> None:
@@ -158,6 +165,8 @@ def tune_model(
     before = _count_records(database, tasks)
     say(f"tune: {len(tasks)} tasks, {before} trials already in {work_dir}")
     if before >= trials:
+        if not (work_dir / APPLIED / "selection.json").is_file():
+            select_records(tasks, work_dir, tvm_target, runner=runner, say=say)
         return TuneSummary(work_dir, len(tasks), before, before, 0.0, "nothing to do")
     _reset_meta_schedule_handlers()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -169,7 +178,7 @@ def tune_model(
     )
     cores = os.cpu_count() or 1
     deadline = start + budget_seconds if budget_seconds else None
-    callback, best = _progress_callback(tasks, deadline, say, start)
+    callback, best, counts = _progress_callback(tasks, deadline, say, start)
     stopped = "done"
     try:
         ms.tune.tune_tasks(
@@ -188,7 +197,8 @@ def tune_model(
     except KeyboardInterrupt:
         stopped = "interrupted"
     except Exception as err:  # noqa: BLE001 - the budget stop arrives wrapped by TVM's FFI
-        if "_BudgetReached" not in f"{type(err).__name__} {err}":
+        named = "_BudgetReached" in f"{type(err).__name__} {err}"
+        if not (named or counts.get("budget_reached")):
             raise
         stopped = "budget"
     after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
@@ -203,7 +213,97 @@ def tune_model(
         {names[i]: us for i, us in best.items()},
     )
     log_run(work_dir, summary)
+    select_records(tasks, work_dir, tvm_target, runner=runner, say=say)
     return summary
+
+
+APPLIED = "applied"
+
+
+def select_records(tasks, work_dir: Path, tvm_target, runner: Any = None, say=print) -> dict:
+    """Keep a kernel's best record only where it beats the default (schedule-cpu) schedule.
+
+    A search of a few dozen trials per kernel on a loaded machine often ends below the
+    rule-based schedule, and applying every record then makes the tuned build slower than the
+    untuned one. Both versions of each tuned kernel are built and measured now, side by side
+    with the same runner; the winners' records go to DB/<target>/applied/, which
+    `compile --db` reads, and DB/<target>/applied/selection.json says who won by how much.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from graphopt.passes import _cpu_schedule_rules as rules
+
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    info = rules.cpu_info(tvm_target)
+    pairs = []  # (task name, dispatched module, record, tuned module, default module)
+    for task in tasks:
+        mod = task.dispatched[0]
+        if not database.has_workload(mod):
+            continue
+        top = database.get_top_k(database.commit_workload(mod), 1)
+        tuned = database.query_schedule(mod, tvm_target, "main") if top else None
+        default = rules.schedule_func(mod["main"], info, tvm_target) if info else None
+        if tuned is None:
+            continue
+        default_mod = (
+            tvm.IRModule({"main": default.func}) if default and default.rule is not None else None
+        )
+        pairs.append((task.task_name, mod, top[0], tuned.mod, default_mod))
+    measured = _measure([m for p in pairs for m in p[3:5]], tvm_target, runner)
+    shutil.rmtree(Path(work_dir) / APPLIED, ignore_errors=True)  # a fresh selection each run
+    (Path(work_dir) / APPLIED).mkdir()
+    applied = ms.database.JSONDatabase(work_dir=str(Path(work_dir) / APPLIED))
+    selection = {}
+    for n, (name, mod, record, _, default_mod) in enumerate(pairs):
+        tuned_s, default_s = measured[2 * n], measured[2 * n + 1]
+        keep = (
+            default_mod is None
+            or default_s is None
+            or (tuned_s is not None and tuned_s < default_s)
+        )
+        selection[name] = {
+            "tuned_us": None if tuned_s is None else round(tuned_s * 1e6, 1),
+            "default_us": None if default_s is None else round(default_s * 1e6, 1),
+            "applied": keep,
+        }
+        if keep:
+            workload = applied.commit_workload(mod)
+            applied.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    (Path(work_dir) / APPLIED / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+    won = sum(1 for v in selection.values() if v["applied"])
+    say(f"tune: records applied for {won} of {len(selection)} kernels (the default won the rest)")
+    return selection
+
+
+def _measure(mods: list, tvm_target, runner: Any = None) -> list[float | None]:
+    """Mean seconds per call of each module's `main` (None where it failed to build or run)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    out: list[float | None] = [None] * len(mods)
+    todo = [i for i, m in enumerate(mods) if m is not None]
+    if not todo:
+        return out
+    builder = ms.builder.LocalBuilder(
+        f_build=build_without_tensor_intrin, timeout_sec=120, max_workers=os.cpu_count() or 1
+    )
+    built = builder.build([ms.builder.BuilderInput(mods[i], tvm_target) for i in todo])
+    inputs, index = [], []
+    for i, result in zip(todo, built):
+        if result.error_msg is None:
+            # Arguments as built: weight layout rewrites are taken out of the kernel.
+            args = ms.arg_info.ArgInfo.from_prim_func(without_rewrite(mods[i])["main"])
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
+            index.append(i)
+    for i, future in zip(index, (runner or ms.runner.LocalRunner()).run(inputs)):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            secs = [float(getattr(s, "value", s)) for s in result.run_secs]
+            out[i] = sum(secs) / len(secs)
+    return out
 
 
 RUNS_LOG = "tuning_runs.json"

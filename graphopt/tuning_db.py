@@ -22,8 +22,14 @@ def database_dir(db_root: Path, target: Target) -> Path:
 
 
 def resolve_database(db_root: Path, target: Target) -> Path:
-    """The records directory for compile --db; a clear error when there is none."""
+    """The records directory for compile --db; a clear error when there is none.
+
+    `graphopt tune` leaves in `applied/` the records that beat the default schedules; that
+    selection is used when present, else every record.
+    """
     path = database_dir(db_root, target)
+    if (path / "applied" / "database_tuning_record.json").is_file():
+        return path / "applied"
     if not (path / "database_tuning_record.json").is_file():
         raise TargetError(
             f"no tuning records for target {target.name} ({target.cache_key()}) in {db_root}; "
