@@ -24,11 +24,10 @@ PRESETS: dict[str, str] = {
     "O1": "fold-constants,simplify,dce",
     "O2": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,dce",
     # fold-pad before fuse: once a conv is inside a fused group, the target's fold-pad can no
-    # longer fold the importer's pad kernel in front of it. fuse without attention:
-    # schedule-cpu has no rule for a fused attention kernel yet, and unscheduled it is ~15x
-    # slower than the separate kernels (bench/results/passes.md).
+    # longer fold the importer's pad kernel in front of it. fuse with attention: schedule-cpu's
+    # attention rule schedules the fused kernel (bench/results/passes.md).
     "O3": "fold-constants,simplify,fold-batchnorm,fold-constants,cse,fold-pad,"
-    "fuse{attention=false},fold-constants,dce",
+    "fuse,fold-constants,dce",
 }
 DEFAULT_PRESET = "O2"
 

@@ -1,9 +1,9 @@
 """What the graph passes do to the real models, as structural facts (slow).
 
-MiniLM: all six attention blocks, every GELU and the Q/K/V projections fused, every LayerNorm
-one op; CNNs: no batch-norm left, every conv's activation inside its conv group. Each fused
-group is one kernel after the target's legalize stage, and the numbers still match
-onnxruntime. Needs the bench extras (`make test-slow`).
+MiniLM: all six attention blocks (each scheduled by schedule-cpu's attention rule), every GELU
+and the Q/K/V projections fused, every LayerNorm one op; CNNs: no batch-norm left, every conv's
+activation inside its conv group. Each fused group is one kernel after the target's legalize
+stage, and the numbers still match onnxruntime. Needs the bench extras (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import tvm
 import graphopt
 from graphopt import _tvm
 from graphopt.instrument import max_relative_error
-from graphopt.pipeline import PRESETS, instantiate, parse_pipeline, run_passes
+from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.reference import ort_run, ort_session
 from graphopt.target_infra import make_target
 from graphopt.testing import apply_checked
 
 pytestmark = pytest.mark.slow
 
-# O3 with every fuse family (O3 itself leaves attention out until schedule-cpu has a rule).
-ALL_FAMILIES = PRESETS["O3"].replace("fuse{attention=false}", "fuse")
+# O3 fuses with every family, attention included (schedule-cpu's attention rule schedules it).
+ALL_FAMILIES = "O3"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,12 @@ def test_minilm_attention_layernorm_gelu_qkv_fused(export, tmp_path):
     assert facts["layer_norm"] == max(layer_norms, 13)  # one op each (or rewritten from parts)
     groups = sum(v for k, v in facts.items() if k.startswith("group_"))
     assert _kernels_from_groups(mod) == groups  # each fused group is one kernel
-    _matches_onnxruntime(path, ALL_FAMILIES, sentence_batch(2), tmp_path)
+    art = _matches_onnxruntime(path, ALL_FAMILIES, sentence_batch(2), tmp_path)
+    (sched,) = [r for r in art.manifest["report"]["passes"] if r["pass"] == "schedule-cpu"]
+    # The six blocks are the same shape: one distinct kernel, scheduled by the attention rule.
+    assert sched["stats"]["scheduled_attention"] == 1, sched["stats"]
+    assert sched["stats"]["untouched"] == 0, sched["stats"]
+    assert sched["stats"]["failed"] == 0, sched["stats"]
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
