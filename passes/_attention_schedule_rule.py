@@ -19,8 +19,10 @@ puts heads inside a row) are fused, split into row blocks and run in parallel; t
 max, exp, sum, probabilities and output matmul are computed at that loop (their buffers
 become per-thread rows). Both matmuls keep an `rows x (vectors of lanes)` register tile:
 the reduction outside, the row block unrolled, the inner spatial axis (keys for the scores,
-head dim for the output) vectorized. exp runs once per score and is vectorized. K^T stays a
-root block (parallel, vectorized) so the score tile reads it contiguously.
+head dim for the output) vectorized. exp runs once per score and is vectorized; the row max
+and row sum run in SIMD lanes (rfactor: `lanes` partials, then a short scalar reduction). K^T
+stays a root block (parallel, vectorized) so the score tile reads it contiguously. The
+function is run through StmtSimplify first (see `schedule`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import SBlockRV
 
 from graphopt.passes import _cpu_schedule_rules as rules
 
@@ -276,6 +279,44 @@ def _vectorize_inner(sch: Schedule, rv, info: rules.CpuInfo) -> None:
         sch.vectorize(loops[-1])
 
 
+def _rfactor_row(sch: Schedule, rv, info: rules.CpuInfo) -> SBlockRV | None:
+    """Row max / sum in SIMD lanes: `lanes` partial results (rfactor), then a short scalar
+    reduction of them. Scalar, the two dependency chains over the keys cost about as much as
+    the register-tiled matmuls. Rows the lanes do not divide stay scalar (None). At root:
+    rfactor wants the block alone in its loop nest, so this comes before compute_at."""
+    k = sch.get_loops(rv)[-1]
+    if _extent(sch, k) % info.lanes or _extent(sch, k) <= info.lanes:
+        return None
+    _, ki = sch.split(k, [None, info.lanes])
+    return sch.rfactor(ki, factor_axis=len(sch.get(rv).iter_vars) - 1)
+
+
+def _vector_partials(sch: Schedule, partial: SBlockRV, outer) -> None:
+    """The rfactor block under its row block: keys outside, lanes inside, vectorized.
+
+    rfactor makes the lane iterator the block's first, so compute_at puts its loop outermost.
+    """
+    block = sch.get(partial)
+    lane_var = block.body.indices[-1]  # the partial results' lane
+    values = rules._binding(sch, rules._view(sch, partial))
+    (lane_value,) = [v for iv, v in zip(block.iter_vars, values) if iv.var.same_as(lane_var)]
+    (key_value,) = [
+        v for iv, v in zip(block.iter_vars, values) if iv.iter_type == tirx.IterVar.CommReduce
+    ]
+    loops = list(sch.get_loops(partial))
+    outer_for = sch.get(outer)
+    inner = loops[[sch.get(lp).same_as(outer_for) for lp in loops].index(True) + 1 :]
+    lane = [lp for lp in inner if sch.get(lp).loop_var.same_as(lane_value)]
+    keys = [lp for lp in inner if sch.get(lp).loop_var.same_as(key_value)]
+    if len(lane) != 1 or len(keys) != 1:
+        raise ValueError("rfactor block not bound by plain loops")
+    lane_for = sch.get(lane[0])
+    sch.reorder(*[lp for lp in inner if not sch.get(lp).same_as(lane_for)], lane[0])
+    sch.vectorize(lane[0])
+    init = sch.decompose_reduction(partial, keys[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
 def _work(sch: Schedule, blocks: AttentionBlocks) -> int:
     """Multiply-adds of both matmuls (the softmax is small next to them)."""
     total = 0
@@ -316,6 +357,8 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
     nr_output = _tile_vectors(head_dim, info.lanes)
     vectors = max(-(-nr_scores // info.lanes), -(-nr_output // info.lanes))
 
+    partials = [_rfactor_row(sch, get(v.name), info) for v in (blocks.max, blocks.sum)]
+
     # Row blocks over the output's (batch.., row) loops, in parallel.
     out_rv = get(blocks.out.name)
     blocks.out = rules._view(sch, out_rv)
@@ -329,12 +372,17 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
     if _work(sch, blocks) >= rules.MIN_PARALLEL_WORK:
         sch.parallel(outer)
 
-    chain = [blocks.probs, blocks.sum, blocks.exp, blocks.max, blocks.scores.view]
+    chain = [blocks.probs, blocks.sum, partials[1], blocks.exp, blocks.max, partials[0]]
+    chain = [v for v in chain if v is not None] + [blocks.scores.view]
     if blocks.out.name != blocks.output.view.name:
         chain.insert(0, blocks.output.view)
         _vectorize_inner(sch, out_rv, info)
     for view in chain:
-        sch.compute_at(get(view.name), outer, preserve_unit_loops=True)
+        rv = view if isinstance(view, SBlockRV) else get(view.name)
+        sch.compute_at(rv, outer, preserve_unit_loops=True)
+    for partial in partials:
+        if partial is not None:
+            _vector_partials(sch, partial, outer)
 
     _register_tile(sch, get(blocks.scores.view.name), nr_scores)
     _register_tile(sch, get(blocks.output.view.name), nr_output)

@@ -134,7 +134,15 @@ def check_attention(mod: tvm.IRModule, masked_row: bool = False):
 
 @pytest.mark.parametrize(
     "batch,seq,mask",
-    [(1, 7, True), (1, 7, False), (2, 13, True), (2, 13, False), (1, 16, True), (3, 8, True)],
+    [
+        (1, 7, True),
+        (1, 7, False),
+        (2, 13, True),
+        (2, 13, False),
+        (1, 16, True),
+        (3, 8, True),
+        (2, 64, True),  # row max / sum in SIMD lanes (rfactor) on any x86 host
+    ],
 )
 def test_minilm_attention_scheduled_same_numbers(batch, seq, mask):
     check_attention(minilm_attention(batch, seq, mask))
@@ -151,7 +159,8 @@ def test_plain_attention_scheduled_same_numbers(batch, seq):
 
 
 def test_scores_and_output_are_register_tiled():
-    """The schedule's shape: a parallel row-block loop, vectorized matmul tiles, one exp."""
+    """The schedule's shape: a parallel row-block loop, vectorized matmul tiles, one exp,
+    vectorized row reductions."""
     legal = _legal_fused(minilm_attention(1, 64, heads=4, dim=32))  # 2^20 multiply-adds
     (func,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     info = rules.CpuInfo(lanes=8, registers=16, cores=4)
@@ -162,6 +171,7 @@ def test_scores_and_output_are_register_tiled():
     assert text.count("T.vectorized") >= 6  # score tile + init, output tile + init, exp, probs
     assert text.count("T.exp(") == 1
     assert "T.unroll" in text  # the row block of the register tiles
+    assert text.count("_rf_update") == 2  # row max and row sum in lanes
 
 
 def test_attention_rule_can_be_switched_off():
