@@ -215,19 +215,12 @@ UNSUPPORTED_DOMAIN = "com.example"
 
 def unsupported_ops(seed: int = 5) -> onnx.ModelProto:
     """(f) Two op types TVM cannot import: custom-domain com.example.Foo (nodes 'foo1', 'foo2')
-    and QLinearConv (node 'qconv'), between ordinary supported ops."""
+    and Celu (node 'celu'), between ordinary supported ops (a quantize/dequantize pair)."""
     g = GraphBuilder(seed)
     scale, zero = g.const(np.float32(0.05)), g.const(np.uint8(128))
     xq = g.op("QuantizeLinear", ["x", scale, zero], name="quant")
-    wq = g.const(g.rng.integers(0, 255, (4, 4, 3, 3)).astype(np.uint8), "wq")
-    yq = g.op(
-        "QLinearConv",
-        [xq, scale, zero, wq, scale, zero, scale, zero],
-        name="qconv",
-        kernel_shape=[3, 3],
-        pads=[1, 1, 1, 1],
-    )
-    y = g.op("DequantizeLinear", [yq, scale, zero], name="dequant")
+    y = g.op("DequantizeLinear", [xq, scale, zero], name="dequant")
+    y = g.op("Celu", [y], name="celu", alpha=1.0)
     y = g.op("Foo", [y], name="foo1", domain=UNSUPPORTED_DOMAIN)
     y = g.op("Foo", [g.op("Relu", [y], name="relu")], name="foo2", domain=UNSUPPORTED_DOMAIN)
     return g.model(
