@@ -162,3 +162,29 @@ class _Repack(relax.PyExprMutator):
         consts = self.repack[call.args[0]]([_tvm.constant_value(a) for a in args[1:5]])
         new_args = [args[0], *(relax.const(c) for c in consts), *args[5:]]
         return relax.call_tir(self.renamed[call.args[0]], relax.Tuple(new_args), call.ty)
+
+
+def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
+    """Apply a module pass with the int8 kernels set aside, then put them back.
+
+    The kernels are low-level TIR with no root block; passes written for scheduled TE kernels
+    (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an fp32 conv was prepacked
+    beside them in a partly-quantized model) abort on such a function. They only see call_tir
+    of a GlobalVar they do not rewrite, so the kernels are unaffected.
+    """
+    kernels = {
+        gvar: func
+        for gvar, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+        and func.attrs is not None
+        and RECIPE_ATTR in func.attrs
+    }
+    if not kernels:
+        return transform(mod)
+    rest = tvm.IRModule(
+        {g: f for g, f in mod.functions.items() if g not in kernels}, attrs=mod.attrs
+    )
+    out = transform(rest)
+    for gvar, func in kernels.items():
+        out[gvar] = func
+    return out

@@ -127,7 +127,8 @@ def _split_prepack(mod: tvm.IRModule, fold: bool) -> tuple[tvm.IRModule, int]:
     """
     from tvm import relax
 
-    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    # lower-int8 kernels (no root block) would abort it: they are set aside meanwhile.
+    mod = int8_rules.without_int8_kernels(relax.transform.SplitLayoutRewritePreproc(), mod)
     split = _prepack_calls(mod)
     if not fold:
         return mod, 0

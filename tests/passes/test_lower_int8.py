@@ -422,3 +422,36 @@ def test_retarget_to_arm_emits_sdot():
     (kernel,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     asm = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=arm).inspect_source("asm")
     assert K.ASM_MARKER["sdot"] in asm
+
+
+@pytest.mark.slow
+def test_partly_quantized_model_compiles_and_matches_fake_quant(tmp_path):
+    """Some layers kept fp32 (what --max-drop does): schedule-cpu prepacks their fp32 convs
+    beside the integer kernels (SplitLayoutRewritePreproc used to abort on the kernels' missing
+    root block); the compiled model equals the same QDQ graph without lowering."""
+    import graphopt
+    from graphopt.frontend import import_onnx
+    from graphopt.quant.calibrate import calibrate_to_file
+    from graphopt.quant.data import load_calibration
+
+    imported = import_onnx(DIGITS)
+    mod = imported.mod
+    for p in instantiate(parse_pipeline("O2")):
+        mod = p(mod).module
+    feeds = load_calibration(DIGITS_EVAL, imported.inputs, limit=16)
+    ranges = tmp_path / "ranges.json"
+    calibrate_to_file(ranges, mod, feeds, "minmax")
+    quant = f"O2,quantize{{ranges={ranges},skip=conv2d_1:conv2d_3}}"
+    fake = graphopt.compile(DIGITS, tmp_path / "fake", pipeline=quant, target="x86")
+    real = graphopt.compile(DIGITS, tmp_path / "int8", pipeline=f"{quant},lower-int8", target="x86")
+    passes = real.manifest["report"]["passes"]
+    lowered = next(p for p in passes if p["pass"] == "lower-int8")["stats"]
+    assert lowered["lowered_conv2d"] == 2 and lowered["lowered_matmul"] == 1
+    sched = next(p for p in passes if p["pass"] == "schedule-cpu")["stats"]
+    assert sched["prepacked_weights"] > 0  # the fp32 convs were prepacked beside the kernels
+    x = np.load(DIGITS_EVAL)["x"]
+    name = imported.inputs[0].name
+    got = np.concatenate([next(iter(real.run({name: x[i : i + 1]}).values())) for i in range(50)])
+    want = np.concatenate([next(iter(fake.run({name: x[i : i + 1]}).values())) for i in range(50)])
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
