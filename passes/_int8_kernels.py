@@ -529,6 +529,8 @@ class MatmulSpec:
     k: int
     n: int
     act_dtype: str
+    # Dynamic quantization with one run-time scale per row (token): xs is [rows], not a scalar.
+    per_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -566,7 +568,8 @@ def matmul_kernel(
 
     Rows (activations, broadcast words) are the tile rows, output channels the tile columns
     (weight words in lanes). `shape` is x's full shape (batch dims flattened into rows);
-    `xs` is the runtime activation scale (dynamic quantization; read only then).
+    `xs` is the runtime activation scale (dynamic quantization; read only then): a scalar, or
+    one per row when `spec.per_row`.
     """
     isa, mr, nr = plan.isa, plan.mr, plan.nr
     lanes, kpack = isa.lanes, isa.kpack
@@ -586,6 +589,10 @@ def matmul_kernel(
         return T.if_then_else(inside, T.Cast("int32", xf[T.min(m, rows - 1), kk]) + off, T.int32(0))
 
     npad = plan.n_pad
+    xs_shape = (rows,) if spec.per_row else ()
+
+    def row_scale(xsb, m):
+        return xsb[m] if spec.per_row else xsb[()]
 
     @T.prim_func
     def matmul(
@@ -594,7 +601,7 @@ def matmul_kernel(
         corr: T.Buffer((npad,), "int32"),
         scale: T.Buffer((npad,), "float32"),
         fbias: T.Buffer((npad,), "float32"),
-        xs: T.Buffer((), "float32"),
+        xs: T.Buffer(xs_shape, "float32"),
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -632,7 +639,7 @@ def matmul_kernel(
                                     corr[T.ramp(c * step + u * lanes, 1, lanes)],
                                     scale[T.ramp(c * step + u * lanes, 1, lanes)],
                                     fbias[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    T.broadcast(xs[()], lanes),
+                                    T.broadcast(row_scale(xs, m0 + r), lanes),
                                     lanes,
                                 )
                             else:
@@ -644,7 +651,7 @@ def matmul_kernel(
                                             corr[c * step + u * lanes + lane],
                                             scale[c * step + u * lanes + lane],
                                             fbias[c * step + u * lanes + lane],
-                                            xs[()],
+                                            row_scale(xs, m0 + r),
                                             1,
                                         )
 

@@ -13,7 +13,8 @@ int32 (round(b / (s * s_w))), zero points are folded into a per-channel int32 co
 the epilogue either requantizes straight to q' (round half to even, relu / clip folded into the
 clamp range: tensors stay int8 between consecutive quantized layers) or dequantizes to fp32
 when the consumer is fp32. Matmuls whose activation scale is computed at run time (dynamic
-quantization) get the runtime scale as a kernel argument (fp32 output).
+quantization) get the runtime scale as a kernel argument (fp32 output): a scalar, or one scale
+per row (per-token: a 1-D scale along axis ndim-2 of x [1.., rows, K], zero points 0).
 
 Anything else (other layouts, a non-constant weight or zero point, dynamic convs, K too large
 for an exact int32 sum) is left as it was and still runs as fake quantization; `stats` counts
@@ -197,12 +198,17 @@ def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool) -> _Plan | None:
     s_x, zp_x = _const(graph.resolve(deq_x.args[1])), _const(graph.resolve(deq_x.args[2]))
     w8, s_w = _const(graph.resolve(deq_w.args[0])), _const(graph.resolve(deq_w.args[1]))
     zp_w = _const(graph.resolve(deq_w.args[2]))
+    is_dynamic = s_x is None
+    per_row = is_dynamic and _per_row_scale(deq_x, q)
+    if per_row and zp_x is not None and not np.any(zp_x):
+        zp_x = np.zeros((), zp_x.dtype)  # symmetric per-row: one zero point, 0
     if act_dtype not in ("int8", "uint8") or zp_x is None or zp_x.size != 1:
         return None
     if w8 is None or s_w is None or zp_w is None or w8.dtype != np.int8 or np.any(zp_w != 0):
         return None
-    is_dynamic = s_x is None
-    if is_dynamic and (not dynamic or _op(call) != "relax.matmul" or _dims(deq_x.args[1]) != ()):
+    if is_dynamic and (not dynamic or _op(call) != "relax.matmul"):
+        return None
+    if is_dynamic and not per_row and _dims(deq_x.args[1]) != ():
         return None
     if s_x is not None and s_x.size != 1:
         return None
@@ -227,7 +233,18 @@ def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool) -> _Plan | None:
         ep = K.Epilogue("float32", lo=lo, hi=hi, dynamic=is_dynamic)
     if kind == "conv2d":
         return _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa)
-    return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, is_dynamic)
+    dyn = "row" if per_row else is_dynamic
+    return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn)
+
+
+def _per_row_scale(deq_x, q) -> bool:
+    """A run-time scale with one value per row of q [1.., rows, K] (axis ndim-2): per-token
+    dynamic quantization, which the matmul kernel applies row by row in its epilogue."""
+    x_shape, s_shape = _dims(q), _dims(deq_x.args[1])
+    if x_shape is None or len(x_shape) < 2 or any(d != 1 for d in x_shape[:-2]):
+        return False
+    axis = int(deq_x.attrs.axis) % len(x_shape)
+    return axis == len(x_shape) - 2 and s_shape == (x_shape[-2],)
 
 
 def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bool):
@@ -422,7 +439,7 @@ def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, d
     if w8.shape[0] > MAX_K:
         return None
     rows = int(np.prod(x_shape[:-1]))
-    spec = K.MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype))
+    spec = K.MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype), per_row=dyn == "row")
     plan = K.matmul_plan(spec, isa)
     off = isa.offset(spec.act_dtype)
     w_sum = w8.astype(np.int64).sum(axis=0)
@@ -443,7 +460,7 @@ def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, d
         lambda: K.matmul_kernel(spec, plan, x_shape, zp, ep),
         consts,
         ep,
-        dyn,
+        bool(dyn),
         recipe("matmul", spec, isa, zp, ep, x_shape),
     )
 

@@ -455,3 +455,67 @@ def test_partly_quantized_model_compiles_and_matches_fake_quant(tmp_path):
     want = np.concatenate([next(iter(fake.run({name: x[i : i + 1]}).values())) for i in range(50)])
     assert (got.argmax(1) == want.argmax(1)).all()
     assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+
+
+def _per_row_module(x_shape, wq, s_w, bias, scale_param: bool):
+    """matmul(DQ(x per row), DQ(wq)) + bias; the row scales are a parameter (exact test) or
+    computed in the graph as `quantize{mode=dynamic,granularity=row}` emits them."""
+    rows = x_shape[-2]
+    bb = relax.BlockBuilder()
+    if scale_param:
+        x = relax.Var("q", relax.TensorType(x_shape, "int8"))
+        s = relax.Var("s", relax.TensorType((rows,), "float32"))
+        params = [x, s]
+    else:
+        x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+        params = [x]
+    with bb.function("main", params):
+        with bb.dataflow():
+            if scale_param:
+                zp = relax.const(np.zeros(rows, np.int8))
+                xf = bb.emit(R.dequantize(x, s, zp, len(x_shape) - 2, "float32"))
+            else:
+                xf = qdq.emit_dynamic_qdq(bb, x, per_row=True)
+            y = bb.emit(R.matmul(xf, qdq.weight_dequantize(wq, s_w, 1)))
+            y = bb.emit(R.add(y, relax.const(bias)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("x_shape", [(1, 9, 33), (7, 64), (1, 1, 16, 40)])
+def test_dynamic_per_row_matmul_exact(x_shape):
+    """Per-token dynamic quantization: int8 weights become constants of the kernel, the row
+    scales are passed to it, and the result equals the numpy integer model bit for bit."""
+    rng = np.random.default_rng(11)
+    k, n = x_shape[-1], 37
+    wq, s_w = qdq.weight_qparams(rng.normal(size=(k, n)).astype(np.float32), 1, True)
+    bias = rng.normal(size=n).astype(np.float32)
+    mod = _per_row_module(x_shape, wq, s_w, bias, scale_param=True)
+    result = lower(mod)
+    assert result.stats["lowered_dynamic"] == 1 and result.stats["left"] == 0
+    main = result.module["main"]
+    assert "dequantize" not in str(main) and "matmul" not in str(main.body.blocks[0].bindings[-1])
+    q = rng.integers(-128, 128, x_shape).astype(np.int8)
+    s = (rng.uniform(0.01, 0.2, x_shape[-2])).astype(np.float32)
+    got = run_module(result.module, [q, s])[0]
+    acc = q.astype(np.int64) @ wq.astype(np.int64)
+    scale = np.broadcast_to(s_w.astype(np.float32).reshape(-1), (n,))
+    # The kernel's epilogue is (f32(acc) * s_w) * s_row + bias with LLVM fusing the last
+    # multiply-add (one rounding): modelled in float64, where the product is exact.
+    t = (acc.astype(np.float32) * scale).astype(np.float64)
+    want = (t * s.reshape(-1, 1).astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dynamic_per_row_matmul_from_float_matches_fake_quant():
+    rng = np.random.default_rng(12)
+    wq, s_w = qdq.weight_qparams(rng.normal(size=(48, 20)).astype(np.float32), 1, True)
+    bias = rng.normal(size=20).astype(np.float32)
+    mod = _per_row_module((1, 6, 48), wq, s_w, bias, scale_param=False)
+    result = lower(mod)
+    assert result.stats["lowered_dynamic"] == 1 and result.stats["left"] == 0
+    x = rng.normal(size=(1, 6, 48)).astype(np.float32)
+    x[0, 2] *= 40  # an outlier token: per-row scales keep the other rows fine
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
