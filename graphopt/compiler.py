@@ -128,29 +128,32 @@ def compile_model(
         if hasattr(inst, "write_input"):
             inst.write_input(mod, full_pipeline_text(graph_passes, stage_passes))
 
-    say(f"passes: {canonical_text(graph_passes) or '(none)'}")
-    t = time.perf_counter()
-    mod = run_passes(mod, graph_passes, instruments, stage="graph")
-    ops_after_passes = _tvm.op_counts(mod)
-    seconds["graph_passes"] = time.perf_counter() - t
-    ran = [p.name for p in graph_passes]
+    # Graph passes and the quantization step see the target: `isa=auto` in lower-int8 picks
+    # the target's dot instruction (calibration builds for the host itself, quant/flow.py).
+    with target.tvm_target():
+        say(f"passes: {canonical_text(graph_passes) or '(none)'}")
+        t = time.perf_counter()
+        mod = run_passes(mod, graph_passes, instruments, stage="graph")
+        ops_after_passes = _tvm.op_counts(mod)
+        seconds["graph_passes"] = time.perf_counter() - t
+        ran = [p.name for p in graph_passes]
 
-    from .quant.flow import imported_step, quantize_step
+        from .quant.flow import imported_step, quantize_step
 
-    t = time.perf_counter()
-    if opts.quantization is not None:
-        quant = quantize_step(
-            mod, imported.inputs, opts.quantization, opts.target, opts.target_options, say
-        )
-    else:  # an already-quantized model: its own int8 weights, integer kernels
-        quant = imported_step(mod)
-    if quant is not None:
-        mod = run_passes(mod, quant.passes, instruments, stage="quantize", already_ran=ran)
-        ran += [p.name for p in quant.passes]
-        quant.manifest["pipeline"] = canonical_text(quant.passes)
-        if verifier is not None:  # later passes are checked against the quantized graph
-            verifier.start(mod)
-        seconds["quantize"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if opts.quantization is not None:
+            quant = quantize_step(
+                mod, imported.inputs, opts.quantization, opts.target, opts.target_options, say
+            )
+        else:  # an already-quantized model: its own int8 weights, integer kernels
+            quant = imported_step(mod)
+        if quant is not None:
+            mod = run_passes(mod, quant.passes, instruments, stage="quantize", already_ran=ran)
+            ran += [p.name for p in quant.passes]
+            quant.manifest["pipeline"] = canonical_text(quant.passes)
+            if verifier is not None:  # later passes are checked against the quantized graph
+                verifier.start(mod)
+            seconds["quantize"] = time.perf_counter() - t
 
     flops = 0
     with target.tvm_target():

@@ -60,6 +60,19 @@ class QuantStep:
             self.manifest["accuracy"]["artifact"] = round(self.check(run), 4)
 
 
+def host_target(
+    target: str, target_options: Mapping[str, str] | None
+) -> tuple[str, Mapping[str, str] | None]:
+    """Where calibration and sensitivity runs build and run: the deployment target when this
+    machine runs it, else the host (x86, default options). Ranges do not depend on the target,
+    and a cross target (arm) cannot run here."""
+    from ..target_infra import make_target
+
+    if make_target(target, dict(target_options or {})).availability().can_run:
+        return target, target_options
+    return "x86", None
+
+
 def int8_is_slower(layer: Layer, target: str) -> bool | None:
     """Hook: True when the target's int8 kernel for `layer` is slower than its fp32 kernel.
 
@@ -86,6 +99,7 @@ def quantize_step(
     )
     say(f"quantize: {len(layers)} quantizable layers, {len(feeds)} calibration feeds")
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
+    run_target, run_options = host_target(target, target_options)
     ranges: dict = {}
     if opts.mode == "static":
         ranges = calibrate(
@@ -93,8 +107,8 @@ def quantize_step(
             feeds,
             opts.method,
             act_dtype=opts.act_dtype,
-            target=target,
-            target_options=target_options,
+            target=run_target,
+            target_options=run_options,
             progress=say,
         )
     ranges_path = Path(workdir.name) / "ranges.json"
@@ -112,8 +126,8 @@ def quantize_step(
             labels=labels,
             max_drop=opts.max_drop,
             metric=opts.metric,
-            target=target,
-            target_options=target_options,
+            target=run_target,
+            target_options=run_options,
             progress=say,
         )
     skip = list(sens.skip) if sens else []
