@@ -182,6 +182,21 @@ def test_attention_rule_can_be_switched_off():
     assert result.stats["scheduled_attention"] == 0
 
 
+def test_attention_that_also_returns_probabilities_is_declined():
+    """Two outputs (the probabilities are a model output): not this rule's kernel."""
+
+    def body(bb, q, k, v):
+        s = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 1, 3, 2]))))
+        p = bb.emit(relax.op.nn.softmax(s, axis=-1))
+        return relax.Tuple([bb.emit(relax.op.matmul(p, v)), p])
+
+    qkv = (1, HEADS, 8, DIM)
+    legal = _legal_fused(_build({"q": qkv, "k": qkv, "v": qkv}, body))
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    out = attention_rule.schedule(func, rules.cpu_info(HOST.tvm_target()))
+    assert out.rule is None and out.errors == []
+
+
 def _softmax_matmul(bb, x, w):
     return bb.emit(relax.op.matmul(bb.emit(relax.op.nn.softmax(x, axis=-1)), w))
 
