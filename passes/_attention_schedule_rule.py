@@ -14,8 +14,9 @@ matmul itself, or the head merge after it). Anything else: `schedule_attention` 
 
 The schedule works on a block of query rows at a time, so nothing row-sized leaves the cache:
 every spatial block except K^T, the exp row, the probability row and the output is inlined;
-the output's leading loops that do not index the head dimension (batch, rows: the head merge
-puts heads inside a row) are fused, split into row blocks and run in parallel; the scores,
+the output's (batch, head, query row) loops (with a head merge, the heads are split off the
+merged `heads * d` loop and moved outside the rows) are split into row blocks, fused and run
+in parallel; the scores,
 max, exp, sum, probabilities and output matmul are computed at that loop (their buffers
 become per-thread rows). Both matmuls keep an `rows x (vectors of lanes)` register tile:
 the reduction outside, the row block unrolled, the inner spatial axis (keys for the scores,
@@ -238,6 +239,22 @@ def _row_loops(sch: Schedule, blocks: AttentionBlocks) -> list:
     return prefix
 
 
+def _heads_outside_rows(sch: Schedule, out_rv, prefix: list, head_dim: int) -> list:
+    """Head merge (`[.., rows, heads * d]`): split heads off the merged loop and put them
+    outside the rows, so the parallel tasks are (batch, head, row block), not (batch, row
+    block) with every head inside."""
+    loops = list(sch.get_loops(out_rv))
+    if len(loops) != len(prefix) + 1:
+        return prefix
+    merged = loops[-1]
+    extent = _extent(sch, merged)
+    if extent % head_dim or extent == head_dim:
+        return prefix
+    heads, _ = sch.split(merged, [None, head_dim])
+    sch.reorder(heads, prefix[-1])
+    return [*prefix[:-1], heads, prefix[-1]]
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
@@ -363,6 +380,8 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
     out_rv = get(blocks.out.name)
     blocks.out = rules._view(sch, out_rv)
     prefix = _row_loops(sch, blocks)
+    if blocks.out.name != blocks.output.view.name:
+        prefix = _heads_outside_rows(sch, out_rv, prefix, head_dim)
     # The row block splits the innermost row loop (a block never straddles a batch or head:
     # compute_at could not bound that region), then the loops outside it are fused.
     rb_max = min(MAX_ROW_BLOCK, max(1, info.accumulators // vectors))
