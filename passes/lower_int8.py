@@ -37,6 +37,7 @@ from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_kernels as K
+from graphopt.passes._int8_pad import fold_pads
 from graphopt.passes._int8_schedule_rules import RECIPE_ATTR, recipe
 
 # Largest reduction whose int32 sum cannot overflow: 255 * 128 per product.
@@ -59,16 +60,20 @@ class LowerInt8(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         isa = _resolve_isa(self.options.isa)
         stats = {"lowered_conv2d": 0, "lowered_matmul": 0, "lowered_dynamic": 0}
-        stats.update(requantized=0, dequantized=0, left=0)
+        stats.update(requantized=0, dequantized=0, left=0, pads_folded=0)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         changed = False
         kernels: dict = {}
         for gvar, func in mod.functions.items():
             if not isinstance(func, relax.Function):
                 continue
-            plans, left = _find(func, mod, isa, self.options.dynamic)
+            func, folded = fold_pads(new, func, _Graph(func, new))
+            stats["pads_folded"] += folded
+            plans, left = _find(func, new, isa, self.options.dynamic)
             stats["left"] += left
             if not plans:
+                if folded:
+                    new[gvar], changed = func, True
                 continue
             for plan in plans.values():
                 stats[f"lowered_{plan.kind}"] += 1

@@ -519,3 +519,35 @@ def test_dynamic_per_row_matmul_from_float_matches_fake_quant():
     x[0, 2] *= 40  # an outlier token: per-row scales keep the other rows fine
     got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_zero_pad_before_a_quantized_conv_folds_into_its_padding():
+    """conv -> relu -> pad (TF-style, an importer pad kernel) -> QDQ -> depthwise conv: the pad
+    becomes the depthwise conv's padding, so the first conv requantizes straight into it."""
+    from tvm import topi
+
+    rng = np.random.default_rng(21)
+    w1 = rng.normal(size=(6, 4, 1, 1)).astype(np.float32) * 0.3
+    w2 = rng.normal(size=(6, 1, 3, 3)).astype(np.float32) * 0.3
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 9, 9), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xf = qdq.emit_act_qdq(bb, x, qdq.act_qparams(-3.0, 3.0))
+            wq1, s1 = qdq.weight_qparams(w1, 0)
+            y = bb.emit(R.nn.relu(R.nn.conv2d(xf, qdq.weight_dequantize(wq1, s1, 0))))
+            p = bb.emit_te(topi.nn.pad, y, [0, 0, 0, 0], [0, 0, 1, 1])
+            pf = qdq.emit_act_qdq(bb, p, qdq.act_qparams(0.0, 4.0, "uint8"))
+            wq2, s2 = qdq.weight_qparams(w2, 0)
+            z = bb.emit(R.nn.conv2d(pf, qdq.weight_dequantize(wq2, s2, 0), strides=2, groups=6))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    result = lower(mod)
+    s = result.stats
+    assert s["pads_folded"] == 1 and s["lowered_conv2d"] == 2 and s["requantized"] == 1
+    assert not any("pad" in g.name_hint for g in result.module.functions)
+    v = rng.normal(size=(1, 4, 9, 9)).astype(np.float32)
+    got, want = run_module(result.module, [v])[0], run_module(mod, [v])[0]
+    assert got.shape == want.shape == (1, 6, 4, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
