@@ -38,16 +38,34 @@ RESULTS = Path(__file__).resolve().parent / "results" / "onnx_conformance"
 FLOWS = ("bare", "graphopt")
 CATEGORIES = ("pass", "wrong", "import_error", "compile_error", "runtime_error", "timeout")
 CATEGORY_TITLES = {
-    "pass": "pass", "wrong": "wrong numbers", "import_error": "import error",
-    "compile_error": "compile error", "runtime_error": "runtime error", "timeout": "timeout",
+    "pass": "pass",
+    "wrong": "wrong numbers",
+    "import_error": "import error",
+    "compile_error": "compile error",
+    "runtime_error": "runtime error",
+    "timeout": "timeout",
 }
 # A failure is blamed on the phase the worker had reached (it reports each one as it enters it).
-PHASE_CATEGORY = {"start": "import_error", "import": "import_error", "compile": "compile_error",
-                  "run": "runtime_error", "compare": "runtime_error"}
+PHASE_CATEGORY = {
+    "start": "import_error",
+    "import": "import_error",
+    "compile": "compile_error",
+    "run": "runtime_error",
+    "compare": "runtime_error",
+}
 # Imported once by the fork server, so each per-case worker starts in milliseconds, not seconds.
-PRELOAD = ["numpy", "onnx", "tvm", "tvm.relax", "tvm.relax.frontend.onnx", "graphopt",
-           "graphopt.compiler", "onnx_ir", "onnx_ir.passes.common",
-           "onnxscript.optimizer._constant_folding"]
+PRELOAD = [
+    "numpy",
+    "onnx",
+    "tvm",
+    "tvm.relax",
+    "tvm.relax.frontend.onnx",
+    "graphopt",
+    "graphopt.compiler",
+    "onnx_ir",
+    "onnx_ir.passes.common",
+    "onnxscript.optimizer._constant_folding",
+]
 
 
 # ---------------------------------------------------------------- cases
@@ -184,8 +202,14 @@ def run_graphopt(case: Case, workdir: Path, enter: Callable[[str], None]):
 
     enter("import")
     out = workdir / "artifact"
-    graphopt.compile(onnx.load_from_string(case.model), out, target="x86", opt_level=2,
-                     input_shapes=shapes, progress=progress)
+    graphopt.compile(
+        onnx.load_from_string(case.model),
+        out,
+        target="x86",
+        opt_level=2,
+        input_shapes=shapes,
+        progress=progress,
+    )
     enter("run")
     outputs = graphopt.load(out).run(feeds)
     return [outputs.get(name) for name in case.output_names]
@@ -251,8 +275,16 @@ def worker(conn: Any, flow: str, case: Case, workdir: str) -> None:
         status, message = ("pass", "") if problem is None else ("wrong", problem)
     except Exception as err:  # noqa: BLE001 - every failure is a result to record
         status, message = PHASE_CATEGORY[phase], first_line(err)
-    conn.send(("done", {"status": status, "message": message,
-                        "seconds": round(time.perf_counter() - start, 3)}))
+    conn.send(
+        (
+            "done",
+            {
+                "status": status,
+                "message": message,
+                "seconds": round(time.perf_counter() - start, 3),
+            },
+        )
+    )
     conn.close()
     os._exit(0)  # skip interpreter teardown: TVM's thread pools sometimes hang in it
 
@@ -317,8 +349,11 @@ def poll_task(task: Running, timeout: float) -> dict[str, Any] | None:
     if not task.proc.is_alive() and not task.conn.poll():
         return crash_result(task, elapsed)
     if elapsed > timeout:
-        return {"status": "timeout", "message": f"timed out after {timeout:g}s during {task.phase}",
-                "seconds": round(elapsed, 3)}
+        return {
+            "status": "timeout",
+            "message": f"timed out after {timeout:g}s during {task.phase}",
+            "seconds": round(elapsed, 3),
+        }
     return None
 
 
@@ -331,8 +366,12 @@ def finish_task(task: Running) -> None:
     shutil.rmtree(task.workdir, ignore_errors=True)
 
 
-def run_tasks(cases: Sequence[Case], jobs: int, timeout: float,
-              on_result: Callable[[int, str, dict[str, Any]], None]) -> None:
+def run_tasks(
+    cases: Sequence[Case],
+    jobs: int,
+    timeout: float,
+    on_result: Callable[[int, str, dict[str, Any]], None],
+) -> None:
     """Run every (case, flow) in its own process, `jobs` at a time."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
@@ -379,8 +418,10 @@ class Progress:
     def line(self, done: int, elapsed: float) -> str:
         left = elapsed / done * (self.total - done) if done else 0.0
         passes = ", ".join(f"{flow} {n} pass" for flow, n in self.passed.items())
-        return (f"[{done:4d}/{self.total} cases] {passes} | {fmt_seconds(elapsed)} elapsed, "
-                f"~{fmt_seconds(left)} left")
+        return (
+            f"[{done:4d}/{self.total} cases] {passes} | {fmt_seconds(elapsed)} elapsed, "
+            f"~{fmt_seconds(left)} left"
+        )
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -409,8 +450,10 @@ def top_errors(results: Sequence[dict[str, Any]], flow: str, n: int = 15) -> lis
         if res["status"] != "pass":
             groups[(res["status"], normalize(res["message"]))].append(r["name"])
     ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:n]
-    return [{"status": status, "message": msg, "count": len(names), "examples": names[:3]}
-            for (status, msg), names in ranked]
+    return [
+        {"status": status, "message": msg, "count": len(names), "examples": names[:3]}
+        for (status, msg), names in ranked
+    ]
 
 
 def versions() -> dict[str, Any]:
@@ -445,16 +488,26 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
-def build_report(results: list[dict[str, Any]], skipped: list[dict[str, str]],
-                 settings: dict[str, Any], wall: float) -> dict[str, Any]:
-    bare_only = [r for r in results
-                 if r["bare"]["status"] == "pass" and r["graphopt"]["status"] != "pass"]
-    graphopt_only = [r for r in results
-                     if r["graphopt"]["status"] == "pass" and r["bare"]["status"] != "pass"]
+def build_report(
+    results: list[dict[str, Any]],
+    skipped: list[dict[str, str]],
+    settings: dict[str, Any],
+    wall: float,
+) -> dict[str, Any]:
+    bare_only = [
+        r for r in results if r["bare"]["status"] == "pass" and r["graphopt"]["status"] != "pass"
+    ]
+    graphopt_only = [
+        r for r in results if r["graphopt"]["status"] == "pass" and r["bare"]["status"] != "pass"
+    ]
     return {
         "versions": versions(),
         "machine": machine(),
@@ -509,20 +562,28 @@ def md_differences(report: dict[str, Any], shown: int = 10) -> list[str]:
         lines += [f"| count | {failing} result | message | cases |", "|---:|---|---|---|"]
         for (status, message), group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             more = f" (+{len(group) - shown} more)" if len(group) > shown else ""
-            lines.append(f"| {len(group)} | {CATEGORY_TITLES[status]} | {md_escape(message)} | "
-                         f"{', '.join(group[:shown])}{more} |")
+            lines.append(
+                f"| {len(group)} | {CATEGORY_TITLES[status]} | {md_escape(message)} | "
+                f"{', '.join(group[:shown])}{more} |"
+            )
     return lines
 
 
 def md_top_errors(report: dict[str, Any]) -> list[str]:
     lines = []
     for flow, title in (("bare", "TVM bare flow"), ("graphopt", "graphopt O2")):
-        lines += ["", f"## Most frequent failures: {title}", "",
-                  "| count | result | message (numbers and quoted names folded) | e.g. |",
-                  "|---:|---|---|---|"]
+        lines += [
+            "",
+            f"## Most frequent failures: {title}",
+            "",
+            "| count | result | message (numbers and quoted names folded) | e.g. |",
+            "|---:|---|---|---|",
+        ]
         for e in report["top_errors"][flow]:
-            lines.append(f"| {e['count']} | {CATEGORY_TITLES[e['status']]} | "
-                         f"{md_escape(e['message'])} | {', '.join(e['examples'])} |")
+            lines.append(
+                f"| {e['count']} | {CATEGORY_TITLES[e['status']]} | "
+                f"{md_escape(e['message'])} | {', '.join(e['examples'])} |"
+            )
     return lines
 
 
@@ -531,19 +592,24 @@ def markdown(report: dict[str, Any]) -> str:
     skipped = collections.Counter(x["reason"] for x in report["not_runnable"])
     partial = " (partial run: --limit/--filter)" if s["limit"] or s["filter"] else ""
     lines = [
-        f"# ONNX backend node-test conformance{partial}", "",
+        f"# ONNX backend node-test conformance{partial}",
+        "",
         f"{m['date']} on {m['platform']}, {m['cpu']} ({m['cpu_count']} CPUs). "
         f"onnx {v['onnx']}, apache-tvm {v['apache-tvm']}, apache-tvm-ffi {v['apache-tvm-ffi']}, "
         f"graphopt {v['graphopt']}, Python {v['python']}. "
         f"{s['jobs']} jobs, {s['timeout']:g}s timeout per case and flow; "
-        f"took {fmt_seconds(report['wall_seconds'])}.", "",
+        f"took {fmt_seconds(report['wall_seconds'])}.",
+        "",
         "Cases come from onnx's generator (`collect_testcases`). **Bare TVM flow**: `from_onnx`, "
-        "`tvm.compile(target=\"llvm\")`, `VirtualMachine`. **graphopt O2**: "
-        "`graphopt.compile(target=\"x86\", opt_level=2, input_shapes=<data set shapes>)`, "
+        '`tvm.compile(target="llvm")`, `VirtualMachine`. **graphopt O2**: '
+        '`graphopt.compile(target="x86", opt_level=2, input_shapes=<data set shapes>)`, '
         "`graphopt.load(...).run(...)`. Outputs must match onnx's check: same dtype and shape, "
-        "then `assert_allclose` with the case's rtol/atol (NaN equals NaN).", "",
+        "then `assert_allclose` with the case's rtol/atol (NaN equals NaN).",
+        "",
         f"{t['cases']} cases: {t['runnable']} runnable, {t['not_runnable']} not runnable ("
-        + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + ").", "",
+        + ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+        + ").",
+        "",
         *md_totals(report),
         *md_differences(report),
         *md_top_errors(report),
@@ -561,15 +627,20 @@ def write_outputs(report: dict[str, Any], prefix: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.conformance", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.conformance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--limit", type=int, default=None, help="run only the first N runnable cases")
     p.add_argument("--jobs", type=int, default=2, help="worker processes at a time (default 2)")
     p.add_argument("--filter", default=None, help="only cases whose name contains SUBSTR")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds per case and flow (default 120)")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help=f"output path without suffix (default {RESULTS})")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds per case and flow (default 120)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"output path without suffix (default {RESULTS})"
+    )
     return p.parse_args(argv)
 
 
@@ -580,8 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases, skipped = collect_cases(args.filter)
     if args.limit is not None:
         cases = cases[: args.limit]
-    print(f"{len(cases)} runnable cases ({len(skipped)} not runnable), {args.jobs} jobs",
-          file=sys.stderr, flush=True)
+    print(
+        f"{len(cases)} runnable cases ({len(skipped)} not runnable), {args.jobs} jobs",
+        file=sys.stderr,
+        flush=True,
+    )
     results = [{"name": c.name} for c in cases]
     progress = Progress(len(cases))
 
@@ -591,13 +665,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.monotonic()
     run_tasks(cases, args.jobs, args.timeout, on_result)
-    settings = {"limit": args.limit, "filter": args.filter, "jobs": args.jobs,
-                "timeout": args.timeout}
+    settings = {
+        "limit": args.limit,
+        "filter": args.filter,
+        "jobs": args.jobs,
+        "timeout": args.timeout,
+    }
     report = build_report(results, skipped, settings, time.monotonic() - start)
     write_outputs(report, args.out)
     t = report["totals"]
-    print(f"bare {t['bare']['pass']}/{t['runnable']} pass, graphopt {t['graphopt']['pass']}/"
-          f"{t['runnable']} pass; wrote {args.out}.json and .md", file=sys.stderr)
+    print(
+        f"bare {t['bare']['pass']}/{t['runnable']} pass, graphopt {t['graphopt']['pass']}/"
+        f"{t['runnable']} pass; wrote {args.out}.json and .md",
+        file=sys.stderr,
+    )
     return 0
 
 
