@@ -33,6 +33,7 @@ def model_file(name: str):
 
 
 def test_mobilenet_v2_on_rpi4_matches_x86(tmp_path):
+    pytest.importorskip("skimage", reason="bench extras not installed (make test-slow)")
     from bench.models.inputs import image_batch
 
     path = model_file("mobilenet_v2")
@@ -50,6 +51,7 @@ def test_mobilenet_v2_on_rpi4_matches_x86(tmp_path):
 
 def test_minilm_on_rpi5_matches_x86(tmp_path):
     """Two int64 inputs (token ids and mask) through the runner's npz reader."""
+    pytest.importorskip("transformers", reason="bench extras not installed (make test-slow)")
     from bench.models.inputs import sentence_batch
 
     path = model_file("minilm")
