@@ -144,3 +144,25 @@ def well_formed_error(mod: tvm.IRModule) -> str | None:
 def constant_value(const: Any) -> np.ndarray:
     """The numpy value of a Relax constant (`tvm.ir.GenericConst.value` in 0.27)."""
     return const.value.numpy()
+
+
+def single_block_store(func: Any, num_params: int) -> Any | None:
+    """The BufferStore of a PrimFunc made of one block with `num_params` params, else None.
+
+    How graph rewrites recognize the importer's small `call_tir` kernels (pad, Clip's
+    maximum/minimum) by structure instead of by name.
+    """
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != num_params:
+        return None
+    try:
+        sch = Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - not a schedulable kernel
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    return store if isinstance(store, tirx.BufferStore) else None

@@ -27,19 +27,8 @@ from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
 def _zero_pad_widths(func) -> list[tuple[int, int]] | None:
     """(before, after) per axis of a constant-zero pad kernel, else None."""
-    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 2:
-        return None
-    try:
-        from tvm.s_tir import Schedule
-
-        sch = Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except Exception:  # noqa: BLE001 - not a schedulable kernel
-        return None
-    if len(blocks) != 1:
-        return None
-    store = sch.get(blocks[0]).body
-    if not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(func.params[1]):
+    store = _tvm.single_block_store(func, 2)
+    if store is None or not store.buffer.same_as(func.params[1]):
         return None
     value = store.value
     if isinstance(value, tvm.ir.Call) and str(getattr(value.op, "name", "")).endswith(

@@ -114,19 +114,8 @@ def _scalar_elementwise(func) -> object | None:
     value that is one max / min / add / multiply of a load of the first parameter at those
     indices and a load of a 0-d second parameter.
     """
-    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 3:
-        return None
-    try:
-        from tvm.s_tir import Schedule
-
-        sch = Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except Exception:  # noqa: BLE001 - not a schedulable kernel
-        return None
-    if len(blocks) != 1:
-        return None
-    store = sch.get(blocks[0]).body
-    if not isinstance(store, tirx.BufferStore):
+    store = _tvm.single_block_store(func, 3)
+    if store is None:
         return None
     make = _TIR_TO_RELAX.get(type(store.value))
     if make is None:
