@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -318,8 +319,9 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
     return (
         "# int8: graphopt vs onnxruntime's quantizer\n\n"
         f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
-        f"{machine['date']}. The machine was loaded (other compilations running): read the "
-        "ratios, not the absolute times; medians of interleaved runs in one process. "
+        f"{machine['date']}, load average {machine.get('load_average', '?')} at the start (a "
+        "shared machine: read the ratios, not the absolute times); medians of interleaved runs "
+        "in one process. "
         f"graphopt: static int8 for the CNNs (calibration method {method}), dynamic for MiniLM. "
         "Quality is against fp32 onnxruntime on real inputs (digits: labelled accuracy). "
         "See int8.json for the details, including graphopt's per-model kernels "
@@ -342,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.configure_for_benchmarks()
     machine = machine_info()
+    machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
