@@ -418,7 +418,11 @@ def schedule(func: tirx.PrimFunc, info: rules.CpuInfo) -> rules.Outcome:
     A function that is not attention comes back with no rule and no error; one that matched
     but could not be scheduled comes back untouched with the error, for the other rules.
     """
-    if match_attention(Schedule(func), func) is None:
+    try:
+        matched = match_attention(Schedule(func), func)
+    except Exception:  # noqa: BLE001 - no root block (e.g. scatter's opaque kernel): not ours
+        matched = None
+    if matched is None:
         return rules.Outcome(None, func, [])
     try:
         # Simplified first: the head merge's reshape indexes `((j // 16 + i) // 13 + b) % 2`

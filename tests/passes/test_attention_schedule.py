@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax
+from tvm.script import tirx as T
 
 from graphopt.pass_infra import make_pass
 from graphopt.passes import _attention_schedule_rule as attention_rule
@@ -223,3 +224,18 @@ def test_non_attention_functions_are_declined(inputs, body):
     assert result.stats["scheduled_attention"] == 0 and result.stats["failed"] == 0
     scheduled = sum(v for k, v in result.stats.items() if k.startswith("scheduled_"))
     assert scheduled >= 1, result.stats
+
+
+def test_kernel_without_root_block_is_declined():
+    """Opaque kernels (the importer's scatter_elements) have no root block: declined."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def opaque(a: T.Buffer((3,), "int64"), out: T.Buffer((3,), "int64")):
+        with T.sblock("scatter_generic"):
+            T.reads()
+            T.writes()
+            for v in range(3):
+                out[v] = a[v]
+
+    outcome = attention_rule.schedule(opaque, rules.CpuInfo(lanes=8, registers=16, cores=2))
+    assert outcome.rule is None and outcome.errors == []
