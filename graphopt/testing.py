@@ -76,3 +76,37 @@ def check_numerics(
     err = max_relative_error(run_module(mod, arrays), run_module(result.module, arrays))
     assert err <= rtol, f"pass {pass_.name} changed outputs: relative error {err:.3g} > {rtol}"
     return result
+
+
+def single_input_module(shape, build, dtype: str = "float32") -> tvm.IRModule:
+    """A Relax module whose `main(x)` returns `build(bb, x)`: the test graph of one op chain."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target: str = "x86") -> np.ndarray:
+    """Build with the target's own stages (legalize, schedule, lower) and run `main` once.
+
+    Unlike `run_module`, the target's stage passes (fold-pad, fast-erf, schedule-cpu) run too.
+    """
+    from tvm import relax
+
+    from .pipeline import instantiate, parse_pipeline, run_passes
+    from .target_infra import make_target
+
+    tgt = make_target(target)
+    stages = tgt.stages()
+    with tgt.tvm_target():
+        for stage in ("legalize", "schedule", "lower"):
+            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
+    vm = relax.VirtualMachine(
+        tvm.compile(mod, target=tgt.tvm_target(), relax_pipeline=None), tgt.device()
+    )
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 
 import model_builders as mb
 import numpy as np
 import onnx
 import pytest
+from aarch64_tools import needs_aarch64_tools
 from onnx import TensorProto, helper
 
 import graphopt
@@ -23,12 +23,7 @@ from graphopt.cli import main
 
 pytestmark = [
     pytest.mark.arm,
-    pytest.mark.skipif(
-        shutil.which("aarch64-linux-gnu-g++") is None
-        or shutil.which(bundle.QEMU) is None
-        or not bundle.QEMU_SYSROOT.is_dir(),
-        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
-    ),
+    needs_aarch64_tools,
 ]
 
 RTOL = 1e-5

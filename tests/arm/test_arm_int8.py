@@ -7,11 +7,11 @@ The isa is named (`lower-int8{isa=sdot}`): graph passes run outside the target's
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from aarch64_tools import needs_aarch64_tools
 
 import graphopt
 from graphopt import bundle
@@ -20,12 +20,7 @@ from graphopt.pass_infra import registered_passes
 pytestmark = [
     pytest.mark.arm,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("aarch64-linux-gnu-g++") is None
-        or shutil.which(bundle.QEMU) is None
-        or shutil.which("aarch64-linux-gnu-objdump") is None,
-        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
-    ),
+    needs_aarch64_tools,
     pytest.mark.skipif("lower-int8" not in registered_passes(), reason="no lower-int8 pass"),
 ]
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import tvm
+from aarch64_tools import needs_aarch64_tools
 from tvm.script import ir as I
 from tvm.script import relax as R
 
@@ -18,12 +18,7 @@ from graphopt.target_infra import STAGES, make_target
 
 pytestmark = [
     pytest.mark.arm,
-    pytest.mark.skipif(
-        shutil.which("aarch64-linux-gnu-g++") is None
-        or shutil.which(bundle.QEMU) is None
-        or shutil.which("aarch64-linux-gnu-objdump") is None,
-        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
-    ),
+    needs_aarch64_tools,
 ]
 
 M, K, N = 8, 64, 16

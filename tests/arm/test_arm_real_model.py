@@ -3,10 +3,9 @@ matches the x86 build and onnxruntime. Slow: two compiles of a real model and an
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
+from aarch64_tools import needs_aarch64_tools
 
 import graphopt
 from graphopt import bundle
@@ -16,10 +15,7 @@ from graphopt.reference import ort_run, ort_session
 pytestmark = [
     pytest.mark.arm,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("aarch64-linux-gnu-g++") is None or shutil.which(bundle.QEMU) is None,
-        reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (make test-arm installs them)",
-    ),
+    needs_aarch64_tools,
 ]
 
 

@@ -11,31 +11,13 @@ from tvm import relax
 
 from graphopt.pass_infra import make_pass
 from graphopt.target_infra import make_target
-from graphopt.testing import apply_checked
+from graphopt.testing import apply_checked, run_through_target, single_input_module
 
 HOST = make_target("x86")
 
 
 def _module(op, dtype="float32", n=4096):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((n,), dtype))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(op(x))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
-def _build_run(mod, x):
-    from graphopt.pipeline import instantiate, parse_pipeline, run_passes
-
-    stages = HOST.stages()
-    with HOST.tvm_target():
-        for stage in ("legalize", "schedule", "lower"):
-            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
-    ex = tvm.compile(mod, target=HOST.tvm_target(), relax_pipeline=None)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
+    return single_input_module((n,), lambda bb, x: op(x), dtype)
 
 
 def _calls(mod, name):
@@ -61,7 +43,7 @@ def test_erf_and_gelu_become_tir_calls_close_to_libm(op, ref, tol):
     assert _calls(result.module, "relax.call_tir") == 1
     assert _calls(result.module, "relax.erf") + _calls(result.module, "relax.nn.gelu") == 0
     x = np.linspace(-8, 8, 4096).astype("float32")
-    got = _build_run(mod, x).astype(np.float64)  # the x86 legalize stage runs fast-erf
+    got = run_through_target(mod, x).astype(np.float64)  # the x86 legalize stage runs fast-erf
     want = np.array([ref(float(v)) for v in x])
     err = np.abs(got - want) / np.maximum(np.abs(want), 1.0)
     assert err.max() < tol, err.max()

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax, topi
 
 from graphopt import _tvm
 from graphopt.pass_infra import make_pass
-from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
-from graphopt.testing import apply_checked
+from graphopt.testing import apply_checked, run_through_target, single_input_module
 
 HOST = make_target("x86")
-W = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype("float32")
 
 
 def _module(build, shape=(1, 3, 16, 16)):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(build(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
+    return single_input_module(shape, build)
+
+
+W = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype("float32")
 
 
 def _tf_pad_conv(bb, x, value=0.0, before=(0, 0, 0, 0), after=(0, 0, 1, 1)):
@@ -36,15 +30,6 @@ def _expected(bb, x):
     return relax.op.nn.conv2d(x, relax.const(W), strides=2, padding=[1, 0, 1, 1])
 
 
-def _run(mod, x):
-    stages = HOST.stages()
-    with HOST.tvm_target():
-        for stage in ("legalize", "schedule", "lower"):
-            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
-    ex = tvm.compile(mod, target=HOST.tvm_target(), relax_pipeline=None)
-    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-
-
 def test_before_expected_and_numbers():
     before = _module(_tf_pad_conv)
     result = apply_checked(make_pass("fold-pad"), before)
@@ -53,7 +38,7 @@ def test_before_expected_and_numbers():
     want = relax.transform.DeadCodeElimination()(_module(_expected))
     assert _tvm.structural_equal(got["main"], want["main"]), _tvm.to_script(got)
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype("float32")
-    a, b = _run(result.module, x), _run(before, x)
+    a, b = run_through_target(result.module, x), run_through_target(before, x)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 

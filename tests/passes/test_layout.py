@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax, topi
 
 from graphopt import _tvm
 from graphopt.pass_infra import make_pass
-from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
-from graphopt.testing import apply_checked
+from graphopt.testing import apply_checked, run_through_target, single_input_module
 
 HOST = make_target("x86")
 
 
 def _rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
-
-
-def _module(shape, build):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(build(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 W1, B1 = _rand(16, 8, 3, 3, seed=1), _rand(1, 16, 1, 1, seed=2)
@@ -67,9 +55,9 @@ def _normalized(mod):
 
 
 def test_before_expected():
-    before = _module((1, 8, 10, 10), _before_net)
+    before = single_input_module((1, 8, 10, 10), _before_net)
     result = apply_checked(make_pass("layout"), before)
-    expected = _module((1, 8, 10, 10), _expected_net)
+    expected = single_input_module((1, 8, 10, 10), _expected_net)
     got = _normalized(result.module)
     assert _tvm.structural_equal(got, _normalized(expected)), _tvm.to_script(got)
     assert result.stats["convs_converted"] == 2
@@ -78,34 +66,24 @@ def test_before_expected():
     assert result.stats["constants_folded"] == 3  # two weights and the bias
 
 
-def _build_run(mod, x):
-    stages = HOST.stages()
-    with HOST.tvm_target():
-        for stage in ("legalize", "schedule", "lower"):
-            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
-    ex = tvm.compile(mod, target=HOST.tvm_target(), relax_pipeline=None)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 @pytest.mark.parametrize("shape", [(1, 8, 10, 10), (2, 8, 13, 9)])
 def test_importer_clip_kernels_are_raised_and_numbers_unchanged(shape):
-    before = _module(shape, lambda bb, x: _before_net(bb, x, te_clip=True))
+    before = single_input_module(shape, lambda bb, x: _before_net(bb, x, te_clip=True))
     result = apply_checked(make_pass("layout"), before)
     assert result.stats["elementwise_raised"] == 2
     assert result.stats["transposes_left"] == 2
     counts = _tvm.op_counts(result.module)
     assert counts.get("relax.call_tir", 0) == 0 and counts["relax.permute_dims"] == 2
     x = _rand(*shape, seed=7)
-    want = _build_run(before, x)
-    got = _build_run(result.module, x)
+    want = run_through_target(before, x)
+    got = run_through_target(result.module, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_does_not_fire_without_nchw_convs():
     w = relax.const(_rand(8, 4))
-    no_conv = _module((3, 8), lambda bb, x: relax.op.matmul(x, w))
-    nhwc = _module(
+    no_conv = single_input_module((3, 8), lambda bb, x: relax.op.matmul(x, w))
+    nhwc = single_input_module(
         (1, 6, 6, 8),
         lambda bb, x: relax.op.nn.conv2d(
             x, relax.const(_rand(4, 1, 1, 8)), data_layout="NHWC", kernel_layout="OHWI"
@@ -123,12 +101,12 @@ def test_elementwise_kernels_that_are_not_scalar_ops_stay():
         y = bb.emit(relax.op.nn.conv2d(x, relax.const(W1), padding=1))
         return bb.emit_te(topi.maximum, y, relax.const(_rand(1, 16, 10, 10, seed=4)))
 
-    before = _module((1, 8, 10, 10), build)
+    before = single_input_module((1, 8, 10, 10), build)
     result = apply_checked(make_pass("layout"), before)
     assert result.stats["elementwise_raised"] == 0
     assert result.stats["convs_converted"] == 1
     x = _rand(1, 8, 10, 10, seed=5)
-    got, want = _build_run(result.module, x), _build_run(before, x)
+    got, want = run_through_target(result.module, x), run_through_target(before, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 

@@ -4,11 +4,11 @@ output under qemu equals the x86 int8 build's (same ranges: they do not depend o
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from aarch64_tools import needs_aarch64_tools
 
 from graphopt import bundle
 from graphopt.cli import main
@@ -16,12 +16,7 @@ from graphopt.cli import main
 pytestmark = [
     pytest.mark.arm,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("aarch64-linux-gnu-g++") is None
-        or shutil.which(bundle.QEMU) is None
-        or shutil.which("aarch64-linux-gnu-objdump") is None,
-        reason="needs aarch64-linux-gnu-g++, qemu-aarch64 and objdump (make test-arm)",
-    ),
+    needs_aarch64_tools,
 ]
 
 DIGITS = "graphopt/models/digits_cnn.onnx"
