@@ -5,6 +5,8 @@ Static mode (default) takes calibrated activation ranges from a JSON file writte
 usable in text pipelines. Dynamic mode (`quantize{mode=dynamic}`) needs no ranges: activations
 are quantized at run time from their own max |x| (transformer matmuls). `skip=conv2d_3:matmul_0`
 keeps named layers in fp32 (what `--max-drop` uses). Layer names: `graphopt.quant.layers`.
+Large embedding tables (a gather from an fp32 constant) become int8 rows with one scale per row
+(`graphopt.quant.embedding`, static and dynamic modes); `embeddings=false` keeps them fp32.
 
 QDQ form (the contract with `lower-int8`; `graphopt.quant.qdq` emits it):
     activation, static:   q  = R.quantize(x, s, zp, axis=-1, out_dtype=D)        D: int8 | uint8
@@ -44,6 +46,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.quant.embedding import quantize_embeddings
 from graphopt.quant.errors import CalibrationError
 from graphopt.quant.layers import Layer, find_layers, quantized_inputs
 from graphopt.quant.qdq import (
@@ -71,6 +74,7 @@ class Quantize(GraphPass):
         act_dtype: str = "int8"  # int8 | uint8 (static mode)
         skip: tuple[str, ...] = ()  # layer names kept in fp32
         granularity: str = "tensor"  # dynamic mode: tensor | row (one scale per row/token)
+        embeddings: bool = True  # gathers from fp32 tables >= 1 MiB -> int8 rows + row scales
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -115,11 +119,15 @@ class Quantize(GraphPass):
                     )
             plan[layer.name] = layer
         stats = {"quantized": len(plan), "skipped": skipped}
-        if not plan:
-            return PassResult(mod, False, stats)
-        rewriter = _Rewriter(plan, ranges, o, weights)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        new["main"] = rewriter.rewrite(mod["main"])
+        if plan:
+            new["main"] = _Rewriter(plan, ranges, o, weights).rewrite(mod["main"])
+        if o.embeddings and o.mode != "imported":  # int8 tables, graphopt/quant/embedding.py
+            new["main"], tables = quantize_embeddings(new["main"])
+            if tables:
+                stats["embedding_tables"] = len(tables)
+        if not plan and "embedding_tables" not in stats:
+            return PassResult(mod, False, stats)
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
 
 
