@@ -14,6 +14,7 @@ from .errors import InputError
 from .inputs import load_npz, random_inputs
 from .instrument import max_relative_error
 from .reference import check_same_interface, ort_run, ort_session
+from .sizes import WeightSizes, library_weights
 from .timing import Timing, interleaved
 
 
@@ -38,6 +39,7 @@ class Comparison:
     eval_samples: int = 0
     accuracy: dict[str, float] = field(default_factory=dict)
     top1_agreement: float | None = None
+    weights: WeightSizes | None = None  # the library's tensor constants (graphopt.sizes)
 
     @property
     def ratio(self) -> float:
@@ -54,6 +56,7 @@ class Comparison:
             "eval_samples": self.eval_samples,
             "accuracy": self.accuracy,
             "top1_agreement": self.top1_agreement,
+            "weights": self.weights.to_json() if self.weights else None,
         }
 
     def table(self) -> str:
@@ -65,6 +68,7 @@ class Comparison:
                 _mib(self.library_bytes) + " (.so)",
                 f"{self.library_bytes / max(1, self.model_bytes):.2f}x",
             ],
+            *([_weights_row(self.weights)] if self.weights else []),
             ["FLOPs", "", f"{self.flops / 1e6:.2f} M", ""],
             [
                 "latency (median)",
@@ -92,6 +96,12 @@ class Comparison:
         if self.top1_agreement is not None:
             rows.append(["top-1 agreement", "", f"{100 * self.top1_agreement:.2f}%", ""])
         return format_table(["", "onnxruntime", "graphopt", "graphopt / ort"], rows)
+
+
+def _weights_row(w: WeightSizes) -> list[str]:
+    dtypes = ", ".join(f"{d} {_mib(b)}" for d, b in w.by_dtype().items())
+    share = f"{w.weight_bytes / max(1, w.library_bytes):.0%} of .so"
+    return ["weights (constants)", "", f"{_mib(w.weight_bytes)} ({dtypes or 'none'})", share]
 
 
 def _mib(n: int) -> str:
@@ -127,6 +137,7 @@ def compare(
         flops=int(artifact.manifest.get("report", {}).get("flops", 0)),
         timings={},
         max_rel_error=err,
+        weights=library_weights(artifact.library_path),
     )
     if eval_npz is not None:
         _evaluate(result, artifact, session, load_npz(eval_npz), say)

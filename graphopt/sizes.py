@@ -21,6 +21,8 @@ TENSOR_MAGIC = struct.pack("<Q", 0xDD5E40F096B4A13F)
 _HEAD = struct.Struct("<QiiiBBH")  # reserved, device type, device id, ndim, dtype code/bits/lanes
 _CODES = {0: "int", 1: "uint", 2: "float", 4: "bfloat", 5: "float8", 6: "bool"}
 _MAX_NDIM = 16
+LARGE_BYTES = 64 << 10  # an fp32 constant this large is a layer's weights or a table, not a
+# per-channel scale / bias / norm parameter (those are at most a few thousand elements)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,21 @@ class WeightSizes:
     def largest(self, n: int = 5) -> list[Constant]:
         return sorted(self.constants, key=lambda c: -c.nbytes)[:n]
 
+    def breakdown(self, large: int = LARGE_BYTES) -> dict[str, int]:
+        """Bytes by what the constants most likely are (dtype and size tell; names are gone)."""
+        keys = ("int8 (quantized weights, tables)", "int32 (biases)", "fp32 large", "fp32 small")
+        out = Counter({k: 0 for k in (*keys, "other")})
+        for c in self.constants:
+            if c.dtype == "int8":
+                out["int8 (quantized weights, tables)"] += c.nbytes
+            elif c.dtype == "int32":
+                out["int32 (biases)"] += c.nbytes
+            elif c.dtype == "float32":
+                out["fp32 large" if c.nbytes >= large else "fp32 small"] += c.nbytes
+            else:
+                out["other"] += c.nbytes
+        return dict(out)
+
     def to_json(self, largest: int = 5) -> dict:
         return {
             "library_bytes": self.library_bytes,
@@ -68,6 +85,7 @@ class WeightSizes:
             "code_bytes": self.code_bytes,
             "constants": len(self.constants),
             "weight_bytes_by_dtype": self.by_dtype(),
+            "breakdown": self.breakdown(),
             "largest": [{"tensor": c.describe(), "bytes": c.nbytes} for c in self.largest(largest)],
         }
 

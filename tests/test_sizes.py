@@ -65,3 +65,20 @@ def test_compiled_library_weights_by_dtype(tmp_path):
     assert sizes.library_bytes == lib.stat().st_size
     assert sizes.largest(1)[0].describe() == "int8[50, 16]"
     assert "weights" in sizes.summary()
+
+
+def test_report_has_a_weights_row(tmp_path):
+    """`graphopt report` shows the artifact's weight bytes (the bundled digits CNN, fp32)."""
+    from pathlib import Path
+
+    import graphopt
+    from graphopt.report import compare
+
+    model = Path(graphopt.__file__).parent / "models" / "digits_cnn.onnx"
+    art = graphopt.compile(model, tmp_path / "a", opt_level=0)
+    result = compare(art, model, runs=2, warmup=1)
+    weights = library_weights(art.library_path)
+    assert result.to_json()["weights"]["weight_bytes"] == weights.weight_bytes
+    assert weights.by_dtype().keys() == {"float32"}
+    row = next(line for line in result.table().splitlines() if "weights (constants)" in line)
+    assert "float32" in row and "of .so" in row
