@@ -10,7 +10,9 @@
 onnxruntime's side: quantize_static (QDQ, per-channel, uint8 activations) for the CNNs,
 quantize_dynamic for MiniLM; its int8 models run both with its default optimizations and with
 ORT_DISABLE_ALL (its optimized int8 kernels can saturate on CPUs without VNNI). Latency: medians
-of interleaved runs in one process. Writes bench/results/int8.json and int8.md.
+of interleaved runs in one process. Size: the weight bytes each library carries (its tensor
+constants, graphopt.sizes; by dtype and breakdown in the JSON) and the whole library file.
+Writes bench/results/int8.json and int8.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from graphopt.machine import machine_info
 from graphopt.quant.flow import QuantOptions
 from graphopt.reference import ort_run, ort_session
 from graphopt.report import format_table
+from graphopt.sizes import library_weights
 from graphopt.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -211,12 +214,17 @@ def bench_model(
     if quant.max_drop is not None:
         variants["graphopt_int8_maxdrop"] = quant
     int8s, entry["graphopt_quantization"], entry["library_size_ratio"] = {}, {}, {}
+    fp32_w = library_weights(fp32.library_path)
+    entry["weights"], entry["weight_size_ratio"] = {"graphopt_fp32": fp32_w.to_json()}, {}
     for key, opts in variants.items():
         art, info = _int8_artifact(path, workdir / f"{name}-{key}", opts, name)
         int8s[key] = art
         entry["graphopt_quantization"][key] = info
         ratio = art.library_path.stat().st_size / fp32.library_path.stat().st_size
         entry["library_size_ratio"][key] = round(ratio, 3)
+        weights = library_weights(art.library_path)
+        entry["weights"][key] = weights.to_json()
+        entry["weight_size_ratio"][key] = round(weights.weight_bytes / fp32_w.weight_bytes, 3)
 
     out = fp32.outputs[0].name
     ort_fp32 = ort_session(path)
@@ -278,7 +286,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["model"], "failed: " + r["error"][:80], "", "", "", "", ""])
+            rows.append([r["model"], "failed: " + r["error"][:80], "", "", "", "", "", ""])
             continue
         qv, lat, ra = r["quality_vs_fp32"], r["latency"], r["ratios"]
 
@@ -304,6 +312,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
                     f"{lat['ort_fp32']['median_ms']:.2f} / {lat['ort_int8']['median_ms']:.2f} "
                     f"({ra['ort_int8_speedup_over_ort_fp32']:.2f}x)",
                     f"{ra[k]['time_over_ort_int8']:.2f}x",
+                    f"{r['weight_size_ratio'][k]:.3f}",
                     f"{r['library_size_ratio'][k]:.2f}",
                 ]
             )
@@ -314,6 +323,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
         "graphopt fp32 / int8 ms (speed-up)",
         "onnxruntime fp32 / int8 ms (speed-up)",
         "graphopt int8 time / ort int8",
+        "graphopt int8 / fp32 weight bytes",
         "graphopt int8 / fp32 library size",
     ]
     return (

@@ -64,19 +64,24 @@ class WeightSizes:
         return sorted(self.constants, key=lambda c: -c.nbytes)[:n]
 
     def breakdown(self, large: int = LARGE_BYTES) -> dict[str, int]:
-        """Bytes by what the constants most likely are (dtype and size tell; names are gone)."""
-        keys = ("int8 (quantized weights, tables)", "int32 (biases)", "fp32 large", "fp32 small")
-        out = Counter({k: 0 for k in (*keys, "other")})
+        """Bytes by what the constants most likely are; the names are gone, dtype and rank tell:
+        int8 (quantized weights, embedding tables); int32 of rank >= 2 (integer kernels' weight
+        panels, int8 values packed into 32-bit words: 1 byte each with 4-byte words, more when
+        the scheme widens them); int32 vectors (biases and zero-point corrections); fp32 at
+        least `large` bytes (fp32 layers, tables); smaller fp32 (scales, biases, norms)."""
+        keys = ("int8", "int32 packed", "int32 vectors", "fp32 large", "fp32 small", "other")
+        out = dict.fromkeys(keys, 0)
         for c in self.constants:
             if c.dtype == "int8":
-                out["int8 (quantized weights, tables)"] += c.nbytes
+                key = "int8"
             elif c.dtype == "int32":
-                out["int32 (biases)"] += c.nbytes
+                key = "int32 packed" if len(c.shape) >= 2 else "int32 vectors"
             elif c.dtype == "float32":
-                out["fp32 large" if c.nbytes >= large else "fp32 small"] += c.nbytes
+                key = "fp32 large" if c.nbytes >= large else "fp32 small"
             else:
-                out["other"] += c.nbytes
-        return dict(out)
+                key = "other"
+            out[key] += c.nbytes
+        return out
 
     def to_json(self, largest: int = 5) -> dict:
         return {

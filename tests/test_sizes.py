@@ -64,6 +64,9 @@ def test_compiled_library_weights_by_dtype(tmp_path):
     assert sizes.by_dtype() == {"float32": w.nbytes, "int8": table.nbytes, "int32": bias.nbytes}
     assert sizes.library_bytes == lib.stat().st_size
     assert sizes.largest(1)[0].describe() == "int8[50, 16]"
+    parts = sizes.breakdown()
+    assert parts["int8"] == table.nbytes and parts["int32 vectors"] == bias.nbytes
+    assert parts["fp32 small"] == w.nbytes and sum(parts.values()) == sizes.weight_bytes
     assert "weights" in sizes.summary()
 
 
