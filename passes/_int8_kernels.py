@@ -319,6 +319,15 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
     row_chunks = max(1, min(row_tiles, -(-MIN_TASKS // (n * tasks_per_image))))
     chunk = -(-row_tiles // row_chunks)
     row_chunks = -(-row_tiles // chunk)
+    # Pointwise convs pack each task's tile themselves unless several tasks share a column
+    # tile (few pixels, many output channels): then the words are packed once, up front.
+    packed = not pointwise or row_chunks > 1
+    cols_shape = (n, groups, kwords, pp) if packed else (1, 1, 1, 1)
+
+    def act_words(cols, tile, b, g, kq, p0, u):
+        if packed:
+            return cols[b, g, kq, T.ramp(p0 + u * lanes, 1, lanes)]
+        return tile[kq, T.ramp(u * lanes, 1, lanes)]
 
     @T.prim_func
     def conv(
@@ -332,7 +341,18 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((n, cin, h * w), spec.act_dtype, data=x.data)
         of = T.decl_buffer((n, cout, pix), ep.out_dtype, data=out.data)
-        cols = T.decl_buffer((1, 1, 1, 1) if pointwise else (n, groups, kwords, pp), "int32")
+        # Packed activation words, pixels padded to the tile width (pad columns read as 0).
+        cols = T.decl_buffer(cols_shape, "int32")
+        if packed:
+            for task in T.parallel(n * groups * kwords):
+                for p in range(pix, pp):
+                    cols[task // (groups * kwords), task // kwords % groups, task % kwords, p] = 0
+        if pointwise and packed:
+            for task in T.parallel(n * groups * kwords):
+                b = T.meta_var(task // (groups * kwords))
+                g = T.meta_var(task // kwords % groups)
+                for p in range(pix):
+                    cols[b, g, task % kwords, p] = channel_word(xf, b, g, task % kwords, p)
         if not pointwise:
             # Window convs: im2col of the whole input first (vectorized along output rows).
             if padded:
@@ -365,10 +385,10 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
             g = T.meta_var(task // (col_tiles * row_chunks) % groups)
             p0 = T.meta_var(task // row_chunks % col_tiles * step)
             rc = T.meta_var(task % row_chunks)
-            tile = T.decl_buffer((kwords, step), "int32")
+            tile = T.decl_buffer((1, 1) if packed else (kwords, step), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), "int32", scope="local")
-            if pointwise:
+            if not packed:
                 # Pack this tile's pixels (all channels of the group) into words.
                 if p0 + step <= pix:
                     for kq, j in T.grid(kwords, step):
@@ -376,9 +396,6 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                 else:
                     for kq, j in T.grid(kwords, step):
                         tile[kq, j] = channel_word(xf, b, g, kq, T.min(p0 + j, pix - 1))
-            else:
-                for kq, j in T.grid(kwords, step):
-                    tile[kq, j] = cols[b, g, kq, T.min(p0 + j, pix - 1)]
             for rt in range(rc * chunk, T.min(rc * chunk + chunk, row_tiles)):
                 for i in T.unroll(mr * nr):
                     acc[i] = T.broadcast(T.int32(0), lanes)
@@ -387,7 +404,7 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                         for r in T.unroll(mr):
                             acc[r * nr + u] = isa.dot(
                                 acc[r * nr + u],
-                                tile[kq, T.ramp(u * lanes, 1, lanes)],
+                                act_words(cols, tile, b, g, kq, p0, u),
                                 T.broadcast(wq[g, rt * mr + r, kq], lanes),
                             )
                 for r in T.unroll(mr):
