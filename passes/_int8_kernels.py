@@ -142,6 +142,9 @@ DW_ROWS = 4
 # Parallel tasks a kernel aims for (more than any core count here; tiny layers get fewer).
 MIN_TASKS = 8
 
+# fp32 values a fused-quantization matmul reads and quantizes at a time (two AVX2 registers).
+FUSED_QUANT_LANES = 16
+
 # --------------------------------------------------------------------------------------------
 # Epilogue
 
@@ -478,7 +481,7 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
             b = T.meta_var(bc // ch_n)
             c = T.meta_var(bc % ch_n)
             plane = T.decl_buffer((sw, hp, pw), "float32")
-            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
             for ph, iy, ix in T.grid(sw, hp, pw):
                 plane[ph, iy, ix] = T.float32(0)
             for ph in T.unroll(sw):
@@ -506,12 +509,18 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
                                 lanes,
                             )
                         else:
-                            tail[T.ramp(0, 1, lanes)] = acc[r]
-                            for lane in range(lanes):
-                                if xb * lanes + lane < ow:
-                                    out[b, c, oyb * rows + r, xb * lanes + lane] = ep.tir(
-                                        tail[lane], corr[c], scale[c], fbias[c], None, 1
-                                    )
+                            # Narrow rows (ow < lanes: the 7x7 and 14x14 layers) are all tail:
+                            # the vector epilogue, then only the valid lanes are stored.
+                            tail[T.ramp(0, 1, lanes)] = ep.tir(
+                                acc[r],
+                                T.broadcast(corr[c], lanes),
+                                T.broadcast(scale[c], lanes),
+                                T.broadcast(fbias[c], lanes),
+                                None,
+                                lanes,
+                            )
+                            for lane in range(T.min(lanes, ow - xb * lanes)):
+                                out[b, c, oyb * rows + r, xb * lanes + lane] = tail[lane]
 
     return depthwise
 
@@ -548,6 +557,12 @@ class MatmulSpec:
     act_dtype: str
     # Dynamic quantization with one run-time scale per row (token): xs is [rows], not a scalar.
     per_row: bool = False
+    # Per-row dynamic quantization done by the kernel itself: x is fp32, each task computes its
+    # rows' scales max(max|x|, eps) / qmax and quantizes while packing (no separate abs-max and
+    # quantize passes over x); xs is then unused.
+    fused_quant: bool = False
+    eps: float = 1e-8
+    qmax: float = 127.0
 
 
 @dataclass(frozen=True)
@@ -606,14 +621,37 @@ def matmul_kernel(
         return T.if_then_else(inside, T.Cast("int32", xf[T.min(m, rows - 1), kk]) + off, T.int32(0))
 
     npad = plan.n_pad
-    xs_shape = (rows,) if spec.per_row else ()
+    fused = spec.fused_quant
+    xs_shape = (rows,) if spec.per_row and not fused else ()
+    x_dtype = "float32" if fused else spec.act_dtype
+    qv = FUSED_QUANT_LANES
+    kvec = k // qv * qv  # reduction values quantized qv at a time; the rest one by one
+    narrow = {4: "int8", 2: "int16", 1: "int32"}[kpack]
 
-    def row_scale(xsb, m):
+    def row_scale(xsb, rsb, r, m):
+        if fused:
+            return rsb[r]
         return xsb[m] if spec.per_row else xsb[()]
+
+    def quant(v, s, n: int):
+        """fused: clamp(round_half_even(v / s)) + off, like TVM's quantize legalization."""
+        i32 = "int32" if n == 1 else f"int32x{n}"
+        c = (lambda a: T.float32(a)) if n == 1 else (lambda a: T.broadcast(T.float32(a), n))
+        q = T.min(T.max(T.round(v / (s if n == 1 else T.broadcast(s, n))), c(-128.0)), c(127.0))
+        return T.Cast(i32, q) + (T.int32(off) if n == 1 else T.broadcast(off, n))
+
+    def fused_value(xf, m, kk, s):
+        return T.if_then_else(kk < k, quant(xf[m, T.min(kk, k - 1)], s, 1), T.int32(0))
+
+    def packed(q):
+        """qv int32 values -> qv / kpack words."""
+        if kpack == 1:
+            return q
+        return T.reinterpret(f"int32x{qv // kpack}", T.Cast(f"{narrow}x{qv}", q))
 
     @T.prim_func
     def matmul(
-        x: T.Buffer(shape, spec.act_dtype),
+        x: T.Buffer(shape, x_dtype),
         wq: T.Buffer((col_tiles, kwords, step), "int32"),
         corr: T.Buffer((npad,), "int32"),
         scale: T.Buffer((npad,), "float32"),
@@ -622,7 +660,7 @@ def matmul_kernel(
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xf = T.decl_buffer((rows, k), spec.act_dtype, data=x.data)
+        xf = T.decl_buffer((rows, k), x_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
         # One task: mr rows (packed into words here) times a chunk of column tiles.
         for task in T.parallel(row_tiles * col_chunks):
@@ -630,10 +668,40 @@ def matmul_kernel(
             words = T.decl_buffer((mr, kwords), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), "int32", scope="local")
-            for r, kq in T.grid(mr, kwords):
-                words[r, kq] = _word(
-                    [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
-                )
+            rs = T.decl_buffer((mr,), "float32", scope="local")
+            vmax = T.decl_buffer((qv,), "float32", scope="local")
+            if fused:
+                # Rows past the end repeat the last row: computed, never stored.
+                for r in range(mr):
+                    vmax[T.ramp(0, 1, qv)] = T.broadcast(T.float32(0), qv)
+                    for kb in range(kvec // qv):
+                        vmax[T.ramp(0, 1, qv)] = T.max(
+                            vmax[T.ramp(0, 1, qv)],
+                            T.fabs(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)]),
+                        )
+                    rs[r] = T.float32(0)
+                    for j in range(qv):
+                        rs[r] = T.max(rs[r], vmax[j])
+                    for kk in range(kvec, k):
+                        rs[r] = T.max(rs[r], T.fabs(xf[T.min(m0 + r, rows - 1), kk]))
+                    rs[r] = T.max(rs[r], T.float32(spec.eps)) / T.float32(spec.qmax)
+                    for kb in range(kvec // qv):
+                        words[r, T.ramp(kb * (qv // kpack), 1, qv // kpack)] = packed(
+                            quant(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)], rs[r], qv)
+                        )
+                    for kq in range(kvec // kpack, kwords):
+                        words[r, kq] = _word(
+                            [
+                                fused_value(xf, T.min(m0 + r, rows - 1), kq * kpack + j, rs[r])
+                                for j in range(kpack)
+                            ],
+                            kpack,
+                        )
+            else:
+                for r, kq in T.grid(mr, kwords):
+                    words[r, kq] = _word(
+                        [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
+                    )
             for c in range(
                 task % col_chunks * chunk, T.min(task % col_chunks * chunk + chunk, col_tiles)
             ):
@@ -656,7 +724,7 @@ def matmul_kernel(
                                     corr[T.ramp(c * step + u * lanes, 1, lanes)],
                                     scale[T.ramp(c * step + u * lanes, 1, lanes)],
                                     fbias[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    T.broadcast(row_scale(xs, m0 + r), lanes),
+                                    T.broadcast(row_scale(xs, rs, r, m0 + r), lanes),
                                     lanes,
                                 )
                             else:
@@ -668,7 +736,7 @@ def matmul_kernel(
                                             corr[c * step + u * lanes + lane],
                                             scale[c * step + u * lanes + lane],
                                             fbias[c * step + u * lanes + lane],
-                                            row_scale(xs, m0 + r),
+                                            row_scale(xs, rs, r, m0 + r),
                                             1,
                                         )
 
