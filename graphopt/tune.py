@@ -231,7 +231,7 @@ def select_records(tasks, work_dir: Path, tvm_target, runner: Any = None, say=pr
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from graphopt.passes import _cpu_schedule_rules as rules
+    from graphopt.targets import cpu_schedules as rules
 
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     info = rules.cpu_info(tvm_target)

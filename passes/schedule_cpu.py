@@ -2,8 +2,8 @@
 
 Runs after FuseTIR, on every PrimFunc of the module, for the target of the surrounding
 `with target:` (`tvm.target.Target.current()`; the host CPU when there is none). Each
-function gets the first rule that matches its block structure (`_attention_schedule_rule`,
-then those of `_cpu_schedule_rules`):
+function gets the first rule that matches its block structure (the rules live with the targets,
+in `graphopt.targets.cpu_schedules`: `attention` first, then those of `schedule_func`):
 
     attention    fuse's attention group: row blocks in parallel, softmax row per thread,
                  register-tiled Q K^T and P V
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes import _attention_schedule_rule as attention_rule
-from graphopt.passes import _cpu_schedule_rules as rules
 from graphopt.passes import _int8_schedule_rules as int8_rules
+from graphopt.targets import cpu_schedules as rules
+from graphopt.targets.cpu_schedules import attention as attention_rule
 
 
 def _target() -> tvm.target.Target:

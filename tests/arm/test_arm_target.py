@@ -11,8 +11,8 @@ from tvm.target import codegen
 from graphopt import bundle
 from graphopt.cli import main
 from graphopt.errors import TargetError
-from graphopt.passes import _cpu_schedule_rules as rules
 from graphopt.target_infra import make_target, registered_targets
+from graphopt.targets import cpu_schedules as rules
 from graphopt.targets.arm import BOARDS, CC_PACKAGE, Arm
 
 needs_cc = pytest.mark.skipif(

@@ -17,10 +17,10 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from graphopt.pass_infra import make_pass
-from graphopt.passes import _attention_schedule_rule as attention_rule
-from graphopt.passes import _cpu_schedule_rules as rules
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
+from graphopt.targets import cpu_schedules as rules
+from graphopt.targets.cpu_schedules import attention as attention_rule
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86")

@@ -15,9 +15,9 @@ from tvm.script import tirx as T
 
 from graphopt import _tvm
 from graphopt.pass_infra import make_pass
-from graphopt.passes import _cpu_schedule_rules as rules
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
+from graphopt.targets import cpu_schedules as rules
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86")

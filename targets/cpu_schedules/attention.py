@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV
 
-from graphopt.passes import _cpu_schedule_rules as rules
+from graphopt.targets.cpu_schedules import common
 
 # Row blocks bigger than this stop paying: the K^T / V rows are in L1 already.
 MAX_ROW_BLOCK = 4
@@ -45,7 +45,7 @@ MAX_TILE_VECTORS = 4
 
 @dataclass
 class _Matmul:
-    view: rules.BlockView
+    view: common.BlockView
     a: tvm.ir.TensorLoad  # A[.., i, k]
     b: tvm.ir.TensorLoad  # B[.., k, j]
 
@@ -55,21 +55,21 @@ class AttentionBlocks:
     """The blocks the schedule places (BlockViews of the root scope)."""
 
     scores: _Matmul
-    max: rules.BlockView
-    exp: rules.BlockView
-    sum: rules.BlockView
-    probs: rules.BlockView  # the block writing the output matmul's A operand
+    max: common.BlockView
+    exp: common.BlockView
+    sum: common.BlockView
+    probs: common.BlockView  # the block writing the output matmul's A operand
     output: _Matmul
-    out: rules.BlockView  # the block writing the function's output
-    k_t: rules.BlockView | None  # the block writing the scores' B operand (None: a parameter)
+    out: common.BlockView  # the block writing the function's output
+    k_t: common.BlockView | None  # the block writing the scores' B operand (None: a parameter)
 
 
-def _matmul(view: rules.BlockView) -> _Matmul | None:
+def _matmul(view: common.BlockView) -> _Matmul | None:
     """`C[.., i, j] += A[.., i, k] * B[.., k, j]` with k the block's one reduction iterator."""
     store = view.store()
     if store is None or view.kinds.count("R") != 1 or not view.kinds.endswith("R"):
         return None
-    operands = rules._product_operands(store)
+    operands = common.product_operands(store)
     if operands is None:
         return None
     k = view.block.iter_vars[-1].var
@@ -90,7 +90,7 @@ def _matmul(view: rules.BlockView) -> _Matmul | None:
     return _Matmul(view, a, b)
 
 
-def _reduce_with(view: rules.BlockView, op) -> tvm.ir.TensorLoad | None:
+def _reduce_with(view: common.BlockView, op) -> tvm.ir.TensorLoad | None:
     """`C[..] = op(C[..], X[..])` over the last iterator -> the load of X."""
     store = view.store()
     if store is None or view.kinds.count("R") != 1 or not view.kinds.endswith("R"):
@@ -100,7 +100,7 @@ def _reduce_with(view: rules.BlockView, op) -> tvm.ir.TensorLoad | None:
         return None
     for acc, other in ((value.a, value.b), (value.b, value.a)):
         if isinstance(acc, tvm.ir.TensorLoad) and acc.source.same_as(store.buffer):
-            loads = rules._loads(other)
+            loads = common.buffer_loads(other)
             if len(loads) == 1 and isinstance(other, tvm.ir.TensorLoad):
                 return other
     return None
@@ -113,13 +113,13 @@ def _calls(expr, name: str) -> bool:
         if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")) == name:
             hit.append(e)
 
-    rules._walk(expr, visit)
+    common.walk(expr, visit)
     return bool(hit)
 
 
 def match_attention(sch: Schedule, func: tirx.PrimFunc) -> AttentionBlocks | None:
     """The attention blocks of `func`, or None when its structure is not attention's."""
-    views = rules.root_blocks(sch)
+    views = common.root_blocks(sch)
     writer = {}
     for v in views:
         if len(v.block.writes) != 1:
@@ -162,11 +162,11 @@ def match_attention(sch: Schedule, func: tirx.PrimFunc) -> AttentionBlocks | Non
     return AttentionBlocks(scores, mx, exp, sm, probs, output, out, k_t)
 
 
-def _read_buffers(view: rules.BlockView) -> set:
+def _read_buffers(view: common.BlockView) -> set:
     return {r.source for r in view.block.reads}
 
 
-def _read_buffers_deep(view: rules.BlockView, writer: dict) -> set:
+def _read_buffers_deep(view: common.BlockView, writer: dict) -> set:
     """Buffers read by a block or by the spatial blocks feeding it (what inlining brings in)."""
     seen, todo = set(), [view]
     while todo:
@@ -199,7 +199,7 @@ def _ancestors(views, writer) -> dict[str, set[str]]:
 
 
 def _extent(sch: Schedule, loop) -> int:
-    value = rules._int(sch.get(loop).extent)
+    value = common.const_int(sch.get(loop).extent)
     if value is None:
         raise ValueError("dynamic loop extent")
     return value
@@ -211,7 +211,9 @@ def _row_loops(sch: Schedule, blocks: AttentionBlocks) -> list:
     if out.name == blocks.output.view.name:
         return list(out.loops[:-2])  # [.., i] of [.., i, d, k]
     d_buf = blocks.output.view.block.writes[0].source
-    loads = [ld for ld in rules._loads(sch.get(out.rv).body.value) if ld.source.same_as(d_buf)]
+    loads = [
+        ld for ld in common.buffer_loads(sch.get(out.rv).body.value) if ld.source.same_as(d_buf)
+    ]
     if not loads:
         raise ValueError("output block does not read the output matmul")
     analyzer = tvm.sym.Analyzer()  # tvm.arith in older TVM
@@ -219,9 +221,9 @@ def _row_loops(sch: Schedule, blocks: AttentionBlocks) -> list:
         analyzer.bind(iv.var, iv.dom)
     col_vars: set = set()
     for ld in loads:
-        col_vars |= rules._vars(analyzer.simplify(ld.indices[-1]))
+        col_vars |= common.free_vars(analyzer.simplify(ld.indices[-1]))
     # Each loop binds one iterator directly (unit iterators may have lost their loop).
-    bound = list(zip(rules._binding(sch, out), sch.get(out.rv).iter_vars))
+    bound = list(zip(common.binding(sch, out), sch.get(out.rv).iter_vars))
     prefix = []
     for loop in out.loops:
         loop_var = sch.get(loop).loop_var
@@ -283,7 +285,7 @@ def _register_tile(sch: Schedule, rv, width: int) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def _vectorize_inner(sch: Schedule, rv, info: rules.CpuInfo) -> None:
+def _vectorize_inner(sch: Schedule, rv, info: common.CpuInfo) -> None:
     loops = sch.get_loops(rv)
     extent = _extent(sch, loops[-1])
     if extent <= 1:
@@ -296,7 +298,7 @@ def _vectorize_inner(sch: Schedule, rv, info: rules.CpuInfo) -> None:
         sch.vectorize(loops[-1])
 
 
-def _rfactor_row(sch: Schedule, rv, info: rules.CpuInfo) -> SBlockRV | None:
+def _rfactor_row(sch: Schedule, rv, info: common.CpuInfo) -> SBlockRV | None:
     """Row max / sum in SIMD lanes: `lanes` partial results (rfactor), then a short scalar
     reduction of them. Scalar, the two dependency chains over the keys cost about as much as
     the register-tiled matmuls. Rows the lanes do not divide stay scalar (None). At root:
@@ -315,7 +317,7 @@ def _vector_partials(sch: Schedule, partial: SBlockRV, outer) -> None:
     """
     block = sch.get(partial)
     lane_var = block.body.indices[-1]  # the partial results' lane
-    values = rules._binding(sch, rules._view(sch, partial))
+    values = common.binding(sch, common.view_of(sch, partial))
     (lane_value,) = [v for iv, v in zip(block.iter_vars, values) if iv.var.same_as(lane_var)]
     (key_value,) = [
         v for iv, v in zip(block.iter_vars, values) if iv.iter_type == tirx.IterVar.CommReduce
@@ -345,7 +347,7 @@ def _work(sch: Schedule, blocks: AttentionBlocks) -> int:
     return total
 
 
-def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) -> bool:
+def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: common.CpuInfo) -> bool:
     """Schedule the fused attention kernel row block by row block; False if `func` is not one."""
     blocks = match_attention(sch, func)
     if blocks is None:
@@ -364,7 +366,7 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
         )
         if v is not None
     }
-    for view in rules.root_blocks(sch):
+    for view in common.root_blocks(sch):
         if view.name not in keep:
             sch.compute_inline(view.rv)
     get = sch.get_sblock
@@ -378,7 +380,7 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
 
     # Row blocks over the output's (batch.., row) loops, in parallel.
     out_rv = get(blocks.out.name)
-    blocks.out = rules._view(sch, out_rv)
+    blocks.out = common.view_of(sch, out_rv)
     prefix = _row_loops(sch, blocks)
     if blocks.out.name != blocks.output.view.name:
         prefix = _heads_outside_rows(sch, out_rv, prefix, head_dim)
@@ -388,7 +390,7 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
     rb = _largest_divisor(_extent(sch, prefix[-1]), rb_max)
     row_outer, _ = sch.split(prefix[-1], [None, rb])
     outer = sch.fuse(*prefix[:-1], row_outer) if len(prefix) > 1 else row_outer
-    if _work(sch, blocks) >= rules.MIN_PARALLEL_WORK:
+    if _work(sch, blocks) >= common.MIN_PARALLEL_WORK:
         sch.parallel(outer)
 
     chain = [blocks.probs, blocks.sum, partials[1], blocks.exp, blocks.max, partials[0]]
@@ -408,11 +410,11 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: rules.CpuInfo) 
     _vectorize_inner(sch, get(blocks.exp.name), info)
     _vectorize_inner(sch, get(blocks.probs.name), info)
     if blocks.k_t is not None:
-        rules.schedule_injective(sch, get(blocks.k_t.name), info)
+        common.schedule_injective(sch, get(blocks.k_t.name), info)
     return True
 
 
-def schedule(func: tirx.PrimFunc, info: rules.CpuInfo) -> rules.Outcome:
+def schedule(func: tirx.PrimFunc, info: common.CpuInfo) -> common.Outcome:
     """schedule-cpu's entry: the scheduled function (rule "attention"), or `func` untouched.
 
     A function that is not attention comes back with no rule and no error; one that matched
@@ -423,7 +425,7 @@ def schedule(func: tirx.PrimFunc, info: rules.CpuInfo) -> rules.Outcome:
     except Exception:  # noqa: BLE001 - no root block (e.g. scatter's opaque kernel): not ours
         matched = None
     if matched is None:
-        return rules.Outcome(None, func, [])
+        return common.Outcome(None, func, [])
     try:
         # Simplified first: the head merge's reshape indexes `((j // 16 + i) // 13 + b) % 2`
         # (= b); left so, compute_at cannot bound a row block's region and takes whole rows.
@@ -433,7 +435,7 @@ def schedule(func: tirx.PrimFunc, info: rules.CpuInfo) -> rules.Outcome:
     except Exception as err:  # noqa: BLE001 - any schedule error: leave it to the other rules
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         message = lines[-1] if lines else type(err).__name__
-        return rules.Outcome(None, func, [f"attention: {message}"])
+        return common.Outcome(None, func, [f"attention: {message}"])
     if not done:
-        return rules.Outcome(None, func, [])
-    return rules.Outcome("attention", sch.mod["main"].with_attr(rules.SCHEDULED_ATTR, True), [])
+        return common.Outcome(None, func, [])
+    return common.Outcome("attention", sch.mod["main"].with_attr(common.SCHEDULED_ATTR, True), [])

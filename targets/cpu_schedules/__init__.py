@@ -1,0 +1,98 @@
+"""Default (untuned) CPU schedules for the TIR kernels of real models, for LLVM targets.
+
+`schedule-cpu` (passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR. Each rule
+reads the block structure of one PrimFunc (iterator kinds, buffer indices), never its name, and
+either schedules it completely or raises (the caller then keeps the original). In the order
+they are tried:
+
+- attention (attention.py, tried by the pass before `schedule_func`): fuse's attention group,
+  row blocks in parallel, softmax row per thread, register-tiled Q K^T and P V.
+- matmul (matmul.py): one reduction block `C[b.., i.., j] += A[b.., i.., k] * B[b.., k, j]`
+  (batch dims, 3-D x 2-D, any layout of B, fused elementwise epilogue). Odd M / N are padded
+  with `pad_einsum` (predicated tiles run several times slower); B is packed into panels
+  `[j // nr, k, j % nr]`; an `mr x nr` tile of accumulators (nr = one or two SIMD registers)
+  stays in registers over all of k; the epilogue runs per tile from the accumulators.
+- conv (conv.py): one reduction block `C[.., f, y, x] += D[.., y*s + ry, x*s + rx] * W[f, ..]`.
+  Regular / pointwise conv: output channels in SIMD lanes (weight packed channel-last), a few
+  output pixels unrolled, data broadcast: any stride works. Depthwise / grouped / channel
+  counts that fit no vector: output width in SIMD lanes, a block of rows unrolled with the
+  window so shared input rows load once, padding done per channel in cache; strided convs over
+  wide maps keep TVM's loop order (LLVM vectorizes the strided loads with shuffles).
+- window (conv.py): the same without a weight (max / avg pooling, sums over outer axes).
+- reduction (reduction.py): `s_tir.dlight.cpu.Reduction` (softmax, layer norm, mean), else the
+  leading spatial loops made parallel.
+- elementwise (elementwise.py): everything inlined into the last block, contiguous loops
+  fused, vectorized, parallel.
+
+Weight packing blocks that read a function parameter are marked as layout rewrites, so the
+pass can move them out (SplitLayoutRewritePreproc) and fold them for constant weights. What
+the rules share (CpuInfo, IR helpers, injective scheduling, tile writer) is in common.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from graphopt.targets.cpu_schedules.common import (
+    PREPACK_ATTR,
+    SCHEDULED_ATTR,
+    CpuInfo,
+    Outcome,
+    cpu_info,
+)
+from graphopt.targets.cpu_schedules.conv import schedule_window
+from graphopt.targets.cpu_schedules.elementwise import schedule_elementwise
+from graphopt.targets.cpu_schedules.matmul import schedule_matmul
+from graphopt.targets.cpu_schedules.reduction import schedule_reduction
+
+__all__ = [
+    "PREPACK_ATTR",
+    "RULES",
+    "SCHEDULED_ATTR",
+    "CpuInfo",
+    "Outcome",
+    "cpu_info",
+    "schedule_func",
+]
+
+
+RULES = ("matmul", "conv", "window", "reduction", "elementwise")
+
+
+def schedule_func(
+    func: tirx.PrimFunc, info: CpuInfo, target, enabled: set[str] | None = None
+) -> Outcome:
+    """Try the rules in order on one PrimFunc; the first that applies wins.
+
+    A rule that raises is dropped (its half-done schedule with it) and the next one tried, so
+    the result is always either a complete schedule or the function exactly as it was.
+    """
+    attempts: list[tuple[str, Callable]] = [
+        ("matmul", lambda s: schedule_matmul(s, func, info)),
+        ("conv", lambda s: schedule_window(s, func, info, need_weight=True)),
+        ("window", lambda s: schedule_window(s, func, info, need_weight=False)),
+        ("reduction", lambda s: schedule_reduction(s, func, info, target)),
+        ("elementwise", lambda s: schedule_elementwise(s, func, info)),
+    ]
+    errors: list[str] = []
+    for name, attempt in attempts:
+        if enabled is not None and name not in enabled:
+            continue
+        sch = Schedule(func)
+        try:
+            done = attempt(sch)
+        except Exception as err:  # noqa: BLE001 - any schedule error: drop this rule
+            lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            errors.append(f"{name}: {lines[-1] if lines else type(err).__name__}")
+            continue
+        if isinstance(done, Schedule):
+            sch, done = done, True
+        if done:
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
+            prepack = any(PREPACK_ATTR in sch.get(b).annotations for b in blocks)
+            new = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+            return Outcome(name, new, errors, prepack)
+    return Outcome(None, func, errors)

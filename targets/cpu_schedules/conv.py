@@ -1,0 +1,508 @@
+"""Rules `conv` and `window`: sliding-window reductions, with a weight (conv) or without.
+
+conv: one reduction block `C[.., f, y, x] += D[.., y*s + ry, x*s + rx] * W[f, ..]`. Regular /
+pointwise conv: output channels in SIMD lanes (weight packed channel-last), a few output
+pixels unrolled, data broadcast: any stride works. Depthwise / grouped / channel counts that
+fit no vector: output width in SIMD lanes, a block of rows unrolled with the window so shared
+input rows load once, padding done per channel in cache; strided convs over wide maps keep
+TVM's loop order (LLVM vectorizes the strided loads with shuffles). Stride-2..4 windows over
+wide maps read a phase-split input (unit stride).
+
+window: the same without a weight (max / avg pooling, sums over outer axes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from graphopt.targets.cpu_schedules.common import (
+    MIN_PARALLEL_ELEMS,
+    MIN_PARALLEL_WORK,
+    BlockView,
+    CpuInfo,
+    buffer_loads,
+    const_int,
+    divisors,
+    free_vars,
+    is_pad,
+    mark_prepack,
+    plain_vars,
+    product,
+    product_operands,
+    schedule_injective,
+    schedule_pad,
+    single_reduction,
+    tile_writer,
+    vector_width,
+)
+
+
+@dataclass
+class WindowShape:
+    x: int  # iterator position of the output's innermost axis
+    channel: int | None  # iterator position of the output channel (indexes the weight)
+    spatial: list[int]  # iterator positions in output order
+    reductions: list[int]
+    weight_index: int | None = None  # position of the weight in block.reads
+    weight_channel_dim: int | None = None  # weight dim indexed by the channel alone
+    data_uses_channel: bool = True  # depthwise / grouped: each channel reads its own data
+    y: int | None = None  # iterator position of the other sliding axis (rows), if any
+    x_stride: int | None = None  # step of the data index per output column
+    y_window: int = 1  # window height: input rows one output row reads
+    data: object = None  # the buffer the window slides over
+    channel_last: bool = False  # NHWC: output channels innermost, columns right before
+
+
+def window_shape(view: BlockView, need_weight: bool) -> WindowShape | None:
+    """`C[.., x] += D[.., x * s + r ..] (* W[f, ..])` with x the output's innermost axis, or
+    channel-last `C[.., x, f] += D[.., x * s + r, c] (* W[f, ..])` (NHWC: c a reduction, or f
+    itself for depthwise)."""
+    shape = _window_shape(view, need_weight, channel_last=False)
+    if shape is None and need_weight:
+        shape = _window_shape(view, need_weight, channel_last=True)
+    return shape
+
+
+def _window_shape(view: BlockView, need_weight: bool, channel_last: bool) -> WindowShape | None:
+    store = view.store()
+    if store is None or not view.is_reduction:
+        return None
+    ivars = [iv.var for iv in view.block.iter_vars]
+    out_vars = plain_vars(store.indices)
+    if out_vars is None or None in out_vars or len(set(out_vars)) != len(out_vars):
+        return None
+    if channel_last and len(out_vars) < 3:
+        return None
+    x = out_vars[-2] if channel_last else out_vars[-1]
+    xpos = -2 if channel_last else -1
+    red_vars = {ivars[p] for p, k in enumerate(view.kinds) if k == "R"}
+    loads = [ld for ld in buffer_loads(store.value) if not ld.source.same_as(store.buffer)]
+    data = [ld for ld in loads if any(x in free_vars(i) for i in ld.indices)]
+    if len(data) != 1:
+        return None
+    data = data[0]
+    x_dims = [i for i in data.indices if x in free_vars(i)]
+    if len(data.indices) < -xpos or len(x_dims) != 1 or not x_dims[0].same_as(data.indices[xpos]):
+        return None  # x must move along the data's contiguous axis (its last but one: NHWC)
+    if not (free_vars(x_dims[0]) - {x}) <= red_vars:
+        return None
+    if channel_last:
+        last, f = data.indices[-1], out_vars[-1]
+        ext = view.extents()
+        unit = {ivars[p] for p, e in enumerate(ext) if e == 1}
+        plain_channel = isinstance(last, tirx.Var) and last in red_vars
+        depthwise = _linear_coef(last, f) == 1 and (free_vars(last) - {f}) <= (red_vars & unit)
+        if not (plain_channel or depthwise):
+            return None  # the data's innermost axis: input channels, or f (depthwise)
+    shape = WindowShape(
+        x=ivars.index(x),
+        channel=None,
+        spatial=[ivars.index(v) for v in out_vars],
+        reductions=[p for p, k in enumerate(view.kinds) if k == "R"],
+        x_stride=_linear_coef(x_dims[0], x),
+        data=data.source,
+    )
+    shape.channel_last = channel_last
+    if len(data.indices) >= 1 - xpos:
+        # Rows slide along the data axis right before the columns (NCHW, NCW, NHWC).
+        row_idx = data.indices[xpos - 1]
+        rows = [v for v in free_vars(row_idx) if v in out_vars]
+        if len(rows) == 1 and free_vars(row_idx) & red_vars and not rows[0].same_as(x):
+            shape.y = ivars.index(rows[0])
+            ext = view.extents()
+            for v in free_vars(row_idx) & red_vars:
+                shape.y_window *= ext[ivars.index(v)] or 1
+    if not need_weight:
+        return shape
+    operands = product_operands(store)
+    if operands is None:
+        return None
+    weights = [ld for ld in operands if not ld.same_as(data)]
+    if len(weights) != 1 or weights[0].source.same_as(data.source):
+        return None
+    weight = weights[0]
+    w_vars = [v for i in weight.indices for v in free_vars(i)]
+    w_spatial = [v for v in w_vars if v in out_vars]
+    if len(set(w_spatial)) > 1 or x in w_spatial:
+        return None
+    if w_spatial:
+        f = w_spatial[0]
+        shape.channel = ivars.index(f)
+        shape.data_uses_channel = any(f in free_vars(i) for i in data.indices)
+        dims = [d for d, i in enumerate(weight.indices) if isinstance(i, tirx.Var) and i.same_as(f)]
+        shape.weight_channel_dim = dims[0] if dims else None
+    reads = [r.source for r in view.block.reads]
+    shape.weight_index = next((n for n, b in enumerate(reads) if b.same_as(weight.source)), None)
+    return shape
+
+
+def _linear_coef(expr, var) -> int | None:
+    """The constant c of `expr = c * var + (terms without var)`, None if not of that form."""
+    if isinstance(expr, tirx.Var):
+        return 1 if expr.same_as(var) else 0
+    if isinstance(expr, tirx.IntImm):
+        return 0
+    if isinstance(expr, (tirx.Add, tirx.Sub)):
+        a, b = _linear_coef(expr.a, var), _linear_coef(expr.b, var)
+        if a is None or b is None:
+            return None
+        return a + b if isinstance(expr, tirx.Add) else a - b
+    if isinstance(expr, tirx.Mul):
+        for u, w in ((expr.a, expr.b), (expr.b, expr.a)):
+            if isinstance(w, tirx.IntImm):
+                c = _linear_coef(u, var)
+                return None if c is None else c * int(w)
+        return None
+    return None if var in free_vars(expr) else 0
+
+
+def _pick_width(x: int, lanes: int) -> int:
+    """Output columns per tile: the divisor of x <= one register that fills it best (two
+    registers per row ran 10x slower in the width-vectorized conv: LLVM spills)."""
+    best, best_key = 1, (-1.0, 0)
+    for d in divisors(x):
+        if d > lanes:
+            break
+        regs = -(-d // lanes)
+        key = (d / (regs * lanes), d)
+        if key > best_key:
+            best, best_key = d, key
+    return best
+
+
+@dataclass(frozen=True)
+class ChannelTile:
+    """Channel-vectorized conv tile: `vectors` SIMD vectors of `lanes` channels x `width`
+    output pixels of accumulators."""
+
+    lanes: int
+    vectors: int
+    width: int
+
+
+def _channel_tile(shape: WindowShape, ext: list[int], info: CpuInfo) -> ChannelTile | None:
+    """The channel-vectorized tile, or None if it does not fit.
+
+    Needs a weight indexed by the output channel alone and data shared by every output
+    channel (regular and pointwise conv; not depthwise or grouped). Channel counts that are no
+    multiple of the SIMD width (24, 40, ...) use half or quarter registers.
+    """
+    if (
+        shape.channel is None
+        or (shape.data_uses_channel and not shape.channel_last)
+        or shape.weight_channel_dim is None
+        or shape.weight_index is None
+    ):
+        return None
+    f = ext[shape.channel]
+    lanes = info.lanes
+    while lanes >= 4 and f % lanes:
+        lanes //= 2
+    if lanes < 4:
+        return None
+    # Up to two full registers of channels per tile.
+    vectors = max(d for d in divisors(f // lanes) if d * lanes <= 2 * info.lanes)
+    limit = max(1, info.accumulators // vectors)
+    width = max(d for d in divisors(ext[shape.x]) if d <= limit)
+    if width < min(4, ext[shape.x]):
+        return None
+    return ChannelTile(lanes, vectors, width)
+
+
+def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weight: bool) -> bool:
+    found = single_reduction(sch, lambda block: window_shape(block, need_weight))
+    if found is None:
+        return False
+    views, conv, shape, producers, consumers, ext = found
+
+    tile = _channel_tile(shape, ext, info) if need_weight else None
+    phased = _phase_split_pad(shape, producers, ext, info)
+    if tile is not None and _width_beats_channels(shape, ext, info, phased is not None):
+        tile = None
+    if tile is not None:
+        phased = None
+    # Data read per output channel (depthwise, pooling): pad it channel by channel, in cache,
+    # right before the channel is convolved. Shared data (regular conv): pad it once.
+    per_channel = not need_weight or shape.data_uses_channel
+    local_pads = [p for p in producers if per_channel and tile is None and is_pad(p)]
+    odd = phased is not None and const_int(shape.data.ty.shape[-1]) % shape.x_stride != 0
+    if phased is not None and odd:
+        # An odd padded width needs the pad decomposed before the layout change, and
+        # decomposed pads cannot move into the channel loop: pad the whole input once.
+        local_pads = []
+        fill = _apply_phase_split(sch, phased, shape.x_stride, decompose=True)
+        _unroll_phases(sch, [fill, phased.rv], info)
+    elif phased is not None:
+        _apply_phase_split(sch, phased, shape.x_stride, decompose=False)
+        if not local_pads:
+            fill = sch.decompose_padding(phased.rv, sch.get_loops(phased.rv)[0])
+            _unroll_phases(sch, [fill, phased.rv], info)
+    if phased is not None:
+        shape.x_stride = 1  # the conv now reads each phase with unit stride
+    for p in producers:
+        if not any(p.block.same_as(q.block) for q in local_pads):
+            if phased is None or not p.block.same_as(phased.block):
+                schedule_pad(sch, p, info)
+
+    conv_rv = conv.rv
+    out_rv = tile_writer(sch, conv_rv, consumers, info)
+
+    if tile is not None:
+        _conv_channel_vector(sch, func, conv_rv, out_rv, shape, ext, info, tile)
+    else:
+        _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phased is not None)
+    return True
+
+
+# Reductions shorter than this many SIMD widths per output store the tile width-vectorized.
+WIDTH_MAX_REDUCTION = 8
+
+
+def _width_beats_channels(shape: WindowShape, ext: list[int], info: CpuInfo, phased: bool) -> bool:
+    """Output width in lanes beats output channels in lanes when each output sums few terms.
+
+    Channel-vectorized accumulators are channel-last and leave the tile as scalar, transposed
+    stores into NCHW: one store per channel per pixel, as many as the FMAs themselves when the
+    reduction is short (a 1x1 conv over 16 channels, 112x112 maps: 2.5x slower; the 3x3 stride
+    2 stem over 3 channels). Width-vectorized tiles store whole vectors; they need unit stride
+    (or a phase-split input) and a width of whole vectors.
+    """
+    return (
+        not shape.channel_last
+        and (shape.x_stride == 1 or phased)
+        and _pick_width(ext[shape.x], info.lanes) * 4 >= 3 * info.lanes
+        and _reduction_size(shape, ext) < WIDTH_MAX_REDUCTION * info.lanes
+    )
+
+
+def _phase_split_pad(shape: WindowShape, producers, ext, info: CpuInfo) -> BlockView | None:
+    """The pad feeding a stride-s window whose output is wide enough to vectorize."""
+    s = shape.x_stride
+    if shape.channel_last or s is None or s < 2 or s > 4 or ext[shape.x] < info.lanes // 2:
+        return None
+    for p in producers:
+        if is_pad(p) and p.block.writes[0].source.same_as(shape.data):
+            return p if const_int(shape.data.ty.shape[-1]) is not None else None
+    return None
+
+
+def _apply_phase_split(sch: Schedule, pad: BlockView, s: int, decompose: bool):
+    """Store the padded input as `s` phases, `[.., y, x % s, x // s]`.
+
+    A stride-s window then reads `[.., x*s + rx]` as `[.., rx % s, x + rx // s]`: unit stride,
+    so a vector of outputs loads whole vectors (a strided TIR vector load is a gather). With
+    `decompose` the pad first becomes a zero fill plus an unconditional copy (returns the
+    fill): the layout change of an odd padded width (TF-style pads) adds a zero column no
+    window reads, which decompose_padding cannot take apart afterwards.
+    """
+    fill = sch.decompose_padding(pad.rv, sch.get_loops(pad.rv)[0]) if decompose else pad.rv
+
+    def phases(*idx):
+        return (*idx[:-1], idx[-1] % s, idx[-1] // s)
+
+    buf = pad.block.writes[0].source
+    index_map = tirx.IndexMap.from_func(phases, ndim=len(buf.ty.shape))
+    if const_int(buf.ty.shape[-1]) % s:
+        zero = tirx.const(0.0, buf.dtype)
+        sch.transform_layout(fill, ("write", 0), index_map, pad_value=zero)
+    else:
+        sch.transform_layout(fill, ("write", 0), index_map)
+    return fill
+
+
+def _unroll_phases(sch: Schedule, blocks, info: CpuInfo | None = None) -> None:
+    """Rows of the fill and the copy split by two and unrolled, left to LLVM, which vectorizes
+    the copy's interleaved loads with shuffles; whole-tensor ones (`info`) also parallel."""
+    for block in blocks:
+        loops = sch.get_loops(block)
+        if info is not None and len(loops) > 2:
+            extents = [const_int(sch.get(lp).extent) or 1 for lp in loops]
+            if product(extents) >= MIN_PARALLEL_ELEMS:
+                sch.parallel(sch.fuse(*loops[:-2]))
+                loops = sch.get_loops(block)
+        extent = const_int(sch.get(loops[-1]).extent)
+        if extent is not None and extent % 2 == 0 and extent > 2:
+            _, inner = sch.split(loops[-1], [None, 2])
+            sch.unroll(inner)
+
+
+def _reduction_size(shape: WindowShape, ext: list[int]) -> int:
+    size = 1
+    for p in shape.reductions:
+        size *= ext[p]
+    return size
+
+
+def _parallel_outer(sch: Schedule, loops: list, work: int) -> None:
+    if loops and work >= MIN_PARALLEL_WORK:
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def _conv_channel_vector(sch, func, conv_rv, out_rv, shape, ext, info, tile: ChannelTile) -> None:
+    """Output channels in SIMD lanes, `width` output pixels unrolled: each input value is
+    broadcast once per tile row, each weight vector loaded once per tile.
+
+    The weight is packed to [f // fi, .., f % fi] and the accumulators laid out channel-last so
+    the lanes are contiguous; any stride or dilation works, the data is only broadcast.
+    """
+    lanes, fv, width = tile.lanes, tile.vectors, tile.width
+    fi = fv * lanes
+    wdim = shape.weight_channel_dim
+    wbuf = sch.get(conv_rv).reads[shape.weight_index].source
+    ndim = len(wbuf.ty.shape)
+
+    def pack_map(*idx):
+        rest = [v for d, v in enumerate(idx) if d != wdim]
+        return (idx[wdim] // fi, *rest, idx[wdim] % fi)
+
+    pack = sch.cache_read(conv_rv, shape.weight_index, "global")
+    sch.transform_layout(pack, ("write", 0), tirx.IndexMap.from_func(pack_map, ndim=ndim))
+    mark_prepack(sch, pack, func)
+    schedule_injective(sch, pack, info)
+
+    cpos = shape.spatial.index(shape.channel)
+    out_ndim = len(shape.spatial)
+
+    def acc_map(*idx):
+        return (*[v for d, v in enumerate(idx) if d != cpos], idx[cpos])
+
+    loops = sch.get_loops(conv_rv)
+    fo, fin = sch.split(loops[shape.channel], [None, fi])
+    xo, xi = sch.split(loops[shape.x], [None, width])
+    outer = []
+    for p in shape.spatial:
+        if p == shape.channel:
+            outer.append(fo)
+        elif p != shape.x:
+            outer.append(loops[p])
+    red = [loops[p] for p in shape.reductions]
+    sch.reorder(*outer, xo, *red, xi, fin)
+    elems = 1
+    for p in shape.spatial:
+        elems *= ext[p]
+    _parallel_outer(sch, outer, elems * _reduction_size(shape, ext))
+    sch.reverse_compute_at(out_rv, xo, preserve_unit_loops=True)
+    out_loops = sch.get_loops(out_rv)
+    if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
+        sch.vectorize(out_loops[-1])
+    sch.unroll(xi)
+    f_regs, f_lanes = sch.split(fin, [fv, lanes])
+    sch.unroll(f_regs)
+    sch.vectorize(f_lanes)
+    sch.transform_layout(conv_rv, ("write", 0), tirx.IndexMap.from_func(acc_map, ndim=out_ndim))
+    init = sch.decompose_reduction(conv_rv, red[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phased) -> None:
+    """Output width in SIMD lanes (depthwise, grouped, pooling, channel counts that are no
+    multiple of the SIMD width).
+
+    A tile of `fi` channels x `yb` rows x one register of columns, with the window loops
+    unrolled so rows shared by neighbouring outputs are loaded once. Strided convs over wide
+    outputs keep the block's own loop order instead, which LLVM vectorizes with shuffles (a
+    strided TIR vector load is a gather: slower there), and only gain parallelism and locality.
+    """
+    lanes = info.lanes
+    loops = sch.get_loops(conv_rv)
+    outer_pos = [p for p in shape.spatial if p not in (shape.x, shape.y)]
+    elems = 1
+    for p in shape.spatial:
+        elems *= ext[p]
+
+    if shape.x_stride != 1 and ext[shape.x] >= 2 * lanes:
+        outer = [loops[p] for p in outer_pos]
+        sch.reorder(*outer, *[loops[p] for p in shape.spatial if p not in outer_pos])
+        par = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
+        if par is not None and elems * _reduction_size(shape, ext) >= MIN_PARALLEL_WORK:
+            sch.parallel(par)
+        for p in local_pads:
+            sch.compute_at(p.rv, par) if par is not None else None
+            _vectorize_row(sch, p.rv, info)
+        at = loops[shape.y] if shape.y is not None else par
+        if at is not None:
+            sch.reverse_compute_at(out_rv, at, preserve_unit_loops=True)
+            out_loops = sch.get_loops(out_rv)
+            if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
+                sch.vectorize(out_loops[-1])
+        return
+
+    xw = _pick_width(ext[shape.x], lanes)
+    budget = 8
+    yb = 1
+    fi = 1
+    if shape.y is not None:
+        # Strided rows share fewer input rows: a short row block is enough.
+        # Rows only share inputs under a window taller than one row.
+        rows = 1 if shape.y_window == 1 else 2 if phased or shape.x_stride != 1 else budget
+        yb = max(d for d in divisors(ext[shape.y]) if d <= rows)
+    if shape.channel is not None and not shape.data_uses_channel:
+        fi = max(d for d in divisors(ext[shape.channel]) if d <= max(1, budget // yb))
+
+    xo, xi = sch.split(loops[shape.x], [None, xw])
+    yo = yi = None
+    if shape.y is not None:
+        yo, yi = sch.split(loops[shape.y], [None, yb])
+    fi_loop = None
+    outer = []
+    for p in outer_pos:
+        if p == shape.channel and fi > 1:
+            fo, fi_loop = sch.split(loops[p], [None, fi])
+            outer.append(fo)
+        else:
+            outer.append(loops[p])
+    red = [loops[p] for p in shape.reductions]
+    tile = [lp for lp in (fi_loop, yi) if lp is not None] + [xi]
+    sch.reorder(*outer, *([yo] if yo is not None else []), xo, *red, *tile)
+    par = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
+    if par is not None and elems * _reduction_size(shape, ext) >= MIN_PARALLEL_WORK:
+        sch.parallel(par)
+    for p in local_pads:
+        if par is not None:
+            sch.compute_at(p.rv, par)
+        if phased:
+            at = sch.get_loops(p.rv)[1 if par is not None else 0]
+            _unroll_phases(sch, [sch.decompose_padding(p.rv, at), p.rv])
+        else:
+            _vectorize_row(sch, p.rv, info)
+
+    sch.reverse_compute_at(out_rv, xo, preserve_unit_loops=True)
+    out_loops = sch.get_loops(out_rv)
+    if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
+        sch.vectorize(out_loops[-1])
+
+    # Unroll the window (3x3, 5x5, ...) so LLVM sees which loaded rows repeat.
+    window = [lp for lp, p in zip(red, shape.reductions) if ext[p] > 1]
+    size = 1
+    for p in shape.reductions:
+        size *= ext[p]
+    for lp in tile[:-1]:
+        sch.unroll(lp)
+    if size <= 64:
+        for lp in window[-2:]:
+            sch.unroll(lp)
+    if xw > 1:
+        sch.vectorize(xi)
+    init = sch.decompose_reduction(conv_rv, red[0])
+    if xw > 1:
+        sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _vectorize_row(sch: Schedule, rv, info: CpuInfo) -> None:
+    """Vectorize the innermost loop of a block placed under another loop (a padded row)."""
+    loops = sch.get_loops(rv)
+    if not loops:
+        return
+    extent = const_int(sch.get(loops[-1]).extent)
+    if extent is None or extent == 1:
+        return
+    if extent <= 8 * info.lanes:
+        sch.vectorize(loops[-1])
+        return
+    width = vector_width(extent, info.lanes)
+    if width > 1:
+        _, vec = sch.split(loops[-1], [None, width])
+        sch.vectorize(vec)

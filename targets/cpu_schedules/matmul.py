@@ -1,0 +1,249 @@
+"""Rule `matmul`: matmul / dense / batch matmul, with a fused elementwise epilogue.
+
+One reduction block `C[b.., i.., j] += A[b.., i.., k] * B[b.., k, j]` (batch dims, 3-D x 2-D,
+any layout of B). Odd M / N are padded with `pad_einsum` (predicated tiles run several times
+slower); B is packed into panels `[j // nr, k, j % nr]`; an `mr x nr` tile of accumulators
+(nr = one or two SIMD registers) stays in registers over all of k; the epilogue runs per tile
+from the accumulators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from graphopt.targets.cpu_schedules.common import (
+    MIN_PARALLEL_WORK,
+    BlockView,
+    CpuInfo,
+    const_int,
+    divisors,
+    mark_prepack,
+    plain_vars,
+    product_operands,
+    root_blocks,
+    schedule_injective,
+    single_reduction,
+    tile_writer,
+)
+
+
+@dataclass
+class MatmulShape:
+    batch: list[int]  # iterator positions of the block
+    rows: list[int]
+    col: int
+    red: int
+    a_index: int  # read positions in block.reads
+    b_index: int
+    b_col_dim: int  # buffer dims of B holding j and k
+    b_red_dim: int
+
+
+def matmul_shape(view: BlockView) -> MatmulShape | None:
+    """Classify the iterators of `C[b.., i.., j] += A[b.., i.., k] * B[b.., k, j]`."""
+    store = view.store()
+    if store is None or view.kinds.count("R") != 1 or not view.is_reduction:
+        return None
+    operands = product_operands(store)
+    if operands is None:
+        return None
+    ivars = [iv.var for iv in view.block.iter_vars]
+    out_vars = plain_vars(store.indices)
+    if out_vars is None or None in out_vars or len(set(out_vars)) != len(out_vars):
+        return None
+    a_vars = [plain_vars(ld.indices) for ld in operands]
+    if any(v is None for v in a_vars):
+        return None
+    red = next(i for i, k in enumerate(view.kinds) if k == "R")
+    j = ivars.index(out_vars[-1])
+    uses = [set(v for v in av if v is not None) for av in a_vars]
+    b_pos = next((n for n in (0, 1) if ivars[j] in uses[n]), None)
+    if b_pos is None or ivars[j] in uses[1 - b_pos]:
+        return None
+    a_pos = 1 - b_pos
+    k = ivars[red]
+    if k not in uses[a_pos] or k not in uses[b_pos]:
+        return None
+    batch, rows = [], []
+    for pos, var in enumerate(ivars):
+        if pos in (j, red):
+            continue
+        if var not in out_vars:
+            return None
+        in_a, in_b = var in uses[a_pos], var in uses[b_pos]
+        if in_a and in_b:
+            batch.append(pos)
+        elif in_a:
+            rows.append(pos)
+        else:
+            return None  # a second column-like axis: not a plain matmul
+    # Output order must be batch.., rows.., j (so rows and batch can be fused per tile).
+    order = [ivars.index(v) for v in out_vars]
+    if order != sorted(batch) + sorted(rows) + [j] and order != sorted(rows) + [j]:
+        if order[-1] != j:
+            return None
+    reads = [r.source for r in view.block.reads]
+    bufs = [operands[a_pos].source, operands[b_pos].source]
+    if bufs[0].same_as(bufs[1]):
+        return None
+    try:
+        a_index = next(n for n, b in enumerate(reads) if b.same_as(bufs[0]))
+        b_index = next(n for n, b in enumerate(reads) if b.same_as(bufs[1]))
+    except StopIteration:
+        return None
+    b_indices = a_vars[b_pos]
+    return MatmulShape(
+        batch=batch,
+        rows=rows,
+        col=j,
+        red=red,
+        a_index=a_index,
+        b_index=b_index,
+        b_col_dim=b_indices.index(ivars[j]),
+        b_red_dim=b_indices.index(k),
+    )
+
+
+def _pick_rows(m: int, mr_max: int) -> tuple[int, bool]:
+    """Rows per register tile and whether M must be padded to a multiple of it."""
+    if m <= mr_max:
+        return m, False
+    for d in range(mr_max, mr_max // 2, -1):
+        if m % d == 0:
+            return d, False
+    return mr_max, True
+
+
+def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
+    found = single_reduction(sch, matmul_shape)
+    if found is None:
+        return False
+    views, mm, shape, producers, consumers, ext = found
+    m = 1
+    for p in shape.rows:
+        m *= ext[p]
+    n = ext[shape.col]
+    batch = 1
+    for p in shape.batch:
+        batch *= ext[p]
+
+    lanes = info.lanes
+    # Columns per tile: two SIMD registers when N allows, one, or all of a small N.
+    if n % (2 * lanes) == 0:
+        nr, n_pad = 2 * lanes, 1
+    elif n % lanes == 0:
+        nr, n_pad = lanes, 1
+    elif n < lanes:
+        nr, n_pad = n, 1
+    else:
+        nr = 2 * lanes if n > 4 * lanes else lanes
+        n_pad = nr
+        if m < 16:
+            # Few rows (GEMV-like, e.g. a classifier): padding N would copy all of B on every
+            # call. Use a tile width that divides N instead, if one is a multiple of 4.
+            fits = [d for d in divisors(n) if d <= 2 * lanes and d % 4 == 0]
+            if fits:
+                nr, n_pad = fits[-1], 1
+    n_regs = -(-nr // lanes)
+    mr_max = max(1, info.accumulators // n_regs)
+    # Several row axes (e.g. [batch, seq] x weight) are fused; padding the innermost one to a
+    # multiple of mr makes the fused count one too.
+    mr, pad_rows = _pick_rows(m, mr_max)
+
+    for p in producers:
+        schedule_injective(sch, p.rv, info)
+
+    # 1. Pad odd M / N so every tile is whole (predicated tiles run several times slower).
+    padding = [1] * len(ext)
+    if pad_rows:
+        padding[shape.rows[-1]] = mr
+    if n_pad > 1:
+        padding[shape.col] = n_pad
+    pad_blocks: list[BlockView] = []
+    if any(p > 1 for p in padding):
+        before = {v.name for v in root_blocks(sch)}
+        sch.pad_einsum(mm.rv, padding)
+        mm = next(v for v in root_blocks(sch) if v.name == mm.name)
+        c_buf = mm.block.writes[0].source
+        for v in root_blocks(sch):
+            if v.name in before:
+                continue
+            if any(r.source.same_as(c_buf) for r in v.block.reads):
+                # The copy out of the padded result: inline it into the epilogue, or let it
+                # be the block that stores the tile.
+                if consumers:
+                    sch.compute_inline(v.rv)
+                else:
+                    consumers = [v]
+            else:
+                pad_blocks.append(v)
+        ext = mm.extents()
+        m = 1
+        for p in shape.rows:
+            m *= ext[p]
+        n = ext[shape.col]
+
+    out_rv = tile_writer(sch, mm.rv, consumers, info)
+
+    # 2. Pack B into [j // nr, k, j % nr] panels when enough rows reuse it.
+    b_buf = sch.get(mm.rv).reads[shape.b_index].source
+    b_pad = [v for v in pad_blocks if v.block.writes[0].source.same_as(b_buf)]
+    ndim = len(b_buf.ty.shape)
+    transposed = shape.b_col_dim != ndim - 1
+    if m >= 16 or transposed:
+        pack = sch.cache_read(mm.rv, shape.b_index, "global")
+        cdim, kd = shape.b_col_dim, shape.b_red_dim
+
+        def index_map(*idx):
+            others = [x for d, x in enumerate(idx) if d not in (cdim, kd)]
+            return (*others, idx[cdim] // nr, idx[kd], idx[cdim] % nr)
+
+        sch.transform_layout(pack, ("write", 0), tirx.IndexMap.from_func(index_map, ndim=ndim))
+        for v in b_pad:
+            # The zero fill of a padded B happens while packing, not in the inner loop.
+            sch.compute_inline(v.rv)
+        b_pad = []
+        mark_prepack(sch, pack, func)
+        schedule_injective(sch, pack, info)
+    pad_names = {v.name for v in pad_blocks}
+    for v in root_blocks(sch):
+        if v.name in pad_names:
+            schedule_injective(sch, v.rv, info)
+
+    # 3. Tile: [batch] x [rows / mr] x [cols / nc] x [nc / nr] x k x mr x nr.
+    loops = sch.get_loops(mm.rv)
+    batch_loops = [loops[p] for p in shape.batch]
+    row_loops = [loops[p] for p in shape.rows]
+    col_loop, red_loop = loops[shape.col], loops[shape.red]
+    if row_loops:
+        row = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
+        ro, ri = sch.split(row, [None, mr])
+    else:
+        ro = ri = None
+    panel = nr * max(1, min(64 // nr, (n // nr)))
+    while (n // nr) % (panel // nr):
+        panel -= nr
+    co, cm, ci = sch.split(col_loop, [None, panel // nr, nr])
+    order = [*batch_loops, co] + ([ro] if ro is not None else []) + [cm, red_loop]
+    order += ([ri] if ri is not None else []) + [ci]
+    sch.reorder(*order)
+    outer = [*batch_loops, co] + ([ro] if ro is not None else [])
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if batch * m * n * ext[shape.red] >= MIN_PARALLEL_WORK:
+        sch.parallel(par)
+
+    sch.reverse_compute_at(out_rv, cm, preserve_unit_loops=True)
+    out_loops = sch.get_loops(out_rv)
+    if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
+        sch.vectorize(out_loops[-1])
+
+    if ri is not None:
+        sch.unroll(ri)
+    sch.vectorize(ci)
+    init = sch.decompose_reduction(mm.rv, red_loop)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    return True

@@ -1,0 +1,74 @@
+"""Rule `reduction`: softmax, layer norm, mean and other reductions.
+
+`s_tir.dlight.cpu.Reduction` when it applies, else the leading spatial loops made parallel;
+small kernels stay on one thread.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from graphopt.targets.cpu_schedules.common import (
+    MIN_PARALLEL_ELEMS,
+    CpuInfo,
+    const_int,
+    product,
+    root_blocks,
+    schedule_injective,
+    simple_structure,
+)
+
+
+def schedule_reduction(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, target) -> bool:
+    views = root_blocks(sch)
+    if not any(not v.is_spatial for v in views):
+        return False
+    from tvm.s_tir.dlight.cpu import Reduction
+
+    work = max(product(v.extents()) for v in views)
+    if work < MIN_PARALLEL_ELEMS:
+        # dlight always goes parallel; too small to pay for waking the thread pool.
+        return _schedule_outer_parallel(sch, info, parallel=False)
+    try:
+        dl = Reduction().apply(func, target, False)
+    except Exception:  # noqa: BLE001 - dlight raises on patterns it half-matches
+        dl = None
+    if isinstance(dl, Schedule):
+        return dl
+    return _schedule_outer_parallel(sch, info)
+
+
+def _schedule_outer_parallel(sch: Schedule, info: CpuInfo, parallel: bool = True) -> bool:
+    """Last resort for reductions: inline what can be, parallel over leading spatial loops."""
+    views = root_blocks(sch)
+    if not simple_structure(sch, views):
+        return False
+    changed = False
+    for v in views[:-1]:
+        if v.is_spatial:
+            try:
+                sch.compute_inline(v.rv)
+                changed = True
+            except Exception:  # noqa: BLE001 - keep blocks that cannot be inlined
+                pass
+    for v in root_blocks(sch):
+        lead = []
+        for lp, kind in zip(v.loops, v.kinds):
+            if kind != "S":
+                break
+            lead.append(lp)
+        if v.is_spatial:
+            schedule_injective(sch, v.rv, info, parallel=parallel)
+            changed = True
+            continue
+        if not lead or not parallel:
+            continue
+        total = 1
+        for lp in lead:
+            total *= const_int(sch.get(lp).extent) or 1
+        if total >= 2:
+            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+            sch.parallel(fused)
+            changed = True
+    return changed
