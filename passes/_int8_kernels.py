@@ -390,7 +390,7 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
             rc = T.meta_var(task % row_chunks)
             tile = T.decl_buffer((1, 1) if packed else (kwords, step), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
-            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
             if not packed:
                 # Pack this tile's pixels (all channels of the group) into words.
                 if p0 + step <= pix:
@@ -426,12 +426,16 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                                     )
                                 )
                             else:
-                                tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
-                                for lane in range(lanes):
-                                    if p0 + u * lanes + lane < pix:
-                                        of[b, g * og + rt * mr + r, p0 + u * lanes + lane] = ep.tir(
-                                            tail[lane], corr[ch], scale[ch], fbias[ch], None, 1
-                                        )
+                                tail[T.ramp(0, 1, lanes)] = ep.tir(
+                                    acc[r * nr + u],
+                                    T.broadcast(corr[ch], lanes),
+                                    T.broadcast(scale[ch], lanes),
+                                    T.broadcast(fbias[ch], lanes),
+                                    None,
+                                    lanes,
+                                )
+                                for lane in range(T.max(0, T.min(lanes, pix - p0 - u * lanes))):
+                                    of[b, g * og + rt * mr + r, p0 + u * lanes + lane] = tail[lane]
 
     return conv
 
