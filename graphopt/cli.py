@@ -86,6 +86,7 @@ def _quant_options(args: argparse.Namespace):
         eval_data=args.eval,
         samples=args.calib_samples,
         integer_kernels=args.int8_kernels,
+        speed_check=args.speed_check,
         granularity=args.dynamic_granularity,
         metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
             args.quant_metric, args.quant_metric
@@ -141,6 +142,12 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="lower QDQ to integer kernels (lower-int8) when available; else fake-quant",
+    )
+    q.add_argument(
+        "--speed-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each layer's int8 vs fp32 kernel here; slower int8 layers stay fp32",
     )
 
 

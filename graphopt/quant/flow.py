@@ -23,6 +23,8 @@ from .errors import CalibrationError
 from .layers import Layer, find_layers
 from .ranges import write_ranges
 from .sensitivity import Sensitivity, Settings, analyze
+from .speed import LayerTiming, Timer
+from .speed import measure as measure_speed
 
 LOWER_PASS = "lower-int8"
 
@@ -44,6 +46,8 @@ class QuantOptions:
     metric: str = "auto"  # auto | accuracy | top1_agreement | min_cosine
     granularity: str = "tensor"  # dynamic mode: tensor | row
     integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
+    speed_check: bool = True  # time each layer's int8 vs fp32 kernel; slower ones stay fp32
+    speed_margin: float = 0.10  # int8 counts as slower beyond (1 + margin) x fp32 (noise)
 
 
 @dataclass
@@ -73,14 +77,54 @@ def host_target(
     return "x86", None
 
 
-def int8_is_slower(layer: Layer, target: str) -> bool | None:
-    """Hook: True when the target's int8 kernel for `layer` is slower than its fp32 kernel.
+def int8_is_slower(layer: Layer, timings: Mapping[str, LayerTiming] | None) -> bool | None:
+    """True when the measured int8 kernel of `layer` is slower than its fp32 kernel (beyond the
+    noise margin); None when it was not measured (a cross target, dynamic mode, fake-quant)."""
+    t = (timings or {}).get(layer.name)
+    return None if t is None else t.slower
 
-    None means unknown, which keeps the layer int8. Needs per-layer int8-vs-fp32 kernel timings
-    on the target (from the integer kernels of `lower-int8` and a kernel benchmark or the
-    tuning database); nothing provides them yet.
-    """
-    return None
+
+def speed_check(
+    mod: tvm.IRModule,
+    names: Sequence[str],
+    opts: QuantOptions,
+    target: str,
+    target_options: Mapping[str, str] | None,
+    lowered: bool,
+    timer: Timer | None,
+    say: Callable[[str], None],
+) -> tuple[dict[str, LayerTiming], dict]:
+    """Per-layer int8/fp32 kernel times on the compile target, and the manifest note."""
+    note: dict = {"margin": opts.speed_margin}
+    why = None
+    if not opts.speed_check:
+        why = "off (--no-speed-check)"
+    elif opts.mode != "static":
+        why = "dynamic mode: not measured (run-time activation scales)"
+    elif not lowered:
+        why = "fake-quant kernels: nothing to compare"
+    elif host_target(target, target_options)[0] != target:
+        why = f"cross target {target}: kernel times need the target itself (none measured)"
+    elif not names:
+        why = "no int8 layers"
+    if why:
+        return {}, {**note, "skipped": why}
+    try:
+        timings = measure_speed(
+            mod,
+            names,
+            target=target,
+            target_options=target_options,
+            timer=timer,
+            margin=opts.speed_margin,
+            progress=say,
+        )
+    except Exception as err:  # noqa: BLE001 - a kernel pair that fails to build: keep int8, say so
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        say(f"speed check failed ({first}); every layer stays int8")
+        return {}, {**note, "skipped": f"failed: {first}"}
+    note["slower"] = [n for n, t in timings.items() if t.slower]
+    return timings, note
 
 
 def quantize_step(
@@ -90,7 +134,9 @@ def quantize_step(
     target: str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    timer: Timer | None = None,
 ) -> QuantStep:
+    """Calibrate, analyze and decide; `timer` replaces the speed check's clock (tests)."""
     say = progress or (lambda _m: None)
     _check(opts)
     layers = find_layers(mod["main"])
@@ -131,6 +177,13 @@ def quantize_step(
             progress=say,
         )
     skip = list(sens.skip) if sens else []
+    lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
+    candidates = [
+        ly.name
+        for ly in layers
+        if ly.name not in skip and (opts.mode != "static" or ly.name in ranges)
+    ]
+    timings, speed = speed_check(mod, candidates, opts, target, target_options, lowered, timer, say)
     decisions = []
     for layer in layers:
         reason = None
@@ -138,15 +191,21 @@ def quantize_step(
             reason = "max-drop"
         elif opts.mode == "static" and layer.name not in ranges:
             reason = "no range"
-        elif int8_is_slower(layer, target):
+        elif int8_is_slower(layer, timings):
             reason = "int8 kernel slower"
             skip.append(layer.name)
+        t = timings.get(layer.name)
         decisions.append(
             {
                 "layer": layer.name,
                 "what": layer.describe(),
                 "precision": "fp32" if reason else "int8",
                 **({"reason": reason} if reason else {}),
+                **(
+                    {"fp32_ms": t.to_json()["fp32_ms"], "int8_ms": t.to_json()["int8_ms"]}
+                    if t
+                    else {}
+                ),
             }
         )
     quant_opts = {
@@ -161,7 +220,6 @@ def quantize_step(
     if skip:
         quant_opts["skip"] = ":".join(skip)
     passes = [make_pass("quantize", quant_opts)]
-    lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
     if lowered:
         passes.append(make_pass(LOWER_PASS))
     manifest = {
@@ -172,10 +230,7 @@ def quantize_step(
         "int8_layers": sum(d["precision"] == "int8" for d in decisions),
         "ranges": ranges,
         "accuracy": sens.to_json() if sens else None,
-        "missing": (
-            "per-layer int8-vs-fp32 kernel timings: int8_is_slower() returns unknown, so no "
-            "layer is kept fp32 for speed"
-        ),
+        "speed_check": speed,
     }
     check = None
     if sens is not None and sens.score_outputs is not None:
@@ -260,14 +315,27 @@ def format_report(q: dict) -> str:
                 d["what"],
                 s.get("sqnr_db", "-"),
                 s.get("cosine", "-"),
+                d.get("fp32_ms", "-"),
+                d.get("int8_ms", "-"),
                 d["precision"] + (f" ({d['reason']})" if "reason" in d else ""),
             ]
         )
     lines = [
         f"int8 ({q['settings']['mode']}, {q['kernels']}): {q['int8_layers']}/{len(q['layers'])} "
         "layers int8",
-        format_table(["layer", "op", "SQNR dB (alone)", "cosine (alone)", "precision"], rows),
+        format_table(
+            ["layer", "op", "SQNR dB (alone)", "cosine (alone)", "fp32 ms", "int8 ms", "precision"],
+            rows,
+        ),
     ]
+    speed = q.get("speed_check") or {}
+    if "skipped" in speed:
+        lines.append(f"speed check: {speed['skipped']}")
+    elif speed:
+        lines.append(
+            f"speed check (kernel medians, int8 slower beyond +{speed['margin']:.0%}): "
+            f"{len(speed['slower'])} layer(s) kept fp32"
+        )
     if acc:
         lines.append(
             f"{acc['metric']} on {acc['samples']} feeds: fp32 {acc['fp32']:.2f}, all int8 "
