@@ -8,8 +8,9 @@ one module compiled with the target's stages, two functions per distinct layer s
 where, as in the final graph, the int8 input is int8 already when the layer's producer is
 another quantizable layer (its kernel requantizes), else an fp32 input quantized first (that
 quantize kernel is part of the int8 cost), and the output requantizes when the only consumer is
-a quantizable layer. The pair is timed interleaved (medians); int8 is "slower" when its median
-exceeds fp32's by more than `margin` (noise). Cross targets cannot run here: no measurement.
+a quantizable layer. The pair is timed interleaved; int8 is "slower" when the median int8/fp32
+ratio of adjacent calls exceeds 1 + `margin` (noise). Cross targets cannot run here: nothing is
+measured.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from tvm.relax import op as R_op
 from .layers import Layer, find_layers
 from .qdq import ActQuant, act_qparams, emit_act_qdq, weight_dequantize, weight_qparams
 
-# timer(shape, {"fp32": f, "int8": g}) -> median ms of each; injectable (tests: a fake clock).
+# timer(shape, {"fp32": f, "int8": g}) -> {"fp32": ms, "int8": ms[, "ratio": int8/fp32]}, medians;
+# injectable (tests: a fake clock).
 Timer = Callable[["LayerShape", Mapping[str, Callable[[], object]]], Mapping[str, float]]
 MARGIN = 0.10  # int8 must be more than 10% slower to count as slower (timing noise)
 
@@ -48,23 +50,29 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class LayerTiming:
-    fp32_ms: float
+    fp32_ms: float  # medians
     int8_ms: float
     slower: bool
+    ratio: float  # int8 / fp32 (median of paired ratios with the default timer)
 
     def to_json(self) -> dict:
         return {
             "fp32_ms": round(self.fp32_ms, 4),
             "int8_ms": round(self.int8_ms, 4),
-            "int8_over_fp32": round(self.int8_ms / max(self.fp32_ms, 1e-12), 3),
+            "int8_over_fp32": round(self.ratio, 3),
             "slower": self.slower,
         }
 
 
 def default_timer(runs: int = 0) -> Timer:
-    """Interleaved medians (`graphopt.timing`), with enough runs for ~30 ms per contestant."""
+    """Interleaved runs (A B, B A, ...: `graphopt.timing`), enough for ~60 ms per contestant.
+
+    Returns both medians and `ratio`, the median of int8/fp32 over adjacent pairs of calls: a
+    load spike on a busy machine slows both calls of a pair, so the ratio survives it better
+    than the ratio of medians."""
 
     def timer(_shape, fns: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+        import statistics
         import time
 
         from ..timing import interleaved
@@ -76,7 +84,10 @@ def default_timer(runs: int = 0) -> Timer:
                 fn()
             once = max(time.perf_counter() - start, 1e-6)
             n = int(min(max(0.06 / once, 15), 400))
-        return {k: t.median_ms for k, t in interleaved(fns, runs=n, warmup=3).items()}
+        t = interleaved(fns, runs=n, warmup=3)
+        pairs = zip(t["int8"].samples_ms, t["fp32"].samples_ms)
+        ratio = statistics.median(a / max(b, 1e-9) for a, b in pairs)
+        return {"fp32": t["fp32"].median_ms, "int8": t["int8"].median_ms, "ratio": ratio}
 
     return timer
 
@@ -259,9 +270,7 @@ def time_pairs(
         x32, x8 = (tvm.runtime.tensor(a) for a in kp.inputs(key))
         f32, f8 = kp.function(key, "fp32"), kp.function(key, "int8")
         med = timer(shape, {"fp32": lambda f=f32, x=x32: f(x), "int8": lambda f=f8, x=x8: f(x)})
-        times[key] = (float(med["fp32"]), float(med["int8"]))
-    result = {}
-    for name, key in kp.key_of.items():
-        fp32_ms, int8_ms = times[key]
-        result[name] = LayerTiming(fp32_ms, int8_ms, int8_ms > fp32_ms * (1 + margin))
-    return result
+        fp32_ms, int8_ms = float(med["fp32"]), float(med["int8"])
+        ratio = float(med.get("ratio", int8_ms / max(fp32_ms, 1e-12)))
+        times[key] = LayerTiming(fp32_ms, int8_ms, ratio > 1 + margin, ratio)
+    return {name: times[key] for name, key in kp.key_of.items()}
