@@ -745,3 +745,113 @@ def matmul_kernel(
                                         )
 
     return matmul
+
+
+# --------------------------------------------------------------------------------------------
+# add: int8 + int8 -> int8 (residual joins), exact fixed-point requantization
+
+
+@dataclass(frozen=True)
+class AddSpec:
+    """out = clamp(zp_o + rhe((ma * (a - zp_a) + mb * (b - zp_b)) / 2^shift), lo, hi).
+
+    ma / mb are s_a / s_o and s_b / s_o in fixed point (`add_spec`); rhe is round half to even.
+    """
+
+    shape: tuple[int, ...]
+    a_dtype: str
+    b_dtype: str
+    zp_a: int
+    zp_b: int
+    ma: int
+    mb: int
+    shift: int
+    ep: Epilogue  # out dtype, zp_o, clamp bounds (quantized domain)
+
+
+ADD_SHIFT = 24  # fixed-point bits (fewer when the multipliers are large)
+
+
+def add_multipliers(s_a: float, s_b: float, s_o: float) -> tuple[int, int, int]:
+    """(ma, mb, shift) with s_a / s_o ~ ma / 2^shift: 255 * (|ma| + |mb|) stays inside int32."""
+    ra, rb = float(s_a) / float(s_o), float(s_b) / float(s_o)
+    shift = ADD_SHIFT
+    while shift > 0 and 255 * (abs(ra) + abs(rb) + 1) * 2**shift >= 2**31 - 1:
+        shift -= 1
+    return int(round(ra * 2**shift)), int(round(rb * 2**shift)), shift
+
+
+def _rhe_shift(v, shift: int, lanes: int):
+    """TIR: round-half-to-even of v / 2^shift (v int32, `lanes` lanes)."""
+    i32 = "int32" if lanes == 1 else f"int32x{lanes}"
+
+    def c(x):
+        return T.int32(x) if lanes == 1 else T.broadcast(T.int32(x), lanes)
+
+    if shift == 0:
+        return v
+    q = T.shift_right(v, c(shift))
+    r = v - T.shift_left(q, c(shift))
+    half = 1 << (shift - 1)
+    up = T.Select(
+        tvm.tirx.Or(r > c(half), tvm.tirx.And(r == c(half), T.bitwise_and(q, c(1)) == c(1))),
+        c(1),
+        c(0),
+    )
+    return T.Cast(i32, q + up)
+
+
+def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
+    """PrimFunc(a, b, out): the int8 residual add, vectorized over the flattened tensor."""
+    total = int(np.prod(spec.shape))
+    lanes = 16
+    vecs = total // lanes
+    per_task = 64  # vectors per parallel task
+    tasks = -(-vecs // per_task)
+    ep = spec.ep
+    lo, hi = ep.bounds()
+
+    def value(a, b, lanes_):
+        i32 = "int32" if lanes_ == 1 else f"int32x{lanes_}"
+
+        def c(x):
+            return T.int32(x) if lanes_ == 1 else T.broadcast(T.int32(x), lanes_)
+
+        acc = (T.Cast(i32, a) - c(spec.zp_a)) * c(spec.ma) + (T.Cast(i32, b) - c(spec.zp_b)) * c(
+            spec.mb
+        )
+        q = _rhe_shift(acc, spec.shift, lanes_) + c(ep.zp)
+        q = T.min(T.max(q, c(int(lo))), c(int(hi)))
+        return T.Cast(ep.out_dtype if lanes_ == 1 else f"{ep.out_dtype}x{lanes_}", q)
+
+    @T.prim_func
+    def add(
+        a: T.Buffer(spec.shape, spec.a_dtype),
+        b: T.Buffer(spec.shape, spec.b_dtype),
+        out: T.Buffer(spec.shape, ep.out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        af = T.decl_buffer((total,), spec.a_dtype, data=a.data)
+        bf = T.decl_buffer((total,), spec.b_dtype, data=b.data)
+        of = T.decl_buffer((total,), ep.out_dtype, data=out.data)
+        for task in T.parallel(tasks):
+            for v in range(task * per_task, T.min(task * per_task + per_task, vecs)):
+                of[T.ramp(v * lanes, 1, lanes)] = value(
+                    af[T.ramp(v * lanes, 1, lanes)], bf[T.ramp(v * lanes, 1, lanes)], lanes
+                )
+        for i in range(vecs * lanes, total):
+            of[i] = value(af[i], bf[i], 1)
+
+    return add
+
+
+def reference_add(a: np.ndarray, b: np.ndarray, spec: AddSpec) -> np.ndarray:
+    """numpy integer model of `add_kernel` (round half to even on the fixed-point sum)."""
+    acc = (a.astype(np.int64) - spec.zp_a) * spec.ma + (b.astype(np.int64) - spec.zp_b) * spec.mb
+    q = acc >> spec.shift if spec.shift else acc
+    r = acc - (q << spec.shift)
+    half = 1 << (spec.shift - 1) if spec.shift else 0
+    if spec.shift:
+        q = q + ((r > half) | ((r == half) & (q % 2 == 1)))
+    lo, hi = spec.ep.bounds()
+    return np.clip(q + spec.ep.zp, lo, hi).astype(spec.ep.out_dtype)

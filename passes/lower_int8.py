@@ -16,6 +16,10 @@ when the consumer is fp32. Matmuls whose activation scale is computed at run tim
 quantization) get the runtime scale as a kernel argument (fp32 output): a scalar, or one scale
 per row (per-token: a 1-D scale along axis ndim-2 of x [1.., rows, K], zero points 0).
 
+Residual joins in the QDQ form of `quantize` (`add(dequantize(qa), dequantize(qb))` [relu |
+clip], then `quantize`, constant scalar parameters) become one int8 -> int8 kernel (exact
+fixed-point rescale of both operands, round half to even), so a block reads and writes int8.
+
 Anything else (other layouts, a non-constant weight or zero point, dynamic convs, K too large
 for an exact int32 sum) is left as it was and still runs as fake quantization; `stats` counts
 both. The instruction set comes from `isa` (`auto`: the current target, else this host), so
@@ -26,6 +30,8 @@ rebuilds them for the target's scheme (`passes/_int8_schedule_rules.py`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 
@@ -56,10 +62,13 @@ class LowerInt8(GraphPass):
         isa: str = "auto"
         # Also lower matmuls with a run-time activation scale (dynamic quantization).
         dynamic: bool = True
+        # Per-row dynamic matmuls quantize their fp32 input inside the kernel (one pass over x
+        # instead of abs-max, quantize and the matmul's own packing); false: a separate kernel.
+        fuse_row_quant: bool = True
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         isa = _resolve_isa(self.options.isa)
-        stats = {"lowered_conv2d": 0, "lowered_matmul": 0, "lowered_dynamic": 0}
+        stats = {"lowered_conv2d": 0, "lowered_matmul": 0, "lowered_dynamic": 0, "lowered_add": 0}
         stats.update(requantized=0, dequantized=0, left=0, pads_folded=0)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         changed = False
@@ -69,7 +78,7 @@ class LowerInt8(GraphPass):
                 continue
             func, folded = fold_pads(new, func, _Graph(func, new))
             stats["pads_folded"] += folded
-            plans, left = _find(func, new, isa, self.options.dynamic)
+            plans, left = _find(func, new, isa, self.options.dynamic, self.options.fuse_row_quant)
             stats["left"] += left
             if not plans:
                 if folded:
@@ -78,7 +87,8 @@ class LowerInt8(GraphPass):
             for plan in plans.values():
                 stats[f"lowered_{plan.kind}"] += 1
                 stats["lowered_dynamic"] += plan.dynamic
-                stats["requantized" if plan.ep.requant else "dequantized"] += 1
+                if plan.kind != "add":
+                    stats["requantized" if plan.ep.requant else "dequantized"] += 1
             rewriter = _Rewriter(new, plans, kernels)
             rewritten = rewriter.visit_expr(func)
             new = rewriter.builder_.get()
@@ -119,6 +129,7 @@ class _Plan:
     ep: K.Epilogue
     dynamic: bool
     recipe: str = ""  # how schedule-cpu rebuilds the kernel for another target
+    inputs: tuple = ()  # more tensor operands, passed right after q (an add's second operand)
 
 
 def _op(expr) -> str:
@@ -175,17 +186,22 @@ class _Graph:
         return users[0] if len(users) == 1 and users[0] is not None else None
 
 
-def _find(func, mod, isa: K.Isa, dynamic: bool) -> tuple[dict, int]:
+def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict, int]:
     graph = _Graph(func, mod)
     plans: dict = {}
     left = 0
     for var in graph.order:
         call = graph.value[var]
+        if _op(call) == "relax.add":
+            plan = _match_add(graph, var, call)
+            if plan is not None:
+                plans[plan.tail] = plan
+            continue
         if _op(call) not in ("relax.nn.conv2d", "relax.matmul"):
             continue
         if _op(graph.resolve(call.args[0])) != "relax.dequantize":
             continue
-        plan = _match(graph, var, call, isa, dynamic)
+        plan = _match(graph, var, call, isa, dynamic, fuse)
         if plan is None:
             left += 1
         else:
@@ -193,7 +209,7 @@ def _find(func, mod, isa: K.Isa, dynamic: bool) -> tuple[dict, int]:
     return plans, left
 
 
-def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool) -> _Plan | None:
+def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = True) -> _Plan | None:
     deq_x = graph.resolve(call.args[0])
     deq_w = graph.resolve(call.args[1])
     if _op(deq_w) != "relax.dequantize" or str(call.ty.dtype) != "float32":
@@ -239,7 +255,100 @@ def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool) -> _Plan | None:
     if kind == "conv2d":
         return _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa)
     dyn = "row" if per_row else is_dynamic
-    return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn)
+    return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn, fuse)
+
+
+def _row_quantize_source(graph: _Graph, deq_x, q):
+    """(x, eps, qmax) when q = quantize(x, s, 0) with s = maximum(max|x| per row, eps) / qmax,
+    as `quantize{mode=dynamic,granularity=row}` emits it: the matmul kernel can then compute
+    the scales and quantize x itself, bit for bit the same. Else None."""
+    qc = graph.resolve(q)
+    if (
+        _op(qc) != "relax.quantize"
+        or str(qc.ty.dtype) != "int8"
+        or not _same(qc.args[1], deq_x.args[1])
+    ):
+        return None
+    zp = _const(graph.resolve(qc.args[2]))
+    div = graph.resolve(qc.args[1])
+    if zp is None or np.any(zp) or _op(div) != "relax.divide":
+        return None
+    qmax, mx = _const(graph.resolve(div.args[1])), graph.resolve(div.args[0])
+    if _op(mx) != "relax.maximum":
+        return None
+    eps, shaped = _const(graph.resolve(mx.args[1])), graph.resolve(mx.args[0])
+    red = graph.resolve(shaped.args[0]) if _op(shaped) == "relax.reshape" else None
+    if red is None or _op(red) != "relax.max" or red.attrs.keepdims:
+        return None
+    x = qc.args[0]
+    ndim = len(_dims(x) or ())
+    axes = [int(a) % max(ndim, 1) for a in red.attrs.axis or []]
+    absx = graph.resolve(red.args[0])
+    if axes != [ndim - 1] or _op(absx) != "relax.abs" or not _same(absx.args[0], x):
+        return None
+    if (
+        str(x.ty.dtype) != "float32"
+        or qmax is None
+        or eps is None
+        or qmax.size != 1
+        or eps.size != 1
+    ):
+        return None
+    return x, float(eps.reshape(())), float(qmax.reshape(()))
+
+
+def _same(a, b) -> bool:
+    return a.same_as(b)
+
+
+def _static_dequantize(graph: _Graph, expr):
+    """(q, scale, zero point) when `expr` is dequantize(q int8/uint8) with constant scalars."""
+    deq = graph.resolve(expr)
+    if _op(deq) != "relax.dequantize":
+        return None
+    q = deq.args[0]
+    s, zp = _const(graph.resolve(deq.args[1])), _const(graph.resolve(deq.args[2]))
+    ok = s is not None and zp is not None and s.size == 1 and zp.size == 1
+    if not ok or str(q.ty.dtype) not in ("int8", "uint8") or float(s.reshape(())) <= 0:
+        return None
+    return q, float(s.reshape(())), int(zp.reshape(()))
+
+
+def _match_add(graph: _Graph, var, call) -> _Plan | None:
+    """A join: add of two static dequantizes, [relu | clip], then a static quantize."""
+    operands = [_static_dequantize(graph, arg) for arg in call.args]
+    shape = _dims(call)
+    if None in operands or shape is None or str(call.ty.dtype) != "float32":
+        return None
+    if any(_dims(q) != shape for q, _s, _z in operands):
+        return None
+    tail, lo, hi = var, -math.inf, math.inf
+    nxt = graph.only_user(tail)
+    while nxt is not None:
+        bound = _clamp(graph, nxt, tail)
+        if bound is None or max(lo, bound[0]) > min(hi, bound[1]):
+            break
+        tail, lo, hi = nxt, max(lo, bound[0]), min(hi, bound[1])
+        nxt = graph.only_user(tail)
+    if nxt is None or _op(graph.value[nxt]) != "relax.quantize":
+        return None
+    quant = graph.value[nxt]
+    s_o, zp_o = _const(graph.resolve(quant.args[1])), _const(graph.resolve(quant.args[2]))
+    out_dtype = str(quant.attrs.out_dtype)
+    if s_o is None or zp_o is None or s_o.size != 1 or zp_o.size != 1:
+        return None
+    s_o, zp_o = float(s_o.reshape(())), int(zp_o.reshape(()))
+    if out_dtype not in ("int8", "uint8") or s_o <= 0:
+        return None
+    lo_q = round(lo / s_o) + zp_o if lo > -math.inf else -math.inf
+    hi_q = round(hi / s_o) + zp_o if hi < math.inf else math.inf
+    ep = K.Epilogue(out_dtype, zp=zp_o, lo=lo_q, hi=hi_q)
+    (qa, s_a, zp_a), (qb, s_b, zp_b) = operands
+    ma, mb, shift = K.add_multipliers(s_a, s_b, s_o)
+    spec = K.AddSpec(shape, str(qa.ty.dtype), str(qb.ty.dtype), zp_a, zp_b, ma, mb, shift, ep)
+    how = json.dumps({"kind": "add", "isa": "any", "spec": dataclasses.asdict(spec)})
+    make = lambda: K.add_kernel(spec)  # noqa: E731
+    return _Plan("add", nxt, qa, None, ("add", spec), make, [], ep, False, how, (qb,))
 
 
 def _per_row_scale(deq_x, q) -> bool:
@@ -437,29 +546,32 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
     return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
 
 
-def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn):
+def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn, fuse=True):
     x_shape = _dims(q)
     if x_shape is None or len(x_shape) < 2 or w8.ndim != 2 or x_shape[-1] != w8.shape[0]:
         return None
     if w8.shape[0] > MAX_K:
         return None
     rows = int(np.prod(x_shape[:-1]))
+    fused = _row_quantize_source(graph, deq_x, q) if dyn == "row" and fuse else None
     spec = K.MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype), per_row=dyn == "row")
+    if fused is not None:  # the kernel quantizes its own fp32 rows
+        spec = dataclasses.replace(spec, fused_quant=True, eps=fused[1], qmax=fused[2])
     plan = K.matmul_plan(spec, isa)
     off = isa.offset(spec.act_dtype)
     w_sum = w8.astype(np.int64).sum(axis=0)
     corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
     consts = [K.pack_matmul_weight(w8, plan)]
     consts += [_pad(a, plan.n_pad) for a in (corr, scale, fbias)]
-    xs = deq_x.args[1] if dyn else None
-    if not dyn:
+    xs = deq_x.args[1] if dyn and fused is None else None
+    if xs is None:
         consts.append(np.array(1.0, np.float32))
     zp = ep_args["zp_x"]
     key = ("matmul", spec, plan, x_shape, ep)
     return _Plan(
         "matmul",
         tail,
-        q,
+        q if fused is None else fused[0],
         xs,
         key,
         lambda: K.matmul_kernel(spec, plan, x_shape, zp, ep),
@@ -496,7 +608,8 @@ class _Rewriter(relax.PyExprMutator):
         if plan is None:
             super().visit_var_binding_(binding)
             return
-        args = [self.visit_expr(plan.q), *(relax.const(c) for c in plan.consts)]
+        args = [self.visit_expr(plan.q), *(self.visit_expr(x) for x in plan.inputs)]
+        args += [relax.const(c) for c in plan.consts]
         if plan.xs is not None:
             args.append(self.visit_expr(plan.xs))
         ty = binding.var.ty

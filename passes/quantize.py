@@ -32,7 +32,13 @@ parameters, the pass recovers the int8 weight and per-channel scales from that c
 or the layer is left alone) and re-emits the weight form above; the activation pair stays as
 TVM's importer made it (scalar scale, axis=1, any zero point). Recovered weights may hold -128.
 Rounding is round-half-to-even in both quantize (TVM's legalization) and the numpy references.
-Each quantized layer gets its own activation QDQ, even when layers share an input.
+Static mode shares one activation QDQ per tensor among the quantized layers and joins that
+read it with the same parameters. Joins (residual adds, `graphopt.quant.layers.find_joins`, with
+an "add" entry in the ranges file; `joins=false` leaves them fp32) get QDQ on both operands and
+on their result:
+    join:                 y = R.add(dequantize(qa, sa, za), dequantize(qb, sb, zb))
+                          yq = R.quantize(y, so, zo)   and the users read dequantize(yq, so, zo)
+so a conv before the add requantizes into qa and the block stays int8 through the add.
 """
 
 from __future__ import annotations
@@ -48,7 +54,13 @@ from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.quant.embedding import quantize_embeddings
 from graphopt.quant.errors import CalibrationError
-from graphopt.quant.layers import Layer, find_layers, quantized_inputs
+from graphopt.quant.layers import (
+    Join,
+    Layer,
+    find_joins,
+    find_layers,
+    quantized_inputs,
+)
 from graphopt.quant.qdq import (
     act_qparams,
     emit_act_qdq,
@@ -75,6 +87,7 @@ class Quantize(GraphPass):
         skip: tuple[str, ...] = ()  # layer names kept in fp32
         granularity: str = "tensor"  # dynamic mode: tensor | row (one scale per row/token)
         embeddings: bool = True  # gathers from fp32 tables >= 1 MiB -> int8 rows + row scales
+        joins: bool = True  # static mode: QDQ residual adds too (blocks stay int8 end to end)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -118,10 +131,19 @@ class Quantize(GraphPass):
                         f"{entry['weight_shape']}); calibrate the same graph"
                     )
             plan[layer.name] = layer
+        joins = []
+        if plan and o.mode == "static" and o.joins:
+            joins = [
+                j
+                for j in find_joins(mod["main"])
+                if ranges.get(j.name, {}).get("kind") == "add" and j.name not in o.skip
+            ]
         stats = {"quantized": len(plan), "skipped": skipped}
+        if joins:
+            stats["joins"] = len(joins)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         if plan:
-            new["main"] = _Rewriter(plan, ranges, o, weights).rewrite(mod["main"])
+            new["main"] = _Rewriter(plan, ranges, o, weights, joins).rewrite(mod["main"])
         if o.embeddings and o.mode != "imported":  # int8 tables, graphopt/quant/embedding.py
             new["main"], tables = quantize_embeddings(new["main"])
             if tables:
@@ -133,21 +155,58 @@ class Quantize(GraphPass):
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, plan: dict[str, Layer], ranges: dict, options, weights) -> None:
+    def __init__(self, plan: dict[str, Layer], ranges: dict, options, weights, joins) -> None:
         super().__init__()
         self.weights = weights
         self.by_call = [(layer.call, layer) for layer in plan.values()]
         self.ranges = ranges
         self.o = options
+        self.joins = {j.var: j for j in joins}
+        # tensor (var) -> (ActQuant, its dequantized var): one QDQ per tensor and parameters.
+        self.shared: dict = {}
 
     def rewrite(self, func: relax.Function) -> relax.Function:
         return self.visit_expr(func)
+
+    def visit_dataflow_block_(self, block):
+        self.shared = {}  # a dataflow var is not visible outside its block
+        return super().visit_dataflow_block_(block)
+
+    def visit_binding_block_(self, block):
+        self.shared = {}
+        return super().visit_binding_block_(block)
 
     def _layer(self, call: relax.Call) -> Layer | None:
         for orig, layer in self.by_call:
             if orig.same_as(call):
                 return layer
         return None
+
+    def _qdq(self, data: relax.Expr, lo: float, hi: float) -> relax.Expr:
+        """dequantize(quantize(data)) with the range's parameters, shared per tensor."""
+        q = act_qparams(lo, hi, self.o.act_dtype)
+        if isinstance(data, relax.Var):
+            hit = self.shared.get(data)
+            if hit is not None and hit[0] == q:
+                return hit[1]
+        xf = emit_act_qdq(self.builder_, data, q)
+        if isinstance(data, relax.Var):
+            self.shared[data] = (q, xf)
+        return xf
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        join: Join | None = self.joins.get(binding.var)
+        if join is None:
+            super().visit_var_binding_(binding)
+            return
+        entry = self.ranges[join.name]
+        a, b = (self.visit_expr(arg) for arg in join.call.args)
+        af = self._qdq(a, *entry["input"])
+        bf = self._qdq(b, *entry["input_b"])
+        value = self.builder_.normalize(relax.op.add(af, bf))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+        # Users of the join read its requantized result (the next block's layers and joins).
+        self._qdq(binding.var, *entry["output"])
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         layer = self._layer(call)
@@ -162,7 +221,7 @@ class _Rewriter(PyExprMutator):
             xf = emit_dynamic_qdq(self.builder_, data, self.o.granularity == "row")
         else:
             lo, hi = self.ranges[layer.name]["input"]
-            xf = emit_act_qdq(self.builder_, data, act_qparams(lo, hi, self.o.act_dtype))
+            xf = self._qdq(data, lo, hi)
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.o.per_channel)
         wf = self.builder_.emit(weight_dequantize(wq, s_w, layer.weight_axis))
         return relax.Call(call.op, [xf, wf], call.attrs, call.ty_args)

@@ -15,19 +15,22 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .layers import find_layers
+from .layers import find_joins, find_layers
 from .observers import METHODS, Histogram, observe_range
 from .ranges import write_ranges
 from .runner import build_runner
 
 
 def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
-    """`main` returning (input of each layer..., original outputs...); and the layer names."""
+    """`main` returning (input of each layer..., operands and result of each join (residual
+    add)..., original outputs...); and the layer names."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     layers = find_layers(func)
+    joins = [t for j in find_joins(func) for t in j.tensors]  # residual adds: a, b, a + b
     body = func.body
     outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
-    result = relax.BlockBuilder().normalize(relax.Tuple([*(ly.data for ly in layers), *outputs]))
+    taps = [*(ly.data for ly in layers), *joins]
+    result = relax.BlockBuilder().normalize(relax.Tuple([*taps, *outputs]))
     new_body = relax.SeqExpr(body.blocks, result)
     new_func = relax.Function(func.params, new_body, result.ty, attrs=func.attrs)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -58,13 +61,14 @@ def calibrate(
     assert names == [ly.name for ly in layers], "tap and quantize must name layers alike"
     say(f"calibrate: building the fp32 graph with {len(layers)} layer inputs as outputs")
     run = build_runner(tapped, target, target_options)
-    hists = [Histogram() for _ in layers]
+    joins = find_joins(mod["main"])
+    hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
     params = [p.name for p in mod["main"].params]
     start = time.perf_counter()
     step = max(1, len(feeds) // 10)
     for i, feed in enumerate(feeds):
         outs = run([feed[n] for n in params])
-        for h, value in zip(hists, outs[: len(layers)]):
+        for h, value in zip(hists, outs[: len(hists)]):
             h.add(value)
         if (i + 1) % step == 0 or i + 1 == len(feeds):
             rate = (i + 1) / max(time.perf_counter() - start, 1e-9)
@@ -78,6 +82,15 @@ def calibrate(
             "weight_shape": layer.weight_shape,
             "input": [lo, hi],
             "observed": [h.lo, h.hi],
+        }
+    for i, join in enumerate(joins):  # {input: a's range, input_b: b's, output: a + b's}
+        a, b, y = (observe_range(h, method, levels) for h in hists[len(layers) + 3 * i :][:3])
+        result[join.name] = {
+            "kind": "add",
+            "weight_shape": [],
+            "input": list(a),
+            "input_b": list(b),
+            "output": list(y),
         }
     return result
 

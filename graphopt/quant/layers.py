@@ -4,6 +4,9 @@ A layer is a conv2d (NCHW/OIHW, any groups) or a matmul `x @ W` whose weight is 
 constant (matmul: 2-D [K, N]). Layers are named `conv2d_<i>` / `matmul_<i>` in binding order of
 `main`, so the names are stable for a given graph; the ranges file also records each layer's
 weight shape, and the pass refuses ranges that do not match the graph it is given.
+
+A join is a residual `add` of two 4-D activations of the same shape (`add_<i>`): calibration
+also observes its operands and result, so the quantize pass can keep the block int8 through it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .. import _tvm
 
 CONV2D = "relax.nn.conv2d"
 MATMUL = "relax.matmul"
+ADD = "relax.add"
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,53 @@ def quantized_inputs(func: relax.Function, layers: list[Layer]) -> set[str]:
         if dq is not None and static_call(dq.args[0], "relax.quantize") is not None:
             names.add(layer.name)
     return names
+
+
+@dataclass(frozen=True)
+class Join:
+    """A residual add of two activations: `var = add(a, b)`, a, b and var 4-D fp32 alike."""
+
+    name: str
+    var: relax.Var
+    call: relax.Call
+
+    @property
+    def tensors(self) -> tuple[relax.Expr, relax.Expr, relax.Var]:
+        """What calibration observes: both operands and the result."""
+        return self.call.args[0], self.call.args[1], self.var
+
+
+def find_joins(func: relax.Function) -> list[Join]:
+    """Residual adds of `func` in binding order (4-D NCHW activations: CNN blocks only)."""
+    joins: list[Join] = []
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return joins
+    consts: set = set()
+    for block in body.blocks:
+        for binding in block.bindings:
+            if not isinstance(binding, relax.VarBinding):
+                continue
+            value = binding.value
+            if _is_const(value):
+                consts.add(binding.var)
+            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+                continue
+            if value.op.name != ADD or len(value.args) != 2:
+                continue
+            a, b = value.args
+            if not all(isinstance(v, relax.Var) and v not in consts for v in (a, b)):
+                continue
+            shapes = [_shape(e) for e in (a, b, value)]
+            if shapes[0] is None or len(shapes[0]) != 4 or len(set(shapes)) != 1:
+                continue
+            if all(_is_f32(e) for e in (a, b, value)):
+                joins.append(Join(f"add_{len(joins)}", binding.var, value))
+    return joins
+
+
+def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return tuple(int(v) for v in values)

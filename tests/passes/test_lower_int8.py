@@ -551,3 +551,88 @@ def test_zero_pad_before_a_quantized_conv_folds_into_its_padding():
     got, want = run_module(result.module, [v])[0], run_module(mod, [v])[0]
     assert got.shape == want.shape == (1, 6, 4, 4)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _join_module(shape, a, b, out, activation=None):
+    """int8 a, b -> dequantize -> add [relu] -> quantize: the residual join alone."""
+    bb = relax.BlockBuilder()
+    xa = relax.Var("a", relax.TensorType(shape, a.dtype))
+    xb = relax.Var("b", relax.TensorType(shape, b.dtype))
+
+    def deq(x, q):
+        s, zp = relax.const(q.scale, "float32"), relax.const(q.zero_point, q.dtype)
+        return bb.emit(R.dequantize(x, s, zp, axis=-1, out_dtype="float32"))
+
+    with bb.function("main", [xa, xb]):
+        with bb.dataflow():
+            y = bb.emit(R.add(deq(xa, a), deq(xb, b)))
+            if activation == "relu":
+                y = bb.emit(R.nn.relu(y))
+            s, zp = relax.const(out.scale, "float32"), relax.const(out.zero_point, out.dtype)
+            q = bb.emit_output(R.quantize(y, s, zp, axis=-1, out_dtype=out.dtype))
+        bb.emit_func_output(q)
+    return bb.get()
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_residual_join_exact(activation):
+    """add(dequantize(qa), dequantize(qb)) [relu] -> quantize: one int8 kernel, bit-exact vs the
+    numpy fixed-point model, within one step of the fake-quant graph."""
+    shape = (1, 6, 7, 9)
+    a, b = qdq.act_qparams(-2.3, 3.1, "int8"), qdq.act_qparams(-0.7, 4.4, "uint8")
+    out = qdq.act_qparams(-3.9, 6.2, "int8")
+    mod = _join_module(shape, a, b, out, activation)
+    result = lower(mod)
+    assert result.stats["lowered_add"] == 1
+    counts = _tvm.op_counts(result.module)
+    assert not {"relax.add", "relax.dequantize", "relax.quantize"} & set(counts)
+    rng = np.random.default_rng(3)
+    xa = rng.integers(-128, 128, shape).astype(np.int8)
+    xb = rng.integers(0, 256, shape).astype(np.uint8)
+    got = run_module(result.module, [xa, xb])[0]
+    ma, mb, shift = K.add_multipliers(a.scale, b.scale, out.scale)
+    lo = float(out.zero_point) if activation == "relu" else -np.inf
+    ep = K.Epilogue("int8", zp=out.zero_point, lo=lo)
+    spec = K.AddSpec(shape, "int8", "uint8", a.zero_point, b.zero_point, ma, mb, shift, ep)
+    np.testing.assert_array_equal(got, K.reference_add(xa, xb, spec))
+    fake = run_module(mod, [xa, xb])[0]
+    assert np.abs(got.astype(np.int32) - fake).max() <= 1
+
+
+def test_residual_block_stays_int8(tmp_path):
+    """quantize (with joins) then lower-int8 on conv -> relu -> conv -> add(x, .) -> conv: every
+    op becomes an integer kernel; only the model input is quantized in fp32."""
+    from graphopt.quant.calibrate import calibrate
+    from graphopt.quant.ranges import write_ranges
+
+    rng = np.random.default_rng(9)
+    c, shape = 16, (1, 16, 10, 10)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+
+    def conv(y, k=1):
+        w = relax.const(rng.normal(size=(c, c, k, k)).astype(np.float32) * 0.2)
+        y = bb.emit(R.nn.conv2d(y, w, padding=(k // 2,) * 4))
+        return bb.emit(R.add(y, relax.const(rng.normal(size=(1, c, 1, 1)).astype(np.float32))))
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = conv(bb.emit(R.nn.relu(conv(x))), 3)
+            z = bb.emit(R.add(x, y))
+            out = bb.emit_output(conv(z))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    feeds = [{"x": rng.normal(size=shape).astype(np.float32)} for _ in range(4)]
+    path = tmp_path / "ranges.json"
+    write_ranges(path, calibrate(mod, feeds, "minmax"), "minmax")
+    quantized = apply_checked(make_pass("quantize", {"ranges": str(path)}), mod).module
+    result = lower(quantized)
+    assert result.stats["lowered_conv2d"] == 3 and result.stats["lowered_add"] == 1
+    counts = _tvm.op_counts(result.module)
+    assert counts.get("relax.quantize") == 1  # x, shared by the first conv and the add
+    assert "relax.add" not in counts and "relax.dequantize" not in counts
+    x0 = feeds[0]["x"]
+    got, fake = run_module(result.module, [x0])[0], run_module(quantized, [x0])[0]
+    want = run_module(mod, [x0])[0]
+    assert np.abs(got - fake).max() <= 0.05 * np.abs(want).max()  # requantize rounding only
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()

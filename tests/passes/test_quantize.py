@@ -237,3 +237,76 @@ def test_pipeline_text_round_trip(tmp_path):
     passes = instantiate(parse_pipeline(text))
     assert passes[0].options.skip == ("conv2d_0", "matmul_2")
     assert canonical_text(passes) == text
+
+
+def residual_module(shape=(1, 8, 6, 6)):
+    """x -> conv1x1 + bias -> relu -> conv1x1 + bias -> add(x, .) -> conv1x1: one CNN block."""
+    c = shape[1]
+    w1, w2, w3 = (RNG.normal(size=(c, c, 1, 1)).astype(np.float32) * 0.3 for _ in range(3))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(R_op.nn.conv2d(x, relax.const(w1)))
+            y = bb.emit(
+                R_op.nn.relu(
+                    bb.emit(
+                        R_op.add(y, relax.const(RNG.normal(size=(1, c, 1, 1)).astype(np.float32)))
+                    )
+                )
+            )
+            y = bb.emit(R_op.nn.conv2d(y, relax.const(w2)))
+            y = bb.emit(R_op.add(y, relax.const(RNG.normal(size=(1, c, 1, 1)).astype(np.float32))))
+            z = bb.emit(R_op.add(y, x))
+            out = bb.emit_output(R_op.nn.conv2d(z, relax.const(w3)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_residual_join_gets_qdq_and_shares_the_block_input(tmp_path):
+    """add(x, conv(...)) -> QDQ on both operands and the result; x's QDQ is shared with conv1,
+    the add's result QDQ with conv3 (one quantize per tensor); joins=false leaves it fp32."""
+    from graphopt.quant.calibrate import calibrate
+    from graphopt.quant.layers import find_joins
+
+    mod = residual_module()
+    assert [j.name for j in find_joins(mod["main"])] == ["add_0"]
+    feeds = [{"x": RNG.normal(size=(1, 8, 6, 6)).astype(np.float32)} for _ in range(4)]
+    ranges = calibrate(mod, feeds, "minmax")
+    assert ranges["add_0"]["kind"] == "add" and len(ranges["add_0"]["output"]) == 2
+    path = ranges_file(tmp_path, ranges)
+    result = apply_checked(make_pass("quantize", {"ranges": path}), mod)
+    assert result.stats["joins"] == 1
+    calls = [b.value for blk in result.module["main"].body.blocks for b in blk.bindings]
+    ops = [c.op.name for c in calls if isinstance(c, relax.Call)]
+    # x (shared by conv1 and the add), conv1's relu output, conv2's output, the add's result
+    assert ops.count("relax.quantize") == 4
+    add = next(
+        c
+        for c in calls
+        if isinstance(c, relax.Call)
+        and c.op.name == "relax.add"
+        and not isinstance(c.args[1], tvm.ir.GenericConst)
+    )
+    assert all(
+        next(
+            b.value
+            for blk in result.module["main"].body.blocks
+            for b in blk.bindings
+            if b.var.same_as(a)
+        ).op.name
+        == "relax.dequantize"
+        for a in add.args
+    )
+    x = feeds[0]["x"]
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    off = apply_checked(make_pass("quantize", {"ranges": path, "joins": "false"}), mod)
+    assert "joins" not in off.stats
+    off_ops = [
+        b.value.op.name
+        for blk in off.module["main"].body.blocks
+        for b in blk.bindings
+        if isinstance(b.value, relax.Call)
+    ]
+    assert off_ops.count("relax.quantize") == 3  # the three layer inputs only

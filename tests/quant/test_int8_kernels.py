@@ -8,6 +8,8 @@ instruction (vpdpbusd, vpmaddwd, sdot).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tvm
@@ -211,3 +213,33 @@ def test_inner_loop_uses_the_dot_instruction(isa):
         asm = _asm(kernel, TARGETS[isa])
         # The unrolled register tile issues mr * nr dot instructions per reduction step.
         assert asm.count(marker) >= 4, f"{isa}: {marker} missing from the kernel's assembly"
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize(
+    "shape,dtypes,scales",
+    [
+        ((1, 24, 9, 7), ("int8", "int8", "int8"), (0.0473, 0.0219, 0.0617)),  # 1512: vectors + tail
+        ((2, 3, 5, 5), ("uint8", "int8", "uint8"), (0.0113, 0.317, 0.2531)),  # all tail, mixed
+        ((1, 64, 16, 16), ("int8", "uint8", "int8"), (3.013, 2.471, 0.0107)),  # large multipliers
+    ],
+)
+def test_add_exact(isa, mcpu, shape, dtypes, scales):
+    """The residual add kernel: bit-exact vs the numpy model, and within one step of the
+    float math it replaces (dequantize, add, quantize with round half to even)."""
+    rng = np.random.default_rng(len(shape) + int(scales[0] * 100))
+    (da, db, do), (sa, sb, so) = dtypes, scales
+    za, zb = (3 if da == "int8" else 130), (-7 if db == "int8" else 120)
+    zo = -2 if do == "int8" else 128
+    ma, mb, shift = K.add_multipliers(sa, sb, so)
+    ep = K.Epilogue(do, zp=zo, lo=float(zo) if do == "uint8" else -math.inf)
+    spec = K.AddSpec(shape, da, db, za, zb, ma, mb, shift, ep)
+    a, b = _ints(rng, shape, da), _ints(rng, shape, db)
+    lib = _build(K.add_kernel(spec), mcpu)
+    got = _call(lib, [a, b], shape, do)
+    np.testing.assert_array_equal(got, K.reference_add(a, b, spec))
+    real = (a.astype(np.float64) - za) * sa + (b.astype(np.float64) - zb) * sb
+    lo, hi = ep.bounds()
+    want = np.clip(np.round(real / so) + zo, lo, hi)
+    assert np.abs(got.astype(np.int64) - want).max() <= 1
+    assert np.mean(got == want) > 0.99
