@@ -327,6 +327,45 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
         "graphopt int8 / fp32 library size",
     ]
     return (
+        _intro(machine, method)
+        + format_table(header, rows)
+        + "\n\n"
+        + weights_table(results)
+        + "\n"
+    )
+
+
+def weights_table(results: list[dict[str, Any]]) -> str:
+    """Where each artifact's weight bytes go (graphopt.sizes breakdown), fp32 and int8."""
+    keys = ("int8", "int32 packed", "int32 vectors", "fp32 large", "fp32 small")
+    rows = []
+    for r in results:
+        for k, w in r.get("weights", {}).items():
+            parts = w["breakdown"]
+            fp32_big = [f"{c['tensor']} {_mb(c['bytes'])}" for c in w["largest_fp32"]]
+            rows.append(
+                [
+                    f"{r['model']} {k.removeprefix('graphopt_')}",
+                    _mb(w["weight_bytes"]),
+                    *(_mb(parts[key]) for key in keys),
+                    _mb(w["code_bytes"]),
+                    fp32_big[0] if fp32_big else "",
+                ]
+            )
+    header = ["artifact", "weights", *keys, "code + metadata", "largest fp32 constant"]
+    return (
+        "Weight bytes (MB) by kind: int32 packed = the integer kernels' weight panels (int8 "
+        "values in 32-bit words), int32 vectors = biases and zero-point corrections, fp32 "
+        "small (< 64 KiB each) = scales, biases, norm parameters.\n\n" + format_table(header, rows)
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def _intro(machine: dict[str, Any], method: str) -> str:
+    return (
         "# int8: graphopt vs onnxruntime's quantizer\n\n"
         f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
         f"{machine['date']}, load average {machine.get('load_average', '?')} at the start (a "
@@ -335,7 +374,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
         f"graphopt: static int8 for the CNNs (calibration method {method}), dynamic for MiniLM. "
         "Quality is against fp32 onnxruntime on real inputs (digits: labelled accuracy). "
         "See int8.json for the details, including graphopt's per-model kernels "
-        "(integer or fake-quant).\n\n" + format_table(header, rows) + "\n"
+        "(integer or fake-quant).\n\n"
     )
 
 

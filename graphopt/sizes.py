@@ -92,6 +92,11 @@ class WeightSizes:
             "weight_bytes_by_dtype": self.by_dtype(),
             "breakdown": self.breakdown(),
             "largest": [{"tensor": c.describe(), "bytes": c.nbytes} for c in self.largest(largest)],
+            "largest_fp32": [
+                {"tensor": c.describe(), "bytes": c.nbytes}
+                for c in self.largest(len(self.constants))
+                if c.dtype == "float32"
+            ][:largest],
         }
 
     def summary(self) -> str:
