@@ -43,6 +43,14 @@ CPU_LEGALIZE = [
     "tvm.FuseTIR",
 ]
 
+# x86 only (measured there): 1x1 convs over maps whose width is no whole number of SIMD
+# vectors computed over one H*W row (passes/flatten_pointwise.py).
+X86_LEGALIZE = [
+    *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
+    "flatten-pointwise",
+    *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],
+]
+
 
 def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[str]:
     """Tuned records first (when a database is given), then rule-based schedules for the rest.
@@ -87,7 +95,7 @@ class X86(Target):
 
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
-            "legalize": [p for p in CPU_LEGALIZE if self.options.fast_erf or p != "fast-erf"],
+            "legalize": [p for p in X86_LEGALIZE if self.options.fast_erf or p != "fast-erf"],
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }
