@@ -142,6 +142,18 @@ DW_ROWS = 4
 # Parallel tasks a kernel aims for (more than any core count here; tiny layers get fewer).
 MIN_TASKS = 8
 
+# Kernels with less work than this run their loops serially: waking the runtime's sleeping
+# workers costs ~10 us a parallel region, more than a tiny layer computes (the bundled digits
+# model ran 3.5x slower on 2 threads than on 1). Work is in dot-product multiply-adds (~1M:
+# ~20 us on one core); depthwise multiply-adds count 4x and add elements 16x (slower each).
+PARALLEL_MIN_WORK = 1 << 20
+
+
+def _loop(work: int):
+    """T.parallel for kernels worth splitting, else T.serial."""
+    return T.parallel if work >= PARALLEL_MIN_WORK else T.serial
+
+
 # fp32 values a fused-quantization matmul reads and quantizes at a time (two AVX2 registers).
 FUSED_QUANT_LANES = 16
 
@@ -325,6 +337,7 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
     # Pointwise convs pack each task's tile themselves unless several tasks share a column
     # tile (few pixels, many output channels): then the words are packed once, up front.
     packed = not pointwise or row_chunks > 1
+    par = _loop(n * cout * pix * kgroup)
     cols_shape = (n, groups, kwords, pp) if packed else (1, 1, 1, 1)
 
     def act_words(cols, tile, b, g, kq, p0, u):
@@ -347,11 +360,11 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
         # Packed activation words, pixels padded to the tile width (pad columns read as 0).
         cols = T.decl_buffer(cols_shape, "int32")
         if packed:
-            for task in T.parallel(n * groups * kwords):
+            for task in par(n * groups * kwords):
                 for p in range(pix, pp):
                     cols[task // (groups * kwords), task // kwords % groups, task % kwords, p] = 0
         if pointwise and packed:
-            for task in T.parallel(n * groups * kwords):
+            for task in par(n * groups * kwords):
                 b = T.meta_var(task // (groups * kwords))
                 g = T.meta_var(task // kwords % groups)
                 for p in range(pix):
@@ -360,12 +373,12 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
             # Window convs: im2col of the whole input first (vectorized along output rows).
             if padded:
                 xp = T.decl_buffer((n, cin, hp, wp), spec.act_dtype)
-                for bc in T.parallel(n * cin):
+                for bc in par(n * cin):
                     for iy, ix in T.grid(hp, wp):
                         xp[bc // cin, bc % cin, iy, ix] = T.Cast(spec.act_dtype, zp)
                     for iy, ix in T.grid(h, w):
                         xp[bc // cin, bc % cin, iy + pt, ix + pl] = x[bc // cin, bc % cin, iy, ix]
-                for task in T.parallel(n * groups * kwords * oh):
+                for task in par(n * groups * kwords * oh):
                     b = T.meta_var(task // (groups * kwords * oh))
                     g = T.meta_var(task // (kwords * oh) % groups)
                     kq = T.meta_var(task // oh % kwords)
@@ -374,7 +387,7 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                             xp, b, g, kq, task % oh, ox
                         )
             else:
-                for task in T.parallel(n * groups * kwords * oh):
+                for task in par(n * groups * kwords * oh):
                     b = T.meta_var(task // (groups * kwords * oh))
                     g = T.meta_var(task // (kwords * oh) % groups)
                     kq = T.meta_var(task // oh % kwords)
@@ -383,7 +396,7 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
                             x, b, g, kq, task % oh, ox
                         )
         # One task: a column tile (step output pixels) times a chunk of output-channel tiles.
-        for task in T.parallel(n * tasks_per_image * row_chunks):
+        for task in par(n * tasks_per_image * row_chunks):
             b = T.meta_var(task // (tasks_per_image * row_chunks))
             g = T.meta_var(task // (col_tiles * row_chunks) % groups)
             p0 = T.meta_var(task // row_chunks % col_tiles * step)
@@ -481,7 +494,7 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
         out: T.Buffer((n, ch_n, oh, ow), ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for bc in T.parallel(n * ch_n):
+        for bc in _loop(4 * n * ch_n * oh * ow * kh * kw)(n * ch_n):
             b = T.meta_var(bc // ch_n)
             c = T.meta_var(bc % ch_n)
             plane = T.decl_buffer((sw, hp, pw), "float32")
@@ -667,7 +680,7 @@ def matmul_kernel(
         xf = T.decl_buffer((rows, k), x_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
         # One task: mr rows (packed into words here) times a chunk of column tiles.
-        for task in T.parallel(row_tiles * col_chunks):
+        for task in _loop(rows * k * n)(row_tiles * col_chunks):
             m0 = T.meta_var(task // col_chunks * mr)
             words = T.decl_buffer((mr, kwords), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
@@ -834,7 +847,7 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
         af = T.decl_buffer((total,), spec.a_dtype, data=a.data)
         bf = T.decl_buffer((total,), spec.b_dtype, data=b.data)
         of = T.decl_buffer((total,), ep.out_dtype, data=out.data)
-        for task in T.parallel(tasks):
+        for task in _loop(16 * total)(tasks):
             for v in range(task * per_task, T.min(task * per_task + per_task, vecs)):
                 of[T.ramp(v * lanes, 1, lanes)] = value(
                     af[T.ramp(v * lanes, 1, lanes)], bf[T.ramp(v * lanes, 1, lanes)], lanes

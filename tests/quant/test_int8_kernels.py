@@ -243,3 +243,18 @@ def test_add_exact(isa, mcpu, shape, dtypes, scales):
     want = np.clip(np.round(real / so) + zo, lo, hi)
     assert np.abs(got.astype(np.int64) - want).max() <= 1
     assert np.mean(got == want) > 0.99
+
+
+def test_parallel_loops_are_exact(monkeypatch):
+    """Layers big enough for parallel loops (here: every layer) compute the same integers;
+    tiny ones run serially (no worker wake-ups)."""
+    tiny = K.AddSpec((64,), "int8", "int8", 0, 0, 1, 1, 1, K.Epilogue("int8"))
+    assert "parallel" not in str(K.add_kernel(tiny).script())
+    monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 0)
+    isa, mcpu = ("vnni", "icelake-server") if HOST_VNNI else ("generic", "x86-64")
+    for name in ("3x3_pad_odd", "1x1_odd_channels", "stride2_asym_pad_groups_batch2"):
+        test_conv2d_requant_exact(isa, mcpu, name, "int8")
+    test_depthwise_exact(isa, mcpu, (2, 6, 9, 11, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6), "int8")
+    test_matmul_requant_exact(isa, mcpu, (33, 70), 40, "uint8")
+    test_add_exact(isa, mcpu, (1, 24, 9, 7), ("int8", "int8", "int8"), (0.0473, 0.0219, 0.0617))
+    assert "parallel" in str(K.add_kernel(tiny).script())
