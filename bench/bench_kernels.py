@@ -183,6 +183,7 @@ def kernels() -> list[Kernel]:
         matmul_kernel(1024, 1024, 1024),
         matmul_kernel(197, 3072, 768),
         matmul_kernel(197, 3072, 768, gelu=True),
+        matmul_kernel(256, 1024, 8192),  # K x 64 columns of B over L2: K blocked
         conv_kernel("conv2d 3x3", 64, 56, 64, 3, 1),
         conv_kernel("conv2d 3x3 stride 2", 64, 56, 64, 3, 2),
         conv_kernel("depthwise 3x3", 32, 112, 32, 3, 1, groups=32),

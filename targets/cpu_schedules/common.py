@@ -37,6 +37,9 @@ class CpuInfo:
     lanes: int  # fp32 lanes of one SIMD register
     registers: int  # SIMD registers
     cores: int
+    # Per-core L2 the blocking plans for. LLVM targets do not say; 1 MiB is Zen 4/5's, and
+    # the smallest among recent server cores (Intel: 2 MiB; Cortex-A72 boards: 1 MiB shared).
+    l2_bytes: int = 1 << 20
 
     @property
     def accumulators(self) -> int:

@@ -6,6 +6,8 @@ legalize stage, then builds it twice, with and without the pass, and compares th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -315,6 +317,86 @@ def test_elementwise_without_vector_lowering_stays_scalar(op):
 
 
 # ------------------------------------------------------------------------ targets, fallbacks
+
+
+def _loop_extents(func) -> list[int]:
+    """Constant loop extents, from the script (0.27's Python API has no TIR stmt visitor)."""
+    loops = [ln for ln in func.script().splitlines() if ln.lstrip().startswith("for ")]
+    return [int(e) for ln in loops for e in re.findall(r"T\.int64\((\d+)\)", ln)]
+
+
+@pytest.mark.parametrize(
+    "batch,m,n,k,epilogue,mcpu",
+    [
+        ((), 50, 64, 4099, "bias_relu", ""),  # prime K: the last K step is partial; mr = 5
+        ((2,), 40, 40, 4608, "", ""),  # K = 9 x 512; N padded to whole registers; batch loop
+        ((), 36, 24, 4101, "bias_relu", "znver3"),  # AVX2: 12 x 8 tiles
+    ],
+)
+def test_matmul_blocks_k_when_a_panel_of_b_outgrows_l2(batch, m, n, k, epilogue, mcpu):
+    """K x 64 columns of B over 1 MiB: K is swept in steps of at most 512 per row block."""
+    if mcpu == "znver3" and "avx2" not in _tvm.host_cpu_features():
+        pytest.skip("host has no AVX2")
+    target = make_target("x86", {"mcpu": mcpu}) if mcpu else HOST
+    w, b = _const(*batch, k, n), _const(n, seed=2)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.matmul(x, w))
+        if epilogue:
+            y = bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, b))))
+        return y
+
+    x = _rand(*batch, m, k) / np.float32(np.sqrt(k))
+    result = check(_func([(*batch, m, k)], build), [x], "matmul", target, rtol=1e-5)
+    kernels = [f for f in result.module.functions.values() if _is_prim(f)]
+    extents = [e for f in kernels for e in _loop_extents(f)]
+    assert 512 in extents and -(-k // 512) in extents, extents
+    # The epilogue stays fused: one kernel (B's packing is folded at compile time).
+    assert len(kernels) == 1
+
+
+def _innermost_fma_loop(asm: str) -> list[str]:
+    """Instructions of the innermost loop (a label jumped back to) with the most FMAs."""
+    lines = [ln.strip() for ln in asm.splitlines()]
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if ln.startswith(".LBB") and ln[-1] == ":"}
+    best: list[str] = []
+    for i, ln in enumerate(lines):
+        parts = ln.split()
+        if len(parts) != 2 or not parts[0].startswith("j") or labels.get(parts[1], i) >= i:
+            continue
+        body = lines[labels[parts[1]] + 1 : i]
+        if any(b.startswith(".LBB") for b in body):
+            continue
+        if sum("vfmadd" in b for b in body) > sum("vfmadd" in b for b in best):
+            best = body
+    return best
+
+
+@pytest.mark.parametrize(
+    "mcpu,reg,accumulators",
+    [("znver4", "zmm", 16), ("znver3", "ymm", 12)],  # AVX-512: 8 x 32 tile; AVX2: 6 x 16
+)
+def test_matmul_micro_kernel_keeps_its_tile_in_registers(mcpu, reg, accumulators):
+    """The inner loop is broadcast + FMA on mr x nr/lanes accumulator registers, no stores
+    (compiled only: any x86 host can check both ISAs)."""
+    target = make_target("x86", {"mcpu": mcpu})
+    mod = _func([(96, 128)], lambda bb, x: relax.op.matmul(x, _const(128, 64)))
+    result = _schedule(_stage(mod, "legalize", target), target)
+    assert result.stats["scheduled_matmul"] == 1
+    (func,) = [f for f in result.module.functions.values() if _is_prim(f)]
+    main = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    lib = tvm.compile(main, target=target.tvm_target())
+    loop = _innermost_fma_loop(lib.mod.inspect_source("asm"))
+    fmas = [ln for ln in loop if ln.startswith("vfmadd")]
+    registers = {ln.split(",")[-1].strip() for ln in fmas}
+    assert len(registers) == accumulators and all(r.startswith(f"%{reg}") for r in registers)
+    assert len(fmas) % accumulators == 0
+    # One broadcast of A per row per k: half as many as FMAs (two registers of columns),
+    # unless LLVM folds them into the FMAs.
+    broadcasts = sum(ln.startswith("vbroadcastss") for ln in loop)
+    assert 2 * broadcasts == len(fmas) or any("{1to" in ln for ln in fmas)
+    stores = [ln for ln in loop if ln.startswith("vmov") and ln.rstrip().endswith(")")]
+    assert not stores, stores
 
 
 def _cases_for_isa():
