@@ -89,3 +89,37 @@ def test_option_turns_it_off():
     result = apply_checked(pass_, mod)
     assert not result.modified
     assert ("float32", (VOCAB, DIM)) in _constants(result.module)
+
+
+@pytest.mark.slow
+def test_minilm_int8_weights_and_cosine(tmp_path):
+    """all-MiniLM-L6-v2, dynamic per-row int8: the word-embedding table is int8 in the
+    artifact, its weights are <= 0.27x of fp32 and embeddings keep cosine >= 0.99."""
+    pytest.importorskip("torch", reason="bench extras not installed (make test-slow)")
+    import onnx
+
+    import graphopt
+    from bench.bench_int8 import CALIB_SENTENCES
+    from bench.models.export import export
+    from bench.models.inputs import sentence_batch, tokenize
+    from graphopt.quant.flow import QuantOptions
+    from graphopt.reference import ort_run, ort_session
+    from graphopt.sizes import library_weights
+
+    path = export("minilm")
+    cal = [tokenize(s) for s in CALIB_SENTENCES[:2]]
+    np.savez(tmp_path / "c.npz", **{k: np.concatenate([c[k] for c in cal]) for k in cal[0]})
+    quant = QuantOptions(
+        str(tmp_path / "c.npz"), mode="dynamic", granularity="row", sensitivity=False
+    )
+    art = graphopt.compile(path, tmp_path / "int8", quantization=quant)
+    weights = library_weights(art.library_path)
+    assert any(c.describe() == "int8[30522, 384]" for c in weights.constants)
+    assert not any(c.describe() == "float32[30522, 384]" for c in weights.constants)
+    fp32_params = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+    assert weights.weight_bytes <= 0.27 * 4 * fp32_params
+    ref, out = ort_session(path), art.outputs[0].name
+    for feed in sentence_batch(4):
+        a = ort_run(ref, feed)[out].ravel().astype(np.float64)
+        b = art.run(feed)[out].ravel().astype(np.float64)
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
