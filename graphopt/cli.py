@@ -87,6 +87,7 @@ def _quant_options(args: argparse.Namespace):
         samples=args.calib_samples,
         integer_kernels=args.int8_kernels,
         speed_check=args.speed_check,
+        bias_correction=args.bias_correction,
         granularity=args.dynamic_granularity,
         metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
             args.quant_metric, args.quant_metric
@@ -142,6 +143,12 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="lower QDQ to integer kernels (lower-int8) when available; else fake-quant",
+    )
+    q.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="static: subtract each channel's mean quantization error from its bias (default on)",
     )
     q.add_argument(
         "--speed-check",

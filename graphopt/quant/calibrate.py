@@ -15,8 +15,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .bias_correction import KEY, InputMean, LayerError, act_error, correction
 from .layers import find_joins, find_layers
 from .observers import METHODS, Histogram, observe_range
+from .qdq import act_qparams
 from .ranges import write_ranges
 from .runner import build_runner
 
@@ -47,8 +49,13 @@ def calibrate(
     target: str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    bias_correction: bool = False,
+    per_channel: bool = True,
 ) -> dict[str, dict]:
-    """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}."""
+    """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}.
+
+    bias_correction: also each layer's mean output error per channel (`bias_correction.py`;
+    a second pass over the samples measures the activation part with the chosen ranges)."""
     say = progress or (lambda _m: None)
     if method not in METHODS:
         from .errors import CalibrationError
@@ -63,16 +70,26 @@ def calibrate(
     run = build_runner(tapped, target, target_options)
     joins = find_joins(mod["main"])
     hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
+    means = [InputMean(ly.kind) for ly in layers]
     params = [p.name for p in mod["main"].params]
-    start = time.perf_counter()
-    step = max(1, len(feeds) // 10)
-    for i, feed in enumerate(feeds):
-        outs = run([feed[n] for n in params])
-        for h, value in zip(hists, outs[: len(hists)]):
+
+    def each_feed(what: str, use: Callable[[list[np.ndarray]], None]) -> None:
+        start = time.perf_counter()
+        step = max(1, len(feeds) // 10)
+        for i, feed in enumerate(feeds):
+            use(run([feed[n] for n in params])[: len(hists)])
+            if (i + 1) % step == 0 or i + 1 == len(feeds):
+                rate = (i + 1) / max(time.perf_counter() - start, 1e-9)
+                say(f"calibrate{what}: {i + 1}/{len(feeds)} samples ({rate:.1f}/s)")
+
+    def observe(values: list[np.ndarray]) -> None:
+        for h, value in zip(hists, values):
             h.add(value)
-        if (i + 1) % step == 0 or i + 1 == len(feeds):
-            rate = (i + 1) / max(time.perf_counter() - start, 1e-9)
-            say(f"calibrate: {i + 1}/{len(feeds)} samples ({rate:.1f}/s)")
+        if bias_correction:
+            for m, value in zip(means, values):
+                m.add(value)
+
+    each_feed("", observe)
     result = {}
     levels = 256
     for layer, h in zip(layers, hists):
@@ -92,6 +109,18 @@ def calibrate(
             "input_b": list(b),
             "output": list(y),
         }
+    if bias_correction:
+        qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in layers]
+        errors = [InputMean(ly.kind) for ly in layers]
+
+        def observe_error(values: list[np.ndarray]) -> None:
+            for e, q, value in zip(errors, qparams, values):
+                e.add(act_error(value, q))
+
+        each_feed(" (bias correction)", observe_error)
+        for layer, m, e in zip(layers, means, errors):
+            c = correction(layer, LayerError(m.mean, e.mean), per_channel)
+            result[layer.name][KEY] = [float(v) for v in c]
     return result
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 
 from ..pass_infra import GraphPass, make_pass, registered_passes
+from .bias_correction import KEY as BIAS_KEY
 from .calibrate import calibrate
 from .data import batch_feeds, load_calibration
 from .errors import CalibrationError
@@ -46,6 +47,7 @@ class QuantOptions:
     metric: str = "auto"  # auto | accuracy | top1_agreement | min_cosine
     granularity: str = "tensor"  # dynamic mode: tensor | row
     integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
+    bias_correction: bool = True  # static: subtract each channel's mean quantization error
     speed_check: bool = True  # time each layer's int8 vs fp32 kernel; slower ones stay fp32
     speed_margin: float = 0.10  # int8 counts as slower beyond (1 + margin) x fp32 (noise)
 
@@ -156,6 +158,8 @@ def quantize_step(
             target=run_target,
             target_options=run_options,
             progress=say,
+            bias_correction=opts.bias_correction,
+            per_channel=opts.per_channel,
         )
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
@@ -220,6 +224,9 @@ def quantize_step(
     if skip:
         quant_opts["skip"] = ":".join(skip)
     passes = [make_pass("quantize", quant_opts)]
+    if any(BIAS_KEY in r for r in ranges.values()):
+        bc_opts = {"ranges": str(ranges_path), **({"skip": ":".join(skip)} if skip else {})}
+        passes.insert(0, make_pass("bias-correct", bc_opts))
     if lowered:
         passes.append(make_pass(LOWER_PASS))
     manifest = {

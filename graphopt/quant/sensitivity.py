@@ -4,7 +4,8 @@ Both need the model run with any subset of layers quantized. Instead of compilin
 subset, `switchable_module` builds one graph whose extra input `flags` (one fp32 per layer)
 selects, layer by layer, the fake-quantized or the fp32 operands:
     xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
-f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly. Same ranges, same weights, same
+f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly; a layer's bias correction
+(`bias_correction.py`) is subtracted times f. Same ranges, same weights, same
 rounding as the `quantize` pass (both use `graphopt.quant.qdq`).
 """
 
@@ -19,6 +20,7 @@ from tvm import relax
 from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .bias_correction import KEY as BIAS_KEY
 from .errors import CalibrationError
 from .layers import Layer, find_layers
 from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
@@ -79,7 +81,15 @@ class _Switch(PyExprMutator):
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
         delta = bb.emit(R_op.subtract(weight_dequantize(wq, s_w, layer.weight_axis), w))
         w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
-        return relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
+        y = relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
+        corr = self.ranges.get(layer.name, {}).get(BIAS_KEY) if self.s.mode == "static" else None
+        if corr is None:
+            return y
+        ndim = len(call.ty.shape.values)
+        shape = [1] * ndim
+        shape[1 if layer.kind == "conv2d" else ndim - 1] = -1
+        c = relax.const(np.asarray(corr, np.float32).reshape(shape))
+        return R_op.subtract(bb.emit(y), R_op.multiply(f, c))
 
 
 # ---- metrics ------------------------------------------------------------------------------
