@@ -11,7 +11,8 @@ they are tried:
   (batch dims, 3-D x 2-D, any layout of B, fused elementwise epilogue). Odd M / N are padded
   with `pad_einsum` (predicated tiles run several times slower); B is packed into panels
   `[j // nr, k, j % nr]`; an `mr x nr` tile of accumulators (nr = one or two SIMD registers)
-  stays in registers over all of k; the epilogue runs per tile from the accumulators.
+  stays in registers over k; the epilogue runs per tile from the accumulators. K is blocked
+  when K x 64 columns of B outgrow L2.
 - conv (conv.py): one reduction block `C[.., f, y, x] += D[.., y*s + ry, x*s + rx] * W[f, ..]`.
   Regular / pointwise conv: output channels in SIMD lanes (weight packed channel-last), a few
   output pixels unrolled, data broadcast: any stride works. Depthwise / grouped / channel
