@@ -88,6 +88,7 @@ def _quant_options(args: argparse.Namespace):
         integer_kernels=args.int8_kernels,
         speed_check=args.speed_check,
         bias_correction=args.bias_correction,
+        equalize=args.equalize,
         granularity=args.dynamic_granularity,
         metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
             args.quant_metric, args.quant_metric
@@ -149,6 +150,12 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="static: subtract each channel's mean quantization error from its bias (default on)",
+    )
+    q.add_argument(
+        "--equalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="static: rescale depthwise inputs' small channels into the int8 range (default on)",
     )
     q.add_argument(
         "--speed-check",

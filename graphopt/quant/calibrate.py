@@ -16,11 +16,17 @@ import tvm
 from tvm import relax
 
 from .bias_correction import KEY, InputMean, LayerError, act_error, correction
+from .equalize import ChannelMax
 from .layers import find_joins, find_layers
 from .observers import METHODS, Histogram, observe_range
 from .qdq import act_qparams
 from .ranges import write_ranges
 from .runner import build_runner
+
+# Residual joins keep their full observed range (clipping the residual stream, which every
+# later block reads, cost top-1 agreement on MobileNetV2). `quantize` uses it for the tensors
+# only joins read; where a layer also reads the tensor, the layer's range wins.
+JOIN_METHOD = "minmax"
 
 
 def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
@@ -51,11 +57,13 @@ def calibrate(
     progress: Callable[[str], None] | None = None,
     bias_correction: bool = False,
     per_channel: bool = True,
+    channel_max: bool = False,
 ) -> dict[str, dict]:
     """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}.
 
     bias_correction: also each layer's mean output error per channel (`bias_correction.py`;
-    a second pass over the samples measures the activation part with the chosen ranges)."""
+    a second pass over the samples measures the activation part with the chosen ranges).
+    channel_max: also each depthwise layer's per-channel input max (for `equalize.py`)."""
     say = progress or (lambda _m: None)
     if method not in METHODS:
         from .errors import CalibrationError
@@ -71,6 +79,8 @@ def calibrate(
     joins = find_joins(mod["main"])
     hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
     means = [InputMean(ly.kind) for ly in layers]
+    depthwise = [ly.kind == "conv2d" and int(ly.call.attrs.groups) > 1 for ly in layers]
+    maxes = [ChannelMax() for _ in layers]
     params = [p.name for p in mod["main"].params]
 
     def each_feed(what: str, use: Callable[[list[np.ndarray]], None]) -> None:
@@ -88,6 +98,10 @@ def calibrate(
         if bias_correction:
             for m, value in zip(means, values):
                 m.add(value)
+        if channel_max:
+            for cm, dw, value in zip(maxes, depthwise, values):
+                if dw:
+                    cm.add(value)
 
     each_feed("", observe)
     result = {}
@@ -100,8 +114,12 @@ def calibrate(
             "input": [lo, hi],
             "observed": [h.lo, h.hi],
         }
+    for layer, cm in zip(layers, maxes):
+        if cm.value is not None:
+            result[layer.name]["channel_max"] = [float(v) for v in cm.value]
     for i, join in enumerate(joins):  # {input: a's range, input_b: b's, output: a + b's}
-        a, b, y = (observe_range(h, method, levels) for h in hists[len(layers) + 3 * i :][:3])
+        taps = hists[len(layers) + 3 * i :][:3]
+        a, b, y = (observe_range(h, JOIN_METHOD, levels) for h in taps)
         result[join.name] = {
             "kind": "add",
             "weight_shape": [],

@@ -20,6 +20,8 @@ from ..pass_infra import GraphPass, make_pass, registered_passes
 from .bias_correction import KEY as BIAS_KEY
 from .calibrate import calibrate
 from .data import batch_feeds, load_calibration
+from .equalize import KEY as EQ_KEY
+from .equalize import equalize_scales, find_pairs, scaled_module
 from .errors import CalibrationError
 from .layers import Layer, find_layers
 from .ranges import write_ranges
@@ -48,6 +50,7 @@ class QuantOptions:
     granularity: str = "tensor"  # dynamic mode: tensor | row
     integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
     bias_correction: bool = True  # static: subtract each channel's mean quantization error
+    equalize: bool = True  # static: stretch small channels of depthwise inputs (equalize.py)
     speed_check: bool = True  # time each layer's int8 vs fp32 kernel; slower ones stay fp32
     speed_margin: float = 0.10  # int8 counts as slower beyond (1 + margin) x fp32 (noise)
 
@@ -149,18 +152,34 @@ def quantize_step(
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
     run_target, run_options = host_target(target, target_options)
     ranges: dict = {}
+    scales: dict = {}
     if opts.mode == "static":
-        ranges = calibrate(
-            mod,
-            feeds,
-            opts.method,
-            act_dtype=opts.act_dtype,
-            target=run_target,
-            target_options=run_options,
-            progress=say,
-            bias_correction=opts.bias_correction,
-            per_channel=opts.per_channel,
-        )
+
+        def calib(m, **kw):
+            return calibrate(
+                m,
+                feeds,
+                opts.method,
+                act_dtype=opts.act_dtype,
+                target=run_target,
+                target_options=run_options,
+                progress=say,
+                per_channel=opts.per_channel,
+                **kw,
+            )
+
+        pairs = find_pairs(mod) if opts.equalize else []
+        if pairs:  # round 1: channel maxima; the scaled graph is calibrated again
+            first = calib(mod, channel_max=True)
+            for pair in pairs:
+                entry = first[pair.consumer.name]
+                k = equalize_scales(pair, entry["channel_max"], entry["input"][1])
+                scales[pair.consumer.name] = k
+            mod = scaled_module(mod, scales)
+            say(f"equalize: {len(scales)} depthwise inputs rescaled; calibrating again")
+        ranges = calib(mod, bias_correction=opts.bias_correction)
+        for name, k in scales.items():
+            ranges[name][EQ_KEY] = [float(v) for v in k]
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
 
@@ -227,6 +246,8 @@ def quantize_step(
     if any(BIAS_KEY in r for r in ranges.values()):
         bc_opts = {"ranges": str(ranges_path), **({"skip": ":".join(skip)} if skip else {})}
         passes.insert(0, make_pass("bias-correct", bc_opts))
+    if scales:  # exact in fp32 up to the calibrated maxima: applies whatever stays fp32
+        passes.insert(0, make_pass("equalize", {"ranges": str(ranges_path)}))
     if lowered:
         passes.append(make_pass(LOWER_PASS))
     manifest = {

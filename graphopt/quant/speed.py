@@ -6,11 +6,13 @@ one module compiled with the target's stages, two functions per distinct layer s
     fp32:  y = clamp(conv2d|matmul(x, W) [+ b])                       what the graph runs today
     int8:  y = clamp(conv2d|matmul(DQ(xq), DQ(Wq)) [+ b]) [-> quantize]  lowered by lower-int8
 where, as in the final graph, the int8 input is int8 already when the layer's producer is
-another quantizable layer (its kernel requantizes), else an fp32 input quantized first (that
-quantize kernel is part of the int8 cost), and the output requantizes when the only consumer is
-a quantizable layer. The pair is timed interleaved; int8 is "slower" when the median int8/fp32
-ratio of adjacent calls exceeds 1 + `margin` (noise). Cross targets cannot run here: nothing is
-measured.
+another quantizable layer (its kernel requantizes) or a residual add (quantized as a join),
+else an fp32 input quantized first (that quantize kernel is part of the int8 cost), and the
+output requantizes when the only consumer is a quantizable layer or a residual add. The pair
+is timed interleaved; int8 is "slower" when the median int8/fp32 ratio of adjacent calls
+exceeds 1 + `margin` (noise). Cross targets cannot run here: nothing is measured. Not modelled:
+a layer kept fp32 turns its neighbours' int8 inputs/outputs into fp32 ones (one more quantize
+or a dequantizing epilogue each).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R_op
 
-from .layers import Layer, find_layers
+from .layers import Layer, find_joins, find_layers
 from .qdq import ActQuant, act_qparams, emit_act_qdq, weight_dequantize, weight_qparams
 
 # timer(shape, {"fp32": f, "int8": g}) -> {"fp32": ms, "int8": ms[, "ratio": int8/fp32]}, medians;
@@ -102,7 +104,11 @@ def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerS
     for ly in layers:
         channels = ly.weight_shape[ly.weight_axis]
         chains[ly.name] = _epilogue_chain(graph, ly.var, ly.kind, channels, True)[:4]
-    tails = {chain[0] for chain in chains.values()}
+    # int8 tensors in the quantized graph: what layers' kernels write, and residual adds
+    # (joins: quantize requantizes their result, and their operands are requantized into)
+    joins = {j.var for j in find_joins(mod["main"])}
+    int8_out = {chain[0] for chain in chains.values()} | joins
+    int8_in = layer_vars | joins
     out = {}
     for ly in layers:
         tail, bias, lo, hi = chains[ly.name]
@@ -121,8 +127,8 @@ def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerS
             bias is not None,
             lo,
             hi,
-            int8_input=isinstance(ly.data, relax.Var) and ly.data in tails,
-            requant=len(users) == 1 and users[0] in layer_vars,
+            int8_input=isinstance(ly.data, relax.Var) and ly.data in int8_out,
+            requant=len(users) == 1 and users[0] in int8_in,
         )
     return out
 
