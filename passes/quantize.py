@@ -38,7 +38,8 @@ an "add" entry in the ranges file; `joins=false` leaves them fp32) get QDQ on bo
 on their result:
     join:                 y = R.add(dequantize(qa, sa, za), dequantize(qb, sb, zb))
                           yq = R.quantize(y, so, zo)   and the users read dequantize(yq, so, zo)
-so a conv before the add requantizes into qa and the block stays int8 through the add.
+so a conv before the add requantizes into qa and the block stays int8 through the add. One QDQ
+per tensor: a layer's input range where a layer reads it, else the join's range.
 """
 
 from __future__ import annotations
@@ -162,6 +163,18 @@ class _Rewriter(PyExprMutator):
         self.ranges = ranges
         self.o = options
         self.joins = {j.var: j for j in joins}
+        # One range per tensor, so each is quantized once and its producer can requantize into
+        # it: a layer's input range where a layer reads the tensor, else the join's (minmax:
+        # `calibrate.JOIN_METHOD`) for the operands only joins read (a projection's output).
+        self.tensor_ranges: dict = {}
+        if options.mode == "static":
+            for layer in plan.values():
+                if isinstance(layer.data, relax.Var):
+                    self.tensor_ranges.setdefault(layer.data, ranges[layer.name]["input"])
+        for j in joins:
+            entry = ranges[j.name]
+            for var, key in zip(j.tensors, ("input", "input_b", "output")):
+                self.tensor_ranges.setdefault(var, entry[key])
         # tensor (var) -> (ActQuant, its dequantized var): one QDQ per tensor and parameters.
         self.shared: dict = {}
 
@@ -199,14 +212,13 @@ class _Rewriter(PyExprMutator):
         if join is None:
             super().visit_var_binding_(binding)
             return
-        entry = self.ranges[join.name]
         a, b = (self.visit_expr(arg) for arg in join.call.args)
-        af = self._qdq(a, *entry["input"])
-        bf = self._qdq(b, *entry["input_b"])
+        af = self._qdq(a, *self.tensor_ranges[join.call.args[0]])
+        bf = self._qdq(b, *self.tensor_ranges[join.call.args[1]])
         value = self.builder_.normalize(relax.op.add(af, bf))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
         # Users of the join read its requantized result (the next block's layers and joins).
-        self._qdq(binding.var, *entry["output"])
+        self._qdq(binding.var, *self.tensor_ranges[binding.var])
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         layer = self._layer(call)
@@ -220,7 +232,7 @@ class _Rewriter(PyExprMutator):
         if self.o.mode == "dynamic":
             xf = emit_dynamic_qdq(self.builder_, data, self.o.granularity == "row")
         else:
-            lo, hi = self.ranges[layer.name]["input"]
+            lo, hi = self.tensor_ranges.get(call.args[0], self.ranges[layer.name]["input"])
             xf = self._qdq(data, lo, hi)
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.o.per_channel)
         wf = self.builder_.emit(weight_dequantize(wq, s_w, layer.weight_axis))
