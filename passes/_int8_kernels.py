@@ -477,6 +477,12 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
     hp = max(h + pt + spec.padding[2], (ohp - 1) * sh + (kh - 1) * dh + 1)
     pw = max(owp + (kw - 1) * dw // sw + 1, (w + pl) // sw + 1)
 
+    def col_lo(ph):  # first plane column of phase ph holding an input column
+        return T.max(0, (pl - ph + sw - 1) // sw)
+
+    def col_hi(ph):
+        return T.min(pw, (w - 1 + pl - ph) // sw + 1)
+
     def taps(plane, wt, c, oy, xo):
         total = None
         for ry in range(kh):
@@ -501,17 +507,23 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
             c = T.meta_var(bc % ch_n)
             plane = T.decl_buffer((sw, hp, pw), "float32")
             tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
-            for ph, iy, ix in T.grid(sw, hp, pw):
-                plane[ph, iy, ix] = T.float32(0)
+            # Zeros only around the input (a stride-2 plane is 4x the int8 input: filling it
+            # all cost as much as the copy).
             for ph in T.unroll(sw):
-                for iy in range(h):
-                    # Plane column j of phase ph holds input column j * sw + ph - pl.
-                    for j in range(
-                        T.max(0, (pl - ph + sw - 1) // sw), T.min(pw, (w - 1 + pl - ph) // sw + 1)
-                    ):
-                        plane[ph, iy + pt, j] = T.Cast(
-                            "float32", T.Cast("int32", x[b, c, iy, j * sw + ph - pl]) - zp
-                        )
+                for iy in range(hp):
+                    if iy < pt or iy >= h + pt:
+                        for ix in range(pw):
+                            plane[ph, iy, ix] = T.float32(0)
+                    else:
+                        for ix in range(col_lo(ph)):
+                            plane[ph, iy, ix] = T.float32(0)
+                        for ix in range(col_hi(ph), pw):
+                            plane[ph, iy, ix] = T.float32(0)
+                        # Plane column j of phase ph holds input column j * sw + ph - pl.
+                        for j in range(col_lo(ph), col_hi(ph)):
+                            plane[ph, iy, j] = T.Cast(
+                                "float32", T.Cast("int32", x[b, c, iy - pt, j * sw + ph - pl]) - zp
+                            )
             for oyb, xb in T.grid(ohp // rows, owp // lanes):
                 acc = T.decl_buffer((rows,), f"int32x{lanes}", scope="local")
                 for r in T.unroll(rows):
