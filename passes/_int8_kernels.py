@@ -340,8 +340,12 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
     par = _loop(n * cout * pix * kgroup)
     cols_shape = (n, groups, kwords, pp) if packed else (1, 1, 1, 1)
 
+    # With one column tile the packed rows are the tile; with several, each task copies its
+    # tile out first (contiguous: the rows of a strided tile spill out of L1 on AVX2).
+    direct = packed and col_tiles == 1
+
     def act_words(cols, tile, b, g, kq, p0, u):
-        if packed:
+        if direct:
             return cols[b, g, kq, T.ramp(p0 + u * lanes, 1, lanes)]
         return tile[kq, T.ramp(u * lanes, 1, lanes)]
 
@@ -401,9 +405,12 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
             g = T.meta_var(task // (col_tiles * row_chunks) % groups)
             p0 = T.meta_var(task // row_chunks % col_tiles * step)
             rc = T.meta_var(task % row_chunks)
-            tile = T.decl_buffer((1, 1) if packed else (kwords, step), "int32")
+            tile = T.decl_buffer((1, 1) if direct else (kwords, step), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
+            if packed and not direct:
+                for kq, j in T.grid(kwords, step):
+                    tile[kq, j] = cols[b, g, kq, p0 + j]
             if not packed:
                 # Pack this tile's pixels (all channels of the group) into words.
                 if p0 + step <= pix:
