@@ -261,3 +261,22 @@ def test_parallel_loops_are_exact(monkeypatch):
     test_matmul_requant_exact(isa, mcpu, (33, 70), 40, "uint8")
     test_add_exact(isa, mcpu, (1, 24, 9, 7), ("int8", "int8", "int8"), (0.0473, 0.0219, 0.0617))
     assert "parallel" in str(K.add_kernel(tiny).script())
+
+
+@pytest.mark.parametrize("isa", list(TARGETS))
+def test_depthwise_and_add_compile_for_every_scheme(isa):
+    """The kernels without a dot instruction (depthwise row and flat-plane forms, the add)
+    still compile for each target, ARM included (only x86 runs them here)."""
+    scheme = K.ISAS[isa]
+    ep = K.Epilogue("int8", zp=1)
+    kernels = [
+        K.depthwise_kernel(
+            K.ConvSpec(1, 8, 7, 7, 8, 3, 3, (1, 1), (1,) * 4, (1, 1), 8, "int8"), scheme, 0, ep
+        ),
+        K.depthwise_kernel(
+            K.ConvSpec(1, 8, 40, 40, 8, 3, 3, (2, 2), (1,) * 4, (1, 1), 8, "int8"), scheme, 0, ep
+        ),
+        K.add_kernel(K.AddSpec((1, 8, 9, 9), "int8", "uint8", 1, 128, 3 << 20, 5 << 19, 22, ep)),
+    ]
+    for kernel in kernels:
+        assert _asm(kernel, TARGETS[isa])
