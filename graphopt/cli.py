@@ -160,8 +160,8 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--speed-check",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="time each layer's int8 vs fp32 kernel here; slower int8 layers stay fp32",
+        default=False,
+        help="time each layer's int8 vs fp32 kernel here; slower int8 layers stay fp32 (off)",
     )
 
 

@@ -68,7 +68,7 @@ def test_layer_shapes_say_where_tensors_stay_int8(digits):
 
 def test_slower_int8_layers_stay_fp32_with_a_fake_clock(digits):
     calls: list = []
-    opts = QuantOptions(DIGITS_EVAL, samples=8, sensitivity=False)
+    opts = QuantOptions(DIGITS_EVAL, samples=8, sensitivity=False, speed_check=True)
     step = quantize_step(digits.mod, digits.inputs, opts, timer=fake_timer(calls))
     layers = {d["layer"]: d for d in step.manifest["layers"]}
     slow = {"conv2d_0", "conv2d_2"}  # the first conv and the depthwise one
@@ -96,7 +96,7 @@ def test_speed_check_off(digits):
     def never(shape, fns):
         raise AssertionError("the speed check is off")
 
-    off = QuantOptions(DIGITS_EVAL, samples=4, sensitivity=False, speed_check=False)
+    off = QuantOptions(DIGITS_EVAL, samples=4, sensitivity=False)  # off by default
     step = quantize_step(digits.mod, digits.inputs, off, timer=never)
     assert step.manifest["speed_check"]["skipped"].startswith("off")
     assert step.manifest["int8_layers"] == 5
