@@ -258,7 +258,13 @@ def quantize_step(
         "kernels": "integer (lower-int8)" if lowered else "fake-quant (fp32 math on QDQ values)",
         "layers": decisions,
         "int8_layers": sum(d["precision"] == "int8" for d in decisions),
-        "ranges": ranges,
+        # the per-channel vectors stay in the ranges file (the pipeline's input), not here
+        "ranges": {
+            n: {k: v for k, v in r.items() if k not in (BIAS_KEY, EQ_KEY)}
+            for n, r in ranges.items()
+        },
+        "bias_corrected": sorted(n for n, r in ranges.items() if BIAS_KEY in r and n not in skip),
+        "equalized": sorted(scales),
         "accuracy": sens.to_json() if sens else None,
         "speed_check": speed,
     }

@@ -80,6 +80,8 @@ def test_compile_digits_int8_within_half_a_point(tmp_path, capsys):
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert q["int8_layers"] == 5 and q["settings"]["method"] == "mse"
     assert q["pipeline"].startswith("bias-correct{ranges=") and ",quantize{" in q["pipeline"]
+    assert q["bias_corrected"] == ["conv2d_0", "conv2d_1", "conv2d_2", "conv2d_3", "matmul_0"]
+    assert "bias_correction" not in q["ranges"]["conv2d_0"]  # vectors: in the ranges file
     acc = q["accuracy"]
     assert acc["metric"] == "accuracy" and acc["samples"] == 450
     assert acc["fp32"] - acc["artifact"] <= 0.5
