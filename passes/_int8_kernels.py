@@ -581,9 +581,20 @@ def _depthwise_flat_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue):
     pt, pl, pb, pr = spec.padding
     rs = w + pl + pr
     group = DW_ROWS  # vectors computed together (independent FMA chains)
-    nvec = -(-(oh * rs) // (lanes * group)) * group
+    nvec = -(-(oh * rs) // lanes)
+    rest = nvec % group  # the last vectors, fewer than a group
     reach = (kh - 1) * dh * rs + (kw - 1) * dw
     plane_len = max(nvec * lanes + reach, (h + pt + pb) * rs)
+
+    def requant(acc, corr, scale, fbias, c):
+        return ep.tir(
+            acc,
+            T.broadcast(corr[c], lanes),
+            T.broadcast(scale[c], lanes),
+            T.broadcast(fbias[c], lanes),
+            None,
+            lanes,
+        )
 
     def taps(plane, wt, c, p0):
         total = None
@@ -620,14 +631,12 @@ def _depthwise_flat_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue):
                 for u in T.unroll(group):
                     acc[u] = taps(plane, wt, c, (vb * group + u) * lanes)
                 for u in T.unroll(group):
-                    res[T.ramp((vb * group + u) * lanes, 1, lanes)] = ep.tir(
-                        acc[u],
-                        T.broadcast(corr[c], lanes),
-                        T.broadcast(scale[c], lanes),
-                        T.broadcast(fbias[c], lanes),
-                        None,
-                        lanes,
-                    )
+                    p0 = T.meta_var((vb * group + u) * lanes)
+                    res[T.ramp(p0, 1, lanes)] = requant(acc[u], corr, scale, fbias, c)
+            for u in T.unroll(rest):
+                res[T.ramp((nvec - rest + u) * lanes, 1, lanes)] = requant(
+                    taps(plane, wt, c, (nvec - rest + u) * lanes), corr, scale, fbias, c
+                )
             for oy, ox in T.grid(oh, ow):
                 out[b, c, oy, ox] = res[oy * rs + ox]
 
