@@ -1,6 +1,7 @@
 """Tuning: records persist per target, a second run resumes, compile --db applies them.
 
-Marked `tuning` (and slow): MetaSchedule builds and measures real candidates.
+Tests that run MetaSchedule are marked `tuning` (and slow): they build and measure real
+candidates.
 """
 
 from __future__ import annotations
@@ -14,12 +15,24 @@ import graphopt
 from graphopt.compiler import CompileOptions
 from graphopt.errors import TargetError
 from graphopt.models import DEFAULT_MODEL, load_eval
-from graphopt.tune import tune_model, tuning_cost
+from graphopt.tune import plan_trials, tune_model, tuning_cost
 from graphopt.tuning_db import database_dir, resolve_database
 
-pytestmark = [pytest.mark.tuning, pytest.mark.slow]
+tuning = pytest.mark.tuning
+slow = pytest.mark.slow
 
 
+def test_plan_follows_the_time_share():
+    assert plan_trials([3.0, 1.0], 8) == [6, 2]
+    plan = plan_trials([5.0, 0.0, 2.0, 3.0], 7)
+    assert sum(plan) == 7 and plan[1] == 0 and plan[0] >= plan[3] >= plan[2]
+    assert plan_trials([0.0, 0.0], 3) in ([2, 1], [1, 2])  # nothing measured: even split
+    assert plan_trials([1.0, 1.0], 0) == [0, 0]
+    assert sum(plan_trials([1e-9, 1.0, 2.0], 1000)) == 1000
+
+
+@tuning
+@slow
 def test_tune_resume_and_apply(tmp_path):
     db = tmp_path / "db"
     first = tune_model(DEFAULT_MODEL, db, CompileOptions(), trials=4)
@@ -58,6 +71,8 @@ def test_database_is_per_target_options(tmp_path):
         resolve_database(tmp_path, make_target("x86"))
 
 
+@tuning
+@slow
 def test_budget_stops_the_search_and_keeps_records(tmp_path):
     """The budget stop raised inside MetaSchedule's callback can come back through TVM's FFI as
     a bare RuntimeError (a 40-minute MiniLM run crashed at its end that way)."""
