@@ -74,6 +74,9 @@ def find_pairs(mod: tvm.IRModule) -> list[Pair]:
         d = by_data.get(tail)
         if bias is None or lo != 0.0 or d is None or len(users) != 1 or not users[0].same_as(d.var):
             continue
+        # Depthwise consumers only: a groups=1 consumer's weight columns would shrink by k
+        # (sqrt-shared stretch measured worse: MobileNetV2 17.5 -> 16.9 dB, EfficientNet-Lite0
+        # 19.1 -> 11.3 dB logit SQNR).
         if int(d.call.attrs.groups) != channels or d.weight_shape[:2] != [channels, 1]:
             continue
         add = graph.value[graph.only_user(p.var)]
@@ -139,17 +142,20 @@ def scaled_module(mod: tvm.IRModule, scales: Mapping[str, np.ndarray]) -> tvm.IR
 class _Scale(PyExprMutator):
     def __init__(self, plan: Mapping) -> None:
         super().__init__()
+        # A layer could be both a consumer and a producer: factors of one weight multiply.
+        weights: dict = {}  # layer name -> (layer, factor [O, I or 1, 1, 1])
         self.edits = []  # (original call, arg index, new constant)
         for pair, k in plan.values():
             p, d = pair.producer, pair.consumer
-            w = np.asarray(p.weight, np.float32) * k.reshape(-1, 1, 1, 1)
-            self.edits.append((p.call, 1, relax.const(w.astype(np.float32))))
-            wd = np.asarray(d.weight, np.float32) / k.reshape(-1, 1, 1, 1)
-            self.edits.append((d.call, 1, relax.const(wd.astype(np.float32))))
+            _scale(weights, p, k.reshape(-1, 1, 1, 1))
+            _scale(weights, d, 1 / k.reshape(-1, 1, 1, 1))
             add = pair.bias
             i = 1 if add.args[0].same_as(p.var) else 0
             b = _tvm.constant_value(pair.bias_const)
             self.edits.append((add, i, relax.const((b * _bias_shape(k, b)).astype(np.float32))))
+        for layer, factor in weights.values():
+            w = (np.asarray(layer.weight, np.float64) * factor).astype(np.float32)
+            self.edits.append((layer.call, 1, relax.const(w)))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         for orig, i, value in self.edits:
@@ -158,6 +164,11 @@ class _Scale(PyExprMutator):
                 args[i] = value
                 return relax.Call(call.op, args, call.attrs, call.ty_args)
         return super().visit_call_(call)
+
+
+def _scale(weights: dict, layer: Layer, factor: np.ndarray) -> None:
+    old = weights.get(layer.name, (layer, 1.0))[1]
+    weights[layer.name] = (layer, old * factor.astype(np.float64))
 
 
 def _bias_shape(k: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -85,3 +85,19 @@ def test_equalization_keeps_fp32_and_cuts_the_int8_error(tmp_path):
     plain, equalized = sq_err(run_plain), sq_err(run_eq)
     assert equalized[4:].mean() < 0.1 * plain[4:].mean(), (equalized, plain)  # small channels
     assert equalized.mean() < 0.7 * plain.mean()
+
+
+def test_only_depthwise_consumers():
+    """expand -> relu6 -> depthwise -> relu6 -> project: only the expand/depthwise pair (a
+    groups=1 consumer's weight columns would absorb the stretch: measured worse)."""
+    m = block()
+    w3 = numpy_helper.from_array(np.ones((6, 8, 1, 1), np.float32), "w3")
+    m.graph.initializer.append(w3)
+    m.graph.node.append(helper.make_node("Clip", ["y", "lo", "hi"], ["r2"]))
+    m.graph.node.append(helper.make_node("Conv", ["r2", "w3"], ["z"]))
+    m.graph.output.pop()
+    m.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 12, 12]))
+    mod = run_passes(import_onnx(m).mod, instantiate(parse_pipeline("O2")))
+    assert [(p.producer.name, p.consumer.name) for p in find_pairs(mod)] == [
+        ("conv2d_0", "conv2d_1")
+    ]
