@@ -91,17 +91,18 @@ def single_input_module(shape, build, dtype: str = "float32") -> tvm.IRModule:
     return bb.get()
 
 
-def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target: str = "x86") -> np.ndarray:
+def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target="x86") -> np.ndarray:
     """Build with the target's own stages (legalize, schedule, lower) and run `main` once.
 
     Unlike `run_module`, the target's stage passes (fold-pad, fast-erf, schedule-cpu) run too.
+    `target` is a target name or a `Target` (to pass options).
     """
     from tvm import relax
 
     from .pipeline import instantiate, parse_pipeline, run_passes
     from .target_infra import make_target
 
-    tgt = make_target(target)
+    tgt = make_target(target) if isinstance(target, str) else target
     stages = tgt.stages()
     with tgt.tvm_target():
         for stage in ("legalize", "schedule", "lower"):

@@ -10,7 +10,7 @@ from .target_infra import Target
 
 # Target options that choose which kernels exist but not how one kernel compiles: records are
 # keyed by the kernel's own structure, so these need not split a database.
-_NOT_CODEGEN = frozenset({"schedules", "fast_erf"})
+_NOT_CODEGEN = frozenset({"schedules", "fast_erf", "fast_softmax"})
 
 
 def database_dir(db_root: Path, target: Target) -> Path:

@@ -11,15 +11,15 @@ Every other call is left to `tvm.LegalizeOps`, which runs next.
     after:   y = R.call_tir(gelu, (x,))   # x * (0.5 + fast_erf(x * 0.7071) * 0.5)
 
 Counter: `fast_erf` (calls legalized). Belongs in a CPU target's legalize stage, right before
-`tvm.LegalizeOps`.
+`tvm.LegalizeOps`. The shared rewriter is `passes/_fast_legalize.py`.
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._fast_legalize import legalize_fp32_calls
 
 
 def _fast_erf(x):
@@ -35,27 +35,10 @@ def _gelu(x):
     return x * (half + _fast_erf(x * tirx.const(0.5**0.5, x.dtype)) * half)
 
 
-_LEGALIZE = {"relax.erf": (_fast_erf, "erf"), "relax.nn.gelu": (_gelu, "gelu")}
-
-
-def _is_fp32(expr) -> bool:
-    return str(getattr(expr.ty, "dtype", "")) == "float32"
-
-
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
-        super().__init__(mod)
-        self.count = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        op = call.op
-        if isinstance(op, tvm.ir.Op) and op.name in _LEGALIZE and _is_fp32(call.args[0]):
-            fn, hint = _LEGALIZE[op.name]
-            self.count += 1
-            return self.builder_.call_te(fn, call.args[0], primfunc_name_hint=hint)
-        return call
+_LEGALIZE = {
+    "relax.erf": lambda bb, call: bb.call_te(_fast_erf, call.args[0], primfunc_name_hint="erf"),
+    "relax.nn.gelu": lambda bb, call: bb.call_te(_gelu, call.args[0], primfunc_name_hint="gelu"),
+}
 
 
 @register_pass
@@ -65,16 +48,5 @@ class FastErf(GraphPass):
     name = "fast-erf"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        new = mod
-        count = 0
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
-            rewriter = _Rewriter(new)
-            rewritten = rewriter.visit_expr(func)
-            if not rewriter.count:
-                continue
-            count += rewriter.count
-            new = rewriter.builder_.get()
-            new[gvar] = rewritten
+        new, count = legalize_fp32_calls(mod, _LEGALIZE)
         return PassResult(new, count > 0, {"fast_erf": count})

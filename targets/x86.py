@@ -28,7 +28,8 @@ CPU_LOWER = [
 ]
 
 # Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
-# TIR (fp32 erf / GELU first, as a polynomial that vectorizes: passes/fast_erf.py), then fold
+# TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: passes/fast_erf.py,
+# passes/fast_softmax.py), then fold
 # what became constant and fuse elementwise tails into kernels: plain tvm.compile on CPU does
 # neither.
 CPU_LEGALIZE = [
@@ -36,6 +37,7 @@ CPU_LEGALIZE = [
     "tvm.backend.DispatchSortScan",
     "fold-pad",
     "fast-erf",
+    "fast-softmax",
     "tvm.LegalizeOps",
     "tvm.AnnotateTIROpPattern",
     "tvm.FoldConstant",
@@ -78,6 +80,8 @@ class X86(Target):
         schedules: bool = True
         # fp32 erf / GELU as a vectorizable polynomial (max abs error 4.4e-7); false: libm erff.
         fast_erf: bool = True
+        # fp32 softmax with a vectorizable exp (relative error ~1e-7); false: libm expf.
+        fast_softmax: bool = True
 
     @classmethod
     def default_options(cls) -> Options:
@@ -93,9 +97,13 @@ class X86(Target):
             spec["num-cores"] = self.options.num_cores
         return _tvm.make_target(spec)
 
+    def _wanted(self, stage_pass: str) -> bool:
+        off = {"fast-erf": not self.options.fast_erf, "fast-softmax": not self.options.fast_softmax}
+        return not off.get(stage_pass, False)
+
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
-            "legalize": [p for p in X86_LEGALIZE if self.options.fast_erf or p != "fast-erf"],
+            "legalize": [p for p in X86_LEGALIZE if self._wanted(p)],
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }
