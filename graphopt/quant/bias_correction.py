@@ -10,7 +10,7 @@ output channel's expected error is, exactly,
 
 with E[.] over the calibration samples (one input-sized mean per layer, which calibration
 keeps) and mean_pos over the output positions (zero padding included). It is subtracted from
-the layer's bias by the `bias-correct` pass, before `quantize`. Per layer, on fp32 inputs: the
+the layer's bias by the `bias-correction` pass, before `quantize`. Per layer, on fp32 inputs: the
 sequential variant on the quantized model's own activations fits the propagated errors of the
 calibration set and measured worse on held-out photos (MobileNetV2 52/60 vs 57/60).
 """
@@ -122,7 +122,7 @@ def act_error(x: np.ndarray, q: ActQuant) -> np.ndarray:
 class BiasCorrect(GraphPass):
     """Subtract each layer's calibrated mean quantization error from its bias (ranges file)."""
 
-    name = "bias-correct"
+    name = "bias-correction"
 
     @dataclass(frozen=True)
     class Options:
@@ -131,7 +131,7 @@ class BiasCorrect(GraphPass):
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         if not self.options.ranges:
-            raise CalibrationError("bias-correct needs ranges=FILE (from calibration)")
+            raise CalibrationError("bias-correction needs ranges=FILE (from calibration)")
         ranges = read_ranges(Path(self.options.ranges))
         layers = [
             ly
@@ -143,11 +143,11 @@ class BiasCorrect(GraphPass):
             c = np.asarray(ranges[ly.name][KEY], np.float32)
             if list(ranges[ly.name]["weight_shape"]) != ly.weight_shape:
                 raise CalibrationError(
-                    f"bias-correct: ranges file {self.options.ranges} does not match this graph "
+                    f"bias-correction: ranges file {self.options.ranges} does not match this graph "
                     f"(layer {ly.name})"
                 )
             if c.shape != (ly.weight_shape[ly.weight_axis],):
-                raise CalibrationError(f"bias-correct: {ly.name} correction has shape {c.shape}")
+                raise CalibrationError(f"bias-correction: {ly.name} correction has shape {c.shape}")
             plan[ly.name] = (ly, c)
         if not plan:
             return PassResult(mod, False, {"corrected": 0})

@@ -247,7 +247,7 @@ def quantize_step(
     passes = [make_pass("quantize", quant_opts)]
     if any(BIAS_KEY in r for r in ranges.values()):
         bc_opts = {"ranges": str(ranges_path), **({"skip": ":".join(skip)} if skip else {})}
-        passes.insert(0, make_pass("bias-correct", bc_opts))
+        passes.insert(0, make_pass("bias-correction", bc_opts))
     if scales:  # exact in fp32 up to the calibrated maxima: applies whatever stays fp32
         passes.insert(0, make_pass("equalize", {"ranges": str(ranges_path)}))
     if lowered:

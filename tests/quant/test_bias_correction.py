@@ -101,7 +101,7 @@ def skewed(rng, n):
 
 def _errors(mod, feeds, ranges_path, correct: bool, skip: str = ""):
     opts = {"ranges": str(ranges_path), **({"skip": skip} if skip else {})}
-    passes = [make_pass("bias-correct", opts)] if correct else []
+    passes = [make_pass("bias-correction", opts)] if correct else []
     passes.append(make_pass("quantize", opts))
     q = mod
     for p in passes:
@@ -129,7 +129,7 @@ def test_correction_removes_the_mean_error_on_held_out_samples(tmp_path, bias):
     assert mean_plain.mean() > 3 * mean_fixed.mean(), (mean_plain, mean_fixed)
     assert (fixed**2).mean() < (plain**2).mean()
     # skip= leaves that layer alone (the flow passes the layers kept fp32).
-    skipped = make_pass("bias-correct", {"ranges": str(path), "skip": "conv2d_0"}).run(mod)
+    skipped = make_pass("bias-correction", {"ranges": str(path), "skip": "conv2d_0"}).run(mod)
     assert not skipped.modified
 
 
@@ -151,7 +151,7 @@ def test_pass_folds_into_the_bias_or_adds_one(tmp_path):
         }
         path = tmp_path / f"r{bias}.json"
         write_ranges(path, ranges, "minmax")
-        result = make_pass("bias-correct", {"ranges": str(path)}).run(mod)
+        result = make_pass("bias-correction", {"ranges": str(path)}).run(mod)
         assert result.stats["corrected"] == 1 and result.stats["bias_folded"] == int(bias)
         x = np.random.default_rng(1).standard_normal((1, 16, 10, 10)).astype(np.float32)
         ref = run_module(mod, [x])[0]

@@ -79,7 +79,7 @@ def test_compile_digits_int8_within_half_a_point(tmp_path, capsys):
     assert "SQNR dB" in printed and "conv2d_0" in printed
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert q["int8_layers"] == 5 and q["settings"]["method"] == "mse"
-    assert q["pipeline"].startswith("bias-correct{ranges=") and ",quantize{" in q["pipeline"]
+    assert q["pipeline"].startswith("bias-correction{ranges=") and ",quantize{" in q["pipeline"]
     assert q["bias_corrected"] == ["conv2d_0", "conv2d_1", "conv2d_2", "conv2d_3", "matmul_0"]
     assert "bias_correction" not in q["ranges"]["conv2d_0"]  # vectors: in the ranges file
     acc = q["accuracy"]
@@ -160,7 +160,7 @@ def test_lower_int8_follows_quantize_when_registered():
         imported.inputs,
         QuantOptions(DIGITS_EVAL, samples=4, sensitivity=False, integer_kernels=False),
     )  # noqa: E501
-    assert [p.name for p in off.passes] == ["bias-correct", "quantize"]
+    assert [p.name for p in off.passes] == ["bias-correction", "quantize"]
     assert off.manifest["accuracy"] is None
     assert off.manifest["int8_layers"] == len(off.manifest["layers"]) >= 4
 
