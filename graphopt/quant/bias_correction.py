@@ -28,6 +28,7 @@ from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import _tvm
+from ..errors import PipelineError
 from ..pass_infra import GraphPass, PassResult, register_pass
 from .errors import CalibrationError
 from .layers import Layer, find_layers
@@ -131,8 +132,8 @@ class BiasCorrect(GraphPass):
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         if not self.options.ranges:
-            raise CalibrationError("bias-correction needs ranges=FILE (from calibration)")
-        ranges = read_ranges(Path(self.options.ranges))
+            raise PipelineError("bias-correction needs ranges=FILE (from calibration)")
+        ranges = _read(self.options.ranges)
         layers = [
             ly
             for ly in find_layers(mod["main"])
@@ -142,12 +143,12 @@ class BiasCorrect(GraphPass):
         for ly in layers:
             c = np.asarray(ranges[ly.name][KEY], np.float32)
             if list(ranges[ly.name]["weight_shape"]) != ly.weight_shape:
-                raise CalibrationError(
+                raise PipelineError(
                     f"bias-correction: ranges file {self.options.ranges} does not match this graph "
                     f"(layer {ly.name})"
                 )
             if c.shape != (ly.weight_shape[ly.weight_axis],):
-                raise CalibrationError(f"bias-correction: {ly.name} correction has shape {c.shape}")
+                raise PipelineError(f"bias-correction: {ly.name} correction has shape {c.shape}")
             plan[ly.name] = (ly, c)
         if not plan:
             return PassResult(mod, False, {"corrected": 0})
@@ -227,3 +228,11 @@ class _Correct(PyExprMutator):
                 # an add, so that lower-int8 takes the correction as the kernel's bias
                 return R_op.add(y, relax.const(-c.reshape(shape).astype(np.float32)))
         return super().visit_call_(call)
+
+
+def _read(path: str) -> dict:
+    """The ranges file; its problems are pipeline option errors (one line, no traceback)."""
+    try:
+        return read_ranges(Path(path))
+    except CalibrationError as err:
+        raise PipelineError(str(err)) from err

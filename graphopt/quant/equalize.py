@@ -26,6 +26,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import _tvm
+from ..errors import PipelineError
 from ..pass_infra import GraphPass, PassResult, register_pass
 from .errors import CalibrationError
 from .layers import Layer, find_layers
@@ -109,15 +110,15 @@ class Equalize(GraphPass):
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         if not self.options.ranges:
-            raise CalibrationError("equalize needs ranges=FILE (from calibration)")
-        ranges = read_ranges(Path(self.options.ranges))
+            raise PipelineError("equalize needs ranges=FILE (from calibration)")
+        ranges = _read(self.options.ranges)
         plan = {}
         for pair in find_pairs(mod):
             k = ranges.get(pair.consumer.name, {}).get(KEY)
             if k is not None:
                 k = np.asarray(k, np.float32)
                 if k.shape != (pair.producer.weight_shape[0],):
-                    raise CalibrationError(f"equalize: {pair.consumer.name} scales do not match")
+                    raise PipelineError(f"equalize: {pair.consumer.name} scales do not match")
                 plan[pair.consumer.name] = (pair, k)
         if not plan:
             return PassResult(mod, False, {"equalized": 0})
@@ -178,3 +179,11 @@ def _bias_shape(k: np.ndarray, b: np.ndarray) -> np.ndarray:
     axis = next((i for i, d in enumerate(b.shape) if d == k.size), b.ndim - 1)
     shape[axis] = k.size
     return k.reshape(shape)
+
+
+def _read(path: str) -> dict:
+    """The ranges file; its problems are pipeline option errors (one line, no traceback)."""
+    try:
+        return read_ranges(Path(path))
+    except CalibrationError as err:
+        raise PipelineError(str(err)) from err
