@@ -139,13 +139,17 @@ def match_attention(sch: Schedule, func: tirx.PrimFunc) -> AttentionBlocks | Non
     if exp is None or probs is None or not exp.is_spatial or not probs.is_spatial:
         return None
     exp_store = exp.store()
-    if exp_store is None or not _calls(exp_store.value, "tirx.exp"):
+    # exp: libm's (tirx.exp) or fast-softmax's polynomial, which reads x - max from a block
+    # of its own (inlined like the other spatial producers).
+    if exp_store is None or not (
+        _calls(exp_store.value, "tirx.exp") or _calls(exp_store.value, "tirx.reinterpret")
+    ):
         return None
     # Data flow: scores -> max -> exp -> sum -> probabilities -> output matmul.
     deps = _ancestors(views, writer)
     m_buf = mx.block.writes[0].source
     z_buf = sm.block.writes[0].source
-    if scores.view.name not in deps[mx.name] or m_buf not in _read_buffers(exp):
+    if scores.view.name not in deps[mx.name] or m_buf not in _read_buffers_deep(exp, writer):
         return None
     if sm.name not in deps[probs.name] or z_buf not in _read_buffers_deep(probs, writer):
         return None
