@@ -529,7 +529,7 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
     if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
         # The depthwise kernel subtracts the zero point itself: no correction term.
         corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, -zp)
-        consts = [w8.reshape(spec.cout, -1).astype(np.float32), corr, scale, fbias]
+        consts = [w8.reshape(spec.cout, -1).astype(np.int8), corr, scale, fbias]
         key = ("depthwise", spec, isa, zp, ep)
         make = lambda: K.depthwise_kernel(spec, isa, zp, ep)  # noqa: E731
         how = recipe("depthwise", spec, isa, zp, ep)

@@ -122,7 +122,7 @@ def test_depthwise_exact(isa, mcpu, dims, act_dtype):
     ep = K.Epilogue("uint8", zp=5, lo=5.0)  # relu folded: clamp at the zero point
     corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
     scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
-    args = [x, w.reshape(spec.cout, -1).astype(np.float32), corr, scale, np.zeros_like(scale)]
+    args = [x, w.reshape(spec.cout, -1), corr, scale, np.zeros_like(scale)]
     lib = _build(K.depthwise_kernel(spec, K.ISAS[isa], zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "uint8")
     c4 = (1, -1, 1, 1)
