@@ -185,8 +185,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     budget = parse_duration(args.budget) if args.budget else None
     opts = _compile_options(args)
+    runner = None
+    if args.rpc:
+        from .rpc import TrackerAddress, servers_for_key, tuning_runner
+
+        tracker, key = TrackerAddress.parse(args.rpc), _require_key(args)
+        runner = tuning_runner(tracker, key)  # fails fast: unreachable tracker, unknown key
+        _eprint(
+            f"measuring candidates on {servers_for_key(tracker, key)} RPC server(s) "
+            f"under key '{key}' at {tracker}"
+        )
     summary = tune_model(
-        args.model, Path(args.db), opts, trials=args.trials, budget_seconds=budget, progress=_eprint
+        args.model,
+        Path(args.db),
+        opts,
+        trials=args.trials,
+        budget_seconds=budget,
+        runner=runner,
+        progress=_eprint,
     )
     rows = [[name[:60], f"{us:.1f}"] for name, us in sorted(summary.best_us.items())]
     if rows:

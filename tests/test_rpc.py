@@ -107,7 +107,16 @@ def test_bad_tracker_address():
 
 @pytest.mark.tuning
 @pytest.mark.slow
-def test_tune_over_rpc(cluster, tmp_path, capsys):
+def test_tune_over_rpc(cluster, tmp_path, capsys, monkeypatch):
+    from tvm.s_tir import meta_schedule as ms
+
+    remote_runs = []
+    run = ms.runner.RPCRunner.run
+    monkeypatch.setattr(
+        ms.runner.RPCRunner,
+        "run",
+        lambda self, inputs: remote_runs.append(len(inputs)) or run(self, inputs),
+    )
     rc = main(
         [
             "tune",
@@ -123,4 +132,28 @@ def test_tune_over_rpc(cluster, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "trials 0 -> " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "trials 0 -> " in captured.out
+    assert f"on 2 RPC server(s) under key '{KEY}'" in captured.err
+    assert sum(remote_runs) >= 4  # the candidates (and the default-vs-tuned check) ran remotely
+
+
+def test_tune_with_unknown_key_is_a_clear_error(cluster, tmp_path, capsys):
+    rc = main(
+        [
+            "tune",
+            str(DEFAULT_MODEL),
+            "--db",
+            str(tmp_path / "db"),
+            "--trials",
+            "4",
+            "--rpc",
+            str(cluster),
+            "--key",
+            "no-such-key",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "no RPC server is registered under key 'no-such-key'" in err
+    assert not (tmp_path / "db").exists() or not any((tmp_path / "db").rglob("*.json"))
