@@ -391,8 +391,17 @@ def _conv_channel_vector(sch, func, conv_rv, out_rv, shape, ext, info, tile: Cha
     elems = 1
     for p in shape.spatial:
         elems *= ext[p]
-    _parallel_outer(sch, outer, elems * _reduction_size(shape, ext))
-    sch.reverse_compute_at(out_rv, xo, preserve_unit_loops=True)
+    work = elems * _reduction_size(shape, ext)
+    tasks = product(const_int(sch.get(lp).extent) or 1 for lp in outer)
+    at = xo
+    if tasks < 4 * info.cores and work >= MIN_PARALLEL_WORK:
+        # Too few channel blocks x rows to share among the threads (a flattened 1x1 conv
+        # with 32 output channels is one task): the pixel tiles are tasks too.
+        at = sch.fuse(*outer, xo)
+        sch.parallel(at)
+    else:
+        _parallel_outer(sch, outer, work)
+    sch.reverse_compute_at(out_rv, at, preserve_unit_loops=True)
     out_loops = sch.get_loops(out_rv)
     if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
         sch.vectorize(out_loops[-1])

@@ -97,3 +97,22 @@ def test_channel_or_width_vectors(n, c, h, w, o, channels):
 )
 def test_other_convs_keep_their_numbers(n, c, h, w, o, k, s, p, g):
     schedule_and_compare(conv_module(n, c, h, w, o, k, s, p, g), _rand(n, c, h, w))
+
+
+def test_one_channel_block_shares_its_pixels_among_threads():
+    """A flattened 1x1 conv with one block of output channels (MobileNetV2's 192 -> 32 over
+    one 784-pixel row) was a single parallel task: the pixel tiles must be tasks too."""
+    mod = conv_module(1, 12 * LANES, 1, 784, 2 * LANES)
+    legal = _stage(mod, "legalize")
+    with HOST.tvm_target():
+        result = apply_checked(make_pass("schedule-cpu"), legal)
+    text = "\n".join(
+        f.script() for f in result.module.functions.values() if "T.parallel" in f.script()
+    )
+    extents = [
+        int(line.split("T.parallel(T.int64(")[1].split(")")[0])
+        for line in text.splitlines()
+        if "T.parallel(T.int64(" in line
+    ]
+    assert extents and max(extents) >= 4 * rules.cpu_info(HOST.tvm_target()).cores, extents
+    schedule_and_compare(mod, _rand(1, 12 * LANES, 1, 784))
