@@ -8,7 +8,6 @@ in `passes/quantize.py`) using those ranges.
 
 from __future__ import annotations
 
-from . import bias_correction, equalize  # noqa: F401 - register bias-correction, equalize
 from .errors import CalibrationError
 
 __all__ = ["CalibrationError"]

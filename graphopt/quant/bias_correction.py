@@ -10,30 +10,21 @@ output channel's expected error is, exactly,
 
 with E[.] over the calibration samples (one input-sized mean per layer, which calibration
 keeps) and mean_pos over the output positions (zero padding included). It is subtracted from
-the layer's bias by the `bias-correction` pass, before `quantize`. Per layer, on fp32 inputs: the
-sequential variant on the quantized model's own activations fits the propagated errors of the
-calibration set and measured worse on held-out photos (MobileNetV2 52/60 vs 57/60).
+the layer's bias by the `bias-correction` pass (passes/bias_correction.py), before `quantize`.
+Per layer, on fp32 inputs: the sequential variant on the quantized model's own activations
+fits the propagated errors of the calibration set and measured worse on held-out photos
+(MobileNetV2 52/60 vs 57/60).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tvm
-from tvm import relax
-from tvm.relax import op as R_op
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import _tvm
-from ..errors import PipelineError
-from ..pass_infra import GraphPass, PassResult, register_pass
 from .errors import CalibrationError
-from .layers import Layer, find_layers
+from .layers import Layer
 from .qdq import ActQuant, dequant_weight_np, fake_quant_np, weight_qparams
-from .ranges import read_ranges
 
 KEY = "bias_correction"  # per-layer entry of the ranges file: one float per output channel
 
@@ -114,125 +105,3 @@ def correction(layer: Layer, err: LayerError, per_channel: bool = True) -> np.nd
 
 def act_error(x: np.ndarray, q: ActQuant) -> np.ndarray:
     return fake_quant_np(x, q).astype(np.float64) - x
-
-
-# ---- the pass -----------------------------------------------------------------------------
-
-
-@register_pass
-class BiasCorrect(GraphPass):
-    """Subtract each layer's calibrated mean quantization error from its bias (ranges file)."""
-
-    name = "bias-correction"
-
-    @dataclass(frozen=True)
-    class Options:
-        ranges: str = ""  # the ranges file calibration wrote, with bias_correction entries
-        skip: tuple[str, ...] = ()  # layers kept fp32 (as given to quantize): no correction
-
-    def run(self, mod: tvm.IRModule) -> PassResult:
-        if not self.options.ranges:
-            raise PipelineError("bias-correction needs ranges=FILE (from calibration)")
-        ranges = _read(self.options.ranges)
-        layers = [
-            ly
-            for ly in find_layers(mod["main"])
-            if KEY in ranges.get(ly.name, {}) and ly.name not in self.options.skip
-        ]
-        plan = {}
-        for ly in layers:
-            c = np.asarray(ranges[ly.name][KEY], np.float32)
-            if list(ranges[ly.name]["weight_shape"]) != ly.weight_shape:
-                raise PipelineError(
-                    f"bias-correction: ranges file {self.options.ranges} does not match this graph "
-                    f"(layer {ly.name})"
-                )
-            if c.shape != (ly.weight_shape[ly.weight_axis],):
-                raise PipelineError(f"bias-correction: {ly.name} correction has shape {c.shape}")
-            plan[ly.name] = (ly, c)
-        if not plan:
-            return PassResult(mod, False, {"corrected": 0})
-        rewriter = _Correct(mod["main"], plan)
-        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        new["main"] = rewriter.visit_expr(mod["main"])
-        new = relax.transform.Normalize()(new)
-        stats = {"corrected": len(plan), "bias_folded": rewriter.folded}
-        return PassResult(new, not _tvm.structural_equal(new, mod), stats)
-
-
-def _bias_adds(func: relax.Function, plan: Mapping) -> dict:
-    """{add call: (layer, correction)} for layers whose only user is `add(y, const channel
-    vector)`: the correction folds into that constant (lower-int8 still sees a bias)."""
-    users: dict = {}
-    bound: dict = {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if not isinstance(b, relax.VarBinding):
-                continue
-            bound[b.var] = b.value
-            args = b.value.args if isinstance(b.value, relax.Call) else []
-            for a in args:
-                if isinstance(a, relax.Var):
-                    users.setdefault(a, []).append(b.value)
-    adds = {}
-    for ly, c in plan.values():
-        use = users.get(ly.var, [])
-        if len(use) != 1 or not isinstance(use[0], relax.Call) or _op(use[0]) != "relax.add":
-            continue
-        add = use[0]
-        other = add.args[1] if add.args[0].same_as(ly.var) else add.args[0]
-        other = bound.get(other, other)
-        if not isinstance(other, tvm.ir.GenericConst):
-            continue
-        b = _tvm.constant_value(other)
-        if b.dtype == np.float32 and b.size == c.size and _channel_axis_ok(b, ly):
-            adds[add] = (ly, b, c)
-    return adds
-
-
-def _channel_axis_ok(b: np.ndarray, ly: Layer) -> bool:
-    """The constant varies along the output-channel axis only (of an NCHW / [.., N] output)."""
-    ndim = len(ly.var.ty.shape.values)
-    shape = (1,) * (ndim - b.ndim) + b.shape
-    axis = 1 if ly.kind == "conv2d" else ndim - 1
-    return b.ndim <= ndim and all(d == 1 for i, d in enumerate(shape) if i != axis)
-
-
-def _op(call: relax.Call) -> str:
-    return call.op.name if isinstance(call.op, tvm.ir.Op) else ""
-
-
-@mutator
-class _Correct(PyExprMutator):
-    def __init__(self, func: relax.Function, plan: Mapping) -> None:
-        super().__init__()
-        self.adds = _bias_adds(func, plan)
-        folded = {ly.name for ly, _, _ in self.adds.values()}
-        self.direct = [(ly.call, ly, c) for ly, c in plan.values() if ly.name not in folded]
-        self.folded = len(folded)
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        for add, (ly, b, c) in self.adds.items():
-            if add.same_as(call):
-                args = [self.visit_expr(a) for a in call.args]
-                new_b = relax.const((b - c.reshape(b.shape)).astype(np.float32))
-                i = 1 if call.args[0].same_as(ly.var) else 0
-                args[i] = new_b
-                return relax.Call(call.op, args, call.attrs, call.ty_args)
-        for orig, ly, c in self.direct:
-            if orig.same_as(call):
-                y = self.builder_.emit(super().visit_call_(call))
-                ndim = len(ly.var.ty.shape.values)
-                shape = [1] * ndim
-                shape[1 if ly.kind == "conv2d" else ndim - 1] = -1
-                # an add, so that lower-int8 takes the correction as the kernel's bias
-                return R_op.add(y, relax.const(-c.reshape(shape).astype(np.float32)))
-        return super().visit_call_(call)
-
-
-def _read(path: str) -> dict:
-    """The ranges file; its problems are pipeline option errors (one line, no traceback)."""
-    try:
-        return read_ranges(Path(path))
-    except CalibrationError as err:
-        raise PipelineError(str(err)) from err

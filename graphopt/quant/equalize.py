@@ -8,9 +8,10 @@ depthwise layer D, scaling P's output channel c by k_c >= 1 and D's weights of c
 channel reaches the relu6 bound; and the quantizer clips the tensor at its range `hi` anyway,
 so with k_c = hi / max_c (max_c: the channel's calibrated maximum), a channel is clipped at its
 own calibrated maximum instead of at `hi`: a per-channel range where the kernels allow only one.
-Both weights are quantized per output channel, so the scales cost them no precision. This is
-the activation half of cross-layer equalization (Nagel et al. 2019); relu6 rules out the
-weight-range half, which per-channel weights do not need.
+Both weights are quantized per output channel, so the scales cost them no precision. The
+`equalize` pass (passes/equalize.py) applies the scales calibration wrote into the ranges
+file. This is the activation half of cross-layer equalization (Nagel et al. 2019); relu6
+rules out the weight-range half, which per-channel weights do not need.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import tvm
@@ -26,11 +26,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import _tvm
-from ..errors import PipelineError
-from ..pass_infra import GraphPass, PassResult, register_pass
-from .errors import CalibrationError
 from .layers import Layer, find_layers
-from .ranges import read_ranges
 
 KEY = "equalize"  # ranges-file entry of the depthwise layer D: one k per input channel
 MAX_K = 16.0  # cap: a channel that never fires is not worth stretching further
@@ -98,36 +94,6 @@ def equalize_scales(pair: Pair, channel_max: np.ndarray, hi: float) -> np.ndarra
     return k.astype(np.float32)
 
 
-@register_pass
-class Equalize(GraphPass):
-    """Scale producer output channels up and depthwise weights down (ranges-file scales)."""
-
-    name = "equalize"
-
-    @dataclass(frozen=True)
-    class Options:
-        ranges: str = ""  # the ranges file with `equalize` entries on depthwise layers
-
-    def run(self, mod: tvm.IRModule) -> PassResult:
-        if not self.options.ranges:
-            raise PipelineError("equalize needs ranges=FILE (from calibration)")
-        ranges = _read(self.options.ranges)
-        plan = {}
-        for pair in find_pairs(mod):
-            k = ranges.get(pair.consumer.name, {}).get(KEY)
-            if k is not None:
-                k = np.asarray(k, np.float32)
-                if k.shape != (pair.producer.weight_shape[0],):
-                    raise PipelineError(f"equalize: {pair.consumer.name} scales do not match")
-                plan[pair.consumer.name] = (pair, k)
-        if not plan:
-            return PassResult(mod, False, {"equalized": 0})
-        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        new["main"] = _Scale(plan).visit_expr(mod["main"])
-        new = relax.transform.Normalize()(new)
-        return PassResult(new, True, {"equalized": len(plan)})
-
-
 def scaled_module(mod: tvm.IRModule, scales: Mapping[str, np.ndarray]) -> tvm.IRModule:
     """`mod` with the scales {depthwise layer: k} applied (calibration's second round)."""
     plan = {p.consumer.name: (p, scales[p.consumer.name]) for p in find_pairs(mod)}
@@ -179,11 +145,3 @@ def _bias_shape(k: np.ndarray, b: np.ndarray) -> np.ndarray:
     axis = next((i for i, d in enumerate(b.shape) if d == k.size), b.ndim - 1)
     shape[axis] = k.size
     return k.reshape(shape)
-
-
-def _read(path: str) -> dict:
-    """The ranges file; its problems are pipeline option errors (one line, no traceback)."""
-    try:
-        return read_ranges(Path(path))
-    except CalibrationError as err:
-        raise PipelineError(str(err)) from err

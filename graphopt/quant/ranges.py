@@ -34,3 +34,14 @@ def read_ranges(path: Path) -> dict[str, dict]:
         if not ok or len(entry["input"]) != 2:
             raise CalibrationError(f"{path}: layer {name} has no valid input range")
     return layers
+
+
+def ranges_option(path: str) -> dict[str, dict]:
+    """The ranges file a pass was given as an option; its problems are pipeline option errors
+    (one line, no traceback)."""
+    from ..errors import PipelineError
+
+    try:
+        return read_ranges(Path(path))
+    except CalibrationError as err:
+        raise PipelineError(str(err)) from err
