@@ -76,7 +76,7 @@ class LowerInt8(GraphPass):
         for gvar, func in mod.functions.items():
             if not isinstance(func, relax.Function):
                 continue
-            func, folded = fold_pads(new, func, _Graph(func, new))
+            func, folded = fold_pads(new, func, BindingGraph(func, new))
             stats["pads_folded"] += folded
             plans, left = _find(func, new, isa, self.options.dynamic, self.options.fuse_row_quant)
             stats["left"] += left
@@ -147,7 +147,7 @@ def _dims(expr) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values)
 
 
-class _Graph:
+class BindingGraph:
     """Bindings and use counts of one function (what the matcher walks)."""
 
     def __init__(self, func: relax.Function, mod: tvm.IRModule) -> None:
@@ -187,7 +187,7 @@ class _Graph:
 
 
 def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict, int]:
-    graph = _Graph(func, mod)
+    graph = BindingGraph(func, mod)
     plans: dict = {}
     left = 0
     for var in graph.order:
@@ -209,7 +209,9 @@ def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict
     return plans, left
 
 
-def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = True) -> _Plan | None:
+def _match(
+    graph: BindingGraph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = True
+) -> _Plan | None:
     deq_x = graph.resolve(call.args[0])
     deq_w = graph.resolve(call.args[1])
     if _op(deq_w) != "relax.dequantize" or str(call.ty.dtype) != "float32":
@@ -242,7 +244,7 @@ def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = Tru
     if int(deq_w.attrs.axis) % w8.ndim != w_axis and s_w.size != 1:
         return None
     s_w = np.broadcast_to(s_w.astype(np.float32).reshape(-1), (channels,))
-    tail, bias, lo, hi, requant = _epilogue_chain(graph, var, kind, channels, is_dynamic)
+    tail, bias, lo, hi, requant = epilogue_chain(graph, var, kind, channels, is_dynamic)
     ep_args = dict(s_x=None if is_dynamic else float(s_x.reshape(())), zp_x=int(zp_x.reshape(())))
     if requant is not None:
         s_o, zp_o, out_dtype = requant
@@ -258,7 +260,7 @@ def _match(graph: _Graph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = Tru
     return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn, fuse)
 
 
-def _row_quantize_source(graph: _Graph, deq_x, q):
+def _row_quantize_source(graph: BindingGraph, deq_x, q):
     """(x, eps, qmax) when q = quantize(x, s, 0) with s = maximum(max|x| per row, eps) / qmax,
     as `quantize{mode=dynamic,granularity=row}` emits it: the matmul kernel can then compute
     the scales and quantize x itself, bit for bit the same. Else None."""
@@ -301,7 +303,7 @@ def _same(a, b) -> bool:
     return a.same_as(b)
 
 
-def _static_dequantize(graph: _Graph, expr):
+def _static_dequantize(graph: BindingGraph, expr):
     """(q, scale, zero point) when `expr` is dequantize(q int8/uint8) with constant scalars."""
     deq = graph.resolve(expr)
     if _op(deq) != "relax.dequantize":
@@ -314,7 +316,7 @@ def _static_dequantize(graph: _Graph, expr):
     return q, float(s.reshape(())), int(zp.reshape(()))
 
 
-def _match_add(graph: _Graph, var, call) -> _Plan | None:
+def _match_add(graph: BindingGraph, var, call) -> _Plan | None:
     """A join: add of two static dequantizes, [relu | clip], then a static quantize."""
     operands = [_static_dequantize(graph, arg) for arg in call.args]
     shape = _dims(call)
@@ -361,7 +363,7 @@ def _per_row_scale(deq_x, q) -> bool:
     return axis == len(x_shape) - 2 and s_shape == (x_shape[-2],)
 
 
-def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bool):
+def epilogue_chain(graph: BindingGraph, var, kind: str, channels: int, is_dynamic: bool):
     """Follow bias add, relu / clip and a final quantize through single-use bindings."""
     tail, bias, lo, hi, requant = var, None, -math.inf, math.inf, None
     nxt = graph.only_user(tail)
@@ -396,7 +398,7 @@ def _epilogue_chain(graph: _Graph, var, kind: str, channels: int, is_dynamic: bo
     return tail, bias, lo, hi, requant
 
 
-def _clamp(graph: _Graph, var, data) -> tuple[float, float] | None:
+def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:
     """(lo, hi) when `var` clamps `data` by constants: relu, clip, maximum / minimum with a
     scalar (as a Relax op, or a call_tir of a one-block max / min kernel: how the ONNX importer
     brings in Clip)."""

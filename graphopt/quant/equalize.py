@@ -55,10 +55,10 @@ class Pair:
 
 def find_pairs(mod: tvm.IRModule) -> list[Pair]:
     """Producer -> bias -> relu|clip(0, b) -> depthwise consumer, every link single-use."""
-    from ..passes.lower_int8 import _epilogue_chain, _Graph
+    from ..passes.lower_int8 import BindingGraph, epilogue_chain
 
     func = mod["main"]
-    graph = _Graph(func, mod)
+    graph = BindingGraph(func, mod)
     layers = find_layers(func)
     by_data = {ly.data: ly for ly in layers if isinstance(ly.data, relax.Var)}
     pairs = []
@@ -66,7 +66,7 @@ def find_pairs(mod: tvm.IRModule) -> list[Pair]:
         if p.kind != "conv2d":
             continue
         channels = p.weight_shape[0]
-        tail, bias, lo, hi, _ = _epilogue_chain(graph, p.var, p.kind, channels, True)
+        tail, bias, lo, hi, _ = epilogue_chain(graph, p.var, p.kind, channels, True)
         users = graph.users.get(tail, [])
         d = by_data.get(tail)
         if bias is None or lo != 0.0 or d is None or len(users) != 1 or not users[0].same_as(d.var):

@@ -96,14 +96,14 @@ def default_timer(runs: int = 0) -> Timer:
 
 def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerShape]:
     """Each layer's `LayerShape`, as it will sit in the quantized graph."""
-    from ..passes.lower_int8 import _epilogue_chain, _Graph
+    from ..passes.lower_int8 import BindingGraph, epilogue_chain
 
-    graph = _Graph(mod["main"], mod)
+    graph = BindingGraph(mod["main"], mod)
     layer_vars = {ly.var for ly in layers}
     chains = {}
     for ly in layers:
         channels = ly.weight_shape[ly.weight_axis]
-        chains[ly.name] = _epilogue_chain(graph, ly.var, ly.kind, channels, True)[:4]
+        chains[ly.name] = epilogue_chain(graph, ly.var, ly.kind, channels, True)[:4]
     # int8 tensors in the quantized graph: what layers' kernels write, and residual adds
     # (joins: quantize requantizes their result, and their operands are requantized into)
     joins = {j.var for j in find_joins(mod["main"])}
