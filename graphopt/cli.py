@@ -139,30 +139,30 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="what --max-drop budgets (auto: accuracy with labels, top1 for [N, classes])",
     )
-    q.add_argument(
-        "--int8-kernels",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="lower QDQ to integer kernels (lower-int8) when available; else fake-quant",
-    )
-    q.add_argument(
-        "--bias-correction",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="static: subtract each channel's mean quantization error from its bias (default on)",
-    )
-    q.add_argument(
-        "--equalize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="static: rescale depthwise inputs' small channels into the int8 range (default on)",
-    )
-    q.add_argument(
-        "--speed-check",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="time each layer's int8 vs fp32 kernel here; slower int8 layers stay fp32 (off)",
-    )
+    switches = [  # (flag, default, help); each also has its --no- form
+        (
+            "--int8-kernels",
+            True,
+            "lower QDQ to integer kernels (lower-int8) when available; else fake-quant",
+        ),
+        (
+            "--bias-correction",
+            True,
+            "static: subtract each channel's mean quantization error from its bias (default on)",
+        ),
+        (
+            "--equalize",
+            True,
+            "static: rescale depthwise inputs' small channels into the int8 range (default on)",
+        ),
+        (
+            "--speed-check",
+            False,
+            "time each layer's int8 vs fp32 kernel here; slower int8 layers stay fp32 (off)",
+        ),
+    ]
+    for flag, default, text in switches:
+        q.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
 
 
 def parse_duration(text: str) -> float:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tvm
+from tvm import relax
 
 from graphopt import _tvm
 from graphopt.pass_infra import PassResult
@@ -18,3 +21,29 @@ def apply_tvm_pass(mod: tvm.IRModule, tvm_pass: tvm.transform.Pass, **stats: int
     """Run a TVM pass; `modified` is decided by structural comparison, never assumed."""
     new = tvm_pass(mod)
     return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+def rewrite_relax_functions(
+    mod: tvm.IRModule,
+    make_mutator: Callable[[tvm.IRModule], relax.PyExprMutator],
+    skip: Callable[[relax.Function], bool] = lambda _f: False,
+    finish: Callable[[relax.Expr], relax.Expr] = lambda f: f,
+) -> tuple[tvm.IRModule, int]:
+    """Run a counting mutator (`.count`: rewrites made) over every Relax function not skipped.
+
+    Works on a copy: a mutator's builder edits the module it was given in place. `finish`
+    post-processes each rewritten function. Returns the new module (`mod` itself when nothing
+    was rewritten) and the total count.
+    """
+    new, total = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs), 0
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function) or skip(func):
+            continue
+        mutator = make_mutator(new)
+        rewritten = mutator.visit_expr(func)
+        if not mutator.count:
+            continue
+        total += mutator.count
+        new = mutator.builder_.get()
+        new[gvar] = finish(rewritten)
+    return (new, total) if total else (mod, 0)

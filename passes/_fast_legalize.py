@@ -13,6 +13,8 @@ from collections.abc import Callable
 import tvm
 from tvm import relax
 
+from graphopt.passes._common import rewrite_relax_functions
+
 # op name -> (builder, kernel name hint); the builder gets the block builder and the call and
 # returns the replacement expression (usually a call_te).
 Legalizer = Callable[[relax.BlockBuilder, relax.Call], relax.Expr]
@@ -40,15 +42,4 @@ class _Rewriter(relax.PyExprMutator):
 
 def legalize_fp32_calls(mod: tvm.IRModule, table: dict[str, Legalizer]) -> tuple[tvm.IRModule, int]:
     """Every fp32 call to an op in `table`, in every Relax function, replaced by its builder."""
-    new, count = mod, 0
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        rewriter = _Rewriter(new, table)
-        rewritten = rewriter.visit_expr(func)
-        if not rewriter.count:
-            continue
-        count += rewriter.count
-        new = rewriter.builder_.get()
-        new[gvar] = rewritten
-    return new, count
+    return rewrite_relax_functions(mod, lambda m: _Rewriter(m, table))

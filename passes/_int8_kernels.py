@@ -460,6 +460,29 @@ def conv2d_kernel(spec: ConvSpec, plan: ConvPlan, zp: int, ep: Epilogue) -> tvm.
     return conv
 
 
+def _channel_epilogue(ep: Epilogue, acc, corr, scale, fbias, c, lanes: int):
+    """The requantize epilogue of one depthwise channel's vector (per-channel constants)."""
+    return ep.tir(
+        acc,
+        T.broadcast(corr[c], lanes),
+        T.broadcast(scale[c], lanes),
+        T.broadcast(fbias[c], lanes),
+        None,
+        lanes,
+    )
+
+
+def _tap_sum(row_at, wt, c, kh: int, kw: int, lanes: int):
+    """Sum over the window of input vector x int8 weight (as fp32: exact on integers), as
+    int32 lanes; `row_at(ry, rx)` is the input vector under tap (ry, rx)."""
+    total = None
+    for ry in range(kh):
+        for rx in range(kw):
+            term = row_at(ry, rx) * T.broadcast(T.Cast("float32", wt[c, ry * kw + rx]), lanes)
+            total = term if total is None else total + term
+    return T.Cast(f"int32x{lanes}", total)
+
+
 def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w int8 [C, KH*KW], corr, scale, fbias, out) for groups == C_in == C_out.
 
@@ -492,13 +515,10 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
         return T.min(pw, (w - 1 + pl - ph) // sw + 1)
 
     def taps(plane, wt, c, oy, xo):
-        total = None
-        for ry in range(kh):
-            for rx in range(kw):
-                row = plane[(rx * dw) % sw, oy * sh + ry * dh, T.ramp(xo + rx * dw // sw, 1, lanes)]
-                term = row * T.broadcast(T.Cast("float32", wt[c, ry * kw + rx]), lanes)
-                total = term if total is None else total + term
-        return T.Cast(f"int32x{lanes}", total)
+        def row_at(ry, rx):
+            return plane[(rx * dw) % sw, oy * sh + ry * dh, T.ramp(xo + rx * dw // sw, 1, lanes)]
+
+        return _tap_sum(row_at, wt, c, kh, kw, lanes)
 
     @T.prim_func
     def depthwise(
@@ -539,24 +559,14 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
                 for r in T.unroll(rows):
                     if oyb * rows + r < oh:
                         if xb * lanes + lanes <= ow:
-                            out[b, c, oyb * rows + r, T.ramp(xb * lanes, 1, lanes)] = ep.tir(
-                                acc[r],
-                                T.broadcast(corr[c], lanes),
-                                T.broadcast(scale[c], lanes),
-                                T.broadcast(fbias[c], lanes),
-                                None,
-                                lanes,
+                            out[b, c, oyb * rows + r, T.ramp(xb * lanes, 1, lanes)] = (
+                                _channel_epilogue(ep, acc[r], corr, scale, fbias, c, lanes)
                             )
                         else:
                             # Narrow rows (ow < lanes: the 7x7 and 14x14 layers) are all tail:
                             # the vector epilogue, then only the valid lanes are stored.
-                            tail[T.ramp(0, 1, lanes)] = ep.tir(
-                                acc[r],
-                                T.broadcast(corr[c], lanes),
-                                T.broadcast(scale[c], lanes),
-                                T.broadcast(fbias[c], lanes),
-                                None,
-                                lanes,
+                            tail[T.ramp(0, 1, lanes)] = _channel_epilogue(
+                                ep, acc[r], corr, scale, fbias, c, lanes
                             )
                             for lane in range(T.min(lanes, ow - xb * lanes)):
                                 out[b, c, oyb * rows + r, xb * lanes + lane] = tail[lane]
@@ -588,23 +598,13 @@ def _depthwise_flat_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue):
     plane_len = max(nvec * lanes + reach, (h + pt + pb) * rs)
 
     def requant(acc, corr, scale, fbias, c):
-        return ep.tir(
-            acc,
-            T.broadcast(corr[c], lanes),
-            T.broadcast(scale[c], lanes),
-            T.broadcast(fbias[c], lanes),
-            None,
-            lanes,
-        )
+        return _channel_epilogue(ep, acc, corr, scale, fbias, c, lanes)
 
     def taps(plane, wt, c, p0):
-        total = None
-        for ry in range(kh):
-            for rx in range(kw):
-                row = plane[T.ramp(p0 + ry * dh * rs + rx * dw, 1, lanes)]
-                term = row * T.broadcast(T.Cast("float32", wt[c, ry * kw + rx]), lanes)
-                total = term if total is None else total + term
-        return T.Cast(f"int32x{lanes}", total)
+        def row_at(ry, rx):
+            return plane[T.ramp(p0 + ry * dh * rs + rx * dw, 1, lanes)]
+
+        return _tap_sum(row_at, wt, c, kh, kw, lanes)
 
     @T.prim_func
     def depthwise(

@@ -24,6 +24,7 @@ from tvm import relax, tirx
 
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._common import rewrite_relax_functions
 
 
 def _ints(values) -> list[int] | None:
@@ -111,17 +112,11 @@ class FlattenPointwise(GraphPass):
         lanes = _lanes()
         if not lanes:
             return PassResult(mod, False, {"convs_flattened": 0})
-        # A copy: the mutator's builder edits the module it was given in place.
-        new, count = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs), 0
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, relax.Function) or _is_fused_group(func):
-                continue
-            flatten = _Flatten(new, lanes)
-            rewritten = flatten.visit_expr(func)
-            if not flatten.count:
-                continue
-            count += flatten.count
-            new = flatten.builder_.get()
-            new[gvar] = relax.analysis.remove_all_unused(rewritten)
+        new, count = rewrite_relax_functions(
+            mod,
+            lambda m: _Flatten(m, lanes),
+            skip=_is_fused_group,
+            finish=relax.analysis.remove_all_unused,
+        )
         changed = count > 0 and not _tvm.structural_equal(new, mod)
         return PassResult(new if changed else mod, changed, {"convs_flattened": count})

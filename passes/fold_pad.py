@@ -23,6 +23,7 @@ from tvm import relax, tirx
 
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._common import rewrite_relax_functions
 
 
 def _zero_pad_widths(func) -> list[tuple[int, int]] | None:
@@ -122,17 +123,7 @@ class FoldPad(GraphPass):
                 pads[gvar.name_hint] = widths
         if not pads:
             return PassResult(mod, False, {"pads_folded": 0})
-        new, count = mod, 0
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
-            folder = _Fold(new, pads)
-            rewritten = folder.visit_expr(func)
-            if not folder.count:
-                continue
-            count += folder.count
-            new = folder.builder_.get()
-            new[gvar] = rewritten
+        new, count = rewrite_relax_functions(mod, lambda m: _Fold(m, pads))
         if count:
             new = relax.transform.DeadCodeElimination()(new)
         changed = count > 0 and not _tvm.structural_equal(new, mod)

@@ -34,6 +34,7 @@ from tvm import relax, tirx
 
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes._common import rewrite_relax_functions
 
 _TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
 
@@ -177,22 +178,7 @@ def _raise_scalar_elementwise(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
             ops[gvar.name_hint] = make
     if not ops:
         return mod, 0
-    return _rewrite_functions(mod, lambda m: _Raise(m, ops))
-
-
-def _rewrite_functions(mod: tvm.IRModule, make_mutator) -> tuple[tvm.IRModule, int]:
-    new, total = mod, 0
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        mutator = make_mutator(new)
-        rewritten = mutator.visit_expr(func)
-        if not mutator.count:
-            continue
-        total += mutator.count
-        new = mutator.builder_.get()
-        new[gvar] = rewritten
-    return new, total
+    return rewrite_relax_functions(mod, lambda m: _Raise(m, ops))
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +211,7 @@ class _FoldWeights(relax.PyExprMutator):
 
 
 def _fold_constant_transposes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
-    return _rewrite_functions(mod, _FoldWeights)
+    return rewrite_relax_functions(mod, _FoldWeights)
 
 
 def _axes(call: relax.Call) -> list[int] | None:
@@ -266,4 +252,4 @@ class _CancelPairs(relax.PyExprMutator):
 
 
 def _cancel_transpose_pairs(mod: tvm.IRModule) -> tvm.IRModule:
-    return _rewrite_functions(mod, _CancelPairs)[0]
+    return rewrite_relax_functions(mod, _CancelPairs)[0]

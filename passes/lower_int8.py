@@ -326,12 +326,7 @@ def _match_add(graph: BindingGraph, var, call) -> _Plan | None:
         return None
     tail, lo, hi = var, -math.inf, math.inf
     nxt = graph.only_user(tail)
-    while nxt is not None:
-        bound = _clamp(graph, nxt, tail)
-        if bound is None or max(lo, bound[0]) > min(hi, bound[1]):
-            break
-        tail, lo, hi = nxt, max(lo, bound[0]), min(hi, bound[1])
-        nxt = graph.only_user(tail)
+    tail, lo, hi, nxt = _clamp_chain(graph, tail, nxt, lo, hi)
     if nxt is None or _op(graph.value[nxt]) != "relax.quantize":
         return None
     quant = graph.value[nxt]
@@ -375,12 +370,7 @@ def epilogue_chain(graph: BindingGraph, var, kind: str, channels: int, is_dynami
         if b is not None and _dims(add) == _dims(graph.value[var]):
             tail, bias = nxt, b
             nxt = graph.only_user(tail)
-    while nxt is not None:
-        bound = _clamp(graph, nxt, tail)
-        if bound is None or max(lo, bound[0]) > min(hi, bound[1]):
-            break
-        tail, lo, hi = nxt, max(lo, bound[0]), min(hi, bound[1])
-        nxt = graph.only_user(tail)
+    tail, lo, hi, nxt = _clamp_chain(graph, tail, nxt, lo, hi)
     if nxt is not None and not is_dynamic and _op(graph.value[nxt]) == "relax.quantize":
         quant = graph.value[nxt]
         s_o, zp_o = _const(graph.resolve(quant.args[1])), _const(graph.resolve(quant.args[2]))
@@ -396,6 +386,18 @@ def epilogue_chain(graph: BindingGraph, var, kind: str, channels: int, is_dynami
             tail = nxt
             requant = (float(s_o.reshape(())), int(zp_o.reshape(())), out_dtype)
     return tail, bias, lo, hi, requant
+
+
+def _clamp_chain(graph: BindingGraph, tail, nxt, lo: float, hi: float):
+    """Follow relu / clip / max / min users of `tail` while their bounds still intersect
+    [lo, hi]; returns the last clamp, the bounds and its only user (or None)."""
+    while nxt is not None:
+        bound = _clamp(graph, nxt, tail)
+        if bound is None or max(lo, bound[0]) > min(hi, bound[1]):
+            break
+        tail, lo, hi = nxt, max(lo, bound[0]), min(hi, bound[1])
+        nxt = graph.only_user(tail)
+    return tail, lo, hi, nxt
 
 
 def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:

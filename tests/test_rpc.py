@@ -105,6 +105,12 @@ def test_bad_tracker_address():
         rpc.TrackerAddress.parse("localhost")
 
 
+def _tune_over(cluster, key: str, db) -> int:
+    """`graphopt tune` of the bundled model, 4 trials, measured through the tracker."""
+    args = ["tune", str(DEFAULT_MODEL), "--db", str(db), "--trials", "4"]
+    return main([*args, "--rpc", str(cluster), "--key", key])
+
+
 @pytest.mark.tuning
 @pytest.mark.slow
 def test_tune_over_rpc(cluster, tmp_path, capsys, monkeypatch):
@@ -117,20 +123,7 @@ def test_tune_over_rpc(cluster, tmp_path, capsys, monkeypatch):
         "run",
         lambda self, inputs: remote_runs.append(len(inputs)) or run(self, inputs),
     )
-    rc = main(
-        [
-            "tune",
-            str(DEFAULT_MODEL),
-            "--db",
-            str(tmp_path / "db"),
-            "--trials",
-            "4",
-            "--rpc",
-            str(cluster),
-            "--key",
-            KEY,
-        ]
-    )
+    rc = _tune_over(cluster, KEY, tmp_path / "db")
     assert rc == 0
     captured = capsys.readouterr()
     assert "trials 0 -> " in captured.out
@@ -139,20 +132,7 @@ def test_tune_over_rpc(cluster, tmp_path, capsys, monkeypatch):
 
 
 def test_tune_with_unknown_key_is_a_clear_error(cluster, tmp_path, capsys):
-    rc = main(
-        [
-            "tune",
-            str(DEFAULT_MODEL),
-            "--db",
-            str(tmp_path / "db"),
-            "--trials",
-            "4",
-            "--rpc",
-            str(cluster),
-            "--key",
-            "no-such-key",
-        ]
-    )
+    rc = _tune_over(cluster, "no-such-key", tmp_path / "db")
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "no RPC server is registered under key 'no-such-key'" in err
