@@ -1,5 +1,8 @@
 """Convert conv2d to the layout the CPU kernels want (NHWC), transposes folded and cancelled.
 
+Plain and depthwise convs are converted; grouped convs with several channels per group keep
+their layout.
+
 Wraps `relax.transform.ConvertLayout`, which rewrites each conv2d to the desired layout and
 propagates it through layout-agnostic neighbours (elementwise, pads, pooling, reductions), so
 the transposes in and out of consecutive convs meet and cancel. Around it:
@@ -35,6 +38,7 @@ from tvm import relax, tirx
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes._common import rewrite_relax_functions
+from graphopt.passes.fold_pad import FoldPad
 
 _TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
 
@@ -65,9 +69,17 @@ class Layout(GraphPass):
         if not todo:
             return PassResult(mod, False, stats)
         before = _count(mod, _TRANSPOSES)
-        new, stats["elementwise_raised"] = _raise_scalar_elementwise(mod)
+        new = _inline_conv_groups(mod)
+        if new is not mod:  # a pad kernel the group held may now fold into the next conv
+            new = FoldPad().run(new).module
+        new, stats["elementwise_raised"] = _raise_scalar_elementwise(new)
         desired = {"relax.nn.conv2d": [self.options.data_layout, self.options.kernel_layout]}
-        new = relax.transform.ConvertLayout(desired)(new)
+
+        def layouts(call: relax.Call) -> dict:
+            is_conv = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
+            return desired if is_conv and _converts(call) else {}
+
+        new = relax.transform.ConvertLayout({}, layouts)(new)
         new, stats["constants_folded"] = _fold_constant_transposes(new)
         new = _cancel_transpose_pairs(new)
         new = relax.transform.DeadCodeElimination()(new)
@@ -79,6 +91,65 @@ class Layout(GraphPass):
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
 
 
+def _converts(call: relax.Call) -> bool:
+    """Plain and depthwise convs; grouped convs with several channels per group keep their
+    layout (the channel-last conv rule vectorizes channels shared by all outputs, or one
+    channel per output, not groups)."""
+    groups = int(call.attrs.groups)
+    if groups == 1:
+        return True
+    data, out = call.args[0].ty, call.ty
+    axis = str(call.attrs.data_layout).index("C")
+    out_axis = str(call.attrs.out_layout).index("C")
+    if not (isinstance(data, relax.TensorType) and isinstance(out, relax.TensorType)):
+        return False
+    if data.shape is None or out.shape is None:
+        return False
+    cin, cout = data.shape[axis], out.shape[out_axis]
+    return all(isinstance(c, tirx.IntImm) and int(c) == groups for c in (cin, cout))
+
+
+def _has_conv(func: relax.Function) -> bool:
+    return any(
+        isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
+        for call in _tvm.iter_relax_calls(tvm.IRModule({"f": func}))
+    )
+
+
+def _inline_conv_groups(mod: tvm.IRModule) -> tvm.IRModule:
+    """`fuse`'s conv groups inlined back into their caller.
+
+    ConvertLayout changes layouts one function at a time: a conv inside a group function
+    would get transposes of its own at the group's edges, which never cancel. The legalize
+    stage's FuseOps fuses conv + bias + activation again. Other groups (attention, ...) stay.
+    A pad kernel a group took in (`fuse` mimics FuseOps there) is folded into the conv that
+    reads it, as `fold-pad` does ahead of the layout pass.
+    """
+    keep = {
+        gv: func
+        for gv, func in mod.functions.items()
+        if isinstance(func, relax.Function)
+        and "global_symbol" not in (func.attrs or {})
+        and not _has_conv(func)
+    }
+    groups = [
+        gv
+        for gv, func in mod.functions.items()
+        if isinstance(func, relax.Function) and gv not in keep and _has_conv(func)
+        and "global_symbol" not in (func.attrs or {})
+    ]
+    if not groups:
+        return mod
+    shielded = tvm.IRModule(
+        {gv: keep[gv].with_attr("global_symbol", gv.name_hint) if gv in keep else func
+         for gv, func in mod.functions.items()},
+        attrs=mod.attrs,
+    )
+    inlined = relax.transform.InlinePrivateFunctions()(shielded)
+    out = {gv: keep.get(gv, func) for gv, func in inlined.functions.items()}
+    return tvm.IRModule(out, attrs=inlined.attrs)
+
+
 def _convs_to_convert(mod: tvm.IRModule, layout: str) -> int:
     return sum(
         1
@@ -86,6 +157,7 @@ def _convs_to_convert(mod: tvm.IRModule, layout: str) -> int:
         if isinstance(call.op, tvm.ir.Op)
         and call.op.name == "relax.nn.conv2d"
         and str(call.attrs.data_layout) != layout
+        and _converts(call)
     )
 
 

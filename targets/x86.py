@@ -9,6 +9,7 @@ from pathlib import Path
 import tvm
 
 from graphopt import _tvm
+from graphopt.errors import TargetError
 from graphopt.target_infra import Target, register_target
 
 # Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
@@ -45,10 +46,14 @@ CPU_LEGALIZE = [
     "tvm.FuseTIR",
 ]
 
-# x86 only (measured there): 1x1 convs over maps whose width is no whole number of SIMD
-# vectors computed over one H*W row (passes/flatten_pointwise.py).
+# x86 only (measured there): convs in NHWC, channels in SIMD lanes (passes/layout.py: a
+# pointwise conv is a plain matmul, a depthwise conv one vector multiply-add per tap at any
+# stride; MobileNetV2 1.3x faster than NCHW); 1x1 convs left in NCHW (`layout=NCHW`) over
+# maps whose width is no whole number of vectors computed over one H*W row
+# (passes/flatten_pointwise.py).
 X86_LEGALIZE = [
     *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
+    "layout",
     "flatten-pointwise",
     *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],
 ]
@@ -82,6 +87,13 @@ class X86(Target):
         fast_erf: bool = True
         # fp32 softmax with a vectorizable exp (relative error ~1e-7); false: libm expf.
         fast_softmax: bool = True
+        # Activation layout of the convs: NHWC (converted by the `layout` pass) or NCHW (as
+        # imported).
+        layout: str = "NHWC"
+
+        def __post_init__(self) -> None:
+            if self.layout not in ("NHWC", "NCHW"):
+                raise TargetError(f"x86 option layout={self.layout!r}: use NHWC or NCHW")
 
     @classmethod
     def default_options(cls) -> Options:
@@ -98,7 +110,11 @@ class X86(Target):
         return _tvm.make_target(spec)
 
     def _wanted(self, stage_pass: str) -> bool:
-        off = {"fast-erf": not self.options.fast_erf, "fast-softmax": not self.options.fast_softmax}
+        off = {
+            "fast-erf": not self.options.fast_erf,
+            "fast-softmax": not self.options.fast_softmax,
+            "layout": self.options.layout == "NCHW",
+        }
         return not off.get(stage_pass, False)
 
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:

@@ -45,8 +45,9 @@ def _graph(path, pipeline: str) -> tvm.IRModule:
 
 
 def _kernels_from_groups(mod: tvm.IRModule) -> int:
-    """call_tir launches of kernels made from fused groups, after the x86 legalize stage."""
-    target = make_target("x86", {})
+    """call_tir launches of kernels made from fused groups, after the x86 legalize stage (in
+    NCHW: the NHWC layout pass inlines conv groups, which FuseOps then fuses again)."""
+    target = make_target("x86", {"layout": "NCHW"})
     with target.tvm_target():
         mod = run_passes(mod, instantiate(parse_pipeline(",".join(target.stages()["legalize"]))))
     return sum(

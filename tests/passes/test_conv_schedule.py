@@ -20,7 +20,7 @@ from graphopt.target_infra import make_target
 from graphopt.targets import cpu_schedules as rules
 from graphopt.testing import apply_checked
 
-HOST = make_target("x86")
+HOST = make_target("x86", {"layout": "NCHW"})  # the NCHW rules: ARM, `layout=NCHW`
 LANES = rules.cpu_info(HOST.tvm_target()).lanes
 
 

@@ -23,6 +23,8 @@ from graphopt.targets import cpu_schedules as rules
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86")
+# The x86 legalize stage converts convs to NHWC; the NCHW rules (ARM, `layout=NCHW`) too.
+NCHW_HOST = make_target("x86", {"layout": "NCHW"})
 
 
 def _stage(mod: tvm.IRModule, stage: str, target=HOST) -> tvm.IRModule:
@@ -173,8 +175,9 @@ CONVS = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("n,c,h,w,o,k,s,p,g", CONVS)
-def test_conv2d(n, c, h, w, o, k, s, p, g):
+def test_conv2d(n, c, h, w, o, k, s, p, g, layout):
     weight, bias = _const(o, c // g, k, k), _const(1, o, 1, 1, seed=2)
 
     def build(bb, x):
@@ -182,7 +185,8 @@ def test_conv2d(n, c, h, w, o, k, s, p, g):
         y = bb.emit(relax.op.add(y, bias))
         return relax.op.clip(y, 0.0, 6.0)
 
-    check(_func([(n, c, h, w)], build), [_rand(n, c, h, w)], "conv")
+    target = HOST if layout == "NHWC" else NCHW_HOST
+    check(_func([(n, c, h, w)], build), [_rand(n, c, h, w)], "conv", target)
 
 
 NHWC_CONVS = [
@@ -193,6 +197,11 @@ NHWC_CONVS = [
     (1, 14, 14, 32, 32, 3, 1, 1, 32),  # depthwise: channels in lanes, data loaded as vectors
     (1, 15, 15, 48, 48, 3, 2, 1, 48),  # depthwise stride 2, odd map
     (1, 9, 9, 3, 8, 3, 2, 1, 1),  # 3 input channels
+    # Depthwise tasks: row blocks (4 rows, 2 when strided) padding their own input rows.
+    (1, 16, 16, 64, 64, 3, 1, 1, 64),
+    (2, 17, 17, 40, 40, 3, 2, 1, 40),  # odd map, batch 2, half-register channels
+    (1, 12, 12, 32, 32, 5, 1, 2, 32),  # 5x5 window
+    (1, 12, 13, 16, 16, 3, 2, (0, 0, 1, 1), 16),  # TF-style asymmetric pad
 ]
 
 
@@ -220,7 +229,7 @@ def test_stride_2_windows_read_a_phase_split_input(c, o, g):
     def build(bb, x):
         return relax.op.nn.conv2d(x, weight, strides=2, padding=1, groups=g)
 
-    result = check(_func([(1, c, 32, 32)], build), [_rand(1, c, 32, 32)], "conv")
+    result = check(_func([(1, c, 32, 32)], build), [_rand(1, c, 32, 32)], "conv", NCHW_HOST)
     text = "\n".join(f.script() for f in result.module.functions.values() if _is_prim(f))
     assert "T.int64(34), T.int64(2), T.int64(17)" in text
 
