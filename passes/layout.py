@@ -125,26 +125,18 @@ def _inline_conv_groups(mod: tvm.IRModule) -> tvm.IRModule:
     A pad kernel a group took in (`fuse` mimics FuseOps there) is folded into the conv that
     reads it, as `fold-pad` does ahead of the layout pass.
     """
-    keep = {
+    private = {
         gv: func
         for gv, func in mod.functions.items()
-        if isinstance(func, relax.Function)
-        and "global_symbol" not in (func.attrs or {})
-        and not _has_conv(func)
+        if isinstance(func, relax.Function) and "global_symbol" not in (func.attrs or {})
     }
-    groups = [
-        gv
-        for gv, func in mod.functions.items()
-        if isinstance(func, relax.Function) and gv not in keep and _has_conv(func)
-        and "global_symbol" not in (func.attrs or {})
-    ]
-    if not groups:
+    keep = {gv: func for gv, func in private.items() if not _has_conv(func)}
+    if len(keep) == len(private):
         return mod
-    shielded = tvm.IRModule(
-        {gv: keep[gv].with_attr("global_symbol", gv.name_hint) if gv in keep else func
-         for gv, func in mod.functions.items()},
-        attrs=mod.attrs,
-    )
+    # InlinePrivateFunctions inlines every private function: the others are made public
+    # for the while.
+    shielded = {gv: f.with_attr("global_symbol", gv.name_hint) for gv, f in keep.items()}
+    shielded = tvm.IRModule({**dict(mod.functions), **shielded}, attrs=mod.attrs)
     inlined = relax.transform.InlinePrivateFunctions()(shielded)
     out = {gv: keep.get(gv, func) for gv, func in inlined.functions.items()}
     return tvm.IRModule(out, attrs=inlined.attrs)
