@@ -348,7 +348,15 @@ def schedule_injective(sch: Schedule, rv, info: CpuInfo, parallel: bool = True) 
             vec = loops[-1]
         sch.vectorize(vec)
     else:
-        outer_loops.append(loops[-1])
+        # Nothing to vectorize (a transpose to a 3-channel last axis): the parallel loop
+        # takes the leading loops only; fused with the inner ones it would recompute every
+        # index with a division per element (the NCHW -> NHWC input transpose: 4x slower).
+        lead = 1
+        while lead < len(loops) - 1 and product(extents[:lead]) < 8 * info.cores:
+            lead += 1
+        outer_loops = loops[:lead] if len(loops) > 1 else loops
+        if len(loops) > 1 and extents[-1] <= 8:
+            sch.unroll(loops[-1])
     if parallel and outer_loops and total >= MIN_PARALLEL_ELEMS:
         fused = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
         sch.parallel(fused)
