@@ -7,6 +7,7 @@ import pytest
 from tvm import relax, topi
 
 from graphopt import _tvm
+from graphopt.errors import TargetError
 from graphopt.pass_infra import make_pass
 from graphopt.target_infra import make_target
 from graphopt.testing import apply_checked, run_through_target, single_input_module
@@ -110,6 +111,52 @@ def test_elementwise_kernels_that_are_not_scalar_ops_stay():
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_grouped_convs_keep_their_layout_depthwise_convs_convert():
+    """Several channels per group: the channel-last rule has no vector form for it."""
+    w_grouped = relax.const(_rand(16, 4, 3, 3, seed=4))  # 16 channels in 4 groups of 4
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, w_grouped, padding=1, groups=4))
+        return relax.op.nn.conv2d(y, relax.const(W2), padding=1, groups=16)
+
+    before = single_input_module((1, 16, 8, 8), build)
+    result = apply_checked(make_pass("layout"), before)
+    layouts = [
+        str(c.attrs.data_layout)
+        for c in _tvm.iter_relax_calls(result.module)
+        if getattr(c.op, "name", "") == "relax.nn.conv2d"
+    ]
+    assert sorted(layouts) == ["NCHW", "NHWC"]
+    assert result.stats["convs_converted"] == 1
+    x = _rand(1, 16, 8, 8, seed=5)
+    got, want = run_through_target(result.module, x), run_through_target(before, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_conv_groups_of_fuse_are_inlined_so_transposes_cancel():
+    """ConvertLayout works per function: convs inside `fuse`'s groups would keep transposes
+    at every group edge. The groups are inlined first (FuseOps fuses them again)."""
+    before = single_input_module((1, 8, 10, 10), lambda bb, x: _before_net(bb, x, te_clip=True))
+    fused = apply_checked(make_pass("fuse"), before).module
+    assert any(
+        isinstance(f, relax.Function) and f.attrs is not None and "Composite" in f.attrs
+        for f in fused.functions.values()
+    )
+    result = apply_checked(make_pass("layout"), fused)
+    assert result.stats["convs_converted"] == 2
+    assert result.stats["transposes_left"] == 2  # entry and exit, none between the convs
+    x = _rand(1, 8, 10, 10, seed=6)
+    got, want = run_through_target(result.module, x), run_through_target(before, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_x86_layout_option():
+    assert "layout" in make_target("x86").stages()["legalize"]
+    assert "layout" not in make_target("x86", {"layout": "NCHW"}).stages()["legalize"]
+    with pytest.raises(TargetError, match="NHWC or NCHW"):
+        make_target("x86", {"layout": "NCWH"})
+
+
 @pytest.mark.slow
 def test_mobilenet_v2_all_convs_nhwc_and_outputs_match_onnxruntime(tmp_path):
     from pathlib import Path
@@ -120,9 +167,9 @@ def test_mobilenet_v2_all_convs_nhwc_and_outputs_match_onnxruntime(tmp_path):
     path = Path.home() / ".cache/graphopt/models/mobilenet_v2.onnx"
     if not path.is_file():
         pytest.skip("mobilenet_v2.onnx not exported (bench/models/export.py)")
-    art = graphopt.compile(path, tmp_path / "a", pipeline="O2,layout")
-    rows = [r for r in art.manifest["report"]["passes"] if r.get("pass") == "layout"]
-    assert rows, art.manifest["report"]["passes"]
+    art = graphopt.compile(path, tmp_path / "a")  # x86 legalize stage: layout=NHWC
+    (row,) = [r for r in art.manifest["report"]["passes"] if r.get("pass") == "layout"]
+    assert row["stats"]["convs_converted"] == 52, row  # every conv: plain or depthwise
     x = _rand(1, 3, 224, 224, seed=9)
     out = art.outputs[0].name
     want = ort_run(ort_session(path), {"input": x})[out]
