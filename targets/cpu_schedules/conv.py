@@ -1,8 +1,9 @@
 """Rules `conv` and `window`: sliding-window reductions, with a weight (conv) or without.
 
-conv: one reduction block `C[.., f, y, x] += D[.., y*s + ry, x*s + rx] * W[f, ..]`. Regular /
-pointwise conv: output channels in SIMD lanes (weight packed channel-last), a few output
-pixels unrolled, data broadcast: any stride works. Depthwise / grouped / channel counts that
+conv: one reduction block `C[.., f, y, x] += D[.., y*s + ry, x*s + rx] * W[f, ..]` (or its
+NHWC form). Regular / pointwise conv, and NHWC depthwise: output channels in SIMD lanes
+(weight packed channel-last), a few output pixels unrolled, data broadcast (depthwise: loaded
+as vectors): any stride works; NHWC depthwise tasks of a few rows pad their own input rows. Depthwise / grouped / channel counts that
 fit no vector: output width in SIMD lanes, a block of rows unrolled with the window so shared
 input rows load once, padding done per channel in cache; strided convs over wide maps keep
 TVM's loop order (LLVM vectorizes the strided loads with shuffles). Stride-2..4 windows over
@@ -228,8 +229,8 @@ def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weig
     # right before the channel is convolved. Shared data (regular conv): pad it once.
     per_channel = not need_weight or shape.data_uses_channel
     # Channel-last depthwise: each task pads the rows and channels it reads (in cache).
-    task_pads = [p for p in producers if tile is not None and _channel_last_depthwise(shape)]
-    task_pads = [p for p in task_pads if is_pad(p)]
+    task_padded = tile is not None and _channel_last_depthwise(shape)
+    task_pads = [p for p in producers if task_padded and is_pad(p)]
     local_pads = [p for p in producers if per_channel and tile is None and is_pad(p)]
     local_pads += task_pads
     odd = phased is not None and const_int(shape.data.ty.shape[-1]) % shape.x_stride != 0
@@ -443,7 +444,9 @@ def _depthwise_tasks(sch, outer, loops, shape, ext, info, task_pads, work) -> No
     if shape.y is not None:
         h = ext[shape.y]
         most = DEPTHWISE_ROWS if shape.x_stride == 1 else DEPTHWISE_ROWS // 2
-        rows = max(d for d in divisors(h) if d <= most and tasks // d >= 4 * info.cores or d == 1)
+        rows = max(
+            d for d in divisors(h) if d == 1 or (d <= most and tasks // d >= 4 * info.cores)
+        )
         if rows > 1:
             yo, yi = sch.split(loops[shape.y], [None, rows])
             outer = [yo if lp.same_as(loops[shape.y]) else lp for lp in outer]
