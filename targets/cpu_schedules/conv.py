@@ -444,9 +444,7 @@ def _depthwise_tasks(sch, outer, loops, shape, ext, info, task_pads, work) -> No
     if shape.y is not None:
         h = ext[shape.y]
         most = DEPTHWISE_ROWS if shape.x_stride == 1 else DEPTHWISE_ROWS // 2
-        rows = max(
-            d for d in divisors(h) if d == 1 or (d <= most and tasks // d >= 4 * info.cores)
-        )
+        rows = max(d for d in divisors(h) if d == 1 or (d <= most and tasks // d >= 4 * info.cores))
         if rows > 1:
             yo, yi = sch.split(loops[shape.y], [None, rows])
             outer = [yo if lp.same_as(loops[shape.y]) else lp for lp in outer]
