@@ -6,8 +6,9 @@ NHWC form). Regular / pointwise conv, and NHWC depthwise: output channels in SIM
 as vectors): any stride works; NHWC depthwise tasks of a few rows pad their own input rows.
 NCHW depthwise / grouped / channel counts that fit no vector: output width in SIMD lanes, a
 block of rows unrolled with the window so shared input rows load once, padding done per
-channel in cache; strided convs over wide maps keep TVM's loop order (LLVM vectorizes the strided loads with shuffles). Stride-2..4 windows over
-wide maps read a phase-split input (unit stride).
+channel in cache; strided convs over wide maps keep TVM's loop order (LLVM vectorizes the
+strided loads with shuffles). Stride-2..4 windows over wide maps read a phase-split input
+(unit stride).
 
 window: the same without a weight (max / avg pooling, sums over outer axes).
 """
