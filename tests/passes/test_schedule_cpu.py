@@ -92,6 +92,7 @@ MATMULS = [
     (7, 13, 29, ""),  # primes: no SIMD-sized tile divides
     (1, 1, 1, "bias"),
     (1, 40, 33, "bias"),  # GEMV-like row
+    (1, 1000, 1280, "bias"),  # a classifier: the weight packed in panels, N padded to them
     (97, 96, 64, "bias_gelu"),  # prime M: padded rows, fused epilogue
     (33, 100, 40, "bias_relu"),  # N padded to whole registers
     (128, 64, 48, "residual"),  # epilogue with a second full-size input
