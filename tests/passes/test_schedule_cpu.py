@@ -319,6 +319,18 @@ def test_elementwise_broadcast_and_transpose():
     assert result.stats["untouched"] == 0
 
 
+def test_transpose_to_three_channels_last_keeps_its_inner_loops():
+    """Nothing to vectorize (3 channels last): parallel over the leading loops only, no
+    fused loop that divides its index per element (an RGB image to NHWC)."""
+    result = check(
+        _func([(1, 3, 160, 160)], lambda bb, x: relax.op.permute_dims(x, [0, 2, 3, 1])),
+        [_rand(1, 3, 160, 160)],
+        "elementwise",
+    )
+    (kernel,) = [f.script() for f in result.module.functions.values() if _is_prim(f)]
+    assert "T.parallel(T.int64(160))" in kernel and "T.unroll(T.int64(3))" in kernel
+
+
 @pytest.mark.parametrize("op", [relax.op.cosh, relax.op.sinh])
 def test_elementwise_without_vector_lowering_stays_scalar(op):
     """LLVM has no vector cosh/sinh in TVM 0.27: vectorizing them fails at build time."""
