@@ -80,3 +80,36 @@ def test_budget_stops_the_search_and_keeps_records(tmp_path):
     assert summary.stopped == "budget"
     assert summary.trials_after > 0
     assert tuning_cost(summary.database)["runs"] == 1
+
+
+def test_default_kernel_with_a_padded_weight_pack_is_measured():
+    """A GEMV's weight is packed and padded to whole panels (1000 -> 1024 columns): the
+    default schedule is measured on its packed weight, as compile prepacks it (before, the
+    measurement failed and the tuned record won unmeasured)."""
+    import tvm
+    from tvm import relax
+
+    from graphopt.pipeline import instantiate, parse_pipeline, run_passes
+    from graphopt.target_infra import make_target
+    from graphopt.targets import cpu_schedules as rules
+    from graphopt.tune import _measure, without_rewrite
+
+    target = make_target("x86")
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.standard_normal((64, 1000)).astype("float32"))
+            out = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(out)
+    with target.tvm_target():
+        legal = run_passes(bb.get(), instantiate(parse_pipeline("tvm.LegalizeOps")))
+    (kernel,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    outcome = rules.schedule_func(kernel, rules.cpu_info(target.tvm_target()), target)
+    assert outcome.rule == "matmul" and outcome.prepack
+    mod = tvm.IRModule({"main": outcome.func})
+    weight = without_rewrite(mod)["main"].params[1]
+    assert [int(d) for d in weight.ty.shape] == [32, 64, 32]  # [N / nr, K, nr], N padded
+    (seconds,) = _measure([mod], target.tvm_target())
+    assert seconds is not None and seconds > 0
