@@ -9,8 +9,9 @@ from .errors import TargetError
 from .target_infra import Target
 
 # Target options that choose which kernels exist but not how one kernel compiles: records are
-# keyed by the kernel's own structure, so these need not split a database.
-_NOT_CODEGEN = frozenset({"schedules", "fast_erf", "fast_softmax"})
+# keyed by the kernel's own structure, so these need not split a database (nor, when a new one
+# is added, orphan the databases tuned before it existed).
+_NOT_CODEGEN = frozenset({"schedules", "fast_erf", "fast_softmax", "layout"})
 
 
 def database_dir(db_root: Path, target: Target) -> Path:
