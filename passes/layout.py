@@ -1,7 +1,8 @@
 """Convert conv2d to the layout the CPU kernels want (NHWC), transposes folded and cancelled.
 
 Plain and depthwise convs are converted; grouped convs with several channels per group keep
-their layout.
+their layout. When no two converted convs are neighbours (the fp32 layers `--max-drop` leaves
+between int8 kernels), nothing is converted: every conv would pay two transposes.
 
 Wraps `relax.transform.ConvertLayout`, which rewrites each conv2d to the desired layout and
 propagates it through layout-agnostic neighbours (elementwise, pads, pooling, reductions), so
@@ -88,6 +89,10 @@ class Layout(GraphPass):
         stats["transposes_removed"] = max(
             0, 2 * stats["convs_converted"] - stats["transposes_left"]
         )
+        if stats["convs_converted"] > 1 and stats["transposes_removed"] == 0:
+            # No two converted convs are neighbours (fp32 layers left between int8 kernels):
+            # each would pay two transposes and save none.
+            return PassResult(mod, False, dict.fromkeys(stats, 0))
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
 
 

@@ -175,3 +175,18 @@ def test_mobilenet_v2_all_convs_nhwc_and_outputs_match_onnxruntime(tmp_path):
     want = ort_run(ort_session(path), {"input": x})[out]
     got = art.run({"input": x})[out]
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_isolated_convs_keep_their_layout():
+    """Convs with opaque kernels between them (fp32 layers between int8 kernels) would each
+    pay two transposes: nothing is converted."""
+
+    def build(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(W1), padding=1))
+        y = bb.emit_te(topi.nn.relu, y)  # a TE kernel: opaque to ConvertLayout
+        y = bb.emit(relax.op.nn.conv2d(y, relax.const(_rand(16, 16, 1, 1, seed=8))))
+        return bb.emit_te(topi.nn.relu, y)
+
+    before = single_input_module((1, 8, 10, 10), build)
+    result = apply_checked(make_pass("layout"), before)
+    assert not result.modified and result.stats["convs_converted"] == 0
