@@ -695,7 +695,10 @@ class MatmulPlan:
 
 
 def matmul_plan(spec: MatmulSpec, isa: Isa) -> MatmulPlan:
-    nr = max(1, min(4, -(-spec.n // isa.lanes), isa.accumulators // 4))
+    # The widest panel (nr vectors of output channels) that pads N least: 96 channels are
+    # 2 panels of 3 vectors, not 2 of 4 with a quarter computed and dropped.
+    widest = max(1, min(4, -(-spec.n // isa.lanes), isa.accumulators // 4))
+    nr = min(range(widest, 0, -1), key=lambda v: -(-spec.n // (v * isa.lanes)) * v)
     mr = max(1, min(isa.accumulators // nr, spec.rows))
     step = nr * isa.lanes
     kwords = -(-spec.k // isa.kpack)
@@ -762,11 +765,23 @@ def matmul_kernel(
     def fused_value(xf, m, kk, s):
         return T.if_then_else(kk < k, quant(xf[m, T.min(kk, k - 1)], s, 1), T.int32(0))
 
-    def packed(q):
-        """qv int32 values -> qv / kpack words."""
+    def packed(q, values: int = qv):
+        """`values` int32 values -> values / kpack words."""
         if kpack == 1:
             return q
-        return T.reinterpret(f"int32x{qv // kpack}", T.Cast(f"{narrow}x{qv}", q))
+        return T.reinterpret(f"int32x{values // kpack}", T.Cast(f"{narrow}x{values}", q))
+
+    # Values packed per vector step: the widest power-of-two number of words (up to a
+    # register) that divides K, so K = 16 or 24 still packs with vectors.
+    pack_words_n = lanes
+    while pack_words_n > 1 and k % (pack_words_n * kpack):
+        pack_words_n //= 2
+    vector_pack = pack_words_n > 1
+    pack_words_n = max(pack_words_n, 2)  # (a ramp needs 2 lanes; unused when not vector_pack)
+    pack_values = pack_words_n * kpack
+
+    def packed_vec(q):
+        return packed(q, pack_values)
 
     @T.prim_func
     def matmul(
@@ -786,7 +801,7 @@ def matmul_kernel(
             m0 = T.meta_var(task // col_chunks * mr)
             words = T.decl_buffer((mr, kwords), "int32")
             acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
-            tail = T.decl_buffer((lanes,), "int32", scope="local")
+            tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
             rs = T.decl_buffer((mr,), "float32", scope="local")
             vmax = T.decl_buffer((qv,), "float32", scope="local")
             if fused:
@@ -817,10 +832,21 @@ def matmul_kernel(
                             kpack,
                         )
             else:
-                for r, kq in T.grid(mr, kwords):
-                    words[r, kq] = _word(
-                        [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
-                    )
+                # Whole vectors of values at a time (for int8 on vnni the +128 is one xor per
+                # word); the last K % pack_values one by one. Rows past the end repeat the last.
+                for r in range(mr):
+                    for kb in range(k // pack_values if vector_pack else 0):
+                        words[r, T.ramp(kb * pack_words_n, 1, pack_words_n)] = packed_vec(
+                            T.Cast(
+                                f"int32x{pack_values}",
+                                xf[T.min(m0 + r, rows - 1), T.ramp(kb * pack_values, 1, pack_values)],
+                            )
+                            + T.broadcast(T.int32(off), pack_values)
+                        )
+                    for kq in range(k // pack_values * pack_words_n if vector_pack else 0, kwords):
+                        words[r, kq] = _word(
+                            [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
+                        )
             for c in range(
                 task % col_chunks * chunk, T.min(task % col_chunks * chunk + chunk, col_tiles)
             ):
@@ -846,18 +872,19 @@ def matmul_kernel(
                                     T.broadcast(row_scale(xs, rs, r, m0 + r), lanes),
                                     lanes,
                                 )
-                            else:
-                                tail[T.ramp(0, 1, lanes)] = acc[r * nr + u]
-                                for lane in range(lanes):
-                                    if c * step + u * lanes + lane < n:
-                                        of[m0 + r, c * step + u * lanes + lane] = ep.tir(
-                                            tail[lane],
-                                            corr[c * step + u * lanes + lane],
-                                            scale[c * step + u * lanes + lane],
-                                            fbias[c * step + u * lanes + lane],
-                                            row_scale(xs, rs, r, m0 + r),
-                                            1,
-                                        )
+                            elif c * step + u * lanes < n:
+                                # Vector epilogue (the constants are padded to n_pad), then
+                                # only the valid lanes are stored.
+                                tail[T.ramp(0, 1, lanes)] = ep.tir(
+                                    acc[r * nr + u],
+                                    corr[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    scale[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    fbias[T.ramp(c * step + u * lanes, 1, lanes)],
+                                    T.broadcast(row_scale(xs, rs, r, m0 + r), lanes),
+                                    lanes,
+                                )
+                                for lane in range(n - c * step - u * lanes):
+                                    of[m0 + r, c * step + u * lanes + lane] = tail[lane]
 
     return matmul
 

@@ -20,6 +20,7 @@ from tvm import relax
 
 from graphopt import _tvm
 from graphopt.errors import PipelineError
+from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 
 RECIPE_ATTR = "graphopt.int8_kernel"
@@ -82,6 +83,19 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
         spec = K.ConvSpec(**_tuples(r["spec"]))
         func = K.depthwise_kernel(spec, isa, zp, ep)
         repack = lambda consts: consts  # noqa: E731 - the scheme only changes the lanes
+    elif r["kind"] == "depthwise_nhwc":
+        spec = K.ConvSpec(**_tuples(r["spec"]))
+        func = DW.depthwise_nhwc_kernel(spec, isa, zp, ep)
+        cp = DW.channel_pad(spec.cout, isa)
+
+        def repack(consts, cp=cp):  # channels padded to the new scheme's vector width
+            def fit(a):
+                out = np.zeros((*a.shape[:-1], cp), a.dtype)
+                keep = min(cp, a.shape[-1])
+                out[..., :keep] = a[..., :keep]
+                return out
+
+            return [fit(a) for a in consts]
     elif r["kind"] == "conv2d":
         spec = K.ConvSpec(**_tuples(r["spec"]))
         plan_old, plan = K.conv_plan(spec, old), K.conv_plan(spec, isa)

@@ -42,6 +42,7 @@ from tvm import relax
 from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 from graphopt.passes._int8_pad import fold_pads
 from graphopt.passes._int8_schedule_rules import RECIPE_ATTR, recipe
@@ -65,9 +66,16 @@ class LowerInt8(GraphPass):
         # Per-row dynamic matmuls quantize their fp32 input inside the kernel (one pass over x
         # instead of abs-max, quantize and the matmul's own packing); false: a separate kernel.
         fuse_row_quant: bool = True
+        # Layout of the int8 tensors between conv kernels: NHWC (channels in SIMD lanes: a 1x1
+        # conv is the int8 matmul, a depthwise conv one vector FMA per tap), NCHW, or auto
+        # (NHWC for the x86 schemes, NCHW elsewhere). The graph keeps NCHW types: an NHWC
+        # kernel's input and output are transposed, and consecutive NHWC kernels skip the
+        # transposes between them, so only the edges of an int8 region pay one.
+        layout: str = "auto"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         isa = _resolve_isa(self.options.isa)
+        nhwc = _resolve_layout(self.options.layout, isa) == "NHWC"
         stats = {"lowered_conv2d": 0, "lowered_matmul": 0, "lowered_dynamic": 0, "lowered_add": 0}
         stats.update(requantized=0, dequantized=0, left=0, pads_folded=0)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -78,7 +86,9 @@ class LowerInt8(GraphPass):
                 continue
             func, folded = fold_pads(new, func, BindingGraph(func, new))
             stats["pads_folded"] += folded
-            plans, left = _find(func, new, isa, self.options.dynamic, self.options.fuse_row_quant)
+            plans, left = _find(
+                func, new, isa, self.options.dynamic, self.options.fuse_row_quant, nhwc
+            )
             stats["left"] += left
             if not plans:
                 if folded:
@@ -98,6 +108,14 @@ class LowerInt8(GraphPass):
             return PassResult(mod, False, stats)
         new = relax.transform.DeadCodeElimination()(new)
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+def _resolve_layout(name: str, isa: K.Isa) -> str:
+    if name == "auto":
+        return "NHWC" if isa.name in ("vnni", "avx2") else "NCHW"
+    if name not in ("NCHW", "NHWC"):
+        raise PipelineError(f"lower-int8: unknown layout '{name}' (auto, NCHW, NHWC)")
+    return name
 
 
 def _resolve_isa(name: str) -> K.Isa:
@@ -130,6 +148,7 @@ class _Plan:
     dynamic: bool
     recipe: str = ""  # how schedule-cpu rebuilds the kernel for another target
     inputs: tuple = ()  # more tensor operands, passed right after q (an add's second operand)
+    nhwc: bool = False  # the kernel reads and writes NHWC (the graph's tensors are NCHW)
 
 
 def _op(expr) -> str:
@@ -186,7 +205,9 @@ class BindingGraph:
         return users[0] if len(users) == 1 and users[0] is not None else None
 
 
-def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict, int]:
+def _find(
+    func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True, nhwc: bool = False
+) -> tuple[dict, int]:
     graph = BindingGraph(func, mod)
     plans: dict = {}
     left = 0
@@ -195,13 +216,15 @@ def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict
         if _op(call) == "relax.add":
             plan = _match_add(graph, var, call)
             if plan is not None:
+                if nhwc and len(plan.key[1].shape) == 4:
+                    plan = _add_nhwc(plan)
                 plans[plan.tail] = plan
             continue
         if _op(call) not in ("relax.nn.conv2d", "relax.matmul"):
             continue
         if _op(graph.resolve(call.args[0])) != "relax.dequantize":
             continue
-        plan = _match(graph, var, call, isa, dynamic, fuse)
+        plan = _match(graph, var, call, isa, dynamic, fuse, nhwc)
         if plan is None:
             left += 1
         else:
@@ -210,7 +233,7 @@ def _find(func, mod, isa: K.Isa, dynamic: bool, fuse: bool = True) -> tuple[dict
 
 
 def _match(
-    graph: BindingGraph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = True
+    graph: BindingGraph, var, call, isa: K.Isa, dynamic: bool, fuse: bool = True, nhwc=False
 ) -> _Plan | None:
     deq_x = graph.resolve(call.args[0])
     deq_w = graph.resolve(call.args[1])
@@ -255,7 +278,7 @@ def _match(
     else:
         ep = K.Epilogue("float32", lo=lo, hi=hi, dynamic=is_dynamic)
     if kind == "conv2d":
-        return _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa)
+        return _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc)
     dyn = "row" if per_row else is_dynamic
     return _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn, fuse)
 
@@ -508,7 +531,7 @@ def _pad(values: np.ndarray, length: int, groups: int = 1) -> np.ndarray:
     return out.reshape(-1)
 
 
-def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan | None:
+def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc) -> _Plan | None:
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     x_shape = _dims(q)
@@ -530,6 +553,10 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
         return None
     zp = ep_args["zp_x"]
     w_sum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
+    if nhwc:
+        plan = _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa)
+        if plan is not None:
+            return plan
     if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
         # The depthwise kernel subtracts the zero point itself: no correction term.
         corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, -zp)
@@ -548,6 +575,48 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa) -> _Plan |
     make = lambda: K.conv2d_kernel(spec, plan, zp, ep)  # noqa: E731
     how = recipe("conv2d", spec, isa, zp, ep)
     return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
+
+
+def _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _Plan | None:
+    """The NHWC kernel of a depthwise or a 1x1 conv; None for the others (they stay NCHW)."""
+    zp = ep_args["zp_x"]
+    if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
+        cp = DW.channel_pad(spec.cout, isa)
+        corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, -zp)
+        taps = w8.reshape(spec.cout, -1).T  # [KH*KW, C]: one vector of channels per tap
+        weights = np.zeros((taps.shape[0], cp), np.int8)
+        weights[:, : spec.cout] = taps
+        consts = [weights, *(_pad(a, cp) for a in (corr, scale, fbias))]
+        key = ("depthwise_nhwc", spec, isa, zp, ep)
+        make = lambda: DW.depthwise_nhwc_kernel(spec, isa, zp, ep)  # noqa: E731
+        how = recipe("depthwise_nhwc", spec, isa, zp, ep)
+        return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how, nhwc=True)
+    one_by_one = (spec.kh, spec.kw, spec.stride, spec.groups) == (1, 1, (1, 1), 1)
+    if not one_by_one or any(spec.padding):
+        return None
+    # A 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out].
+    n, cin, h, w = spec.batch, spec.cin, spec.height, spec.width
+    mspec = K.MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
+    plan = K.matmul_plan(mspec, isa)
+    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, isa.offset(spec.act_dtype))
+    consts = [K.pack_matmul_weight(w8.reshape(spec.cout, cin).T, plan)]
+    consts += [_pad(a, plan.n_pad) for a in (corr, scale, fbias)]
+    consts.append(np.array(1.0, np.float32))  # no run-time scale
+    x_shape = (n, h, w, cin)
+    key = ("matmul", mspec, plan, x_shape, ep)
+    make = lambda: K.matmul_kernel(mspec, plan, x_shape, zp, ep)  # noqa: E731
+    how = recipe("matmul", mspec, isa, zp, ep, x_shape)
+    return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how, nhwc=True)
+
+
+def _add_nhwc(plan: _Plan) -> _Plan:
+    """The same elementwise add over NHWC operands (its spec carries the NHWC shape)."""
+    spec = plan.key[1]
+    n, c, h, w = spec.shape
+    spec = dataclasses.replace(spec, shape=(n, h, w, c))
+    how = json.dumps({"kind": "add", "isa": "any", "spec": dataclasses.asdict(spec)})
+    make = lambda: K.add_kernel(spec)  # noqa: E731
+    return dataclasses.replace(plan, key=("add", spec), make=make, recipe=how, nhwc=True)
 
 
 def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, dyn, fuse=True):
@@ -598,6 +667,7 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.plans = plans
         self.kernels = kernels  # kernel key -> GlobalVar, shared by identical layers
+        self.nhwc_of: dict = {}  # NCHW var -> the NHWC kernel output it transposes
 
     def _kernel(self, plan: _Plan) -> tvm.ir.GlobalVar:
         if plan.key not in self.kernels:
@@ -613,9 +683,27 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         args = [self.visit_expr(plan.q), *(self.visit_expr(x) for x in plan.inputs)]
+        if plan.nhwc:
+            args = [self._nhwc(a) for a in args]
         args += [relax.const(c) for c in plan.consts]
         if plan.xs is not None:
             args.append(self.visit_expr(plan.xs))
         ty = binding.var.ty
-        call = relax.call_tir(self._kernel(plan), args, relax.TensorType(ty.shape, ty.dtype))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+        if not plan.nhwc:
+            call = relax.call_tir(self._kernel(plan), args, relax.TensorType(ty.shape, ty.dtype))
+            self.builder_.emit_normalized(
+                relax.VarBinding(binding.var, self.builder_.normalize(call))
+            )
+            return
+        n, c, h, w = _dims(binding.var)
+        out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, c]), ty.dtype)
+        out = self.builder_.emit(relax.call_tir(self._kernel(plan), args, out_ty))
+        back = self.builder_.normalize(relax.op.permute_dims(out, [0, 3, 1, 2]))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, back))
+        self.nhwc_of[binding.var] = out
+
+    def _nhwc(self, expr):
+        """expr (NCHW) as NHWC: the kernel output it came from, else a transpose."""
+        if expr in self.nhwc_of:
+            return self.nhwc_of[expr]
+        return self.builder_.emit(relax.op.permute_dims(expr, [0, 2, 3, 1]))

@@ -166,9 +166,9 @@ def _conv_layer(name, **kw):
     return Layer("conv2d", x_shape, w_shape, **kw, **case)
 
 
-def _check_exact(layer: Layer, kind: str):
+def _check_exact(layer: Layer, kind: str, **options):
     mod = layer.module()
-    result = lower(mod)
+    result = lower(mod, **options)
     assert result.stats[f"lowered_{kind}"] == 1 and result.stats["requantized"] == 1
     counts = _tvm.op_counts(result.module)
     for op in ("relax.quantize", "relax.dequantize", "relax.nn.conv2d", "relax.matmul"):
@@ -182,8 +182,10 @@ def _check_exact(layer: Layer, kind: str):
 
 @pytest.mark.parametrize("name", list(CONV_CASES))
 @pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
-def test_conv2d_exact(name, act_dtype):
-    _check_exact(_conv_layer(name, act_dtype=act_dtype, activation="relu6"), "conv2d")
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_conv2d_exact(name, act_dtype, layout):
+    layer = _conv_layer(name, act_dtype=act_dtype, activation="relu6")
+    _check_exact(layer, "conv2d", layout=layout)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6"])

@@ -15,6 +15,7 @@ import pytest
 import tvm
 
 from graphopt import _tvm
+from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 
 HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()
@@ -129,6 +130,46 @@ def test_depthwise_exact(isa, mcpu, dims, act_dtype):
     want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
     np.testing.assert_array_equal(got, want)
     assert got.min() >= 5
+
+
+DEPTHWISE_NHWC = [
+    (2, 6, 9, 11, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),  # channels < one vector
+    (1, 32, 12, 13, 32, 3, 3, (2, 2), (1, 0, 1, 2), (1, 1), 32),  # stride 2, asymmetric pad
+    (1, 20, 10, 10, 20, 5, 3, (1, 2), (2, 1, 2, 1), (2, 1), 20),  # channel tail, dilated
+    (1, 16, 7, 7, 16, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 16),  # 5x5, row block past the end
+    (1, 48, 14, 14, 48, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 48),
+]
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize("dims", DEPTHWISE_NHWC)
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_depthwise_nhwc_exact(isa, mcpu, dims, act_dtype):
+    rng = np.random.default_rng(2)
+    spec = K.ConvSpec(*dims, act_dtype=act_dtype)
+    scheme = K.ISAS[isa]
+    cp = DW.channel_pad(spec.cout, scheme)
+    x = _ints(rng, dims[:4], act_dtype)
+    w = rng.integers(-127, 128, (spec.cout, 1, spec.kh, spec.kw)).astype(np.int8)
+    zp = -9 if act_dtype == "int8" else 120
+    ep = K.Epilogue("int8", zp=-4, lo=-4.0, hi=90.0)
+    corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
+
+    def padded(v):
+        out = np.zeros((*v.shape[:-1], cp), v.dtype)
+        out[..., : spec.cout] = v
+        return out
+
+    args = [x.transpose(0, 2, 3, 1), padded(w.reshape(spec.cout, -1).T), padded(corr)]
+    args += [padded(scale), np.zeros(cp, np.float32)]
+    lib = _build(DW.depthwise_nhwc_kernel(spec, scheme, zp, ep), mcpu)
+    oh, ow = spec.out_hw
+    got = _call(lib, args, (spec.batch, oh, ow, spec.cout), "int8")
+    c4 = (1, -1, 1, 1)
+    want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
+    assert got.min() >= -4 and got.max() <= 90
 
 
 def _matmul(isa, mcpu, shape, n, act_dtype, ep, zp, rng):
