@@ -54,14 +54,15 @@ def depthwise_nhwc_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tv
         total = None
         for ry in range(kh):
             for rx in range(kw):
-                term = buf[r * sh + ry * dh, ox * sw + rx * dw, T.ramp(0, 1, lanes)] * wv[
-                    ry * kw + rx
-                ]
+                term = (
+                    buf[r * sh + ry * dh, ox * sw + rx * dw, T.ramp(0, 1, lanes)] * wv[ry * kw + rx]
+                )
                 total = term if total is None else total + term
         return T.Cast(f"int32x{lanes}", total)
 
     def requant(acc, corr, scale, fbias, c0):
-        return ep.tir(acc, corr[channels(c0)], scale[channels(c0)], fbias[channels(c0)], None, lanes)
+        vec = channels(c0)
+        return ep.tir(acc, corr[vec], scale[vec], fbias[vec], None, lanes)
 
     @T.prim_func
     def depthwise(
@@ -90,8 +91,9 @@ def depthwise_nhwc_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tv
                 if 0 <= y and y < h and 0 <= xx and xx < w:
                     if c0 + lanes <= ch:
                         buf[iy, ix, T.ramp(0, 1, lanes)] = T.Cast(
-                            f32, T.Cast(f"int32x{lanes}", x[b, y, xx, channels(c0)])
-                            - T.broadcast(T.int32(zp), lanes)
+                            f32,
+                            T.Cast(f"int32x{lanes}", x[b, y, xx, channels(c0)])
+                            - T.broadcast(T.int32(zp), lanes),
                         )
                     else:
                         for j in range(lanes):

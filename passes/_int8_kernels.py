@@ -839,7 +839,10 @@ def matmul_kernel(
                         words[r, T.ramp(kb * pack_words_n, 1, pack_words_n)] = packed_vec(
                             T.Cast(
                                 f"int32x{pack_values}",
-                                xf[T.min(m0 + r, rows - 1), T.ramp(kb * pack_values, 1, pack_values)],
+                                xf[
+                                    T.min(m0 + r, rows - 1),
+                                    T.ramp(kb * pack_values, 1, pack_values),
+                                ],
                             )
                             + T.broadcast(T.int32(off), pack_values)
                         )

@@ -598,7 +598,8 @@ def _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _P
     n, cin, h, w = spec.batch, spec.cin, spec.height, spec.width
     mspec = K.MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
     plan = K.matmul_plan(mspec, isa)
-    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, isa.offset(spec.act_dtype))
+    off = isa.offset(spec.act_dtype)
+    corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
     consts = [K.pack_matmul_weight(w8.reshape(spec.cout, cin).T, plan)]
     consts += [_pad(a, plan.n_pad) for a in (corr, scale, fbias)]
     consts.append(np.array(1.0, np.float32))  # no run-time scale
