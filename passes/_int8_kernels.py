@@ -130,9 +130,16 @@ def _word(vals: list, kpack: int):
         return vals[0]
     bits = 32 // kpack
     mask = (1 << bits) - 1
-    word = vals[0] & mask
+
+    def field(v, j: int):
+        if isinstance(v, (int, tvm.tirx.IntImm)):  # a constant (padding): shift it in Python,
+            c = (int(v) & mask) << (bits * j)  # where a top byte >= 128 cannot overflow int32
+            return T.int32(c - (1 << 32) if c >= 1 << 31 else c)
+        return (v & mask) << (bits * j) if j else v & mask
+
+    word = field(vals[0], 0)
     for j in range(1, kpack):
-        word = word | ((vals[j] & mask) << (bits * j))
+        word = word | field(vals[j], j)
     return word
 
 
@@ -716,7 +723,12 @@ def pack_matmul_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
 
 
 def matmul_kernel(
-    spec: MatmulSpec, plan: MatmulPlan, shape: tuple[int, ...], zp: int, ep: Epilogue
+    spec: MatmulSpec,
+    plan: MatmulPlan,
+    shape: tuple[int, ...],
+    zp: int,
+    ep: Epilogue,
+    window: ConvSpec | None = None,
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w_panels, corr, scale, fbias, xs, out): pack rows into words, GEMM.
 
@@ -724,6 +736,10 @@ def matmul_kernel(
     (weight words in lanes). `shape` is x's full shape (batch dims flattened into rows);
     `xs` is the runtime activation scale (dynamic quantization; read only then): a scalar, or
     one per row when `spec.per_row`.
+
+    With `window` (a conv over NHWC x of `shape`), row m is output pixel m and its K values
+    are the window's taps in (ky, kx, channel) order, each tap's channels padded to whole
+    words: `window_words` says how rows are packed, `pack_window_weight` the weights.
     """
     isa, mr, nr = plan.isa, plan.mr, plan.nr
     lanes, kpack = isa.lanes, isa.kpack
@@ -731,12 +747,13 @@ def matmul_kernel(
     step = nr * lanes
     row_tiles, col_tiles = plan.rows_pad // mr, plan.n_pad // step
     off = isa.offset(spec.act_dtype)
-    out_shape = (*shape[:-1], n)
+    out_shape = (*shape[:-1], n) if window is None else (window.batch, *window.out_hw, n)
     full_rows = rows % mr == 0
     col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
     chunk = -(-col_tiles // col_chunks)
     col_chunks = -(-col_tiles // chunk)
-    del zp  # no padding in a matmul: the zero point only enters through `corr`
+    # zp: a plain matmul has no padding (the zero point only enters through `corr`); a window
+    # conv's padding reads it.
 
     def value(xf, m, kk):
         inside = tvm.tirx.all(m < rows, kk < k)
@@ -749,6 +766,9 @@ def matmul_kernel(
     qv = FUSED_QUANT_LANES
     kvec = k // qv * qv  # reduction values quantized qv at a time; the rest one by one
     narrow = {4: "int8", 2: "int16", 1: "int32"}[kpack]
+
+    if window is not None:
+        window_word = _window_words(window, plan.isa, zp)
 
     def row_scale(xsb, rsb, r, m):
         if fused:
@@ -794,7 +814,7 @@ def matmul_kernel(
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xf = T.decl_buffer((rows, k), x_dtype, data=x.data)
+        xf = T.decl_buffer((rows, k) if window is None else (1, 1), x_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
         # One task: mr rows (packed into words here) times a chunk of column tiles.
         for task in _loop(rows * k * n)(row_tiles * col_chunks):
@@ -831,6 +851,11 @@ def matmul_kernel(
                             ],
                             kpack,
                         )
+            elif window is not None:
+                # Unrolled over a small window's words: tap offsets become constants.
+                for r in range(mr):
+                    for kq in (T.unroll if kwords <= 64 else T.serial)(kwords):
+                        words[r, kq] = window_word(x, T.min(m0 + r, rows - 1), kq)
             else:
                 # Whole vectors of values at a time (for int8 on vnni the +128 is one xor per
                 # word); the last K % pack_values one by one. Rows past the end repeat the last.
@@ -890,6 +915,59 @@ def matmul_kernel(
                                     of[m0 + r, c * step + u * lanes + lane] = tail[lane]
 
     return matmul
+
+
+def window_words(cin: int, isa: Isa) -> int:
+    """Words per window tap: the tap's channels padded to a multiple of kpack."""
+    return -(-cin // isa.kpack)
+
+
+def pack_window_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
+    """OIHW int8 weights -> the panels of the [KH*KW*Cin_padded, Cout] matmul weight."""
+    cout, cin, kh, kw = w.shape
+    cin_p = window_words(cin, plan.isa) * plan.isa.kpack
+    taps = np.zeros((cout, kh, kw, cin_p), np.int8)
+    taps[..., :cin] = w.transpose(0, 2, 3, 1)
+    return pack_matmul_weight(taps.reshape(cout, -1).T, plan)
+
+
+def _window_words(conv: ConvSpec, isa: Isa, zp: int):
+    """TIR: word kq of output pixel m's window over NHWC x (padding reads the zero point)."""
+    kpack, off = isa.kpack, isa.offset(conv.act_dtype)
+    oh, ow = conv.out_hw
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    pt, pl = conv.padding[0], conv.padding[1]
+    wpt = window_words(conv.cin, isa)
+    narrow = {4: "int8", 2: "int16", 1: "int32"}[kpack]
+    narrow_np = {4: np.int8, 2: np.int16, 1: np.int32}[kpack]
+    pad_word = T.int32(int(np.full(kpack, zp + off).astype(narrow_np).view(np.int32)[0]))
+
+    def word(x, m, kq):
+        tap, j = kq // wpt, kq % wpt
+        b, oy, ox = m // (oh * ow), m // ow % oh, m % ow
+        y = oy * sh + tap // conv.kw * dh - pt
+        xx = ox * sw + tap % conv.kw * dw - pl
+        inside = tvm.tirx.all(0 <= y, y < conv.height, 0 <= xx, xx < conv.width)
+        yc = T.max(T.min(y, conv.height - 1), 0)
+        xc = T.max(T.min(xx, conv.width - 1), 0)
+        if conv.cin % kpack == 0:  # a tap's word is kpack consecutive channels
+            if kpack == 1:
+                value = T.Cast("int32", x[b, yc, xc, j]) + off
+            else:
+                vals = T.Cast(f"int32x{kpack}", x[b, yc, xc, T.ramp(j * kpack, 1, kpack)])
+                value = T.reinterpret(
+                    "int32", T.Cast(f"{narrow}x{kpack}", vals + T.broadcast(off, kpack))
+                )
+        else:  # channels past cin read the zero point
+            vals = []
+            for i in range(kpack):
+                c = j * kpack + i
+                real = T.Cast("int32", x[b, yc, xc, T.min(c, conv.cin - 1)]) + off
+                vals.append(T.if_then_else(c < conv.cin, real, T.int32(zp + off)))
+            value = _word(vals, kpack)
+        return T.if_then_else(inside, value, pad_word)
+
+    return word
 
 
 # --------------------------------------------------------------------------------------------

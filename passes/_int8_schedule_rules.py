@@ -51,7 +51,7 @@ def retarget(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule
         attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) else None
         if attrs is not None and RECIPE_ATTR in attrs:
             r = json.loads(str(attrs[RECIPE_ATTR]))
-            if r["isa"] != isa.name and r["kind"] != "add":  # the add uses no dot instruction
+            if r["isa"] not in (isa.name, "any"):  # "any": no dot instruction (add, quantize)
                 stale[gvar] = _rebuild(r, isa)
     if not stale:
         return mod, 0
@@ -115,6 +115,9 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
             for a in (corr.astype(np.int32), per_channel(consts[2]), per_channel(consts[3])):
                 out.append(_pad_rows(a[..., None], plan.og_pad)[..., 0].reshape(-1))
             return out
+    elif r["kind"] == "window":
+        spec = K.ConvSpec(**_tuples(r["spec"]))
+        func, repack = _rebuild_window(spec, old, isa, zp, ep)
     else:
         spec = K.MatmulSpec(**r["spec"])
         plan_old, plan = K.matmul_plan(spec, old), K.matmul_plan(spec, isa)
@@ -134,6 +137,36 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
             return out
 
     return func.with_attr(RECIPE_ATTR, recipe(r["kind"], spec, isa, zp, ep, r["x_shape"])), repack
+
+
+def _rebuild_window(spec: K.ConvSpec, old: K.Isa, isa: K.Isa, zp: int, ep: K.Epilogue):
+    """An NHWC window conv (`lower-int8`'s matmul over windows) for another scheme."""
+
+    def plan_for(scheme):
+        k = spec.kh * spec.kw * K.window_words(spec.cin, scheme) * scheme.kpack
+        oh, ow = spec.out_hw
+        mspec = K.MatmulSpec(spec.batch * oh * ow, k, spec.cout, spec.act_dtype)
+        return mspec, K.matmul_plan(mspec, scheme)
+
+    (_, plan_old), (mspec, plan) = plan_for(old), plan_for(isa)
+    x_shape = (spec.batch, spec.height, spec.width, spec.cin)
+    func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)
+
+    def repack(consts):
+        panels = consts[0]  # [col_tiles, kwords, step]
+        words = panels.transpose(0, 2, 1).reshape(plan_old.n_pad, plan_old.kwords)
+        taps = _unpack(words, old.kpack)[: spec.cout].reshape(spec.cout, spec.kh, spec.kw, -1)
+        w = taps[..., : spec.cin].transpose(0, 3, 1, 2)  # OIHW
+        shift = (old.offset(spec.act_dtype) - isa.offset(spec.act_dtype)) * w.sum((1, 2, 3))
+        corr = consts[1][: spec.cout].astype(np.int64) + shift
+        out = [K.pack_window_weight(w.astype(np.int8), plan)]
+        for a in (corr.astype(np.int32), consts[2][: spec.cout], consts[3][: spec.cout]):
+            padded = np.zeros(plan.n_pad, a.dtype)
+            padded[: spec.cout] = a
+            out.append(padded)
+        return out
+
+    return func, repack
 
 
 def _unpack(words: np.ndarray, kpack: int) -> np.ndarray:

@@ -44,6 +44,7 @@ from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
+from graphopt.passes import _int8_quantize_nhwc as QN
 from graphopt.passes._int8_pad import fold_pads
 from graphopt.passes._int8_schedule_rules import RECIPE_ATTR, recipe
 
@@ -149,6 +150,9 @@ class _Plan:
     recipe: str = ""  # how schedule-cpu rebuilds the kernel for another target
     inputs: tuple = ()  # more tensor operands, passed right after q (an add's second operand)
     nhwc: bool = False  # the kernel reads and writes NHWC (the graph's tensors are NCHW)
+    pad_channels: int = 0  # NHWC input channels appended first, holding the zero point zp
+    zp: int = 0
+    image: tuple | None = None  # (x fp32 NCHW, scale, zp): q quantizes it (`_image_quantize`)
 
 
 def _op(expr) -> str:
@@ -554,7 +558,7 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc) -> _
     zp = ep_args["zp_x"]
     w_sum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
     if nhwc:
-        plan = _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa)
+        plan = _conv_nhwc_plan(graph, q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa)
         if plan is not None:
             return plan
     if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
@@ -577,7 +581,7 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc) -> _
     return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
 
 
-def _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _Plan | None:
+def _conv_nhwc_plan(graph, q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _Plan | None:
     """The NHWC kernel of a depthwise or a 1x1 conv; None for the others (they stay NCHW)."""
     zp = ep_args["zp_x"]
     if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
@@ -591,23 +595,61 @@ def _conv_nhwc_plan(q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _P
         make = lambda: DW.depthwise_nhwc_kernel(spec, isa, zp, ep)  # noqa: E731
         how = recipe("depthwise_nhwc", spec, isa, zp, ep)
         return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how, nhwc=True)
-    one_by_one = (spec.kh, spec.kw, spec.stride, spec.groups) == (1, 1, (1, 1), 1)
-    if not one_by_one or any(spec.padding):
-        return None
-    # A 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out].
+    if spec.groups != 1:
+        return None  # grouped convs keep the NCHW kernel
     n, cin, h, w = spec.batch, spec.cin, spec.height, spec.width
-    mspec = K.MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
-    plan = K.matmul_plan(mspec, isa)
+    x_shape = (n, h, w, cin)
     off = isa.offset(spec.act_dtype)
     corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, off)
-    consts = [K.pack_matmul_weight(w8.reshape(spec.cout, cin).T, plan)]
-    consts += [_pad(a, plan.n_pad) for a in (corr, scale, fbias)]
+    pointwise = (spec.kh, spec.kw, spec.stride, spec.padding) == (1, 1, (1, 1), (0, 0, 0, 0))
+    if pointwise:
+        # A 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out].
+        mspec = K.MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
+        plan = K.matmul_plan(mspec, isa)
+        weights = K.pack_matmul_weight(w8.reshape(spec.cout, cin).T, plan)
+        key = ("matmul", mspec, plan, x_shape, ep)
+        make = lambda: K.matmul_kernel(mspec, plan, x_shape, zp, ep)  # noqa: E731
+        how = recipe("matmul", mspec, isa, zp, ep, x_shape)
+    else:
+        # Any other conv: the same matmul over its windows ([output pixels, KH*KW*C_in]),
+        # packed from NHWC by each task (no im2col of the whole input). Channels are padded
+        # to whole words in the graph (an RGB input: 3 -> 4; the pad fuses into the input's
+        # quantize), so each tap's words are plain loads.
+        pad_channels = K.window_words(cin, isa) * isa.kpack - cin
+        spec = dataclasses.replace(spec, cin=cin + pad_channels)
+        x_shape = (n, h, w, spec.cin)
+        w8 = np.pad(w8, ((0, 0), (0, pad_channels), (0, 0), (0, 0)))
+        oh, ow = spec.out_hw
+        k = spec.kh * spec.kw * spec.cin
+        mspec = K.MatmulSpec(n * oh * ow, k, spec.cout, spec.act_dtype)
+        plan = K.matmul_plan(mspec, isa)
+        weights = K.pack_window_weight(w8, plan)
+        key = ("window", spec, plan, zp, ep)
+        make = lambda: K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)  # noqa: E731
+        how = recipe("window", spec, isa, zp, ep)
+    consts = [weights, *(_pad(a, plan.n_pad) for a in (corr, scale, fbias))]
     consts.append(np.array(1.0, np.float32))  # no run-time scale
-    x_shape = (n, h, w, cin)
-    key = ("matmul", mspec, plan, x_shape, ep)
-    make = lambda: K.matmul_kernel(mspec, plan, x_shape, zp, ep)  # noqa: E731
-    how = recipe("matmul", mspec, isa, zp, ep, x_shape)
-    return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how, nhwc=True)
+    layer = _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how, nhwc=True)
+    if pointwise:
+        return layer
+    source = _image_quantize(graph, q) if spec.cin == QN.CHANNELS else None
+    return dataclasses.replace(layer, pad_channels=pad_channels, zp=zp, image=source)
+
+
+def _image_quantize(graph: BindingGraph, q):
+    """(x, scale, zp) when q = quantize(x) of an fp32 NCHW tensor with constant scalar
+    parameters (a model's image input): `_int8_quantize_nhwc` then makes the NHWC input."""
+    call = graph.resolve(q)
+    if _op(call) != "relax.quantize":
+        return None
+    x = call.args[0]
+    s, zp = _const(graph.resolve(call.args[1])), _const(graph.resolve(call.args[2]))
+    dims = _dims(x)
+    if s is None or zp is None or s.size != 1 or zp.size != 1 or str(x.ty.dtype) != "float32":
+        return None
+    if dims is None or len(dims) != 4 or dims[1] > QN.CHANNELS:
+        return None
+    return x, float(s.reshape(())), int(zp.reshape(()))
 
 
 def _add_nhwc(plan: _Plan) -> _Plan:
@@ -684,8 +726,14 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         args = [self.visit_expr(plan.q), *(self.visit_expr(x) for x in plan.inputs)]
-        if plan.nhwc:
+        if plan.image is not None:
+            args[0] = self._quantize_image(plan)
+        elif plan.nhwc:
             args = [self._nhwc(a) for a in args]
+        if plan.pad_channels and plan.image is None:
+            pad = [0] * 7 + [plan.pad_channels]
+            padded = relax.op.nn.pad(args[0], pad, pad_value=float(plan.zp))
+            args[0] = self.builder_.emit(padded)
         args += [relax.const(c) for c in plan.consts]
         if plan.xs is not None:
             args.append(self.visit_expr(plan.xs))
@@ -702,6 +750,19 @@ class _Rewriter(relax.PyExprMutator):
         back = self.builder_.normalize(relax.op.permute_dims(out, [0, 3, 1, 2]))
         self.builder_.emit_normalized(relax.VarBinding(binding.var, back))
         self.nhwc_of[binding.var] = out
+
+    def _quantize_image(self, plan: _Plan):
+        x, scale, zp = plan.image
+        dims = _dims(x)
+        dtype = str(plan.q.ty.dtype)
+        how = json.dumps({"kind": "quantize_nhwc", "isa": "any", "shape": dims, "zp": zp})
+        func = QN.quantize_nhwc_kernel(dims, zp, dtype).without_attr("global_symbol")
+        func = func.with_attr(RECIPE_ATTR, how)
+        gvar = self.builder_.add_func(func, "quantize_nhwc")
+        n, _c, h, w = dims
+        out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, QN.CHANNELS]), dtype)
+        args = [self.visit_expr(x), relax.const(np.array(scale, np.float32))]
+        return self.builder_.emit(relax.call_tir(gvar, args, out_ty))
 
     def _nhwc(self, expr):
         """expr (NCHW) as NHWC: the kernel output it came from, else a transpose."""

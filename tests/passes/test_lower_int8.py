@@ -114,7 +114,7 @@ class Layer:
                 self.wq.shape[3],
                 tuple(c.get("strides", (1, 1))),
                 tuple(c.get("padding", (0, 0, 0, 0))),
-                (1, 1),
+                tuple(c.get("dilation", (1, 1))),
                 c.get("groups", 1),
                 self.act_dtype,
             )
@@ -149,6 +149,13 @@ CONV_CASES = {
         groups=2,
     ),
     "1x1": dict(x_shape=(1, 13, 6, 5), w_shape=(7, 13, 1, 1)),
+    "1x1_stride2": dict(x_shape=(1, 8, 7, 9), w_shape=(20, 8, 1, 1), strides=(2, 2)),
+    "stem_3ch_stride2": dict(
+        x_shape=(2, 3, 13, 12), w_shape=(16, 3, 3, 3), strides=(2, 2), padding=(1, 0, 1, 2)
+    ),
+    "dilated_8ch": dict(
+        x_shape=(1, 8, 11, 10), w_shape=(33, 8, 3, 2), dilation=(2, 1), padding=(2, 1, 1, 0)
+    ),
     "depthwise": dict(x_shape=(1, 6, 9, 9), w_shape=(6, 1, 3, 3), padding=(1, 1, 1, 1), groups=6),
     "depthwise_stride2": dict(
         x_shape=(2, 4, 11, 10),
@@ -247,8 +254,12 @@ def _no_dynamic():
     return pass_
 
 
-def test_chain_of_two_convs_stays_int8():
-    """conv -> relu -> QDQ -> conv: one kernel requantizes straight into the next one's input."""
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_chain_of_two_convs_stays_int8(layout):
+    """conv -> relu -> QDQ -> conv: one kernel requantizes straight into the next one's input.
+
+    NHWC: the image input is quantized into NHWC by a kernel, and the only transpose left is
+    the output's (back to the graph's NCHW)."""
     rng = np.random.default_rng(6)
     w1 = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
     w2 = rng.normal(size=(4, 8, 1, 1)).astype(np.float32)
@@ -263,13 +274,17 @@ def test_chain_of_two_convs_stays_int8():
         return conv(bb, qdq.emit_act_qdq(bb, y, a2), w2)
 
     mod = _module((1, 3, 8, 8), "float32", body)
-    result = lower(mod)
+    result = lower(mod, layout=layout)
     assert result.stats["lowered_conv2d"] == 2
     assert result.stats["requantized"] == 1 and result.stats["dequantized"] == 1
     counts = _tvm.op_counts(result.module)
-    assert counts.get("relax.quantize") == 1  # the model input only
     assert "relax.dequantize" not in counts and "relax.nn.relu" not in counts
     calls = [c for c in _tvm.iter_relax_calls(result.module) if c.op.name == "relax.call_tir"]
+    if layout == "NHWC":
+        assert "relax.quantize" not in counts and counts.get("relax.permute_dims") == 1
+        calls = [c for c in calls if "quantize" not in c.args[0].name_hint]
+    else:
+        assert counts.get("relax.quantize") == 1  # the model input only
     assert len(calls) == 2
     first, second = sorted(calls, key=lambda c: str(c.ty.dtype) != "uint8")
     assert str(first.ty.dtype) == "uint8"  # conv1 writes the int8 input of conv2 ...
@@ -388,7 +403,7 @@ RETARGETS = {
 
 
 @pytest.mark.parametrize("case", list(RETARGETS))
-@pytest.mark.parametrize("layer", ["conv", "depthwise", "matmul"])
+@pytest.mark.parametrize("layer", ["conv", "window", "depthwise", "matmul"])
 def test_schedule_cpu_rebuilds_kernels_for_the_target(case, layer):
     """lower-int8 ran for one scheme; schedule-cpu under another target rebuilds the kernel
     and repacks its constants, and the result is still bit-exact."""
@@ -399,7 +414,7 @@ def test_schedule_cpu_rebuilds_kernels_for_the_target(case, layer):
     if layer == "matmul":
         lay = Layer("matmul", (2, 5, 13), (13, 21), "uint8", activation="relu", seed=3)
     else:
-        name = "depthwise" if layer == "depthwise" else "stride2_groups_batch2"
+        name = {"depthwise": "depthwise", "window": "3x3_pad"}.get(layer, "stride2_groups_batch2")
         lay = _conv_layer(name, act_dtype="int8", activation="relu6")
     (lower_pass,) = instantiate(parse_pipeline(f"lower-int8{{isa={built}}}"))
     lowered = lower_pass(lay.module()).module

@@ -17,6 +17,7 @@ import tvm
 from graphopt import _tvm
 from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
+from graphopt.passes import _int8_quantize_nhwc as QN
 
 HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()
 HOST_AVX2 = "avx2" in _tvm.host_cpu_features()
@@ -130,6 +131,59 @@ def test_depthwise_exact(isa, mcpu, dims, act_dtype):
     want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
     np.testing.assert_array_equal(got, want)
     assert got.min() >= 5
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+@pytest.mark.parametrize("name", ["3x3_pad_odd", "1x1_stride2", "5x3_dilated_nopad", "stem"])
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_window_conv_nhwc_exact(isa, mcpu, name, act_dtype):
+    """NHWC convs as a matmul over their windows (taps' channels padded to whole words)."""
+    rng = np.random.default_rng(5)
+    if name == "stem":  # 3 channels (not a whole word), stride 2, asymmetric padding, batch 2
+        dims = (2, 3, 11, 10, 16, 3, 3, (2, 2), (1, 0, 1, 2), (1, 1), 1)
+        spec = K.ConvSpec(*dims, act_dtype=act_dtype)
+        x = _ints(rng, dims[:4], act_dtype)
+        w = rng.integers(-127, 128, (16, 3, 3, 3)).astype(np.int8)
+    else:
+        spec, x, w = _conv_case(name, act_dtype, rng)
+    scheme = K.ISAS[isa]
+    oh, ow = spec.out_hw
+    k = spec.kh * spec.kw * K.window_words(spec.cin, scheme) * scheme.kpack
+    mspec = K.MatmulSpec(spec.batch * oh * ow, k, spec.cout, act_dtype)
+    plan = K.matmul_plan(mspec, scheme)
+    zp = int(rng.integers(-5, 6)) + (128 if act_dtype == "uint8" else 0)
+    ep = K.Epilogue("int8", zp=2, lo=-50.0, hi=100.0)
+    colsum = w.reshape(spec.cout, -1).astype(np.int64).sum(1)
+    corr = np.zeros(plan.n_pad, np.int32)
+    corr[: spec.cout] = -(zp + scheme.offset(act_dtype)) * colsum
+    scale = np.zeros(plan.n_pad, np.float32)
+    scale[: spec.cout] = rng.uniform(0.001, 0.02, spec.cout)
+    args = [x.transpose(0, 2, 3, 1), K.pack_window_weight(w, plan), corr, scale]
+    args += [np.zeros(plan.n_pad, np.float32), np.array(1.0, np.float32)]
+    x_shape = (spec.batch, spec.height, spec.width, spec.cin)
+    lib = _build(K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec), mcpu)
+    got = _call(lib, args, (spec.batch, oh, ow, spec.cout), "int8")
+    c4 = (1, -1, 1, 1)
+    acc = K.reference_conv2d(x, w, spec, zp)
+    want = ep.numpy(acc, 0, scale[: spec.cout].reshape(c4), np.float32(0))
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("dtype,zp", [("int8", -3), ("uint8", 131)])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 37), (2, 1, 3, 16), (1, 4, 2, 7)])
+def test_quantize_image_to_nhwc_exact(dtype, zp, shape):
+    """fp32 NCHW -> int8 NHWC with 4 channels (the missing ones hold zp), as TVM quantizes."""
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=shape) * 3).astype(np.float32)
+    x.flat[:4] = [0.5, -0.5, 1.5, 2.5]  # ties round to even
+    scale = np.float32(0.5) if dtype == "int8" else np.float32(0.037)
+    lib = _build(QN.quantize_nhwc_kernel(shape, zp, dtype), "x86-64")
+    n, c, h, w = shape
+    got = _call(lib, [x, np.array(scale)], (n, h, w, 4), dtype)
+    info = np.iinfo(dtype)
+    want = np.full((n, h, w, 4), zp, dtype)
+    want[..., :c] = np.clip(np.round(x / scale) + zp, info.min, info.max).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(got, want)
 
 
 DEPTHWISE_NHWC = [
