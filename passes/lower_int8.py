@@ -100,7 +100,7 @@ class LowerInt8(GraphPass):
                 stats["lowered_dynamic"] += plan.dynamic
                 if plan.kind != "add":
                     stats["requantized" if plan.ep.requant else "dequantized"] += 1
-            rewriter = _Rewriter(new, plans, kernels)
+            rewriter = _Rewriter(new, plans, kernels, BindingGraph(func, new))
             rewritten = rewriter.visit_expr(func)
             new = rewriter.builder_.get()
             new[gvar] = rewritten
@@ -706,8 +706,9 @@ def _matmul_plan(graph, call, q, deq_x, tail, w8, s_w, bias, ep, ep_args, isa, d
 class _Rewriter(relax.PyExprMutator):
     """Replaces each plan's tail binding by the kernel call (the rest dies in DCE)."""
 
-    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict) -> None:
+    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict, graph: BindingGraph) -> None:
         super().__init__(mod)
+        self.graph = graph
         self.plans = plans
         self.kernels = kernels  # kernel key -> GlobalVar, shared by identical layers
         self.nhwc_of: dict = {}  # NCHW var -> the NHWC kernel output it transposes
@@ -723,7 +724,11 @@ class _Rewriter(relax.PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         plan = self.plans.get(binding.var)
         if plan is None:
-            super().visit_var_binding_(binding)
+            pooled = self._pool_nhwc(binding)
+            if pooled is None:
+                super().visit_var_binding_(binding)
+            else:
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, pooled))
             return
         args = [self.visit_expr(plan.q), *(self.visit_expr(x) for x in plan.inputs)]
         if plan.image is not None:
@@ -763,6 +768,32 @@ class _Rewriter(relax.PyExprMutator):
         out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, QN.CHANNELS]), dtype)
         args = [self.visit_expr(x), relax.const(np.array(scale, np.float32))]
         return self.builder_.emit(relax.call_tir(gvar, args, out_ty))
+
+    def _pool_nhwc(self, binding: relax.VarBinding):
+        """A global average pool of an NHWC kernel's output, pooled in NHWC (the transpose
+        back to NCHW would cost more than the pool): mean(y, axis=[2, 3]) with y the kernel's
+        fp32 output or dequantize(y) with scalar parameters -> reshape(mean(.., axis=[1, 2])).
+        Else None."""
+        call = binding.value
+        if _op(call) != "relax.mean" or not isinstance(call.args[0], relax.Var):
+            return None
+        if sorted(int(a) % 4 for a in (call.attrs.axis or [])) != [2, 3]:
+            return None
+        source = call.args[0]
+        deq = self.graph.value.get(source)
+        if source in self.nhwc_of:
+            real = self.nhwc_of[source]
+        elif _op(deq) == "relax.dequantize" and deq.args[0] in self.nhwc_of:
+            scalars = [_const(self.graph.resolve(a)) for a in deq.args[1:]]
+            if any(v is None or v.size != 1 for v in scalars):
+                return None
+            s, zp = (self.visit_expr(a) for a in deq.args[1:])
+            x = self.nhwc_of[deq.args[0]]
+            real = self.builder_.emit(relax.op.dequantize(x, s, zp, -1, str(deq.ty.dtype)))
+        else:
+            return None
+        mean = relax.op.mean(real, [1, 2], bool(call.attrs.keepdims))
+        return self.builder_.normalize(relax.op.reshape(self.builder_.emit(mean), _dims(call)))
 
     def _nhwc(self, expr):
         """expr (NCHW) as NHWC: the kernel output it came from, else a transpose."""

@@ -295,6 +295,31 @@ def test_chain_of_two_convs_stays_int8(layout):
     assert np.abs(got - want).max() <= 3 * a2.scale * np.abs(w2).sum(axis=(1, 2, 3)).max()
 
 
+@pytest.mark.parametrize("keepdims", [True, False])
+@pytest.mark.parametrize("requantized", [True, False])
+def test_global_pool_of_nhwc_output_pools_in_nhwc(keepdims, requantized):
+    """conv (NHWC kernel) [-> QDQ] -> mean over H, W: pooled in NHWC, no transpose left."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(24, 8, 1, 1)).astype(np.float32)
+    a1, a2 = qdq.act_qparams(-2.0, 2.0, "int8"), qdq.act_qparams(0.0, 6.0, "uint8")
+
+    def body(bb, x):
+        wq, s_w = qdq.weight_qparams(w, 0)
+        wf = bb.emit(qdq.weight_dequantize(wq, s_w, 0))
+        y = bb.emit(R.nn.relu(bb.emit(R.nn.conv2d(qdq.emit_act_qdq(bb, x, a1), wf))))
+        y = qdq.emit_act_qdq(bb, y, a2) if requantized else y
+        return bb.emit(R.mean(y, axis=[2, 3], keepdims=keepdims))
+
+    mod = _module((2, 8, 5, 6), "float32", body)
+    result = lower(mod, layout="NHWC")
+    assert result.stats["lowered_conv2d"] == 1 and result.stats["requantized"] == requantized
+    assert _tvm.op_counts(result.module)["relax.permute_dims"] == 1  # the input's only
+    x = rng.normal(size=(2, 8, 5, 6)).astype(np.float32)
+    got, want = run_module(result.module, [x])[0], run_module(mod, [x])[0]
+    assert got.shape == want.shape == ((2, 24, 1, 1) if keepdims else (2, 24))
+    np.testing.assert_allclose(got, want, atol=a2.scale)  # the requantize may round apart
+
+
 def test_does_not_fire_without_qdq():
     bb_mod = _module(
         (1, 3, 8, 8),
