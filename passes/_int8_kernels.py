@@ -10,9 +10,11 @@ around one register-tiled micro-kernel whose inner step is a single SIMD "dot" i
     generic  4      1                  plain int32 multiply-add             as is
 
 Activations are packed into 32-bit "words" of `kpack` reduction values, per parallel task:
-a conv task packs one tile [k/kpack, pixels] (window convs read it from a whole-input
-im2col, 1x1 convs straight from NCHW), a matmul task its rows [rows, k/kpack]; constant int8
-weights are packed the same way in numpy by the pass. Depthwise convs have their own kernel
+an NCHW conv task packs one tile [k/kpack, pixels] (window convs read it from a whole-input
+im2col, 1x1 convs straight from NCHW), a matmul task its rows [rows, k/kpack] (vector loads;
+NHWC convs are matmuls: a 1x1 conv over pixels, other convs over their windows, packed from
+NHWC per row by `_window_words`); constant int8 weights are packed the same way in numpy by
+the pass. Depthwise convs have their own kernel
 (no dot instruction; see `depthwise_kernel`). A domain shift (vnni: +128, sdot: -128) makes
 the activations fit the instruction; it is undone exactly with the zero-point correction
 `-zp' * sum_k w`, which the pass folds into the per-channel int32 bias (`corr`). Padding

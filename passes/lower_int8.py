@@ -20,6 +20,13 @@ Residual joins in the QDQ form of `quantize` (`add(dequantize(qa), dequantize(qb
 clip], then `quantize`, constant scalar parameters) become one int8 -> int8 kernel (exact
 fixed-point rescale of both operands, round half to even), so a block reads and writes int8.
 
+Layouts (`layout`, default `auto`): on x86 the kernels work in NHWC behind the graph's NCHW
+types (each NHWC kernel's output is transposed back, and a following NHWC kernel takes the
+kernel output instead, so transposes remain only at the edges of an int8 region): a 1x1 conv
+is the int8 matmul over pixels, other convs the matmul over their windows, depthwise convs a
+channel-last kernel, a quantized RGB input is written as NHWC words by its own kernel, and a
+global average pool of an NHWC output pools in NHWC. Elsewhere (ARM) the NCHW kernels run.
+
 Anything else (other layouts, a non-constant weight or zero point, dynamic convs, K too large
 for an exact int32 sum) is left as it was and still runs as fake quantization; `stats` counts
 both. The instruction set comes from `isa` (`auto`: the current target, else this host), so
@@ -582,7 +589,8 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc) -> _
 
 
 def _conv_nhwc_plan(graph, q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa) -> _Plan | None:
-    """The NHWC kernel of a depthwise or a 1x1 conv; None for the others (they stay NCHW)."""
+    """The NHWC kernel of a conv: channel-last depthwise, or the int8 matmul (1x1 convs) or
+    the matmul over windows (others); None for grouped convs (they keep the NCHW kernel)."""
     zp = ep_args["zp_x"]
     if spec.depthwise and spec.kh * spec.kw * 255 * 128 < 2**24:
         cp = DW.channel_pad(spec.cout, isa)
@@ -613,8 +621,8 @@ def _conv_nhwc_plan(graph, q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa
     else:
         # Any other conv: the same matmul over its windows ([output pixels, KH*KW*C_in]),
         # packed from NHWC by each task (no im2col of the whole input). Channels are padded
-        # to whole words in the graph (an RGB input: 3 -> 4; the pad fuses into the input's
-        # quantize), so each tap's words are plain loads.
+        # to whole words first (an RGB input: 3 -> 4, by the image quantize kernel when the
+        # input is a quantized fp32 image, else a pad op), so each tap's words are loads.
         pad_channels = K.window_words(cin, isa) * isa.kpack - cin
         spec = dataclasses.replace(spec, cin=cin + pad_channels)
         x_shape = (n, h, w, spec.cin)
