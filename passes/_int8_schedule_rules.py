@@ -20,6 +20,7 @@ from tvm import relax
 
 from graphopt import _tvm
 from graphopt.errors import PipelineError
+from graphopt.passes import _int8_conv_nchw as CN
 from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 
@@ -81,7 +82,7 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
     zp = r["zp"]
     if r["kind"] == "depthwise":
         spec = K.ConvSpec(**_tuples(r["spec"]))
-        func = K.depthwise_kernel(spec, isa, zp, ep)
+        func = CN.depthwise_kernel(spec, isa, zp, ep)
         repack = lambda consts: consts  # noqa: E731 - the scheme only changes the lanes
     elif r["kind"] == "depthwise_nhwc":
         spec = K.ConvSpec(**_tuples(r["spec"]))
@@ -98,8 +99,8 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
             return [fit(a) for a in consts]
     elif r["kind"] == "conv2d":
         spec = K.ConvSpec(**_tuples(r["spec"]))
-        plan_old, plan = K.conv_plan(spec, old), K.conv_plan(spec, isa)
-        func = K.conv2d_kernel(spec, plan, zp, ep)
+        plan_old, plan = CN.conv_plan(spec, old), CN.conv_plan(spec, isa)
+        func = CN.conv2d_kernel(spec, plan, zp, ep)
 
         def repack(consts, spec=spec, plan_old=plan_old, plan=plan):
             og = spec.cout // spec.groups

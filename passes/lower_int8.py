@@ -49,6 +49,7 @@ from tvm import relax
 from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.passes import _int8_conv_nchw as CN
 from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 from graphopt.passes import _int8_quantize_nhwc as QN
@@ -573,17 +574,17 @@ def _conv_plan(graph, call, q, tail, w8, s_w, bias, ep, ep_args, isa, nhwc) -> _
         corr, scale, fbias = _epilogue_constants(w_sum, s_w, bias, ep, ep_args, -zp)
         consts = [w8.reshape(spec.cout, -1).astype(np.int8), corr, scale, fbias]
         key = ("depthwise", spec, isa, zp, ep)
-        make = lambda: K.depthwise_kernel(spec, isa, zp, ep)  # noqa: E731
+        make = lambda: CN.depthwise_kernel(spec, isa, zp, ep)  # noqa: E731
         how = recipe("depthwise", spec, isa, zp, ep)
         return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
-    plan = K.conv_plan(spec, isa)
+    plan = CN.conv_plan(spec, isa)
     corr, scale, fbias = _epilogue_constants(
         w_sum, s_w, bias, ep, ep_args, isa.offset(spec.act_dtype)
     )
-    consts = [K.pack_conv_weight(w8, spec, plan)]
+    consts = [CN.pack_conv_weight(w8, spec, plan)]
     consts += [_pad(a, plan.og_pad, groups) for a in (corr, scale, fbias)]
     key = ("conv2d", spec, plan, zp, ep)
-    make = lambda: K.conv2d_kernel(spec, plan, zp, ep)  # noqa: E731
+    make = lambda: CN.conv2d_kernel(spec, plan, zp, ep)  # noqa: E731
     how = recipe("conv2d", spec, isa, zp, ep)
     return _Plan("conv2d", tail, q, None, key, make, consts, ep, False, how)
 

@@ -15,6 +15,7 @@ import pytest
 import tvm
 
 from graphopt import _tvm
+from graphopt.passes import _int8_conv_nchw as CN
 from graphopt.passes import _int8_depthwise_nhwc as DW
 from graphopt.passes import _int8_kernels as K
 from graphopt.passes import _int8_quantize_nhwc as QN
@@ -76,7 +77,7 @@ def test_conv2d_requant_exact(isa, mcpu, name, act_dtype):
     rng = np.random.default_rng(len(name))
     spec, x, w = _conv_case(name, act_dtype, rng)
     scheme = K.ISAS[isa]
-    plan = K.conv_plan(spec, scheme)
+    plan = CN.conv_plan(spec, scheme)
     zp = int(rng.integers(-5, 6)) + (128 if act_dtype == "uint8" else 0)
     ep = K.Epilogue("int8", zp=-3, lo=-20.0, hi=100.0)
     og = spec.cout // spec.groups
@@ -90,9 +91,9 @@ def test_conv2d_requant_exact(isa, mcpu, name, act_dtype):
         out[:, :og] = v.reshape(spec.groups, og)
         return out.reshape(-1)
 
-    args = [x, K.pack_conv_weight(w, spec, plan), padded(corr, np.int32)]
+    args = [x, CN.pack_conv_weight(w, spec, plan), padded(corr, np.int32)]
     args += [padded(scale, np.float32), np.zeros(spec.groups * plan.og_pad, np.float32)]
-    lib = _build(K.conv2d_kernel(spec, plan, zp, ep), mcpu)
+    lib = _build(CN.conv2d_kernel(spec, plan, zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "int8")
     acc = K.reference_conv2d(x, w, spec, zp)
     c4 = (1, -1, 1, 1)
@@ -125,7 +126,7 @@ def test_depthwise_exact(isa, mcpu, dims, act_dtype):
     corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
     scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
     args = [x, w.reshape(spec.cout, -1), corr, scale, np.zeros_like(scale)]
-    lib = _build(K.depthwise_kernel(spec, K.ISAS[isa], zp, ep), mcpu)
+    lib = _build(CN.depthwise_kernel(spec, K.ISAS[isa], zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "uint8")
     c4 = (1, -1, 1, 1)
     want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
@@ -303,7 +304,7 @@ def test_inner_loop_uses_the_dot_instruction(isa):
     conv = K.ConvSpec(1, 32, 14, 14, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "uint8")
     mm = K.MatmulSpec(64, 128, 96, "int8")
     kernels = [
-        K.conv2d_kernel(conv, K.conv_plan(conv, scheme), 0, K.Epilogue("int8")),
+        CN.conv2d_kernel(conv, CN.conv_plan(conv, scheme), 0, K.Epilogue("int8")),
         K.matmul_kernel(mm, K.matmul_plan(mm, scheme), (64, 128), 0, K.Epilogue("int8")),
     ]
     marker = K.ASM_MARKER[isa]
@@ -365,10 +366,10 @@ def test_depthwise_and_add_compile_for_every_scheme(isa):
     scheme = K.ISAS[isa]
     ep = K.Epilogue("int8", zp=1)
     kernels = [
-        K.depthwise_kernel(
+        CN.depthwise_kernel(
             K.ConvSpec(1, 8, 7, 7, 8, 3, 3, (1, 1), (1,) * 4, (1, 1), 8, "int8"), scheme, 0, ep
         ),
-        K.depthwise_kernel(
+        CN.depthwise_kernel(
             K.ConvSpec(1, 8, 40, 40, 8, 3, 3, (2, 2), (1,) * 4, (1, 1), 8, "int8"), scheme, 0, ep
         ),
         K.add_kernel(K.AddSpec((1, 8, 9, 9), "int8", "uint8", 1, 128, 3 << 20, 5 << 19, 22, ep)),
