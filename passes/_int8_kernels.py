@@ -386,6 +386,12 @@ def matmul_kernel(
             return rsb[r]
         return xsb[m] if spec.per_row else xsb[()]
 
+    def result(acc, corr, scale, fbias, xs_row, col):
+        """The vector epilogue of `acc`, whose first output channel is `col`."""
+        chans = T.ramp(col, 1, lanes)
+        xs_vec = T.broadcast(xs_row, lanes)
+        return ep.tir(acc, corr[chans], scale[chans], fbias[chans], xs_vec, lanes)
+
     def quant(v, s, n: int):
         """fused: clamp(round_half_even(v / s)) + off, like TVM's quantize legalization."""
         i32 = "int32" if n == 1 else f"int32x{n}"
@@ -503,24 +509,24 @@ def matmul_kernel(
                     if full_rows or m0 + r < rows:
                         for u in T.unroll(nr):
                             if c * step + u * lanes + lanes <= n:
-                                of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = ep.tir(
+                                of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = result(
                                     acc[r * nr + u],
-                                    corr[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    scale[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    fbias[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    T.broadcast(row_scale(xs, rs, r, m0 + r), lanes),
-                                    lanes,
+                                    corr,
+                                    scale,
+                                    fbias,
+                                    row_scale(xs, rs, r, m0 + r),
+                                    c * step + u * lanes,
                                 )
                             elif c * step + u * lanes < n:
                                 # Vector epilogue (the constants are padded to n_pad), then
                                 # only the valid lanes are stored.
-                                tail[T.ramp(0, 1, lanes)] = ep.tir(
+                                tail[T.ramp(0, 1, lanes)] = result(
                                     acc[r * nr + u],
-                                    corr[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    scale[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    fbias[T.ramp(c * step + u * lanes, 1, lanes)],
-                                    T.broadcast(row_scale(xs, rs, r, m0 + r), lanes),
-                                    lanes,
+                                    corr,
+                                    scale,
+                                    fbias,
+                                    row_scale(xs, rs, r, m0 + r),
+                                    c * step + u * lanes,
                                 )
                                 for lane in range(n - c * step - u * lanes):
                                     of[m0 + r, c * step + u * lanes + lane] = tail[lane]

@@ -125,17 +125,10 @@ def _rebuild(r: dict, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Repack]:
         func = K.matmul_kernel(spec, plan, tuple(r["x_shape"]), zp, ep)
 
         def repack(consts, spec=spec, plan_old=plan_old, plan=plan):
-            panels = consts[0]  # [col_tiles, kwords, step]
-            words = panels.transpose(0, 2, 1).reshape(plan_old.n_pad, plan_old.kwords)
-            w = _unpack(words, old.kpack)[: spec.n, : spec.k].T  # [K, N]
+            w = _unpack_panels(consts[0], plan_old)[: spec.n, : spec.k].T  # [K, N]
             shift = (old.offset(spec.act_dtype) - isa.offset(spec.act_dtype)) * w.sum(0)
-            corr = consts[1][: spec.n].astype(np.int64) + shift
-            out = [K.pack_matmul_weight(w.astype(np.int8), plan)]
-            for a in (corr.astype(np.int32), consts[2][: spec.n], consts[3][: spec.n]):
-                padded = np.zeros(plan.n_pad, a.dtype)
-                padded[: spec.n] = a
-                out.append(padded)
-            return out
+            weights = K.pack_matmul_weight(w.astype(np.int8), plan)
+            return [weights, *_per_channel(consts, shift, spec.n, plan.n_pad)]
 
     return func.with_attr(RECIPE_ATTR, recipe(r["kind"], spec, isa, zp, ep, r["x_shape"])), repack
 
@@ -154,20 +147,31 @@ def _rebuild_window(spec: K.ConvSpec, old: K.Isa, isa: K.Isa, zp: int, ep: K.Epi
     func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)
 
     def repack(consts):
-        panels = consts[0]  # [col_tiles, kwords, step]
-        words = panels.transpose(0, 2, 1).reshape(plan_old.n_pad, plan_old.kwords)
-        taps = _unpack(words, old.kpack)[: spec.cout].reshape(spec.cout, spec.kh, spec.kw, -1)
+        rows = _unpack_panels(consts[0], plan_old)[: spec.cout]
+        taps = rows.reshape(spec.cout, spec.kh, spec.kw, -1)
         w = taps[..., : spec.cin].transpose(0, 3, 1, 2)  # OIHW
         shift = (old.offset(spec.act_dtype) - isa.offset(spec.act_dtype)) * w.sum((1, 2, 3))
-        corr = consts[1][: spec.cout].astype(np.int64) + shift
-        out = [K.pack_window_weight(w.astype(np.int8), plan)]
-        for a in (corr.astype(np.int32), consts[2][: spec.cout], consts[3][: spec.cout]):
-            padded = np.zeros(plan.n_pad, a.dtype)
-            padded[: spec.cout] = a
-            out.append(padded)
-        return out
+        weights = K.pack_window_weight(w.astype(np.int8), plan)
+        return [weights, *_per_channel(consts, shift, spec.cout, plan.n_pad)]
 
     return func, repack
+
+
+def _unpack_panels(panels: np.ndarray, plan: K.MatmulPlan) -> np.ndarray:
+    """Matmul weight panels [col_tiles, kwords, step] -> the values [n_pad, K] (int64)."""
+    words = panels.transpose(0, 2, 1).reshape(plan.n_pad, plan.kwords)
+    return _unpack(words, plan.isa.kpack)
+
+
+def _per_channel(consts: list, shift: np.ndarray, n: int, n_pad: int) -> list[np.ndarray]:
+    """corr (+ the domain shift's correction), scale and fbias of n channels, padded."""
+    corr = (consts[1][:n].astype(np.int64) + shift).astype(np.int32)
+    out = []
+    for a in (corr, consts[2][:n], consts[3][:n]):
+        padded = np.zeros(n_pad, a.dtype)
+        padded[:n] = a
+        out.append(padded)
+    return out
 
 
 def _unpack(words: np.ndarray, kpack: int) -> np.ndarray:
