@@ -27,7 +27,7 @@ import numpy as np
 
 from graphopt import env
 
-env.configure_for_benchmarks()
+env.configure_for_benchmarks(spinning=False)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

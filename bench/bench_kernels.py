@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402 - after OPENBLAS_THREAD_TIMEOUT
 
 from graphopt import env  # noqa: E402
 
-env.configure_for_benchmarks()
+env.configure_for_benchmarks(spinning=False)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,7 +1,7 @@
 """Real models, side by side: onnxruntime fp32, bare TVM, and graphopt, in one process.
 
     python -m bench.bench_models [--runs N] [--models mobilenet_v2,efficientnet_lite0,minilm]
-                                 [--tuned minilm=DB_ROOT ...]
+                                 [--tuned minilm=DB_ROOT ...] [--spin-us US]
 
 For each model: export it once (cached, see bench/models/export.py), compile with graphopt
 (-O2, untuned; with --tuned also `compile --db DB_ROOT`, whose trials and tuning minutes come
@@ -9,6 +9,11 @@ from the database's tuning_runs.json), try TVM's bare flow (from_onnx + tvm.comp
 clean-up), check outputs on real inputs (photo crops, sentences) against onnxruntime, then time
 all runtimes interleaved and report medians and ratios. Writes bench/results/models.json and
 models.md.
+
+Both runtimes' idle threads spin the same bounded time after parallel work, as deployed
+(`--spin-us`, default GRAPHOPT_SPIN_US = 200: graphopt's TVM pool and onnxruntime's
+`session.intra_op.spin_duration_us`). `--spin-us 0` (neither spins: every parallel kernel pays
+a thread wake-up) writes models_nospin.json / .md instead.
 """
 
 from __future__ import annotations
@@ -209,10 +214,22 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         f"{machine['date']}, load average {machine.get('load_average', '?')} (other jobs on the "
         "machine: compare ratios, not absolute times); medians of interleaved runs in one "
         "process; schedules=false and bare TVM in a second interleaved group with onnxruntime "
-        "(their ratios are against that group's onnxruntime). Errors are max "
+        "(their ratios are against that group's onnxruntime). "
+        + _protocol(machine["spin_us"])
+        + " Errors are max "
         "|graphopt - onnxruntime| relative to the output scale, over real inputs.\n\n"
         + format_table(header, rows)
         + "\n"
+    )
+
+
+def _protocol(spin_us: int) -> str:
+    if spin_us <= 0:
+        return "Neither runtime's idle threads spin (each parallel kernel pays a thread wake-up)."
+    return (
+        f"Both runtimes' idle threads spin {spin_us} us after parallel work, then sleep "
+        "(TVM_THREAD_POOL_SPIN_COUNT for graphopt, session.intra_op.spin_duration_us for "
+        "onnxruntime)."
     )
 
 
@@ -229,8 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL=DB_ROOT",
         help="also time `compile --db DB_ROOT` for MODEL (repeatable)",
     )
+    parser.add_argument(
+        "--spin-us",
+        type=int,
+        help="idle-thread spin of both runtimes, us (default GRAPHOPT_SPIN_US; 0: no spinning)",
+    )
     args = parser.parse_args(argv)
     tuned = dict(item.split("=", 1) for item in args.tuned)
+    if args.spin_us is not None:
+        os.environ[env.SPIN_US.name] = str(args.spin_us)
     env.configure_for_benchmarks()  # before TVM's thread pool starts (it starts lazily)
     machine = machine_info()
     machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -240,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             db = Path(tuned[name]) if name in tuned else None
             results.append(bench_model(name, args.runs, args.samples, Path(tmp), db))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "models.json").write_text(
+    stem = "models" if machine["spin_us"] > 0 else "models_nospin"
+    (args.out / f"{stem}.json").write_text(
         json.dumps({"machine": machine, "runs": args.runs, "results": results}, indent=2) + "\n"
     )
     text = markdown(results, machine)
-    (args.out / "models.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
     return 0
 

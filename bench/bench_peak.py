@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    env.configure_for_benchmarks()
+    env.configure_for_benchmarks(spinning=False)
     threads = env.num_threads()
     peak = fma_peak(threads)
     rng = np.random.default_rng(0)

@@ -44,8 +44,9 @@ def machine_info() -> dict[str, Any]:
         "simd": sorted(f for f in features if f.startswith(("avx", "fma", "neon", "sve"))),
         "cores": os.cpu_count(),
         "threads": env.num_threads(),
+        "spin_us": env.spin_us(),
         "tvm_runtime_env": {
-            v.name: os.environ.get(v.name) for v in (env.TVM_NUM_THREADS, env.TVM_SPIN)
+            v.name: os.environ.get(v.name) for v in (env.TVM_NUM_THREADS, env.TVM_SPIN, env.SPIN_US)
         },
         "versions": {p: _version(p) for p in _PACKAGES},
     }

@@ -17,15 +17,7 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, optimize:
     fused int8 kernels saturate on AVX2 CPUs without VNNI, so int8 references use it."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or env.num_threads()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if env.TVM_SPIN.get() == "0":
-        # Benchmarks stop TVM's workers spinning; onnxruntime's must not spin either.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so = session_options(threads, optimize)
     src = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise ModelLoadError(f"model file not found: {model}")
@@ -34,6 +26,26 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, optimize:
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
         name = "model" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"onnxruntime cannot load {name}: {_last_line(err)}") from err
+
+
+def session_options(threads: int | None = None, optimize: bool = True):
+    """graphopt's onnxruntime settings: all cores, and idle threads that spin as long as
+    graphopt's (GRAPHOPT_SPIN_US): onnxruntime's default spin (tens of ms) would steal the cores
+    of whatever runs next, graphopt in benchmarks."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or env.num_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    spin = env.spin_us()
+    if spin > 0:
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(spin))
+    else:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
 
 
 def _last_line(err: Exception) -> str:

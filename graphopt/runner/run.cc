@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -160,6 +161,19 @@ std::vector<npy::Array> LoadInputs(const std::string& path, const IoSpec& spec) 
   return ordered;
 }
 
+// TVM's idle workers spin 300000 sched_yield calls after every parallel kernel: a core burnt
+// for 0.1-0.3 s after each inference. Like graphopt.load (graphopt/env.py), bound the spin to
+// GRAPHOPT_SPIN_US (default 200 us), counted in yields of about 0.4 us each on an idle core; a
+// TVM_THREAD_POOL_SPIN_COUNT the user set wins. Must run before the first call starts TVM's
+// thread pool.
+void BoundWorkerSpin() {
+  if (std::getenv("TVM_THREAD_POOL_SPIN_COUNT") != nullptr) return;
+  const char* given = std::getenv("GRAPHOPT_SPIN_US");
+  const double spin_us = given != nullptr ? std::atof(given) : 200.0, yield_us = 0.4;
+  const long count = spin_us > 0 ? std::max(1L, std::lround(spin_us / yield_us)) : 0;
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", std::to_string(count).c_str(), 0);
+}
+
 int Usage() {
   std::cerr << "usage: run MODEL.so INPUTS.npz|.npy OUTPUTS.npz|.npy [--repeat N]\n";
   return 2;
@@ -171,6 +185,7 @@ int main(int argc, char** argv) {
   if (argc != 4 && !(argc == 6 && std::string(argv[4]) == "--repeat")) return Usage();
   std::string model = argv[1], in_path = argv[2], out_path = argv[3];
   int repeat = argc == 6 ? std::atoi(argv[5]) : 0;
+  BoundWorkerSpin();
   try {
     std::string dir = model.find('/') == std::string::npos ? "." : model.substr(0, model.rfind('/'));
     IoSpec spec = ReadIoSpec(dir + "/io.txt");
