@@ -113,3 +113,27 @@ def test_default_kernel_with_a_padded_weight_pack_is_measured():
     assert [int(d) for d in weight.ty.shape] == [32, 64, 32]  # [N / nr, K, nr], N padded
     (seconds,) = _measure([mod], target.tvm_target())
     assert seconds is not None and seconds > 0
+
+
+def test_measuring_leaves_no_exported_kernels_behind(tmp_path, monkeypatch):
+    """LocalBuilder exports each kernel into a fresh temporary folder and LocalRunner leaves
+    it: the default-vs-tuned measurement deletes them (they filled /tmp by ~230 MB a run)."""
+    import tempfile
+
+    import tvm
+    from tvm.script import tirx as T
+
+    from graphopt.target_infra import make_target
+    from graphopt.tune import _measure
+
+    @T.prim_func
+    def add_one(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
+        for i in range(64):
+            b[i] = a[i] + T.float32(1)
+
+    # Builder workers are new processes: they read TMPDIR when they start.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (seconds,) = _measure([tvm.IRModule({"main": add_one})], make_target("x86").tvm_target())
+    assert seconds is not None and seconds > 0
+    assert list(tmp_path.iterdir()) == []
