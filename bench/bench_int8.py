@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import graphopt
+from bench.writing import write_results
 from graphopt import env
 from graphopt.machine import machine_info
 from graphopt.quant.flow import QuantOptions
@@ -409,11 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results.append({"model": name, "error": str(err).strip().splitlines()[0]})
             _say(json.dumps(results[-1], indent=1)[:3000])
-    args.out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine, "runs": args.runs, "method": args.method, "results": results}
-    (args.out / "int8.json").write_text(json.dumps(doc, indent=2) + "\n")
     text = markdown(results, machine, args.method)
-    (args.out / "int8.md").write_text(text)
+    write_results(args.out, "int8", doc, text)
     print(text)
     return 0
 

@@ -16,7 +16,6 @@ fake-quant build of the same QDQ graph. Writes bench/results/int8_kernels.json a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.writing import write_results
 from graphopt import env
 
 env.configure_for_benchmarks(spinning=False)
@@ -309,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": NOTES,
     }
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "int8_kernels.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "int8_kernels.md").write_text(markdown(report))
+        write_results(RESULTS, "int8_kernels", report, markdown(report))
     return 0
 
 

@@ -14,7 +14,6 @@ own few runs. Writes bench/results/kernels.json and kernels.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402 - after OPENBLAS_THREAD_TIMEOUT
 
+from bench.writing import write_results  # noqa: E402
 from graphopt import env  # noqa: E402
 
 env.configure_for_benchmarks(spinning=False)
@@ -399,9 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs spread that noise over all contestants, p10/p90 are in the JSON.",
         ],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "kernels.md").write_text(markdown(report))
+    write_results(args.out, "kernels", report, markdown(report))
     say(f"wrote {args.out / 'kernels.json'} and kernels.md")
     return 0
 

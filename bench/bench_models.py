@@ -19,7 +19,6 @@ a thread wake-up) writes models_nospin.json / .md instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 import graphopt
+from bench.writing import write_results
 from graphopt import env
 from graphopt.instrument import max_relative_error
 from graphopt.machine import machine_info
@@ -263,13 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             db = Path(tuned[name]) if name in tuned else None
             results.append(bench_model(name, args.runs, args.samples, Path(tmp), db))
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "models" if machine["spin_us"] > 0 else "models_nospin"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps({"machine": machine, "runs": args.runs, "results": results}, indent=2) + "\n"
-    )
     text = markdown(results, machine)
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, stem, {"machine": machine, "runs": args.runs, "results": results}, text)
     print(text)
     return 0
 

@@ -22,6 +22,7 @@ import tvm
 from tvm import relax
 
 import graphopt
+from bench.writing import write_results
 from graphopt import env
 from graphopt.frontend import import_onnx
 from graphopt.instrument import max_relative_error
@@ -297,12 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             results.append(bench_model(name, args.runs, args.samples, Path(tmp)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "passes.json").write_text(
-        json.dumps({"machine": machine, "runs": args.runs, "results": results}, indent=2) + "\n"
-    )
     text = markdown(results, machine)
-    (args.out / "passes.md").write_text(text)
+    write_results(
+        args.out, "passes", {"machine": machine, "runs": args.runs, "results": results}, text
+    )
     print(text)
     return 0
 

@@ -18,7 +18,6 @@ efficiency per core, comparable across loaded and quiet runs. TVM's workers do n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -37,6 +36,7 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import graphopt  # noqa: E402
+from bench.writing import write_results  # noqa: E402
 from graphopt import env  # noqa: E402
 from graphopt.machine import machine_info  # noqa: E402
 from graphopt.report import format_table  # noqa: E402
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average {load} when done: on a shared 2-core machine the matmul (two threads in "
         "lockstep) loses far more to other jobs than the FMA loop's best of 5.\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "peak.md").write_text(text)
+    write_results(args.out, "peak", result, text)
     print(text)
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.metadata
-import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.writing import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "onnx_conformance"
 FLOWS = ("bare", "graphopt")
@@ -618,9 +619,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_outputs(report: dict[str, Any], prefix: Path) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    prefix.with_suffix(".md").write_text(markdown(report))
+    write_results(prefix.parent, prefix.name, report, markdown(report), indent=1)
 
 
 # ---------------------------------------------------------------- command line

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import graphopt
+from bench.writing import write_results
 from graphopt import env
 from graphopt.machine import machine_info
 from graphopt.reference import session_options
@@ -200,13 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     with tempfile.TemporaryDirectory() as tmp:
         result = profile(export(args.model), args.runs, Path(tmp), args.db)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"layers_{args.model}"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps({"machine": machine, **result}, indent=2) + "\n"
-    )
     text = markdown(result, machine)
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, f"layers_{args.model}", {"machine": machine, **result}, text)
     print(text)
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bench.profile_layers import _short, aligned_rows, markdown
 
 
@@ -47,3 +49,11 @@ def test_node_names_shorten():
         "features.3/conv/conv.1"
     )
     assert _short("ReorderOutput") == "ReorderOutput"
+
+
+def test_results_land_as_json_and_markdown_side_by_side(tmp_path):
+    from bench.writing import write_results
+
+    write_results(tmp_path / "new", "layers_m", {"runs": 3}, "# table\n")
+    assert json.loads((tmp_path / "new" / "layers_m.json").read_text()) == {"runs": 3}
+    assert (tmp_path / "new" / "layers_m.md").read_text() == "# table\n"
