@@ -151,7 +151,9 @@ def _build(mod, target, graph_passes: str):
                 stats.update({k: v for k, v in result.stats.items() if v})
         for name, names in target.stages().items():
             mod = run_passes(mod, instantiate(parse_pipeline(",".join(names))), stage=name)
-    ex = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=None)
+    ex = tvm.compile(
+        mod, target=target.tvm_target(), relax_pipeline=None, tir_pipeline=target.tir_pipeline()
+    )
     return relax.VirtualMachine(ex, tvm.cpu()), stats
 
 

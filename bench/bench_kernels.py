@@ -221,7 +221,12 @@ def build_pair(kernel: Kernel) -> tuple[Callable, Callable, dict[str, Any]]:
     stats = {k: v for k, v in result.stats.items() if v}
     runners = []
     for mod in (legal, result.module):
-        ex = tvm.compile(stage(mod, "lower"), target=target.tvm_target(), relax_pipeline=None)
+        ex = tvm.compile(
+            stage(mod, "lower"),
+            target=target.tvm_target(),
+            relax_pipeline=None,
+            tir_pipeline=target.tir_pipeline(),
+        )
         vm = relax.VirtualMachine(ex, tvm.cpu())
         args = [tvm.runtime.tensor(a) for a in kernel.inputs]
         fn = vm["main"]

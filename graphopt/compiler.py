@@ -85,7 +85,12 @@ def build_and_run(mod: tvm.IRModule, target: Target, arrays: Sequence[np.ndarray
     """Build an intermediate module and run it once on the host (verify-each's evaluator)."""
     from tvm import relax
 
-    ex = tvm.compile(lower_for_run(mod, target), target=target.tvm_target(), relax_pipeline=None)
+    ex = tvm.compile(
+        lower_for_run(mod, target),
+        target=target.tvm_target(),
+        relax_pipeline=None,
+        tir_pipeline=target.tir_pipeline(),
+    )
     return call_vm(relax.VirtualMachine(ex, target.device()), arrays)
 
 
@@ -170,7 +175,9 @@ def compile_model(
 
     say("build: generating machine code")
     t = time.perf_counter()
-    executable = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=None)
+    executable = tvm.compile(
+        mod, target=target.tvm_target(), relax_pipeline=None, tir_pipeline=target.tir_pipeline()
+    )
     seconds["build"] = time.perf_counter() - t
     if quant is not None and target.availability().can_run:
         from tvm import relax

@@ -90,6 +90,10 @@ class Target:
         """Pass names per stage (see STAGES), as text-pipeline items."""
         raise NotImplementedError
 
+    def tir_pipeline(self) -> str:
+        """Name of the TIR pipeline `tvm.compile` lowers the kernels with."""
+        return "default"
+
     def device(self) -> Any:
         return tvm.cpu()
 

@@ -108,6 +108,12 @@ def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target="x86") -> 
         for stage in ("legalize", "schedule", "lower"):
             mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
     vm = relax.VirtualMachine(
-        tvm.compile(mod, target=tgt.tvm_target(), relax_pipeline=None), tgt.device()
+        tvm.compile(
+            mod,
+            target=tgt.tvm_target(),
+            relax_pipeline=None,
+            tir_pipeline=tgt.tir_pipeline(),
+        ),
+        tgt.device(),
     )
     return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()

@@ -71,9 +71,13 @@ def build_without_tensor_intrin(mod: tvm.IRModule, target: Any, _params: Any) ->
     """MetaSchedule build without importing tvm.s_tir.tensor_intrin in every worker.
 
     The default builder's import takes 60-120 s on a loaded 2-core machine and its 30 s
-    timeout then fails every build, so tuning silently returns untuned kernels.
+    timeout then fails every build, so tuning silently returns untuned kernels. CPU kernels
+    are lowered as `compile` lowers them (targets/cpu_lowering.py): what is measured ships.
     """
-    return tvm.tirx.build(without_rewrite(mod), target=target)
+    from graphopt.targets import cpu_lowering
+
+    pipeline = cpu_lowering.tir_pipeline() if target.kind.name == "llvm" else "default"
+    return tvm.tirx.build(without_rewrite(mod), target=target, pipeline=pipeline)
 
 
 @dataclass

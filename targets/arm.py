@@ -24,6 +24,7 @@ from graphopt import _tvm
 from graphopt.bundle import QEMU, QEMU_SYSROOT, write_bundle
 from graphopt.errors import TargetError
 from graphopt.target_infra import Availability, Target, register_target
+from graphopt.targets import cpu_lowering
 from graphopt.targets.x86 import CPU_LEGALIZE, CPU_LOWER, cpu_schedule_stage
 
 DEFAULT_CC = "aarch64-linux-gnu-g++"
@@ -110,6 +111,9 @@ class Arm(Target):
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }
+
+    def tir_pipeline(self) -> str:
+        return cpu_lowering.tir_pipeline()
 
     def cross_compiler(self) -> str:
         """Path of the cross compiler; TargetError naming the package when there is none."""

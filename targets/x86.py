@@ -11,6 +11,7 @@ import tvm
 from graphopt import _tvm
 from graphopt.errors import TargetError
 from graphopt.target_infra import Target, register_target
+from graphopt.targets import cpu_lowering
 
 # Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
 # finalize_passes, spelled out so the whole flow is visible here.
@@ -123,3 +124,6 @@ class X86(Target):
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }
+
+    def tir_pipeline(self) -> str:
+        return cpu_lowering.tir_pipeline()

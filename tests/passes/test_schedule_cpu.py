@@ -34,7 +34,12 @@ def _stage(mod: tvm.IRModule, stage: str, target=HOST) -> tvm.IRModule:
 
 
 def _run(mod: tvm.IRModule, arrays, target=HOST) -> np.ndarray:
-    ex = tvm.compile(_stage(mod, "lower", target), target=target.tvm_target(), relax_pipeline=None)
+    ex = tvm.compile(
+        _stage(mod, "lower", target),
+        target=target.tvm_target(),
+        relax_pipeline=None,
+        tir_pipeline=target.tir_pipeline(),
+    )
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
 
@@ -419,6 +424,27 @@ def test_matmul_micro_kernel_keeps_its_tile_in_registers(mcpu, reg, accumulators
     assert 2 * broadcasts == len(fmas) or any("{1to" in ln for ln in fmas)
     stores = [ln for ln in loop if ln.startswith("vmov") and ln.rstrip().endswith(")")]
     assert not stores, stores
+
+
+def test_conv_register_tile_is_not_a_workspace_allocation():
+    """A 1 KiB accumulator tile (16 zmm) is a stack tile held in registers; TVM's default
+    lowering allocates it from the workspace pool for every output tile (compile only)."""
+    target = make_target("x86", {"mcpu": "znver4"})
+    mod = _func([(1, 16, 28, 28)], lambda bb, x: relax.op.nn.conv2d(x, _const(96, 16, 1, 1)))
+    result = _schedule(_stage(mod, "legalize", target), target)
+    assert result.stats["scheduled_conv"] == 1
+    (func,) = [f for g, f in result.module.functions.items() if "conv2d" in g.name_hint]
+    main = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+    def build(pipeline):
+        lib = tvm.compile(main, target=target.tvm_target(), tir_pipeline=pipeline).mod
+        loop = _innermost_fma_loop(lib.inspect_source("asm"))
+        stores = [ln for ln in loop if ln.startswith("vmov") and ln.rstrip().endswith(")")]
+        return lib.inspect_source("ll").count("TVMBackendAllocWorkspace"), stores
+
+    assert build("default")[0] > 0  # what the target's pipeline avoids
+    workspace, stores = build(target.tir_pipeline())
+    assert workspace == 0 and not stores, stores
 
 
 def _cases_for_isa():
