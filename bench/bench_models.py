@@ -38,6 +38,9 @@ from graphopt.report import format_table
 from graphopt.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Untimed runs of a runtime right before each of its timed runs (graphopt.timing.interleaved):
+# every timed run then follows its own runtime, whatever the interleaving order.
+SETTLE = 1
 MODELS = ("mobilenet_v2", "efficientnet_lite0", "minilm")
 
 
@@ -100,7 +103,12 @@ def tuned_build(name: str, path: Path, db_root: Path, workdir: Path):
 
 
 def bench_model(
-    name: str, runs: int, samples: int, workdir: Path, db_root: Path | None = None
+    name: str,
+    runs: int,
+    samples: int,
+    workdir: Path,
+    db_root: Path | None = None,
+    settle: int = SETTLE,
 ) -> dict[str, Any]:
     from bench.models.export import export
 
@@ -152,6 +160,7 @@ def bench_model(
             runs=group_runs,
             warmup=3,
             progress=lambda i, n: _say(f"[{name}] {i}/{n}") if i % max(1, n // 5) == 0 else None,
+            settle=settle,
         )
         base = timings["onnxruntime"].median_ms
         for k, t in timings.items():
@@ -215,7 +224,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         "machine: compare ratios, not absolute times); medians of interleaved runs in one "
         "process; schedules=false and bare TVM in a second interleaved group with onnxruntime "
         "(their ratios are against that group's onnxruntime). "
-        + _protocol(machine["spin_us"])
+        + _protocol(machine["spin_us"], machine.get("settle", 0))
         + " Errors are max "
         "|graphopt - onnxruntime| relative to the output scale, over real inputs.\n\n"
         + format_table(header, rows)
@@ -223,13 +232,22 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     )
 
 
-def _protocol(spin_us: int) -> str:
+def _protocol(spin_us: int, settle: int) -> str:
+    order = (
+        f" Each timed run follows {settle} untimed run(s) of the same runtime (not another "
+        "runtime's, whose threads may still be spinning)."
+        if settle
+        else " Each timed run follows whichever runtime ran before it."
+    )
     if spin_us <= 0:
-        return "Neither runtime's idle threads spin (each parallel kernel pays a thread wake-up)."
+        return (
+            "Neither runtime's idle threads spin (each parallel kernel pays a thread wake-up)."
+            + order
+        )
     return (
         f"Both runtimes' idle threads spin {spin_us} us after parallel work, then sleep "
         "(TVM_THREAD_POOL_SPIN_COUNT for graphopt, session.intra_op.spin_duration_us for "
-        "onnxruntime)."
+        "onnxruntime)." + order
     )
 
 
@@ -251,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="idle-thread spin of both runtimes, us (default GRAPHOPT_SPIN_US; 0: no spinning)",
     )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=SETTLE,
+        help=f"untimed runs of a runtime before each timed one (default {SETTLE})",
+    )
     args = parser.parse_args(argv)
     tuned = dict(item.split("=", 1) for item in args.tuned)
     if args.spin_us is not None:
@@ -258,11 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     env.configure_for_benchmarks()  # before TVM's thread pool starts (it starts lazily)
     machine = machine_info()
     machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    machine["settle"] = args.settle
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             db = Path(tuned[name]) if name in tuned else None
-            results.append(bench_model(name, args.runs, args.samples, Path(tmp), db))
+            results.append(
+                bench_model(name, args.runs, args.samples, Path(tmp), db, settle=args.settle)
+            )
     stem = "models" if machine["spin_us"] > 0 else "models_nospin"
     text = markdown(results, machine)
     write_results(args.out, stem, {"machine": machine, "runs": args.runs, "results": results}, text)

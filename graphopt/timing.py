@@ -48,8 +48,16 @@ def interleaved(
     runs: int = 50,
     warmup: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    settle: int = 0,
 ) -> dict[str, Timing]:
-    """Time each callable `runs` times, alternating the order every round, after warm-up."""
+    """Time each callable `runs` times, alternating the order every round, after warm-up.
+
+    `settle`: untimed runs of a contestant right before each of its timed runs, so every timed
+    run follows a run of its own, not whichever contestant came before. Without them the
+    order decides: onnxruntime's threads spin on after its calls return, and MobileNetV2's
+    first graphopt kernel took 204 us right after an onnxruntime run, 40 us after its own;
+    with three contestants alternating (A B C C B A ..), C never follows A.
+    """
     names = list(contestants)
     for _ in range(warmup):
         for name in names:
@@ -58,6 +66,8 @@ def interleaved(
     for i in range(runs):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
+            for _ in range(settle):
+                contestants[name]()
             start = time.perf_counter()
             contestants[name]()
             samples[name].append((time.perf_counter() - start) * 1000.0)

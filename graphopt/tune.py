@@ -246,7 +246,7 @@ def tune_model(
     say(f"tune: {len(tasks)} tasks, {before} trials already in {work_dir}")
     if before >= trials:
         if not (work_dir / APPLIED / "selection.json").is_file():
-            select_records(tasks, work_dir, tvm_target, runner=runner, say=say)
+            choose_records(model, db_root, opts, tasks, work_dir, say, runner=runner)
         return TuneSummary(work_dir, len(tasks), before, before, 0.0, "nothing to do")
     say("tune: measuring the default schedules")
     defaults = default_latencies(tasks, tvm_target, runner)
@@ -256,9 +256,10 @@ def tune_model(
     builder = ms.builder.LocalBuilder(
         f_build=build_without_tensor_intrin, timeout_sec=120, max_workers=cores
     )
+    remote = runner  # RPC servers, or None: the final selection then runs the model here
     runner = runner or ms.runner.LocalRunner()
     # One cost model for every batch: it keeps learning from all measured candidates.
-    model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto")
+    cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto")
     deadline = start + budget_seconds if budget_seconds else None
     callback, best, state = _progress_callback(tasks, deadline, say, start)
     order = [i for i in sorted(range(len(tasks)), key=lambda i: -shares[i]) if left[i] > 0]
@@ -276,7 +277,7 @@ def tune_model(
             default_us = f"{1e6 * defaults[i]:.1f} us" if defaults[i] else "n/a"
             say(f"tune: {tasks[i].task_name}: {batch} of {left[i]} trials (default {default_us})")
             state["task"] = i
-            tools = (builder, runner, model, database)
+            tools = (builder, runner, cost_model, database)
             stopped = _tune_one(tasks[i], batch, work_dir, tools, callback, state)
             left[i] -= batch
             state["done"] = sum(1 for j in order if left[j] <= 0)
@@ -296,7 +297,7 @@ def tune_model(
         {names[i]: us for i, us in best.items()},
     )
     log_run(work_dir, summary)
-    select_records(tasks, work_dir, tvm_target, runner=runner, say=say)
+    choose_records(model, db_root, opts, tasks, work_dir, say, runner=remote)
     return summary
 
 
@@ -348,21 +349,64 @@ APPLIED = "applied"
 
 
 def select_records(tasks, work_dir: Path, tvm_target, runner: Any = None, say=print) -> dict:
-    """Keep a kernel's best record only where it beats the default (schedule-cpu) schedule.
+    """Keep a kernel's best record only where it beats the default (schedule-cpu) schedule,
+    each kernel measured alone (on the RPC servers when tuning over RPC).
 
     A search of a few dozen trials per kernel on a loaded machine often ends below the
     rule-based schedule, and applying every record then makes the tuned build slower than the
     untuned one. Both versions of each tuned kernel are built and measured now, side by side
     with the same runner; the winners' records go to DB/<target>/applied/, which
     `compile --db` reads, and DB/<target>/applied/selection.json says who won by how much.
+    Where the model runs on this machine, `select_in_model` judges records in the model.
     """
+    pairs = _best_records(tasks, work_dir, tvm_target)
+    measured = _measure([m for p in pairs.values() for m in p[2:4]], tvm_target, runner)
+    selection = {}
+    for n, (name, (_, _, _, default_mod)) in enumerate(pairs.items()):
+        tuned_s, default_s = measured[2 * n], measured[2 * n + 1]
+        keep = (
+            default_mod is None
+            or default_s is None
+            or (tuned_s is not None and tuned_s < default_s)
+        )
+        selection[name] = {
+            "tuned_us": None if tuned_s is None else round(tuned_s * 1e6, 1),
+            "default_us": None if default_s is None else round(default_s * 1e6, 1),
+            "applied": keep,
+            "measured": "alone",
+        }
+    _write_applied(work_dir, pairs, [n for n, v in selection.items() if v["applied"]])
+    return _report_selection(work_dir, selection, say)
+
+
+def choose_records(
+    model, db_root: Path, opts: CompileOptions, tasks, work_dir: Path, say, runner: Any = None
+) -> dict:
+    """The records `compile --db` applies: judged in the model where it runs here, else (RPC,
+    a target this machine cannot run) kernel by kernel with the runner."""
+    from .select_in_model import select_in_model
+
+    target = make_target(opts.target, opts.target_options)
+    if runner is not None or not target.availability().can_run:
+        return select_records(tasks, work_dir, target.tvm_target(), runner=runner, say=say)
+    pairs = _best_records(tasks, work_dir, target.tvm_target())
+
+    def write(names):
+        _write_applied(work_dir, pairs, names)
+
+    selection = select_in_model(model, Path(db_root), opts, write, list(pairs), say=say)
+    return _report_selection(work_dir, selection, say)
+
+
+def _best_records(tasks, work_dir: Path, tvm_target) -> dict[str, tuple]:
+    """Task name -> (dispatched module, best record, tuned module, default module or None)."""
     from tvm.s_tir import meta_schedule as ms
 
     from graphopt.targets import cpu_schedules as rules
 
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     info = rules.cpu_info(tvm_target)
-    pairs = []  # (task name, dispatched module, record, tuned module, default module)
+    pairs = {}
     for task in tasks:
         mod = task.dispatched[0]
         if not database.has_workload(mod):
@@ -375,34 +419,35 @@ def select_records(tasks, work_dir: Path, tvm_target, runner: Any = None, say=pr
         default_mod = (
             tvm.IRModule({"main": default.func}) if default and default.rule is not None else None
         )
-        pairs.append((task.task_name, mod, top[0], tuned.mod, default_mod))
-    measured = _measure([m for p in pairs for m in p[3:5]], tvm_target, runner)
-    shutil.rmtree(Path(work_dir) / APPLIED, ignore_errors=True)  # a fresh selection each run
+        pairs[task.task_name] = (mod, top[0], tuned.mod, default_mod)
+    return pairs
+
+
+def _write_applied(work_dir: Path, pairs: dict[str, tuple], names) -> None:
+    """DB/<target>/applied/ holds exactly the records of `names` (a fresh database)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    shutil.rmtree(Path(work_dir) / APPLIED, ignore_errors=True)
     (Path(work_dir) / APPLIED).mkdir()
     applied = ms.database.JSONDatabase(work_dir=str(Path(work_dir) / APPLIED))
-    selection = {}
-    for n, (name, mod, record, _, default_mod) in enumerate(pairs):
-        tuned_s, default_s = measured[2 * n], measured[2 * n + 1]
-        keep = (
-            default_mod is None
-            or default_s is None
-            or (tuned_s is not None and tuned_s < default_s)
-        )
-        selection[name] = {
-            "tuned_us": None if tuned_s is None else round(tuned_s * 1e6, 1),
-            "default_us": None if default_s is None else round(default_s * 1e6, 1),
-            "applied": keep,
-        }
-        if keep:
-            workload = applied.commit_workload(mod)
-            applied.commit_tuning_record(
-                ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info
-                )
+    for name in names:
+        mod, record = pairs[name][:2]
+        workload = applied.commit_workload(mod)
+        applied.commit_tuning_record(
+            ms.database.TuningRecord(
+                record.trace, workload, record.run_secs, record.target, record.args_info
             )
+        )
+
+
+def _report_selection(work_dir: Path, selection: dict, say) -> dict:
     (Path(work_dir) / APPLIED / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     won = sum(1 for v in selection.values() if v["applied"])
-    say(f"tune: records applied for {won} of {len(selection)} kernels (the default won the rest)")
+    how = next(iter(selection.values()), {}).get("measured", "alone")
+    say(
+        f"tune: records applied for {won} of {len(selection)} kernels, measured {how} "
+        "(the default won the rest)"
+    )
     return selection
 
 
