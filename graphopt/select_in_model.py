@@ -9,7 +9,8 @@ applied on isolated wins made the tuned build 2% slower than the untuned one.
 So when the target runs on this machine, `graphopt tune` builds the model twice, with every
 record and with none, calls both builds' kernels in model order (the calls the VM makes),
 alternating builds round by round, and keeps a kernel's record only where its median time
-in the model beats the default schedule's by MIN_GAIN.
+in the model beats the default schedule's by MIN_GAIN, in the build with every record and
+again in the build with only the winners.
 """
 
 from __future__ import annotations
@@ -99,25 +100,43 @@ def select_in_model(
     names: Sequence[str],
     say: Callable[[str], None] = print,
 ) -> dict:
-    """Apply every record (`write_applied(names)`), build with and without them, time both
-    builds' kernels in model order, then apply only the winners; returns the selection."""
+    """The records of `names` that make the model faster; leaves them applied
+    (`write_applied(chosen)`) and returns selection.json's entries.
+
+    Round 1 builds the model with every record; its winners are then built on their own and
+    timed again (a kernel's time depends on its neighbours: the winners of round 1 ran beside
+    records that round 2 drops), and only records that win both rounds stay.
+    """
     from .compiler import compile_model
     from .inputs import random_inputs
 
-    write_applied(names)
+    selection: dict = {}
+    chosen = list(names)
+    if not chosen:
+        write_applied(chosen)
+        return selection
     with tempfile.TemporaryDirectory(prefix="graphopt-select-") as tmp:
-        say(f"tune: building the model with all {len(names)} records and with none")
-        tuned = compile_model(
-            model, Path(tmp) / "tuned", dataclasses.replace(opts, tuning_db=db_root)
-        )
+        say("tune: building the model without records")
         default = compile_model(
             model, Path(tmp) / "default", dataclasses.replace(opts, tuning_db=None)
         )
         feed = random_inputs(default.inputs)
-        say(f"tune: timing both builds' kernels in model order, {ROUNDS} rounds")
-        tuned_us, default_us = time_in_sequence(
-            [kernel_calls(tuned, feed), kernel_calls(default, feed)]
-        )
-    selection = choose(tuned_us, default_us, names)
-    write_applied([n for n, v in selection.items() if v["applied"]])
+        baseline = kernel_calls(default, feed)
+        for round_ in (1, 2):
+            say(f"tune: round {round_}: building the model with {len(chosen)} records")
+            write_applied(chosen)
+            tuned = compile_model(
+                model, Path(tmp) / f"round{round_}", dataclasses.replace(opts, tuning_db=db_root)
+            )
+            say(
+                f"tune: round {round_}: timing both builds' kernels in model order, {ROUNDS} rounds"
+            )
+            tuned_us, default_us = time_in_sequence([kernel_calls(tuned, feed), baseline])
+            selection.update(choose(tuned_us, default_us, chosen))
+            won = [n for n in chosen if selection[n]["applied"]]
+            done = won == chosen
+            chosen = won
+            if done or not chosen:
+                break
+    write_applied(chosen)
     return selection

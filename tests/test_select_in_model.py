@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -57,3 +59,39 @@ def test_kernel_calls_replay_the_model(compiled):
     for _name, func, args in calls:
         func(*args)
     np.testing.assert_allclose(out.numpy(), next(iter(want.values())), rtol=1e-5, atol=1e-6)
+
+
+def test_records_must_win_again_beside_the_other_winners(monkeypatch, tmp_path):
+    """Round 1 (every record applied): a and b win. Round 2 (only a and b): b loses without c
+    beside it, so only a stays applied."""
+    import graphopt.compiler
+    import graphopt.select_in_model as sim
+
+    applied: list[list[str]] = []
+
+    def compile_model(_model, _out, opts):
+        records = list(applied[-1]) if opts.tuning_db else []
+        return SimpleNamespace(records=records, inputs=[])
+
+    def kernel_calls(build, _feed):
+        us = {"a": 100.0, "b": 100.0, "c": 100.0}
+        if "a" in build.records:
+            us["a"] = 50.0
+        if "b" in build.records:
+            us["b"] = 50.0 if "c" in build.records else 150.0
+        if "c" in build.records:
+            us["c"] = 150.0
+        return [(k, _sleeper(v * 1e-6), []) for k, v in us.items()]
+
+    monkeypatch.setattr(graphopt.compiler, "compile_model", compile_model)
+    monkeypatch.setattr(sim, "kernel_calls", kernel_calls)
+    selection = sim.select_in_model(
+        "m.onnx", tmp_path, _Opts(), applied.append, ["a", "b", "c"], say=lambda _m: None
+    )
+    assert applied == [["a", "b", "c"], ["a", "b"], ["a"]]
+    assert [n for n, v in selection.items() if v["applied"]] == ["a"]
+
+
+@dataclass
+class _Opts:
+    tuning_db: object = None
