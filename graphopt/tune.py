@@ -10,11 +10,14 @@ a second run continues towards the same --trials total.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +110,29 @@ class _BudgetReached(Exception):
     pass
 
 
+@contextlib.contextmanager
+def stop_on_interrupt(state: dict, say: Callable[[str], None]):
+    """The first Ctrl-C sets `state["interrupted"]`: the batch being measured ends at its next
+    progress report (its records are committed) and no other starts. A second Ctrl-C raises
+    KeyboardInterrupt at once. (A KeyboardInterrupt raised inside MetaSchedule's Python
+    callbacks comes back through TVM's FFI as a build error, and the search went on.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum, _frame):
+        if state.get("interrupted"):
+            raise KeyboardInterrupt
+        state["interrupted"] = True
+        say("tune: stopping after the batch being measured (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None], start: float):
     """A MeasureCallback that prints progress and stops the search at the time budget.
 
@@ -138,6 +164,8 @@ def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None]
             if deadline is not None and time.perf_counter() > deadline:
                 state["budget_reached"] = 1  # the FFI may re-raise it as a bare RuntimeError
                 raise _BudgetReached()
+            if state.get("interrupted"):
+                raise _BudgetReached()  # Ctrl-C: this batch's records are in; stop here
 
     return Progress(), best, state
 
@@ -266,25 +294,30 @@ def tune_model(
     stopped = "done"
     # Rounds of one batch per kernel, the slowest first: a budget that ends the search early
     # leaves records for many kernels, not many records for one.
-    while stopped == "done" and any(left[i] > 0 for i in order):
-        for i in order:
-            if left[i] <= 0:
-                continue
-            if deadline is not None and time.perf_counter() > deadline and state["n"]:
-                stopped = "budget"  # the first batch always runs
-                break
-            batch = min(BATCH, left[i])
-            default_us = f"{1e6 * defaults[i]:.1f} us" if defaults[i] else "n/a"
-            say(f"tune: {tasks[i].task_name}: {batch} of {left[i]} trials (default {default_us})")
-            state["task"] = i
-            tools = (builder, runner, cost_model, database)
-            stopped = _tune_one(tasks[i], batch, work_dir, tools, callback, state)
-            left[i] -= batch
-            state["done"] = sum(1 for j in order if left[j] <= 0)
-            if state.get("budget_reached"):
-                stopped = "budget"
-            if stopped != "done":
-                break
+    tools = (builder, runner, cost_model, database)
+    with stop_on_interrupt(state, say):
+        while stopped == "done" and any(left[i] > 0 for i in order):
+            for i in order:
+                if left[i] <= 0:
+                    continue
+                if state.get("interrupted"):
+                    stopped = "interrupted"
+                    break
+                if deadline is not None and time.perf_counter() > deadline and state["n"]:
+                    stopped = "budget"  # the first batch always runs
+                    break
+                batch = min(BATCH, left[i])
+                default_us = f"{1e6 * defaults[i]:.1f} us" if defaults[i] else "n/a"
+                name = tasks[i].task_name
+                say(f"tune: {name}: {batch} of {left[i]} trials (default {default_us})")
+                state["task"] = i
+                stopped = _tune_one(tasks[i], batch, work_dir, tools, callback, state)
+                left[i] -= batch
+                state["done"] = sum(1 for j in order if left[j] <= 0)
+                if state.get("budget_reached"):
+                    stopped = "budget"
+                if stopped != "done":
+                    break
     after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
     names = {i: t.task_name for i, t in enumerate(tasks)}
     summary = TuneSummary(
@@ -338,6 +371,8 @@ def _tune_one(task, trials: int, work_dir: Path, tools, callback, state: dict) -
     except KeyboardInterrupt:
         return "interrupted"
     except Exception as err:  # noqa: BLE001 - the budget stop arrives wrapped by TVM's FFI
+        if state.get("interrupted"):
+            return "interrupted"
         named = "_BudgetReached" in f"{type(err).__name__} {err}"
         if not (named or state.get("budget_reached")):  # or as a bare RuntimeError
             raise

@@ -137,3 +137,40 @@ def test_measuring_leaves_no_exported_kernels_behind(tmp_path, monkeypatch):
     (seconds,) = _measure([tvm.IRModule({"main": add_one})], make_target("x86").tvm_target())
     assert seconds is not None and seconds > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_first_ctrl_c_asks_to_stop_and_the_second_interrupts():
+    import os
+    import signal
+    import time
+
+    from graphopt.tune import stop_on_interrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    state: dict = {}
+    said: list[str] = []
+    with stop_on_interrupt(state, said.append):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert state["interrupted"] and "Ctrl-C again" in said[0]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+@tuning
+@slow
+def test_ctrl_c_during_a_batch_stops_and_keeps_its_records(tmp_path):
+    """SIGINT arrives while MetaSchedule reports a batch (as from a terminal): the batch ends,
+    no other starts, and what it measured is in the database."""
+    import os
+    import signal
+
+    def progress(message: str):
+        if " trials, tasks " in message:  # a measurement report, inside MetaSchedule
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = tune_model(DEFAULT_MODEL, tmp_path, CompileOptions(), trials=256, progress=progress)
+    assert summary.stopped == "interrupted"
+    assert 0 < summary.trials_after < 256
