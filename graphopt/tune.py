@@ -424,7 +424,7 @@ def choose_records(
     target = make_target(opts.target, opts.target_options)
     if runner is not None or not target.availability().can_run:
         return select_records(tasks, work_dir, target.tvm_target(), runner=runner, say=say)
-    pairs = _best_records(tasks, work_dir, target.tvm_target())
+    pairs = _best_records(tasks, work_dir, target.tvm_target(), with_defaults=False)
 
     def write(names):
         _write_applied(work_dir, pairs, names)
@@ -433,8 +433,9 @@ def choose_records(
     return _report_selection(work_dir, selection, say)
 
 
-def _best_records(tasks, work_dir: Path, tvm_target) -> dict[str, tuple]:
-    """Task name -> (dispatched module, best record, tuned module, default module or None)."""
+def _best_records(tasks, work_dir: Path, tvm_target, with_defaults=True) -> dict[str, tuple]:
+    """Task name -> (dispatched module, best record, tuned module, default module or None;
+    None too without `with_defaults`)."""
     from tvm.s_tir import meta_schedule as ms
 
     from graphopt.targets import cpu_schedules as rules
@@ -448,9 +449,11 @@ def _best_records(tasks, work_dir: Path, tvm_target) -> dict[str, tuple]:
             continue
         top = database.get_top_k(database.commit_workload(mod), 1)
         tuned = database.query_schedule(mod, tvm_target, "main") if top else None
-        default = rules.schedule_func(mod["main"], info, tvm_target) if info else None
         if tuned is None:
             continue
+        default = (
+            rules.schedule_func(mod["main"], info, tvm_target) if info and with_defaults else None
+        )
         default_mod = (
             tvm.IRModule({"main": default.func}) if default and default.rule is not None else None
         )
