@@ -254,7 +254,7 @@ def _protocol(spin_us: int, settle: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--samples", type=int, default=10, help="real inputs for accuracy")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
