@@ -151,6 +151,7 @@ def compare(
         runs=runs,
         warmup=warmup,
         progress=lambda i, n: say(f"bench: {i}/{n} rounds") if i % step == 0 or i == n else None,
+        settle=1,  # each timed run follows its own runtime: see timing.interleaved
     )
     return result
 
