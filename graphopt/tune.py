@@ -77,7 +77,7 @@ def build_without_tensor_intrin(mod: tvm.IRModule, target: Any, _params: Any) ->
     timeout then fails every build, so tuning silently returns untuned kernels. CPU kernels
     are lowered as `compile` lowers them (targets/cpu_lowering.py): what is measured ships.
     """
-    from graphopt.targets import cpu_lowering
+    from graphopt.targets.cpu import lowering as cpu_lowering
 
     pipeline = cpu_lowering.tir_pipeline() if target.kind.name == "llvm" else "default"
     return tvm.tirx.build(without_rewrite(mod), target=target, pipeline=pipeline)
@@ -217,7 +217,7 @@ def plan_trials(shares: list[float], total: int) -> list[int]:
 def default_latencies(tasks, tvm_target, runner: Any = None) -> list[float | None]:
     """Seconds per call of each task's kernel as compiled without records: its schedule-cpu
     schedule, or the plain kernel where no rule applies."""
-    from graphopt.targets import cpu_schedules as rules
+    from graphopt.targets.cpu import schedules as rules
 
     info = rules.cpu_info(tvm_target)
     mods = []
@@ -438,7 +438,7 @@ def _best_records(tasks, work_dir: Path, tvm_target, with_defaults=True) -> dict
     None too without `with_defaults`)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from graphopt.targets import cpu_schedules as rules
+    from graphopt.targets.cpu import schedules as rules
 
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     info = rules.cpu_info(tvm_target)

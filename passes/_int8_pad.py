@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from graphopt import _tvm
-from graphopt.passes.fold_pad import _zero_pad_widths
+from graphopt.passes._pad_kernels import zero_pad_widths
 
 
 def _op(expr) -> str:
@@ -41,7 +41,7 @@ def fold_pads(mod: tvm.IRModule, func: relax.Function, graph) -> tuple[relax.Fun
         pad = graph.value.get(q.args[0])
         if _op(pad) != "relax.call_tir" or graph.only_user(q.args[0]) is None:
             continue
-        widths = _zero_pad_widths(mod[pad.args[0]])
+        widths = zero_pad_widths(mod[pad.args[0]])
         if widths is None or len(widths) != 4 or widths[0] != (0, 0) or widths[1] != (0, 0):
             continue
         found = _conv_users(graph, qvar)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from graphopt.pass_helpers import apply_tvm_pass, call_count
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._common import apply_tvm_pass, call_count
 
 
 @register_pass

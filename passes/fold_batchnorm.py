@@ -22,8 +22,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, wildcard
 
 from graphopt import _tvm
+from graphopt.pass_helpers import call_count
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._common import call_count
 
 _BN = "relax.nn.batch_norm"
 

@@ -37,9 +37,8 @@ import tvm
 from tvm import relax, tirx
 
 from graphopt import _tvm
-from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._common import rewrite_relax_functions
-from graphopt.passes.fold_pad import FoldPad
+from graphopt.pass_helpers import rewrite_relax_functions
+from graphopt.pass_infra import GraphPass, PassResult, make_pass, register_pass
 
 _TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
 
@@ -72,7 +71,7 @@ class Layout(GraphPass):
         before = _count(mod, _TRANSPOSES)
         new = _inline_conv_groups(mod)
         if new is not mod:  # a pad kernel the group held may now fold into the next conv
-            new = FoldPad().run(new).module
+            new = make_pass("fold-pad").run(new).module
         new, stats["elementwise_raised"] = _raise_scalar_elementwise(new)
         desired = {"relax.nn.conv2d": [self.options.data_layout, self.options.kernel_layout]}
 

@@ -7,7 +7,7 @@ Matches, in the QDQ form of `passes/quantize.py`:
     y  = conv2d(xf, wf) | matmul(xf, wf) [+ bias constant] [relu | clip(a, b)]
     [q' = quantize(y, s', zp')]          when y has no other user
 
-and replaces it with one `call_tir` of an integer kernel (`_int8_kernels`): the int8 input is
+and replaces it with one `call_tir` of an integer kernel (`targets/cpu/int8/`): the int8 input is
 read as is, weights are packed for the target's dot instruction at compile time, bias becomes
 int32 (round(b / (s * s_w))), zero points are folded into a per-channel int32 correction, and
 the epilogue either requantizes straight to q' (round half to even, relu / clip folded into the
@@ -32,7 +32,7 @@ for an exact int32 sum) is left as it was and still runs as fake quantization; `
 both. The instruction set comes from `isa` (`auto`: the current target, else this host), so
 the pass belongs after `quantize` in a flow compiled for that target. Kernels carry their recipe:
 when the graph passes run without the target (so the host's scheme was used), `schedule-cpu`
-rebuilds them for the target's scheme (`passes/_int8_schedule_rules.py`).
+rebuilds them for the target's scheme (`targets/cpu/int8/retarget.py`).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from tvm import relax
 from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes import _int8_conv_nchw as CN
-from graphopt.passes import _int8_depthwise_nhwc as DW
-from graphopt.passes import _int8_kernels as K
-from graphopt.passes import _int8_quantize_nhwc as QN
 from graphopt.passes._int8_pad import fold_pads
-from graphopt.passes._int8_schedule_rules import RECIPE_ATTR, recipe
+from graphopt.targets.cpu.int8 import conv_nchw as CN
+from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
+from graphopt.targets.cpu.int8 import kernels as K
+from graphopt.targets.cpu.int8 import quantize_nhwc as QN
+from graphopt.targets.cpu.int8.retarget import RECIPE_ATTR, recipe
 
 # Largest reduction whose int32 sum cannot overflow: 255 * 128 per product.
 MAX_K = (2**31 - 1) // (255 * 128)
@@ -647,7 +647,7 @@ def _conv_nhwc_plan(graph, q, tail, spec, w8, w_sum, s_w, bias, ep, ep_args, isa
 
 def _image_quantize(graph: BindingGraph, q):
     """(x, scale, zp) when q = quantize(x) of an fp32 NCHW tensor with constant scalar
-    parameters (a model's image input): `_int8_quantize_nhwc` then makes the NHWC input."""
+    parameters (a model's image input): `quantize_nhwc` then makes the NHWC input."""
     call = graph.resolve(q)
     if _op(call) != "relax.quantize":
         return None

@@ -24,8 +24,8 @@ from graphopt import _tvm
 from graphopt.bundle import QEMU, QEMU_SYSROOT, write_bundle
 from graphopt.errors import TargetError
 from graphopt.target_infra import Availability, Target, register_target
-from graphopt.targets import cpu_lowering
-from graphopt.targets.x86 import CPU_LEGALIZE, CPU_LOWER, cpu_schedule_stage
+from graphopt.targets.cpu import lowering as cpu_lowering
+from graphopt.targets.cpu.pipeline import CPU_LEGALIZE, CPU_LOWER, cpu_schedule_stage
 
 DEFAULT_CC = "aarch64-linux-gnu-g++"
 CC_PACKAGE = "g++-aarch64-linux-gnu"

@@ -11,62 +11,8 @@ import tvm
 from graphopt import _tvm
 from graphopt.errors import TargetError
 from graphopt.target_infra import Target, register_target
-from graphopt.targets import cpu_lowering
-
-# Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
-# finalize_passes, spelled out so the whole flow is visible here.
-CPU_LOWER = [
-    "tvm.RewriteDataflowReshape",
-    "tvm.ToNonDataflow",
-    "tvm.RemovePurityChecking",
-    "tvm.CallTIRRewrite",
-    "tvm.StaticPlanBlockMemory",
-    "tvm.LowerAllocTensor",
-    "tvm.KillAfterLastUse",
-    "tvm.LowerRuntimeBuiltin",
-    "tvm.ComputePrimValue",
-    "tvm.VMShapeLower",
-    "tvm.AttachGlobalSymbol",
-]
-
-# Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
-# TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: passes/fast_erf.py,
-# passes/fast_softmax.py), then fold
-# what became constant and fuse elementwise tails into kernels: plain tvm.compile on CPU does
-# neither.
-CPU_LEGALIZE = [
-    "tvm.backend.DispatchSampling",
-    "tvm.backend.DispatchSortScan",
-    "fold-pad",
-    "fast-erf",
-    "fast-softmax",
-    "tvm.LegalizeOps",
-    "tvm.AnnotateTIROpPattern",
-    "tvm.FoldConstant",
-    "tvm.FuseOps",
-    "tvm.FuseTIR",
-]
-
-# x86 only (measured there): convs in NHWC, channels in SIMD lanes (passes/layout.py: a
-# pointwise conv is a plain matmul, a depthwise conv one vector multiply-add per tap at any
-# stride; MobileNetV2 1.3x faster than NCHW); 1x1 convs left in NCHW (`layout=NCHW`) over
-# maps whose width is no whole number of vectors computed over one H*W row
-# (passes/flatten_pointwise.py).
-X86_LEGALIZE = [
-    *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
-    "layout",
-    "flatten-pointwise",
-    *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],
-]
-
-
-def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[str]:
-    """Tuned records first (when a database is given), then rule-based schedules for the rest.
-
-    `schedule-cpu` skips kernels the database already scheduled.
-    """
-    stage = [f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}"] if tuning_db else []
-    return stage + (["schedule-cpu"] if default_schedules else [])
+from graphopt.targets.cpu import lowering as cpu_lowering
+from graphopt.targets.cpu.pipeline import CPU_LOWER, X86_LEGALIZE, cpu_schedule_stage
 
 
 @register_target
@@ -81,7 +27,7 @@ class X86(Target):
         mattr: tuple[str, ...] = ()
         num_cores: int = 0
         triple: str = "x86_64-linux-gnu"
-        # Rule-based default schedules (passes/schedule_cpu.py); schedules=false gives TVM's
+        # Rule-based default schedules (targets/cpu/passes/schedule_cpu.py); schedules=false gives TVM's
         # unscheduled loops (for comparison and for bisecting a miscompile).
         schedules: bool = True
         # fp32 erf / GELU as a vectorizable polynomial (max abs error 4.4e-7); false: libm erff.

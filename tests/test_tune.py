@@ -91,7 +91,7 @@ def test_default_kernel_with_a_padded_weight_pack_is_measured():
 
     from graphopt.pipeline import instantiate, parse_pipeline, run_passes
     from graphopt.target_infra import make_target
-    from graphopt.targets import cpu_schedules as rules
+    from graphopt.targets.cpu import schedules as rules
     from graphopt.tune import _measure, without_rewrite
 
     target = make_target("x86")

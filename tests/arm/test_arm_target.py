@@ -12,8 +12,8 @@ from graphopt import bundle
 from graphopt.cli import main
 from graphopt.errors import TargetError
 from graphopt.target_infra import make_target, registered_targets
-from graphopt.targets import cpu_schedules as rules
 from graphopt.targets.arm import BOARDS, CC_PACKAGE, Arm
+from graphopt.targets.cpu import schedules as rules
 
 needs_cc = pytest.mark.skipif(
     shutil.which("aarch64-linux-gnu-g++") is None, reason="no aarch64-linux-gnu-g++ (make test-arm)"

@@ -17,9 +17,9 @@ from tvm.relax import op as R
 from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import make_pass
-from graphopt.passes import _int8_kernels as K
 from graphopt.pipeline import instantiate, parse_pipeline
 from graphopt.quant import qdq
+from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.testing import apply_checked, check_no_change, run_module
 
 ISA = "vnni" if {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features() else "avx2"
@@ -451,7 +451,7 @@ def test_schedule_cpu_rebuilds_kernels_for_the_target(case, layer):
 
 
 def test_retarget_to_arm_emits_sdot():
-    from graphopt.passes._int8_schedule_rules import retarget
+    from graphopt.targets.cpu.int8.retarget import retarget
 
     lay = _conv_layer("3x3_pad", act_dtype="uint8")
     (lower_pass,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))

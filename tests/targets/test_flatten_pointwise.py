@@ -7,9 +7,9 @@ import pytest
 from tvm import relax
 
 from graphopt import _tvm
-from graphopt.passes.flatten_pointwise import FlattenPointwise
 from graphopt.target_infra import make_target
-from graphopt.targets.cpu_schedules import cpu_info
+from graphopt.targets.cpu.passes.flatten_pointwise import FlattenPointwise
+from graphopt.targets.cpu.schedules import cpu_info
 from graphopt.testing import check_no_change, check_numerics, run_through_target
 
 AVX512 = make_target("x86", {"mcpu": "skylake-avx512"}).tvm_target()

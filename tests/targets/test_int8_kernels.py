@@ -15,10 +15,10 @@ import pytest
 import tvm
 
 from graphopt import _tvm
-from graphopt.passes import _int8_conv_nchw as CN
-from graphopt.passes import _int8_depthwise_nhwc as DW
-from graphopt.passes import _int8_kernels as K
-from graphopt.passes import _int8_quantize_nhwc as QN
+from graphopt.targets.cpu.int8 import conv_nchw as CN
+from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
+from graphopt.targets.cpu.int8 import kernels as K
+from graphopt.targets.cpu.int8 import quantize_nhwc as QN
 
 HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()
 HOST_AVX2 = "avx2" in _tvm.host_cpu_features()

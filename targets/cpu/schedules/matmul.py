@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu_schedules.common import (
+from graphopt.targets.cpu.schedules.common import (
     MIN_PARALLEL_WORK,
     BlockView,
     CpuInfo,

@@ -17,7 +17,7 @@ from tvm import relax
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
-from graphopt.targets import cpu_schedules as rules
+from graphopt.targets.cpu import schedules as rules
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86", {"layout": "NCHW"})  # the NCHW rules: ARM, `layout=NCHW`

@@ -1,6 +1,6 @@
 """Default (untuned) CPU schedules for the TIR kernels of real models, for LLVM targets.
 
-`schedule-cpu` (passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR. Each rule
+`schedule-cpu` (targets/cpu/passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR. Each rule
 reads the block structure of one PrimFunc (iterator kinds, buffer indices), never its name, and
 either schedules it completely or raises (the caller then keeps the original). In the order
 they are tried:
@@ -37,17 +37,17 @@ from collections.abc import Callable
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu_schedules.common import (
+from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,
     CpuInfo,
     Outcome,
     cpu_info,
 )
-from graphopt.targets.cpu_schedules.conv import schedule_window
-from graphopt.targets.cpu_schedules.elementwise import schedule_elementwise
-from graphopt.targets.cpu_schedules.matmul import schedule_matmul
-from graphopt.targets.cpu_schedules.reduction import schedule_reduction
+from graphopt.targets.cpu.schedules.conv import schedule_window
+from graphopt.targets.cpu.schedules.elementwise import schedule_elementwise
+from graphopt.targets.cpu.schedules.matmul import schedule_matmul
+from graphopt.targets.cpu.schedules.reduction import schedule_reduction
 
 __all__ = [
     "PREPACK_ATTR",

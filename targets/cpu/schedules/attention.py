@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV
 
-from graphopt.targets.cpu_schedules import common
+from graphopt.targets.cpu.schedules import common
 
 # Row blocks bigger than this stop paying: the K^T / V rows are in L1 already.
 MAX_ROW_BLOCK = 4

@@ -20,9 +20,9 @@ from tvm import relax
 
 from graphopt import _tvm
 from graphopt.errors import PipelineError
-from graphopt.passes import _int8_conv_nchw as CN
-from graphopt.passes import _int8_depthwise_nhwc as DW
-from graphopt.passes import _int8_kernels as K
+from graphopt.targets.cpu.int8 import conv_nchw as CN
+from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
+from graphopt.targets.cpu.int8 import kernels as K
 
 RECIPE_ATTR = "graphopt.int8_kernel"
 

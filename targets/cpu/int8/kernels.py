@@ -14,8 +14,8 @@ a matmul task packs its rows [rows, k/kpack] (vector loads). NHWC convs are this
 1x1 conv over pixels, other convs over their windows, packed from NHWC per row by
 `_window_words`. Constant int8 weights are packed the same way in numpy by the pass. This
 file holds the schemes, words, epilogues, the matmul and the int8 add; the NCHW conv kernels
-are in `_int8_conv_nchw.py`, the channel-last depthwise kernel (no dot instruction) in
-`_int8_depthwise_nhwc.py`, the image quantize in `_int8_quantize_nhwc.py`.
+are in `conv_nchw.py`, the channel-last depthwise kernel (no dot instruction) in
+`depthwise_nhwc.py`, the image quantize in `quantize_nhwc.py`.
 
 A domain shift (vnni: +128, sdot: -128) makes the activations fit the instruction; it is
 undone exactly with the zero-point correction `-zp' * sum_k w`, which the pass folds into the

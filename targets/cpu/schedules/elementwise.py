@@ -9,7 +9,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu_schedules.common import (
+from graphopt.targets.cpu.schedules.common import (
     CpuInfo,
     is_pad,
     root_blocks,

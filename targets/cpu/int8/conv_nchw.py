@@ -4,7 +4,7 @@ The GEMM form puts output channels in tile rows (weight words broadcast) and out
 SIMD lanes: a conv task packs one tile [k/kpack, pixels] (window convs read it from a
 whole-input im2col, 1x1 convs straight from NCHW). Depthwise convs vectorize over the output
 width. The shared pieces (schemes, words, epilogues, the numpy reference) are in
-`_int8_kernels.py`; on x86 the NHWC kernels replace these.
+`kernels.py`; on x86 the NHWC kernels replace these.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.passes._int8_kernels import (
+from graphopt.targets.cpu.int8.kernels import (
     MIN_TASKS,
     ConvSpec,
     Epilogue,

@@ -19,8 +19,8 @@ from tvm.script import tirx as T
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
-from graphopt.targets import cpu_schedules as rules
-from graphopt.targets.cpu_schedules import attention as attention_rule
+from graphopt.targets.cpu import schedules as rules
+from graphopt.targets.cpu.schedules import attention as attention_rule
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86")

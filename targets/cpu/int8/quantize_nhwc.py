@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.passes._int8_kernels import _loop
+from graphopt.targets.cpu.int8.kernels import _loop
 
 LANES = 16
 CHANNELS = 4  # output channels: one 32-bit word per pixel

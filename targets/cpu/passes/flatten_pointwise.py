@@ -23,8 +23,8 @@ import tvm
 from tvm import relax, tirx
 
 from graphopt import _tvm
+from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._common import rewrite_relax_functions
 
 
 def _ints(values) -> list[int] | None:
@@ -63,7 +63,7 @@ def pointwise_shape(call: relax.Call) -> list[int] | None:
 
 
 def _lanes() -> int:
-    from graphopt.targets.cpu_schedules import cpu_info
+    from graphopt.targets.cpu.schedules import cpu_info
 
     target = tvm.target.Target.current(allow_none=True)
     if target is None:

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._fast_legalize import legalize_fp32_calls
+from graphopt.targets.cpu.passes._fast_legalize import legalize_fp32_calls
 
 
 def _softmax(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

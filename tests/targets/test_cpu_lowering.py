@@ -1,4 +1,4 @@
-"""targets/cpu_lowering.py: small thread-private tiles stay on the stack, the rest as TVM does."""
+"""targets/cpu/lowering.py: small thread-private tiles stay on the stack, the rest as TVM does."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tvm
 from tvm import te
 
 from graphopt.target_infra import make_target
-from graphopt.targets import cpu_lowering
+from graphopt.targets.cpu import lowering as cpu_lowering
 
 
 def _row_tile_kernel(cols: int, scope: str) -> tvm.IRModule:

@@ -3,7 +3,7 @@
 Runs after FuseTIR, on every PrimFunc of the module, for the target of the surrounding
 `with target:` (`tvm.target.Target.current()`; the host CPU when there is none). Each
 function gets the first rule that matches its block structure (the rules live with the targets,
-in `graphopt.targets.cpu_schedules`: `attention` first, then those of `schedule_func`):
+in `graphopt.targets.cpu.schedules`: `attention` first, then those of `schedule_func`):
 
     attention    fuse's attention group: row blocks in parallel, softmax row per thread,
                  register-tiled Q K^T and P V
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes import _int8_schedule_rules as int8_rules
-from graphopt.targets import cpu_schedules as rules
-from graphopt.targets.cpu_schedules import attention as attention_rule
+from graphopt.targets.cpu import schedules as rules
+from graphopt.targets.cpu.int8 import retarget as int8_rules
+from graphopt.targets.cpu.schedules import attention as attention_rule
 
 
 def _target() -> tvm.target.Target:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.passes._int8_kernels import ConvSpec, Epilogue, Isa, _loop
+from graphopt.targets.cpu.int8.kernels import ConvSpec, Epilogue, Isa, _loop
 
 # Output rows per task (stride 1; strided convs take half: their input rows are 2x taller).
 ROWS = 4

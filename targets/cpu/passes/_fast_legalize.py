@@ -13,7 +13,7 @@ from collections.abc import Callable
 import tvm
 from tvm import relax
 
-from graphopt.passes._common import rewrite_relax_functions
+from graphopt.pass_helpers import rewrite_relax_functions
 
 # op name -> (builder, kernel name hint); the builder gets the block builder and the call and
 # returns the replacement expression (usually a call_te).

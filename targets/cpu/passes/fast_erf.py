@@ -19,7 +19,7 @@ from __future__ import annotations
 import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._fast_legalize import legalize_fp32_calls
+from graphopt.targets.cpu.passes._fast_legalize import legalize_fp32_calls
 
 
 def _fast_erf(x):

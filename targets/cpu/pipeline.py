@@ -1,0 +1,63 @@
+"""The stages shared by the CPU targets, as pass names, so a target file reads on one screen.
+
+x86 and arm take these lists and switch single passes on or off from their options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
+# finalize_passes, spelled out so the whole flow is visible here.
+CPU_LOWER = [
+    "tvm.RewriteDataflowReshape",
+    "tvm.ToNonDataflow",
+    "tvm.RemovePurityChecking",
+    "tvm.CallTIRRewrite",
+    "tvm.StaticPlanBlockMemory",
+    "tvm.LowerAllocTensor",
+    "tvm.KillAfterLastUse",
+    "tvm.LowerRuntimeBuiltin",
+    "tvm.ComputePrimValue",
+    "tvm.VMShapeLower",
+    "tvm.AttachGlobalSymbol",
+]
+
+# Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
+# TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: targets/cpu/passes/fast_erf.py,
+# targets/cpu/passes/fast_softmax.py), then fold
+# what became constant and fuse elementwise tails into kernels: plain tvm.compile on CPU does
+# neither.
+CPU_LEGALIZE = [
+    "tvm.backend.DispatchSampling",
+    "tvm.backend.DispatchSortScan",
+    "fold-pad",
+    "fast-erf",
+    "fast-softmax",
+    "tvm.LegalizeOps",
+    "tvm.AnnotateTIROpPattern",
+    "tvm.FoldConstant",
+    "tvm.FuseOps",
+    "tvm.FuseTIR",
+]
+
+# x86 only (measured there): convs in NHWC, channels in SIMD lanes (passes/layout.py: a
+# pointwise conv is a plain matmul, a depthwise conv one vector multiply-add per tap at any
+# stride; MobileNetV2 1.3x faster than NCHW); 1x1 convs left in NCHW (`layout=NCHW`) over
+# maps whose width is no whole number of vectors computed over one H*W row
+# (targets/cpu/passes/flatten_pointwise.py).
+X86_LEGALIZE = [
+    *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
+    "layout",
+    "flatten-pointwise",
+    *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],
+]
+
+
+def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[str]:
+    """Tuned records first (when a database is given), then rule-based schedules for the rest.
+
+    `schedule-cpu` skips kernels the database already scheduled.
+    """
+    stage = [f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}"] if tuning_db else []
+    return stage + (["schedule-cpu"] if default_schedules else [])
