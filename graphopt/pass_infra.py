@@ -7,9 +7,8 @@ example `tvm.FoldConstant` or `tvm.FuseOps{fuse_opt_level=2}`).
 
 from __future__ import annotations
 
-import importlib
-
 import dataclasses
+import importlib
 import inspect
 import re
 from collections.abc import Mapping

@@ -27,8 +27,8 @@ class X86(Target):
         mattr: tuple[str, ...] = ()
         num_cores: int = 0
         triple: str = "x86_64-linux-gnu"
-        # Rule-based default schedules (targets/cpu/passes/schedule_cpu.py); schedules=false gives TVM's
-        # unscheduled loops (for comparison and for bisecting a miscompile).
+        # Rule-based default schedules (schedule-cpu, targets/cpu/passes/); schedules=false gives
+        # TVM's unscheduled loops (for comparison and for bisecting a miscompile).
         schedules: bool = True
         # fp32 erf / GELU as a vectorizable polynomial (max abs error 4.4e-7); false: libm erff.
         fast_erf: bool = True

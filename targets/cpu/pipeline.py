@@ -24,10 +24,9 @@ CPU_LOWER = [
 ]
 
 # Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
-# TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: targets/cpu/passes/fast_erf.py,
-# targets/cpu/passes/fast_softmax.py), then fold
-# what became constant and fuse elementwise tails into kernels: plain tvm.compile on CPU does
-# neither.
+# TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: fast-erf and
+# fast-softmax in targets/cpu/passes/), then fold what became constant and fuse elementwise
+# tails into kernels: plain tvm.compile on CPU does neither.
 CPU_LEGALIZE = [
     "tvm.backend.DispatchSampling",
     "tvm.backend.DispatchSortScan",

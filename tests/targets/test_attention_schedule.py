@@ -20,7 +20,6 @@ from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import make_target
 from graphopt.targets.cpu import schedules as rules
-from graphopt.targets.cpu.schedules import attention as attention_rule
 from graphopt.testing import apply_checked
 
 HOST = make_target("x86")
@@ -172,7 +171,7 @@ def test_scores_and_output_are_register_tiled():
     legal = _legal_fused(minilm_attention(1, 64, heads=4, dim=32))  # 2^20 multiply-adds
     (func,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     info = rules.CpuInfo(lanes=8, registers=16, cores=4)
-    out = attention_rule.schedule(func, info)
+    out = _attention_only(func, info)
     assert out.rule == "attention" and out.errors == []
     text = out.func.script()
     assert "T.parallel" in text
@@ -201,7 +200,7 @@ def test_attention_that_also_returns_probabilities_is_declined():
     qkv = (1, HEADS, 8, DIM)
     legal = _legal_fused(_build({"q": qkv, "k": qkv, "v": qkv}, body))
     (func,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    out = attention_rule.schedule(func, rules.cpu_info(HOST.tvm_target()))
+    out = _attention_only(func, rules.cpu_info(HOST.tvm_target()))
     assert out.rule is None and out.errors == []
 
 
@@ -224,7 +223,7 @@ def test_non_attention_functions_are_declined(inputs, body):
     info = rules.cpu_info(HOST.tvm_target())
     for func in legal.functions.values():
         if isinstance(func, tvm.tirx.PrimFunc):
-            out = attention_rule.schedule(func, info)
+            out = _attention_only(func, info)
             assert out.rule is None and out.errors == [] and out.func.same_as(func)
     with HOST.tvm_target():
         result = apply_checked(make_pass("schedule-cpu"), legal)
@@ -244,5 +243,15 @@ def test_kernel_without_root_block_is_declined():
             for v in range(3):
                 out[v] = a[v]
 
-    outcome = attention_rule.schedule(opaque, rules.CpuInfo(lanes=8, registers=16, cores=2))
+    outcome = _attention_only(opaque, rules.CpuInfo(lanes=8, registers=16, cores=2))
     assert outcome.rule is None and outcome.errors == []
+
+
+def _attention_only(func, info):
+    """The registry with only the attention rule enabled (what schedule-cpu tries first)."""
+    return rules.schedule_func(func, info, HOST.tvm_target(), enabled={"attention"})
+
+
+def test_attention_is_first_in_the_registry():
+    assert rules.RULES[0] == "attention"
+    assert [r.name for r in rules.REGISTRY] == list(rules.RULES)

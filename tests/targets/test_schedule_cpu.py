@@ -532,8 +532,10 @@ def test_rule_errors_keep_the_original_function(monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
+    from graphopt.targets.cpu.schedules import rules as registry
+
     for name in ("schedule_matmul", "schedule_window", "schedule_reduction"):
-        monkeypatch.setattr(rules, name, broken)
+        monkeypatch.setattr(registry, name, broken)
     legal = _stage(_func([(8, 16)], lambda bb, x: relax.op.matmul(x, _const(16, 8))), "legalize")
     with HOST.tvm_target():
         p = make_pass("schedule-cpu")

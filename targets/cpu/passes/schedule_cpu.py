@@ -34,7 +34,6 @@ import tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu import schedules as rules
 from graphopt.targets.cpu.int8 import retarget as int8_rules
-from graphopt.targets.cpu.schedules import attention as attention_rule
 
 
 def _target() -> tvm.target.Target:
@@ -62,13 +61,13 @@ class ScheduleCpu(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         target = _target()
         info = rules.cpu_info(target)
-        stats = {f"scheduled_{r}": 0 for r in ("attention", *rules.RULES)}
+        stats = {f"scheduled_{r}": 0 for r in rules.RULES}
         stats.update(untouched=0, failed=0, already_scheduled=0)
         if info is None:
             count = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
             stats["untouched"] = count
             return PassResult(mod, False, stats)
-        all_rules = {"attention", *rules.RULES}
+        all_rules = set(rules.RULES)
         enabled = set(self.options.rules) if self.options.rules else all_rules
         unknown = enabled - all_rules
         if unknown:
@@ -76,7 +75,7 @@ class ScheduleCpu(GraphPass):
 
             raise PipelineError(
                 f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
-                f"(rules: attention, {', '.join(rules.RULES)})"
+                f"(rules: {', '.join(rules.RULES)})"
             )
         # lower-int8 kernels built for another CPU's dot instruction are rebuilt for this one.
         original = mod
@@ -90,14 +89,7 @@ class ScheduleCpu(GraphPass):
             if func.attrs is not None and func.attrs.get(rules.SCHEDULED_ATTR):
                 stats["already_scheduled"] += 1
                 continue
-            # The fused attention kernel first: the generic rules would take its softmax.
-            outcome = rules.Outcome(None, func, [])
-            if "attention" in enabled:
-                outcome = attention_rule.schedule(func, info)
-            if outcome.rule is None:
-                errors = outcome.errors
-                outcome = rules.schedule_func(func, info, target, enabled)
-                outcome.errors[:0] = errors
+            outcome = rules.schedule_func(func, info, target, enabled)
             if outcome.errors:
                 stats["failed"] += 1
                 self.errors[gvar.name_hint] = "; ".join(outcome.errors)

@@ -1,11 +1,11 @@
 """Default (untuned) CPU schedules for the TIR kernels of real models, for LLVM targets.
 
-`schedule-cpu` (targets/cpu/passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR. Each rule
-reads the block structure of one PrimFunc (iterator kinds, buffer indices), never its name, and
-either schedules it completely or raises (the caller then keeps the original). In the order
-they are tried:
+`schedule-cpu` (targets/cpu/passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR.
+Each rule reads the block structure of one PrimFunc (iterator kinds, buffer indices), never its
+name, and either schedules it completely or raises (the caller then keeps the original). The rules are
+objects in one ordered registry (`rules.py`: `applies()`, `apply()`); in that order:
 
-- attention (attention.py, tried by the pass before `schedule_func`): fuse's attention group,
+- attention (attention.py): fuse's attention group,
   row blocks in parallel, softmax row per thread, register-tiled Q K^T and P V.
 - matmul (matmul.py): one reduction block `C[b.., i.., j] += A[b.., i.., k] * B[b.., k, j]`
   (batch dims, 3-D x 2-D, any layout of B, fused elementwise epilogue). Odd M / N are padded
@@ -32,8 +32,6 @@ the rules share (CpuInfo, IR helpers, injective scheduling, tile writer) is in c
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from tvm import tirx
 from tvm.s_tir import Schedule
 
@@ -44,50 +42,46 @@ from graphopt.targets.cpu.schedules.common import (
     Outcome,
     cpu_info,
 )
-from graphopt.targets.cpu.schedules.conv import schedule_window
-from graphopt.targets.cpu.schedules.elementwise import schedule_elementwise
-from graphopt.targets.cpu.schedules.matmul import schedule_matmul
-from graphopt.targets.cpu.schedules.reduction import schedule_reduction
+from graphopt.targets.cpu.schedules.rules import REGISTRY, ScheduleRule
 
 __all__ = [
     "PREPACK_ATTR",
+    "REGISTRY",
     "RULES",
     "SCHEDULED_ATTR",
     "CpuInfo",
     "Outcome",
+    "ScheduleRule",
     "cpu_info",
     "schedule_func",
 ]
 
-
-RULES = ("matmul", "conv", "window", "reduction", "elementwise")
+RULES = tuple(rule.name for rule in REGISTRY)
 
 
 def schedule_func(
     func: tirx.PrimFunc, info: CpuInfo, target, enabled: set[str] | None = None
 ) -> Outcome:
-    """Try the rules in order on one PrimFunc; the first that applies wins.
+    """Try the registry's rules in order on one PrimFunc; the first that applies wins.
 
-    A rule that raises is dropped (its half-done schedule with it) and the next one tried, so
-    the result is always either a complete schedule or the function exactly as it was.
+    `schedule-cpu` (compile) and `graphopt tune` (its default-schedule baseline) both call
+    this, so both see the same schedule for every kernel. A rule whose `apply` raises is
+    dropped (its half-done schedule with it) and the next one tried, so the result is always
+    either a complete schedule or the function exactly as it was.
     """
-    attempts: list[tuple[str, Callable]] = [
-        ("matmul", lambda s: schedule_matmul(s, func, info)),
-        ("conv", lambda s: schedule_window(s, func, info, need_weight=True)),
-        ("window", lambda s: schedule_window(s, func, info, need_weight=False)),
-        ("reduction", lambda s: schedule_reduction(s, func, info, target)),
-        ("elementwise", lambda s: schedule_elementwise(s, func, info)),
-    ]
     errors: list[str] = []
-    for name, attempt in attempts:
-        if enabled is not None and name not in enabled:
+    for rule in REGISTRY:
+        if enabled is not None and rule.name not in enabled:
             continue
-        sch = Schedule(func)
         try:
-            done = attempt(sch)
+            if not rule.applies(func, info):
+                continue
+            prepared = rule.prepare(func)
+            sch = Schedule(prepared)
+            done = rule.apply(sch, prepared, info, target)
         except Exception as err:  # noqa: BLE001 - any schedule error: drop this rule
             lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-            errors.append(f"{name}: {lines[-1] if lines else type(err).__name__}")
+            errors.append(f"{rule.name}: {lines[-1] if lines else type(err).__name__}")
             continue
         if isinstance(done, Schedule):
             sch, done = done, True
@@ -95,5 +89,5 @@ def schedule_func(
             blocks = sch.get_child_blocks(sch.get_sblock("root"))
             prepack = any(PREPACK_ATTR in sch.get(b).annotations for b in blocks)
             new = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-            return Outcome(name, new, errors, prepack)
+            return Outcome(rule.name, new, errors, prepack)
     return Outcome(None, func, errors)

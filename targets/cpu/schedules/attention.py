@@ -416,30 +416,3 @@ def schedule_attention(sch: Schedule, func: tirx.PrimFunc, info: common.CpuInfo)
     if blocks.k_t is not None:
         common.schedule_injective(sch, get(blocks.k_t.name), info)
     return True
-
-
-def schedule(func: tirx.PrimFunc, info: common.CpuInfo) -> common.Outcome:
-    """schedule-cpu's entry: the scheduled function (rule "attention"), or `func` untouched.
-
-    A function that is not attention comes back with no rule and no error; one that matched
-    but could not be scheduled comes back untouched with the error, for the other rules.
-    """
-    try:
-        matched = match_attention(Schedule(func), func)
-    except Exception:  # noqa: BLE001 - no root block (e.g. scatter's opaque kernel): not ours
-        matched = None
-    if matched is None:
-        return common.Outcome(None, func, [])
-    try:
-        # Simplified first: the head merge's reshape indexes `((j // 16 + i) // 13 + b) % 2`
-        # (= b); left so, compute_at cannot bound a row block's region and takes whole rows.
-        simple = tvm.s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"]
-        sch = Schedule(simple)
-        done = schedule_attention(sch, simple, info)
-    except Exception as err:  # noqa: BLE001 - any schedule error: leave it to the other rules
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        message = lines[-1] if lines else type(err).__name__
-        return common.Outcome(None, func, [f"attention: {message}"])
-    if not done:
-        return common.Outcome(None, func, [])
-    return common.Outcome("attention", sch.mod["main"].with_attr(common.SCHEDULED_ATTR, True), [])
