@@ -2,8 +2,8 @@
 
 `schedule-cpu` (targets/cpu/passes/schedule_cpu.py) runs them on every PrimFunc after FuseTIR.
 Each rule reads the block structure of one PrimFunc (iterator kinds, buffer indices), never its
-name, and either schedules it completely or raises (the caller then keeps the original). The rules are
-objects in one ordered registry (`rules.py`: `applies()`, `apply()`); in that order:
+name, and either schedules it completely or raises (the caller then keeps the original). The
+rules are objects in one ordered registry (`rules.py`: `applies()`, `apply()`); in order:
 
 - attention (attention.py): fuse's attention group,
   row blocks in parallel, softmax row per thread, register-tiled Q K^T and P V.
