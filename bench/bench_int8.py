@@ -35,8 +35,8 @@ import numpy as np
 import graphopt
 from bench.writing import write_results
 from graphopt import env
+from graphopt.compress.int8.flow import QuantOptions
 from graphopt.machine import machine_info
-from graphopt.quant.flow import QuantOptions
 from graphopt.reference import ort_run, ort_session
 from graphopt.report import format_table
 from graphopt.sizes import library_weights

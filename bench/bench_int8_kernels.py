@@ -87,7 +87,7 @@ def _modules(case: Case, rng: np.random.Generator):
     from tvm import relax
     from tvm.relax import op as R
 
-    from graphopt.quant import qdq
+    from graphopt.compress.int8 import qdq
 
     w = rng.normal(size=case.w_shape).astype(np.float32) * 0.1
     channels = case.w_shape[0] if case.kind == "conv" else case.w_shape[1]

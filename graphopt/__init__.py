@@ -34,10 +34,18 @@ def compile(
     target_options: dict | None = None,
     **kwargs: Any,
 ) -> Artifact:
-    """Compile an ONNX model (path or ModelProto) into an artifact directory."""
+    """Compile an ONNX model (path or ModelProto) into an artifact directory.
+
+    `quantization=QuantOptions(...)` (graphopt.compress.int8.flow) is shorthand for
+    `compression=[Int8(QuantOptions(...))]`."""
     from .compiler import CompileOptions, compile_model
 
     progress = kwargs.pop("progress", None)
+    quantization = kwargs.pop("quantization", None)
+    if quantization is not None:
+        from .compress.int8.method import Int8
+
+        kwargs["compression"] = [Int8(quantization), *kwargs.get("compression", ())]
     opts = CompileOptions(
         target=target,
         opt_level=opt_level,

@@ -56,11 +56,23 @@ class Artifact:
 
             try:
                 lib = tvm.runtime.load_module(str(self.library_path))
-                self._vm = VirtualMachine(lib, tvm.runtime.cpu())
+                self._vm = VirtualMachine(lib, self.device())
             except Exception as err:  # noqa: BLE001 - TVM raises several types here
                 reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
                 raise ArtifactError(f"cannot load {self.library_path}: {reason}") from err
         return self._vm
+
+    def device(self) -> Any:
+        """The device the manifest's target names (`target.device`; artifacts without it: cpu)."""
+        import tvm.runtime
+
+        kind = str(self.manifest.get("target", {}).get("device", "cpu"))
+        try:
+            return tvm.runtime.device(kind, 0)
+        except Exception as err:  # noqa: BLE001 - TVM raises ValueError or its own error
+            raise ArtifactError(
+                f"{self.directory}: unknown device '{kind}' in the manifest"
+            ) from err
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Arrays in declaration order; one InputError lists every problem found."""

@@ -177,8 +177,9 @@ def build_runner(cc: str, runtime: Runtime) -> Path:
 
 
 def io_spec_text(manifest: dict[str, Any]) -> str:
-    """io.txt: "input|output DESCR NDIM D0 .. NAME" per line (numpy dtype strings)."""
-    lines = []
+    """io.txt: "device NAME", then "input|output DESCR NDIM D0 .. NAME" per line (numpy dtype
+    strings); the runner opens the device the manifest names."""
+    lines = [f"device {manifest.get('target', {}).get('device', 'cpu')}"]
     for kind in ("input", "output"):
         for spec in manifest[f"{kind}s"]:
             shape = [int(d) for d in spec["shape"]]

@@ -49,13 +49,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         tuning_db=Path(args.db) if args.db else None,
         instruments=instruments,
         verify_each=args.verify_each,
-        quantization=_quant_options(args),
+        compression=_compression_methods(args),
     )
     art = compile_model(args.model, args.output, opts, progress=None if args.quiet else _eprint)
     if timer:
         print(timer.table())
     if "quantization" in art.manifest:
-        from .quant.flow import format_report
+        from .compress.int8.flow import format_report
 
         print(format_report(art.manifest["quantization"]))
     report = art.manifest["report"]
@@ -66,9 +66,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compression_methods(args: argparse.Namespace) -> list:
+    """The compression methods the flags select, in the order they run."""
+    from .compress.int8.method import Int8
+
+    quant = _quant_options(args)
+    return [Int8(quant)] if quant is not None else []
+
+
 def _quant_options(args: argparse.Namespace):
     """`--quantize int8` and its flags; None without --quantize (flags alone are an error)."""
-    from .quant.flow import QuantOptions
+    from .compress.int8.flow import QuantOptions
 
     if args.quantize is None:
         given = [f for f in ("calibration", "max_drop", "eval") if getattr(args, f) is not None]

@@ -1,8 +1,9 @@
 """Compile a model for a target: import, graph passes, target stages, build, artifact.
 
 The whole flow, top to bottom:
-    import_onnx -> graph passes (O0..O3 or --pipeline) -> target stages (legalize, schedule,
-    lower) -> tvm.compile -> export library -> manifest.json, written atomically.
+    import_onnx -> graph passes (O0..O3 or --pipeline), compression methods before the first
+    layer-hiding pass -> target stages (legalize, schedule, lower) -> tvm.compile (graphopt.build)
+    -> export library -> manifest.json, written atomically.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import tvm
 
 from . import __version__, _tvm
-from .artifact import FORMAT, LIBRARY, MANIFEST, Artifact, AtomicDirectory, call_vm, writable_parent
+from .artifact import FORMAT, LIBRARY, MANIFEST, Artifact, AtomicDirectory, writable_parent
+from .build import evaluate, run_stages, stage_passes, tvm_compile, vm_runner
+from .compress import CompressionContext, CompressionPlan, default_methods, split_for_compression
 from .errors import PipelineError
 from .frontend import ImportedModel, import_onnx
 from .inputs import random_inputs
@@ -62,7 +64,9 @@ class CompileOptions:
     instruments: Sequence[object] = ()
     verify_each: bool = False
     verify_rtol: float = 1e-4
-    quantization: Any = None  # graphopt.quant.flow.QuantOptions: `--quantize int8`
+    # Compression methods in order (graphopt.compress): `--quantize int8` adds compress.int8's
+    # Int8. None given: the default methods (an already-quantized model's own int8 weights).
+    compression: Sequence[Any] = ()
 
 
 def graph_pipeline_text(opts: CompileOptions) -> str:
@@ -74,24 +78,26 @@ def graph_pipeline_text(opts: CompileOptions) -> str:
     return preset
 
 
-def lower_for_run(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Finish lowering any intermediate module so it can be built and run (for --verify-each)."""
-    names = ["tvm.LegalizeOps", "tvm.FuseTIR", *target.stages()["lower"]]
-    with target.tvm_target():
-        return run_passes(mod, instantiate(parse_pipeline(",".join(names))), stage="lower")
+@dataclass
+class _Compilation:
+    """One compile's state as it moves through the steps of `compile_model`."""
 
+    opts: CompileOptions
+    target: Target
+    say: Callable[[str], None]
+    graph_passes: list[GraphPass]
+    stages: dict[str, list[GraphPass]]
+    records: Path | None
+    instruments: list[object]
+    log: PassLog = field(default_factory=PassLog)
+    ran: list[str] = field(default_factory=list)
+    plans: list[CompressionPlan] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    verifier: VerifyEach | None = None
 
-def build_and_run(mod: tvm.IRModule, target: Target, arrays: Sequence[np.ndarray]):
-    """Build an intermediate module and run it once on the host (verify-each's evaluator)."""
-    from tvm import relax
-
-    ex = tvm.compile(
-        lower_for_run(mod, target),
-        target=target.tvm_target(),
-        relax_pipeline=None,
-        tir_pipeline=target.tir_pipeline(),
-    )
-    return call_vm(relax.VirtualMachine(ex, target.device()), arrays)
+    def timed(self, key: str, start: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
 
 
 def compile_model(
@@ -100,130 +106,142 @@ def compile_model(
     opts: CompileOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Artifact:
-    """Compile `model` into the artifact directory `output`; returns the loaded artifact."""
+    """Compile `model` into the artifact directory `output`; returns the loaded artifact.
+
+    import -> graph passes, with compression before the first layer-hiding pass -> target
+    stages -> tvm.compile -> artifact check -> atomic write.
+    """
     opts = opts or CompileOptions()
-    say = progress or (lambda _msg: None)
     out = Path(output)
     writable_parent(out)
-    target = make_target(opts.target, opts.target_options)
-    graph_text = graph_pipeline_text(opts)
-    graph_passes = instantiate(parse_pipeline(graph_text))
-    records = resolve_database(opts.tuning_db, target) if opts.tuning_db else None
-    stage_passes = {
-        s: instantiate(parse_pipeline(",".join(names)))
-        for s, names in target.stages(records).items()
-    }
-    seconds: dict[str, float] = {}
+    job = _start(opts, progress or (lambda _msg: None))
     start = time.perf_counter()
-
-    imported = import_onnx(model, opts.input_shapes, progress=say)
-    seconds["import"] = time.perf_counter() - start
-    mod = imported.mod
-    ops_after_import = _tvm.op_counts(mod)
-
-    log = PassLog()
-    instruments = [log, *opts.instruments]
-    verifier = None
-    if opts.verify_each:
-        arrays = list(random_inputs(imported.inputs).values())
-        verifier = VerifyEach(lambda m: build_and_run(m, target, arrays), rtol=opts.verify_rtol)
-        verifier.start(mod)
-        instruments.append(verifier)
-    for inst in instruments:
-        if hasattr(inst, "write_input"):
-            inst.write_input(mod, full_pipeline_text(graph_passes, stage_passes))
-
-    # Graph passes and the quantization step see the target: `isa=auto` in lower-int8 picks
-    # the target's dot instruction (calibration builds for the host itself, quant/flow.py).
-    with target.tvm_target():
-        say(f"passes: {canonical_text(graph_passes) or '(none)'}")
-        t = time.perf_counter()
-        mod = run_passes(mod, graph_passes, instruments, stage="graph")
-        ops_after_passes = _tvm.op_counts(mod)
-        seconds["graph_passes"] = time.perf_counter() - t
-        ran = [p.name for p in graph_passes]
-
-        from .quant.flow import imported_step, quantize_step
-
-        t = time.perf_counter()
-        if opts.quantization is not None:
-            quant = quantize_step(
-                mod, imported.inputs, opts.quantization, opts.target, opts.target_options, say
-            )
-        else:  # an already-quantized model: its own int8 weights, integer kernels
-            quant = imported_step(mod)
-        if quant is not None:
-            mod = run_passes(mod, quant.passes, instruments, stage="quantize", already_ran=ran)
-            ran += [p.name for p in quant.passes]
-            quant.manifest["pipeline"] = canonical_text(quant.passes)
-            if verifier is not None:  # later passes are checked against the quantized graph
-                verifier.start(mod)
-            seconds["quantize"] = time.perf_counter() - t
-
-    flops = 0
-    with target.tvm_target():
-        for stage in STAGES:
-            t = time.perf_counter()
-            say(f"target {target.name}: {stage} ({len(stage_passes[stage])} passes)")
-            mod = run_passes(mod, stage_passes[stage], instruments, stage=stage, already_ran=ran)
-            ran += [p.name for p in stage_passes[stage]]
-            if stage == "legalize":
-                flops = _tvm.estimate_flops(mod)
-                kernels = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
-                kernel_calls = _tvm.op_counts(mod).get("relax.call_tir", 0)
-            seconds[stage] = time.perf_counter() - t
-
-    say("build: generating machine code")
-    t = time.perf_counter()
-    executable = tvm.compile(
-        mod, target=target.tvm_target(), relax_pipeline=None, tir_pipeline=target.tir_pipeline()
-    )
-    seconds["build"] = time.perf_counter() - t
-    if quant is not None and target.availability().can_run:
-        from tvm import relax
-
-        vm = relax.VirtualMachine(executable, target.device())
-        quant.check_artifact(lambda arrays: call_vm(vm, arrays))
-
-    manifest = _manifest(imported, model, target, records, graph_passes, stage_passes)
-    if quant is not None:
-        manifest["quantization"] = quant.manifest
-        manifest["full_pipeline"] = full_pipeline_text([*graph_passes, *quant.passes], stage_passes)
-        if quant.workdir is not None:
-            quant.workdir.cleanup()
-    manifest["report"] = {
-        "flops": flops,
-        "kernels": kernels,  # distinct TIR kernels (identical ones are shared)
-        "kernel_calls": kernel_calls,  # call_tir launches in the graph
-        "onnx_nodes": imported.onnx_nodes,
-        "ops_after_import": ops_after_import,
-        "ops_after_passes": ops_after_passes,
-        "passes": log.rows,
-        "seconds": {k: round(v, 3) for k, v in {**imported.seconds, **seconds}.items()},
-    }
+    imported = import_onnx(model, opts.input_shapes, progress=job.say)
+    job.timed("import", start)
+    mod = _graph_and_compression(imported, job)
+    mod = _target_stages(mod, job)
+    executable = _build(mod, job)
+    manifest = _manifest(imported, model, job)
     with AtomicDirectory(out) as tmp:
-        target.export(executable, tmp / LIBRARY)
-        target.export_bundle(tmp, manifest)
+        job.target.export(executable, tmp / LIBRARY)
+        job.target.export_bundle(tmp, manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    say(f"wrote {out}/ ({(out / LIBRARY).stat().st_size / 1024:.0f} KiB library)")
+    job.say(f"wrote {out}/ ({(out / LIBRARY).stat().st_size / 1024:.0f} KiB library)")
     return Artifact(out)
+
+
+def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
+    """Resolve the target, the graph pipeline, the tuning records and the stage passes."""
+    target = make_target(opts.target, opts.target_options)
+    graph_passes = instantiate(parse_pipeline(graph_pipeline_text(opts)))
+    records = resolve_database(opts.tuning_db, target) if opts.tuning_db else None
+    stages = stage_passes(target, records)
+    job = _Compilation(opts, target, say, graph_passes, stages, records, [])
+    job.instruments = [job.log, *opts.instruments]
+    return job
+
+
+def _graph_and_compression(imported: ImportedModel, job: _Compilation) -> tvm.IRModule:
+    """Graph passes with the compression methods run between the passes that keep layers
+    visible and those that fuse them (compress/__init__.py: split_for_compression)."""
+    mod = imported.mod
+    job.report["ops_after_import"] = _tvm.op_counts(mod)
+    if job.opts.verify_each:
+        arrays = list(random_inputs(imported.inputs).values())
+        job.verifier = VerifyEach(lambda m: evaluate(m, arrays), rtol=job.opts.verify_rtol)
+        job.verifier.start(mod)
+        job.instruments.append(job.verifier)
+    for inst in job.instruments:
+        if hasattr(inst, "write_input"):
+            inst.write_input(mod, full_pipeline_text(job.graph_passes, job.stages))
+    before, after = split_for_compression(job.graph_passes)
+    job.say(f"passes: {canonical_text(job.graph_passes) or '(none)'}")
+    with job.target.tvm_target():
+        mod = _run_graph_passes(mod, before, job)
+        mod = _compress(mod, imported, job)
+        mod = _run_graph_passes(mod, after, job)
+    job.report["ops_after_passes"] = _tvm.op_counts(mod)
+    return mod
+
+
+def _run_graph_passes(mod: tvm.IRModule, passes: list[GraphPass], job: _Compilation):
+    start = time.perf_counter()
+    mod = run_passes(mod, passes, job.instruments, stage="graph", already_ran=job.ran)
+    job.ran += [p.name for p in passes]
+    job.timed("graph_passes", start)
+    return mod
+
+
+def _compress(mod: tvm.IRModule, imported: ImportedModel, job: _Compilation) -> tvm.IRModule:
+    """Every selected compression method in turn: plan on the current graph, run its passes."""
+    methods = list(job.opts.compression) or default_methods()
+    ctx = CompressionContext(imported.inputs, job.target, job.say)
+    for method in methods:
+        start = time.perf_counter()
+        plan = method.plan(mod, ctx)
+        if plan is None:
+            continue
+        mod = run_passes(mod, plan.passes, job.instruments, stage="compress", already_ran=job.ran)
+        job.ran += [p.name for p in plan.passes]
+        plan.manifest["pipeline"] = canonical_text(plan.passes)
+        job.plans.append(plan)
+        if job.verifier is not None:  # later passes are checked against the compressed graph
+            job.verifier.start(mod)
+        job.timed("compress", start)
+    return mod
+
+
+def _target_stages(mod: tvm.IRModule, job: _Compilation) -> tvm.IRModule:
+    """The target's legalize, schedule and lower stages; the compute report after legalize."""
+    for stage in STAGES:
+        start = time.perf_counter()
+        mod = run_stages(
+            mod,
+            job.target,
+            [stage],
+            passes=job.stages,
+            instruments=job.instruments,
+            already_ran=job.ran,
+            progress=job.say,
+        )
+        if stage == "legalize":
+            job.report["flops"] = _tvm.estimate_flops(mod)
+            # distinct TIR kernels (identical ones are shared) and call_tir launches
+            job.report["kernels"] = sum(
+                1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+            )
+            job.report["kernel_calls"] = _tvm.op_counts(mod).get("relax.call_tir", 0)
+        job.timed(stage, start)
+    return mod
+
+
+def _build(mod: tvm.IRModule, job: _Compilation) -> Any:
+    """tvm.compile with the target's TIR pipeline; each compression plan then scores the
+    executable itself where this machine runs the target."""
+    job.say("build: generating machine code")
+    start = time.perf_counter()
+    executable = tvm_compile(mod, job.target)
+    job.timed("build", start)
+    if job.plans and job.target.availability().can_run:
+        run = vm_runner(executable, job.target)
+        for plan in job.plans:
+            plan.check_artifact(run)
+    for plan in job.plans:
+        plan.cleanup()
+    return executable
 
 
 def full_pipeline_text(graph: Sequence[GraphPass], stages: Mapping[str, Sequence[GraphPass]]):
     return canonical_text([*graph, *(p for s in STAGES for p in stages[s])])
 
 
-def _manifest(
-    imported: ImportedModel,
-    model: Any,
-    target: Target,
-    records: Path | None,
-    graph_passes: Sequence[GraphPass],
-    stage_passes: Mapping[str, Sequence[GraphPass]],
-) -> dict[str, Any]:
+def _manifest(imported: ImportedModel, model: Any, job: _Compilation) -> dict[str, Any]:
     import tvm_ffi
 
-    return {
+    target, stages = job.target, job.stages
+    compressed = [p for plan in job.plans for p in plan.passes]
+    before, after = split_for_compression(job.graph_passes)  # the order they ran in
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "library": LIBRARY,
         "inputs": [s.to_json() for s in imported.inputs],
@@ -232,11 +250,12 @@ def _manifest(
             "name": target.name,
             "options": target.options_dict(),
             "tvm": str(target.tvm_target()),
+            "device": target.device_kind(),
         },
-        "pipeline": canonical_text(graph_passes),
-        "stages": {s: canonical_text(stage_passes[s]) for s in STAGES},
-        "full_pipeline": full_pipeline_text(graph_passes, stage_passes),
-        "tuning_db": str(records) if records else None,
+        "pipeline": canonical_text(job.graph_passes),
+        "stages": {s: canonical_text(stages[s]) for s in STAGES},
+        "full_pipeline": full_pipeline_text([*before, *compressed, *after], stages),
+        "tuning_db": str(job.records) if job.records else None,
         "source": {
             "path": str(model) if not isinstance(model, onnx.ModelProto) else None,
             "sha256": imported.sha256,
@@ -250,3 +269,17 @@ def _manifest(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    for plan in job.plans:
+        manifest[plan.method] = plan.manifest
+    seconds = {**imported.seconds, **job.seconds}
+    manifest["report"] = {
+        "flops": job.report.get("flops", 0),
+        "kernels": job.report.get("kernels", 0),
+        "kernel_calls": job.report.get("kernel_calls", 0),
+        "onnx_nodes": imported.onnx_nodes,
+        "ops_after_import": job.report["ops_after_import"],
+        "ops_after_passes": job.report["ops_after_passes"],
+        "passes": job.log.rows,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    return manifest

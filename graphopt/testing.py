@@ -60,11 +60,10 @@ def param_specs(mod: tvm.IRModule, func: str = "main") -> list[TensorSpec]:
 
 
 def run_module(mod: tvm.IRModule, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Build a Relax module (at any stage before lowering) for the host and run `main`."""
-    from .compiler import build_and_run
-    from .target_infra import make_target
+    """Run `main` of any intermediate module once on this host (graphopt.build.evaluate)."""
+    from .build import evaluate
 
-    return build_and_run(mod, make_target("x86"), arrays)
+    return evaluate(mod, arrays)
 
 
 def check_numerics(
@@ -97,23 +96,8 @@ def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target="x86") -> 
     Unlike `run_module`, the target's stage passes (fold-pad, fast-erf, schedule-cpu) run too.
     `target` is a target name or a `Target` (to pass options).
     """
-    from tvm import relax
-
-    from .pipeline import instantiate, parse_pipeline, run_passes
+    from .build import build_runner
     from .target_infra import make_target
 
     tgt = make_target(target) if isinstance(target, str) else target
-    stages = tgt.stages()
-    with tgt.tvm_target():
-        for stage in ("legalize", "schedule", "lower"):
-            mod = run_passes(mod, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
-    vm = relax.VirtualMachine(
-        tvm.compile(
-            mod,
-            target=tgt.tvm_target(),
-            relax_pipeline=None,
-            tir_pipeline=tgt.tir_pipeline(),
-        ),
-        tgt.device(),
-    )
-    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
+    return build_runner(mod, tgt)(list(arrays))[0]

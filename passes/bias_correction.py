@@ -23,11 +23,11 @@ from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from graphopt import _tvm
+from graphopt.compress.common.layers import Layer, find_layers
+from graphopt.compress.int8.bias_correction import KEY
+from graphopt.compress.int8.ranges import ranges_option
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.quant.bias_correction import KEY
-from graphopt.quant.layers import Layer, find_layers
-from graphopt.quant.ranges import ranges_option
 
 
 @register_pass

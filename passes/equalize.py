@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
+from graphopt.compress.int8.equalize import KEY, find_pairs, scaled_module
+from graphopt.compress.int8.ranges import ranges_option
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.quant.equalize import KEY, find_pairs, scaled_module
-from graphopt.quant.ranges import ranges_option
 
 
 @register_pass

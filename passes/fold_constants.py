@@ -134,7 +134,7 @@ def _op_name(call: relax.Call) -> str:
 
 def _evaluate(analysis: _Analysis, frontier: list[relax.Var]) -> list[np.ndarray]:
     """Build one parameterless function computing every frontier value, run it once."""
-    from graphopt.testing import run_module
+    from graphopt.build import evaluate
 
     bb = relax.BlockBuilder()
     with bb.function("main", []):
@@ -144,7 +144,7 @@ def _evaluate(analysis: _Analysis, frontier: list[relax.Var]) -> list[np.ndarray
                 remap[var] = bb.emit(_Rebinder(remap).visit_expr(analysis.foldable[var]))
             out = bb.emit_output(relax.Tuple([remap[v] for v in frontier]))
         bb.emit_func_output(out)
-    return run_module(bb.get(), [])
+    return evaluate(bb.get(), [])
 
 
 @relax.expr_functor.mutator

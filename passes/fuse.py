@@ -85,6 +85,7 @@ class Fuse(GraphPass):
     """Fuse conv/matmul + activation, layer norm, attention, parallel matmuls: one kernel each."""
 
     name = "fuse"
+    hides_layers = True  # compression (int8, ...) runs before fuse: it quantizes layers
 
     @dataclass(frozen=True)
     class Options:

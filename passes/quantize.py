@@ -1,14 +1,14 @@
 """Insert int8 quantize/dequantize (QDQ) around conv2d and matmul layers with constant weights.
 
 Static mode (default) takes calibrated activation ranges from a JSON file written by
-`graphopt.quant.calibrate` (`quantize{ranges=r.json}`), so the pass stays a pure IR->IR pass
+`graphopt.compress.int8.calibrate` (`quantize{ranges=r.json}`), so the pass stays a pure IR->IR pass
 usable in text pipelines. Dynamic mode (`quantize{mode=dynamic}`) needs no ranges: activations
 are quantized at run time from their own max |x| (transformer matmuls). `skip=conv2d_3:matmul_0`
-keeps named layers in fp32 (what `--max-drop` uses). Layer names: `graphopt.quant.layers`.
+keeps named layers in fp32 (what `--max-drop` uses). Layer names: `graphopt.compress.common.layers`.
 Large embedding tables (a gather from an fp32 constant) become int8 rows with one scale per row
-(`graphopt.quant.embedding`, static and dynamic modes); `embeddings=false` keeps them fp32.
+(`graphopt.compress.int8.embedding`, static and dynamic modes); `embeddings=false` keeps them fp32.
 
-QDQ form (the contract with `lower-int8`; `graphopt.quant.qdq` emits it):
+QDQ form (the contract with `lower-int8`; `graphopt.compress.int8.qdq` emits it):
     activation, static:   q  = R.quantize(x, s, zp, axis=-1, out_dtype=D)        D: int8 | uint8
                           xf = R.dequantize(q, s, zp, axis=-1, out_dtype="float32")
                           s an fp32 scalar constant, zp a scalar constant of dtype D; the range
@@ -33,9 +33,9 @@ or the layer is left alone) and re-emits the weight form above; the activation p
 TVM's importer made it (scalar scale, axis=1, any zero point). Recovered weights may hold -128.
 Rounding is round-half-to-even in both quantize (TVM's legalization) and the numpy references.
 Static mode shares one activation QDQ per tensor among the quantized layers and joins that
-read it with the same parameters. Joins (residual adds, `graphopt.quant.layers.find_joins`, with
-an "add" entry in the ranges file; `joins=false` leaves them fp32) get QDQ on both operands and
-on their result:
+read it with the same parameters. Joins (residual adds,
+`graphopt.compress.common.layers.find_joins`, with an "add" entry in the ranges file;
+`joins=false` leaves them fp32) get QDQ on both operands and on their result:
     join:                 y = R.add(dequantize(qa, sa, za), dequantize(qb, sb, zb))
                           yq = R.quantize(y, so, zo)   and the users read dequantize(yq, so, zo)
 so a conv before the add requantizes into qa and the block stays int8 through the add. One QDQ
@@ -52,17 +52,16 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from graphopt import _tvm
-from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.quant.embedding import quantize_embeddings
-from graphopt.quant.errors import CalibrationError
-from graphopt.quant.layers import (
+from graphopt.compress.common.errors import CalibrationError
+from graphopt.compress.common.layers import (
     Join,
     Layer,
     find_joins,
     find_layers,
     quantized_inputs,
 )
-from graphopt.quant.qdq import (
+from graphopt.compress.int8.embedding import quantize_embeddings
+from graphopt.compress.int8.qdq import (
     act_qparams,
     emit_act_qdq,
     emit_dynamic_qdq,
@@ -70,7 +69,8 @@ from graphopt.quant.qdq import (
     weight_dequantize,
     weight_qparams,
 )
-from graphopt.quant.ranges import read_ranges
+from graphopt.compress.int8.ranges import read_ranges
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
 
 @register_pass

@@ -73,6 +73,9 @@ class Arm(Target):
         schedules: bool = True  # schedule-cpu, as for x86
         bundle: bool = True  # add runner + runtime libraries (false: model.so + manifest only)
         wheel_platform: str = "manylinux_2_28_aarch64"  # where the board runtime comes from
+        # This machine is the board (an aarch64 host): build in memory and run here, as host
+        # evaluation (constant folding, calibration) does; see `for_host`.
+        native: bool = False
 
     @classmethod
     def presets(cls) -> dict[str, str]:
@@ -91,6 +94,21 @@ class Arm(Target):
             )
         target.cross_compiler()  # fail before compiling, not at export
         return target
+
+    @classmethod
+    def for_host(cls) -> Target:
+        """An aarch64 host compiling for itself: its own CPU and cores, the native compiler."""
+        import os
+
+        return cls(
+            cls.Options(
+                mcpu=_tvm.host_cpu_name(),
+                num_cores=os.cpu_count() or 1,
+                cc="g++",
+                bundle=False,
+                native=True,
+            )
+        )
 
     @property
     def board(self) -> Board:
@@ -141,6 +159,8 @@ class Arm(Target):
         )
 
     def availability(self) -> Availability:
+        if self.options.native:
+            return Availability(True, True, "this aarch64 machine")
         if shutil.which(self.options.cc) is None:
             reason = f"needs {self.options.cc}: apt-get install {CC_PACKAGE}"
             return Availability(False, False, reason)
@@ -149,6 +169,8 @@ class Arm(Target):
         return Availability(True, False, "runs on the board")
 
     def device(self) -> Any:
+        if self.options.native:
+            return tvm.cpu()
         raise TargetError(
             "target 'arm' cannot run on this machine (e.g. --verify-each): "
             "run the bundle on the board or under qemu (docs/ARM.md)"

@@ -40,9 +40,11 @@ struct Decl {
 
 struct IoSpec {
   std::vector<Decl> inputs, outputs;
+  std::string device = "cpu";
 };
 
-// io.txt lines: "input|output DESCR NDIM D0 .. Dn-1 NAME" (the name is the rest of the line).
+// io.txt lines: "device NAME" (the manifest's target device), then
+// "input|output DESCR NDIM D0 .. Dn-1 NAME" (the name is the rest of the line).
 IoSpec ReadIoSpec(const std::string& path) {
   IoSpec spec;
   std::ifstream f(path);
@@ -52,7 +54,12 @@ IoSpec ReadIoSpec(const std::string& path) {
     std::string kind;
     Decl d;
     size_t ndim;
-    if (!(in >> kind >> d.descr >> ndim)) continue;
+    if (!(in >> kind)) continue;
+    if (kind == "device") {
+      in >> spec.device;
+      continue;
+    }
+    if (!(in >> d.descr >> ndim)) continue;
     d.shape.resize(ndim);
     for (auto& x : d.shape) in >> x;
     std::getline(in >> std::ws, d.name);
@@ -121,6 +128,12 @@ npy::Array FromTensor(const ffi::Tensor& t, const std::string& name) {
   const char* begin = static_cast<const char*>(t.data_ptr()) + t.byte_offset();
   a.data.assign(begin, begin + ffi::GetDataSize(static_cast<size_t>(t.numel()), t.dtype()));
   return a;
+}
+
+// The device io.txt names. Inputs are made in host memory, so only the CPU is served here.
+DLDeviceType DeviceType(const std::string& name) {
+  if (name == "cpu") return kDLCPU;
+  throw npy::Error("the artifact runs on device '" + name + "'; this runner serves 'cpu' only");
 }
 
 bool EndsWith(const std::string& s, const std::string& tail) {
@@ -194,7 +207,8 @@ int main(int argc, char** argv) {
     ffi::Module lib = ffi::Module::LoadFromFile(model);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     const int kPooledAllocator = 2;
-    vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    vm->GetFunction("vm_initialization").value()(static_cast<int>(DeviceType(spec.device)), 0,
+                                                 kPooledAllocator);
     ffi::Function main_fn = vm->GetFunction("main").value();
 
     std::vector<ffi::Any> args;

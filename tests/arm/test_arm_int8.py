@@ -30,10 +30,10 @@ SAMPLES = 4
 
 
 def test_int8_digits_on_rpi5_matches_x86(tmp_path):
+    from graphopt.compress.common.data import load_calibration
+    from graphopt.compress.int8.calibrate import calibrate_to_file
     from graphopt.frontend import import_onnx
     from graphopt.pipeline import instantiate, parse_pipeline
-    from graphopt.quant.calibrate import calibrate_to_file
-    from graphopt.quant.data import load_calibration
 
     imported = import_onnx(DIGITS)
     mod = imported.mod

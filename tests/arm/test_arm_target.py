@@ -124,6 +124,7 @@ def test_io_spec_text():
         ],
     }
     assert bundle.io_spec_text(manifest).splitlines() == [
+        "device cpu",
         "input <i8 2 1 8 input ids",
         "output <f4 0 y",
         "output |b1 1 2 m",
@@ -161,3 +162,8 @@ def test_failed_bundle_leaves_no_output(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "TVM runtime wheels" in err and "Traceback" not in err
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_io_spec_names_the_manifests_device():
+    manifest = {"target": {"device": "cuda"}, "inputs": [], "outputs": []}
+    assert bundle.io_spec_text(manifest).splitlines() == ["device cuda"]

@@ -15,10 +15,10 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt.compress.int8 import qdq
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline
-from graphopt.quant import qdq
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.testing import apply_checked, check_no_change, run_module
 
@@ -375,9 +375,9 @@ def test_digits_end_to_end_matches_fake_quant(tmp_path):
     """The bundled model through `quantize` + `lower-int8` (pipeline text) against the same
     QDQ graph without lowering: the same predictions, logits within requantize rounding."""
     import graphopt
+    from graphopt.compress.common.data import load_calibration
+    from graphopt.compress.int8.calibrate import calibrate_to_file
     from graphopt.frontend import import_onnx
-    from graphopt.quant.calibrate import calibrate_to_file
-    from graphopt.quant.data import load_calibration
 
     imported = import_onnx(DIGITS)
     graph = instantiate(parse_pipeline("O2"))
@@ -472,9 +472,9 @@ def test_partly_quantized_model_compiles_and_matches_fake_quant(tmp_path):
     beside the integer kernels (SplitLayoutRewritePreproc used to abort on the kernels' missing
     root block); the compiled model equals the same QDQ graph without lowering."""
     import graphopt
+    from graphopt.compress.common.data import load_calibration
+    from graphopt.compress.int8.calibrate import calibrate_to_file
     from graphopt.frontend import import_onnx
-    from graphopt.quant.calibrate import calibrate_to_file
-    from graphopt.quant.data import load_calibration
 
     imported = import_onnx(DIGITS)
     mod = imported.mod
@@ -644,8 +644,8 @@ def test_residual_join_exact(activation):
 def test_residual_block_stays_int8(tmp_path):
     """quantize (with joins) then lower-int8 on conv -> relu -> conv -> add(x, .) -> conv: every
     op becomes an integer kernel; only the model input is quantized in fp32."""
-    from graphopt.quant.calibrate import calibrate
-    from graphopt.quant.ranges import write_ranges
+    from graphopt.compress.int8.calibrate import calibrate
+    from graphopt.compress.int8.ranges import write_ranges
 
     rng = np.random.default_rng(9)
     c, shape = 16, (1, 16, 10, 10)

@@ -13,8 +13,8 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt.compress.int8 import qdq
 from graphopt.pipeline import instantiate, parse_pipeline
-from graphopt.quant import qdq
 from graphopt.testing import apply_checked, run_module
 
 HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()

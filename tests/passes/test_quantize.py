@@ -8,9 +8,8 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R_op
 
-from graphopt.pass_infra import make_pass
-from graphopt.quant.errors import CalibrationError
-from graphopt.quant.qdq import (
+from graphopt.compress.common.errors import CalibrationError
+from graphopt.compress.int8.qdq import (
     act_qparams,
     conv2d_qdq_module,
     dequant_weight_np,
@@ -18,7 +17,8 @@ from graphopt.quant.qdq import (
     matmul_qdq_module,
     weight_qparams,
 )
-from graphopt.quant.ranges import write_ranges
+from graphopt.compress.int8.ranges import write_ranges
+from graphopt.pass_infra import make_pass
 from graphopt.testing import apply_checked, check_no_change, check_rewrite, run_module
 
 RNG = np.random.default_rng(0)
@@ -266,8 +266,8 @@ def residual_module(shape=(1, 8, 6, 6)):
 def test_residual_join_gets_qdq_and_shares_the_block_input(tmp_path):
     """add(x, conv(...)) -> QDQ on both operands and the result; x's QDQ is shared with conv1,
     the add's result QDQ with conv3 (one quantize per tensor); joins=false leaves it fp32."""
-    from graphopt.quant.calibrate import calibrate
-    from graphopt.quant.layers import find_joins
+    from graphopt.compress.common.layers import find_joins
+    from graphopt.compress.int8.calibrate import calibrate
 
     mod = residual_module()
     assert [j.name for j in find_joins(mod["main"])] == ["add_0"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tvm
 
+from graphopt.compress.common.layers import find_layers
+from graphopt.compress.int8.flow import QuantOptions, quantize_step
+from graphopt.compress.int8.speed import _act, build_pairs, layer_shapes, time_pairs
 from graphopt.frontend import import_onnx
 from graphopt.pass_infra import registered_passes
-from graphopt.quant.flow import QuantOptions, quantize_step
-from graphopt.quant.layers import find_layers
-from graphopt.quant.speed import _act, build_pairs, layer_shapes, time_pairs
 
 DIGITS = "graphopt/models/digits_cnn.onnx"
 DIGITS_EVAL = "graphopt/models/digits_eval.npz"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import CalibrationError
+from ..common.errors import CalibrationError
 
 FORMAT = "graphopt-ranges/1"
 
@@ -39,7 +39,7 @@ def read_ranges(path: Path) -> dict[str, dict]:
 def ranges_option(path: str) -> dict[str, dict]:
     """The ranges file a pass was given as an option; its problems are pipeline option errors
     (one line, no traceback)."""
-    from ..errors import PipelineError
+    from ...errors import PipelineError
 
     try:
         return read_ranges(Path(path))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import GraphoptError
+from ...errors import GraphoptError
 
 
 class CalibrationError(GraphoptError):

@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from ..pass_infra import GraphPass, make_pass, registered_passes
+from ...build import resolve_target
+from ...pass_infra import GraphPass, make_pass, registered_passes
+from ...target_infra import Target, host_target
+from ..common.data import batch_feeds, load_calibration
+from ..common.errors import CalibrationError
+from ..common.layers import Layer, find_layers
 from .bias_correction import KEY as BIAS_KEY
 from .calibrate import calibrate
-from .data import batch_feeds, load_calibration
 from .equalize import KEY as EQ_KEY
 from .equalize import equalize_scales, find_pairs, scaled_module
-from .errors import CalibrationError
-from .layers import Layer, find_layers
 from .ranges import write_ranges
 from .sensitivity import Sensitivity, Settings, analyze
 from .speed import LayerTiming, Timer
@@ -71,17 +73,11 @@ class QuantStep:
             self.manifest["accuracy"]["artifact"] = round(self.check(run), 4)
 
 
-def host_target(
-    target: str, target_options: Mapping[str, str] | None
-) -> tuple[str, Mapping[str, str] | None]:
+def evaluation_target(target: Target) -> Target:
     """Where calibration and sensitivity runs build and run: the deployment target when this
-    machine runs it, else the host (x86, default options). Ranges do not depend on the target,
-    and a cross target (arm) cannot run here."""
-    from ..target_infra import make_target
-
-    if make_target(target, dict(target_options or {})).availability().can_run:
-        return target, target_options
-    return "x86", None
+    machine runs it, else this host's own target (x86 or arm). Ranges do not depend on the
+    target, and a cross target (arm on an x86 host) cannot run here."""
+    return target if target.availability().can_run else host_target()
 
 
 def int8_is_slower(layer: Layer, timings: Mapping[str, LayerTiming] | None) -> bool | None:
@@ -95,8 +91,7 @@ def speed_check(
     mod: tvm.IRModule,
     names: Sequence[str],
     opts: QuantOptions,
-    target: str,
-    target_options: Mapping[str, str] | None,
+    target: Target,
     lowered: bool,
     timer: Timer | None,
     say: Callable[[str], None],
@@ -110,8 +105,8 @@ def speed_check(
         why = "dynamic mode: not measured (run-time activation scales)"
     elif not lowered:
         why = "fake-quant kernels: nothing to compare"
-    elif host_target(target, target_options)[0] != target:
-        why = f"cross target {target}: kernel times need the target itself (none measured)"
+    elif not target.availability().can_run:
+        why = f"cross target {target.name}: kernel times need the target itself (none measured)"
     elif not names:
         why = "no int8 layers"
     if why:
@@ -121,7 +116,6 @@ def speed_check(
             mod,
             names,
             target=target,
-            target_options=target_options,
             timer=timer,
             margin=opts.speed_margin,
             progress=say,
@@ -138,13 +132,14 @@ def quantize_step(
     mod: tvm.IRModule,
     inputs: Sequence,
     opts: QuantOptions,
-    target: str = "x86",
+    target: Target | str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     timer: Timer | None = None,
 ) -> QuantStep:
     """Calibrate, analyze and decide; `timer` replaces the speed check's clock (tests)."""
     say = progress or (lambda _m: None)
+    target = resolve_target(target, target_options)
     _check(opts)
     layers = find_layers(mod["main"])
     feeds = (
@@ -152,7 +147,7 @@ def quantize_step(
     )
     say(f"quantize: {len(layers)} quantizable layers, {len(feeds)} calibration feeds")
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
-    run_target, run_options = host_target(target, target_options)
+    run_target, run_options = evaluation_target(target), None
     ranges: dict = {}
     scales: dict = {}
     if opts.mode == "static":
@@ -208,7 +203,7 @@ def quantize_step(
         for ly in layers
         if ly.name not in skip and (opts.mode != "static" or ly.name in ranges)
     ]
-    timings, speed = speed_check(mod, candidates, opts, target, target_options, lowered, timer, say)
+    timings, speed = speed_check(mod, candidates, opts, target, lowered, timer, say)
     decisions = []
     for layer in layers:
         reason = None
@@ -279,11 +274,11 @@ def quantize_step(
     return QuantStep(passes, manifest, format_report(manifest), workdir, check)
 
 
-def imported_step(mod: tvm.IRModule) -> QuantStep | None:
+def imported_step(mod: tvm.IRModule, target: Target | None = None) -> QuantStep | None:
     """A model that arrives quantized (QDQ or QLinear* ONNX): restore its int8 weights
     (`quantize{mode=imported}`) and lower to integer kernels, no calibration. None if the graph
     has no quantize op."""
-    from .. import _tvm
+    from ... import _tvm
 
     if "relax.quantize" not in _tvm.op_counts(mod):
         return None
@@ -321,7 +316,7 @@ def _eval_feeds(opts: QuantOptions, inputs, calib_feeds):
     """Feeds (and labels) for sensitivity and --max-drop: --eval data, else calibration data."""
     if not opts.eval_data:
         return calib_feeds[: opts.sensitivity_samples], None
-    from ..inputs import load_npz
+    from ...inputs import load_npz
 
     data = load_npz(opts.eval_data)
     labels = data.pop("y", None)
@@ -336,7 +331,7 @@ def _eval_feeds(opts: QuantOptions, inputs, calib_feeds):
 
 def format_report(q: dict) -> str:
     """The compile output: per-layer decisions with sensitivity, and the accuracy summary."""
-    from ..report import format_table
+    from ...report import format_table
 
     if "layers" not in q:
         return f"int8 ({q.get('source', '')}; {q['kernels']})"

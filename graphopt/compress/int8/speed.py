@@ -26,7 +26,8 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R_op
 
-from .layers import Layer, find_joins, find_layers
+from ...target_infra import Target
+from ..common.layers import Layer, find_joins, find_layers
 from .qdq import ActQuant, act_qparams, emit_act_qdq, weight_dequantize, weight_qparams
 
 # timer(shape, {"fp32": f, "int8": g}) -> {"fp32": ms, "int8": ms[, "ratio": int8/fp32]}, medians;
@@ -77,7 +78,7 @@ def default_timer(runs: int = 0) -> Timer:
         import statistics
         import time
 
-        from ..timing import interleaved
+        from ...timing import interleaved
 
         n = runs
         if n <= 0:
@@ -96,7 +97,7 @@ def default_timer(runs: int = 0) -> Timer:
 
 def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerShape]:
     """Each layer's `LayerShape`, as it will sit in the quantized graph."""
-    from ..passes.lower_int8 import BindingGraph, epilogue_chain
+    from ...passes.lower_int8 import BindingGraph, epilogue_chain
 
     graph = BindingGraph(mod["main"], mod)
     layer_vars = {ly.var for ly in layers}
@@ -215,14 +216,13 @@ class KernelPairs:
 def build_pairs(
     mod: tvm.IRModule,
     names: Sequence[str] | None = None,
-    target: str = "x86",
+    target: Target | str = "x86",
     target_options: Mapping[str, str] | None = None,
 ) -> KernelPairs:
     """Build the fp32 and int8 function of every distinct layer shape, with the target's stages
     (the same `lower-int8` and schedules as the final artifact)."""
-    from ..pass_infra import make_pass
-    from ..pipeline import instantiate, parse_pipeline, run_passes
-    from ..target_infra import STAGES, make_target
+    from ...build import compile_module, resolve_target
+    from ...pass_infra import make_pass
 
     layers = [ly for ly in find_layers(mod["main"]) if names is None or ly.name in names]
     shapes = layer_shapes(mod, layers)
@@ -233,15 +233,11 @@ def build_pairs(
             keys[shapes[ly.name]] = key = f"k{len(keys)}"
             pairs[key] = (ly, shapes[ly.name])
     pm = pair_module(pairs)
-    tgt = make_target(target, dict(target_options or {}))
+    tgt = resolve_target(target, target_options)
     with tgt.tvm_target():
         lowered = make_pass("lower-int8").run(pm)
-        pm = lowered.module
-        stages = tgt.stages()
-        for stage in STAGES:
-            pm = run_passes(pm, instantiate(parse_pipeline(",".join(stages[stage]))), stage=stage)
-    ex = tvm.compile(pm, target=tgt.tvm_target(), relax_pipeline=None)
-    vm = relax.VirtualMachine(ex, tgt.device())
+    executable = compile_module(lowered.module, tgt)  # what the artifact ships
+    vm = relax.VirtualMachine(executable, tgt.device())
     key_of = {ly.name: keys[shapes[ly.name]] for ly in layers}
     return KernelPairs(vm, pairs, key_of, dict(lowered.stats))
 
@@ -250,7 +246,7 @@ def measure(
     mod: tvm.IRModule,
     names: Sequence[str] | None = None,
     *,
-    target: str = "x86",
+    target: Target | str = "x86",
     target_options: Mapping[str, str] | None = None,
     timer: Timer | None = None,
     margin: float = MARGIN,

@@ -8,6 +8,6 @@ in `passes/quantize.py`) using those ranges.
 
 from __future__ import annotations
 
-from .errors import CalibrationError
+from ..common.errors import CalibrationError
 
 __all__ = ["CalibrationError"]

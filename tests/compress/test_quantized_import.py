@@ -215,9 +215,9 @@ def test_imported_qdq_model_gets_its_int8_weights_back(small_cnn):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     from graphopt import _tvm
+    from graphopt.compress.int8.flow import imported_step
     from graphopt.pass_infra import make_pass
     from graphopt.pipeline import instantiate, parse_pipeline, run_passes
-    from graphopt.quant.flow import imported_step
     from graphopt.testing import apply_checked
 
     d, path, samples = small_cnn
@@ -254,7 +254,7 @@ def relax_var_type():
 
 
 def test_recover_int8_weight():
-    from graphopt.quant.qdq import dequant_weight_np, recover_int8_weight, weight_qparams
+    from graphopt.compress.int8.qdq import dequant_weight_np, recover_int8_weight, weight_qparams
 
     w = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)
     wq, s = weight_qparams(w, 0)

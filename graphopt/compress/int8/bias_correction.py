@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CalibrationError
-from .layers import Layer
+from ..common.errors import CalibrationError
+from ..common.layers import Layer
 from .qdq import ActQuant, dequant_weight_np, fake_quant_np, weight_qparams
 
 KEY = "bias_correction"  # per-layer entry of the ranges file: one float per output channel

@@ -25,8 +25,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import _tvm
-from .layers import Layer, find_layers
+from ... import _tvm
+from ..common.layers import Layer, find_layers
 
 KEY = "equalize"  # ranges-file entry of the depthwise layer D: one k per input channel
 MAX_K = 16.0  # cap: a channel that never fires is not worth stretching further
@@ -55,7 +55,7 @@ class Pair:
 
 def find_pairs(mod: tvm.IRModule) -> list[Pair]:
     """Producer -> bias -> relu|clip(0, b) -> depthwise consumer, every link single-use."""
-    from ..passes.lower_int8 import BindingGraph, epilogue_chain
+    from ...passes.lower_int8 import BindingGraph, epilogue_chain
 
     func = mod["main"]
     graph = BindingGraph(func, mod)

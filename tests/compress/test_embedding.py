@@ -9,8 +9,8 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt.compress.int8.embedding import MIN_BYTES, embedding_qparams, gather_dequantized_np
 from graphopt.pass_infra import make_pass
-from graphopt.quant.embedding import MIN_BYTES, embedding_qparams, gather_dequantized_np
 from graphopt.testing import apply_checked, run_module
 
 VOCAB, DIM = 1100, 256  # 1.07 MiB fp32: above MIN_BYTES
@@ -102,7 +102,7 @@ def test_minilm_int8_weights_and_cosine(tmp_path):
     from bench.bench_int8 import CALIB_SENTENCES
     from bench.models.export import export
     from bench.models.inputs import sentence_batch, tokenize
-    from graphopt.quant.flow import QuantOptions
+    from graphopt.compress.int8.flow import QuantOptions
     from graphopt.reference import ort_run, ort_session
     from graphopt.sizes import library_weights
 

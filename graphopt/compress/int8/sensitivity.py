@@ -6,7 +6,7 @@ selects, layer by layer, the fake-quantized or the fp32 operands:
     xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
 f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly; a layer's bias correction
 (`bias_correction.py`) is subtracted times f. Same ranges, same weights, same
-rounding as the `quantize` pass (both use `graphopt.quant.qdq`).
+rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from tvm import relax
 from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ...build import build_runner
+from ..common.errors import CalibrationError
+from ..common.layers import Layer, find_layers
 from .bias_correction import KEY as BIAS_KEY
-from .errors import CalibrationError
-from .layers import Layer, find_layers
 from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
-from .runner import build_runner
 
 FLAGS = "quant_flags"
 

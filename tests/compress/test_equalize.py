@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt.build import build_runner
+from graphopt.compress.int8.calibrate import calibrate
+from graphopt.compress.int8.equalize import KEY, equalize_scales, find_pairs, scaled_module
+from graphopt.compress.int8.ranges import write_ranges
 from graphopt.frontend import import_onnx
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
-from graphopt.quant.calibrate import calibrate
-from graphopt.quant.equalize import KEY, equalize_scales, find_pairs, scaled_module
-from graphopt.quant.ranges import write_ranges
-from graphopt.quant.runner import build_runner
 
 
 def block(seed: int = 0) -> onnx.ModelProto:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from graphopt.compress.common.data import load_calibration
+from graphopt.compress.common.errors import CalibrationError
 from graphopt.frontend.shapes import TensorSpec
-from graphopt.quant.data import load_calibration
-from graphopt.quant.errors import CalibrationError
 
 IMG = [TensorSpec("input", (1, 3, 16, 20), "float32")]
 TWO = [TensorSpec("a", (2, 4), "float32"), TensorSpec("b", (2, 3), "int64")]

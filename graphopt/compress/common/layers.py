@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import _tvm
+from ... import _tvm
 
 CONV2D = "relax.nn.conv2d"
 MATMUL = "relax.matmul"

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R_op
 
-from .errors import CalibrationError
+from ..common.errors import CalibrationError
 
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 WEIGHT_QMAX = 127  # symmetric weights use [-127, 127]: negation stays representable

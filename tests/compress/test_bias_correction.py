@@ -10,13 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt.build import build_runner
+from graphopt.compress.common.layers import find_layers
+from graphopt.compress.int8.bias_correction import KEY, InputMean, conv2d_channel_mean
+from graphopt.compress.int8.calibrate import calibrate
+from graphopt.compress.int8.ranges import write_ranges
 from graphopt.frontend import import_onnx
 from graphopt.pass_infra import make_pass
-from graphopt.quant.bias_correction import KEY, InputMean, conv2d_channel_mean
-from graphopt.quant.calibrate import calibrate
-from graphopt.quant.layers import find_layers
-from graphopt.quant.ranges import write_ranges
-from graphopt.quant.runner import build_runner
 from graphopt.testing import run_module
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.quant.errors import CalibrationError
-from graphopt.quant.observers import METHODS, Histogram, observe_range
+from graphopt.compress.common.errors import CalibrationError
+from graphopt.compress.int8.observers import METHODS, Histogram, observe_range
 
 
 def _hist(*chunks: np.ndarray) -> Histogram:

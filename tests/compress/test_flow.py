@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt.build import build_runner
 from graphopt.cli import main
+from graphopt.compress.common.data import load_calibration
+from graphopt.compress.int8.calibrate import calibrate, tap_module
 from graphopt.frontend import import_onnx
-from graphopt.quant.calibrate import calibrate, tap_module
-from graphopt.quant.data import load_calibration
-from graphopt.quant.runner import build_runner
 from graphopt.testing import run_module
 
 DIGITS = "graphopt/models/digits_cnn.onnx"
@@ -145,8 +145,8 @@ def test_user_errors(tmp_path, capsys, extra, message):
 
 
 def test_lower_int8_follows_quantize_when_registered():
+    from graphopt.compress.int8.flow import QuantOptions, quantize_step
     from graphopt.pass_infra import registered_passes
-    from graphopt.quant.flow import QuantOptions, quantize_step
 
     imported = import_onnx(DIGITS)
     opts = QuantOptions(mode="dynamic")  # no calibration build: this checks the pass list

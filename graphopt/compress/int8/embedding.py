@@ -21,7 +21,7 @@ from tvm.relax import op as R_op
 from tvm.relax.analysis import remove_all_unused
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import _tvm
+from ... import _tvm
 from .qdq import WEIGHT_QMAX
 
 TAKE = "relax.take"

@@ -15,13 +15,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ...build import build_runner
+from ..common.layers import find_joins, find_layers
 from .bias_correction import KEY, InputMean, LayerError, act_error, correction
 from .equalize import ChannelMax
-from .layers import find_joins, find_layers
 from .observers import METHODS, Histogram, observe_range
 from .qdq import act_qparams
 from .ranges import write_ranges
-from .runner import build_runner
 
 # Residual joins keep their full observed range (clipping the residual stream, which every
 # later block reads, cost top-1 agreement on MobileNetV2). `quantize` uses it for the tensors
@@ -66,7 +66,7 @@ def calibrate(
     channel_max: also each depthwise layer's per-channel input max (for `equalize.py`)."""
     say = progress or (lambda _m: None)
     if method not in METHODS:
-        from .errors import CalibrationError
+        from ..common.errors import CalibrationError
 
         raise CalibrationError(f"unknown calibration method '{method}' (use {', '.join(METHODS)})")
     layers = find_layers(mod["main"])

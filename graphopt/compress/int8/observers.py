@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CalibrationError
+from ..common.errors import CalibrationError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 4096  # over [-width, width]; must be even so that doubling the width merges pairs
