@@ -38,8 +38,8 @@ from graphopt import env
 from graphopt.compress.int8.flow import QuantOptions
 from graphopt.machine import machine_info
 from graphopt.reference import ort_run, ort_session
-from graphopt.report import format_table
 from graphopt.sizes import library_weights
+from graphopt.tables import format_table
 from graphopt.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"

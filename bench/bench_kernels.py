@@ -306,7 +306,7 @@ def bench_kernel(kernel: Kernel, runs: int, naive_runs: int, say) -> dict[str, A
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from graphopt.report import format_table
+    from graphopt.tables import format_table
 
     m = report["machine"]
     lines = [

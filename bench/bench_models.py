@@ -34,7 +34,7 @@ from graphopt import env
 from graphopt.instrument import max_relative_error
 from graphopt.machine import machine_info
 from graphopt.reference import ort_run, ort_session
-from graphopt.report import format_table
+from graphopt.tables import format_table
 from graphopt.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -30,7 +30,7 @@ from graphopt.machine import machine_info
 from graphopt.passes import fuse
 from graphopt.pipeline import PRESETS, instantiate, parse_pipeline, run_passes
 from graphopt.reference import ort_run, ort_session
-from graphopt.report import format_table
+from graphopt.tables import format_table
 from graphopt.timing import interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"

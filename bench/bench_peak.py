@@ -39,7 +39,7 @@ import graphopt  # noqa: E402
 from bench.writing import write_results  # noqa: E402
 from graphopt import env  # noqa: E402
 from graphopt.machine import machine_info  # noqa: E402
-from graphopt.report import format_table  # noqa: E402
+from graphopt.tables import format_table  # noqa: E402
 from graphopt.timing import interleaved  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

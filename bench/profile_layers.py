@@ -32,7 +32,7 @@ from bench.writing import write_results
 from graphopt import env
 from graphopt.machine import machine_info
 from graphopt.reference import session_options
-from graphopt.report import format_table
+from graphopt.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GAP_S = 0.002  # > both runtimes' idle spin (onnxruntime's outlasts its spin_duration_us)

@@ -188,7 +188,7 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .report import format_table
+    from .tables import format_table
     from .tune import tune_model
 
     budget = parse_duration(args.budget) if args.budget else None
@@ -297,7 +297,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .artifact import load
     from .inputs import load_npz
-    from .report import compare, format_table
+    from .report import compare
+    from .tables import format_table
 
     if args.rpc:
         return _bench_remote(args)
@@ -362,7 +363,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from . import _tvm
     from .pass_infra import registered_passes
     from .pipeline import PRESETS
-    from .report import format_table
+    from .tables import format_table
 
     rows = [[name, cls.summary()] for name, cls in registered_passes().items()]
     print(format_table(["pass", "summary"], rows))
@@ -380,7 +381,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from .report import format_table
+    from .tables import format_table
     from .target_infra import registered_targets
 
     rows = []

@@ -27,7 +27,7 @@ from .errors import PipelineError
 from .frontend import ImportedModel, import_onnx
 from .inputs import random_inputs
 from .instrument import VerifyEach
-from .pass_infra import GraphPass, PassResult
+from .pass_infra import GraphPass, PassResult, make_pass
 from .pipeline import PRESETS, canonical_text, instantiate, parse_pipeline, run_passes
 from .target_infra import STAGES, Target, make_target
 from .tuning_db import resolve_database
@@ -178,6 +178,9 @@ def _compress(mod: tvm.IRModule, imported: ImportedModel, job: _Compilation) -> 
     ctx = CompressionContext(imported.inputs, job.target, job.say)
     for method in methods:
         start = time.perf_counter()
+        missing = [name for name in method.requires if name not in job.ran]
+        if missing:
+            mod = _run_graph_passes(mod, [make_pass(name) for name in missing], job)
         plan = method.plan(mod, ctx)
         if plan is None:
             continue

@@ -78,7 +78,7 @@ class TimePasses:
         self.rows.append((pass_.name, stage, seconds, result.modified, stats))
 
     def table(self) -> str:
-        from .report import format_table
+        from .tables import format_table
 
         total = sum(r[2] for r in self.rows) or 1e-12
         body = [

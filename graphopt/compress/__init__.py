@@ -58,6 +58,10 @@ class CompressionMethod(Protocol):
     """One compression method, selected by a CLI flag (`--quantize int8`, ...)."""
 
     name: str
+    # Graph passes the method needs to have run first (e.g. fold-constants: int8 quantizes
+    # layers whose weights are constants, and -O0 leaves a Gemm's transposed weight unfolded).
+    # compile runs the missing ones right before the method, so every -O level sees the same.
+    requires: tuple[str, ...]
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         """Calibrate and decide; None when the method has nothing to do on this graph."""

@@ -331,7 +331,7 @@ def _eval_feeds(opts: QuantOptions, inputs, calib_feeds):
 
 def format_report(q: dict) -> str:
     """The compile output: per-layer decisions with sensitivity, and the accuracy summary."""
-    from ...report import format_table
+    from ...tables import format_table
 
     if "layers" not in q:
         return f"int8 ({q.get('source', '')}; {q['kernels']})"

@@ -33,6 +33,7 @@ class Int8:
 
     options: QuantOptions
     name: str = "int8"
+    requires: tuple[str, ...] = ("fold-constants",)
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         return _plan(quantize_step(mod, ctx.inputs, self.options, ctx.target, None, ctx.progress))
@@ -43,6 +44,7 @@ class ImportedInt8:
     """An already-quantized model (QDQ or QLinear* ONNX): int8 weights back, integer kernels."""
 
     name: str = "imported-int8"
+    requires: tuple[str, ...] = ()
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         return _plan(imported_step(mod, ctx.target))
