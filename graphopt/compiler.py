@@ -95,6 +95,8 @@ class _Compilation:
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     verifier: VerifyEach | None = None
+    # The graph before compression, and the pass-log and ran-list lengths then (for rebuilds).
+    pre_compression: tuple[tvm.IRModule, int, int] | None = None
 
     def timed(self, key: str, start: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
@@ -119,8 +121,9 @@ def compile_model(
     imported = import_onnx(model, opts.input_shapes, progress=job.say)
     job.timed("import", start)
     mod = _graph_and_compression(imported, job)
-    mod = _target_stages(mod, job)
-    executable = _build(mod, job)
+    executable = _build_within_budget(mod, job)
+    for plan in job.plans:
+        plan.cleanup()
     manifest = _manifest(imported, model, job)
     with AtomicDirectory(out) as tmp:
         job.target.export(executable, tmp / LIBRARY)
@@ -154,44 +157,69 @@ def _graph_and_compression(imported: ImportedModel, job: _Compilation) -> tvm.IR
     for inst in job.instruments:
         if hasattr(inst, "write_input"):
             inst.write_input(mod, full_pipeline_text(job.graph_passes, job.stages))
-    before, after = split_for_compression(job.graph_passes)
+    before, _after = split_for_compression(job.graph_passes)
     job.say(f"passes: {canonical_text(job.graph_passes) or '(none)'}")
     with job.target.tvm_target():
         mod = _run_graph_passes(mod, before, job)
-        mod = _compress(mod, imported, job)
-        mod = _run_graph_passes(mod, after, job)
-    job.report["ops_after_passes"] = _tvm.op_counts(mod)
-    return mod
+        job.pre_compression = (mod, len(job.log.rows), len(job.ran))
+        return _plan_compression(mod, imported, job)
 
 
-def _run_graph_passes(mod: tvm.IRModule, passes: list[GraphPass], job: _Compilation):
+def _run_graph_passes(mod: tvm.IRModule, passes: list[GraphPass], job: _Compilation, stage="graph"):
     start = time.perf_counter()
-    mod = run_passes(mod, passes, job.instruments, stage="graph", already_ran=job.ran)
+    mod = run_passes(mod, passes, job.instruments, stage=stage, already_ran=job.ran)
     job.ran += [p.name for p in passes]
-    job.timed("graph_passes", start)
+    job.timed("graph_passes" if stage == "graph" else stage, start)
     return mod
 
 
-def _compress(mod: tvm.IRModule, imported: ImportedModel, job: _Compilation) -> tvm.IRModule:
-    """Every selected compression method in turn: plan on the current graph, run its passes."""
+def _plan_compression(
+    mod: tvm.IRModule, imported: ImportedModel, job: _Compilation
+) -> tvm.IRModule:
+    """Every selected compression method in turn: the graph passes it requires, its plan on
+    the current graph, its passes."""
     methods = list(job.opts.compression) or default_methods()
     ctx = CompressionContext(imported.inputs, job.target, job.say)
     for method in methods:
         start = time.perf_counter()
-        missing = [name for name in method.requires if name not in job.ran]
-        if missing:
-            mod = _run_graph_passes(mod, [make_pass(name) for name in missing], job)
+        prefix = [make_pass(name) for name in method.requires if name not in job.ran]
+        mod = _run_graph_passes(mod, prefix, job)
         plan = method.plan(mod, ctx)
+        job.timed("compress", start)
         if plan is None:
             continue
-        mod = run_passes(mod, plan.passes, job.instruments, stage="compress", already_ran=job.ran)
-        job.ran += [p.name for p in plan.passes]
-        plan.manifest["pipeline"] = canonical_text(plan.passes)
+        plan.prefix = prefix
         job.plans.append(plan)
-        if job.verifier is not None:  # later passes are checked against the compressed graph
-            job.verifier.start(mod)
-        job.timed("compress", start)
+        mod = _apply_plan(mod, plan, job)
     return mod
+
+
+def _apply_plan(mod: tvm.IRModule, plan: CompressionPlan, job: _Compilation) -> tvm.IRModule:
+    mod = _run_graph_passes(mod, plan.passes, job, stage="compress")
+    plan.manifest["pipeline"] = canonical_text(plan.passes)
+    if job.verifier is not None:  # later passes are checked against the compressed graph
+        job.verifier.start(mod)
+    return mod
+
+
+def _recompress(job: _Compilation) -> tvm.IRModule:
+    """The graph again from before compression, with the (tightened) plans."""
+    mod, rows, ran = job.pre_compression
+    del job.log.rows[rows:], job.ran[ran:]
+    with job.target.tvm_target():
+        for plan in job.plans:
+            mod = _run_graph_passes(mod, plan.prefix, job)
+            mod = _apply_plan(mod, plan, job)
+    return mod
+
+
+def _after_compression(mod: tvm.IRModule, job: _Compilation) -> tvm.IRModule:
+    """The graph passes after compression (fusion), then the target's stages."""
+    _before, after = split_for_compression(job.graph_passes)
+    with job.target.tvm_target():
+        mod = _run_graph_passes(mod, after, job)
+    job.report["ops_after_passes"] = _tvm.op_counts(mod)
+    return _target_stages(mod, job)
 
 
 def _target_stages(mod: tvm.IRModule, job: _Compilation) -> tvm.IRModule:
@@ -218,19 +246,41 @@ def _target_stages(mod: tvm.IRModule, job: _Compilation) -> tvm.IRModule:
     return mod
 
 
+def _build_within_budget(mod: tvm.IRModule, job: _Compilation) -> Any:
+    """Finish and build; where this machine runs the target, each compression plan scores
+    the executable itself, and while one misses its accuracy budget it keeps one more layer
+    uncompressed and the model is rebuilt (the budget holds for what ships, not a simulation)."""
+    executable = _build(_after_compression(mod, job), job)
+    while job.plans and job.target.availability().can_run:
+        run = vm_runner(executable, job.target)
+        missed = [i for i, plan in enumerate(job.plans) if not plan.check_artifact(run)]
+        if not missed:
+            break
+        for i in missed:
+            plan = job.plans[i]
+            accuracy = plan.manifest["accuracy"]
+            tighter = plan.tighten() if plan.tighten is not None else None
+            if tighter is None:
+                job.say(
+                    f"warning: {plan.method}: the artifact scores {accuracy['artifact']:.2f}, "
+                    f"below the budget {plan.budget:.2f}, with nothing left to keep"
+                )
+                return executable
+            job.say(
+                f"{plan.method}: the artifact scores {accuracy['artifact']:.2f}, below the "
+                f"budget {plan.budget:.2f}: keeping one more layer uncompressed, rebuilding"
+            )
+            job.plans[i] = tighter
+        executable = _build(_after_compression(_recompress(job), job), job)
+    return executable
+
+
 def _build(mod: tvm.IRModule, job: _Compilation) -> Any:
-    """tvm.compile with the target's TIR pipeline; each compression plan then scores the
-    executable itself where this machine runs the target."""
+    """tvm.compile with the target's TIR pipeline."""
     job.say("build: generating machine code")
     start = time.perf_counter()
     executable = tvm_compile(mod, job.target)
     job.timed("build", start)
-    if job.plans and job.target.availability().can_run:
-        run = vm_runner(executable, job.target)
-        for plan in job.plans:
-            plan.check_artifact(run)
-    for plan in job.plans:
-        plan.cleanup()
     return executable
 
 

@@ -47,11 +47,22 @@ class CompressionPlan:
     table: str = ""
     check: Callable[[Runner], float] | None = field(default=None, repr=False)
     cleanup: Callable[[], None] = field(default=lambda: None, repr=False)
+    # The lowest artifact score the accuracy budget (--max-drop) accepts; None: no budget.
+    budget: float | None = None
+    # The same method with more kept uncompressed (the most sensitive layer next); None when
+    # nothing is left to keep. compile calls it while the artifact misses the budget.
+    tighten: Callable[[], CompressionPlan | None] | None = field(default=None, repr=False)
+    # Graph passes the method required (`CompressionMethod.requires`) that compile ran for it.
+    prefix: list[GraphPass] = field(default_factory=list)
 
-    def check_artifact(self, run: Runner) -> None:
-        """Score the built executable itself on the evaluation feeds (into the manifest)."""
-        if self.check is not None and self.manifest.get("accuracy"):
-            self.manifest["accuracy"]["artifact"] = round(self.check(run), 4)
+    def check_artifact(self, run: Runner) -> bool:
+        """Score the built executable itself (the arithmetic it really runs, integer kernels
+        included) into the manifest; False when it misses the budget."""
+        if self.check is None or not self.manifest.get("accuracy"):
+            return True
+        score = round(self.check(run), 4)
+        self.manifest["accuracy"]["artifact"] = score
+        return self.budget is None or score >= self.budget - 1e-9
 
 
 class CompressionMethod(Protocol):

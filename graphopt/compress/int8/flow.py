@@ -65,12 +65,12 @@ class QuantStep:
     manifest: dict
     table: str = ""
     workdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    # Scores a built executable on the evaluation feeds (the metric --max-drop budgets).
     check: Callable[[Callable], float] | None = field(default=None, repr=False)
-
-    def check_artifact(self, run: Callable[[list[np.ndarray]], list[np.ndarray]]) -> None:
-        """Score the built executable itself on the evaluation feeds (into the manifest)."""
-        if self.check is not None and self.manifest.get("accuracy"):
-            self.manifest["accuracy"]["artifact"] = round(self.check(run), 4)
+    # The lowest artifact score --max-drop accepts (fp32 score - max drop); None: no budget.
+    budget: float | None = None
+    # The same step with one more layer kept fp32 (the most sensitive int8 one); None if none.
+    tighten: Callable[[], QuantStep | None] | None = field(default=None, repr=False)
 
 
 def evaluation_target(target: Target) -> Target:
@@ -139,51 +139,24 @@ def quantize_step(
 ) -> QuantStep:
     """Calibrate, analyze and decide; `timer` replaces the speed check's clock (tests)."""
     say = progress or (lambda _m: None)
-    target = resolve_target(target, target_options)
     _check(opts)
+    target = resolve_target(target, target_options)
     layers = find_layers(mod["main"])
     feeds = (
         load_calibration(opts.calibration, inputs, limit=opts.samples) if opts.calibration else []
     )
     say(f"quantize: {len(layers)} quantizable layers, {len(feeds)} calibration feeds")
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
-    run_target, run_options = evaluation_target(target), None
-    ranges: dict = {}
-    scales: dict = {}
+    run_target = evaluation_target(target)
+    ranges, scales = {}, {}
     if opts.mode == "static":
-
-        def calib(m, **kw):
-            return calibrate(
-                m,
-                feeds,
-                opts.method,
-                act_dtype=opts.act_dtype,
-                target=run_target,
-                target_options=run_options,
-                progress=say,
-                per_channel=opts.per_channel,
-                **kw,
-            )
-
-        pairs = find_pairs(mod) if opts.equalize else []
-        if pairs:  # round 1: channel maxima; the scaled graph is calibrated again
-            first = calib(mod, channel_max=True)
-            for pair in pairs:
-                entry = first[pair.consumer.name]
-                k = equalize_scales(pair, entry["channel_max"], entry["input"][1])
-                scales[pair.consumer.name] = k
-            mod = scaled_module(mod, scales)
-            say(f"equalize: {len(scales)} depthwise inputs rescaled; calibrating again")
-        ranges = calib(mod, bias_correction=opts.bias_correction)
-        for name, k in scales.items():
-            ranges[name][EQ_KEY] = [float(v) for v in k]
+        mod, ranges, scales = _static_ranges(mod, feeds, opts, run_target, say)
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
-
-    settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
     eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
     sens: Sensitivity | None = None
     if (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers:
+        settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
         sens = analyze(
             mod,
             ranges,
@@ -193,85 +166,173 @@ def quantize_step(
             max_drop=opts.max_drop,
             metric=opts.metric,
             target=run_target,
-            target_options=run_options,
             progress=say,
         )
-    skip = list(sens.skip) if sens else []
     lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
+    skip = list(sens.skip) if sens else []
     candidates = [
         ly.name
         for ly in layers
         if ly.name not in skip and (opts.mode != "static" or ly.name in ranges)
     ]
     timings, speed = speed_check(mod, candidates, opts, target, lowered, timer, say)
-    decisions = []
-    for layer in layers:
-        reason = None
-        if layer.name in skip:
-            reason = "max-drop"
-        elif opts.mode == "static" and layer.name not in ranges:
-            reason = "no range"
-        elif int8_is_slower(layer, timings):
-            reason = "int8 kernel slower"
-            skip.append(layer.name)
-        t = timings.get(layer.name)
-        decisions.append(
-            {
-                "layer": layer.name,
-                "what": layer.describe(),
-                "precision": "fp32" if reason else "int8",
-                **({"reason": reason} if reason else {}),
-                **(
-                    {"fp32_ms": t.to_json()["fp32_ms"], "int8_ms": t.to_json()["int8_ms"]}
-                    if t
-                    else {}
-                ),
-            }
+    skip += [ly.name for ly in layers if ly.name in candidates and int8_is_slower(ly, timings)]
+    params = [p.name for p in mod["main"].params]
+    decided = _Decided(
+        opts, layers, ranges, ranges_path, scales, sens, timings, speed, lowered, workdir
+    )
+    decided.eval_inputs = [[feed[p] for p in params] for feed in eval_feeds]
+    return decided.step(skip, {})
+
+
+def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say):
+    """Calibrated ranges (with bias corrections); depthwise inputs equalized first when asked.
+    Returns the module calibration ran on last, the ranges and the equalization scales."""
+
+    def calib(m, **kw):
+        return calibrate(
+            m,
+            feeds,
+            opts.method,
+            act_dtype=opts.act_dtype,
+            target=run_target,
+            progress=say,
+            per_channel=opts.per_channel,
+            **kw,
         )
-    quant_opts = {
-        "mode": opts.mode,
-        "per_channel": "true" if opts.per_channel else "false",
-        "act_dtype": opts.act_dtype,
-    }
-    if opts.mode == "dynamic" and opts.granularity != "tensor":
-        quant_opts["granularity"] = opts.granularity
-    if opts.mode == "static":
-        quant_opts["ranges"] = str(ranges_path)
-    if skip:
-        quant_opts["skip"] = ":".join(skip)
-    passes = [make_pass("quantize", quant_opts)]
-    if any(BIAS_KEY in r for r in ranges.values()):
-        bc_opts = {"ranges": str(ranges_path), **({"skip": ":".join(skip)} if skip else {})}
-        passes.insert(0, make_pass("bias-correction", bc_opts))
-    if scales:  # exact in fp32 up to the calibrated maxima: applies whatever stays fp32
-        passes.insert(0, make_pass("equalize", {"ranges": str(ranges_path)}))
-    if lowered:
-        passes.append(make_pass(LOWER_PASS))
-    manifest = {
-        "scheme": "int8",
-        "settings": {k: v for k, v in asdict(opts).items()},
-        "kernels": "integer (lower-int8)" if lowered else "fake-quant (fp32 math on QDQ values)",
-        "layers": decisions,
-        "int8_layers": sum(d["precision"] == "int8" for d in decisions),
-        # the per-channel vectors stay in the ranges file (the pipeline's input), not here
-        "ranges": {
-            n: {k: v for k, v in r.items() if k not in (BIAS_KEY, EQ_KEY)}
-            for n, r in ranges.items()
-        },
-        "bias_corrected": sorted(n for n, r in ranges.items() if BIAS_KEY in r and n not in skip),
-        "equalized": sorted(scales),
-        "accuracy": sens.to_json() if sens else None,
-        "speed_check": speed,
-    }
-    check = None
-    if sens is not None and sens.score_outputs is not None:
-        params = [p.name for p in mod["main"].params]
-        score = sens.score_outputs
 
-        def check(run):
-            return score([run([feed[p] for p in params])[0] for feed in eval_feeds])
+    scales: dict = {}
+    pairs = find_pairs(mod) if opts.equalize else []
+    if pairs:  # round 1: channel maxima; the scaled graph is calibrated again
+        first = calib(mod, channel_max=True)
+        for pair in pairs:
+            entry = first[pair.consumer.name]
+            scales[pair.consumer.name] = equalize_scales(
+                pair, entry["channel_max"], entry["input"][1]
+            )
+        mod = scaled_module(mod, scales)
+        say(f"equalize: {len(scales)} depthwise inputs rescaled; calibrating again")
+    ranges = calib(mod, bias_correction=opts.bias_correction)
+    for name, k in scales.items():
+        ranges[name][EQ_KEY] = [float(v) for v in k]
+    return mod, ranges, scales
 
-    return QuantStep(passes, manifest, format_report(manifest), workdir, check)
+
+@dataclass
+class _Decided:
+    """What calibration, sensitivity and the speed check found; `step(skip)` turns it into the
+    passes and manifest for one set of fp32 layers, so the artifact check can ask for more."""
+
+    opts: QuantOptions
+    layers: list[Layer]
+    ranges: dict
+    ranges_path: Path
+    scales: dict
+    sens: Sensitivity | None
+    timings: dict
+    speed: dict
+    lowered: bool
+    workdir: tempfile.TemporaryDirectory
+    eval_inputs: list = field(default_factory=list)
+
+    def step(self, skip: list[str], reasons: dict[str, str]) -> QuantStep:
+        decisions = [self._decision(layer, skip, reasons) for layer in self.layers]
+        manifest = self._manifest(decisions, skip)
+        budget = None
+        if self.sens is not None and self.opts.max_drop is not None:
+            budget = self.sens.fp32_score - self.opts.max_drop
+        return QuantStep(
+            self._passes(skip),
+            manifest,
+            format_report(manifest),
+            self.workdir,
+            self._check(),
+            budget,
+            lambda: self._tighten(skip, reasons),
+        )
+
+    def _tighten(self, skip: list[str], reasons: dict[str, str]) -> QuantStep | None:
+        """The same plan with the most sensitive int8 layer left kept fp32; None if none left."""
+        rows = sorted(self.sens.rows, key=lambda r: r["sqnr_db"]) if self.sens else []
+        for row in rows:
+            if row["layer"] not in skip:
+                name = row["layer"]
+                return self.step([*skip, name], {**reasons, name: "artifact budget"})
+        return None
+
+    def _decision(self, layer: Layer, skip: list[str], reasons: dict[str, str]) -> dict:
+        reason = reasons.get(layer.name)
+        if reason is None and self.sens is not None and layer.name in self.sens.skip:
+            reason = "max-drop"
+        elif reason is None and self.opts.mode == "static" and layer.name not in self.ranges:
+            reason = "no range"
+        elif reason is None and layer.name in skip:
+            reason = "int8 kernel slower"
+        t = self.timings.get(layer.name)
+        return {
+            "layer": layer.name,
+            "what": layer.describe(),
+            "precision": "fp32" if reason else "int8",
+            **({"reason": reason} if reason else {}),
+            **({"fp32_ms": t.to_json()["fp32_ms"], "int8_ms": t.to_json()["int8_ms"]} if t else {}),
+        }
+
+    def _passes(self, skip: list[str]) -> list[GraphPass]:
+        opts, path = self.opts, str(self.ranges_path)
+        quant_opts = {
+            "mode": opts.mode,
+            "per_channel": "true" if opts.per_channel else "false",
+            "act_dtype": opts.act_dtype,
+        }
+        if opts.mode == "dynamic" and opts.granularity != "tensor":
+            quant_opts["granularity"] = opts.granularity
+        if opts.mode == "static":
+            quant_opts["ranges"] = path
+        if skip:
+            quant_opts["skip"] = ":".join(skip)
+        passes = [make_pass("quantize", quant_opts)]
+        if any(BIAS_KEY in r for r in self.ranges.values()):
+            bc_opts = {"ranges": path, **({"skip": ":".join(skip)} if skip else {})}
+            passes.insert(0, make_pass("bias-correction", bc_opts))
+        if self.scales:  # exact in fp32 up to the calibrated maxima: applies whatever stays fp32
+            passes.insert(0, make_pass("equalize", {"ranges": path}))
+        if self.lowered:
+            passes.append(make_pass(LOWER_PASS))
+        return passes
+
+    def _manifest(self, decisions: list[dict], skip: list[str]) -> dict:
+        ranges = self.ranges
+        accuracy = self.sens.to_json() if self.sens else None
+        if accuracy is not None:
+            accuracy["kept_fp32"] = [
+                d["layer"] for d in decisions if d.get("reason") in ("max-drop", "artifact budget")
+            ]
+        return {
+            "scheme": "int8",
+            "settings": dict(asdict(self.opts)),
+            "kernels": "integer (lower-int8)"
+            if self.lowered
+            else "fake-quant (fp32 math on QDQ values)",
+            "layers": decisions,
+            "int8_layers": sum(d["precision"] == "int8" for d in decisions),
+            # the per-channel vectors stay in the ranges file (the pipeline's input), not here
+            "ranges": {
+                n: {k: v for k, v in r.items() if k not in (BIAS_KEY, EQ_KEY)}
+                for n, r in ranges.items()
+            },
+            "bias_corrected": sorted(
+                n for n, r in ranges.items() if BIAS_KEY in r and n not in skip
+            ),
+            "equalized": sorted(self.scales),
+            "accuracy": accuracy,
+            "speed_check": self.speed,
+        }
+
+    def _check(self) -> Callable | None:
+        if self.sens is None or self.sens.score_outputs is None:
+            return None
+        score, inputs = self.sens.score_outputs, self.eval_inputs
+        return lambda run: score([run(arrays)[0] for arrays in inputs])
 
 
 def imported_step(mod: tvm.IRModule, target: Target | None = None) -> QuantStep | None:

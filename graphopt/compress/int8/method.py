@@ -17,6 +17,7 @@ def _plan(step: QuantStep | None) -> CompressionPlan | None:
     if step is None:
         return None
     workdir = step.workdir
+    tighten = step.tighten
     return CompressionPlan(
         MANIFEST_KEY,
         step.passes,
@@ -24,6 +25,8 @@ def _plan(step: QuantStep | None) -> CompressionPlan | None:
         step.table,
         step.check,
         cleanup=workdir.cleanup if workdir is not None else (lambda: None),
+        budget=step.budget,
+        tighten=(lambda: _plan(tighten())) if tighten is not None else None,
     )
 
 
