@@ -93,8 +93,8 @@ def accuracy(name: str, art: graphopt.Artifact, session: Any, feeds: list[dict])
 def tuned_build(name: str, path: Path, db_root: Path, workdir: Path):
     """graphopt -O2 with the tuning records of db_root, and what finding them cost."""
     from graphopt.target_infra import make_target
-    from graphopt.tune import tuning_cost
-    from graphopt.tuning_db import database_dir
+    from graphopt.tuning.database import database_dir
+    from graphopt.tuning.tune import tuning_cost
 
     _say(f"[{name}] compiling with graphopt -O2 --db {db_root}")
     art = graphopt.compile(path, workdir / f"{name}-tuned", opt_level=2, tuning_db=db_root)

@@ -189,13 +189,13 @@ def parse_duration(text: str) -> float:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tables import format_table
-    from .tune import tune_model
+    from .tuning.tune import tune_model
 
     budget = parse_duration(args.budget) if args.budget else None
     opts = _compile_options(args)
     runner = None
     if args.rpc:
-        from .rpc import TrackerAddress, servers_for_key, tuning_runner
+        from .tuning.rpc import TrackerAddress, servers_for_key, tuning_runner
 
         tracker, key = TrackerAddress.parse(args.rpc), _require_key(args)
         runner = tuning_runner(tracker, key)  # fails fast: unreachable tracker, unknown key
@@ -230,7 +230,7 @@ def _require_key(args: argparse.Namespace) -> str:
 
 
 def cmd_rpc(args: argparse.Namespace) -> int:
-    from .rpc import TrackerAddress, run_foreground, server_args, tracker_args
+    from .tuning.rpc import TrackerAddress, run_foreground, server_args, tracker_args
 
     if args.role == "tracker":
         return run_foreground(
@@ -249,7 +249,7 @@ def _bench_remote(args: argparse.Namespace) -> int:
 
     from .artifact import load
     from .inputs import load_npz, random_inputs
-    from .rpc import TrackerAddress, remote_latency
+    from .tuning.rpc import TrackerAddress, remote_latency
 
     art = load(args.artifact)
     inputs = load_npz(args.inputs) if args.inputs else random_inputs(art.inputs)

@@ -30,7 +30,7 @@ from .instrument import VerifyEach
 from .pass_infra import GraphPass, PassResult, make_pass
 from .pipeline import PRESETS, canonical_text, instantiate, parse_pipeline, run_passes
 from .target_infra import STAGES, Target, make_target
-from .tuning_db import resolve_database
+from .tuning.database import resolve_database
 
 
 @dataclass

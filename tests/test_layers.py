@@ -24,17 +24,14 @@ DRIVER = {
     "graphopt.cli",
     "graphopt.compiler",
     "graphopt.report",
-    "graphopt.rpc",
-    "graphopt.select_in_model",
     "graphopt.testing",
-    "graphopt.tune",
-    "graphopt.tuning_db",
 }
+DRIVER_PACKAGES = ("graphopt.tuning",)  # tune, its database, record selection, RPC
 RANK = {"core": 0, "passes": 1, "targets": 2, "driver": 3}
 
 
 def layer(module: str) -> str:
-    if module in DRIVER:
+    if module in DRIVER or any(module.startswith(p) for p in DRIVER_PACKAGES):
         return "driver"
     if module == "graphopt.passes" or module.startswith("graphopt.passes."):
         return "passes"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import graphopt
-from graphopt import rpc
 from graphopt.cli import main
 from graphopt.models import DEFAULT_MODEL
+from graphopt.tuning import rpc
 
 KEY = "graphopt-test"
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from graphopt.inputs import random_inputs
-from graphopt.select_in_model import MIN_GAIN, choose, kernel_calls, time_in_sequence
+from graphopt.tuning.select_in_model import MIN_GAIN, choose, kernel_calls, time_in_sequence
 
 
 def _sleeper(seconds: float):
@@ -65,7 +65,7 @@ def test_records_must_win_again_beside_the_other_winners(monkeypatch, tmp_path):
     """Round 1 (every record applied): a and b win. Round 2 (only a and b): b loses without c
     beside it, so only a stays applied."""
     import graphopt.compiler
-    import graphopt.select_in_model as sim
+    import graphopt.tuning.select_in_model as sim
 
     applied: list[list[str]] = []
 

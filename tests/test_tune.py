@@ -15,8 +15,8 @@ import graphopt
 from graphopt.compiler import CompileOptions
 from graphopt.errors import TargetError
 from graphopt.models import DEFAULT_MODEL, load_eval
-from graphopt.tune import plan_trials, tune_model, tuning_cost
-from graphopt.tuning_db import database_dir, resolve_database
+from graphopt.tuning.database import database_dir, resolve_database
+from graphopt.tuning.tune import plan_trials, tune_model, tuning_cost
 
 tuning = pytest.mark.tuning
 slow = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_default_kernel_with_a_padded_weight_pack_is_measured():
     from graphopt.pipeline import instantiate, parse_pipeline, run_passes
     from graphopt.target_infra import make_target
     from graphopt.targets.cpu import schedules as rules
-    from graphopt.tune import _measure, without_rewrite
+    from graphopt.tuning.tune import _measure, without_rewrite
 
     target = make_target("x86")
     rng = np.random.default_rng(0)
@@ -124,7 +124,7 @@ def test_measuring_leaves_no_exported_kernels_behind(tmp_path, monkeypatch):
     from tvm.script import tirx as T
 
     from graphopt.target_infra import make_target
-    from graphopt.tune import _measure
+    from graphopt.tuning.tune import _measure
 
     @T.prim_func
     def add_one(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
@@ -144,7 +144,7 @@ def test_first_ctrl_c_asks_to_stop_and_the_second_interrupts():
     import signal
     import time
 
-    from graphopt.tune import stop_on_interrupt
+    from graphopt.tuning.tune import stop_on_interrupt
 
     previous = signal.getsignal(signal.SIGINT)
     state: dict = {}

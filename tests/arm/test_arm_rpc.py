@@ -11,9 +11,9 @@ import time
 import pytest
 
 import graphopt
-from graphopt import rpc
 from graphopt.cli import main
 from graphopt.models import DEFAULT_MODEL
+from graphopt.tuning import rpc
 
 pytestmark = [
     pytest.mark.arm,

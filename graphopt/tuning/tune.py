@@ -26,12 +26,12 @@ from typing import Any
 
 import tvm
 
-from .compiler import CompileOptions, graph_pipeline_text
-from .errors import GraphoptError
-from .frontend import import_onnx
-from .pipeline import instantiate, parse_pipeline, run_passes
-from .target_infra import Target, make_target
-from .tuning_db import database_dir
+from ..compiler import CompileOptions, graph_pipeline_text
+from ..errors import GraphoptError
+from ..frontend import import_onnx
+from ..pipeline import instantiate, parse_pipeline, run_passes
+from ..target_infra import Target, make_target
+from .database import database_dir
 
 
 class TuningError(GraphoptError):
@@ -259,18 +259,9 @@ def tune_model(
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
     if not tasks:
         raise TuningError("the model has no kernels to tune")
-    work_dir = database_dir(Path(db_root), target)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "target.json").write_text(
-        json.dumps(
-            {"target": target.name, "options": target.options_dict(), "tvm": str(tvm_target)},
-            indent=2,
-        )
-        + "\n"
-    )
+    work_dir = _open_database(Path(db_root), target)
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    have = [_task_records(database, task) for task in tasks]
-    before = sum(have)
+    before = sum(_task_records(database, task) for task in tasks)
     say(f"tune: {len(tasks)} tasks, {before} trials already in {work_dir}")
     if before >= trials:
         if not (work_dir / APPLIED / "selection.json").is_file():
@@ -279,59 +270,87 @@ def tune_model(
     say("tune: measuring the default schedules")
     defaults = default_latencies(tasks, tvm_target, runner)
     shares = [0.0 if _is_view(t) else t.weight * (s or 0.0) for t, s in zip(tasks, defaults)]
-    left = plan_trials(shares, trials - before)
+    search = _Search(tasks, defaults, plan_trials(shares, trials - before), shares)
+    deadline = start + budget_seconds if budget_seconds else None
+    callback, best, state = _progress_callback(tasks, deadline, say, start)
+    tools = _tools(database, runner)
+    with stop_on_interrupt(state, say):
+        stopped = search.run(work_dir, tools, callback, state, deadline, say)
+    after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
+    names = {i: t.task_name for i, t in enumerate(tasks)}
+    elapsed = time.perf_counter() - start
+    best_us = {names[i]: us for i, us in best.items()}
+    summary = TuneSummary(work_dir, len(tasks), before, after, elapsed, stopped, best_us)
+    log_run(work_dir, summary)
+    choose_records(model, db_root, opts, tasks, work_dir, say, runner=runner)
+    return summary
+
+
+def _open_database(db_root: Path, target) -> Path:
+    """The target's database folder, with target.json saying what it was tuned for."""
+    work_dir = database_dir(db_root, target)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    about = {
+        "target": target.name,
+        "options": target.options_dict(),
+        "tvm": str(target.tvm_target()),
+    }
+    (work_dir / "target.json").write_text(json.dumps(about, indent=2) + "\n")
+    return work_dir
+
+
+def _tools(database: Any, runner: Any) -> tuple:
+    """Builder, runner (RPC servers, or local), one cost model for every batch (it keeps
+    learning from all measured candidates) and the database."""
+    from tvm.s_tir import meta_schedule as ms
+
     cores = os.cpu_count() or 1
     builder = ms.builder.LocalBuilder(
         f_build=build_without_tensor_intrin, timeout_sec=120, max_workers=cores
     )
-    remote = runner  # RPC servers, or None: the final selection then runs the model here
-    runner = runner or ms.runner.LocalRunner()
-    # One cost model for every batch: it keeps learning from all measured candidates.
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto")
-    deadline = start + budget_seconds if budget_seconds else None
-    callback, best, state = _progress_callback(tasks, deadline, say, start)
-    order = [i for i in sorted(range(len(tasks)), key=lambda i: -shares[i]) if left[i] > 0]
-    stopped = "done"
-    # Rounds of one batch per kernel, the slowest first: a budget that ends the search early
-    # leaves records for many kernels, not many records for one.
-    tools = (builder, runner, cost_model, database)
-    with stop_on_interrupt(state, say):
-        while stopped == "done" and any(left[i] > 0 for i in order):
+    return builder, runner or ms.runner.LocalRunner(), cost_model, database
+
+
+@dataclass
+class _Search:
+    """Rounds of one batch per kernel, the slowest first: a budget that ends the search early
+    leaves records for many kernels, not many records for one."""
+
+    tasks: list
+    defaults: list
+    left: list[int]
+    shares: list[float]
+
+    def run(self, work_dir, tools, callback, state, deadline, say) -> str:
+        """Batches until every kernel's trials are spent; returns why it stopped."""
+        order = [i for i in sorted(range(len(self.tasks)), key=lambda i: -self.shares[i])]
+        order = [i for i in order if self.left[i] > 0]
+        while any(self.left[i] > 0 for i in order):
             for i in order:
-                if left[i] <= 0:
+                if self.left[i] <= 0:
                     continue
                 if state.get("interrupted"):
-                    stopped = "interrupted"
-                    break
+                    return "interrupted"
                 if deadline is not None and time.perf_counter() > deadline and state["n"]:
-                    stopped = "budget"  # the first batch always runs
-                    break
-                batch = min(BATCH, left[i])
-                default_us = f"{1e6 * defaults[i]:.1f} us" if defaults[i] else "n/a"
-                name = tasks[i].task_name
-                say(f"tune: {name}: {batch} of {left[i]} trials (default {default_us})")
-                state["task"] = i
-                stopped = _tune_one(tasks[i], batch, work_dir, tools, callback, state)
-                left[i] -= batch
-                state["done"] = sum(1 for j in order if left[j] <= 0)
+                    return "budget"  # the first batch always runs
+                stopped = self._batch(i, work_dir, tools, callback, state, say)
+                state["done"] = sum(1 for j in order if self.left[j] <= 0)
                 if state.get("budget_reached"):
-                    stopped = "budget"
+                    return "budget"
                 if stopped != "done":
-                    break
-    after = _count_records(ms.database.JSONDatabase(work_dir=str(work_dir)), tasks)
-    names = {i: t.task_name for i, t in enumerate(tasks)}
-    summary = TuneSummary(
-        work_dir,
-        len(tasks),
-        before,
-        after,
-        time.perf_counter() - start,
-        stopped,
-        {names[i]: us for i, us in best.items()},
-    )
-    log_run(work_dir, summary)
-    choose_records(model, db_root, opts, tasks, work_dir, say, runner=remote)
-    return summary
+                    return stopped
+        return "done"
+
+    def _batch(self, i: int, work_dir, tools, callback, state, say) -> str:
+        batch = min(BATCH, self.left[i])
+        default_us = f"{1e6 * self.defaults[i]:.1f} us" if self.defaults[i] else "n/a"
+        name = self.tasks[i].task_name
+        say(f"tune: {name}: {batch} of {self.left[i]} trials (default {default_us})")
+        state["task"] = i
+        stopped = _tune_one(self.tasks[i], batch, work_dir, tools, callback, state)
+        self.left[i] -= batch
+        return stopped
 
 
 def _is_view(task) -> bool:

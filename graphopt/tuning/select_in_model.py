@@ -107,8 +107,8 @@ def select_in_model(
     timed again (a kernel's time depends on its neighbours: the winners of round 1 ran beside
     records that round 2 drops), and only records that win both rounds stay.
     """
-    from .compiler import compile_model
-    from .inputs import random_inputs
+    from ..compiler import compile_model
+    from ..inputs import random_inputs
 
     selection: dict = {}
     chosen = list(names)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import GraphoptError
+from ..errors import GraphoptError
 
 
 class RPCError(GraphoptError):
@@ -161,7 +161,7 @@ def remote_latency(
     """Upload the artifact's library, run it on the remote device, return per-run ms."""
     from tvm import runtime
 
-    from .artifact import load
+    from ..artifact import load
 
     art = load(artifact_dir)
     arrays = art.check_inputs(inputs)

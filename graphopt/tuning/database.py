@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import TargetError
-from .target_infra import Target
+from ..errors import TargetError
+from ..target_infra import Target
 
 # Target options that choose which kernels exist but not how one kernel compiles: records are
 # keyed by the kernel's own structure, so these need not split a database (nor, when a new one
