@@ -96,7 +96,7 @@ def default_timer(runs: int = 0) -> Timer:
 
 def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerShape]:
     """Each layer's `LayerShape`, as it will sit in the quantized graph."""
-    from ..passes.lower_int8 import BindingGraph, epilogue_chain
+    from ..binding_graph import BindingGraph, epilogue_chain
 
     graph = BindingGraph(mod["main"], mod)
     layer_vars = {ly.var for ly in layers}

@@ -1,7 +1,8 @@
-"""Integer kernels behind `lower-int8`: int8 conv2d / matmul with fused requantize epilogues.
+"""CPU int8 kernels of the int8 ops (`graphopt.int8_ops`): matmul, NHWC window convs, add.
 
-Every kernel is written directly in low-level TIR (already scheduled: `schedule-cpu` skips it)
-around one register-tiled micro-kernel whose inner step is a single SIMD "dot" instruction:
+`materialize-int8` builds these for the target's dot-product scheme; every kernel is written
+directly in low-level TIR (already scheduled: `schedule-cpu` skips it) around one
+register-tiled micro-kernel whose inner step is a single SIMD "dot" instruction:
 
     isa      lanes  k per 32-bit word  instruction                         activation domain
     vnni     16     4 (bytes)          vpdpbusd zmm (u8 x s8 -> s32)        u8 (int8 + 128)
@@ -12,31 +13,33 @@ around one register-tiled micro-kernel whose inner step is a single SIMD "dot" i
 Activations are packed into 32-bit "words" of `kpack` reduction values, per parallel task:
 a matmul task packs its rows [rows, k/kpack] (vector loads). NHWC convs are this matmul: a
 1x1 conv over pixels, other convs over their windows, packed from NHWC per row by
-`_window_words`. Constant int8 weights are packed the same way in numpy by the pass. This
-file holds the schemes, words, epilogues, the matmul and the int8 add; the NCHW conv kernels
-are in `conv_nchw.py`, the channel-last depthwise kernel (no dot instruction) in
-`depthwise_nhwc.py`, the image quantize in `quantize_nhwc.py`.
+`_window_words`. Constant int8 weights are packed the same way in numpy (`pack_*`) when the
+kernel is materialized. This file holds the schemes, words, the matmul and the int8 add; the
+NCHW conv kernels are in `conv_nchw.py`, the channel-last depthwise kernel (no dot
+instruction) in `depthwise_nhwc.py`, the image quantize in `quantize_nhwc.py`, and what
+builds and packs them per op in `materialize.py`.
 
 A domain shift (vnni: +128, sdot: -128) makes the activations fit the instruction; it is
-undone exactly with the zero-point correction `-zp' * sum_k w`, which the pass folds into the
-per-channel int32 bias (`corr`). Padding reads the zero point, so padded taps contribute
-exactly zero after that correction, as they do in fake quantization.
-
-Epilogues (per output channel `ch`, from the int32 accumulator `acc`):
-    requant:  q = clamp(round_half_even(f32(acc + corr[ch]) * scale[ch]) + zp, lo, hi)  (int8)
-    dequant:  y = clamp(f32(acc + corr[ch]) * scale[ch] * [xs] + fbias[ch], lo, hi)    (fp32)
-`lo`/`hi` fold relu / clip (relu6) into the range; `xs` is the runtime activation scale of
-dynamic quantization. `reference_*` functions are the numpy integer model of the same math.
+undone exactly by the zero-point correction: the kernels take `corr - off * sum_k w` where the
+op has `corr`. Padding reads the zero point (shifted likewise), so padded taps contribute
+exactly what they do in the op definition. The epilogues are the ops' (`Epilogue.tir`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
+
+from graphopt.int8_ops import (  # noqa: F401 - the op types, re-exported for the CPU kernels
+    AddSpec,
+    ConvSpec,
+    Epilogue,
+    MatmulSpec,
+    add_value,
+)
 
 # --------------------------------------------------------------------------------------------
 # Instruction sets
@@ -165,141 +168,7 @@ def _loop(work: int):
 FUSED_QUANT_LANES = 16
 
 # --------------------------------------------------------------------------------------------
-# Epilogue
-
-
-@dataclass(frozen=True)
-class Epilogue:
-    """What happens to the int32 accumulator: requantize to int8/uint8, or dequantize to fp32."""
-
-    out_dtype: str  # "int8" / "uint8" (requant) or "float32" (dequant)
-    zp: int = 0  # output zero point (requant)
-    lo: float = -math.inf  # clamp bounds, in the quantized domain (requant) or real (dequant)
-    hi: float = math.inf
-    dynamic: bool = False  # dequant: multiply by a runtime activation scale
-
-    @property
-    def requant(self) -> bool:
-        return self.out_dtype != "float32"
-
-    def bounds(self) -> tuple[float, float]:
-        if not self.requant:
-            return self.lo, self.hi
-        info = np.iinfo(self.out_dtype)
-        return max(self.lo, float(info.min)), min(self.hi, float(info.max))
-
-    def tir(self, acc, corr, scale, fbias, xs, lanes: int):
-        """The epilogue as a TIR expression of `lanes` lanes (1: scalar)."""
-        f32 = "float32" if lanes == 1 else f"float32x{lanes}"
-        i32 = "int32" if lanes == 1 else f"int32x{lanes}"
-        out = self.out_dtype if lanes == 1 else f"{self.out_dtype}x{lanes}"
-
-        def const(v):
-            c = T.float32(v)
-            return c if lanes == 1 else T.broadcast(c, lanes)
-
-        lo, hi = self.bounds()
-        value = T.Cast(f32, acc + corr) * scale
-        if self.requant:
-            value = T.round(value) + const(float(self.zp))
-            value = T.min(T.max(value, const(lo)), const(hi))
-            return T.Cast(out, T.Cast(i32, value))
-        if self.dynamic:
-            value = value * xs
-        value = value + fbias
-        if lo > -math.inf:
-            value = T.max(value, const(lo))
-        if hi < math.inf:
-            value = T.min(value, const(hi))
-        return value
-
-    def numpy(self, acc, corr, scale, fbias, xs=None):
-        """The same math in numpy (the reference the kernels are checked against)."""
-        value = (acc + corr).astype(np.float32) * scale.astype(np.float32)
-        lo, hi = self.bounds()
-        if self.requant:
-            value = np.round(value) + np.float32(self.zp)
-            return np.clip(value, lo, hi).astype(np.int32).astype(self.out_dtype)
-        if self.dynamic:
-            value = value * np.float32(xs)
-        value = value + fbias.astype(np.float32)
-        return np.clip(value, np.float32(lo), np.float32(hi)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# conv2d (NCHW, OIHW weights, any stride / padding / dilation / groups)
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    batch: int
-    cin: int
-    height: int
-    width: int
-    cout: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    padding: tuple[int, int, int, int]  # top, left, bottom, right
-    dilation: tuple[int, int]
-    groups: int
-    act_dtype: str
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        pt, pl, pb, pr = self.padding
-        oh = (self.height + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
-        ow = (self.width + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
-        return oh, ow
-
-    @property
-    def depthwise(self) -> bool:
-        return self.groups == self.cin == self.cout and self.groups > 1
-
-    @property
-    def k_group(self) -> int:
-        return self.cin // self.groups * self.kh * self.kw
-
-
-def reference_conv2d(x, w, spec: ConvSpec, zp: int) -> np.ndarray:
-    """numpy int64 conv of (x - zp) with w (NCHW / OIHW), the exact integer result."""
-    oh, ow = spec.out_hw
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    pt, pl, pb, pr = spec.padding
-    xs = x.astype(np.int64) - zp
-    xs = np.pad(xs, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    groups, cg, og = spec.groups, spec.cin // spec.groups, spec.cout // spec.groups
-    out = np.zeros((spec.batch, spec.cout, oh, ow), np.int64)
-    for ry in range(spec.kh):
-        for rx in range(spec.kw):
-            patch = xs[:, :, ry * dh : ry * dh + sh * (oh - 1) + 1 : sh]
-            patch = patch[:, :, :, rx * dw : rx * dw + sw * (ow - 1) + 1 : sw]
-            for g in range(groups):
-                wg = w[g * og : (g + 1) * og, :, ry, rx].astype(np.int64)
-                xg = patch[:, g * cg : (g + 1) * cg]
-                out[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", wg, xg)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # matmul: x[..., M, K] (int8 / uint8) @ W[K, N] (int8 constant)
-
-
-@dataclass(frozen=True)
-class MatmulSpec:
-    rows: int  # M times the batch dims
-    k: int
-    n: int
-    act_dtype: str
-    # Dynamic quantization with one run-time scale per row (token): xs is [rows], not a scalar.
-    per_row: bool = False
-    # Per-row dynamic quantization done by the kernel itself: x is fp32, each task computes its
-    # rows' scales max(max|x|, eps) / qmax and quantizes while packing (no separate abs-max and
-    # quantize passes over x); xs is then unused.
-    fused_quant: bool = False
-    eps: float = 1e-8
-    qmax: float = 127.0
 
 
 @dataclass(frozen=True)
@@ -588,57 +457,7 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int):
 
 
 # --------------------------------------------------------------------------------------------
-# add: int8 + int8 -> int8 (residual joins), exact fixed-point requantization
-
-
-@dataclass(frozen=True)
-class AddSpec:
-    """out = clamp(zp_o + rhe((ma * (a - zp_a) + mb * (b - zp_b)) / 2^shift), lo, hi).
-
-    ma / mb are s_a / s_o and s_b / s_o in fixed point (`add_spec`); rhe is round half to even.
-    """
-
-    shape: tuple[int, ...]
-    a_dtype: str
-    b_dtype: str
-    zp_a: int
-    zp_b: int
-    ma: int
-    mb: int
-    shift: int
-    ep: Epilogue  # out dtype, zp_o, clamp bounds (quantized domain)
-
-
-ADD_SHIFT = 24  # fixed-point bits (fewer when the multipliers are large)
-
-
-def add_multipliers(s_a: float, s_b: float, s_o: float) -> tuple[int, int, int]:
-    """(ma, mb, shift) with s_a / s_o ~ ma / 2^shift: 255 * (|ma| + |mb|) stays inside int32."""
-    ra, rb = float(s_a) / float(s_o), float(s_b) / float(s_o)
-    shift = ADD_SHIFT
-    while shift > 0 and 255 * (abs(ra) + abs(rb) + 1) * 2**shift >= 2**31 - 1:
-        shift -= 1
-    return int(round(ra * 2**shift)), int(round(rb * 2**shift)), shift
-
-
-def _rhe_shift(v, shift: int, lanes: int):
-    """TIR: round-half-to-even of v / 2^shift (v int32, `lanes` lanes)."""
-    i32 = "int32" if lanes == 1 else f"int32x{lanes}"
-
-    def c(x):
-        return T.int32(x) if lanes == 1 else T.broadcast(T.int32(x), lanes)
-
-    if shift == 0:
-        return v
-    q = T.shift_right(v, c(shift))
-    r = v - T.shift_left(q, c(shift))
-    half = 1 << (shift - 1)
-    up = T.Select(
-        tvm.tirx.Or(r > c(half), tvm.tirx.And(r == c(half), T.bitwise_and(q, c(1)) == c(1))),
-        c(1),
-        c(0),
-    )
-    return T.Cast(i32, q + up)
+# add: int8 + int8 -> int8 (residual joins), the op's fixed-point math in vectors
 
 
 def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
@@ -649,20 +468,9 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
     per_task = 64  # vectors per parallel task
     tasks = -(-vecs // per_task)
     ep = spec.ep
-    lo, hi = ep.bounds()
 
     def value(a, b, lanes_):
-        i32 = "int32" if lanes_ == 1 else f"int32x{lanes_}"
-
-        def c(x):
-            return T.int32(x) if lanes_ == 1 else T.broadcast(T.int32(x), lanes_)
-
-        acc = (T.Cast(i32, a) - c(spec.zp_a)) * c(spec.ma) + (T.Cast(i32, b) - c(spec.zp_b)) * c(
-            spec.mb
-        )
-        q = _rhe_shift(acc, spec.shift, lanes_) + c(ep.zp)
-        q = T.min(T.max(q, c(int(lo))), c(int(hi)))
-        return T.Cast(ep.out_dtype if lanes_ == 1 else f"{ep.out_dtype}x{lanes_}", q)
+        return add_value(spec, a, b, lanes_)
 
     @T.prim_func
     def add(
@@ -683,15 +491,3 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
             of[i] = value(af[i], bf[i], 1)
 
     return add
-
-
-def reference_add(a: np.ndarray, b: np.ndarray, spec: AddSpec) -> np.ndarray:
-    """numpy integer model of `add_kernel` (round half to even on the fixed-point sum)."""
-    acc = (a.astype(np.int64) - spec.zp_a) * spec.ma + (b.astype(np.int64) - spec.zp_b) * spec.mb
-    q = acc >> spec.shift if spec.shift else acc
-    r = acc - (q << spec.shift)
-    half = 1 << (spec.shift - 1) if spec.shift else 0
-    if spec.shift:
-        q = q + ((r > half) | ((r == half) & (q % 2 == 1)))
-    lo, hi = spec.ep.bounds()
-    return np.clip(q + spec.ep.zp, lo, hi).astype(spec.ep.out_dtype)
