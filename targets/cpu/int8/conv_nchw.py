@@ -1,10 +1,11 @@
-"""NCHW integer conv kernels of `lower-int8` (ARM, and x86 with `layout=NCHW`).
+"""CPU kernels of NCHW int8 conv2d ops (`lower-int8{layout=NCHW}`, the default; ARM).
 
 The GEMM form puts output channels in tile rows (weight words broadcast) and output pixels in
 SIMD lanes: a conv task packs one tile [k/kpack, pixels] (window convs read it from a
 whole-input im2col, 1x1 convs straight from NCHW). Depthwise convs vectorize over the output
-width. The shared pieces (schemes, words, epilogues, the numpy reference) are in
-`kernels.py`; on x86 the NHWC kernels replace these.
+width (when the window sum is exact in fp32, `ConvSpec.fp32_exact`; else the GEMM form).
+The shared pieces (schemes, words) are in `kernels.py`; with `layout=NHWC` (x86) the NHWC
+kernels replace these.
 """
 
 from __future__ import annotations
@@ -337,7 +338,7 @@ def depthwise_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tvm.tir
     into `stride` column phases so every tap is a contiguous vector load; output width in
     lanes, all taps unrolled. With 9 taps per output a dot instruction has nothing to reduce,
     and int32 multiplies (vpmulld) are slow, so the sums run as fp32 FMAs on integer values:
-    exact while |sum| < 2^24 (the pass checks kh * kw * 255 * 128 stays below that), then
+    exact while |sum| < 2^24 (`ConvSpec.fp32_exact`: kh * kw * 255 * 128 stays below it), then
     converted to int32 for the usual epilogue. The weights stay int8 in the artifact and are
     converted per channel (a quarter of the bytes of fp32 weights; no measurable cost).
     """

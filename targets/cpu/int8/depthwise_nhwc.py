@@ -1,9 +1,10 @@
-"""Channel-last (NHWC) int8 depthwise conv: the kernel `lower-int8` uses when layout is NHWC.
+"""Channel-last (NHWC) int8 depthwise conv: the CPU kernel of depthwise NHWC conv2d ops.
 
 Channels sit in SIMD lanes, so every tap is one vector multiply-add at any stride or width
 (the NCHW kernel puts the output width in lanes: a 7-wide row fills 7 of 16). The math is the
-NCHW depthwise kernel's: fp32 FMAs on integer values (exact while |sum| < 2^24, which the pass
-checks), converted to int32 for the shared requantize epilogue.
+NCHW depthwise kernel's: fp32 FMAs on integer values (exact while |sum| < 2^24: lower-int8
+keeps depthwise convs in NHWC only when `ConvSpec.fp32_exact`), converted to int32 for the
+shared requantize epilogue.
 
 One task computes `rows` output rows of one channel block. It first copies the input rows it
 reads, minus the zero point and as fp32, into its own padded buffer (padding reads 0, i.e. the
