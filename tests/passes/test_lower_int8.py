@@ -710,3 +710,31 @@ def test_residual_block_stays_int8(tmp_path):
     want = run_module(mod, [x0])[0]
     assert np.abs(got - fake).max() <= 0.05 * np.abs(want).max()  # requantize rounding only
     assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
+def test_lowering_is_target_independent():
+    """The same module whatever target is current (none, VNNI, ARM): portable kernels with
+    no instruction-set intrinsics, and nothing imported from the targets."""
+    import contextlib
+    from pathlib import Path
+
+    mod = Layer("matmul", (2, 5, 13), (13, 21), "int8", activation="relu").module()
+    conv = _conv_layer("3x3_pad", act_dtype="int8").module()
+    targets = [
+        None,
+        {"kind": "llvm", "mcpu": "icelake-server"},
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+    ]
+    for source in (mod, conv):
+        lowered = []
+        for spec in targets:
+            with tvm.target.Target(spec) if spec else contextlib.nullcontext():
+                lowered.append(lower_portable(source, layout="NHWC").module)
+        for other in lowered[1:]:
+            tvm.ir.assert_structural_equal(lowered[0], other)
+        kernels = [f for f in lowered[0].functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert kernels and all(K.recipe_of(f).isa is None for f in kernels)
+        assert not any("call_llvm" in f.script() for f in kernels)
+    root = Path(__file__).resolve().parents[2] / "passes"
+    for name in ("lower_int8.py", "_int8_reference.py", "_int8_pad.py"):
+        assert "graphopt.targets" not in (root / name).read_text(), name
