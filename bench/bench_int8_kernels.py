@@ -172,7 +172,9 @@ def bench_case(case: Case, runs: int, isas: list[str], mcpu: str, say) -> dict[s
     contestants = {"fp32": lambda f=vm32["main"]: f(*a32)}
     rows: dict[str, Any] = {}
     for isa in isas:
-        vm8, stats = _build(qdq_mod, target, f"lower-int8{{isa={isa}}}")
+        vm8, stats = _build(
+            qdq_mod, target, f"lower-int8{{layout=NHWC}},materialize-int8{{isa={isa}}}"
+        )
         out8 = vm8["main"](*a8).numpy()
         if out8.dtype == np.float32:
             agree = float(np.abs(out8 - outfq).max() / max(np.abs(outfq).max(), 1e-30))
@@ -288,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     only = set(filter(None, args.only.split(",")))
     cases = [c for c in CASES if not only or c.name in only]
 
-    from graphopt.passes.lower_int8 import _resolve_isa
     from graphopt.target_infra import make_target
+    from graphopt.targets.cpu.passes.materialize_int8 import resolve_isa
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     for mcpu in args.mcpu.split(","):
         target = make_target("x86", {"mcpu": mcpu} if mcpu else {})
         with target.tvm_target():
-            isas = list(dict.fromkeys(_resolve_isa(i).name for i in args.isa.split(",") if i))
+            isas = list(dict.fromkeys(resolve_isa(i).name for i in args.isa.split(",") if i))
         say(f"target mcpu {target.options.mcpu}: schemes {', '.join(isas)}")
         cases_out = [bench_case(c, args.runs, isas, mcpu, say) for c in cases]
         configs.append({"mcpu": target.options.mcpu, "isas": isas, "cases": cases_out})

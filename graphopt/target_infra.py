@@ -99,6 +99,12 @@ class Target:
     def device(self) -> Any:
         return tvm.cpu()
 
+    def pass_options(self, pass_name: str) -> dict[str, str]:
+        """Options this target wants for a target-independent pass that compression methods
+        add (e.g. x86: `lower-int8{layout=NHWC}`), as pipeline text values: the pass stays
+        target-independent and the choice shows in the pipeline text."""
+        return {}
+
     def device_kind(self) -> str:
         """The device the artifact runs on, as the manifest records it (`tvm.device` name):
         `graphopt run`, `load` and the C++ runner open this device, not a hard-coded CPU."""

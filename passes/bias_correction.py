@@ -1,9 +1,10 @@
 """Subtract each quantized layer's calibrated mean quantization error from its bias.
 
 The int8 flow runs it before `quantize`: calibration writes one correction per output channel
-into the ranges file (the closed form and why: graphopt/quant/bias_correction.py). A layer whose
-only user is `add(y, constant channel vector)` gets the correction folded into that constant;
-others get an `add` of their own, which `lower-int8` then takes as the kernel's bias.
+into the ranges file (the closed form and why: graphopt/compress/int8/bias_correction.py).
+A layer whose only user is `add(y, constant channel vector)` gets the correction folded into
+that constant; others get an `add` of their own, which `lower-int8` then takes as the kernel's
+bias.
 
     before:  y = conv2d(x, W); z = add(y, b)
     after:   y = conv2d(x, W); z = add(y, b - c)        c: the layer's correction

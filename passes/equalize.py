@@ -2,7 +2,7 @@
 
 The int8 flow runs it before `quantize`: calibration writes one scale k per channel for every
 (conv + bias [+ relu | relu6]) -> depthwise pair into the ranges file (the method and why:
-graphopt/quant/equalize.py). fp32 results are unchanged up to the calibrated maxima; the
+graphopt/compress/int8/equalize.py). fp32 results are unchanged up to the calibrated maxima; the
 depthwise input's small channels then use more of the int8 range.
 
     before:  y = relu6(conv2d(x, W) + b);        z = conv2d(y, D, groups=C)

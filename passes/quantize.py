@@ -145,7 +145,9 @@ class Quantize(GraphPass):
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         if plan:
             new["main"] = _Rewriter(plan, ranges, o, weights, joins).rewrite(mod["main"])
-        if o.embeddings and o.mode != "imported":  # int8 tables, graphopt/quant/embedding.py
+        if (
+            o.embeddings and o.mode != "imported"
+        ):  # int8 tables, graphopt/compress/int8/embedding.py
             new["main"], tables = quantize_embeddings(new["main"])
             if tables:
                 stats["embedding_tables"] = len(tables)

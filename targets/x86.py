@@ -71,5 +71,10 @@ class X86(Target):
             "lower": list(CPU_LOWER),
         }
 
+    def pass_options(self, pass_name: str) -> dict[str, str]:
+        # int8 tensors between conv kernels in NHWC: channels in SIMD lanes, a 1x1 conv is the
+        # int8 matmul, a depthwise conv one vector multiply-add per tap (docs/INT8.md).
+        return {"layout": "NHWC"} if pass_name == "lower-int8" else {}
+
     def tir_pipeline(self) -> str:
         return cpu_lowering.tir_pipeline()

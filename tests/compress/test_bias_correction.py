@@ -1,5 +1,5 @@
-"""Bias correction (graphopt/quant/bias_correction.py): the closed-form channel means, and the
-pass removing the mean quantization error of a depthwise layer on a known distribution."""
+"""Bias correction (graphopt/compress/int8/bias_correction.py): the closed-form channel means,
+and the pass removing the mean quantization error of a depthwise layer on a known distribution."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""int8 embedding tables (graphopt/quant/embedding.py, through the quantize pass)."""
+"""int8 embedding tables (graphopt/compress/int8/embedding.py, through the quantize pass)."""
 
 from __future__ import annotations
 

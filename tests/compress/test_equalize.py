@@ -1,4 +1,4 @@
-"""Activation equalization into depthwise convs (graphopt/quant/equalize.py)."""
+"""Activation equalization into depthwise convs (graphopt/compress/int8/equalize.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The speed check: a layer whose int8 kernel is slower than its fp32 kernel stays fp32
-(graphopt/quant/speed.py, the decision in graphopt/quant/flow.py)."""
+(graphopt/compress/int8/speed.py, the decision in graphopt/compress/int8/flow.py)."""
 
 from __future__ import annotations
 

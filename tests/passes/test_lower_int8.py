@@ -1,9 +1,11 @@
-"""lower-int8: QDQ conv2d / matmul layers become integer kernels, bit-exact vs numpy.
+"""lower-int8: QDQ conv2d / matmul layers become int8 ops, bit-exact vs numpy.
 
 Graphs that take the int8 tensor as input and end in a quantize are compared bit for bit with
 a numpy integer model written from the QDQ contract (int32 bias = round(b / (s_x s_w)),
 multiplier s_x s_w / s_out in fp32, round half to even, activation folded into the clamp);
-graphs with fp32 ends are compared with the unlowered (fake-quant) graph.
+graphs with fp32 ends are compared with the unlowered (fake-quant) graph. `lower` runs
+`lower-int8` and then `materialize-int8` for this host's scheme (the CPU kernels); exact cases
+also run the portable kernels `lower-int8` emits.
 """
 
 from __future__ import annotations
@@ -15,20 +17,32 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt import int8_ops as K
 from graphopt.compress.int8 import qdq
 from graphopt.errors import PipelineError
-from graphopt.pass_infra import make_pass
+from graphopt.pass_infra import PassResult, make_pass
 from graphopt.pipeline import instantiate, parse_pipeline
-from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.testing import apply_checked, check_no_change, run_module
 
 ISA = "vnni" if {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features() else "avx2"
 
 
-def lower(mod, **options):
-    text = ",".join(f"{k}={v}" for k, v in {"isa": ISA, **options}.items())
-    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{{text}}}"))
+def lower_portable(mod, **options):
+    """lower-int8 alone: the portable kernels."""
+    text = ",".join(f"{k}={v}" for k, v in options.items())
+    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{{text}}}" if text else "lower-int8"))
     return apply_checked(pass_, mod)
+
+
+def materialize(mod, isa=ISA):
+    (pass_,) = instantiate(parse_pipeline(f"materialize-int8{{isa={isa}}}"))
+    return apply_checked(pass_, mod)
+
+
+def lower(mod, isa=ISA, **options):
+    """lower-int8, then the CPU kernels of `isa`; lower-int8's stats."""
+    result = lower_portable(mod, **options)
+    return PassResult(materialize(result.module, isa).module, result.modified, result.stats)
 
 
 def _module(x_shape, x_dtype, body):
@@ -175,12 +189,14 @@ def _conv_layer(name, **kw):
 
 def _check_exact(layer: Layer, kind: str, **options):
     mod = layer.module()
-    result = lower(mod, **options)
+    result = lower_portable(mod, **options)
     assert result.stats[f"lowered_{kind}"] == 1 and result.stats["requantized"] == 1
     counts = _tvm.op_counts(result.module)
     for op in ("relax.quantize", "relax.dequantize", "relax.nn.conv2d", "relax.matmul"):
         assert op not in counts, f"{op} left after lowering"
-    (got,) = run_module(result.module, [layer.x])
+    (portable,) = run_module(result.module, [layer.x])
+    np.testing.assert_array_equal(portable, layer.reference())
+    (got,) = run_module(materialize(result.module).module, [layer.x])
     np.testing.assert_array_equal(got, layer.reference())
     # Fake quantization (the unlowered graph) agrees up to the final requantize rounding.
     (fake,) = run_module(mod, [layer.x])
@@ -250,7 +266,7 @@ def test_dynamic_matmul():
 
 
 def _no_dynamic():
-    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{isa={ISA},dynamic=false}}"))
+    (pass_,) = instantiate(parse_pipeline("lower-int8{dynamic=false}"))
     return pass_
 
 
@@ -350,20 +366,25 @@ def test_leaves_what_it_cannot_lower():
     assert result.stats["left"] == 2 and result.stats["lowered_conv2d"] == 0
 
 
-def test_unknown_isa_is_a_pipeline_error():
+def test_unknown_isa_or_layout_is_a_pipeline_error():
+    lowered = lower_portable(_conv_layer("1x1", act_dtype="int8").module()).module
     with pytest.raises(PipelineError, match="unknown isa"):
-        instantiate(parse_pipeline("lower-int8{isa=avx9}"))[0](
+        instantiate(parse_pipeline("materialize-int8{isa=avx9}"))[0](lowered)
+    with pytest.raises(PipelineError, match="unknown layout"):
+        instantiate(parse_pipeline("lower-int8{layout=NCWH}"))[0](
             _conv_layer("1x1", act_dtype="int8").module()
         )
 
 
 def _pass():
-    return instantiate(parse_pipeline(f"lower-int8{{isa={ISA}}}"))[0]
+    return instantiate(parse_pipeline("lower-int8"))[0]
 
 
 def test_registered_and_round_trips():
-    (pass_,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))
-    assert pass_.name == "lower-int8" and pass_.option_text() == {"isa": "avx2"}
+    (pass_,) = instantiate(parse_pipeline("lower-int8{layout=NHWC}"))
+    assert pass_.name == "lower-int8" and pass_.option_text() == {"layout": "NHWC"}
+    (pass_,) = instantiate(parse_pipeline("materialize-int8{isa=avx2}"))
+    assert pass_.name == "materialize-int8" and pass_.option_text() == {"isa": "avx2"}
 
 
 DIGITS = "graphopt/models/digits_cnn.onnx"
@@ -419,51 +440,62 @@ def test_clip_as_maximum_minimum_folds(form):
     _check_exact(layer, "conv2d")
 
 
-RETARGETS = {
-    # scheme lower-int8 used (no target current) -> target schedule-cpu runs under
-    "vnni->avx2": ("vnni", {"kind": "llvm", "mcpu": "znver3"}),
-    "avx2->vnni": ("avx2", {"kind": "llvm", "mcpu": "icelake-server"}),
-    "avx2->generic": ("avx2", {"kind": "llvm", "mcpu": "x86-64"}),
+MATERIALIZE_TARGETS = {
+    # target the schedule stage runs under -> the scheme materialize-int8 picks
+    "znver3": ({"kind": "llvm", "mcpu": "znver3"}, "avx2"),
+    "icelake-server": ({"kind": "llvm", "mcpu": "icelake-server"}, "vnni"),
+    "x86-64": ({"kind": "llvm", "mcpu": "x86-64"}, "generic"),
 }
 
 
-@pytest.mark.parametrize("case", list(RETARGETS))
-@pytest.mark.parametrize("layer", ["conv", "window", "depthwise", "matmul"])
-def test_schedule_cpu_rebuilds_kernels_for_the_target(case, layer):
-    """lower-int8 ran for one scheme; schedule-cpu under another target rebuilds the kernel
-    and repacks its constants, and the result is still bit-exact."""
-    built, target = RETARGETS[case]
-    if built == "vnni" or target.get("mcpu") == "icelake-server":
-        if not {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features():
-            pytest.skip("runs VNNI code")
+def _materialize_layer(layer: str) -> tuple[Layer, str]:
     if layer == "matmul":
-        lay = Layer("matmul", (2, 5, 13), (13, 21), "uint8", activation="relu", seed=3)
-    else:
-        name = {"depthwise": "depthwise", "window": "3x3_pad"}.get(layer, "stride2_groups_batch2")
-        lay = _conv_layer(name, act_dtype="int8", activation="relu6")
-    (lower_pass,) = instantiate(parse_pipeline(f"lower-int8{{isa={built}}}"))
-    lowered = lower_pass(lay.module()).module
-    with tvm.target.Target(target):
-        result = apply_checked(make_pass("schedule-cpu"), lowered)
-    assert result.stats["retargeted_int8"] == 1
+        return Layer("matmul", (2, 5, 13), (13, 21), "uint8", activation="relu", seed=3), "NCHW"
+    name = {"depthwise": "depthwise", "window": "3x3_pad", "depthwise_nchw": "depthwise"}.get(
+        layer, "stride2_groups_batch2"
+    )
+    layout = "NHWC" if layer in ("window", "depthwise") else "NCHW"
+    return _conv_layer(name, act_dtype="int8", activation="relu6"), layout
+
+
+@pytest.mark.parametrize("target", list(MATERIALIZE_TARGETS))
+@pytest.mark.parametrize("layer", ["conv", "window", "depthwise", "depthwise_nchw", "matmul"])
+def test_materialize_builds_the_targets_scheme(target, layer):
+    """One lowered module; materialize-int8 under each target builds that target's kernel and
+    packs the natural constants for it; the result is bit-exact."""
+    spec, scheme = MATERIALIZE_TARGETS[target]
+    if scheme == "vnni" and not {"avx512vnni", "avx512bw"} <= _tvm.host_cpu_features():
+        pytest.skip("runs VNNI code")
+    lay, layout = _materialize_layer(layer)
+    lowered = lower_portable(lay.module(), layout=layout).module
+    with tvm.target.Target(spec):
+        result = apply_checked(make_pass("materialize-int8"), lowered)
+    assert result.stats["kernels"] == 1 and result.stats[f"isa_{scheme}"] == 1
     (got,) = run_module(result.module, [lay.x])
     np.testing.assert_array_equal(got, lay.reference())
 
 
-def test_retarget_to_arm_emits_sdot():
-    from graphopt.targets.cpu.int8.retarget import retarget
-
+def test_materialize_for_arm_emits_sdot():
     lay = _conv_layer("3x3_pad", act_dtype="uint8")
-    (lower_pass,) = instantiate(parse_pipeline("lower-int8{isa=avx2}"))
-    lowered = lower_pass(lay.module()).module
+    lowered = lower_portable(lay.module()).module
     arm = tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
     )
-    mod, count = retarget(lowered, arm)
-    assert count == 1
+    with arm:
+        mod = make_pass("materialize-int8").run(lowered).module
     (kernel,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    kernel = kernel.with_attr("global_symbol", "main")
     asm = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=arm).inspect_source("asm")
-    assert K.ASM_MARKER["sdot"] in asm
+    assert "sdot" in asm
+
+
+def test_materialized_kernels_are_kept():
+    """Packing starts from the natural constants: kernels an earlier (forced) materialize-int8
+    built are kept as they are, whatever the scheme of the next run."""
+    lay = _conv_layer("1x1", act_dtype="int8")
+    avx2 = materialize(lower_portable(lay.module()).module, "avx2").module
+    result = check_no_change(make_pass("materialize-int8", {"isa": "generic"}), avx2)
+    assert result.stats["kernels"] == 0 and result.stats["already_built"] == 1
 
 
 @pytest.mark.slow
@@ -678,3 +710,31 @@ def test_residual_block_stays_int8(tmp_path):
     want = run_module(mod, [x0])[0]
     assert np.abs(got - fake).max() <= 0.05 * np.abs(want).max()  # requantize rounding only
     assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
+def test_lowering_is_target_independent():
+    """The same module whatever target is current (none, VNNI, ARM): portable kernels with
+    no instruction-set intrinsics, and nothing imported from the targets."""
+    import contextlib
+    from pathlib import Path
+
+    mod = Layer("matmul", (2, 5, 13), (13, 21), "int8", activation="relu").module()
+    conv = _conv_layer("3x3_pad", act_dtype="int8").module()
+    targets = [
+        None,
+        {"kind": "llvm", "mcpu": "icelake-server"},
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+    ]
+    for source in (mod, conv):
+        lowered = []
+        for spec in targets:
+            with tvm.target.Target(spec) if spec else contextlib.nullcontext():
+                lowered.append(lower_portable(source, layout="NHWC").module)
+        for other in lowered[1:]:
+            tvm.ir.assert_structural_equal(lowered[0], other)
+        kernels = [f for f in lowered[0].functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert kernels and all(K.recipe_of(f).isa is None for f in kernels)
+        assert not any("call_llvm" in f.script() for f in kernels)
+    root = Path(__file__).resolve().parents[2] / "passes"
+    for name in ("lower_int8.py", "_int8_reference.py", "_int8_pad.py"):
+        assert "graphopt.targets" not in (root / name).read_text(), name

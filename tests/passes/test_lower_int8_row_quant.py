@@ -3,6 +3,7 @@
 `quantize{mode=dynamic,granularity=row}` emits abs-max -> scale -> quantize -> dequantize in
 front of each matmul; lower-int8 folds that chain into the matmul kernel (`fuse_row_quant`),
 which must give bit for bit what the separate kernels give: the numpy integer model below.
+Each scheme's kernel (`materialize-int8{isa=..}`) and the portable kernel are checked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt.compress.int8 import qdq
+from graphopt.pass_infra import PassResult
 from graphopt.pipeline import instantiate, parse_pipeline
 from graphopt.testing import apply_checked, run_module
 
@@ -23,6 +25,7 @@ ISAS = [
     pytest.param("vnni", marks=pytest.mark.skipif(not HOST_VNNI, reason="no VNNI")),
     pytest.param("avx2", marks=pytest.mark.skipif(not HOST_AVX2, reason="no AVX2")),
     "generic",
+    "portable",  # lower-int8's own kernel, not materialized
 ]
 
 
@@ -40,9 +43,12 @@ def _module(x_shape, wq, s_w, bias):
 
 
 def _lower(mod, isa: str, fuse: bool):
-    text = f"lower-int8{{isa={isa},fuse_row_quant={str(fuse).lower()}}}"
-    (pass_,) = instantiate(parse_pipeline(text))
-    return apply_checked(pass_, mod)
+    (pass_,) = instantiate(parse_pipeline(f"lower-int8{{fuse_row_quant={str(fuse).lower()}}}"))
+    result = apply_checked(pass_, mod)
+    if isa == "portable":
+        return result
+    (build,) = instantiate(parse_pipeline(f"materialize-int8{{isa={isa}}}"))
+    return PassResult(apply_checked(build, result.module).module, True, result.stats)
 
 
 def _reference(x, wq, s_w, bias):

@@ -1,4 +1,4 @@
-"""The integer kernels of `lower-int8`, built alone and checked bit for bit against numpy.
+"""The CPU int8 kernels (what `materialize-int8` builds), alone, bit for bit against numpy.
 
 Every dot-product scheme that can run here runs: vnni when the host has AVX-512 VNNI, avx2
 compiled for znver3 (runs on any AVX2 host), generic for baseline x86-64. The ARM sdot path
@@ -15,6 +15,7 @@ import pytest
 import tvm
 
 from graphopt import _tvm
+from graphopt import int8_ops as O
 from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
@@ -95,7 +96,7 @@ def test_conv2d_requant_exact(isa, mcpu, name, act_dtype):
     args += [padded(scale, np.float32), np.zeros(spec.groups * plan.og_pad, np.float32)]
     lib = _build(CN.conv2d_kernel(spec, plan, zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "int8")
-    acc = K.reference_conv2d(x, w, spec, zp)
+    acc = O.reference_conv2d(x, w, spec, zp)
     c4 = (1, -1, 1, 1)
     want = ep.numpy(acc + bias.reshape(c4), 0, scale.reshape(c4), np.float32(0))
     np.testing.assert_array_equal(got, want)
@@ -129,7 +130,7 @@ def test_depthwise_exact(isa, mcpu, dims, act_dtype):
     lib = _build(CN.depthwise_kernel(spec, K.ISAS[isa], zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "uint8")
     c4 = (1, -1, 1, 1)
-    want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
+    want = ep.numpy(O.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
     np.testing.assert_array_equal(got, want)
     assert got.min() >= 5
 
@@ -165,7 +166,7 @@ def test_window_conv_nhwc_exact(isa, mcpu, name, act_dtype):
     lib = _build(K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec), mcpu)
     got = _call(lib, args, (spec.batch, oh, ow, spec.cout), "int8")
     c4 = (1, -1, 1, 1)
-    acc = K.reference_conv2d(x, w, spec, zp)
+    acc = O.reference_conv2d(x, w, spec, zp)
     want = ep.numpy(acc, 0, scale[: spec.cout].reshape(c4), np.float32(0))
     np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
 
@@ -222,7 +223,7 @@ def test_depthwise_nhwc_exact(isa, mcpu, dims, act_dtype):
     oh, ow = spec.out_hw
     got = _call(lib, args, (spec.batch, oh, ow, spec.cout), "int8")
     c4 = (1, -1, 1, 1)
-    want = ep.numpy(K.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
+    want = ep.numpy(O.reference_conv2d(x, w, spec, zp), corr.reshape(c4), scale.reshape(c4), 0)
     np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
     assert got.min() >= -4 and got.max() <= 90
 
@@ -330,13 +331,13 @@ def test_add_exact(isa, mcpu, shape, dtypes, scales):
     (da, db, do), (sa, sb, so) = dtypes, scales
     za, zb = (3 if da == "int8" else 130), (-7 if db == "int8" else 120)
     zo = -2 if do == "int8" else 128
-    ma, mb, shift = K.add_multipliers(sa, sb, so)
+    ma, mb, shift = O.add_multipliers(sa, sb, so)
     ep = K.Epilogue(do, zp=zo, lo=float(zo) if do == "uint8" else -math.inf)
     spec = K.AddSpec(shape, da, db, za, zb, ma, mb, shift, ep)
     a, b = _ints(rng, shape, da), _ints(rng, shape, db)
     lib = _build(K.add_kernel(spec), mcpu)
     got = _call(lib, [a, b], shape, do)
-    np.testing.assert_array_equal(got, K.reference_add(a, b, spec))
+    np.testing.assert_array_equal(got, O.reference_add(a, b, spec))
     real = (a.astype(np.float64) - za) * sa + (b.astype(np.float64) - zb) * sb
     lo, hi = ep.bounds()
     want = np.clip(np.round(real / so) + zo, lo, hi)

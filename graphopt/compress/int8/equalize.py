@@ -55,7 +55,7 @@ class Pair:
 
 def find_pairs(mod: tvm.IRModule) -> list[Pair]:
     """Producer -> bias -> relu|clip(0, b) -> depthwise consumer, every link single-use."""
-    from ...passes.lower_int8 import BindingGraph, epilogue_chain
+    from ...binding_graph import BindingGraph, epilogue_chain
 
     func = mod["main"]
     graph = BindingGraph(func, mod)

@@ -182,6 +182,7 @@ def quantize_step(
         opts, layers, ranges, ranges_path, scales, sens, timings, speed, lowered, workdir
     )
     decided.eval_inputs = [[feed[p] for p in params] for feed in eval_feeds]
+    decided.lower_options = target.pass_options(LOWER_PASS)
     return decided.step(skip, {})
 
 
@@ -234,6 +235,7 @@ class _Decided:
     lowered: bool
     workdir: tempfile.TemporaryDirectory
     eval_inputs: list = field(default_factory=list)
+    lower_options: dict = field(default_factory=dict)  # the target's lower-int8 options
 
     def step(self, skip: list[str], reasons: dict[str, str]) -> QuantStep:
         decisions = [self._decision(layer, skip, reasons) for layer in self.layers]
@@ -297,7 +299,7 @@ class _Decided:
         if self.scales:  # exact in fp32 up to the calibrated maxima: applies whatever stays fp32
             passes.insert(0, make_pass("equalize", {"ranges": path}))
         if self.lowered:
-            passes.append(make_pass(LOWER_PASS))
+            passes.append(make_pass(LOWER_PASS, self.lower_options))
         return passes
 
     def _manifest(self, decisions: list[dict], skip: list[str]) -> dict:
@@ -346,7 +348,7 @@ def imported_step(mod: tvm.IRModule, target: Target | None = None) -> QuantStep 
     passes = [make_pass("quantize", {"mode": "imported"})]
     lowered = LOWER_PASS in registered_passes()
     if lowered:
-        passes.append(make_pass(LOWER_PASS))
+        passes.append(make_pass(LOWER_PASS, target.pass_options(LOWER_PASS) if target else {}))
     manifest = {
         "scheme": "int8",
         "source": "already-quantized model (its own scales and zero points)",

@@ -97,7 +97,7 @@ def default_timer(runs: int = 0) -> Timer:
 
 def layer_shapes(mod: tvm.IRModule, layers: Sequence[Layer]) -> dict[str, LayerShape]:
     """Each layer's `LayerShape`, as it will sit in the quantized graph."""
-    from ...passes.lower_int8 import BindingGraph, epilogue_chain
+    from ...binding_graph import BindingGraph, epilogue_chain
 
     graph = BindingGraph(mod["main"], mod)
     layer_vars = {ly.var for ly in layers}
@@ -235,7 +235,7 @@ def build_pairs(
     pm = pair_module(pairs)
     tgt = resolve_target(target, target_options)
     with tgt.tvm_target():
-        lowered = make_pass("lower-int8").run(pm)
+        lowered = make_pass("lower-int8", tgt.pass_options("lower-int8")).run(pm)
     executable = compile_module(lowered.module, tgt)  # what the artifact ships
     vm = relax.VirtualMachine(executable, tgt.device())
     key_of = {ly.name: keys[shapes[ly.name]] for ly in layers}

@@ -1,7 +1,8 @@
-"""Integer kernels behind `lower-int8`: int8 conv2d / matmul with fused requantize epilogues.
+"""CPU int8 kernels of the int8 ops (`graphopt.int8_ops`): matmul, NHWC window convs, add.
 
-Every kernel is written directly in low-level TIR (already scheduled: `schedule-cpu` skips it)
-around one register-tiled micro-kernel whose inner step is a single SIMD "dot" instruction:
+`materialize-int8` builds these for the target's dot-product scheme; every kernel is written
+directly in low-level TIR (already scheduled: `schedule-cpu` skips it) around one
+register-tiled micro-kernel whose inner step is a single SIMD "dot" instruction:
 
     isa      lanes  k per 32-bit word  instruction                         activation domain
     vnni     16     4 (bytes)          vpdpbusd zmm (u8 x s8 -> s32)        u8 (int8 + 128)
@@ -12,31 +13,33 @@ around one register-tiled micro-kernel whose inner step is a single SIMD "dot" i
 Activations are packed into 32-bit "words" of `kpack` reduction values, per parallel task:
 a matmul task packs its rows [rows, k/kpack] (vector loads). NHWC convs are this matmul: a
 1x1 conv over pixels, other convs over their windows, packed from NHWC per row by
-`_window_words`. Constant int8 weights are packed the same way in numpy by the pass. This
-file holds the schemes, words, epilogues, the matmul and the int8 add; the NCHW conv kernels
-are in `conv_nchw.py`, the channel-last depthwise kernel (no dot instruction) in
-`depthwise_nhwc.py`, the image quantize in `quantize_nhwc.py`.
+`_window_words`. Constant int8 weights are packed the same way in numpy (`pack_*`) when the
+kernel is materialized. This file holds the schemes, words, the matmul and the int8 add; the
+NCHW conv kernels are in `conv_nchw.py`, the channel-last depthwise kernel (no dot
+instruction) in `depthwise_nhwc.py`, the image quantize in `quantize_nhwc.py`, and what
+builds and packs them per op in `materialize.py`.
 
 A domain shift (vnni: +128, sdot: -128) makes the activations fit the instruction; it is
-undone exactly with the zero-point correction `-zp' * sum_k w`, which the pass folds into the
-per-channel int32 bias (`corr`). Padding reads the zero point, so padded taps contribute
-exactly zero after that correction, as they do in fake quantization.
-
-Epilogues (per output channel `ch`, from the int32 accumulator `acc`):
-    requant:  q = clamp(round_half_even(f32(acc + corr[ch]) * scale[ch]) + zp, lo, hi)  (int8)
-    dequant:  y = clamp(f32(acc + corr[ch]) * scale[ch] * [xs] + fbias[ch], lo, hi)    (fp32)
-`lo`/`hi` fold relu / clip (relu6) into the range; `xs` is the runtime activation scale of
-dynamic quantization. `reference_*` functions are the numpy integer model of the same math.
+undone exactly by the zero-point correction: the kernels take `corr - off * sum_k w` where the
+op has `corr`. Padding reads the zero point (shifted likewise), so padded taps contribute
+exactly what they do in the op definition. The epilogues are the ops' (`Epilogue.tir`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
+
+from graphopt.int8_ops import (  # noqa: F401 - the op types, re-exported for the CPU kernels
+    AddSpec,
+    ConvSpec,
+    Epilogue,
+    MatmulSpec,
+    add_value,
+)
 
 # --------------------------------------------------------------------------------------------
 # Instruction sets
@@ -165,141 +168,7 @@ def _loop(work: int):
 FUSED_QUANT_LANES = 16
 
 # --------------------------------------------------------------------------------------------
-# Epilogue
-
-
-@dataclass(frozen=True)
-class Epilogue:
-    """What happens to the int32 accumulator: requantize to int8/uint8, or dequantize to fp32."""
-
-    out_dtype: str  # "int8" / "uint8" (requant) or "float32" (dequant)
-    zp: int = 0  # output zero point (requant)
-    lo: float = -math.inf  # clamp bounds, in the quantized domain (requant) or real (dequant)
-    hi: float = math.inf
-    dynamic: bool = False  # dequant: multiply by a runtime activation scale
-
-    @property
-    def requant(self) -> bool:
-        return self.out_dtype != "float32"
-
-    def bounds(self) -> tuple[float, float]:
-        if not self.requant:
-            return self.lo, self.hi
-        info = np.iinfo(self.out_dtype)
-        return max(self.lo, float(info.min)), min(self.hi, float(info.max))
-
-    def tir(self, acc, corr, scale, fbias, xs, lanes: int):
-        """The epilogue as a TIR expression of `lanes` lanes (1: scalar)."""
-        f32 = "float32" if lanes == 1 else f"float32x{lanes}"
-        i32 = "int32" if lanes == 1 else f"int32x{lanes}"
-        out = self.out_dtype if lanes == 1 else f"{self.out_dtype}x{lanes}"
-
-        def const(v):
-            c = T.float32(v)
-            return c if lanes == 1 else T.broadcast(c, lanes)
-
-        lo, hi = self.bounds()
-        value = T.Cast(f32, acc + corr) * scale
-        if self.requant:
-            value = T.round(value) + const(float(self.zp))
-            value = T.min(T.max(value, const(lo)), const(hi))
-            return T.Cast(out, T.Cast(i32, value))
-        if self.dynamic:
-            value = value * xs
-        value = value + fbias
-        if lo > -math.inf:
-            value = T.max(value, const(lo))
-        if hi < math.inf:
-            value = T.min(value, const(hi))
-        return value
-
-    def numpy(self, acc, corr, scale, fbias, xs=None):
-        """The same math in numpy (the reference the kernels are checked against)."""
-        value = (acc + corr).astype(np.float32) * scale.astype(np.float32)
-        lo, hi = self.bounds()
-        if self.requant:
-            value = np.round(value) + np.float32(self.zp)
-            return np.clip(value, lo, hi).astype(np.int32).astype(self.out_dtype)
-        if self.dynamic:
-            value = value * np.float32(xs)
-        value = value + fbias.astype(np.float32)
-        return np.clip(value, np.float32(lo), np.float32(hi)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# conv2d (NCHW, OIHW weights, any stride / padding / dilation / groups)
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    batch: int
-    cin: int
-    height: int
-    width: int
-    cout: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    padding: tuple[int, int, int, int]  # top, left, bottom, right
-    dilation: tuple[int, int]
-    groups: int
-    act_dtype: str
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        pt, pl, pb, pr = self.padding
-        oh = (self.height + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
-        ow = (self.width + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
-        return oh, ow
-
-    @property
-    def depthwise(self) -> bool:
-        return self.groups == self.cin == self.cout and self.groups > 1
-
-    @property
-    def k_group(self) -> int:
-        return self.cin // self.groups * self.kh * self.kw
-
-
-def reference_conv2d(x, w, spec: ConvSpec, zp: int) -> np.ndarray:
-    """numpy int64 conv of (x - zp) with w (NCHW / OIHW), the exact integer result."""
-    oh, ow = spec.out_hw
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    pt, pl, pb, pr = spec.padding
-    xs = x.astype(np.int64) - zp
-    xs = np.pad(xs, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    groups, cg, og = spec.groups, spec.cin // spec.groups, spec.cout // spec.groups
-    out = np.zeros((spec.batch, spec.cout, oh, ow), np.int64)
-    for ry in range(spec.kh):
-        for rx in range(spec.kw):
-            patch = xs[:, :, ry * dh : ry * dh + sh * (oh - 1) + 1 : sh]
-            patch = patch[:, :, :, rx * dw : rx * dw + sw * (ow - 1) + 1 : sw]
-            for g in range(groups):
-                wg = w[g * og : (g + 1) * og, :, ry, rx].astype(np.int64)
-                xg = patch[:, g * cg : (g + 1) * cg]
-                out[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", wg, xg)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # matmul: x[..., M, K] (int8 / uint8) @ W[K, N] (int8 constant)
-
-
-@dataclass(frozen=True)
-class MatmulSpec:
-    rows: int  # M times the batch dims
-    k: int
-    n: int
-    act_dtype: str
-    # Dynamic quantization with one run-time scale per row (token): xs is [rows], not a scalar.
-    per_row: bool = False
-    # Per-row dynamic quantization done by the kernel itself: x is fp32, each task computes its
-    # rows' scales max(max|x|, eps) / qmax and quantizes while packing (no separate abs-max and
-    # quantize passes over x); xs is then unused.
-    fused_quant: bool = False
-    eps: float = 1e-8
-    qmax: float = 127.0
 
 
 @dataclass(frozen=True)
@@ -333,6 +202,219 @@ def pack_matmul_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
     return np.ascontiguousarray(words.reshape(-1, step, plan.kwords).transpose(0, 2, 1))
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """The sizes one matmul kernel is generated from (its spec and plan, derived)."""
+
+    rows: int
+    k: int
+    n: int
+    kwords: int
+    mr: int
+    nr: int
+    lanes: int
+    kpack: int
+    off: int  # added to activations to reach the scheme's operand domain
+    col_tiles: int
+    row_tiles: int
+    col_chunks: int  # column-tile chunks per row tile (parallel tasks)
+    chunk: int  # column tiles per task
+
+    @property
+    def step(self) -> int:
+        return self.nr * self.lanes
+
+
+def _geometry(spec: MatmulSpec, plan: MatmulPlan) -> _Geometry:
+    isa, mr, step = plan.isa, plan.mr, plan.nr * plan.isa.lanes
+    row_tiles, col_tiles = plan.rows_pad // mr, plan.n_pad // step
+    col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
+    chunk = -(-col_tiles // col_chunks)
+    return _Geometry(
+        spec.rows,
+        spec.k,
+        spec.n,
+        plan.kwords,
+        mr,
+        plan.nr,
+        isa.lanes,
+        isa.kpack,
+        isa.offset(spec.act_dtype),
+        col_tiles,
+        row_tiles,
+        -(-col_tiles // chunk),
+        chunk,
+    )
+
+
+def _packed(kpack: int):
+    """int32 values -> words of kpack narrow values (TIR; the values already in domain)."""
+    narrow = {4: "int8", 2: "int16", 1: "int32"}[kpack]
+
+    def packed(q, values: int):
+        if kpack == 1:
+            return q
+        return T.reinterpret(f"int32x{values // kpack}", T.Cast(f"{narrow}x{values}", q))
+
+    return packed
+
+
+def _plain_rows(g: _Geometry):
+    """TIR macro: mr rows of x (int8 / uint8) into words, rows past the end repeating the last.
+
+    Whole vectors of values at a time (for int8 on vnni the +128 is one xor per word), the
+    widest power-of-two number of words (up to a register) that divides K, so K = 16 or 24
+    still packs with vectors; the last K % pack_values one by one."""
+    rows, k, kpack, off = g.rows, g.k, g.kpack, g.off
+    pack_words_n = g.lanes
+    while pack_words_n > 1 and k % (pack_words_n * kpack):
+        pack_words_n //= 2
+    vector_pack = pack_words_n > 1
+    pack_words_n = max(pack_words_n, 2)  # (a ramp needs 2 lanes; unused when not vector_pack)
+    pack_values = pack_words_n * kpack
+    packed = _packed(kpack)
+
+    def value(xf, m, kk):
+        inside = tvm.tirx.all(m < rows, kk < k)
+        return T.if_then_else(inside, T.Cast("int32", xf[T.min(m, rows - 1), kk]) + off, T.int32(0))
+
+    @T.macro
+    def pack_rows(x, xf, words, rs, vmax, m0):
+        for r in range(g.mr):
+            for kb in range(k // pack_values if vector_pack else 0):
+                words[r, T.ramp(kb * pack_words_n, 1, pack_words_n)] = packed(
+                    T.Cast(
+                        f"int32x{pack_values}",
+                        xf[T.min(m0 + r, rows - 1), T.ramp(kb * pack_values, 1, pack_values)],
+                    )
+                    + T.broadcast(T.int32(off), pack_values),
+                    pack_values,
+                )
+            for kq in range(k // pack_values * pack_words_n if vector_pack else 0, g.kwords):
+                words[r, kq] = _word(
+                    [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
+                )
+
+    return pack_rows
+
+
+def _fused_rows(g: _Geometry, spec: MatmulSpec):
+    """TIR macro: mr fp32 rows quantized with their own scales (rs) while packed into words.
+
+    scale = max(max|x|, eps) / qmax per row; q = clamp(round_half_even(x / scale)) + off, like
+    TVM's quantize legalization. Rows past the end repeat the last row: computed, never stored.
+    """
+    rows, k, kpack, off, qv = g.rows, g.k, g.kpack, g.off, FUSED_QUANT_LANES
+    kvec = k // qv * qv  # reduction values quantized qv at a time; the rest one by one
+    packed = _packed(kpack)
+
+    def quant(v, s, n: int):
+        i32 = "int32" if n == 1 else f"int32x{n}"
+        c = (lambda a: T.float32(a)) if n == 1 else (lambda a: T.broadcast(T.float32(a), n))
+        q = T.min(T.max(T.round(v / (s if n == 1 else T.broadcast(s, n))), c(-128.0)), c(127.0))
+        return T.Cast(i32, q) + (T.int32(off) if n == 1 else T.broadcast(off, n))
+
+    def fused_value(xf, m, kk, s):
+        return T.if_then_else(kk < k, quant(xf[m, T.min(kk, k - 1)], s, 1), T.int32(0))
+
+    @T.macro
+    def pack_rows(x, xf, words, rs, vmax, m0):
+        for r in range(g.mr):
+            vmax[T.ramp(0, 1, qv)] = T.broadcast(T.float32(0), qv)
+            for kb in range(kvec // qv):
+                vmax[T.ramp(0, 1, qv)] = T.max(
+                    vmax[T.ramp(0, 1, qv)],
+                    T.fabs(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)]),
+                )
+            rs[r] = T.float32(0)
+            for j in range(qv):
+                rs[r] = T.max(rs[r], vmax[j])
+            for kk in range(kvec, k):
+                rs[r] = T.max(rs[r], T.fabs(xf[T.min(m0 + r, rows - 1), kk]))
+            rs[r] = T.max(rs[r], T.float32(spec.eps)) / T.float32(spec.qmax)
+            for kb in range(kvec // qv):
+                words[r, T.ramp(kb * (qv // kpack), 1, qv // kpack)] = packed(
+                    quant(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)], rs[r], qv), qv
+                )
+            for kq in range(kvec // kpack, g.kwords):
+                words[r, kq] = _word(
+                    [
+                        fused_value(xf, T.min(m0 + r, rows - 1), kq * kpack + j, rs[r])
+                        for j in range(kpack)
+                    ],
+                    kpack,
+                )
+
+    return pack_rows
+
+
+def _window_rows(g: _Geometry, window: ConvSpec, isa: Isa, zp: int):
+    """TIR macro: the windows of mr output pixels (rows) into words, unrolled over a small
+    window's words (tap offsets become constants)."""
+    window_word = _window_words(window, isa, zp)
+
+    @T.macro
+    def pack_rows(x, xf, words, rs, vmax, m0):
+        for r in range(g.mr):
+            for kq in (T.unroll if g.kwords <= 64 else T.serial)(g.kwords):
+                words[r, kq] = window_word(x, T.min(m0 + r, g.rows - 1), kq)
+
+    return pack_rows
+
+
+def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
+    """TIR macro: one task's column tiles: the mr x nr register tile over all words, then the
+    epilogue per output vector (the tail vector's valid lanes only)."""
+    mr, nr, lanes, n, step = g.mr, g.nr, g.lanes, g.n, g.step
+    full_rows = g.rows % mr == 0
+
+    def row_scale(xs, rs, r, m):
+        if spec.fused_quant:
+            return rs[r]
+        return xs[m] if spec.per_row else xs[()]
+
+    def result(acc, corr, scale, fbias, xs_row, col):
+        """The vector epilogue of `acc`, whose first output channel is `col`."""
+        chans = T.ramp(col, 1, lanes)
+        return ep.tir(
+            acc, corr[chans], scale[chans], fbias[chans], T.broadcast(xs_row, lanes), lanes
+        )
+
+    @T.macro
+    def gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, task):
+        c0 = T.meta_var(task % g.col_chunks * g.chunk)
+        for c in range(c0, T.min(c0 + g.chunk, g.col_tiles)):
+            for i in T.unroll(mr * nr):
+                acc[i] = T.broadcast(T.int32(0), lanes)
+            for kq in range(g.kwords):
+                for r in T.unroll(mr):
+                    for u in T.unroll(nr):
+                        acc[r * nr + u] = isa.dot(
+                            acc[r * nr + u],
+                            T.broadcast(words[r, kq], lanes),
+                            wq[c, kq, T.ramp(u * lanes, 1, lanes)],
+                        )
+            for r in T.unroll(mr):
+                if full_rows or m0 + r < g.rows:
+                    for u in T.unroll(nr):
+                        col = T.meta_var(c * step + u * lanes)
+                        xs_row = T.meta_var(row_scale(xs, rs, r, m0 + r))
+                        if col + lanes <= n:
+                            of[m0 + r, T.ramp(col, 1, lanes)] = result(
+                                acc[r * nr + u], corr, scale, fbias, xs_row, col
+                            )
+                        elif col < n:
+                            # Vector epilogue (the constants are padded to n_pad), then only
+                            # the valid lanes are stored.
+                            tail[T.ramp(0, 1, lanes)] = result(
+                                acc[r * nr + u], corr, scale, fbias, xs_row, col
+                            )
+                            for lane in range(n - col):
+                                of[m0 + r, col + lane] = tail[lane]
+
+    return gemm
+
+
 def matmul_kernel(
     spec: MatmulSpec,
     plan: MatmulPlan,
@@ -346,87 +428,34 @@ def matmul_kernel(
     Rows (activations, broadcast words) are the tile rows, output channels the tile columns
     (weight words in lanes). `shape` is x's full shape (batch dims flattened into rows);
     `xs` is the runtime activation scale (dynamic quantization; read only then): a scalar, or
-    one per row when `spec.per_row`.
+    one per row when `spec.per_row`. One task packs mr rows into words (`_plain_rows`,
+    `_fused_rows` or `_window_rows`) and computes a chunk of column tiles (`_gemm_tiles`).
 
     With `window` (a conv over NHWC x of `shape`), row m is output pixel m and its K values
     are the window's taps in (ky, kx, channel) order, each tap's channels padded to whole
-    words: `window_words` says how rows are packed, `pack_window_weight` the weights.
+    words: `window_words` says how rows are packed, `pack_window_weight` the weights. `zp` is
+    what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
-    isa, mr, nr = plan.isa, plan.mr, plan.nr
-    lanes, kpack = isa.lanes, isa.kpack
-    rows, k, n, kwords = spec.rows, spec.k, spec.n, plan.kwords
-    step = nr * lanes
-    row_tiles, col_tiles = plan.rows_pad // mr, plan.n_pad // step
-    off = isa.offset(spec.act_dtype)
+    g = _geometry(spec, plan)
+    rows, k, n, mr, lanes, qv = g.rows, g.k, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
     out_shape = (*shape[:-1], n) if window is None else (window.batch, *window.out_hw, n)
-    full_rows = rows % mr == 0
-    col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
-    chunk = -(-col_tiles // col_chunks)
-    col_chunks = -(-col_tiles // chunk)
-    # zp: a plain matmul has no padding (the zero point only enters through `corr`); a window
-    # conv's padding reads it.
-
-    def value(xf, m, kk):
-        inside = tvm.tirx.all(m < rows, kk < k)
-        return T.if_then_else(inside, T.Cast("int32", xf[T.min(m, rows - 1), kk]) + off, T.int32(0))
-
-    npad = plan.n_pad
-    fused = spec.fused_quant
-    xs_shape = (rows,) if spec.per_row and not fused else ()
-    x_dtype = "float32" if fused else spec.act_dtype
-    qv = FUSED_QUANT_LANES
-    kvec = k // qv * qv  # reduction values quantized qv at a time; the rest one by one
-    narrow = {4: "int8", 2: "int16", 1: "int32"}[kpack]
-
-    if window is not None:
-        window_word = _window_words(window, plan.isa, zp)
-
-    def row_scale(xsb, rsb, r, m):
-        if fused:
-            return rsb[r]
-        return xsb[m] if spec.per_row else xsb[()]
-
-    def result(acc, corr, scale, fbias, xs_row, col):
-        """The vector epilogue of `acc`, whose first output channel is `col`."""
-        chans = T.ramp(col, 1, lanes)
-        xs_vec = T.broadcast(xs_row, lanes)
-        return ep.tir(acc, corr[chans], scale[chans], fbias[chans], xs_vec, lanes)
-
-    def quant(v, s, n: int):
-        """fused: clamp(round_half_even(v / s)) + off, like TVM's quantize legalization."""
-        i32 = "int32" if n == 1 else f"int32x{n}"
-        c = (lambda a: T.float32(a)) if n == 1 else (lambda a: T.broadcast(T.float32(a), n))
-        q = T.min(T.max(T.round(v / (s if n == 1 else T.broadcast(s, n))), c(-128.0)), c(127.0))
-        return T.Cast(i32, q) + (T.int32(off) if n == 1 else T.broadcast(off, n))
-
-    def fused_value(xf, m, kk, s):
-        return T.if_then_else(kk < k, quant(xf[m, T.min(kk, k - 1)], s, 1), T.int32(0))
-
-    def packed(q, values: int = qv):
-        """`values` int32 values -> values / kpack words."""
-        if kpack == 1:
-            return q
-        return T.reinterpret(f"int32x{values // kpack}", T.Cast(f"{narrow}x{values}", q))
-
-    # Values packed per vector step: the widest power-of-two number of words (up to a
-    # register) that divides K, so K = 16 or 24 still packs with vectors.
-    pack_words_n = lanes
-    while pack_words_n > 1 and k % (pack_words_n * kpack):
-        pack_words_n //= 2
-    vector_pack = pack_words_n > 1
-    pack_words_n = max(pack_words_n, 2)  # (a ramp needs 2 lanes; unused when not vector_pack)
-    pack_values = pack_words_n * kpack
-
-    def packed_vec(q):
-        return packed(q, pack_values)
+    xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
+    x_dtype = "float32" if spec.fused_quant else spec.act_dtype
+    if spec.fused_quant:
+        pack_rows = _fused_rows(g, spec)
+    elif window is not None:
+        pack_rows = _window_rows(g, window, plan.isa, zp)
+    else:
+        pack_rows = _plain_rows(g)
+    gemm = _gemm_tiles(g, plan.isa, spec, ep)
 
     @T.prim_func
     def matmul(
         x: T.Buffer(shape, x_dtype),
-        wq: T.Buffer((col_tiles, kwords, step), "int32"),
-        corr: T.Buffer((npad,), "int32"),
-        scale: T.Buffer((npad,), "float32"),
-        fbias: T.Buffer((npad,), "float32"),
+        wq: T.Buffer((g.col_tiles, g.kwords, g.step), "int32"),
+        corr: T.Buffer((plan.n_pad,), "int32"),
+        scale: T.Buffer((plan.n_pad,), "float32"),
+        fbias: T.Buffer((plan.n_pad,), "float32"),
         xs: T.Buffer(xs_shape, "float32"),
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
@@ -434,102 +463,15 @@ def matmul_kernel(
         xf = T.decl_buffer((rows, k) if window is None else (1, 1), x_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
         # One task: mr rows (packed into words here) times a chunk of column tiles.
-        for task in _loop(rows * k * n)(row_tiles * col_chunks):
-            m0 = T.meta_var(task // col_chunks * mr)
-            words = T.decl_buffer((mr, kwords), "int32")
-            acc = T.decl_buffer((mr * nr,), f"int32x{lanes}", scope="local")
+        for task in _loop(rows * k * n)(g.row_tiles * g.col_chunks):
+            m0 = T.meta_var(task // g.col_chunks * mr)
+            words = T.decl_buffer((mr, g.kwords), "int32")
+            acc = T.decl_buffer((mr * g.nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
             rs = T.decl_buffer((mr,), "float32", scope="local")
             vmax = T.decl_buffer((qv,), "float32", scope="local")
-            if fused:
-                # Rows past the end repeat the last row: computed, never stored.
-                for r in range(mr):
-                    vmax[T.ramp(0, 1, qv)] = T.broadcast(T.float32(0), qv)
-                    for kb in range(kvec // qv):
-                        vmax[T.ramp(0, 1, qv)] = T.max(
-                            vmax[T.ramp(0, 1, qv)],
-                            T.fabs(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)]),
-                        )
-                    rs[r] = T.float32(0)
-                    for j in range(qv):
-                        rs[r] = T.max(rs[r], vmax[j])
-                    for kk in range(kvec, k):
-                        rs[r] = T.max(rs[r], T.fabs(xf[T.min(m0 + r, rows - 1), kk]))
-                    rs[r] = T.max(rs[r], T.float32(spec.eps)) / T.float32(spec.qmax)
-                    for kb in range(kvec // qv):
-                        words[r, T.ramp(kb * (qv // kpack), 1, qv // kpack)] = packed(
-                            quant(xf[T.min(m0 + r, rows - 1), T.ramp(kb * qv, 1, qv)], rs[r], qv)
-                        )
-                    for kq in range(kvec // kpack, kwords):
-                        words[r, kq] = _word(
-                            [
-                                fused_value(xf, T.min(m0 + r, rows - 1), kq * kpack + j, rs[r])
-                                for j in range(kpack)
-                            ],
-                            kpack,
-                        )
-            elif window is not None:
-                # Unrolled over a small window's words: tap offsets become constants.
-                for r in range(mr):
-                    for kq in (T.unroll if kwords <= 64 else T.serial)(kwords):
-                        words[r, kq] = window_word(x, T.min(m0 + r, rows - 1), kq)
-            else:
-                # Whole vectors of values at a time (for int8 on vnni the +128 is one xor per
-                # word); the last K % pack_values one by one. Rows past the end repeat the last.
-                for r in range(mr):
-                    for kb in range(k // pack_values if vector_pack else 0):
-                        words[r, T.ramp(kb * pack_words_n, 1, pack_words_n)] = packed_vec(
-                            T.Cast(
-                                f"int32x{pack_values}",
-                                xf[
-                                    T.min(m0 + r, rows - 1),
-                                    T.ramp(kb * pack_values, 1, pack_values),
-                                ],
-                            )
-                            + T.broadcast(T.int32(off), pack_values)
-                        )
-                    for kq in range(k // pack_values * pack_words_n if vector_pack else 0, kwords):
-                        words[r, kq] = _word(
-                            [value(xf, m0 + r, kq * kpack + j) for j in range(kpack)], kpack
-                        )
-            for c in range(
-                task % col_chunks * chunk, T.min(task % col_chunks * chunk + chunk, col_tiles)
-            ):
-                for i in T.unroll(mr * nr):
-                    acc[i] = T.broadcast(T.int32(0), lanes)
-                for kq in range(kwords):
-                    for r in T.unroll(mr):
-                        for u in T.unroll(nr):
-                            acc[r * nr + u] = isa.dot(
-                                acc[r * nr + u],
-                                T.broadcast(words[r, kq], lanes),
-                                wq[c, kq, T.ramp(u * lanes, 1, lanes)],
-                            )
-                for r in T.unroll(mr):
-                    if full_rows or m0 + r < rows:
-                        for u in T.unroll(nr):
-                            if c * step + u * lanes + lanes <= n:
-                                of[m0 + r, T.ramp(c * step + u * lanes, 1, lanes)] = result(
-                                    acc[r * nr + u],
-                                    corr,
-                                    scale,
-                                    fbias,
-                                    row_scale(xs, rs, r, m0 + r),
-                                    c * step + u * lanes,
-                                )
-                            elif c * step + u * lanes < n:
-                                # Vector epilogue (the constants are padded to n_pad), then
-                                # only the valid lanes are stored.
-                                tail[T.ramp(0, 1, lanes)] = result(
-                                    acc[r * nr + u],
-                                    corr,
-                                    scale,
-                                    fbias,
-                                    row_scale(xs, rs, r, m0 + r),
-                                    c * step + u * lanes,
-                                )
-                                for lane in range(n - c * step - u * lanes):
-                                    of[m0 + r, c * step + u * lanes + lane] = tail[lane]
+            pack_rows(x, xf, words, rs, vmax, m0)
+            gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, task)
 
     return matmul
 
@@ -588,57 +530,7 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int):
 
 
 # --------------------------------------------------------------------------------------------
-# add: int8 + int8 -> int8 (residual joins), exact fixed-point requantization
-
-
-@dataclass(frozen=True)
-class AddSpec:
-    """out = clamp(zp_o + rhe((ma * (a - zp_a) + mb * (b - zp_b)) / 2^shift), lo, hi).
-
-    ma / mb are s_a / s_o and s_b / s_o in fixed point (`add_spec`); rhe is round half to even.
-    """
-
-    shape: tuple[int, ...]
-    a_dtype: str
-    b_dtype: str
-    zp_a: int
-    zp_b: int
-    ma: int
-    mb: int
-    shift: int
-    ep: Epilogue  # out dtype, zp_o, clamp bounds (quantized domain)
-
-
-ADD_SHIFT = 24  # fixed-point bits (fewer when the multipliers are large)
-
-
-def add_multipliers(s_a: float, s_b: float, s_o: float) -> tuple[int, int, int]:
-    """(ma, mb, shift) with s_a / s_o ~ ma / 2^shift: 255 * (|ma| + |mb|) stays inside int32."""
-    ra, rb = float(s_a) / float(s_o), float(s_b) / float(s_o)
-    shift = ADD_SHIFT
-    while shift > 0 and 255 * (abs(ra) + abs(rb) + 1) * 2**shift >= 2**31 - 1:
-        shift -= 1
-    return int(round(ra * 2**shift)), int(round(rb * 2**shift)), shift
-
-
-def _rhe_shift(v, shift: int, lanes: int):
-    """TIR: round-half-to-even of v / 2^shift (v int32, `lanes` lanes)."""
-    i32 = "int32" if lanes == 1 else f"int32x{lanes}"
-
-    def c(x):
-        return T.int32(x) if lanes == 1 else T.broadcast(T.int32(x), lanes)
-
-    if shift == 0:
-        return v
-    q = T.shift_right(v, c(shift))
-    r = v - T.shift_left(q, c(shift))
-    half = 1 << (shift - 1)
-    up = T.Select(
-        tvm.tirx.Or(r > c(half), tvm.tirx.And(r == c(half), T.bitwise_and(q, c(1)) == c(1))),
-        c(1),
-        c(0),
-    )
-    return T.Cast(i32, q + up)
+# add: int8 + int8 -> int8 (residual joins), the op's fixed-point math in vectors
 
 
 def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
@@ -649,20 +541,9 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
     per_task = 64  # vectors per parallel task
     tasks = -(-vecs // per_task)
     ep = spec.ep
-    lo, hi = ep.bounds()
 
     def value(a, b, lanes_):
-        i32 = "int32" if lanes_ == 1 else f"int32x{lanes_}"
-
-        def c(x):
-            return T.int32(x) if lanes_ == 1 else T.broadcast(T.int32(x), lanes_)
-
-        acc = (T.Cast(i32, a) - c(spec.zp_a)) * c(spec.ma) + (T.Cast(i32, b) - c(spec.zp_b)) * c(
-            spec.mb
-        )
-        q = _rhe_shift(acc, spec.shift, lanes_) + c(ep.zp)
-        q = T.min(T.max(q, c(int(lo))), c(int(hi)))
-        return T.Cast(ep.out_dtype if lanes_ == 1 else f"{ep.out_dtype}x{lanes_}", q)
+        return add_value(spec, a, b, lanes_)
 
     @T.prim_func
     def add(
@@ -683,15 +564,3 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
             of[i] = value(af[i], bf[i], 1)
 
     return add
-
-
-def reference_add(a: np.ndarray, b: np.ndarray, spec: AddSpec) -> np.ndarray:
-    """numpy integer model of `add_kernel` (round half to even on the fixed-point sum)."""
-    acc = (a.astype(np.int64) - spec.zp_a) * spec.ma + (b.astype(np.int64) - spec.zp_b) * spec.mb
-    q = acc >> spec.shift if spec.shift else acc
-    r = acc - (q << spec.shift)
-    half = 1 << (spec.shift - 1) if spec.shift else 0
-    if spec.shift:
-        q = q + ((r > half) | ((r == half) & (q % 2 == 1)))
-    lo, hi = spec.ep.bounds()
-    return np.clip(q + spec.ep.zp, lo, hi).astype(spec.ep.out_dtype)

@@ -1,4 +1,4 @@
-"""Quantize an fp32 NCHW image straight into the NHWC int8 input of `lower-int8`'s first conv.
+"""The CPU kernel of the `quantize_nhwc` op: an fp32 NCHW image into NHWC int8 words.
 
 An RGB input of an NHWC int8 graph would otherwise take three passes over the image
 (quantize, transpose, pad its 3 channels to a whole 4-byte word for the window conv); with
@@ -14,10 +14,11 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.int8_ops import WORD_CHANNELS
 from graphopt.targets.cpu.int8.kernels import _loop
 
 LANES = 16
-CHANNELS = 4  # output channels: one 32-bit word per pixel
+CHANNELS = WORD_CHANNELS  # output channels: one 32-bit word per pixel
 
 
 def quantize_nhwc_kernel(

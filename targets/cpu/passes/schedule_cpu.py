@@ -33,7 +33,7 @@ import tvm
 
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu import schedules as rules
-from graphopt.targets.cpu.int8 import retarget as int8_rules
+from graphopt.targets.cpu.int8 import materialize as int8_rules
 
 
 def _target() -> tvm.target.Target:
@@ -77,9 +77,6 @@ class ScheduleCpu(GraphPass):
                 f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
                 f"(rules: {', '.join(rules.RULES)})"
             )
-        # lower-int8 kernels built for another CPU's dot instruction are rebuilt for this one.
-        original = mod
-        mod, stats["retargeted_int8"] = int8_rules.retarget(mod, target)
         updates = {}
         prepack = False
         self.errors: dict[str, str] = {}
@@ -101,7 +98,7 @@ class ScheduleCpu(GraphPass):
             prepack |= outcome.prepack
         stats["prepacked_weights"] = 0
         if not updates:
-            return PassResult(mod, mod is not original, stats)
+            return PassResult(mod, False, stats)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
         for gvar, func in updates.items():
             new[gvar] = func

@@ -1,0 +1,188 @@
+"""CPU kernels for the int8 ops: what `materialize-int8` builds for one dot-product scheme.
+
+`build(recipe, isa)` returns the kernel for the op a portable kernel's recipe describes and the
+function that packs the op's natural-layout constants (`graphopt.int8_ops`) for it:
+
+    conv2d NCHW   depthwise: `depthwise_kernel` (fp32 FMAs on integers; weights [C, KH*KW],
+                  corr + zp * sum w: the kernel subtracts the zero point itself); else
+                  `conv2d_kernel` (weights as words [G, og_pad, kwords], constants padded)
+    conv2d NHWC   depthwise: `depthwise_nhwc_kernel` (weights [KH*KW, Cp], constants padded
+                  to whole vectors); 1x1: the matmul over pixels; else the matmul over windows
+    matmul        `matmul_kernel` (weight panels [N / step, kwords, step])
+    add, quantize_nhwc  no constants: the vectorized kernels
+
+Schemes that shift the activations (vnni: int8 + 128, sdot: uint8 - 128) take
+corr - shift * sum_k w. NHWC convs built as a matmul get the matmul's run-time scale operand
+(a constant 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import tvm
+
+from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe
+from graphopt.targets.cpu.int8 import conv_nchw as CN
+from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
+from graphopt.targets.cpu.int8 import kernels as K
+from graphopt.targets.cpu.int8 import quantize_nhwc as QN
+
+# natural constants -> the kernel's constant operands
+Pack = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def build(recipe: Recipe, isa: K.Isa) -> tuple[tvm.tirx.PrimFunc, Pack]:
+    """The kernel of `recipe` for `isa` (carrying the recipe and the scheme) and its packer."""
+    if recipe.kind == "conv2d" and recipe.layout == "NCHW":
+        func, pack = _conv_nchw(recipe, isa)
+    elif recipe.kind == "conv2d":
+        func, pack = _conv_nhwc(recipe, isa)
+    elif recipe.kind == "matmul":
+        func, pack = _matmul(recipe, isa)
+    elif recipe.kind == "add":
+        func, pack = K.add_kernel(recipe.spec), _unchanged
+    else:
+        func = QN.quantize_nhwc_kernel(recipe.spec, recipe.zp, recipe.out_dtype)
+        pack = _unchanged
+    built = dataclasses.replace(recipe, isa=isa.name)
+    return func.without_attr("global_symbol").with_attr(RECIPE_ATTR, built.text()), pack
+
+
+def _unchanged(consts: list[np.ndarray]) -> list[np.ndarray]:
+    return consts
+
+
+def _padded(values: np.ndarray, length: int, groups: int = 1) -> np.ndarray:
+    """Per-channel values padded per group to `length` (rows the kernel computes but drops)."""
+    per = values.reshape(groups, -1)
+    out = np.zeros((groups, length), values.dtype)
+    out[:, : per.shape[1]] = per
+    return out.reshape(-1)
+
+
+def _shifted(corr: np.ndarray, w_sum: np.ndarray, shift: int) -> np.ndarray:
+    """corr for activations shifted by `shift` (or read minus the zero point: shift = -zp)."""
+    out = corr.astype(np.int64) - shift * w_sum.astype(np.int64)
+    return np.clip(out, -(2**31), 2**31 - 1).astype(np.int32)
+
+
+def _conv_sums(w: np.ndarray) -> np.ndarray:
+    return w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+
+
+def _conv_nchw(recipe: Recipe, isa: K.Isa):
+    spec, zp = recipe.spec, recipe.zp
+    if spec.depthwise and spec.fp32_exact:
+
+        def pack_depthwise(consts):
+            w, corr, scale, fbias = consts
+            corr = _shifted(corr, _conv_sums(w), -zp)
+            return [w.reshape(spec.cout, -1).astype(np.int8), corr, scale, fbias]
+
+        return CN.depthwise_kernel(spec, isa, zp, recipe.ep), pack_depthwise
+    plan = CN.conv_plan(spec, isa)
+    off = isa.offset(spec.act_dtype)
+
+    def pack(consts):
+        w, corr, scale, fbias = consts
+        corr = _shifted(corr, _conv_sums(w), off)
+        out = [CN.pack_conv_weight(w, spec, plan)]
+        return out + [_padded(a, plan.og_pad, spec.groups) for a in (corr, scale, fbias)]
+
+    return CN.conv2d_kernel(spec, plan, zp, recipe.ep), pack
+
+
+def _conv_nhwc(recipe: Recipe, isa: K.Isa):
+    spec, zp, ep = recipe.spec, recipe.zp, recipe.ep
+    if spec.depthwise:
+        cp = DW.channel_pad(spec.cout, isa)
+
+        def pack_depthwise(consts):
+            w, corr, scale, fbias = consts
+            corr = _shifted(corr, _conv_sums(w), -zp)
+            taps = np.zeros((spec.kh * spec.kw, cp), np.int8)
+            taps[:, : spec.cout] = w.reshape(spec.cout, -1).T  # one vector of channels a tap
+            return [taps, *(_padded(a, cp) for a in (corr, scale, fbias))]
+
+        return DW.depthwise_nhwc_kernel(spec, isa, zp, ep), pack_depthwise
+    n, h, w, cin = spec.batch, spec.height, spec.width, spec.cin
+    x_shape = (n, h, w, cin)
+    if spec.pointwise:  # a 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out]
+        mspec = MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
+        plan = K.matmul_plan(mspec, isa)
+        func = K.matmul_kernel(mspec, plan, x_shape, zp, ep)
+
+        def weights(wt):
+            return K.pack_matmul_weight(wt.reshape(spec.cout, cin).T, plan)
+    else:  # the same matmul over each output pixel's window, packed from NHWC per task
+        oh, ow = spec.out_hw
+        k = spec.kh * spec.kw * K.window_words(cin, isa) * isa.kpack
+        mspec = MatmulSpec(n * oh * ow, k, spec.cout, spec.act_dtype)
+        plan = K.matmul_plan(mspec, isa)
+        func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)
+
+        def weights(wt):
+            return K.pack_window_weight(wt, plan)
+
+    off = isa.offset(spec.act_dtype)
+
+    def pack(consts):
+        wt, corr, scale, fbias = consts
+        corr = _shifted(corr, _conv_sums(wt), off)
+        per_channel = [_padded(a, plan.n_pad) for a in (corr, scale, fbias)]
+        return [weights(wt), *per_channel, np.array(1.0, np.float32)]  # no run-time scale
+
+    return func, pack
+
+
+def _matmul(recipe: Recipe, isa: K.Isa):
+    spec: MatmulSpec = recipe.spec
+    plan = K.matmul_plan(spec, isa)
+    off = isa.offset(spec.act_dtype)
+
+    def pack(consts):
+        w, corr, scale, fbias = consts
+        corr = _shifted(corr, w.astype(np.int64).sum(axis=0), off)
+        per_channel = [_padded(a, plan.n_pad) for a in (corr, scale, fbias)]
+        return [K.pack_matmul_weight(w, plan), *per_channel]
+
+    return K.matmul_kernel(spec, plan, recipe.x_shape, recipe.zp, recipe.ep), pack
+
+
+def constant_count(recipe: Recipe) -> int:
+    """How many constant operands follow the op's inputs in its call (packed together)."""
+    return 4 if recipe.kind in ("conv2d", "matmul") else 0
+
+
+def input_count(recipe: Recipe) -> int:
+    """Tensor inputs before the constants (an add has two)."""
+    return 2 if recipe.kind == "add" else 1
+
+
+def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
+    """Apply a module pass with the int8 kernels set aside, then put them back.
+
+    The kernels are low-level TIR with no root block; passes written for scheduled TE kernels
+    (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an fp32 conv was prepacked
+    beside them in a partly-quantized model) abort on such a function. They only see call_tir
+    of a GlobalVar they do not rewrite, so the kernels are unaffected.
+    """
+    kernels = {
+        gvar: func
+        for gvar, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+        and func.attrs is not None
+        and RECIPE_ATTR in func.attrs
+    }
+    if not kernels:
+        return transform(mod)
+    rest = tvm.IRModule(
+        {g: f for g, f in mod.functions.items() if g not in kernels}, attrs=mod.attrs
+    )
+    out = transform(rest)
+    for gvar, func in kernels.items():
+        out[gvar] = func
+    return out
