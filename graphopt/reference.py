@@ -13,8 +13,11 @@ from .errors import InputError, ModelLoadError
 
 
 def ort_session(model: str | Path | bytes, threads: int | None = None, optimize: bool = True):
-    """An onnxruntime CPU session. `optimize=False` disables graph optimizations: onnxruntime's
-    fused int8 kernels saturate on AVX2 CPUs without VNNI, so int8 references use it."""
+    """An onnxruntime CPU session. `optimize=False` disables graph optimizations (fp32 Conv /
+    MatMul of QDQ models stay fp32). It does not make int8 exact on x86 CPUs without VNNI: the
+    u8 x s8 kernels of MatMulInteger and QLinearConv saturate there either way; the config entry
+    `session.x64quantprecision=1` with graph optimizations on avoids them for constant
+    weights."""
     import onnxruntime as ort
 
     so = session_options(threads, optimize)

@@ -83,9 +83,9 @@ def test_budget_stops_the_search_and_keeps_records(tmp_path):
 
 
 def test_default_kernel_with_a_padded_weight_pack_is_measured():
-    """A GEMV's weight is packed and padded to whole panels (1000 -> 1024 columns): the
-    default schedule is measured on its packed weight, as compile prepacks it (before, the
-    measurement failed and the tuned record won unmeasured)."""
+    """A GEMV's weight is packed and padded to whole panels (AVX-512: 1000 -> 1024 columns,
+    AVX2: 500 -> 512): the default schedule is measured on its packed weight, as compile
+    prepacks it (before, the measurement failed and the tuned record won unmeasured)."""
     import tvm
     from tvm import relax
 
@@ -95,12 +95,15 @@ def test_default_kernel_with_a_padded_weight_pack_is_measured():
     from graphopt.tuning.tune import _measure, without_rewrite
 
     target = make_target("x86")
+    lanes = rules.cpu_info(target.tvm_target()).lanes
+    nr = 2 * lanes  # panel width of a wide N: two SIMD registers of columns
+    n = 31 * nr + lanes // 2  # no whole number of registers: padded to 32 panels
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 64), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            w = relax.const(rng.standard_normal((64, 1000)).astype("float32"))
+            w = relax.const(rng.standard_normal((64, n)).astype("float32"))
             out = bb.emit_output(relax.op.matmul(x, w))
         bb.emit_func_output(out)
     with target.tvm_target():
@@ -110,7 +113,7 @@ def test_default_kernel_with_a_padded_weight_pack_is_measured():
     assert outcome.rule == "matmul" and outcome.prepack
     mod = tvm.IRModule({"main": outcome.func})
     weight = without_rewrite(mod)["main"].params[1]
-    assert [int(d) for d in weight.ty.shape] == [32, 64, 32]  # [N / nr, K, nr], N padded
+    assert [int(d) for d in weight.ty.shape] == [32, 64, nr]  # [N / nr, K, nr], N padded
     (seconds,) = _measure([mod], target.tvm_target())
     assert seconds is not None and seconds > 0
 

@@ -66,7 +66,7 @@ def test_same_stages_as_x86():
     """ARM reuses x86's legalize/schedule/lower stages, so graph passes and int8 work alike.
 
     x86 adds legalize passes measured only there (NHWC layout, flatten-pointwise)."""
-    from graphopt.targets.x86 import CPU_LEGALIZE, X86_LEGALIZE
+    from graphopt.targets.cpu.pipeline import CPU_LEGALIZE, X86_LEGALIZE
 
     x86 = registered_targets()["x86"]().stages()
     x86_only = set(X86_LEGALIZE) - set(CPU_LEGALIZE)

@@ -1,4 +1,11 @@
-"""Import of quantized ONNX models vs onnxruntime with graph optimizations disabled."""
+"""Import of quantized ONNX models vs integer references.
+
+onnxruntime's u8 x s8 kernels are not exact on x86 CPUs without VNNI (AVX2: `vpmaddubsw`
+saturates pairs of products to int16; MatMulInteger off by thousands, QLinearConv by 100
+output steps), with graph optimizations disabled too. The integer ops are checked against
+numpy in int64; whole onnxruntime-quantized models against onnxruntime in its exact int8 mode
+(`_ort_exact_int8`), itself checked against numpy here.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.frontend import import_onnx
 from graphopt.frontend.quantized import rewrite_quantized
-from graphopt.reference import ort_session
+from graphopt.reference import ort_session, session_options
 from graphopt.testing import run_module
 
 RNG = np.random.default_rng(0)
@@ -30,6 +37,48 @@ def _both(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
     return ref, got
 
 
+def _ort_exact_int8(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+    """onnxruntime with `session.x64quantprecision`: its graph optimizations turn constant s8
+    weights into u8 so the u8 x u8 kernels (int16 products, no saturation) run on x86 CPUs
+    without VNNI; a no-op elsewhere. Exact for models whose int8 weights are initializers."""
+    import onnxruntime as ort
+
+    so = session_options()
+    so.add_session_config_entry("session.x64quantprecision", "1")
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _conv_int(x, w, xz, wz, pads=(0, 0, 0, 0), strides=(1, 1), group=1) -> np.ndarray:
+    """ConvInteger in int64: sums of (x - xz) * (w - wz) over each window (wz scalar or per
+    output channel; padding is the zero point, so 0 after the subtraction)."""
+    x = np.pad(
+        x.astype(np.int64) - np.int64(xz),
+        ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
+    )
+    w = w.astype(np.int64) - np.asarray(wz, np.int64).reshape(-1, 1, 1, 1)
+    o, cg, kh, kw = w.shape
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    win = win[:, :, :: strides[0], :: strides[1]]
+    n, _, oh, ow = win.shape[:4]
+    win = win.reshape(n, group, cg, oh, ow, kh, kw)
+    out = np.einsum("ngcyxij,gocij->ngoyx", win, w.reshape(group, o // group, cg, kh, kw))
+    return out.reshape(n, o, oh, ow)
+
+
+def _qlinear_conv_ref(x, w, p: dict, attrs: dict) -> np.ndarray:
+    """QLinearConv: exact int64 accumulation plus bias, requantized in float64, rounded to
+    nearest even."""
+    acc = _conv_int(
+        x, w, p["xz"], p["wz"], attrs.get("pads", (0, 0, 0, 0)), attrs.get("strides", (1, 1)),
+        attrs.get("group", 1),
+    )  # fmt: skip
+    acc = acc + p["b"].astype(np.int64).reshape(1, -1, 1, 1)
+    scale = np.float64(p["xs"]) * p["ws"].astype(np.float64) / np.float64(p["ys"])
+    y = np.rint(acc * scale.reshape(1, -1, 1, 1)) + int(p["yz"])
+    return np.clip(y, 0, 255).astype(np.uint8)
+
+
 def _vi(name, elem, shape):
     return helper.make_tensor_value_info(name, elem, shape)
 
@@ -47,29 +96,37 @@ def _init(name, array):
     ],
 )
 def test_qlinear_conv(x_shape, w_shape, attrs):
+    model, params = _qlinear_conv_model(x_shape, w_shape, attrs)
+    assert {n.op_type for n in rewrite_quantized(model).graph.node} == {
+        "DequantizeLinear", "Conv", "QuantizeLinear"
+    }  # fmt: skip
+    x = RNG.integers(0, 256, x_shape).astype(np.uint8)
+    imported = import_onnx(model)
+    (got,) = run_module(imported.mod, [x])
+    ref = _qlinear_conv_ref(x, params["w"], params, attrs)
+    diff = np.abs(ref.astype(np.int32) - got.astype(np.int32))
+    # Exact but for rounding ties of the requantization (fp32 vs exact int32 accumulation).
+    assert diff.max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def _qlinear_conv_model(x_shape, w_shape, attrs, rng=RNG):
     o = w_shape[0]
-    inits = [
-        _init("xs", np.float32(0.02)), _init("xz", np.uint8(128)),
-        _init("w", RNG.integers(-127, 128, w_shape).astype(np.int8)),
-        _init("ws", RNG.uniform(0.005, 0.02, o).astype(np.float32)),
-        _init("wz", np.zeros(o, np.int8)),
-        _init("ys", np.float32(0.05)), _init("yz", np.uint8(100)),
-        _init("b", RNG.integers(-5000, 5000, o).astype(np.int32)),
-    ]  # fmt: skip
+    params = {
+        "xs": np.float32(0.02), "xz": np.uint8(128),
+        "w": rng.integers(-127, 128, w_shape).astype(np.int8),
+        "ws": rng.uniform(0.005, 0.02, o).astype(np.float32),
+        "wz": np.zeros(o, np.int8),
+        "ys": np.float32(0.05), "yz": np.uint8(100),
+        "b": rng.integers(-5000, 5000, o).astype(np.int32),
+    }  # fmt: skip
+    inits = [_init(k, v) for k, v in params.items()]
     node = helper.make_node(
         "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **attrs
     )
     model = _model(
         [node], [_vi("x", TensorProto.UINT8, x_shape)], [_vi("y", TensorProto.UINT8, None)], inits
     )  # noqa: E501
-    assert {n.op_type for n in rewrite_quantized(model).graph.node} == {
-        "DequantizeLinear", "Conv", "QuantizeLinear"
-    }  # fmt: skip
-    x = RNG.integers(0, 256, x_shape).astype(np.uint8)
-    (ref,), (got,) = _both(model, {"x": x})
-    diff = np.abs(ref.astype(np.int32) - got.astype(np.int32))
-    # Exact but for rounding ties of the requantization (fp32 vs exact int32 accumulation).
-    assert diff.max() <= 1 and np.mean(diff != 0) < 0.01
+    return model, params
 
 
 def test_qlinear_matmul():
@@ -91,14 +148,45 @@ def test_qlinear_matmul():
 
 
 def test_conv_integer_and_matmul_integer_are_exact():
-    inits = [
-        _init("w", RNG.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)),
-        _init("xz", np.uint8(7)),
-        _init("wz", np.int8(-2)),  # onnxruntime takes only a scalar here
-        _init("b", RNG.integers(-128, 128, (36, 5)).astype(np.int8)),
-        _init("bz", RNG.integers(-3, 3, 5).astype(np.int8)),
-        _init("shape", np.array([2, 36], np.int64)),
-    ]
+    model, params, feeds = _integer_model()
+    imported = import_onnx(model)
+    got = run_module(imported.mod, [feeds[s.name] for s in imported.inputs])
+    for r, g in zip(_integer_ref(params, feeds), got):
+        assert g.dtype == np.int32
+        np.testing.assert_array_equal(g, r)
+
+
+def test_onnxruntime_exact_int8_mode_is_exact():
+    """The reference of the onnxruntime-quantized models: exact on this CPU (ConvInteger,
+    MatMulInteger; QLinearConv but for requantization ties)."""
+    rng = np.random.default_rng(1)  # the module's RNG feeds the other tests: leave it be
+    model, params, feeds = _integer_model(rng)
+    for r, o in zip(_integer_ref(params, feeds), _ort_exact_int8(model, feeds)):
+        np.testing.assert_array_equal(o, r)
+    attrs = {"pads": [1, 1, 1, 1]}
+    model, params = _qlinear_conv_model((1, 8, 9, 7), (16, 8, 3, 3), attrs, rng)
+    x = rng.integers(0, 256, (1, 8, 9, 7)).astype(np.uint8)
+    (got,) = _ort_exact_int8(model, {"x": x})
+    diff = np.abs(got.astype(np.int32) - _qlinear_conv_ref(x, params["w"], params, attrs))
+    assert diff.max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def _integer_ref(params, feeds):
+    """ConvInteger and MatMulInteger of `_integer_model` in int64 numpy."""
+    conv = _conv_int(feeds["x"], params["w"], params["xz"], params["wz"], (1, 1, 1, 1), (2, 2))
+    a = feeds["a"].astype(np.int64) - np.int64(feeds["az"])
+    return [conv, a @ (params["b"].astype(np.int64) - params["bz"].astype(np.int64))]
+
+
+def _integer_model(rng=RNG):
+    params = {
+        "w": rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8),
+        "xz": np.uint8(7),
+        "wz": np.int8(-2),  # onnxruntime takes only a scalar here
+        "b": rng.integers(-128, 128, (36, 5)).astype(np.int8),
+        "bz": rng.integers(-3, 3, 5).astype(np.int8),
+    }
+    inits = [_init(k, v) for k, v in params.items()]
     nodes = [
         helper.make_node(
             "ConvInteger", ["x", "w", "xz", "wz"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]
@@ -111,16 +199,13 @@ def test_conv_integer_and_matmul_integer_are_exact():
         _vi("az", TensorProto.UINT8, ()),
     ]
     outputs = [_vi("c", TensorProto.INT32, None), _vi("m", TensorProto.INT32, None)]
-    model = _model(nodes, inputs, outputs, inits[:4] + inits[4:5])
+    model = _model(nodes, inputs, outputs, inits)
     feeds = {
-        "x": RNG.integers(0, 256, (2, 4, 7, 6)).astype(np.uint8),
-        "a": RNG.integers(0, 256, (4, 36)).astype(np.uint8),
+        "x": rng.integers(0, 256, (2, 4, 7, 6)).astype(np.uint8),
+        "a": rng.integers(0, 256, (4, 36)).astype(np.uint8),
         "az": np.array(200, np.uint8),
     }
-    ref, got = _both(model, feeds)
-    for r, g in zip(ref, got):
-        assert g.dtype == np.int32
-        np.testing.assert_array_equal(r, g)
+    return model, params, feeds
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +266,11 @@ def test_onnxruntime_static_quantized_models(small_cnn, fmt):
     ops = {n.op_type for n in model.graph.node}
     assert ("QLinearConv" in ops) == (fmt == "QOperator")
     x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
-    (ref,), (got,) = _both(model, {"x": x})
+    if fmt == "QDQ":
+        (ref,), (got,) = _both(model, {"x": x})  # onnxruntime runs fp32 Conv / MatMul
+    else:
+        (ref,) = _ort_exact_int8(model, {"x": x})  # QLinearConv, QLinearMatMul: int8 kernels
+        (got,) = run_module(import_onnx(model).mod, [x])
     # Both dequantize the same int8 values; they differ only where a requantization rounds a
     # tie differently (exact int32 vs fp32 accumulation): at most a step of the output scale.
     step = np.abs(ref).max() / 64

@@ -69,14 +69,15 @@ def schedule_and_compare(mod, x):
 
 
 # (N, C, H, W, O, channel vectors expected): pointwise convs on 14-column maps (14 of 16
-# lanes, 7 of 8: wide enough for width tiles), output channels in whole registers or not.
+# lanes, 7 of 8: wide enough for width tiles), output channels in whole registers or not;
+# maps of LANES // 2 - 1 columns (7 of 16 lanes, 3 of 8) fill under 3/4 of a register.
 CHOICES = [
     (1, 4 * LANES, 14, 14, 2 * LANES, True),  # long enough reduction: channels
     (2, 4 * LANES + 3, 13, 14, 2 * LANES, True),  # batch 2, odd channel count and rows
     (1, 2 * LANES, 14, 14, 2 * LANES, False),  # short reduction: width
     (1, 8 * LANES, 14, 14, 3 * LANES // 2, False),  # 1.5 registers of channels: width
     (1, 8 * LANES + 1, 7, 14, LANES // 2 * 5, False),  # 2.5 registers (40 of 16 lanes)
-    (1, 2 * LANES, 7, 7, 2 * LANES, True),  # 7 columns fill no register: channels
+    (1, 2 * LANES, 7, LANES // 2 - 1, 2 * LANES, True),  # too narrow for width: channels
 ]
 
 
@@ -116,3 +117,33 @@ def test_one_channel_block_shares_its_pixels_among_threads():
     ]
     assert extents and max(extents) >= 4 * rules.cpu_info(HOST.tvm_target()).cores, extents
     schedule_and_compare(mod, _rand(1, 12 * LANES, 1, 784))
+
+
+@pytest.mark.parametrize(
+    "info,f,x,tile",
+    [
+        # AVX-512 (32 registers): two registers of channels x 7 pixels = 14 accumulators.
+        (rules.CpuInfo(lanes=16, registers=32, cores=1), 32, 14, (16, 2, 7)),
+        (rules.CpuInfo(lanes=16, registers=32, cores=1), 32, 7, (16, 2, 7)),
+        # AVX2 (16 registers): 2 x 7 spills and 2 x 2 reuses each weight load twice, so one
+        # register of channels x 7 pixels (14x14 and 7x7 maps); 2 x 4 where 4 divides the width.
+        (rules.CpuInfo(lanes=8, registers=16, cores=1), 16, 14, (8, 1, 7)),
+        (rules.CpuInfo(lanes=8, registers=16, cores=1), 384, 7, (8, 1, 7)),
+        (rules.CpuInfo(lanes=8, registers=16, cores=1), 64, 28, (8, 2, 4)),
+        (rules.CpuInfo(lanes=8, registers=16, cores=1), 16, 13, None),  # 13 pixels fit no tile
+    ],
+)
+def test_channel_tile_fits_the_register_file(info, f, x, tile):
+    from graphopt.targets.cpu.schedules import conv
+
+    shape = conv.WindowShape(
+        x=1,
+        channel=0,
+        spatial=[0, 1],
+        reductions=[2],
+        weight_index=1,
+        weight_channel_dim=0,
+        data_uses_channel=False,
+    )
+    got = conv._channel_tile(shape, [f, x, 64], info)
+    assert (got and (got.lanes, got.vectors, got.width)) == tile, got
