@@ -104,8 +104,26 @@ def calibrate(
                     cm.add(value)
 
     each_feed("", observe)
+    result = _ranges(layers, hists, maxes, joins, method)
+    if bias_correction:
+        qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in layers]
+        errors = [InputMean(ly.kind) for ly in layers]
+
+        def observe_error(values: list[np.ndarray]) -> None:
+            for e, q, value in zip(errors, qparams, values):
+                e.add(act_error(value, q))
+
+        each_feed(" (bias correction)", observe_error)
+        for layer, m, e in zip(layers, means, errors):
+            c = correction(layer, LayerError(m.mean, e.mean), per_channel)
+            result[layer.name][KEY] = [float(v) for v in c]
+    return result
+
+
+def _ranges(layers, hists, maxes, joins, method: str, levels: int = 256) -> dict[str, dict]:
+    """The ranges file's entries from the observed histograms: each layer's input range (and
+    depthwise channel maxima), each join's two inputs and output."""
     result = {}
-    levels = 256
     for layer, h in zip(layers, hists):
         lo, hi = observe_range(h, method, levels)
         result[layer.name] = {
@@ -127,18 +145,6 @@ def calibrate(
             "input_b": list(b),
             "output": list(y),
         }
-    if bias_correction:
-        qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in layers]
-        errors = [InputMean(ly.kind) for ly in layers]
-
-        def observe_error(values: list[np.ndarray]) -> None:
-            for e, q, value in zip(errors, qparams, values):
-                e.add(act_error(value, q))
-
-        each_feed(" (bias correction)", observe_error)
-        for layer, m, e in zip(layers, means, errors):
-            c = correction(layer, LayerError(m.mean, e.mean), per_channel)
-            result[layer.name][KEY] = [float(v) for v in c]
     return result
 
 
