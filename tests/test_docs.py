@@ -82,14 +82,28 @@ def test_no_development_history(doc):
     assert not hits, "\n".join(hits)
 
 
-_MD_LINK = re.compile(r"\]\(([^)#\s]+\.md)(#[^)]*)?\)")
+_MD_LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#([^)]*))?\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return out
 
 
 @pytest.mark.parametrize("doc", USER_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_links_between_docs_resolve(doc):
-    missing = [
-        link
-        for link, _anchor in _MD_LINK.findall(doc.read_text())
-        if not link.startswith(("http://", "https://")) and not (doc.parent / link).is_file()
-    ]
-    assert not missing, f"{doc.relative_to(ROOT)} links to missing files: {missing}"
+    broken = []
+    for link, anchor in _MD_LINK.findall(doc.read_text()):
+        if link.startswith(("http://", "https://")):
+            continue
+        target = doc.parent / link
+        if not target.is_file():
+            broken.append(link)
+        elif anchor and anchor not in _anchors(target):
+            broken.append(f"{link}#{anchor}")
+    assert not broken, f"{doc.relative_to(ROOT)} has broken links: {broken}"
