@@ -365,6 +365,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from .pipeline import PRESETS
     from .tables import format_table
 
+    if args.markdown:  # the generated table of passes/README.md
+        from .pass_docs import passes_markdown
+
+        print(passes_markdown(), end="")
+        return 0
     rows = [[name, cls.summary()] for name, cls in registered_passes().items()]
     print(format_table(["pass", "summary"], rows))
     print("\npresets:")
@@ -532,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("passes", help="list registered passes and presets")
     ps.add_argument("--tvm", action="store_true", help="also list TVM's passes usable by name")
+    ps.add_argument("--markdown", action="store_true", help="the pass reference as markdown")
     ps.set_defaults(func=cmd_passes)
 
     t = sub.add_parser("targets", help="list targets, their options and availability here")
