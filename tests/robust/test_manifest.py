@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import model_builders as mb
 import numpy as np
 import pytest
 
