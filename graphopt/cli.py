@@ -244,7 +244,7 @@ def _bench_remote(args: argparse.Namespace) -> int:
     from .rpc import TrackerAddress, remote_latency
 
     art = load(args.artifact)
-    inputs = load_npz(args.inputs) if args.inputs else random_inputs(art.inputs)
+    inputs = load_npz(args.inputs, art.inputs) if args.inputs else random_inputs(art.inputs)
     tracker = TrackerAddress.parse(args.rpc)
     samples = remote_latency(
         Path(args.artifact), tracker, _require_key(args), inputs, runs=args.runs
@@ -275,11 +275,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if foreign := foreign_arch(art.manifest):  # an ARM bundle on a PC: its runner under qemu
         if foreign != "aarch64":
             raise InputError(f"{art.directory} is built for {foreign} and cannot run here")
-        inputs = dict(zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs))))
+        inputs = dict(
+            zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs, art.inputs)))
+        )
         outputs = run_emulated(art.directory, inputs)
         _eprint(f"ran the {foreign} bundle's runner under qemu (emulated)")
     else:
-        outputs = art.run(load_npz(args.inputs))
+        outputs = art.run(load_npz(args.inputs, art.inputs))
     save_npz(args.outputs, outputs)
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {args.outputs}: {shapes}")
@@ -297,7 +299,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("bench needs --vs MODEL.onnx (local comparison) or --rpc HOST:PORT")
     art = load(args.artifact)
     _require_native(art, "bench")
-    inputs = load_npz(args.inputs) if args.inputs else None
+    inputs = load_npz(args.inputs, art.inputs) if args.inputs else None
     result = compare(
         art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup, progress=_eprint
     )
