@@ -222,16 +222,26 @@ def _require_key(args: argparse.Namespace) -> str:
 
 
 def cmd_rpc(args: argparse.Namespace) -> int:
-    from .rpc import TrackerAddress, run_foreground, server_args, tracker_args
+    from .rpc import (
+        REMOTE_WARNING,
+        TrackerAddress,
+        check_listen,
+        check_reachable,
+        run_foreground,
+        server_args,
+        tracker_args,
+    )
 
-    if args.role == "tracker":
+    tracker = TrackerAddress.parse(args.tracker) if args.role == "server" else None
+    if check_listen(args.host, args.port, args.allow_remote):
+        _eprint(REMOTE_WARNING.format(host=args.host))
+    if tracker is None:
         return run_foreground(
-            tracker_args(args.host, args.port or 9190),
-            f"RPC tracker on {args.host}:{args.port or 9190}",
+            tracker_args(args.host, args.port), f"RPC tracker on {args.host}:{args.port}"
         )
-    tracker = TrackerAddress.parse(args.tracker)
+    check_reachable(tracker)
     return run_foreground(
-        server_args(tracker, args.key, args.host, args.port or 9090),
+        server_args(tracker, args.key, args.host, args.port),
         f"RPC server '{args.key}' registered at {tracker}",
     )
 
@@ -496,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--host", default="127.0.0.1")
     rs.add_argument("--port", type=int, default=9090)
     for parser in (rt, rs):
+        parser.add_argument(
+            "--allow-remote",
+            action="store_true",
+            help="allow a --host other machines can reach (TVM RPC is unauthenticated)",
+        )
         parser.set_defaults(func=cmd_rpc)
 
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
