@@ -567,6 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _eprint("interrupted")
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug outside any pass: one line, never a trace
+        if env.debug():
+            raise
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        _eprint(f"error: internal error: {type(err).__name__}: {lines[-1] if lines else ''}")
+        _eprint("  (please report it; GRAPHOPT_DEBUG=1 shows the traceback)")
+        return 3
 
 
 if __name__ == "__main__":

@@ -97,6 +97,13 @@ def check_shapes(model: onnx.ModelProto) -> None:
             _check_constant_of_shape(node, inferred)
         if node.op_type in _WINDOWED and node.input and node.input[0] in shapes:
             _check_window_fits(node, shapes)
+    weights = {t.name for t in inferred.graph.initializer}
+    for value in [*inferred.graph.input, *inferred.graph.output]:
+        if value.name not in weights and 0 in shapes.get(value.name, [1]):
+            raise InvalidModelError(
+                f"'{value.name}' has shape {shapes[value.name]}: graphopt does not compile "
+                "zero-size inputs or outputs"
+            )
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

@@ -56,6 +56,7 @@ CASES = {
     "constant-of-shape-2^32": (lambda: huge("ConstantOfShape"), "ConstantOfShape"),
     "input-dim-2^40": (lambda: relu([1, 1 << 40]), "too large"),
     "zero-elements-dim-2^40": (lambda: relu([0, 1 << 40]), "too large"),
+    "zero-size-input": (lambda: relu([0, 4]), "zero-size inputs"),
 }
 
 
@@ -74,3 +75,18 @@ def test_valid_windows_still_compile(run_cli, tmp_path):
     onnx.save(conv(x_shape=(1, 3, 2, 2), pads=[1, 1, 0, 0], strides=[2, 2]), path)
     result = run_cli("compile", path, "-o", tmp_path / "out", "-q", "-O0")
     assert result.rc == 0, result.err
+
+
+def test_unexpected_exception_is_one_line_exit_3(run_cli, tmp_path, monkeypatch):
+    """A bug outside any pass (TVM's build, say) is an internal error line, not a traceback."""
+    from graphopt import compiler
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("Check failed: Failed to vectorize loop with extent 0")
+
+    monkeypatch.setattr(compiler, "compile_model", broken)
+    path = tmp_path / "m.onnx"
+    onnx.save(relu([1, 4]), path)
+    result = run_cli("compile", path, "-o", tmp_path / "out")
+    assert result.rc == 3 and "Traceback" not in result.err, result.err
+    assert result.err.startswith("error: internal error: RuntimeError: Check failed"), result.err
