@@ -230,16 +230,26 @@ def _require_key(args: argparse.Namespace) -> str:
 
 
 def cmd_rpc(args: argparse.Namespace) -> int:
-    from .tuning.rpc import TrackerAddress, run_foreground, server_args, tracker_args
+    from .tuning.rpc import (
+        REMOTE_WARNING,
+        TrackerAddress,
+        check_listen,
+        check_reachable,
+        run_foreground,
+        server_args,
+        tracker_args,
+    )
 
-    if args.role == "tracker":
+    tracker = TrackerAddress.parse(args.tracker) if args.role == "server" else None
+    if check_listen(args.host, args.port, args.allow_remote):
+        _eprint(REMOTE_WARNING.format(host=args.host))
+    if tracker is None:
         return run_foreground(
-            tracker_args(args.host, args.port or 9190),
-            f"RPC tracker on {args.host}:{args.port or 9190}",
+            tracker_args(args.host, args.port), f"RPC tracker on {args.host}:{args.port}"
         )
-    tracker = TrackerAddress.parse(args.tracker)
+    check_reachable(tracker)
     return run_foreground(
-        server_args(tracker, args.key, args.host, args.port or 9090),
+        server_args(tracker, args.key, args.host, args.port),
         f"RPC server '{args.key}' registered at {tracker}",
     )
 
@@ -252,7 +262,7 @@ def _bench_remote(args: argparse.Namespace) -> int:
     from .tuning.rpc import TrackerAddress, remote_latency
 
     art = load(args.artifact)
-    inputs = load_npz(args.inputs) if args.inputs else random_inputs(art.inputs)
+    inputs = load_npz(args.inputs, art.inputs) if args.inputs else random_inputs(art.inputs)
     tracker = TrackerAddress.parse(args.rpc)
     samples = remote_latency(
         Path(args.artifact), tracker, _require_key(args), inputs, runs=args.runs
@@ -283,11 +293,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if foreign := foreign_arch(art.manifest):  # an ARM bundle on a PC: its runner under qemu
         if foreign != "aarch64":
             raise InputError(f"{art.directory} is built for {foreign} and cannot run here")
-        inputs = dict(zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs))))
+        inputs = dict(
+            zip([s.name for s in art.inputs], art.check_inputs(load_npz(args.inputs, art.inputs)))
+        )
         outputs = run_emulated(art.directory, inputs)
         _eprint(f"ran the {foreign} bundle's runner under qemu (emulated)")
     else:
-        outputs = art.run(load_npz(args.inputs))
+        outputs = art.run(load_npz(args.inputs, art.inputs))
     save_npz(args.outputs, outputs)
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {args.outputs}: {shapes}")
@@ -306,7 +318,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("bench needs --vs MODEL.onnx (local comparison) or --rpc HOST:PORT")
     art = load(args.artifact)
     _require_native(art, "bench")
-    inputs = load_npz(args.inputs) if args.inputs else None
+    inputs = load_npz(args.inputs, art.inputs) if args.inputs else None
     result = compare(
         art, args.vs, inputs=inputs, runs=args.runs, warmup=args.warmup, progress=_eprint
     )
@@ -508,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--host", default="127.0.0.1")
     rs.add_argument("--port", type=int, default=9090)
     for parser in (rt, rs):
+        parser.add_argument(
+            "--allow-remote",
+            action="store_true",
+            help="allow a --host other machines can reach (TVM RPC is unauthenticated)",
+        )
         parser.set_defaults(func=cmd_rpc)
 
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
@@ -565,6 +582,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _eprint("interrupted")
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug outside any pass: one line, never a trace
+        if env.debug():
+            raise
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        _eprint(f"error: internal error: {type(err).__name__}: {lines[-1] if lines else ''}")
+        _eprint("  (please report it; GRAPHOPT_DEBUG=1 shows the traceback)")
+        return 3
 
 
 if __name__ == "__main__":

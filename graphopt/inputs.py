@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,15 +36,107 @@ def random_inputs(specs: Sequence[Spec], seed: int = 0) -> dict[str, np.ndarray]
     return out
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+# The most an inputs file may hold once decompressed (checked from the array headers).
+MAX_INPUT_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class _Header:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def load_npz(path: str | Path, specs: Sequence[Spec] | None = None) -> dict[str, np.ndarray]:
+    """Arrays of an .npz (or one .npy) file, each checked from its header before it is read.
+
+    With `specs` (the model's inputs), names, shapes and dtypes must match before anything is
+    decompressed; without, the total size is capped. Corrupt, truncated, empty or oversized
+    files are InputErrors, never tracebacks or gigabytes of decompressed data.
+    """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"inputs file not found: {path}")
+        raise InputError(f"inputs file not found (or not a regular file): {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path} is not a valid .npz file: {err}") from err
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                return _load_npy(path, specs)
+        with zipfile.ZipFile(path) as archive:
+            members = {m[:-4]: m for m in archive.namelist() if m.endswith(".npy")}
+            if not members:
+                raise InputError(f"{path} holds no arrays")
+            headers = [_read_header(archive, n, m) for n, m in members.items()]
+            _check_headers(path, headers, specs)
+            return {n: _read_array(archive, m) for n, m in members.items()}
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise InputError(f"{path} is not a valid .npz file: {_reason(err)}") from err
+
+
+def _load_npy(path: Path, specs: Sequence[Spec] | None) -> dict[str, np.ndarray]:
+    """A single .npy feeds a model with a single input."""
+    if specs is not None and len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise InputError(f"{path} is one array; the model has inputs {names}: use an .npz")
+    name = specs[0].name if specs else "x"
+    with open(path, "rb") as f:
+        header = _parse_header(f, name)
+        _check_headers(path, [header], specs)
+        f.seek(0)
+        return {name: np.lib.format.read_array(f, allow_pickle=False)}
+
+
+def _read_header(archive: zipfile.ZipFile, name: str, member: str) -> _Header:
+    with archive.open(member) as f:
+        return _parse_header(f, name)
+
+
+def _parse_header(f, name: str) -> _Header:
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"array {name!r}: unknown .npy version {version}")
+    read = np.lib.format.read_array_header_1_0
+    if version != (1, 0):  # 3.0 differs from 2.0 only in allowing utf-8 field names
+        read = np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    if dtype.hasobject:
+        raise ValueError(f"array {name!r} holds Python objects")
+    return _Header(name, tuple(int(d) for d in shape), dtype)
+
+
+def _check_headers(path: Path, headers: Sequence[_Header], specs: Sequence[Spec] | None) -> None:
+    total = sum(math.prod(h.shape) * h.dtype.itemsize for h in headers)
+    if specs is None:
+        if total > MAX_INPUT_BYTES:
+            raise InputError(
+                f"{path} would hold {total / 2**30:.1f} GiB of arrays "
+                f"(limit {MAX_INPUT_BYTES >> 30} GiB)"
+            )
+        return
+    want = {s.name: s for s in specs}
+    problems = [f"unknown input '{h.name}'" for h in headers if h.name not in want]
+    problems += [f"missing input '{n}'" for n in want if n not in {h.name for h in headers}]
+    for h in headers:
+        spec = want.get(h.name)
+        if spec is not None and h.dtype != np.dtype(spec.dtype):
+            problems.append(f"input '{h.name}' has dtype {h.dtype}, expected {spec.dtype}")
+        if spec is not None and h.shape != tuple(spec.shape):
+            problems.append(
+                f"input '{h.name}' has shape {list(h.shape)}, expected {list(spec.shape)}"
+            )
+    if problems:
+        raise InputError(f"{path}: " + "; ".join(problems))
+
+
+def _read_array(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+    with archive.open(member) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, Any]) -> None:

@@ -23,9 +23,16 @@ the transposes in and out of consecutive convs meet and cancel. Around it:
              ot = conv2d(z, V', data_layout="NHWC", kernel_layout="OHWI")
              o = permute_dims(ot, [0, 3, 1, 2])
 
-Counters: `convs_converted`, `elementwise_raised`, `constants_folded`, `transposes_left`
-(activation transposes in the result: the graph's entry and exit, and any op the layout could
-not pass) and `transposes_removed` (of the two per conv a conv-by-conv conversion needs).
+Ops whose layout the CPU kernels do not handle (1-D/3-D and transposed convs and pools, any op
+on a 5-D or higher tensor: the channel shuffle's reshape and transpose) are declined: each is
+wrapped in a private function for the while, which ConvertLayout cannot see into, so it keeps
+its layout and gets transposes at its edges; they are inlined again afterwards. Should TVM's
+layout inference still fail, the pass leaves the whole module unchanged (`declined_whole`).
+
+Counters: `ops_declined`, `declined_whole`, `convs_converted`, `elementwise_raised`,
+`constants_folded`, `transposes_left` (activation transposes in the result: the graph's entry
+and exit, and any op the layout could not pass) and `transposes_removed` (of the two per conv
+a conv-by-conv conversion needs).
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ class Layout(GraphPass):
                 "constants_folded",
                 "transposes_left",
                 "transposes_removed",
+                "ops_declined",
+                "declined_whole",
             ),
             0,
         )
@@ -73,13 +82,18 @@ class Layout(GraphPass):
         if new is not mod:  # a pad kernel the group held may now fold into the next conv
             new = make_pass("fold-pad").run(new).module
         new, stats["elementwise_raised"] = _raise_scalar_elementwise(new)
+        new, stats["ops_declined"], declined = _wrap_declined(new)
         desired = {"relax.nn.conv2d": [self.options.data_layout, self.options.kernel_layout]}
 
         def layouts(call: relax.Call) -> dict:
             is_conv = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
             return desired if is_conv and _converts(call) else {}
 
-        new = relax.transform.ConvertLayout({}, layouts)(new)
+        try:
+            new = relax.transform.ConvertLayout({}, layouts)(new)
+        except Exception:  # noqa: BLE001 - a layout TVM cannot infer: keep the module as is
+            return PassResult(mod, False, {**dict.fromkeys(stats, 0), "declined_whole": 1})
+        new = _unwrap_declined(new, declined)
         new, stats["constants_folded"] = _fold_constant_transposes(new)
         new = _cancel_transpose_pairs(new)
         new = relax.transform.DeadCodeElimination()(new)
@@ -163,6 +177,104 @@ def _count(mod: tvm.IRModule, names) -> int:
         for call in _tvm.iter_relax_calls(mod)
         if isinstance(call.op, tvm.ir.Op) and call.op.name in names
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Ops the layout conversion declines
+
+_DECLINED_OPS = frozenset(
+    f"relax.nn.{name}"
+    for name in (
+        "conv1d",
+        "conv3d",
+        "conv1d_transpose",
+        "conv2d_transpose",
+        "conv3d_transpose",
+        "max_pool1d",
+        "avg_pool1d",
+        "max_pool3d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool3d",
+    )
+)
+_BARRIER = "layout_declined"  # attribute marking the wrapper functions
+
+
+def _declines(call: relax.Call) -> bool:
+    if not isinstance(call.op, tvm.ir.Op) or call.op.name == "relax.call_tir":
+        return False
+    if call.op.name in _DECLINED_OPS:
+        return True
+    types = [a.ty for a in call.args] + [call.ty]
+    return any(isinstance(t, relax.TensorType) and t.ndim >= 5 for t in types)
+
+
+@relax.expr_functor.mutator
+class _WrapDeclined(relax.PyExprMutator):
+    """op(x, W) -> call of a private function `f(x)` (a layout barrier); `calls` keeps the
+    original op call of each, to put back once the layouts are decided."""
+
+    def __init__(self, mod: tvm.IRModule, calls: dict) -> None:
+        super().__init__(mod)
+        self.calls = calls  # barrier name -> (params, original call with params as arguments)
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not _declines(call) or any(isinstance(a, (relax.Tuple, relax.Call)) for a in call.args):
+            return call  # (a tuple argument would reference the caller's variables)
+        args = list(call.args)
+        outer = [a for a in args if isinstance(a, relax.Var)]
+        params = [relax.Var(v.name, v.ty) for v in outer]
+        body = relax.Call(call.op, _substitute(args, outer, params), call.attrs, call.ty_args)
+        func = relax.Function(params, body, call.ty).with_attr(_BARRIER, 1)
+        name = f"layout_declined_{len(self.calls)}"
+        self.calls[name] = (params, body)
+        self.count += 1
+        return relax.Call(self.builder_.add_func(func, name), outer)
+
+
+@relax.expr_functor.mutator
+class _UnwrapDeclined(relax.PyExprMutator):
+    """Barrier calls back to their op, on the (possibly transposed) arguments they now get."""
+
+    def __init__(self, mod: tvm.IRModule, calls: dict) -> None:
+        super().__init__(mod)
+        self.calls = calls
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.GlobalVar) or call.op.name_hint not in self.calls:
+            return call
+        params, body = self.calls[call.op.name_hint]
+        self.count += 1
+        args = _substitute(list(body.args), params, list(call.args))
+        return relax.Call(body.op, args, body.attrs, body.ty_args)
+
+
+def _substitute(args: list, old: list, new: list) -> list:
+    """Each argument that is one of `old` replaced by its partner in `new` (by identity)."""
+    out = []
+    for a in args:
+        match = [n for o, n in zip(old, new) if a.same_as(o)]
+        out.append(match[0] if match else a)
+    return out
+
+
+def _wrap_declined(mod: tvm.IRModule) -> tuple[tvm.IRModule, int, dict]:
+    calls: dict = {}
+    new, count = rewrite_relax_functions(mod, lambda m: _WrapDeclined(m, calls))
+    return new, count, calls
+
+
+def _unwrap_declined(mod: tvm.IRModule, calls: dict) -> tvm.IRModule:
+    if not calls:
+        return mod
+    new, _ = rewrite_relax_functions(mod, lambda m: _UnwrapDeclined(m, calls))
+    kept = {gv: f for gv, f in new.functions.items() if gv.name_hint not in calls}
+    return tvm.IRModule(kept, attrs=new.attrs)
 
 
 # --------------------------------------------------------------------------------------------

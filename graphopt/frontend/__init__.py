@@ -17,6 +17,7 @@ from .load import load_model
 from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
 from .support import check_supported
+from .validate import check_shapes, check_structure
 
 __all__ = ["ImportedModel", "import_onnx", "parse_shape_arg", "TensorSpec"]
 
@@ -59,16 +60,18 @@ def import_onnx(
     model, sha = load_model(source)
     nodes_in = len(model.graph.node)
     say(f"import: loaded {nodes_in} ONNX nodes (opset {_opset(model)})")
+    check_structure(model)
     model = make_static(model, dict(input_shapes or {}))
-    model = rewrite_quantized(model)  # QLinear*/ *Integer ops TVM lacks -> QDQ + float ops
+    model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
     lap("load")
     check_supported(model)
     if cleanup:
-        model = clean_for_import(model)
+        model = _guarded("ONNX clean-up", clean_for_import, model)
         say(f"import: ONNX clean-up folded {nodes_in} -> {len(model.graph.node)} nodes")
         lap("cleanup")
         check_supported(model)
-    inputs = input_specs(model)
+    check_shapes(model)
+    inputs = _guarded("reading the model's inputs", input_specs, model)
     try:
         from tvm.relax.frontend.onnx import from_onnx
 
@@ -81,6 +84,16 @@ def import_onnx(
     outputs = _relax_output_specs(mod, output_specs(model))
     say(f"import: Relax module ready ({sum(seconds.values()):.1f}s)")
     return ImportedModel(mod, model, inputs, outputs, sha, seconds, nodes_in)
+
+
+def _guarded(step: str, fn, model: onnx.ModelProto):
+    """Run an ONNX-level step; its failure on a damaged model is the model's (one line)."""
+    try:
+        return fn(model)
+    except GraphoptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - onnx_ir SerdeError, KeyError on bad dtypes, ...
+        raise ImportFailure(f"{step} failed on this model: {_first_line(err)}") from err
 
 
 def _opset(model: onnx.ModelProto) -> int:

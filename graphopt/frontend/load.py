@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 
 import onnx
 
 from ..errors import ModelLoadError
+
+# ONNX files are protobufs, which cannot exceed 2 GiB (larger models keep weights outside).
+MAX_MODEL_BYTES = 2 << 30
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The file's bytes, once it is known to be a regular file of a sane size.
+
+    A FIFO would block forever and /dev/zero grow without end: neither is opened.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except OSError as err:
+        raise ModelLoadError(f"cannot read model file {path}: {err.strerror}") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"model path is a directory, expected an .onnx file: {path}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"model path is not a regular file (a device or pipe?): {path}")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise ModelLoadError(
+            f"model file {path} is {info.st_size / 2**30:.1f} GiB; ONNX files hold at most 2 GiB"
+        )
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_MODEL_BYTES + 1)
+    except OSError as err:
+        raise ModelLoadError(f"cannot read model file {path}: {err.strerror}") from err
 
 
 def load_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -15,14 +45,7 @@ def load_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, s
     if isinstance(source, onnx.ModelProto):
         return source, hashlib.sha256(source.SerializeToString()).hexdigest()
     path = Path(source)
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelLoadError(f"model path is a directory, expected an .onnx file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ModelLoadError(f"cannot read model file {path}: {err.strerror}") from err
+    data = _read_model_file(path)
     if not data:
         raise ModelLoadError(f"model file is empty: {path}")
     try:
@@ -40,7 +63,8 @@ def load_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, s
             raise ModelLoadError(f"{path}: cannot load its external weight files: {err}") from err
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from err
+    except Exception as err:  # noqa: BLE001 - ValidationError, and UnicodeDecodeError and the
+        # like on damaged strings inside an otherwise parsable file
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {lines[0]}") from err
     return model, hashlib.sha256(data).hexdigest()

@@ -7,6 +7,7 @@ process group and stops the whole group.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ class TrackerAddress:
     @staticmethod
     def parse(text: str) -> TrackerAddress:
         host, _, port = text.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise RPCError(f"tracker address '{text}' is not HOST:PORT (e.g. 127.0.0.1:9190)")
         return TrackerAddress(host, int(port))
 
@@ -62,6 +63,54 @@ def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         except ProcessLookupError:
             pass
         return
+
+
+REMOTE_WARNING = (
+    "warning: serving on {host}, reachable from other machines: TVM RPC runs the native code "
+    "any client uploads, without authentication; use it only on a trusted network"
+)
+
+
+def check_listen(host: str, port: int, allow_remote: bool) -> bool:
+    """Refuse what would fail or expose the machine, before starting anything.
+
+    Returns whether the address is reachable from other machines (the caller warns). A port
+    out of range or in use is an RPCError, not "running" followed by a traceback.
+    """
+    if not 1 <= port <= 65535:
+        raise RPCError(f"--port {port} is out of range (1-65535)")
+    remote = not _is_loopback(host)
+    if remote and not allow_remote:
+        raise RPCError(
+            f"--host {host} would accept connections from other machines, and TVM RPC runs "
+            "uploaded native code without authentication; pass --allow-remote to do it anyway"
+        )
+    try:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as err:
+        raise RPCError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    return remote
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as err:
+        raise RPCError(f"cannot resolve --host {host}: {err.strerror or err}") from err
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_reachable(tracker: TrackerAddress) -> None:
+    """A server whose tracker is down would run silently, registered nowhere."""
+    try:
+        socket.create_connection((tracker.host, tracker.port), timeout=3).close()
+    except OSError as err:
+        raise RPCError(f"cannot reach the RPC tracker at {tracker}: {err.strerror or err}") from err
 
 
 def tracker_args(host: str, port: int) -> list[str]:

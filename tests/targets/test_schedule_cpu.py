@@ -585,3 +585,16 @@ def test_prepack_off_packs_on_every_call():
     assert any(n.endswith("_weight_prepack") for n in _callees(result.module))
     arrays = [_rand(40, 32)]
     np.testing.assert_allclose(_run(result.module, arrays), _run(legal, arrays), rtol=1e-6)
+
+
+def test_divisors_are_exact_and_fast_for_huge_extents():
+    """A model may declare any extent: listing divisors is O(sqrt n), never a loop up to n."""
+    import time
+
+    from graphopt.targets.cpu.schedules.common import divisors
+
+    for n in range(1, 500):
+        assert divisors(n) == [d for d in range(1, n + 1) if n % d == 0]
+    start = time.perf_counter()
+    assert divisors(2**40)[-3:] == [2**38, 2**39, 2**40]
+    assert time.perf_counter() - start < 5
