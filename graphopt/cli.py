@@ -464,7 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"graphopt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_compile, _add_tune, _add_rpc, _add_run_bench_report, _add_listings):
+        add(sub)
+    return p
 
+
+def _add_compile(sub) -> None:
     c = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
     c.add_argument("model", help="path to model.onnx")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
@@ -494,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_options(c)
     c.set_defaults(func=cmd_compile)
 
+
+def _add_tune(sub) -> None:
     tu = sub.add_parser("tune", help="auto-tune kernels into a persistent per-target database")
     tu.add_argument("model", help="path to model.onnx")
     tu.add_argument("--db", required=True, help="tuning database directory (created, resumed)")
@@ -509,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--key", help="RPC key of the servers (with --rpc)")
     tu.set_defaults(func=cmd_tune)
 
+
+def _add_rpc(sub) -> None:
     rpc = sub.add_parser("rpc", help="start a TVM RPC tracker or server (stops cleanly)")
     rpc_sub = rpc.add_subparsers(dest="role", required=True, metavar="ROLE")
     rt = rpc_sub.add_parser("tracker", help="run an RPC tracker")
@@ -527,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         parser.set_defaults(func=cmd_rpc)
 
+
+def _add_run_bench_report(sub) -> None:
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
     r.add_argument("artifact")
     r.add_argument("--inputs", required=True, help=".npz keyed by input names")
@@ -552,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", help="also write the numbers as JSON here")
     rp.set_defaults(func=cmd_report)
 
+
+def _add_listings(sub) -> None:
     ps = sub.add_parser("passes", help="list registered passes and presets")
     ps.add_argument("--tvm", action="store_true", help="also list TVM's passes usable by name")
     ps.add_argument("--markdown", action="store_true", help="the pass reference as markdown")
@@ -559,7 +572,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("targets", help="list targets, their options and availability here")
     t.set_defaults(func=cmd_targets)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
