@@ -474,30 +474,32 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
     outputs keep the block's own loop order instead, which LLVM vectorizes with shuffles (a
     strided TIR vector load is a gather: slower there), and only gain parallelism and locality.
     """
-    lanes = info.lanes
+    work = product(ext[p] for p in shape.spatial) * _reduction_size(shape, ext)
+    if shape.x_stride != 1 and ext[shape.x] >= 2 * info.lanes:
+        _width_strided(sch, conv_rv, out_rv, shape, work, info, local_pads)
+        return
+    sizes = _width_tile(shape, ext, info.lanes, phased)
+    par, xo, red, tile = _split_width_tile(sch, conv_rv, shape, sizes, work)
+    _pads_per_task(sch, local_pads, par, phased, info)
+    _tile_writer_at(sch, out_rv, xo)
+    _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, vector=sizes[0] > 1)
+
+
+def _width_strided(sch, conv_rv, out_rv, shape, work, info, local_pads) -> None:
+    """Strided, wide: TVM's loop order, which LLVM vectorizes with shuffles (no TIR gathers)."""
     loops = sch.get_loops(conv_rv)
     outer_pos = [p for p in shape.spatial if p not in (shape.x, shape.y)]
-    elems = 1
-    for p in shape.spatial:
-        elems *= ext[p]
+    outer = [loops[p] for p in outer_pos]
+    sch.reorder(*outer, *[loops[p] for p in shape.spatial if p not in outer_pos])
+    par = _task_loop(sch, outer, work)
+    _pads_per_task(sch, local_pads, par, False, info)
+    at = loops[shape.y] if shape.y is not None else par
+    if at is not None:
+        _tile_writer_at(sch, out_rv, at)
 
-    if shape.x_stride != 1 and ext[shape.x] >= 2 * lanes:
-        outer = [loops[p] for p in outer_pos]
-        sch.reorder(*outer, *[loops[p] for p in shape.spatial if p not in outer_pos])
-        par = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
-        if par is not None and elems * _reduction_size(shape, ext) >= MIN_PARALLEL_WORK:
-            sch.parallel(par)
-        for p in local_pads:
-            sch.compute_at(p.rv, par) if par is not None else None
-            _vectorize_row(sch, p.rv, info)
-        at = loops[shape.y] if shape.y is not None else par
-        if at is not None:
-            sch.reverse_compute_at(out_rv, at, preserve_unit_loops=True)
-            out_loops = sch.get_loops(out_rv)
-            if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
-                sch.vectorize(out_loops[-1])
-        return
 
+def _width_tile(shape, ext, lanes, phased) -> tuple[int, int, int]:
+    """Tile columns, rows and channels: rows and channels that share input loads, 8 at most."""
     xw = _pick_width(ext[shape.x], lanes)
     budget = 8
     yb = 1
@@ -509,7 +511,16 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
         yb = max(d for d in divisors(ext[shape.y]) if d <= rows)
     if shape.channel is not None and not shape.data_uses_channel:
         fi = max(d for d in divisors(ext[shape.channel]) if d <= max(1, budget // yb))
+    return xw, yb, fi
 
+
+def _split_width_tile(sch, conv_rv, shape, sizes, work):
+    """Order tasks, tiles, window, tile: each tile's sums stay in registers over the window."""
+    # Returns the task loop (None if there is none), the column tile loop, the window loops
+    # and the tile's loops ([channels], [rows], columns).
+    xw, yb, fi = sizes
+    loops = sch.get_loops(conv_rv)
+    outer_pos = [p for p in shape.spatial if p not in (shape.x, shape.y)]
     xo, xi = sch.split(loops[shape.x], [None, xw])
     yo = yi = None
     if shape.y is not None:
@@ -525,9 +536,19 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
     red = [loops[p] for p in shape.reductions]
     tile = [lp for lp in (fi_loop, yi) if lp is not None] + [xi]
     sch.reorder(*outer, *([yo] if yo is not None else []), xo, *red, *tile)
+    return _task_loop(sch, outer, work), xo, red, tile
+
+
+def _task_loop(sch, outer, work):
+    """The outer loops fused into one task loop (parallel when there is enough work), or None."""
     par = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else None)
-    if par is not None and elems * _reduction_size(shape, ext) >= MIN_PARALLEL_WORK:
+    if par is not None and work >= MIN_PARALLEL_WORK:
         sch.parallel(par)
+    return par
+
+
+def _pads_per_task(sch, local_pads, par, phased, info) -> None:
+    """Pad each task's input inside the task, in cache, not as a pass over a padded copy."""
     for p in local_pads:
         if par is not None:
             sch.compute_at(p.rv, par)
@@ -537,25 +558,27 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
         else:
             _vectorize_row(sch, p.rv, info)
 
-    sch.reverse_compute_at(out_rv, xo, preserve_unit_loops=True)
+
+def _tile_writer_at(sch, out_rv, loop) -> None:
+    """Store each tile right after it is computed, while it is still in cache, as vectors."""
+    sch.reverse_compute_at(out_rv, loop, preserve_unit_loops=True)
     out_loops = sch.get_loops(out_rv)
     if const_int(sch.get(out_loops[-1]).extent) not in (None, 1):
         sch.vectorize(out_loops[-1])
 
-    # Unroll the window (3x3, 5x5, ...) so LLVM sees which loaded rows repeat.
+
+def _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, vector: bool) -> None:
+    """Unroll the window (3x3, 5x5, ...) and the tile so LLVM sees which loaded rows repeat."""
     window = [lp for lp, p in zip(red, shape.reductions) if ext[p] > 1]
-    size = 1
-    for p in shape.reductions:
-        size *= ext[p]
     for lp in tile[:-1]:
         sch.unroll(lp)
-    if size <= 64:
+    if _reduction_size(shape, ext) <= 64:
         for lp in window[-2:]:
             sch.unroll(lp)
-    if xw > 1:
-        sch.vectorize(xi)
+    if vector:
+        sch.vectorize(tile[-1])
     init = sch.decompose_reduction(conv_rv, red[0])
-    if xw > 1:
+    if vector:
         sch.vectorize(sch.get_loops(init)[-1])
 
 

@@ -30,6 +30,7 @@ from graphopt.targets.cpu.schedules.common import (
     divisors,
     mark_prepack,
     plain_vars,
+    product,
     product_operands,
     root_blocks,
     schedule_injective,
@@ -126,37 +127,16 @@ def _pick_rows(m: int, mr_max: int) -> tuple[int, bool]:
 
 
 def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
+    """Rule `matmul`: pad odd M / N, pack B into panels, then tile for the registers."""
     found = single_reduction(sch, matmul_shape)
     if found is None:
         return False
-    views, mm, shape, producers, consumers, ext = found
-    m = 1
-    for p in shape.rows:
-        m *= ext[p]
-    n = ext[shape.col]
-    batch = 1
-    for p in shape.batch:
-        batch *= ext[p]
-
-    lanes = info.lanes
+    _views, mm, shape, producers, consumers, ext = found
+    m, n = product(ext[p] for p in shape.rows), ext[shape.col]
+    batch = product(ext[p] for p in shape.batch)
     b_param = _reads_param(func, sch.get(mm.rv).reads[shape.b_index].source)
-    # Columns per tile: two SIMD registers when N allows, one, or all of a small N.
-    if n % (2 * lanes) == 0:
-        nr, n_pad = 2 * lanes, 1
-    elif n % lanes == 0:
-        nr, n_pad = lanes, 1
-    elif n < lanes:
-        nr, n_pad = n, 1
-    else:
-        nr = 2 * lanes if n > 4 * lanes else lanes
-        n_pad = nr
-        if m < 16 and not b_param:
-            # Few rows (GEMV-like) over a computed B: padding N would copy all of B on every
-            # call. Use a tile width that divides N instead, if one is a multiple of 4.
-            fits = [d for d in divisors(n) if d <= 2 * lanes and d % 4 == 0]
-            if fits:
-                nr, n_pad = fits[-1], 1
-    n_regs = -(-nr // lanes)
+    nr, n_pad = _pick_cols(n, m, info.lanes, b_param)
+    n_regs = -(-nr // info.lanes)
     mr_max = max(1, info.accumulators // n_regs)
     # Several row axes (e.g. [batch, seq] x weight) are fused; padding the innermost one to a
     # multiple of mr makes the fused count one too.
@@ -173,66 +153,102 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
         padding[shape.col] = n_pad
     pad_blocks: list[BlockView] = []
     if any(p > 1 for p in padding):
-        before = {v.name for v in root_blocks(sch)}
-        sch.pad_einsum(mm.rv, padding)
-        mm = next(v for v in root_blocks(sch) if v.name == mm.name)
-        c_buf = mm.block.writes[0].source
-        for v in root_blocks(sch):
-            if v.name in before:
-                continue
-            if any(r.source.same_as(c_buf) for r in v.block.reads):
-                # The copy out of the padded result: inline it into the epilogue, or let it
-                # be the block that stores the tile.
-                if consumers:
-                    sch.compute_inline(v.rv)
-                else:
-                    consumers = [v]
-            else:
-                pad_blocks.append(v)
+        mm, consumers, pad_blocks = _pad_tiles(sch, mm, consumers, padding)
         ext = mm.extents()
-        m = 1
-        for p in shape.rows:
-            m *= ext[p]
-        n = ext[shape.col]
+        m, n = product(ext[p] for p in shape.rows), ext[shape.col]
 
     out_rv = tile_writer(sch, mm.rv, consumers, info)
-
-    # 2. Pack B into [j // nr, k, j % nr] panels when enough rows reuse it, or when B is a
-    # parameter (a weight: prepacked at compile time). A GEMV then streams each panel
-    # sequentially instead of a short piece of every row of B (MobileNetV2's 1280 x 1000
-    # classifier: 2x faster).
-    b_buf = sch.get(mm.rv).reads[shape.b_index].source
-    b_pad = [v for v in pad_blocks if v.block.writes[0].source.same_as(b_buf)]
-    ndim = len(b_buf.ty.shape)
-    transposed = shape.b_col_dim != ndim - 1
-    if m >= 16 or transposed or b_param:
-        pack = sch.cache_read(mm.rv, shape.b_index, "global")
-        cdim, kd = shape.b_col_dim, shape.b_red_dim
-
-        def index_map(*idx):
-            others = [x for d, x in enumerate(idx) if d not in (cdim, kd)]
-            return (*others, idx[cdim] // nr, idx[kd], idx[cdim] % nr)
-
-        sch.transform_layout(pack, ("write", 0), tirx.IndexMap.from_func(index_map, ndim=ndim))
-        for v in b_pad:
-            # The zero fill of a padded B happens while packing, not in the inner loop.
-            sch.compute_inline(v.rv)
-        b_pad = []
-        mark_prepack(sch, pack, func)
-        schedule_injective(sch, pack, info)
+    # 2. Pack B into panels; the pads it does not absorb run as their own loops.
+    _pack_b(sch, func, mm.rv, shape, nr, m >= 16 or b_param, pad_blocks, info)
     pad_names = {v.name for v in pad_blocks}
     for v in root_blocks(sch):
         if v.name in pad_names:
             schedule_injective(sch, v.rv, info)
 
-    k = ext[shape.red]
-    kc = _k_block(k, m, mr, info) if shape.rows else None
+    # 3. Tile for the registers, with K blocked when B outgrows L2.
+    sizes = (batch, m, n, ext[shape.red])
+    kc = _k_block(sizes[3], m, mr, info) if shape.rows else None
     if kc is not None:
-        _tile_k_blocked(sch, mm.rv, out_rv, shape, (batch, m, n, k), mr, nr, kc, info)
-        return True
+        _tile_k_blocked(sch, mm.rv, out_rv, shape, sizes, mr, nr, kc, info)
+    else:
+        _tile(sch, mm.rv, out_rv, shape, sizes, mr, nr)
+    return True
 
-    # 3. Tile: [batch] x [rows / mr] x [cols / nc] x [nc / nr] x k x mr x nr.
-    loops = sch.get_loops(mm.rv)
+
+def _pick_cols(n: int, m: int, lanes: int, b_param: bool) -> tuple[int, int]:
+    """Columns per register tile and the multiple N is padded to (1: none)."""
+    # Two SIMD registers when N allows, one, or all of a small N; else pad N.
+    if n % (2 * lanes) == 0:
+        return 2 * lanes, 1
+    if n % lanes == 0:
+        return lanes, 1
+    if n < lanes:
+        return n, 1
+    nr = 2 * lanes if n > 4 * lanes else lanes
+    if m < 16 and not b_param:
+        # Few rows (GEMV-like) over a computed B: padding N would copy all of B on every
+        # call. Use a tile width that divides N instead, if one is a multiple of 4.
+        fits = [d for d in divisors(n) if d <= 2 * lanes and d % 4 == 0]
+        if fits:
+            return fits[-1], 1
+    return nr, nr
+
+
+def _pad_tiles(sch: Schedule, mm: BlockView, consumers: list[BlockView], padding: list[int]):
+    """Pad M / N to whole tiles: predicated tiles run several times slower."""
+    # Returns the padded block, its consumers and the blocks that pad its inputs.
+    before = {v.name for v in root_blocks(sch)}
+    sch.pad_einsum(mm.rv, padding)
+    mm = next(v for v in root_blocks(sch) if v.name == mm.name)
+    c_buf = mm.block.writes[0].source
+    pad_blocks: list[BlockView] = []
+    for v in root_blocks(sch):
+        if v.name in before:
+            continue
+        if any(r.source.same_as(c_buf) for r in v.block.reads):
+            # The copy out of the padded result: inline it into the epilogue, or let it
+            # be the block that stores the tile.
+            if consumers:
+                sch.compute_inline(v.rv)
+            else:
+                consumers = [v]
+        else:
+            pad_blocks.append(v)
+    return mm, consumers, pad_blocks
+
+
+def _pack_b(sch, func, mm_rv, shape: MatmulShape, nr, reused, pad_blocks, info) -> None:
+    """Pack B into `[j // nr, k, j % nr]` panels so each column tile streams B sequentially."""
+    # Done when enough rows reuse B (`reused`: 16 rows, or B a parameter, i.e. a weight:
+    # prepacked at compile time) or when B is transposed. A GEMV then streams each panel
+    # instead of a short piece of every row of B (MobileNetV2's 1280 x 1000 classifier: 2x
+    # faster).
+    b_buf = sch.get(mm_rv).reads[shape.b_index].source
+    ndim = len(b_buf.ty.shape)
+    if not (reused or shape.b_col_dim != ndim - 1):
+        return
+    b_pad = [v for v in pad_blocks if v.block.writes[0].source.same_as(b_buf)]
+    pack = sch.cache_read(mm_rv, shape.b_index, "global")
+    cdim, kd = shape.b_col_dim, shape.b_red_dim
+
+    def index_map(*idx):
+        others = [x for d, x in enumerate(idx) if d not in (cdim, kd)]
+        return (*others, idx[cdim] // nr, idx[kd], idx[cdim] % nr)
+
+    sch.transform_layout(pack, ("write", 0), tirx.IndexMap.from_func(index_map, ndim=ndim))
+    for v in b_pad:
+        # The zero fill of a padded B happens while packing, not in the inner loop.
+        sch.compute_inline(v.rv)
+    mark_prepack(sch, pack, func)
+    schedule_injective(sch, pack, info)
+
+
+def _tile(sch, mm_rv, out_rv, shape: MatmulShape, sizes, mr, nr) -> None:
+    """Keep an mr x nr tile of accumulators in registers over all of K (B fits L2)."""
+    # [batch] x [rows / mr] x [cols / nc] (parallel) x [nc / nr] x k x mr x nr; the epilogue
+    # runs per tile, from the accumulators.
+    batch, m, n, k = sizes
+    loops = sch.get_loops(mm_rv)
     batch_loops = [loops[p] for p in shape.batch]
     row_loops = [loops[p] for p in shape.rows]
     col_loop, red_loop = loops[shape.col], loops[shape.red]
@@ -241,16 +257,14 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
         ro, ri = sch.split(row, [None, mr])
     else:
         ro = ri = None
-    panel = nr * max(1, min(64 // nr, (n // nr)))
-    while (n // nr) % (panel // nr):
-        panel -= nr
+    panel = _panel_cols(n, nr)
     co, cm, ci = sch.split(col_loop, [None, panel // nr, nr])
     order = [*batch_loops, co] + ([ro] if ro is not None else []) + [cm, red_loop]
     order += ([ri] if ri is not None else []) + [ci]
     sch.reorder(*order)
     outer = [*batch_loops, co] + ([ro] if ro is not None else [])
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if batch * m * n * ext[shape.red] >= MIN_PARALLEL_WORK:
+    if batch * m * n * k >= MIN_PARALLEL_WORK:
         sch.parallel(par)
 
     sch.reverse_compute_at(out_rv, cm, preserve_unit_loops=True)
@@ -261,10 +275,17 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
     if ri is not None:
         sch.unroll(ri)
     sch.vectorize(ci)
-    init = sch.decompose_reduction(mm.rv, red_loop)
+    init = sch.decompose_reduction(mm_rv, red_loop)
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
-    return True
+
+
+def _panel_cols(n: int, nr: int) -> int:
+    """Columns per task: up to 64, whole tiles that divide N, so no task gets a partial panel."""
+    panel = nr * max(1, min(64 // nr, (n // nr)))
+    while (n // nr) % (panel // nr):
+        panel -= nr
+    return panel
 
 
 def _reads_param(func: tirx.PrimFunc, buf) -> bool:
