@@ -1,2 +1,2 @@
 """What every compression method shares: layer discovery (layers.py), calibration data
-(data.py), the user-facing error (errors.py)."""
+(data.py), accuracy metrics (metrics.py), the user-facing error (errors.py)."""

@@ -365,7 +365,7 @@ def _check(opts: QuantOptions) -> None:
             "--quantize int8 needs --calibration DATA (an .npz of samples, or a directory of "
             ".npy files or images); or use --quant-mode dynamic"
         )
-    from .sensitivity import Metric
+    from ..common.metrics import Metric
 
     if opts.metric not in Metric.KINDS:
         raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
