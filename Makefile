@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/pip install -q --no-deps -r bench/requirements-nodeps.txt
+	# torchvision's model code for the corpus, outside site-packages: its wheel's native ops
+	# need CUDA libraries, and once importable it breaks transformers (bench/models/corpus.py).
+	$(BIN)/pip install -q --no-deps --target $(VENV)/torchvision-0.28 torchvision==0.28.0
 	touch $@
 
 ## The main job: compile the bundled digits CNN for this host and compare with onnxruntime.

@@ -5,14 +5,69 @@ Everything else in graphopt goes through these helpers, so a TVM upgrade is one 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax
+
+NATIVE_LOG = "tvm.log"
+
+
+@contextlib.contextmanager
+def native_log(path: str | Path | None) -> Iterator[None]:
+    """Send what TVM's C++ code writes on stderr (file descriptor 2) to `path` meanwhile.
+
+    TVM's runtime logs through C++ streams, not Python's logging: saving and loading an int8
+    executable prints one `Scope Saving:` / `Scope Loaded:` warning per constant scope, which
+    buries graphopt's own lines. Within this block fd 2 is appended to `path` (created 0644 if
+    missing); where `path` is None or cannot be opened, it goes to /dev/null. Python's
+    `sys.stderr` writes during the block land there too, so keep the block to the TVM call.
+    Exceptions still propagate as usual (they are raised, not printed).
+    """
+    fd = -1
+    if path is not None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            fd = -1
+    if fd < 0:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+    except (AttributeError, ValueError):
+        pass
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def load_module(path: str | Path, log: str | Path | None = None) -> Any:
+    """`tvm.runtime.load_module`, its native log lines sent to `log` (see `native_log`)."""
+    with native_log(log):
+        return tvm.runtime.load_module(str(path))
+
+
+def export_library(executable: Any, path: str | Path, **kwargs: Any) -> None:
+    """`executable.export_library(path)`, its native log lines sent to `tvm.log` beside it."""
+    with native_log(Path(path).parent / NATIVE_LOG):
+        executable.export_library(str(path), **kwargs)
 
 
 def structural_equal(a: Any, b: Any) -> bool:

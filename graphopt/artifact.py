@@ -59,16 +59,25 @@ class Artifact:
 
     def _machine(self) -> Any:
         if self._vm is None:
-            import tvm.runtime
             from tvm.runtime.vm import VirtualMachine
 
+            from ._tvm import load_module
+
             try:
-                lib = tvm.runtime.load_module(str(self.library_path))
+                lib = load_module(self.library_path, self._native_log())
                 self._vm = VirtualMachine(lib, self.device())
             except Exception as err:  # noqa: BLE001 - TVM raises several types here
                 reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
                 raise ArtifactError(f"cannot load {self.library_path}: {reason}") from err
         return self._vm
+
+    def _native_log(self) -> Path | None:
+        """Where TVM's runtime log lines go at load: the artifact's `tvm.log` (written at
+        compile) if it may be appended to, else nowhere (a read-only deployment)."""
+        from ._tvm import NATIVE_LOG
+
+        log = self.directory / NATIVE_LOG
+        return log if os.access(log, os.W_OK) else None
 
     def device(self) -> Any:
         """The device the manifest's target names (`target.device`; artifacts without it: cpu)."""

@@ -111,7 +111,9 @@ class Target:
         return "cpu"
 
     def export(self, executable: Any, path: Path) -> None:
-        executable.export_library(str(path))
+        from ._tvm import export_library
+
+        export_library(executable, path)
 
     def export_bundle(self, directory: Path, manifest: dict[str, Any]) -> None:
         """Add what a deployment needs besides the library (may extend `manifest`, which is

@@ -177,13 +177,24 @@ def model_path(name: str, cache: str | os.PathLike | None = None) -> Path:
 
 
 def _torch_export(name: str, dest: Path) -> None:
+    build, example, inputs, outputs = MODELS[name]
+    torch_export(build, example, inputs, outputs, dest)
+
+
+def torch_export(
+    build: Callable,
+    example: Callable,
+    inputs: list[str],
+    outputs: list[str],
+    dest: Path,
+    opset: int = OPSET,
+) -> None:
     """Export with the TorchScript exporter into a temp file, then rename: never a half file."""
     import onnx
     import torch
 
-    build, example, inputs, outputs = MODELS[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx.tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".onnx.tmp", dir=dest.parent)
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -195,7 +206,7 @@ def _torch_export(name: str, dest: Path) -> None:
                 tmp,
                 input_names=inputs,
                 output_names=outputs,
-                opset_version=OPSET,
+                opset_version=opset,
                 dynamo=False,
             )
         onnx.checker.check_model(tmp)

@@ -175,8 +175,14 @@ def _reset_meta_schedule_handlers() -> None:
     logger and fails on any it did not create itself (a nameless one left by an earlier run or
     by pytest: "'NoneType' object has no attribute 'format'"), so a second tuning run in one
     process crashes. Drop foreign handlers; MetaSchedule re-creates its own.
+
+    MetaSchedule gives its console handler the logger's current level (DEBUG when unset) and
+    writes everything to its log files under `<database>/logs` anyway; at WARNING its INFO
+    tables (hundreds of lines per run) stay in those files, off the terminal. It resets the
+    logger to DEBUG when it configures it, so this runs before every batch.
     """
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    logger.setLevel(logging.WARNING)
     for handler in list(logger.handlers):
         name = handler.get_name() or ""
         if not name.startswith("tvm.s_tir.meta_schedule"):

@@ -146,7 +146,7 @@ def test_recompile_replaces_artifact_atomically(graphopt_compile, tmp_path):
     assert art.manifest["pipeline"] == PRESETS["O1"]
     assert graphopt.load(out).manifest["pipeline"] == PRESETS["O1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "tvm.log"]
 
 
 def test_failed_compile_keeps_old_artifact(graphopt_compile, tmp_path):

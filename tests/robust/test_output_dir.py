@@ -13,6 +13,7 @@ import model_builders as mb
 import pytest
 
 import graphopt
+from graphopt._tvm import NATIVE_LOG
 from graphopt.artifact import FORMAT, MANIFEST, AtomicDirectory, clean_leftovers, foreign_files
 from graphopt.errors import ArtifactError
 
@@ -47,7 +48,7 @@ def test_replacing_an_artifact_keeps_user_files(tmp_path):
     art = graphopt.compile(mb.mlp(), out, opt_level=1)
     assert (out / "notes.txt").read_text() == "precious"
     assert (out / "data" / "x.txt").read_text() == "mine"
-    assert art.manifest["files"] == [MANIFEST, "model.so"]
+    assert art.manifest["files"] == [MANIFEST, "model.so", NATIVE_LOG]
     assert foreign_files(out) == ["data", "notes.txt"]
     assert mb.leftovers(tmp_path) == []
 
