@@ -148,7 +148,7 @@ class Arm(Target):
     def export(self, executable: Any, path: Path) -> None:
         from tvm.support import cc
 
-        executable.export_library(str(path), fcompile=cc.cross_compiler(self.cross_compiler()))
+        _tvm.export_library(executable, path, fcompile=cc.cross_compiler(self.cross_compiler()))
 
     def export_bundle(self, directory: Path, manifest: dict[str, Any]) -> None:
         """The runner, the aarch64 TVM runtime and io.txt, described in manifest["bundle"]."""
