@@ -105,15 +105,13 @@ class Fuse(GraphPass):
         before = composite_calls(mod)
         new = mod
 
+        self.errors: dict[str, str] = {}
         if "parallel_matmul" in on:
-            gvars = [gv for gv, _ in _graph_functions(new)]
-            new, stats["parallel_matmul"] = fp.combine_parallel_matmuls(new, gvars)
+            new, stats["parallel_matmul"] = self._declining(
+                "parallel_matmul", new, lambda m: _combine_parallel(m)
+            )
         if "layer_norm" in on:
-            rewriter = fp.LayerNormRewriter()
-            rewritten = {gv: rewriter.rewrite(f) for gv, f in _graph_functions(new)}
-            if rewriter.count:
-                new = tvm.IRModule({**dict(new.functions.items()), **rewritten}, attrs=new.attrs)
-                stats["layer_norm"] = rewriter.count
+            new, stats["layer_norm"] = self._declining("layer_norm", new, _rewrite_layer_norms)
 
         patterns = [p for family, make in _PATTERNS.items() if family in on for p in make(new)]
         entries = [gv.name_hint for gv, _ in _graph_functions(new)]
@@ -124,11 +122,39 @@ class Fuse(GraphPass):
         if stats["layer_norm"] or stats["parallel_matmul"]:
             new = relax.transform.DeadCodeElimination(entries)(new)
 
+        stats["declined"] = len(self.errors)
         after = composite_calls(new)
         for family in _PATTERNS:
             if family == "parallel_matmul":
                 continue  # counted as combined groups: the split may not be fusable
             stats[family] = after.get(family, 0) - before.get(family, 0)
         if _tvm.structural_equal(new, mod):
-            return PassResult(mod, False, dict.fromkeys(FAMILIES, 0))
+            return PassResult(
+                mod, False, {**dict.fromkeys(FAMILIES, 0), "declined": stats["declined"]}
+            )
         return PassResult(new, True, stats)
+
+    def _declining(self, family: str, mod: tvm.IRModule, rewrite) -> tuple[tvm.IRModule, int]:
+        """Run one family's graph rewrite; a rewrite that fails on this graph is declined (the
+        module is left as it was, the reason kept in `.errors`), never a failed compile."""
+        try:
+            return rewrite(mod)
+        except Exception as err:  # noqa: BLE001 - TVM raises its own error types
+            lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            self.errors[family] = lines[-1] if lines else type(err).__name__
+            return mod, 0
+
+
+def _combine_parallel(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    gvars = [gv for gv, _ in _graph_functions(mod)]
+    return fp.combine_parallel_matmuls(mod, gvars)
+
+
+def _rewrite_layer_norms(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    rewriter = fp.LayerNormRewriter()
+    rewritten = {gv: rewriter.rewrite(f) for gv, f in _graph_functions(mod)}
+    if not rewriter.count:
+        return mod, 0
+    return tvm.IRModule(
+        {**dict(mod.functions.items()), **rewritten}, attrs=mod.attrs
+    ), rewriter.count

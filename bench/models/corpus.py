@@ -40,17 +40,6 @@ from .export import cache_dir, package_dir, torch_export
 IMAGE = (1, 3, 64, 64)
 REL_BOUND = 1e-3
 SEED = 0
-# Bugs the corpus found (the slow test marks them xfail, strict: a fix makes it fail).
-FUSE_PARALLEL_MATMUL = (
-    "pass 'fuse' (O3), passes/_fusion_patterns.py combine_parallel_matmuls: 'Check failed: "
-    "(!expr->ty.IsMissing()): The type is not populated, check if you have normalized the expr'"
-)
-FUSE_LAYER_NORM = (
-    "pass 'fuse' (O3), passes/_fusion_patterns.py LayerNormRewriter (rewrite_call callback): "
-    "'Check failed: (!block_stack_.empty()): Cannot normalize non-leaf without a scope'"
-)
-
-
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -325,7 +314,6 @@ CORPUS: dict[str, Entry] = {
             "rapidocr-onnxruntime 1.4.4 `ch_PP-OCRv4_rec_infer.onnx` (SVTR text recognizer)",
             _no_make,
             {"x": ("float32", (1, 3, 48, 160))},
-            known_bugs={3: FUSE_LAYER_NORM},
             shipped=_shipped("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
         ),
         Entry(
@@ -333,7 +321,6 @@ CORPUS: dict[str, Entry] = {
             "captcha-whisperer 0.1.0 `captcha_crnn.onnx` (CNN + unrolled BiLSTM + CTC head)",
             _no_make,
             {"image": ("float32", (1, 3, 60, 160))},
-            known_bugs={3: FUSE_PARALLEL_MATMUL},
             shipped=_shipped("captcha_whisperer", "models/captcha_crnn.onnx"),
         ),
         Entry(

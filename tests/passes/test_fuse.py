@@ -38,7 +38,7 @@ def only(family: str):
 
 
 def stats(**counts: int) -> dict[str, int]:
-    return {f: counts.get(f, 0) for f in FAMILIES}
+    return {**{f: counts.get(f, 0) for f in FAMILIES}, "declined": counts.get("declined", 0)}
 
 
 def composites(mod: tvm.IRModule) -> dict[str, Counter]:
@@ -662,3 +662,22 @@ def test_pad_after_conv_costs_no_kernel(tmp_path):
     kernels, fuse_stats = _compile_both(padded_cnn([0, 0, 0, 0, 0, 0, 1, 1]), tmp_path)
     assert fuse_stats == stats(conv_act=1)  # the depthwise conv has no activation
     assert kernels["fused"] <= kernels["base"], kernels
+
+
+def test_a_family_whose_rewrite_fails_is_declined_not_fatal(monkeypatch):
+    """Real models broke the parallel-matmul and layer-norm rewrites at -O3 (TVM normalization
+    errors): the family is declined, the reason kept, the rest still fuses, numbers unchanged."""
+    from graphopt.passes import _fusion_patterns as fp
+
+    def broken(*_args, **_kwargs):
+        raise tvm.error.InternalError("Check failed: normalize")
+
+    monkeypatch.setattr(fp, "combine_parallel_matmuls", broken)
+    monkeypatch.setattr(fp.LayerNormRewriter, "rewrite", broken)
+    mod = _conv_module(relax.op.nn.relu)
+    p = fuse()
+    result = apply_checked(p, mod)
+    assert result.stats == stats(conv_act=1, declined=2)
+    assert set(p.errors) == {"parallel_matmul", "layer_norm"}
+    assert "normalize" in p.errors["layer_norm"]
+    check_numerics(fuse(), mod)
