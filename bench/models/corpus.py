@@ -40,6 +40,8 @@ from .export import cache_dir, package_dir, torch_export
 IMAGE = (1, 3, 64, 64)
 REL_BOUND = 1e-3
 SEED = 0
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
