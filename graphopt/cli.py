@@ -15,8 +15,23 @@ from pathlib import Path
 from . import __version__, env
 from .errors import GraphoptError, InputError, PassFailure
 
+_REDRAWING = {"active": False}
+
 
 def _eprint(msg: str) -> None:
+    """Progress on stderr: a ProgressLine redraws one terminal line, anything else gets its
+    own line; piped, every message is a plain line."""
+    from .progress import ProgressLine
+
+    tty = sys.stderr.isatty()
+    if tty and isinstance(msg, ProgressLine):
+        sys.stderr.write("\r" + msg + "\033[K")
+        sys.stderr.flush()
+        _REDRAWING["active"] = True
+        return
+    if tty and _REDRAWING["active"]:
+        sys.stderr.write("\n")
+        _REDRAWING["active"] = False
     print(msg, file=sys.stderr, flush=True)
 
 

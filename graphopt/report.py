@@ -13,6 +13,7 @@ from .artifact import Artifact
 from .errors import InputError
 from .inputs import load_npz, random_inputs
 from .instrument import max_relative_error
+from .progress import Meter
 from .reference import check_same_interface, ort_run, ort_session
 from .sizes import WeightSizes, library_weights
 from .tables import format_table
@@ -137,12 +138,12 @@ def compare(
         "onnxruntime": lambda: ort_run(session, feeds),
         "graphopt": artifact.runner(feeds),
     }
-    step = max(1, runs // 4)
+    meter = Meter(runs, "bench", say, unit="rounds", every=0.5)
     result.timings = interleaved(
         contestants,
         runs=runs,
         warmup=warmup,
-        progress=lambda i, n: say(f"bench: {i}/{n} rounds") if i % step == 0 or i == n else None,
+        progress=lambda i, n: meter.update(i),
         settle=1,  # each timed run follows its own runtime: see timing.interleaved
     )
     return result

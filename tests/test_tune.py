@@ -171,7 +171,7 @@ def test_ctrl_c_during_a_batch_stops_and_keeps_its_records(tmp_path):
     import signal
 
     def progress(message: str):
-        if " trials, tasks " in message:  # a measurement report, inside MetaSchedule
+        if " trials, tasks " in message:  # a measurement report (progress bar), in MetaSchedule
             os.kill(os.getpid(), signal.SIGINT)
 
     summary = tune_model(DEFAULT_MODEL, tmp_path, CompileOptions(), trials=256, progress=progress)

@@ -30,6 +30,7 @@ from ..compiler import CompileOptions, graph_pipeline_text
 from ..errors import GraphoptError
 from ..frontend import import_onnx
 from ..pipeline import instantiate, parse_pipeline, run_passes
+from ..progress import Meter
 from ..target_infra import Target, make_target
 from .database import database_dir
 
@@ -133,7 +134,9 @@ def stop_on_interrupt(state: dict, say: Callable[[str], None]):
         signal.signal(signal.SIGINT, previous)
 
 
-def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None], start: float):
+def _progress_callback(
+    tasks, deadline: float | None, say: Callable[[str], None], start: float, total: int
+):
     """A MeasureCallback that prints progress and stops the search at the time budget.
 
     `state["task"]` is the index (in `tasks`) of the task being tuned: each task is tuned by
@@ -144,6 +147,8 @@ def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None]
 
     best: dict[int, float] = {}
     state = {"n": 0, "task": 0, "done": 0}
+    meter = Meter(total, "tune", say, unit="trials")
+    meter.start = start
 
     @derived_object
     class Progress(PyMeasureCallback):
@@ -156,11 +161,11 @@ def _progress_callback(tasks, deadline: float | None, say: Callable[[str], None]
                 if result.error_msg is None and result.run_secs:
                     us = 1e6 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
                     best[task] = min(best.get(task, float("inf")), us)
-            say(
-                f"tune: {state['n']} trials, tasks {state['done']}/{len(tasks)}, "
-                f"{tasks[task].task_name[:40]} best {best.get(task, float('nan')):.1f} us, "
-                f"{time.perf_counter() - start:.0f}s"
+            note = (
+                f"tasks {state['done']}/{len(tasks)}, {tasks[task].task_name[:40]} best "
+                f"{best.get(task, float('nan')):.1f} us"
             )
+            meter.update(state["n"], note, deadline)
             if deadline is not None and time.perf_counter() > deadline:
                 state["budget_reached"] = 1  # the FFI may re-raise it as a bare RuntimeError
                 raise _BudgetReached()
@@ -278,7 +283,7 @@ def tune_model(
     shares = [0.0 if _is_view(t) else t.weight * (s or 0.0) for t, s in zip(tasks, defaults)]
     search = _Search(tasks, defaults, plan_trials(shares, trials - before), shares)
     deadline = start + budget_seconds if budget_seconds else None
-    callback, best, state = _progress_callback(tasks, deadline, say, start)
+    callback, best, state = _progress_callback(tasks, deadline, say, start, trials - before)
     tools = _tools(database, runner)
     with stop_on_interrupt(state, say):
         stopped = search.run(work_dir, tools, callback, state, deadline, say)

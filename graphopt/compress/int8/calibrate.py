@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 
 from ...build import build_runner
+from ...progress import Meter
 from ..common.layers import find_joins, find_layers
 from .bias_correction import KEY, InputMean, LayerError, act_error, correction
 from .equalize import ChannelMax
@@ -84,13 +85,11 @@ def calibrate(
     params = [p.name for p in mod["main"].params]
 
     def each_feed(what: str, use: Callable[[list[np.ndarray]], None]) -> None:
-        start = time.perf_counter()
-        step = max(1, len(feeds) // 10)
+        meter = Meter(len(feeds), f"calibrate{what}", say, unit="samples", every=0.5)
         for i, feed in enumerate(feeds):
             use(run([feed[n] for n in params])[: len(hists)])
-            if (i + 1) % step == 0 or i + 1 == len(feeds):
-                rate = (i + 1) / max(time.perf_counter() - start, 1e-9)
-                say(f"calibrate{what}: {i + 1}/{len(feeds)} samples ({rate:.1f}/s)")
+            rate = (i + 1) / max(time.perf_counter() - meter.start, 1e-9)
+            meter.update(i + 1, f"{rate:.1f}/s")
 
     def observe(values: list[np.ndarray]) -> None:
         for h, value in zip(hists, values):

@@ -21,6 +21,7 @@ from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...build import build_runner
+from ...progress import Meter
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from .bias_correction import KEY as BIAS_KEY
@@ -150,6 +151,7 @@ def analyze(
     metric = Metric.choose(ref, labels, metric)
     fp32_score = metric.score(ref, ref)
     rows = []
+    meter = Meter(n, "sensitivity", say, unit="layers", every=0.5)
     for i, layer in enumerate(layers):
         flags = np.zeros(n)
         flags[i] = 1
@@ -162,7 +164,7 @@ def analyze(
                 "cosine": round(float(cosines(ref, got).mean()), 6),
             }
         )
-        say(f"sensitivity: {i + 1}/{n} {layer.name} sqnr {rows[-1]['sqnr_db']} dB")
+        meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
     on = np.ones(n)
     all_score = metric.score(ref, run(on))
     score, skip = all_score, []
