@@ -11,6 +11,7 @@ rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from ...build import build_runner
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from .bias_correction import KEY as BIAS_KEY
-from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
+from .qdq import act_qparams, dequant_weight_np, emit_act_qdq, emit_dynamic_qdq, weight_qparams
 
 FLAGS = "quant_flags"
 
@@ -78,8 +79,11 @@ class _Switch(PyExprMutator):
             xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
         x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
         w = self.visit_expr(call.args[1])
+        # DQ(Wq) - W as one constant (numpy, the same float32 math as TVM's dequantize):
+        # dequantizing every weight at run time made the graph slow to build and to run.
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
-        delta = bb.emit(R_op.subtract(weight_dequantize(wq, s_w, layer.weight_axis), w))
+        w32 = np.asarray(layer.weight, np.float32)
+        delta = relax.const(dequant_weight_np(wq, s_w, layer.weight_axis) - w32)
         w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
         y = relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
         corr = self.ranges.get(layer.name, {}).get(BIAS_KEY) if self.s.mode == "static" else None
@@ -165,11 +169,15 @@ class Sensitivity:
     skip: list[str]  # layers kept fp32 by --max-drop, most sensitive first
     samples: int
     score_outputs: Callable[[list[np.ndarray]], float] | None = None  # metric vs the fp32 run
+    layer_samples: int = 0  # feeds each layer's "alone" row is measured on
+    seconds: dict[str, float] | None = None  # build, per-layer rows, budget search
 
     def to_json(self) -> dict:
         return {
             "metric": self.metric,
             "samples": self.samples,
+            "layer_samples": self.layer_samples or self.samples,
+            "seconds": {k: round(v, 2) for k, v in (self.seconds or {}).items()},
             "fp32": round(self.fp32_score, 4),
             "all_int8": round(self.int8_score, 4),
             "final": round(self.final_score, 4),
@@ -190,36 +198,48 @@ def analyze(
     target: str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    layer_samples: int | None = None,
 ) -> Sensitivity:
-    """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32."""
+    """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32.
+
+    layer_samples: measure each layer's "alone" row (the order --max-drop keeps layers fp32
+    in) on the first that many feeds only; the scores (fp32, all int8, each budget step) use
+    every feed. One model run per layer and feed is most of the analysis time."""
     say = progress or (lambda _m: None)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
     switch, layers = switchable_module(mod, ranges, settings)
     n = len(layers)
     say(f"sensitivity: building the switchable graph ({n} layers)")
     run_vm = build_runner(switch, target, target_options)
     params = [p.name for p in mod["main"].params]
+    seconds["build"] = time.perf_counter() - clock
 
-    def run(flags: np.ndarray) -> list[np.ndarray]:
+    def run(flags: np.ndarray, limit: int | None = None) -> list[np.ndarray]:
         f = flags.astype(np.float32) if n else np.zeros(1, np.float32)
-        return [run_vm([feed[p] for p in params] + [f])[0] for feed in feeds]
+        return [run_vm([feed[p] for p in params] + [f])[0] for feed in feeds[:limit]]
 
+    clock = time.perf_counter()
     ref = run(np.zeros(n))
     metric = Metric.choose(ref, labels, metric)
     fp32_score = metric.score(ref, ref)
+    k = min(layer_samples or len(feeds), len(feeds))
     rows = []
     for i, layer in enumerate(layers):
         flags = np.zeros(n)
         flags[i] = 1
-        got = run(flags)
+        got = run(flags, k)
         rows.append(
             {
                 "layer": layer.name,
                 "what": layer.describe(),
-                "sqnr_db": round(sqnr_db(np.concatenate(ref), np.concatenate(got)), 2),
-                "cosine": round(float(cosines(ref, got).mean()), 6),
+                "sqnr_db": round(sqnr_db(np.concatenate(ref[:k]), np.concatenate(got)), 2),
+                "cosine": round(float(cosines(ref[:k], got).mean()), 6),
             }
         )
         say(f"sensitivity: {i + 1}/{n} {layer.name} sqnr {rows[-1]['sqnr_db']} dB")
+    seconds["layers"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     on = np.ones(n)
     all_score = metric.score(ref, run(on))
     score, skip = all_score, []
@@ -232,6 +252,7 @@ def analyze(
             skip.append(layers[i].name)
             score = metric.score(ref, run(on))
             say(f"max-drop: {layers[i].name} kept fp32 -> {metric.kind} {score:.2f}")
+    seconds["search"] = time.perf_counter() - clock
     return Sensitivity(
         rows,
         fp32_score,
@@ -241,4 +262,6 @@ def analyze(
         skip,
         len(feeds),
         lambda got: metric.score(ref, got),
+        k,
+        seconds,
     )
