@@ -305,7 +305,7 @@ def bench_model(
     ort_int8 = ort_session(ort_path)
     ort_int8_plain = ort_session(ort_path, optimize=False)
 
-    runs = {
+    runners = {
         "graphopt_fp32": lambda f: fp32.run(f)[out],
         **{k: (lambda f, a=a: a.run(f)[out]) for k, a in int8s.items()},
         "ort_int8": lambda f: ort_run(ort_int8, f)[out],
@@ -314,17 +314,17 @@ def bench_model(
     if name not in ("digits", "minilm"):
         try:
             nncf_run, entry["nncf_openvino"] = _nncf_openvino(path, list(calib["input"][:, None]))
-            runs["nncf_openvino_f32"] = lambda f: nncf_run(f["input"])
+            runners["nncf_openvino_f32"] = lambda f: nncf_run(f["input"])
         except ImportError as err:
             entry["nncf_openvino"] = {"skipped": f"not installed ({err})"}
     _say(f"[{name}] running {len(feeds)} real inputs")
     ref = [ort_run(ort_fp32, f)[out] for f in feeds]
-    outputs = {k: [run(f) for f in feeds] for k, run in runs.items()}
+    outputs = {k: [run(f) for f in feeds] for k, run in runners.items()}
     validation = entry.pop("validation_feeds", None)
     if validation:
         ref_v = [ort_run(ort_fp32, f)[out] for f in validation]
         entry["quality_validation"] = {
-            k: cnn_quality(ref_v, [run(f) for f in validation]) for k, run in runs.items()
+            k: cnn_quality(ref_v, [run(f) for f in validation]) for k, run in runners.items()
         }
     quality = {}
     for k, got in outputs.items():
