@@ -1,19 +1,33 @@
-"""int8 accuracy and speed, graphopt vs onnxruntime's quantizer, side by side in one process.
+"""int8 accuracy and speed: graphopt vs onnxruntime's quantizer and NNCF on OpenVINO.
 
     python -m bench.bench_int8 [--models digits,mobilenet_v2,efficientnet_lite0,minilm]
 
 - digits (bundled CNN): labelled accuracy on graphopt/models/digits_eval.npz, fp32 vs int8;
   calibrated on the model's own training split.
-- MobileNetV2, EfficientNet-Lite0: 60 real photo crops (bench/models/inputs.py); int8 top-1
-  agreement with fp32 and "fp32 top-1 within the int8 top-5"; calibrated on other photos.
+- MobileNetV2, EfficientNet-Lite0: calibrated and evaluated on photos split by source photo
+  (bench/models/inputs.py, `split_crops`; recorded under "split" in the JSON):
+  calibration 32 crops of 8 photos (retina, colorwheel, camera, coins, brick, gravel, clock,
+  cell); evaluation 64 crops of 8 other photos (astronaut, coffee, chelsea, rocket, china,
+  flower, motorcycle, hubble_deep_field); validation 48 crops of 6 more (immunohistochemistry,
+  logo, moon, grass, page, text), the photos int8-flow choices were made on. No photo (nor a
+  second view of one scene) is in two roles. Against fp32 onnxruntime: top-1 agreement, "fp32
+  top-1 within the int8 top-5", mean KL(softmax fp32 || softmax int8), min logit cosine.
 - all-MiniLM-L6-v2: dynamic int8; minimum embedding cosine vs fp32 over real sentences.
-graphopt's "int8" rows quantize every layer (speed check off); "--max-drop" rows run the
-default flow (sensitivity, --max-drop, the per-layer int8-vs-fp32 speed check).
-onnxruntime's side: quantize_static (QDQ, per-channel, uint8 activations) for the CNNs,
-quantize_dynamic for MiniLM; its int8 models run both with its default optimizations and with
-ORT_DISABLE_ALL (its optimized int8 kernels can saturate on CPUs without VNNI). Latency: medians
-of interleaved runs in one process. Size: the weight bytes each library carries (its tensor
-constants, graphopt.sizes; by dtype and breakdown in the JSON) and the whole library file.
+graphopt's "int8" rows run the default flow (every layer int8, speed check off); "--max-drop"
+rows keep the most sensitive layers fp32 until top-1 agreement on the calibration crops is
+within --max-drop points (default 1). Each graphopt row records its quantization time:
+calibration and sensitivity + budget search (the manifest's quantization.seconds and
+accuracy.seconds) beside the compile report's seconds.
+Peers, same calibration crops: onnxruntime quantize_static (quant_pre_process, QDQ,
+per-channel, uint8 activations) for the CNNs, quantize_dynamic for MiniLM; its int8 models run
+both with its default optimizations and with ORT_DISABLE_ALL (its optimized int8 kernels can
+saturate on CPUs without VNNI). NNCF int8 PTQ (`nncf.quantize`, default preset) on the
+OpenVINO model, run by OpenVINO with INFERENCE_PRECISION_HINT=f32 (its float parts would run
+bf16 otherwise), accuracy only (CNNs; skipped when openvino/nncf are not installed).
+Latency: medians of interleaved runs in one process (graphopt and onnxruntime only; one
+process per runtime is the fair protocol, /work/shared/PEERS.md: read these as rough). Size:
+the weight bytes each library carries (its tensor constants, graphopt.sizes; by dtype and
+breakdown in the JSON) and the whole library file.
 Writes bench/results/int8.json and int8.md.
 """
 
@@ -66,21 +80,38 @@ def _say(msg: str) -> None:
 
 
 def calibration_images() -> list[np.ndarray]:
-    """Crops of scikit-image photos that are NOT among the evaluation photos."""
-    import skimage.data as data
+    """The calibration crops of the split (bench/models/inputs.py): photos that are neither
+    evaluation nor validation photos."""
+    from bench.models.inputs import split_crops
 
-    from bench.models.inputs import _crop, _normalize
+    return [x for _, x in split_crops("calibration")]
 
-    photos = [data.stereo_motorcycle()[1], data.colorwheel(), data.logo()[..., :3]]
-    for name in ("camera", "coins", "moon", "brick", "grass", "gravel", "cell", "clock"):
-        gray = getattr(data, name)()
-        photos.append(np.repeat(gray[..., None], 3, axis=2))
-    out = []
-    for rgb in photos:
-        out.append(_normalize(_crop(rgb, 256, (0.5, 0.5), False)))
-        out.append(_normalize(_crop(rgb, 320, (0.3, 0.6), True)))
-        out.append(_normalize(_crop(rgb, 288, (0.8, 0.2), False)))
-    return out
+
+def _nncf_openvino(path: Path, calib: list[np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """NNCF int8 PTQ of the OpenVINO model on the calibration crops, compiled by OpenVINO
+    with fp32 inference precision; (run(x) -> logits, info)."""
+    import nncf
+    import openvino as ov
+
+    start = time.perf_counter()
+    model = ov.convert_model(str(path))
+    dataset = nncf.Dataset([{"input": x} for x in calib])
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
+    seconds = time.perf_counter() - start
+    cfg = {
+        "INFERENCE_NUM_THREADS": str(os.cpu_count() or 1),
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    compiled = ov.Core().compile_model(quantized, "CPU", cfg)
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    info = {
+        "versions": {"openvino": ov.__version__, "nncf": nncf.__version__},
+        "quantize_s": round(seconds, 2),
+        "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+    }
+    return (lambda x: np.array(request.infer({"input": x})[output])), info
 
 
 def _ort_static(path: Path, calib: list[np.ndarray], dest: Path) -> Path:
@@ -98,6 +129,14 @@ def _ort_static(path: Path, calib: list[np.ndarray], dest: Path) -> Path:
         def get_next(self):
             return next(self.it, None)
 
+    from onnxruntime.quantization import quant_pre_process
+
+    pre = dest.with_name(dest.stem + "-pre.onnx")
+    try:
+        quant_pre_process(str(path), str(pre))
+        path = pre
+    except Exception as err:  # noqa: BLE001 - the quantizer still runs on the raw model
+        _say(f"onnxruntime quant_pre_process failed ({str(err)[:120]}); quantizing as is")
     quantize_static(
         str(path),
         str(dest),
@@ -121,10 +160,27 @@ def _top(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits.ravel())[:k]
 
 
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.ravel().astype(np.float64)
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
+
+
 def cnn_quality(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
     agree = sum(int(_top(r, 1)[0] == _top(g, 1)[0]) for r, g in zip(ref, got))
     in5 = sum(int(_top(r, 1)[0] in _top(g, 5)) for r, g in zip(ref, got))
-    return {"top1_agreement": f"{agree}/{len(ref)}", "fp32_top1_in_int8_top5": f"{in5}/{len(ref)}"}
+    kl, cos = [], []
+    for r, g in zip(ref, got):
+        lr, lg = _log_softmax(r), _log_softmax(g)
+        kl.append(float(np.sum(np.exp(lr) * (lr - lg))))
+        a, b = r.ravel().astype(np.float64), g.ravel().astype(np.float64)
+        cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return {
+        "top1_agreement": f"{agree}/{len(ref)}",
+        "fp32_top1_in_int8_top5": f"{in5}/{len(ref)}",
+        "mean_kl": round(float(np.mean(kl)), 4),
+        "min_cosine": round(min(cos), 4),
+    }
 
 
 def cosine_quality(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
@@ -146,6 +202,12 @@ def _int8_artifact(path, out: Path, quant: QuantOptions, name: str):
         quant = dataclasses.replace(quant, integer_kernels=False)
         art, info["compile_s"] = _compile(path, out.with_name(out.name + "-fq"), quant, name)
     q = art.manifest["quantization"]
+    acc = q["accuracy"] or {}
+    info["seconds"] = {
+        "quantization": q.get("seconds", {}),
+        "sensitivity": acc.get("seconds", {}),
+        "compile_report": art.manifest["report"]["seconds"],
+    }
     info.update(
         kernels=q["kernels"],
         int8_layers=f"{q['int8_layers']}/{len(q['layers'])}",
@@ -168,7 +230,7 @@ def _compile(path, out: Path, quant: QuantOptions | None, name: str) -> tuple[An
 def bench_model(
     name: str, runs: int, workdir: Path, method: str, max_drop: float | None
 ) -> dict[str, Any]:
-    from bench.models.inputs import image_batch, sentence_batch, tokenize
+    from bench.models.inputs import sentence_batch, split_crops, tokenize
 
     entry: dict[str, Any] = {"model": name}
     if name == "digits":
@@ -201,14 +263,15 @@ def bench_model(
         from bench.models.export import export
 
         path = export(name)
-        feeds = [{"input": x} for x in image_batch(60)]
+        feeds = [{"input": x} for _, x in split_crops("evaluation")]
+        entry["validation_feeds"] = [{"input": x} for _, x in split_crops("validation")]
         images = calibration_images()
         calib = {"input": np.concatenate(images)}
         labels = None
         # --max-drop on the calibration photos (not the evaluation ones): top-1 agreement with
         # fp32 within --max-drop points, keeping the most sensitive layers fp32.
         quant = QuantOptions(
-            str(workdir / "calib.npz"), method, sensitivity_samples=33, max_drop=max_drop
+            str(workdir / "calib.npz"), method, sensitivity_samples=32, max_drop=max_drop
         )
     np.savez(workdir / "calib.npz", **calib)
 
@@ -242,14 +305,27 @@ def bench_model(
     ort_int8 = ort_session(ort_path)
     ort_int8_plain = ort_session(ort_path, optimize=False)
 
+    runners = {
+        "graphopt_fp32": lambda f: fp32.run(f)[out],
+        **{k: (lambda f, a=a: a.run(f)[out]) for k, a in int8s.items()},
+        "ort_int8": lambda f: ort_run(ort_int8, f)[out],
+        "ort_int8_disable_all": lambda f: ort_run(ort_int8_plain, f)[out],
+    }
+    if name not in ("digits", "minilm"):
+        try:
+            nncf_run, entry["nncf_openvino"] = _nncf_openvino(path, list(calib["input"][:, None]))
+            runners["nncf_openvino_f32"] = lambda f: nncf_run(f["input"])
+        except ImportError as err:
+            entry["nncf_openvino"] = {"skipped": f"not installed ({err})"}
     _say(f"[{name}] running {len(feeds)} real inputs")
     ref = [ort_run(ort_fp32, f)[out] for f in feeds]
-    outputs = {
-        "graphopt_fp32": [fp32.run(f)[out] for f in feeds],
-        **{k: [a.run(f)[out] for f in feeds] for k, a in int8s.items()},
-        "ort_int8": [ort_run(ort_int8, f)[out] for f in feeds],
-        "ort_int8_disable_all": [ort_run(ort_int8_plain, f)[out] for f in feeds],
-    }
+    outputs = {k: [run(f) for f in feeds] for k, run in runners.items()}
+    validation = entry.pop("validation_feeds", None)
+    if validation:
+        ref_v = [ort_run(ort_fp32, f)[out] for f in validation]
+        entry["quality_validation"] = {
+            k: cnn_quality(ref_v, [run(f) for f in validation]) for k, run in runners.items()
+        }
     quality = {}
     for k, got in outputs.items():
         if labels is not None:
@@ -301,7 +377,9 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
                 return f"{v['accuracy_pct']:.2f}%"
             if "min_cosine" in v:
                 return f"min cos {v['min_cosine']:.4f}"
-            return f"top1 {v['top1_agreement']}, top5 {v['fp32_top1_in_int8_top5']}"
+            return f"top1 {v['top1_agreement']}, top5 {v['fp32_top1_in_int8_top5']}" + (
+                f", KL {v['mean_kl']:.3f}" if "mean_kl" in v else ""
+            )
 
         for k in r["graphopt_quantization"]:
             info = r["graphopt_quantization"][k]
@@ -335,8 +413,94 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str
         _intro(machine, method)
         + format_table(header, rows)
         + "\n\n"
+        + accuracy_table(results)
+        + "\n\n"
+        + time_table(results)
+        + "\n\n"
         + weights_table(results)
         + "\n"
+    )
+
+
+METHOD_LABELS = {
+    "graphopt_int8": "graphopt int8 (default flow)",
+    "graphopt_int8_maxdrop": "graphopt int8 --max-drop",
+    "ort_int8": "onnxruntime quantize_static (QDQ, per-channel)",
+    "ort_int8_disable_all": "onnxruntime, ORT_DISABLE_ALL",
+    "nncf_openvino_f32": "NNCF int8 PTQ on OpenVINO (f32 hint)",
+}
+
+
+def accuracy_table(results: list[dict[str, Any]]) -> str:
+    """The CNNs on the photo split: each method against fp32, evaluation and validation."""
+    rows = []
+    for r in results:
+        val = r.get("quality_validation")
+        if not val:
+            continue
+        for k, label in METHOD_LABELS.items():
+            e, v = r["quality_vs_fp32"].get(k), val.get(k)
+            if e is None:
+                continue
+            info = r.get("graphopt_quantization", {}).get(k)
+            if info:
+                label += f" ({info['int8_layers']} int8)"
+            rows.append(
+                [
+                    r["model"],
+                    label,
+                    e["top1_agreement"],
+                    f"{e['mean_kl']:.4f}",
+                    f"{e['min_cosine']:.4f}",
+                    v["top1_agreement"],
+                    f"{v['mean_kl']:.4f}",
+                ]
+            )
+    header = [
+        "model",
+        "method",
+        "top-1 agreement (evaluation)",
+        "mean KL",
+        "min logit cosine",
+        "top-1 (validation)",
+        "mean KL (validation)",
+    ]
+    return (
+        "Accuracy against fp32 on the photo split (calibration, evaluation and validation "
+        "photos disjoint; see `split` in int8.json):\n\n" + format_table(header, rows)
+    )
+
+
+def time_table(results: list[dict[str, Any]]) -> str:
+    """graphopt's quantization time: calibration, sensitivity (build, per-layer rows, budget
+    search), and the whole compile; NNCF's quantize call beside it."""
+    rows = []
+    for r in results:
+        for k, info in r.get("graphopt_quantization", {}).items():
+            sec = info.get("seconds", {})
+            q, sens = sec.get("quantization", {}), sec.get("sensitivity", {})
+            rows.append(
+                [
+                    r["model"],
+                    k.removeprefix("graphopt_"),
+                    f"{q.get('calibration', 0):.1f}",
+                    "/".join(f"{sens.get(x, 0):.1f}" for x in ("build", "layers", "search")),
+                    f"{q.get('calibration', 0) + q.get('sensitivity', 0):.1f}",
+                    f"{info['compile_s']:.1f}",
+                    f"{r.get('nncf_openvino', {}).get('quantize_s', float('nan')):.1f}",
+                ]
+            )
+    header = [
+        "model",
+        "graphopt build",
+        "calibration s",
+        "sensitivity s (build / per-layer / search)",
+        "calibration + sensitivity s",
+        "whole compile s",
+        "NNCF quantize s",
+    ]
+    return "Quantization time (a shared machine: see the load average above):\n\n" + format_table(
+        header, rows
     )
 
 
@@ -371,7 +535,7 @@ def _mb(n: int) -> str:
 
 def _intro(machine: dict[str, Any], method: str) -> str:
     return (
-        "# int8: graphopt vs onnxruntime's quantizer\n\n"
+        "# int8: graphopt vs onnxruntime's quantizer and NNCF (OpenVINO)\n\n"
         f"{machine['cpu']} ({machine['llvm_cpu']}), {machine['threads']} threads, "
         f"{machine['date']}, load average {machine.get('load_average', '?')} at the start (a "
         "shared machine: read the ratios, not the absolute times); medians of interleaved runs "
@@ -391,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-drop",
         type=float,
-        default=10.0,
+        default=1.0,
         help="CNNs: also build with --max-drop X (top-1 agreement on the calibration photos)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -410,7 +574,15 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results.append({"model": name, "error": str(err).strip().splitlines()[0]})
             _say(json.dumps(results[-1], indent=1)[:3000])
-    doc = {"machine": machine, "runs": args.runs, "method": args.method, "results": results}
+    from bench.models.inputs import split_photos
+
+    doc = {
+        "machine": machine,
+        "runs": args.runs,
+        "method": args.method,
+        "split": split_photos(),
+        "results": results,
+    }
     text = markdown(results, machine, args.method)
     write_results(args.out, "int8", doc, text)
     print(text)

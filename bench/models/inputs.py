@@ -3,6 +3,18 @@
 Random tensors hide numeric problems (saturating activations, all-padding masks) that real data
 shows, so benchmarks and accuracy checks feed these instead. Photos come from scikit-image and
 scikit-learn, which ship them in their wheels; nothing is downloaded.
+
+int8 accuracy (bench/bench_int8.py) uses a split by source photo, `split_crops(role)`: crops of
+one photo are correlated, so no photo serves two roles.
+- evaluation: 8 photos x 8 crops = 64 (the ImageNet-like ones): astronaut, coffee, chelsea,
+  rocket, china, flower, motorcycle (left view), hubble_deep_field.
+- calibration: 8 other photos x 4 crops = 32: retina, colorwheel, camera, coins, brick, gravel,
+  clock, cell (grayscale ones repeated to RGB).
+- validation: 6 more photos x 8 crops = 48, for any choice made in the int8 flow (calibration
+  method, fp32 layers, ...), never the evaluation photos: immunohistochemistry, logo, moon,
+  grass, page, text.
+The motorcycle's right view (skimage's stereo pair) is the same scene as the left one and is in
+no role besides evaluation.
 """
 
 from __future__ import annotations
@@ -45,6 +57,34 @@ VARIANTS = [
 
 MAX_IMAGES = len(PHOTOS) * len(VARIANTS)
 
+# The int8 accuracy split (module docstring): role -> (photos, crop variants).
+EVAL_VARIANTS = [
+    *VARIANTS,
+    ("topright288", 288, (0.8, 0.2), False),
+    ("bottomleft288-flip", 288, (0.2, 0.8), True),
+]
+CALIB_VARIANTS = [
+    ("center256", 256, (0.5, 0.5), False),
+    ("zoom320-flip", 320, (0.3, 0.6), True),
+    ("corner288", 288, (0.8, 0.2), False),
+    ("full224-flip", 224, (0.5, 0.5), True),
+]
+SPLIT = {
+    "evaluation": (
+        ["astronaut", "coffee", "chelsea", "rocket", "china", "flower", "motorcycle"]
+        + ["hubble_deep_field"],
+        EVAL_VARIANTS,
+    ),
+    "calibration": (
+        ["retina", "colorwheel", "camera", "coins", "brick", "gravel", "clock", "cell"],
+        CALIB_VARIANTS,
+    ),
+    "validation": (
+        ["immunohistochemistry", "logo", "moon", "grass", "page", "text"],
+        EVAL_VARIANTS,
+    ),
+}
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "A man is playing a guitar on the street corner.",
@@ -83,7 +123,10 @@ def _photo(name: str) -> np.ndarray:
 
     if name == "motorcycle":
         return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+    img = getattr(skimage.data, name)()
+    if img.ndim == 2:  # grayscale: the same values in R, G and B
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])  # logo is RGBA
 
 
 def _crop(rgb: np.ndarray, short: int, centre: tuple[float, float], mirror: bool) -> np.ndarray:
@@ -123,6 +166,39 @@ def image_crops(n: int) -> list[tuple[str, np.ndarray]]:
     if not 0 <= n <= MAX_IMAGES:
         raise ValueError(f"n must be in [0, {MAX_IMAGES}], got {n}")
     return list(_all_crops()[:n])
+
+
+@functools.cache
+def _split_crops(role: str) -> tuple[tuple[str, np.ndarray], ...]:
+    photos, variants = SPLIT[role]
+    crops = []
+    for name in photos:
+        rgb = _photo(name)
+        for variant, short, centre, mirror in variants:
+            x = _normalize(_crop(rgb, short, centre, mirror))
+            x.setflags(write=False)
+            crops.append((f"{name}/{variant}", x))
+    return tuple(crops)
+
+
+def split_crops(role: str) -> list[tuple[str, np.ndarray]]:
+    """(name, [1,3,224,224] float32) crops of one role of the int8 split: "evaluation",
+    "calibration" or "validation" (module docstring); photo by photo."""
+    if role not in SPLIT:
+        raise ValueError(f"role must be one of {', '.join(SPLIT)}, got {role!r}")
+    return list(_split_crops(role))
+
+
+def split_photos() -> dict[str, dict]:
+    """The split as recorded in results: role -> photos, crop variants, crop count."""
+    return {
+        role: {
+            "photos": list(photos),
+            "variants": [v[0] for v in variants],
+            "crops": len(photos) * len(variants),
+        }
+        for role, (photos, variants) in SPLIT.items()
+    }
 
 
 def image_batch(n: int) -> list[np.ndarray]:

@@ -3,6 +3,12 @@
 The graph is rebuilt with each layer's input as an extra output (`tap_module`), built once with
 the target's schedules, and run over every feed; a `Histogram` per layer accumulates the values,
 and an observer turns it into the range written to the ranges file.
+
+Equalization (`equalize.py`) changes only the depthwise inputs on the calibration samples: each
+consumer's input channel c becomes k_c times the original (the producer's output, exactly: k_c
+never pushes a channel past a relu6 bound on these samples). So its second round reuses the
+first round's build (`calibration_runner`) and scales those taps (`input_scales`) instead of
+building the equalized graph again.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
     return relax.transform.Normalize()(new), [ly.name for ly in layers]
 
 
+def calibration_runner(
+    mod: tvm.IRModule, target: str = "x86", target_options: Mapping[str, str] | None = None
+) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """The built fp32 graph returning every layer's input and every join's operands."""
+    return build_runner(tap_module(mod)[0], target, target_options)
+
+
 def calibrate(
     mod: tvm.IRModule,
     feeds: Sequence[Mapping[str, np.ndarray]],
@@ -59,12 +72,16 @@ def calibrate(
     bias_correction: bool = False,
     per_channel: bool = True,
     channel_max: bool = False,
+    runner: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+    input_scales: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict]:
     """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}.
 
     bias_correction: also each layer's mean output error per channel (`bias_correction.py`;
     a second pass over the samples measures the activation part with the chosen ranges).
-    channel_max: also each depthwise layer's per-channel input max (for `equalize.py`)."""
+    channel_max: also each depthwise layer's per-channel input max (for `equalize.py`).
+    runner: `calibration_runner` of a graph with the same layers (else built here);
+    input_scales: {layer: k per input channel} applied to those layers' taps (equalization)."""
     say = progress or (lambda _m: None)
     if method not in METHODS:
         from ..common.errors import CalibrationError
@@ -73,10 +90,11 @@ def calibrate(
     layers = find_layers(mod["main"])
     if not layers:
         return {}
-    tapped, names = tap_module(mod)
-    assert names == [ly.name for ly in layers], "tap and quantize must name layers alike"
-    say(f"calibrate: building the fp32 graph with {len(layers)} layer inputs as outputs")
-    run = build_runner(tapped, target, target_options)
+    if runner is None:
+        say(f"calibrate: building the fp32 graph with {len(layers)} layer inputs as outputs")
+        runner = calibration_runner(mod, target, target_options)
+    scales = [(input_scales or {}).get(ly.name) for ly in layers]
+    scales = [None if k is None else np.asarray(k, np.float32).reshape(1, -1, 1, 1) for k in scales]
     joins = find_joins(mod["main"])
     hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
     means = [InputMean(ly.kind) for ly in layers]
@@ -87,7 +105,8 @@ def calibrate(
     def each_feed(what: str, use: Callable[[list[np.ndarray]], None]) -> None:
         meter = Meter(len(feeds), f"calibrate{what}", say, unit="samples", every=0.5)
         for i, feed in enumerate(feeds):
-            use(run([feed[n] for n in params])[: len(hists)])
+            values = runner([feed[n] for n in params])[: len(hists)]
+            use([v if k is None else v * k for v, k in zip(values, scales)] + values[len(scales) :])
             rate = (i + 1) / max(time.perf_counter() - meter.start, 1e-9)
             meter.update(i + 1, f"{rate:.1f}/s")
 

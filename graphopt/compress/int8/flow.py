@@ -9,6 +9,7 @@ manifest's "quantization" entry: settings, ranges, per-layer decisions, accuracy
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..common.data import batch_feeds, load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from .bias_correction import KEY as BIAS_KEY
-from .calibrate import calibrate
+from .calibrate import calibrate, calibration_runner
 from .equalize import KEY as EQ_KEY
 from .equalize import equalize_scales, find_pairs, scaled_module
 from .ranges import write_ranges
@@ -48,6 +49,9 @@ class QuantOptions:
     samples: int = 64  # calibration feeds used
     sensitivity: bool = True
     sensitivity_samples: int = 32
+    # feeds each layer's "alone" sensitivity row is measured on (None: all of them); the
+    # scores and the --max-drop steps use all sensitivity_samples
+    sensitivity_layer_samples: int | None = 8
     metric: str = "auto"  # auto | accuracy | top1_agreement | min_cosine
     granularity: str = "tensor"  # dynamic mode: tensor | row
     integer_kernels: bool = True  # run lower-int8 when registered; False keeps fake-quant
@@ -149,8 +153,10 @@ def quantize_step(
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
     run_target = evaluation_target(target)
     ranges, scales = {}, {}
+    clock = time.perf_counter()
     if opts.mode == "static":
         mod, ranges, scales = _static_ranges(mod, feeds, opts, run_target, say)
+    seconds = {"calibration": time.perf_counter() - clock}
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
     eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
@@ -167,7 +173,9 @@ def quantize_step(
             metric=opts.metric,
             target=run_target,
             progress=say,
+            layer_samples=opts.sensitivity_layer_samples,
         )
+        seconds["sensitivity"] = sum(sens.seconds.values())
     lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
     skip = list(sens.skip) if sens else []
     candidates = [
@@ -175,7 +183,10 @@ def quantize_step(
         for ly in layers
         if ly.name not in skip and (opts.mode != "static" or ly.name in ranges)
     ]
+    clock = time.perf_counter()
     timings, speed = speed_check(mod, candidates, opts, target, lowered, timer, say)
+    if timings:
+        seconds["speed_check"] = time.perf_counter() - clock
     skip += [ly.name for ly in layers if ly.name in candidates and int8_is_slower(ly, timings)]
     params = [p.name for p in mod["main"].params]
     decided = _Decided(
@@ -183,12 +194,18 @@ def quantize_step(
     )
     decided.eval_inputs = [[feed[p] for p in params] for feed in eval_feeds]
     decided.lower_options = target.pass_options(LOWER_PASS)
+    decided.seconds = {k: round(v, 2) for k, v in seconds.items()}
     return decided.step(skip, {})
 
 
 def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say):
     """Calibrated ranges (with bias corrections); depthwise inputs equalized first when asked.
     Returns the module calibration ran on last, the ranges and the equalization scales."""
+
+    if not find_layers(mod["main"]):
+        return mod, {}, {}
+    say("calibrate: building the fp32 graph with every layer input as an output")
+    runner = calibration_runner(mod, run_target)
 
     def calib(m, **kw):
         return calibrate(
@@ -199,12 +216,13 @@ def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say):
             target=run_target,
             progress=say,
             per_channel=opts.per_channel,
+            runner=runner,
             **kw,
         )
 
     scales: dict = {}
     pairs = find_pairs(mod) if opts.equalize else []
-    if pairs:  # round 1: channel maxima; the scaled graph is calibrated again
+    if pairs:  # round 1: channel maxima; round 2 observes the scaled graph (same build)
         first = calib(mod, channel_max=True)
         for pair in pairs:
             entry = first[pair.consumer.name]
@@ -213,7 +231,7 @@ def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say):
             )
         mod = scaled_module(mod, scales)
         say(f"equalize: {len(scales)} depthwise inputs rescaled; calibrating again")
-    ranges = calib(mod, bias_correction=opts.bias_correction)
+    ranges = calib(mod, bias_correction=opts.bias_correction, input_scales=scales)
     for name, k in scales.items():
         ranges[name][EQ_KEY] = [float(v) for v in k]
     return mod, ranges, scales
@@ -236,6 +254,7 @@ class _Decided:
     workdir: tempfile.TemporaryDirectory
     eval_inputs: list = field(default_factory=list)
     lower_options: dict = field(default_factory=dict)  # the target's lower-int8 options
+    seconds: dict = field(default_factory=dict)  # calibration, sensitivity (+ search), speed
 
     def step(self, skip: list[str], reasons: dict[str, str]) -> QuantStep:
         decisions = [self._decision(layer, skip, reasons) for layer in self.layers]
@@ -328,6 +347,9 @@ class _Decided:
             "equalized": sorted(self.scales),
             "accuracy": accuracy,
             "speed_check": self.speed,
+            # where the quantization step's time went (the sensitivity's own split, build /
+            # per-layer rows / --max-drop search, is under accuracy.seconds)
+            "seconds": self.seconds,
         }
 
     def _check(self) -> Callable | None:

@@ -11,6 +11,7 @@ rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from ...progress import Meter
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from .bias_correction import KEY as BIAS_KEY
-from .qdq import act_qparams, emit_act_qdq, emit_dynamic_qdq, weight_dequantize, weight_qparams
+from .qdq import act_qparams, dequant_weight_np, emit_act_qdq, emit_dynamic_qdq, weight_qparams
 
 FLAGS = "quant_flags"
 
@@ -79,8 +80,11 @@ class _Switch(PyExprMutator):
             xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
         x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
         w = self.visit_expr(call.args[1])
+        # DQ(Wq) - W as one constant (numpy, the same float32 math as TVM's dequantize):
+        # dequantizing every weight at run time made the graph slow to build and to run.
         wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
-        delta = bb.emit(R_op.subtract(weight_dequantize(wq, s_w, layer.weight_axis), w))
+        w32 = np.asarray(layer.weight, np.float32)
+        delta = relax.const(dequant_weight_np(wq, s_w, layer.weight_axis) - w32)
         w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
         y = relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
         corr = self.ranges.get(layer.name, {}).get(BIAS_KEY) if self.s.mode == "static" else None
@@ -109,11 +113,15 @@ class Sensitivity:
     skip: list[str]  # layers kept fp32 by --max-drop, most sensitive first
     samples: int
     score_outputs: Callable[[list[np.ndarray]], float] | None = None  # metric vs the fp32 run
+    layer_samples: int = 0  # feeds each layer's "alone" row is measured on
+    seconds: dict[str, float] | None = None  # build, per-layer rows, budget search
 
     def to_json(self) -> dict:
         return {
             "metric": self.metric,
             "samples": self.samples,
+            "layer_samples": self.layer_samples or self.samples,
+            "seconds": {k: round(v, 2) for k, v in (self.seconds or {}).items()},
             "fp32": round(self.fp32_score, 4),
             "all_int8": round(self.int8_score, 4),
             "final": round(self.final_score, 4),
@@ -134,49 +142,70 @@ def analyze(
     target: str = "x86",
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    layer_samples: int | None = None,
 ) -> Sensitivity:
-    """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32."""
+    """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32.
+
+    layer_samples: measure each layer's "alone" row (the order --max-drop keeps layers fp32
+    in) on that many evenly spaced feeds only; the scores (fp32, all int8, each budget step) use
+    every feed. One model run per layer and feed is most of the analysis time."""
     say = progress or (lambda _m: None)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
     switch, layers = switchable_module(mod, ranges, settings)
     n = len(layers)
     say(f"sensitivity: building the switchable graph ({n} layers)")
     run_vm = build_runner(switch, target, target_options)
     params = [p.name for p in mod["main"].params]
+    seconds["build"] = time.perf_counter() - clock
 
-    def run(flags: np.ndarray) -> list[np.ndarray]:
+    def run(flags: np.ndarray, which: Sequence[int] | None = None) -> list[np.ndarray]:
         f = flags.astype(np.float32) if n else np.zeros(1, np.float32)
-        return [run_vm([feed[p] for p in params] + [f])[0] for feed in feeds]
+        chosen = feeds if which is None else [feeds[i] for i in which]
+        return [run_vm([feed[p] for p in params] + [f])[0] for feed in chosen]
 
+    clock = time.perf_counter()
     ref = run(np.zeros(n))
     metric = Metric.choose(ref, labels, metric)
     fp32_score = metric.score(ref, ref)
+    k = min(layer_samples or len(feeds), len(feeds))
+    # evenly spaced feeds: calibration data often comes photo by photo (crops of one photo
+    # are alike), so the first k would see few photos
+    which = sorted({round(i * (len(feeds) - 1) / max(k - 1, 1)) for i in range(k)})
+    ref_k = [ref[i] for i in which]
     rows = []
     meter = Meter(n, "sensitivity", say, unit="layers", every=0.5)
     for i, layer in enumerate(layers):
         flags = np.zeros(n)
         flags[i] = 1
-        got = run(flags)
+        got = run(flags, which)
         rows.append(
             {
                 "layer": layer.name,
                 "what": layer.describe(),
-                "sqnr_db": round(sqnr_db(np.concatenate(ref), np.concatenate(got)), 2),
-                "cosine": round(float(cosines(ref, got).mean()), 6),
+                "sqnr_db": round(sqnr_db(np.concatenate(ref_k), np.concatenate(got)), 2),
+                "cosine": round(float(cosines(ref_k, got).mean()), 6),
             }
         )
         meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
+    seconds["layers"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     on = np.ones(n)
     all_score = metric.score(ref, run(on))
     score, skip = all_score, []
-    if max_drop is not None:
+
+    def score_kept(fp32_layers: list[int]) -> float:
+        flags = np.ones(n)
+        flags[fp32_layers] = 0
+        got = metric.score(ref, run(flags))
+        say(f"max-drop: {len(fp32_layers)} most sensitive layer(s) kept fp32 -> {got:.2f}")
+        return got
+
+    if max_drop is not None and fp32_score - all_score > max_drop:
         order = sorted(range(n), key=lambda i: rows[i]["sqnr_db"])
-        for i in order:
-            if fp32_score - score <= max_drop:
-                break
-            on[i] = 0
-            skip.append(layers[i].name)
-            score = metric.score(ref, run(on))
-            say(f"max-drop: {layers[i].name} kept fp32 -> {metric.kind} {score:.2f}")
+        kept, score = _fewest_kept(n, lambda k: score_kept(order[:k]), fp32_score, max_drop)
+        skip = [layers[i].name for i in order[:kept]]
+    seconds["search"] = time.perf_counter() - clock
     return Sensitivity(
         rows,
         fp32_score,
@@ -186,4 +215,25 @@ def analyze(
         skip,
         len(feeds),
         lambda got: metric.score(ref, got),
+        len(which),
+        seconds,
     )
+
+
+def _fewest_kept(
+    n: int, score: Callable[[int], float], fp32_score: float, max_drop: float
+) -> tuple[int, float]:
+    """The fewest most-sensitive layers to keep fp32 (k in 1..n) for a score within
+    `max_drop` of fp32, and that score: a bisection over k (about log2(n) model evaluations
+    instead of one per kept layer; keeping all n is fp32 itself and needs no run). The metric
+    is not strictly monotone in k, so this is the boundary bisection finds, not always the
+    global minimum; the artifact check still scores what ships."""
+    lo, hi, scores = 0, n, {n: fp32_score}  # lo fails (all int8 missed), hi passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        scores[mid] = score(mid)
+        if fp32_score - scores[mid] <= max_drop:
+            hi = mid
+        else:
+            lo = mid
+    return hi, scores[hi]
