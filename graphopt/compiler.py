@@ -256,6 +256,7 @@ def _build_within_budget(mod: tvm.IRModule, job: _Compilation) -> Any:
         missed = [i for i, plan in enumerate(job.plans) if not plan.check_artifact(run)]
         if not missed:
             break
+        previous = list(job.plans)
         for i in missed:
             plan = job.plans[i]
             accuracy = plan.manifest["accuracy"]
@@ -271,8 +272,31 @@ def _build_within_budget(mod: tvm.IRModule, job: _Compilation) -> Any:
                 f"budget {plan.budget:.2f}: keeping one more layer uncompressed, rebuilding"
             )
             job.plans[i] = tighter
-        executable = _build(_after_compression(_recompress(job), job), job)
+        rebuilt = _rebuild(job, previous)
+        if rebuilt is None:
+            return executable
+        executable = rebuilt
     return executable
+
+
+def _rebuild(job: _Compilation, previous: list[CompressionPlan]) -> Any:
+    """The model again with the tightened plans; None (and the previous plans and state back,
+    with a warning) when that build fails, so a budget miss never turns into a failed compile."""
+    saved = (list(job.log.rows), list(job.ran), dict(job.report))
+    try:
+        return _build(_after_compression(_recompress(job), job), job)
+    except Exception as err:  # noqa: BLE001 - any failure of the rebuild: keep the last build
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        job.log.rows[:], job.ran[:] = saved[0], saved[1]
+        job.report.clear()
+        job.report.update(saved[2])
+        job.plans[:] = previous
+        job.say(
+            "warning: rebuilding with more layers uncompressed failed "
+            f"({lines[-1] if lines else type(err).__name__}); keeping the previous build, "
+            "which misses the accuracy budget"
+        )
+        return None
 
 
 def _build(mod: tvm.IRModule, job: _Compilation) -> Any:

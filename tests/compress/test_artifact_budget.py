@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import model_builders as mb
+import numpy as np
 
 from graphopt.compiler import CompileOptions, compile_model
 from graphopt.compress import CompressionPlan
@@ -94,3 +95,21 @@ def test_int8_tightens_the_least_accurate_layer_first(tmp_path):
     third = second.tighten()
     assert third.manifest["int8_layers"] == len(layers) - 2
     assert "skip=" in canonical_text([p for p in third.passes if p.name == "quantize"])
+
+
+def test_a_failing_rebuild_keeps_the_previous_build(tmp_path, monkeypatch):
+    """A tighter plan whose build fails (a lowering bug) leaves the last good build and says
+    so: a missed budget is a warning, never a failed compile."""
+    import graphopt.compiler as compiler
+
+    _no_input_runs(monkeypatch)
+    monkeypatch.setattr(compiler, "_recompress", _raise_in_rebuild)
+    method, messages = ScriptedMethod([90.0, 99.5]), []
+    art = _compile(tmp_path, method, messages)
+    assert art.manifest["scripted"]["accuracy"]["artifact"] == 90.0
+    assert any("rebuilding with more layers uncompressed failed (boom)" in m for m in messages)
+    assert art.run({"x": np.zeros((4, 32), np.float32)})["probs"].shape == (4, 10)
+
+
+def _raise_in_rebuild(job):
+    raise RuntimeError("boom")
