@@ -192,7 +192,11 @@ def test_bundle_false_writes_library_and_manifest_only(tmp_path, model_files):
     art = graphopt.compile(
         model_files["mlp"], tmp_path / "bare", target="arm", target_options={"bundle": "false"}
     )
-    assert sorted(p.name for p in art.directory.iterdir()) == ["manifest.json", "model.so", "tvm.log"]
+    assert sorted(p.name for p in art.directory.iterdir()) == [
+        "manifest.json",
+        "model.so",
+        "tvm.log",
+    ]
     assert "bundle" not in art.manifest
     with pytest.raises(bundle.BundleError, match="no runner"):
         bundle.run_emulated(art.directory, {})
