@@ -172,22 +172,7 @@ def analyze(
     # evenly spaced feeds: calibration data often comes photo by photo (crops of one photo
     # are alike), so the first k would see few photos
     which = sorted({round(i * (len(feeds) - 1) / max(k - 1, 1)) for i in range(k)})
-    ref_k = [ref[i] for i in which]
-    rows = []
-    meter = Meter(n, "sensitivity", say, unit="layers", every=0.5)
-    for i, layer in enumerate(layers):
-        flags = np.zeros(n)
-        flags[i] = 1
-        got = run(flags, which)
-        rows.append(
-            {
-                "layer": layer.name,
-                "what": layer.describe(),
-                "sqnr_db": round(sqnr_db(np.concatenate(ref_k), np.concatenate(got)), 2),
-                "cosine": round(float(cosines(ref_k, got).mean()), 6),
-            }
-        )
-        meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
+    rows = _layer_rows(layers, run, [ref[i] for i in which], which, say)
     seconds["layers"] = time.perf_counter() - clock
     clock = time.perf_counter()
     on = np.ones(n)
@@ -218,6 +203,27 @@ def analyze(
         len(which),
         seconds,
     )
+
+
+def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
+    """Each layer alone int8 (every other fp32): its SQNR and mean cosine against fp32 on the
+    chosen feeds, the order --max-drop keeps layers fp32 in."""
+    n, rows = len(layers), []
+    meter = Meter(n, "sensitivity", say, unit="layers", every=0.5)
+    for i, layer in enumerate(layers):
+        flags = np.zeros(n)
+        flags[i] = 1
+        got = run(flags, which)
+        rows.append(
+            {
+                "layer": layer.name,
+                "what": layer.describe(),
+                "sqnr_db": round(sqnr_db(np.concatenate(ref_k), np.concatenate(got)), 2),
+                "cosine": round(float(cosines(ref_k, got).mean()), 6),
+            }
+        )
+        meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
+    return rows
 
 
 def _fewest_kept(
