@@ -227,12 +227,10 @@ def _compile(path, out: Path, quant: QuantOptions | None, name: str) -> tuple[An
     return art, time.perf_counter() - start
 
 
-def bench_model(
-    name: str, runs: int, workdir: Path, method: str, max_drop: float | None
-) -> dict[str, Any]:
+def model_data(name: str, workdir: Path, method: str, max_drop: float | None, entry: dict):
+    """The model file, evaluation feeds (and labels), calibration arrays and int8 options."""
     from bench.models.inputs import sentence_batch, split_crops, tokenize
 
-    entry: dict[str, Any] = {"model": name}
     if name == "digits":
         from graphopt.models.train_digits import load_split
 
@@ -273,6 +271,14 @@ def bench_model(
         quant = QuantOptions(
             str(workdir / "calib.npz"), method, sensitivity_samples=32, max_drop=max_drop
         )
+    return path, feeds, labels, calib, quant
+
+
+def bench_model(
+    name: str, runs: int, workdir: Path, method: str, max_drop: float | None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"model": name}
+    path, feeds, labels, calib, quant = model_data(name, workdir, method, max_drop, entry)
     np.savez(workdir / "calib.npz", **calib)
 
     fp32, entry["compile_fp32_s"] = _compile(path, workdir / f"{name}-fp32", None, name)
@@ -326,6 +332,15 @@ def bench_model(
         entry["quality_validation"] = {
             k: cnn_quality(ref_v, [run(f) for f in validation]) for k, run in runners.items()
         }
+    entry["quality_vs_fp32"] = _quality(name, ref, outputs, labels)
+
+    entry.update(_timing(name, feeds[0], runs, ort_fp32, ort_int8, ort_int8_plain, fp32, int8s))
+    return entry
+
+
+def _quality(name: str, ref, outputs: dict, labels) -> dict:
+    """Each contestant's outputs against fp32: labelled accuracy, embedding cosine or CNN
+    top-1 agreement / KL / cosine."""
     quality = {}
     for k, got in outputs.items():
         if labels is not None:
@@ -338,9 +353,11 @@ def bench_model(
     if labels is not None:
         pred = np.array([int(np.argmax(r)) for r in ref])
         quality["ort_fp32"] = {"accuracy_pct": round(100 * float(np.mean(pred == labels)), 2)}
-    entry["quality_vs_fp32"] = quality
+    return quality
 
-    feed = feeds[0]
+
+def _timing(name, feed, runs, ort_fp32, ort_int8, ort_int8_plain, fp32, int8s) -> dict:
+    """Every runtime interleaved on one feed: latencies and the int8 ratios."""
     contestants = {
         "ort_fp32": lambda: ort_run(ort_fp32, feed),
         "ort_int8": lambda: ort_run(ort_int8, feed),
@@ -351,16 +368,15 @@ def bench_model(
     _say(f"[{name}] timing {', '.join(contestants)} interleaved, {runs} runs")
     timings = interleaved(contestants, runs=runs, warmup=3)
     med = {k: t.median_ms for k, t in timings.items()}
-    entry["latency"] = {k: t.to_json() for k, t in timings.items()}
-    entry["ratios"] = {
+    ratios: dict[str, Any] = {
         "ort_int8_speedup_over_ort_fp32": round(med["ort_fp32"] / med["ort_int8"], 2)
     }
     for k in int8s:
-        entry["ratios"][k] = {
+        ratios[k] = {
             "speedup_over_graphopt_fp32": round(med["graphopt_fp32"] / med[k], 2),
             "time_over_ort_int8": round(med[k] / med["ort_int8"], 2),
         }
-    return entry
+    return {"latency": {k: t.to_json() for k, t in timings.items()}, "ratios": ratios}
 
 
 def markdown(results: list[dict[str, Any]], machine: dict[str, Any], method: str) -> str:
