@@ -250,12 +250,7 @@ def test_onnxruntime_static_quantized_models(small_cnn, fmt):
 
     d, path, samples = small_cnn
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"x": s} for s in samples)
-
-        def get_next(self):
-            return next(self.it, None)
+    Reader = _reader_class(CalibrationDataReader, samples)
 
     out = d / f"cnn_{fmt}.onnx"
     quantize_static(
@@ -311,12 +306,7 @@ def test_imported_qdq_model_gets_its_int8_weights_back(small_cnn):
 
     d, path, samples = small_cnn
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"x": s} for s in samples)
-
-        def get_next(self):
-            return next(self.it, None)
+    Reader = _reader_class(CalibrationDataReader, samples)
 
     out = d / "cnn_imported.onnx"
     quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
@@ -356,3 +346,16 @@ def test_recover_int8_weight():
     got_q, got_s = recover_int8_weight(dequant_weight_np(wq_t, s_t, 0), 0)
     np.testing.assert_allclose(dequant_weight_np(got_q, got_s, 0), dequant_weight_np(wq_t, s_t, 0))
     assert recover_int8_weight(w, 0) is None  # plain fp32 weights are not int8 products
+
+
+def _reader_class(base, samples):
+    """onnxruntime's calibration reader over the small CNN's samples (input "x")."""
+
+    class Reader(base):
+        def __init__(self):
+            self.it = iter({"x": s} for s in samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader
