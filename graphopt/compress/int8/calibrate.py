@@ -50,7 +50,10 @@ def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
     new_func = relax.Function(func.params, new_body, result.ty, attrs=func.attrs)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     new["main"] = new_func
-    return relax.transform.Normalize()(new), [ly.name for ly in layers]
+    # back into a dataflow block: outside one, FuseOps fuses nothing (every elementwise op its
+    # own kernel: a build twice as long and a slower graph)
+    new = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
+    return new, [ly.name for ly in layers]
 
 
 def calibration_runner(
@@ -58,6 +61,55 @@ def calibration_runner(
 ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """The built fp32 graph returning every layer's input and every join's operands."""
     return build_runner(tap_module(mod)[0], target, target_options)
+
+
+class _Observed:
+    """Per-layer and per-join statistics over the samples (`calibrate`'s state)."""
+
+    def __init__(self, layers, joins, input_scales, bias_correction: bool, channel_max: bool):
+        self.layers = layers
+        self.hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
+        self.means = [InputMean(ly.kind) for ly in layers] if bias_correction else []
+        self.errors: dict[int, InputMean] = {}
+        self.depthwise = [ly.kind == "conv2d" and int(ly.call.attrs.groups) > 1 for ly in layers]
+        self.maxes = [ChannelMax() for _ in layers] if channel_max else []
+        self.k = [_channel_k((input_scales or {}).get(ly.name)) for ly in layers]
+
+    def scaled(self, values: list[np.ndarray]) -> list[np.ndarray]:
+        """The taps with each layer's input scale k applied (equalization)."""
+        n = len(self.k)
+        return [v if k is None else v * k for v, k in zip(values, self.k)] + values[n:]
+
+    def observe(self, values: list[np.ndarray]) -> None:
+        for h, value in zip(self.hists, values):
+            h.add(value)
+        for m, value in zip(self.means, values):
+            m.add(value)
+        for cm, dw, value in zip(self.maxes, self.depthwise, values):
+            if dw:
+                cm.add(value)
+
+    def rescale(self, scales: Mapping[str, np.ndarray]) -> list[int]:
+        """New input scales for some layers: their histograms start over (the caller observes
+        them again), their means scale exactly (the mean is linear); the layer indices."""
+        again = [i for i, ly in enumerate(self.layers) if ly.name in scales]
+        for i in again:
+            k = _channel_k(scales[self.layers[i].name])
+            self.k[i] = k if self.k[i] is None else self.k[i] * k
+            self.hists[i] = Histogram()
+            if self.means:
+                self.means[i].total = self.means[i].total * k[0]
+        return again
+
+    def observe_errors(self, which: Sequence[int], qparams, values: list[np.ndarray]) -> None:
+        for i in which:
+            self.errors.setdefault(i, InputMean(self.layers[i].kind)).add(
+                act_error(values[i], qparams[i])
+            )
+
+
+def _channel_k(k: np.ndarray | None) -> np.ndarray | None:
+    return None if k is None else np.asarray(k, np.float32).reshape(1, -1, 1, 1)
 
 
 def calibrate(
@@ -74,6 +126,7 @@ def calibrate(
     channel_max: bool = False,
     runner: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
     input_scales: Mapping[str, np.ndarray] | None = None,
+    equalize: Equalize | None = None,
 ) -> dict[str, dict]:
     """Ranges of every layer's input {name: {kind, weight_shape, input: [lo, hi], ...}}.
 
@@ -81,7 +134,9 @@ def calibrate(
     a second pass over the samples measures the activation part with the chosen ranges).
     channel_max: also each depthwise layer's per-channel input max (for `equalize.py`).
     runner: `calibration_runner` of a graph with the same layers (else built here);
-    input_scales: {layer: k per input channel} applied to those layers' taps (equalization)."""
+    input_scales: {layer: k per input channel} applied to those layers' taps (equalization).
+    equalize: given the first pass's ranges (with channel maxima), the equalized module and
+    its scales; only the rescaled layers are observed again (the other taps do not change)."""
     say = progress or (lambda _m: None)
     if method not in METHODS:
         from ..common.errors import CalibrationError
@@ -93,49 +148,70 @@ def calibrate(
     if runner is None:
         say(f"calibrate: building the fp32 graph with {len(layers)} layer inputs as outputs")
         runner = calibration_runner(mod, target, target_options)
-    scales = [(input_scales or {}).get(ly.name) for ly in layers]
-    scales = [None if k is None else np.asarray(k, np.float32).reshape(1, -1, 1, 1) for k in scales]
     joins = find_joins(mod["main"])
-    hists = [Histogram() for _ in range(len(layers) + 3 * len(joins))]
-    means = [InputMean(ly.kind) for ly in layers]
-    depthwise = [ly.kind == "conv2d" and int(ly.call.attrs.groups) > 1 for ly in layers]
-    maxes = [ChannelMax() for _ in layers]
+    seen = _Observed(
+        layers, joins, input_scales, bias_correction, channel_max or equalize is not None
+    )
     params = [p.name for p in mod["main"].params]
+    passes = _Passes(feeds, params, runner, len(seen.hists), say)
+    passes.run("", lambda values: seen.observe(seen.scaled(values)))
+    result = _ranges(layers, seen.hists, seen.maxes, joins, method)
+    errored: list[int] = []
+    if equalize is not None:
+        errored = _equalize_round(seen, passes, equalize, result, method, act_dtype, joins, say)
+        result = _ranges(seen.layers, seen.hists, seen.maxes if channel_max else [], joins, method)
+    if bias_correction:
+        qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in seen.layers]
+        rest = [i for i in range(len(layers)) if i not in errored]
+        passes.run(
+            " (bias correction)",
+            lambda values: seen.observe_errors(rest, qparams, seen.scaled(values)),
+        )
+        for i, layer in enumerate(seen.layers):
+            err = LayerError(seen.means[i].mean, seen.errors[i].mean)
+            result[layer.name][KEY] = [float(v) for v in correction(layer, err, per_channel)]
+    return result
 
-    def each_feed(what: str, use: Callable[[list[np.ndarray]], None]) -> None:
-        meter = Meter(len(feeds), f"calibrate{what}", say, unit="samples", every=0.5)
-        for i, feed in enumerate(feeds):
-            values = runner([feed[n] for n in params])[: len(hists)]
-            use([v if k is None else v * k for v, k in zip(values, scales)] + values[len(scales) :])
+
+# (first-pass ranges) -> (the equalized module, {depthwise layer: k per input channel})
+Equalize = Callable[[dict], tuple[tvm.IRModule, dict]]
+
+
+class _Passes:
+    """Runs the graph over every feed, with a progress bar, handing each feed's taps on."""
+
+    def __init__(self, feeds, params, runner, taps: int, say) -> None:
+        self.feeds, self.params, self.runner, self.taps, self.say = feeds, params, runner, taps, say
+
+    def run(self, what: str, use: Callable[[list[np.ndarray]], None]) -> None:
+        meter = Meter(len(self.feeds), f"calibrate{what}", self.say, unit="samples", every=0.5)
+        for i, feed in enumerate(self.feeds):
+            use(self.runner([feed[n] for n in self.params])[: self.taps])
             rate = (i + 1) / max(time.perf_counter() - meter.start, 1e-9)
             meter.update(i + 1, f"{rate:.1f}/s")
 
+
+def _equalize_round(seen, passes, equalize, first, method, act_dtype, joins, say) -> list[int]:
+    """The equalized module's layers, its rescaled inputs observed again; the other layers'
+    activation errors measured in the same pass when bias correction wants them (their
+    ranges are final). Returns the layers whose errors were measured."""
+    eq_mod, scales = equalize(first)
+    again = seen.rescale(scales)
+    seen.layers = find_layers(eq_mod["main"])
+    if not again:
+        return []
+    say(f"equalize: {len(again)} depthwise inputs rescaled; observing them again")
+    rest = [i for i in range(len(seen.layers)) if i not in again] if seen.means else []
+    qparams = {i: act_qparams(*first[seen.layers[i].name]["input"], act_dtype) for i in rest}
+
     def observe(values: list[np.ndarray]) -> None:
-        for h, value in zip(hists, values):
-            h.add(value)
-        if bias_correction:
-            for m, value in zip(means, values):
-                m.add(value)
-        if channel_max:
-            for cm, dw, value in zip(maxes, depthwise, values):
-                if dw:
-                    cm.add(value)
+        scaled = seen.scaled(values)
+        for i in again:
+            seen.hists[i].add(scaled[i])
+        seen.observe_errors(rest, qparams, scaled)
 
-    each_feed("", observe)
-    result = _ranges(layers, hists, maxes, joins, method)
-    if bias_correction:
-        qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in layers]
-        errors = [InputMean(ly.kind) for ly in layers]
-
-        def observe_error(values: list[np.ndarray]) -> None:
-            for e, q, value in zip(errors, qparams, values):
-                e.add(act_error(value, q))
-
-        each_feed(" (bias correction)", observe_error)
-        for layer, m, e in zip(layers, means, errors):
-            c = correction(layer, LayerError(m.mean, e.mean), per_channel)
-            result[layer.name][KEY] = [float(v) for v in c]
-    return result
+    passes.run(" (equalized layers)", observe)
+    return rest
 
 
 def _ranges(layers, hists, maxes, joins, method: str, levels: int = 256) -> dict[str, dict]:

@@ -27,6 +27,7 @@ from .bias_correction import KEY as BIAS_KEY
 from .calibrate import calibrate, calibration_runner
 from .equalize import KEY as EQ_KEY
 from .equalize import equalize_scales, find_pairs, scaled_module
+from .probe import ProbeRunner, probe_module
 from .ranges import write_ranges
 from .sensitivity import Sensitivity, Settings, analyze
 from .speed import LayerTiming, Timer
@@ -152,17 +153,19 @@ def quantize_step(
     say(f"quantize: {len(layers)} quantizable layers, {len(feeds)} calibration feeds")
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
     run_target = evaluation_target(target)
-    ranges, scales = {}, {}
+    ranges, scales, probe, equalized = {}, {}, None, mod
+    eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
+    wants_sensitivity = (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers
+    settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
     clock = time.perf_counter()
-    if opts.mode == "static":
-        mod, ranges, scales = _static_ranges(mod, feeds, opts, run_target, say)
+    if opts.mode == "static" and layers:
+        probe = _calibration_probe(mod, settings, bool(wants_sensitivity), run_target, say)
+        equalized, ranges, scales = _static_ranges(mod, feeds, opts, run_target, say, probe)
     seconds = {"calibration": time.perf_counter() - clock}
     ranges_path = Path(workdir.name) / "ranges.json"
     write_ranges(ranges_path, ranges, opts.method)
-    eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
     sens: Sensitivity | None = None
-    if (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers:
-        settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
+    if wants_sensitivity:
         sens = analyze(
             mod,
             ranges,
@@ -174,6 +177,8 @@ def quantize_step(
             target=run_target,
             progress=say,
             layer_samples=opts.sensitivity_layer_samples,
+            probe=probe if isinstance(probe, ProbeRunner) else None,
+            scales=scales,
         )
         seconds["sensitivity"] = sum(sens.seconds.values())
     lowered = opts.integer_kernels and LOWER_PASS in registered_passes()
@@ -184,7 +189,7 @@ def quantize_step(
         if ly.name not in skip and (opts.mode != "static" or ly.name in ranges)
     ]
     clock = time.perf_counter()
-    timings, speed = speed_check(mod, candidates, opts, target, lowered, timer, say)
+    timings, speed = speed_check(equalized, candidates, opts, target, lowered, timer, say)
     if timings:
         seconds["speed_check"] = time.perf_counter() - clock
     skip += [ly.name for ly in layers if ly.name in candidates and int8_is_slower(ly, timings)]
@@ -198,43 +203,50 @@ def quantize_step(
     return decided.step(skip, {})
 
 
-def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say):
+def _calibration_probe(mod, settings: Settings, sensitivity: bool, run_target: Target, say):
+    """The build calibration runs (and sensitivity after it, `probe.py`): the probe graph
+    when sensitivity will run, else the plain fp32 graph with the taps (quicker to build)."""
+    if sensitivity:
+        say("calibrate: building the probe graph (every layer input an output, any layer int8)")
+        return ProbeRunner(probe_module(mod, settings), run_target)
+    say("calibrate: building the fp32 graph with every layer input as an output")
+    return calibration_runner(mod, run_target)
+
+
+def _static_ranges(mod, feeds, opts: QuantOptions, run_target: Target, say, probe):
     """Calibrated ranges (with bias corrections); depthwise inputs equalized first when asked.
     Returns the module calibration ran on last, the ranges and the equalization scales."""
+    runner = probe.taps if isinstance(probe, ProbeRunner) else probe
 
-    if not find_layers(mod["main"]):
-        return mod, {}, {}
-    say("calibrate: building the fp32 graph with every layer input as an output")
-    runner = calibration_runner(mod, run_target)
-
-    def calib(m, **kw):
-        return calibrate(
-            m,
-            feeds,
-            opts.method,
-            act_dtype=opts.act_dtype,
-            target=run_target,
-            progress=say,
-            per_channel=opts.per_channel,
-            runner=runner,
-            **kw,
-        )
-
-    scales: dict = {}
     pairs = find_pairs(mod) if opts.equalize else []
-    if pairs:  # round 1: channel maxima; round 2 observes the scaled graph (same build)
-        first = calib(mod, channel_max=True)
-        for pair in pairs:
-            entry = first[pair.consumer.name]
-            scales[pair.consumer.name] = equalize_scales(
-                pair, entry["channel_max"], entry["input"][1]
+    found: dict = {"mod": mod, "scales": {}}
+
+    def equalize(first: dict):
+        """Round 1's channel maxima -> the equalized module (calibrate observes it again)."""
+        scales = {
+            p.consumer.name: equalize_scales(
+                p, first[p.consumer.name]["channel_max"], first[p.consumer.name]["input"][1]
             )
-        mod = scaled_module(mod, scales)
-        say(f"equalize: {len(scales)} depthwise inputs rescaled; calibrating again")
-    ranges = calib(mod, bias_correction=opts.bias_correction, input_scales=scales)
-    for name, k in scales.items():
+            for p in pairs
+        }
+        found.update(mod=scaled_module(mod, scales), scales=scales)
+        return found["mod"], scales
+
+    ranges = calibrate(
+        mod,
+        feeds,
+        opts.method,
+        act_dtype=opts.act_dtype,
+        target=run_target,
+        progress=say,
+        per_channel=opts.per_channel,
+        runner=runner,
+        bias_correction=opts.bias_correction,
+        equalize=equalize if pairs else None,
+    )
+    for name, k in found["scales"].items():
         ranges[name][EQ_KEY] = [float(v) for v in k]
-    return mod, ranges, scales
+    return found["mod"], ranges, found["scales"]
 
 
 @dataclass

@@ -35,17 +35,22 @@ class Histogram:
         v = np.asarray(values, dtype=np.float32).ravel()
         if v.size == 0:
             return
-        if not np.all(np.isfinite(v)):
+        lo, hi = float(v.min()), float(v.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # min/max carry any inf or nan
             raise CalibrationError("calibration produced non-finite activations (inf or nan)")
-        self.lo = min(self.lo, float(v.min()))
-        self.hi = max(self.hi, float(v.max()))
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         need = max(abs(self.lo), abs(self.hi))
         if self.width == 0.0:
             self.width = need if need > 0 else 1e-8
         while need > self.width:
             self._double()
-        idx = np.floor((v + self.width) / (2 * self.width) * BINS).astype(np.int64)
-        self.counts += np.bincount(np.clip(idx, 0, BINS - 1), minlength=BINS)
+        # bin = floor((v + width) / (2 width) * BINS), in place in float32: every value is in
+        # [-width, width], so the only bin past the end is v == width's
+        t = v * np.float32(BINS / (2 * self.width))
+        t += np.float32(BINS / 2)
+        idx = t.astype(np.intp)
+        np.minimum(idx, BINS - 1, out=idx)
+        self.counts += np.bincount(idx, minlength=BINS)
         self.total += v.size
 
     def _double(self) -> None:

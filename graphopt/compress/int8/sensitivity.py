@@ -1,8 +1,8 @@
 """Accuracy control: per-layer sensitivity and the `--max-drop` search.
 
 Both need the model run with any subset of layers quantized. Instead of compiling one model per
-subset, `switchable_module` builds one graph whose extra input `flags` (one fp32 per layer)
-selects, layer by layer, the fake-quantized or the fp32 operands:
+subset, they run the probe graph (`probe.py`, the same build calibration used) whose input
+`flags` (one fp32 per layer) selects, layer by layer, the fake-quantized or the fp32 operands:
     xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
 f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly; a layer's bias correction
 (`bias_correction.py`) is subtracted times f. Same ranges, same weights, same
@@ -17,85 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax
-from tvm.relax import op as R_op
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ...build import build_runner
+from ...build import resolve_target
 from ...progress import Meter
-from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
-from .bias_correction import KEY as BIAS_KEY
-from .qdq import act_qparams, dequant_weight_np, emit_act_qdq, emit_dynamic_qdq, weight_qparams
+from .probe import ProbeRunner, Settings, probe_module
 
-FLAGS = "quant_flags"
-
-
-@dataclass(frozen=True)
-class Settings:
-    mode: str = "static"
-    per_channel: bool = True
-    act_dtype: str = "int8"
-    granularity: str = "tensor"
-
-
-def switchable_module(
-    mod: tvm.IRModule, ranges: Mapping[str, dict], settings: Settings
-) -> tuple[tvm.IRModule, list[Layer]]:
-    """`main(*inputs, quant_flags)`; the layers the flags address, in flag order."""
-    func = mod["main"]
-    layers = [ly for ly in find_layers(func) if settings.mode == "dynamic" or ly.name in ranges]
-    flags = relax.Var(FLAGS, relax.TensorType((max(len(layers), 1),), "float32"))
-    rewriter = _Switch(layers, ranges, settings, flags)
-    new_func = rewriter.visit_expr(func)
-    new_func = relax.Function(
-        [*new_func.params, flags], new_func.body, new_func.ret_ty, attrs=new_func.attrs
-    )
-    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-    new["main"] = new_func
-    return new, layers
-
-
-@mutator
-class _Switch(PyExprMutator):
-    def __init__(self, layers, ranges, settings, flags) -> None:
-        super().__init__()
-        self.layers = list(enumerate(layers))
-        self.ranges = ranges
-        self.s = settings
-        self.flags = flags
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        hit = next(((i, ly) for i, ly in self.layers if ly.call.same_as(call)), None)
-        if hit is None:
-            return super().visit_call_(call)
-        i, layer = hit
-        bb = self.builder_
-        f = bb.emit(R_op.strided_slice(self.flags, axes=[0], begin=[i], end=[i + 1]))
-        x = self.visit_expr(call.args[0])
-        if self.s.mode == "dynamic":
-            xq = emit_dynamic_qdq(bb, x, self.s.granularity == "row")
-        else:
-            lo, hi = self.ranges[layer.name]["input"]
-            xq = emit_act_qdq(bb, x, act_qparams(lo, hi, self.s.act_dtype))
-        x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
-        w = self.visit_expr(call.args[1])
-        # DQ(Wq) - W as one constant (numpy, the same float32 math as TVM's dequantize):
-        # dequantizing every weight at run time made the graph slow to build and to run.
-        wq, s_w = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
-        w32 = np.asarray(layer.weight, np.float32)
-        delta = relax.const(dequant_weight_np(wq, s_w, layer.weight_axis) - w32)
-        w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
-        y = relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args)
-        corr = self.ranges.get(layer.name, {}).get(BIAS_KEY) if self.s.mode == "static" else None
-        if corr is None:
-            return y
-        ndim = len(call.ty.shape.values)
-        shape = [1] * ndim
-        shape[1 if layer.kind == "conv2d" else ndim - 1] = -1
-        c = relax.const(np.asarray(corr, np.float32).reshape(shape))
-        return R_op.subtract(bb.emit(y), R_op.multiply(f, c))
-
+__all__ = ["Sensitivity", "Settings", "analyze"]
 
 # ---- metrics ------------------------------------------------------------------------------
 
@@ -143,26 +71,40 @@ def analyze(
     target_options: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     layer_samples: int | None = None,
+    probe: ProbeRunner | None = None,
+    scales: Mapping[str, np.ndarray] | None = None,
 ) -> Sensitivity:
     """Per-layer sensitivity on `feeds`; with `max_drop`, the layers to keep fp32.
 
     layer_samples: measure each layer's "alone" row (the order --max-drop keeps layers fp32
     in) on that many evenly spaced feeds only; the scores (fp32, all int8, each budget step) use
-    every feed. One model run per layer and feed is most of the analysis time."""
+    every feed. One model run per layer and feed is most of the analysis time.
+    probe: the probe graph calibration built (else one is built here from `mod`); scales:
+    the equalization K per depthwise layer, with `mod` the graph before equalization."""
     say = progress or (lambda _m: None)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
-    switch, layers = switchable_module(mod, ranges, settings)
+    if probe is None:
+        say("sensitivity: building the probe graph")
+        made = probe_module(mod, settings, taps=False)
+        probe = ProbeRunner(made, resolve_target(target, target_options))
+    probe.configure(ranges, scales or {}, settings)
+    # static mode: the layers calibration gave a range (the others stay fp32, flag 0)
+    index = [
+        i
+        for i, ly in enumerate(probe.probe.layers)
+        if settings.mode == "dynamic" or ly.name in ranges
+    ]
+    layers = [probe.probe.layers[i] for i in index]
     n = len(layers)
-    say(f"sensitivity: building the switchable graph ({n} layers)")
-    run_vm = build_runner(switch, target, target_options)
     params = [p.name for p in mod["main"].params]
     seconds["build"] = time.perf_counter() - clock
 
     def run(flags: np.ndarray, which: Sequence[int] | None = None) -> list[np.ndarray]:
-        f = flags.astype(np.float32) if n else np.zeros(1, np.float32)
         chosen = feeds if which is None else [feeds[i] for i in which]
-        return [run_vm([feed[p] for p in params] + [f])[0] for feed in chosen]
+        full = np.zeros(probe.n, np.float32)
+        full[index] = flags
+        return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
 
     clock = time.perf_counter()
     ref = run(np.zeros(n))

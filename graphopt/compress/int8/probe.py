@@ -1,0 +1,232 @@
+"""One build for calibration and sensitivity: the probe graph.
+
+Calibration needs the fp32 graph with every layer input (and residual join) as an output;
+sensitivity and the `--max-drop` search need the graph with any subset of layers
+fake-quantized. Both used to be separate builds, and the second one could only start after
+calibration, because the activation ranges, bias corrections and equalized weights were
+baked into it as constants. Here they are inputs instead, so one graph serves every step:
+
+    main(*inputs, quant_flags[n], act_scale[n], act_zp[n], C_1..C_n, K_1..K_m)
+        -> (layer inputs..., join operands and results..., outputs...)
+
+Per layer i with flag f_i (see `sensitivity.py` for the math):
+    x_i' = x_i + f_i * (QDQ(K_i * x_i; act_scale_i, act_zp_i) / K_i - x_i)
+    W_i' = W_i + f_i * D_i                    (D_i = DQ(Q(W_i)) - W_i, a numpy constant)
+    y_i  = layer(x_i', W_i') - f_i * C_i      (C_i: the layer's bias correction)
+K_i (per input channel, only for a depthwise layer with an equalization producer) is the
+equalization of `equalize.py`: the equalized graph quantizes K x with weights W / K, which for
+a depthwise conv is the same product as QDQ(K x) / K with weights W; the producer's scaled
+weights and bias are per-channel exact, up to the relu6 bound K never crosses on the
+calibration samples. f = 0 is the fp32 graph exactly, whatever the other inputs hold, so
+calibration runs it before any range is known; ranges, corrections and equalization change
+inputs, not the build, and the weights stay constants (as fast to build as the plain graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R_op
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ...artifact import flatten_outputs
+from ...build import compile_module
+from ...target_infra import Target
+from ..common.layers import Layer, find_joins, find_layers
+from .bias_correction import KEY as BIAS_KEY
+from .calibrate import tap_module
+from .equalize import find_pairs
+from .qdq import QRANGE, act_qparams, dequant_weight_np, emit_dynamic_qdq, weight_qparams
+
+FLAGS = "quant_flags"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "static"
+    per_channel: bool = True
+    act_dtype: str = "int8"
+    granularity: str = "tensor"
+
+
+@dataclass
+class ProbeModule:
+    mod: tvm.IRModule
+    layers: list[Layer]  # in flag order
+    taps: int  # leading outputs that are taps (layer inputs, then 3 per join)
+    equalized: list[int]  # layers with an equalization input K, in input order
+
+
+def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> ProbeModule:
+    """The probe graph of `mod` (module docstring); `taps=False` leaves out the taps."""
+    src = tap_module(mod)[0] if taps else relax.transform.ToNonDataflow()(mod)
+    func = src["main"]
+    layers = find_layers(func)
+    consumers = {p.consumer.name for p in find_pairs(src)} if settings.mode == "static" else ()
+    equalized = [i for i, ly in enumerate(layers) if ly.name in consumers]
+    rewriter = _Probe(layers, equalized, settings)
+    body = rewriter.visit_expr(func)
+    params = [*func.params, *rewriter.inputs()]
+    new_func = relax.Function(params, body.body, body.ret_ty, attrs=func.attrs)
+    new = tvm.IRModule(dict(src.functions.items()), attrs=src.attrs)
+    new["main"] = new_func
+    n_taps = len(layers) + 3 * len(find_joins(func)) if taps else 0
+    # back into a dataflow block (see tap_module)
+    new = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
+    return ProbeModule(new, layers, n_taps, equalized)
+
+
+def _param(name: str, shape: Sequence[int], dtype: str = "float32") -> relax.Var:
+    return relax.Var(name, relax.TensorType([int(d) for d in shape], dtype))
+
+
+def _channel_shape(ndim: int, axis: int, channels: int) -> list[int]:
+    shape = [1] * ndim
+    shape[axis] = channels
+    return shape
+
+
+def _corr_shape(layer: Layer) -> list[int]:
+    """The bias correction laid out to broadcast over the layer's output channels."""
+    ndim = len(layer.call.ty.shape.values)
+    if layer.kind == "conv2d":
+        return _channel_shape(ndim, 1, layer.weight_shape[0])
+    return _channel_shape(ndim, ndim - 1, layer.weight_shape[1])
+
+
+def _k_shape(layer: Layer) -> list[int]:
+    """An equalization K laid out over a depthwise layer's NCHW input channels."""
+    return _channel_shape(4, 1, layer.weight_shape[0])
+
+
+@mutator
+class _Probe(PyExprMutator):
+    def __init__(self, layers: list[Layer], equalized: list[int], settings: Settings) -> None:
+        super().__init__()
+        self.s = settings
+        self.layers = layers
+        # one [1] input per layer and quantity: slicing one vector cost a kernel per slice
+        # (as many kernels again as the model has: twice the build time)
+        self.flags = [_param(f"f_{ly.name}", [1]) for ly in layers]
+        self.scale = [_param(f"s_{ly.name}", [1]) for ly in layers]
+        self.zp = [_param(f"zp_{ly.name}", [1]) for ly in layers]  # float32: whole numbers
+        self.c = [_param(f"c_{ly.name}", _corr_shape(ly)) for ly in layers]
+        self.k = {i: _param(f"k_{layers[i].name}", _k_shape(layers[i])) for i in equalized}
+
+    def inputs(self) -> list[relax.Var]:
+        return [*self.flags, *self.scale, *self.zp, *self.c, *self.k.values()]
+
+    def _qdq(self, x: relax.Expr, i: int) -> relax.Expr:
+        """QDQ in float ops (round(x / s) + zp, clipped, minus zp, times s: the arithmetic
+        of TVM's quantize and dequantize): with run-time s and zp, relax.quantize's kernels
+        fused and scheduled badly (a graph twice as slow to build and to run)."""
+        bb = self.builder_
+        if self.s.mode == "dynamic":
+            return emit_dynamic_qdq(bb, x, self.s.granularity == "row")
+        k = self.k.get(i)
+        xk = x if k is None else bb.emit(R_op.multiply(x, k))
+        s, zp = self.scale[i], self.zp[i]
+        qmin, qmax = QRANGE[self.s.act_dtype]
+        q = R_op.clip(R_op.add(R_op.round(R_op.divide(xk, s)), zp), qmin, qmax)
+        xq = bb.emit(R_op.multiply(R_op.subtract(q, zp), s))
+        return xq if k is None else bb.emit(R_op.divide(xq, k))
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
+        if i is None:
+            return super().visit_call_(call)
+        bb, layer = self.builder_, self.layers[i]
+        f = self.flags[i]
+        x = self.visit_expr(call.args[0])
+        x_mix = bb.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(self._qdq(x, i), x))))
+        w = self.visit_expr(call.args[1])
+        # DQ(Wq) - W as one constant (numpy, the same float32 math as TVM's dequantize):
+        # dequantizing every weight at run time made the graph slow to build and to run.
+        delta = relax.const(_weight_delta(layer, np.asarray(layer.weight, np.float32), self.s))
+        w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
+        y = bb.emit(relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args))
+        return R_op.subtract(y, R_op.multiply(f, self.c[i]))
+
+
+class ProbeRunner:
+    """The built probe graph; `configure` sets the quantization inputs, then `taps` and
+    `outputs` run it on one feed with given flags."""
+
+    def __init__(self, probe: ProbeModule, target: Target) -> None:
+        self.probe = probe
+        self.vm = relax.VirtualMachine(compile_module(probe.mod, target), target.device())
+        self.fixed: list = []
+        self._one = tvm.runtime.tensor(np.ones(1, np.float32))
+        self._zero = tvm.runtime.tensor(np.zeros(1, np.float32))
+        self.configure({}, {}, Settings())
+
+    @property
+    def n(self) -> int:
+        return len(self.probe.layers)
+
+    def configure(
+        self,
+        ranges: Mapping[str, dict],
+        scales: Mapping[str, np.ndarray],
+        settings: Settings,
+    ) -> None:
+        """Activation ranges and bias corrections from `ranges`, equalization K per depthwise
+        layer from `scales` (missing: 1)."""
+        layers = self.probe.layers
+        corr = [_correction(ly, ranges, settings) for ly in layers]
+        ks = [
+            np.asarray(scales.get(layers[i].name, 1.0), np.float32)
+            * np.ones(_k_shape(layers[i]), np.float32)
+            for i in self.probe.equalized
+        ]
+        scale, zp = _act_inputs(layers, ranges, settings)
+        arrays = [*scale.reshape(-1, 1), *zp.reshape(-1, 1), *corr, *ks]
+        self.fixed = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+
+    def _run(self, inputs: Sequence[np.ndarray], flags: np.ndarray):
+        on = [self._one if f else self._zero for f in np.asarray(flags)[: self.n]]
+        args = [tvm.runtime.tensor(a) for a in inputs]
+        out = self.vm["main"](*args, *on, *self.fixed)
+        return [out] if hasattr(out, "numpy") else list(out)
+
+    def taps(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The fp32 graph's taps (every flag 0)."""
+        out = self._run(inputs, np.zeros(self.n, np.float32))
+        return [t.numpy() for t in out[: self.probe.taps]]
+
+    def outputs(self, inputs: Sequence[np.ndarray], flags: np.ndarray) -> list[np.ndarray]:
+        out = self._run(inputs, flags)
+        return flatten_outputs(out[self.probe.taps :])
+
+
+def _weight_delta(layer: Layer, w: np.ndarray, settings: Settings) -> np.ndarray:
+    """DQ(Q(W)) - W in numpy: the same float32 math as TVM's dequantize."""
+    wq, s_w = weight_qparams(w, layer.weight_axis, settings.per_channel)
+    return dequant_weight_np(wq, s_w, layer.weight_axis) - w
+
+
+def _correction(layer: Layer, ranges: Mapping[str, dict], settings: Settings) -> np.ndarray:
+    shape = _corr_shape(layer)
+    corr = ranges.get(layer.name, {}).get(BIAS_KEY) if settings.mode == "static" else None
+    if corr is None:
+        return np.zeros(shape, np.float32)
+    return np.asarray(corr, np.float32).reshape(shape)
+
+
+def _act_inputs(layers: list[Layer], ranges: Mapping[str, dict], settings: Settings):
+    """Per-layer activation scale and zero point; a layer without a range gets (1, 0) (only
+    flag 0 may select it)."""
+    scale = np.ones(len(layers), np.float32)
+    zp = np.zeros(len(layers), np.float32)
+    qmin, qmax = QRANGE[settings.act_dtype]
+    for i, layer in enumerate(layers):
+        entry = ranges.get(layer.name)
+        if entry is None or settings.mode != "static":
+            continue
+        q = act_qparams(*entry["input"], settings.act_dtype)
+        scale[i], zp[i] = q.scale, int(np.clip(q.zero_point, qmin, qmax))
+    return scale, zp
