@@ -293,3 +293,21 @@ def sample_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
 def leftovers(parent) -> list[str]:
     """Temporary or backup directories (`.NAME.tmp-*`, `.NAME.old-*`) left in `parent`."""
     return sorted(p.name for p in Path(parent).iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def expand_depthwise(seed: int = 7, residual: bool = True) -> onnx.ModelProto:
+    """(h) An inverted-residual block: 1x1 expand (half its channels 50x smaller, as batch-norm
+    folding leaves MobileNets) -> Clip(0, 6) -> depthwise 3x3 -> 1x1 project, plus the input
+    (a residual join): every piece int8 calibration treats specially."""
+    g = GraphBuilder(seed)
+    c, e = 4, 8
+    h = g.conv("x", c, e, 1)
+    small = g.const(np.where(np.arange(e) < e // 2, 1.0, 0.02).astype(np.float32).reshape(e, 1, 1))
+    h = g.op("Clip", [g.op("Mul", [h, small]), g.const(np.float32(0.0)), g.const(np.float32(6.0))])
+    h = g.op(
+        "Clip",
+        [g.conv(h, e, e, 3, group=e, pad=1), g.const(np.float32(0.0)), g.const(np.float32(6.0))],
+    )
+    y = g.conv(h, e, c, 1)
+    y = g.op("Add", [y, "x"]) if residual else y
+    return g.model([_value_info("x", [1, c, 10, 10])], [("y", y, [1, c, 10, 10])], "expand_dw")

@@ -66,7 +66,9 @@ def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> Pr
     src = tap_module(mod)[0] if taps else relax.transform.ToNonDataflow()(mod)
     func = src["main"]
     layers = find_layers(func)
-    consumers = {p.consumer.name for p in find_pairs(src)} if settings.mode == "static" else ()
+    # pairs of `mod` itself: in the tap graph every depthwise input is also an output, and a
+    # pair needs its links single-use (layer names are the same in both)
+    consumers = {p.consumer.name for p in find_pairs(mod)} if settings.mode == "static" else ()
     equalized = [i for i, ly in enumerate(layers) if ly.name in consumers]
     rewriter = _Probe(layers, equalized, settings)
     body = rewriter.visit_expr(func)
@@ -178,11 +180,7 @@ class ProbeRunner:
         layer from `scales` (missing: 1)."""
         layers = self.probe.layers
         corr = [_correction(ly, ranges, settings) for ly in layers]
-        ks = [
-            np.asarray(scales.get(layers[i].name, 1.0), np.float32)
-            * np.ones(_k_shape(layers[i]), np.float32)
-            for i in self.probe.equalized
-        ]
+        ks = [_k_input(layers[i], scales.get(layers[i].name)) for i in self.probe.equalized]
         scale, zp = _act_inputs(layers, ranges, settings)
         arrays = [*scale.reshape(-1, 1), *zp.reshape(-1, 1), *corr, *ks]
         self.fixed = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
@@ -201,6 +199,11 @@ class ProbeRunner:
     def outputs(self, inputs: Sequence[np.ndarray], flags: np.ndarray) -> list[np.ndarray]:
         out = self._run(inputs, flags)
         return flatten_outputs(out[self.probe.taps :])
+
+
+def _k_input(layer: Layer, k: np.ndarray | None) -> np.ndarray:
+    shape = _k_shape(layer)
+    return np.ones(shape, np.float32) if k is None else np.asarray(k, np.float32).reshape(shape)
 
 
 def _weight_delta(layer: Layer, w: np.ndarray, settings: Settings) -> np.ndarray:
