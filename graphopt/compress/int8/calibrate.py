@@ -1,14 +1,15 @@
 """Calibration: run the fp32 graph over the samples and observe every quantizable layer's input.
 
 The graph is rebuilt with each layer's input as an extra output (`tap_module`), built once with
-the target's schedules, and run over every feed; a `Histogram` per layer accumulates the values,
-and an observer turns it into the range written to the ranges file.
+the target's schedules (compile builds the probe graph of `probe.py`, which sensitivity runs
+next), and run over every feed; a `Histogram` per layer accumulates the values, and an
+observer turns it into the range written to the ranges file.
 
 Equalization (`equalize.py`) changes only the depthwise inputs on the calibration samples: each
 consumer's input channel c becomes k_c times the original (the producer's output, exactly: k_c
-never pushes a channel past a relu6 bound on these samples). So its second round reuses the
-first round's build (`calibration_runner`) and scales those taps (`input_scales`) instead of
-building the equalized graph again.
+never pushes a channel past a relu6 bound on these samples). So its round reuses the same
+build, scales those taps, and observes only them again (`calibrate(equalize=...)`); the pass
+that measures bias corrections covers only the layers the equalization round did not.
 """
 
 from __future__ import annotations
