@@ -89,22 +89,9 @@ def analyze(
         made = probe_module(mod, settings, taps=False)
         probe = ProbeRunner(made, resolve_target(target, target_options))
     probe.configure(ranges, scales or {}, settings)
-    # static mode: the layers calibration gave a range (the others stay fp32, flag 0)
-    index = [
-        i
-        for i, ly in enumerate(probe.probe.layers)
-        if settings.mode == "dynamic" or ly.name in ranges
-    ]
-    layers = [probe.probe.layers[i] for i in index]
+    layers, run = _switch(probe, ranges, settings, feeds, [p.name for p in mod["main"].params])
     n = len(layers)
-    params = [p.name for p in mod["main"].params]
     seconds["build"] = time.perf_counter() - clock
-
-    def run(flags: np.ndarray, which: Sequence[int] | None = None) -> list[np.ndarray]:
-        chosen = feeds if which is None else [feeds[i] for i in which]
-        full = np.zeros(probe.n, np.float32)
-        full[index] = flags
-        return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
 
     clock = time.perf_counter()
     ref = run(np.zeros(n))
@@ -145,6 +132,24 @@ def analyze(
         len(which),
         seconds,
     )
+
+
+def _switch(probe: ProbeRunner, ranges, settings: Settings, feeds, params: list[str]):
+    """The layers the flags address (static mode: those calibration gave a range; the
+    others stay fp32) and `run(flags, feed indices)` -> the first output per feed."""
+    index = [
+        i
+        for i, ly in enumerate(probe.probe.layers)
+        if settings.mode == "dynamic" or ly.name in ranges
+    ]
+
+    def run(flags: np.ndarray, which: Sequence[int] | None = None) -> list[np.ndarray]:
+        chosen = feeds if which is None else [feeds[i] for i in which]
+        full = np.zeros(probe.n, np.float32)
+        full[index] = flags
+        return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
+
+    return [probe.probe.layers[i] for i in index], run
 
 
 def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
