@@ -96,3 +96,18 @@ def test_one_flag_quantizes_one_layer():
     assert all(m > 0 for m in moved)
     together = np.abs(probe.outputs([x], np.ones(3))[0] - base).max()
     assert together >= 0.5 * max(moved)
+
+
+def test_fp32_outputs_of_calibrated_feeds_are_reused():
+    """Sensitivity's fp32 reference on the calibration feeds costs no second run."""
+    probe = ProbeRunner(probe_module(_module(), Settings()), host_target())
+    x = _feeds(1, 5)[0]
+    probe.taps([x])
+    runs = []
+    real_run = probe._run
+    probe._run = lambda *a: runs.append(1) or real_run(*a)
+    first = probe.outputs([x], np.zeros(3))
+    assert runs == [] and first[0].shape == (1, 4, 10, 10)
+    probe.outputs([x.copy()], np.zeros(3))  # another array: run
+    probe.outputs([x], np.ones(3))  # quantized: run
+    assert len(runs) == 2

@@ -39,9 +39,9 @@ class InputMean:
         self.count = 0
 
     def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64)
+        x = np.asarray(x)
         x = x.reshape(-1, *x.shape[1:]) if self.kind == "conv2d" else x.reshape(-1, x.shape[-1])
-        s = x.sum(axis=0)
+        s = x.sum(axis=0, dtype=np.float64)  # float64 sums without a float64 copy
         self.total = s if self.total is None else self.total + s
         self.count += x.shape[0]
 
@@ -104,4 +104,7 @@ def correction(layer: Layer, err: LayerError, per_channel: bool = True) -> np.nd
 
 
 def act_error(x: np.ndarray, q: ActQuant) -> np.ndarray:
-    return fake_quant_np(x, q).astype(np.float64) - x
+    """QDQ(x) - x in float32 (exact: both are float32 and the error is below x's magnitude;
+    `InputMean` sums it in float64)."""
+    x = np.asarray(x, np.float32)
+    return fake_quant_np(x, q) - x

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -179,17 +180,26 @@ Equalize = Callable[[dict], tuple[tvm.IRModule, dict]]
 
 
 class _Passes:
-    """Runs the graph over every feed, with a progress bar, handing each feed's taps on."""
+    """Runs the graph over every feed, with a progress bar, handing each feed's taps on.
+
+    The graph runs one feed ahead in a worker thread (TVM releases the GIL) while this thread
+    observes the previous feed's taps: the observers' numpy work is as long as the run."""
 
     def __init__(self, feeds, params, runner, taps: int, say) -> None:
         self.feeds, self.params, self.runner, self.taps, self.say = feeds, params, runner, taps, say
 
     def run(self, what: str, use: Callable[[list[np.ndarray]], None]) -> None:
         meter = Meter(len(self.feeds), f"calibrate{what}", self.say, unit="samples", every=0.5)
-        for i, feed in enumerate(self.feeds):
-            use(self.runner([feed[n] for n in self.params])[: self.taps])
-            rate = (i + 1) / max(time.perf_counter() - meter.start, 1e-9)
-            meter.update(i + 1, f"{rate:.1f}/s")
+        inputs = [[feed[n] for n in self.params] for feed in self.feeds]
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            ahead = worker.submit(self.runner, inputs[0]) if inputs else None
+            for i in range(len(inputs)):
+                values = ahead.result()[: self.taps]
+                if i + 1 < len(inputs):
+                    ahead = worker.submit(self.runner, inputs[i + 1])
+                use(values)
+                rate = (i + 1) / max(time.perf_counter() - meter.start, 1e-9)
+                meter.update(i + 1, f"{rate:.1f}/s")
 
 
 def _equalize_round(seen, passes, equalize, first, method, act_dtype, joins, say) -> list[int]:

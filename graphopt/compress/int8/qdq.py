@@ -98,10 +98,14 @@ def recover_int8_weight(w: np.ndarray, axis: int, tol: float = 1e-3):
 def fake_quant_np(x: np.ndarray, q: ActQuant) -> np.ndarray:
     """numpy reference of quantize -> dequantize (round half to even, like TVM's legalization)."""
     qmin, qmax = QRANGE[q.dtype]
-    xs = np.asarray(x, np.float32) / np.float32(q.scale)
-    return ((np.clip(np.round(xs) + q.zero_point, qmin, qmax) - q.zero_point) * q.scale).astype(
-        np.float32
-    )
+    t = np.array(x, np.float32)  # a copy, then in place (0-d arrays too)
+    t /= np.float32(q.scale)
+    np.round(t, out=t)
+    t += np.float32(q.zero_point)
+    np.clip(t, qmin, qmax, out=t)
+    t -= np.float32(q.zero_point)
+    t *= np.float32(q.scale)
+    return t
 
 
 def dequant_weight_np(wq: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
