@@ -10,6 +10,7 @@ TVM would otherwise ship source on a machine without a GPU).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,12 @@ class Cuda(Target):
     @classmethod
     def presets(cls) -> dict[str, str]:
         return {f"gpu={name}": f"{g.about}; {g.arch}" for name, g in GPUS.items()}
+
+    @classmethod
+    def from_text_options(cls, raw: Mapping[str, str]) -> Target:
+        target = super().from_text_options(raw)
+        toolchain.nvcc_path()  # fail before compiling, not at the build step
+        return target
 
     @property
     def arch(self) -> str:

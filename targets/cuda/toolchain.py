@@ -123,6 +123,13 @@ def gencode_flags(arch: str, ptx: bool) -> list[str]:
     return flags
 
 
+def nvcc_error(message: str) -> str:
+    """The first error line of nvcc's output in TVM's message (which starts with the source)."""
+    output = message.split("\nCompilation error:\n", 1)[-1]
+    lines = [ln.strip() for ln in output.splitlines() if "error" in ln.lower()]
+    return (lines or [output.strip().splitlines()[-1] if output.strip() else "no output"])[0]
+
+
 @contextlib.contextmanager
 def fatbin_compiler(arch: str, ptx: bool = True) -> Iterator[None]:
     """While active, TVM compiles CUDA kernels with nvcc into fatbins for `arch`."""
@@ -141,12 +148,17 @@ def fatbin_compiler(arch: str, ptx: bool = True) -> Iterator[None]:
                 compiler="nvcc",
             )  # fmt: skip
         except RuntimeError as err:
-            lines = [ln for ln in str(err).splitlines() if "error" in ln.lower()]
-            raise TargetError(f"nvcc failed for {arch}: {(lines or ['?'])[0].strip()}") from err
+            failed.append(TargetError(f"nvcc failed for {arch}: {nvcc_error(str(err))}"))
+            raise failed[-1] from err
 
+    failed: list[TargetError] = []  # TVM's FFI re-raises a callback's error as RuntimeError
     tvm_ffi.register_global_func(CALLBACK, compile_fatbin, override=True)
     try:
         yield
+    except Exception as err:
+        if failed:
+            raise failed[-1] from err
+        raise
     finally:
         if previous is not None:
             tvm_ffi.register_global_func(CALLBACK, previous, override=True)

@@ -3,7 +3,7 @@ thread, coalesced.
 
 dlight's Fallback maps one scalar per thread over the fused loops. Here every producer is
 inlined into the one output block, its innermost axis is split by a vector width that divides
-it (16 bytes: 4 fp32 or 8 fp16 lanes), and the remaining loops are fused and spread over
+it (16 bytes: 4 fp32 or 8 fp16 lanes; 16-bit gathers such as transposes stay scalar), and the remaining loops are fused and spread over
 blocks of 256 threads: neighbouring threads store neighbouring vectors, so stores (and the
 loads of any operand with the same innermost axis) are 128-bit and coalesced.
 """
@@ -14,6 +14,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 
+from graphopt.targets.cpu.schedules.common import buffer_loads
+
 THREADS = 256
 VECTOR_BYTES = 16
 
@@ -23,6 +25,25 @@ def _vector_lanes(inner: int, bits: int) -> int:
     while lanes > 1 and inner % lanes:
         lanes //= 2
     return lanes
+
+
+def _contiguous(block) -> bool:
+    """Every load either indexes only its last axis by the store's innermost index, or does
+    not depend on it (a broadcast)."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or not store.indices:
+        return False
+    last = store.indices[-1]
+    if not isinstance(last, tirx.Var):
+        return False
+    for load in buffer_loads(store.value):
+        indices = list(load.indices)
+        uses = [any(v.same_as(last) for v in tirx.analysis.undefined_vars(i)) for i in indices]
+        if not any(uses):
+            continue  # broadcast along the innermost axis
+        if not (indices[-1].same_as(last) and not any(uses[:-1])):
+            return False
+    return True
 
 
 def schedule_elementwise(func: tirx.PrimFunc) -> s_tir.Schedule | None:
@@ -40,8 +61,11 @@ def schedule_elementwise(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     extents = [sch.get(loop).extent for loop in loops]
     if not loops or not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
-    bits = sch.get(block).writes[0].source.dtype.bits
-    lanes = _vector_lanes(int(extents[-1]), bits)
+    stmt = sch.get(block)
+    bits = stmt.writes[0].source.dtype.bits
+    # TVM's CUDA codegen packs a gather of 16-bit lanes wrongly (make_uint4 of 8 halves), so
+    # narrow types vectorize only when every load is contiguous too; fp32 gathers are fine.
+    lanes = _vector_lanes(int(extents[-1]), bits) if bits >= 32 or _contiguous(stmt) else 1
     inner = loops[-1]
     if lanes > 1:
         inner, vec = sch.split(loops[-1], [None, lanes])
