@@ -3,9 +3,10 @@ thread, coalesced.
 
 dlight's Fallback maps one scalar per thread over the fused loops. Here every producer is
 inlined into the one output block, its innermost axis is split by a vector width that divides
-it (16 bytes: 4 fp32 or 8 fp16 lanes; 16-bit gathers such as transposes stay scalar), and the remaining loops are fused and spread over
-blocks of 256 threads: neighbouring threads store neighbouring vectors, so stores (and the
-loads of any operand with the same innermost axis) are 128-bit and coalesced.
+it (16 bytes: 4 fp32 or 8 fp16 lanes; 16-bit gathers such as transposes stay scalar), and the
+remaining loops are fused and spread over blocks of 256 threads: neighbouring threads store
+neighbouring vectors, so stores (and the loads of any operand with the same innermost axis)
+are 128-bit and coalesced.
 """
 
 from __future__ import annotations

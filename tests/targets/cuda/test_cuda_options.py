@@ -45,9 +45,7 @@ def test_stages_follow_the_options(tmp_path):
     assert "cuda-graphs" not in plain["lower"]
     half = Cuda(Cuda.Options(precision="fp16", cuda_graphs=True, rules=("matmul", "fallback")))
     stages = half.stages(tmp_path)
-    assert stages["legalize"].index("mixed-precision") < stages["legalize"].index(
-        "tvm.LegalizeOps"
-    )
+    assert stages["legalize"].index("mixed-precision") < stages["legalize"].index("tvm.LegalizeOps")
     assert stages["schedule"][0].startswith("tvm.MetaScheduleApplyDatabase")
     assert stages["schedule"][1] == "schedule-cuda{rules=matmul:fallback}"
     assert "cuda-graphs" in stages["lower"]
