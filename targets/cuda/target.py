@@ -18,6 +18,7 @@ from typing import Any
 import tvm
 
 from graphopt import _tvm
+from graphopt.bundle import installed_runtime, write_bundle
 from graphopt.errors import TargetError
 from graphopt.target_infra import Availability, Target, register_target
 from graphopt.targets.cuda import fatbin, pipeline, toolchain
@@ -25,6 +26,7 @@ from graphopt.targets.cuda import fatbin, pipeline, toolchain
 # SM versions graphopt compiles for: Turing to Blackwell (nvcc 13 dropped everything older).
 ARCHES = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
 PRECISIONS = ("fp32", "fp16")
+CUDA_RUNTIME_LIB = "libtvm_runtime_cuda.so"  # TVM's CUDA device API and module loader
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Cuda(Target):
         cuda_graphs: bool = False  # replay `main` as CUDA graphs (cuda-graphs pass)
         ptx: bool = True  # embed PTX beside the machine code (runs on newer GPUs)
         rules: tuple[str, ...] = ()  # schedule-cuda rules (empty: all)
+        bundle: bool = True  # add runner + TVM/CUDA runtime libraries (false: model.so only)
+        cc: str = "g++"  # host C++ compiler for the runner
 
         def __post_init__(self) -> None:
             if self.gpu not in GPUS:
@@ -133,6 +137,20 @@ class Cuda(Target):
     def export(self, executable: Any, path: Path) -> None:
         _tvm.export_library(executable, path)
         fatbin.check_library(path, self.arch)
+
+    def export_bundle(self, directory: Path, manifest: dict[str, Any]) -> None:
+        """The runner, TVM's runtime with its CUDA part and the CUDA runtime library (no
+        compiler library): the directory runs on a GPU host without Python."""
+        if not self.options.bundle:
+            return
+        if shutil.which(self.options.cc) is None:
+            raise TargetError(f"target 'cuda' builds its runner with {self.options.cc}: not found")
+        runtime = installed_runtime((CUDA_RUNTIME_LIB,))
+        cudart = toolchain.toolkit_cudart(toolchain.nvcc_path())
+        manifest["bundle"] = write_bundle(
+            directory, manifest, self.options.cc, runtime.platform, runtime,
+            (cudart,) if cudart else (),
+        )  # fmt: skip
 
     def availability(self) -> Availability:
         if shutil.which("nvcc") is None:

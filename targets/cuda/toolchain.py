@@ -74,13 +74,17 @@ def stub_driver() -> Path:
     return out
 
 
-def _toolkit_cudart(nvcc: str) -> Path | None:
-    """libcudart.so.13 (or .12) of the toolkit that holds nvcc, if it is there."""
-    root = Path(nvcc).resolve().parent.parent
-    for folder in ("lib64", "lib", "targets/x86_64-linux/lib"):
-        for name in ("libcudart.so.13", "libcudart.so.12"):
-            if (root / folder / name).is_file():
-                return root / folder / name
+def toolkit_cudart(nvcc: str) -> Path | None:
+    """libcudart.so.13 (or .12) of the CUDA toolkit: beside nvcc, $CUDA_HOME or
+    /usr/local/cuda (nvcc on PATH may be a wrapper script elsewhere)."""
+    roots = [Path(nvcc).resolve().parent.parent]
+    roots += [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    roots.append(Path("/usr/local/cuda"))
+    for root in roots:
+        for folder in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            for name in ("libcudart.so.13", "libcudart.so.12"):
+                if (root / folder / name).is_file():
+                    return (root / folder / name).resolve()
     return None
 
 
@@ -94,7 +98,7 @@ def ensure_cuda_runtime() -> None:
     nvcc = nvcc_path()
     if not _have_driver():
         ctypes.CDLL(str(stub_driver()), mode=ctypes.RTLD_GLOBAL)
-    cudart = _toolkit_cudart(nvcc)
+    cudart = toolkit_cudart(nvcc)
     if cudart is not None:
         ctypes.CDLL(str(cudart), mode=ctypes.RTLD_GLOBAL)
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
