@@ -100,3 +100,28 @@ def test_fp32_matmul_stays_off_tensor_cores(cuda_build, tmp_path):
     art, stats = cuda_build("big_matmul", "fp32", path=_big_matmul(tmp_path / "mm.onnx"))
     assert stats["scheduled_matmul"] == 1 and stats["scheduled_matmul-tensorcore"] == 0
     assert "mma.sync" not in fatbin.ptx_text(art.library_path)
+
+
+def test_bundle_runs_without_python_up_to_the_gpu(cuda_build, tmp_path):
+    """The bundle: runner, TVM runtime with its CUDA part, the CUDA runtime, io.txt, no
+    compiler library. Here (stub driver, no GPU) the runner loads the model, fatbin included,
+    and stops at the first CUDA call with the CUDA runtime's own error."""
+    import subprocess
+
+    from graphopt.targets.cuda import toolchain
+
+    art, _ = cuda_build("mobilenet_block", "fp32")
+    names = {p.name for p in (art.directory / "lib").iterdir()}
+    assert {"libtvm_runtime.so", "libtvm_ffi.so", "libtvm_runtime_cuda.so"} <= names
+    assert not any("compiler" in n for n in names)
+    assert (art.directory / "io.txt").read_text().startswith("device cuda\n")
+    size = sum(p.stat().st_size for p in art.directory.rglob("*") if p.is_file())
+    assert size < 16 * 2**20
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 8, 12, 12), np.float32))
+    env = {"LD_LIBRARY_PATH": str(toolchain.stub_driver().parent), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        ["./run", "model.so", str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        cwd=art.directory, capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "CUDA Runtime Error" in proc.stderr, proc.stderr  # past loading, at cudaMalloc
