@@ -297,25 +297,33 @@ def run_emulated(
 ) -> dict[str, np.ndarray]:
     """Run a bundle's runner under qemu-aarch64 (a correctness check: emulated times mean
     nothing). `cpu` is qemu's -cpu: cortex-a53 rejects instructions that core lacks."""
-    directory = Path(directory)
-    if not (directory / RUNNER).is_file():
-        raise BundleError(f"{directory} has no runner (compiled with --target-opt bundle=false?)")
     if shutil.which(QEMU) is None or not QEMU_SYSROOT.is_dir():
         raise BundleError(
             f"running an aarch64 bundle here needs {QEMU} and {QEMU_SYSROOT}: "
             "apt-get install qemu-user g++-aarch64-linux-gnu"
         )
+    return run_bundle(directory, inputs, (QEMU, "-cpu", cpu, "-L", str(QEMU_SYSROOT)))
+
+
+def run_bundle(
+    directory: Path, inputs: dict[str, np.ndarray], prefix: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Run a bundle's own runner on `inputs` (natively, or under `prefix`, an emulator) and
+    return its outputs: the path without Python's TVM, as on the device."""
+    directory = Path(directory)
+    if not (directory / RUNNER).is_file():
+        raise BundleError(f"{directory} has no runner (compiled with --target-opt bundle=false?)")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(src, **inputs)
-        cmd = [QEMU, "-cpu", cpu, "-L", str(QEMU_SYSROOT), str(directory / RUNNER),
-               str(directory / "model.so"), str(src), str(dst)]  # fmt: skip
+        cmd = [*prefix, str(directory / RUNNER), str(directory / "model.so"), str(src), str(dst)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rc = proc.returncode
             why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
             last = (proc.stderr.strip().splitlines() or [""])[-1]
-            raise BundleError(f"runner under {QEMU} -cpu {cpu} failed ({why}): {last}".rstrip(": "))
+            how = f" under {' '.join(prefix[:3])}" if prefix else ""
+            raise BundleError(f"runner{how} failed ({why}): {last}".rstrip(": "))
         with np.load(dst) as result:
             return {name: result[name] for name in result.files}
 

@@ -125,3 +125,19 @@ def test_bundle_runs_without_python_up_to_the_gpu(cuda_build, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "CUDA Runtime Error" in proc.stderr, proc.stderr  # past loading, at cudaMalloc
+
+
+def test_run_and_bench_without_a_gpu_are_one_line_errors(cuda_build, tmp_path, capsys):
+    from graphopt.cli import main
+    from graphopt.targets.cuda.target import Cuda
+
+    if Cuda().availability().can_run:
+        pytest.skip("this machine has a GPU")
+    art, _ = cuda_build("mobilenet_block", "fp32")
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 8, 12, 12), np.float32))
+    run = ["run", str(art.directory), "--inputs", str(tmp_path / "in.npz"), "--outputs",
+           str(tmp_path / "out.npz")]  # fmt: skip
+    for argv in (run, ["bench", str(art.directory), "--vs", str(tmp_path / "m.onnx")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "runs on device 'cuda', which this machine lacks" in err[0]
