@@ -50,7 +50,7 @@ def _layer_norm(x, g, b=None, *, axis=-1, epsilon=1e-5, **_):
 
 
 def _reshape(x, shape, **_):
-    dims = [int(d) for d in shape.tolist()]
+    dims = [int(d) for d in shape]
     dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return x.reshape(dims)
 
@@ -118,23 +118,32 @@ class OnnxModule(torch.nn.Module):
                 self.register_buffer(f"c{len(self.names)}", torch.from_numpy(value.copy()))
                 self.names[node.output[0]] = f"c{len(self.names)}"
         self.nodes = [
-            (n.op_type, list(n.input), list(n.output), _attrs(n))
+            (n.op_type, self._sources(n), n.output[0], _attrs(n))
             for n in graph.node
             if n.op_type != "Constant"
         ]
         self.inputs = [i.name for i in graph.input if i.name not in self.host]
         self.outputs = [o.name for o in graph.output]
 
+    def _sources(self, node: onnx.NodeProto) -> list[tuple[str, object]]:
+        """Per input: ("none", None), ("value", plain Python value: shapes, clip bounds) or
+        ("env", name). Plain values keep numpy out of forward, which torch.compile traces."""
+        out: list[tuple[str, object]] = []
+        for i, name in enumerate(node.input):
+            if not name:
+                out.append(("none", None))
+            elif i in HOST_INPUTS.get(node.op_type, ()) and name in self.host:
+                out.append(("value", self.host[name].tolist()))
+            else:
+                out.append(("env", name))
+        return out
+
     def forward(self, *args):
         env = dict(zip(self.inputs, args))
         for name, buf in self.names.items():
             env[name] = getattr(self, buf)
-        for op, ins, outs, attrs in self.nodes:
-            host = HOST_INPUTS.get(op, ())
-            vals = [
-                None if not n else self.host[n] if i in host and n in self.host else env[n]
-                for i, n in enumerate(ins)
-            ]
-            env[outs[0]] = OPS[op](*vals, **attrs)
+        for op, sources, out, attrs in self.nodes:
+            vals = [env[p] if kind == "env" else p for kind, p in sources]
+            env[out] = OPS[op](*vals, **attrs)
         result = [env[o] for o in self.outputs]
         return result[0] if len(result) == 1 else tuple(result)
