@@ -66,6 +66,19 @@ def uses_tensor_cores(func: tirx.PrimFunc) -> bool:
     return any(s.startswith(_TENSOR_CORE_SCOPES) for s in scopes)
 
 
+def thread_bound(func: tirx.PrimFunc) -> bool:
+    """Whether some loop of the function is bound to a GPU thread or block index."""
+    found: list[bool] = []
+
+    def visit(loop: tirx.For) -> tirx.For:
+        if loop.thread_binding is not None:
+            found.append(True)
+        return loop
+
+    tvm_ffi.structural_map(func.body, [(tirx.For, visit)])
+    return bool(found)
+
+
 def schedule_func(func: tirx.PrimFunc, target, enabled: tuple[str, ...] = ()) -> Outcome:
     """The first enabled rule that schedules `func`; rules that raise count as errors."""
     errors = []

@@ -120,3 +120,21 @@ def test_matmul_is_left_to_dlight():
     (func,) = _kernels(bb.get()).values()
     with Cuda().tvm_target() as target:
         assert rules.schedule_func(func, target).rule == "matmul"
+
+
+def test_a_kernel_without_gpu_threads_is_refused():
+    """A kernel marked scheduled for the CPU (as --quantize int8's are) would be built as host
+    code reading GPU memory: schedule-cuda names it instead."""
+    from graphopt.errors import PipelineError
+    from graphopt.targets.cuda.passes.schedule_cuda import ScheduleCuda
+
+    mod = _module(lambda x: relax.op.nn.relu(x))
+    with Cuda().tvm_target():
+        mod = relax.transform.LegalizeOps()(mod)
+    gvar = next(g for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+    mod[gvar] = mod[gvar].with_attr("tirx.is_scheduled", True)
+    with Cuda().tvm_target(), pytest.raises(PipelineError, match="1 kernels have no GPU"):
+        ScheduleCuda()(mod)
+    mod[gvar] = mod[gvar].without_attr("tirx.is_scheduled")
+    with Cuda().tvm_target():
+        assert ScheduleCuda()(mod).stats["scheduled_elementwise"] == 1
