@@ -25,7 +25,6 @@ class CudaGraphs(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         with tvm.transform.PassContext(opt_level=3, config={CONFIG: True}):
             new = relax.transform.RewriteCUDAGraph()(mod)
-        captured = sum(
-            1 for gvar in new.functions if gvar.name_hint.startswith("cuda_graph_capture_func")
-        )
+        # RewriteCUDAGraph lifts each region into a function `<caller>_cuda_graph_capture<i>`.
+        captured = sum(1 for gvar in new.functions if "_cuda_graph_capture" in gvar.name_hint)
         return PassResult(new, not _tvm.structural_equal(new, mod), {"captured": captured})

@@ -93,3 +93,17 @@ def test_stub_driver_builds_from_source(monkeypatch, tmp_path):
     for name in ("cuModuleLoadData", "cuLaunchKernelEx", "cuGetErrorString"):
         assert f" T {name}" in symbols
     assert toolchain.stub_driver() == lib  # cached
+
+
+def test_cuda_graphs_capture_static_regions():
+    """cuda_graphs=true: RewriteCUDAGraph lifts `main`'s static kernel runs into captures."""
+    import model_builders as mb
+
+    from graphopt.build import run_stages
+    from graphopt.frontend import import_onnx
+
+    graph = import_onnx(mb.transformer_block()).mod
+    for enabled in (True, False):
+        mod = run_stages(graph, Cuda(Cuda.Options(cuda_graphs=enabled)))
+        captures = [g.name_hint for g in mod.functions if "_cuda_graph_capture" in g.name_hint]
+        assert bool(captures) == enabled
