@@ -117,7 +117,10 @@ class Artifact:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run once; returns outputs keyed by the model's output names."""
         arrays = self.check_inputs(inputs)
-        outs = call_vm(self._machine(), arrays)
+        import tvm.runtime
+
+        dev = self.device()  # inputs where the model runs (a GPU for `cuda` artifacts)
+        outs = call_vm(self._machine(), arrays, lambda a: tvm.runtime.tensor(a, dev))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
     def runner(self, inputs: Mapping[str, Any]):
@@ -128,7 +131,8 @@ class Artifact:
         """
         import tvm.runtime
 
-        tensors = [tvm.runtime.tensor(a) for a in self.check_inputs(inputs)]
+        dev = self.device()
+        tensors = [tvm.runtime.tensor(a, dev) for a in self.check_inputs(inputs)]
         main = self._machine()["main"]
         return lambda: flatten_outputs(main(*tensors))
 

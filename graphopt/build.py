@@ -62,7 +62,7 @@ def run_stages(
 def tvm_compile(mod: tvm.IRModule, target: Target) -> Any:
     """`tvm.compile` of a module whose stages already ran: the target's TIR pipeline, no
     Relax pipeline of TVM's own (the stages are the Relax pipeline)."""
-    with target.tvm_target():
+    with target.build_context(), target.tvm_target():
         return tvm.compile(
             mod,
             target=target.tvm_target(),

@@ -104,6 +104,43 @@ def fetch_runtime(platform: str = "manylinux_2_28_aarch64") -> Runtime:
     return Runtime(root, platform)
 
 
+def installed_runtime(extra: tuple[str, ...] = ()) -> Runtime:
+    """This machine's own TVM runtime (the installed apache-tvm / apache-tvm-ffi packages) with
+    the `extra` libraries of tvm/lib beside it (e.g. libtvm_runtime_cuda.so), copied into the
+    cache: for bundles that run on this CPU architecture (the CUDA target's, on x86-64 GPU
+    hosts). The compiler library is never part of it."""
+    import tvm
+    import tvm_ffi
+
+    tvm_lib = Path(tvm.__file__).parent / "lib"
+    ffi_root = Path(tvm_ffi.__file__).parent
+    tvm_version, ffi_version = runtime_versions()
+    arch = host_platform.machine()
+    name = f"tvm-{tvm_version}-ffi-{ffi_version}-installed-{arch}-{'-'.join(extra) or 'base'}"
+    root = env.cache_dir() / "runtime" / name
+    wanted = [*RUNTIME_LIBS, *extra]
+    if all((root / "lib" / n).is_file() for n in wanted) and (root / "include").is_dir():
+        return Runtime(root, arch)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root.parent))
+    try:
+        (tmp / "lib").mkdir()
+        for lib in wanted:
+            src = ffi_root / "lib" / lib if lib == "libtvm_ffi.so" else tvm_lib / lib
+            if not src.is_file():
+                raise BundleError(f"the installed TVM has no {lib} ({src})")
+            shutil.copy2(src, tmp / "lib" / lib)
+        shutil.copytree(ffi_root / "include", tmp / "include")
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process copied it first
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Runtime(root, arch)
+
+
 def _download_wheels(wheels: Path, platform: str, tvm_version: str, ffi_version: str) -> None:
     wheels.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -167,7 +204,7 @@ def build_runner(cc: str, runtime: Runtime) -> Path:
         cmd = [
             cc, "-std=c++17", "-O2", "-I", str(runtime.include), str(Path(tmp) / "run.cc"),
             "-o", str(exe), "-L", str(runtime.lib), "-Wl,--no-as-needed", "-ltvm_runtime",
-            "-ltvm_ffi", "-Wl,--as-needed", "-Wl,-rpath,$ORIGIN/lib",
+            "-ltvm_ffi", "-Wl,--as-needed", "-ldl", "-Wl,-rpath,$ORIGIN/lib",
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -211,23 +248,33 @@ def required_versions(paths: list[Path], objdump: str | None) -> dict[str, str]:
     return {k: ".".join(map(str, v)) for k, v in sorted(found.items())}
 
 
-def write_bundle(directory: Path, manifest: dict[str, Any], cc: str, platform: str) -> dict:
+def write_bundle(
+    directory: Path,
+    manifest: dict[str, Any],
+    cc: str,
+    platform: str,
+    runtime: Runtime | None = None,
+    extra_libs: tuple[Path, ...] = (),
+) -> dict:
     """Add runner, runtime libraries and io.txt to an artifact directory; returns the
-    manifest's "bundle" section."""
-    runtime = fetch_runtime(platform)
+    manifest's "bundle" section. `runtime` defaults to the wheels for `platform`;
+    `extra_libs` (e.g. the CUDA runtime) go into lib/ beside the runtime's own libraries."""
+    runtime = runtime or fetch_runtime(platform)
     runner = build_runner(cc, runtime)
     shutil.copy2(runner, directory / RUNNER)
     (directory / "lib").mkdir(exist_ok=True)
-    for name in RUNTIME_LIBS:
-        shutil.copy2(runtime.lib / name, directory / "lib" / name)
+    libs = [runtime.lib / p.name for p in sorted(runtime.lib.glob("*.so*"))]
+    for path in [*libs, *extra_libs]:
+        shutil.copy2(path, directory / "lib" / path.name)
+    names = sorted({p.name for p in [*libs, *extra_libs]})
     (directory / IO_SPEC).write_text(io_spec_text(manifest))
     objdump = _sibling_tool(cc, "objdump")
     files = [directory / RUNNER, directory / manifest["library"]]
-    files += [directory / "lib" / n for n in RUNTIME_LIBS]
+    files += [directory / "lib" / n for n in names]
     tvm_version, ffi_version = runtime_versions()
     return {
         "runner": RUNNER,
-        "libraries": [f"lib/{n}" for n in RUNTIME_LIBS],
+        "libraries": [f"lib/{n}" for n in names],
         "io_spec": IO_SPEC,
         "runtime": {"apache-tvm": tvm_version, "apache-tvm-ffi": ffi_version, "wheel": platform},
         "requires": required_versions(files, objdump),
@@ -250,25 +297,33 @@ def run_emulated(
 ) -> dict[str, np.ndarray]:
     """Run a bundle's runner under qemu-aarch64 (a correctness check: emulated times mean
     nothing). `cpu` is qemu's -cpu: cortex-a53 rejects instructions that core lacks."""
-    directory = Path(directory)
-    if not (directory / RUNNER).is_file():
-        raise BundleError(f"{directory} has no runner (compiled with --target-opt bundle=false?)")
     if shutil.which(QEMU) is None or not QEMU_SYSROOT.is_dir():
         raise BundleError(
             f"running an aarch64 bundle here needs {QEMU} and {QEMU_SYSROOT}: "
             "apt-get install qemu-user g++-aarch64-linux-gnu"
         )
+    return run_bundle(directory, inputs, (QEMU, "-cpu", cpu, "-L", str(QEMU_SYSROOT)))
+
+
+def run_bundle(
+    directory: Path, inputs: dict[str, np.ndarray], prefix: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Run a bundle's own runner on `inputs` (natively, or under `prefix`, an emulator) and
+    return its outputs: the path without Python's TVM, as on the device."""
+    directory = Path(directory)
+    if not (directory / RUNNER).is_file():
+        raise BundleError(f"{directory} has no runner (compiled with --target-opt bundle=false?)")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(src, **inputs)
-        cmd = [QEMU, "-cpu", cpu, "-L", str(QEMU_SYSROOT), str(directory / RUNNER),
-               str(directory / "model.so"), str(src), str(dst)]  # fmt: skip
+        cmd = [*prefix, str(directory / RUNNER), str(directory / "model.so"), str(src), str(dst)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             rc = proc.returncode
             why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
             last = (proc.stderr.strip().splitlines() or [""])[-1]
-            raise BundleError(f"runner under {QEMU} -cpu {cpu} failed ({why}): {last}".rstrip(": "))
+            how = f" under {' '.join(prefix[:3])}" if prefix else ""
+            raise BundleError(f"runner{how} failed ({why}): {last}".rstrip(": "))
         with np.load(dst) as result:
             return {name: result[name] for name in result.files}
 

@@ -301,10 +301,11 @@ def _bench_remote(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .artifact import load
-    from .bundle import foreign_arch, run_emulated
+    from .bundle import foreign_arch, run_bundle, run_emulated
     from .inputs import load_npz, save_npz
 
     art = load(args.artifact)
+    device = _require_device(art, "run")
     if foreign := foreign_arch(art.manifest):  # an ARM bundle on a PC: its runner under qemu
         if foreign != "aarch64":
             raise InputError(f"{art.directory} is built for {foreign} and cannot run here")
@@ -313,6 +314,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         outputs = run_emulated(art.directory, inputs)
         _eprint(f"ran the {foreign} bundle's runner under qemu (emulated)")
+    elif device != "cpu" and (art.directory / "run").is_file():  # a GPU bundle: its runner
+        arrays = art.check_inputs(load_npz(args.inputs, art.inputs))
+        outputs = run_bundle(art.directory, dict(zip([s.name for s in art.inputs], arrays)))
     else:
         outputs = art.run(load_npz(args.inputs, art.inputs))
     save_npz(args.outputs, outputs)
@@ -351,10 +355,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_device(art, command: str) -> str:
+    """The artifact's device; InputError when it is an accelerator this machine lacks (the
+    target's `availability` decides, e.g. cuda: a GPU present)."""
+    from .target_infra import registered_targets
+
+    device = str(art.manifest.get("target", {}).get("device", "cpu"))
+    if device == "cpu":
+        return device
+    cls = registered_targets().get(art.manifest["target"]["name"])
+    avail = cls().availability() if cls is not None else None
+    if avail is None or not avail.can_run:
+        why = avail.reason if avail is not None else "unknown target"
+        raise InputError(
+            f"{art.directory} runs on device '{device}', which this machine lacks ({why}): "
+            f"`graphopt {command}` it on such a host, or run `./run model.so inputs.npz "
+            "outputs.npz` there (docs/CUDA.md)"
+        )
+    return device
+
+
 def _require_native(art, command: str) -> None:
     """Local timing of a bundle built for another CPU would time an emulator: refuse."""
     from .bundle import foreign_arch
 
+    _require_device(art, command)
     if arch := foreign_arch(art.manifest):
         raise InputError(
             f"{art.directory} is built for {arch}: `graphopt {command}` would time an emulator; "

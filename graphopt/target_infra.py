@@ -6,6 +6,7 @@ every cache key) and the pass names of its stages, so the whole flow reads on on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import platform
@@ -98,6 +99,10 @@ class Target:
 
     def device(self) -> Any:
         return tvm.cpu()
+
+    def build_context(self) -> contextlib.AbstractContextManager:
+        """Entered around `tvm.compile` (CUDA: nvcc compiles kernels into fatbins meanwhile)."""
+        return contextlib.nullcontext()
 
     def pass_options(self, pass_name: str) -> dict[str, str]:
         """Options this target wants for a target-independent pass that compression methods

@@ -5,7 +5,8 @@
 //
 // Loads the library with the TVM runtime (libtvm_runtime.so + libtvm_ffi.so, found through the
 // rpath $ORIGIN/lib), creates the Relax VM the way tvm.runtime.vm.VirtualMachine does
-// (vm_load_executable, then vm_initialization(device type, id, allocator) for the CPU), calls
+// (vm_load_executable, then vm_initialization(device type, id, allocator) for the device io.txt
+// names: cpu, or cuda with inputs copied to the GPU and outputs back), calls
 // "main" and writes the outputs. When io.txt sits next to model.so (graphopt writes it), inputs
 // are matched by name and checked against the declared dtype and shape; outputs get the model's
 // names. --repeat N runs N more times and prints the median wall time (meaningless under an
@@ -28,6 +29,9 @@
 #include <vector>
 
 #include "npy.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
 
 namespace ffi = tvm::ffi;
 
@@ -130,10 +134,51 @@ npy::Array FromTensor(const ffi::Tensor& t, const std::string& name) {
   return a;
 }
 
-// The device io.txt names. Inputs are made in host memory, so only the CPU is served here.
+// The device io.txt names: the CPU, or an NVIDIA GPU (inputs copied there, outputs back).
 DLDeviceType DeviceType(const std::string& name) {
   if (name == "cpu") return kDLCPU;
-  throw npy::Error("the artifact runs on device '" + name + "'; this runner serves 'cpu' only");
+  if (name == "cuda") return kDLCUDA;
+  throw npy::Error("the artifact runs on device '" + name + "'; this runner serves cpu and cuda");
+}
+
+std::string ExeDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+// TVM's CUDA runtime is a separate library that registers the CUDA module loader when loaded;
+// nothing links it, so it is opened here (with the CUDA runtime it needs, both in lib/).
+void LoadDeviceRuntime(DLDeviceType type) {
+  if (type != kDLCUDA) return;
+  const std::string lib = ExeDir() + "/lib/";
+  for (const char* name : {"libcudart.so.13", "libtvm_runtime_cuda.so"}) {
+    std::string path = lib + name;
+    if (std::string(name) == "libcudart.so.13" && access(path.c_str(), R_OK) != 0) continue;
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      throw npy::Error(std::string("cannot load ") + path + ": " + dlerror());
+    }
+  }
+}
+
+ffi::Tensor CopyTo(const ffi::Tensor& src, DLDevice dev) {
+  static ffi::Function alloc = ffi::Function::GetGlobal("runtime.TVMTensorAllocWithScope").value();
+  static ffi::Function copy = ffi::Function::GetGlobal("runtime.TVMTensorCopyFromTo").value();
+  ffi::Tensor dst = dev.device_type == kDLCPU
+                        ? ffi::Tensor::FromNDAlloc(CpuAlloc(), src.shape(), src.dtype(), dev)
+                        : alloc(ffi::Shape(src.shape()), src.dtype(), dev, ffi::Optional<ffi::String>())
+                              .cast<ffi::Tensor>();
+  copy(src, dst);
+  return dst;
+}
+
+// Kernels run asynchronously on a GPU: wait for them before reading a clock.
+void Sync(DLDevice dev) {
+  if (dev.device_type == kDLCPU) return;
+  static ffi::Function sync = ffi::Function::GetGlobal("runtime.Device_StreamSync").value();
+  sync(dev, static_cast<void*>(nullptr));
 }
 
 bool EndsWith(const std::string& s, const std::string& tail) {
@@ -204,15 +249,21 @@ int main(int argc, char** argv) {
     IoSpec spec = ReadIoSpec(dir + "/io.txt");
     std::vector<npy::Array> inputs = LoadInputs(in_path, spec);
 
-    ffi::Module lib = ffi::Module::LoadFromFile(model);
+    const DLDevice dev{DeviceType(spec.device), 0};
+    LoadDeviceRuntime(dev.device_type);
+    // dlopen searches the library path for a bare name: "model.so" means ./model.so here.
+    ffi::Module lib = ffi::Module::LoadFromFile(model.find('/') == std::string::npos ? "./" + model : model);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     const int kPooledAllocator = 2;
-    vm->GetFunction("vm_initialization").value()(static_cast<int>(DeviceType(spec.device)), 0,
+    vm->GetFunction("vm_initialization").value()(static_cast<int>(dev.device_type), 0,
                                                  kPooledAllocator);
     ffi::Function main_fn = vm->GetFunction("main").value();
 
     std::vector<ffi::Any> args;
-    for (const npy::Array& a : inputs) args.emplace_back(ToTensor(a));
+    for (const npy::Array& a : inputs) {
+      ffi::Tensor host = ToTensor(a);
+      args.emplace_back(dev.device_type == kDLCPU ? host : CopyTo(host, dev));
+    }
     std::vector<ffi::AnyView> views(args.begin(), args.end());
     auto call = [&]() {
       ffi::Any result;
@@ -225,8 +276,10 @@ int main(int argc, char** argv) {
     if (repeat > 0) {
       std::vector<double> ms;
       for (int i = 0; i < repeat; ++i) {
+        Sync(dev);
         auto t0 = std::chrono::steady_clock::now();
         call();
+        Sync(dev);
         ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       }
       std::sort(ms.begin(), ms.end());
@@ -236,7 +289,8 @@ int main(int argc, char** argv) {
     std::vector<npy::Array> outputs;
     for (size_t i = 0; i < tensors.size(); ++i) {
       std::string name = i < spec.outputs.size() ? spec.outputs[i].name : "output_" + std::to_string(i);
-      outputs.push_back(FromTensor(tensors[i], name));
+      const ffi::Tensor& t = tensors[i];
+      outputs.push_back(FromTensor(t.device().device_type == kDLCPU ? t : CopyTo(t, DLDevice{kDLCPU, 0}), name));
     }
     if (EndsWith(out_path, ".npy")) {
       if (outputs.size() != 1) {

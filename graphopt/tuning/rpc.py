@@ -225,7 +225,9 @@ def remote_latency(
             f"{triple}; the board must match it and run TVM {art.manifest['versions']['tvm']}): "
             f"{_last_line(err)}"
         ) from err
-    dev = remote.cpu()
+    # The manifest's device: a GPU server (a `cuda` artifact) times on its GPU; the time
+    # evaluator synchronizes the device after each run.
+    dev = remote.device(str(art.manifest["target"].get("device", "cpu")), 0)
     vm = runtime.vm.VirtualMachine(lib, dev)
     args = [runtime.tensor(a, dev) for a in arrays]
     vm.set_input("main", *args)

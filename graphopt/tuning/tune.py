@@ -77,7 +77,14 @@ def build_without_tensor_intrin(mod: tvm.IRModule, target: Any, _params: Any) ->
     The default builder's import takes 60-120 s on a loaded 2-core machine and its 30 s
     timeout then fails every build, so tuning silently returns untuned kernels. CPU kernels
     are lowered as `compile` lowers them (targets/cpu_lowering.py): what is measured ships.
+    CUDA kernels are built under the target with nvcc (MetaSchedule's own builder enters no
+    target context and, without a GPU on the build machine, finds no arch).
     """
+    if target.kind.name == "cuda":  # as `compile` builds it: nvcc into a fatbin for the arch
+        from graphopt.targets.cuda import toolchain
+
+        with toolchain.fatbin_compiler(str(target.attrs["arch"]), ptx=False), target:
+            return tvm.tirx.build(mod, target=target, pipeline="default")
     from graphopt.targets.cpu import lowering as cpu_lowering
 
     pipeline = cpu_lowering.tir_pipeline() if target.kind.name == "llvm" else "default"
@@ -227,20 +234,31 @@ def plan_trials(shares: list[float], total: int) -> list[int]:
 
 def default_latencies(tasks, tvm_target, runner: Any = None) -> list[float | None]:
     """Seconds per call of each task's kernel as compiled without records: its schedule-cpu
-    schedule, or the plain kernel where no rule applies."""
-    from graphopt.targets.cpu import schedules as rules
-
-    info = rules.cpu_info(tvm_target)
+    (or schedule-cuda) schedule, or the plain kernel where no rule applies."""
     mods = []
     for task in tasks:
         mod = task.dispatched[0]
         if _is_view(task):
             mods.append(None)  # never runs as a kernel
             continue
-        default = rules.schedule_func(mod["main"], info, tvm_target) if info else None
-        scheduled = default is not None and default.rule is not None
-        mods.append(tvm.IRModule({"main": default.func}) if scheduled else mod)
+        default = _default_schedule(mod["main"], tvm_target)
+        mods.append(tvm.IRModule({"main": default}) if default is not None else mod)
     return _measure(mods, tvm_target, runner)
+
+
+def _default_schedule(func: Any, tvm_target: Any) -> Any:
+    """The kernel as `compile` schedules it without records; None where no rule applies."""
+    if tvm_target.kind.name == "cuda":
+        from graphopt.targets.cuda.schedules import rules as gpu_rules
+
+        with tvm_target:
+            outcome = gpu_rules.schedule_func(func, tvm_target)
+        return outcome.func if outcome.rule is not None else None
+    from graphopt.targets.cpu import schedules as rules
+
+    info = rules.cpu_info(tvm_target)
+    default = rules.schedule_func(func, info, tvm_target) if info else None
+    return default.func if default is not None and default.rule is not None else None
 
 
 def tune_model(

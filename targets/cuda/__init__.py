@@ -1,0 +1,12 @@
+"""The CUDA target (NVIDIA GPUs): options and stages (target.py), the toolchain that compiles
+kernels ahead of time into fatbins (toolchain.py, stub/), reading them back (fatbin.py), its
+passes (passes/: schedule-cuda, mixed-precision, cuda-graphs) and GPU schedule rules
+(schedules/).
+
+Importing this package registers the target and its passes.
+"""
+
+from __future__ import annotations
+
+from graphopt.targets.cuda import passes as _passes  # noqa: F401  - registers the CUDA passes
+from graphopt.targets.cuda import target as _target  # noqa: F401  - registers `cuda`

@@ -1,0 +1,146 @@
+"""Compile-only checks of the CUDA target for sm_90: no GPU, but nvcc and gcc.
+
+The library must hold sm_90 machine code and PTX (never CUDA source), the heavy kernels must
+be scheduled by a real rule (no conv, matmul, depthwise conv, softmax or layer norm on dlight's
+Fallback), and fp16 matmuls large enough for tensor cores must use mma instructions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from cuda_tools import needs_nvcc
+from onnx import TensorProto, helper
+
+import graphopt
+from graphopt.targets.cuda import fatbin
+
+pytestmark = [pytest.mark.cuda, needs_nvcc]
+
+
+@pytest.fixture(scope="module")
+def cuda_build(tmp_path_factory, model_files):
+    """cuda_build(name, precision) -> (artifact, schedule-cuda stats), compiled once."""
+    root = tmp_path_factory.mktemp("cuda")
+    cache: dict[tuple, tuple] = {}
+
+    def get(name: str, precision: str = "fp32", path=None):
+        key = (name, precision)
+        if key not in cache:
+            art = graphopt.compile(
+                path or model_files[name],
+                root / f"{name}-{precision}",
+                target="cuda",
+                target_options={"arch": "sm_90", "precision": precision},
+            )
+            rows = json.loads((art.directory / "manifest.json").read_text())["report"]["passes"]
+            stats = next(r["stats"] for r in rows if r["pass"].startswith("schedule-cuda"))
+            cache[key] = (art, stats)
+        return cache[key]
+
+    return get
+
+
+MODELS = ["mobilenet_block", "transformer_block"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_library_holds_sm90_machine_code_and_ptx(cuda_build, name, precision):
+    art, _ = cuda_build(name, precision)
+    data = art.library_path.read_bytes()
+    entries = fatbin.entries(data)
+    assert {(e.kind, e.arch) for e in entries} >= {("elf", "sm_90"), ("ptx", "sm_90")}
+    assert not fatbin.carries_source(data)
+    assert ".target sm_90" in fatbin.ptx_text(art.library_path)
+    assert art.manifest["target"]["device"] == "cuda"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", MODELS)
+def test_no_kernel_falls_to_the_fallback_rule(cuda_build, name, precision):
+    _, stats = cuda_build(name, precision)
+    assert stats["scheduled_fallback"] == 0
+    assert stats["untouched"] == 0
+    if name == "mobilenet_block":
+        assert stats["scheduled_window"] >= 1  # the depthwise conv
+    else:
+        assert stats["scheduled_general-reduction"] >= 2  # layer norm, softmax
+        assert stats["scheduled_elementwise"] >= 3  # head split / merge transposes
+
+
+def _big_matmul(path) -> str:
+    """x[128, 256] @ w[256, 192] + b: every dimension above dlight's tensor-core threshold."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [256, 192], rng.normal(0, 0.05, (256, 192)))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [192], rng.normal(0, 0.1, 192))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        "big_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 192])],
+        [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return str(path)
+
+
+# slow: the first tensor-core schedule in a process imports tvm.s_tir.tensor_intrin (about 45 s
+# on an idle core, 4 minutes on a busy 2-core machine); `make test-slow` runs it.
+@pytest.mark.slow
+def test_fp16_matmul_runs_on_tensor_cores(cuda_build, tmp_path):
+    art, stats = cuda_build("big_matmul", "fp16", path=_big_matmul(tmp_path / "mm.onnx"))
+    assert stats["scheduled_matmul-tensorcore"] == 1
+    ptx = fatbin.ptx_text(art.library_path)
+    assert "mma.sync.aligned" in ptx or "wmma.mma.sync" in ptx
+
+
+def test_fp32_matmul_stays_off_tensor_cores(cuda_build, tmp_path):
+    art, stats = cuda_build("big_matmul", "fp32", path=_big_matmul(tmp_path / "mm.onnx"))
+    assert stats["scheduled_matmul"] == 1 and stats["scheduled_matmul-tensorcore"] == 0
+    assert "mma.sync" not in fatbin.ptx_text(art.library_path)
+
+
+def test_bundle_runs_without_python_up_to_the_gpu(cuda_build, tmp_path):
+    """The bundle: runner, TVM runtime with its CUDA part, the CUDA runtime, io.txt, no
+    compiler library. Here (stub driver, no GPU) the runner loads the model, fatbin included,
+    and stops at the first CUDA call with the CUDA runtime's own error."""
+    import subprocess
+
+    from graphopt.targets.cuda import toolchain
+
+    art, _ = cuda_build("mobilenet_block", "fp32")
+    names = {p.name for p in (art.directory / "lib").iterdir()}
+    assert {"libtvm_runtime.so", "libtvm_ffi.so", "libtvm_runtime_cuda.so"} <= names
+    assert not any("compiler" in n for n in names)
+    assert (art.directory / "io.txt").read_text().startswith("device cuda\n")
+    size = sum(p.stat().st_size for p in art.directory.rglob("*") if p.is_file())
+    assert size < 16 * 2**20
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 8, 12, 12), np.float32))
+    env = {"LD_LIBRARY_PATH": str(toolchain.stub_driver().parent), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        ["./run", "model.so", str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        cwd=art.directory, capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "CUDA Runtime Error" in proc.stderr, proc.stderr  # past loading, at cudaMalloc
+
+
+def test_run_and_bench_without_a_gpu_are_one_line_errors(cuda_build, tmp_path, capsys):
+    from graphopt.cli import main
+    from graphopt.targets.cuda.target import Cuda
+
+    if Cuda().availability().can_run:
+        pytest.skip("this machine has a GPU")
+    art, _ = cuda_build("mobilenet_block", "fp32")
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 8, 12, 12), np.float32))
+    run = ["run", str(art.directory), "--inputs", str(tmp_path / "in.npz"), "--outputs",
+           str(tmp_path / "out.npz")]  # fmt: skip
+    for argv in (run, ["bench", str(art.directory), "--vs", str(tmp_path / "m.onnx")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "runs on device 'cuda', which this machine lacks" in err[0]

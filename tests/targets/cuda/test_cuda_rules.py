@@ -1,0 +1,140 @@
+"""graphopt's own GPU rules compute what the unscheduled kernel computes, checked on the CPU.
+
+No GPU here, but the `window` and `elementwise` schedules use no shared memory and no
+cooperation between threads: with their thread loops turned back into serial loops the
+kernel runs on the CPU and must give the unscheduled kernel's numbers exactly. Also: the
+rules take the kernels they are meant for (a depthwise conv, pooling, a transpose) and leave
+matmuls to dlight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.script import relax as R
+
+from graphopt import _tvm
+from graphopt.targets.cuda.schedules import rules
+from graphopt.targets.cuda.target import Cuda
+
+LLVM = _tvm.make_target({"kind": "llvm"})
+
+
+def _serial(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Thread-bound loops become serial loops (exact for schedules without shared memory)."""
+
+    def visit(loop: tirx.For) -> tirx.For:
+        if loop.thread_binding is None:
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.For, visit)]))
+
+
+def _kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    cuda = Cuda()
+    with cuda.tvm_target():
+        legal = relax.transform.FuseTIR()(
+            relax.transform.FuseOps()(
+                relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(mod))
+            )
+        )
+    return {g.name_hint: f for g, f in legal.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _run(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
+    lib = tvm.tirx.build(func.with_attr("global_symbol", "main"), target=LLVM)
+    tensors = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def _check(func: tirx.PrimFunc, expected_rule: str) -> None:
+    with Cuda().tvm_target() as target:
+        outcome = rules.schedule_func(func, target)
+    assert outcome.rule == expected_rule, outcome.errors
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal([int(d) for d in p.ty.shape]).astype(str(p.ty.dtype))
+        for p in func.params
+    ]
+    arrays[-1][...] = 0
+    want = _run(func, [a.copy() for a in arrays])
+    got = _run(_serial(outcome.func.without_attr("tirx.is_scheduled")), arrays)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _module(build):
+    x = relax.Var("x", relax.TensorType((1, 16, 14, 14), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(build(x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "rule"),
+    [
+        (
+            "depthwise",
+            lambda x: R.clip(
+                relax.op.nn.conv2d(
+                    x, relax.const(np.ones((16, 1, 3, 3), "float32") / 9), padding=1, groups=16
+                ),
+                0,
+                6,
+            ),
+            "window",
+        ),
+        (
+            "depthwise_stride2",
+            lambda x: relax.op.nn.conv2d(
+                x, relax.const(np.ones((16, 1, 3, 3), "float32")), strides=2, padding=1, groups=16
+            ),
+            "window",
+        ),
+        ("max_pool", lambda x: relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1)), "window"),
+        ("transpose", lambda x: relax.op.permute_dims(x, [0, 2, 3, 1]), "elementwise"),
+        ("sigmoid_mul", lambda x: relax.op.multiply(x, relax.op.sigmoid(x)), "elementwise"),
+        ("half_cast", lambda x: relax.op.astype(x, "float16"), "elementwise"),
+    ],
+)
+def test_own_rules_match_the_unscheduled_kernel(name, build, rule):
+    kernels = _kernels(_module(build))
+    assert len(kernels) == 1, sorted(kernels)
+    _check(next(iter(kernels.values())), rule)
+
+
+def test_matmul_is_left_to_dlight():
+    a = relax.Var("a", relax.TensorType((64, 96), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [a]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(a, relax.const(np.ones((96, 32), "float32"))))
+        bb.emit_func_output(out)
+    (func,) = _kernels(bb.get()).values()
+    with Cuda().tvm_target() as target:
+        assert rules.schedule_func(func, target).rule == "matmul"
+
+
+def test_a_kernel_without_gpu_threads_is_refused():
+    """A kernel marked scheduled for the CPU (as --quantize int8's are) would be built as host
+    code reading GPU memory: schedule-cuda names it instead."""
+    from graphopt.errors import PipelineError
+    from graphopt.targets.cuda.passes.schedule_cuda import ScheduleCuda
+
+    mod = _module(lambda x: relax.op.nn.relu(x))
+    with Cuda().tvm_target():
+        mod = relax.transform.LegalizeOps()(mod)
+    gvar = next(g for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+    mod[gvar] = mod[gvar].with_attr("tirx.is_scheduled", True)
+    with Cuda().tvm_target(), pytest.raises(PipelineError, match="1 kernels have no GPU"):
+        ScheduleCuda()(mod)
+    mod[gvar] = mod[gvar].without_attr("tirx.is_scheduled")
+    with Cuda().tvm_target():
+        assert ScheduleCuda()(mod).stats["scheduled_elementwise"] == 1
