@@ -119,13 +119,14 @@ def passes_markdown() -> str:
 def operators_markdown() -> str:
     """The ONNX operators the importer accepts (graphopt.frontend.support), by first letter."""
     from .frontend import quantized
-    from .frontend.support import supported_op_types
+    from .frontend.support import expanded_op_types, supported_op_types
 
     ops = sorted(supported_op_types(), key=str.lower)
     rewritten = set(quantized.REWRITTEN)
+    expanded = expanded_op_types()
     groups: dict[str, list[str]] = {}
     for op in ops:
-        shown = f"{op}\\*" if op in rewritten else op
+        shown = f"{op}\\*" if op in rewritten else f"{op}†" if op in expanded else op
         groups.setdefault(op[0].upper(), []).append(shown)
     rows = [[letter, ", ".join(names)] for letter, names in sorted(groups.items())]
     ms_ops = sorted(getattr(quantized, "_MS_RULES", {}))
@@ -137,6 +138,9 @@ def operators_markdown() -> str:
         "\\* rewritten by graphopt before TVM's importer (`graphopt/frontend/quantized.py`): "
         + ", ".join(f"`{op}`" for op in sorted(rewritten))
         + ".",
+        "",
+        "† no converter: imported as the function body the ONNX standard defines for it "
+        "(`graphopt/frontend/expand.py`).",
     ]
     if ms_ops:
         lines += [

@@ -1,0 +1,54 @@
+"""Check a one-node ONNX model imported by graphopt against onnxruntime on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from graphopt.frontend import import_onnx
+from graphopt.testing import run_module
+
+
+def one_node_model(
+    node: onnx.NodeProto,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str],
+    opset: int = 23,
+    initializers: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """A model around `node`: `inputs` as graph inputs (or initializers), outputs untyped."""
+    initializers = initializers or {}
+    graph = helper.make_graph(
+        [node],
+        "one_node",
+        [
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)
+            )
+            for name, a in inputs.items()
+        ],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None) for name in outputs],
+        [onnx.numpy_helper.from_array(a, name) for name, a in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def check_against_ort(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol=1e-5, atol=1e-5
+) -> list[np.ndarray]:
+    """graphopt's import (run on this host) matches onnxruntime: dtype, shape and values."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, feeds)
+    imported = import_onnx(model, {k: v.shape for k, v in feeds.items()})
+    got = run_module(imported.mod, [feeds[spec.name] for spec in imported.inputs])
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        g = np.asarray(g)
+        assert g.dtype == w.dtype, (g.dtype, w.dtype)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return got
