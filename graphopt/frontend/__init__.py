@@ -75,7 +75,7 @@ def import_onnx(
     check_shapes(model)
     inputs = _guarded("reading the model's inputs", input_specs, model)
     try:
-        from tvm.relax.frontend.onnx import from_onnx
+        from .importer import from_onnx
 
         mod = from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs})
     except GraphoptError:

@@ -15,9 +15,10 @@ def converted_op_types() -> set[str]:
     """Operators with a converter: TVM's table, graphopt's ONNX rewrites and Relax converters."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
+    from .converters import registry
     from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
 
-    return set(_get_convert_map()) | _BUILTIN | REWRITTEN
+    return set(_get_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
 
 
 def expanded_op_types() -> set[str]:

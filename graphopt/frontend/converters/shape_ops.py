@@ -1,0 +1,1 @@
+"""Shape-changing operators whose shape operand is a run-time input."""
