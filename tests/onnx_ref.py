@@ -45,6 +45,14 @@ def check_against_ort(
     """graphopt's -O2 x86 build matches onnxruntime: dtype, shape and values."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     want = session.run(None, feeds)
+    # Declare each output's type as an exporter would: a shape that depends on run-time
+    # operands (Resize scales, Reshape's shape) is not inferable from the graph alone.
+    for value, array in zip(model.graph.output, want):
+        value.CopyFrom(
+            helper.make_tensor_value_info(
+                value.name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)
+            )
+        )
     out = Path(tempfile.mkdtemp(dir=tmp_path)) / "artifact"
     graphopt.compile(
         model, out, target="x86", opt_level=2, input_shapes={k: v.shape for k, v in feeds.items()}

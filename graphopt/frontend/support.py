@@ -28,6 +28,17 @@ def expanded_op_types() -> set[str]:
     return function_op_types() - converted_op_types()
 
 
+def own_converter_types() -> tuple[set[str], set[str]]:
+    """graphopt's Relax converters: (operators TVM lacks, operators whose TVM converter they
+    extend to run-time operands)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from .converters import registry
+
+    own, tvm = set(registry()), set(_get_convert_map())
+    return own - tvm, own & tvm
+
+
 def supported_op_types() -> set[str]:
     return converted_op_types() | expanded_op_types()
 

@@ -64,3 +64,26 @@ def axis_flags(bb: relax.BlockBuilder, axes, rank: int) -> relax.Expr:
 
 def is_const(expr) -> bool:
     return isinstance(expr, tvm.ir.GenericConst)
+
+
+def tvm_convert(bb: relax.BlockBuilder, op: str, inputs: list, attrs: dict, opset: int):
+    """TVM's own converter for `op`, called on inputs made constant by the caller."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return _get_convert_map()[op].get_converter(opset)(bb, inputs, attrs, [{}, {}])
+
+
+def scalar_axis(bb: relax.BlockBuilder, axis, rank: int) -> relax.Expr:
+    """A run-time axis (0-d or one element) as a wrapped 0-d int64 tensor."""
+    axis = bb.normalize(relax.op.reshape(relax.op.astype(axis, "int64"), []))
+    wrapped = relax.op.add(axis, i64(rank))
+    return bb.normalize(relax.op.where(relax.op.less(axis, i64(0)), wrapped, axis))
+
+
+def select_by_axis(bb: relax.BlockBuilder, axis, rank: int, build) -> relax.Expr:
+    """build(d) for the run-time axis d: every candidate is built, one is kept per element."""
+    axis = scalar_axis(bb, axis, rank)
+    out = bb.normalize(build(rank - 1))
+    for d in range(rank - 1):
+        out = bb.normalize(relax.op.where(relax.op.equal(axis, i64(d)), build(d), out))
+    return out
