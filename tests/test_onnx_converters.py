@@ -158,3 +158,37 @@ def test_recurrent_sequence_lens(tmp_path):
     check_against_ort(
         one_node_model(node, feeds, ["y", "y_h"], 14), feeds, tmp_path, rtol=1e-4, atol=1e-5
     )
+
+
+def test_pad_runtime_axes(tmp_path):
+    inputs = {
+        "x": rand(2, 3, 4),
+        "pads": np.array([1, 0, 2, 1], np.int64),
+        "value": np.array(-1, np.float32),
+        "axes": np.array([-1, 0], np.int64),
+    }
+    run(tmp_path, "Pad", inputs)
+
+
+# ---------------------------------------------------------------- element-wise
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        (rand(3, 4), np.array([2, 3, 1, 0], np.int64)),
+        (np.array([2, -3, 4], np.int32), np.array([3, 3, 2], np.int32)),
+    ],
+)
+def test_pow_mixed_types(tmp_path, x, y):
+    run(tmp_path, "Pow", {"x": x, "e": y}, opset=15)
+
+
+def test_isinf_one_sign(tmp_path):
+    x = np.array([-np.inf, np.inf, 1.0, np.nan], np.float32)
+    run(tmp_path, "IsInf", {"x": x}, detect_negative=0)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization(tmp_path, p):
+    run(tmp_path, "LpNormalization", {"x": rand(3, 4)}, axis=0, p=p)

@@ -11,7 +11,7 @@ import numpy as np
 from tvm import relax
 
 from . import converter
-from ._util import const_value, i64, is_const, static_shape, to_shape
+from ._util import const_value, i64, is_const, normalized_axes, static_shape, to_shape
 
 
 def _source_index(op, src, n: int, begin, end, mode: str):
@@ -44,12 +44,14 @@ def pad_runtime_pads(bb, op, inputs, attrs, opset):
     shape = static_shape(x)
     if opset < 11 or pads is None or is_const(pads) or shape is None:
         return None
-    if axes_in is not None and not is_const(axes_in):
-        return None
     rank, mode = len(shape), attrs.get("mode", b"constant").decode()
-    axes = [int(a) % rank for a in const_value(axes_in)] if axes_in is not None else range(rank)
-    axes = list(axes)
     pads = bb.normalize(relax.op.astype(pads, "int64"))
+    if axes_in is None:
+        axes = list(range(rank))
+    elif is_const(axes_in):
+        axes = [int(a) % rank for a in const_value(axes_in)]
+    else:
+        pads, axes = _pads_for_every_dim(bb, pads, axes_in, rank), list(range(rank))
     begins = relax.op.strided_slice(pads, [0], [0], [len(axes)])
     ends = relax.op.strided_slice(pads, [0], [len(axes)], [2 * len(axes)])
     lengths = relax.op.add(relax.op.add(i64([shape[a] for a in axes]), begins), ends)
@@ -72,6 +74,20 @@ def pad_runtime_pads(bb, op, inputs, attrs, opset):
             fill = _fill(value, str(x.ty.dtype))
             y = bb.normalize(relax.op.where(inside, y, fill))
     return y
+
+
+def _pads_for_every_dim(bb, pads, axes, rank: int):
+    """Pads of run-time `axes` spread to a (begins, ends) pair for every dim."""
+    count = static_shape(axes)[0]
+    named = relax.op.reshape(normalized_axes(bb, axes, rank), [count, 1])
+    hits = relax.op.astype(relax.op.equal(named, i64(np.arange(rank)[None, :])), "int64")
+    halves = []
+    for half in range(2):
+        part = relax.op.strided_slice(pads, [0], [half * count], [(half + 1) * count])
+        halves.append(
+            relax.op.sum(relax.op.multiply(hits, relax.op.reshape(part, [count, 1])), [0])
+        )
+    return bb.normalize(relax.op.concat(halves, axis=0))
 
 
 def _fill(value, dtype: str):
