@@ -40,13 +40,15 @@ def isinf_one_sign(bb, op, inputs, attrs, opset):
 
 @converter("LpNormalization")
 def lp_normalization(bb, op, inputs, attrs, opset):
-    """x / ||x||_p along one axis (p = 1 or 2)."""
+    """x / ||x||_p along one axis (p = 1 or 2); 0 where the norm is 0 (not 0/0)."""
     x, axis, p = inputs[0], attrs.get("axis", -1), attrs.get("p", 2)
     if p == 1:
         norm = OP.sum(OP.abs(x), [axis], keepdims=True)
     else:
         norm = OP.sqrt(OP.sum(OP.multiply(x, x), [axis], keepdims=True))
-    return OP.divide(x, norm)
+    norm = bb.normalize(norm)
+    zero = relax.const(0, str(x.ty.dtype))
+    return OP.where(OP.equal(norm, zero), zero, OP.divide(x, norm))
 
 
 @converter("CumProd")

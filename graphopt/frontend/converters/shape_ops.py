@@ -125,3 +125,21 @@ def one_hot_runtime_depth(bb, op, inputs, attrs, opset):
     off = relax.op.take(values, i64(0), axis=0)
     on = relax.op.take(values, i64(1), axis=0)
     return relax.op.where(hot, on, off)
+
+
+@converter("Shape")
+def shape_of_dynamic(bb, op, inputs, attrs, opset):
+    """A shape known only at run time, as an int64 tensor.
+
+    TVM's converter returns a ShapeExpr, which only a few of its converters accept; after a
+    data-dependent operator (a Pad or Resize of run-time size) arithmetic on it fails.
+    """
+    x = inputs[0]
+    if not isinstance(x.ty, relax.TensorType) or static_shape(x) is not None or x.ty.ndim < 0:
+        return None
+    rank = int(x.ty.ndim)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = max(min(start % rank if start < 0 else start, rank), 0), end
+    end = max(min(end + rank if end < 0 else end, rank), 0)
+    dims = bb.normalize(relax.op.shape_to_tensor(relax.op.shape_of(x)))
+    return relax.op.strided_slice(dims, [0], [start], [max(end, start)])
