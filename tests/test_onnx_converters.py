@@ -7,6 +7,8 @@ import pytest
 from onnx import helper
 from onnx_ref import check_against_ort, one_node_model
 
+import graphopt
+
 RNG = np.random.default_rng(1)
 
 
@@ -192,3 +194,29 @@ def test_isinf_one_sign(tmp_path):
 @pytest.mark.parametrize("p", [1, 2])
 def test_lp_normalization(tmp_path, p):
     run(tmp_path, "LpNormalization", {"x": rand(3, 4)}, axis=0, p=p)
+
+
+@pytest.mark.parametrize("to, x", [(6, rand(2, 3)), (1, np.array([1, -7, 1 << 30], np.int32))])
+def test_bitcast(tmp_path, to, x):
+    """Opset-26 BitCast; onnxruntime may not have it yet, so numpy's view is the reference."""
+    node = helper.make_node("BitCast", ["x"], ["y"], to=to)
+    model = one_node_model(node, {"x": x}, ["y"], 26)
+    want = x.view(np.int32 if to == 6 else np.float32)
+    out = tmp_path / "a"
+    graphopt.compile(model, out, target="x86", opt_level=2, input_shapes={"x": x.shape})
+    got = graphopt.load(out).run({"x": x})["y"]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("time_axis", [0, 1])
+def test_reverse_sequence(tmp_path, time_axis):
+    inputs = {
+        "x": rand(4, 3),
+        "lens": np.array([1, 4, 3] if time_axis == 0 else [2, 1, 4, 3], np.int64),
+    }
+    if time_axis == 1:
+        inputs["x"] = rand(4, 5)
+        inputs["lens"] = np.array([2, 1, 5, 3], np.int64)
+    run(
+        tmp_path, "ReverseSequence", inputs, opset=10, time_axis=time_axis, batch_axis=1 - time_axis
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from . import converter
-from ._util import const_value, is_const, select_by_axis, static_shape
+from ._util import const_value, i64, is_const, select_by_axis, static_shape
 
 OP = relax.op
 
@@ -68,3 +69,42 @@ def cumprod(bb, op, inputs, attrs, opset):
     if is_const(axis):
         return along(int(const_value(axis).reshape(-1)[0]) % len(shape))
     return select_by_axis(bb, axis, len(shape), along)
+
+
+@converter("BitCast")
+def bitcast(bb, op, inputs, attrs, opset):
+    """Reinterpret the bits as another type of the same width (TIR's reinterpret)."""
+    import onnx
+    from tvm import te, tirx
+
+    x = inputs[0]
+    to = onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]).name
+    if str(x.ty.dtype) == "bool" or to == "bool":  # one byte holding 0 or 1 either way
+        return OP.astype(x, to)
+
+    def compute(t):
+        return te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i)), name="bitcast")
+
+    return bb.emit_te(compute, x)
+
+
+@converter("ReverseSequence")
+def reverse_sequence(bb, op, inputs, attrs, opset):
+    """Each batch entry's first seq_len steps reversed: a gather with a per-entry index map."""
+    x, lens = inputs
+    shape = static_shape(x)
+    if shape is None:
+        return None
+    t_axis, b_axis = attrs.get("time_axis", 0), attrs.get("batch_axis", 1)
+    steps, batch = shape[t_axis], shape[b_axis]
+    t = i64(np.arange(steps).reshape((steps, 1) if t_axis == 0 else (1, steps)))
+    n = OP.reshape(OP.astype(lens, "int64"), (1, batch) if t_axis == 0 else (batch, 1))
+    src = OP.where(OP.less(t, n), OP.subtract(OP.subtract(n, i64(1)), t), t)  # [T,B] or [B,T]
+    index = OP.reshape(src, _index_shape(shape, t_axis, b_axis))
+    index = bb.normalize(OP.broadcast_to(index, shape))
+    return OP.gather_elements(x, index, axis=t_axis)
+
+
+def _index_shape(shape, t_axis, b_axis):
+    """The [T, B] index map's shape inside x's rank (other dims broadcast)."""
+    return [shape[d] if d in (t_axis, b_axis) else 1 for d in range(len(shape))]
