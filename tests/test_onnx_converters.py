@@ -220,3 +220,22 @@ def test_reverse_sequence(tmp_path, time_axis):
     run(
         tmp_path, "ReverseSequence", inputs, opset=10, time_axis=time_axis, batch_axis=1 - time_axis
     )
+
+
+def test_resize_runtime_scales_for_some_axes(tmp_path):
+    inputs = {"x": rand(1, 2, 3, 4), "scales": np.array([2, 3], np.float32)}
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], axes=[3, 2], mode="nearest")
+    check_against_ort(one_node_model(node, inputs, ["y"], 19), inputs, tmp_path)
+
+
+def test_resize_runtime_sizes_keep_aspect_ratio(tmp_path):
+    inputs = {"x": rand(1, 1, 4, 4), "sizes": np.array([2, 3], np.int64)}
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "", "sizes"],
+        ["y"],
+        axes=[2, 3],
+        mode="linear",
+        keep_aspect_ratio_policy="not_smaller",
+    )
+    check_against_ort(one_node_model(node, inputs, ["y"], 19), inputs, tmp_path, rtol=1e-4)

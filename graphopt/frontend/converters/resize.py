@@ -24,12 +24,36 @@ def _present(expr) -> bool:
     return not (shape is not None and shape == [0])
 
 
-def _out_sizes(bb, x_shape, scales, sizes):
+def _spread(values, axes: list[int], rank: int, fill: np.ndarray):
+    """Values given for `axes` placed in a full-rank vector; other dims take `fill`."""
+    hits = np.zeros((len(axes), rank), np.float32)
+    hits[np.arange(len(axes)), axes] = 1
+    placed = relax.op.sum(
+        relax.op.multiply(relax.const(hits), relax.op.reshape(values, [len(axes), 1])), [0]
+    )
+    untouched = relax.const(fill * (1 - hits.sum(0)).astype(np.float32))
+    return relax.op.add(placed, untouched)
+
+
+def _out_sizes(bb, x_shape, scales, sizes, axes: list[int], policy: str):
+    """Output dims as an int64 tensor: floor(dim * scale), or the sizes after the policy."""
+    dims = np.asarray(x_shape, np.float32)
     if _present(sizes):
-        return bb.normalize(relax.op.astype(sizes, "int64"))
-    dims = relax.const(np.asarray(x_shape, np.float32))
-    scaled = relax.op.multiply(dims, relax.op.astype(scales, "float32"))
-    return bb.normalize(relax.op.astype(relax.op.floor(scaled), "int64"))
+        given = relax.op.astype(sizes, "float32")
+        if policy != "stretch":
+            ratios = relax.op.divide(given, relax.const(dims[axes]))
+            pick = relax.op.min if policy == "not_larger" else relax.op.max
+            scale = pick(ratios, [0], keepdims=True)
+            given = relax.op.floor(
+                relax.op.add(
+                    relax.op.multiply(scale, relax.const(dims[axes])), relax.const(np.float32(0.5))
+                )
+            )
+        full = _spread(given, axes, len(dims), dims)
+    else:
+        scale = _spread(relax.op.astype(scales, "float32"), axes, len(dims), np.ones_like(dims))
+        full = relax.op.floor(relax.op.multiply(relax.const(dims), scale))
+    return bb.normalize(relax.op.astype(full, "int64"))
 
 
 @converter("Resize")
@@ -43,12 +67,12 @@ def resize_runtime_sizes(bb, op, inputs, attrs, opset):
         return None
     coord_mode = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
     policy = attrs.get("keep_aspect_ratio_policy", b"stretch").decode()
-    if coord_mode == "tf_crop_and_resize" or "axes" in attrs or policy != "stretch":
-        return None
-    if len(shape) not in (3, 4, 5):
-        return None
     rank = len(shape)
-    out = to_shape(bb, _out_sizes(bb, shape, scales, sizes), rank, "resized")
+    if coord_mode == "tf_crop_and_resize" or rank not in (3, 4, 5):
+        return None
+    axes = [int(a) % rank for a in attrs.get("axes", range(rank))]
+    sizes_t = _out_sizes(bb, shape, scales, sizes, axes, policy)
+    out = to_shape(bb, sizes_t, rank, "resized")
     mode = attrs.get("mode", b"nearest").decode()
     kwargs = dict(
         coordinate_transformation_mode=coord_mode,
