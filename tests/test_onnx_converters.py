@@ -239,3 +239,9 @@ def test_resize_runtime_sizes_keep_aspect_ratio(tmp_path):
         keep_aspect_ratio_policy="not_smaller",
     )
     check_against_ort(one_node_model(node, inputs, ["y"], 19), inputs, tmp_path, rtol=1e-4)
+
+
+def test_elu_float16_and_eye_like_dtype(tmp_path):
+    run(tmp_path, "Elu", {"x": rand(2, 5, dtype=np.float16)}, alpha=0.5, rtol=1e-3, atol=1e-3)
+    x = np.zeros((3, 4), np.int32)
+    run(tmp_path, "EyeLike", {"x": x}, opset=9, dtype=1, k=1)

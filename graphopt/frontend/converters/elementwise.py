@@ -108,3 +108,28 @@ def reverse_sequence(bb, op, inputs, attrs, opset):
 def _index_shape(shape, t_axis, b_axis):
     """The [T, B] index map's shape inside x's rank (other dims broadcast)."""
     return [shape[d] if d in (t_axis, b_axis) else 1 for d in range(len(shape))]
+
+
+@converter("Elu")
+def elu_any_float(bb, op, inputs, attrs, opset):
+    """TVM's converter builds float32 constants, which fail on float16/bfloat16 inputs."""
+    x = inputs[0]
+    dtype = str(x.ty.dtype)
+    if dtype == "float32":
+        return None
+    alpha = relax.const(float(attrs.get("alpha", 1.0)), dtype)
+    one = relax.const(1.0, dtype)
+    neg = OP.multiply(alpha, OP.subtract(OP.exp(x), one))
+    return OP.where(OP.greater(x, relax.const(0.0, dtype)), x, neg)
+
+
+@converter("EyeLike")
+def eye_like_dtype(bb, op, inputs, attrs, opset):
+    """The `dtype` attribute may differ from the input's (TVM's converter rejects that)."""
+    import onnx
+
+    if "dtype" not in attrs:
+        return None
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(attrs["dtype"]).name
+    eye = bb.normalize(OP.eye_like(inputs[0], attrs.get("k", 0)))
+    return OP.astype(eye, dtype)
