@@ -145,8 +145,9 @@ def operators_markdown() -> str:
         "† no converter: imported as the function body the ONNX standard defines for it "
         "(`graphopt/frontend/expand.py`).",
         "",
-        "‡ graphopt's own converter (`graphopt/frontend/converters/`). "
-        "TVM's converter is extended there to operands known only at run time for: "
+        "‡ graphopt's own converter (`graphopt/frontend/converters/`). It also takes over, "
+        "from TVM's converter, the cases that converter rejects or gets wrong (operands known "
+        "only at run time, some attributes and dtypes) for: "
         + ", ".join(f"`{op}`" for op in sorted(extended))
         + ".",
     ]
