@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import onnx
 import tvm
-from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
+from .. import _tvm
 from .converters import registry
 
 
-class GraphoptImporter(tvm_onnx.ONNXGraphImporter):
+class GraphoptImporter(_tvm.onnx_importer_class()):
     """Routes each node to a graphopt converter when one applies, else to TVM's table."""
 
     def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-        known = set(tvm_onnx._get_convert_map()) | set(registry()) | {"If", "Constant"}
+        known = set(_tvm.onnx_convert_map()) | set(registry()) | {"If", "Constant"}
         missing = {n.op_type for n in graph.node} - known
         if missing:
             raise tvm.error.OpNotImplemented(

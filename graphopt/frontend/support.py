@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from .. import _tvm
 from ..errors import UnsupportedOperatorError
 
 # Handled by the importer outside its converter table.
@@ -13,12 +14,10 @@ _STANDARD_DOMAINS = {"", "ai.onnx"}
 
 def converted_op_types() -> set[str]:
     """Operators with a converter: TVM's table, graphopt's ONNX rewrites and Relax converters."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
     from .converters import registry
     from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
 
-    return set(_get_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
+    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
 
 
 def expanded_op_types() -> set[str]:
@@ -31,12 +30,10 @@ def expanded_op_types() -> set[str]:
 def own_converter_types() -> tuple[set[str], set[str]]:
     """graphopt's Relax converters: (operators TVM lacks, operators whose TVM converter they
     extend to run-time operands)."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
     from .converters import registry
 
-    own, tvm = set(registry()), set(_get_convert_map())
-    return own - tvm, own & tvm
+    own, theirs = set(registry()), set(_tvm.onnx_convert_map())
+    return own - theirs, own & theirs
 
 
 def supported_op_types() -> set[str]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax, tirx
+
+from ... import _tvm
 
 
 def const_value(expr) -> np.ndarray | None:
     """The value of a constant input (initializer or folded Constant), else None."""
-    if isinstance(expr, tvm.ir.GenericConst):
-        return expr.value.numpy()
-    return None
+    return _tvm.constant_value(expr) if _tvm.is_constant(expr) else None
 
 
 def static_shape(expr) -> list[int] | None:
@@ -25,17 +24,8 @@ def static_shape(expr) -> list[int] | None:
         return None
 
 
-def ndim(expr) -> int:
-    return int(expr.ty.ndim)
-
-
-def i64(value) -> relax.Constant:
+def i64(value) -> relax.Expr:
     return relax.const(np.asarray(value, dtype=np.int64), "int64")
-
-
-def shape_tensor(bb: relax.BlockBuilder, expr) -> relax.Expr:
-    """The input's shape as a 1-D int64 tensor (known or not at compile time)."""
-    return bb.normalize(relax.op.shape_to_tensor(relax.op.shape_of(expr)))
 
 
 def to_shape(bb: relax.BlockBuilder, tensor, rank: int, prefix: str) -> relax.ShapeExpr:
@@ -63,14 +53,12 @@ def axis_flags(bb: relax.BlockBuilder, axes, rank: int) -> relax.Expr:
 
 
 def is_const(expr) -> bool:
-    return isinstance(expr, tvm.ir.GenericConst)
+    return _tvm.is_constant(expr)
 
 
 def tvm_convert(bb: relax.BlockBuilder, op: str, inputs: list, attrs: dict, opset: int):
     """TVM's own converter for `op`, called on inputs made constant by the caller."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
-    return _get_convert_map()[op].get_converter(opset)(bb, inputs, attrs, [{}, {}])
+    return _tvm.onnx_convert_map()[op].get_converter(opset)(bb, inputs, attrs, [{}, {}])
 
 
 def scalar_axis(bb: relax.BlockBuilder, axis, rank: int) -> relax.Expr:
