@@ -89,3 +89,9 @@ def test_supported_nodes_are_left_alone():
 def test_expanded_ops_are_listed_as_supported():
     assert {"Celu", "NegativeLogLikelihoodLoss", "RotaryEmbedding"} <= supported_op_types()
     assert "LinearAttention" not in supported_op_types()  # its body is a Scan
+
+
+def test_castlike_with_an_empty_like_tensor(tmp_path):
+    """`like` only gives the type: after expansion no node reads it, so its size is no issue."""
+    inputs = {"x": rand(3, 4), "like": np.zeros((0,), np.float16)}
+    run(tmp_path, "CastLike", inputs, opset=21)

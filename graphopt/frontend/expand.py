@@ -33,7 +33,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def _rank(types: dict[str, onnx.TypeProto], name: str) -> int | None:
+def _rank(types, name: str) -> int | None:
     t = types.get(name)
     if t is None or not t.tensor_type.HasField("shape"):
         return None
@@ -54,6 +54,9 @@ def _rms_norm_axis0(node: onnx.NodeProto, types) -> bool:
 # Operators TVM's table has but gets wrong in the cases named: expand those nodes only.
 BOTCHED: dict[str, Callable[[onnx.NodeProto, dict], bool]] = {
     "Attention": lambda node, types: True,  # TVM's "Attention" is com.microsoft's
+    # Not wrong, but its body is one Cast with the type spelled out: the `like` operand, read
+    # only for its type, is then no input of the computation (it may be an empty tensor).
+    "CastLike": lambda node, types: True,
     "LayerNormalization": _layer_norm_stats,
     "RMSNormalization": _rms_norm_axis0,
 }
@@ -171,9 +174,21 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
+class _LazyTypes:
+    """Value types from shape inference, run on first use (most models never need it)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model, self.types = model, None
+
+    def get(self, name: str, default=None):
+        if self.types is None:
+            self.types = _value_types(self.model)
+        return self.types.get(name, default)
+
+
 def _round(model: onnx.ModelProto, supported: set[str]) -> bool:
     """Point each node to expand at a local function holding its body; False if none."""
-    opsets, types = _opsets(model), None
+    opsets, types = _opsets(model), _LazyTypes(model)
     added: dict[bytes, str] = {}
     for node in model.graph.node:
         standard = node.domain in _STANDARD
@@ -183,7 +198,6 @@ def _round(model: onnx.ModelProto, supported: set[str]) -> bool:
         schema = _schema(node, opsets)
         if schema is None:
             continue
-        types = types if types is not None else _value_types(model)
         if botched and not BOTCHED[node.op_type](node, types):
             continue
         _add_defaults(node, schema)
