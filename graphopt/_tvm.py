@@ -201,6 +201,25 @@ def constant_value(const: Any) -> np.ndarray:
     return const.value.numpy()
 
 
+def is_constant(expr: Any) -> bool:
+    """Whether a Relax expression is a constant (`tvm.ir.GenericConst` in 0.27)."""
+    return isinstance(expr, tvm.ir.GenericConst)
+
+
+def onnx_convert_map() -> dict[str, Any]:
+    """TVM's ONNX converter table, op type -> converter class (a private function in 0.27)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return _get_convert_map()
+
+
+def onnx_importer_class() -> type:
+    """TVM's ONNX graph importer, which graphopt's importer subclasses."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    return ONNXGraphImporter
+
+
 def single_block_store(func: Any, num_params: int) -> Any | None:
     """The BufferStore of a PrimFunc made of one block with `num_params` params, else None.
 

@@ -119,13 +119,17 @@ def passes_markdown() -> str:
 def operators_markdown() -> str:
     """The ONNX operators the importer accepts (graphopt.frontend.support), by first letter."""
     from .frontend import quantized
-    from .frontend.support import supported_op_types
+    from .frontend.support import expanded_op_types, own_converter_types, supported_op_types
 
     ops = sorted(supported_op_types(), key=str.lower)
     rewritten = set(quantized.REWRITTEN)
+    expanded = expanded_op_types()
+    own, extended = own_converter_types()
+    marks = {**dict.fromkeys(rewritten, "\\*"), **dict.fromkeys(expanded, "†")}
+    marks.update(dict.fromkeys(own, "‡"))
     groups: dict[str, list[str]] = {}
     for op in ops:
-        shown = f"{op}\\*" if op in rewritten else op
+        shown = op + marks.get(op, "")
         groups.setdefault(op[0].upper(), []).append(shown)
     rows = [[letter, ", ".join(names)] for letter, names in sorted(groups.items())]
     ms_ops = sorted(getattr(quantized, "_MS_RULES", {}))
@@ -136,6 +140,15 @@ def operators_markdown() -> str:
         "",
         "\\* rewritten by graphopt before TVM's importer (`graphopt/frontend/quantized.py`): "
         + ", ".join(f"`{op}`" for op in sorted(rewritten))
+        + ".",
+        "",
+        "† no converter: imported as the function body the ONNX standard defines for it "
+        "(`graphopt/frontend/expand.py`).",
+        "",
+        "‡ graphopt's own converter (`graphopt/frontend/converters/`). It also takes over, "
+        "from TVM's converter, the cases that converter rejects or gets wrong (operands known "
+        "only at run time, some attributes and dtypes) for: "
+        + ", ".join(f"`{op}`" for op in sorted(extended))
         + ".",
     ]
     if ms_ops:

@@ -215,17 +215,17 @@ UNSUPPORTED_DOMAIN = "com.example"
 
 def unsupported_ops(seed: int = 5) -> onnx.ModelProto:
     """(f) Two op types TVM cannot import: custom-domain com.example.Foo (nodes 'foo1', 'foo2')
-    and Celu (node 'celu'), between ordinary supported ops (a quantize/dequantize pair)."""
+    and Det (node 'det'), between ordinary supported ops (a quantize/dequantize pair)."""
     g = GraphBuilder(seed)
     scale, zero = g.const(np.float32(0.05)), g.const(np.uint8(128))
     xq = g.op("QuantizeLinear", ["x", scale, zero], name="quant")
     y = g.op("DequantizeLinear", [xq, scale, zero], name="dequant")
-    y = g.op("Celu", [y], name="celu", alpha=1.0)
+    y = g.op("Det", [y], name="det")
     y = g.op("Foo", [y], name="foo1", domain=UNSUPPORTED_DOMAIN)
     y = g.op("Foo", [g.op("Relu", [y], name="relu")], name="foo2", domain=UNSUPPORTED_DOMAIN)
     return g.model(
         [_value_info("x", [1, 4, 8, 8])],
-        [("y", y, [1, 4, 8, 8])],
+        [("y", y, [1, 4])],
         "unsupported_ops",
         extra_opsets=[(UNSUPPORTED_DOMAIN, 1)],
     )

@@ -207,7 +207,7 @@ COMPILE_ERRORS = {
     "unsupported-ops": (
         "unsupported_ops",
         [],
-        ["Celu", "celu", "com.example.Foo", "foo1", "foo2"],
+        ["Det", "det", "com.example.Foo", "foo1", "foo2"],
     ),
     "dynamic-dims": ("dynamic_batch", [], ["x (N,16)", "--input-shape"]),
     "unknown-input-shape": ("dynamic_batch", ["--input-shape", "bogus=3,16"], ["bogus", "x"]),

@@ -13,10 +13,11 @@ from tvm import relax
 
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
+from .expand import expand_functions
 from .load import load_model
 from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
-from .support import check_supported
+from .support import check_supported, converted_op_types
 from .validate import check_shapes, check_structure
 
 __all__ = ["ImportedModel", "import_onnx", "parse_shape_arg", "TensorSpec"]
@@ -63,6 +64,7 @@ def import_onnx(
     check_structure(model)
     model = make_static(model, dict(input_shapes or {}))
     model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
+    model = _guarded("ONNX expansion of function operators", _expand, model)
     lap("load")
     check_supported(model)
     if cleanup:
@@ -73,7 +75,7 @@ def import_onnx(
     check_shapes(model)
     inputs = _guarded("reading the model's inputs", input_specs, model)
     try:
-        from tvm.relax.frontend.onnx import from_onnx
+        from .importer import from_onnx
 
         mod = from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs})
     except GraphoptError:
@@ -84,6 +86,10 @@ def import_onnx(
     outputs = _relax_output_specs(mod, output_specs(model))
     say(f"import: Relax module ready ({sum(seconds.values()):.1f}s)")
     return ImportedModel(mod, model, inputs, outputs, sha, seconds, nodes_in)
+
+
+def _expand(model: onnx.ModelProto) -> onnx.ModelProto:
+    return expand_functions(model, converted_op_types())
 
 
 def _guarded(step: str, fn, model: onnx.ModelProto):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from .. import _tvm
 from ..errors import UnsupportedOperatorError
 
 # Handled by the importer outside its converter table.
@@ -11,12 +12,32 @@ _BUILTIN = {"Constant", "If"}
 _STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
-def supported_op_types() -> set[str]:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
+def converted_op_types() -> set[str]:
+    """Operators with a converter: TVM's table, graphopt's ONNX rewrites and Relax converters."""
+    from .converters import registry
     from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
 
-    return set(_get_convert_map()) | _BUILTIN | REWRITTEN
+    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
+
+
+def expanded_op_types() -> set[str]:
+    """Default-domain operators without a converter that import through their function body."""
+    from .expand import function_op_types
+
+    return function_op_types() - converted_op_types()
+
+
+def own_converter_types() -> tuple[set[str], set[str]]:
+    """graphopt's Relax converters: (operators TVM lacks, operators whose TVM converter they
+    extend to run-time operands)."""
+    from .converters import registry
+
+    own, theirs = set(registry()), set(_tvm.onnx_convert_map())
+    return own - theirs, own & theirs
+
+
+def supported_op_types() -> set[str]:
+    return converted_op_types() | expanded_op_types()
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -31,8 +52,11 @@ def _all_nodes(graph: onnx.GraphProto):
 
 
 def check_supported(model: onnx.ModelProto) -> None:
-    """Raise UnsupportedOperatorError listing each unsupported op type with its node names."""
-    supported = supported_op_types()
+    """Raise UnsupportedOperatorError listing each unsupported op type with its node names.
+
+    Runs after the function expansion, so what is left needs a converter of its own.
+    """
+    supported = converted_op_types()
     local_functions = {(f.domain, f.name) for f in model.functions}
     missing: dict[str, list[str]] = {}
     for i, node in enumerate(_all_nodes(model.graph)):

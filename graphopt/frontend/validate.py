@@ -98,7 +98,12 @@ def check_shapes(model: onnx.ModelProto) -> None:
         if node.op_type in _WINDOWED and node.input and node.input[0] in shapes:
             _check_window_fits(node, shapes)
     weights = {t.name for t in inferred.graph.initializer}
+    # An input no node reads carries nothing to compute on (CastLike's `like` after expansion).
+    read = {name for node in _all_nodes(inferred.graph) for name in node.input}
+    outputs = {v.name for v in inferred.graph.output}
     for value in [*inferred.graph.input, *inferred.graph.output]:
+        if value.name not in read and value.name not in outputs:
+            continue
         if value.name not in weights and 0 in shapes.get(value.name, [1]):
             raise InvalidModelError(
                 f"'{value.name}' has shape {shapes[value.name]}: graphopt does not compile "
