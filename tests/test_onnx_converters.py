@@ -8,6 +8,7 @@ from onnx import helper
 from onnx_ref import check_against_ort, one_node_model
 
 import graphopt
+from graphopt.frontend import import_onnx
 
 RNG = np.random.default_rng(1)
 
@@ -245,3 +246,33 @@ def test_elu_float16_and_eye_like_dtype(tmp_path):
     run(tmp_path, "Elu", {"x": rand(2, 5, dtype=np.float16)}, alpha=0.5, rtol=1e-3, atol=1e-3)
     x = np.zeros((3, 4), np.int32)
     run(tmp_path, "EyeLike", {"x": x}, opset=9, dtype=1, k=1)
+
+
+# ---------------------------------------------------------------- detection
+
+
+def _nms_inputs() -> dict[str, np.ndarray]:
+    boxes = np.array([[[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, 2, 1, 3]]], np.float32)
+    return {
+        "boxes": boxes,
+        "scores": np.array([[[0.9, 0.8, 0.7]]], np.float32),
+        "max_boxes": np.array([2], np.int64),
+        "iou": np.array([0.5], np.float32),
+    }
+
+
+def test_nms_with_runtime_limits_is_refused():
+    """TVM's converter would run it with 0 boxes and IoU 0.5: refuse instead."""
+    inputs = _nms_inputs()
+    node = helper.make_node("NonMaxSuppression", list(inputs), ["y"])
+    model = one_node_model(node, inputs, ["y"], 18)
+    with pytest.raises(graphopt.GraphoptError, match="NonMaxSuppression with a run-time"):
+        import_onnx(model)
+
+
+def test_nms_with_constant_limits(tmp_path):
+    inputs = _nms_inputs()
+    limits = {k: inputs.pop(k) for k in ("max_boxes", "iou")}
+    node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_boxes", "iou"], ["y"])
+    model = one_node_model(node, inputs, ["y"], 18, initializers=limits)
+    check_against_ort(model, inputs, tmp_path)
