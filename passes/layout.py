@@ -46,6 +46,7 @@ from tvm import relax, tirx
 from graphopt import _tvm
 from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, make_pass, register_pass
+from graphopt.scalar_kernels import raise_scalar_elementwise
 
 _TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
 
@@ -81,7 +82,7 @@ class Layout(GraphPass):
         new = _inline_conv_groups(mod)
         if new is not mod:  # a pad kernel the group held may now fold into the next conv
             new = make_pass("fold-pad").run(new).module
-        new, stats["elementwise_raised"] = _raise_scalar_elementwise(new)
+        new, stats["elementwise_raised"] = raise_scalar_elementwise(new)
         new, stats["ops_declined"], declined = _wrap_declined(new)
         desired = {"relax.nn.conv2d": [self.options.data_layout, self.options.kernel_layout]}
 
@@ -275,90 +276,6 @@ def _unwrap_declined(mod: tvm.IRModule, calls: dict) -> tvm.IRModule:
     new, _ = rewrite_relax_functions(mod, lambda m: _UnwrapDeclined(m, calls))
     kept = {gv: f for gv, f in new.functions.items() if gv.name_hint not in calls}
     return tvm.IRModule(kept, attrs=new.attrs)
-
-
-# --------------------------------------------------------------------------------------------
-# Scalar elementwise kernels back to Relax operators
-
-_TIR_TO_RELAX = {
-    tirx.Max: relax.op.maximum,
-    tirx.Min: relax.op.minimum,
-    tirx.Add: relax.op.add,
-    tirx.Mul: relax.op.multiply,
-}
-
-
-def _scalar_elementwise(func) -> object | None:
-    """The Relax op of `out[i..] = op(x[i..], s[()])` (either order), else None.
-
-    Read from the kernel's single block: one store indexed by the block's own iterators, a
-    value that is one max / min / add / multiply of a load of the first parameter at those
-    indices and a load of a 0-d second parameter.
-    """
-    store = _tvm.single_block_store(func, 3)
-    if store is None:
-        return None
-    make = _TIR_TO_RELAX.get(type(store.value))
-    if make is None:
-        return None
-    x_buf, s_buf = func.params[0], func.params[1]
-    operands = [store.value.a, store.value.b]
-    loads = [e for e in operands if isinstance(e, tvm.ir.TensorLoad)]
-    if len(loads) != 2:
-        return None
-    tensor = [ld for ld in loads if ld.source.same_as(x_buf)]
-    scalar = [ld for ld in loads if ld.source.same_as(s_buf)]
-    if len(tensor) != 1 or len(scalar) != 1 or len(scalar[0].indices) != 0:
-        return None
-    idx = list(tensor[0].indices)
-    if len(idx) != len(store.indices) or any(
-        not (isinstance(i, tirx.Var) and i.same_as(j)) for i, j in zip(idx, store.indices)
-    ):
-        return None
-    if not store.buffer.same_as(func.params[2]):
-        return None
-    return make
-
-
-@relax.expr_functor.mutator
-class _Raise(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, ops: dict) -> None:
-        super().__init__(mod)
-        self.ops = ops  # kernel GlobalVar name -> Relax op
-        self.count = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
-            return call
-        make = self.ops.get(call.args[0].name_hint)
-        args = call.args[1]
-        if make is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
-            return call
-        x, s = args.fields
-        xt, st, out = x.ty, s.ty, call.ty
-        if not (
-            isinstance(xt, relax.TensorType)
-            and isinstance(st, relax.TensorType)
-            and st.ndim == 0
-            and isinstance(out, relax.TensorType)
-            and _tvm.structural_equal(xt.shape, out.shape)
-            and xt.dtype == out.dtype == st.dtype
-        ):
-            return call
-        self.count += 1
-        return make(x, s)
-
-
-def _raise_scalar_elementwise(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
-    ops = {}
-    for gvar, func in mod.functions.items():
-        make = _scalar_elementwise(func)
-        if make is not None:
-            ops[gvar.name_hint] = make
-    if not ops:
-        return mod, 0
-    return rewrite_relax_functions(mod, lambda m: _Raise(m, ops))
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tvm import relax, tirx
 
 from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.targets.cuda.passes._scalar_kernels import raise_scalar_elementwise
+from graphopt.scalar_kernels import raise_scalar_elementwise
 
 
 @relax.expr_functor.mutator

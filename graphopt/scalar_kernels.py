@@ -1,10 +1,10 @@
 """The importer's scalar elementwise kernels (Clip as `call_tir` maximum / minimum with a 0-d
 constant) back to Relax operators, recognized by their TIR structure, not their names.
 
-TVM's ToMixedPrecision cannot type such `call_tir` calls ("Expected TensorType, but got
-R.Callable"); as Relax operators they convert like the rest of the graph. The same reading
-as the `layout` pass's (passes/layout.py), kept here because a target does not import a
-pass's private helpers.
+Relax passes cannot see through such `call_tir` calls: the `layout` pass would leave them in
+NCHW between NHWC convs, and TVM's ToMixedPrecision cannot type them ("Expected TensorType,
+but got R.Callable"); as Relax operators they convert like the rest of the graph. Used by the
+`layout` pass and the CUDA target's `mixed-precision`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, tirx
 
-from graphopt import _tvm
-from graphopt.pass_helpers import rewrite_relax_functions
+from . import _tvm
+from .pass_helpers import rewrite_relax_functions
 
 _TIR_TO_RELAX = {
     tirx.Max: relax.op.maximum,
@@ -24,7 +24,9 @@ _TIR_TO_RELAX = {
 
 
 def scalar_elementwise(func) -> object | None:
-    """The Relax op of `out[i..] = op(x[i..], s[()])` (either order), else None."""
+    """The Relax op of `out[i..] = op(x[i..], s[()])` (either order), else None: one store
+    indexed by the block's own iterators, of one max / min / add / multiply of a load of the
+    first parameter at those indices and a load of a 0-d second parameter."""
     store = _tvm.single_block_store(func, 3)
     if store is None or not store.buffer.same_as(func.params[2]):
         return None
@@ -70,6 +72,7 @@ class _Raise(relax.PyExprMutator):
 
 
 def raise_scalar_elementwise(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """Every call of such a kernel as its Relax operator; the module and how many."""
     ops = {}
     for gvar, func in mod.functions.items():
         make = scalar_elementwise(func)
