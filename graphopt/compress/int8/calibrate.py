@@ -160,7 +160,7 @@ def calibrate(
     result = _ranges(layers, seen.hists, seen.maxes, joins, method)
     errored: list[int] = []
     if equalize is not None:
-        errored = _equalize_round(seen, passes, equalize, result, method, act_dtype, joins, say)
+        errored = _equalize_round(seen, passes, equalize, result, act_dtype, say)
         result = _ranges(seen.layers, seen.hists, seen.maxes if channel_max else [], joins, method)
     if bias_correction:
         qparams = [act_qparams(*result[ly.name]["input"], act_dtype) for ly in seen.layers]
@@ -202,7 +202,7 @@ class _Passes:
                 meter.update(i + 1, f"{rate:.1f}/s")
 
 
-def _equalize_round(seen, passes, equalize, first, method, act_dtype, joins, say) -> list[int]:
+def _equalize_round(seen, passes, equalize, first, act_dtype, say) -> list[int]:
     """The equalized module's layers, its rescaled inputs observed again; the other layers'
     activation errors measured in the same pass when bias correction wants them (their
     ranges are final). Returns the layers whose errors were measured."""
