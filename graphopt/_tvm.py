@@ -196,6 +196,18 @@ def well_formed_error(mod: tvm.IRModule) -> str | None:
     return None
 
 
+def static_shape(ty: Any) -> list[int] | None:
+    """The dims of a Relax tensor type when every one is a known integer, else None."""
+    from tvm import relax
+
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return [int(d) for d in ty.shape.values]
+    except (TypeError, AttributeError):
+        return None
+
+
 def constant_value(const: Any) -> np.ndarray:
     """The numpy value of a Relax constant (`tvm.ir.GenericConst.value` in 0.27)."""
     return const.value.numpy()

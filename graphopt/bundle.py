@@ -89,18 +89,12 @@ def fetch_runtime(platform: str = "manylinux_2_28_aarch64") -> Runtime:
     ffi_whl = _wheel(wheels, "apache_tvm_ffi", ffi_version, arch)
     if tvm_whl is None or ffi_whl is None:
         raise BundleError(f"pip did not leave the {arch} TVM wheels in {wheels}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root.parent))
-    try:
+
+    def unpack(tmp: Path) -> None:
         _unpack(tvm_whl, tmp, "tvm/lib/")
         _unpack(ffi_whl, tmp, "tvm_ffi/lib/", "tvm_ffi/include/")
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process unpacked it first
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _publish(root, unpack)
     return Runtime(root, platform)
 
 
@@ -121,9 +115,8 @@ def installed_runtime(extra: tuple[str, ...] = ()) -> Runtime:
     wanted = [*RUNTIME_LIBS, *extra]
     if all((root / "lib" / n).is_file() for n in wanted) and (root / "include").is_dir():
         return Runtime(root, arch)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root.parent))
-    try:
+
+    def copy(tmp: Path) -> None:
         (tmp / "lib").mkdir()
         for lib in wanted:
             src = ffi_root / "lib" / lib if lib == "libtvm_ffi.so" else tvm_lib / lib
@@ -131,14 +124,25 @@ def installed_runtime(extra: tuple[str, ...] = ()) -> Runtime:
                 raise BundleError(f"the installed TVM has no {lib} ({src})")
             shutil.copy2(src, tmp / "lib" / lib)
         shutil.copytree(ffi_root / "include", tmp / "include")
+
+    _publish(root, copy)
+    return Runtime(root, arch)
+
+
+def _publish(root: Path, fill) -> None:
+    """Fill a fresh directory beside `root`, then rename it into place: a cache entry is
+    whole or absent, and of two processes filling it at once the first rename wins."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root.parent))
+    try:
+        fill(tmp)
         try:
             os.replace(tmp, root)
-        except OSError:  # another process copied it first
+        except OSError:  # another process published it first
             shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Runtime(root, arch)
 
 
 def _download_wheels(wheels: Path, platform: str, tvm_version: str, ffi_version: str) -> None:

@@ -47,3 +47,51 @@ def rewrite_relax_functions(
         new = mutator.builder_.get()
         new[gvar] = finish(rewritten)
     return (new, total) if total else (mod, 0)
+
+
+def check_rule_names(pass_name: str, wanted: tuple[str, ...], known: tuple[str, ...]) -> None:
+    """A schedule pass's `rules=` option names only rules it has (one-line PipelineError)."""
+    from graphopt.errors import PipelineError
+
+    unknown = set(wanted) - set(known)
+    if unknown:
+        raise PipelineError(
+            f"{pass_name}: unknown rule {', '.join(sorted(unknown))} (rules: {', '.join(known)})"
+        )
+
+
+def schedule_kernels(
+    mod: tvm.IRModule, schedule: Callable, rule_names, scheduled_attr: str
+) -> tuple[dict, dict[str, int], dict[str, str]]:
+    """Apply a target's rule registry to every kernel not scheduled yet (by tuning records).
+
+    schedule(func) returns an outcome with `rule` (None: no rule applied), `func` and `errors`.
+    Returns ({GlobalVar: outcome} for the scheduled kernels, the counts every schedule pass
+    reports, {kernel name: rule errors})."""
+    stats = {f"scheduled_{r}": 0 for r in rule_names}
+    stats.update(untouched=0, failed=0, already_scheduled=0)
+    done, errors = {}, {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and func.attrs.get(scheduled_attr):
+            stats["already_scheduled"] += 1
+            continue
+        outcome = schedule(func)
+        if outcome.errors:
+            stats["failed"] += 1
+            errors[gvar.name_hint] = "; ".join(outcome.errors)
+        if outcome.rule is None:
+            stats["untouched"] += 1
+            continue
+        stats[f"scheduled_{outcome.rule}"] += 1
+        done[gvar] = outcome
+    return done, stats, errors
+
+
+def with_functions(mod: tvm.IRModule, funcs: dict) -> tvm.IRModule:
+    """`mod` with some functions replaced ({GlobalVar: function})."""
+    new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    for gvar, func in funcs.items():
+        new[gvar] = func
+    return new

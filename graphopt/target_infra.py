@@ -136,6 +136,25 @@ class Target:
 _TARGETS: dict[str, type[Target]] = {}
 
 
+# TVM's Relax VM lowering (its dataflow_lower and finalize passes), shared by every target; a
+# target may insert passes between the two halves (CUDA: `cuda-graphs`).
+VM_LOWER_HEAD = [
+    "tvm.RewriteDataflowReshape",
+    "tvm.ToNonDataflow",
+    "tvm.RemovePurityChecking",
+    "tvm.CallTIRRewrite",
+    "tvm.StaticPlanBlockMemory",
+]
+VM_LOWER_TAIL = [
+    "tvm.LowerAllocTensor",
+    "tvm.KillAfterLastUse",
+    "tvm.LowerRuntimeBuiltin",
+    "tvm.ComputePrimValue",
+    "tvm.VMShapeLower",
+    "tvm.AttachGlobalSymbol",
+]
+
+
 def register_target(cls: type[Target]) -> type[Target]:
     if cls.name in _TARGETS and _TARGETS[cls.name] is not cls:
         raise ValueError(f"target {cls.name!r} registered twice")

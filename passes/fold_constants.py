@@ -51,15 +51,6 @@ def _elements(ty) -> int | None:
         return None
 
 
-def _static_shape(ty) -> list[int] | None:
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(d) for d in ty.shape.values]
-    except (TypeError, AttributeError):
-        return None
-
-
 class _Analysis:
     """Which bindings of a function can be folded, and which of them must become constants."""
 
@@ -89,7 +80,7 @@ class _Analysis:
             return
         var, value = binding.var, binding.value
         if isinstance(value, relax.Call) and _op_name(value) == "relax.shape_of":
-            shape = _static_shape(value.args[0].ty)
+            shape = _tvm.static_shape(value.args[0].ty)
             if shape is not None:
                 self.shapes[var] = relax.ShapeExpr([tvm.tirx.IntImm("int64", d) for d in shape])
                 return

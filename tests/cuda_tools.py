@@ -1,12 +1,30 @@
-"""Skip markers for the CUDA compile tests: they need nvcc and gcc, never a GPU."""
+"""Skip markers and small kernels for the CUDA compile tests: they need nvcc and gcc, never
+a GPU."""
 
 from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
+from tvm import relax, tirx
 
 needs_nvcc = pytest.mark.skipif(
     shutil.which("nvcc") is None or shutil.which("gcc") is None,
     reason="needs nvcc (CUDA toolkit) and gcc: the CUDA target compiles kernels ahead of time",
 )
+
+
+def matmul_kernel() -> tirx.PrimFunc:
+    """The legalized kernel of a [64, 96] x [96, 32] fp32 matmul (dlight's matmul rule)."""
+    from graphopt.targets.cuda.target import Cuda
+
+    a = relax.Var("a", relax.TensorType((64, 96), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [a]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(a, relax.const(np.ones((96, 32), "float32"))))
+        bb.emit_func_output(out)
+    with Cuda().tvm_target():
+        legal = relax.transform.LegalizeOps()(bb.get())
+    return next(f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc))

@@ -66,3 +66,14 @@ def check_against_ort(
         assert g.shape == w.shape, (g.shape, w.shape)
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
     return got
+
+
+def rand(rng: np.random.Generator, *shape, dtype=np.float32) -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def check_op(tmp_path, op, inputs, outputs=("y",), opset=23, rtol=1e-5, atol=1e-5, **attrs):
+    """One `op` node with `attrs` on `inputs` (graph inputs), checked against onnxruntime."""
+    node = helper.make_node(op, list(inputs), list(outputs), **attrs)
+    model = one_node_model(node, inputs, list(outputs), opset)
+    return check_against_ort(model, inputs, tmp_path, rtol=rtol, atol=atol)

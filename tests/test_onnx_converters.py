@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ref
 import pytest
 from onnx import helper
 from onnx_ref import check_against_ort, one_node_model
@@ -14,13 +15,11 @@ RNG = np.random.default_rng(1)
 
 
 def rand(*shape, dtype=np.float32):
-    return RNG.standard_normal(shape).astype(dtype)
+    return onnx_ref.rand(RNG, *shape, dtype=dtype)
 
 
-def run(tmp_path, op, inputs, outputs=("y",), opset=18, rtol=1e-5, atol=1e-5, **attrs):
-    node = helper.make_node(op, list(inputs), list(outputs), **attrs)
-    model = one_node_model(node, inputs, list(outputs), opset)
-    return check_against_ort(model, inputs, tmp_path, rtol=rtol, atol=atol)
+def run(tmp_path, op, inputs, outputs=("y",), opset=18, **kw):
+    return onnx_ref.check_op(tmp_path, op, inputs, outputs, opset, **kw)
 
 
 # ---------------------------------------------------------------- reductions, run-time axes

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ref
 import pytest
 from onnx import helper
-from onnx_ref import check_against_ort, one_node_model
+from onnx_ref import one_node_model
 
 from graphopt.frontend.expand import expand_functions
 from graphopt.frontend.support import converted_op_types, supported_op_types
@@ -14,13 +15,11 @@ RNG = np.random.default_rng(0)
 
 
 def rand(*shape, dtype=np.float32):
-    return RNG.standard_normal(shape).astype(dtype)
+    return onnx_ref.rand(RNG, *shape, dtype=dtype)
 
 
-def run(tmp_path, op, inputs, outputs=("y",), opset=23, rtol=1e-5, atol=1e-5, **attrs):
-    node = helper.make_node(op, list(inputs), list(outputs), **attrs)
-    model = one_node_model(node, inputs, list(outputs), opset)
-    return check_against_ort(model, inputs, tmp_path, rtol=rtol, atol=atol)
+def run(tmp_path, op, inputs, outputs=("y",), opset=23, **kw):
+    return onnx_ref.check_op(tmp_path, op, inputs, outputs, opset, **kw)
 
 
 @pytest.mark.parametrize(

@@ -7,21 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Relax-to-VM lowering shared by every CPU target: TVM's cpu_generic dataflow_lower_passes and
-# finalize_passes, spelled out so the whole flow is visible here.
-CPU_LOWER = [
-    "tvm.RewriteDataflowReshape",
-    "tvm.ToNonDataflow",
-    "tvm.RemovePurityChecking",
-    "tvm.CallTIRRewrite",
-    "tvm.StaticPlanBlockMemory",
-    "tvm.LowerAllocTensor",
-    "tvm.KillAfterLastUse",
-    "tvm.LowerRuntimeBuiltin",
-    "tvm.ComputePrimValue",
-    "tvm.VMShapeLower",
-    "tvm.AttachGlobalSymbol",
-]
+from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
+
+# Relax-to-VM lowering of every CPU target: TVM's VM lowering, nothing inserted.
+CPU_LOWER = [*VM_LOWER_HEAD, *VM_LOWER_TAIL]
 
 # Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
 # TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: fast-erf and

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
+
 # Importer pad kernels folded into the convs (fold-pad), optionally fp16 (mixed-precision),
 # then TVM's CUDA legalization without its dlight step: scheduling is its own stage.
 LEGALIZE_HEAD = [
@@ -18,24 +20,6 @@ LEGALIZE_TAIL = [
     "tvm.FoldConstant",
     "tvm.FuseOps",
     "tvm.FuseTIR",
-]
-
-# TVM's CUDA dataflow_lower_passes and finalize_passes; `cuda-graphs` stands where TVM's
-# RewriteCUDAGraph does.
-LOWER_HEAD = [
-    "tvm.RewriteDataflowReshape",
-    "tvm.ToNonDataflow",
-    "tvm.RemovePurityChecking",
-    "tvm.CallTIRRewrite",
-    "tvm.StaticPlanBlockMemory",
-]
-LOWER_TAIL = [
-    "tvm.LowerAllocTensor",
-    "tvm.KillAfterLastUse",
-    "tvm.LowerRuntimeBuiltin",
-    "tvm.ComputePrimValue",
-    "tvm.VMShapeLower",
-    "tvm.AttachGlobalSymbol",
 ]
 
 
@@ -52,4 +36,5 @@ def schedule_stage(tuning_db: Path | None, rules: tuple[str, ...]) -> list[str]:
 
 
 def lower_stage(cuda_graphs: bool) -> list[str]:
-    return [*LOWER_HEAD, *(["cuda-graphs"] if cuda_graphs else []), *LOWER_TAIL]
+    """TVM's VM lowering; `cuda-graphs` stands where TVM's RewriteCUDAGraph does."""
+    return [*VM_LOWER_HEAD, *(["cuda-graphs"] if cuda_graphs else []), *VM_LOWER_TAIL]

@@ -15,13 +15,7 @@ def const_value(expr) -> np.ndarray | None:
 
 def static_shape(expr) -> list[int] | None:
     """The input's shape when every dim is a known integer."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(d) for d in ty.shape.values]
-    except (TypeError, AttributeError):
-        return None
+    return _tvm.static_shape(expr.ty)
 
 
 def i64(value) -> relax.Expr:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import tvm
 
+from graphopt.pass_helpers import check_rule_names, schedule_kernels, with_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu import schedules as rules
 from graphopt.targets.cpu.int8 import materialize as int8_rules
@@ -67,42 +68,19 @@ class ScheduleCpu(GraphPass):
             count = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
             stats["untouched"] = count
             return PassResult(mod, False, stats)
-        all_rules = set(rules.RULES)
-        enabled = set(self.options.rules) if self.options.rules else all_rules
-        unknown = enabled - all_rules
-        if unknown:
-            from graphopt.errors import PipelineError
-
-            raise PipelineError(
-                f"schedule-cpu: unknown rule {', '.join(sorted(unknown))} "
-                f"(rules: {', '.join(rules.RULES)})"
-            )
-        updates = {}
-        prepack = False
-        self.errors: dict[str, str] = {}
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc):
-                continue
-            if func.attrs is not None and func.attrs.get(rules.SCHEDULED_ATTR):
-                stats["already_scheduled"] += 1
-                continue
-            outcome = rules.schedule_func(func, info, target, enabled)
-            if outcome.errors:
-                stats["failed"] += 1
-                self.errors[gvar.name_hint] = "; ".join(outcome.errors)
-            if outcome.rule is None:
-                stats["untouched"] += 1
-                continue
-            stats[f"scheduled_{outcome.rule}"] += 1
-            updates[gvar] = outcome.func
-            prepack |= outcome.prepack
+        check_rule_names("schedule-cpu", self.options.rules, tuple(rules.RULES))
+        enabled = set(self.options.rules or rules.RULES)
+        done, stats, self.errors = schedule_kernels(
+            mod,
+            lambda func: rules.schedule_func(func, info, target, enabled),
+            rules.RULES,
+            rules.SCHEDULED_ATTR,
+        )
         stats["prepacked_weights"] = 0
-        if not updates:
+        if not done:
             return PassResult(mod, False, stats)
-        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        for gvar, func in updates.items():
-            new[gvar] = func
-        if prepack:
+        new = with_functions(mod, {gvar: o.func for gvar, o in done.items()})
+        if any(o.prepack for o in done.values()):
             new, stats["prepacked_weights"] = _split_prepack(new, self.options.prepack)
         return PassResult(new, True, stats)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import tvm
 
 from graphopt.errors import PipelineError
+from graphopt.pass_helpers import check_rule_names, schedule_kernels, with_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cuda.schedules import rules
 
@@ -37,38 +38,17 @@ class ScheduleCuda(GraphPass):
         target = tvm.target.Target.current(allow_none=True)
         if target is None or target.kind.name != "cuda":
             raise PipelineError("schedule-cuda runs under a CUDA target (`--target cuda`)")
-        unknown = set(self.options.rules) - set(rules.RULES)
-        if unknown:
-            raise PipelineError(
-                f"schedule-cuda: unknown rule {', '.join(sorted(unknown))} "
-                f"(rules: {', '.join(rules.RULES)})"
-            )
-        stats = {f"scheduled_{r}": 0 for r in rules.REPORTED}
-        stats.update(untouched=0, failed=0, already_scheduled=0)
-        self.kernels: dict[str, str] = {}
-        self.errors: dict[str, str] = {}
-        updates = {}
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc):
-                continue
-            if func.attrs is not None and func.attrs.get(rules.SCHEDULED_ATTR):
-                stats["already_scheduled"] += 1
-                continue
-            outcome = rules.schedule_func(func, target, self.options.rules)
-            if outcome.errors:
-                stats["failed"] += 1
-                self.errors[gvar.name_hint] = "; ".join(outcome.errors)
-            if outcome.rule is None:
-                stats["untouched"] += 1
-                continue
-            stats[f"scheduled_{outcome.rule}"] += 1
-            self.kernels[gvar.name_hint] = outcome.rule
-            updates[gvar] = outcome.func
-        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        for gvar, func in updates.items():
-            new[gvar] = func
+        check_rule_names("schedule-cuda", self.options.rules, tuple(rules.RULES))
+        done, stats, self.errors = schedule_kernels(
+            mod,
+            lambda func: rules.schedule_func(func, target, self.options.rules),
+            rules.REPORTED,
+            rules.SCHEDULED_ATTR,
+        )
+        self.kernels = {gvar.name_hint: o.rule for gvar, o in done.items()}
+        new = with_functions(mod, {gvar: o.func for gvar, o in done.items()})
         _check_bound(new)
-        return PassResult(new, bool(updates), stats)
+        return PassResult(new, bool(done), stats)
 
 
 def _check_bound(mod: tvm.IRModule) -> None:

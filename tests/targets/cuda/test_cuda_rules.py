@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
+from cuda_tools import matmul_kernel
 from tvm import relax, tirx
 from tvm.script import relax as R
 
@@ -111,13 +112,7 @@ def test_own_rules_match_the_unscheduled_kernel(name, build, rule):
 
 
 def test_matmul_is_left_to_dlight():
-    a = relax.Var("a", relax.TensorType((64, 96), "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [a]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.op.matmul(a, relax.const(np.ones((96, 32), "float32"))))
-        bb.emit_func_output(out)
-    (func,) = _kernels(bb.get()).values()
+    func = matmul_kernel()
     with Cuda().tvm_target() as target:
         assert rules.schedule_func(func, target).rule == "matmul"
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import tarfile
 
-import numpy as np
 import pytest
 import tvm
-from cuda_tools import needs_nvcc
-from tvm import relax, tirx
+from cuda_tools import matmul_kernel, needs_nvcc
 
 from graphopt.targets.cuda import fatbin
 from graphopt.targets.cuda.target import Cuda
@@ -19,21 +17,9 @@ from graphopt.tuning.tune import _default_schedule, build_without_tensor_intrin
 pytestmark = [pytest.mark.cuda, pytest.mark.tuning, needs_nvcc]
 
 
-def _matmul_kernel() -> tirx.PrimFunc:
-    a = relax.Var("a", relax.TensorType((64, 96), "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [a]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.op.matmul(a, relax.const(np.ones((96, 32), "float32"))))
-        bb.emit_func_output(out)
-    with Cuda().tvm_target():
-        legal = relax.transform.LegalizeOps()(bb.get())
-    return next(f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc))
-
-
 def test_default_schedule_is_the_compile_schedule():
     target = Cuda(Cuda.Options(arch="sm_80")).tvm_target()
-    scheduled = _default_schedule(_matmul_kernel(), target)
+    scheduled = _default_schedule(matmul_kernel(), target)
     assert scheduled is not None and scheduled.attrs["tirx.is_scheduled"]
 
 
@@ -41,7 +27,7 @@ def test_metaschedule_builder_makes_a_fatbin_for_the_arch(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
     target = Cuda(Cuda.Options(arch="sm_80")).tvm_target()
-    kernel = _default_schedule(_matmul_kernel(), target).with_attr("global_symbol", "main")
+    kernel = _default_schedule(matmul_kernel(), target).with_attr("global_symbol", "main")
     mod = tvm.IRModule({"main": kernel})
     builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrin, max_workers=1)
     (result,) = builder.build([ms.builder.BuilderInput(mod, target)])
