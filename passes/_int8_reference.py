@@ -14,7 +14,11 @@ from tvm.script import tirx as T
 
 from graphopt.int8_ops import WORD_CHANNELS, AddSpec, ConvSpec, Epilogue, MatmulSpec, add_value
 
-_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+# op_pattern 8 (opaque): FuseOps never fuses an int8 kernel with its neighbours. A target
+# stage finds each kernel by its recipe, and FuseTIR cannot merge one with a legalized op
+# anyway (their buffers disagree on the shape's index type: a residual add fused with the
+# transpose of its operand failed to build).
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 
 def matmul_reference(spec: MatmulSpec, x_shape: tuple, ep: Epilogue) -> tvm.tirx.PrimFunc:

@@ -738,3 +738,23 @@ def test_lowering_is_target_independent():
     root = Path(__file__).resolve().parents[2] / "passes"
     for name in ("lower_int8.py", "_int8_reference.py", "_int8_pad.py"):
         assert "graphopt.targets" not in (root / name).read_text(), name
+
+
+def test_join_reading_transposed_operands_builds():
+    """A residual join in NHWC whose operands arrive NCHW (a quantized fp32 tensor): the int8
+    add is opaque to FuseOps, so it is not fused with the transposes (FuseTIR cannot merge the
+    two, their buffers' shapes differ in index type) and the graph builds for the target."""
+    from graphopt.build import compile_module
+    from graphopt.target_infra import host_target
+
+    shape = (1, 16, 7, 7)
+    a, b = qdq.act_qparams(-2.3, 3.1, "int8"), qdq.act_qparams(-0.7, 4.4, "int8")
+    out = qdq.act_qparams(-3.9, 6.2, "int8")
+    result = lower_portable(_join_module(shape, a, b, out), layout="NHWC")
+    assert result.stats["lowered_add"] == 1
+    rng = np.random.default_rng(5)
+    xa, xb = (rng.integers(-128, 128, shape).astype(np.int8) for _ in range(2))
+    exe = compile_module(result.module, host_target())
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb)).numpy()
+    np.testing.assert_array_equal(got, run_module(result.module, [xa, xb])[0])
