@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import model_builders as mb
 import numpy as np
+import pytest
 
 from graphopt.build import build_runner
 from graphopt.compress.int8.calibrate import calibrate, tap_module
@@ -52,9 +53,15 @@ def test_taps_are_layer_inputs_and_join_tensors():
     assert [probe.layers[i].name for i in probe.equalized] == ["conv2d_1"]
 
 
-def test_flags_select_the_fp32_graph_or_the_quantized_one(tmp_path):
-    """Without a residual join: the probe simulates layers, not the requantization of joins."""
-    mod = _module(residual=False)
+@pytest.mark.parametrize(
+    "residual, skip",
+    [(False, ()), (True, ()), (True, ("add_0",)), (True, ("conv2d_2",))],
+)
+def test_flags_select_the_fp32_graph_or_the_quantized_one(tmp_path, residual, skip):
+    """Flags 0 are the fp32 graph; flags 1 but the skipped units are the graph `quantize`
+    makes with that skip list, residual joins included (their operands' ranges move with
+    the skip list: conv2d_2 reads the join's operand b)."""
+    mod = _module(residual=residual)
     settings = Settings()
     probe = ProbeRunner(probe_module(mod, settings), host_target())
     n = probe.n
@@ -66,15 +73,17 @@ def test_flags_select_the_fp32_graph_or_the_quantized_one(tmp_path):
         for got, want in zip(probe.taps([x]), taps([x])):
             np.testing.assert_array_equal(got, want)
 
-    # flags 1: the graph compile builds (equalize, bias-correction, quantize) in fake-quant form
+    # the graph compile builds (equalize, bias-correction, quantize) in fake-quant form
     path = tmp_path / "ranges.json"
     write_ranges(path, ranges, "minmax")
-    passes = [make_pass(p, {"ranges": str(path)}) for p in ("equalize", "bias-correction")]
-    quantized = run_passes(mod, [*passes, make_pass("quantize", {"ranges": str(path)})])
+    opts = {"ranges": str(path), **({"skip": ":".join(skip)} if skip else {})}
+    passes = [make_pass("equalize", {"ranges": str(path)}), make_pass("bias-correction", opts)]
+    quantized = run_passes(mod, [*passes, make_pass("quantize", opts)])
     fq = build_runner(quantized)
+    flags = np.array([u.name not in skip for u in probe.probe.units], np.float32)
     int8_vs_fp32 = []
     for x in _feeds(8, 3):
-        got, want, ref = probe.outputs([x], np.ones(n))[0], fq([x])[0], fp32([x])[0]
+        got, want, ref = probe.outputs([x], flags)[0], fq([x])[0], fp32([x])[0]
         # equal but for a few one-level rounding flips, where the probe's float rounding
         # differs (it scales the depthwise input instead of its weights), each of which then
         # reaches every output channel at that position
@@ -91,10 +100,11 @@ def test_one_flag_quantizes_one_layer():
     ranges, scales = _calibrated(mod)
     probe.configure(ranges, scales, Settings())
     x = _feeds(1, 4)[0]
-    base = probe.outputs([x], np.zeros(3))[0]
-    moved = [np.abs(probe.outputs([x], np.eye(3)[i])[0] - base).max() for i in range(3)]
+    assert probe.n == 4  # three layers, one join
+    base = probe.outputs([x], np.zeros(4))[0]
+    moved = [np.abs(probe.outputs([x], np.eye(4)[i])[0] - base).max() for i in range(4)]
     assert all(m > 0 for m in moved)
-    together = np.abs(probe.outputs([x], np.ones(3))[0] - base).max()
+    together = np.abs(probe.outputs([x], np.ones(4))[0] - base).max()
     assert together >= 0.5 * max(moved)
 
 
@@ -106,8 +116,8 @@ def test_fp32_outputs_of_calibrated_feeds_are_reused():
     runs = []
     real_run = probe._run
     probe._run = lambda *a: runs.append(1) or real_run(*a)
-    first = probe.outputs([x], np.zeros(3))
+    first = probe.outputs([x], np.zeros(4))
     assert runs == [] and first[0].shape == (1, 4, 10, 10)
-    probe.outputs([x.copy()], np.zeros(3))  # another array: run
-    probe.outputs([x], np.ones(3))  # quantized: run
+    probe.outputs([x.copy()], np.zeros(4))  # another array: run
+    probe.outputs([x], np.ones(4))  # quantized: run
     assert len(runs) == 2

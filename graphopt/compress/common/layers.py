@@ -148,6 +148,9 @@ class Join:
     var: relax.Var
     call: relax.Call
 
+    def describe(self) -> str:
+        return f"residual add {list(_shape(self.var) or [])}"
+
     @property
     def tensors(self) -> tuple[relax.Expr, relax.Expr, relax.Var]:
         """What calibration observes: both operands and the result."""

@@ -337,9 +337,10 @@ class _Decided:
         ranges = self.ranges
         accuracy = self.sens.to_json() if self.sens else None
         if accuracy is not None:
+            layer_names = {d["layer"] for d in decisions}
             accuracy["kept_fp32"] = [
                 d["layer"] for d in decisions if d.get("reason") in ("max-drop", "artifact budget")
-            ]
+            ] + [name for name in skip if name not in layer_names]  # residual joins
         return {
             "scheme": "int8",
             "settings": dict(asdict(self.opts)),

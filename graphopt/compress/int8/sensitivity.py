@@ -6,7 +6,8 @@ subset, they run the probe graph (`probe.py`, the same build calibration used) w
     xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
 f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly; a layer's bias correction
 (`bias_correction.py`) is subtracted times f. Same ranges, same weights, same
-rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`).
+rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`). Residual joins are
+units too (their operands' QDQ): the search may keep a join fp32 as it keeps a layer.
 """
 
 from __future__ import annotations
@@ -135,13 +136,11 @@ def analyze(
 
 
 def _switch(probe: ProbeRunner, ranges, settings: Settings, feeds, params: list[str]):
-    """The layers the flags address (static mode: those calibration gave a range; the
-    others stay fp32) and `run(flags, feed indices)` -> the first output per feed."""
-    index = [
-        i
-        for i, ly in enumerate(probe.probe.layers)
-        if settings.mode == "dynamic" or ly.name in ranges
-    ]
+    """The units the flags address, layers then residual joins (static mode: those
+    calibration gave a range; the others stay fp32), and `run(flags, feed indices)` -> the
+    first output per feed."""
+    units = probe.probe.units
+    index = [i for i, u in enumerate(units) if settings.mode == "dynamic" or u.name in ranges]
 
     def run(flags: np.ndarray, which: Sequence[int] | None = None) -> list[np.ndarray]:
         chosen = feeds if which is None else [feeds[i] for i in which]
@@ -149,7 +148,7 @@ def _switch(probe: ProbeRunner, ranges, settings: Settings, feeds, params: list[
         full[index] = flags
         return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
 
-    return [probe.probe.layers[i] for i in index], run
+    return [units[i] for i in index], run
 
 
 def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
