@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.metadata
+import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -599,7 +600,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"onnx {v['onnx']}, apache-tvm {v['apache-tvm']}, apache-tvm-ffi {v['apache-tvm-ffi']}, "
         f"graphopt {v['graphopt']}, Python {v['python']}. "
         f"{s['jobs']} jobs, {s['timeout']:g}s timeout per case and flow; "
-        f"took {fmt_seconds(report['wall_seconds'])}.",
+        f"took {fmt_seconds(report['wall_seconds'])}." + _rerun_note(s.get("rerun_failed")),
         "",
         "Cases come from onnx's generator (`collect_testcases`). **Bare TVM flow**: `from_onnx`, "
         '`tvm.compile(target="llvm")`, `VirtualMachine`. **graphopt O2**: '
@@ -616,6 +617,16 @@ def markdown(report: dict[str, Any]) -> str:
         *md_top_errors(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rerun_note(rerun: dict[str, Any] | None) -> str:
+    if not rerun:
+        return ""
+    return (
+        f" The {rerun['cases']} cases graphopt failed in that run were run again on "
+        f"{rerun['date']} with the code of that day (`--rerun-failed`, "
+        f"{fmt_seconds(rerun['seconds'])}); the totals include them."
+    )
 
 
 def write_outputs(report: dict[str, Any], prefix: Path) -> None:
@@ -640,7 +651,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=RESULTS, help=f"output path without suffix (default {RESULTS})"
     )
+    p.add_argument(
+        "--rerun-failed",
+        action="store_true",
+        help="run again only the cases graphopt failed in OUT.json and update it in place",
+    )
     return p.parse_args(argv)
+
+
+def previous_failures(prefix: Path) -> tuple[dict[str, Any], set[str]]:
+    """The full report at `prefix`.json and the names of the cases graphopt failed there."""
+    path = prefix.with_suffix(".json")
+    if not path.exists():
+        sys.exit(f"error: --rerun-failed needs a previous full run at {path}")
+    report = json.loads(path.read_text())
+    if report["settings"].get("limit") or report["settings"].get("filter"):
+        sys.exit(f"error: {path} is a partial run; --rerun-failed updates a full one")
+    failed = {c["name"] for c in report["cases"] if c["graphopt"]["status"] != "pass"}
+    return report, failed
+
+
+def merge_rerun(old: dict[str, Any], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The old run's cases with the re-run ones replaced (same order)."""
+    fresh = {r["name"]: r for r in new}
+    return [fresh.get(c["name"], c) for c in old["cases"]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -650,6 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases, skipped = collect_cases(args.filter)
     if args.limit is not None:
         cases = cases[: args.limit]
+    previous = None
+    if args.rerun_failed:
+        previous, failed = previous_failures(args.out)
+        cases = [c for c in cases if c.name in failed]
     print(
         f"{len(cases)} runnable cases ({len(skipped)} not runnable), {args.jobs} jobs",
         file=sys.stderr,
@@ -670,7 +708,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobs": args.jobs,
         "timeout": args.timeout,
     }
-    report = build_report(results, skipped, settings, time.monotonic() - start)
+    wall = time.monotonic() - start
+    if previous is not None:
+        rerun = {"date": machine()["date"], "cases": len(cases), "seconds": round(wall, 1)}
+        results = merge_rerun(previous, results)
+        settings = {**previous["settings"], "rerun_failed": rerun}
+        wall = previous["wall_seconds"]
+    report = build_report(results, skipped, settings, wall)
+    if previous is not None:  # the header describes the full run; the re-run has its note
+        report["machine"], report["versions"] = previous["machine"], previous["versions"]
     write_outputs(report, args.out)
     t = report["totals"]
     print(

@@ -275,3 +275,19 @@ def test_nms_with_constant_limits(tmp_path):
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_boxes", "iou"], ["y"])
     model = one_node_model(node, inputs, ["y"], 18, initializers=limits)
     check_against_ort(model, inputs, tmp_path)
+
+
+# ---------------------------------------------------------------- zero-size inputs
+
+
+@pytest.mark.parametrize("noop", [0, 1])
+def test_empty_axes_input_reduces_all_or_nothing(tmp_path, noop):
+    """An empty `axes` graph input is a constant (frontend/empty_inputs.py): every axis, or
+    none with noop_with_empty_axes; the input stays in the signature."""
+    inputs = {"x": rand(2, 3, 4), "axes": np.zeros(0, np.int64)}
+    run(tmp_path, "ReduceSum", inputs, keepdims=1, noop_with_empty_axes=noop)
+
+
+def test_zero_size_data_input_folds_to_its_result(tmp_path):
+    inputs = {"x": np.zeros((2, 0, 4), np.float32), "axes": np.array([1], np.int64)}
+    run(tmp_path, "ReduceSum", inputs, keepdims=1)

@@ -13,6 +13,7 @@ from tvm import relax
 
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
+from .empty_inputs import fold_empty_inputs
 from .expand import expand_functions
 from .load import load_model
 from .quantized import rewrite_quantized
@@ -63,6 +64,7 @@ def import_onnx(
     say(f"import: loaded {nodes_in} ONNX nodes (opset {_opset(model)})")
     check_structure(model)
     model = make_static(model, dict(input_shapes or {}))
+    model = fold_empty_inputs(model)
     model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
     model = _guarded("ONNX expansion of function operators", _expand, model)
     lap("load")

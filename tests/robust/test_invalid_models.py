@@ -56,7 +56,6 @@ CASES = {
     "constant-of-shape-2^32": (lambda: huge("ConstantOfShape"), "ConstantOfShape"),
     "input-dim-2^40": (lambda: relu([1, 1 << 40]), "too large"),
     "zero-elements-dim-2^40": (lambda: relu([0, 1 << 40]), "too large"),
-    "zero-size-input": (lambda: relu([0, 4]), "zero-size inputs"),
 }
 
 
@@ -90,3 +89,14 @@ def test_unexpected_exception_is_one_line_exit_3(run_cli, tmp_path, monkeypatch)
     result = run_cli("compile", path, "-o", tmp_path / "out")
     assert result.rc == 3 and "Traceback" not in result.err, result.err
     assert result.err.startswith("error: internal error: RuntimeError: Check failed"), result.err
+
+
+def test_zero_size_input_is_a_constant(tmp_path):
+    """An empty input has one possible value (frontend/empty_inputs.py): it compiles, stays in
+    the signature, and the artifact returns the empty result."""
+    import graphopt
+
+    graphopt.compile(relu([0, 4]), tmp_path / "out", target="x86", opt_level=2)
+    model = graphopt.load(tmp_path / "out")
+    assert [i.shape for i in model.inputs] == [(0, 4)]
+    assert model.run({"x": np.zeros((0, 4), np.float32)})["y"].shape == (0, 4)
