@@ -217,6 +217,7 @@ class ProbeRunner:
         self.fixed: list = []
         self._layer_q: tuple[np.ndarray, np.ndarray] = (np.ones(0), np.zeros(0))
         self._join_q: dict[tuple[int, str], tuple[float, float]] = {}
+        self._scalars: dict[float, object] = {}
         self._fp32: list[tuple[list, list[np.ndarray]]] = []
         self._fp32_bytes = 0
         self._one = tvm.runtime.tensor(np.ones(1, np.float32))
@@ -275,8 +276,15 @@ class ProbeRunner:
                 else:
                     held = (h for h in holders if flags[n_layers + h[0]] and h in self._join_q)
                     q = self._join_q.get(next(held, None), (1.0, 0.0))
-                args += [tvm.runtime.tensor(np.full(1, v, np.float32)) for v in q]
+                args += [self._scalar(v) for v in q]
         return args
+
+    def _scalar(self, value: float):
+        """A [1] float32 tensor of `value`, made once (every run passes ~4 per join)."""
+        hit = self._scalars.get(value)
+        if hit is None:
+            hit = self._scalars[value] = tvm.runtime.tensor(np.full(1, value, np.float32))
+        return hit
 
     def taps(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The fp32 graph's taps (every flag 0); its outputs are kept for `outputs`."""
