@@ -291,3 +291,29 @@ def test_empty_axes_input_reduces_all_or_nothing(tmp_path, noop):
 def test_zero_size_data_input_folds_to_its_result(tmp_path):
     inputs = {"x": np.zeros((2, 0, 4), np.float32), "axes": np.array([1], np.int64)}
     run(tmp_path, "ReduceSum", inputs, keepdims=1)
+
+
+# ---------------------------------------------------------------- DFT (spectral.py)
+
+
+@pytest.mark.parametrize(
+    "attrs, channels",
+    [({}, 1), ({"onesided": 1}, 1), ({"inverse": 1}, 2), ({"axis": 2}, 2)],
+)
+def test_dft_opset17(tmp_path, attrs, channels):
+    run(tmp_path, "DFT", {"x": rand(2, 8, 6, channels)}, opset=17, atol=1e-4, **attrs)
+
+
+def test_dft_runtime_axis(tmp_path):
+    """opset 20: a run-time axis picks among the candidates, computed for every signal axis."""
+    node = helper.make_node("DFT", ["x", "", "axis"], ["y"])
+    inputs = {"x": rand(4, 4, 4, 2), "axis": np.array(1, np.int64)}
+    check_against_ort(one_node_model(node, inputs, ["y"], 20), inputs, tmp_path, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [6, 11])
+def test_dft_constant_length_truncates_or_pads(tmp_path, length):
+    node = helper.make_node("DFT", ["x", "n"], ["y"], axis=1)
+    inputs = {"x": rand(2, 8, 3, 1)}
+    model = one_node_model(node, inputs, ["y"], 17, {"n": np.array(length, np.int64)})
+    check_against_ort(model, inputs, tmp_path, atol=1e-4)
