@@ -68,6 +68,20 @@ class Metric:
             return 100.0 * float(np.mean(top1_agrees(ref, got)))
         return 100.0 * float(cosines(ref, got).min())
 
+    def bound(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+        """The best score `got` can still reach, given the outputs of the first len(got) of
+        the feeds `ref` holds: every metric here is per sample, and a sample scored cannot
+        be won back (the search stops scoring a candidate once it cannot meet the budget)."""
+        if self.kind == "min_cosine":
+            return 100.0 * float(cosines(ref[: len(got)], got).min())
+        rows = [g.reshape(g.shape[0], -1) for g in got]
+        seen, total = sum(len(r) for r in rows), sum(len(r) for r in ref)
+        if self.kind == "accuracy":
+            hits = int(np.sum(np.concatenate([r.argmax(1) for r in rows]) == self.labels[:seen]))
+        else:
+            hits = int(np.sum(top1_agrees(ref[: len(got)], got)))
+        return 100.0 * (hits + total - seen) / total
+
 
 # A sample whose original top-2 scores lie closer than this fraction of its score range is a
 # tie: any change to the weights flips it, one layer at 50 dB SQNR included (EfficientNet-Lite0
