@@ -1,0 +1,127 @@
+"""Group-wise int4 weights: quantize, pack two nibbles per byte, and back.
+
+A matmul weight W [K, N] (y = x @ W) is quantized per output column n in groups of
+`group` consecutive k (the last group may be shorter). Each group has an fp32 scale s and an
+unsigned 4-bit zero point z; the stored nibble q is in [0, 15] and the weight it stands for is
+(q - z) * s, computed in fp32 (q - z is an exact small integer: one rounding).
+
+- symmetric: s = max|w| / 7, z = 8 (not stored): q - 8 in [-8, 7], +-max exact.
+- asymmetric: s = (max - min) / 15, z = round(-min / s) clipped to [0, 15], stored as uint8.
+
+Natural layout (what `lower-int4` puts in the graph, like ONNX MatMulNBits): `packed` uint8
+[N, ceil(K / 2)], byte i of row n holding k = 2i in its low nibble and k = 2i + 1 in its high
+nibble (a last high nibble of odd K is 0); `scales` fp32 [N, G]; `zeros` uint8 [N, G] or None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SYM_ZERO = 8
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass
+class Int4Weight:
+    """One quantized weight in natural layout; `k` is the unpadded reduction length."""
+
+    packed: np.ndarray  # uint8 [N, ceil(K / 2)]
+    scales: np.ndarray  # fp32 [N, groups]
+    zeros: np.ndarray | None  # uint8 [N, groups]; None: symmetric (zero point 8)
+    k: int
+    group: int
+
+    @property
+    def n(self) -> int:
+        return int(self.packed.shape[0])
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zeros is None
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.zeros is None else self.zeros.nbytes
+        return self.packed.nbytes + self.scales.nbytes + extra
+
+    def codes(self) -> np.ndarray:
+        """The nibbles, uint8 [N, K]."""
+        return unpack_nibbles(self.packed, self.k)
+
+    def dequantize(self) -> np.ndarray:
+        """fp32 [K, N]: (q - z) * s per element, as the kernels compute it."""
+        q = self.codes().astype(np.float32)
+        z = np.float32(SYM_ZERO) if self.zeros is None else self.zeros.astype(np.float32)
+        zk = z if np.ndim(z) == 0 else np.repeat(z, self.group, axis=1)[:, : self.k]
+        sk = np.repeat(self.scales, self.group, axis=1)[:, : self.k]
+        return np.ascontiguousarray(((q - zk) * sk).T.astype(np.float32))
+
+
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """uint8 [.., K] values in [0, 15] -> uint8 [.., ceil(K / 2)] (k even: low nibble)."""
+    q = np.asarray(q, np.uint8)
+    if q.size and q.max() > 15:
+        raise ValueError("int4 values must be in [0, 15]")
+    k = q.shape[-1]
+    if k % 2:
+        q = np.concatenate([q, np.zeros((*q.shape[:-1], 1), np.uint8)], axis=-1)
+    return np.ascontiguousarray(q[..., 0::2] | (q[..., 1::2] << 4))
+
+
+def unpack_nibbles(packed: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of `pack_nibbles`: uint8 [.., K]."""
+    packed = np.asarray(packed, np.uint8)
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), np.uint8)
+    out[..., 0::2] = packed & 15
+    out[..., 1::2] = packed >> 4
+    return np.ascontiguousarray(out[..., :k])
+
+
+def group_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero) of the rows of w [.., group] (one group per row), both float32; an
+    all-zero group gets scale 1."""
+    w = np.asarray(w, np.float32)
+    if symmetric:
+        amax = np.abs(w).max(axis=-1)
+        scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+        return scale, np.full_like(scale, SYM_ZERO)
+    lo = np.minimum(w.min(axis=-1), 0.0)
+    hi = np.maximum(w.max(axis=-1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+    zero = np.clip(np.round(-lo / scale), 0, 15).astype(np.float32)
+    return scale, zero
+
+
+def quantize_values(w: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """Nibbles of w given its (broadcastable) scale and zero: clip(round(w / s) + z)."""
+    return np.clip(np.round(w / scale) + zero, 0, 15).astype(np.uint8)
+
+
+def dequantize_values(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def from_codes(q_nk: np.ndarray, scales, zeros, k: int, group: int, symmetric: bool):
+    """An `Int4Weight` from nibbles [N, K] and per-group [N, G] scales / zero points."""
+    z = None if symmetric else np.asarray(zeros).astype(np.uint8)
+    return Int4Weight(pack_nibbles(q_nk), np.asarray(scales, np.float32), z, k, group)
+
+
+def quantize_rtn(w: np.ndarray, group: int, symmetric: bool = True) -> Int4Weight:
+    """Round-to-nearest group-wise int4 of W [K, N] (the baseline GPTQ improves on)."""
+    w = np.asarray(w, np.float32)
+    k, n = w.shape
+    groups = -(-k // group)
+    padded = np.zeros((groups * group, n), np.float32)
+    padded[:k] = w
+    # [N, G, group]; zero rows of the padding never widen a range (ranges include 0 or use
+    # max|w|), and their codes are dropped
+    blocks = padded.T.reshape(n, groups, group)
+    if k % group:  # the last group's padding must not count for asymmetric min / max
+        tail = k - (groups - 1) * group
+        blocks[:, -1, tail:] = blocks[:, -1, :1]
+    scale, zero = group_params(blocks, symmetric)
+    q = quantize_values(blocks, scale[..., None], zero[..., None]).reshape(n, -1)[:, :k]
+    return from_codes(q, scale, zero, k, group, symmetric)
