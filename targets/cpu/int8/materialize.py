@@ -168,8 +168,8 @@ def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
 
     The kernels (int4 ones too) are low-level TIR with no root block; passes written for
     scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an
-    fp32 conv was prepacked beside them in a partly-quantized model) abort on such a function. They only see call_tir
-    of a GlobalVar they do not rewrite, so the kernels are unaffected.
+    fp32 conv was prepacked beside them in a partly-quantized model) abort on such a function.
+    They only see call_tir of a GlobalVar they do not rewrite, so the kernels are unaffected.
     """
     kernels = {
         gvar: func
