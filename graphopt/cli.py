@@ -107,6 +107,8 @@ def _int4_method(args: argparse.Namespace):
             calibration=args.calibration,
             samples=args.calib_samples,
             embeddings=args.int4_embeddings,
+            clip=args.int4_clip,
+            act_order=args.int4_act_order,
         )
     )
 
@@ -225,6 +227,18 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="zero point 8 (default); --no-int4-symmetric: a uint8 zero point per group",
+    )
+    q.add_argument(
+        "--int4-clip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search each group's range (shrink 1.0-0.75) for the least error (default on)",
+    )
+    q.add_argument(
+        "--int4-act-order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gptq: quantize inputs by decreasing activation energy (default on)",
     )
     q.add_argument(
         "--int4-embeddings",

@@ -47,6 +47,7 @@ class LowerInt4(GraphPass):
         weights: str = ""  # .npz of precomputed int4 weights (GPTQ); else round-to-nearest
         skip: str = ""  # ":"-separated layer names kept fp32
         embeddings: bool = True  # also int4 embedding tables (take of a constant >= 1 MiB)
+        clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -73,7 +74,8 @@ class LowerInt4(GraphPass):
     def _weight(self, layer, stored: dict) -> Int4Weight:
         w = layer.weight
         if layer.name not in stored:
-            return quantize_rtn(w, self.options.group, self.options.symmetric)
+            o = self.options
+            return quantize_rtn(w, o.group, o.symmetric, o.clip)
         q = stored[layer.name]
         k, n = w.shape
         if q.k != k or q.n != n:
@@ -129,7 +131,7 @@ class _Rewriter(relax.PyExprMutator):
     def _int4_gather(self, table: np.ndarray, idx: relax.Expr, call: relax.Call) -> relax.Expr:
         """take(packed rows) -> nibbles -> (q - z) * s per group of each gathered row."""
         o, bb = self.options, self.builder_
-        q = quantize_rtn(table.T, o.group, o.symmetric)  # rows of the table are the "N"
+        q = quantize_rtn(table.T, o.group, o.symmetric, o.clip)  # table rows are the "N"
         vocab, dim = table.shape
         mode = call.attrs.mode
         out_shape = [int(d) for d in call.ty.shape.values]

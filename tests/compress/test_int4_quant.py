@@ -99,3 +99,31 @@ def test_weights_file_round_trip(tmp_path):
     for name, q in ws.items():
         np.testing.assert_array_equal(back[name].dequantize(), q.dequantize())
         assert (back[name].k, back[name].group) == (q.k, q.group)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clip_search_never_raises_the_weighted_error(symmetric):
+    rng = np.random.default_rng(6)
+    w = rng.standard_t(3, (128, 16)).astype(np.float32)  # heavy tails: clipping pays
+    imp = rng.uniform(0.1, 5, 128)
+    plain = quantize_rtn(w, 32, symmetric)
+    clipped = quantize_rtn(w, 32, symmetric, clip=True, importance=imp)
+
+    def err(q):
+        return (((q.dequantize() - w) ** 2) * imp[:, None]).sum()
+
+    assert err(clipped) < err(plain)
+    assert np.all(clipped.scales <= plain.scales + 1e-7)  # ranges only shrink
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_act_order_and_clip_lower_gptq_error(symmetric):
+    rng = np.random.default_rng(7)
+    k = 128
+    x = rng.standard_normal((2000, k)) @ (rng.standard_normal((k, k)) * 0.3 + np.eye(k))
+    x *= np.exp(rng.standard_normal(k))
+    h = x.T @ x
+    w = (rng.standard_normal((k, 32)) * 0.05).astype(np.float32)
+    plain = output_error(w, quantize_gptq(w, h, 32, symmetric), h)
+    both = output_error(w, quantize_gptq(w, h, 32, symmetric, clip=True, act_order=True), h)
+    assert both < 0.8 * plain

@@ -35,6 +35,8 @@ class Int4Options:
     calibration: str | None = None
     samples: int = 16  # calibration feeds for the Hessians
     damp: float = 0.01  # GPTQ: added to H's diagonal, times its mean
+    clip: bool = True  # per-group range shrink search (quant.clip_search)
+    act_order: bool = True  # GPTQ: rows by decreasing H_kk, static group parameters
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
 
@@ -68,7 +70,9 @@ class Int4:
         if o.method == "gptq" and layers:
             weights = _gptq(mod, layers, o, ctx, errors)
         else:
-            weights = {ly.name: quantize_rtn(ly.weight, o.group, o.symmetric) for ly in layers}
+            weights = {
+                ly.name: quantize_rtn(ly.weight, o.group, o.symmetric, o.clip) for ly in layers
+            }
         seconds = round(time.perf_counter() - clock, 2)
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-int4-")
         path = Path(workdir.name) / "int4_weights.npz"
@@ -78,6 +82,7 @@ class Int4:
             "symmetric": "true" if o.symmetric else "false",
             "weights": str(path),
             "embeddings": "true" if o.embeddings else "false",
+            "clip": "true" if o.clip else "false",
         }
         if o.skip:
             pass_opts["skip"] = ":".join(o.skip)
@@ -101,12 +106,12 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
     weights: dict[str, Int4Weight] = {}
     for ly in layers:
         w = ly.weight
-        q = quantize_gptq(w, hs[ly.name], o.group, o.symmetric, o.damp)
-        rtn = quantize_rtn(w, o.group, o.symmetric)
-        h = hs[ly.name] / max(rows[ly.name], 1)
+        q = quantize_gptq(w, hs[ly.name], o.group, o.symmetric, o.damp, clip=o.clip, act_order=o.act_order)
+        rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
+        mean_h = hs[ly.name] / max(rows[ly.name], 1)  # per-row output error, per channel
         errors[ly.name] = {
-            "rtn_mse": round(output_error(w, rtn, h) / w.shape[1], 8),
-            "gptq_mse": round(output_error(w, q, h) / w.shape[1], 8),
+            "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
+            "gptq_mse": round(output_error(w, q, mean_h) / w.shape[1], 8),
         }
         weights[ly.name] = q
     return weights

@@ -94,6 +94,38 @@ def group_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray
     return scale, zero
 
 
+# Range shrink factors tried per group by `clip_search`: clipping a group's few extreme weights
+# buys a finer step for all the others.
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+
+def clip_search(
+    w: np.ndarray, symmetric: bool, importance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`group_params` with each group's range shrunk by the ratio of `CLIP_RATIOS` that
+    minimizes its squared rounding error, weighted per position by `importance` [group]
+    (the inputs' mean square, H's diagonal) when given."""
+    w = np.asarray(w, np.float32)
+    weight = np.ones(w.shape[-1]) if importance is None else np.asarray(importance, np.float64)
+    best = None
+    for r in CLIP_RATIOS:
+        scale, zero = group_params(w * np.float32(r), symmetric)
+        deq = dequantize_values(
+            quantize_values(w, scale[..., None], zero[..., None]), scale[..., None], zero[..., None]
+        )
+        err = (((deq - w) ** 2) * weight).sum(axis=-1)
+        if best is None:
+            best = [err, scale, zero]
+            continue
+        better = err < best[0]
+        best = [
+            np.where(better, err, best[0]),
+            np.where(better, scale, best[1]),
+            np.where(better, zero, best[2]),
+        ]
+    return best[1].astype(np.float32), best[2].astype(np.float32)
+
+
 def quantize_values(w: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     """Nibbles of w given its (broadcastable) scale and zero: clip(round(w / s) + z)."""
     return np.clip(np.round(w / scale) + zero, 0, 15).astype(np.uint8)
@@ -109,8 +141,11 @@ def from_codes(q_nk: np.ndarray, scales, zeros, k: int, group: int, symmetric: b
     return Int4Weight(pack_nibbles(q_nk), np.asarray(scales, np.float32), z, k, group)
 
 
-def quantize_rtn(w: np.ndarray, group: int, symmetric: bool = True) -> Int4Weight:
-    """Round-to-nearest group-wise int4 of W [K, N] (the baseline GPTQ improves on)."""
+def quantize_rtn(
+    w: np.ndarray, group: int, symmetric: bool = True, clip: bool = False, importance=None
+) -> Int4Weight:
+    """Round-to-nearest group-wise int4 of W [K, N] (the baseline GPTQ improves on); `clip`:
+    each group's range from `clip_search` (weighted by `importance` [K] when given)."""
     w = np.asarray(w, np.float32)
     k, n = w.shape
     groups = -(-k // group)
@@ -122,6 +157,11 @@ def quantize_rtn(w: np.ndarray, group: int, symmetric: bool = True) -> Int4Weigh
     if k % group:  # the last group's padding must not count for asymmetric min / max
         tail = k - (groups - 1) * group
         blocks[:, -1, tail:] = blocks[:, -1, :1]
-    scale, zero = group_params(blocks, symmetric)
+    if clip:
+        imp = np.zeros(groups * group)
+        imp[:k] = 1.0 if importance is None else importance
+        scale, zero = clip_search(blocks, symmetric, imp.reshape(groups, group))
+    else:
+        scale, zero = group_params(blocks, symmetric)
     q = quantize_values(blocks, scale[..., None], zero[..., None]).reshape(n, -1)[:, :k]
     return from_codes(q, scale, zero, k, group, symmetric)
