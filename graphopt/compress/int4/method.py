@@ -106,7 +106,9 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
     weights: dict[str, Int4Weight] = {}
     for ly in layers:
         w = ly.weight
-        q = quantize_gptq(w, hs[ly.name], o.group, o.symmetric, o.damp, clip=o.clip, act_order=o.act_order)
+        q = quantize_gptq(
+            w, hs[ly.name], o.group, o.symmetric, o.damp, clip=o.clip, act_order=o.act_order
+        )
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
         mean_h = hs[ly.name] / max(rows[ly.name], 1)  # per-row output error, per channel
         errors[ly.name] = {
