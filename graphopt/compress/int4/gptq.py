@@ -108,4 +108,4 @@ class _GroupParams:
 def output_error(w: np.ndarray, q: Int4Weight, h: np.ndarray) -> float:
     """trace((W - Q)^T H (W - Q)): the summed squared output error over the calibration rows."""
     d = np.asarray(w, np.float64) - q.dequantize().astype(np.float64)
-    return float(np.einsum("kn,kj,jn->", d, np.asarray(h, np.float64), d))
+    return float(((np.asarray(h, np.float64) @ d) * d).sum())

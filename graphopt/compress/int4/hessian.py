@@ -1,5 +1,11 @@
 """Per-layer H = X^T X of the matmul inputs over the calibration feeds (what GPTQ weighs
-rounding errors by), from the same tapped fp32 build int8 calibration runs (`tap_module`)."""
+rounding errors by), from the same tapped fp32 build int8 calibration runs (`tap_module`).
+
+Padding tokens: a transformer fed sentences padded to a fixed length computes rows for the
+padding that nothing downstream reads (attention and pooling mask them), and with short
+sentences they are most of the rows. When a feed has an `attention_mask` input [B, S] and a
+layer's input is [B, S, K], only the rows the mask keeps count.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,15 @@ import tvm
 
 from ..common.layers import Layer, find_layers
 from ..int8.calibrate import calibration_runner
+
+MASK_INPUT = "attention_mask"
+
+
+def _rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """x as rows [-1, K], without the padding rows `mask` (when its shape is x's leading)."""
+    if mask is not None and x.ndim == 3 and tuple(np.shape(mask)) == x.shape[:2]:
+        return x[np.asarray(mask) != 0]
+    return x.reshape(-1, x.shape[-1])
 
 
 def hessians(
@@ -30,9 +45,9 @@ def hessians(
     rows: dict[str, int] = {}
     for i, feed in enumerate(feeds):
         taps = run([feed[p] for p in params])
+        keep = feed.get(MASK_INPUT)
         for name in picked:
-            x = np.asarray(taps[index[name]], np.float64)
-            x = x.reshape(-1, x.shape[-1])
+            x = _rows(np.asarray(taps[index[name]], np.float64), keep)
             acc[name] = acc.get(name, 0.0) + x.T @ x
             rows[name] = rows.get(name, 0) + x.shape[0]
         progress(f"int4: calibration feed {i + 1}/{len(feeds)}")
