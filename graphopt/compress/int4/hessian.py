@@ -33,8 +33,10 @@ def hessians(
     wanted: Sequence[str],
     target,
     progress: Callable[[str], None] = lambda _m: None,
+    skip_padding: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """({layer: H [K, K] float64}, {layer: rows seen}) for the layers named in `wanted`."""
+    """({layer: H [K, K] float64}, {layer: rows seen}) for the layers named in `wanted`;
+    skip_padding: leave out the rows an `attention_mask` feed marks as padding."""
     layers: list[Layer] = find_layers(mod["main"])
     index = {ly.name: i for i, ly in enumerate(layers)}
     picked = [n for n in wanted if n in index]
@@ -45,7 +47,7 @@ def hessians(
     rows: dict[str, int] = {}
     for i, feed in enumerate(feeds):
         taps = run([feed[p] for p in params])
-        keep = feed.get(MASK_INPUT)
+        keep = feed.get(MASK_INPUT) if skip_padding else None
         for name in picked:
             x = _rows(np.asarray(taps[index[name]], np.float64), keep)
             acc[name] = acc.get(name, 0.0) + x.T @ x

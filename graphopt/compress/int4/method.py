@@ -33,7 +33,8 @@ class Int4Options:
     group: int = 32
     symmetric: bool = True
     calibration: str | None = None
-    samples: int = 16  # calibration feeds for the Hessians
+    samples: int = 64  # calibration feeds for the Hessians
+    skip_padding: bool = True  # Hessians without attention_mask's padding rows (hessian.py)
     damp: float = 0.01  # GPTQ: added to H's diagonal, times its mean
     clip: bool = True  # per-group range shrink search (quant.clip_search)
     act_order: bool = True  # GPTQ: rows by decreasing H_kk, static group parameters
@@ -102,7 +103,8 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
     feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
     ctx.progress(f"int4 gptq: {len(layers)} layers, {len(feeds)} calibration feeds")
     target = evaluation_target(ctx.target)
-    hs, rows = hessians(mod, feeds, [ly.name for ly in layers], target, ctx.progress)
+    names = [ly.name for ly in layers]
+    hs, rows = hessians(mod, feeds, names, target, ctx.progress, o.skip_padding)
     weights: dict[str, Int4Weight] = {}
     for ly in layers:
         w = ly.weight
