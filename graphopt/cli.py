@@ -109,6 +109,7 @@ def _int4_method(args: argparse.Namespace):
             embeddings=args.int4_embeddings,
             clip=args.int4_clip,
             act_order=args.int4_act_order,
+            scale_dtype=args.int4_scale_dtype,
         )
     )
 
@@ -222,6 +223,12 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-scale-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="group scales stored as fp32 (default) or fp16 (2 bytes a group)",
+    )
     q.add_argument(
         "--int4-symmetric",
         action=argparse.BooleanOptionalAction,

@@ -4,7 +4,8 @@
 
 The call's operands after x are the constants in natural layout (`compress/int4/quant.py`):
 `packed` uint8 [N, ceil(K / 2)] (k = 2i in the low nibble of byte i), `scales` fp32 [N, G],
-`zeros` uint8 [N, G] (asymmetric; symmetric: uint8 [1], the zero point is 8). The portable
+`zeros` uint8 [N, G] (asymmetric; symmetric: uint8 [1], the zero point is 8); scales may be
+fp16 (`scale_dtype`), read as their exact fp32 value. The portable
 kernel (`passes/_int4_reference.py`) carries the recipe (`RECIPE_ATTR`, JSON) so a target
 stage (`materialize-int4` on CPUs) can replace it with a kernel for its instructions and
 repack the constants. Each product x * W[k, n] is accumulated in fp32 in k order (fused
@@ -30,6 +31,7 @@ class Int4MatmulSpec:
     group: int
     symmetric: bool
     layout: str = "natural"  # natural | a target's packed layout (e.g. "cpu16")
+    scale_dtype: str = "float32"  # float32 | float16 (converted to fp32 exactly when read)
 
     @property
     def k(self) -> int:

@@ -30,7 +30,7 @@ def int4_matmul_reference(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     def int4_matmul(
         x: T.Buffer(spec.x_shape, "float32"),
         packed: T.Buffer((n, (k + 1) // 2), "uint8"),
-        scales: T.Buffer((n, spec.groups), "float32"),
+        scales: T.Buffer((n, spec.groups), spec.scale_dtype),
         zeros: T.Buffer(z_shape, "uint8"),
         out: T.Buffer(spec.out_shape, "float32"),
     ):
@@ -44,7 +44,8 @@ def int4_matmul_reference(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
                 for kk in range(k):
                     byte = T.Cast("int32", packed[j, kk // 2])
                     q = T.Cast("float32", T.shift_right(byte, (kk % 2) * 4) & 15)
-                    wv = (q - zero(zeros, j, kk)) * scales[j, kk // group]
+                    s = T.Cast("float32", scales[j, kk // group])
+                    wv = (q - zero(zeros, j, kk)) * s
                     acc[0] = acc[0] + xf[m, kk] * wv
                 of[m, j] = acc[0]
 

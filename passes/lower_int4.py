@@ -48,6 +48,7 @@ class LowerInt4(GraphPass):
         skip: str = ""  # ":"-separated layer names kept fp32
         embeddings: bool = True  # also int4 embedding tables (take of a constant >= 1 MiB)
         clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
+        scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -75,7 +76,7 @@ class LowerInt4(GraphPass):
         w = layer.weight
         if layer.name not in stored:
             o = self.options
-            return quantize_rtn(w, o.group, o.symmetric, o.clip)
+            return quantize_rtn(w, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
         q = stored[layer.name]
         k, n = w.shape
         if q.k != k or q.n != n:
@@ -112,7 +113,7 @@ class _Rewriter(relax.PyExprMutator):
         layer, q = self.todo[binding.var]
         x = self.visit_expr(layer.call.args[0])
         shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
-        spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric)
+        spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype))
         consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
         ty = binding.var.ty
         call = relax.call_tir(
@@ -131,7 +132,7 @@ class _Rewriter(relax.PyExprMutator):
     def _int4_gather(self, table: np.ndarray, idx: relax.Expr, call: relax.Call) -> relax.Expr:
         """take(packed rows) -> nibbles -> (q - z) * s per group of each gathered row."""
         o, bb = self.options, self.builder_
-        q = quantize_rtn(table.T, o.group, o.symmetric, o.clip)  # table rows are the "N"
+        q = quantize_rtn(table.T, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
         vocab, dim = table.shape
         mode = call.attrs.mode
         out_shape = [int(d) for d in call.ty.shape.values]
@@ -147,4 +148,6 @@ class _Rewriter(relax.PyExprMutator):
             z = relax.const(q.zeros.astype(np.float32)[..., None])
             centred = R.subtract(codes, bb.emit(R.take(z, idx, axis=0, mode=mode)))
         s = bb.emit(R.take(relax.const(q.scales[..., None]), idx, axis=0, mode=mode))
+        if q.scales.dtype != np.float32:
+            s = R.astype(s, "float32")
         return R.reshape(R.multiply(centred, s), out_shape)

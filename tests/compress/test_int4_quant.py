@@ -127,3 +127,13 @@ def test_act_order_and_clip_lower_gptq_error(symmetric):
     plain = output_error(w, quantize_gptq(w, h, 32, symmetric), h)
     both = output_error(w, quantize_gptq(w, h, 32, symmetric, clip=True, act_order=True), h)
     assert both < 0.8 * plain
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_fp16_scales_codes_fit_the_stored_scale(symmetric):
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((64, 8)).astype(np.float32)
+    q = quantize_rtn(w, 32, symmetric, scale_dtype="float16")
+    assert q.scales.dtype == np.float16
+    step = np.repeat(q.scales.astype(np.float32), 32, axis=1).T
+    assert np.all(np.abs(q.dequantize() - w) <= step / 2 + 1e-6)

@@ -114,3 +114,15 @@ def test_embedding_rows_are_int4_and_exact_vs_numpy(symmetric):
 def test_rejects_odd_group():
     with pytest.raises(PipelineError, match="even"):
         make_pass("lower-int4", {"group": "33"}).run(_module(np.ones((K, N), np.float32)))
+
+
+def test_fp16_scales_halve_the_scale_bytes():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    result = apply_checked(make_pass("lower-int4", {"scale_dtype": "float16"}), _module(w))
+    assert ("float16", (N, 3)) in _consts(result.module)
+    x = rng.standard_normal((1, 3, K)).astype(np.float32)
+    q = quantize_rtn(w, 32, True, scale_dtype="float16")
+    np.testing.assert_allclose(
+        run_module(result.module, [x])[0], x @ q.dequantize(), rtol=1e-5, atol=1e-4
+    )

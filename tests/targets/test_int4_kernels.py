@@ -25,6 +25,8 @@ CASES = {
     "rows_3_asym_odd_k": ((1, 3, 71), 24, 32, False),
     "rows_9_two_tiles_and_a_row": ((9, 129), 33, 128, True),
     "rows_4_whole_panels": ((4, 64), 32, 32, False),
+    "gemv_fp16_scales": ((1, 100), 24, 32, True),
+    "rows_5_fp16_scales_asym": ((5, 96), 17, 64, False),
 }
 
 
@@ -35,7 +37,8 @@ def _build(func):
 
 def _weights(rng, spec: Int4MatmulSpec):
     w = rng.standard_normal((spec.k, spec.n)).astype(np.float32)
-    q = quantize_rtn(w, spec.group, spec.symmetric)
+    q = quantize_rtn(w, spec.group, spec.symmetric, scale_dtype=spec.scale_dtype)
+    assert q.scales.dtype == np.dtype(spec.scale_dtype)
     return q.packed, q.scales, (np.zeros(1, np.uint8) if spec.symmetric else q.zeros)
 
 
@@ -50,7 +53,9 @@ def _run(spec: Int4MatmulSpec, x, natural) -> np.ndarray:
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_bit_exact_vs_numpy(case):
     shape, n, group, sym = CASES[case]
-    spec = Int4MatmulSpec(shape, n, group, sym)
+    spec = Int4MatmulSpec(
+        shape, n, group, sym, scale_dtype="float16" if "fp16" in case else "float32"
+    )
     rng = np.random.default_rng(len(case))
     natural = _weights(rng, spec)
     x = rng.standard_normal(shape).astype(np.float32)

@@ -42,6 +42,7 @@ def quantize_gptq(
     block: int = 128,
     clip: bool = False,
     act_order: bool = False,
+    scale_dtype: str = "float32",
 ) -> Int4Weight:
     """int4 of W [K, N] minimizing the output error on the inputs whose X^T X is h [K, K].
 
@@ -53,7 +54,7 @@ def quantize_gptq(
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w = np.where(dead[:, None], 0.0, np.asarray(w, np.float32))
-    params = _GroupParams(w, group, symmetric, clip, np.diag(h), static=act_order)
+    params = _GroupParams(w, group, symmetric, clip, np.diag(h), act_order, scale_dtype)
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     work = w[perm].astype(np.float64)
     u = _inverse_cholesky(h[np.ix_(perm, perm)], damp)
@@ -70,16 +71,17 @@ def quantize_gptq(
             work[i + 1 : b1] -= np.outer(u[i, i + 1 : b1], err)
             errors[i - b0] = err
         work[b1:] -= u[b0:b1, b1:].T @ errors
-    return from_codes(codes.T, params.scales.T, params.zeros.T, k, group, symmetric)
+    return from_codes(codes.T, params.scales.T, params.zeros.T, k, group, symmetric, scale_dtype)
 
 
 class _GroupParams:
     """Each group's (scale, zero) [N]: fixed from W up front (static), or computed from the
     updated rows when the group's first row comes up (they see the error fed into them)."""
 
-    def __init__(self, w, group: int, symmetric: bool, clip: bool, hdiag, static: bool):
+    def __init__(self, w, group: int, symmetric: bool, clip: bool, hdiag, static: bool, dtype):
         k, n = w.shape
         self.group, self.symmetric, self.clip, self.hdiag = group, symmetric, clip, hdiag
+        self.dtype = dtype
         groups = -(-k // group)
         self.scales = np.zeros((groups, n), np.float32)
         self.zeros = np.zeros((groups, n), np.float32)
@@ -92,9 +94,10 @@ class _GroupParams:
         rows = np.asarray(rows, np.float32)
         if self.clip:
             imp = self.hdiag[g * self.group : g * self.group + len(rows)]
-            self.scales[g], self.zeros[g] = clip_search(rows.T, self.symmetric, imp)
+            found = clip_search(rows.T, self.symmetric, imp, self.dtype)
         else:
-            self.scales[g], self.zeros[g] = group_params(rows.T, self.symmetric)
+            found = group_params(rows.T, self.symmetric, self.dtype)
+        self.scales[g], self.zeros[g] = found
         self.done[g] = True
 
     def at(self, row: int, upcoming: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from .embedding import find_tables
 from .gptq import output_error, quantize_gptq
-from .quant import GROUP_SIZES, Int4Weight, quantize_rtn
+from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
@@ -38,6 +38,7 @@ class Int4Options:
     damp: float = 0.01  # GPTQ: added to H's diagonal, times its mean
     clip: bool = True  # per-group range shrink search (quant.clip_search)
     act_order: bool = True  # GPTQ: rows by decreasing H_kk, static group parameters
+    scale_dtype: str = "float32"  # float32 | float16 (2 bytes a group instead of 4)
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
 
@@ -45,6 +46,8 @@ class Int4Options:
 def check_options(o: Int4Options) -> None:
     if o.method not in METHODS:
         raise CalibrationError(f"--int4-method must be one of {', '.join(METHODS)}")
+    if o.scale_dtype not in SCALE_DTYPES:
+        raise CalibrationError(f"--int4-scale-dtype must be one of {', '.join(SCALE_DTYPES)}")
     if o.group not in GROUP_SIZES:
         raise CalibrationError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     if o.method == "gptq" and not o.calibration:
@@ -72,7 +75,10 @@ class Int4:
             weights = _gptq(mod, layers, o, ctx, errors)
         else:
             weights = {
-                ly.name: quantize_rtn(ly.weight, o.group, o.symmetric, o.clip) for ly in layers
+                ly.name: quantize_rtn(
+                    ly.weight, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype
+                )
+                for ly in layers
             }
         seconds = round(time.perf_counter() - clock, 2)
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-int4-")
@@ -84,6 +90,7 @@ class Int4:
             "weights": str(path),
             "embeddings": "true" if o.embeddings else "false",
             "clip": "true" if o.clip else "false",
+            "scale_dtype": o.scale_dtype,
         }
         if o.skip:
             pass_opts["skip"] = ":".join(o.skip)
@@ -109,7 +116,14 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
     for ly in layers:
         w = ly.weight
         q = quantize_gptq(
-            w, hs[ly.name], o.group, o.symmetric, o.damp, clip=o.clip, act_order=o.act_order
+            w,
+            hs[ly.name],
+            o.group,
+            o.symmetric,
+            o.damp,
+            clip=o.clip,
+            act_order=o.act_order,
+            scale_dtype=o.scale_dtype,
         )
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
         mean_h = hs[ly.name] / max(rows[ly.name], 1)  # per-row output error, per channel
@@ -146,7 +160,10 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds) -> dic
     tables = []
     for t in find_tables(func, o.group) if o.embeddings else []:
         v, d = t.shape
-        parts = {"packed": v * d // 2, "scales": v * d // o.group * 4}
+        parts = {
+            "packed": v * d // 2,
+            "scales": v * d // o.group * np.dtype(o.scale_dtype).itemsize,
+        }
         parts["zeros"] = 0 if o.symmetric else v * d // o.group
         tables.append({"shape": [v, d], "fp32_bytes": t.nbytes, "bytes": parts})
         total["fp32"] += t.nbytes

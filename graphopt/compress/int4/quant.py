@@ -10,7 +10,9 @@ unsigned 4-bit zero point z; the stored nibble q is in [0, 15] and the weight it
 
 Natural layout (what `lower-int4` puts in the graph, like ONNX MatMulNBits): `packed` uint8
 [N, ceil(K / 2)], byte i of row n holding k = 2i in its low nibble and k = 2i + 1 in its high
-nibble (a last high nibble of odd K is 0); `scales` fp32 [N, G]; `zeros` uint8 [N, G] or None.
+nibble (a last high nibble of odd K is 0); `scales` fp32 (or fp16, `scale_dtype`) [N, G];
+`zeros` uint8 [N, G] or None. fp16 scales are rounded before the codes are chosen, so the
+codes fit the scale that is stored; they take 2 bytes a group instead of 4.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Int4Weight:
     """One quantized weight in natural layout; `k` is the unpadded reduction length."""
 
     packed: np.ndarray  # uint8 [N, ceil(K / 2)]
-    scales: np.ndarray  # fp32 [N, groups]
+    scales: np.ndarray  # fp32 or fp16 [N, groups]
     zeros: np.ndarray | None  # uint8 [N, groups]; None: symmetric (zero point 8)
     k: int
     group: int
@@ -55,7 +57,7 @@ class Int4Weight:
         q = self.codes().astype(np.float32)
         z = np.float32(SYM_ZERO) if self.zeros is None else self.zeros.astype(np.float32)
         zk = z if np.ndim(z) == 0 else np.repeat(z, self.group, axis=1)[:, : self.k]
-        sk = np.repeat(self.scales, self.group, axis=1)[:, : self.k]
+        sk = np.repeat(self.scales.astype(np.float32), self.group, axis=1)[:, : self.k]
         return np.ascontiguousarray(((q - zk) * sk).T.astype(np.float32))
 
 
@@ -79,17 +81,31 @@ def unpack_nibbles(packed: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out[..., :k])
 
 
-def group_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+SCALE_DTYPES = ("float32", "float16")
+_F16_RANGE = (float(np.finfo(np.float16).tiny), float(np.finfo(np.float16).max))
+
+
+def stored_scale(scale: np.ndarray, scale_dtype: str = "float32") -> np.ndarray:
+    """The fp32 value of `scale` once stored as `scale_dtype` (fp16: clamped into its normal
+    range, then rounded)."""
+    if scale_dtype == "float32":
+        return np.asarray(scale, np.float32)
+    return np.clip(scale, *_F16_RANGE).astype(np.float16).astype(np.float32)
+
+
+def group_params(
+    w: np.ndarray, symmetric: bool, scale_dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero) of the rows of w [.., group] (one group per row), both float32; an
     all-zero group gets scale 1."""
     w = np.asarray(w, np.float32)
     if symmetric:
         amax = np.abs(w).max(axis=-1)
-        scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+        scale = stored_scale(np.where(amax > 0, amax / 7.0, 1.0), scale_dtype)
         return scale, np.full_like(scale, SYM_ZERO)
     lo = np.minimum(w.min(axis=-1), 0.0)
     hi = np.maximum(w.max(axis=-1), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+    scale = stored_scale(np.where(hi > lo, (hi - lo) / 15.0, 1.0), scale_dtype)
     zero = np.clip(np.round(-lo / scale), 0, 15).astype(np.float32)
     return scale, zero
 
@@ -100,7 +116,10 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
 
 def clip_search(
-    w: np.ndarray, symmetric: bool, importance: np.ndarray | None = None
+    w: np.ndarray,
+    symmetric: bool,
+    importance: np.ndarray | None = None,
+    scale_dtype: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """`group_params` with each group's range shrunk by the ratio of `CLIP_RATIOS` that
     minimizes its squared rounding error, weighted per position by `importance` [group]
@@ -109,7 +128,7 @@ def clip_search(
     weight = np.ones(w.shape[-1]) if importance is None else np.asarray(importance, np.float64)
     best = None
     for r in CLIP_RATIOS:
-        scale, zero = group_params(w * np.float32(r), symmetric)
+        scale, zero = group_params(w * np.float32(r), symmetric, scale_dtype)
         deq = dequantize_values(
             quantize_values(w, scale[..., None], zero[..., None]), scale[..., None], zero[..., None]
         )
@@ -135,14 +154,21 @@ def dequantize_values(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.
     return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def from_codes(q_nk: np.ndarray, scales, zeros, k: int, group: int, symmetric: bool):
+def from_codes(
+    q_nk: np.ndarray, scales, zeros, k: int, group: int, symmetric: bool, scale_dtype="float32"
+):
     """An `Int4Weight` from nibbles [N, K] and per-group [N, G] scales / zero points."""
     z = None if symmetric else np.asarray(zeros).astype(np.uint8)
-    return Int4Weight(pack_nibbles(q_nk), np.asarray(scales, np.float32), z, k, group)
+    return Int4Weight(pack_nibbles(q_nk), np.asarray(scales).astype(scale_dtype), z, k, group)
 
 
 def quantize_rtn(
-    w: np.ndarray, group: int, symmetric: bool = True, clip: bool = False, importance=None
+    w: np.ndarray,
+    group: int,
+    symmetric: bool = True,
+    clip: bool = False,
+    importance=None,
+    scale_dtype: str = "float32",
 ) -> Int4Weight:
     """Round-to-nearest group-wise int4 of W [K, N] (the baseline GPTQ improves on); `clip`:
     each group's range from `clip_search` (weighted by `importance` [K] when given)."""
@@ -160,8 +186,8 @@ def quantize_rtn(
     if clip:
         imp = np.zeros(groups * group)
         imp[:k] = 1.0 if importance is None else importance
-        scale, zero = clip_search(blocks, symmetric, imp.reshape(groups, group))
+        scale, zero = clip_search(blocks, symmetric, imp.reshape(groups, group), scale_dtype)
     else:
-        scale, zero = group_params(blocks, symmetric)
+        scale, zero = group_params(blocks, symmetric, scale_dtype)
     q = quantize_values(blocks, scale[..., None], zero[..., None]).reshape(n, -1)[:, :k]
-    return from_codes(q, scale, zero, k, group, symmetric)
+    return from_codes(q, scale, zero, k, group, symmetric, scale_dtype)

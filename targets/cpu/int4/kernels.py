@@ -34,15 +34,15 @@ def panels(n: int) -> int:
 
 
 def pack_panels(packed: np.ndarray, scales: np.ndarray, zeros, spec: Int4MatmulSpec):
-    """Natural constants -> (wp uint8 [P, K, 8], sp fp32 [P, G, 16], zp uint8 [P, G, 16] or
-    the symmetric [1] as it was). Channels past N get scale 0 (their results are dropped)."""
+    """Natural constants -> (wp uint8 [P, K, 8], sp [P, G, 16] in the scales' dtype, zp uint8
+    [P, G, 16] or the symmetric [1] as it was). Channels past N get scale 0 (dropped)."""
     k, n, p = spec.k, spec.n, panels(spec.n)
     q = np.zeros((p * PANEL, packed.shape[1] * 2), np.uint8)
     q[:n, 0::2] = packed & 15
     q[:n, 1::2] = packed >> 4
     q = q[:, :k].reshape(p, 2, HALF, k)  # [P, lo/hi, 8, K]
     wp = (q[:, 0] | (q[:, 1] << 4)).transpose(0, 2, 1)  # [P, K, 8]
-    sp = np.zeros((p * PANEL, spec.groups), np.float32)
+    sp = np.zeros((p * PANEL, spec.groups), scales.dtype)
     sp[:n] = scales
     sp = sp.reshape(p, PANEL, -1).transpose(0, 2, 1)
     if spec.symmetric:
@@ -67,8 +67,8 @@ def _decode(spec: Int4MatmulSpec):
         b = T.Cast(f"int32x{LANES}", wp[p, kk, T.ramp(0, 1, LANES)])
         lo = T.Cast(f"float32x{LANES}", b & T.broadcast(15, LANES))
         hi = T.Cast(f"float32x{LANES}", T.shift_right(b, T.broadcast(4, LANES)))
-        s0 = sp[p, g, T.ramp(0, 1, LANES)]
-        s1 = sp[p, g, T.ramp(LANES, 1, LANES)]
+        s0 = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(0, 1, LANES)])
+        s1 = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(LANES, 1, LANES)])
         return (lo - zero(zp, p, g, 0)) * s0, (hi - zero(zp, p, g, 1)) * s1
 
     return decode
@@ -107,7 +107,7 @@ def int4_matmul_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     def int4_matmul(
         x: T.Buffer(spec.x_shape, "float32"),
         wp: T.Buffer((p_count, k, HALF), "uint8"),
-        sp: T.Buffer((p_count, spec.groups, PANEL), "float32"),
+        sp: T.Buffer((p_count, spec.groups, PANEL), spec.scale_dtype),
         zp: T.Buffer(z_shape, "uint8"),
         out: T.Buffer(spec.out_shape, "float32"),
     ):
