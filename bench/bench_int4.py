@@ -98,7 +98,7 @@ def _onnx_weight_bytes(path: Path) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
-def build(workdir: Path, group: int) -> tuple[dict[str, Path], dict[str, Any]]:
+def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     """Every contestant's model or artifact path, and the compile facts (times, manifests)."""
     from bench.models.export import export
     from bench.models.inputs import tokenize
@@ -111,9 +111,9 @@ def build(workdir: Path, group: int) -> tuple[dict[str, Path], dict[str, Any]]:
     np.savez(calib, **{k: np.concatenate([c[k] for c in cal]) for k in cal[0]})
     int4 = {
         "graphopt_int4_gptq": Int4Options(
-            "gptq", group, calibration=str(calib), samples=len(CALIB)
+            "gptq", calibration=str(calib), samples=len(CALIB), **fmt
         ),
-        "graphopt_int4_rtn": Int4Options("rtn", group),
+        "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
     }
     variants: dict[str, dict] = {
         "graphopt_fp32": {},
@@ -130,7 +130,9 @@ def build(workdir: Path, group: int) -> tuple[dict[str, Path], dict[str, Any]]:
         if "int4" in art.manifest:
             m = art.manifest["int4"]
             facts[key].update(quantize_s=m["seconds"]["quantize"], manifest_size=m["size"])
-            facts[key]["settings"] = {k: m["settings"][k] for k in ("method", "group", "symmetric")}
+            facts[key]["settings"] = {
+                k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
+            }
             facts[key]["layer_output_mse"] = {
                 r["layer"]: [r["rtn_mse"], r["gptq_mse"]] for r in m["layers"] if "gptq_mse" in r
             }
@@ -239,7 +241,7 @@ def _matmul_model(k: int, n: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def gemv(workdir: Path, group: int, runs: int) -> list[dict[str, Any]]:
+def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
     """Batch-1 matmuls alone (one-MatMul models, graphopt only, interleaved in one process):
     fp32, int8 (dynamic) and int4 artifacts, and the int4 weights' bytes per second."""
     from graphopt.compress.int4.method import Int4, Int4Options
@@ -248,12 +250,13 @@ def gemv(workdir: Path, group: int, runs: int) -> list[dict[str, Any]]:
     from graphopt.timing import interleaved
 
     rows = []
-    for k, n in ((384, 1536), (1536, 384), (4096, 4096), (4096, 11008)):
+    rtn = {k: v for k, v in fmt.items() if k != "damp"}
+    for k, n in ((384, 1536), (1536, 384), (4096, 4096)):
         model = _matmul_model(k, n)
         kinds = {
             "fp32": {},
             "int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
-            "int4": {"compression": [Int4(Int4Options("rtn", group))]},
+            "int4": {"compression": [Int4(Int4Options("rtn", **rtn))]},
         }
         arts = {
             name: graphopt.compile(model, workdir / f"gemv_{k}_{n}_{name}", **kw)
@@ -301,6 +304,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 t if t is not None else "-",
                 round(t / base, 2) if t and base else "-",
                 facts.get(key, {}).get("quantize_s", "-"),
+                facts.get(key, {}).get("compile_s", "-"),
             ]
         )
     cols = [
@@ -311,8 +315,26 @@ def markdown(doc: dict[str, Any]) -> str:
         "latency ms",
         "vs graphopt int8",
         "quantize s",
+        "compile s",
     ]
-    lines += [format_table(cols, rows), ""]
+    f = doc["int4_format"]
+    lines += [
+        f"int4: group {f['group']}, {'symmetric' if f['symmetric'] else 'asymmetric'}, "
+        f"{f['scale_dtype']} scales, GPTQ damp {f['damp']}, embeddings int4; latency: median "
+        "over rounds of each process's median; weights: tensor bytes in the artifact / model.",
+        "",
+        format_table(cols, rows),
+        "",
+    ]
+    errs = doc["facts"].get("graphopt_int4_gptq", {}).get("layer_output_mse", {})
+    if errs:
+        rtn = float(np.mean([v[0] for v in errs.values()]))
+        gptq = float(np.mean([v[1] for v in errs.values()]))
+        lines += [
+            f"Per-layer output MSE on the calibration inputs, mean over {len(errs)} layers: "
+            f"plain rounding {rtn:.3g}, GPTQ {gptq:.3g} ({rtn / gptq:.1f}x lower).",
+            "",
+        ]
     lines.append("Batch-1 matmuls alone (graphopt artifacts of one MatMul, medians, ms):")
     lines.append("")
     g = [
@@ -335,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--group", type=int, default=32)
+    parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--scale-dtype", default="float16")
+    parser.add_argument("--damp", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--time-one", nargs=2, metavar=("KEY", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -346,13 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
-        paths, facts = build(Path(tmp), args.group)
-        doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "group": args.group}
+        fmt = {
+            "group": args.group,
+            "symmetric": args.symmetric,
+            "scale_dtype": args.scale_dtype,
+            "damp": args.damp,
+        }
+        paths, facts = build(Path(tmp), fmt)
+        doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}
         doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
         doc["quality"] = quality(paths)
         _say(json.dumps(doc["quality"]))
         doc["latency"] = latency(paths, args.runs, args.rounds)
-        doc["gemv"] = gemv(Path(tmp), args.group, args.runs)
+        doc["gemv"] = gemv(Path(tmp), fmt, args.runs)
     text = markdown(doc)
     write_results(args.out, "int4", doc, text)
     print(text)

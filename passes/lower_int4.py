@@ -145,8 +145,8 @@ class _Rewriter(relax.PyExprMutator):
         if q.zeros is None:
             centred = R.subtract(codes, relax.const(np.float32(8)))
         else:
-            z = relax.const(q.zeros.astype(np.float32)[..., None])
-            centred = R.subtract(codes, bb.emit(R.take(z, idx, axis=0, mode=mode)))
+            z = bb.emit(R.take(relax.const(q.zeros[..., None]), idx, axis=0, mode=mode))
+            centred = R.subtract(codes, R.astype(z, "float32"))
         s = bb.emit(R.take(relax.const(q.scales[..., None]), idx, axis=0, mode=mode))
         if q.scales.dtype != np.float32:
             s = R.astype(s, "float32")

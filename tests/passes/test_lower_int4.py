@@ -103,6 +103,9 @@ def test_embedding_rows_are_int4_and_exact_vs_numpy(symmetric):
     consts = _consts(result.module)
     assert ("uint8", (VOCAB, DIM // 2)) in consts
     assert ("float32", (VOCAB, DIM)) not in consts
+    groups = DIM // 64  # scales fp32, zero points uint8 (asymmetric), one a group of a row
+    assert ("float32", (VOCAB, groups, 1)) in consts
+    assert (("uint8", (VOCAB, groups, 1)) in consts) == (not symmetric)
     x = np.zeros((1, 3, K), np.float32)
     idx = np.array([[0, VOCAB - 1, 7]], np.int64)
     got = run_module(result.module, [x, idx])[0]
