@@ -320,7 +320,8 @@ def markdown(doc: dict[str, Any]) -> str:
     f = doc["int4_format"]
     lines += [
         f"int4: group {f['group']}, {'symmetric' if f['symmetric'] else 'asymmetric'}, "
-        f"{f['scale_dtype']} scales, GPTQ damp {f['damp']}, embeddings int4; latency: median "
+        f"{f['scale_dtype']} scales, GPTQ damp {f['damp']}, embeddings int4 (group "
+        f"{f['embedding_group']}); latency: median "
         "over rounds of each process's median; weights: tensor bytes in the artifact / model.",
         "",
         format_table(cols, rows),
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--scale-dtype", default="float16")
     parser.add_argument("--damp", type=float, default=0.1)
+    parser.add_argument("--embedding-group", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--time-one", nargs=2, metavar=("KEY", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             "symmetric": args.symmetric,
             "scale_dtype": args.scale_dtype,
             "damp": args.damp,
+            "embedding_group": args.embedding_group,
         }
         paths, facts = build(Path(tmp), fmt)
         doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}

@@ -110,6 +110,7 @@ def _int4_method(args: argparse.Namespace):
             clip=args.int4_clip,
             act_order=args.int4_act_order,
             scale_dtype=args.int4_scale_dtype,
+            embedding_group=args.int4_embedding_group,
         )
     )
 
@@ -223,6 +224,12 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-embedding-group",
+        type=int,
+        choices=[32, 64, 128],
+        help="group size of int4 embedding rows (default: --group-size)",
+    )
     q.add_argument(
         "--int4-scale-dtype",
         choices=["float32", "float16"],

@@ -49,6 +49,7 @@ class LowerInt4(GraphPass):
         embeddings: bool = True  # also int4 embedding tables (take of a constant >= 1 MiB)
         clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
         scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
+        embedding_group: int = 0  # group of the embedding rows (0: `group`)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -123,16 +124,17 @@ class _Rewriter(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         o = self.options
-        table = embedding_table(call, self.consts, o.group) if o.embeddings else None
+        group = o.embedding_group or o.group
+        table = embedding_table(call, self.consts, group) if o.embeddings else None
         if table is None:
             return super().visit_call_(call)
         self.tables.append(list(table.shape))
-        return self._int4_gather(table, self.visit_expr(call.args[1]), call)
+        return self._int4_gather(table, self.visit_expr(call.args[1]), call, group)
 
-    def _int4_gather(self, table: np.ndarray, idx: relax.Expr, call: relax.Call) -> relax.Expr:
+    def _int4_gather(self, table, idx: relax.Expr, call: relax.Call, group: int) -> relax.Expr:
         """take(packed rows) -> nibbles -> (q - z) * s per group of each gathered row."""
         o, bb = self.options, self.builder_
-        q = quantize_rtn(table.T, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
+        q = quantize_rtn(table.T, group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
         vocab, dim = table.shape
         mode = call.attrs.mode
         out_shape = [int(d) for d in call.ty.shape.values]
@@ -140,7 +142,7 @@ class _Rewriter(relax.PyExprMutator):
         rows = bb.emit(R.take(relax.const(q.packed), idx, axis=0, mode=mode))
         lo = R.bitwise_and(rows, relax.const(np.uint8(15)))
         hi = R.right_shift(rows, relax.const(np.uint8(4)))
-        codes = R.reshape(R.stack([lo, hi], axis=-1), [*lead, dim // o.group, o.group])
+        codes = R.reshape(R.stack([lo, hi], axis=-1), [*lead, dim // group, group])
         codes = R.astype(codes, "float32")
         if q.zeros is None:
             centred = R.subtract(codes, relax.const(np.float32(8)))

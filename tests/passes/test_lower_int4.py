@@ -129,3 +129,13 @@ def test_fp16_scales_halve_the_scale_bytes():
     np.testing.assert_allclose(
         run_module(result.module, [x])[0], x @ q.dequantize(), rtol=1e-5, atol=1e-4
     )
+
+
+def test_embedding_group_of_its_own():
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((VOCAB, DIM)).astype(np.float32)
+    mod = _module(np.zeros((K, N), np.float32), table)
+    opts = {"group": "32", "embedding_group": "128", "scale_dtype": "float16"}
+    consts = _consts(apply_checked(make_pass("lower-int4", opts), mod).module)
+    assert ("float16", (VOCAB, DIM // 128, 1)) in consts  # the table's scales
+    assert ("float16", (N, 3)) in consts  # the matmul's: group 32
