@@ -11,9 +11,10 @@ int8 and onnxruntime's MatMulNBits.
 - Latency: one runtime per process (/work/shared/PEERS.md): rounds of processes in alternating
   order (A B C .. then .. C B A), each process warm-up then the median of --runs runs of one
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
-- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (same group,
-  symmetric, embeddings int4); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
-  accuracy_level 4; its Gather stays fp32).
+- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
+  format, embeddings int4); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
+  accuracy_level 4; its Gather stays fp32); and that MatMulNBits model imported by graphopt
+  (its weights as they are, on graphopt's int4 kernels).
 Writes bench/results/int4.json and int4.md.
 """
 
@@ -140,6 +141,13 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     start = time.perf_counter()
     paths["ort_int4_matmulnbits"] = _ort_nbits(onnx_path, workdir / "ort_int4.onnx")
     facts["ort_int4_matmulnbits"] = {"quantize_s": round(time.perf_counter() - start, 1)}
+    # the same MatMulNBits model imported by graphopt: its int4 weights on graphopt's kernels
+    _say("[minilm] compile graphopt_import_matmulnbits")
+    start = time.perf_counter()
+    dest = workdir / "graphopt_import_matmulnbits"
+    graphopt.compile(paths["ort_int4_matmulnbits"], dest, opt_level=2, progress=_say)
+    facts["graphopt_import_matmulnbits"] = {"compile_s": round(time.perf_counter() - start, 1)}
+    paths["graphopt_import_matmulnbits"] = dest
     return paths, facts
 
 

@@ -5,11 +5,12 @@
 The call's operands after x are the constants in natural layout (`compress/int4/quant.py`):
 `packed` uint8 [N, ceil(K / 2)] (k = 2i in the low nibble of byte i), `scales` fp32 [N, G],
 `zeros` uint8 [N, G] (asymmetric; symmetric: uint8 [1], the zero point is 8); scales may be
-fp16 (`scale_dtype`), read as their exact fp32 value. The portable
-kernel (`passes/_int4_reference.py`) carries the recipe (`RECIPE_ATTR`, JSON) so a target
-stage (`materialize-int4` on CPUs) can replace it with a kernel for its instructions and
-repack the constants. Each product x * W[k, n] is accumulated in fp32 in k order (fused
-multiply-adds where the target has FMA); `reference_matmul` is the numpy model of it.
+fp16 (`scale_dtype`), read as their exact fp32 value. The portable kernel (`portable_kernel`,
+emitted by `lower-int4` and by the MatMulNBits importer) carries the spec (`RECIPE_ATTR`,
+JSON) so a target stage (`materialize-int4` on CPUs) can replace it with a kernel for its
+instructions and repack the constants. Each product x * W[k, n] is accumulated in fp32 in
+k order (fused multiply-adds where the target has FMA); `reference_matmul` is the numpy
+model of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+from tvm.script import tirx as T
 
 RECIPE_ATTR = "graphopt.int4_kernel"
 
@@ -96,3 +98,44 @@ def reference_matmul(
         else:
             acc = acc + xf[:, kk : kk + 1] * w[kk]
     return acc.reshape(spec.out_shape)
+
+
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+
+
+def portable_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
+    """The op as plain scalar TIR over natural-layout constants (builds and runs on any
+    target; only the row loop is parallel, nothing is fast): PrimFunc(x, packed, scales,
+    zeros, out), carrying its spec. A target stage replaces it (`materialize-int4`)."""
+    rows, k, n, group = spec.rows, spec.k, spec.n, spec.group
+    z_shape = (1,) if spec.symmetric else (n, spec.groups)
+
+    def zero(zeros, j, kk):
+        if spec.symmetric:
+            return T.float32(8.0)
+        return T.Cast("float32", zeros[j, kk // group])
+
+    @T.prim_func
+    def int4_matmul(
+        x: T.Buffer(spec.x_shape, "float32"),
+        packed: T.Buffer((n, (k + 1) // 2), "uint8"),
+        scales: T.Buffer((n, spec.groups), spec.scale_dtype),
+        zeros: T.Buffer(z_shape, "uint8"),
+        out: T.Buffer(spec.out_shape, "float32"),
+    ):
+        T.func_attr(_ATTRS)
+        xf = T.decl_buffer((rows, k), "float32", data=x.data)
+        of = T.decl_buffer((rows, n), "float32", data=out.data)
+        for m in T.parallel(rows):
+            acc = T.decl_buffer((1,), "float32", scope="local")
+            for j in range(n):
+                acc[0] = T.float32(0)
+                for kk in range(k):
+                    byte = T.Cast("int32", packed[j, kk // 2])
+                    q = T.Cast("float32", T.shift_right(byte, (kk % 2) * 4) & 15)
+                    s = T.Cast("float32", scales[j, kk // group])
+                    wv = (q - zero(zeros, j, kk)) * s
+                    acc[0] = acc[0] + xf[m, kk] * wv
+                of[m, j] = acc[0]
+
+    return int4_matmul.without_attr("global_symbol").with_attr(RECIPE_ATTR, spec.text())

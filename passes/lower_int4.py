@@ -11,8 +11,8 @@ With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D]
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
 scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
 
-The kernel emitted is the portable one (`_int4_reference.py`, carrying its recipe); a target
-stage (`materialize-int4`) replaces it with a kernel for its instructions.
+The kernel emitted is the portable one (`graphopt.int4_ops.portable_kernel`, carrying its
+spec); a target stage (`materialize-int4`) replaces it with a kernel for its instructions.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from graphopt.compress.int4.embedding import bound_constants, embedding_table
 from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
 from graphopt.compress.int4.store import load_weights
 from graphopt.errors import PipelineError
-from graphopt.int4_ops import Int4MatmulSpec
+from graphopt.int4_ops import Int4MatmulSpec, portable_kernel
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.passes._int4_reference import int4_matmul_reference
 
 
 @register_pass
@@ -104,7 +103,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _kernel(self, spec: Int4MatmulSpec) -> relax.GlobalVar:
         if spec not in self.kernels:
-            self.kernels[spec] = self.builder_.add_func(int4_matmul_reference(spec), "int4_matmul")
+            self.kernels[spec] = self.builder_.add_func(portable_kernel(spec), "int4_matmul")
         return self.kernels[spec]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

@@ -10,6 +10,8 @@ from ..errors import UnsupportedOperatorError
 # Handled by the importer outside its converter table.
 _BUILTIN = {"Constant", "If"}
 _STANDARD_DOMAINS = {"", "ai.onnx"}
+# Operators of other domains with a converter of graphopt's own (frontend/converters/).
+CONTRIB_OPS = {("com.microsoft", "MatMulNBits")}
 
 
 def converted_op_types() -> set[str]:
@@ -63,6 +65,7 @@ def check_supported(model: onnx.ModelProto) -> None:
         if (node.domain, node.op_type) in local_functions:
             continue
         ok = node.domain in _STANDARD_DOMAINS and node.op_type in supported
+        ok = ok or (node.domain, node.op_type) in CONTRIB_OPS
         if not ok:
             key = (
                 node.op_type

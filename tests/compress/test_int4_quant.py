@@ -137,3 +137,13 @@ def test_fp16_scales_codes_fit_the_stored_scale(symmetric):
     assert q.scales.dtype == np.float16
     step = np.repeat(q.scales.astype(np.float32), 32, axis=1).T
     assert np.all(np.abs(q.dequantize() - w) <= step / 2 + 1e-6)
+
+
+def test_hessian_rows_leave_out_padding():
+    from graphopt.compress.int4.hessian import _rows
+
+    x = np.arange(2 * 3 * 4, dtype=np.float64).reshape(2, 3, 4)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(_rows(x, mask), x[[0, 0, 1], [0, 1, 0]])
+    assert _rows(x, None).shape == (6, 4)
+    assert _rows(x, np.ones((2, 5))).shape == (6, 4)  # a mask of another shape: every row

@@ -17,7 +17,7 @@ from tvm import relax
 # fn(bb, op_type, inputs, attrs, opset) -> relax.Expr | None
 Converter = Callable[[relax.BlockBuilder, str, list, dict, int], "relax.Expr | None"]
 _REGISTRY: dict[str, Converter] = {}
-_FAMILIES = ("detection", "elementwise", "pad", "reduce", "resize", "rnn", "shape_ops")
+_FAMILIES = ("detection", "elementwise", "int4", "pad", "reduce", "resize", "rnn", "shape_ops")
 _loaded = False
 
 
