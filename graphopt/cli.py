@@ -480,6 +480,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})"
     )
     print(result.table())
+    if "int4" in art.manifest:  # per-layer bits and the size breakdown
+        from .compress.int4.method import format_report as int4_report
+
+        print(int4_report(art.manifest["int4"]))
     if args.json:
         _write_json(args.json, result.to_json())
     return 0

@@ -99,3 +99,12 @@ def test_gptq_without_calibration_is_an_error(files, capsys):
     args = ["compile", str(files / "mlp.onnx"), "-o", str(files / "bad"), "--quantize", "int4"]
     assert main([*args, "--int4-method", "gptq"]) == 2
     assert "needs --calibration" in capsys.readouterr().err
+
+
+def test_report_shows_bits_and_sizes(files, capsys):
+    _compile(files, "rep", "--int4-method", "rtn")
+    capsys.readouterr()
+    args = ["report", str(files / "rep"), "--vs", str(files / "mlp.onnx"), "--runs", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "matmul_1" in out and "packed" in out and "ratio" in out
