@@ -53,25 +53,29 @@ def pack_panels(packed: np.ndarray, scales: np.ndarray, zeros, spec: Int4MatmulS
     return [np.ascontiguousarray(a) for a in (wp, sp, zp)]
 
 
-def _decode(spec: Int4MatmulSpec):
-    """TIR: the two fp32 weight vectors (channels 0-7 and 8-15) of panel p at index kk."""
-    group = spec.group
+def _decoders(spec: Int4MatmulSpec):
+    """(TIR macro: group g's scales and zero points of panel p into `sz` as fp32 vectors
+    [s0, s1, z0, z1], once a group; TIR: the two weight vectors of index kk from `sz`)."""
 
     def zero(zp, p, g, half):
         if spec.symmetric:
             return T.broadcast(T.float32(8.0), LANES)
         return T.Cast(f"float32x{LANES}", zp[p, g, T.ramp(half * LANES, 1, LANES)])
 
-    def decode(wp, sp, zp, p, kk):
-        g = kk // group
+    @T.macro
+    def load_group(sz, sp, zp, p, g):
+        sz[0] = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(0, 1, LANES)])
+        sz[1] = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(LANES, 1, LANES)])
+        sz[2] = zero(zp, p, g, 0)
+        sz[3] = zero(zp, p, g, 1)
+
+    def weights(wp, sz, p, kk):
         b = T.Cast(f"int32x{LANES}", wp[p, kk, T.ramp(0, 1, LANES)])
         lo = T.Cast(f"float32x{LANES}", b & T.broadcast(15, LANES))
         hi = T.Cast(f"float32x{LANES}", T.shift_right(b, T.broadcast(4, LANES)))
-        s0 = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(0, 1, LANES)])
-        s1 = T.Cast(f"float32x{LANES}", sp[p, g, T.ramp(LANES, 1, LANES)])
-        return (lo - zero(zp, p, g, 0)) * s0, (hi - zero(zp, p, g, 1)) * s1
+        return (lo - sz[2]) * sz[0], (hi - sz[3]) * sz[1]
 
-    return decode
+    return load_group, weights
 
 
 def _store_macro(n: int):
@@ -97,7 +101,8 @@ def int4_matmul_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K, 8], sp [P, G, 16], zp, out): one task per column panel."""
     rows, k, n, p_count = spec.rows, spec.k, spec.n, panels(spec.n)
     z_shape = (1,) if spec.symmetric else (p_count, spec.groups, PANEL)
-    decode, store = _decode(spec), _store_macro(n)
+    (load_group, weights), store = _decoders(spec), _store_macro(n)
+    group, groups = spec.group, spec.groups
     mr = min(MR, rows)
     row_tiles = -(-rows // mr)
     loop = T.parallel if rows * k * n >= 1 << 18 else T.serial
@@ -117,22 +122,27 @@ def int4_matmul_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
         for p in loop(p_count):
             acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
             tail = T.decl_buffer((LANES,), "float32", scope="local")
+            sz = T.decl_buffer((4,), f"float32x{LANES}", scope="local")
             if gemv:
                 acc[0] = T.broadcast(T.float32(0), LANES)
                 acc[1] = T.broadcast(T.float32(0), LANES)
-                for kk in range(k):
-                    w0, w1 = T.meta_var(decode(wp, sp, zp, p, kk))
-                    xv = T.meta_var(T.broadcast(xf[0, kk], LANES))
-                    acc[0] = _fma(xv, w0, acc[0])
-                    acc[1] = _fma(xv, w1, acc[1])
+                for g in range(groups):
+                    load_group(sz, sp, zp, p, g)
+                    for j in range(T.min(group, k - g * group)):
+                        w0, w1 = T.meta_var(weights(wp, sz, p, g * group + j))
+                        xv = T.meta_var(T.broadcast(xf[0, g * group + j], LANES))
+                        acc[0] = _fma(xv, w0, acc[0])
+                        acc[1] = _fma(xv, w1, acc[1])
                 store(of, tail, 0, p * PANEL, acc[0])
                 store(of, tail, 0, p * PANEL + LANES, acc[1])
             else:
                 wd = T.decl_buffer((k, PANEL), "float32")
-                for kk in range(k):
-                    w0, w1 = T.meta_var(decode(wp, sp, zp, p, kk))
-                    wd[kk, T.ramp(0, 1, LANES)] = w0
-                    wd[kk, T.ramp(LANES, 1, LANES)] = w1
+                for g in range(groups):
+                    load_group(sz, sp, zp, p, g)
+                    for j in range(T.min(group, k - g * group)):
+                        w0, w1 = T.meta_var(weights(wp, sz, p, g * group + j))
+                        wd[g * group + j, T.ramp(0, 1, LANES)] = w0
+                        wd[g * group + j, T.ramp(LANES, 1, LANES)] = w1
                 for t in range(row_tiles):
                     for i in T.unroll(2 * mr):
                         acc[i] = T.broadcast(T.float32(0), LANES)
