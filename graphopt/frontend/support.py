@@ -19,7 +19,8 @@ def converted_op_types() -> set[str]:
     from .converters import registry
     from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
 
-    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
+    contrib = {op for _domain, op in CONTRIB_OPS}  # converted, but not default-domain ops
+    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | (set(registry()) - contrib)
 
 
 def expanded_op_types() -> set[str]:
