@@ -14,6 +14,7 @@ from tvm import relax
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
 from .expand import expand_functions
+from .int4_dq import rewrite_blocked_int4
 from .load import load_model
 from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
@@ -64,6 +65,7 @@ def import_onnx(
     check_structure(model)
     model = make_static(model, dict(input_shapes or {}))
     model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
+    model = _guarded("ONNX rewrite of blocked int4 weights", rewrite_blocked_int4, model)
     model = _guarded("ONNX expansion of function operators", _expand, model)
     lap("load")
     check_supported(model)
