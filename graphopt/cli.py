@@ -111,6 +111,7 @@ def _int4_method(args: argparse.Namespace):
             act_order=args.int4_act_order,
             scale_dtype=args.int4_scale_dtype,
             embedding_group=args.int4_embedding_group,
+            skip=tuple(filter(None, (args.int4_skip or "").split(","))),
         )
     )
 
@@ -224,6 +225,11 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-skip",
+        metavar="LAYERS",
+        help="comma-separated layers kept fp32 (names as in the compile table: matmul_3,...)",
+    )
     q.add_argument(
         "--int4-embedding-group",
         type=int,

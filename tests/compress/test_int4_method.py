@@ -108,3 +108,10 @@ def test_report_shows_bits_and_sizes(files, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "matmul_1" in out and "packed" in out and "ratio" in out
+
+
+def test_skip_keeps_a_layer_fp32(files):
+    _art, manifest = _compile(files, "skip", "--int4-method", "rtn", "--int4-skip", "matmul_1")
+    rows = {r["layer"]: r for r in manifest["int4"]["layers"]}
+    assert rows["matmul_0"]["bits"] == 4 and rows["matmul_1"]["bits"] == 32
+    assert manifest["int4"]["size"]["kept_fp32"] == H * K_OUT * 4
