@@ -73,6 +73,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from .compress.int8.flow import format_report
 
         print(format_report(art.manifest["quantization"]))
+    if "int4" in art.manifest:
+        from .compress.int4.method import format_report as int4_report
+
+        print(int4_report(art.manifest["int4"]))
     report = art.manifest["report"]
     print(
         f"compiled {args.model} -> {args.output}/ for {args.target}: "
@@ -85,8 +89,31 @@ def _compression_methods(args: argparse.Namespace) -> list:
     """The compression methods the flags select, in the order they run."""
     from .compress.int8.method import Int8
 
+    if args.quantize == "int4":
+        return [_int4_method(args)]
     quant = _quant_options(args)
     return [Int8(quant)] if quant is not None else []
+
+
+def _int4_method(args: argparse.Namespace):
+    """`--quantize int4` and its flags (docs/INT4.md)."""
+    from .compress.int4.method import Int4, Int4Options
+
+    return Int4(
+        Int4Options(
+            method=args.int4_method or ("gptq" if args.calibration else "rtn"),
+            group=args.group_size,
+            symmetric=args.int4_symmetric,
+            calibration=args.calibration,
+            samples=args.calib_samples,
+            embeddings=args.int4_embeddings,
+            clip=args.int4_clip,
+            act_order=args.int4_act_order,
+            scale_dtype=args.int4_scale_dtype,
+            embedding_group=args.int4_embedding_group,
+            skip=tuple(filter(None, (args.int4_skip or "").split(","))),
+        )
+    )
 
 
 def _quant_options(args: argparse.Namespace):
@@ -121,7 +148,7 @@ def _quant_options(args: argparse.Namespace):
 
 def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     q = parser.add_argument_group("int8 quantization (docs/INT8.md)")
-    q.add_argument("--quantize", choices=["int8"], help="post-training quantization scheme")
+    q.add_argument("--quantize", choices=["int8", "int4"], help="post-training quantization scheme")
     q.add_argument("--calibration", metavar="DATA", help=".npz of samples, .npy or image dir")
     q.add_argument(
         "--calib-method",
@@ -186,6 +213,59 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     ]
     for flag, default, text in switches:
         q.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    _add_int4_options(parser)
+
+
+def _add_int4_options(parser: argparse.ArgumentParser) -> None:
+    q = parser.add_argument_group("int4 weights (--quantize int4, docs/INT4.md)")
+    q.add_argument(
+        "--int4-method",
+        choices=["gptq", "rtn"],
+        default=None,
+        help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
+    )
+    q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-skip",
+        metavar="LAYERS",
+        help="comma-separated layers kept fp32 (names as in the compile table: matmul_3,...)",
+    )
+    q.add_argument(
+        "--int4-embedding-group",
+        type=int,
+        choices=[32, 64, 128],
+        help="group size of int4 embedding rows (default: --group-size)",
+    )
+    q.add_argument(
+        "--int4-scale-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="group scales stored as fp32 (default) or fp16 (2 bytes a group)",
+    )
+    q.add_argument(
+        "--int4-symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="zero point 8 (default); --no-int4-symmetric: a uint8 zero point per group",
+    )
+    q.add_argument(
+        "--int4-clip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search each group's range (shrink 1.0-0.75) for the least error (default on)",
+    )
+    q.add_argument(
+        "--int4-act-order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gptq: quantize inputs by decreasing activation energy (default on)",
+    )
+    q.add_argument(
+        "--int4-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="int4 embedding tables (gathers of constant tables >= 1 MiB; default on)",
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -406,6 +486,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})"
     )
     print(result.table())
+    if "int4" in art.manifest:  # per-layer bits and the size breakdown
+        from .compress.int4.method import format_report as int4_report
+
+        print(int4_report(art.manifest["int4"]))
     if args.json:
         _write_json(args.json, result.to_json())
     return 0

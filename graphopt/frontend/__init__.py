@@ -15,6 +15,7 @@ from ..errors import GraphoptError
 from .cleanup import clean_for_import
 from .empty_inputs import fold_empty_inputs
 from .expand import expand_functions
+from .int4_dq import rewrite_blocked_int4
 from .load import load_model
 from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
@@ -66,6 +67,7 @@ def import_onnx(
     model = make_static(model, dict(input_shapes or {}))
     model = fold_empty_inputs(model)
     model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
+    model = _guarded("ONNX rewrite of blocked int4 weights", rewrite_blocked_int4, model)
     model = _guarded("ONNX expansion of function operators", _expand, model)
     lap("load")
     check_supported(model)

@@ -10,6 +10,8 @@ from ..errors import UnsupportedOperatorError
 # Handled by the importer outside its converter table.
 _BUILTIN = {"Constant", "If"}
 _STANDARD_DOMAINS = {"", "ai.onnx"}
+# Operators of other domains with a converter of graphopt's own (frontend/converters/).
+CONTRIB_OPS = {("com.microsoft", "MatMulNBits")}
 
 
 def converted_op_types() -> set[str]:
@@ -17,7 +19,8 @@ def converted_op_types() -> set[str]:
     from .converters import registry
     from .quantized import REWRITTEN  # rewritten at the ONNX level before TVM's importer
 
-    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | set(registry())
+    contrib = {op for _domain, op in CONTRIB_OPS}  # converted, but not default-domain ops
+    return set(_tvm.onnx_convert_map()) | _BUILTIN | REWRITTEN | (set(registry()) - contrib)
 
 
 def expanded_op_types() -> set[str]:
@@ -63,6 +66,7 @@ def check_supported(model: onnx.ModelProto) -> None:
         if (node.domain, node.op_type) in local_functions:
             continue
         ok = node.domain in _STANDARD_DOMAINS and node.op_type in supported
+        ok = ok or (node.domain, node.op_type) in CONTRIB_OPS
         if not ok:
             key = (
                 node.op_type

@@ -20,6 +20,7 @@ _REGISTRY: dict[str, Converter] = {}
 _FAMILIES = (
     "detection",
     "elementwise",
+    "int4",
     "pad",
     "reduce",
     "resize",

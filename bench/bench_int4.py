@@ -1,0 +1,405 @@
+"""int4 weights on all-MiniLM-L6-v2: graphopt int4 (GPTQ and round-to-nearest) vs fp32, graphopt
+int8 and onnxruntime's MatMulNBits.
+
+    python -m bench.bench_int4 [--runs 50] [--rounds 4] [--group 32]
+
+- Quality: minimum and mean embedding cosine vs onnxruntime fp32 on the 24 evaluation
+  sentences (bench/models/inputs.py); GPTQ calibrates on other sentences (CALIB below, none of
+  them in the evaluation set).
+- Size: the weight bytes each artifact carries (graphopt: its library's tensor constants,
+  graphopt.sizes; onnxruntime: the initializers of its ONNX file), over fp32's.
+- Latency: one runtime per process (/work/shared/PEERS.md): rounds of processes in alternating
+  order (A B C .. then .. C B A), each process warm-up then the median of --runs runs of one
+  sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
+- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
+  format, embeddings int4); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
+  accuracy_level 4; its Gather stays fp32); and that MatMulNBits model imported by graphopt
+  (its weights as they are, on graphopt's int4 kernels).
+Writes bench/results/int4.json and int4.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import graphopt
+from bench.bench_int8 import CALIB_SENTENCES, cosine_quality
+from bench.writing import write_results
+from graphopt import env
+from graphopt.machine import machine_info
+from graphopt.tables import format_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = "2"
+
+# More calibration sentences (disjoint from the evaluation SENTENCES): GPTQ's Hessians need
+# more varied rows than 8 short sentences padded to 128 tokens give.
+CALIB = [
+    *CALIB_SENTENCES,
+    "Farmers expect a good harvest if the dry weather continues into autumn.",
+    "The software engineer fixed a memory leak in the database driver.",
+    "Two children argued over who would sit next to the window on the bus.",
+    "Our flight was cancelled, so we spent the night at an airport hotel.",
+    "The documentary follows a family of elephants across the savanna.",
+    "Please send me the updated spreadsheet before the meeting on Thursday.",
+    "The old lighthouse has guided ships along this coast for two centuries.",
+    "Researchers measured how quickly the glacier has retreated since 1950.",
+    "I would like to return these shoes because they are too small.",
+    "The chef added a pinch of salt and let the soup simmer for an hour.",
+    "A violent storm knocked down power lines across the valley last night.",
+    "The new policy requires employees to change their passwords every ninety days.",
+    "He practised the piano every evening until his fingers ached.",
+    "Tourists crowded the square to watch the changing of the guard.",
+    "What is the difference between a virus and a bacterium?",
+    "The team celebrated their victory with a parade through the city centre.",
+    "Mortgage rates have climbed to their highest level in a decade.",
+    "The volunteers planted two hundred trees along the riverbank.",
+    "My grandmother still writes letters by hand to all her friends.",
+    "The telescope captured images of a galaxy billions of light years away.",
+    "Traffic on the motorway was backed up for miles after the accident.",
+    "The novel's final chapter reveals the identity of the mysterious stranger.",
+    "Students must submit their essays through the online portal by Friday.",
+    "A gentle breeze carried the scent of pine through the open window.",
+]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _ort_nbits(path: Path, dest: Path, block: int = 32) -> Path:
+    """onnxruntime's int4 MatMulNBits model (block 32, symmetric, accuracy_level 4)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(path)), block_size=block, is_symmetric=True, accuracy_level=4
+    )
+    q.process()
+    onnx.save(q.model.model, str(dest))
+    return dest
+
+
+def _onnx_weight_bytes(path: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Every contestant's model or artifact path, and the compile facts (times, manifests)."""
+    from bench.models.export import export
+    from bench.models.inputs import tokenize
+    from graphopt.compress.int4.method import Int4, Int4Options
+    from graphopt.compress.int8.flow import QuantOptions
+
+    onnx_path = export("minilm")
+    cal = [tokenize(s) for s in CALIB]
+    calib = workdir / "calib.npz"
+    np.savez(calib, **{k: np.concatenate([c[k] for c in cal]) for k in cal[0]})
+    int4 = {
+        "graphopt_int4_gptq": Int4Options(
+            "gptq", calibration=str(calib), samples=len(CALIB), **fmt
+        ),
+        "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
+    }
+    variants: dict[str, dict] = {
+        "graphopt_fp32": {},
+        "graphopt_int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
+        **{k: {"compression": [Int4(o)]} for k, o in int4.items()},
+    }
+    paths: dict[str, Path] = {"ort_fp32": onnx_path}
+    facts: dict[str, Any] = {}
+    for key, kw in variants.items():
+        _say(f"[minilm] compile {key}")
+        start = time.perf_counter()
+        art = graphopt.compile(onnx_path, workdir / key, opt_level=2, progress=_say, **kw)
+        facts[key] = {"compile_s": round(time.perf_counter() - start, 1)}
+        if "int4" in art.manifest:
+            m = art.manifest["int4"]
+            facts[key].update(quantize_s=m["seconds"]["quantize"], manifest_size=m["size"])
+            facts[key]["settings"] = {
+                k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
+            }
+            facts[key]["layer_output_mse"] = {
+                r["layer"]: [r["rtn_mse"], r["gptq_mse"]] for r in m["layers"] if "gptq_mse" in r
+            }
+        paths[key] = workdir / key
+    start = time.perf_counter()
+    paths["ort_int4_matmulnbits"] = _ort_nbits(onnx_path, workdir / "ort_int4.onnx")
+    facts["ort_int4_matmulnbits"] = {"quantize_s": round(time.perf_counter() - start, 1)}
+    # the same MatMulNBits model imported by graphopt: its int4 weights on graphopt's kernels
+    _say("[minilm] compile graphopt_import_matmulnbits")
+    start = time.perf_counter()
+    dest = workdir / "graphopt_import_matmulnbits"
+    graphopt.compile(paths["ort_int4_matmulnbits"], dest, opt_level=2, progress=_say)
+    facts["graphopt_import_matmulnbits"] = {"compile_s": round(time.perf_counter() - start, 1)}
+    paths["graphopt_import_matmulnbits"] = dest
+    return paths, facts
+
+
+def sizes(paths: dict[str, Path]) -> dict[str, Any]:
+    """Weight bytes per contestant and their ratio to fp32 (each runtime's own fp32)."""
+    from graphopt.sizes import library_weights
+
+    out: dict[str, Any] = {}
+    for key, path in paths.items():
+        if key.startswith("graphopt"):
+            n = library_weights(graphopt.load(path).library_path).weight_bytes
+        else:
+            n = _onnx_weight_bytes(path)
+        out[key] = {"weight_bytes": n}
+    for key in out:
+        base = out["graphopt_fp32" if key.startswith("graphopt") else "ort_fp32"]["weight_bytes"]
+        out[key]["ratio"] = round(out[key]["weight_bytes"] / base, 4)
+    return out
+
+
+def _runner(key: str, path: Path):
+    """A callable running one feed, for a contestant (2 threads)."""
+    if key.startswith("graphopt"):
+        art = graphopt.load(path)
+        name = art.outputs[0].name
+        return lambda feed: art.run(feed)[name]
+    from graphopt.reference import ort_run, ort_session
+
+    sess = ort_session(path, threads=int(THREADS))
+    name = sess.get_outputs()[0].name
+    return lambda feed: ort_run(sess, feed)[name]
+
+
+def quality(paths: dict[str, Path]) -> dict[str, Any]:
+    """Embedding cosine vs onnxruntime fp32 on the evaluation sentences."""
+    from bench.models.inputs import sentence_batch
+
+    feeds = sentence_batch(24)
+    ref_run = _runner("ort_fp32", paths["ort_fp32"])
+    ref = [ref_run(f) for f in feeds]
+    out = {}
+    for key, path in paths.items():
+        run = _runner(key, path)
+        out[key] = cosine_quality(ref, [run(f) for f in feeds])
+    return out
+
+
+def time_one(key: str, path: Path, runs: int) -> dict[str, float]:
+    """In this process only: warm-up, then `runs` timed runs of one sentence."""
+    from bench.models.inputs import sentence_batch
+
+    feed = sentence_batch(1)[0]
+    run = _runner(key, path)
+    for _ in range(5):
+        run(feed)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(feed)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+
+
+def latency(paths: dict[str, Path], runs: int, rounds: int) -> dict[str, Any]:
+    """Each contestant in its own process, rounds in alternating order; medians over rounds."""
+    env_vars = {**os.environ, env.NUM_THREADS.name: THREADS}
+    keys = list(paths)
+    got: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            cmd = [sys.executable, "-m", "bench.bench_int4", "--time-one", key, str(paths[key])]
+            proc = subprocess.run(
+                [*cmd, "--runs", str(runs)], env=env_vars, capture_output=True, text=True
+            )
+            if proc.returncode:
+                raise RuntimeError(f"timing {key} failed: {proc.stderr.strip()[-500:]}")
+            got[key].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"])
+            _say(f"[minilm] round {r + 1}/{rounds} {key}: {got[key][-1]:.2f} ms")
+    return {
+        k: {
+            "median_ms": round(statistics.median(v), 3),
+            "rounds_ms": [round(x, 3) for x in v],
+        }
+        for k, v in got.items()
+    }
+
+
+def _matmul_model(k: int, n: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
+    """Batch-1 matmuls alone (one-MatMul models, graphopt only, interleaved in one process):
+    fp32, int8 (dynamic) and int4 artifacts, and the int4 weights' bytes per second."""
+    from graphopt.compress.int4.method import Int4, Int4Options
+    from graphopt.compress.int8.flow import QuantOptions
+    from graphopt.sizes import library_weights
+    from graphopt.timing import interleaved
+
+    rows = []
+    rtn = {k: v for k, v in fmt.items() if k != "damp"}
+    for k, n in ((384, 1536), (1536, 384), (4096, 4096)):
+        model = _matmul_model(k, n)
+        kinds = {
+            "fp32": {},
+            "int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
+            "int4": {"compression": [Int4(Int4Options("rtn", **rtn))]},
+        }
+        arts = {
+            name: graphopt.compile(model, workdir / f"gemv_{k}_{n}_{name}", **kw)
+            for name, kw in kinds.items()
+        }
+        feed = {"x": np.ones((1, k), np.float32)}
+        t = interleaved({name: a.runner(feed) for name, a in arts.items()}, runs=runs, warmup=5)
+        ms = {name: round(v.median_ms, 4) for name, v in t.items()}
+        nbytes = library_weights(arts["int4"].library_path).weight_bytes
+        rows.append(
+            {
+                "k": k,
+                "n": n,
+                "ms": ms,
+                "int4_weight_bytes": nbytes,
+                "int4_GBps": round(nbytes / ms["int4"] / 1e6, 2),
+                "fp32_GBps": round(k * n * 4 / ms["fp32"] / 1e6, 2),
+            }
+        )
+        _say(f"[gemv] {k}x{n}: {ms}")
+    return rows
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        "# int4 weights: all-MiniLM-L6-v2",
+        "",
+        f"Machine: {m.get('cpu', '?')}, load {m.get('load_average', '?')}; 2 threads per "
+        f"runtime, one process each, {doc['rounds']} rounds x {doc['runs']} runs "
+        "(`python -m bench.bench_int4`).",
+        "",
+    ]
+    lat, q, size, facts = doc["latency"], doc["quality"], doc["sizes"], doc["facts"]
+    base = lat.get("graphopt_int8", {}).get("median_ms")
+    rows = []
+    for key in doc["contestants"]:
+        t = lat.get(key, {}).get("median_ms")
+        rows.append(
+            [
+                key,
+                q[key]["min_cosine"],
+                q[key]["mean_cosine"],
+                size[key]["ratio"],
+                t if t is not None else "-",
+                round(t / base, 2) if t and base else "-",
+                facts.get(key, {}).get("quantize_s", "-"),
+                facts.get(key, {}).get("compile_s", "-"),
+            ]
+        )
+    cols = [
+        "contestant",
+        "min cosine",
+        "mean cosine",
+        "weights vs fp32",
+        "latency ms",
+        "vs graphopt int8",
+        "quantize s",
+        "compile s",
+    ]
+    f = doc["int4_format"]
+    lines += [
+        f"int4: group {f['group']}, {'symmetric' if f['symmetric'] else 'asymmetric'}, "
+        f"{f['scale_dtype']} scales, GPTQ damp {f['damp']}, embeddings int4 (group "
+        f"{f['embedding_group']}); latency: median "
+        "over rounds of each process's median; weights: tensor bytes in the artifact / model.",
+        "",
+        format_table(cols, rows),
+        "",
+    ]
+    errs = doc["facts"].get("graphopt_int4_gptq", {}).get("layer_output_mse", {})
+    if errs:
+        rtn = float(np.mean([v[0] for v in errs.values()]))
+        gptq = float(np.mean([v[1] for v in errs.values()]))
+        lines += [
+            f"Per-layer output MSE on the calibration inputs, mean over {len(errs)} layers: "
+            f"plain rounding {rtn:.3g}, GPTQ {gptq:.3g} ({rtn / gptq:.1f}x lower).",
+            "",
+        ]
+    lines.append("Batch-1 matmuls alone (graphopt artifacts of one MatMul, medians, ms):")
+    lines.append("")
+    g = [
+        [
+            f"{r['k']}x{r['n']}",
+            r["ms"]["fp32"],
+            r["ms"]["int8"],
+            r["ms"]["int4"],
+            r["int4_GBps"],
+            r["fp32_GBps"],
+        ]
+        for r in doc["gemv"]
+    ]
+    lines.append(format_table(["K x N", "fp32", "int8", "int4", "int4 GB/s", "fp32 GB/s"], g))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--group", type=int, default=32)
+    parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--scale-dtype", default="float16")
+    parser.add_argument("--damp", type=float, default=0.1)
+    parser.add_argument("--embedding-group", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--time-one", nargs=2, metavar=("KEY", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    env.configure_for_benchmarks()
+    if args.time_one:
+        print(json.dumps(time_one(args.time_one[0], Path(args.time_one[1]), args.runs)))
+        return 0
+    os.environ[env.NUM_THREADS.name] = THREADS
+    machine = machine_info()
+    machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory() as tmp:
+        fmt = {
+            "group": args.group,
+            "symmetric": args.symmetric,
+            "scale_dtype": args.scale_dtype,
+            "damp": args.damp,
+            "embedding_group": args.embedding_group,
+        }
+        paths, facts = build(Path(tmp), fmt)
+        doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}
+        doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
+        doc["quality"] = quality(paths)
+        _say(json.dumps(doc["quality"]))
+        doc["latency"] = latency(paths, args.runs, args.rounds)
+        doc["gemv"] = gemv(Path(tmp), fmt, args.runs)
+    text = markdown(doc)
+    write_results(args.out, "int4", doc, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

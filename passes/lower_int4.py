@@ -1,0 +1,154 @@
+"""Matmuls with constant fp32 weights -> int4-weight matmul ops; large embedding tables -> int4.
+
+Each `matmul(x, W)` (x fp32 [.., K], W a constant [K, N]: the layers of
+`compress/common/layers.py`) becomes one `call_tir` of the int4 op (`graphopt.int4_ops`) with
+the packed nibbles, the per-group scales and zero points as its constants: the fp32 weight
+leaves the graph. Weights come from `weights` (the .npz `--quantize int4` writes, GPTQ's
+for instance: `compress/int4/store.py`; checked against the graph's shapes) or are quantized
+here by round-to-nearest with `group` and `symmetric`.
+
+With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
+least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
+scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
+
+The kernel emitted is the portable one (`graphopt.int4_ops.portable_kernel`, carrying its
+spec); a target stage (`materialize-int4`) replaces it with a kernel for its instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from graphopt.compress.common.layers import find_layers
+from graphopt.compress.int4.embedding import bound_constants, embedding_table
+from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
+from graphopt.compress.int4.store import load_weights
+from graphopt.errors import PipelineError
+from graphopt.int4_ops import Int4MatmulSpec, portable_kernel
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+
+
+@register_pass
+class LowerInt4(GraphPass):
+    """Constant-weight matmuls -> int4-weight ops (packed nibbles, per-group scales)."""
+
+    name = "lower-int4"
+
+    @dataclass(frozen=True)
+    class Options:
+        group: int = 32  # weights per scale along K: 32, 64 or 128
+        symmetric: bool = True  # zero point 8 (not stored); false: a uint8 zero per group
+        weights: str = ""  # .npz of precomputed int4 weights (GPTQ); else round-to-nearest
+        skip: str = ""  # ":"-separated layer names kept fp32
+        embeddings: bool = True  # also int4 embedding tables (take of a constant >= 1 MiB)
+        clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
+        scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
+        embedding_group: int = 0  # group of the embedding rows (0: `group`)
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        o = self.options
+        if o.group <= 0 or o.group % 2:
+            raise PipelineError(f"lower-int4: group must be a positive even number, not {o.group}")
+        stored = load_weights(o.weights)
+        skip = set(filter(None, o.skip.split(":")))
+        func = mod["main"]
+        todo = {}
+        for layer in find_layers(func):
+            if layer.kind != "matmul" or layer.name in skip:
+                continue
+            todo[layer.var] = (layer, self._weight(layer, stored))
+        rewriter = _Rewriter(mod, todo, bound_constants(func), o)
+        new_func = rewriter.visit_expr(func)
+        stats = {"int4_matmuls": len(todo), "int4_embeddings": len(rewriter.tables)}
+        if not todo and not rewriter.tables:
+            return PassResult(mod, False, stats)
+        new = rewriter.builder_.get()
+        new["main"] = relax.analysis.remove_all_unused(new_func)
+        new = relax.transform.DeadCodeElimination()(new)
+        return PassResult(new, True, stats)
+
+    def _weight(self, layer, stored: dict) -> Int4Weight:
+        w = layer.weight
+        if layer.name not in stored:
+            o = self.options
+            return quantize_rtn(w, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
+        q = stored[layer.name]
+        k, n = w.shape
+        if q.k != k or q.n != n:
+            raise PipelineError(
+                f"lower-int4: weights file has {layer.name} for K={q.k}, N={q.n}; the graph's "
+                f"is K={k}, N={n} (a file from another model?)"
+            )
+        return q
+
+
+def _zeros(q: Int4Weight) -> np.ndarray:
+    return np.zeros(1, np.uint8) if q.zeros is None else q.zeros
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """Replaces each planned matmul binding by the int4 op and each large gather by int4 rows."""
+
+    def __init__(self, mod: tvm.IRModule, todo: dict, consts: dict, options) -> None:
+        super().__init__(mod)
+        self.todo, self.consts, self.options = todo, consts, options
+        self.kernels: dict[Int4MatmulSpec, relax.GlobalVar] = {}
+        self.tables: list[list[int]] = []
+
+    def _kernel(self, spec: Int4MatmulSpec) -> relax.GlobalVar:
+        if spec not in self.kernels:
+            self.kernels[spec] = self.builder_.add_func(portable_kernel(spec), "int4_matmul")
+        return self.kernels[spec]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.todo:
+            super().visit_var_binding_(binding)
+            return
+        layer, q = self.todo[binding.var]
+        x = self.visit_expr(layer.call.args[0])
+        shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
+        spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype))
+        consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
+        ty = binding.var.ty
+        call = relax.call_tir(
+            self._kernel(spec), relax.Tuple([x, *consts]), relax.TensorType(ty.shape, ty.dtype)
+        )
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        o = self.options
+        group = o.embedding_group or o.group
+        table = embedding_table(call, self.consts, group) if o.embeddings else None
+        if table is None:
+            return super().visit_call_(call)
+        self.tables.append(list(table.shape))
+        return self._int4_gather(table, self.visit_expr(call.args[1]), call, group)
+
+    def _int4_gather(self, table, idx: relax.Expr, call: relax.Call, group: int) -> relax.Expr:
+        """take(packed rows) -> nibbles -> (q - z) * s per group of each gathered row."""
+        o, bb = self.options, self.builder_
+        q = quantize_rtn(table.T, group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
+        vocab, dim = table.shape
+        mode = call.attrs.mode
+        out_shape = [int(d) for d in call.ty.shape.values]
+        lead = out_shape[:-1]
+        rows = bb.emit(R.take(relax.const(q.packed), idx, axis=0, mode=mode))
+        lo = R.bitwise_and(rows, relax.const(np.uint8(15)))
+        hi = R.right_shift(rows, relax.const(np.uint8(4)))
+        codes = R.reshape(R.stack([lo, hi], axis=-1), [*lead, dim // group, group])
+        codes = R.astype(codes, "float32")
+        if q.zeros is None:
+            centred = R.subtract(codes, relax.const(np.float32(8)))
+        else:
+            z = bb.emit(R.take(relax.const(q.zeros[..., None]), idx, axis=0, mode=mode))
+            centred = R.subtract(codes, R.astype(z, "float32"))
+        s = bb.emit(R.take(relax.const(q.scales[..., None]), idx, axis=0, mode=mode))
+        if q.scales.dtype != np.float32:
+            s = R.astype(s, "float32")
+        return R.reshape(R.multiply(centred, s), out_shape)

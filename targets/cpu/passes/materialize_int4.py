@@ -1,0 +1,80 @@
+"""Build the int4-weight matmuls of `lower-int4` for the CPU, constants repacked into panels.
+
+`lower-int4` leaves portable kernels (scalar TIR, natural-layout nibbles) that carry their
+spec (`graphopt.int4_ops`). This pass, in the CPU schedule stage, replaces each with the
+W4 x fp32 panel kernel (`targets/cpu/int4/kernels.py`: nibbles unpacked in registers, FMAs)
+and repacks each call's constants at compile time, so the artifact stores the panel layout,
+still two weights per byte. Kernels already built (layout not `natural`) are kept.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from graphopt import _tvm
+from graphopt.errors import PipelineError
+from graphopt.int4_ops import spec_of
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.targets.cpu.int4 import materialize as M
+
+
+@register_pass
+class MaterializeInt4(GraphPass):
+    """Portable int4-weight matmuls -> the CPU panel kernels, constants repacked for them."""
+
+    name = "materialize-int4"
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        built = {}
+        for gvar, func in mod.functions.items():
+            spec = spec_of(func)
+            if spec is not None and spec.layout == "natural":
+                built[gvar] = M.build(spec)
+        stats = {"kernels": len(built), "calls": 0}
+        if not built:
+            return PassResult(mod, False, stats)
+        mutator = _Materialize(mod, built)
+        updated = {
+            gvar: mutator.visit_expr(func)
+            for gvar, func in mod.functions.items()
+            if isinstance(func, relax.Function)
+        }
+        stats["calls"] = mutator.calls
+        out = mutator.builder_.get()
+        new = tvm.IRModule(
+            {g: f for g, f in out.functions.items() if g not in built}, attrs=mod.attrs
+        )
+        for gvar, func in updated.items():
+            new[gvar] = func
+        return PassResult(new, True, stats)
+
+
+@relax.expr_functor.mutator
+class _Materialize(relax.PyExprMutator):
+    """Points the calls of portable int4 kernels at the panel kernels, constants repacked."""
+
+    def __init__(self, mod: tvm.IRModule, built: dict) -> None:
+        super().__init__(mod)
+        self.built = built
+        self.renamed = {g: self.builder_.add_func(f, g.name_hint) for g, (f, _) in built.items()}
+        self.calls = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        is_call_tir = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"
+        if not is_call_tir or call.args[0] not in self.built:
+            return call
+        _func, pack = self.built[call.args[0]]
+        x, *consts = list(call.args[1].fields)
+        if len(consts) != M.CONSTANTS or not all(
+            isinstance(a, tvm.ir.GenericConst) for a in consts
+        ):
+            raise PipelineError(
+                f"materialize-int4: the constants of {call.args[0].name_hint} are no longer "
+                "constants; cannot pack them"
+            )
+        packed = pack([_tvm.constant_value(a) for a in consts])
+        self.calls += 1
+        args = relax.Tuple([x, *(relax.const(c) for c in packed)])
+        return relax.call_tir(self.renamed[call.args[0]], args, call.ty)
