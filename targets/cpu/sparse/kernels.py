@@ -1,0 +1,78 @@
+"""The CPU block-sparse matmul kernel: what `materialize-sparse` builds for `sparsify`'s op.
+
+out[rows, N] = clamp(x[rows, K] @ W + bias) with W as BSR blocks of `block` output channels
+x 1 input channel (`graphopt.sparse_ops`). One task is a tile of `mr` rows times one output
+block: `mr * block / lanes` vector accumulators stay in registers while the block's nonzero
+input channels stream by, each one broadcast of x[row, k] and one FMA per vector of the
+block's values; bias and clamp are applied on the tile in registers before it is stored.
+Work per task is proportional to the nonzeros, so time scales with the block density. Tasks
+(row tiles x output blocks, row-tile major so neighbouring tasks share the x tile) run in
+parallel. Batch-1 GEMV is the same kernel with mr = 1: the tasks are the output blocks.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
+from graphopt.targets.cpu.schedules.common import CpuInfo
+
+
+def row_tile(rows: int, most: int) -> int:
+    """Rows per task: a divisor of `rows` in [most/2, most] when there is one (no partial
+    tile), else `most` (the last tile stores only its valid rows)."""
+    most = max(1, min(most, rows))
+    for mr in range(most, (most + 1) // 2 - 1, -1):
+        if rows % mr == 0:
+            return mr
+    return most
+
+
+def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
+    """The vectorized kernel of `spec` for a CPU with `info`'s SIMD width and registers."""
+    rows, k, n, bs, nnzb, nb = spec.rows, spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
+    vl = min(bs, info.lanes)
+    if bs % vl:
+        vl = 1
+    vecs = bs // vl
+    mr = row_tile(rows, max(1, info.accumulators // vecs))
+    tiles = -(-rows // mr)
+    full = rows % mr == 0
+    lo, hi = spec.lo, spec.hi
+
+    @T.prim_func(private=True)
+    def bsr_matmul(
+        x: T.Buffer(spec.x_shape, "float32"),
+        values: T.Buffer((nnzb, bs), "float32"),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
+        out: T.Buffer(spec.out_shape, "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xf = T.decl_buffer((rows, k), "float32", data=x.data)
+        of = T.decl_buffer((rows, n), "float32", data=out.data)
+        for task in T.parallel(tiles * nb):
+            acc = T.decl_buffer((mr * vecs,), f"float32x{vl}", scope="local")
+            for i in T.unroll(mr * vecs):
+                acc[i] = T.broadcast(T.float32(0), vl)
+            for j in range(indptr[task % nb], indptr[task % nb + 1]):
+                for r in T.unroll(mr):
+                    for u in T.unroll(vecs):
+                        acc[r * vecs + u] = (
+                            acc[r * vecs + u]
+                            + T.broadcast(xf[T.min(task // nb * mr + r, rows - 1), indices[j]], vl)
+                            * values[j, T.ramp(u * vl, 1, vl)]
+                        )
+            for r in T.unroll(mr):
+                if full or task // nb * mr + r < rows:
+                    for u in T.unroll(vecs):
+                        of[task // nb * mr + r, T.ramp(task % nb * bs + u * vl, 1, vl)] = clamp(
+                            acc[r * vecs + u] + bias[T.ramp(task % nb * bs + u * vl, 1, vl)],
+                            lo,
+                            hi,
+                            vl,
+                        )
+
+    return bsr_matmul.with_attr(RECIPE_ATTR, spec.text())
