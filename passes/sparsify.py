@@ -20,6 +20,7 @@ layers made sparse: stored before / after, indices included).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,20 +81,28 @@ class Sparsify(GraphPass):
                 continue
             x, w = layer
             k, n = w.shape
-            if k * n < self.options.min_weights or n % self.options.block:
+            block = _block_for(n, self.options.block)
+            if k * n < self.options.min_weights or block is None:
                 continue
-            if block_density(w, self.options.block) > self.options.max_density:
+            if block_density(w, block) > self.options.max_density:
                 stats["layers_dense"] += 1
                 continue
             tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", n, True)
-            values, indices, indptr = to_bsr(w, self.options.block)
+            values, indices, indptr = to_bsr(w, block)
             bias = np.zeros(n, np.float32) if bias is None else bias
-            spec = SparseSpec(static_dims(x), n, self.options.block, len(indices), lo, hi)
+            spec = SparseSpec(static_dims(x), n, block, len(indices), lo, hi)
             plans[tail] = _Plan(x, spec, [values, indices, indptr, bias])
             stats["layers_sparse"] += 1
             stats["weight_bytes_dense"] += w.nbytes
             stats["weight_bytes_sparse"] += values.nbytes + indices.nbytes + indptr.nbytes
         return plans
+
+
+def _block_for(n: int, block: int) -> int | None:
+    """The block that tiles N: `block`, else its largest divisor that divides N, down to half
+    a block (1000 classes in 8-blocks on a 16-lane target); None when none does."""
+    size = math.gcd(n, block)
+    return size if size * 2 >= block else None
 
 
 @dataclass

@@ -77,3 +77,11 @@ def test_bsr_round_trip():
     np.testing.assert_array_equal(from_bsr(values, indices, indptr, 24, 16), w)
     empty = to_bsr(np.zeros((4, 16), np.float32), 8)
     assert empty[0].shape == (1, 8) and not empty[2].any()
+
+
+def test_block_halves_to_tile_output_channels():
+    """1000 classes on a 16-lane target: 8-channel blocks."""
+    wide = make_pass("sparsify", {"block": "16", "max_density": "0.6"})
+    result = wide.run(dense(block_sparse(64, 40, 8, 0.3)))
+    assert [s.block for s in _kernels(result.module)] == [8]
+    assert wide.run(dense(block_sparse(64, 36, 4, 0.3))).stats["layers_sparse"] == 0
