@@ -48,6 +48,9 @@ class Sparsify(GraphPass):
         max_density: float = 0.6
         # Smallest weight (K * N) worth a sparse op.
         min_weights: int = 1024
+        # Shortest reduction (input channels) worth a sparse op: a layer with few input
+        # channels over a large map is bound by writing its output, which sparsity leaves.
+        min_k: int = 0
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         if self.options.block < 1 or not 0.0 <= self.options.max_density <= 1.0:
@@ -82,7 +85,8 @@ class Sparsify(GraphPass):
             x, w = layer
             k, n = w.shape
             block = _block_for(n, self.options.block)
-            if k * n < self.options.min_weights or block is None:
+            small = k * n < self.options.min_weights or k < self.options.min_k
+            if small or block is None:
                 continue
             if block_density(w, block) > self.options.max_density:
                 stats["layers_dense"] += 1

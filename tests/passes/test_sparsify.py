@@ -85,3 +85,9 @@ def test_block_halves_to_tile_output_channels():
     result = wide.run(dense(block_sparse(64, 40, 8, 0.3)))
     assert [s.block for s in _kernels(result.module)] == [8]
     assert wide.run(dense(block_sparse(64, 36, 4, 0.3))).stats["layers_sparse"] == 0
+
+
+def test_short_reductions_stay_dense():
+    short = make_pass("sparsify", {"block": "8", "max_density": "0.6", "min_k": "64"})
+    check_no_change(short, conv1x1_nhwc(block_sparse(32, 48, 8, 0.3)))
+    assert short.run(dense(block_sparse(64, 40, 8, 0.3))).stats["layers_sparse"] == 1

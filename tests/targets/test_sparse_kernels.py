@@ -80,7 +80,7 @@ def test_row_tile_prefers_divisors():
 @pytest.mark.parametrize(
     "mod",
     [
-        pytest.param(conv1x1_nhwc(block_sparse(32, 48, 8, 0.3)), id="conv1x1_relu6"),
+        pytest.param(conv1x1_nhwc(block_sparse(96, 48, 8, 0.3)), id="conv1x1_relu6"),
         pytest.param(dense(block_sparse(64, 40, 8, 0.3)), id="gemv"),
         pytest.param(dense(block_sparse(96, 64, 8, 0.4), rows=(1, 12), relu=True), id="gemm"),
     ],

@@ -19,6 +19,13 @@ from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 from graphopt.targets.cpu.schedules.common import CpuInfo
 
 
+# Kernels with fewer multiply-adds than this run serially: waking the runtime's sleeping
+# workers costs ~10 us a parallel region (see int8's PARALLEL_MIN_WORK); 512K fp32
+# multiply-adds are ~25 us on one core. The 70%-sparse MiniLM GEMV ran 3x faster than dense on
+# one thread and slower than dense on two.
+PARALLEL_MIN_WORK = 1 << 19
+
+
 def row_tile(rows: int, most: int) -> int:
     """Rows per task: a divisor of `rows` in [most/2, most] when there is one (no partial
     tile), else `most` (the last tile stores only its valid rows)."""
@@ -30,16 +37,30 @@ def row_tile(rows: int, most: int) -> int:
 
 
 def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
-    """The vectorized kernel of `spec` for a CPU with `info`'s SIMD width and registers."""
+    """The vectorized kernel of `spec` for a CPU with `info`'s SIMD width and registers.
+
+    A tile with fewer than 4 accumulators (batch-1 GEMV) would wait on the FMA latency, so the
+    nonzero blocks are split round-robin over `ways` partial sums, added at the end.
+    """
     rows, k, n, bs, nnzb, nb = spec.rows, spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
     vl = min(bs, info.lanes)
     if bs % vl:
         vl = 1
     vecs = bs // vl
     mr = row_tile(rows, max(1, info.accumulators // vecs))
-    tiles = -(-rows // mr)
-    full = rows % mr == 0
-    lo, hi = spec.lo, spec.hi
+    ways = max(1, 4 // (mr * vecs))
+    tiles, full, lo, hi = -(-rows // mr), rows % mr == 0, spec.lo, spec.hi
+    loop = T.parallel if rows * nnzb * bs >= PARALLEL_MIN_WORK else T.serial
+
+    @T.macro
+    def fma(acc, xf, values, indices, j, task, way):
+        for r in T.unroll(mr):
+            for u in T.unroll(vecs):
+                acc[(way * mr + r) * vecs + u] = (
+                    acc[(way * mr + r) * vecs + u]
+                    + T.broadcast(xf[T.min(task // nb * mr + r, rows - 1), indices[j]], vl)
+                    * values[j, T.ramp(u * vl, 1, vl)]
+                )
 
     @T.prim_func(private=True)
     def bsr_matmul(
@@ -53,18 +74,20 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((rows, k), "float32", data=x.data)
         of = T.decl_buffer((rows, n), "float32", data=out.data)
-        for task in T.parallel(tiles * nb):
-            acc = T.decl_buffer((mr * vecs,), f"float32x{vl}", scope="local")
-            for i in T.unroll(mr * vecs):
+        for task in loop(tiles * nb):
+            acc = T.decl_buffer((ways * mr * vecs,), f"float32x{vl}", scope="local")
+            start = T.meta_var(indptr[task % nb])
+            count = T.meta_var(indptr[task % nb + 1] - indptr[task % nb])
+            for i in T.unroll(ways * mr * vecs):
                 acc[i] = T.broadcast(T.float32(0), vl)
-            for j in range(indptr[task % nb], indptr[task % nb + 1]):
-                for r in T.unroll(mr):
-                    for u in T.unroll(vecs):
-                        acc[r * vecs + u] = (
-                            acc[r * vecs + u]
-                            + T.broadcast(xf[T.min(task // nb * mr + r, rows - 1), indices[j]], vl)
-                            * values[j, T.ramp(u * vl, 1, vl)]
-                        )
+            for jj in range(count // ways):
+                for way in T.unroll(ways):
+                    fma(acc, xf, values, indices, start + jj * ways + way, task, way)
+            for j in range(start + count // ways * ways, start + count):
+                fma(acc, xf, values, indices, j, task, 0)
+            for way in T.unroll(1, ways):
+                for i in T.unroll(mr * vecs):
+                    acc[i] = acc[i] + acc[way * mr * vecs + i]
             for r in T.unroll(mr):
                 if full or task // nb * mr + r < rows:
                     for u in T.unroll(vecs):
