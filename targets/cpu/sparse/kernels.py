@@ -18,7 +18,6 @@ from tvm.script import tirx as T
 from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 from graphopt.targets.cpu.schedules.common import CpuInfo
 
-
 # Kernels with fewer multiply-adds than this run serially: waking the runtime's sleeping
 # workers costs ~10 us a parallel region (see int8's PARALLEL_MIN_WORK); 512K fp32
 # multiply-adds are ~25 us on one core. The 70%-sparse MiniLM GEMV ran 3x faster than dense on
