@@ -5,7 +5,8 @@ onnxruntime and DeepSparse.
                                 [--process-rounds N] [--deepsparse-python PATH]
 
 Kernels (bench/prune_kernels.py): MobileNetV2's 1x1 convs and classifier, MiniLM's matmuls,
-dense vs block-sparse at 50/70/90% (16x1 blocks), interleaved in one process.
+dense vs block-sparse at 50/70/90% (16x1 blocks), interleaved in one process; wall clock and
+process CPU time.
 
 Whole model: MobileNetV2 with its 1x1 convs and classifier pruned by block magnitude to 70%
 (16x1 blocks; bench/prune_magnitude.py), compiled by graphopt (-O2, x86: `sparsify` picks the
@@ -139,38 +140,43 @@ def contestants(info: dict, deepsparse_python: str | None) -> dict[str, tuple[st
     return out
 
 
-def _one_process(python: str, runtime: str, model: str, runs: int, threads: int) -> list[float]:
+def _one_process(python: str, runtime: str, model: str, runs: int, threads: int) -> dict:
     cmd = [python, "-m", "bench.prune_worker", runtime, model, str(runs), "10", str(threads)]
     environ = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["ms"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def time_processes(procs: dict, rounds: int, runs: int, threads: int) -> dict[str, Any]:
-    """Alternate one process per contestant (A B C .. C B A ..); pooled medians, per-round
-    medians."""
+    """Alternate one process per contestant (A B C .. C B A ..); pooled medians and per-round
+    medians of wall and CPU time."""
     names = list(procs)
-    pooled: dict[str, list[float]] = {n: [] for n in names}
-    per_round: dict[str, list[float]] = {n: [] for n in names}
+    pooled = {n: {"ms": [], "cpu_ms": []} for n in names}
+    per_round = {n: {"ms": [], "cpu_ms": []} for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             _say(f"[model] round {r + 1}/{rounds}: {name} (load {_load()})")
-            ms = _one_process(*procs[name], runs, threads)
-            pooled[name] += ms
-            per_round[name].append(float(np.median(ms)))
+            got = _one_process(*procs[name], runs, threads)
+            for key in ("ms", "cpu_ms"):
+                pooled[name][key] += got[key]
+                per_round[name][key].append(float(np.median(got[key])))
     return {
         n: {
-            "median_ms": round(float(np.median(pooled[n])), 3),
-            "round_medians_ms": [round(v, 3) for v in per_round[n]],
+            **{f"median_{k}": round(float(np.median(pooled[n][k])), 3) for k in ("ms", "cpu_ms")},
+            **{
+                f"round_medians_{k}": [round(v, 3) for v in per_round[n][k]]
+                for k in ("ms", "cpu_ms")
+            },
         }
         for n in names
     }
 
 
-def ratios(timing: dict, base: str, other: str) -> dict[str, float]:
+def ratios(timing: dict, base: str, other: str, key: str = "ms") -> dict[str, float]:
     """base / other per round (speed-up of `other`): median, min, max."""
     pairs = [
-        a / b for a, b in zip(timing[base]["round_medians_ms"], timing[other]["round_medians_ms"])
+        a / b
+        for a, b in zip(timing[base][f"round_medians_{key}"], timing[other][f"round_medians_{key}"])
     ]
     return {
         "median": round(float(np.median(pairs)), 2),
@@ -187,16 +193,10 @@ def bench_model(args, work: Path) -> dict[str, Any]:
     info["timing"] = time_processes(procs, args.process_rounds, args.runs, args.threads)
     info["load_after"] = _load()
     t = info["timing"]
-    info["speedup_sparse_vs_dense_model"] = ratios(
-        t, "graphopt_dense_model", "graphopt_pruned_sparse"
-    )
-    info["speedup_vs_onnxruntime_pruned"] = ratios(
-        t, "onnxruntime_pruned", "graphopt_pruned_sparse"
-    )
-    if "deepsparse_pruned" in t:
-        info["speedup_vs_deepsparse_pruned"] = ratios(
-            t, "deepsparse_pruned", "graphopt_pruned_sparse"
-        )
+    for key in ("ms", "cpu_ms"):
+        for base in ("graphopt_dense_model", "onnxruntime_pruned", "deepsparse_pruned"):
+            if base in t:
+                info[f"speedup_vs_{base}_{key}"] = ratios(t, base, "graphopt_pruned_sparse", key)
     return info
 
 
@@ -204,44 +204,47 @@ def model_markdown(info: dict[str, Any]) -> str:
     from graphopt.tables import format_table
 
     t = info["timing"]
-    base = t["graphopt_dense_model"]["median_ms"]
+    base = t["graphopt_dense_model"]
+    head = ["runtime / model", "wall ms", "speed-up", "CPU ms", "speed-up", "wall per round"]
     rows = [
-        [name, f"{v['median_ms']:.2f}", f"{base / v['median_ms']:.2f}x", _spread(v)]
+        [
+            name,
+            f"{v['median_ms']:.2f}",
+            f"{base['median_ms'] / v['median_ms']:.2f}x",
+            f"{v['median_cpu_ms']:.2f}",
+            f"{base['median_cpu_ms'] / v['median_cpu_ms']:.2f}x",
+            " ".join(f"{x:.1f}" for x in v["round_medians_ms"]),
+        ]
         for name, v in t.items()
     ]
-    table = format_table(
-        ["runtime / model", "median ms", "vs graphopt dense", "round medians"], rows
-    )
-    w, lib = info["weights_bytes"], info
+    w = info["weights_bytes"]
+    lib = [info[k]["library_bytes"] for k in ("graphopt_dense_model", "graphopt_pruned_sparse")]
     sizes = format_table(
         ["", "dense model", "70% block-sparse", "ratio"],
         [
-            [
-                "weights stored (MB)",
-                _mb(w["dense"]),
-                _mb(w["sparse_stored"]),
-                f"{info['weights_ratio']}x",
-            ],
-            [
-                "model.so (MB)",
-                _mb(lib["graphopt_dense_model"]["library_bytes"]),
-                _mb(lib["graphopt_pruned_sparse"]["library_bytes"]),
-                f"{info['library_ratio']}x",
-            ],
+            ["weights (MB)", _mb(w["dense"]), _mb(w["sparse_stored"]), f"{info['weights_ratio']}x"],
+            ["model.so (MB)", _mb(lib[0]), _mb(lib[1]), f"{info['library_ratio']}x"],
         ],
     )
-    s = info["speedup_sparse_vs_dense_model"]
-    return (
-        f"{table}\n\nSpeed-up of the sparse build over the dense model, per round: median "
-        f"{s['median']}x (min {s['min']}, max {s['max']}). Load average before / after: "
-        f"{info['load_before']} / {info['load_after']}.\n\n{sizes}\n\nChecks: "
-        + ", ".join(f"{k} {v:.3g}" for k, v in info["check"].items())
-        + "\n"
+    per_round = "; ".join(
+        f"{label}: {v['median']}x (min {v['min']}, max {v['max']})"
+        for label, v in (
+            ("wall", info["speedup_vs_graphopt_dense_model_ms"]),
+            ("CPU", info["speedup_vs_graphopt_dense_model_cpu_ms"]),
+        )
     )
-
-
-def _spread(v: dict) -> str:
-    return " ".join(f"{x:.1f}" for x in v["round_medians_ms"])
+    lines = [
+        format_table(head, rows),
+        "",
+        "Speed-up: over graphopt's dense model (medians of all runs). Per round, the sparse "
+        f"build over the dense model: {per_round}. Load average before / after: "
+        f"{info['load_before']} / {info['load_after']}.",
+        "",
+        sizes,
+        "",
+        "Checks: " + ", ".join(f"{k} {v:.3g}" for k, v in info["check"].items()),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _mb(n: int) -> str:
@@ -279,9 +282,12 @@ def main(argv: list[str] | None = None) -> int:
             prune_kernels.bench_layer(layer, args.rounds, args.threads, _say)
             for layer in prune_kernels.LAYERS
         ]
+        kern = report["kernels"]
         text += (
-            "## Kernels (us, speed-up over dense)\n\n"
-            + prune_kernels.markdown(report["kernels"])
+            "## Kernels (us per call, speed-up over dense)\n\nWall clock, 2 threads:\n\n"
+            + prune_kernels.markdown(kern, "wall")
+            + "\n\nProcess CPU time, 2 threads:\n\n"
+            + prune_kernels.markdown(kern, "cpu")
             + "\n\n"
         )
     if args.part in ("model", "all"):

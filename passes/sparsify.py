@@ -45,11 +45,10 @@ class Sparsify(GraphPass):
         # Output channels per block (the target's SIMD width in fp32 lanes).
         block: int = 8
         # Largest fraction of nonzero blocks that still takes the sparse op (break-even).
-        max_density: float = 0.6
+        max_density: float = 0.5
         # Smallest weight (K * N) worth a sparse op.
         min_weights: int = 1024
-        # Shortest reduction (input channels) worth a sparse op: a layer with few input
-        # channels over a large map is bound by writing its output, which sparsity leaves.
+        # Shortest reduction (input channels) worth a sparse op (0: any).
         min_k: int = 0
 
     def run(self, mod: tvm.IRModule) -> PassResult:
