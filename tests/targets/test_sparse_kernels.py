@@ -118,3 +118,8 @@ def test_x86_stages_carry_the_rule():
     off = make_target("x86", {"sparse": "false"}).stages()["legalize"]
     assert not any(p.startswith("sparsify") for p in off)
     assert "materialize-sparse" in avx2.stages()["schedule"]
+
+
+def test_model_without_zeros_builds_dense():
+    mod = dense(block_sparse(96, 64, 8, 1.0), rows=(1, 12))
+    assert _sparse_kernels(make_target("x86", {"mcpu": "haswell"}), mod) == []
