@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--process-rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--deepsparse-python", default=None)
+    ap.add_argument("--stem", default=None, help="results file stem (default: prune[_part])")
     args = ap.parse_args(argv)
     report: dict[str, Any] = {"machine": machine_info(), "threads": args.threads}
     report["machine"]["versions"] = _versions(args.deepsparse_python)
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".\n"
     )
-    stem = "prune" if args.part == "all" else f"prune_{args.part}"
+    stem = args.stem or ("prune" if args.part == "all" else f"prune_{args.part}")
     write_results(RESULTS, stem, report, text)
     _say(text)
     return 0

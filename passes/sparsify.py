@@ -44,6 +44,9 @@ class Sparsify(GraphPass):
     class Options:
         # Output channels per block (the target's SIMD width in fp32 lanes).
         block: int = 8
+        # A wider block (two registers: half the broadcasts per FMA) taken when the zeros
+        # come in such blocks too (its density at most 5% above `block`'s); 0: never.
+        wide_block: int = 0
         # Largest fraction of nonzero blocks that still takes the sparse op (break-even).
         max_density: float = 0.5
         # Smallest weight (K * N) worth a sparse op.
@@ -74,6 +77,15 @@ class Sparsify(GraphPass):
             return PassResult(mod, False, stats)
         return PassResult(relax.transform.DeadCodeElimination()(new), True, stats)
 
+    def _block(self, w: np.ndarray) -> int | None:
+        """The block size for W [K, N]: the wide block where the zeros allow, else `block`
+        (or half of it, to tile N); None when neither tiles N."""
+        block = _block_for(w.shape[1], self.options.block)
+        wide = self.options.wide_block
+        if block is not None and wide > block and _wide_pays(w, block, wide):
+            return wide
+        return block
+
     def _plans(self, graph: BindingGraph, stats: dict) -> dict:
         """tail var -> _Plan for every layer that goes sparse."""
         plans = {}
@@ -83,7 +95,7 @@ class Sparsify(GraphPass):
                 continue
             x, w = layer
             k, n = w.shape
-            block = _block_for(n, self.options.block)
+            block = self._block(w)
             small = k * n < self.options.min_weights or k < self.options.min_k
             if small or block is None:
                 continue
@@ -106,6 +118,11 @@ def _block_for(n: int, block: int) -> int | None:
     a block (1000 classes in 8-blocks on a 16-lane target); None when none does."""
     size = math.gcd(n, block)
     return size if size * 2 >= block else None
+
+
+def _wide_pays(w: np.ndarray, block: int, wide: int) -> bool:
+    """The zeros come in `wide` blocks about as well as in `block` blocks."""
+    return w.shape[1] % wide == 0 and block_density(w, wide) <= 1.05 * block_density(w, block)
 
 
 @dataclass

@@ -91,3 +91,11 @@ def test_short_reductions_stay_dense():
     short = make_pass("sparsify", {"block": "8", "max_density": "0.6", "min_k": "64"})
     check_no_change(short, conv1x1_nhwc(block_sparse(32, 48, 8, 0.3)))
     assert short.run(dense(block_sparse(64, 40, 8, 0.3))).stats["layers_sparse"] == 1
+
+
+def test_wide_block_where_the_zeros_allow():
+    wide = make_pass("sparsify", {"block": "8", "wide_block": "16", "max_density": "0.5"})
+    by16 = wide.run(dense(block_sparse(64, 64, 16, 0.3)))
+    by8 = wide.run(dense(block_sparse(64, 64, 8, 0.3)))
+    assert [s.block for s in _kernels(by16.module)] == [16]
+    assert [s.block for s in _kernels(by8.module)] == [8]

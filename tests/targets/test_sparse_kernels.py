@@ -83,6 +83,7 @@ def test_row_tile_prefers_divisors():
         pytest.param(conv1x1_nhwc(block_sparse(96, 48, 8, 0.3)), id="conv1x1_relu6"),
         pytest.param(dense(block_sparse(64, 40, 8, 0.3)), id="gemv"),
         pytest.param(dense(block_sparse(96, 64, 8, 0.4), rows=(1, 12), relu=True), id="gemm"),
+        pytest.param(dense(block_sparse(96, 64, 16, 0.3), rows=(1, 12)), id="gemm_16x1_blocks"),
     ],
 )
 def test_sparse_build_equals_dense_build(mod):
@@ -112,8 +113,8 @@ def _sparse_kernels(target, mod):
 def test_x86_stages_carry_the_rule():
     avx2 = make_target("x86", {"mcpu": "haswell"})
     avx512 = make_target("x86", {"mcpu": "skylake-avx512"})
-    assert "sparsify{block=8," in " ".join(avx2.stages()["legalize"])
-    assert "sparsify{block=16," in " ".join(avx512.stages()["legalize"])
+    assert "sparsify{block=8,wide_block=16," in " ".join(avx2.stages()["legalize"])
+    assert "sparsify{block=16,wide_block=32," in " ".join(avx512.stages()["legalize"])
     assert sparsify_item(avx2.tvm_target()) in avx2.stages()["legalize"]
     off = make_target("x86", {"sparse": "false"}).stages()["legalize"]
     assert not any(p.startswith("sparsify") for p in off)
