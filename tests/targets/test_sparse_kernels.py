@@ -12,7 +12,7 @@ from graphopt.build import run_stages
 from graphopt.sparse_ops import SparseSpec, spec_of, to_bsr
 from graphopt.target_infra import make_target
 from graphopt.targets.cpu.schedules.common import CpuInfo
-from graphopt.targets.cpu.sparse.kernels import bsr_kernel, row_tile
+from graphopt.targets.cpu.sparse.kernels import _plan, bsr_kernel, row_tile
 from graphopt.targets.cpu.sparse.rules import sparsify_item
 from graphopt.testing import run_through_target
 from tests.sparse_models import block_sparse, conv1x1_nhwc, dense
@@ -42,6 +42,7 @@ def _target(mcpu):
         ((1, 14, 14, 32), 64, 8, AVX2),  # partial row tile? 196 rows -> 7-row tiles
         ((1, 13, 24), 48, 16, AVX2),  # 13 rows: a tile with invalid rows
         ((1, 40), 80, 8, AVX2),  # batch-1 GEMV
+        ((1, 7, 7, 32), 64, 16, AVX2),  # 49 rows: each half of a 16-block its own task
         ((1, 5, 32), 64, 16, AVX512),  # 16-lane block (compiled here as two AVX2 halves)
         ((1, 5, 32), 64, 8, AVX512),  # block narrower than the register
     ],
@@ -67,6 +68,11 @@ def test_kernel_is_vectorized_fma():
     text = lib.inspect_source("asm")
     assert "vfmadd231ps\t(%" in text or "vfmadd231ps" in text
     assert "%ymm" in text
+
+
+def test_wide_block_split_when_its_tile_is_partial():
+    assert _plan(49, 16, AVX2) == (8, 1, 2, 7)
+    assert _plan(48, 16, AVX2) == (8, 2, 1, 6)
 
 
 def test_row_tile_prefers_divisors():

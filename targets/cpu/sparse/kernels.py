@@ -35,6 +35,21 @@ def row_tile(rows: int, most: int) -> int:
     return most
 
 
+def _plan(rows: int, bs: int, info: CpuInfo) -> tuple[int, int, int, int]:
+    """(lanes, vectors per task, tasks per block, rows per tile). A block of several vectors is
+    one task when its row tile divides the rows; else (MobileNetV2's 49 pixels in tiles of 6)
+    each vector of the block is a task of its own, with the taller tile of one vector."""
+    vl = min(bs, info.lanes)
+    if bs % vl:
+        vl = 1
+    vecs = bs // vl
+    mr = row_tile(rows, max(1, info.accumulators // vecs))
+    narrow = row_tile(rows, info.accumulators)
+    if vecs > 1 and rows % mr and rows % narrow == 0:
+        return vl, 1, vecs, narrow
+    return vl, vecs, 1, mr
+
+
 def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
     """The vectorized kernel of `spec` for a CPU with `info`'s SIMD width and registers.
 
@@ -42,11 +57,7 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
     nonzero blocks are split round-robin over `ways` partial sums, added at the end.
     """
     rows, k, n, bs, nnzb, nb = spec.rows, spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
-    vl = min(bs, info.lanes)
-    if bs % vl:
-        vl = 1
-    vecs = bs // vl
-    mr = row_tile(rows, max(1, info.accumulators // vecs))
+    vl, vecs, split, mr = _plan(rows, bs, info)
     ways = max(1, 4 // (mr * vecs))
     tiles, full, lo, hi = -(-rows // mr), rows % mr == 0, spec.lo, spec.hi
     loop = T.parallel if rows * nnzb * bs >= PARALLEL_MIN_WORK else T.serial
@@ -57,8 +68,10 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
             for u in T.unroll(vecs):
                 acc[(way * mr + r) * vecs + u] = (
                     acc[(way * mr + r) * vecs + u]
-                    + T.broadcast(xf[T.min(task // nb * mr + r, rows - 1), indices[j]], vl)
-                    * values[j, T.ramp(u * vl, 1, vl)]
+                    + T.broadcast(
+                        xf[T.min(task // (nb * split) * mr + r, rows - 1), indices[j]], vl
+                    )
+                    * values[j, T.ramp((task % split * vecs + u) * vl, 1, vl)]
                 )
 
     @T.prim_func(private=True)
@@ -73,10 +86,10 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((rows, k), "float32", data=x.data)
         of = T.decl_buffer((rows, n), "float32", data=out.data)
-        for task in loop(tiles * nb):
+        for task in loop(tiles * nb * split):
             acc = T.decl_buffer((ways * mr * vecs,), f"float32x{vl}", scope="local")
-            start = T.meta_var(indptr[task % nb])
-            count = T.meta_var(indptr[task % nb + 1] - indptr[task % nb])
+            start = T.meta_var(indptr[task // split % nb])
+            count = T.meta_var(indptr[task // split % nb + 1] - indptr[task // split % nb])
             for i in T.unroll(ways * mr * vecs):
                 acc[i] = T.broadcast(T.float32(0), vl)
             for jj in range(count // ways):
@@ -88,10 +101,18 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
                 for i in T.unroll(mr * vecs):
                     acc[i] = acc[i] + acc[way * mr * vecs + i]
             for r in T.unroll(mr):
-                if full or task // nb * mr + r < rows:
+                if full or task // (nb * split) * mr + r < rows:
                     for u in T.unroll(vecs):
-                        of[task // nb * mr + r, T.ramp(task % nb * bs + u * vl, 1, vl)] = clamp(
-                            acc[r * vecs + u] + bias[T.ramp(task % nb * bs + u * vl, 1, vl)],
+                        of[
+                            task // (nb * split) * mr + r,
+                            T.ramp(task // split % nb * bs + (task % split * vecs + u) * vl, 1, vl),
+                        ] = clamp(
+                            acc[r * vecs + u]
+                            + bias[
+                                T.ramp(
+                                    task // split % nb * bs + (task % split * vecs + u) * vl, 1, vl
+                                )
+                            ],
                             lo,
                             hi,
                             vl,
