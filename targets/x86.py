@@ -13,6 +13,7 @@ from graphopt.errors import TargetError
 from graphopt.target_infra import Target, register_target
 from graphopt.targets.cpu import lowering as cpu_lowering
 from graphopt.targets.cpu.pipeline import CPU_LOWER, X86_LEGALIZE, cpu_schedule_stage
+from graphopt.targets.cpu.sparse.rules import sparsify_item
 
 
 @register_target
@@ -37,6 +38,9 @@ class X86(Target):
         # Activation layout of the convs: NHWC (converted by the `layout` pass) or NCHW (as
         # imported).
         layout: str = "NHWC"
+        # Block-sparse kernels for 1x1 convs and matmuls whose constant weights are mostly
+        # zero blocks (`sparsify`, docs/SPARSITY.md); false: every layer dense.
+        sparse: bool = True
 
         def __post_init__(self) -> None:
             if self.layout not in ("NHWC", "NCHW"):
@@ -61,12 +65,17 @@ class X86(Target):
             "fast-erf": not self.options.fast_erf,
             "fast-softmax": not self.options.fast_softmax,
             "layout": self.options.layout == "NCHW",
+            "sparsify": not self.options.sparse,
         }
         return not off.get(stage_pass, False)
 
+    def _item(self, stage_pass: str) -> str:
+        """The pipeline item of a stage pass, with the options this target gives it."""
+        return sparsify_item(self.tvm_target()) if stage_pass == "sparsify" else stage_pass
+
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
-            "legalize": [p for p in X86_LEGALIZE if self._wanted(p)],
+            "legalize": [self._item(p) for p in X86_LEGALIZE if self._wanted(p)],
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }

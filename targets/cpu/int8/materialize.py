@@ -26,6 +26,7 @@ import tvm
 
 from graphopt.int4_ops import RECIPE_ATTR as INT4_ATTR
 from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe
+from graphopt.sparse_ops import RECIPE_ATTR as SPARSE_ATTR
 from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
@@ -164,19 +165,21 @@ def input_count(recipe: Recipe) -> int:
 
 
 def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
-    """Apply a module pass with the int8 kernels set aside, then put them back.
+    """Apply a module pass with the generated kernels (int8, int4, block-sparse) set aside, then
+    put them back.
 
     The kernels (int4 ones too) are low-level TIR with no root block; passes written for
     scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an
-    fp32 conv was prepacked beside them in a partly-quantized model) abort on such a function.
-    They only see call_tir of a GlobalVar they do not rewrite, so the kernels are unaffected.
+    fp32 conv was prepacked beside them in a partly-quantized or partly-sparse model) abort on
+    such a function. They only see call_tir of a GlobalVar they do not rewrite, so the kernels
+    are unaffected.
     """
     kernels = {
         gvar: func
         for gvar, func in mod.functions.items()
         if isinstance(func, tvm.tirx.PrimFunc)
         and func.attrs is not None
-        and (RECIPE_ATTR in func.attrs or INT4_ATTR in func.attrs)
+        and any(attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, SPARSE_ATTR))
     }
     if not kernels:
         return transform(mod)

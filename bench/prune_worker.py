@@ -1,0 +1,62 @@
+"""Time one runtime on one model in this process (bench_prune runs one per process).
+
+    python -m bench.prune_worker RUNTIME MODEL RUNS WARMUP THREADS
+
+RUNTIME: graphopt (MODEL an artifact directory), onnxruntime or deepsparse (MODEL an ONNX
+file). The input is a fixed random image (1, 3, 224, 224): these builds' speed does not depend
+on the values. Prints one JSON line: {"ms": [wall ms per run], "cpu_ms": [process CPU ms per
+run]}. Idle threads do not spin (graphopt and onnxruntime: GRAPHOPT_SPIN_US=0), so CPU time is
+the work done, which other processes on a shared machine disturb less than the wall clock
+(DeepSparse's own threads may still spin). Imports nothing of graphopt for deepsparse, which
+runs in its own virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _runner(runtime: str, model: str, threads: int, feed: np.ndarray):
+    if runtime == "graphopt":
+        import graphopt
+        from graphopt import env
+
+        env.configure_for_benchmarks(spinning=False)
+        art = graphopt.load(model)
+        return art.runner({art.manifest["inputs"][0]["name"]: feed})
+    if runtime == "onnxruntime":
+        from graphopt import env
+        from graphopt.reference import ort_session
+
+        env.configure_for_benchmarks(spinning=False)
+        session = ort_session(model, threads=threads)
+        feeds = {session.get_inputs()[0].name: feed}
+        return lambda: session.run(None, feeds)
+    import deepsparse
+
+    engine = deepsparse.compile_model(model, batch_size=1, num_cores=threads)
+    return lambda: engine([feed])
+
+
+def main(argv: list[str]) -> int:
+    runtime, model, runs, warmup, threads = argv[0], argv[1], *map(int, argv[2:5])
+    feed = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    run = _runner(runtime, model, threads, feed)
+    for _ in range(warmup):
+        run()
+    ms, cpu_ms = [], []
+    for _ in range(runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        run()
+        ms.append((time.perf_counter() - start) * 1000.0)
+        cpu_ms.append((time.process_time() - cpu) * 1000.0)
+    print(json.dumps({"ms": ms, "cpu_ms": cpu_ms}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,138 @@
+"""The block-sparse matmul op that `sparsify` emits and a target's stage materializes.
+
+`sparsify` (a graph pass, target-independent) replaces a matmul over channels whose constant
+weight is mostly zero blocks (an NHWC 1x1 conv, a matmul / Gemm / dense layer) by one call of
+a portable kernel carrying a recipe (`RECIPE_ATTR`, JSON); the CPU stage `materialize-sparse`
+swaps in a vectorized kernel with the same operands. The operands, all but x constants:
+
+    x        [.., K] fp32 (rows = the product of the leading dims: pixels, or tokens)
+    values   [nnzb, block] fp32: the nonzero blocks, block = `block` consecutive output
+             channels of one input channel (BSR over W^T: output-channel blocks x 1)
+    indices  [nnzb] int32: the input channel of each block
+    indptr   [N / block + 1] int32: blocks of output-channel block b are indptr[b] .. b+1
+    bias     [N] fp32 (zeros when the layer has none)
+    out      [.., N] fp32 = clamp(x @ W + bias, lo, hi)
+
+Only the nonzero blocks are stored, so the artifact shrinks with the block density (a model
+with 70% zero blocks keeps 30% of those weights plus one int32 index per block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+RECIPE_ATTR = "graphopt.sparse_kernel"
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """Shapes and epilogue of one block-sparse matmul (what its kernel is built from)."""
+
+    x_shape: tuple[int, ...]
+    n: int
+    block: int
+    nnzb: int
+    lo: float = -math.inf
+    hi: float = math.inf
+    isa: str | None = None  # set by the target stage that built the kernel
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.x_shape[:-1])
+
+    @property
+    def k(self) -> int:
+        return self.x_shape[-1]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (*self.x_shape[:-1], self.n)
+
+    @property
+    def blocks(self) -> int:
+        return self.n // self.block
+
+    def text(self) -> str:
+        data = dataclasses.asdict(self)
+        data["lo"], data["hi"] = _finite(self.lo), _finite(self.hi)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> SparseSpec:
+        data = json.loads(text)
+        data["x_shape"] = tuple(data["x_shape"])
+        data["lo"] = -math.inf if data["lo"] is None else data["lo"]
+        data["hi"] = math.inf if data["hi"] is None else data["hi"]
+        return cls(**data)
+
+
+def _finite(v: float) -> float | None:
+    return None if math.isinf(v) else v
+
+
+def spec_of(func) -> SparseSpec | None:
+    """The recipe a sparse kernel carries, else None."""
+    if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+        return None
+    if RECIPE_ATTR not in func.attrs:
+        return None
+    return SparseSpec.from_text(str(func.attrs[RECIPE_ATTR]))
+
+
+def block_density(w: np.ndarray, block: int) -> float:
+    """Fraction of nonzero `block` x 1 blocks of W [K, N] (blocks along N); 1.0 when N is no
+    multiple of `block`."""
+    k, n = w.shape
+    if n % block:
+        return 1.0
+    nonzero = np.any(w.reshape(k, n // block, block) != 0, axis=2)
+    return float(nonzero.mean()) if nonzero.size else 1.0
+
+
+def to_bsr(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W [K, N] -> (values [nnzb, block], indices [nnzb], indptr [N / block + 1]).
+
+    At least one (zero) block is stored so no buffer is empty; indptr then stays all zero.
+    """
+    k, n = w.shape
+    blocks = w.reshape(k, n // block, block).transpose(1, 0, 2)  # [nb, K, block]
+    nonzero = np.any(blocks != 0, axis=2)
+    b_idx, k_idx = np.nonzero(nonzero)  # row-major: grouped by output block, k ascending
+    values = blocks[b_idx, k_idx].astype(np.float32)
+    indptr = np.zeros(n // block + 1, np.int32)
+    np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
+    indices = k_idx.astype(np.int32)
+    if values.shape[0] == 0:
+        values, indices = np.zeros((1, block), np.float32), np.zeros(1, np.int32)
+    return np.ascontiguousarray(values), indices, indptr
+
+
+def from_bsr(values, indices, indptr, k: int, block: int) -> np.ndarray:
+    """The dense W [K, N] of a BSR triple (tests, and the report's checks)."""
+    nb = len(indptr) - 1
+    w = np.zeros((k, nb * block), np.float32)
+    for b in range(nb):
+        for j in range(indptr[b], indptr[b + 1]):
+            w[indices[j], b * block : (b + 1) * block] = values[j]
+    return w
+
+
+def clamp(value, lo: float, hi: float, lanes: int = 1):
+    """TIR clamp of `value` (scalar, or `lanes` wide) to [lo, hi]; infinite bounds left out."""
+
+    def bound(v: float):
+        c = T.float32(v)
+        return c if lanes == 1 else T.broadcast(c, lanes)
+
+    if not math.isinf(lo):
+        value = T.max(value, bound(lo))
+    if not math.isinf(hi):
+        value = T.min(value, bound(hi))
+    return value

@@ -1,0 +1,56 @@
+"""Small Relax graphs with block-sparse constant weights, shared by the sparse tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from graphopt.testing import single_input_module
+
+
+def block_sparse(k: int, n: int, block: int, density: float, seed: int = 0) -> np.ndarray:
+    """W [K, N] fp32 whose `block` x 1 output-channel blocks are nonzero with `density`
+    (exactly round(density * blocks) of them), nonzero values everywhere else."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    w[w == 0] = 1.0
+    blocks = w.reshape(k, n // block, block)
+    keep = np.zeros(blocks.shape[:2], bool).reshape(-1)
+    keep[rng.permutation(keep.size)[: round(density * keep.size)]] = True
+    blocks[~keep.reshape(blocks.shape[:2])] = 0.0
+    return w
+
+
+def conv1x1_nhwc(w: np.ndarray, hw=(7, 7), clip=True, stride=1) -> relax.Function:
+    """NHWC 1x1 conv (OHWI weight from W [K, N]) + bias [+ relu6], as `layout` leaves it."""
+    k, n = w.shape
+    bias = np.linspace(-1, 1, n, dtype=np.float32)
+    ohwi = np.ascontiguousarray(w.T.reshape(n, 1, 1, k))
+
+    def build(bb, x):
+        y = bb.emit(
+            relax.op.nn.conv2d(
+                x,
+                relax.const(ohwi),
+                strides=stride,
+                data_layout="NHWC",
+                kernel_layout="OHWI",
+                out_layout="NHWC",
+            )
+        )
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        return relax.op.clip(y, 0.0, 6.0) if clip else y
+
+    return single_input_module((1, *hw, k), build)
+
+
+def dense(w: np.ndarray, rows=(1,), relu=False) -> relax.Function:
+    """x [rows.., K] @ W + bias [+ relu]: a Gemm / MatMul + Add layer."""
+    k, n = w.shape
+    bias = np.linspace(-1, 1, n, dtype=np.float32)
+
+    def build(bb, x):
+        y = bb.emit(relax.op.add(bb.emit(relax.op.matmul(x, relax.const(w))), relax.const(bias)))
+        return relax.op.nn.relu(y) if relu else y
+
+    return single_input_module((*rows, k), build)
