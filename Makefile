@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-arm conformance bench lint clean
+.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,14 @@ bench: $(BENCH_STAMP)
 ## int8 accuracy and speed vs onnxruntime's quantizer (writes bench/results/int8.*).
 bench-int8: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_int8
+
+## int4 weights on MiniLM vs onnxruntime MatMulNBits (writes bench/results/int4.*).
+bench-int4: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_int4
+
+## Block-sparse kernels and a 70%-block-sparse MobileNetV2 (writes bench/results/prune.*).
+bench-prune: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_prune
 
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt passes targets tests bench
