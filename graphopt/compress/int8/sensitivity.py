@@ -109,21 +109,8 @@ def analyze(
     all_score = metric.score(ref, run(on))
     score, skip = all_score, []
 
-    def score_kept(fp32_layers: list[int]) -> float:
-        """The score with these units fp32, or a bound below the budget once one is."""
-        flags = np.ones(n)
-        flags[fp32_layers] = 0
-        got: list[np.ndarray] = []
-        for i in range(len(feeds)):
-            got += run(flags, [i])
-            if metric.bound(ref, got) < fp32_score - max_drop - 1e-9:
-                say(f"max-drop: {len(fp32_layers)} kept fp32 -> misses after {i + 1} feed(s)")
-                return metric.bound(ref, got)
-        score = metric.score(ref, got)
-        say(f"max-drop: {len(fp32_layers)} most sensitive unit(s) kept fp32 -> {score:.2f}")
-        return score
-
     if max_drop is not None and fp32_score - all_score > max_drop:
+        score_kept = _kept_scorer(run, n, ref, metric, fp32_score - max_drop, say)
         order = sorted(range(n), key=lambda i: rows[i]["sqnr_db"])
         kept, score = _fewest_kept(n, lambda k: score_kept(order[:k]), fp32_score, max_drop)
         skip = [layers[i].name for i in order[:kept]]
@@ -156,6 +143,26 @@ def _switch(probe: ProbeRunner, ranges, settings: Settings, feeds, params: list[
         return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
 
     return [units[i] for i in index], run
+
+
+def _kept_scorer(run, n: int, ref: list, metric: Metric, budget: float, say):
+    """score(units kept fp32) -> the metric with those units fp32 and every other int8, or,
+    once the best score still reachable misses `budget`, that bound (scoring stops there)."""
+
+    def score(fp32_units: list[int]) -> float:
+        flags = np.ones(n)
+        flags[fp32_units] = 0
+        got: list[np.ndarray] = []
+        for i in range(len(ref)):
+            got += run(flags, [i])
+            if metric.bound(ref, got) < budget - 1e-9:
+                say(f"max-drop: {len(fp32_units)} kept fp32 -> misses after {i + 1} feed(s)")
+                return metric.bound(ref, got)
+        got_score = metric.score(ref, got)
+        say(f"max-drop: {len(fp32_units)} most sensitive unit(s) kept fp32 -> {got_score:.2f}")
+        return got_score
+
+    return score
 
 
 def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
