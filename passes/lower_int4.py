@@ -24,8 +24,8 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt.compress.common.layers import find_layers
-from graphopt.compress.int4.embedding import bound_constants, embedding_table
+from graphopt.compress.common.layers import bound_constants, find_layers
+from graphopt.compress.int4.embedding import embedding_table
 from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
 from graphopt.compress.int4.store import load_weights
 from graphopt.errors import PipelineError

@@ -191,3 +191,14 @@ def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
     if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
         return None
     return tuple(int(v) for v in values)
+
+
+def bound_constants(func: relax.Function) -> dict:
+    """Variables bound to constants (TVM's importer leaves some weights that way)."""
+    out: dict = {}
+    body = func.body
+    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding) and isinstance(b.value, tvm.ir.GenericConst):
+                out[b.var] = b.value
+    return out

@@ -8,18 +8,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..common.layers import bound_constants
+
 MIN_BYTES = 1 << 20
-
-
-def bound_constants(func: relax.Function) -> dict:
-    """Variables bound to constants (TVM's importer leaves some weights that way)."""
-    out: dict = {}
-    body = func.body
-    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding) and isinstance(b.value, tvm.ir.GenericConst):
-                out[b.var] = b.value
-    return out
 
 
 def embedding_table(call: relax.Expr, consts: dict, group: int) -> np.ndarray | None:

@@ -22,6 +22,7 @@ from tvm.relax.analysis import remove_all_unused
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ... import _tvm
+from ..common.layers import bound_constants
 from .qdq import WEIGHT_QMAX
 
 TAKE = "relax.take"
@@ -46,22 +47,11 @@ def quantize_embeddings(
     func: relax.Function, min_bytes: int = MIN_BYTES
 ) -> tuple[relax.Function, list[list[int]]]:
     """Rewrite every large fp32 embedding gather of `func`; returns it and the tables' shapes."""
-    rewriter = _Rewriter(_bound_constants(func), min_bytes)
+    rewriter = _Rewriter(bound_constants(func), min_bytes)
     new = rewriter.visit_expr(func)
     if rewriter.tables:  # a table bound to a variable must not stay in the artifact
         new = remove_all_unused(new)
     return new, rewriter.tables
-
-
-def _bound_constants(func: relax.Function) -> dict:
-    """Variables bound to constants (TVM's importer leaves some weights that way)."""
-    out: dict = {}
-    body = func.body
-    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding) and isinstance(b.value, tvm.ir.GenericConst):
-                out[b.var] = b.value
-    return out
 
 
 def _table(call: relax.Call, consts: dict, min_bytes: int) -> np.ndarray | None:

@@ -17,6 +17,7 @@ from graphopt.errors import PipelineError
 from graphopt.int4_ops import spec_of
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int4 import materialize as M
+from graphopt.targets.cpu.passes._swap import swap_kernels
 
 
 @register_pass
@@ -35,18 +36,8 @@ class MaterializeInt4(GraphPass):
         if not built:
             return PassResult(mod, False, stats)
         mutator = _Materialize(mod, built)
-        updated = {
-            gvar: mutator.visit_expr(func)
-            for gvar, func in mod.functions.items()
-            if isinstance(func, relax.Function)
-        }
+        new = swap_kernels(mod, built, mutator)
         stats["calls"] = mutator.calls
-        out = mutator.builder_.get()
-        new = tvm.IRModule(
-            {g: f for g, f in out.functions.items() if g not in built}, attrs=mod.attrs
-        )
-        for gvar, func in updated.items():
-            new[gvar] = func
         return PassResult(new, True, stats)
 
 
