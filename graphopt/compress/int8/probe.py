@@ -27,7 +27,7 @@ Residual joins (static mode) are units like layers, with a flag g_j and each ope
 and zero point as inputs:  y_j = a' + b',  a' = a + g_j * (QDQ(a; s_a, zp_a) - a).
 The `quantize` pass quantizes a join's operands (and through them, the block stays int8)
 with one range per tensor: the first quantized layer reading it, else the first quantized
-join's; `ProbeRunner` picks the same range per run from the flags (`_operand_qparams`),
+join's; `ProbeRunner` picks the same range per run from the flags (`_join_args`),
 so any subset of flags is the arithmetic of the graph `quantize` makes for that subset.
 """
 
