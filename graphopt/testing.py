@@ -101,3 +101,16 @@ def run_through_target(mod: tvm.IRModule, *arrays: np.ndarray, target="x86") -> 
 
     tgt = make_target(target) if isinstance(target, str) else target
     return build_runner(mod, tgt)(list(arrays))[0]
+
+
+def constant_types(mod: tvm.IRModule, func: str = "main") -> list[tuple[str, tuple]]:
+    """(dtype, shape) of every constant in `func`: what a compression pass stored."""
+    found: list[tuple[str, tuple]] = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, tvm.ir.GenericConst):
+            value = _tvm.constant_value(expr)
+            found.append((str(value.dtype), value.shape))
+
+    tvm.relax.analysis.post_order_visit(mod[func], visit)
+    return found

@@ -8,10 +8,9 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt import _tvm
 from graphopt.compress.int8.embedding import MIN_BYTES, embedding_qparams, gather_dequantized_np
 from graphopt.pass_infra import make_pass
-from graphopt.testing import apply_checked, run_module
+from graphopt.testing import apply_checked, constant_types, run_module
 
 VOCAB, DIM = 1100, 256  # 1.07 MiB fp32: above MIN_BYTES
 
@@ -34,18 +33,6 @@ def _table(rng, vocab=VOCAB, dim=DIM):
     return (rng.standard_normal((vocab, dim)) * rng.uniform(0.01, 3, (vocab, 1))).astype(np.float32)
 
 
-def _constants(mod: tvm.IRModule) -> list[tuple[str, tuple]]:
-    found = []
-
-    def visit(e):
-        if isinstance(e, tvm.ir.GenericConst):
-            v = _tvm.constant_value(e)
-            found.append((str(v.dtype), v.shape))
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return found
-
-
 @pytest.mark.parametrize("bind_table", [False, True])
 def test_gather_is_exact_vs_numpy_dequantized_rows(bind_table):
     rng = np.random.default_rng(0)
@@ -55,7 +42,7 @@ def test_gather_is_exact_vs_numpy_dequantized_rows(bind_table):
     mod = _gather_module(table, idx.shape, bind_table)
     result = apply_checked(make_pass("quantize", {"mode": "dynamic"}), mod)
     assert result.modified and result.stats["embedding_tables"] == 1
-    consts = _constants(result.module)
+    consts = constant_types(result.module)
     assert ("int8", (VOCAB, DIM)) in consts and ("float32", (VOCAB, 1)) in consts
     assert ("float32", (VOCAB, DIM)) not in consts  # the fp32 table is gone
     (got,) = run_module(result.module, [idx])
@@ -88,7 +75,7 @@ def test_option_turns_it_off():
     pass_ = make_pass("quantize", {"mode": "dynamic", "embeddings": "false"})
     result = apply_checked(pass_, mod)
     assert not result.modified
-    assert ("float32", (VOCAB, DIM)) in _constants(result.module)
+    assert ("float32", (VOCAB, DIM)) in constant_types(result.module)
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt import _tvm
 from graphopt.compress.int4.quant import quantize_rtn
 from graphopt.compress.int4.store import save_weights
 from graphopt.errors import PipelineError
 from graphopt.int4_ops import Int4MatmulSpec, reference_matmul
 from graphopt.pass_infra import make_pass
-from graphopt.testing import apply_checked, check_no_change, run_module
+from graphopt.testing import apply_checked, check_no_change, constant_types, run_module
 
 K, N, VOCAB, DIM = 70, 24, 1100, 256  # K: two whole groups of 32 and a tail of 6
 
@@ -37,18 +36,6 @@ def _module(w: np.ndarray, table: np.ndarray | None = None) -> tvm.IRModule:
     return bb.get()
 
 
-def _consts(mod: tvm.IRModule) -> list[tuple[str, tuple]]:
-    found = []
-
-    def visit(e):
-        if isinstance(e, tvm.ir.GenericConst):
-            v = _tvm.constant_value(e)
-            found.append((str(v.dtype), v.shape))
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return found
-
-
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_matmul_is_the_int4_op_of_the_rounded_weight(symmetric):
     rng = np.random.default_rng(0)
@@ -57,7 +44,7 @@ def test_matmul_is_the_int4_op_of_the_rounded_weight(symmetric):
     opts = {"group": "32", "symmetric": str(symmetric).lower()}
     result = apply_checked(make_pass("lower-int4", opts), mod)
     assert result.stats["int4_matmuls"] == 1
-    consts = _consts(result.module)
+    consts = constant_types(result.module)
     assert ("uint8", (N, K // 2)) in consts and ("float32", (N, 3)) in consts
     assert ("float32", (K, N)) not in consts  # the fp32 weight left the graph
     assert (("uint8", (N, 3)) in consts) == (not symmetric)
@@ -100,7 +87,7 @@ def test_embedding_rows_are_int4_and_exact_vs_numpy(symmetric):
     opts = {"group": "64", "symmetric": str(symmetric).lower()}
     result = apply_checked(make_pass("lower-int4", opts), mod)
     assert result.stats["int4_embeddings"] == 1
-    consts = _consts(result.module)
+    consts = constant_types(result.module)
     assert ("uint8", (VOCAB, DIM // 2)) in consts
     assert ("float32", (VOCAB, DIM)) not in consts
     groups = DIM // 64  # scales fp32, zero points uint8 (asymmetric), one a group of a row
@@ -123,7 +110,7 @@ def test_fp16_scales_halve_the_scale_bytes():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((K, N)).astype(np.float32)
     result = apply_checked(make_pass("lower-int4", {"scale_dtype": "float16"}), _module(w))
-    assert ("float16", (N, 3)) in _consts(result.module)
+    assert ("float16", (N, 3)) in constant_types(result.module)
     x = rng.standard_normal((1, 3, K)).astype(np.float32)
     q = quantize_rtn(w, 32, True, scale_dtype="float16")
     np.testing.assert_allclose(
@@ -136,6 +123,6 @@ def test_embedding_group_of_its_own():
     table = rng.standard_normal((VOCAB, DIM)).astype(np.float32)
     mod = _module(np.zeros((K, N), np.float32), table)
     opts = {"group": "32", "embedding_group": "128", "scale_dtype": "float16"}
-    consts = _consts(apply_checked(make_pass("lower-int4", opts), mod).module)
+    consts = constant_types(apply_checked(make_pass("lower-int4", opts), mod).module)
     assert ("float16", (VOCAB, DIM // 128, 1)) in consts  # the table's scales
     assert ("float16", (N, 3)) in consts  # the matmul's: group 32

@@ -19,3 +19,15 @@ def swap_kernels(mod: tvm.IRModule, built: dict, mutator) -> tvm.IRModule:
     for gvar, func in updated.items():
         new[gvar] = func
     return new
+
+
+def add_kernels(builder, built: dict, kernel_of) -> dict:
+    """The built kernels added under new GlobalVars (a GlobalVar's type is its function's
+    signature, which changed): portable GlobalVar -> target kernel's GlobalVar."""
+    return {g: builder.add_func(kernel_of(entry), g.name_hint) for g, entry in built.items()}
+
+
+def portable_entry(call: relax.Call, built: dict):
+    """`built`'s entry when `call` is a call_tir of a portable kernel it replaces, else None."""
+    is_call_tir = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"
+    return built.get(call.args[0]) if is_call_tir else None

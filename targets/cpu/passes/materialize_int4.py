@@ -17,7 +17,7 @@ from graphopt.errors import PipelineError
 from graphopt.int4_ops import spec_of
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int4 import materialize as M
-from graphopt.targets.cpu.passes._swap import swap_kernels
+from graphopt.targets.cpu.passes._swap import add_kernels, portable_entry, swap_kernels
 
 
 @register_pass
@@ -48,15 +48,15 @@ class _Materialize(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, built: dict) -> None:
         super().__init__(mod)
         self.built = built
-        self.renamed = {g: self.builder_.add_func(f, g.name_hint) for g, (f, _) in built.items()}
+        self.renamed = add_kernels(self.builder_, built, lambda entry: entry[0])
         self.calls = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        is_call_tir = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"
-        if not is_call_tir or call.args[0] not in self.built:
+        entry = portable_entry(call, self.built)
+        if entry is None:
             return call
-        _func, pack = self.built[call.args[0]]
+        _func, pack = entry
         x, *consts = list(call.args[1].fields)
         if len(consts) != M.CONSTANTS or not all(
             isinstance(a, tvm.ir.GenericConst) for a in consts

@@ -24,7 +24,7 @@ from graphopt.int8_ops import recipe_of
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import materialize as M
-from graphopt.targets.cpu.passes._swap import swap_kernels
+from graphopt.targets.cpu.passes._swap import add_kernels, portable_entry, swap_kernels
 
 
 @register_pass
@@ -79,16 +79,15 @@ class _Materialize(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, built: dict) -> None:
         super().__init__(mod)
         self.built = built
-        # New GlobalVars: a GlobalVar's type is its function's signature, which changed.
-        self.renamed = {g: self.builder_.add_func(f, g.name_hint) for g, (_, f, _) in built.items()}
+        self.renamed = add_kernels(self.builder_, built, lambda entry: entry[1])
         self.calls = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        is_call_tir = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"
-        if not is_call_tir or call.args[0] not in self.built:
+        entry = portable_entry(call, self.built)
+        if entry is None:
             return call
-        recipe, _func, pack = self.built[call.args[0]]
+        recipe, _func, pack = entry
         args = list(call.args[1].fields)
         first = M.input_count(recipe)
         consts = args[first : first + M.constant_count(recipe)]
