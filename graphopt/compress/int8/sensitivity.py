@@ -21,6 +21,7 @@ import tvm
 
 from ...build import resolve_target
 from ...progress import Meter
+from ..common.budget import fewest_kept
 from ..common.metrics import Metric, cosines, sqnr_db
 from .probe import ProbeRunner, Settings, probe_module
 
@@ -112,7 +113,7 @@ def analyze(
     if max_drop is not None and fp32_score - all_score > max_drop:
         score_kept = _kept_scorer(run, n, ref, metric, fp32_score - max_drop, say)
         order = sorted(range(n), key=lambda i: rows[i]["sqnr_db"])
-        kept, score = _fewest_kept(n, lambda k: score_kept(order[:k]), fp32_score, max_drop)
+        kept, score = fewest_kept(n, lambda k: score_kept(order[:k]), fp32_score, max_drop)
         skip = [layers[i].name for i in order[:kept]]
     seconds["search"] = time.perf_counter() - clock
     return Sensitivity(
@@ -184,22 +185,3 @@ def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
         )
         meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
     return rows
-
-
-def _fewest_kept(
-    n: int, score: Callable[[int], float], fp32_score: float, max_drop: float
-) -> tuple[int, float]:
-    """The fewest most-sensitive layers to keep fp32 (k in 1..n) for a score within
-    `max_drop` of fp32, and that score: a bisection over k (about log2(n) model evaluations
-    instead of one per kept layer; keeping all n is fp32 itself and needs no run). The metric
-    is not strictly monotone in k, so this is the boundary bisection finds, not always the
-    global minimum; the artifact check still scores what ships."""
-    lo, hi, scores = 0, n, {n: fp32_score}  # lo fails (all int8 missed), hi passes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        scores[mid] = score(mid)
-        if fp32_score - scores[mid] <= max_drop:
-            hi = mid
-        else:
-            lo = mid
-    return hi, scores[hi]
