@@ -12,7 +12,8 @@ int8 and onnxruntime's MatMulNBits.
   order (A B C .. then .. C B A), each process warm-up then the median of --runs runs of one
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
 - Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
-  format, embeddings int4); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
+  format, embeddings int4), int4 GPTQ with `--max-drop` (per layer int4 or int8, budgeted on
+  sentences neither calibration nor evaluation uses); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
   accuracy_level 4; its Gather stays fp32); and that MatMulNBits model imported by graphopt
   (its weights as they are, on graphopt's int4 kernels).
 Writes bench/results/int4.json and int4.md.
@@ -42,6 +43,7 @@ from graphopt.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = "2"
+MIXED_MAX_DROP = 0.6  # min-cosine points: >= 0.99 on the BUDGET sentences
 
 # More calibration sentences (disjoint from the evaluation SENTENCES): GPTQ's Hessians need
 # more varied rows than 8 short sentences padded to 128 tokens give.
@@ -71,6 +73,28 @@ CALIB = [
     "The novel's final chapter reveals the identity of the mysterious stranger.",
     "Students must submit their essays through the online portal by Friday.",
     "A gentle breeze carried the scent of pine through the open window.",
+]
+
+# What `--max-drop` scores (the budget variant): disjoint from CALIB (GPTQ fits those, so
+# they flatter it: min cosine 0.996 there against 0.983 on the evaluation sentences) and from
+# the evaluation SENTENCES.
+BUDGET = [
+    "The bakery on the corner sells out of croissants before nine.",
+    "Scientists measured a sharp rise in ocean temperatures this summer.",
+    "Please remember to water the plants while I am away.",
+    "The museum reopened after a year of renovations to its roof.",
+    "A stray cat has been sleeping on our porch for a week.",
+    "Which train should I take to reach the airport before noon?",
+    "The company reported higher profits despite rising energy costs.",
+    "She repaired the old bicycle with parts from a scrapyard.",
+    "Heavy snow closed the mountain pass for three days.",
+    "The orchestra rehearsed the symphony late into the night.",
+    "Vaccines train the immune system to recognise a pathogen.",
+    "He lost his keys somewhere between the office and the gym.",
+    "The city council voted to extend the cycle lane to the harbour.",
+    "Fresh basil and tomatoes make a simple summer salad.",
+    "The goalkeeper saved a penalty in the final minute.",
+    "Our landlord promised to fix the heating before winter.",
 ]
 
 
@@ -110,11 +134,25 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     cal = [tokenize(s) for s in CALIB]
     calib = workdir / "calib.npz"
     np.savez(calib, **{k: np.concatenate([c[k] for c in cal]) for k in cal[0]})
+    held = [tokenize(s) for s in BUDGET]
+    budget = workdir / "budget.npz"
+    np.savez(budget, **{k: np.concatenate([c[k] for c in held]) for k in held[0]})
     int4 = {
         "graphopt_int4_gptq": Int4Options(
             "gptq", calibration=str(calib), samples=len(CALIB), **fmt
         ),
         "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
+        # per layer int4 / int8 / fp32 under a budget of min cosine >= 0.99 on the BUDGET
+        # sentences (the evaluation sentences stay unseen)
+        "graphopt_int4_int8_budget": Int4Options(
+            "gptq",
+            calibration=str(calib),
+            samples=len(CALIB),
+            max_drop=MIXED_MAX_DROP,
+            metric="min_cosine",
+            eval_data=str(budget),
+            **fmt,
+        ),
     }
     variants: dict[str, dict] = {
         "graphopt_fp32": {},
@@ -134,6 +172,10 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
             facts[key]["settings"] = {
                 k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
             }
+            facts[key]["layers_by_bits"] = {"4": m["int4_layers"], "8": m["int8_layers"]}
+            if m.get("accuracy"):
+                acc = m["accuracy"]
+                facts[key]["budget"] = {k: acc.get(k) for k in ("final", "artifact", "seconds")}
             facts[key]["layer_output_mse"] = {
                 r["layer"]: [r["rtn_mse"], r["gptq_mse"]] for r in m["layers"] if "gptq_mse" in r
             }
@@ -335,6 +377,16 @@ def markdown(doc: dict[str, Any]) -> str:
         format_table(cols, rows),
         "",
     ]
+    mixed = facts.get("graphopt_int4_int8_budget", {})
+    if mixed.get("layers_by_bits"):
+        b, budget = mixed["layers_by_bits"], mixed.get("budget", {})
+        lines += [
+            f"graphopt_int4_int8_budget: `--max-drop {doc.get('mixed_max_drop')}` on min cosine "
+            f"over {len(BUDGET)} other sentences kept {b['8']} of {b['4'] + b['8']} matmuls int8 "
+            f"(the rest int4); its score there {budget.get('final')}, the artifact's "
+            f"{budget.get('artifact')}.",
+            "",
+        ]
     errs = doc["facts"].get("graphopt_int4_gptq", {}).get("layer_output_mse", {})
     if errs:
         rtn = float(np.mean([v[0] for v in errs.values()]))
@@ -390,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         paths, facts = build(Path(tmp), fmt)
         doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}
+        doc["mixed_max_drop"] = MIXED_MAX_DROP
         doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
         doc["quality"] = quality(paths)
         _say(json.dumps(doc["quality"]))

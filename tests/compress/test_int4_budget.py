@@ -13,6 +13,7 @@ import graphopt
 from graphopt.cli import main
 from graphopt.compress.common.layers import find_layers
 from graphopt.compress.int4.budget import SwitchRunner, ladder_bits, switch_module
+from graphopt.compress.int4.embedding import embedding_table
 from graphopt.compress.int4.quant import quantize_rtn
 from graphopt.compress.int8.qdq import dequant_weight_np, weight_qparams
 from graphopt.frontend import import_onnx
@@ -77,7 +78,8 @@ def test_switch_graph_computes_each_precision():
     runner = SwitchRunner(switch_module(mod, layers, dq4, "int8"), layers, "int8", host_target())
     x = np.random.default_rng(3).standard_normal((8, D)).astype(np.float32)
     ws = [numpy_helper.to_array(t) for t in model.graph.initializer]
-    np.testing.assert_allclose(runner.run({}, {"x": x}), _reference(model, x), rtol=1e-5, atol=1e-6)
+    fp32 = runner.run(None, {"x": x})
+    np.testing.assert_allclose(fp32, _reference(model, x), rtol=1e-5, atol=1e-6)
     # matmul_1 int4: its weight is exactly the dequantized int4 weight
     h = np.maximum(x @ ws[0], 0)
     want = np.maximum(np.maximum(h @ dq4["matmul_1"], 0) @ ws[2], 0)
@@ -125,3 +127,42 @@ def test_max_drop_needs_data(files, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--max-drop needs data" in err
     assert not (files / "nodata").exists()
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """ids[1, 16] -> Gather(table [1024, 256], 1 MiB: an int4 embedding) -> MatMul -> y."""
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((1024, 256)).astype(np.float32)
+    w = (rng.standard_normal((256, 32)) / 16).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"]),
+            helper.make_node("MatMul", ["e", "w"], ["y"]),
+        ],
+        "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_switch_graph_reads_the_int4_table_except_for_the_reference():
+    model = _embedding_model()
+    table, w = (numpy_helper.to_array(t) for t in model.graph.initializer)
+    mod = run_passes(import_onnx(model).mod, instantiate(parse_pipeline("fold-constants")))
+    layers = find_layers(mod["main"])
+    dq4 = {ly.name: quantize_rtn(ly.weight, 32, True).dequantize() for ly in layers}
+    dq_table = quantize_rtn(table.T, 32, True).dequantize().T
+
+    def int4_table(call, consts):
+        return dq_table if embedding_table(call, consts, 32) is not None else None
+
+    switched = switch_module(mod, layers, dq4, "fp32", int4_table)
+    runner = SwitchRunner(switched, layers, "fp32", host_target())
+    ids = np.random.default_rng(6).integers(0, 1024, (1, 16))
+    feed = {"ids": ids}
+    np.testing.assert_allclose(runner.run(None, feed), table[ids] @ w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runner.run({}, feed), dq_table[ids] @ w, rtol=1e-5, atol=1e-6)
+    got = runner.run({"matmul_0": 4}, feed)
+    np.testing.assert_allclose(got, dq_table[ids] @ dq4["matmul_0"], rtol=1e-5, atol=1e-6)

@@ -38,7 +38,7 @@ from ...build import compile_module
 from ...progress import Meter
 from ...target_infra import Target
 from ..common.budget import fewest_kept
-from ..common.layers import Layer, find_layers
+from ..common.layers import Layer, bound_constants, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from ..int8.qdq import dequant_weight_np, emit_dynamic_qdq, weight_qparams
 
@@ -79,16 +79,23 @@ def ladder_bits(order: Sequence[str], level: int, fallback: str) -> dict[str, in
 
 
 def switch_module(
-    mod: tvm.IRModule, layers: list[Layer], dq4: Mapping[str, np.ndarray], fallback: str
+    mod: tvm.IRModule,
+    layers: list[Layer],
+    dq4: Mapping[str, np.ndarray],
+    fallback: str,
+    table: Callable[[relax.Call, dict], np.ndarray | None] | None = None,
 ) -> tvm.IRModule:
     """`mod` with every layer of `layers` switchable (module docstring): main takes, after its
-    own inputs, f_1..f_n then (int8 fallback) g_1..g_n."""
+    own inputs, f_1..f_n, then (int8 fallback) g_1..g_n, then one flag e for every int4
+    embedding table. `table(take, constants)`: the dequantized int4 table a gather reads in
+    the artifact (None: not an int4 table); embeddings are not budgeted, they are int4 in
+    every mix, and e = 0 only for the fp32 reference."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     wanted = {ly.name for ly in layers}  # the same names in the rewritten function
     layers = [ly for ly in find_layers(func) if ly.name in wanted]
-    rewriter = _Switch(layers, dq4, fallback == "int8")
+    rewriter = _Switch(layers, dq4, fallback == "int8", table, bound_constants(func))
     body = rewriter.visit_expr(func)
-    params = [*func.params, *rewriter.flags, *rewriter.fallback_flags]
+    params = [*func.params, *rewriter.flags, *rewriter.fallback_flags, rewriter.table_flag]
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     new["main"] = relax.Function(params, body.body, body.ret_ty, attrs=func.attrs)
     return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
@@ -100,11 +107,12 @@ def _flag(name: str) -> relax.Var:
 
 @mutator
 class _Switch(PyExprMutator):
-    def __init__(self, layers: list[Layer], dq4: Mapping[str, np.ndarray], int8: bool) -> None:
+    def __init__(self, layers, dq4, int8: bool, table, consts: dict) -> None:
         super().__init__()
-        self.layers, self.dq4 = layers, dq4
+        self.layers, self.dq4, self.table, self.consts = layers, dq4, table, consts
         self.flags = [_flag(f"f_{ly.name}") for ly in layers]
         self.fallback_flags = [_flag(f"g_{ly.name}") for ly in layers] if int8 else []
+        self.table_flag = _flag("e_tables")
 
     def _where(self, flag: relax.Var, yes: relax.Expr, no: relax.Expr) -> relax.Expr:
         on = R_op.greater(flag, relax.const(0.5, "float32"))
@@ -113,7 +121,13 @@ class _Switch(PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
         if i is None:
-            return super().visit_call_(call)
+            table = self.table(call, self.consts) if self.table is not None else None
+            if table is None:
+                return super().visit_call_(call)
+            original = super().visit_call_(call)
+            idx = self.visit_expr(call.args[1])
+            int4 = R_op.take(relax.const(table), idx, axis=0, mode=call.attrs.mode)
+            return self._where(self.table_flag, self.builder_.emit(int4), original)
         layer = self.layers[i]
         x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
         if self.fallback_flags:
@@ -126,21 +140,25 @@ class _Switch(PyExprMutator):
 
 
 class SwitchRunner:
-    """The built switchable graph: `run(bits, feed)` -> the model's first output."""
+    """The built switchable graph: `run(bits, feed)` -> the model's first output, with the
+    layers at `bits` (absent: fp32) and the int4 embedding tables; bits None: the original
+    model (fp32 tables too)."""
 
     def __init__(self, mod: tvm.IRModule, layers: list[Layer], fallback: str, target: Target):
         self.names = [ly.name for ly in layers]
-        flags = len(layers) * (2 if fallback == "int8" else 1)
+        flags = len(layers) * (2 if fallback == "int8" else 1) + 1
         self.params = [p.name for p in mod["main"].params[:-flags]]  # the model's own inputs
         self.fallback = fallback
         self.vm = relax.VirtualMachine(compile_module(mod, target), target.device())
         self._flag = {v: tvm.runtime.tensor(np.full(1, v, np.float32)) for v in (0.0, 1.0)}
 
-    def run(self, bits: Mapping[str, int], feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        f = [self._flag[float(bits.get(n, 32) == 4)] for n in self.names]
-        g = [self._flag[float(bits.get(n, 32) == 8)] for n in self.names]
+    def run(self, bits: Mapping[str, int] | None, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        chosen = bits or {}
+        f = [self._flag[float(chosen.get(n, 32) == 4)] for n in self.names]
+        g = [self._flag[float(chosen.get(n, 32) == 8)] for n in self.names]
         args = [tvm.runtime.tensor(np.asarray(feed[p])) for p in self.params]
-        out = self.vm["main"](*args, *f, *(g if self.fallback == "int8" else []))
+        flags = [*f, *(g if self.fallback == "int8" else []), self._flag[float(bits is not None)]]
+        out = self.vm["main"](*args, *flags)
         return flatten_outputs([out] if hasattr(out, "numpy") else list(out))[0]
 
 
@@ -156,7 +174,7 @@ def choose(
 ) -> Choice:
     """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32."""
     clock, names = time.perf_counter(), runner.names
-    ref = [runner.run({}, feed) for feed in feeds]
+    ref = [runner.run(None, feed) for feed in feeds]
     m = Metric.choose(ref, labels, metric)
     fp32 = m.score(ref, ref)
     rows = _rows(runner, feeds, ref, layer_samples, say)

@@ -22,7 +22,7 @@ from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
-from .embedding import find_tables
+from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .store import save_weights
@@ -147,7 +147,8 @@ class _Planner:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
         dq4 = {name: q.dequantize() for name, q in self.weights.items()}
-        switched = switch_module(mod, layers, dq4, o.fallback)
+        tables = self._table if o.embeddings else None
+        switched = switch_module(mod, layers, dq4, o.fallback, tables)
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -162,6 +163,16 @@ class _Planner:
         inputs = [[feed[p] for p in params] for feed in feeds]
         score = self.choice.score_outputs
         self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def _table(self, call: relax.Call, consts: dict) -> np.ndarray | None:
+        """The int4 embedding table as `lower-int4` dequantizes its gathered rows."""
+        o = self.o
+        group = o.embedding_group or o.group
+        table = embedding_table(call, consts, group)
+        if table is None:
+            return None
+        q = quantize_rtn(table.T, group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
+        return np.ascontiguousarray(q.dequantize().T)
 
     def bits(self, level: int) -> dict[str, int]:
         bits = {name: 32 for name in self.o.skip}
