@@ -13,9 +13,11 @@ int8 and onnxruntime's MatMulNBits.
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
 - Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
   format, embeddings int4), int4 GPTQ with `--max-drop` (per layer int4 or int8, budgeted on
-  sentences neither calibration nor evaluation uses); onnxruntime fp32 and MatMulNBits (block 32, symmetric,
-  accuracy_level 4; its Gather stays fp32); and that MatMulNBits model imported by graphopt
-  (its weights as they are, on graphopt's int4 kernels).
+  sentences neither calibration nor evaluation uses); onnxruntime fp32 and MatMulNBits (block
+  32, symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
+  graphopt (its weights as they are, on graphopt's int4 kernels); OpenVINO fp32 and NNCF's
+  int4 weight compression (INT4_SYM, group 32) on OpenVINO, both with
+  INFERENCE_PRECISION_HINT=f32, when openvino and nncf are installed (the bench extras).
 Writes bench/results/int4.json and int4.md.
 """
 
@@ -115,6 +117,40 @@ def _ort_nbits(path: Path, dest: Path, block: int = 32) -> Path:
     return dest
 
 
+OV_CONFIG = {
+    "INFERENCE_NUM_THREADS": THREADS,
+    "PERFORMANCE_HINT": "LATENCY",
+    # exact fp32 for the float parts (on a CPU with AVX512_BF16 OpenVINO would pick bf16)
+    "INFERENCE_PRECISION_HINT": "f32",
+}
+
+
+def _openvino_models(onnx_path: Path, workdir: Path, facts: dict) -> dict[str, Path]:
+    """OpenVINO's fp32 model and NNCF's int4 weight compression of it (INT4_SYM, group 32,
+    data-free: NNCF's defaults keep the embedding and a "backup" share of layers int8), as
+    IR files; {} when openvino/nncf are not installed."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as err:
+        facts["nncf_int4_openvino"] = {"skipped": f"not installed ({err})"}
+        return {}
+    model = ov.convert_model(str(onnx_path))
+    fp32 = workdir / "openvino_fp32.xml"
+    ov.save_model(model, str(fp32), compress_to_fp16=False)
+    start = time.perf_counter()
+    mode = nncf.CompressWeightsMode.INT4_SYM
+    compressed = nncf.compress_weights(model, mode=mode, group_size=32)
+    int4 = workdir / "nncf_int4_openvino.xml"
+    ov.save_model(compressed, str(int4), compress_to_fp16=False)
+    versions = {"openvino": ov.__version__, "nncf": nncf.__version__}
+    facts["nncf_int4_openvino"] = {
+        "quantize_s": round(time.perf_counter() - start, 1),
+        "versions": versions,
+    }
+    return {"openvino_fp32": fp32, "nncf_int4_openvino": int4}
+
+
 def _onnx_weight_bytes(path: Path) -> int:
     import onnx
     from onnx import numpy_helper
@@ -190,6 +226,8 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     graphopt.compile(paths["ort_int4_matmulnbits"], dest, opt_level=2, progress=_say)
     facts["graphopt_import_matmulnbits"] = {"compile_s": round(time.perf_counter() - start, 1)}
     paths["graphopt_import_matmulnbits"] = dest
+    _say("[minilm] OpenVINO fp32 and NNCF int4")
+    paths.update(_openvino_models(onnx_path, workdir, facts))
     return paths, facts
 
 
@@ -201,11 +239,15 @@ def sizes(paths: dict[str, Path]) -> dict[str, Any]:
     for key, path in paths.items():
         if key.startswith("graphopt"):
             n = library_weights(graphopt.load(path).library_path).weight_bytes
+        elif path.suffix == ".xml":  # OpenVINO IR: the weights are the .bin file
+            n = path.with_suffix(".bin").stat().st_size
         else:
             n = _onnx_weight_bytes(path)
         out[key] = {"weight_bytes": n}
     for key in out:
-        base = out["graphopt_fp32" if key.startswith("graphopt") else "ort_fp32"]["weight_bytes"]
+        own = "graphopt_fp32" if key.startswith("graphopt") else "ort_fp32"
+        own = "openvino_fp32" if key in ("nncf_int4_openvino",) else own
+        base = out[own]["weight_bytes"]
         out[key]["ratio"] = round(out[key]["weight_bytes"] / base, 4)
     return out
 
@@ -216,6 +258,12 @@ def _runner(key: str, path: Path):
         art = graphopt.load(path)
         name = art.outputs[0].name
         return lambda feed: art.run(feed)[name]
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        return lambda feed: np.array(request.infer(dict(feed))[output])
     from graphopt.reference import ort_run, ort_session
 
     sess = ort_session(path, threads=int(THREADS))
