@@ -213,7 +213,7 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
                 acc = m["accuracy"]
                 facts[key]["budget"] = {k: acc.get(k) for k in ("final", "artifact", "seconds")}
             facts[key]["layer_output_mse"] = {
-                r["layer"]: [r["rtn_mse"], r["gptq_mse"]] for r in m["layers"] if "gptq_mse" in r
+                r["layer"]: [r["rtn_mse"], r["mse"]] for r in m["layers"] if "mse" in r
             }
         paths[key] = workdir / key
     start = time.perf_counter()

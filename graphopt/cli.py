@@ -111,6 +111,7 @@ def _int4_method(args: argparse.Namespace):
         scale_dtype=args.int4_scale_dtype,
         embedding_group=args.int4_embedding_group,
         skip=tuple(filter(None, (args.int4_skip or "").split(","))),
+        awq=args.int4_awq,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
         eval_data=args.eval,
@@ -231,6 +232,12 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-awq",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="activation-aware input scaling before rounding or GPTQ (needs --calibration)",
+    )
     q.add_argument(
         "--int4-fallback",
         choices=["int8", "fp32"],

@@ -74,8 +74,9 @@ def test_switch_graph_computes_each_precision():
     mod = import_onnx(model).mod
     mod = run_passes(mod, instantiate(parse_pipeline("fold-constants")))
     layers = find_layers(mod["main"])
-    dq4 = {ly.name: quantize_rtn(ly.weight, 32, True).dequantize() for ly in layers}
-    runner = SwitchRunner(switch_module(mod, layers, dq4, "int8"), layers, "int8", host_target())
+    int4 = {ly.name: quantize_rtn(ly.weight, 32, True) for ly in layers}
+    dq4 = {name: q.dequantize() for name, q in int4.items()}
+    runner = SwitchRunner(switch_module(mod, layers, int4, "int8"), layers, "int8", host_target())
     x = np.random.default_rng(3).standard_normal((8, D)).astype(np.float32)
     ws = [numpy_helper.to_array(t) for t in model.graph.initializer]
     fp32 = runner.run(None, {"x": x})
@@ -152,13 +153,14 @@ def test_switch_graph_reads_the_int4_table_except_for_the_reference():
     table, w = (numpy_helper.to_array(t) for t in model.graph.initializer)
     mod = run_passes(import_onnx(model).mod, instantiate(parse_pipeline("fold-constants")))
     layers = find_layers(mod["main"])
-    dq4 = {ly.name: quantize_rtn(ly.weight, 32, True).dequantize() for ly in layers}
+    int4 = {ly.name: quantize_rtn(ly.weight, 32, True) for ly in layers}
+    dq4 = {name: q.dequantize() for name, q in int4.items()}
     dq_table = quantize_rtn(table.T, 32, True).dequantize().T
 
     def int4_table(call, consts):
         return dq_table if embedding_table(call, consts, 32) is not None else None
 
-    switched = switch_module(mod, layers, dq4, "fp32", int4_table)
+    switched = switch_module(mod, layers, int4, "fp32", int4_table)
     runner = SwitchRunner(switched, layers, "fp32", host_target())
     ids = np.random.default_rng(6).integers(0, 1024, (1, 16))
     feed = {"ids": ids}

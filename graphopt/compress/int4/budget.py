@@ -6,12 +6,12 @@ kernels), the fallback (int8 weights with dynamic per-row int8 activations, as
 choice needs the model run with any mix of them, so, as for int8, one graph is built with the
 choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 
-    x' = where(g_i, QDQ_row(x), x)
+    x' = where(f_i, x * a_i, where(g_i, QDQ_row(x), x))
     W' = where(f_i, DQ4_i, where(g_i, DQ8_i, W))
 
-DQ4_i is the dequantized int4 weight the kernels compute with ((q - z) * s), DQ8_i the
-dequantized int8 weight; `where` selects exactly, so f_i = 1 is the int4 layer's weights
-bit for bit and all flags 0 the fp32 graph.
+DQ4_i is the dequantized int4 weight the kernels compute with ((q - z) * s), a_i its AWQ input
+scale (`awq.py`; none without AWQ), DQ8_i the dequantized int8 weight; `where` selects
+exactly, so f_i = 1 is the int4 layer's operands bit for bit and all flags 0 the fp32 graph.
 
 The search orders layers by their sensitivity (SQNR of the model output with only that
 layer int4, lowest first) and walks a ladder of levels: level k <= n moves the k most
@@ -41,6 +41,7 @@ from ..common.budget import fewest_kept
 from ..common.layers import Layer, bound_constants, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from ..int8.qdq import dequant_weight_np, emit_dynamic_qdq, weight_qparams
+from .quant import Int4Weight
 
 FALLBACKS = ("int8", "fp32")
 
@@ -81,7 +82,7 @@ def ladder_bits(order: Sequence[str], level: int, fallback: str) -> dict[str, in
 def switch_module(
     mod: tvm.IRModule,
     layers: list[Layer],
-    dq4: Mapping[str, np.ndarray],
+    int4: Mapping[str, Int4Weight],
     fallback: str,
     table: Callable[[relax.Call, dict], np.ndarray | None] | None = None,
 ) -> tvm.IRModule:
@@ -93,7 +94,7 @@ def switch_module(
     func = relax.transform.ToNonDataflow()(mod)["main"]
     wanted = {ly.name for ly in layers}  # the same names in the rewritten function
     layers = [ly for ly in find_layers(func) if ly.name in wanted]
-    rewriter = _Switch(layers, dq4, fallback == "int8", table, bound_constants(func))
+    rewriter = _Switch(layers, int4, fallback == "int8", table, bound_constants(func))
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.flags, *rewriter.fallback_flags, rewriter.table_flag]
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -107,9 +108,9 @@ def _flag(name: str) -> relax.Var:
 
 @mutator
 class _Switch(PyExprMutator):
-    def __init__(self, layers, dq4, int8: bool, table, consts: dict) -> None:
+    def __init__(self, layers, int4, int8: bool, table, consts: dict) -> None:
         super().__init__()
-        self.layers, self.dq4, self.table, self.consts = layers, dq4, table, consts
+        self.layers, self.int4, self.table, self.consts = layers, int4, table, consts
         self.flags = [_flag(f"f_{ly.name}") for ly in layers]
         self.fallback_flags = [_flag(f"g_{ly.name}") for ly in layers] if int8 else []
         self.table_flag = _flag("e_tables")
@@ -130,12 +131,17 @@ class _Switch(PyExprMutator):
             return self._where(self.table_flag, self.builder_.emit(int4), original)
         layer = self.layers[i]
         x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
+        q = self.int4[layer.name]
+        x4 = x
+        if q.act_scale is not None:
+            x4 = self.builder_.emit(R_op.multiply(x, relax.const(q.act_scale)))
         if self.fallback_flags:
             g = self.fallback_flags[i]
             x = self._where(g, emit_dynamic_qdq(self.builder_, x, per_row=True), x)
             wq, scale = weight_qparams(layer.weight, layer.weight_axis)
             w = self._where(g, relax.const(dequant_weight_np(wq, scale, layer.weight_axis)), w)
-        w = self._where(self.flags[i], relax.const(self.dq4[layer.name]), w)
+        x = self._where(self.flags[i], x4, x)
+        w = self._where(self.flags[i], relax.const(q.dequantize()), w)
         return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
 
 

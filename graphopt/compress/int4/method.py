@@ -1,5 +1,6 @@
 """`--quantize int4`: group-wise int4 matmul weights (and embedding tables), round-to-nearest
-or GPTQ from calibration activations, lowered by the `lower-int4` pass."""
+or GPTQ from calibration activations, optionally after AWQ scaling, lowered by the `lower-int4`
+pass; with --max-drop, per-layer int4 / int8 / fp32 under the accuracy budget (budget.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tvm
 from tvm import relax
 
 from ...pass_infra import GraphPass, make_pass, registered_passes
+from ...progress import Meter
 from ...target_infra import Target
 from .. import CompressionContext, CompressionPlan
 from ..common.budget import eval_feeds
@@ -21,6 +23,7 @@ from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
+from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
@@ -52,6 +55,7 @@ class Int4Options:
     embedding_group: int | None = None  # embedding tables' group (None: `group`)
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
+    awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
     # --max-drop: keep the most sensitive layers off int4 (budget.py)
     max_drop: float | None = None
     fallback: str = "int8"  # int8 (dynamic per-row) | fp32: what a layer kept off int4 runs
@@ -70,6 +74,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     if o.method == "gptq" and not o.calibration:
         raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
+    if o.awq and not o.calibration:
+        raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     if o.max_drop is not None and o.max_drop < 0:
@@ -97,8 +103,8 @@ class Int4:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if o.method == "gptq" and layers:
-            weights = _gptq(mod, layers, o, ctx, errors)
+        if (o.method == "gptq" or o.awq) and layers:
+            weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
                 ly.name: quantize_rtn(
@@ -146,9 +152,8 @@ class _Planner:
         if not feeds:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
-        dq4 = {name: q.dequantize() for name, q in self.weights.items()}
         tables = self._table if o.embeddings else None
-        switched = switch_module(mod, layers, dq4, o.fallback, tables)
+        switched = switch_module(mod, layers, self.weights, o.fallback, tables)
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -260,21 +265,50 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
     return opts
 
 
-def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors) -> dict:
+def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors):
+    """{layer: Int4Weight} from calibration: AWQ scaling (--int4-awq), then GPTQ or rounding;
+    `errors` gets each layer's output error, plain rounding's beside it."""
     from ..int8.flow import evaluation_target
     from .hessian import hessians
 
     feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
-    ctx.progress(f"int4 gptq: {len(layers)} layers, {len(feeds)} calibration feeds")
+    what = "awq + " * o.awq + o.method
+    ctx.progress(f"int4 {what}: {len(layers)} layers, {len(feeds)} calibration feeds")
     target = evaluation_target(ctx.target)
     names = [ly.name for ly in layers]
     hs, rows = hessians(mod, feeds, names, target, ctx.progress, o.skip_padding)
     weights: dict[str, Int4Weight] = {}
-    for ly in layers:
-        w = ly.weight
+    meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
+    for i, ly in enumerate(layers):
+        w, h, n_rows = ly.weight, hs[ly.name], rows[ly.name]
+        weights[ly.name], alpha = _quantize_layer(w, h, n_rows, o)
+        mean_h = h / max(n_rows, 1)  # per-row output error, per channel
+        rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
+        errors[ly.name] = {
+            "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
+            "mse": round(output_error(w, weights[ly.name], mean_h) / w.shape[1], 8),
+            **({"awq_alpha": alpha} if o.awq else {}),
+        }
+        meter.update(i + 1, ly.name)
+    return weights
+
+
+def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options):
+    """One layer's int4 weight (and AWQ's alpha, None without AWQ)."""
+
+    def rtn(weight: np.ndarray, importance=None) -> Int4Weight:
+        return quantize_rtn(
+            weight, o.group, o.symmetric, o.clip, importance, scale_dtype=o.scale_dtype
+        )
+
+    alpha, s = None, None
+    if o.awq:
+        s, alpha, _errors = search_scale(w, h, rows, lambda ws: rtn(ws, np.diag(h)))
+        w, h = w * s[:, None], scaled_hessian(h, s)
+    if o.method == "gptq":
         q = quantize_gptq(
             w,
-            hs[ly.name],
+            h,
             o.group,
             o.symmetric,
             o.damp,
@@ -282,14 +316,9 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
             act_order=o.act_order,
             scale_dtype=o.scale_dtype,
         )
-        rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
-        mean_h = hs[ly.name] / max(rows[ly.name], 1)  # per-row output error, per channel
-        errors[ly.name] = {
-            "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
-            "gptq_mse": round(output_error(w, q, mean_h) / w.shape[1], 8),
-        }
-        weights[ly.name] = q
-    return weights
+    else:
+        q = rtn(w, np.diag(h))
+    return (q if s is None else with_input_scale(q, s)), alpha
 
 
 def _weight_bytes(q: Int4Weight) -> dict:
@@ -350,7 +379,7 @@ def format_report(m: dict) -> str:
     for r in m["layers"]:
         b = r.get("bytes")
         size = sum(b.values()) if b else r["fp32_bytes"]
-        err = f"{r['rtn_mse']:.3g} -> {r['gptq_mse']:.3g}" if "gptq_mse" in r else "-"
+        err = f"{r['rtn_mse']:.3g} -> {r['mse']:.3g}" if "mse" in r else "-"
         why = r.get("reason") or ""
         rows.append([r["layer"], r["what"], r["bits"], r["fp32_bytes"], size, err, why])
     for t in m["embeddings"]:
@@ -365,7 +394,8 @@ def format_report(m: dict) -> str:
         f"{len(m['layers'])} matmuls int4, {m.get('int8_layers', 0)} int8, "
         f"{len(m['embeddings'])} embedding table(s)"
     )
-    cols = ["layer", "op", "bits", "fp32 bytes", "bytes", "output MSE rtn -> gptq", "why not int4"]
+    cols = ["layer", "op", "bits", "fp32 bytes", "bytes", "output MSE rounding -> chosen"]
+    cols.append("why not int4")
     tail = (
         f"weights {s['fp32']} B fp32 -> {s['packed']} packed + {s['scales']} scales + "
         f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + {s['kept_fp32']} kept fp32 "
