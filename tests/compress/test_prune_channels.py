@@ -175,7 +175,7 @@ def test_refit_recovers_what_dropped_correlated_channels_carried():
     w = rng.standard_normal((32, 8))
     stats = RegionStats()
     stats.add(a)
-    mu, cov = stats.moments()
+    mu, cov = stats.moments(1e-6)
     keep = np.arange(16)  # the second half is a linear function of the first, plus a mean
     w_new, c = refit(w, mu, cov, keep)
     target = a @ w
@@ -215,3 +215,33 @@ def test_channels_method_end_to_end(make, tmp_path):
     got = art.run({"x": xs})["y"]
     cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.95
+
+
+def test_a_layer_is_never_both_producer_and_consumer():
+    """x -> MatMul -> Relu -> MatMul -> Relu -> MatMul: the middle layer consumes the first
+    region and could produce a second; only the first region is kept (cutting both axes of
+    one weight is not supported)."""
+    rng = np.random.default_rng(8)
+    inits = {f"w{i}": rng.standard_normal((D, D)) / 6 for i in range(3)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("MatMul", ["ar", "w1"], ["b"]),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("MatMul", ["br", "w2"], ["y"]),
+    ]
+    regions = find_regions(_graph(_model(nodes, inits, [4, D], [4, D])))
+    assert [(r.producer.name, r.consumer.name) for r in regions] == [("matmul_0", "matmul_1")]
+
+
+def test_channels_escaping_to_a_residual_are_not_a_region():
+    """x -> MatMul -> Relu -> (+ x) -> MatMul: the hidden tensor is read by the residual add."""
+    rng = np.random.default_rng(9)
+    inits = {f"w{i}": rng.standard_normal((D, D)) / 6 for i in range(2)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Add", ["ar", "x"], ["s"]),
+        helper.make_node("MatMul", ["s", "w1"], ["y"]),
+    ]
+    assert find_regions(_graph(_model(nodes, inits, [4, D], [4, D]))) == []

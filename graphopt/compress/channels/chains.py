@@ -106,7 +106,11 @@ def find_regions(mod: tvm.IRModule) -> list[Region]:
         region = _trace(p, later, by_var, outputs, Operands(mod, consts))
         if region is not None:
             regions.append(region)
-    return regions
+    # a layer is producer of one region or consumer of another, never both: a bottleneck
+    # (MobileNetV2's projection feeding the next expansion directly) would need both of its
+    # weight's axes cut; the expansion regions around it hold most multiply-adds
+    consumers = {r.consumer.var for r in regions}
+    return [r for r in regions if r.producer.var not in consumers]
 
 
 def _trace(p: Layer, later, by_var, outputs: set, ops: Operands) -> Region | None:

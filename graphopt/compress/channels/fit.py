@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DAMP = 1e-2  # added to S's diagonal, times its mean (a few hundred rows, up to 1536 channels)
-
 
 @dataclass
 class RegionStats:
@@ -35,28 +33,32 @@ class RegionStats:
         self.sum = s if self.sum is None else self.sum + s
         self.gram = g if self.gram is None else self.gram + g
 
-    def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mu [C], damped covariance S [C, C])."""
+    def moments(self, damp: float) -> tuple[np.ndarray, np.ndarray]:
+        """(mu [C], covariance S [C, C] + damp x its mean diagonal)."""
         mu = self.sum / max(self.n, 1)
         cov = self.gram / max(self.n, 1) - np.outer(mu, mu)
-        cov[np.diag_indices_from(cov)] += DAMP * max(float(np.mean(np.diag(cov))), 1e-12)
+        cov[np.diag_indices_from(cov)] += damp * max(float(np.mean(np.diag(cov))), 1e-12)
         return mu, cov
 
 
-def channel_scores(w: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Relative output error of dropping each channel alone (with the refit), [C]."""
+def channel_scores(w: np.ndarray, cov: np.ndarray, refit: bool = True) -> np.ndarray:
+    """Relative output error of dropping each channel alone, [C]: with the refit, the OBS
+    cost ||W_j||^2 / (S^-1)_jj; without, its own output energy S_jj ||W_j||^2."""
     w = np.asarray(w, np.float64)
-    inv_diag = np.diag(np.linalg.inv(cov))
+    per_channel = np.diag(np.linalg.inv(cov)) ** -1 if refit else np.diag(cov)
     energy = max(float(np.sum((cov @ w) * w)), 1e-30)
-    return np.sum(w * w, axis=1) / inv_diag / energy
+    return np.sum(w * w, axis=1) * per_channel / energy
 
 
-def refit(w: np.ndarray, mu: np.ndarray, cov: np.ndarray, keep: np.ndarray):
+def refit(w: np.ndarray, mu: np.ndarray, cov: np.ndarray, keep: np.ndarray, pull: float = 0.0):
     """(W' [K, N], c [N]): the consumer's weights over the kept channels and the bias that
-    keeps its output mean."""
+    keeps its output mean. `pull` (times S's mean diagonal) adds lambda ||W' - W_K||^2 to the
+    least squares: a few dozen photos give a covariance the exact solution overfits, and the
+    original weights are the prior worth staying near."""
     w = np.asarray(w, np.float64)
-    s_kk = cov[np.ix_(keep, keep)]
-    w_new = np.linalg.solve(s_kk, cov[keep] @ w)
+    lam = pull * max(float(np.mean(np.diag(cov))), 1e-12)
+    s_kk = cov[np.ix_(keep, keep)] + lam * np.eye(len(keep))
+    w_new = np.linalg.solve(s_kk, cov[keep] @ w + lam * w[keep])
     c = mu @ w - mu[keep] @ w_new
     return w_new.astype(np.float32), c.astype(np.float32)
 
