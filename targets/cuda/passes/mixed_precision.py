@@ -1,4 +1,4 @@
-"""fp16 activations and weights with fp32 accumulation (the CUDA target's precision=fp16).
+"""fp16 or bf16 activations and weights with fp32 accumulation (the CUDA target's precision=).
 
 TVM's ToMixedPrecision does the conversion: convs and matmuls take fp16 inputs and accumulate
 in fp32 (their outputs cast back to fp16), softmax, layer norm and reductions keep fp32, and
@@ -6,6 +6,11 @@ in fp32 (their outputs cast back to fp16), softmax, layer norm and reductions ke
 fails: Clip as `call_tir` maximum / minimum kernels becomes Relax operators again, and
 `R.clip` with scalar bounds becomes maximum / minimum with 0-d constants. Unused kernels are
 dropped afterwards.
+
+ToMixedPrecision knows only fp16. For bf16 its result is retyped: every cast to fp16 it added
+becomes a cast to bf16 (weights stay fp32 constants under a cast until FoldConstant, so they
+are rounded once, from fp32), and the types downstream follow. bf16 keeps fp32's range, so
+activations that overflow fp16 stay finite; it has 3 fewer mantissa bits.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, tirx
 
+from graphopt.errors import PipelineError
 from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.scalar_kernels import raise_scalar_elementwise
@@ -40,9 +46,35 @@ class _ClipToMinMax(relax.PyExprMutator):
         return relax.op.minimum(lower, relax.const(float(high.value), dtype))
 
 
+@relax.expr_functor.mutator
+class _HalfToBfloat16(relax.PyExprMutator):
+    """Casts to float16 become casts to bfloat16; fp16 constants become bf16 constants."""
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.count = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype"):
+            return call
+        if str(call.attrs.dtype) != "float16":
+            return call
+        self.count += 1
+        return relax.op.astype(call.args[0], "bfloat16")
+
+    def visit_constant_(self, const: relax.Constant) -> relax.Expr:
+        if str(const.data.dtype) != "float16":
+            return const
+        import ml_dtypes
+
+        self.count += 1
+        return relax.const(const.data.numpy().astype(ml_dtypes.bfloat16), "bfloat16")
+
+
 @register_pass
 class MixedPrecision(GraphPass):
-    """fp16 convs/matmuls with fp32 accumulation (CUDA precision=fp16)."""
+    """fp16 or bf16 convs/matmuls with fp32 accumulation (CUDA precision=fp16|bf16)."""
 
     name = "mixed-precision"
 
@@ -50,6 +82,12 @@ class MixedPrecision(GraphPass):
     class Options:
         # Accumulator type of convs and matmuls.
         accumulate: str = "float32"
+        # Storage type of weights and activations: float16 | bfloat16.
+        dtype: str = "float16"
+
+        def __post_init__(self) -> None:
+            if self.dtype not in ("float16", "bfloat16"):
+                raise PipelineError(f"mixed-precision: dtype={self.dtype!r} (float16 | bfloat16)")
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         mod, raised = raise_scalar_elementwise(mod)
@@ -57,8 +95,13 @@ class MixedPrecision(GraphPass):
         before = _count_casts(mod)
         mod = relax.transform.ToMixedPrecision(out_dtype=self.options.accumulate)(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
+        retyped = 0
+        if self.options.dtype == "bfloat16":
+            mod, retyped = rewrite_relax_functions(mod, _HalfToBfloat16)
         casts = _count_casts(mod) - before
         stats = {"kernels_raised": raised, "clips_rewritten": clips, "casts_added": casts}
+        if retyped:
+            stats["bf16_retyped"] = retyped
         return PassResult(mod, casts > 0 or raised > 0 or clips > 0, stats)
 
 

@@ -47,7 +47,7 @@ def cuda_build(tmp_path_factory, model_files):
 MODELS = ["mobilenet_block", "transformer_block"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
 def test_library_holds_sm90_machine_code_and_ptx(cuda_build, name, precision):
     art, _ = cuda_build(name, precision)
@@ -59,7 +59,7 @@ def test_library_holds_sm90_machine_code_and_ptx(cuda_build, name, precision):
     assert art.manifest["target"]["device"] == "cuda"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("name", MODELS)
 def test_no_kernel_falls_to_the_fallback_rule(cuda_build, name, precision):
     _, stats = cuda_build(name, precision)
