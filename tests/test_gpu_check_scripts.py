@@ -3,12 +3,14 @@ and on the GPU host (bench/onnx_skeleton.py, bench/gpu_check.py): no GPU or nvcc
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -99,3 +101,28 @@ def test_groups_name_known_models_and_precisions():
         for name, batch, precision in cases:
             assert name in (*prep.CNNS, *prep.BLOCKS, "minilm")
             assert precision in ("fp32", "fp16", "bf16") and batch in (1, 32)
+
+
+@pytest.mark.slow  # two CUDA compiles
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit)")
+def test_prepare_writes_a_directory_the_gpu_host_reads(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        prep.GROUPS, "test", [("transformer_block", 1, "fp32"), ("mobilenet_block", 1, "fp16")]
+    )
+    listed = prep.prepare(tmp_path, "sm_90", "test")
+    assert [e["case"] for e in listed] == ["transformer_block-b1-fp32", "mobilenet_block-b1-fp16"]
+    assert (tmp_path / "run").is_file() and (tmp_path / "lib" / "libtvm_runtime.so").is_file()
+    for entry in listed:
+        inputs, outputs = gpu_check.io_spec(tmp_path / entry["case"])
+        with np.load(tmp_path / entry["reference"]) as refs:
+            assert set(outputs) <= set(refs.files)
+        graph = gpu_check.load_graph(tmp_path / entry["onnx"])  # weights back, real shapes
+        feeds = gpu_check.make_inputs(inputs, 0, entry["vocab"])
+        shapes = [refs_shape(tmp_path, entry, o) for o in outputs]
+        assert [o.shape for o in _run(graph, feeds)] == shapes
+    assert prep._bundle_size(tmp_path) < prep.MAX_CARRY_MIB * 2**20
+
+
+def refs_shape(root: Path, entry: dict, name: str) -> tuple:
+    with np.load(root / entry["reference"]) as refs:
+        return refs[name].shape
