@@ -3,6 +3,7 @@ and, compiled for sm_90, bf16 tensor-core instructions in the library's PTX."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from cuda_tools import needs_nvcc
 from tvm import relax
@@ -13,7 +14,7 @@ from graphopt.frontend import import_onnx
 from graphopt.targets.cuda import fatbin
 from graphopt.targets.cuda.passes.mixed_precision import MixedPrecision
 from graphopt.targets.cuda.target import Cuda
-from graphopt.testing import check_numerics
+from graphopt.testing import check_numerics, constant_types, run_module
 
 
 def test_bf16_needs_ampere_or_newer():
@@ -56,3 +57,26 @@ def test_bf16_matmul_runs_on_tensor_cores(tmp_path):
     assert stats["scheduled_matmul-bf16"] == 1
     ptx = fatbin.ptx_text(art.library_path)
     assert "wmma.mma.sync.aligned.row.col.m16n16k16.f32.bf16.bf16.f32" in ptx
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_embedding_tables_are_stored_in_16_bits(dtype):
+    """ToMixedPrecision leaves gathers in fp32: the pass gathers from a 16-bit table instead,
+    so a large embedding constant halves and the rows it takes keep their values closely."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 0.5, (4096, 32)).astype("float32")
+    ids = relax.Var("ids", relax.TensorType((1, 8), "int64"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [ids]):
+        with bb.dataflow():
+            rows = bb.emit(relax.op.take(relax.const(table), ids, axis=0))
+            out = bb.emit_output(relax.op.matmul(rows, relax.const(np.eye(32, dtype="float32"))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    result = MixedPrecision(MixedPrecision.Options(dtype=dtype))(mod)
+    assert result.stats["tables_halved"] == 1
+    folded = relax.transform.FoldConstant()(result.module)
+    assert (dtype, (4096, 32)) in constant_types(folded)
+    picked = np.array([[0, 5, 4095, 17, 17, 3, 2048, 1]], "int64")
+    want, got = run_module(mod, [picked])[0], run_module(result.module, [picked])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
