@@ -202,6 +202,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path | None, rows: list[dict]) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(table(rows) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
@@ -222,12 +230,8 @@ def main() -> int:
         row["build"] = {k: entry[k] for k in ("compile_seconds", "bundle_bytes", "rules")}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    text = table(rows)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (args.out / "gpu_check.md").write_text(text + "\n")
+        save(args.out, rows)  # after every case: a call cut short keeps what it measured
+    print(table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
 
