@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
-from cuda_tools import needs_nvcc
-from onnx import TensorProto, helper
+from cuda_tools import big_matmul, needs_nvcc
 
 import graphopt
 from graphopt.targets.cuda import fatbin
@@ -78,35 +76,18 @@ def test_softmax_and_layer_norm_reduce_with_warp_shuffles(cuda_build):
     assert "shfl.sync" in fatbin.ptx_text(art.library_path)
 
 
-def _big_matmul(path) -> str:
-    """x[128, 256] @ w[256, 192] + b: every dimension above dlight's tensor-core threshold."""
-    rng = np.random.default_rng(0)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [256, 192], rng.normal(0, 0.05, (256, 192)))
-    b = helper.make_tensor("b", TensorProto.FLOAT, [192], rng.normal(0, 0.1, 192))
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
-        "big_matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 192])],
-        [w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, path)
-    return str(path)
-
-
 # slow: the first tensor-core schedule in a process imports tvm.s_tir.tensor_intrin (about 45 s
 # on an idle core, 4 minutes on a busy 2-core machine); `make test-slow` runs it.
 @pytest.mark.slow
 def test_fp16_matmul_runs_on_tensor_cores(cuda_build, tmp_path):
-    art, stats = cuda_build("big_matmul", "fp16", path=_big_matmul(tmp_path / "mm.onnx"))
+    art, stats = cuda_build("big_matmul", "fp16", path=big_matmul(tmp_path / "mm.onnx"))
     assert stats["scheduled_matmul-tensorcore"] == 1
     ptx = fatbin.ptx_text(art.library_path)
     assert "mma.sync.aligned" in ptx or "wmma.mma.sync" in ptx
 
 
 def test_fp32_matmul_stays_off_tensor_cores(cuda_build, tmp_path):
-    art, stats = cuda_build("big_matmul", "fp32", path=_big_matmul(tmp_path / "mm.onnx"))
+    art, stats = cuda_build("big_matmul", "fp32", path=big_matmul(tmp_path / "mm.onnx"))
     assert stats["scheduled_matmul"] == 1 and stats["scheduled_matmul-tensorcore"] == 0
     assert "mma.sync" not in fatbin.ptx_text(art.library_path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_tools import needs_nvcc
+from cuda_tools import big_matmul, needs_nvcc
 from tvm import relax
 
 import graphopt
@@ -42,10 +42,8 @@ def test_bf16_mixed_precision_keeps_the_numbers(model_files, name):
 @needs_nvcc
 @pytest.mark.slow  # imports TVM's tensor intrinsics (about 45 s on an idle core)
 def test_bf16_matmul_runs_on_tensor_cores(tmp_path):
-    from test_cuda_compile import _big_matmul
-
     art = graphopt.compile(
-        _big_matmul(tmp_path / "mm.onnx"),
+        big_matmul(tmp_path / "mm.onnx"),
         tmp_path / "out",
         target="cuda",
         target_options={"arch": "sm_90", "precision": "bf16"},
