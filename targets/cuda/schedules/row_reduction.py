@@ -20,6 +20,7 @@ sum (mean, then variance); anything else is left to dlight.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -137,18 +138,17 @@ def _rows_per_block(rows: int, lanes: int) -> int:
 
 
 def schedule(kernel: RowKernel) -> s_tir.Schedule:
+    """Rows over blocks (`blockIdx.x`) and warps (`threadIdx.y`), a row's elements over lanes
+    (`threadIdx.x`); the reductions computed per row inside the output's row loop."""
     sch, output = kernel.sch, kernel.output
     # The widest type the output block touches sets the vector width: TVM's CUDA codegen
     # cannot build 8-lane fp32 vectors (an fp16 output computed from fp32 statistics).
     block = sch.get(output)
     bits = max(r.source.dtype.bits for r in (*block.reads, *block.writes))
     lanes = _lanes(kernel.length, bits)
-    nrows = 1
-    for extent in kernel.rows:
-        nrows *= extent
     loops = sch.get_loops(output)
     rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-    per_block = _rows_per_block(nrows, lanes)
+    per_block = _rows_per_block(math.prod(kernel.rows), lanes)
     bx, row = sch.split(rows, [None, per_block])
     sch.bind(bx, "blockIdx.x")
     sch.bind(row, "threadIdx.y")
@@ -157,10 +157,12 @@ def schedule(kernel: RowKernel) -> s_tir.Schedule:
     sch.bind(tx, "threadIdx.x")
     if vec > 1:
         sch.vectorize(inner)
-    for block in reversed(kernel.reductions):  # each row's statistics, in shared memory
-        sch.set_scope(block, 0, "local")
-        sch.compute_at(block, row, preserve_unit_loops=True)
-        serial, tx = sch.split(sch.get_loops(block)[-1], [None, lanes])
+    # Each statistic: a cross-thread reduction over the row's lanes into a register of every
+    # lane (warp shuffles); lane t reads elements t, t + lanes, ... (coalesced).
+    for reduction in reversed(kernel.reductions):
+        sch.set_scope(reduction, 0, "local")
+        sch.compute_at(reduction, row, preserve_unit_loops=True)
+        serial, tx = sch.split(sch.get_loops(reduction)[-1], [None, lanes])
         sch.reorder(tx, serial)
         sch.bind(tx, "threadIdx.x")
     return sch
