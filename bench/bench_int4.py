@@ -378,6 +378,31 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _notes(doc: dict[str, Any]) -> list[str]:
+    """The budget variant's decision and GPTQ's per-layer error reduction, in sentences."""
+    lines = []
+    mixed = doc["facts"].get("graphopt_int4_int8_budget", {})
+    if mixed.get("layers_by_bits"):
+        b, budget = mixed["layers_by_bits"], mixed.get("budget", {})
+        lines += [
+            f"graphopt_int4_int8_budget: `--max-drop {doc.get('mixed_max_drop')}` on min cosine "
+            f"over {len(BUDGET)} other sentences kept {b['8']} of {b['4'] + b['8']} matmuls int8 "
+            f"(the rest int4); its score there {budget.get('final')}, the artifact's "
+            f"{budget.get('artifact')}.",
+            "",
+        ]
+    errs = doc["facts"].get("graphopt_int4_gptq", {}).get("layer_output_mse", {})
+    if errs:
+        rtn = float(np.mean([v[0] for v in errs.values()]))
+        gptq = float(np.mean([v[1] for v in errs.values()]))
+        lines += [
+            f"Per-layer output MSE on the calibration inputs, mean over {len(errs)} layers: "
+            f"plain rounding {rtn:.3g}, GPTQ {gptq:.3g} ({rtn / gptq:.1f}x lower).",
+            "",
+        ]
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
@@ -425,25 +450,7 @@ def markdown(doc: dict[str, Any]) -> str:
         format_table(cols, rows),
         "",
     ]
-    mixed = facts.get("graphopt_int4_int8_budget", {})
-    if mixed.get("layers_by_bits"):
-        b, budget = mixed["layers_by_bits"], mixed.get("budget", {})
-        lines += [
-            f"graphopt_int4_int8_budget: `--max-drop {doc.get('mixed_max_drop')}` on min cosine "
-            f"over {len(BUDGET)} other sentences kept {b['8']} of {b['4'] + b['8']} matmuls int8 "
-            f"(the rest int4); its score there {budget.get('final')}, the artifact's "
-            f"{budget.get('artifact')}.",
-            "",
-        ]
-    errs = doc["facts"].get("graphopt_int4_gptq", {}).get("layer_output_mse", {})
-    if errs:
-        rtn = float(np.mean([v[0] for v in errs.values()]))
-        gptq = float(np.mean([v[1] for v in errs.values()]))
-        lines += [
-            f"Per-layer output MSE on the calibration inputs, mean over {len(errs)} layers: "
-            f"plain rounding {rtn:.3g}, GPTQ {gptq:.3g} ({rtn / gptq:.1f}x lower).",
-            "",
-        ]
+    lines += _notes(doc)
     lines.append("Batch-1 matmuls alone (graphopt artifacts of one MatMul, medians, ms):")
     lines.append("")
     g = [
