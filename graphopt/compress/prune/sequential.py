@@ -1,0 +1,108 @@
+"""Sequential SparseGPT with a refit toward the dense model's outputs.
+
+Layer by layer in graph order, each layer sees the inputs X_p the model computes with every
+earlier layer already pruned, and is fitted to the dense model's output X_d W on the same
+calibration feeds, not to X_p W: errors of earlier layers are compensated where they can be.
+With H = X_p^T X_p and C = X_p^T X_d (per calibration row),
+
+    ||X_d W - X_p W'||^2 = ||X_d W - X_p W*||^2 + ||X_p (W* - W')||^2,
+    W* = (H + pull I)^-1 (C W + pull W)
+
+(exact for pull = 0): the refit W* is the least-squares weight toward the dense outputs, with
+a pull toward the original weights (`pull` x H's mean diagonal) so few calibration rows do not
+fit noise; SparseGPT then prunes W* against H. The bias correction subtracts the mean output
+difference E[X_p W'] - E[X_d W] per channel, propagated errors included.
+
+Both X_p and X_d come from one build (`probe.py` over the tapped graph): the weights are inputs,
+so the model with the first l layers pruned is one more run, not one more compile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...progress import Meter
+from ..common.layers import Layer, find_layers
+from ..int4.hessian import MASK_INPUT, layer_rows
+from ..int8.calibrate import tap_module
+from .layers import as_kn, from_kn
+from .probe import WeightProbe
+from .sparsegpt import prune_sparsegpt
+from .spec import PruneSpec
+
+
+@dataclass
+class _Stats:
+    """A layer's statistics over the calibration rows, pruned (p) and dense (d) inputs."""
+
+    h: np.ndarray = 0.0  # X_p^T X_p
+    c: np.ndarray = 0.0  # X_p^T X_d
+    sum_p: np.ndarray = 0.0
+    sum_d: np.ndarray = 0.0
+    rows: int = 0
+
+    def add(self, xp: np.ndarray, xd: np.ndarray) -> None:
+        self.h = self.h + xp.T @ xp
+        self.c = self.c + xp.T @ xd
+        self.sum_p, self.sum_d = self.sum_p + xp.sum(0), self.sum_d + xd.sum(0)
+        self.rows += len(xp)
+
+
+@dataclass
+class SequentialResult:
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # stored layout
+    corrections: dict[str, np.ndarray] = field(default_factory=dict)
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)  # mean X_p^T X_p
+    refits: dict[str, np.ndarray] = field(default_factory=dict)  # W* [K, N]
+
+
+def refit(stats: _Stats, w: np.ndarray, pull: float) -> np.ndarray:
+    """W* = (H + pull I)^-1 (C W + pull W), pull relative to H's mean diagonal."""
+    lam = pull * float(np.mean(np.diag(stats.h))) + 1e-12
+    k = stats.h.shape[0]
+    rhs = stats.c @ w + lam * w
+    return np.linalg.solve(stats.h + lam * np.eye(k), rhs)
+
+
+def sequential_prune(
+    mod,
+    layers: list[Layer],
+    feeds,
+    spec: PruneSpec,
+    damp: float,
+    pull: float,
+    bias: bool,
+    target,
+    say,
+) -> SequentialResult:
+    """Each of `layers` pruned in graph order against the dense outputs (module docstring);
+    bias: with the mean-shift corrections (later layers then see corrected inputs)."""
+    tapped, _ = tap_module(mod)
+    names = [ly.name for ly in layers]
+    say(f"prune: building the tapped graph with {len(names)} layer weights as inputs")
+    probe = WeightProbe(tapped, names, target)
+    index = {ly.name: i for i, ly in enumerate(find_layers(mod["main"]))}
+    params = [p.name for p in mod["main"].params]
+    out = SequentialResult()
+    meter = Meter(len(layers), "prune sparsegpt (sequential)", say, unit="layers", every=0.5)
+    for n, ly in enumerate(layers):
+        stats = _Stats()
+        for feed in feeds:
+            arrays = [feed[p] for p in params]
+            keep = feed.get(MASK_INPUT)
+            xd = probe.run(arrays, {})[index[ly.name]]
+            xp = probe.run(arrays, out.weights, out.corrections)[index[ly.name]]
+            stats.add(layer_rows(ly, xp, keep), layer_rows(ly, xd, keep))
+        w = as_kn(ly).astype(np.float64)
+        wstar = refit(stats, w, pull)
+        h = stats.h / max(stats.rows, 1)
+        new = prune_sparsegpt(wstar, h, spec, damp)
+        out.weights[ly.name] = from_kn(ly, new)
+        mean_p, mean_d = stats.sum_p / max(stats.rows, 1), stats.sum_d / max(stats.rows, 1)
+        if bias:
+            out.corrections[ly.name] = (mean_p @ new - mean_d @ w).astype(np.float32)
+        out.hessians[ly.name], out.refits[ly.name] = h, wstar
+        meter.update(n + 1, ly.name)
+    return out
