@@ -77,16 +77,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from .compress.int4.method import format_report as int4_report
 
         print(int4_report(art.manifest["int4"]))
-    if "pruning" in art.manifest:
-        from .compress.prune.report import format_report as prune_report
-
-        print(prune_report(art.manifest["pruning"]))
+    _print_pruning(art.manifest)
     report = art.manifest["report"]
     print(
         f"compiled {args.model} -> {args.output}/ for {args.target}: "
         f"{report['kernels']} kernels, {report['flops'] / 1e6:.2f} MFLOPs"
     )
     return 0
+
+
+def _print_pruning(manifest: dict) -> None:
+    """Per-layer sparsity, weights and what the artifact stores (compile and report)."""
+    if "pruning" in manifest:
+        from .compress.prune.report import format_report, storage_line
+
+        print(format_report(manifest["pruning"], storage_line(manifest)))
 
 
 def _compression_methods(args: argparse.Namespace) -> list:
@@ -574,6 +579,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .compress.int4.method import format_report as int4_report
 
         print(int4_report(art.manifest["int4"]))
+    _print_pruning(art.manifest)
     if args.json:
         _write_json(args.json, result.to_json())
     return 0

@@ -185,3 +185,13 @@ def test_user_errors(files, capsys, flags, message):
     assert main(["compile", str(files / "mlp.onnx"), "-o", str(files / "e"), "-q", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_report_shows_pruning(files, capsys):
+    _compile(files, "mlp.onnx", "rep", "--prune", "block=0.7", "--prune-block", "8")
+    capsys.readouterr()
+    args = ["report", str(files / "rep"), "--vs", str(files / "mlp.onnx"), "--runs", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "pruning (block8x1=0.7, magnitude): 3/3 layers pruned" in out
+    assert "matmul_1" in out and "stored: " in out and "block-sparse" in out

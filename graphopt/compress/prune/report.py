@@ -33,8 +33,28 @@ def _error(r: dict) -> str:
     return f"{r['error_magnitude']:.3g}" if "error_magnitude" in r else "-"
 
 
-def format_report(m: dict) -> str:
-    """The compile output: one row per layer, then the totals."""
+def storage_line(manifest: dict) -> str | None:
+    """What the artifact stores for the pruned weights: the layers `sparsify` made block-sparse
+    (x86) and their bytes before and after; None when it did not run."""
+    stats = next(
+        (
+            e["stats"]
+            for e in manifest.get("report", {}).get("passes", [])
+            if e["pass"] == "sparsify"
+        ),
+        None,
+    )
+    if stats is None:
+        return None
+    return (
+        f"stored: {stats['layers_sparse']} layer(s) block-sparse, their weights "
+        f"{stats['weight_bytes_dense']} B -> {stats['weight_bytes_sparse']} B (values + indices); "
+        f"{stats['layers_dense']} candidate(s) above the density threshold stay dense"
+    )
+
+
+def format_report(m: dict, storage: str | None = None) -> str:
+    """The compile and report output: one row per layer, then the totals (and `storage`)."""
     from ...tables import format_table
 
     rows = [
@@ -64,4 +84,4 @@ def format_report(m: dict) -> str:
         tail += f"\n{a['metric']}: dense {a['dense']:.2f}, pruned {a['final']:.2f}"
         if "artifact" in a:
             tail += f", artifact {a['artifact']:.2f}"
-    return "\n".join([head, format_table(cols, rows), tail])
+    return "\n".join([head, format_table(cols, rows), tail, *([storage] if storage else [])])
