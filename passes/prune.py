@@ -52,7 +52,12 @@ class Prune(GraphPass):
         skip: str = ""  # ":"-separated layer names left dense
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        stored = load_pruned(self.options.weights)
+        try:
+            stored = load_pruned(self.options.weights)
+        except (OSError, ValueError) as err:
+            raise PipelineError(
+                f"prune: cannot read weights {self.options.weights}: {err}"
+            ) from err
         skip = set(filter(None, self.options.skip.split(":")))
         layers = [ly for ly in find_layers(mod["main"]) if prunable(ly) and ly.name not in skip]
         todo = {}
