@@ -183,26 +183,31 @@ def _prune_layers(mod, layers: list[Layer], o: PruneOptions, ctx, feeds) -> Prun
         seq = sequential_prune(
             mod, todo, feeds, o.spec, o.damp, o.pull, o.bias_correction, target, ctx.progress
         )
-        weights, corrections, hs = seq.weights, seq.corrections, seq.hessians
+        weights, corrections, errors = seq.weights, seq.corrections, seq.errors
     else:
-        weights, corrections, hs = _one_shot(mod, todo, o, ctx, feeds)
+        weights, corrections, errors = _one_shot(mod, todo, o, ctx, feeds)
     rows = []
     for ly in layers:
-        w = as_kn(ly).astype(np.float32)
+        row = {"layer": ly.name, "what": ly.describe(), "weights": int(np.prod(ly.weight_shape))}
         if ly.name in skipped:
-            row = {"layer": ly.name, "what": ly.describe(), "weights": w.size}
             rows.append(layer_row(row, skipped[ly.name]))
             continue
-        new = as_kn(ly, weights[ly.name])
-        rows.append(_row(ly, w, new, magnitude(w, o.spec), hs.get(ly.name), o.method))
+        zeros = int(np.sum(weights[ly.name] == 0))
+        row.update(status="pruned", zeros=zeros, sparsity=round(zeros / row["weights"], 4))
+        if ly.name in errors:  # output error relative to the layer's output energy
+            row["error_magnitude"] = round(errors[ly.name][0], 6)
+            if o.method == "sparsegpt":
+                row["error_sparsegpt"] = round(errors[ly.name][1], 6)
+        rows.append(row)
     return Pruned(o, layers, weights, corrections, rows, skipped)
 
 
 def _one_shot(mod, todo: list[Layer], o: PruneOptions, ctx, feeds):
     """Every layer from the dense model's statistics: SparseGPT, or magnitude."""
-    hs, means = _statistics(mod, todo, feeds, ctx) if feeds else ({}, {})
+    centered = o.bias_correction and o.method == "sparsegpt"
+    hs, means = _statistics(mod, todo, feeds, ctx, centered) if feeds else ({}, {})
     meter = Meter(len(todo), f"prune {o.method}", ctx.progress, unit="layers", every=0.5)
-    weights, corrections = {}, {}
+    weights, corrections, errors = {}, {}, {}
     for i, ly in enumerate(todo):
         w = as_kn(ly).astype(np.float32)
         if o.method == "sparsegpt":
@@ -212,12 +217,18 @@ def _one_shot(mod, todo: list[Layer], o: PruneOptions, ctx, feeds):
         weights[ly.name] = from_kn(ly, new)
         if o.bias_correction and ly.name in means:
             corrections[ly.name] = (means[ly.name] @ (new - w)).astype(np.float32)
+        if ly.name in hs:
+            h = hs[ly.name]
+            energy = max(output_error(w, np.zeros_like(w), h), 1e-30)
+            mag = magnitude(w, o.spec) if o.method == "sparsegpt" else new
+            errors[ly.name] = (output_error(w, mag, h) / energy, output_error(w, new, h) / energy)
         meter.update(i + 1, ly.name)
-    return weights, corrections, hs
+    return weights, corrections, errors
 
 
-def _statistics(mod, layers: list[Layer], feeds, ctx) -> tuple[dict, dict]:
-    """Per layer: mean H = X^T X / rows over the calibration feeds, and the mean input row."""
+def _statistics(mod, layers: list[Layer], feeds, ctx, centered: bool) -> tuple[dict, dict]:
+    """Per layer: H = X^T X / rows over the calibration feeds (centered: of X minus its
+    mean), and the mean input row."""
     from ..int4.hessian import hessians
     from ..int8.flow import evaluation_target
 
@@ -232,21 +243,7 @@ def _statistics(mod, layers: list[Layer], feeds, ctx) -> tuple[dict, dict]:
         sums=sums,
     )
     means = {n: sums[n] / max(rows[n], 1) for n in hs}
-    return {n: h / max(rows[n], 1) for n, h in hs.items()}, means
-
-
-def _row(ly: Layer, w, new, mag, h, method: str) -> dict:
-    row = {
-        "layer": ly.name,
-        "what": ly.describe(),
-        "status": "pruned",
-        "weights": int(w.size),
-        "zeros": int(np.sum(new == 0)),
-    }
-    row["sparsity"] = round(row["zeros"] / row["weights"], 4)
-    if h is not None:  # output error relative to the layer's output energy
-        energy = max(output_error(w, np.zeros_like(w), h), 1e-30)
-        row["error_magnitude"] = round(output_error(w, mag, h) / energy, 6)
-        if method == "sparsegpt":
-            row["error_sparsegpt"] = round(output_error(w, new, h) / energy, 6)
-    return row
+    hs = {n: h / max(rows[n], 1) for n, h in hs.items()}
+    if centered:  # the bias correction carries the mean: fit the covariance
+        hs = {n: h - np.outer(means[n], means[n]) for n, h in hs.items()}
+    return hs, means
