@@ -12,10 +12,11 @@ and every (method, level) point runs the same numpy pruning code as `compile --p
 one build with the weights as inputs (`compress/prune/probe.py`). Pruned: every 1x1 conv and
 the classifier (36 layers); depthwise and the first 3x3 conv stay dense.
 
-Block 16x1 (what the x86 sparse kernels take): agreement at --block-level for both methods,
-then the SparseGPT point compiled through `graphopt.compile` (the real `--prune` path: its
-artifact's agreement is checked against the probe's) and timed against the dense model's
-artifact, alternated in one process (medians of --runs runs each, 2 threads).
+Block 16x1 (what the x86 sparse kernels take): agreement at --block-level by magnitude and
+one-shot SparseGPT (both with bias correction) through the probe, then `--prune block=LEVEL`
+with its defaults (sequential SparseGPT) compiled through `graphopt.compile`, the real path,
+scored as an artifact and timed against the dense model's artifact, alternated in one process
+(medians of --runs calls each, 2 threads).
 Writes bench/results/prune_accuracy.{json,md}.
 """
 
@@ -322,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"[sequential] {level:.0%}: top-1 {q['top1']}/{q['n']} (load {_load()})")
     spec = PruneSpec("block", args.block_level, block=16)
     probe = {"magnitude + bias corr.": s.score(*s.prune(spec, "magnitude", args.damp, True))}
-    probe["sequential SparseGPT + refit"] = sequential_point(s, spec, args.damp, args.pull)
+    probe["SparseGPT + bias corr."] = s.score(*s.prune(spec, "sparsegpt", args.damp, True))
+    _say(f"[block] {probe} (load {_load()})")
     info["block"] = {"level": args.block_level, "probe": probe}
     if not args.no_compile:
         with tempfile.TemporaryDirectory(prefix="prune-acc-") as tmp:
-            info["block"]["compiled"] = compiled_block(s, Path(tmp), args.block_level, args.runs)
+            c = compiled_block(s, Path(tmp), args.block_level, args.runs)
+            info["block"]["compiled"] = c
+            _say(f"[block compiled] {c['quality']} {c['timing']}")
     info["load_end"] = _load()
     info["machine"] = machine_info()
     write_results(RESULTS, args.stem, info, markdown(info))
