@@ -4,10 +4,14 @@ onnxruntime's CUDA provider (when installed) for speed, on the same GPU.
 
     python3 bench/gpu_check.py CHECK_DIR [--out RESULTS_DIR] [--runs 50] [--no-compile]
 
-CHECK_DIR comes from bench/gpu_check_prepare.py. Pass criteria: fp32 max relative error
-<= 1e-3 (max |graphopt - ort| / max |ort|); fp16 cosine >= 0.999 and the same top-1 class for
-classifiers. Times are medians of `--runs` calls with inputs already on the GPU; graphopt's
-comes from the C++ runner (`run --repeat`), synchronized after each call.
+CHECK_DIR comes from bench/gpu_check_prepare.py, which computed the onnxruntime CPU fp32
+references on the build machine for the inputs `make_inputs` draws (seeded: the same arrays
+here and there). Pass criteria: fp32 max relative error <= 1e-3 (max |graphopt - ort| /
+max |ort|); fp16 cosine >= 0.999, bf16 cosine >= 0.99 (3 fewer mantissa bits), and for
+classifiers the same top-1 class on every sample. Times are medians of `--runs` calls with
+inputs already on the GPU; graphopt's comes from the C++ runner (`run --repeat`),
+synchronized after each call; PyTorch and onnxruntime CUDA run the carried graph with random
+weights of the real shapes (bench/onnx_skeleton.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 FP32_REL = 1e-3
-FP16_COSINE = 0.999
+COSINE = {"fp16": 0.999, "bf16": 0.99}
 DTYPES = {"<f4": np.float32, "<i8": np.int64, "<i4": np.int32}
 
 
@@ -40,7 +44,9 @@ def io_spec(case_dir: Path) -> tuple[list[tuple], list[str]]:
     return inputs, outputs
 
 
-def make_inputs(inputs: list[tuple], seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(inputs: list[tuple], seed: int = 0, vocab: int = 1000) -> dict[str, np.ndarray]:
+    """Seeded inputs (numpy's generator gives the same arrays on every machine): normal
+    floats, token ids below `vocab`, all-ones attention masks, zero token types."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, descr, shape in inputs:
@@ -48,8 +54,14 @@ def make_inputs(inputs: list[tuple], seed: int = 0) -> dict[str, np.ndarray]:
         if name == "mask":  # the transformer block's additive causal mask
             seq = shape[-1]
             out[name] = np.broadcast_to(np.triu(np.full((seq, seq), -1e4), 1), shape).astype(dtype)
-        else:
+        elif dtype == np.float32:
             out[name] = rng.standard_normal(shape).astype(dtype)
+        elif "mask" in name:
+            out[name] = np.ones(shape, dtype)
+        elif "type" in name:
+            out[name] = np.zeros(shape, dtype)
+        else:
+            out[name] = rng.integers(0, vocab, shape).astype(dtype)
     return out
 
 
@@ -70,7 +82,7 @@ def compare(ours: np.ndarray, ref: np.ndarray, precision: str) -> dict:
     ours, ref = ours.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
     rel = float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
     cosine = float(ours @ ref / max(np.linalg.norm(ours) * np.linalg.norm(ref), 1e-30))
-    ok = rel <= FP32_REL if precision == "fp32" else cosine >= FP16_COSINE
+    ok = rel <= FP32_REL if precision == "fp32" else cosine >= COSINE[precision]
     return {"max_rel_err": rel, "cosine": cosine, "ok": bool(ok)}
 
 
@@ -93,17 +105,26 @@ def time_calls(fn, runs: int, sync) -> float:
     return float(np.median(times))
 
 
-def time_torch(onnx_path: Path, feeds: dict, precision: str, runs: int, compile_: bool) -> dict:
-    """PyTorch eager and torch.compile on the same graph (bench/onnx_torch.py), in ms."""
+def load_graph(onnx_path: Path):
+    """The carried graph with random weights of its real shapes (bench/onnx_skeleton.py)."""
     import onnx
-    import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from onnx_skeleton import restore
+
+    return restore(onnx.load(str(onnx_path)))
+
+
+def time_torch(onnx_path: Path, feeds: dict, precision: str, runs: int, compile_: bool) -> dict:
+    """PyTorch eager and torch.compile on the same graph (bench/onnx_torch.py), in ms."""
+    import torch
     from onnx_torch import OnnxModule
 
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    module = OnnxModule(onnx.load(str(onnx_path))).cuda().eval()
-    module = module.half() if dtype == torch.float16 else module
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    module = OnnxModule(load_graph(onnx_path)).cuda().eval()
+    if dtype != torch.float32:
+        module = module.to(dtype)
+        module.float_dtype = dtype
     args = [torch.from_numpy(feeds[n]).cuda() for n in module.inputs]
     args = [a.to(dtype) if a.is_floating_point() else a for a in args]
     out = {}
@@ -125,7 +146,8 @@ def time_ort_cuda(onnx_path: Path, feeds: dict, runs: int) -> dict:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return {}
-    sess = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
+    model = load_graph(onnx_path).SerializeToString()
+    sess = ort.InferenceSession(model, providers=["CUDAExecutionProvider"])
     binding = sess.io_binding()
     for name, value in feeds.items():
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
@@ -135,12 +157,11 @@ def time_ort_cuda(onnx_path: Path, feeds: dict, runs: int) -> dict:
 
 
 def check_case(root: Path, entry: dict, args) -> dict:
-    import onnxruntime as ort
-
     case_dir, onnx_path = root / entry["case"], root / entry["onnx"]
     inputs, outputs = io_spec(case_dir)
-    feeds = make_inputs(inputs)
-    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    feeds = make_inputs(inputs, 0, entry.get("vocab", 1000))
+    with np.load(root / entry["reference"]) as refs:
+        ref = [refs[name] for name in outputs]
     ours, ms = run_bundle(root, case_dir, feeds, args.runs)
     row: dict = {"case": entry["case"], "graphopt_ms": ms, "outputs": {}}
     for name, expected in zip(outputs, ref):
@@ -181,6 +202,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path | None, rows: list[dict]) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(table(rows) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
@@ -201,12 +230,8 @@ def main() -> int:
         row["build"] = {k: entry[k] for k in ("compile_seconds", "bundle_bytes", "rules")}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    text = table(rows)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (args.out / "gpu_check.md").write_text(text + "\n")
+        save(args.out, rows)  # after every case: a call cut short keeps what it measured
+    print(table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

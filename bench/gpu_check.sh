@@ -3,8 +3,9 @@
 # bundles from CHECK_DIR, compares with onnxruntime CPU fp32, times PyTorch eager /
 # torch.compile and onnxruntime CUDA on the same GPU. No TVM or graphopt needed there.
 #
-# Here (no GPU):   .venv/bin/python bench/gpu_check_prepare.py build/gpu_check
+# Here (no GPU):   .venv/bin/python bench/gpu_check_prepare.py build/gpu_check [--group fp16]
 # On the GPU host: bench/gpu_check.sh build/gpu_check        (results in $OUT or CHECK_DIR/results)
+# One group of cases per call (fp16, bf16, fp32, fp32-b32, minilm, minilm-fp32, blocks).
 # See docs/CUDA.md.
 set -uo pipefail
 DIR=${1:-build/gpu_check}

@@ -1,12 +1,28 @@
-"""Build the CUDA bundles the GPU device check runs (here, without a GPU; needs nvcc).
+"""Build the CUDA device check's cases here (no GPU; needs nvcc), for one call on a GPU host.
 
-    python bench/gpu_check_prepare.py build/gpu_check [--arch sm_90] [--skip-mobilenet]
+    python bench/gpu_check_prepare.py build/gpu_check [--group fp16] [--arch sm_90]
 
-Writes one directory that travels to the GPU host (under 64 MiB): the runner and the TVM /
-CUDA runtime libraries once (`run`, `lib/`), the ONNX models once (`models/`), per case a
-folder with `model.so`, `io.txt` and `manifest.json`, and `cases.json` listing the cases.
-Cases: MobileNetV2 fp32 and fp16 (from the graphopt model cache) and the generated MobileNet
-block and transformer block in fp32 and fp16. `bench/gpu_check.sh` runs them there.
+A lent GPU machine takes at most 64 MiB of files per call and runs a call for at most 10
+minutes, so the cases come in groups that each fit one call (MAX_CARRY_MIB, checked: the
+script stops with an error when a group outgrows it):
+
+    fp16 (default)  MobileNetV2 and EfficientNet-Lite0 at batch 1 and 32, generated blocks
+    bf16            the same in bf16
+    fp32            MobileNetV2 and EfficientNet-Lite0 at batch 1, generated blocks
+    fp32-b32        MobileNetV2 and EfficientNet-Lite0 at batch 32
+    minilm          all-MiniLM-L6-v2 (sequence 128) in fp16 and bf16
+    minilm-fp32     all-MiniLM-L6-v2 in fp32
+    blocks          the generated MobileNet and transformer blocks in all three precisions
+
+The directory holds the runner and the TVM / CUDA runtime libraries once (`run`, `lib/`), per
+case `model.so`, `io.txt` and `manifest.json`, per model and batch `models/<key>.onnx` (the
+graph without its large weights, bench/onnx_skeleton.py: PyTorch and onnxruntime CUDA time it
+with random weights of the same shapes) and `refs/<key>.npz` (onnxruntime CPU fp32 outputs of
+the real model for the inputs `gpu_check.make_inputs` draws, computed here), and `cases.json`.
+The models' weights travel only inside graphopt's libraries. MiniLM's word-embedding table
+is cut to its first VOCAB rows (47 MB of 90; inputs draw token ids below VOCAB): the same
+graph, a smaller constant. Batch 32 copies of the batch-1 CNNs get their batch axis widened
+(`rebatch`), checked here against the batch-1 model.
 """
 
 from __future__ import annotations
@@ -18,69 +34,163 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MAX_CARRY_MIB = 60
+VOCAB = 2048
+CNNS = ("mobilenet_v2", "efficientnet_lite0")
+BLOCKS = ("mobilenet_block", "transformer_block")
+GROUPS: dict[str, list[tuple[str, int, str]]] = {
+    "fp16": [(m, b, "fp16") for m in CNNS for b in (1, 32)] + [(m, 1, "fp16") for m in BLOCKS],
+    "bf16": [(m, b, "bf16") for m in CNNS for b in (1, 32)] + [(m, 1, "bf16") for m in BLOCKS],
+    "fp32": [(m, 1, "fp32") for m in (*CNNS, *BLOCKS)],
+    "fp32-b32": [(m, 32, "fp32") for m in CNNS],
+    "minilm": [("minilm", 1, "fp16"), ("minilm", 1, "bf16")],
+    "minilm-fp32": [("minilm", 1, "fp32")],
+    "blocks": [(m, 1, p) for m in BLOCKS for p in ("fp32", "fp16", "bf16")],
+}
 
 
-def _cases(skip_mobilenet: bool) -> list[tuple[str, object, str]]:
-    import model_builders as mb
+def load_model(name: str, batch: int):
+    """The ONNX model of a case, as compiled and as the reference runs it."""
+    import onnx
 
     from graphopt import env
 
-    cases = []
-    mnv2 = env.cache_dir() / "models" / "mobilenet_v2.onnx"
-    if mnv2.is_file() and not skip_mobilenet:
-        cases += [("mobilenet_v2", mnv2, p) for p in ("fp32", "fp16")]
-    for name in ("mobilenet_block", "transformer_block"):
-        cases += [(name, getattr(mb, name)(), p) for p in ("fp32", "fp16")]
-    return cases
+    if name in BLOCKS:
+        import model_builders as mb
+
+        return getattr(mb, name)()
+    model = onnx.load(str(env.cache_dir() / "models" / f"{name}.onnx"))
+    if name == "minilm":
+        model = cut_vocabulary(model, VOCAB)
+    return rebatch(model, batch) if batch != 1 else model
+
+
+def cut_vocabulary(model, rows: int):
+    """The embedding tables gathered by a graph input keep their first `rows` rows."""
+    from onnx import numpy_helper
+
+    graph_inputs = {i.name for i in model.graph.input}
+    gathered = {
+        n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[1] in graph_inputs
+    }
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in gathered and init.dims[0] > rows:
+            table = numpy_helper.to_array(init)[:rows]
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(table, init.name))
+    return model
+
+
+def rebatch(model, batch: int):
+    """A batch-1 model with its inputs' first axis set to `batch`; Reshape shapes that start
+    with 1 start with 0 (copy the batch) instead."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    shapes = {n.input[1] for n in graph.node if n.op_type == "Reshape"}
+    tensors = [t for t in graph.initializer if t.name in shapes]
+    tensors += [
+        n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.output[0] in shapes
+    ]
+    for tensor in tensors:
+        value = numpy_helper.to_array(tensor)
+        if value.ndim == 1 and len(value) >= 2 and value[0] == 1:
+            tensor.CopyFrom(numpy_helper.from_array(np.concatenate([[0], value[1:]]), tensor.name))
+    initializers = {t.name for t in graph.initializer}
+    for value_info in [*graph.input, *graph.output]:
+        if value_info.name not in initializers:
+            value_info.type.tensor_type.shape.dim[0].dim_value = batch
+    del graph.value_info[:]
+    return model
+
+
+def _reference(model, case_dir: Path, name: str, batch: int, seed: int) -> dict:
+    """onnxruntime CPU fp32 outputs, keyed by io.txt's output names; a widened batch is
+    checked against the batch-1 model on its first sample."""
+    import onnxruntime as ort
+    from gpu_check import io_spec, make_inputs
+
+    inputs, outputs = io_spec(case_dir)
+    feeds = make_inputs(inputs, seed, VOCAB)
+    run = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run
+    ref = dict(zip(outputs, run(None, feeds)))
+    if batch > 1:
+        single = load_model(name, 1).SerializeToString()
+        one = ort.InferenceSession(single, providers=["CPUExecutionProvider"]).run(
+            None, {k: v[:1] for k, v in feeds.items()}
+        )
+        for (out, got), want in zip(ref.items(), one):
+            if not np.allclose(got[:1], want, rtol=1e-4, atol=1e-4):
+                raise SystemExit(f"error: rebatch changed {name}'s output {out}")
+    return ref
 
 
 def _bundle_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def prepare(out: Path, arch: str, skip_mobilenet: bool) -> list[dict]:
+def _write_model(out: Path, key: str, model, case_dir: Path, name: str, batch: int) -> None:
+    """models/<key>.onnx (weights stripped, after the frontend's clean-up, which folds the
+    shape sub-graphs bench/onnx_torch.py cannot run) and refs/<key>.npz, once per key."""
     import onnx
+    from onnx_skeleton import strip
 
+    from graphopt.frontend.cleanup import clean_for_import
+
+    path = out / "models" / f"{key}.onnx"
+    if path.is_file():
+        return
+    path.parent.mkdir(exist_ok=True)
+    onnx.save(strip(clean_for_import(model)), str(path))
+    (out / "refs").mkdir(exist_ok=True)
+    np.savez(out / "refs" / f"{key}.npz", **_reference(model, case_dir, name, batch, seed=0))
+
+
+def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> dict:
     import graphopt
 
+    key, case = f"{name}-b{batch}", f"{name}-b{batch}-{precision}"
+    model = load_model(name, batch)
+    full = out / ".bundles" / case
+    start = time.perf_counter()
+    art = graphopt.compile(
+        model, full, target="cuda", target_options={"arch": arch, "precision": precision}
+    )
+    seconds = time.perf_counter() - start
+    if not (out / "run").is_file():  # runner and libraries once for every case
+        shutil.copy2(full / "run", out / "run")
+        shutil.copytree(full / "lib", out / "lib", dirs_exist_ok=True)
+    dest = out / case
+    dest.mkdir(exist_ok=True)
+    for item in ("model.so", "io.txt", "manifest.json"):
+        shutil.copy2(full / item, dest / item)
+    _write_model(out, key, model, dest, name, batch)
+    stats = next(
+        r["stats"] for r in art.manifest["report"]["passes"] if r["pass"] == "schedule-cuda"
+    )
+    print(f"{case}: {seconds:.0f} s, bundle {_bundle_size(full) / 2**20:.1f} MiB", flush=True)
+    return {
+        "case": case,
+        "onnx": f"models/{key}.onnx",
+        "reference": f"refs/{key}.npz",
+        "precision": precision,
+        "vocab": VOCAB,
+        "compile_seconds": round(seconds, 1),
+        "bundle_bytes": _bundle_size(full),
+        "rules": {k[10:]: v for k, v in stats.items() if k.startswith("scheduled_") and v},
+    }
+
+
+def prepare(out: Path, arch: str, group: str) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    listed = []
-    for name, model, precision in _cases(skip_mobilenet):
-        case = f"{name}-{precision}"
-        full = out / ".bundles" / case
-        start = time.perf_counter()
-        art = graphopt.compile(
-            model, full, target="cuda", target_options={"arch": arch, "precision": precision}
-        )
-        seconds = time.perf_counter() - start
-        if not (out / "run").is_file():  # runner and libraries once for every case
-            shutil.copy2(full / "run", out / "run")
-            shutil.copytree(full / "lib", out / "lib", dirs_exist_ok=True)
-        dest = out / case
-        dest.mkdir(exist_ok=True)
-        for item in ("model.so", "io.txt", "manifest.json"):
-            shutil.copy2(full / item, dest / item)
-        onnx_path = out / "models" / f"{name}.onnx"  # once per model, not per precision
-        if not onnx_path.is_file():
-            onnx_path.parent.mkdir(exist_ok=True)
-            onnx_model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-            onnx.save(onnx_model, str(onnx_path))
-        stats = next(
-            r["stats"] for r in art.manifest["report"]["passes"] if r["pass"] == "schedule-cuda"
-        )
-        listed.append(
-            {
-                "case": case,
-                "onnx": str(onnx_path.relative_to(out)),
-                "precision": precision,
-                "compile_seconds": round(seconds, 1),
-                "bundle_bytes": _bundle_size(full),
-                "rules": {k[10:]: v for k, v in stats.items() if k.startswith("scheduled_") and v},
-            }
-        )
-        print(f"{case}: {seconds:.0f} s, bundle {_bundle_size(full) / 2**20:.1f} MiB", flush=True)
+    listed = [_build_case(out, *case, arch) for case in GROUPS[group]]
     shutil.rmtree(out / ".bundles")
     (out / "cases.json").write_text(json.dumps(listed, indent=2) + "\n")
     return listed
@@ -90,10 +200,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--arch", default="sm_90")
-    parser.add_argument("--skip-mobilenet", action="store_true")
+    parser.add_argument("--group", default="fp16", choices=sorted(GROUPS))
     args = parser.parse_args()
-    prepare(args.out, args.arch, args.skip_mobilenet)
-    print(f"{args.out}: {_bundle_size(args.out) / 2**20:.1f} MiB to carry")
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} is not empty (one group per directory)", file=sys.stderr)
+        return 2
+    prepare(args.out, args.arch, args.group)
+    mib = _bundle_size(args.out) / 2**20
+    print(f"{args.out}: {mib:.1f} MiB to carry")
+    if mib > MAX_CARRY_MIB:
+        print(f"error: group {args.group} is {mib:.0f} MiB, over {MAX_CARRY_MIB}", file=sys.stderr)
+        return 2
     return 0
 
 

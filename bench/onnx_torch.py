@@ -1,9 +1,11 @@
 """An ONNX graph as a PyTorch module, for timing PyTorch (eager and torch.compile) on exactly
 the model graphopt compiled, on a GPU host that has neither onnx2torch nor torchvision.
 
-Covers the operators of MobileNetV2, EfficientNet-Lite-style CNNs and the generated test
-models (conv nets, MLPs, a transformer block); anything else raises NotImplementedError
-naming the operator. Needs only onnx, numpy and torch (no graphopt, no TVM).
+Covers the operators of MobileNetV2, EfficientNet-Lite0 and all-MiniLM-L6-v2 (after the
+frontend's ONNX clean-up folded their shape sub-graphs) and the generated test models (conv
+nets, MLPs, a transformer block); anything else raises NotImplementedError naming the
+operator. `Cast` to a float type gives the module's float type (`float_dtype`), so a half or
+bf16 module stays in one type. Needs only onnx, numpy and torch (no graphopt, no TVM).
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ def _clip(x, lo=None, hi=None, *, min=None, max=None, **_):  # noqa: A002 - ONNX
     return torch.clamp(x, None if lo is None else float(lo), None if hi is None else float(hi))
 
 
+def _pad(x, pads, value=None, *, mode="constant", **_):
+    half = len(pads) // 2
+    flat = [p for i in reversed(range(half)) for p in (pads[i], pads[i + half])]
+    return F.pad(x, flat, mode, 0.0 if value is None else float(value))
+
+
+def _reduce(fn):
+    def run(x, axes=None, *, keepdims=1, **attrs):
+        axes = axes if axes is not None else attrs.get("axes")
+        dims = tuple(range(x.dim())) if axes is None else tuple(int(a) for a in axes)
+        return fn(x, dims, bool(keepdims))
+
+    return run
+
+
+def _unsqueeze(x, axes=None, **attrs):
+    for axis in sorted(int(a) for a in (axes if axes is not None else attrs["axes"])):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _gather(x, indices, *, axis=0, **_):
+    if not torch.is_tensor(indices):
+        indices = torch.as_tensor(indices, device=x.device)
+    return torch.index_select(x, axis, indices.reshape(-1)).reshape(
+        *x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]
+    )
+
+
 OPS = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -89,9 +120,35 @@ OPS = {
     "Reshape": _reshape,
     "Transpose": lambda x, perm, **_: x.permute(*perm),
     "Identity": lambda x, **_: x,
+    "Pad": _pad,
+    "Gather": _gather,
+    "GatherElements": lambda x, i, *, axis=0, **_: torch.gather(x, axis, i),
+    "Unsqueeze": _unsqueeze,
+    "Expand": lambda x, shape, **_: x.expand(*[int(d) for d in shape]),
+    "And": lambda a, b, **_: a & b,
+    "Where": lambda c, a, b, **_: torch.where(c, a, b),
+    "IsNaN": lambda x, **_: torch.isnan(x),
+    "ReduceSum": _reduce(lambda x, d, k: x.sum(dim=d, keepdim=k)),
+    "ReduceL2": _reduce(lambda x, d, k: x.norm(dim=d, keepdim=k)),
+    "Cast": lambda x, *, to, **_: x.to(_TORCH_TYPES[to]),
 }
-# Inputs read as plain values (shapes), not tensors on the GPU.
-HOST_INPUTS = {"Reshape": (1,), "Clip": (1, 2)}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_TORCH_TYPES = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+# Inputs read as plain values (shapes, pads, axes), not tensors on the GPU.
+HOST_INPUTS = {
+    "Reshape": (1,),
+    "Clip": (1, 2),
+    "Pad": (1, 2),
+    "Unsqueeze": (1,),
+    "Expand": (1,),
+    "ReduceSum": (1,),
+    "ReduceL2": (1,),
+}
 
 
 class OnnxModule(torch.nn.Module):
@@ -108,9 +165,8 @@ class OnnxModule(torch.nn.Module):
         for i, init in enumerate(graph.initializer):
             value = numpy_helper.to_array(init)
             self.host[init.name] = value
-            if value.dtype.kind == "f":
-                self.register_buffer(f"w{i}", torch.from_numpy(value.copy()))
-                self.names[init.name] = f"w{i}"
+            self.register_buffer(f"w{i}", torch.from_numpy(value.copy()))
+            self.names[init.name] = f"w{i}"
         for node in graph.node:  # Constant nodes become weights too
             if node.op_type == "Constant":
                 value = numpy_helper.to_array(_attrs(node)["value"])
@@ -123,6 +179,7 @@ class OnnxModule(torch.nn.Module):
             if n.op_type != "Constant"
         ]
         self.inputs = [i.name for i in graph.input if i.name not in self.host]
+        self.float_dtype = torch.float32  # what Cast to a float type gives (set for half)
         self.outputs = [o.name for o in graph.output]
 
     def _sources(self, node: onnx.NodeProto) -> list[tuple[str, object]]:
@@ -144,6 +201,9 @@ class OnnxModule(torch.nn.Module):
             env[name] = getattr(self, buf)
         for op, sources, out, attrs in self.nodes:
             vals = [env[p] if kind == "env" else p for kind, p in sources]
+            if op == "Cast" and attrs["to"] in _FLOAT_TYPES:
+                env[out] = vals[0].to(self.float_dtype)
+                continue
             env[out] = OPS[op](*vals, **attrs)
         result = [env[o] for o in self.outputs]
         return result[0] if len(result) == 1 else tuple(result)

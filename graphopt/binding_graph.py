@@ -135,7 +135,7 @@ def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:
     if op in ("relax.maximum", "relax.minimum"):
         kind, args = op[len("relax.") : len("relax.") + 3], list(call.args)
     elif op == "relax.call_tir" and isinstance(call.args[1], relax.Tuple):
-        kind, args = _minmax_kernel(graph.mod[call.args[0]]), list(call.args[1].fields)
+        kind, args = minmax_kernel(graph.mod[call.args[0]]), list(call.args[1].fields)
     else:
         return None
     if kind is None or len(args) != 2 or not args[0].same_as(data):
@@ -147,7 +147,7 @@ def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:
     return (c, math.inf) if kind == "max" else (-math.inf, c)
 
 
-def _minmax_kernel(func) -> str | None:
+def minmax_kernel(func) -> str | None:
     """'max' / 'min' when a PrimFunc is out[i..] = max|min(a[i..], b[]) in a single block."""
     if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 3:
         return None

@@ -135,23 +135,32 @@ def _prune_method(args: argparse.Namespace):
 
 def _int4_method(args: argparse.Namespace):
     """`--quantize int4` and its flags (docs/INT4.md)."""
-    from .compress.int4.method import Int4, Int4Options
+    from .compress.int4.method import Int4, Int4Options, check_options
 
-    return Int4(
-        Int4Options(
-            method=args.int4_method or ("gptq" if args.calibration else "rtn"),
-            group=args.group_size,
-            symmetric=args.int4_symmetric,
-            calibration=args.calibration,
-            samples=args.calib_samples,
-            embeddings=args.int4_embeddings,
-            clip=args.int4_clip,
-            act_order=args.int4_act_order,
-            scale_dtype=args.int4_scale_dtype,
-            embedding_group=args.int4_embedding_group,
-            skip=tuple(filter(None, (args.int4_skip or "").split(","))),
-        )
+    options = Int4Options(
+        method=args.int4_method or ("gptq" if args.calibration else "rtn"),
+        group=args.group_size,
+        symmetric=args.int4_symmetric,
+        calibration=args.calibration,
+        samples=args.calib_samples,
+        embeddings=args.int4_embeddings,
+        clip=args.int4_clip,
+        act_order=args.int4_act_order,
+        scale_dtype=args.int4_scale_dtype,
+        embedding_group=args.int4_embedding_group,
+        skip=tuple(filter(None, (args.int4_skip or "").split(","))),
+        awq=args.int4_awq,
+        max_drop=args.max_drop,
+        fallback=args.int4_fallback,
+        eval_data=args.eval,
+        metric=_metric_name(args.quant_metric),
     )
+    check_options(options)  # before the import: a bad flag costs nothing
+    return Int4(options)
+
+
+def _metric_name(flag: str) -> str:
+    return {"top1": "top1_agreement", "cosine": "min_cosine"}.get(flag, flag)
 
 
 def _quant_options(args: argparse.Namespace):
@@ -162,7 +171,7 @@ def _quant_options(args: argparse.Namespace):
         given = [f for f in ("calibration", "max_drop", "eval") if getattr(args, f) is not None]
         if given and args.prune is None:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise InputError(f"{flags} only apply with --quantize int8 or --prune")
+            raise InputError(f"{flags} only apply with --quantize int8 or int4, or --prune")
         return None
     return QuantOptions(
         calibration=args.calibration,
@@ -178,9 +187,7 @@ def _quant_options(args: argparse.Namespace):
         bias_correction=args.bias_correction,
         equalize=args.equalize,
         granularity=args.dynamic_granularity,
-        metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
-            args.quant_metric, args.quant_metric
-        ),
+        metric=_metric_name(args.quant_metric),
     )
 
 
@@ -314,6 +321,18 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
+    q.add_argument(
+        "--int4-awq",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="activation-aware input scaling before rounding or GPTQ (needs --calibration)",
+    )
+    q.add_argument(
+        "--int4-fallback",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="with --max-drop: what the layers kept off int4 run (int8: dynamic per-row)",
+    )
     q.add_argument(
         "--int4-skip",
         metavar="LAYERS",

@@ -5,7 +5,8 @@ Each `matmul(x, W)` (x fp32 [.., K], W a constant [K, N]: the layers of
 the packed nibbles, the per-group scales and zero points as its constants: the fp32 weight
 leaves the graph. Weights come from `weights` (the .npz `--quantize int4` writes, GPTQ's
 for instance: `compress/int4/store.py`; checked against the graph's shapes) or are quantized
-here by round-to-nearest with `group` and `symmetric`.
+here by round-to-nearest with `group` and `symmetric`. A weight with an AWQ input scale gets
+`x * act_scale` in front of its op.
 
 With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
@@ -112,6 +113,8 @@ class _Rewriter(relax.PyExprMutator):
             return
         layer, q = self.todo[binding.var]
         x = self.visit_expr(layer.call.args[0])
+        if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
+            x = self.builder_.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
         shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
         spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype))
         consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]

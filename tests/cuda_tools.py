@@ -6,7 +6,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from tvm import relax, tirx
 
 needs_nvcc = pytest.mark.skipif(
@@ -28,3 +30,20 @@ def matmul_kernel() -> tirx.PrimFunc:
     with Cuda().tvm_target():
         legal = relax.transform.LegalizeOps()(bb.get())
     return next(f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc))
+
+
+def big_matmul(path) -> str:
+    """x[128, 256] @ w[256, 192] + b: every dimension above dlight's tensor-core threshold."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [256, 192], rng.normal(0, 0.05, (256, 192)))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [192], rng.normal(0, 0.1, 192))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        "big_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 192])],
+        [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return str(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
 
-# Importer pad kernels folded into the convs (fold-pad), optionally fp16 (mixed-precision),
+# Importer pad kernels folded into the convs (fold-pad), optionally fp16 or bf16 (mixed-precision),
 # then TVM's CUDA legalization without its dlight step: scheduling is its own stage.
 LEGALIZE_HEAD = [
     "tvm.backend.DispatchSampling",
@@ -23,8 +23,12 @@ LEGALIZE_TAIL = [
 ]
 
 
+# precision= -> the mixed-precision pass that makes it (fp32: none).
+HALF_PASSES = {"fp16": "mixed-precision", "bf16": "mixed-precision{dtype=bfloat16}"}
+
+
 def legalize_stage(precision: str) -> list[str]:
-    half = ["mixed-precision"] if precision == "fp16" else []
+    half = [HALF_PASSES[precision]] if precision in HALF_PASSES else []
     return [*LEGALIZE_HEAD, *half, *LEGALIZE_TAIL]
 
 

@@ -25,7 +25,8 @@ from graphopt.targets.cuda import fatbin, pipeline, toolchain
 
 # SM versions graphopt compiles for: Turing to Blackwell (nvcc 13 dropped everything older).
 ARCHES = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
+BF16_ARCHES = ARCHES[ARCHES.index("sm_80") :]  # bf16 tensor cores: Ampere and newer
 CUDA_RUNTIME_LIB = "libtvm_runtime_cuda.so"  # TVM's CUDA device API and module loader
 
 
@@ -63,7 +64,7 @@ class Cuda(Target):
     class Options:
         gpu: str = "h100"  # a key of GPUS
         arch: str = ""  # sm_XX, overrides the GPU's
-        precision: str = "fp32"  # fp32 | fp16 (fp16 storage, fp32 accumulation)
+        precision: str = "fp32"  # fp32 | fp16 | bf16 (16-bit storage, fp32 accumulation)
         cuda_graphs: bool = False  # replay `main` as CUDA graphs (cuda-graphs pass)
         ptx: bool = True  # embed PTX beside the machine code (runs on newer GPUs)
         rules: tuple[str, ...] = ()  # schedule-cuda rules (empty: all)
@@ -83,6 +84,11 @@ class Cuda(Target):
                 raise TargetError(
                     f"target 'cuda': precision={self.precision!r} is not supported "
                     f"(precisions: {', '.join(PRECISIONS)})"
+                )
+            arch = self.arch or GPUS[self.gpu].arch
+            if self.precision == "bf16" and arch not in BF16_ARCHES:
+                raise TargetError(
+                    f"target 'cuda': precision=bf16 needs sm_80 or newer (Ampere+), not {arch}"
                 )
 
     @classmethod

@@ -110,5 +110,5 @@ class _GroupParams:
 
 def output_error(w: np.ndarray, q: Int4Weight, h: np.ndarray) -> float:
     """trace((W - Q)^T H (W - Q)): the summed squared output error over the calibration rows."""
-    d = np.asarray(w, np.float64) - q.dequantize().astype(np.float64)
+    d = np.asarray(w, np.float64) - q.effective().astype(np.float64)
     return float(((np.asarray(h, np.float64) @ d) * d).sum())

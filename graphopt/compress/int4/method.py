@@ -1,28 +1,38 @@
 """`--quantize int4`: group-wise int4 matmul weights (and embedding tables), round-to-nearest
-or GPTQ from calibration activations, lowered by the `lower-int4` pass."""
+or GPTQ from calibration activations, optionally after AWQ scaling, lowered by the `lower-int4`
+pass; with --max-drop, per-layer int4 / int8 / fp32 under the accuracy budget (budget.py)."""
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import tvm
+from tvm import relax
 
-from ...pass_infra import make_pass, registered_passes
+from ...pass_infra import GraphPass, make_pass, registered_passes
+from ...progress import Meter
+from ...target_infra import Target
 from .. import CompressionContext, CompressionPlan
+from ..common.budget import eval_feeds
 from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
-from .embedding import find_tables
+from ..common.metrics import Metric
+from .awq import scaled_hessian, search_scale, with_input_scale
+from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
+from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
 METHODS = ("rtn", "gptq")
+LOWER_INT8 = "lower-int8"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,14 @@ class Int4Options:
     embedding_group: int | None = None  # embedding tables' group (None: `group`)
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
+    awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
+    # --max-drop: keep the most sensitive layers off int4 (budget.py)
+    max_drop: float | None = None
+    fallback: str = "int8"  # int8 (dynamic per-row) | fp32: what a layer kept off int4 runs
+    eval_data: str | None = None  # --eval .npz (else the calibration feeds)
+    metric: str = "auto"
+    sensitivity_samples: int = 32  # feeds the budget is scored on (without --eval)
+    layer_samples: int = 8  # feeds each layer's sensitivity is measured on
 
 
 def check_options(o: Int4Options) -> None:
@@ -56,6 +74,16 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     if o.method == "gptq" and not o.calibration:
         raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
+    if o.awq and not o.calibration:
+        raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
+    if o.fallback not in FALLBACKS:
+        raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
+    if o.max_drop is not None and o.max_drop < 0:
+        raise CalibrationError("--max-drop must be >= 0")
+    if o.max_drop is not None and not (o.calibration or o.eval_data):
+        raise CalibrationError("--max-drop needs data: --calibration or --eval")
+    if o.metric not in Metric.KINDS:
+        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
 
 
 @dataclass
@@ -69,14 +97,14 @@ class Int4:
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         o = self.options
         check_options(o)
-        layers = [ly for ly in find_layers(mod["main"]) if ly.kind == "matmul"]
-        layers = [ly for ly in layers if ly.name not in o.skip]
+        matmuls = [ly for ly in find_layers(mod["main"]) if ly.kind == "matmul"]
+        layers = [ly for ly in matmuls if ly.name not in o.skip]
         if not layers and not o.embeddings:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if o.method == "gptq" and layers:
-            weights = _gptq(mod, layers, o, ctx, errors)
+        if (o.method == "gptq" or o.awq) and layers:
+            weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
                 ly.name: quantize_rtn(
@@ -84,45 +112,203 @@ class Int4:
                 )
                 for ly in layers
             }
-        seconds = round(time.perf_counter() - clock, 2)
+        seconds = {"quantize": round(time.perf_counter() - clock, 2)}
+        if "lower-int4" not in registered_passes():
+            raise CalibrationError("--quantize int4 needs the lower-int4 pass (graphopt.passes)")
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-int4-")
         path = Path(workdir.name) / "int4_weights.npz"
         save_weights(path, weights)
-        pass_opts = {
-            "group": str(o.group),
-            "symmetric": "true" if o.symmetric else "false",
-            "weights": str(path),
-            "embeddings": "true" if o.embeddings else "false",
-            "clip": "true" if o.clip else "false",
-            "scale_dtype": o.scale_dtype,
-            "embedding_group": str(o.embedding_group or o.group),
-        }
-        if o.skip:
-            pass_opts["skip"] = ":".join(o.skip)
-        passes = [make_pass("lower-int4", pass_opts)]
-        if "lower-int4" not in registered_passes():
-            raise CalibrationError("--quantize int4 needs the lower-int4 pass (graphopt.passes)")
-        manifest = _manifest(o, mod["main"], weights, errors, seconds)
+        planner = _Planner(o, mod["main"], weights, errors, seconds, path, workdir, ctx.target)
+        if o.max_drop is not None and layers:
+            clock = time.perf_counter()
+            planner.budget(mod, layers, ctx)
+            seconds["budget"] = round(time.perf_counter() - clock, 2)
+        return planner.plan(planner.choice.level if planner.choice else 0)
+
+
+@dataclass
+class _Planner:
+    """The int4 plan at any level of the budget's ladder (`budget.py`), so the artifact
+    check can ask for one more layer off int4."""
+
+    o: Int4Options
+    func: relax.Function
+    weights: dict[str, Int4Weight]
+    errors: dict[str, dict]
+    seconds: dict
+    path: Path
+    workdir: tempfile.TemporaryDirectory
+    target: Target
+    choice: Choice | None = None
+    check: Callable | None = None
+
+    def budget(self, mod: tvm.IRModule, layers: list[Layer], ctx: CompressionContext) -> None:
+        """Sensitivity and the --max-drop search on the switchable graph."""
+        from ..int8.flow import evaluation_target
+
+        o = self.o
+        calib = load_calibration(o.calibration, ctx.inputs) if o.calibration else []
+        feeds, labels = eval_feeds(o.eval_data, ctx.inputs, calib, o.sensitivity_samples)
+        if not feeds:
+            raise CalibrationError("--max-drop: no evaluation feeds in the data given")
+        ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
+        tables = self._table if o.embeddings else None
+        switched = switch_module(mod, layers, self.weights, o.fallback, tables)
+        runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
+        self.choice = choose(
+            runner,
+            feeds,
+            o.max_drop,
+            labels=labels,
+            metric=o.metric,
+            layer_samples=o.layer_samples,
+            say=ctx.progress,
+        )
+        params = [p.name for p in mod["main"].params]
+        inputs = [[feed[p] for p in params] for feed in feeds]
+        score = self.choice.score_outputs
+        self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def _table(self, call: relax.Call, consts: dict) -> np.ndarray | None:
+        """The int4 embedding table as `lower-int4` dequantizes its gathered rows."""
+        o = self.o
+        group = o.embedding_group or o.group
+        table = embedding_table(call, consts, group)
+        if table is None:
+            return None
+        q = quantize_rtn(table.T, group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
+        return np.ascontiguousarray(q.dequantize().T)
+
+    def bits(self, level: int) -> dict[str, int]:
+        bits = {name: 32 for name in self.o.skip}
+        bits.update({name: 4 for name in self.weights})
+        if self.choice is not None:
+            bits.update(self.choice.bits(level))
+        return bits
+
+    def plan(self, level: int) -> CompressionPlan:
+        o, bits = self.o, self.bits(level)
+        reasons = self._reasons(bits)
+        opts = _lower_options(o, self.path, [n for n, b in bits.items() if b != 4])
+        passes = [make_pass("lower-int4", opts), *self._int8_passes(bits)]
+        accuracy = self._accuracy(level)
+        manifest = _manifest(o, self.func, self.weights, self.errors, self.seconds, bits, reasons)
+        manifest["accuracy"] = accuracy
+        choice = self.choice
+        more = choice is not None and level < choice.top
         return CompressionPlan(
-            MANIFEST_KEY, passes, manifest, format_report(manifest), cleanup=workdir.cleanup
+            MANIFEST_KEY,
+            passes,
+            manifest,
+            format_report(manifest),
+            self.check,
+            cleanup=self.workdir.cleanup,
+            budget=accuracy["fp32"] - o.max_drop if accuracy else None,
+            tighten=(lambda: self.plan(level + 1)) if more else None,
         )
 
+    def _reasons(self, bits: dict[str, int]) -> dict[str, str]:
+        chosen = self.bits(self.choice.level) if self.choice else bits
+        return {
+            name: "skip" if name in self.o.skip
+            else "max-drop" if chosen[name] == b
+            else "artifact budget"
+            for name, b in bits.items()
+            if b != 4
+        }  # fmt: skip
 
-def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors) -> dict:
+    def _accuracy(self, level: int) -> dict | None:
+        c = self.choice
+        if c is None:
+            return None
+        return {
+            "metric": c.metric,
+            "samples": c.samples,
+            **c.scores,
+            "fallback": c.fallback,
+            "level": level,
+            "order": c.order,
+            "layers": c.rows,
+            "seconds": c.seconds,
+        }
+
+    def _int8_passes(self, bits: dict[str, int]) -> list[GraphPass]:
+        """Dynamic per-row int8 for the layers the budget moved to int8. They run after
+        lower-int4, whose layers are no longer matmuls: layer names count from 0 again over
+        the matmuls left (every conv stays as it was)."""
+        if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
+            return []
+        layers = find_layers(self.func)
+        left = [ly.name for ly in layers if ly.kind == "matmul" and bits.get(ly.name) != 4]
+        renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
+        skip = [renamed[n] for n in left if bits.get(n, 32) == 32]
+        skip += [ly.name for ly in layers if ly.kind == "conv2d"]
+        opts = {"mode": "dynamic", "granularity": "row", "embeddings": "false"}
+        if skip:
+            opts["skip"] = ":".join(skip)
+        lower = self.target.pass_options(LOWER_INT8)
+        return [make_pass("quantize", opts), make_pass(LOWER_INT8, lower)]
+
+
+def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str]:
+    opts = {
+        "group": str(o.group),
+        "symmetric": "true" if o.symmetric else "false",
+        "weights": str(path),
+        "embeddings": "true" if o.embeddings else "false",
+        "clip": "true" if o.clip else "false",
+        "scale_dtype": o.scale_dtype,
+        "embedding_group": str(o.embedding_group or o.group),
+    }
+    if skip:
+        opts["skip"] = ":".join(skip)
+    return opts
+
+
+def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors):
+    """{layer: Int4Weight} from calibration: AWQ scaling (--int4-awq), then GPTQ or rounding;
+    `errors` gets each layer's output error, plain rounding's beside it."""
     from ..int8.flow import evaluation_target
     from .hessian import hessians
 
     feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
-    ctx.progress(f"int4 gptq: {len(layers)} layers, {len(feeds)} calibration feeds")
+    what = "awq + " * o.awq + o.method
+    ctx.progress(f"int4 {what}: {len(layers)} layers, {len(feeds)} calibration feeds")
     target = evaluation_target(ctx.target)
     names = [ly.name for ly in layers]
     hs, rows = hessians(mod, feeds, names, target, ctx.progress, o.skip_padding)
     weights: dict[str, Int4Weight] = {}
-    for ly in layers:
-        w = ly.weight
+    meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
+    for i, ly in enumerate(layers):
+        w, h, n_rows = ly.weight, hs[ly.name], rows[ly.name]
+        weights[ly.name], alpha = _quantize_layer(w, h, n_rows, o)
+        mean_h = h / max(n_rows, 1)  # per-row output error, per channel
+        rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
+        errors[ly.name] = {
+            "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
+            "mse": round(output_error(w, weights[ly.name], mean_h) / w.shape[1], 8),
+            **({"awq_alpha": alpha} if o.awq else {}),
+        }
+        meter.update(i + 1, ly.name)
+    return weights
+
+
+def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options):
+    """One layer's int4 weight (and AWQ's alpha, None without AWQ)."""
+
+    def rtn(weight: np.ndarray, importance=None) -> Int4Weight:
+        return quantize_rtn(
+            weight, o.group, o.symmetric, o.clip, importance, scale_dtype=o.scale_dtype
+        )
+
+    alpha, s = None, None
+    if o.awq:
+        s, alpha, _errors = search_scale(w, h, rows, lambda ws: rtn(ws, np.diag(h)))
+        w, h = w * s[:, None], scaled_hessian(h, s)
+    if o.method == "gptq":
         q = quantize_gptq(
             w,
-            hs[ly.name],
+            h,
             o.group,
             o.symmetric,
             o.damp,
@@ -130,14 +316,9 @@ def _gptq(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, err
             act_order=o.act_order,
             scale_dtype=o.scale_dtype,
         )
-        rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
-        mean_h = hs[ly.name] / max(rows[ly.name], 1)  # per-row output error, per channel
-        errors[ly.name] = {
-            "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
-            "gptq_mse": round(output_error(w, q, mean_h) / w.shape[1], 8),
-        }
-        weights[ly.name] = q
-    return weights
+    else:
+        q = rtn(w, np.diag(h))
+    return (q if s is None else with_input_scale(q, s)), alpha
 
 
 def _weight_bytes(q: Int4Weight) -> dict:
@@ -145,23 +326,26 @@ def _weight_bytes(q: Int4Weight) -> dict:
     return {"packed": q.packed.nbytes, "scales": q.scales.nbytes, "zeros": zeros}
 
 
-def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds) -> dict:
+def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, reasons) -> dict:
     """Per-layer bits and bytes, the embedding tables, and the size breakdown."""
     layers = [ly for ly in find_layers(func) if ly.kind == "matmul"]
-    rows, total = [], {"fp32": 0, "packed": 0, "scales": 0, "zeros": 0, "kept_fp32": 0}
+    rows = []
+    total = {"fp32": 0, "packed": 0, "scales": 0, "zeros": 0, "int8": 0, "kept_fp32": 0}
     for ly in layers:
         fp32 = int(np.prod(ly.weight_shape)) * 4
         total["fp32"] += fp32
-        q = weights.get(ly.name)
-        row = {"layer": ly.name, "what": ly.describe(), "bits": 4 if q else 32, "fp32_bytes": fp32}
-        if q is None:
-            total["kept_fp32"] += fp32
-            rows.append({**row, "reason": "skip"})
+        b = bits.get(ly.name, 32)
+        row = {"layer": ly.name, "what": ly.describe(), "bits": b, "fp32_bytes": fp32}
+        if b != 4:
+            n = ly.weight_shape[1]
+            size = fp32 // 4 + 4 * n if b == 8 else fp32  # int8: one byte, a scale a channel
+            total["int8" if b == 8 else "kept_fp32"] += size
+            rows.append({**row, "bytes": {"weights": size}, "reason": reasons.get(ly.name)})
             continue
-        parts = _weight_bytes(q)
+        parts = _weight_bytes(weights[ly.name])
         for key, v in parts.items():
             total[key] += v
-        rows.append({**row, "group": q.group, "bytes": parts, **errors.get(ly.name, {})})
+        rows.append({**row, "group": o.group, "bytes": parts, **errors.get(ly.name, {})})
     tables = []
     eg = o.embedding_group or o.group
     for t in find_tables(func, eg) if o.embeddings else []:
@@ -172,17 +356,18 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds) -> dic
         total["fp32"] += t.nbytes
         for key, n in parts.items():
             total[key] += n
-    int4 = total["packed"] + total["scales"] + total["zeros"] + total["kept_fp32"]
-    total["ratio"] = round(int4 / total["fp32"], 4) if total["fp32"] else None
+    stored = sum(v for k, v in total.items() if k != "fp32")
+    total["ratio"] = round(stored / total["fp32"], 4) if total["fp32"] else None
     return {
         "scheme": "int4",
         "settings": {**asdict(o), "skip": list(o.skip)},
         "kernels": "int4-weight matmul (lower-int4; materialize-int4 where the target has it)",
         "layers": rows,
         "int4_layers": sum(r["bits"] == 4 for r in rows),
+        "int8_layers": sum(r["bits"] == 8 for r in rows),
         "embeddings": tables,
         "size": total,
-        "seconds": {"quantize": seconds},
+        "seconds": seconds,
     }
 
 
@@ -194,21 +379,34 @@ def format_report(m: dict) -> str:
     for r in m["layers"]:
         b = r.get("bytes")
         size = sum(b.values()) if b else r["fp32_bytes"]
-        err = f"{r['rtn_mse']:.3g} -> {r['gptq_mse']:.3g}" if "gptq_mse" in r else "-"
-        rows.append([r["layer"], r["what"], r["bits"], r["fp32_bytes"], size, err])
+        err = f"{r['rtn_mse']:.3g} -> {r['mse']:.3g}" if "mse" in r else "-"
+        why = r.get("reason") or ""
+        rows.append([r["layer"], r["what"], r["bits"], r["fp32_bytes"], size, err, why])
     for t in m["embeddings"]:
         rows.append(
-            ["embedding", f"take {t['shape']}", 4, t["fp32_bytes"], sum(t["bytes"].values()), "-"]
+            ["embedding", f"take {t['shape']}", 4, t["fp32_bytes"], sum(t["bytes"].values())]
+            + ["-", ""]
         )
     s, o = m["size"], m["settings"]
     head = (
         f"int4 ({o['method']}, group {o['group']}, "
         f"{'symmetric' if o['symmetric'] else 'asymmetric'}): {m['int4_layers']}/"
-        f"{len(m['layers'])} matmuls int4, {len(m['embeddings'])} embedding table(s)"
+        f"{len(m['layers'])} matmuls int4, {m.get('int8_layers', 0)} int8, "
+        f"{len(m['embeddings'])} embedding table(s)"
     )
-    cols = ["layer", "op", "bits", "fp32 bytes", "bytes", "output MSE rtn -> gptq"]
+    cols = ["layer", "op", "bits", "fp32 bytes", "bytes", "output MSE rounding -> chosen"]
+    cols.append("why not int4")
     tail = (
         f"weights {s['fp32']} B fp32 -> {s['packed']} packed + {s['scales']} scales + "
-        f"{s['zeros']} zero points + {s['kept_fp32']} kept fp32 (ratio {s['ratio']})"
+        f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + {s['kept_fp32']} kept fp32 "
+        f"(ratio {s['ratio']})"
     )
-    return "\n".join([head, format_table(cols, rows), tail])
+    lines = [head, format_table(cols, rows), tail]
+    a = m.get("accuracy")
+    if a:
+        artifact = f", artifact {a['artifact']:.2f}" if "artifact" in a else ""
+        lines.append(
+            f"accuracy ({a['metric']}, {a['samples']} feeds): fp32 {a['fp32']:.2f}, every layer "
+            f"int4 {a['all_int4']:.2f}, chosen {a['final']:.2f}{artifact}"
+        )
+    return "\n".join(lines)

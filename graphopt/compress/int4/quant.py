@@ -34,6 +34,8 @@ class Int4Weight:
     zeros: np.ndarray | None  # uint8 [N, groups]; None: symmetric (zero point 8)
     k: int
     group: int
+    # AWQ: the kernel's input is x * act_scale [K] (awq.py); None: x as it is
+    act_scale: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -59,6 +61,11 @@ class Int4Weight:
         zk = z if np.ndim(z) == 0 else np.repeat(z, self.group, axis=1)[:, : self.k]
         sk = np.repeat(self.scales.astype(np.float32), self.group, axis=1)[:, : self.k]
         return np.ascontiguousarray(((q - zk) * sk).T.astype(np.float32))
+
+    def effective(self) -> np.ndarray:
+        """fp32 [K, N]: the weight the layer computes with, the input scale folded in."""
+        w = self.dequantize()
+        return w if self.act_scale is None else w * self.act_scale[:, None].astype(np.float32)
 
 
 def pack_nibbles(q: np.ndarray) -> np.ndarray:

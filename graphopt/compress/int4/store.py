@@ -1,5 +1,6 @@
 """The weights file between `--quantize int4` and the `lower-int4` pass: an .npz keyed
-`<layer>.packed|scales|zeros|kg` (kg = [K, group]), so GPTQ's choices reach the pass as data."""
+`<layer>.packed|scales|zeros|kg|act` (kg = [K, group], act: AWQ's input scale), so GPTQ's and
+AWQ's choices reach the pass as data."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def save_weights(path, weights: dict[str, Int4Weight]) -> None:
         arrays[f"{name}.kg"] = np.array([q.k, q.group], np.int64)
         if q.zeros is not None:
             arrays[f"{name}.zeros"] = q.zeros
+        if q.act_scale is not None:
+            arrays[f"{name}.act"] = q.act_scale
     np.savez(path, **arrays)
 
 
@@ -31,5 +34,6 @@ def load_weights(path) -> dict[str, Int4Weight]:
             name = key[: -len(".packed")]
             zeros = data[f"{name}.zeros"] if f"{name}.zeros" in data.files else None
             k, group = (int(v) for v in data[f"{name}.kg"])
-            out[name] = Int4Weight(data[key], data[f"{name}.scales"], zeros, k, group)
+            act = data[f"{name}.act"] if f"{name}.act" in data.files else None
+            out[name] = Int4Weight(data[key], data[f"{name}.scales"], zeros, k, group, act)
     return out

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import tvm
 
 from ...build import resolve_target
 from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...target_infra import Target, host_target
-from ..common.data import batch_feeds, load_calibration
+from ..common.budget import eval_feeds as load_eval_feeds
+from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from .bias_correction import KEY as BIAS_KEY
@@ -154,7 +154,7 @@ def quantize_step(
     workdir = tempfile.TemporaryDirectory(prefix="graphopt-quant-")
     run_target = evaluation_target(target)
     ranges, scales, probe, equalized = {}, {}, None, mod
-    eval_feeds, labels = _eval_feeds(opts, inputs, feeds)
+    eval_feeds, labels = load_eval_feeds(opts.eval_data, inputs, feeds, opts.sensitivity_samples)
     wants_sensitivity = (opts.sensitivity or opts.max_drop is not None) and eval_feeds and layers
     settings = Settings(opts.mode, opts.per_channel, opts.act_dtype, opts.granularity)
     clock = time.perf_counter()
@@ -408,23 +408,6 @@ def _check(opts: QuantOptions) -> None:
         raise CalibrationError("--max-drop must be >= 0")
     if opts.max_drop is not None and not (opts.calibration or opts.eval_data):
         raise CalibrationError("--max-drop needs data: --calibration or --eval")
-
-
-def _eval_feeds(opts: QuantOptions, inputs, calib_feeds):
-    """Feeds (and labels) for sensitivity and --max-drop: --eval data, else calibration data."""
-    if not opts.eval_data:
-        return calib_feeds[: opts.sensitivity_samples], None
-    from ...inputs import load_npz
-
-    data = load_npz(opts.eval_data)
-    labels = data.pop("y", None)
-    if len(inputs) == 1 and inputs[0].name not in data and "x" in data:
-        data = {inputs[0].name: data["x"]}
-    feeds = batch_feeds(data, inputs)
-    if labels is not None:
-        batch = inputs[0].shape[0] if inputs[0].shape else 1
-        labels = np.asarray(labels).ravel()[: len(feeds) * batch]
-    return feeds, labels
 
 
 def format_report(q: dict) -> str:

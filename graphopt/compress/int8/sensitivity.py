@@ -26,6 +26,11 @@ from .probe import ProbeRunner, Settings, probe_module
 
 __all__ = ["Sensitivity", "Settings", "analyze"]
 
+# ---- metrics ------------------------------------------------------------------------------
+
+
+# ---- the search ---------------------------------------------------------------------------
+
 
 @dataclass
 class Sensitivity:

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...inputs import load_npz
 from .. import CompressionContext, CompressionPlan
-from ..common.budget import fewest_kept, kept_scorer, unit_rows
-from ..common.data import batch_feeds
+from ..common.budget import eval_feeds, fewest_kept, kept_scorer, unit_rows
 from ..common.metrics import Metric
 from .probe import WeightProbe
 
@@ -27,22 +25,11 @@ if TYPE_CHECKING:
 LAYER_SAMPLES = 16  # feeds each layer's "alone" row is measured on (evenly spaced)
 
 
-def _eval_feeds(o: PruneOptions, ctx: CompressionContext, calib):
-    """Feeds (and labels) the budget scores: --eval data, else the calibration feeds."""
-    if not o.eval_data:
-        return calib, None
-    data = load_npz(o.eval_data)
-    labels = data.pop("y", None)
-    if len(ctx.inputs) == 1 and ctx.inputs[0].name not in data and "x" in data:
-        data = {ctx.inputs[0].name: data["x"]}
-    return batch_feeds(data, ctx.inputs), labels
-
-
 def budget_order(mod, pruned: Pruned, o: PruneOptions, ctx: CompressionContext, calib) -> None:
     """Fill pruned.order (most sensitive first), pruned.kept and pruned.budget."""
     from ..int8.flow import evaluation_target
 
-    feeds, labels = _eval_feeds(o, ctx, calib)
+    feeds, labels = eval_feeds(o.eval_data, ctx.inputs, calib or [])
     names = list(pruned.weights)
     layers = [ly for ly in pruned.layers if ly.name in pruned.weights]
     ctx.progress("prune: building the model with its weights as inputs (sensitivity)")

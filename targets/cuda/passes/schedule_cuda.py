@@ -2,9 +2,10 @@
 
 Runs after FuseTIR, under the CUDA target (`tvm.target.Target.current()`). Each PrimFunc gets
 the first rule of `graphopt.targets.cuda.schedules.rules.RULES` that schedules it: graphopt's
-`window` (depthwise convs, pooling) and `elementwise` (vectorized, coalesced injective
-kernels), then dlight's Matmul (tensor cores for fp16 / int8 with every dimension above 64),
-GEMV, Reduction, GeneralReduction (softmax, layer norm), Transpose and, last, Fallback. The
+`window` (depthwise convs, pooling), `elementwise` (vectorized, coalesced injective kernels),
+`softmax` and `layer-norm` (a warp per row, shuffle reductions) and `matmul-bf16` (bf16 on
+tensor cores), then dlight's Matmul (tensor cores for fp16 / int8 with every dimension above
+64), GEMV, Reduction, GeneralReduction, Transpose and, last, Fallback. The
 stats count kernels per rule (`scheduled_<rule>`), so the compile report shows how many
 kernels each rule took and how many fell to the Fallback; `self.kernels` maps each kernel to
 its rule. Kernels marked `tirx.is_scheduled` (tuning records) are skipped.
@@ -24,7 +25,7 @@ from graphopt.targets.cuda.schedules import rules
 
 @register_pass
 class ScheduleCuda(GraphPass):
-    """Default GPU schedules: graphopt's window/elementwise rules, then dlight's."""
+    """Default GPU schedules: graphopt's rules (window, softmax, ...), then dlight's."""
 
     name = "schedule-cuda"
 

@@ -1,9 +1,10 @@
 """The ordered GPU rules and `schedule_func`, which names the rule that scheduled a kernel.
 
 graphopt's rules come first where dlight is weak (few-tap windows such as depthwise convs,
-injective kernels), then dlight's rules for the rest, in the order TVM's default CUDA
-pipeline uses, with Transpose before the Fallback. A dlight matmul that came out on tensor
-cores (wmma / mma intrinsics in the scheduled function) is reported as `matmul-tensorcore`.
+injective kernels, softmax and layer norm rows, bf16 tensor cores), then dlight's rules for
+the rest, in the order TVM's default CUDA pipeline uses, with Transpose before the Fallback.
+A dlight matmul that came out on tensor cores (wmma / mma intrinsics in the scheduled
+function) is reported as `matmul-tensorcore`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
 from graphopt.targets.cuda.schedules.elementwise import schedule_elementwise
+from graphopt.targets.cuda.schedules.row_reduction import schedule_rows
+from graphopt.targets.cuda.schedules.tensorcore_bf16 import schedule_matmul_bf16
 from graphopt.targets.cuda.schedules.window import schedule_window
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -34,6 +37,9 @@ def _own(schedule) -> Apply:
 RULES: dict[str, Apply] = {
     "window": _own(schedule_window),
     "elementwise": _own(schedule_elementwise),
+    "softmax": _own(schedule_rows("softmax")),
+    "layer-norm": _own(schedule_rows("layer-norm")),
+    "matmul-bf16": schedule_matmul_bf16,
     "matmul": _dlight(dlight.gpu.Matmul()),
     "gemv": _dlight(dlight.gpu.GEMV()),
     "reduction": _dlight(dlight.gpu.Reduction()),
@@ -41,7 +47,7 @@ RULES: dict[str, Apply] = {
     "transpose": _dlight(dlight.gpu.Transpose()),
     "fallback": _dlight(dlight.gpu.Fallback()),
 }
-OWN_RULES = ("window", "elementwise")
+OWN_RULES = ("window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
 # What the compile report can name besides RULES.
 REPORTED = (*RULES, "matmul-tensorcore")
 _TENSOR_CORE_SCOPES = ("wmma.matrix_a", "m16n8k8.matrixA", "m16n8k16.matrixA", "warp")

@@ -1,10 +1,11 @@
 """graphopt's own GPU rules compute what the unscheduled kernel computes, checked on the CPU.
 
-No GPU here, but the `window` and `elementwise` schedules use no shared memory and no
-cooperation between threads: with their thread loops turned back into serial loops the
-kernel runs on the CPU and must give the unscheduled kernel's numbers exactly. Also: the
-rules take the kernels they are meant for (a depthwise conv, pooling, a transpose) and leave
-matmuls to dlight.
+No GPU here, but with their thread loops turned back into serial loops graphopt's schedules
+run on the CPU and must give the unscheduled kernel's numbers: `window` and `elementwise` use
+no cooperation between threads; the `softmax` and `layer-norm` rows reduce across the lanes of
+a warp, which as a serial loop is the same reduction in another order. Also: the rules take
+the kernels they are meant for (a depthwise conv, pooling, a transpose, softmax, layer norm)
+and leave matmuls and plain reductions to dlight.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tvm.script import relax as R
 from graphopt import _tvm
 from graphopt.targets.cuda.schedules import rules
 from graphopt.targets.cuda.target import Cuda
+from graphopt.testing import single_input_module
 
 LLVM = _tvm.make_target({"kind": "llvm"})
 
@@ -65,7 +67,8 @@ def _check(func: tirx.PrimFunc, expected_rule: str) -> None:
     arrays[-1][...] = 0
     want = _run(func, [a.copy() for a in arrays])
     got = _run(_serial(outcome.func.without_attr("tirx.is_scheduled")), arrays)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if want.dtype == np.float32 else 2e-3
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
 def _module(build):
@@ -109,6 +112,44 @@ def test_own_rules_match_the_unscheduled_kernel(name, build, rule):
     kernels = _kernels(_module(build))
     assert len(kernels) == 1, sorted(kernels)
     _check(next(iter(kernels.values())), rule)
+
+
+def _softmax(bb, x):
+    return relax.op.nn.softmax(x, axis=-1)
+
+
+def _layer_norm(d: int, dtype: str = "float32"):
+    gamma = relax.const(np.linspace(0.5, 1.5, d).astype(dtype))
+    beta = relax.const(np.linspace(-1, 1, d).astype(dtype))
+    if dtype == "float32":
+        return lambda bb, x: relax.op.nn.layer_norm(x, gamma, beta, axes=[-1])
+    return lambda bb, x: relax.op.nn.layer_norm(
+        bb.emit(relax.op.astype(x, dtype)), gamma, beta, axes=[-1]
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "build", "rule"),
+    [
+        ((2, 4, 16, 128), _softmax, "softmax"),  # attention rows: one warp each
+        ((3, 5, 8), _softmax, "softmax"),  # short rows, a row count no block size divides
+        ((4, 2048), _softmax, "softmax"),  # long rows: a block per row
+        ((1, 12, 384), _layer_norm(384), "layer-norm"),  # MiniLM's hidden size
+        ((2, 7, 96), _layer_norm(96, "float16"), "layer-norm"),  # fp16, cast fused in
+    ],
+)
+def test_row_rules_match_the_unscheduled_kernel(shape, build, rule):
+    """Softmax and layer norm rows: warp (or block) reductions give the kernel's numbers."""
+    kernels = _kernels(single_input_module(shape, build))
+    _check(kernels[rule.replace("-", "_")], rule)
+
+
+def test_row_rules_leave_single_reductions_to_dlight():
+    """A mean (one reduction) is not a softmax or layer norm."""
+    build = lambda bb, x: relax.op.mean(x, axis=[-1])  # noqa: E731
+    func = next(iter(_kernels(single_input_module((4, 64), build)).values()))
+    with Cuda().tvm_target() as target:
+        assert rules.schedule_func(func, target).rule == "reduction"
 
 
 def test_matmul_is_left_to_dlight():

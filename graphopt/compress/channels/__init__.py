@@ -1,0 +1,2 @@
+"""Structured pruning: hidden channels (FFN units, expansion channels) removed with a
+least-squares refit of their consumer (`--prune macs=X`)."""

@@ -1,0 +1,132 @@
+"""Remove hidden channels (structured pruning) as `--prune macs=X` decided.
+
+For each region of `graphopt/compress/channels/chains.py` named in the plan file (the
+producer layer's name: `<region>.keep` kept channel indices, `<region>.weight` the consumer's
+refit weight [K, N], `<region>.bias` the bias [N] that keeps its output mean): the producer
+keeps only those output channels, every per-channel constant and depthwise filter in between
+is sliced the same way, and the consumer gets its refit weight with the bias added after it.
+The model computes what the plan's numpy refit says (tested against it); the graph stays
+dense, only smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from graphopt.compress.channels.chains import Operands, Region, find_regions
+from graphopt.compress.common.layers import bound_constants
+from graphopt.errors import PipelineError
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+
+
+@register_pass
+class PruneChannels(GraphPass):
+    """Drop hidden channels of FFN / expansion regions and refit their consumers (a plan file)."""
+
+    name = "prune-channels"
+
+    @dataclass(frozen=True)
+    class Options:
+        plan: str = ""  # .npz written by `--prune macs=X` (graphopt/compress/channels)
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        if not self.options.plan:
+            raise PipelineError("prune-channels: needs plan=FILE (written by --prune macs=X)")
+        with np.load(self.options.plan) as data:
+            plan = {k: data[k] for k in data.files}
+        func = mod["main"]
+        regions = [r for r in find_regions(mod) if f"{r.name}.keep" in plan]
+        if not regions:
+            return PassResult(mod, False, {"regions": 0})
+        rewriter = _Rewriter(mod, regions, plan, Operands(mod, bound_constants(func)))
+        new = rewriter.builder_.get()
+        new["main"] = rewriter.visit_expr(func)
+        removed = sum(r.channels - len(plan[f"{r.name}.keep"]) for r in regions)
+        return PassResult(new, True, {"regions": len(regions), "channels_removed": removed})
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, regions: list[Region], plan: dict, ops: Operands) -> None:
+        super().__init__(mod)
+        self.plan, self.ops, self.consts = plan, ops, ops.consts
+        self.role: dict = {}  # var -> (region, "producer" | "inner" | "consumer")
+        for r in regions:
+            self.role[r.producer.var] = (r, "producer")
+            for var in r.bindings[1:]:
+                self.role[var] = (r, "inner")
+            self.role[r.consumer.var] = (r, "consumer")
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        found = self.role.get(binding.var)
+        if found is None:
+            super().visit_var_binding_(binding)
+            return
+        region, role = found
+        keep = self.plan[f"{region.name}.keep"]
+        call = binding.value
+        if role == "inner":
+            value = self._inner(call, region, keep)
+        else:
+            args = [self.visit_expr(a) for a in call.args]
+            if role == "consumer":
+                self._consumer(binding, region, args)
+                return
+            w = region.producer.weight
+            args[1] = relax.const(w[:, keep] if region.producer.kind == "matmul" else w[keep])
+            value = relax.Call(call.op, args, call.attrs, call.ty_args)
+        new_var = self.builder_.emit(value)
+        self.set_var_remap(binding.var, new_var)
+
+    def _inner(self, call: relax.Call, region: Region, keep) -> relax.Expr:
+        """A channel-wise op with its per-channel constants (or depthwise filter) sliced; the
+        importer's Clip kernels become relax.maximum / minimum (their output types change)."""
+        name, operands = self.ops.op_and_args(call)
+        args = [self.visit_expr(a) for a in operands]
+        if name == "relax.nn.conv2d":  # depthwise
+            a = call.attrs
+            w = self.consts.get(operands[1], operands[1]).value.numpy()[keep]
+            return R.nn.conv2d(
+                args[0],
+                relax.const(w),
+                strides=a.strides,
+                padding=a.padding,
+                dilation=a.dilation,
+                groups=len(keep),
+                data_layout=a.data_layout,
+                kernel_layout=a.kernel_layout,
+                out_layout=a.out_layout,
+                out_dtype=a.out_dtype,
+            )
+        ndim = len(call.ty.shape.values)
+        for i, orig in enumerate(operands):
+            const = self.consts.get(orig, orig)
+            if not isinstance(const, tvm.ir.GenericConst):
+                continue
+            value = const.value.numpy()
+            shape = [1] * (ndim - np.ndim(value)) + list(np.shape(value))
+            if shape[region.axis] == region.channels:  # one value per channel: slice it
+                args[i] = relax.const(np.take(value.reshape(shape), keep, axis=region.axis))
+        if call.op.name == "relax.call_tir":
+            return R.maximum(*args) if name == "relax.maximum" else R.minimum(*args)
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def _consumer(self, binding: relax.VarBinding, region: Region, args: list) -> None:
+        """The consumer with its refit weight, then + bias (the same output variable)."""
+        w = self.plan[f"{region.name}.weight"]
+        bias = self.plan[f"{region.name}.bias"]
+        q = region.consumer
+        if q.kind == "matmul":
+            args[1] = relax.const(w)
+        else:
+            args[1] = relax.const(np.ascontiguousarray(w.T[:, :, None, None]))
+            bias = bias.reshape(1, -1, 1, 1)
+        call = binding.value
+        out = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+        value = self.builder_.normalize(R.add(out, relax.const(bias.astype(np.float32))))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))

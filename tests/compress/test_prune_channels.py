@@ -1,0 +1,247 @@
+"""Structured pruning of hidden channels: regions, the rewrite, the refit, the method."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt
+from graphopt.compress.channels.chains import find_regions
+from graphopt.compress.channels.fit import RegionStats, channel_scores, choose_kept, refit
+from graphopt.compress.channels.method import ChannelOptions, Channels
+from graphopt.frontend import import_onnx
+from graphopt.pass_infra import make_pass
+from graphopt.pipeline import instantiate, parse_pipeline, run_passes
+from graphopt.reference import ort_run, ort_session
+from graphopt.testing import run_module
+
+D, H = 32, 64  # FFN width, hidden units
+C, E = 8, 48  # conv block channels, expansion channels
+
+
+def _ffn_model() -> onnx.ModelProto:
+    """x[1, 16, 32] -> MatMul -> +b -> GELU (erf form, as exporters write it) -> MatMul -> +b
+    -> + x."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.standard_normal((D, H)) / 6,
+        "b1": rng.standard_normal(H) / 4,
+        "w2": rng.standard_normal((H, D)) / 8,
+        "b2": rng.standard_normal(D) / 4,
+        "sqrt2": np.array(np.sqrt(2.0)),
+        "one": np.array(1.0),
+        "half": np.array(0.5),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h"]),
+        helper.make_node("Div", ["h", "sqrt2"], ["hd"]),
+        helper.make_node("Erf", ["hd"], ["he"]),
+        helper.make_node("Add", ["he", "one"], ["hp"]),
+        helper.make_node("Mul", ["h", "hp"], ["hm"]),
+        helper.make_node("Mul", ["hm", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["o0"]),
+        helper.make_node("Add", ["o0", "b2"], ["o"]),
+        helper.make_node("Add", ["o", "x"], ["y"]),
+    ]
+    return _model(nodes, inits, [1, 16, D], [1, 16, D])
+
+
+def _conv_model() -> onnx.ModelProto:
+    """An inverted residual: 1x1 expand -> relu6 -> depthwise 3x3 -> relu6 -> 1x1 -> + x."""
+    rng = np.random.default_rng(1)
+    inits = {
+        "we": rng.standard_normal((E, C, 1, 1)) / 3,
+        "be": rng.standard_normal(E) / 4,
+        "wd": rng.standard_normal((E, 1, 3, 3)) / 3,
+        "bd": rng.standard_normal(E) / 4,
+        "wp": rng.standard_normal((C, E, 1, 1)) / 7,
+        "bp": rng.standard_normal(C) / 4,
+        "lo": np.array(0.0),
+        "hi": np.array(6.0),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "we", "be"], ["e"]),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["er"]),
+        helper.make_node("Conv", ["er", "wd", "bd"], ["d"], group=E, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["dr"]),
+        helper.make_node("Conv", ["dr", "wp", "bp"], ["p"]),
+        helper.make_node("Add", ["p", "x"], ["y"]),
+    ]
+    return _model(nodes, inits, [1, C, 12, 12], [1, C, 12, 12])
+
+
+def _model(nodes, inits: dict, x_shape, y_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _graph(model: onnx.ModelProto):
+    return run_passes(import_onnx(model).mod, instantiate(parse_pipeline("O2")))
+
+
+def _gelu(h):
+    from math import erf
+
+    return 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort_session(model.SerializeToString())
+    return ort_run(session, {"x": x})["y"]
+
+
+def _apply(mod, tmp_path, name: str, keep, weight, bias):
+    """prune-channels with a hand-made plan for one region."""
+    plan = {f"{name}.keep": keep, f"{name}.weight": weight, f"{name}.bias": bias}
+    np.savez(tmp_path / "p.npz", **plan)
+    return run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+
+
+def _weights(model) -> dict:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("make", [_ffn_model, _conv_model])
+def test_each_block_has_one_region(make):
+    regions = find_regions(_graph(make()))
+    assert len(regions) == 1
+    r = regions[0]
+    assert r.channels == (H if make is _ffn_model else E)
+    assert r.consumer.kind == ("matmul" if make is _ffn_model else "conv2d")
+
+
+def test_rewrite_computes_the_plan_ffn(tmp_path):
+    model = _ffn_model()
+    mod = _graph(model)
+    keep = np.arange(0, H, 2)
+    rng = np.random.default_rng(2)
+    w_new = rng.standard_normal((len(keep), D)).astype(np.float32)
+    bias = rng.standard_normal(D).astype(np.float32)
+    name = find_regions(mod)[0].name
+    np.savez(
+        tmp_path / "p.npz", **{f"{name}.keep": keep, f"{name}.weight": w_new, f"{name}.bias": bias}
+    )
+    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    w = _weights(model)
+    x = rng.standard_normal((1, 16, D)).astype(np.float32)
+    g = _gelu(x @ w["w1"][:, keep] + w["b1"][keep])
+    want = g @ w_new + bias + w["b2"] + x
+    np.testing.assert_allclose(run_module(out, [x])[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_rewrite_computes_the_plan_conv(tmp_path):
+    model = _conv_model()
+    mod = _graph(model)
+    keep = np.arange(8, 40)
+    rng = np.random.default_rng(3)
+    w_new = rng.standard_normal((len(keep), C)).astype(np.float32) / 5
+    bias = rng.standard_normal(C).astype(np.float32)
+    name = find_regions(mod)[0].name
+    np.savez(
+        tmp_path / "p.npz", **{f"{name}.keep": keep, f"{name}.weight": w_new, f"{name}.bias": bias}
+    )
+    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    w = _weights(model)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    new = {
+        "we": w["we"][keep], "be": w["be"][keep], "wd": w["wd"][keep], "bd": w["bd"][keep],
+        "wp": w_new.T[:, :, None, None], "bp": w["bp"] + bias,
+    }  # fmt: skip
+    for t in pruned.graph.initializer:
+        if t.name in new:
+            t.CopyFrom(
+                numpy_helper.from_array(np.ascontiguousarray(new[t.name], np.float32), t.name)
+            )
+    pruned.graph.node[2].attribute[0].i = len(keep)  # group
+    x = rng.standard_normal((1, C, 12, 12)).astype(np.float32)
+    want = _ort(pruned, x)
+    np.testing.assert_allclose(run_module(out, [x])[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_refit_recovers_what_dropped_correlated_channels_carried():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((2000, 16))
+    a = np.concatenate([base, base @ rng.standard_normal((16, 16)) * 0.5 + 0.3], axis=1)
+    w = rng.standard_normal((32, 8))
+    stats = RegionStats()
+    stats.add(a)
+    mu, cov = stats.moments(1e-6)
+    keep = np.arange(16)  # the second half is a linear function of the first, plus a mean
+    w_new, c = refit(w, mu, cov, keep)
+    target = a @ w
+    refit_err = np.linalg.norm(a[:, keep] @ w_new + c - target)
+    drop_err = np.linalg.norm(a[:, keep] @ w[keep] - target)
+    assert refit_err < 0.05 * drop_err
+    scores = channel_scores(w, cov)
+    assert scores.shape == (32,) and np.all(scores >= 0)
+
+
+def test_choose_kept_meets_the_target_in_multiples():
+    rng = np.random.default_rng(5)
+    scores = {"a": rng.random(64), "b": rng.random(48) * 10}
+    macs = {"a": 100.0, "b": 100.0}
+    kept = choose_kept(scores, macs, target=0.5, multiple=8)
+    assert all(len(k) % 8 == 0 for k in kept.values())
+    total = sum(len(k) for k in kept.values())
+    assert 0.5 * 112 <= total <= 0.5 * 112 + 16  # rounding up to multiples of 8
+    assert len(kept["a"]) < len(kept["b"]) * 64 / 48  # region a (lower scores) loses more
+
+
+@pytest.mark.parametrize("make", [_ffn_model, _conv_model])
+def test_channels_method_end_to_end(make, tmp_path):
+    model = make()
+    onnx.save(model, tmp_path / "m.onnx")
+    shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(6).standard_normal([64, *shape[1:]]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    opts = ChannelOptions(macs=0.75, calibration=str(tmp_path / "calib.npz"), multiple=4)
+    method = Channels(opts)
+    art = graphopt.compile(tmp_path / "m.onnx", tmp_path / "out", compression=[method])
+    m = art.manifest["channels"]
+    assert m["ratio"] <= 0.8 and all(r["kept"] % 4 == 0 for r in m["regions"])
+    assert "artifact" in m["accuracy"]
+    xs = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    want = _ort(model, xs)
+    got = art.run({"x": xs})["y"]
+    cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos > 0.95
+
+
+def test_a_layer_is_never_both_producer_and_consumer():
+    """x -> MatMul -> Relu -> MatMul -> Relu -> MatMul: the middle layer consumes the first
+    region and could produce a second; only the first region is kept (cutting both axes of
+    one weight is not supported)."""
+    rng = np.random.default_rng(8)
+    inits = {f"w{i}": rng.standard_normal((D, D)) / 6 for i in range(3)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("MatMul", ["ar", "w1"], ["b"]),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("MatMul", ["br", "w2"], ["y"]),
+    ]
+    regions = find_regions(_graph(_model(nodes, inits, [4, D], [4, D])))
+    assert [(r.producer.name, r.consumer.name) for r in regions] == [("matmul_0", "matmul_1")]
+
+
+def test_channels_escaping_to_a_residual_are_not_a_region():
+    """x -> MatMul -> Relu -> (+ x) -> MatMul: the hidden tensor is read by the residual add."""
+    rng = np.random.default_rng(9)
+    inits = {f"w{i}": rng.standard_normal((D, D)) / 6 for i in range(2)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Add", ["ar", "x"], ["s"]),
+        helper.make_node("MatMul", ["s", "w1"], ["y"]),
+    ]
+    assert find_regions(_graph(_model(nodes, inits, [4, D], [4, D]))) == []
