@@ -77,6 +77,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from .compress.int4.method import format_report as int4_report
 
         print(int4_report(art.manifest["int4"]))
+    _print_pruning(art.manifest)
     report = art.manifest["report"]
     print(
         f"compiled {args.model} -> {args.output}/ for {args.target}: "
@@ -85,14 +86,51 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_pruning(manifest: dict) -> None:
+    """Per-layer sparsity, weights and what the artifact stores (compile and report)."""
+    if "pruning" in manifest:
+        from .compress.prune.report import format_report, storage_line
+
+        print(format_report(manifest["pruning"], storage_line(manifest)))
+
+
 def _compression_methods(args: argparse.Namespace) -> list:
-    """The compression methods the flags select, in the order they run."""
+    """The compression methods the flags select, in the order they run: pruning first, then
+    quantization (of the pruned weights)."""
     from .compress.int8.method import Int8
 
+    methods = [_prune_method(args)] if args.prune is not None else []
     if args.quantize == "int4":
-        return [_int4_method(args)]
+        return [*methods, _int4_method(args)]
     quant = _quant_options(args)
-    return [Int8(quant)] if quant is not None else []
+    return [*methods, Int8(quant)] if quant is not None else methods
+
+
+def _prune_method(args: argparse.Namespace):
+    """`--prune SPEC` and its flags (docs/SPARSITY.md). `--max-drop` and `--eval` budget the
+    pruning when no quantization is asked for (with `--quantize` they are its budget)."""
+    from .compress.prune.method import Prune, PruneOptions
+    from .compress.prune.spec import parse_spec
+
+    alone = args.quantize is None
+    return Prune(
+        PruneOptions(
+            spec=parse_spec(args.prune, args.prune_block),
+            method=args.prune_method or ("sparsegpt" if args.calibration else "magnitude"),
+            calibration=args.calibration,
+            samples=args.calib_samples,
+            damp=args.prune_damp,
+            bias_correction=args.prune_bias_correction,
+            sequential=args.prune_sequential,
+            pull=args.prune_pull,
+            skip=tuple(filter(None, (args.prune_skip or "").split(","))),
+            max_drop=args.max_drop if alone else None,
+            eval_data=args.eval if alone else None,
+            metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
+                args.quant_metric, args.quant_metric
+            ),
+        )
+    )
 
 
 def _int4_method(args: argparse.Namespace):
@@ -131,9 +169,9 @@ def _quant_options(args: argparse.Namespace):
 
     if args.quantize is None:
         given = [f for f in ("calibration", "max_drop", "eval") if getattr(args, f) is not None]
-        if given:
+        if given and args.prune is None:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise InputError(f"{flags} only apply with --quantize int8 or int4")
+            raise InputError(f"{flags} only apply with --quantize int8 or int4, or --prune")
         return None
     return QuantOptions(
         calibration=args.calibration,
@@ -221,6 +259,57 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     for flag, default, text in switches:
         q.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
     _add_int4_options(parser)
+    _add_prune_options(parser)
+
+
+def _add_prune_options(parser: argparse.ArgumentParser) -> None:
+    q = parser.add_argument_group("pruning (--prune, docs/SPARSITY.md)")
+    q.add_argument(
+        "--prune",
+        metavar="SPEC",
+        help="zero weights of matmuls and 1x1 convs: unstructured=0.5, block=0.7 or 2:4",
+    )
+    q.add_argument(
+        "--prune-method",
+        choices=["sparsegpt", "magnitude"],
+        help="sparsegpt: OBS masks and weight updates from --calibration (the default with "
+        "it); magnitude: the smallest weights",
+    )
+    q.add_argument(
+        "--prune-block",
+        type=int,
+        default=16,
+        metavar="B",
+        help="block=...: output channels per zero block (default 16, what x86 kernels skip)",
+    )
+    q.add_argument(
+        "--prune-damp",
+        type=float,
+        default=0.01,
+        help="sparsegpt: Hessian damping, times its mean diagonal (default 0.01)",
+    )
+    q.add_argument(
+        "--prune-sequential",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sparsegpt: layer by layer on the pruned model's inputs, refitted toward the dense "
+        "model's outputs (default on); off: every layer from the dense model's inputs",
+    )
+    q.add_argument(
+        "--prune-pull",
+        type=float,
+        default=0.1,
+        help="sequential refit: pull toward the original weights, times H's mean diagonal",
+    )
+    q.add_argument(
+        "--prune-skip", metavar="LAYERS", help="comma-separated layers left dense (conv2d_3,...)"
+    )
+    q.add_argument(
+        "--prune-bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract each pruned layer's mean output shift from its bias (needs --calibration)",
+    )
 
 
 def _add_int4_options(parser: argparse.ArgumentParser) -> None:
@@ -509,6 +598,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .compress.int4.method import format_report as int4_report
 
         print(int4_report(art.manifest["int4"]))
+    _print_pruning(art.manifest)
     if args.json:
         _write_json(args.json, result.to_json())
     return 0

@@ -9,6 +9,9 @@ bias.
     before:  y = conv2d(x, W); z = add(y, b)
     after:   y = conv2d(x, W); z = add(y, b - c)        c: the layer's correction
 
+Pruning (`--prune`) runs it after `prune` with `corrections=FILE` (an .npz of each layer's
+mean output shift from its removed weights) instead of a ranges file.
+
 Counters: `corrected` (layers), `bias_folded` (corrections folded into an existing bias).
 """
 
@@ -41,11 +44,13 @@ class BiasCorrect(GraphPass):
     class Options:
         ranges: str = ""  # the ranges file calibration wrote, with bias_correction entries
         skip: tuple[str, ...] = ()  # layers kept fp32 (as given to quantize): no correction
+        # instead of ranges: an .npz {layer: correction} (pruning writes one, compress/prune)
+        corrections: str = ""
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        if not self.options.ranges:
-            raise PipelineError("bias-correction needs ranges=FILE (from calibration)")
-        ranges = ranges_option(self.options.ranges)
+        if not self.options.ranges and not self.options.corrections:
+            raise PipelineError("bias-correction needs ranges=FILE or corrections=FILE")
+        ranges = _corrections(self.options.corrections) or ranges_option(self.options.ranges)
         layers = [
             ly
             for ly in find_layers(mod["main"])
@@ -56,8 +61,8 @@ class BiasCorrect(GraphPass):
             c = np.asarray(ranges[ly.name][KEY], np.float32)
             if list(ranges[ly.name]["weight_shape"]) != ly.weight_shape:
                 raise PipelineError(
-                    f"bias-correction: ranges file {self.options.ranges} does not match this graph "
-                    f"(layer {ly.name})"
+                    f"bias-correction: {self.options.ranges or self.options.corrections} does not "
+                    f"match this graph (layer {ly.name})"
                 )
             if c.shape != (ly.weight_shape[ly.weight_axis],):
                 raise PipelineError(f"bias-correction: {ly.name} correction has shape {c.shape}")
@@ -70,6 +75,21 @@ class BiasCorrect(GraphPass):
         new = relax.transform.Normalize()(new)
         stats = {"corrected": len(plan), "bias_folded": rewriter.folded}
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
+
+
+def _corrections(path: str) -> dict[str, dict]:
+    """A corrections .npz as ranges entries ({layer: {weight_shape, bias_correction}})."""
+    if not path:
+        return {}
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"bias-correction: cannot read corrections {path}: {err}") from err
+    layers = {k[: -len(".shape")] for k in arrays if k.endswith(".shape")}
+    return {
+        n: {"weight_shape": arrays[f"{n}.shape"].tolist(), KEY: arrays[f"{n}.c"]} for n in layers
+    }
 
 
 def _bias_adds(func: relax.Function, plan: Mapping) -> dict:

@@ -1,7 +1,7 @@
 """Compression methods behind one interface: what `compile` runs between the graph passes and
 the target stages.
 
-A method (int8 today; int4, pruning and mixed precision next) looks at the graph, calibrates
+A method (int8, int4, pruning; mixed precision next) looks at the graph, calibrates
 and decides, and returns a `CompressionPlan`: the passes to run (so instruments, --dump-dir
 and the pass log see them), its manifest entry, a report table, and how to score the built
 artifact. `compile` runs every selected method in order and has no method-specific code.

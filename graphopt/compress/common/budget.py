@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ...progress import Meter
 from .data import Spec, batch_feeds
+from .metrics import Metric, cosines, sqnr_db
 
 
 def fewest_kept(
@@ -50,3 +52,45 @@ def eval_feeds(
         batch = inputs[0].shape[0] if inputs[0].shape else 1
         labels = np.asarray(labels).ravel()[: len(feeds) * batch]
     return feeds, labels
+
+
+def kept_scorer(run, n: int, ref: list, metric: Metric, budget: float, say, kept="fp32"):
+    """score(units kept uncompressed) -> the metric with those units as they were and every
+    other compressed, or, once the best score still reachable misses `budget`, that bound
+    (scoring stops there). kept: what the progress lines call an uncompressed unit."""
+
+    def score(fp32_units: list[int]) -> float:
+        flags = np.ones(n)
+        flags[fp32_units] = 0
+        got: list[np.ndarray] = []
+        for i in range(len(ref)):
+            got += run(flags, [i])
+            if metric.bound(ref, got) < budget - 1e-9:
+                say(f"max-drop: {len(fp32_units)} kept {kept} -> misses after {i + 1} feed(s)")
+                return metric.bound(ref, got)
+        got_score = metric.score(ref, got)
+        say(f"max-drop: {len(fp32_units)} most sensitive unit(s) kept {kept} -> {got_score:.2f}")
+        return got_score
+
+    return score
+
+
+def unit_rows(layers, run, ref_k, which, say, what: str = "sensitivity") -> list[dict]:
+    """Each unit alone compressed (every other as it was): its SQNR and mean cosine against
+    the original on the chosen feeds, the order --max-drop keeps units uncompressed in."""
+    n, rows = len(layers), []
+    meter = Meter(n, what, say, unit="layers", every=0.5)
+    for i, layer in enumerate(layers):
+        flags = np.zeros(n)
+        flags[i] = 1
+        got = run(flags, which)
+        rows.append(
+            {
+                "layer": layer.name,
+                "what": layer.describe(),
+                "sqnr_db": round(sqnr_db(np.concatenate(ref_k), np.concatenate(got)), 2),
+                "cosine": round(float(cosines(ref_k, got).mean()), 6),
+            }
+        )
+        meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
+    return rows

@@ -24,7 +24,7 @@ from .quant import (
 )
 
 
-def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor of H^-1 (damped), as the column updates use it."""
     k = h.shape[0]
     h = h + np.eye(k) * damp * float(np.mean(np.diag(h)))
@@ -57,7 +57,7 @@ def quantize_gptq(
     params = _GroupParams(w, group, symmetric, clip, np.diag(h), act_order, scale_dtype)
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     work = w[perm].astype(np.float64)
-    u = _inverse_cholesky(h[np.ix_(perm, perm)], damp)
+    u = inverse_cholesky(h[np.ix_(perm, perm)], damp)
     codes = np.zeros((k, n), np.uint8)
     block = max(group, block // group * group)  # a block holds whole groups
     for b0 in range(0, k, block):

@@ -20,9 +20,8 @@ import numpy as np
 import tvm
 
 from ...build import resolve_target
-from ...progress import Meter
-from ..common.budget import fewest_kept
-from ..common.metrics import Metric, cosines, sqnr_db
+from ..common.budget import fewest_kept, kept_scorer, unit_rows
+from ..common.metrics import Metric
 from .probe import ProbeRunner, Settings, probe_module
 
 __all__ = ["Sensitivity", "Settings", "analyze"]
@@ -103,7 +102,7 @@ def analyze(
     # evenly spaced feeds: calibration data often comes photo by photo (crops of one photo
     # are alike), so the first k would see few photos
     which = sorted({round(i * (len(feeds) - 1) / max(k - 1, 1)) for i in range(k)})
-    rows = _layer_rows(layers, run, [ref[i] for i in which], which, say)
+    rows = unit_rows(layers, run, [ref[i] for i in which], which, say)
     seconds["layers"] = time.perf_counter() - clock
     clock = time.perf_counter()
     on = np.ones(n)
@@ -111,7 +110,7 @@ def analyze(
     score, skip = all_score, []
 
     if max_drop is not None and fp32_score - all_score > max_drop:
-        score_kept = _kept_scorer(run, n, ref, metric, fp32_score - max_drop, say)
+        score_kept = kept_scorer(run, n, ref, metric, fp32_score - max_drop, say)
         order = sorted(range(n), key=lambda i: rows[i]["sqnr_db"])
         kept, score = fewest_kept(n, lambda k: score_kept(order[:k]), fp32_score, max_drop)
         skip = [layers[i].name for i in order[:kept]]
@@ -144,44 +143,3 @@ def _switch(probe: ProbeRunner, ranges, settings: Settings, feeds, params: list[
         return [probe.outputs([feed[p] for p in params], full)[0] for feed in chosen]
 
     return [units[i] for i in index], run
-
-
-def _kept_scorer(run, n: int, ref: list, metric: Metric, budget: float, say):
-    """score(units kept fp32) -> the metric with those units fp32 and every other int8, or,
-    once the best score still reachable misses `budget`, that bound (scoring stops there)."""
-
-    def score(fp32_units: list[int]) -> float:
-        flags = np.ones(n)
-        flags[fp32_units] = 0
-        got: list[np.ndarray] = []
-        for i in range(len(ref)):
-            got += run(flags, [i])
-            if metric.bound(ref, got) < budget - 1e-9:
-                say(f"max-drop: {len(fp32_units)} kept fp32 -> misses after {i + 1} feed(s)")
-                return metric.bound(ref, got)
-        got_score = metric.score(ref, got)
-        say(f"max-drop: {len(fp32_units)} most sensitive unit(s) kept fp32 -> {got_score:.2f}")
-        return got_score
-
-    return score
-
-
-def _layer_rows(layers, run, ref_k, which, say) -> list[dict]:
-    """Each layer alone int8 (every other fp32): its SQNR and mean cosine against fp32 on the
-    chosen feeds, the order --max-drop keeps layers fp32 in."""
-    n, rows = len(layers), []
-    meter = Meter(n, "sensitivity", say, unit="layers", every=0.5)
-    for i, layer in enumerate(layers):
-        flags = np.zeros(n)
-        flags[i] = 1
-        got = run(flags, which)
-        rows.append(
-            {
-                "layer": layer.name,
-                "what": layer.describe(),
-                "sqnr_db": round(sqnr_db(np.concatenate(ref_k), np.concatenate(got)), 2),
-                "cosine": round(float(cosines(ref_k, got).mean()), 6),
-            }
-        )
-        meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
-    return rows

@@ -1,0 +1,87 @@
+"""The pruning entry of the manifest and its table: per layer sparsity and output error,
+weights before and after."""
+
+from __future__ import annotations
+
+from .spec import PruneSpec
+
+
+def layer_row(row: dict, reason: str) -> dict:
+    """A layer left dense (skipped, pattern does not fit, or kept by the budget)."""
+    keep = {k: row[k] for k in ("layer", "what", "weights") if k in row}
+    errors = {k: v for k, v in row.items() if k.startswith("error_")}
+    return {**keep, "status": "dense", "reason": reason, "zeros": 0, "sparsity": 0.0, **errors}
+
+
+def size_summary(rows: list[dict], spec: PruneSpec) -> dict:
+    """Weights of the prunable layers, their zeros after pruning, and fp32 bytes."""
+    weights = sum(r["weights"] for r in rows)
+    zeros = sum(r["zeros"] for r in rows)
+    return {
+        "weights": weights,
+        "zeros": zeros,
+        "sparsity": round(zeros / weights, 4) if weights else 0.0,
+        "fp32_bytes": 4 * weights,
+        "nonzero_fp32_bytes": 4 * (weights - zeros),
+        "pattern": spec.pattern,
+    }
+
+
+def _error(r: dict) -> str:
+    if "error_sparsegpt" in r:
+        return f"{r['error_magnitude']:.3g} -> {r['error_sparsegpt']:.3g}"
+    return f"{r['error_magnitude']:.3g}" if "error_magnitude" in r else "-"
+
+
+def storage_line(manifest: dict) -> str | None:
+    """What the artifact stores for the pruned weights: the layers `sparsify` made block-sparse
+    (x86) and their bytes before and after; None when it did not run."""
+    stats = next(
+        (
+            e["stats"]
+            for e in manifest.get("report", {}).get("passes", [])
+            if e["pass"] == "sparsify"
+        ),
+        None,
+    )
+    if stats is None:
+        return None
+    return (
+        f"stored: {stats['layers_sparse']} layer(s) block-sparse, their weights "
+        f"{stats['weight_bytes_dense']} B -> {stats['weight_bytes_sparse']} B (values + indices); "
+        f"{stats['layers_dense']} candidate(s) above the density threshold stay dense"
+    )
+
+
+def format_report(m: dict, storage: str | None = None) -> str:
+    """The compile and report output: one row per layer, then the totals (and `storage`)."""
+    from ...tables import format_table
+
+    rows = [
+        [
+            r["layer"],
+            r["what"],
+            r["weights"],
+            f"{100 * r['sparsity']:.1f}%",
+            _error(r),
+            r["status"] if r["status"] == "pruned" else f"dense ({r['reason']})",
+        ]
+        for r in m["layers"]
+    ]
+    o, s = m["settings"], m["size"]
+    head = (
+        f"pruning ({m['spec']}, {o['method']}): {m['pruned_layers']}/{len(m['layers'])} layers "
+        "pruned"
+    )
+    cols = ["layer", "op", "weights", "zeros", "output error magnitude -> sparsegpt", "decision"]
+    tail = (
+        f"weights {s['weights']} ({s['fp32_bytes']} B fp32): {s['zeros']} zero "
+        f"({100 * s['sparsity']:.1f}%), {s['weights'] - s['zeros']} nonzero "
+        f"({s['nonzero_fp32_bytes']} B)"
+    )
+    if "accuracy" in m:
+        a = m["accuracy"]
+        tail += f"\n{a['metric']}: dense {a['dense']:.2f}, pruned {a['final']:.2f}"
+        if "artifact" in a:
+            tail += f", artifact {a['artifact']:.2f}"
+    return "\n".join([head, format_table(cols, rows), tail, *([storage] if storage else [])])
