@@ -87,11 +87,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _print_pruning(manifest: dict) -> None:
-    """Per-layer sparsity, weights and what the artifact stores (compile and report)."""
+    """Per-layer sparsity, weights and what the artifact stores; the channels kept per
+    region for structured pruning (compile and report)."""
     if "pruning" in manifest:
         from .compress.prune.report import format_report, storage_line
 
         print(format_report(manifest["pruning"], storage_line(manifest)))
+    if "channels" in manifest:
+        from .compress.channels.method import format_report as channels_report
+
+        print(channels_report(manifest["channels"]))
 
 
 def _compression_methods(args: argparse.Namespace) -> list:
@@ -113,6 +118,8 @@ def _prune_method(args: argparse.Namespace):
     from .compress.prune.spec import parse_spec
 
     alone = args.quantize is None
+    if args.prune.strip().startswith("macs="):
+        return _channels_method(args, alone)
     return Prune(
         PruneOptions(
             spec=parse_spec(args.prune, args.prune_block),
@@ -126,11 +133,28 @@ def _prune_method(args: argparse.Namespace):
             skip=tuple(filter(None, (args.prune_skip or "").split(","))),
             max_drop=args.max_drop if alone else None,
             eval_data=args.eval if alone else None,
-            metric={"top1": "top1_agreement", "cosine": "min_cosine"}.get(
-                args.quant_metric, args.quant_metric
-            ),
+            metric=_metric_name(args.quant_metric),
         )
     )
+
+
+def _channels_method(args: argparse.Namespace, alone: bool):
+    """`--prune macs=X`: structured pruning of hidden channels (docs/SPARSITY.md)."""
+    from .compress.channels.method import ChannelOptions, Channels, check_options
+
+    text = args.prune.strip()[len("macs=") :]
+    try:
+        macs = float(text)
+    except ValueError:
+        raise InputError(f"--prune macs={text}: not a number (macs=0.75 keeps 75%)") from None
+    options = ChannelOptions(
+        macs,
+        calibration=args.calibration,
+        samples=args.calib_samples,
+        eval_data=args.eval if alone else None,
+    )
+    check_options(options)
+    return Channels(options)
 
 
 def _int4_method(args: argparse.Namespace):

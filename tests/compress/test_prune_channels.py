@@ -245,3 +245,21 @@ def test_channels_escaping_to_a_residual_are_not_a_region():
         helper.make_node("MatMul", ["s", "w1"], ["y"]),
     ]
     assert find_regions(_graph(_model(nodes, inits, [4, D], [4, D]))) == []
+
+
+def test_cli_prune_macs(tmp_path, capsys):
+    from graphopt.cli import main
+
+    onnx.save(_ffn_model(), tmp_path / "m.onnx")
+    x = np.random.default_rng(10).standard_normal((32, 16, D)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    base = ["compile", str(tmp_path / "m.onnx"), "--prune"]
+    assert main([*base, "macs=0.7", "-o", str(tmp_path / "bad")]) == 2
+    assert "needs --calibration" in capsys.readouterr().err
+    assert main([*base, "macs=x", "-o", str(tmp_path / "bad")]) == 2
+    assert "not a number" in capsys.readouterr().err
+    calib = ["--calibration", str(tmp_path / "calib.npz")]
+    assert main([*base, "macs=0.7", *calib, "-o", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert "prune macs=0.7" in out and "accuracy vs the unpruned model" in out
+    assert not (tmp_path / "bad").exists()

@@ -96,7 +96,7 @@ def test_sparsegpt_dead_inputs():
         ("4:2", "0 < N < M"),
         ("0:4", "0 < N < M"),
         ("half", "not a pruning spec"),
-        ("macs=0.7", "not supported yet"),
+        ("macs=0.7", "not a pruning spec"),  # structured: the CLI routes it to compress/channels
     ],
 )
 def test_bad_specs(text, message):

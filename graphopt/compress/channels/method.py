@@ -23,7 +23,7 @@ from ...pass_infra import make_pass
 from ...target_infra import Target
 from .. import CompressionContext, CompressionPlan
 from ..common.budget import eval_feeds
-from ..common.data import load_calibration
+from ..common.data import fitting_feeds
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
@@ -96,7 +96,7 @@ class Channels:
             ctx.progress("prune macs: no prunable channels (no FFN / expansion regions)")
             return None
         clock = time.perf_counter()
-        feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
+        feeds = fitting_feeds(o.calibration, ctx.inputs, o.samples, ctx.progress, "prune macs")
         scored, _labels = eval_feeds(o.eval_data, ctx.inputs, feeds)
         stats, ref = _measure(mod, regions, feeds, scored, ctx)
         all_macs = sum(layer_macs(ly) for ly in find_layers(func))
@@ -234,6 +234,7 @@ def format_report(m: dict) -> str:
     a = m.get("accuracy", {})
     if "artifact" in a:
         lines.append(
-            f"accuracy ({a['metric']}, {a['samples']} calibration feeds): {a['artifact']:.2f}"
+            f"accuracy vs the unpruned model ({a['metric']}, {a['samples']} {a['data']} "
+            f"feeds): {a['artifact']:.2f}"
         )
     return "\n".join(lines)

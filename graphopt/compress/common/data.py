@@ -184,3 +184,24 @@ def load_images(paths: Sequence[Path], spec: Spec) -> np.ndarray:
             arr = arr[..., None]
         out.append(arr.transpose(2, 0, 1) if nchw else arr)
     return np.stack(out)
+
+
+# Fewer calibration samples than this: layer-wise fits (SparseGPT's Hessians, least-squares
+# refits, bias corrections) follow those few photos or sentences rather than the data they
+# stand for. A rule of thumb (MobileNetV2 was measured with 32 crops of 8 photos), not a tuned
+# value.
+FEW_SAMPLES = 32
+
+
+def fitting_feeds(path, specs: Sequence[Spec], limit: int | None, say, what: str) -> list[dict]:
+    """Calibration feeds for a method that fits weights to them, with a one-line warning
+    when they are few."""
+    feeds = load_calibration(path, specs, limit=limit)
+    batch = specs[0].shape[0] if specs and specs[0].shape else 1
+    if len(feeds) * batch < FEW_SAMPLES:
+        say(
+            f"warning: {what}: {len(feeds) * batch} calibration samples; with fewer than "
+            f"{FEW_SAMPLES} the fitted layers follow those samples rather than the data they "
+            "stand for"
+        )
+    return feeds

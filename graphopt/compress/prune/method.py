@@ -14,7 +14,7 @@ import tvm
 from ...pass_infra import GraphPass, make_pass
 from ...progress import Meter
 from .. import CompressionContext, CompressionPlan
-from ..common.data import load_calibration
+from ..common.data import fitting_feeds
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from .layers import as_kn, from_kn, prunable
@@ -26,10 +26,6 @@ from .store import save_pruned
 
 MANIFEST_KEY = "pruning"
 METHODS = ("magnitude", "sparsegpt")
-# Fewer calibration samples than this: the layer-wise fits (SparseGPT's Hessians, the refit,
-# the bias corrections) follow those few photos or sentences rather than the data they stand
-# for. A rule of thumb (MobileNetV2 was measured with 32 crops of 8 photos), not a tuned value.
-FEW_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -92,14 +88,7 @@ def _feeds(o: PruneOptions, ctx: CompressionContext) -> list[dict] | None:
     """Calibration feeds, with a one-line warning when they are few."""
     if not o.calibration:
         return None
-    feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
-    batch = ctx.inputs[0].shape[0] if ctx.inputs and ctx.inputs[0].shape else 1
-    if len(feeds) * batch < FEW_SAMPLES:
-        ctx.progress(
-            f"warning: prune: {len(feeds) * batch} calibration samples; with fewer than "
-            f"{FEW_SAMPLES} the pruned layers fit those samples rather than the data they stand for"
-        )
-    return feeds
+    return fitting_feeds(o.calibration, ctx.inputs, o.samples, ctx.progress, "prune")
 
 
 @dataclass

@@ -4,6 +4,8 @@ unstructured=0.5   half of each layer's weights zero, anywhere
 2:4                2 of every 4 consecutive input weights of an output channel zero
 block=0.7          70% of each layer's blocks of `block` consecutive output channels of one
                    input channel zero (what the x86 block-sparse kernels skip)
+
+(`macs=0.75`, structured pruning of whole channels, is another method: compress/channels.)
 """
 
 from __future__ import annotations
@@ -60,10 +62,6 @@ def parse_spec(text: str, block: int = 16) -> PruneSpec:
         return PruneSpec("unstructured", _fraction(value, text))
     if eq and key == "block":
         return PruneSpec("block", _fraction(value, text), block=block)
-    if eq and key == "macs":
-        raise CalibrationError(
-            "--prune macs=...: structured (channel) pruning is not supported yet"
-        )
     n, colon, m = text.partition(":")
     if colon and n.isdigit() and m.isdigit():
         n_, m_ = int(n), int(m)
@@ -71,5 +69,5 @@ def parse_spec(text: str, block: int = 16) -> PruneSpec:
             raise CalibrationError(f"--prune {text}: N:M needs 0 < N < M <= {MAX_BLOCK} (e.g. 2:4)")
         return PruneSpec("nm", n_ / m_, n=n_, m=m_)
     raise CalibrationError(
-        f"--prune '{text}' is not a pruning spec: use unstructured=0.5, block=0.7 or 2:4"
+        f"--prune '{text}' is not a pruning spec: use unstructured=0.5, block=0.7, 2:4 or macs=0.75"
     )
