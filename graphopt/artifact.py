@@ -20,6 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from .artifact_dims import (
+    dim_ranges,
+    dims_problems,
+    library_for,
+    shape_problems,
+    spec_dims_problem,
+    specialized,
+)
 from .errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
@@ -34,13 +42,16 @@ HEX = frozenset("0123456789abcdef")
 
 @dataclass(frozen=True)
 class IOSpec:
+    """An input or output; a symbolic dim is a str (its name, range in the manifest's `dims`)."""
+
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
     dtype: str
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> IOSpec:
-        return IOSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+        shape = tuple(x if isinstance(x, str) else int(x) for x in d["shape"])
+        return IOSpec(str(d["name"]), shape, str(d["dtype"]))
 
 
 class Artifact:
@@ -51,25 +62,29 @@ class Artifact:
         self.manifest = read_manifest(self.directory)
         self.inputs = [IOSpec.from_json(d) for d in self.manifest["inputs"]]
         self.outputs = [IOSpec.from_json(d) for d in self.manifest["outputs"]]
-        self._vm: Any = None
+        self.dims = dim_ranges(self.manifest)
+        self._vms: dict[str, Any] = {}
 
     @property
     def library_path(self) -> Path:
         return self.directory / self.manifest.get("library", LIBRARY)
 
-    def _machine(self) -> Any:
-        if self._vm is None:
+    def _machine(self, sizes: Mapping[str, int] | None = None) -> Any:
+        """The VM of the library for these symbolic sizes: a specialized build where the
+        manifest has one for exactly these sizes, else the generic one."""
+        name = library_for(self.manifest, sizes or {})
+        if name not in self._vms:
             from tvm.runtime.vm import VirtualMachine
 
             from ._tvm import load_module
 
+            path = self.directory / name
             try:
-                lib = load_module(self.library_path, self._native_log())
-                self._vm = VirtualMachine(lib, self.device())
+                self._vms[name] = VirtualMachine(load_module(path, self._native_log()), self.device())
             except Exception as err:  # noqa: BLE001 - TVM raises several types here
                 reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
-                raise ArtifactError(f"cannot load {self.library_path}: {reason}") from err
-        return self._vm
+                raise ArtifactError(f"cannot load {path}: {reason}") from err
+        return self._vms[name]
 
     def _native_log(self) -> Path | None:
         """Where TVM's runtime log lines go at load: the artifact's `tvm.log` (written at
@@ -93,11 +108,15 @@ class Artifact:
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Arrays in declaration order; one InputError lists every problem found."""
+        return self.bind_inputs(inputs)[0]
+
+    def bind_inputs(self, inputs: Mapping[str, Any]) -> tuple[list[np.ndarray], dict[str, int]]:
+        """check_inputs, and the size each symbolic dim takes in these inputs."""
         problems = []
         expected = {s.name for s in self.inputs}
         for name in sorted(set(inputs) - expected):
             problems.append(f"unknown input '{name}'")
-        arrays = []
+        arrays, sizes = [], {}
         for spec in self.inputs:
             if spec.name not in inputs:
                 problems.append(f"missing input '{spec.name}' {_fmt(spec)}")
@@ -105,22 +124,19 @@ class Artifact:
             arr = np.asarray(inputs[spec.name])
             if arr.dtype != np.dtype(spec.dtype):
                 problems.append(f"input '{spec.name}' has dtype {arr.dtype}, expected {spec.dtype}")
-            if tuple(arr.shape) != spec.shape:
-                problems.append(
-                    f"input '{spec.name}' has shape {list(arr.shape)}, expected {list(spec.shape)}"
-                )
+            problems += shape_problems(spec, tuple(arr.shape), self.dims, sizes)
             arrays.append(np.asarray(arr, order="C"))  # ascontiguousarray makes 0-d 1-d
         if problems:
             raise InputError("; ".join(problems))
-        return arrays
+        return arrays, sizes
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run once; returns outputs keyed by the model's output names."""
-        arrays = self.check_inputs(inputs)
+        arrays, sizes = self.bind_inputs(inputs)
         import tvm.runtime
 
         dev = self.device()  # inputs where the model runs (a GPU for `cuda` artifacts)
-        outs = call_vm(self._machine(), arrays, lambda a: tvm.runtime.tensor(a, dev))
+        outs = call_vm(self._machine(sizes), arrays, lambda a: tvm.runtime.tensor(a, dev))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
     def runner(self, inputs: Mapping[str, Any]):
@@ -132,8 +148,9 @@ class Artifact:
         import tvm.runtime
 
         dev = self.device()
-        tensors = [tvm.runtime.tensor(a, dev) for a in self.check_inputs(inputs)]
-        main = self._machine()["main"]
+        arrays, sizes = self.bind_inputs(inputs)
+        tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+        main = self._machine(sizes)["main"]
         return lambda: flatten_outputs(main(*tensors))
 
     def __repr__(self) -> str:
@@ -199,20 +216,27 @@ def _schema_problems(manifest: Mapping[str, Any]) -> list[str]:
         if not isinstance(specs, list):
             problems.append(f"'{key}' must be a list")
             continue
-        problems += [f"{key}[{i}]: {p}" for i, s in enumerate(specs) if (p := _spec_problem(s))]
+        dims = manifest.get("dims") if isinstance(manifest.get("dims"), dict) else {}
+        problems += [
+            f"{key}[{i}]: {p}"
+            for i, s in enumerate(specs)
+            if (p := _spec_problem(s, dims, key == "outputs"))
+        ]
+    problems += dims_problems(manifest)
     if isinstance(manifest.get("outputs"), list) and not manifest["outputs"]:
         problems.append("'outputs' is empty")
     return problems
 
 
-def _spec_problem(spec: Any) -> str | None:
+def _spec_problem(spec: Any, dims: Mapping[str, Any], output: bool) -> str | None:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         return "must be an object with a string 'name'"
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list):
         return "'shape' must be a list of non-negative integers"
+    problem = spec_dims_problem(shape, dims, output)
+    if problem:
+        return problem
     try:
         np.dtype(spec.get("dtype"))
     except TypeError:
@@ -221,16 +245,21 @@ def _spec_problem(spec: Any) -> str | None:
 
 
 def _check_library(directory: Path, manifest: Mapping[str, Any]) -> None:
-    """The library must lie inside the artifact and be the file that was compiled: native
+    """Every library must lie inside the artifact and be the file that was compiled: native
     code from elsewhere, or a damaged library (truncated: SIGBUS in the loader), never loads."""
-    name = manifest.get("library", LIBRARY)
+    _check_one_library(directory, manifest.get("library", LIBRARY), manifest["library_sha256"])
+    for entry in specialized(manifest):
+        _check_one_library(directory, entry["library"], entry["library_sha256"])
+
+
+def _check_one_library(directory: Path, name: str, sha: str) -> None:
     root = directory.resolve()
     lib = (directory / name).resolve()
     if Path(name).is_absolute() or root not in lib.parents:
         raise ArtifactError(f"{directory}: library path {name!r} leads outside the artifact")
     if not lib.is_file():
         raise ArtifactError(f"{directory}: library {name} is missing")
-    if sha256_file(lib) != manifest["library_sha256"]:
+    if sha256_file(lib) != sha:
         raise ArtifactError(
             f"{directory}: {name} does not match the sha256 in {MANIFEST} (damaged or replaced; "
             "compile the model again)"
@@ -280,7 +309,7 @@ def load(directory: str | Path) -> Artifact:
 
 
 def _fmt(spec: IOSpec) -> str:
-    return f"{spec.dtype}{list(spec.shape)}"
+    return f"{spec.dtype}[{', '.join(str(d) for d in spec.shape)}]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,6 +431,8 @@ def seal(directory: Path) -> None:
     manifest["files"] = sorted(p.name for p in directory.iterdir())
     if library.is_file():
         manifest["library_sha256"] = sha256_file(library)
+    for entry in specialized(manifest):
+        entry["library_sha256"] = sha256_file(directory / entry["library"])
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -23,7 +23,7 @@ from . import __version__, _tvm
 from .artifact import FORMAT, LIBRARY, MANIFEST, Artifact, AtomicDirectory, writable_parent
 from .build import evaluate, run_stages, stage_passes, tvm_compile, vm_runner
 from .compress import CompressionContext, CompressionPlan, default_methods, split_for_compression
-from .errors import PipelineError
+from .errors import PipelineError, SymbolicShapeError
 from .frontend import ImportedModel, import_onnx
 from .inputs import random_inputs
 from .instrument import VerifyEach
@@ -150,7 +150,7 @@ def _graph_and_compression(imported: ImportedModel, job: _Compilation) -> tvm.IR
     mod = imported.mod
     job.report["ops_after_import"] = _tvm.op_counts(mod)
     if job.opts.verify_each:
-        arrays = list(random_inputs(imported.inputs).values())
+        arrays = list(random_inputs(imported.example_inputs()).values())
         job.verifier = VerifyEach(lambda m: evaluate(m, arrays), rtol=job.opts.verify_rtol)
         job.verifier.start(mod)
         job.instruments.append(job.verifier)
@@ -179,6 +179,12 @@ def _plan_compression(
     """Every selected compression method in turn: the graph passes it requires, its plan on
     the current graph, its passes."""
     methods = list(job.opts.compression) or default_methods()
+    if imported.dims and job.opts.compression:
+        raise SymbolicShapeError(
+            f"--quantize needs static input shapes; this build has symbolic dims "
+            f"({', '.join(imported.dims)}): pin them with --input-shape (e.g. "
+            f"{imported.inputs[0].name}={','.join(str(d) for d in imported.example_inputs()[0].shape)})"
+        )
     ctx = CompressionContext(imported.inputs, job.target, job.say)
     for method in methods:
         start = time.perf_counter()
@@ -322,6 +328,7 @@ def _manifest(imported: ImportedModel, model: Any, job: _Compilation) -> dict[st
         "format": FORMAT,
         "library": LIBRARY,
         "inputs": [s.to_json() for s in imported.inputs],
+        "dims": {name: {"min": lo, "max": hi} for name, (lo, hi) in imported.dims.items()},
         "outputs": [s.to_json() for s in imported.outputs],
         "target": {
             "name": target.name,
