@@ -94,6 +94,12 @@ class Artifact:
         log = self.directory / NATIVE_LOG
         return log if os.access(log, os.W_OK) else None
 
+    def example_sizes(self) -> dict[str, int]:
+        """A size inside each symbolic dim's range, for random inputs (bench, report)."""
+        from .inputs import SYMBOLIC_SIZE
+
+        return {n: max(lo, min(hi, SYMBOLIC_SIZE)) for n, (lo, hi) in self.dims.items()}
+
     def device(self) -> Any:
         """The device the manifest's target names (`target.device`; artifacts without it: cpu)."""
         import tvm.runtime

@@ -120,6 +120,7 @@ def compile_model(
     start = time.perf_counter()
     imported = import_onnx(model, opts.input_shapes, progress=job.say)
     job.timed("import", start)
+    _check_symbolic(imported, job)
     mod = _graph_and_compression(imported, job)
     executable = _build_within_budget(mod, job)
     for plan in job.plans:
@@ -142,6 +143,26 @@ def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
     job = _Compilation(opts, target, say, graph_passes, stages, records, [])
     job.instruments = [job.log, *opts.instruments]
     return job
+
+
+def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
+    """Symbolic dims build for x86 without compression; anything else is one line, before
+    any work (quantization calibrates and scores at one static shape; the ARM and CUDA
+    runners read static shapes)."""
+    if not imported.dims:
+        return
+    names = ", ".join(f"{n}:{lo}..{hi}" for n, (lo, hi) in imported.dims.items())
+    example = imported.example_inputs()[0]
+    pin = f"--input-shape {example.name}={','.join(str(d) for d in example.shape)}"
+    if job.opts.compression:
+        raise SymbolicShapeError(
+            f"--quantize needs static input shapes, got symbolic dims {names}: pin them ({pin})"
+        )
+    if job.target.name != "x86":
+        raise SymbolicShapeError(
+            f"symbolic dims ({names}) build for the x86 target only, not {job.target.name}: "
+            f"pin them ({pin})"
+        )
 
 
 def _graph_and_compression(imported: ImportedModel, job: _Compilation) -> tvm.IRModule:
@@ -179,12 +200,6 @@ def _plan_compression(
     """Every selected compression method in turn: the graph passes it requires, its plan on
     the current graph, its passes."""
     methods = list(job.opts.compression) or default_methods()
-    if imported.dims and job.opts.compression:
-        raise SymbolicShapeError(
-            f"--quantize needs static input shapes; this build has symbolic dims "
-            f"({', '.join(imported.dims)}): pin them with --input-shape (e.g. "
-            f"{imported.inputs[0].name}={','.join(str(d) for d in imported.example_inputs()[0].shape)})"
-        )
     ctx = CompressionContext(imported.inputs, job.target, job.say)
     for method in methods:
         start = time.perf_counter()
