@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
@@ -76,4 +77,17 @@ def replay(rule, static: tirx.PrimFunc, func: tirx.PrimFunc, info, target) -> Sc
         raise ValueError("does not apply at the nominal size")
     target_sch = Schedule(rule.prepare(func))
     sch.trace.apply_to_schedule(target_sch, remove_postproc=True)
+    check_lowers(target_sch.mod["main"], target)
     return target_sch
+
+
+def check_lowers(func: tirx.PrimFunc, target) -> None:
+    """Raise where TIR lowering fails on the replayed schedule: a split planned for the
+    nominal size can leave a guard over fused symbolic loops that the iterator analysis of
+    lowering cannot prove (a padded image of symbolic height and width), which would fail
+    the whole build rather than this one rule."""
+    from tvm.tirx import compilation_pipeline
+
+    lower, _host, _device = compilation_pipeline.get_tir_pipeline("default")
+    mod = tvm.IRModule({"main": func.with_attr("target", target)})
+    lower()(mod)
