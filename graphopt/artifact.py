@@ -20,14 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact_dims import (
-    dim_ranges,
-    dims_problems,
-    library_for,
-    shape_problems,
-    spec_dims_problem,
-    specialized,
-)
+from .artifact_dims import dim_ranges, dims_problems, shape_problems, spec_dims_problem
 from .errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
@@ -63,28 +56,25 @@ class Artifact:
         self.inputs = [IOSpec.from_json(d) for d in self.manifest["inputs"]]
         self.outputs = [IOSpec.from_json(d) for d in self.manifest["outputs"]]
         self.dims = dim_ranges(self.manifest)
-        self._vms: dict[str, Any] = {}
+        self._vm: Any = None
 
     @property
     def library_path(self) -> Path:
         return self.directory / self.manifest.get("library", LIBRARY)
 
-    def _machine(self, sizes: Mapping[str, int] | None = None) -> Any:
-        """The VM of the library for these symbolic sizes: a specialized build where the
-        manifest has one for exactly these sizes, else the generic one."""
-        name = library_for(self.manifest, sizes or {})
-        if name not in self._vms:
+    def _machine(self) -> Any:
+        if self._vm is None:
             from tvm.runtime.vm import VirtualMachine
 
             from ._tvm import load_module
 
-            path = self.directory / name
             try:
-                self._vms[name] = VirtualMachine(load_module(path, self._native_log()), self.device())
+                lib = load_module(self.library_path, self._native_log())
+                self._vm = VirtualMachine(lib, self.device())
             except Exception as err:  # noqa: BLE001 - TVM raises several types here
                 reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
-                raise ArtifactError(f"cannot load {path}: {reason}") from err
-        return self._vms[name]
+                raise ArtifactError(f"cannot load {self.library_path}: {reason}") from err
+        return self._vm
 
     def _native_log(self) -> Path | None:
         """Where TVM's runtime log lines go at load: the artifact's `tvm.log` (written at
@@ -113,16 +103,13 @@ class Artifact:
             ) from err
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
-        """Arrays in declaration order; one InputError lists every problem found."""
-        return self.bind_inputs(inputs)[0]
-
-    def bind_inputs(self, inputs: Mapping[str, Any]) -> tuple[list[np.ndarray], dict[str, int]]:
-        """check_inputs, and the size each symbolic dim takes in these inputs."""
+        """Arrays in declaration order; one InputError lists every problem found (a symbolic
+        dim must be within its range and the same on every input that has it)."""
         problems = []
         expected = {s.name for s in self.inputs}
         for name in sorted(set(inputs) - expected):
             problems.append(f"unknown input '{name}'")
-        arrays, sizes = [], {}
+        arrays, sizes = [], {}  # sizes: symbolic dim -> the size these inputs give it
         for spec in self.inputs:
             if spec.name not in inputs:
                 problems.append(f"missing input '{spec.name}' {_fmt(spec)}")
@@ -134,15 +121,15 @@ class Artifact:
             arrays.append(np.asarray(arr, order="C"))  # ascontiguousarray makes 0-d 1-d
         if problems:
             raise InputError("; ".join(problems))
-        return arrays, sizes
+        return arrays
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run once; returns outputs keyed by the model's output names."""
-        arrays, sizes = self.bind_inputs(inputs)
+        arrays = self.check_inputs(inputs)
         import tvm.runtime
 
         dev = self.device()  # inputs where the model runs (a GPU for `cuda` artifacts)
-        outs = call_vm(self._machine(sizes), arrays, lambda a: tvm.runtime.tensor(a, dev))
+        outs = call_vm(self._machine(), arrays, lambda a: tvm.runtime.tensor(a, dev))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
     def runner(self, inputs: Mapping[str, Any]):
@@ -154,9 +141,8 @@ class Artifact:
         import tvm.runtime
 
         dev = self.device()
-        arrays, sizes = self.bind_inputs(inputs)
-        tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
-        main = self._machine(sizes)["main"]
+        tensors = [tvm.runtime.tensor(a, dev) for a in self.check_inputs(inputs)]
+        main = self._machine()["main"]
         return lambda: flatten_outputs(main(*tensors))
 
     def __repr__(self) -> str:
@@ -251,21 +237,16 @@ def _spec_problem(spec: Any, dims: Mapping[str, Any], output: bool) -> str | Non
 
 
 def _check_library(directory: Path, manifest: Mapping[str, Any]) -> None:
-    """Every library must lie inside the artifact and be the file that was compiled: native
+    """The library must lie inside the artifact and be the file that was compiled: native
     code from elsewhere, or a damaged library (truncated: SIGBUS in the loader), never loads."""
-    _check_one_library(directory, manifest.get("library", LIBRARY), manifest["library_sha256"])
-    for entry in specialized(manifest):
-        _check_one_library(directory, entry["library"], entry["library_sha256"])
-
-
-def _check_one_library(directory: Path, name: str, sha: str) -> None:
+    name = manifest.get("library", LIBRARY)
     root = directory.resolve()
     lib = (directory / name).resolve()
     if Path(name).is_absolute() or root not in lib.parents:
         raise ArtifactError(f"{directory}: library path {name!r} leads outside the artifact")
     if not lib.is_file():
         raise ArtifactError(f"{directory}: library {name} is missing")
-    if sha256_file(lib) != sha:
+    if sha256_file(lib) != manifest["library_sha256"]:
         raise ArtifactError(
             f"{directory}: {name} does not match the sha256 in {MANIFEST} (damaged or replaced; "
             "compile the model again)"
@@ -437,8 +418,6 @@ def seal(directory: Path) -> None:
     manifest["files"] = sorted(p.name for p in directory.iterdir())
     if library.is_file():
         manifest["library_sha256"] = sha256_file(library)
-    for entry in specialized(manifest):
-        entry["library_sha256"] = sha256_file(directory / entry["library"])
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

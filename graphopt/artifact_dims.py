@@ -1,12 +1,9 @@
-"""Symbolic input dims of an artifact: the manifest's ranges, the run-time check, and which
-library runs a given size.
+"""Symbolic input dims of an artifact: the manifest's ranges and the run-time check.
 
 An artifact compiled with `--input-shape input_ids=1,1..512` lists `"shape": [1, "seq"]` for
-its inputs and `"dims": {"seq": {"min": 1, "max": 512}}`. Its `model.so` runs any size in range
-(generic kernels); `--specialize seq=128` adds `"specialized": [{"dims": {"seq": 128},
-"library": "model.seq128.so", "library_sha256": ...}]`, static builds that run those exact
-sizes with the static schedules. Sizes outside a range are the caller's error: the VM would
-read past buffers planned for the upper bound.
+its inputs and `"dims": {"seq": {"min": 1, "max": 512}}`; its one library runs any size in
+range. Sizes outside a range are the caller's error, caught here: the memory plan is sized
+for the upper bound.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-LIBRARY = "model.so"
 
 
 def dim_ranges(manifest: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -48,18 +44,6 @@ def shape_problems(spec, shape: tuple[int, ...], dims, sizes: dict[str, int]) ->
     return problems
 
 
-def specialized(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return list(manifest.get("specialized") or [])
-
-
-def library_for(manifest: Mapping[str, Any], sizes: Mapping[str, int]) -> str:
-    """The library that runs these sizes: a specialized one when it matches them exactly."""
-    for entry in specialized(manifest):
-        if sizes and dict(entry["dims"]) == dict(sizes):
-            return str(entry["library"])
-    return str(manifest.get("library", LIBRARY))
-
-
 def spec_dims_problem(shape: list, dims: Mapping[str, Any], output: bool) -> str | None:
     """Schema check of a spec's shape: ints >= 0, or (inputs) names listed in `dims`, or
     (outputs) any symbolic expression text."""
@@ -73,7 +57,7 @@ def spec_dims_problem(shape: list, dims: Mapping[str, Any], output: bool) -> str
 
 
 def dims_problems(manifest: Mapping[str, Any]) -> list[str]:
-    """Schema check of `dims` and `specialized`."""
+    """Schema check of `dims`."""
     dims = manifest.get("dims") or {}
     if not isinstance(dims, dict):
         return ["'dims' must be an object"]
@@ -82,12 +66,4 @@ def dims_problems(manifest: Mapping[str, Any]) -> list[str]:
         ok = isinstance(r, dict) and all(isinstance(r.get(k), int) for k in ("min", "max"))
         if not ok or r["min"] > r["max"]:
             problems.append(f"dims['{name}'] must be {{'min': int, 'max': int}}, min <= max")
-    for i, entry in enumerate(specialized(manifest)):
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("library"), str)
-            and isinstance(entry.get("library_sha256"), str)
-            and isinstance(entry.get("dims"), dict)
-        ):
-            problems.append(f"specialized[{i}] needs 'dims', 'library' and 'library_sha256'")
     return problems

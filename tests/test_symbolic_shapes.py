@@ -9,8 +9,6 @@ are one-line errors (exit 2 through the CLI).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -18,9 +16,10 @@ import pytest
 
 import graphopt
 from graphopt.errors import GraphoptError, InputError
-from graphopt.frontend import SymDim, import_onnx, parse_shape_arg, parse_specialize
+from graphopt.frontend import SymDim, import_onnx, parse_shape_arg
 from graphopt.inputs import save_npz
 from tests import model_builders as mb
+from tests.test_cli import run_subprocess
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -70,12 +69,6 @@ def test_bad_range_text(text):
     with pytest.raises(InputError) as info:
         parse_shape_arg(text)
     assert "\n" not in str(info.value)
-
-
-def test_specialize_text():
-    assert parse_specialize("seq=16,128") == ("seq", (16, 128))
-    with pytest.raises(InputError):
-        parse_specialize("seq=a")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,26 +171,20 @@ def test_out_of_range_is_an_input_error(dynamic_artifact):
 def test_cli_rejects_out_of_range_in_one_line(dynamic_artifact, tmp_path):
     inputs = tmp_path / "in.npz"
     save_npz(inputs, {"x": np.ones((1, 16), np.float32)})
-    proc = subprocess.run(
-        [sys.executable, "-m", "graphopt", "run", str(dynamic_artifact)]
-        + ["--inputs", str(inputs), "--outputs", str(tmp_path / "out.npz")],
-        capture_output=True,
-        text=True,
+    result = run_subprocess(
+        "run", dynamic_artifact, "--inputs", inputs, "--outputs", tmp_path / "out.npz"
     )
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert result.rc == 2, result.err
+    lines = [ln for ln in result.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "outside the range 2..6" in lines[0]
 
 
 def test_cli_bad_range_in_one_line(tmp_path):
     model = tmp_path / "m.onnx"
     mb.save(mb.dynamic_batch(), model)
-    proc = subprocess.run(
-        [sys.executable, "-m", "graphopt", "compile", str(model), "-o", str(tmp_path / "o")]
-        + ["--input-shape", "x=9..2,16"],
-        capture_output=True,
-        text=True,
+    result = run_subprocess(
+        "compile", model, "-o", tmp_path / "o", "--input-shape", "x=9..2,16"
     )
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert result.rc == 2
+    lines = [ln for ln in result.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "9..2" in lines[0]

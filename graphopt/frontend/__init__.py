@@ -18,7 +18,7 @@ from .expand import expand_functions
 from .int4_dq import rewrite_blocked_int4
 from .load import load_model
 from .quantized import rewrite_quantized
-from .dims import SymDim, parse_specialize
+from .dims import SymDim
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
 from .symbolic import converting, example_spec, symbolic_shape_dict, with_dim_bounds
 from .support import check_supported, converted_op_types
@@ -31,7 +31,6 @@ __all__ = [
     "example_spec",
     "import_onnx",
     "parse_shape_arg",
-    "parse_specialize",
 ]
 
 

@@ -121,17 +121,3 @@ def resolve_ranges(inputs: Mapping[str, Sequence[Dim]]) -> dict[str, tuple[int, 
             f"(e.g. --input-shape NAME=1,{missing[0]}:1..512)"
         )
     return ranges
-
-
-def parse_specialize(text: str) -> tuple[str, tuple[int, ...]]:
-    """`--specialize seq=16,32,128` -> ("seq", (16, 32, 128))."""
-    name, eq, values = text.partition("=")
-    if not eq or not _NAME.match(name.strip()):
-        raise InputError(f"--specialize '{text}' is not NAME=SIZE[,SIZE...] (e.g. seq=32,128)")
-    try:
-        sizes = tuple(int(v) for v in values.split(",") if v.strip())
-    except ValueError as err:
-        raise InputError(f"--specialize '{text}': sizes must be integers") from err
-    if not sizes:
-        raise InputError(f"--specialize '{text}' names no size")
-    return name.strip(), sizes
