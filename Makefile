@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune lint clean
+.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune bench-shapes lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-int4: $(BENCH_STAMP)
 ## Block-sparse kernels and a 70%-block-sparse MobileNetV2 (writes bench/results/prune.*).
 bench-prune: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_prune
+
+## Symbolic shapes: one build for every size vs static builds and onnxruntime (bench/results/shapes.*).
+bench-shapes: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_shapes
 
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt passes targets tests bench
