@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 
-
 def dim_ranges(manifest: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """name -> (min, max) of every symbolic dim (empty for a static artifact)."""
     return {n: (int(r["min"]), int(r["max"])) for n, r in (manifest.get("dims") or {}).items()}

@@ -357,7 +357,11 @@ def _bench_remote(args: argparse.Namespace) -> int:
     from .tuning.rpc import TrackerAddress, remote_latency
 
     art = load(args.artifact)
-    inputs = load_npz(args.inputs, art.inputs) if args.inputs else random_inputs(art.inputs, sizes=art.example_sizes())
+    inputs = (
+        load_npz(args.inputs, art.inputs)
+        if args.inputs
+        else random_inputs(art.inputs, sizes=art.example_sizes())
+    )
     tracker = TrackerAddress.parse(args.rpc)
     samples = remote_latency(
         Path(args.artifact), tracker, _require_key(args), inputs, runs=args.runs

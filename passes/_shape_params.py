@@ -34,14 +34,18 @@ def inline_shape_params(mod: tvm.IRModule, functions: set[str]) -> tvm.IRModule:
         return mod
     # New GlobalVars (add_func types them): the old ones keep the old signatures' types.
     rewriter = _DropArgs(mod, bound)
-    rewriter.renamed = {gv: rewriter.builder_.add_func(f, gv.name_hint) for gv, f in updates.items()}
+    rewriter.renamed = {
+        gv: rewriter.builder_.add_func(f, gv.name_hint) for gv, f in updates.items()
+    }
     updated = {
         gv: rewriter.visit_expr(f)
         for gv, f in mod.functions.items()
         if isinstance(f, relax.Function) and gv not in updates
     }
     out = rewriter.builder_.get()
-    new = tvm.IRModule({g: f for g, f in out.functions.items() if g not in updates}, attrs=mod.attrs)
+    new = tvm.IRModule(
+        {g: f for g, f in out.functions.items() if g not in updates}, attrs=mod.attrs
+    )
     for gv, func in updated.items():
         new[gv] = func
     return new
@@ -51,7 +55,11 @@ def _calls_to(mod: tvm.IRModule, target: tvm.ir.GlobalVar) -> list[relax.Call]:
     found: list[relax.Call] = []
 
     def visit(e):
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar) and e.op.same_as(target):
+        if (
+            isinstance(e, relax.Call)
+            and isinstance(e.op, tvm.ir.GlobalVar)
+            and e.op.same_as(target)
+        ):
             found.append(e)
 
     for func in mod.functions.values():

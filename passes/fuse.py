@@ -121,7 +121,9 @@ class Fuse(GraphPass):
                 patterns, bind_constants=False, annotate_codegen=False, entry_functions=entries
             )(new)
             groups = {gv.name_hint for gv, f in new.functions.items() if _sealed(f)}
-            new = inline_shape_params(new, groups)  # symbolic reshape targets: passes/_shape_params.py
+            new = inline_shape_params(
+                new, groups
+            )  # symbolic reshape targets: passes/_shape_params.py
         if stats["layer_norm"] or stats["parallel_matmul"]:
             new = relax.transform.DeadCodeElimination(entries)(new)
 

@@ -114,11 +114,20 @@ def test_quantize_with_a_range_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_tune_with_a_range_is_one_line():
+    from graphopt.compiler import CompileOptions
+    from graphopt.tuning.tune import kernels_to_tune
+
+    opts = CompileOptions(input_shapes={"x": ("1..4", 16)})
+    with pytest.raises(GraphoptError, match="tune needs static input shapes"):
+        kernels_to_tune(mb.dynamic_batch(), opts)
+
+
 # ---------------------------------------------------------------------------------------------
 # One build, several sizes, against onnxruntime
 
 
-@pytest.mark.parametrize("level", [0, 3])
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
 def test_transformer_any_sequence_length(tmp_path, level):
     model = mb.transformer_block(seq="seq")
     out = tmp_path / f"t{level}"
@@ -176,15 +185,15 @@ def test_cli_rejects_out_of_range_in_one_line(dynamic_artifact, tmp_path):
     )
     assert result.rc == 2, result.err
     lines = [ln for ln in result.err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "outside the range 2..6" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("error:") and "outside the range 2..6" in lines[0]
+    )
 
 
 def test_cli_bad_range_in_one_line(tmp_path):
     model = tmp_path / "m.onnx"
     mb.save(mb.dynamic_batch(), model)
-    result = run_subprocess(
-        "compile", model, "-o", tmp_path / "o", "--input-shape", "x=9..2,16"
-    )
+    result = run_subprocess("compile", model, "-o", tmp_path / "o", "--input-shape", "x=9..2,16")
     assert result.rc == 2
     lines = [ln for ln in result.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "9..2" in lines[0]

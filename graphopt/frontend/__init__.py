@@ -13,15 +13,15 @@ from tvm import relax
 
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
+from .dims import SymDim
 from .empty_inputs import fold_empty_inputs
 from .expand import expand_functions
 from .int4_dq import rewrite_blocked_int4
 from .load import load_model
 from .quantized import rewrite_quantized
-from .dims import SymDim
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
-from .symbolic import converting, example_spec, symbolic_shape_dict, with_dim_bounds
 from .support import check_supported, converted_op_types
+from .symbolic import converting, example_spec, symbolic_shape_dict, with_dim_bounds
 from .validate import check_shapes, check_structure
 
 __all__ = [

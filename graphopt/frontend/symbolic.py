@@ -18,7 +18,9 @@ import tvm
 from .shapes import TensorSpec
 
 # Names of the input symbols while a model is being converted (converters/shape_ops.py).
-INPUT_SYMBOLS: ContextVar[frozenset[str]] = ContextVar("graphopt_input_symbols", default=frozenset())
+INPUT_SYMBOLS: ContextVar[frozenset[str]] = ContextVar(
+    "graphopt_input_symbols", default=frozenset()
+)
 
 
 def symbolic_shape_dict(
@@ -26,7 +28,9 @@ def symbolic_shape_dict(
 ) -> dict[str, list]:
     """Input name -> shape for TVM's importer, symbolic dims as shared int64 tir.Vars."""
     symbols = {name: tvm.tirx.Var(name, "int64") for name in dims}
-    return {s.name: [symbols.get(d, d) if isinstance(d, str) else d for d in s.shape] for s in inputs}
+    return {
+        s.name: [symbols.get(d, d) if isinstance(d, str) else d for d in s.shape] for s in inputs
+    }
 
 
 @contextmanager

@@ -38,7 +38,6 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 
 from graphopt.targets.cpu.schedules import replay
-
 from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,

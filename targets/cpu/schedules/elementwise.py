@@ -1,7 +1,8 @@
 """Rule `elementwise`: functions of spatial blocks only.
 
 Everything inlined into the last block (what cannot be stays separate), contiguous loops
-fused, vectorized, parallel (symbolic extents: symbolic.py); pads become a zero fill plus an unconditional copy.
+fused, vectorized, parallel (symbolic extents: symbolic.py); pads become a zero fill plus an
+unconditional copy.
 """
 
 from __future__ import annotations

@@ -47,7 +47,9 @@ def specialize(func: tirx.PrimFunc, sizes: Mapping[str, int]) -> tirx.PrimFunc |
             continue
         if not all(isinstance(d, (tirx.IntImm, tirx.Var)) for d in shape):
             return None
-        static = [tirx.IntImm("int64", sizes[d.name]) if isinstance(d, tirx.Var) else d for d in shape]
+        static = [
+            tirx.IntImm("int64", sizes[d.name]) if isinstance(d, tirx.Var) else d for d in shape
+        ]
         binds[param] = tirx.decl_buffer(
             static,
             param.ty.dtype,
@@ -62,7 +64,10 @@ def specialize(func: tirx.PrimFunc, sizes: Mapping[str, int]) -> tirx.PrimFunc |
 
 def nominal_sizes(func: tirx.PrimFunc, upper: Mapping[str, int]) -> dict[str, int]:
     """Each symbolic dim at min(its upper bound, NOMINAL_EXTENT)."""
-    return {v.name: min(int(upper.get(v.name, NOMINAL_EXTENT)), NOMINAL_EXTENT) for v in symbolic_vars(func)}
+    return {
+        v.name: min(int(upper.get(v.name, NOMINAL_EXTENT)), NOMINAL_EXTENT)
+        for v in symbolic_vars(func)
+    }
 
 
 def replay(rule, static: tirx.PrimFunc, func: tirx.PrimFunc, info, target) -> Schedule:
