@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu.schedules import replay
+from graphopt.targets.cpu.schedules import replay, symbolic
 from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,
@@ -132,6 +132,10 @@ def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
             return None
         if rule.name in replay.NATIVE:
             return _direct(rule, func, info, target)
+        if rule.name == "reduction":
+            sch = Schedule(func)
+            if symbolic.schedule_rows(sch, info):
+                return sch
         return replay.replay(rule, static, func, info, target)
 
     outcome = _first_rule(func, info, target, enabled, attempt, errors)

@@ -55,3 +55,35 @@ def schedule_injective_symbolic(sch: Schedule, rv, info: common.CpuInfo, paralle
         sch.vectorize(vec)
     if parallel and outer_loops:
         sch.parallel(sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0])
+
+
+def schedule_rows(sch: Schedule, info: common.CpuInfo) -> bool:
+    """Row-wise kernels over a symbolic last axis (softmax over the sequence): every block
+    computed per row inside the last block's row loop, rows in parallel, each row's loops
+    left plain for LLVM to vectorize with a remainder. Splits planned for a nominal length
+    would put a guard inside every vector loop instead."""
+    for block in list(sch.get_child_blocks(sch.get_sblock("root")))[:-1]:
+        try:
+            sch.compute_inline(block)  # elementwise steps (softmax's x - max) into their reader
+        except Exception:  # noqa: BLE001 - a reduction, or read by two blocks: stays a loop
+            pass
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    loops = sch.get_loops(blocks[-1])
+    if len(loops) < 2 or common.const_int(sch.get(loops[-1]).extent) is not None:
+        return False
+    row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=False)
+    sch.parallel(row)
+    for block in blocks:
+        if common.view_of(sch, block).is_spatial:
+            _vectorize_with_tail(sch, sch.get_loops(block)[-1], info.lanes)
+    return True
+
+
+def _vectorize_with_tail(sch: Schedule, loop, lanes: int) -> None:
+    """Whole vectors over a symbolic loop and a scalar tail: the split's guard goes to
+    LoopPartition (the hint), which peels the last partial vector off the main loop."""
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.annotate(outer, "pragma_loop_partition_hint", 1)
+    sch.vectorize(inner)
