@@ -32,6 +32,7 @@ the rules share (CpuInfo, IR helpers, injective scheduling, tile writer) is in c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from tvm import tirx
@@ -74,12 +75,13 @@ def schedule_func(
     `schedule-cpu` (compile) and `graphopt tune` (its default-schedule baseline) both call
     this, so both see the same schedule for every kernel. A rule whose `apply` raises is
     dropped (its half-done schedule with it) and the next one tried, so the result is always
-    either a complete schedule or the function exactly as it was. A function with symbolic
-    extents is scheduled at a nominal size and the schedule replayed (replay.py), with
-    `upper_bounds` (symbolic dim -> largest size) capping the nominal size.
+    either a complete schedule or the function exactly as it was. In a build with symbolic
+    input dims (`upper_bounds`: symbolic dim -> largest size, from --input-shape ranges) a
+    function with symbolic extents is scheduled for them (symbolic.py, replay.py).
     """
-    if replay.symbolic_vars(func):
-        outcome = _schedule_symbolic(func, info, target, enabled, upper_bounds or {})
+    if upper_bounds and replay.symbolic_vars(func):
+        info = dataclasses.replace(info, symbolic=True)
+        outcome = _schedule_symbolic(func, info, target, enabled, upper_bounds)
         if outcome is not None:
             return outcome
     return _first_rule(func, info, target, enabled, lambda rule: _direct(rule, func, info, target))

@@ -40,6 +40,9 @@ class CpuInfo:
     # Per-core L2 the blocking plans for. LLVM targets do not say; 1 MiB is Zen 4/5's, and
     # the smallest among recent server cores (Intel: 2 MiB; Cortex-A72 boards: 1 MiB shared).
     l2_bytes: int = 1 << 20
+    # Schedule symbolic extents (a build with --input-shape ranges: schedules/symbolic.py).
+    # Off, kernels of run-time shapes (NonZero, a Resize of computed size) stay as they are.
+    symbolic: bool = False
 
     @property
     def accumulators(self) -> int:
@@ -333,9 +336,10 @@ def schedule_injective(sch: Schedule, rv, info: CpuInfo, parallel: bool = True) 
         return
     extents = [const_int(sch.get(lp).extent) for lp in loops]
     if any(e is None for e in extents):
-        from graphopt.targets.cpu.schedules.symbolic import schedule_injective_symbolic
+        if info.symbolic:
+            from graphopt.targets.cpu.schedules.symbolic import schedule_injective_symbolic
 
-        schedule_injective_symbolic(sch, rv, info, parallel)
+            schedule_injective_symbolic(sch, rv, info, parallel)
         return
     total = 1
     for e in extents:

@@ -26,6 +26,8 @@ def schedule_elementwise(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> b
         return False
     if not simple_structure(sch, views):
         return False
+    if not info.symbolic and any(None in v.extents() for v in views):
+        return False  # run-time shapes outside a symbolic build: left as they are
     for v in views[:-1]:
         try:
             sch.compute_inline(v.rv)

@@ -132,7 +132,7 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
 
     Symbolic M or N (a sequence length) are padded to whole tiles like odd ones; decisions
     that need their size take symbolic.NOMINAL_EXTENT; K is then never blocked."""
-    found = single_reduction(sch, matmul_shape, symbolic=True)
+    found = single_reduction(sch, matmul_shape, symbolic=info.symbolic)
     if found is None:
         return False
     _views, mm, shape, producers, consumers, ext = found
