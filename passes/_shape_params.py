@@ -14,18 +14,25 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from graphopt import _tvm
+
 
 def inline_shape_params(mod: tvm.IRModule, functions: set[str]) -> tvm.IRModule:
-    """Group functions (by name) called with ShapeExpr arguments get them bound inside."""
+    """Group functions (by name) called with ShapeExpr arguments get them bound inside (the
+    same shape at every call: one group function serves every layer)."""
     bound: dict[tvm.ir.GlobalVar, list[int]] = {}
     updates = {}
     for gv, func in mod.functions.items():
         if gv.name_hint not in functions or not isinstance(func, relax.Function):
             continue
         calls = _calls_to(mod, gv)
-        if len(calls) != 1:
+        if not calls:
             continue
-        positions = _inlinable(func, calls[0])
+        positions = [
+            i
+            for i in _inlinable(func, calls[0])
+            if all(_tvm.structural_equal(c.args[i], calls[0].args[i]) for c in calls[1:])
+        ]
         if positions:
             binding = {func.params[i]: calls[0].args[i] for i in positions}
             updates[gv] = func.bind_params(binding)
