@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune bench-prune-accuracy lint clean
+.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune bench-prune-accuracy bench-shapes lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-prune: $(BENCH_STAMP)
 ## (writes bench/results/prune_accuracy.*).
 bench-prune-accuracy: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_prune_accuracy
+
+## Symbolic shapes: one build for every size vs static builds and onnxruntime (bench/results/shapes.*).
+bench-shapes: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_shapes
 
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt passes targets tests bench

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .artifact_dims import dim_ranges, dims_problems, shape_problems, spec_dims_problem
 from .errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
@@ -34,13 +35,16 @@ HEX = frozenset("0123456789abcdef")
 
 @dataclass(frozen=True)
 class IOSpec:
+    """An input or output; a symbolic dim is a str (its name, range in the manifest's `dims`)."""
+
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
     dtype: str
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> IOSpec:
-        return IOSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+        shape = tuple(x if isinstance(x, str) else int(x) for x in d["shape"])
+        return IOSpec(str(d["name"]), shape, str(d["dtype"]))
 
 
 class Artifact:
@@ -51,6 +55,7 @@ class Artifact:
         self.manifest = read_manifest(self.directory)
         self.inputs = [IOSpec.from_json(d) for d in self.manifest["inputs"]]
         self.outputs = [IOSpec.from_json(d) for d in self.manifest["outputs"]]
+        self.dims = dim_ranges(self.manifest)
         self._vm: Any = None
 
     @property
@@ -79,6 +84,12 @@ class Artifact:
         log = self.directory / NATIVE_LOG
         return log if os.access(log, os.W_OK) else None
 
+    def example_sizes(self) -> dict[str, int]:
+        """A size inside each symbolic dim's range, for random inputs (bench, report)."""
+        from .inputs import SYMBOLIC_SIZE
+
+        return {n: max(lo, min(hi, SYMBOLIC_SIZE)) for n, (lo, hi) in self.dims.items()}
+
     def device(self) -> Any:
         """The device the manifest's target names (`target.device`; artifacts without it: cpu)."""
         import tvm.runtime
@@ -92,12 +103,13 @@ class Artifact:
             ) from err
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
-        """Arrays in declaration order; one InputError lists every problem found."""
+        """Arrays in declaration order; one InputError lists every problem found (a symbolic
+        dim must be within its range and the same on every input that has it)."""
         problems = []
         expected = {s.name for s in self.inputs}
         for name in sorted(set(inputs) - expected):
             problems.append(f"unknown input '{name}'")
-        arrays = []
+        arrays, sizes = [], {}  # sizes: symbolic dim -> the size these inputs give it
         for spec in self.inputs:
             if spec.name not in inputs:
                 problems.append(f"missing input '{spec.name}' {_fmt(spec)}")
@@ -105,10 +117,7 @@ class Artifact:
             arr = np.asarray(inputs[spec.name])
             if arr.dtype != np.dtype(spec.dtype):
                 problems.append(f"input '{spec.name}' has dtype {arr.dtype}, expected {spec.dtype}")
-            if tuple(arr.shape) != spec.shape:
-                problems.append(
-                    f"input '{spec.name}' has shape {list(arr.shape)}, expected {list(spec.shape)}"
-                )
+            problems += shape_problems(spec, tuple(arr.shape), self.dims, sizes)
             arrays.append(np.asarray(arr, order="C"))  # ascontiguousarray makes 0-d 1-d
         if problems:
             raise InputError("; ".join(problems))
@@ -199,20 +208,27 @@ def _schema_problems(manifest: Mapping[str, Any]) -> list[str]:
         if not isinstance(specs, list):
             problems.append(f"'{key}' must be a list")
             continue
-        problems += [f"{key}[{i}]: {p}" for i, s in enumerate(specs) if (p := _spec_problem(s))]
+        dims = manifest.get("dims") if isinstance(manifest.get("dims"), dict) else {}
+        problems += [
+            f"{key}[{i}]: {p}"
+            for i, s in enumerate(specs)
+            if (p := _spec_problem(s, dims, key == "outputs"))
+        ]
+    problems += dims_problems(manifest)
     if isinstance(manifest.get("outputs"), list) and not manifest["outputs"]:
         problems.append("'outputs' is empty")
     return problems
 
 
-def _spec_problem(spec: Any) -> str | None:
+def _spec_problem(spec: Any, dims: Mapping[str, Any], output: bool) -> str | None:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         return "must be an object with a string 'name'"
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list):
         return "'shape' must be a list of non-negative integers"
+    problem = spec_dims_problem(shape, dims, output)
+    if problem:
+        return problem
     try:
         np.dtype(spec.get("dtype"))
     except TypeError:
@@ -280,7 +296,7 @@ def load(directory: str | Path) -> Artifact:
 
 
 def _fmt(spec: IOSpec) -> str:
-    return f"{spec.dtype}{list(spec.shape)}"
+    return f"{spec.dtype}[{', '.join(str(d) for d in spec.shape)}]"
 
 
 # --------------------------------------------------------------------------------------------

@@ -489,7 +489,11 @@ def _bench_remote(args: argparse.Namespace) -> int:
     from .tuning.rpc import TrackerAddress, remote_latency
 
     art = load(args.artifact)
-    inputs = load_npz(args.inputs, art.inputs) if args.inputs else random_inputs(art.inputs)
+    inputs = (
+        load_npz(args.inputs, art.inputs)
+        if args.inputs
+        else random_inputs(art.inputs, sizes=art.example_sizes())
+    )
     tracker = TrackerAddress.parse(args.rpc)
     samples = remote_latency(
         Path(args.artifact), tracker, _require_key(args), inputs, runs=args.runs
@@ -699,7 +703,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=DIMS",
-        help="static shape for an input, e.g. input=1,3,224,224 (repeatable)",
+        help="shape for an input, e.g. input=1,3,224,224; a dim may be a range 1..512 or "
+        "a named one seq:1..512 (symbolic: one build for every size; docs/SHAPES.md) "
+        "(repeatable)",
     )
 
 

@@ -23,7 +23,7 @@ from . import __version__, _tvm
 from .artifact import FORMAT, LIBRARY, MANIFEST, Artifact, AtomicDirectory, writable_parent
 from .build import evaluate, run_stages, stage_passes, tvm_compile, vm_runner
 from .compress import CompressionContext, CompressionPlan, default_methods, split_for_compression
-from .errors import PipelineError
+from .errors import PipelineError, SymbolicShapeError
 from .frontend import ImportedModel, import_onnx
 from .inputs import random_inputs
 from .instrument import VerifyEach
@@ -120,6 +120,7 @@ def compile_model(
     start = time.perf_counter()
     imported = import_onnx(model, opts.input_shapes, progress=job.say)
     job.timed("import", start)
+    _check_symbolic(imported, job)
     mod = _graph_and_compression(imported, job)
     executable = _build_within_budget(mod, job)
     for plan in job.plans:
@@ -144,13 +145,33 @@ def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
     return job
 
 
+def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
+    """Symbolic dims build for x86 without compression; anything else is one line, before
+    any work (quantization calibrates and scores at one static shape; the ARM and CUDA
+    runners read static shapes)."""
+    if not imported.dims:
+        return
+    names = ", ".join(f"{n}:{lo}..{hi}" for n, (lo, hi) in imported.dims.items())
+    example = imported.example_inputs()[0]
+    pin = f"--input-shape {example.name}={','.join(str(d) for d in example.shape)}"
+    if job.opts.compression:
+        raise SymbolicShapeError(
+            f"--quantize needs static input shapes, got symbolic dims {names}: pin them ({pin})"
+        )
+    if job.target.name != "x86":
+        raise SymbolicShapeError(
+            f"symbolic dims ({names}) build for the x86 target only, not {job.target.name}: "
+            f"pin them ({pin})"
+        )
+
+
 def _graph_and_compression(imported: ImportedModel, job: _Compilation) -> tvm.IRModule:
     """Graph passes with the compression methods run between the passes that keep layers
     visible and those that fuse them (compress/__init__.py: split_for_compression)."""
     mod = imported.mod
     job.report["ops_after_import"] = _tvm.op_counts(mod)
     if job.opts.verify_each:
-        arrays = list(random_inputs(imported.inputs).values())
+        arrays = list(random_inputs(imported.example_inputs()).values())
         job.verifier = VerifyEach(lambda m: evaluate(m, arrays), rtol=job.opts.verify_rtol)
         job.verifier.start(mod)
         job.instruments.append(job.verifier)
@@ -322,6 +343,7 @@ def _manifest(imported: ImportedModel, model: Any, job: _Compilation) -> dict[st
         "format": FORMAT,
         "library": LIBRARY,
         "inputs": [s.to_json() for s in imported.inputs],
+        "dims": {name: {"min": lo, "max": hi} for name, (lo, hi) in imported.dims.items()},
         "outputs": [s.to_json() for s in imported.outputs],
         "target": {
             "name": target.name,

@@ -21,6 +21,10 @@ class DynamicShapeError(GraphoptError):
     """An input has a dynamic dimension and no --input-shape was given for it."""
 
 
+class SymbolicShapeError(GraphoptError):
+    """A feature that needs static input shapes was asked for with symbolic (range) dims."""
+
+
 class PipelineError(GraphoptError):
     """Unknown pass, unknown option, or malformed pipeline text."""
 

@@ -17,22 +17,32 @@ from .errors import InputError
 
 class Spec(Protocol):
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]  # a str: a symbolic dim's name
     dtype: str
 
 
-def random_inputs(specs: Sequence[Spec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs: normal floats; integers in {0, 1} (valid ids, masks and indices)."""
+# The size of a symbolic dim in random inputs when no size is given for it.
+SYMBOLIC_SIZE = 16
+
+
+def random_inputs(
+    specs: Sequence[Spec], seed: int = 0, sizes: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Deterministic inputs: normal floats; integers in {0, 1} (valid ids, masks and indices).
+    A symbolic dim takes its size from `sizes`, else SYMBOLIC_SIZE."""
     rng = np.random.default_rng(seed)
     out = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
+        shape = tuple(
+            (sizes or {}).get(d, SYMBOLIC_SIZE) if isinstance(d, str) else d for d in spec.shape
+        )
         if dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":
-            out[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
+            out[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            out[spec.name] = rng.integers(0, 2, spec.shape).astype(dtype)
+            out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
     return out
 
 
@@ -121,12 +131,18 @@ def _check_headers(path: Path, headers: Sequence[_Header], specs: Sequence[Spec]
         spec = want.get(h.name)
         if spec is not None and h.dtype != np.dtype(spec.dtype):
             problems.append(f"input '{h.name}' has dtype {h.dtype}, expected {spec.dtype}")
-        if spec is not None and h.shape != tuple(spec.shape):
-            problems.append(
-                f"input '{h.name}' has shape {list(h.shape)}, expected {list(spec.shape)}"
-            )
+        if spec is not None and not _shape_fits(h.shape, spec.shape):
+            want = ", ".join(str(d) for d in spec.shape)
+            problems.append(f"input '{h.name}' has shape {list(h.shape)}, expected [{want}]")
     if problems:
         raise InputError(f"{path}: " + "; ".join(problems))
+
+
+def _shape_fits(shape: tuple[int, ...], spec: Sequence[int | str]) -> bool:
+    """Rank and static dims; a symbolic dim's range is the artifact's check (artifact_dims)."""
+    return len(shape) == len(spec) and all(
+        isinstance(d, str) or h == d for h, d in zip(shape, spec)
+    )
 
 
 def _read_array(archive: zipfile.ZipFile, member: str) -> np.ndarray:

@@ -114,7 +114,7 @@ def compare(
     """Run artifact and onnxruntime side by side: numbers, accuracy, interleaved latency."""
     say = progress or (lambda _m: None)
     session = ort_session(onnx_path)
-    feeds = inputs or random_inputs(artifact.inputs)
+    feeds = inputs or random_inputs(artifact.inputs, sizes=artifact.example_sizes())
     check_same_interface(session, feeds)
     got = artifact.run(feeds)
     try:

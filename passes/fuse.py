@@ -31,6 +31,7 @@ from tvm import relax
 from graphopt import _tvm
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _fusion_patterns as fp
+from graphopt.passes._shape_params import inline_shape_params
 
 FAMILIES = ("conv_act", "matmul_gelu", "matmul_bias", "layer_norm", "attention", "parallel_matmul")
 _PATTERNS = {  # families that group bindings with FuseOpsByPattern, in priority order
@@ -119,6 +120,10 @@ class Fuse(GraphPass):
             new = relax.transform.FuseOpsByPattern(
                 patterns, bind_constants=False, annotate_codegen=False, entry_functions=entries
             )(new)
+            groups = {gv.name_hint for gv, f in new.functions.items() if _sealed(f)}
+            new = inline_shape_params(
+                new, groups
+            )  # symbolic reshape targets: passes/_shape_params.py
         if stats["layer_norm"] or stats["parallel_matmul"]:
             new = relax.transform.DeadCodeElimination(entries)(new)
 

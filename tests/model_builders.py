@@ -129,8 +129,9 @@ def _value_info(name: str, shape: Sequence[int | str], elem=FLOAT) -> onnx.Value
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
-def cnn(seed: int = 0) -> onnx.ModelProto:
-    """(a) Conv+bias, BatchNormalization, Relu, MaxPool (twice), GlobalAveragePool, Gemm."""
+def cnn(seed: int = 0, batch: int | str = 1, size: int | str = 16) -> onnx.ModelProto:
+    """(a) Conv+bias, BatchNormalization, Relu, MaxPool (twice), GlobalAveragePool, Gemm.
+    `batch` and `size` (height and width) may be dim_param names (symbolic)."""
     g = GraphBuilder(seed)
     h = g.op("Relu", [g.batch_norm(g.conv("x", 3, 8, 3, pad=1), 8)])
     h = g.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
@@ -138,7 +139,8 @@ def cnn(seed: int = 0) -> onnx.ModelProto:
     h = g.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
     h = g.op("Flatten", [g.op("GlobalAveragePool", [h])], axis=1)
     logits = g.op("Gemm", [h, g.weight([10, 16], 0.25), g.weight([10], 0.1, "b")], transB=1)
-    return g.model([_value_info("x", [1, 3, 16, 16])], [("logits", logits, [1, 10])], "cnn")
+    x = _value_info("x", [batch, 3, size, size])
+    return g.model([x], [("logits", logits, [batch, 10])], "cnn")
 
 
 def mobilenet_block(seed: int = 1) -> onnx.ModelProto:
@@ -168,14 +170,17 @@ def mlp(seed: int = 2) -> onnx.ModelProto:
 TRANSFORMER = {"batch": 1, "seq": 8, "dim": 32, "heads": 4, "ffn": 64}
 
 
-def transformer_block(seed: int = 3) -> onnx.ModelProto:
+def transformer_block(seed: int = 3, seq: int | str | None = None) -> onnx.ModelProto:
     """(d) Pre-norm transformer block: LayerNormalization, multi-head self-attention with an
     additive mask input, residual adds, Erf-GELU feed-forward. Two outputs: the block's output
-    `y` and the attention probabilities `attn`."""
+    `y` and the attention probabilities `attn`. `seq` a name: a symbolic sequence length (the
+    reshapes then copy dims with 0, as exporters write them)."""
     g = GraphBuilder(seed)
     b, s, d, nh, ffn = (TRANSFORMER[k] for k in ("batch", "seq", "dim", "heads", "ffn"))
+    s = s if seq is None else seq
     hd = d // nh
-    heads_shape = g.const([b, s, nh, hd], "heads_shape", np.int64)
+    lead = [0, 0] if isinstance(s, str) else [b, s]
+    heads_shape = g.const([*lead, nh, hd], "heads_shape", np.int64)
 
     def to_heads(t: str, perm: list[int]) -> str:
         return g.op("Transpose", [g.op("Reshape", [t, heads_shape])], perm=perm)
@@ -187,7 +192,7 @@ def transformer_block(seed: int = 3) -> onnx.ModelProto:
     scores = g.op("Mul", [g.op("MatMul", [q, k_t]), g.const(np.float32(1.0 / math.sqrt(hd)))])
     probs = g.op("Softmax", [g.op("Add", [scores, "mask"])], axis=-1)
     ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-    ctx = g.op("Reshape", [ctx, g.const([b, s, -1], "merge_shape", np.int64)])
+    ctx = g.op("Reshape", [ctx, g.const([*lead, -1], "merge_shape", np.int64)])
     x1 = g.op("Add", ["x", g.linear(ctx, d, d)])
     ff = g.linear(g.gelu_erf(g.linear(g.layer_norm(x1, d), d, ffn)), ffn, d)
     y = g.op("Add", [x1, ff])

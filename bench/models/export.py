@@ -146,6 +146,33 @@ def build_minilm():
     return SentenceEmbedder(bert).eval()
 
 
+def build_minilm_dynamic():
+    """all-MiniLM-L6-v2 as `build_minilm`, exported for any sequence length (bench_shapes).
+
+    The 0/1 mask enters BERT as the 4-D additive mask it builds from it itself; given the 2-D
+    mask, transformers' mask construction exports as index arithmetic (Range, Gather, nested
+    Reshapes) that loses the link to the input's sequence dim in TVM's importer.
+    """
+    import torch
+
+    bert = build_minilm().bert
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            m = attention_mask.to(torch.float32)
+            additive = (1.0 - m[:, None, None, :]) * torch.finfo(torch.float32).min
+            tokens = self.bert(input_ids=input_ids, attention_mask=additive)[0]
+            mask = m.unsqueeze(-1)
+            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2.0, dim=1)
+
+    return SentenceEmbedder().eval()
+
+
 def _image_example():
     import torch
 
@@ -166,6 +193,18 @@ MODELS: dict[str, tuple[Callable, Callable, list[str], list[str]]] = {
     "mobilenet_v2": (build_mobilenet_v2, _image_example, ["input"], ["logits"]),
     "efficientnet_lite0": (build_efficientnet_lite0, _image_example, ["input"], ["logits"]),
     "minilm": (build_minilm, _text_example, ["input_ids", "attention_mask"], ["embedding"]),
+    "minilm_dynamic": (
+        build_minilm_dynamic,
+        _text_example,
+        ["input_ids", "attention_mask"],
+        ["embedding"],
+    ),
+    "mobilenet_v2_dynamic": (build_mobilenet_v2, _image_example, ["input"], ["logits"]),
+}
+# Symbolic axes of the *_dynamic exports (bench/bench_shapes.py, docs/SHAPES.md).
+DYNAMIC_AXES = {
+    "minilm_dynamic": {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}},
+    "mobilenet_v2_dynamic": {"input": {0: "batch"}, "logits": {0: "batch"}},
 }
 
 
@@ -178,7 +217,7 @@ def model_path(name: str, cache: str | os.PathLike | None = None) -> Path:
 
 def _torch_export(name: str, dest: Path) -> None:
     build, example, inputs, outputs = MODELS[name]
-    torch_export(build, example, inputs, outputs, dest)
+    torch_export(build, example, inputs, outputs, dest, dynamic_axes=DYNAMIC_AXES.get(name))
 
 
 def torch_export(
@@ -188,6 +227,7 @@ def torch_export(
     outputs: list[str],
     dest: Path,
     opset: int = OPSET,
+    dynamic_axes: dict | None = None,
 ) -> None:
     """Export with the TorchScript exporter into a temp file, then rename: never a half file."""
     import onnx
@@ -208,6 +248,7 @@ def torch_export(
                 output_names=outputs,
                 opset_version=opset,
                 dynamo=False,
+                dynamic_axes=dynamic_axes,
             )
         onnx.checker.check_model(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is meant to be shared

@@ -13,6 +13,7 @@ from tvm import relax
 
 from ..errors import GraphoptError
 from .cleanup import clean_for_import
+from .dims import SymDim
 from .empty_inputs import fold_empty_inputs
 from .expand import expand_functions
 from .int4_dq import rewrite_blocked_int4
@@ -20,9 +21,17 @@ from .load import load_model
 from .quantized import rewrite_quantized
 from .shapes import TensorSpec, input_specs, make_static, output_specs, parse_shape_arg
 from .support import check_supported, converted_op_types
+from .symbolic import converting, example_spec, symbolic_shape_dict, with_dim_bounds
 from .validate import check_shapes, check_structure
 
-__all__ = ["ImportedModel", "import_onnx", "parse_shape_arg", "TensorSpec"]
+__all__ = [
+    "ImportedModel",
+    "SymDim",
+    "TensorSpec",
+    "example_spec",
+    "import_onnx",
+    "parse_shape_arg",
+]
 
 
 class ImportFailure(GraphoptError):
@@ -40,11 +49,17 @@ class ImportedModel:
     sha256: str
     seconds: dict[str, float] = field(default_factory=dict)
     onnx_nodes: int = 0
+    # Symbolic input dims: name -> (min, max); empty for a static model.
+    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def example_inputs(self) -> list[TensorSpec]:
+        """The inputs with every symbolic dim at a concrete size inside its range."""
+        return [example_spec(s, self.dims) for s in self.inputs]
 
 
 def import_onnx(
     source: str | Path | onnx.ModelProto,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[int | SymDim | str]] | None = None,
     *,
     cleanup: bool = True,
     progress: Callable[[str], None] | None = None,
@@ -64,7 +79,7 @@ def import_onnx(
     nodes_in = len(model.graph.node)
     say(f"import: loaded {nodes_in} ONNX nodes (opset {_opset(model)})")
     check_structure(model)
-    model = make_static(model, dict(input_shapes or {}))
+    model, dims = make_static(model, dict(input_shapes or {}))
     model = fold_empty_inputs(model)
     model = _guarded("ONNX rewrite of quantized operators", rewrite_quantized, model)
     model = _guarded("ONNX rewrite of blocked int4 weights", rewrite_blocked_int4, model)
@@ -81,15 +96,17 @@ def import_onnx(
     try:
         from .importer import from_onnx
 
-        mod = from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs})
+        with converting(dims):
+            mod = from_onnx(model, shape_dict=symbolic_shape_dict(inputs, dims))
     except GraphoptError:
         raise
     except Exception as err:  # noqa: BLE001 - importer errors become one readable line
         raise ImportFailure(f"TVM's ONNX importer failed: {_first_line(err)}") from err
     lap("convert")
     outputs = _relax_output_specs(mod, output_specs(model))
+    mod = with_dim_bounds(mod, dims)
     say(f"import: Relax module ready ({sum(seconds.values()):.1f}s)")
-    return ImportedModel(mod, model, inputs, outputs, sha, seconds, nodes_in)
+    return ImportedModel(mod, model, inputs, outputs, sha, seconds, nodes_in, dims)
 
 
 def _expand(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -125,10 +142,15 @@ def _relax_output_specs(mod: tvm.IRModule, onnx_outputs: list[TensorSpec]) -> li
     for spec, sinfo in zip(onnx_outputs, fields):
         if isinstance(sinfo, relax.TensorType) and sinfo.shape is not None:
             try:
-                shape = tuple(int(d) for d in sinfo.shape.values)
+                shape = tuple(_dim_text(d) for d in sinfo.shape.values)
             except (TypeError, AttributeError):
                 shape = spec.shape
             specs.append(TensorSpec(spec.name, shape, str(sinfo.dtype)))
         else:
             specs.append(spec)
     return specs
+
+
+def _dim_text(dim) -> int | str:
+    """A static dim as an int, a symbolic one as its expression (`seq`, `seq * 2`)."""
+    return int(dim) if isinstance(dim, tvm.tirx.IntImm) else str(dim)

@@ -27,7 +27,7 @@ from typing import Any
 import tvm
 
 from ..compiler import CompileOptions, graph_pipeline_text
-from ..errors import GraphoptError
+from ..errors import GraphoptError, SymbolicShapeError
 from ..frontend import import_onnx
 from ..pipeline import instantiate, parse_pipeline, run_passes
 from ..progress import Meter
@@ -108,6 +108,11 @@ def kernels_to_tune(model: Any, opts: CompileOptions, progress=None) -> tuple[Ta
     graph_passes = instantiate(parse_pipeline(graph_pipeline_text(opts)))
     legalize = instantiate(parse_pipeline(",".join(target.stages()["legalize"])))
     imported = import_onnx(model, opts.input_shapes, progress=progress)
+    if imported.dims:
+        raise SymbolicShapeError(
+            f"tune needs static input shapes, got symbolic dims {', '.join(imported.dims)}: "
+            "tune at the size that matters with --input-shape"
+        )
     mod = run_passes(imported.mod, graph_passes, stage="graph")
     with target.tvm_target():
         mod = run_passes(mod, legalize, stage="legalize")

@@ -8,7 +8,7 @@ chooses among the candidates computed for every axis. Constant operands stay on 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from . import converter
 from ._util import i64, is_const, select_by_axis, static_shape, to_shape, tvm_convert
@@ -137,9 +137,23 @@ def shape_of_dynamic(bb, op, inputs, attrs, opset):
     x = inputs[0]
     if not isinstance(x.ty, relax.TensorType) or static_shape(x) is not None or x.ty.ndim < 0:
         return None
+    if _input_symbolic(x.ty.shape):
+        return None  # a shape in the model's input symbols: TVM's ShapeExpr keeps it symbolic
     rank = int(x.ty.ndim)
     start, end = attrs.get("start", 0), attrs.get("end", rank)
     start, end = max(min(start % rank if start < 0 else start, rank), 0), end
     end = max(min(end + rank if end < 0 else end, rank), 0)
     dims = bb.normalize(relax.op.shape_to_tensor(relax.op.shape_of(x)))
     return relax.op.strided_slice(dims, [0], [start], [max(end, start)])
+
+
+def _input_symbolic(shape) -> bool:
+    """Every dim an integer or an expression of the input symbols (--input-shape ranges):
+    TVM's converters fold such ShapeExprs into symbolic shapes (Expand, Reshape, Slice)."""
+    from ..symbolic import INPUT_SYMBOLS
+
+    symbols = INPUT_SYMBOLS.get()
+    if shape is None or not symbols or not isinstance(shape, relax.ShapeExpr):
+        return False
+    names = {v.name for d in shape.values for v in tirx.analysis.undefined_vars(d)}
+    return bool(names) and names <= symbols

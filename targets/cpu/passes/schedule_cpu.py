@@ -70,9 +70,10 @@ class ScheduleCpu(GraphPass):
             return PassResult(mod, False, stats)
         check_rule_names("schedule-cpu", self.options.rules, tuple(rules.RULES))
         enabled = set(self.options.rules or rules.RULES)
+        upper = _upper_bounds(mod)
         done, stats, self.errors = schedule_kernels(
             mod,
-            lambda func: rules.schedule_func(func, info, target, enabled),
+            lambda func: rules.schedule_func(func, info, target, enabled, upper),
             rules.RULES,
             rules.SCHEDULED_ATTR,
         )
@@ -83,6 +84,14 @@ class ScheduleCpu(GraphPass):
         if any(o.prepack for o in done.values()):
             new, stats["prepacked_weights"] = _split_prepack(new, self.options.prepack)
         return PassResult(new, True, stats)
+
+
+def _upper_bounds(mod: tvm.IRModule) -> dict[str, int]:
+    """Symbolic dim -> largest size, from `main`'s tir_var_upper_bound (graphopt.frontend)."""
+    main = next((f for g, f in mod.functions.items() if g.name_hint == "main"), None)
+    attrs = getattr(main, "attrs", None)
+    bounds = attrs.get("tir_var_upper_bound") if attrs is not None else None
+    return {str(k): int(v) for k, v in (bounds or {}).items()}
 
 
 def _split_prepack(mod: tvm.IRModule, fold: bool) -> tuple[tvm.IRModule, int]:

@@ -32,9 +32,13 @@ the rules share (CpuInfo, IR helpers, injective scheduling, tile writer) is in c
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 from tvm import tirx
 from tvm.s_tir import Schedule
 
+from graphopt.targets.cpu.schedules import replay, symbolic
 from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,
@@ -60,34 +64,81 @@ RULES = tuple(rule.name for rule in REGISTRY)
 
 
 def schedule_func(
-    func: tirx.PrimFunc, info: CpuInfo, target, enabled: set[str] | None = None
+    func: tirx.PrimFunc,
+    info: CpuInfo,
+    target,
+    enabled: set[str] | None = None,
+    upper_bounds: Mapping[str, int] | None = None,
 ) -> Outcome:
     """Try the registry's rules in order on one PrimFunc; the first that applies wins.
 
     `schedule-cpu` (compile) and `graphopt tune` (its default-schedule baseline) both call
     this, so both see the same schedule for every kernel. A rule whose `apply` raises is
     dropped (its half-done schedule with it) and the next one tried, so the result is always
-    either a complete schedule or the function exactly as it was.
+    either a complete schedule or the function exactly as it was. In a build with symbolic
+    input dims (`upper_bounds`: symbolic dim -> largest size, from --input-shape ranges) a
+    function with symbolic extents is scheduled for them (symbolic.py, replay.py).
     """
-    errors: list[str] = []
+    if upper_bounds and replay.symbolic_vars(func):
+        info = dataclasses.replace(info, symbolic=True)
+        outcome = _schedule_symbolic(func, info, target, enabled, upper_bounds)
+        if outcome is not None:
+            return outcome
+    return _first_rule(func, info, target, enabled, lambda rule: _direct(rule, func, info, target))
+
+
+def _direct(rule: ScheduleRule, func, info, target):
+    if not rule.applies(func, info):
+        return None
+    prepared = rule.prepare(func)
+    sch = Schedule(prepared)
+    done = rule.apply(sch, prepared, info, target)
+    if isinstance(done, Schedule):
+        sch, done = done, True
+    return sch if done else None
+
+
+def _first_rule(func, info, target, enabled, attempt, errors=None) -> Outcome:
+    """The first enabled rule whose `attempt(rule)` returns a schedule."""
+    errors = errors if errors is not None else []
     for rule in REGISTRY:
         if enabled is not None and rule.name not in enabled:
             continue
         try:
-            if not rule.applies(func, info):
-                continue
-            prepared = rule.prepare(func)
-            sch = Schedule(prepared)
-            done = rule.apply(sch, prepared, info, target)
+            sch = attempt(rule)
         except Exception as err:  # noqa: BLE001 - any schedule error: drop this rule
             lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
             errors.append(f"{rule.name}: {lines[-1] if lines else type(err).__name__}")
             continue
-        if isinstance(done, Schedule):
-            sch, done = done, True
-        if done:
+        if sch is not None:
             blocks = sch.get_child_blocks(sch.get_sblock("root"))
             prepack = any(PREPACK_ATTR in sch.get(b).annotations for b in blocks)
             new = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
             return Outcome(rule.name, new, errors, prepack)
     return Outcome(None, func, errors)
+
+
+def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
+    """The rule the nominal-size copy gets, natively (NATIVE rules) or by replaying its
+    schedule; None where neither works (the rules then try the symbolic function as it is)."""
+    try:
+        static = replay.specialize(func, replay.nominal_sizes(func, upper))
+    except Exception:  # noqa: BLE001 - a signature specialize cannot bind: no replay
+        return None
+    if static is None:
+        return None
+    errors: list[str] = []
+
+    def attempt(rule: ScheduleRule):
+        if not rule.applies(static, info):
+            return None
+        if rule.name in replay.NATIVE:
+            return _direct(rule, func, info, target)
+        if rule.name == "reduction":
+            sch = Schedule(func)
+            if symbolic.schedule_rows(sch, info):
+                return sch
+        return replay.replay(rule, static, func, info, target)
+
+    outcome = _first_rule(func, info, target, enabled, attempt, errors)
+    return outcome if outcome.rule is not None else None

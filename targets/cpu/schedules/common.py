@@ -40,6 +40,9 @@ class CpuInfo:
     # Per-core L2 the blocking plans for. LLVM targets do not say; 1 MiB is Zen 4/5's, and
     # the smallest among recent server cores (Intel: 2 MiB; Cortex-A72 boards: 1 MiB shared).
     l2_bytes: int = 1 << 20
+    # Schedule symbolic extents (a build with --input-shape ranges: schedules/symbolic.py).
+    # Off, kernels of run-time shapes (NonZero, a Resize of computed size) stay as they are.
+    symbolic: bool = False
 
     @property
     def accumulators(self) -> int:
@@ -333,6 +336,10 @@ def schedule_injective(sch: Schedule, rv, info: CpuInfo, parallel: bool = True) 
         return
     extents = [const_int(sch.get(lp).extent) for lp in loops]
     if any(e is None for e in extents):
+        if info.symbolic:
+            from graphopt.targets.cpu.schedules.symbolic import schedule_injective_symbolic
+
+            schedule_injective_symbolic(sch, rv, info, parallel)
         return
     total = 1
     for e in extents:
@@ -399,8 +406,9 @@ def _split_epilogue(
     return views[:idx], views[idx + 1 :]
 
 
-def single_reduction(sch: Schedule, shape_of):
-    """The one reduction block with spatial-only producers/consumers and static extents.
+def single_reduction(sch: Schedule, shape_of, symbolic: bool = False):
+    """The one reduction block with spatial-only producers/consumers and static extents
+    (`symbolic`: symbolic extents allowed, as None in the extents returned).
 
     Returns (views, block, shape, producers, consumers, extents), or None when the function
     has another structure (the rule then does not apply).
@@ -419,7 +427,7 @@ def single_reduction(sch: Schedule, shape_of):
     if not all(v.is_spatial for v in producers + consumers):
         return None
     ext = block.extents()
-    if any(e is None for e in ext):
+    if not symbolic and any(e is None for e in ext):
         return None
     return views, block, shape, producers, consumers, ext
 
@@ -475,10 +483,14 @@ def mark_prepack(sch: Schedule, pack, func: tirx.PrimFunc) -> None:
 
     `relax.transform.SplitLayoutRewritePreproc` then moves it into its own function called
     from Relax, and FoldConstant packs constant weights once at compile time instead of on
-    every call (the mechanism MetaSchedule's RewriteLayout uses).
+    every call (the mechanism MetaSchedule's RewriteLayout uses). A buffer of symbolic shape
+    (a run-time activation) is packed in place: SplitLayoutRewritePreproc rejects it.
     """
     block = sch.get(pack)
-    if len(block.reads) == 1 and any(block.reads[0].source.same_as(p) for p in func.params):
+    source = block.reads[0].source if len(block.reads) == 1 else None
+    if source is None or any(const_int(d) is None for d in source.ty.shape):
+        return
+    if any(source.same_as(p) for p in func.params):
         sch.annotate(pack, PREPACK_ATTR, True)
 
 

@@ -1,7 +1,8 @@
 """Rule `elementwise`: functions of spatial blocks only.
 
 Everything inlined into the last block (what cannot be stays separate), contiguous loops
-fused, vectorized, parallel; pads become a zero fill plus an unconditional copy.
+fused, vectorized, parallel (symbolic extents: symbolic.py); pads become a zero fill plus an
+unconditional copy.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ def schedule_elementwise(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> b
     views = root_blocks(sch)
     if not views or not all(v.is_spatial for v in views):
         return False
-    if not simple_structure(sch, views) or any(None in v.extents() for v in views):
-        return False  # symbolic shapes: left as they are
+    if not simple_structure(sch, views):
+        return False
+    if not info.symbolic and any(None in v.extents() for v in views):
+        return False  # run-time shapes outside a symbolic build: left as they are
     for v in views[:-1]:
         try:
             sch.compute_inline(v.rv)

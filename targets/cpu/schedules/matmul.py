@@ -37,6 +37,7 @@ from graphopt.targets.cpu.schedules.common import (
     single_reduction,
     tile_writer,
 )
+from graphopt.targets.cpu.schedules.symbolic import nominal
 
 
 @dataclass
@@ -127,20 +128,29 @@ def _pick_rows(m: int, mr_max: int) -> tuple[int, bool]:
 
 
 def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
-    """Rule `matmul`: pad odd M / N, pack B into panels, then tile for the registers."""
-    found = single_reduction(sch, matmul_shape)
+    """Rule `matmul`: pad odd M / N, pack B into panels, then tile for the registers.
+
+    Symbolic M or N (a sequence length) are padded to whole tiles like odd ones; decisions
+    that need their size take symbolic.NOMINAL_EXTENT; K is then never blocked."""
+    found = single_reduction(sch, matmul_shape, symbolic=info.symbolic)
     if found is None:
         return False
     _views, mm, shape, producers, consumers, ext = found
-    m, n = product(ext[p] for p in shape.rows), ext[shape.col]
-    batch = product(ext[p] for p in shape.batch)
+    symbolic = [p for p, e in enumerate(ext) if e is None]
+    sizes = nominal(ext)
+    m, n = product(sizes[p] for p in shape.rows), sizes[shape.col]
+    batch = product(sizes[p] for p in shape.batch)
     b_param = _reads_param(func, sch.get(mm.rv).reads[shape.b_index].source)
     nr, n_pad = _pick_cols(n, m, info.lanes, b_param)
+    if shape.col in symbolic:
+        nr = n_pad = 2 * info.lanes
     n_regs = -(-nr // info.lanes)
     mr_max = max(1, info.accumulators // n_regs)
     # Several row axes (e.g. [batch, seq] x weight) are fused; padding the innermost one to a
     # multiple of mr makes the fused count one too.
     mr, pad_rows = _pick_rows(m, mr_max)
+    if any(p in symbolic for p in shape.rows):
+        mr, pad_rows = mr_max, True
 
     for p in producers:
         schedule_injective(sch, p.rv, info)
@@ -154,7 +164,9 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
     pad_blocks: list[BlockView] = []
     if any(p > 1 for p in padding):
         mm, consumers, pad_blocks = _pad_tiles(sch, mm, consumers, padding)
-        ext = mm.extents()
+        if pad_rows and shape.red in symbolic:
+            pad_blocks = _inline_a_pad(sch, mm, shape, pad_blocks)
+        ext = nominal(mm.extents())
         m, n = product(ext[p] for p in shape.rows), ext[shape.col]
 
     out_rv = tile_writer(sch, mm.rv, consumers, info)
@@ -166,12 +178,12 @@ def schedule_matmul(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo) -> bool:
             schedule_injective(sch, v.rv, info)
 
     # 3. Tile for the registers, with K blocked when B outgrows L2.
-    sizes = (batch, m, n, ext[shape.red])
-    kc = _k_block(sizes[3], m, mr, info) if shape.rows else None
+    sizes = (batch, m, n, sizes[shape.red])
+    kc = _k_block(sizes[3], m, mr, info) if shape.rows and not symbolic else None
     if kc is not None:
         _tile_k_blocked(sch, mm.rv, out_rv, shape, sizes, mr, nr, kc, info)
     else:
-        _tile(sch, mm.rv, out_rv, shape, sizes, mr, nr)
+        _tile(sch, mm.rv, out_rv, shape, sizes, mr, nr, shape.col in symbolic)
     return True
 
 
@@ -217,6 +229,21 @@ def _pad_tiles(sch: Schedule, mm: BlockView, consumers: list[BlockView], padding
     return mm, consumers, pad_blocks
 
 
+def _inline_a_pad(sch: Schedule, mm: BlockView, shape: MatmulShape, pad_blocks):
+    """Read A through its padding condition instead of copying it padded, where K is
+    symbolic too: that copy is a loop with symbolic divisions per element (12 x seq x seq for
+    the attention's P V). With a static K the copy is cheap and the condition is not (2x
+    slower dense layers), so A is copied there."""
+    a_buf = sch.get(mm.rv).reads[shape.a_index].source
+    kept = []
+    for v in pad_blocks:
+        if v.block.writes[0].source.same_as(a_buf):
+            sch.compute_inline(v.rv)
+        else:
+            kept.append(v)
+    return kept
+
+
 def _pack_b(sch, func, mm_rv, shape: MatmulShape, nr, reused, pad_blocks, info) -> None:
     """Pack B into `[j // nr, k, j % nr]` panels so each column tile streams B sequentially."""
     # Done when enough rows reuse B (`reused`: 16 rows, or B a parameter, i.e. a weight:
@@ -243,7 +270,7 @@ def _pack_b(sch, func, mm_rv, shape: MatmulShape, nr, reused, pad_blocks, info) 
     schedule_injective(sch, pack, info)
 
 
-def _tile(sch, mm_rv, out_rv, shape: MatmulShape, sizes, mr, nr) -> None:
+def _tile(sch, mm_rv, out_rv, shape: MatmulShape, sizes, mr, nr, symbolic_n=False) -> None:
     """Keep an mr x nr tile of accumulators in registers over all of K (B fits L2)."""
     # [batch] x [rows / mr] x [cols / nc] (parallel) x [nc / nr] x k x mr x nr; the epilogue
     # runs per tile, from the accumulators.
@@ -257,7 +284,7 @@ def _tile(sch, mm_rv, out_rv, shape: MatmulShape, sizes, mr, nr) -> None:
         ro, ri = sch.split(row, [None, mr])
     else:
         ro = ri = None
-    panel = _panel_cols(n, nr)
+    panel = nr if symbolic_n else _panel_cols(n, nr)
     co, cm, ci = sch.split(col_loop, [None, panel // nr, nr])
     order = [*batch_loops, co] + ([ro] if ro is not None else []) + [cm, red_loop]
     order += ([ri] if ri is not None else []) + [ci]

@@ -1,0 +1,227 @@
+"""Symbolic input shapes, side by side: one graphopt build for every size (a range), a static
+graphopt build per size, and onnxruntime, at each size.
+
+    python -m bench.bench_shapes [--models minilm,mobilenet_v2] [--rounds N] [--runs N]
+
+MiniLM (all-MiniLM-L6-v2, exported with a symbolic sequence length) at 16/32/128/384 tokens,
+compiled once with `--input-shape input_ids=1,1..512`; MobileNetV2 (symbolic batch) at batch
+1 and 8, compiled once with `--input-shape input=1..8,3,224,224`. Each static build pins the
+same ONNX file to one size (`input_ids=1,128`). All builds -O2, untuned. Outputs of both builds
+are checked against onnxruntime at every size. Timing: one runtime per process
+(bench/shapes_worker.py), processes alternated A B C C B A for `--rounds` rounds, each warm-up
+then `--runs` runs; medians over all runs, and the median of the per-round ratios. Writes
+bench/results/shapes.{json,md} with the machine, versions and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.shapes_worker import feeds
+from bench.writing import write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+CONTESTANTS = ("graphopt_dynamic", "graphopt_static", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Case:
+    export: str  # bench/models/export.py name
+    kind: str  # shapes_worker input kind
+    input: str
+    dynamic: str  # --input-shape dims of the one symbolic build
+    static: str  # the same with {n} for a static build's size
+    sizes: tuple[int, ...]
+
+
+CASES = {
+    "minilm": Case("minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384)),
+    "mobilenet_v2": Case(
+        "mobilenet_v2_dynamic", "image", "input", "1..8,3,224,224", "{n},3,224,224", (1, 8)
+    ),
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def compile_builds(name: str, case: Case, work: Path) -> dict[str, Any]:
+    """The symbolic build and one static build per size; compile seconds of each."""
+    import graphopt
+    from bench.models.export import export
+    from graphopt.frontend import parse_shape_arg
+
+    onnx_path = export(case.export)
+    builds: dict[str, Any] = {"onnx": str(onnx_path), "static": {}, "compile_s": {}}
+    plan = [("dynamic", case.dynamic)] + [(n, case.static.format(n=n)) for n in case.sizes]
+    for key, dims in plan:
+        out = work / f"{name}-{key}"
+        _say(f"[{name}] compile --input-shape {case.input}={dims} (load {_load()})")
+        start = time.perf_counter()
+        graphopt.compile(
+            onnx_path,
+            out,
+            opt_level=2,
+            input_shapes=dict([parse_shape_arg(f"{case.input}={dims}")]),
+        )
+        builds["compile_s"][str(key)] = round(time.perf_counter() - start, 1)
+        if key == "dynamic":
+            builds["dynamic"] = str(out)
+        else:
+            builds["static"][str(key)] = str(out)
+    return builds
+
+
+def check_outputs(case: Case, builds: dict[str, Any]) -> dict[str, Any]:
+    """Max abs error against onnxruntime of both builds at every size (and MiniLM's cosine)."""
+    import graphopt
+    from graphopt.reference import ort_session
+
+    session = ort_session(builds["onnx"])
+    dynamic = graphopt.load(builds["dynamic"])
+    out: dict[str, Any] = {}
+    for n in case.sizes:
+        feed = feeds(case.kind, n)
+        ref = session.run(None, feed)[0]
+        row = {}
+        for key, art in (("dynamic", dynamic), ("static", graphopt.load(builds["static"][str(n)]))):
+            got = next(iter(art.run(feed).values()))
+            row[f"{key}_max_abs_error"] = float(np.abs(got - ref).max())
+        out[str(n)] = row
+    return out
+
+
+def _one_process(runtime: str, model: str, case: Case, size: int, runs: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.shapes_worker", runtime, model, case.kind]
+    cmd += [str(size), str(runs), "3"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_size(case: Case, builds: dict[str, Any], size: int, rounds: int, runs: int) -> dict:
+    """One process per contestant, alternated A B C C B A; pooled and per-round medians."""
+    procs = {
+        "graphopt_dynamic": ("graphopt", builds["dynamic"]),
+        "graphopt_static": ("graphopt", builds["static"][str(size)]),
+        "onnxruntime": ("onnxruntime", builds["onnx"]),
+    }
+    pooled: dict[str, list[float]] = {n: [] for n in procs}
+    per_round: dict[str, list[float]] = {n: [] for n in procs}
+    for r in range(rounds):
+        for name in CONTESTANTS if r % 2 == 0 else CONTESTANTS[::-1]:
+            got = _one_process(*procs[name], case, size, runs)
+            pooled[name] += got["ms"]
+            per_round[name].append(float(np.median(got["ms"])))
+    row: dict[str, Any] = {
+        n: {"median_ms": round(float(np.median(pooled[n])), 3), "round_medians_ms": per_round[n]}
+        for n in procs
+    }
+    for base in ("graphopt_static", "onnxruntime"):
+        pairs = [a / b for a, b in zip(per_round["graphopt_dynamic"], per_round[base])]
+        row[f"dynamic_vs_{base}"] = round(float(np.median(pairs)), 2)
+    pairs = [a / b for a, b in zip(per_round["graphopt_static"], per_round["onnxruntime"])]
+    row["static_vs_onnxruntime"] = round(float(np.median(pairs)), 2)
+    return row
+
+
+def bench_case(name: str, case: Case, work: Path, rounds: int, runs: int) -> dict[str, Any]:
+    builds = compile_builds(name, case, work)
+    result: dict[str, Any] = {
+        "model": name,
+        "onnx": case.export,
+        "input_shape": f"{case.input}={case.dynamic}",
+        "compile_s": builds["compile_s"],
+        "accuracy_vs_onnxruntime": check_outputs(case, builds),
+        "sizes": {},
+    }
+    for n in case.sizes:
+        load = _load()
+        _say(f"[{name}] size {n}: timing {rounds} rounds x {runs} runs (load {load})")
+        result["sizes"][str(n)] = {"load_before": load, **time_size(case, builds, n, rounds, runs)}
+    return result
+
+
+def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    header = [
+        "model",
+        "size",
+        "onnxruntime ms",
+        "graphopt static ms",
+        "graphopt dynamic ms",
+        "dynamic / static",
+        "dynamic / onnxruntime",
+        "static / onnxruntime",
+        "max abs error (dynamic)",
+        "load",
+    ]
+    rows = []
+    for r in results:
+        unit = "tokens" if r["model"] == "minilm" else "batch"
+        for n, s in r["sizes"].items():
+            err = r["accuracy_vs_onnxruntime"][n]["dynamic_max_abs_error"]
+            rows.append(
+                [
+                    r["model"],
+                    f"{n} {unit}",
+                    f"{s['onnxruntime']['median_ms']:.2f}",
+                    f"{s['graphopt_static']['median_ms']:.2f}",
+                    f"{s['graphopt_dynamic']['median_ms']:.2f}",
+                    f"{s['dynamic_vs_graphopt_static']:.2f}x",
+                    f"{s['dynamic_vs_onnxruntime']:.2f}x",
+                    f"{s['static_vs_onnxruntime']:.2f}x",
+                    f"{err:.1e}",
+                    s["load_before"].split()[0],
+                ]
+            )
+    from graphopt.tables import format_table
+
+    builds = ", ".join(f"{r['model']}: `--input-shape {r['input_shape']}`" for r in results)
+    return (
+        "# Symbolic shapes: one build for every size\n\n"
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads per "
+        f"runtime; {machine['date']}. Dynamic builds: {builds}; static builds pin each size. "
+        "Times are medians over every run of every round; ratios are medians of per-round "
+        "ratios (lower is faster). Load is the 1-minute load average before each size.\n\n"
+        + format_table(header, rows)
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args(argv)
+    from graphopt.machine import machine_info
+
+    machine = machine_info()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-shapes-") as tmp:
+        for name in args.models.split(","):
+            results.append(bench_case(name, CASES[name], Path(tmp), args.rounds, args.runs))
+    data = {"machine": machine, "load_after": _load(), "results": results}
+    write_results(RESULTS, "shapes", data, markdown(results, machine))
+    print(markdown(results, machine))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Kernels with symbolic extents: scheduled at a nominal size, the schedule replayed.
+
+Most rules decide from static extents (conv tiles, window widths, reduction splits). For a
+kernel whose symbolic dims are outer ones (a CNN's batch, a sequence), the function is
+specialized at a nominal size (each symbolic dim at min(upper bound, NOMINAL_EXTENT)), the
+rules schedule that static copy, and the schedule's trace is replayed on the symbolic
+function. Every schedule primitive keeps the numbers, so a replay that succeeds is correct
+at every size; splits planned for the nominal size get a guard on the others. The rules that
+handle symbolic extents themselves (matmul pads symbolic M/N to whole tiles, elementwise)
+schedule the symbolic function directly. A replay that fails leaves the rules on the
+symbolic function as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from graphopt.targets.cpu.schedules.symbolic import NOMINAL_EXTENT
+
+# Rules that schedule symbolic extents directly (symbolic.py, matmul.py).
+NATIVE = ("matmul", "elementwise")
+
+
+def symbolic_vars(func: tirx.PrimFunc) -> list[tirx.Var]:
+    """The symbolic dims of the function's buffer parameters, in order of appearance."""
+    found: dict[str, tirx.Var] = {}
+    for param in func.params:
+        shape = getattr(param.ty, "shape", None) or []
+        for dim in shape:
+            for var in tirx.analysis.undefined_vars(dim):
+                found.setdefault(var.name, var)
+    return list(found.values())
+
+
+def specialize(func: tirx.PrimFunc, sizes: Mapping[str, int]) -> tirx.PrimFunc | None:
+    """The function with each symbolic dim at its size, through buffers of static shape
+    (PrimFunc.specialize binds the dims from the buffers); None when a shape is an
+    expression of the dims rather than a dim itself."""
+    binds = {}
+    for param in func.params:
+        shape = getattr(param.ty, "shape", None)
+        if shape is None or all(isinstance(d, tirx.IntImm) for d in shape):
+            continue
+        if not all(isinstance(d, (tirx.IntImm, tirx.Var)) for d in shape):
+            return None
+        static = [
+            tirx.IntImm("int64", sizes[d.name]) if isinstance(d, tirx.Var) else d for d in shape
+        ]
+        binds[param] = tirx.decl_buffer(
+            static,
+            param.ty.dtype,
+            param.name,
+            data=param.data,
+            elem_offset=param.elem_offset,
+            data_alignment=param.data_alignment,
+            offset_factor=param.offset_factor,
+        )
+    return func.specialize(binds) if binds else None
+
+
+def nominal_sizes(func: tirx.PrimFunc, upper: Mapping[str, int]) -> dict[str, int]:
+    """Each symbolic dim at min(its upper bound, NOMINAL_EXTENT)."""
+    return {
+        v.name: min(int(upper.get(v.name, NOMINAL_EXTENT)), NOMINAL_EXTENT)
+        for v in symbolic_vars(func)
+    }
+
+
+def replay(rule, static: tirx.PrimFunc, func: tirx.PrimFunc, info, target) -> Schedule:
+    """`rule` scheduled on the static copy, its trace replayed on the symbolic function
+    (raises where the rule or the replay fails)."""
+    prepared = rule.prepare(static)
+    sch = Schedule(prepared)
+    done = rule.apply(sch, prepared, info, target)
+    if isinstance(done, Schedule):
+        sch, done = done, True
+    if not done:
+        raise ValueError("does not apply at the nominal size")
+    target_sch = Schedule(rule.prepare(func))
+    sch.trace.apply_to_schedule(target_sch, remove_postproc=True)
+    check_lowers(target_sch.mod["main"], target)
+    return target_sch
+
+
+def check_lowers(func: tirx.PrimFunc, target) -> None:
+    """Raise where TIR lowering fails on the replayed schedule: a split planned for the
+    nominal size can leave a guard over fused symbolic loops that the iterator analysis of
+    lowering cannot prove (a padded image of symbolic height and width), which would fail
+    the whole build rather than this one rule."""
+    func = func.with_attr("global_symbol", "symbolic_check")
+    tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
