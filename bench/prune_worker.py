@@ -13,11 +13,11 @@ runs in its own virtual environment.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 import numpy as np
+
+from bench.worker import time_calls
 
 
 def _runner(runtime: str, model: str, threads: int, feed: np.ndarray):
@@ -46,15 +46,7 @@ def main(argv: list[str]) -> int:
     runtime, model, runs, warmup, threads = argv[0], argv[1], *map(int, argv[2:5])
     feed = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     run = _runner(runtime, model, threads, feed)
-    for _ in range(warmup):
-        run()
-    ms, cpu_ms = [], []
-    for _ in range(runs):
-        start, cpu = time.perf_counter(), time.process_time()
-        run()
-        ms.append((time.perf_counter() - start) * 1000.0)
-        cpu_ms.append((time.process_time() - cpu) * 1000.0)
-    print(json.dumps({"ms": ms, "cpu_ms": cpu_ms}))
+    print(time_calls(run, runs, warmup))
     return 0
 
 

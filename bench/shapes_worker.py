@@ -10,11 +10,11 @@ one JSON line: {"ms": [wall ms per run], "cpu_ms": [process CPU ms per run]}.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 import numpy as np
+
+from bench.worker import time_calls
 
 
 def feeds(kind: str, size: int) -> dict[str, np.ndarray]:
@@ -45,15 +45,7 @@ def main(argv: list[str]) -> int:
     runtime, model, kind = argv[:3]
     size, runs, warmup = map(int, argv[3:6])
     run = _runner(runtime, model, feeds(kind, size))
-    for _ in range(warmup):
-        run()
-    ms, cpu_ms = [], []
-    for _ in range(runs):
-        start, cpu = time.perf_counter(), time.process_time()
-        run()
-        ms.append((time.perf_counter() - start) * 1000.0)
-        cpu_ms.append((time.process_time() - cpu) * 1000.0)
-    print(json.dumps({"ms": ms, "cpu_ms": cpu_ms}))
+    print(time_calls(run, runs, warmup))
     return 0
 
 
