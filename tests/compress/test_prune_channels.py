@@ -99,8 +99,9 @@ def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return ort_run(session, {"x": x})["y"]
 
 
-def _apply(mod, tmp_path, name: str, keep, weight, bias):
-    """prune-channels with a hand-made plan for one region."""
+def _apply(mod, tmp_path, keep, weight, bias):
+    """prune-channels with a hand-made plan for the model's one region."""
+    name = find_regions(mod)[0].name
     plan = {f"{name}.keep": keep, f"{name}.weight": weight, f"{name}.bias": bias}
     np.savez(tmp_path / "p.npz", **plan)
     return run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
@@ -126,11 +127,7 @@ def test_rewrite_computes_the_plan_ffn(tmp_path):
     rng = np.random.default_rng(2)
     w_new = rng.standard_normal((len(keep), D)).astype(np.float32)
     bias = rng.standard_normal(D).astype(np.float32)
-    name = find_regions(mod)[0].name
-    np.savez(
-        tmp_path / "p.npz", **{f"{name}.keep": keep, f"{name}.weight": w_new, f"{name}.bias": bias}
-    )
-    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    out = _apply(mod, tmp_path, keep, w_new, bias)
     w = _weights(model)
     x = rng.standard_normal((1, 16, D)).astype(np.float32)
     g = _gelu(x @ w["w1"][:, keep] + w["b1"][keep])
@@ -145,11 +142,7 @@ def test_rewrite_computes_the_plan_conv(tmp_path):
     rng = np.random.default_rng(3)
     w_new = rng.standard_normal((len(keep), C)).astype(np.float32) / 5
     bias = rng.standard_normal(C).astype(np.float32)
-    name = find_regions(mod)[0].name
-    np.savez(
-        tmp_path / "p.npz", **{f"{name}.keep": keep, f"{name}.weight": w_new, f"{name}.bias": bias}
-    )
-    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    out = _apply(mod, tmp_path, keep, w_new, bias)
     w = _weights(model)
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from graphopt import _tvm
+from graphopt.errors import PipelineError
+
 
 def swap_kernels(mod: tvm.IRModule, built: dict, mutator) -> tvm.IRModule:
     """`mod` with every Relax function rewritten by `mutator` (whose builder emits the target
@@ -31,3 +34,14 @@ def portable_entry(call: relax.Call, built: dict):
     """`built`'s entry when `call` is a call_tir of a portable kernel it replaces, else None."""
     is_call_tir = isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"
     return built.get(call.args[0]) if is_call_tir else None
+
+
+def packed_constants(stage: str, call: relax.Call, consts: list, pack) -> list[relax.Expr]:
+    """The kernel's constant operands packed by `pack` for the target kernel; a one-line
+    error naming `stage` when an earlier pass turned one into something else."""
+    if not all(isinstance(a, tvm.ir.GenericConst) for a in consts):
+        raise PipelineError(
+            f"{stage}: the constants of {call.args[0].name_hint} are no longer constants; "
+            "cannot pack them"
+        )
+    return [relax.const(c) for c in pack([_tvm.constant_value(a) for a in consts])]

@@ -12,12 +12,16 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.int4_ops import spec_of
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int4 import materialize as M
-from graphopt.targets.cpu.passes._swap import add_kernels, portable_entry, swap_kernels
+from graphopt.targets.cpu.passes._swap import (
+    add_kernels,
+    packed_constants,
+    portable_entry,
+    swap_kernels,
+)
 
 
 @register_pass
@@ -58,14 +62,12 @@ class _Materialize(relax.PyExprMutator):
             return call
         _func, pack = entry
         x, *consts = list(call.args[1].fields)
-        if len(consts) != M.CONSTANTS or not all(
-            isinstance(a, tvm.ir.GenericConst) for a in consts
-        ):
+        if len(consts) != M.CONSTANTS:
             raise PipelineError(
-                f"materialize-int4: the constants of {call.args[0].name_hint} are no longer "
-                "constants; cannot pack them"
+                f"materialize-int4: {call.args[0].name_hint} takes {len(consts)} constants, "
+                f"not {M.CONSTANTS}"
             )
-        packed = pack([_tvm.constant_value(a) for a in consts])
+        packed = packed_constants("materialize-int4", call, consts, pack)
         self.calls += 1
-        args = relax.Tuple([x, *(relax.const(c) for c in packed)])
+        args = relax.Tuple([x, *packed])
         return relax.call_tir(self.renamed[call.args[0]], args, call.ty)

@@ -24,7 +24,12 @@ from graphopt.int8_ops import recipe_of
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import materialize as M
-from graphopt.targets.cpu.passes._swap import add_kernels, portable_entry, swap_kernels
+from graphopt.targets.cpu.passes._swap import (
+    add_kernels,
+    packed_constants,
+    portable_entry,
+    swap_kernels,
+)
 
 
 @register_pass
@@ -91,13 +96,7 @@ class _Materialize(relax.PyExprMutator):
         args = list(call.args[1].fields)
         first = M.input_count(recipe)
         consts = args[first : first + M.constant_count(recipe)]
-        if not all(isinstance(a, tvm.ir.GenericConst) for a in consts):
-            raise PipelineError(
-                f"materialize-int8: the constants of {call.args[0].name_hint} are no longer "
-                "constants; cannot pack them"
-            )
-        packed = pack([_tvm.constant_value(a) for a in consts])
-        rest = args[first + len(consts) :]
-        new_args = [*args[:first], *(relax.const(c) for c in packed), *rest]
+        packed = packed_constants("materialize-int8", call, consts, pack)
+        new_args = [*args[:first], *packed, *args[first + len(consts) :]]
         self.calls += 1
         return relax.call_tir(self.renamed[call.args[0]], relax.Tuple(new_args), call.ty)
