@@ -130,7 +130,7 @@ def _prune_method(args: argparse.Namespace):
             bias_correction=args.prune_bias_correction,
             sequential=args.prune_sequential,
             pull=args.prune_pull,
-            skip=tuple(filter(None, (args.prune_skip or "").split(","))),
+            skip=_layer_list(args.prune_skip),
             max_drop=args.max_drop if alone else None,
             eval_data=args.eval if alone else None,
             metric=_metric_name(args.quant_metric),
@@ -172,7 +172,7 @@ def _int4_method(args: argparse.Namespace):
         act_order=args.int4_act_order,
         scale_dtype=args.int4_scale_dtype,
         embedding_group=args.int4_embedding_group,
-        skip=tuple(filter(None, (args.int4_skip or "").split(","))),
+        skip=_layer_list(args.int4_skip),
         awq=args.int4_awq,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
@@ -181,6 +181,11 @@ def _int4_method(args: argparse.Namespace):
     )
     check_options(options)  # before the import: a bad flag costs nothing
     return Int4(options)
+
+
+def _layer_list(text: str | None) -> tuple[str, ...]:
+    """Layer names from a comma-separated flag (`matmul_3,conv2d_0`)."""
+    return tuple(filter(None, (text or "").split(",")))
 
 
 def _metric_name(flag: str) -> str:
