@@ -308,27 +308,38 @@ def attention_patterns() -> list[FusionPattern]:
     head split (reshape, transpose) that feeds Q, K or V and the head merge (transpose,
     reshape) after the output go into the group too: the kernel then reads the projections and
     writes the merged heads in place, instead of separate transpose kernels around it.
+    Also the casts ToMixedPrecision puts between these ops (fp16 / bf16 matmuls with fp32
+    results, an fp32 softmax, a constant scale cast to 16 bits), so a GPU target that fuses
+    after its mixed-precision pass finds the same group.
     """
 
     def operand() -> DFPattern:
         w = wildcard()
         heads = _op("permute_dims")(_op("reshape")(w, wildcard())) | _op("permute_dims")(w)
         base = heads | w
-        return _scaled(base) | base
+        return _cast(_scaled(base) | base)
 
-    scores = _op("matmul")(operand(), operand())
-    scaled = _scaled(scores) | scores
+    scores = _cast(_op("matmul")(operand(), operand()))
+    scaled = _cast(_scaled(scores)) | scores
     masked = _op("add")(scaled, wildcard()) | scaled
     probs = _op("nn.softmax")(masked)
-    guarded = _op("where")(_op("isnan")(probs), is_const(), probs) | probs
-    out = _op("matmul")(guarded, operand())
+    guarded = _cast(_op("where")(_op("isnan")(probs), _constant(), probs) | probs)
+    out = _cast(_op("matmul")(guarded, operand()))
     merged = _op("permute_dims")(out)
     tails = [_op("reshape")(merged, wildcard()), merged, out]
     return [FusionPattern(f"{PREFIX}attention", t, check=check_attention) for t in tails]
 
 
+def _constant() -> DFPattern:
+    return is_const() | _op("astype")(is_const())
+
+
+def _cast(t: DFPattern) -> DFPattern:
+    return _op("astype")(t) | t
+
+
 def _scaled(t: DFPattern) -> DFPattern:
-    return _op("divide")(t, is_const()) | _op("multiply")(t, is_const())
+    return _op("divide")(t, _constant()) | _op("multiply")(t, _constant())
 
 
 def family_of(composite: str) -> str:

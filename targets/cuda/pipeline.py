@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graphopt.passes.fuse import FAMILIES
 from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
 
 # Importer pad kernels folded into the convs (fold-pad), optionally fp16 or bf16 (mixed-precision),
@@ -26,10 +27,15 @@ LEGALIZE_TAIL = [
 # precision= -> the mixed-precision pass that makes it (fp32: none).
 HALF_PASSES = {"fp16": "mixed-precision", "bf16": "mixed-precision{dtype=bfloat16}"}
 
+# `fuse` with its attention family alone: schedule-cuda's `attention` rule makes the group one
+# kernel at every -O level. After mixed-precision, which does not look into fused groups (a
+# group fused before it would stay fp32), and before FuseOps, which would split it up.
+ATTENTION_FUSE = "fuse{" + ",".join(f"{f}=false" for f in FAMILIES if f != "attention") + "}"
+
 
 def legalize_stage(precision: str) -> list[str]:
     half = [HALF_PASSES[precision]] if precision in HALF_PASSES else []
-    return [*LEGALIZE_HEAD, *half, *LEGALIZE_TAIL]
+    return [*LEGALIZE_HEAD, *half, ATTENTION_FUSE, *LEGALIZE_TAIL]
 
 
 def schedule_stage(tuning_db: Path | None, rules: tuple[str, ...]) -> list[str]:

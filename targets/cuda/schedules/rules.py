@@ -1,6 +1,7 @@
 """The ordered GPU rules and `schedule_func`, which names the rule that scheduled a kernel.
 
-graphopt's rules come first where dlight is weak (few-tap windows such as depthwise convs,
+graphopt's rules come first where dlight is weak (the fused attention group, which dlight
+would split into per-block kernels of its own, few-tap windows such as depthwise convs,
 injective kernels, softmax and layer norm rows, bf16 tensor cores), then dlight's rules for
 the rest, in the order TVM's default CUDA pipeline uses, with Transpose before the Fallback.
 A dlight matmul that came out on tensor cores (wmma / mma intrinsics in the scheduled
@@ -16,6 +17,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
+from graphopt.targets.cuda.schedules.attention import schedule_attention
 from graphopt.targets.cuda.schedules.elementwise import schedule_elementwise
 from graphopt.targets.cuda.schedules.row_reduction import schedule_rows
 from graphopt.targets.cuda.schedules.tensorcore_bf16 import schedule_matmul_bf16
@@ -35,6 +37,7 @@ def _own(schedule) -> Apply:
 
 # name -> how to apply; graphopt's own first. The order is the order of trial.
 RULES: dict[str, Apply] = {
+    "attention": _own(schedule_attention),
     "window": _own(schedule_window),
     "elementwise": _own(schedule_elementwise),
     "softmax": _own(schedule_rows("softmax")),
@@ -47,7 +50,7 @@ RULES: dict[str, Apply] = {
     "transpose": _dlight(dlight.gpu.Transpose()),
     "fallback": _dlight(dlight.gpu.Fallback()),
 }
-OWN_RULES = ("window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
+OWN_RULES = ("attention", "window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
 # What the compile report can name besides RULES.
 REPORTED = (*RULES, "matmul-tensorcore")
 _TENSOR_CORE_SCOPES = ("wmma.matrix_a", "m16n8k8.matrixA", "m16n8k16.matrixA", "warp")
