@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
@@ -155,19 +156,46 @@ def _per_row(sch: s_tir.Schedule, blocks: AttentionBlocks, row, p: Plan, copies)
             _over_lanes(sch, loops[-1], p.lanes)
 
 
-def _cooperative(sch: s_tir.Schedule, copy, at, p: Plan) -> None:
-    """A tile copy at the thread-block loop, spread over all threads of the block."""
+def _cooperative(sch: s_tir.Schedule, copy, at, p: Plan, transposed: bool = False) -> None:
+    """A tile copy at the thread-block loop, spread over all threads of the block. K^T
+    (`transposed`): consecutive threads on the head dim, which is contiguous in the
+    projection it reads, and rows padded by one element so that those threads write to
+    different shared-memory banks."""
     sch.compute_at(copy, at, preserve_unit_loops=True)
     loops = list(sch.get_loops(copy))
     at_for = sch.get(at)
     inner = loops[[sch.get(lp).same_as(at_for) for lp in loops].index(True) + 1 :]
+    if transposed and len(inner) >= 2:
+        sch.reorder(inner[-1], inner[-2])
+        inner[-2:] = inner[-2:][::-1]
+        sch.storage_align(copy, 0, axis=len(inner) - 2, factor=32, offset=1)
     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
     _, ty, tx = sch.split(fused, [None, p.rows, p.lanes])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
 
 
-def _shared_allocated(func: tirx.PrimFunc) -> int:
+def _v_read(sch: s_tir.Schedule, blocks: AttentionBlocks, o_rv) -> int | None:
+    """Which read of the P.V block is V (its producers inlined: the projection, or V itself);
+    None when it is not one tensor (V then stays in global memory)."""
+    p_buf = sch.get(sch.get_sblock(blocks.probs.name)).writes[0].source
+    reads = sch.get(o_rv).reads
+    found = [i for i, r in enumerate(reads) if not r.source.same_as(p_buf) and len(r.region) > 1]
+    return found[0] if len(found) == 1 else None
+
+
+_COMPACT = [
+    s_tir.transform.LowerInitBlock(),
+    s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+    s_tir.transform.ConvertBlocksToOpaque(),
+    s_tir.transform.CompactBufferAllocation(),
+]
+
+
+def shared_allocated(func: tirx.PrimFunc) -> int:
+    """Bytes of shared memory the scheduled kernel allocates, after buffer compaction (what
+    lowering does: a tile copy allocates the region one thread block reads)."""
+    compact = tvm.transform.Sequential(_COMPACT)(tvm.IRModule({"main": func}))["main"]
     total: list[int] = []
 
     def visit(block: s_tir.SBlock) -> s_tir.SBlock:
@@ -179,7 +207,7 @@ def _shared_allocated(func: tirx.PrimFunc) -> int:
                 total.append(n)
         return block
 
-    tvm_ffi.structural_map(func.body, [(s_tir.SBlock, visit)])
+    tvm_ffi.structural_map(compact.body, [(s_tir.SBlock, visit)])
     return sum(total)
 
 
@@ -196,12 +224,12 @@ def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     copies = _stage(sch, blocks)
     bx, row = _rows(sch, blocks, p)
     _per_row(sch, blocks, row, p, copies)
+    _cooperative(sch, copies[0], bx, p, transposed=True)
     # V after the output matmul moved: a copy at the root would be a producer outside the row.
     o_rv = sch.get_sblock(blocks.output.view.name)
-    v_index = len(sch.get(o_rv).reads) - 1  # (P, V): V inlined to whatever it reads
-    copies.append(sch.cache_read(o_rv, v_index, "shared"))
-    for copy in copies:
-        _cooperative(sch, copy, bx, p)
-    if _shared_allocated(sch.mod["main"]) > SHARED_BYTES:
+    v_index = _v_read(sch, blocks, o_rv)
+    if v_index is not None:
+        _cooperative(sch, sch.cache_read(o_rv, v_index, "shared"), bx, p)
+    if shared_allocated(sch.mod["main"]) > SHARED_BYTES:
         return None  # tiles spanning more than one head
     return sch
