@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import tvm
@@ -119,9 +120,20 @@ def elementwise_kernels(mod: tvm.IRModule) -> frozenset[str]:
     )
 
 
-def check_attention(ctx) -> bool:
-    """Attention may also return its probabilities (models that output them)."""
+def check_attention(ctx, max_keys: int = 0) -> bool:
+    """Attention may also return its probabilities (models that output them). With
+    `max_keys`, only rows of a static length up to it (a target kernel's limit)."""
+    if max_keys and not _keys_at_most(ctx, max_keys):
+        return False
     return _group_is_closed(ctx, allow_extra_outputs=True)
+
+
+def _keys_at_most(ctx, max_keys: int) -> bool:
+    for value in ctx.matched_bindings.values():
+        if isinstance(value, relax.Call) and _op_name(value) == "relax.nn.softmax":
+            keys = _static(value.ty.shape.values[-1:])
+            return keys is not None and keys[0] <= max_keys
+    return False
 
 
 def _op_name(call: relax.Call) -> str:
@@ -299,7 +311,7 @@ def split_inputs(func: relax.Function) -> set:
     return found
 
 
-def attention_patterns() -> list[FusionPattern]:
+def attention_patterns(max_keys: int = 0) -> list[FusionPattern]:
     """matmul(Q, K^T) [* or / scale] [+ mask] -> softmax [-> NaN guard] -> matmul(., V).
 
     The variants exporters produce: the scale on the scores, or on Q and K each (PyTorch's
@@ -310,7 +322,7 @@ def attention_patterns() -> list[FusionPattern]:
     writes the merged heads in place, instead of separate transpose kernels around it.
     Also the casts ToMixedPrecision puts between these ops (fp16 / bf16 matmuls with fp32
     results, an fp32 softmax, a constant scale cast to 16 bits), so a GPU target that fuses
-    after its mixed-precision pass finds the same group.
+    after its mixed-precision pass finds the same group. `max_keys`: see `check_attention`.
     """
 
     def operand() -> DFPattern:
@@ -320,14 +332,15 @@ def attention_patterns() -> list[FusionPattern]:
         return _cast(_scaled(base) | base)
 
     scores = _cast(_op("matmul")(operand(), operand()))
-    scaled = _cast(_scaled(scores)) | scores
+    scaled = _cast(_scaled(scores) | scores)
     masked = _op("add")(scaled, wildcard()) | scaled
     probs = _op("nn.softmax")(masked)
     guarded = _cast(_op("where")(_op("isnan")(probs), _constant(), probs) | probs)
     out = _cast(_op("matmul")(guarded, operand()))
     merged = _op("permute_dims")(out)
     tails = [_op("reshape")(merged, wildcard()), merged, out]
-    return [FusionPattern(f"{PREFIX}attention", t, check=check_attention) for t in tails]
+    check = partial(check_attention, max_keys=max_keys)
+    return [FusionPattern(f"{PREFIX}attention", t, check=check) for t in tails]
 
 
 def _constant() -> DFPattern:

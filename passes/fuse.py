@@ -12,7 +12,7 @@ Families, each switchable by an option:
   matmul_bias      matmul + bias (+ single-op activation such as relu)
   layer_norm       mean/sub/pow/mean/add eps/sqrt/div (* gamma + beta) -> R.nn.layer_norm
   attention        matmul(Q, K^T) [scale] [+ mask] -> softmax -> matmul(., V), with the head
-                   transposes that feed it
+                   transposes that feed it (`attention_max_keys`: rows of at most so many keys)
   parallel_matmul  matmuls sharing an input (Q/K/V) -> one matmul on concatenated weights + split
                    (TVM's CombineParallelMatmul; run fold-constants afterwards to fold the concat)
 Conv and matmul groups also take one following elementwise op (a residual add, a gate multiply)
@@ -35,11 +35,11 @@ from graphopt.passes._shape_params import inline_shape_params
 
 FAMILIES = ("conv_act", "matmul_gelu", "matmul_bias", "layer_norm", "attention", "parallel_matmul")
 _PATTERNS = {  # families that group bindings with FuseOpsByPattern, in priority order
-    "attention": lambda mod: fp.attention_patterns(),
-    "parallel_matmul": lambda mod: fp.parallel_matmul_patterns(_split_inputs(mod)),
-    "conv_act": lambda mod: fp.conv_act_patterns(fp.elementwise_kernels(mod)),
-    "matmul_gelu": lambda mod: fp.matmul_gelu_patterns(),
-    "matmul_bias": lambda mod: fp.matmul_bias_patterns(),
+    "attention": lambda mod, o: fp.attention_patterns(o.attention_max_keys),
+    "parallel_matmul": lambda mod, o: fp.parallel_matmul_patterns(_split_inputs(mod)),
+    "conv_act": lambda mod, o: fp.conv_act_patterns(fp.elementwise_kernels(mod)),
+    "matmul_gelu": lambda mod, o: fp.matmul_gelu_patterns(),
+    "matmul_bias": lambda mod, o: fp.matmul_bias_patterns(),
 }
 # Functions the pass never looks into: groups it or another partitioner already made.
 _SEALED_ATTRS = ("Primitive", "Composite", "Codegen")
@@ -96,9 +96,16 @@ class Fuse(GraphPass):
         layer_norm: bool = True
         attention: bool = True
         parallel_matmul: bool = True
+        # Attention groups only where every row has at most this many keys, static (0: any);
+        # a target whose attention kernel has a limit sets it (CUDA: registers per lane).
+        attention_max_keys: int = 0
 
     def enabled(self) -> list[str]:
-        return [f.name for f in fields(self.options) if getattr(self.options, f.name)]
+        return [
+            f.name
+            for f in fields(self.options)
+            if f.name in FAMILIES and getattr(self.options, f.name)
+        ]
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         on = set(self.enabled())
@@ -114,7 +121,9 @@ class Fuse(GraphPass):
         if "layer_norm" in on:
             new, stats["layer_norm"] = self._declining("layer_norm", new, _rewrite_layer_norms)
 
-        patterns = [p for family, make in _PATTERNS.items() if family in on for p in make(new)]
+        patterns = [
+            p for family, make in _PATTERNS.items() if family in on for p in make(new, self.options)
+        ]
         entries = [gv.name_hint for gv, _ in _graph_functions(new)]
         if patterns and entries:
             new = relax.transform.FuseOpsByPattern(

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, tirx
 
@@ -47,3 +48,16 @@ def big_matmul(path) -> str:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, path)
     return str(path)
+
+
+def serial_threads(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Thread-bound loops become serial loops: a GPU schedule then runs on the CPU. Exact for
+    race-free schedules: cross-thread reductions become serial ones (another order), and a
+    shared or per-thread buffer, compacted over serial loops, holds what all threads held."""
+
+    def visit(loop: tirx.For) -> tirx.For:
+        if loop.thread_binding is None:
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.For, visit)]))

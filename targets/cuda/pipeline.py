@@ -7,6 +7,7 @@ from pathlib import Path
 
 from graphopt.passes.fuse import FAMILIES
 from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
+from graphopt.targets.cuda.schedules.attention import MAX_KEYS
 
 # Importer pad kernels folded into the convs (fold-pad), optionally fp16 or bf16 (mixed-precision),
 # then TVM's CUDA legalization without its dlight step: scheduling is its own stage.
@@ -27,10 +28,12 @@ LEGALIZE_TAIL = [
 # precision= -> the mixed-precision pass that makes it (fp32: none).
 HALF_PASSES = {"fp16": "mixed-precision", "bf16": "mixed-precision{dtype=bfloat16}"}
 
-# `fuse` with its attention family alone: schedule-cuda's `attention` rule makes the group one
-# kernel at every -O level. After mixed-precision, which does not look into fused groups (a
-# group fused before it would stay fp32), and before FuseOps, which would split it up.
-ATTENTION_FUSE = "fuse{" + ",".join(f"{f}=false" for f in FAMILIES if f != "attention") + "}"
+# `fuse` with its attention family alone, for rows the `attention` rule takes (static, at most
+# MAX_KEYS keys): the rule makes each group one kernel at every -O level. After
+# mixed-precision, which does not look into fused groups (a group fused before it would stay
+# fp32), and before FuseOps, which would split it up.
+_OFF = [f"{f}=false" for f in FAMILIES if f != "attention"]
+ATTENTION_FUSE = "fuse{" + ",".join([*_OFF, f"attention_max_keys={MAX_KEYS}"]) + "}"
 
 
 def legalize_stage(precision: str) -> list[str]:

@@ -16,11 +16,13 @@ scores go through global memory twice. Here one thread block takes `rows` query 
   accumulator dtype);
 - the head merge (transpose, reshape) and any cast are inlined into the output store.
 
-A group that also returns its probabilities writes them from the registers of the row, and the
-P.V step reads its shared copy. Recognized by block structure (`graphopt.attention_match`).
-Falls back (None, the next rules take the three kernels) for symbolic shapes, rows longer than
-MAX_KEYS keys, and tiles over the shared-memory budget (K^T and V of one head plus one row of
-probabilities per warp).
+A group that also returns its probabilities writes them from the same kernel (from their shared
+copy, or from the row's lanes where the graph casts them for P.V). Recognized by block
+structure (`graphopt.attention_match`). Tiles that do not fit the shared-memory budget stay in
+global memory (V first, then K^T: the rows of a block read them through the caches). Returns
+None for symbolic lengths and rows of more than MAX_KEYS keys (the next rules would take the
+group: dlight's Fallback, one slow kernel); the CUDA target's `fuse` does not make such groups
+(`attention_max_keys`), so they stay three kernels.
 """
 
 from __future__ import annotations
@@ -49,20 +51,24 @@ class Plan:
     head_dim: int
     lanes: int  # threads per row (a warp, or fewer for short rows and heads)
     rows: int  # query rows per block, one per `threadIdx.y`
+    k_shared: bool  # K^T tile in shared memory (else read from global memory, cached)
+    v_shared: bool  # V tile in shared memory
 
 
 def _bytes(load) -> int:
     return load.ty.dtype.bits // 8
 
 
-def shared_bytes(blocks: AttentionBlocks, plan: Plan) -> int:
-    """K^T and V tiles of one (batch, head) plus one probability row per warp."""
-    kv = plan.keys * plan.head_dim * (_bytes(blocks.scores.b) + _bytes(blocks.output.b))
-    return kv + plan.rows * plan.keys * _bytes(blocks.output.a)
+def shared_bytes(blocks: AttentionBlocks, p: Plan) -> int:
+    """The K^T tile (rows padded by one), the V tile, one probability row per warp."""
+    k = (p.keys + 1) * p.head_dim * _bytes(blocks.scores.b) if p.k_shared else 0
+    v = p.keys * p.head_dim * _bytes(blocks.output.b) if p.v_shared else 0
+    return k + v + p.rows * p.keys * _bytes(blocks.output.a)
 
 
 def plan(blocks: AttentionBlocks) -> Plan | None:
-    """Lanes and rows per block, or None for shapes the kernel does not take."""
+    """Lanes, rows per block and tiles in shared memory (both tiles, else K^T alone, else
+    neither, each with the most rows that fit), or None for shapes the kernel does not take."""
     scores, output = blocks.scores.view.extents(), blocks.output.view.extents()
     if any(e is None for e in (*scores, *output)):
         return None  # symbolic lengths
@@ -73,28 +79,32 @@ def plan(blocks: AttentionBlocks) -> Plan | None:
     lanes = 1
     while lanes < WARP and lanes < max(keys, head_dim):
         lanes *= 2
-    rows = max(d for d in range(1, BLOCK_THREADS // lanes + 1) if queries % d == 0)
-    while rows > 1:
-        if shared_bytes(blocks, Plan(keys, head_dim, lanes, rows)) <= SHARED_BYTES:
-            break
-        rows = max(d for d in range(1, rows) if queries % d == 0)
-    best = Plan(keys, head_dim, lanes, rows)
-    return best if shared_bytes(blocks, best) <= SHARED_BYTES else None
+    most = BLOCK_THREADS // lanes
+    rows = [d for d in range(min(most, queries), 0, -1) if queries % d == 0]
+    for tiles in ((True, True), (True, False), (False, False)):
+        for r in rows:
+            candidate = Plan(keys, head_dim, lanes, r, *tiles)
+            if shared_bytes(blocks, candidate) <= SHARED_BYTES:
+                return candidate
+    return None
 
 
 def _read_index(block: s_tir.SBlock, buf) -> int:
     return [r.source.same_as(buf) for r in block.reads].index(True)
 
 
-def _stage(sch: s_tir.Schedule, blocks: AttentionBlocks) -> list:
+def _stage(sch: s_tir.Schedule, blocks: AttentionBlocks, p: Plan) -> list:
     """A shared copy of K^T (the head split transposes inlined into it: it reads the
     projection in place, lanes then read consecutive keys), the probabilities in shared
     memory (through a shared cache and a write-back when they are also an output), every
-    other producer inlined. Returns the copies."""
+    other producer inlined; a P.V block that is the output accumulates in a register and
+    stores once. Returns the copies."""
     get = sch.get_sblock
-    scores, _output = blocks.scores, blocks.output
-    k_index = _read_index(scores.view.block, scores.b.source)
-    copies = [sch.cache_read(get(scores.view.name), k_index, "shared")]
+    scores = blocks.scores
+    copies = []
+    if p.k_shared:
+        k_index = _read_index(scores.view.block, scores.b.source)
+        copies.append(sch.cache_read(get(scores.view.name), k_index, "shared"))
     keep = {sch.get(rv).name_hint for rv in copies} | {
         blocks.scores.view.name, blocks.max.name, blocks.sum.name, blocks.probs.name,
         blocks.output.view.name, blocks.out.name, *(v.name for v in blocks.extras),
@@ -105,6 +115,8 @@ def _stage(sch: s_tir.Schedule, blocks: AttentionBlocks) -> list:
         keep.add(sch.get(back).name_hint)
     else:
         sch.set_scope(get(blocks.probs.name), 0, "shared")
+    if blocks.out.name == blocks.output.view.name:
+        keep.add(sch.get(sch.cache_write(get(blocks.out.name), 0, "local")).name_hint)
     for view in tb.root_blocks(sch):
         if view.name not in keep:
             sch.compute_inline(view.rv)
@@ -213,7 +225,7 @@ def shared_allocated(func: tirx.PrimFunc) -> int:
 
 def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     """One kernel for the fused attention group, or None when `func` is not one this rule
-    takes (the three-kernel path of the next rules then runs)."""
+    takes."""
     sch = s_tir.Schedule(func)
     blocks = match_attention(sch, func)
     if blocks is None:
@@ -221,13 +233,14 @@ def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     p = plan(blocks)
     if p is None:
         return None
-    copies = _stage(sch, blocks)
+    copies = _stage(sch, blocks, p)
     bx, row = _rows(sch, blocks, p)
     _per_row(sch, blocks, row, p, copies)
-    _cooperative(sch, copies[0], bx, p, transposed=True)
+    for copy in copies:
+        _cooperative(sch, copy, bx, p, transposed=True)
     # V after the output matmul moved: a copy at the root would be a producer outside the row.
     o_rv = sch.get_sblock(blocks.output.view.name)
-    v_index = _v_read(sch, blocks, o_rv)
+    v_index = _v_read(sch, blocks, o_rv) if p.v_shared else None
     if v_index is not None:
         _cooperative(sch, sch.cache_read(o_rv, v_index, "shared"), bx, p)
     if shared_allocated(sch.mod["main"]) > SHARED_BYTES:

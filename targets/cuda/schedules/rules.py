@@ -1,7 +1,7 @@
 """The ordered GPU rules and `schedule_func`, which names the rule that scheduled a kernel.
 
 graphopt's rules come first where dlight is weak (the fused attention group, which dlight
-would split into per-block kernels of its own, few-tap windows such as depthwise convs,
+leaves to its Fallback; few-tap windows such as depthwise convs,
 injective kernels, softmax and layer norm rows, bf16 tensor cores), then dlight's rules for
 the rest, in the order TVM's default CUDA pipeline uses, with Transpose before the Fallback.
 A dlight matmul that came out on tensor cores (wmma / mma intrinsics in the scheduled
