@@ -66,27 +66,29 @@ def shared_bytes(blocks: AttentionBlocks, p: Plan) -> int:
     return k + v + p.rows * p.keys * _bytes(blocks.output.a)
 
 
-def plan(blocks: AttentionBlocks) -> Plan | None:
-    """Lanes, rows per block and tiles in shared memory (both tiles, else K^T alone, else
-    neither, each with the most rows that fit), or None for shapes the kernel does not take."""
+def plans(blocks: AttentionBlocks) -> list[Plan]:
+    """Lanes, rows per block and tiles in shared memory, best first: both tiles, K^T alone,
+    neither, each with the most rows whose estimate fits (an estimate: inlining may change a
+    tile's dtype, so the schedule measures what it allocates). Empty for shapes the kernel
+    does not take."""
     scores, output = blocks.scores.view.extents(), blocks.output.view.extents()
     if any(e is None for e in (*scores, *output)):
-        return None  # symbolic lengths
+        return []  # symbolic lengths
     queries, keys = scores[-3], scores[-2]
     head_dim = output[-2]
     if keys > MAX_KEYS or output[-1] != keys:
-        return None
+        return []
     lanes = 1
     while lanes < WARP and lanes < max(keys, head_dim):
         lanes *= 2
     most = BLOCK_THREADS // lanes
     rows = [d for d in range(min(most, queries), 0, -1) if queries % d == 0]
+    found = []
     for tiles in ((True, True), (True, False), (False, False)):
-        for r in rows:
-            candidate = Plan(keys, head_dim, lanes, r, *tiles)
-            if shared_bytes(blocks, candidate) <= SHARED_BYTES:
-                return candidate
-    return None
+        fits = [Plan(keys, head_dim, lanes, r, *tiles) for r in rows]
+        fits = [p for p in fits if shared_bytes(blocks, p) <= SHARED_BYTES]
+        found += fits[:1]
+    return found
 
 
 def _read_index(block: s_tir.SBlock, buf) -> int:
@@ -124,11 +126,14 @@ def _stage(sch: s_tir.Schedule, blocks: AttentionBlocks, p: Plan) -> list:
 
 
 def _over_lanes(sch: s_tir.Schedule, loop, lanes: int, reduction: bool = False) -> None:
-    """Element t, t + lanes, ... of a row to lane t (`threadIdx.x`)."""
+    """Element t, t + lanes, ... of a row to lane t (`threadIdx.x`); a lane's elements
+    unrolled (at most MAX_KEYS / 32), so that its scores and accumulators are registers (nvcc
+    keeps an array in registers only where every index is a constant)."""
     serial, lane = sch.split(loop, [None, lanes])
     if reduction:
         sch.reorder(lane, serial)
     sch.bind(lane, "threadIdx.x")
+    sch.unroll(serial)
 
 
 def _rows(sch: s_tir.Schedule, blocks: AttentionBlocks, p: Plan):
@@ -223,16 +228,9 @@ def shared_allocated(func: tirx.PrimFunc) -> int:
     return sum(total)
 
 
-def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
-    """One kernel for the fused attention group, or None when `func` is not one this rule
-    takes."""
+def _schedule(func: tirx.PrimFunc, p: Plan) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     blocks = match_attention(sch, func)
-    if blocks is None:
-        return None
-    p = plan(blocks)
-    if p is None:
-        return None
     copies = _stage(sch, blocks, p)
     bx, row = _rows(sch, blocks, p)
     _per_row(sch, blocks, row, p, copies)
@@ -243,6 +241,21 @@ def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     v_index = _v_read(sch, blocks, o_rv) if p.v_shared else None
     if v_index is not None:
         _cooperative(sch, sch.cache_read(o_rv, v_index, "shared"), bx, p)
-    if shared_allocated(sch.mod["main"]) > SHARED_BYTES:
-        return None  # tiles spanning more than one head
     return sch
+
+
+def schedule_attention(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    """One kernel for the fused attention group, or None when `func` is not one this rule
+    takes: the first plan whose kernel allocates at most SHARED_BYTES of shared memory."""
+    # The head split / merge reshapes index `((d // 64 + i) // 128 + b) % 2` (= b) and the like:
+    # simplified, buffer compaction bounds a row's and a head's regions (else a tile or the
+    # P.V accumulator takes the whole tensor).
+    func = s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"]
+    blocks = match_attention(s_tir.Schedule(func), func)
+    if blocks is None:
+        return None
+    for p in plans(blocks):
+        sch = _schedule(func, p)
+        if shared_allocated(sch.mod["main"]) <= SHARED_BYTES:
+            return sch
+    return None
