@@ -36,9 +36,12 @@ _OFF = [f"{f}=false" for f in FAMILIES if f != "attention"]
 ATTENTION_FUSE = "fuse{" + ",".join([*_OFF, f"attention_max_keys={MAX_KEYS}"]) + "}"
 
 
-def legalize_stage(precision: str) -> list[str]:
+def legalize_stage(precision: str, rules: tuple[str, ...] = ()) -> list[str]:
+    """`rules=` without `attention`: no attention groups (three kernels, as before the rule;
+    dlight would take a group with its Fallback)."""
     half = [HALF_PASSES[precision]] if precision in HALF_PASSES else []
-    return [*LEGALIZE_HEAD, *half, ATTENTION_FUSE, *LEGALIZE_TAIL]
+    fuse = [ATTENTION_FUSE] if not rules or "attention" in rules else []
+    return [*LEGALIZE_HEAD, *half, *fuse, *LEGALIZE_TAIL]
 
 
 def schedule_stage(tuning_db: Path | None, rules: tuple[str, ...]) -> list[str]:

@@ -119,7 +119,7 @@ class Cuda(Target):
 
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
-            "legalize": pipeline.legalize_stage(self.options.precision),
+            "legalize": pipeline.legalize_stage(self.options.precision, self.options.rules),
             "schedule": pipeline.schedule_stage(tuning_db, self.options.rules),
             "lower": pipeline.lower_stage(self.options.cuda_graphs),
         }

@@ -225,6 +225,17 @@ def test_rows_beyond_max_keys_stay_three_kernels():
     assert "softmax" in chosen and "attention" not in chosen
 
 
+def test_rules_without_attention_keep_three_kernels():
+    """`rules=` without `attention` (an A/B comparison on a GPU): no attention group, which
+    dlight would otherwise take with its Fallback."""
+    others = tuple(r for r in rules.RULES if r != "attention")
+    target = Cuda(Cuda.Options(arch="sm_90", rules=others))
+    mod = run_stages(attention_module(1, 2, 16, 8), target, ["legalize"])
+    assert _attention_kernel(mod) == (None, None)
+    assert "fuse" not in ",".join(target.stages()["legalize"])
+    assert any(n.startswith("fuse{") for n in _cuda().stages()["legalize"])
+
+
 def test_symbolic_rows_are_not_fused():
     n = tirx.Var("n", "int64")
     q = relax.Var("q", relax.TensorType((1, n, 16), "float32"))
