@@ -8,7 +8,7 @@ kernel rounds, bf16 against the unscheduled module. Also the variants (mask or n
 guard, head merge or none, the probabilities as an extra output, rows and heads that are not
 multiples of a warp, tiles that do not fit shared memory) and the limits (rows longer than
 MAX_KEYS keys stay three kernels). The compile tests (nvcc) build a MiniLM-like block for sm_90
-and sm_75 and check the report and the PTX.
+and sm_75 and check the report and the PTX. Slow: the real MiniLM against onnxruntime.
 """
 
 from __future__ import annotations
@@ -343,3 +343,52 @@ def test_minilm_block_attention_is_one_kernel(minilm_compiled, arch, precision):
     ptx = fatbin.ptx_text(art.library_path)
     assert "shfl.sync" in ptx and "bar.sync" in ptx  # warp reductions, shared tiles
     assert "__local_depot" not in ptx  # scores and accumulators in registers, no local memory
+
+
+# --- The real MiniLM (slow: about 30 s per precision on 2 cores) ----------------------------
+
+
+def _minilm_path():
+    from pathlib import Path
+
+    from graphopt.env import CACHE_DIR
+
+    return Path(CACHE_DIR.get()) / "models" / "minilm.onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_minilm_with_the_attention_kernel_matches_onnxruntime(precision):
+    """all-MiniLM-L6-v2 (128 tokens, 20 of them padding), its attention kernels run serially on
+    the CPU, the other kernels unscheduled: fp32 relative error <= 1e-5, fp16 cosine >= 0.9999
+    (the fp16 conversion alone gives 0.9999996)."""
+    import onnx
+    import onnxruntime as ort
+
+    from graphopt.frontend import import_onnx
+
+    path = _minilm_path()
+    if not path.exists():
+        pytest.skip(f"{path} not downloaded")
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for inp in model.graph.input:
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if "mask" in inp.name:
+            feeds[inp.name] = np.ones(shape, np.int64)
+            feeds[inp.name][:, -20:] = 0
+        else:
+            feeds[inp.name] = rng.integers(0, 2000, shape).astype(np.int64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (want,) = session.run(None, feeds)[:1]
+    imported = import_onnx(str(path), None).mod
+    names = [p.name for p in imported["main"].params]
+    mod = legalized(imported, precision)
+    (got,) = evaluate(with_serial_attention(mod, precision), [feeds[n] for n in names])[:1]
+    got = got.astype(np.float32)
+    if precision == "fp32":
+        assert _rel_err(got, want) <= 1e-5
+    else:
+        cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+        assert cosine >= 0.9999
