@@ -147,6 +147,8 @@ def _rows(sch: s_tir.Schedule, blocks: AttentionBlocks, p: Plan):
     sch.bind(row, "threadIdx.y")
     sch.set_scope(scores, 0, "local")
     _over_lanes(sch, keys, p.lanes, reduction=True)
+    *_, serial, k = sch.get_loops(scores)
+    sch.reorder(k, serial)  # Q[i, k] loaded once per k for all of a lane's keys
     return bx, row
 
 
