@@ -467,6 +467,36 @@ def test_attention_switched_off_from_pipeline_text():
     assert "graphopt.attention" not in composites(result.module)
 
 
+def test_attention_max_keys_limits_the_rows():
+    """Rows of 6 keys: fused up to attention_max_keys=6, not at 5 (a target kernel's limit)."""
+    (at_limit,) = instantiate(parse_pipeline("fuse{attention_max_keys=6}"))
+    assert apply_checked(at_limit, _attention_module()).stats["attention"] == 1
+    check_no_change(fuse(attention_max_keys=5), _attention_module())
+
+
+def test_attention_after_mixed_precision_is_one_group():
+    """The casts ToMixedPrecision adds (fp16 matmuls with fp32 results, an fp32 softmax, the
+    scale cast to fp16) stay inside the group."""
+
+    def body(bb, q, k, v, m):
+        half = [bb.emit(relax.op.astype(t, "float16")) for t in (q, k, v)]
+        k_t = bb.emit(relax.op.permute_dims(half[1], [0, 1, 3, 2]))
+        s = bb.emit(relax.op.matmul(half[0], k_t, out_dtype="float32"))
+        s = bb.emit(relax.op.astype(s, "float16"))
+        scale = bb.emit(relax.op.astype(relax.const(0.35, "float32"), "float16"))
+        s = bb.emit(relax.op.astype(relax.op.multiply(s, scale), "float32"))
+        p = bb.emit(relax.op.nn.softmax(bb.emit(relax.op.add(s, m)), axis=-1))
+        p = bb.emit(relax.op.astype(p, "float16"))
+        out = bb.emit(relax.op.matmul(p, half[2], out_dtype="float32"))
+        return bb.emit(relax.op.astype(out, "float16"))
+
+    shapes = {"q": (1, 2, 6, 8), "k": (1, 2, 6, 8), "v": (1, 2, 6, 8), "m": (1, 1, 6, 6)}
+    result = apply_checked(fuse(), build(shapes, body))
+    assert result.stats["attention"] == 1
+    ((name, inside),) = composites(result.module).items()
+    assert inside["relax.matmul"] == 2 and inside["relax.astype"] >= 5
+
+
 # --- 5. parallel matmuls -----------------------------------------------------------------
 
 
