@@ -141,11 +141,18 @@ def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
     if static is None:
         return None
     errors: list[str] = []
+    # Only batch dims: the rules that pad symbolic extents (matmul) plan for one item too.
+    batch_only = {v.name for v in replay.symbolic_vars(func)} <= replay.batch_dims(func)
 
     def attempt(rule: ScheduleRule):
         if not rule.applies(static, info):
             return None
         if rule.name in replay.NATIVE:
+            if batch_only:
+                try:
+                    return replay.replay(rule, static, func, info, target)
+                except Exception:  # noqa: BLE001 - not replayable: the rule's symbolic plan
+                    pass
             return _direct(rule, func, info, target)
         if rule.name == "reduction":
             sch = _symbolic_rows(func, info)
