@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu.schedules import replay, symbolic, symbolic_rows
+from graphopt.targets.cpu.schedules import replay, rows, symbolic
 from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,
@@ -98,11 +98,11 @@ def _direct(rule: ScheduleRule, func, info, target):
     return sch if done else None
 
 
-def _symbolic_rows(func, info) -> Schedule | None:
-    """Rows over a symbolic axis: vectorized reductions (symbolic_rows.py), else the plain
+def _rows(func, info) -> Schedule | None:
+    """Rows over a symbolic axis: vectorized reductions (rows.py), else the plain
     per-row schedule (symbolic.py) where that one does not take the function."""
     try:
-        sch = symbolic_rows.schedule_rows(func, info)
+        sch = rows.schedule_rows(func, info)
     except Exception:  # noqa: BLE001 - a structure it cannot schedule: the plain one
         sch = None
     if sch is not None:
@@ -155,7 +155,7 @@ def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
                     pass
             return _direct(rule, func, info, target)
         if rule.name == "reduction":
-            sch = _symbolic_rows(func, info)
+            sch = _rows(func, info)
             if sch is not None:
                 return sch
         return replay.replay(rule, static, func, info, target)

@@ -1,4 +1,4 @@
-"""Row-wise kernels over a symbolic last axis (the attention's softmax over the keys).
+"""Row-wise kernels (softmax, layer norm): reductions over the last axis in SIMD lanes.
 
 Each row is computed whole by one thread, every step in SIMD vectors:
 
@@ -9,8 +9,9 @@ Each row is computed whole by one thread, every step in SIMD vectors:
         sum:  like max
         out:  vectorized with the tail peeled
 
-A scalar max and sum (one dependency chain over the keys) plus an exp recomputed inside the
-sum cost twice the static kernel's time at 384 keys.
+A scalar max and sum (one dependency chain over the keys, as dlight's CPU Reduction
+schedules them) cost 3x this at 384 keys; with the exp recomputed inside the sum, 6x. The
+last axis may be static or symbolic (the attention's softmax over a sequence of any length).
 
 The schedule is built at root, one loop nest per block (rfactor, decompose_reduction and
 vectorize need a nest of their own when the row length is symbolic: the split's guard makes
@@ -31,13 +32,15 @@ from graphopt.targets.cpu.schedules import common
 
 
 def schedule_rows(func: tirx.PrimFunc, info: common.CpuInfo) -> Schedule | None:
-    """The schedule above, or None where `func` is not a row kernel over a symbolic axis."""
+    """The schedule above, or None where `func` is not a row kernel with rows of at least
+    two SIMD vectors."""
     sch = Schedule(func)
     _inline_single_use(sch)
     root = sch.get_sblock("root")
     blocks = list(sch.get_child_blocks(root))
     loops = sch.get_loops(blocks[-1])
-    if len(loops) < 2 or common.const_int(sch.get(loops[-1]).extent) is not None:
+    length = common.const_int(sch.get(loops[-1]).extent)
+    if len(loops) < 2 or (length is not None and length < 2 * info.lanes):
         return None
     nrow = len(loops) - 1
     extents = [common.const_int(sch.get(lp).extent) for lp in loops[:nrow]]
@@ -98,12 +101,23 @@ def _vectorize_row_step(sch: Schedule, block, nrow: int, lanes: int) -> None:
     sch.split(sch.get_loops(block)[-1], [None, lanes])
     partial = sch.rfactor(sch.get_loops(block)[-1], factor_axis=nrow)
     inner = sch.get_loops(partial)[nrow:]
-    (lane,) = [lp for lp in inner if common.const_int(sch.get(lp).extent) is not None]
-    (keys,) = [lp for lp in inner if common.const_int(sch.get(lp).extent) is None]
+    keys, lane = _keys_and_lane(sch, inner, partial)
     sch.annotate(keys, "pragma_loop_partition_hint", 1)
     sch.vectorize(lane)
     init = sch.decompose_reduction(partial, keys)
     sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _keys_and_lane(sch: Schedule, loops: list, partial) -> tuple:
+    """The partial block's key-vector loop and lane loop (rfactor makes the lane its first
+    iterator, bound to the loop that was the split's inner one)."""
+    block = sch.get(partial)
+    values = common.binding(sch, common.view_of(sch, partial))
+    lane_var = block.body.indices[-1]  # the partial results' lane
+    lane_value = next(v for iv, v in zip(block.iter_vars, values) if iv.var.same_as(lane_var))
+    (lane,) = [lp for lp in loops if sch.get(lp).loop_var.same_as(lane_value)]
+    (keys,) = [lp for lp in loops if not sch.get(lp).same_as(sch.get(lane))]
+    return keys, lane
 
 
 def _vectorize_with_tail(sch: Schedule, loop, lanes: int) -> None:

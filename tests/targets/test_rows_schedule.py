@@ -1,5 +1,5 @@
-"""Softmax rows over a symbolic axis: vectorized max / exp / sum with the tail peeled, rows in
-parallel (targets/cpu/schedules/symbolic_rows.py), exact at every length, tails included."""
+"""Softmax rows: vectorized max / exp / sum with the tail peeled, rows in parallel
+(targets/cpu/schedules/rows.py), exact at every length, tails included, static or symbolic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tvm
 from tvm import relax, tirx
 
 from graphopt import _tvm
-from graphopt.targets.cpu.schedules import common, schedule_func, symbolic_rows
+from graphopt.targets.cpu.schedules import common, rows, schedule_func
 
 
 def _softmax_func(n, heads: int = 3) -> tirx.PrimFunc:
@@ -42,7 +42,7 @@ def _reference(x: np.ndarray) -> np.ndarray:
 
 
 def test_rows_are_vectorized_and_parallel():
-    sch = symbolic_rows.schedule_rows(_softmax_func(tirx.Var("n", "int64")), _info())
+    sch = rows.schedule_rows(_softmax_func(tirx.Var("n", "int64")), _info())
     assert sch is not None
     text = sch.mod["main"].script()
     assert text.count("T.parallel(") == 1  # the merged row loop, nothing inside it
@@ -52,14 +52,23 @@ def test_rows_are_vectorized_and_parallel():
 
 @pytest.mark.parametrize("n", [1, 5, 8, 37, 130])
 def test_symbolic_softmax_exact_at_every_length(n):
-    sch = symbolic_rows.schedule_rows(_softmax_func(tirx.Var("n", "int64")), _info())
+    sch = rows.schedule_rows(_softmax_func(tirx.Var("n", "int64")), _info())
     x = np.random.default_rng(n).standard_normal((1, 3, n, n)).astype(np.float32) * 4
     x[..., -1] = 30.0  # the row max in the peeled tail: a partial vector must still see it
     np.testing.assert_allclose(_run(sch.mod["main"], x), _reference(x), rtol=1e-5, atol=1e-7)
 
 
-def test_static_rows_are_left_to_the_static_rules():
-    assert symbolic_rows.schedule_rows(_softmax_func(16), _info()) is None
+def test_short_rows_are_left_to_the_other_schedules():
+    assert rows.schedule_rows(_softmax_func(_info().lanes), _info()) is None
+
+
+@pytest.mark.parametrize("n", [16, 130])
+def test_static_rows_exact(n):
+    """Static rows take the same schedule (dlight's Reduction keeps max and sum scalar)."""
+    sch = rows.schedule_rows(_softmax_func(n), _info())
+    assert sch is not None and "_rf" in sch.mod["main"].script()
+    x = np.random.default_rng(n).standard_normal((1, 3, n, n)).astype(np.float32) * 4
+    np.testing.assert_allclose(_run(sch.mod["main"], x), _reference(x), rtol=1e-5, atol=1e-7)
 
 
 def test_symbolic_build_goes_through_the_vectorized_rows():
