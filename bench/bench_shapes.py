@@ -1,12 +1,13 @@
 """Symbolic input shapes, side by side: one graphopt build for every size (a range), a static
 graphopt build per size, and onnxruntime, at each size.
 
-    python -m bench.bench_shapes [--models minilm,mobilenet_v2] [--rounds N] [--runs N]
+    python -m bench.bench_shapes [--models minilm,mobilenet_v2] [--opt-levels 2,3] [--rounds N]
 
 MiniLM (all-MiniLM-L6-v2, exported with a symbolic sequence length) at 16/32/128/384 tokens,
 compiled once with `--input-shape input_ids=1,1..512`; MobileNetV2 (symbolic batch) at batch
 1 and 8, compiled once with `--input-shape input=1..8,3,224,224`. Each static build pins the
-same ONNX file to one size (`input_ids=1,128`). All builds -O2, untuned. Outputs of both builds
+same ONNX file to one size (`input_ids=1,128`). Builds at -O2 and -O3 (`--opt-levels`),
+untuned. Outputs of both builds
 are checked against onnxruntime at every size. Timing: one runtime per process
 (bench/shapes_worker.py), processes alternated A B C C B A for `--rounds` rounds, each warm-up
 then `--runs` runs; medians over all runs, and the median of the per-round ratios. Writes
@@ -62,8 +63,8 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def compile_builds(name: str, case: Case, work: Path) -> dict[str, Any]:
-    """The symbolic build and one static build per size; compile seconds of each."""
+def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, Any]:
+    """The symbolic build and one static build per size at -O`level`; compile seconds."""
     import graphopt
     from bench.models.export import export
     from graphopt.frontend import parse_shape_arg
@@ -72,13 +73,13 @@ def compile_builds(name: str, case: Case, work: Path) -> dict[str, Any]:
     builds: dict[str, Any] = {"onnx": str(onnx_path), "static": {}, "compile_s": {}}
     plan = [("dynamic", case.dynamic)] + [(n, case.static.format(n=n)) for n in case.sizes]
     for key, dims in plan:
-        out = work / f"{name}-{key}"
-        _say(f"[{name}] compile --input-shape {case.input}={dims} (load {_load()})")
+        out = work / f"{name}-O{level}-{key}"
+        _say(f"[{name}] compile -O{level} --input-shape {case.input}={dims} (load {_load()})")
         start = time.perf_counter()
         graphopt.compile(
             onnx_path,
             out,
-            opt_level=2,
+            opt_level=level,
             input_shapes=dict([parse_shape_arg(f"{case.input}={dims}")]),
         )
         builds["compile_s"][str(key)] = round(time.perf_counter() - start, 1)
@@ -141,10 +142,13 @@ def time_size(case: Case, builds: dict[str, Any], size: int, rounds: int, runs: 
     return row
 
 
-def bench_case(name: str, case: Case, work: Path, rounds: int, runs: int) -> dict[str, Any]:
-    builds = compile_builds(name, case, work)
+def bench_case(
+    name: str, case: Case, work: Path, level: int, rounds: int, runs: int
+) -> dict[str, Any]:
+    builds = compile_builds(name, case, work, level)
     result: dict[str, Any] = {
         "model": name,
+        "opt_level": level,
         "onnx": case.export,
         "input_shape": f"{case.input}={case.dynamic}",
         "compile_s": builds["compile_s"],
@@ -153,7 +157,7 @@ def bench_case(name: str, case: Case, work: Path, rounds: int, runs: int) -> dic
     }
     for n in case.sizes:
         load = _load()
-        _say(f"[{name}] size {n}: timing {rounds} rounds x {runs} runs (load {load})")
+        _say(f"[{name} -O{level}] size {n}: {rounds} rounds x {runs} runs (load {load})")
         result["sizes"][str(n)] = {"load_before": load, **time_size(case, builds, n, rounds, runs)}
     return result
 
@@ -161,6 +165,7 @@ def bench_case(name: str, case: Case, work: Path, rounds: int, runs: int) -> dic
 def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     header = [
         "model",
+        "-O",
         "size",
         "onnxruntime ms",
         "graphopt static ms",
@@ -179,6 +184,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             rows.append(
                 [
                     r["model"],
+                    str(r["opt_level"]),
                     f"{n} {unit}",
                     f"{s['onnxruntime']['median_ms']:.2f}",
                     f"{s['graphopt_static']['median_ms']:.2f}",
@@ -192,7 +198,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             )
     from graphopt.tables import format_table
 
-    builds = ", ".join(f"{r['model']}: `--input-shape {r['input_shape']}`" for r in results)
+    shapes = {r["model"]: r["input_shape"] for r in results}
+    builds = ", ".join(f"{m}: `--input-shape {shape}`" for m, shape in shapes.items())
     return (
         "# Symbolic shapes: one build for every size\n\n"
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads per "
@@ -209,14 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--opt-levels", default="2,3", help="comma-separated -O levels")
     args = parser.parse_args(argv)
     from graphopt.machine import machine_info
 
     machine = machine_info()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-shapes-") as tmp:
-        for name in args.models.split(","):
-            results.append(bench_case(name, CASES[name], Path(tmp), args.rounds, args.runs))
+        for level in (int(v) for v in args.opt_levels.split(",")):
+            for name in args.models.split(","):
+                case = CASES[name]
+                results.append(bench_case(name, case, Path(tmp), level, args.rounds, args.runs))
     data = {"machine": machine, "load_after": _load(), "results": results}
     write_results(RESULTS, "shapes", data, markdown(results, machine))
     print(markdown(results, machine))

@@ -121,11 +121,22 @@ def elementwise_kernels(mod: tvm.IRModule) -> frozenset[str]:
 
 
 def check_attention(ctx, max_keys: int = 0) -> bool:
-    """Attention may also return its probabilities (models that output them). With
-    `max_keys`, only rows of a static length up to it (a target kernel's limit)."""
+    """Attention may also return its probabilities (models that output them). Static sizes
+    only: the fused kernel's row blocks are planned from them, and with a symbolic sequence
+    length the group ran unscheduled (MiniLM at 128 tokens: 1.7 s against 4 ms), while the
+    separate matmul and softmax kernels handle symbolic lengths (docs/SHAPES.md). With
+    `max_keys`, only rows of at most so many keys (a target kernel's limit)."""
     if max_keys and not _keys_at_most(ctx, max_keys):
         return False
-    return _group_is_closed(ctx, allow_extra_outputs=True)
+    return _group_is_closed(ctx, allow_extra_outputs=True) and _static_shapes(ctx)
+
+
+def _static_shapes(ctx) -> bool:
+    return all(
+        _tvm.static_shape(var.ty) is not None
+        for var in ctx.matched_bindings
+        if isinstance(var.ty, relax.TensorType)
+    )
 
 
 def _keys_at_most(ctx, max_keys: int) -> bool:

@@ -371,7 +371,7 @@ def test_per_row_scale_stays_outside_the_layer_norm():
 # --- 4. attention -------------------------------------------------------------------------
 
 
-def _attention_module(scale="divide", mask=True, return_probs=False):
+def _attention_module(scale="divide", mask=True, return_probs=False, seq=6):
     def body(bb, q, k, v, m):
         k_t = bb.emit(relax.op.permute_dims(k, [0, 1, 3, 2]))
         s = bb.emit(relax.op.matmul(q, k_t))
@@ -385,7 +385,7 @@ def _attention_module(scale="divide", mask=True, return_probs=False):
         out = bb.emit(relax.op.matmul(p, v))
         return relax.Tuple([out, p]) if return_probs else out
 
-    shapes = {"q": (1, 2, 6, 8), "k": (1, 2, 6, 8), "v": (1, 2, 6, 8), "m": (1, 1, 6, 6)}
+    shapes = {"q": (1, 2, seq, 8), "k": (1, 2, seq, 8), "v": (1, 2, seq, 8), "m": (1, 1, seq, seq)}
     return build(shapes, body)
 
 
@@ -442,6 +442,14 @@ def test_attention_as_minilm_exports_it(mask):
     assert inside["relax.isnan"] == 1 and inside["relax.where"] == 1
     assert inside["relax.permute_dims"] == 4 and inside["relax.reshape"] == 4
     assert set(main_ops(result.module)) == {"call:" + _callee(result.module)}
+
+
+def test_attention_of_a_symbolic_length_stays_separate_kernels():
+    """The fused kernel is planned from static sizes; matmul and softmax handle symbolic ones."""
+    module = _attention_module(seq=tvm.tirx.Var("seq", "int64"))
+    result = fuse()(module)
+    assert "graphopt.attention" not in composites(result.module)
+    assert "graphopt.attention" in composites(fuse()(_attention_module(seq=6)).module)
 
 
 def test_softmax_of_a_non_matmul_is_not_attention():

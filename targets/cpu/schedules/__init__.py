@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from graphopt.targets.cpu.schedules import replay, symbolic
+from graphopt.targets.cpu.schedules import replay, rows, symbolic
 from graphopt.targets.cpu.schedules.common import (
     PREPACK_ATTR,
     SCHEDULED_ATTR,
@@ -98,6 +98,19 @@ def _direct(rule: ScheduleRule, func, info, target):
     return sch if done else None
 
 
+def _rows(func, info) -> Schedule | None:
+    """Rows over a symbolic axis: vectorized reductions (rows.py), else the plain
+    per-row schedule (symbolic.py) where that one does not take the function."""
+    try:
+        sch = rows.schedule_rows(func, info)
+    except Exception:  # noqa: BLE001 - a structure it cannot schedule: the plain one
+        sch = None
+    if sch is not None:
+        return sch
+    sch = Schedule(func)
+    return sch if symbolic.schedule_rows(sch, info) else None
+
+
 def _first_rule(func, info, target, enabled, attempt, errors=None) -> Outcome:
     """The first enabled rule whose `attempt(rule)` returns a schedule."""
     errors = errors if errors is not None else []
@@ -128,15 +141,22 @@ def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
     if static is None:
         return None
     errors: list[str] = []
+    # Only batch dims: the rules that pad symbolic extents (matmul) plan for one item too.
+    batch_only = {v.name for v in replay.symbolic_vars(func)} <= replay.batch_dims(func)
 
     def attempt(rule: ScheduleRule):
         if not rule.applies(static, info):
             return None
         if rule.name in replay.NATIVE:
+            if batch_only:
+                try:
+                    return replay.replay(rule, static, func, info, target)
+                except Exception:  # noqa: BLE001 - not replayable: the rule's symbolic plan
+                    pass
             return _direct(rule, func, info, target)
         if rule.name == "reduction":
-            sch = Schedule(func)
-            if symbolic.schedule_rows(sch, info):
+            sch = _rows(func, info)
+            if sch is not None:
                 return sch
         return replay.replay(rule, static, func, info, target)
 

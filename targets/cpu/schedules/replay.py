@@ -62,12 +62,34 @@ def specialize(func: tirx.PrimFunc, sizes: Mapping[str, int]) -> tirx.PrimFunc |
     return func.specialize(binds) if binds else None
 
 
+def batch_dims(func: tirx.PrimFunc) -> set[str]:
+    """Symbolic dims that are only ever the leading dim of a buffer: a batch of independent
+    items (images), unlike a sequence, whose length sits inside the tensors."""
+    leading: set[str] = set()
+    inside: set[str] = set()
+    for param in func.params:
+        for axis, dim in enumerate(getattr(param.ty, "shape", None) or []):
+            names = {v.name for v in tirx.analysis.undefined_vars(dim)}
+            if axis == 0 and isinstance(dim, tirx.Var):
+                leading |= names
+            else:
+                inside |= names
+    return leading - inside
+
+
 def nominal_sizes(func: tirx.PrimFunc, upper: Mapping[str, int]) -> dict[str, int]:
-    """Each symbolic dim at min(its upper bound, NOMINAL_EXTENT)."""
-    return {
-        v.name: min(int(upper.get(v.name, NOMINAL_EXTENT)), NOMINAL_EXTENT)
-        for v in symbolic_vars(func)
-    }
+    """Each symbolic dim at min(its upper bound, NOMINAL_EXTENT); a batch dim at 1.
+
+    A kernel planned for one item runs a batch as a loop of single items, each with the
+    one-item kernel's threads and tiles. Planned for a batch of 8 instead, a conv spreads its
+    tasks over the batch and a classifier pads its rows to a register tile, and batch 1 (the
+    common size) ran 1.34x slower than a static build of it."""
+    batch = batch_dims(func)
+
+    def size(name: str) -> int:
+        return 1 if name in batch else min(int(upper.get(name, NOMINAL_EXTENT)), NOMINAL_EXTENT)
+
+    return {v.name: size(v.name) for v in symbolic_vars(func)}
 
 
 def replay(rule, static: tirx.PrimFunc, func: tirx.PrimFunc, info, target) -> Schedule:

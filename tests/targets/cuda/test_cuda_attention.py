@@ -246,7 +246,6 @@ def test_symbolic_rows_are_not_fused():
             p = bb.emit(R.nn.softmax(bb.emit(R.matmul(q, t)), axis=-1))
             out = bb.emit_output(R.matmul(p, q))
         bb.emit_func_output(out)
-    assert _fuses_without_limit(bb.get())
     assert _attention_kernel(legalized(bb.get())) == (None, None)
 
 
