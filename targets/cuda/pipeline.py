@@ -9,9 +9,14 @@ from graphopt.passes.fuse import FAMILIES
 from graphopt.target_infra import VM_LOWER_HEAD, VM_LOWER_TAIL
 from graphopt.targets.cuda.schedules.attention import MAX_KEYS
 
-# Importer pad kernels folded into the convs (fold-pad), optionally fp16 or bf16 (mixed-precision),
-# then TVM's CUDA legalization without its dlight step: scheduling is its own stage.
+# The graph-level `fuse` groups (-O3) inlined back first: they are planned for the CPU rules,
+# mixed-precision (TVM's ToMixedPrecision) does not look inside them (with precision=fp16 their
+# matmuls stayed fp32) and an attention group of any length would reach dlight's Fallback;
+# FuseOps and this stage's own attention fuse make the GPU's groups. Then importer pad kernels
+# folded into the convs (fold-pad), optionally fp16 or bf16 (mixed-precision), then TVM's CUDA
+# legalization without its dlight step: scheduling is its own stage.
 LEGALIZE_HEAD = [
+    "tvm.InlinePrivateFunctions",
     "tvm.backend.DispatchSampling",
     "tvm.backend.DispatchSortScan",
     "fold-pad",

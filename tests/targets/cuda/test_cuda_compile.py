@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 from cuda_tools import big_matmul, needs_nvcc
+from tvm import relax
 
 import graphopt
 from graphopt.targets.cuda import fatbin
@@ -21,20 +22,23 @@ pytestmark = [pytest.mark.cuda, needs_nvcc]
 
 @pytest.fixture(scope="module")
 def cuda_build(tmp_path_factory, model_files):
-    """cuda_build(name, precision) -> (artifact, schedule-cuda stats), compiled once."""
+    """cuda_build(name, precision, opt_level) -> (artifact, schedule-cuda stats), compiled once
+    (the artifact's `pass_stats` holds every pass's stats)."""
     root = tmp_path_factory.mktemp("cuda")
     cache: dict[tuple, tuple] = {}
 
-    def get(name: str, precision: str = "fp32", path=None):
-        key = (name, precision)
+    def get(name: str, precision: str = "fp32", path=None, opt_level: int = 2):
+        key = (name, precision, opt_level)
         if key not in cache:
             art = graphopt.compile(
                 path or model_files[name],
-                root / f"{name}-{precision}",
+                root / f"{name}-{precision}-O{opt_level}",
                 target="cuda",
+                opt_level=opt_level,
                 target_options={"arch": "sm_90", "precision": precision},
             )
             rows = json.loads((art.directory / "manifest.json").read_text())["report"]["passes"]
+            art.pass_stats = {r["pass"].split("{")[0]: r["stats"] for r in rows}
             stats = next(r["stats"] for r in rows if r["pass"].startswith("schedule-cuda"))
             cache[key] = (art, stats)
         return cache[key]
@@ -70,6 +74,35 @@ def test_no_kernel_falls_to_the_fallback_rule(cuda_build, name, precision):
         assert stats["scheduled_attention"] == 1 and stats["scheduled_layer-norm"] >= 1
         assert stats["scheduled_softmax"] == 0 and stats["scheduled_elementwise"] == 0
         assert stats["scheduled_general-reduction"] == 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_o3_groups_are_converted_to_16_bits(model_files, precision):
+    """-O3's graph-level `fuse` groups are inlined back before mixed-precision, which does not
+    look inside them: every matmul of the block takes 16-bit inputs, as at -O2."""
+    from graphopt.frontend import import_onnx
+    from graphopt.pipeline import instantiate, parse_pipeline, run_passes
+    from graphopt.targets.cuda.pipeline import HALF_PASSES, legalize_stage
+
+    mod = run_passes(
+        import_onnx(model_files["transformer_block"]).mod, instantiate(parse_pipeline("O3"))
+    )
+    stage = legalize_stage(precision)
+    upto = stage[: stage.index(HALF_PASSES[precision]) + 1]
+    mod = run_passes(mod, instantiate(parse_pipeline(",".join(upto))), stage="legalize")
+    dtypes = [str(call.args[0].ty.dtype) for call in _calls(mod["main"], "relax.matmul")]
+    assert len(dtypes) >= 4 and set(dtypes) == {"float16" if precision == "fp16" else "bfloat16"}
+
+
+def _calls(func, name: str) -> list:
+    found: list = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name:
+            found.append(expr)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
 
 
 def test_attention_and_layer_norm_reduce_with_warp_shuffles(cuda_build):
