@@ -17,6 +17,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
 from graphopt.targets.cuda.schedules.elementwise import schedule_elementwise
+from graphopt.targets.cuda.schedules.int8_dp4a import schedule_dp4a
 from graphopt.targets.cuda.schedules.row_reduction import schedule_rows
 from graphopt.targets.cuda.schedules.tensorcore_bf16 import schedule_matmul_bf16
 from graphopt.targets.cuda.schedules.window import schedule_window
@@ -35,6 +36,7 @@ def _own(schedule) -> Apply:
 
 # name -> how to apply; graphopt's own first. The order is the order of trial.
 RULES: dict[str, Apply] = {
+    "int8-dp4a": _own(schedule_dp4a),
     "window": _own(schedule_window),
     "elementwise": _own(schedule_elementwise),
     "softmax": _own(schedule_rows("softmax")),
@@ -47,7 +49,7 @@ RULES: dict[str, Apply] = {
     "transpose": _dlight(dlight.gpu.Transpose()),
     "fallback": _dlight(dlight.gpu.Fallback()),
 }
-OWN_RULES = ("window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
+OWN_RULES = ("int8-dp4a", "window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
 # What the compile report can name besides RULES.
 REPORTED = (*RULES, "matmul-tensorcore")
 _TENSOR_CORE_SCOPES = ("wmma.matrix_a", "m16n8k8.matrixA", "m16n8k16.matrixA", "warp")
