@@ -8,10 +8,11 @@ CHECK_DIR comes from bench/gpu_check_prepare.py, which computed the onnxruntime 
 references on the build machine for the inputs `make_inputs` draws (seeded: the same arrays
 here and there). Pass criteria: fp32 max relative error <= 1e-3 (max |graphopt - ort| /
 max |ort|); fp16 cosine >= 0.999, bf16 cosine >= 0.99 (3 fewer mantissa bits), and for
-classifiers the same top-1 class on every sample. Times are medians of `--runs` calls with
-inputs already on the GPU; graphopt's comes from the C++ runner (`run --repeat`),
-synchronized after each call; PyTorch and onnxruntime CUDA run the carried graph with random
-weights of the real shapes (bench/onnx_skeleton.py).
+classifiers the same top-1 class on every sample; int8 (quantized, calibrated on other draws)
+cosine >= 0.98 and, for classifiers, the same top-1 class on at least 3 samples of 4.
+Times are medians of `--runs` calls with inputs already on the GPU; graphopt's comes from
+the C++ runner (`run --repeat`), synchronized after each call; PyTorch and onnxruntime CUDA
+run the carried graph with random weights of the real shapes (bench/onnx_skeleton.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 FP32_REL = 1e-3
-COSINE = {"fp16": 0.999, "bf16": 0.99}
+COSINE = {"fp16": 0.999, "bf16": 0.99, "int8": 0.98}
+INT8_TOP1 = 0.75  # int8 classifiers: share of samples with fp32's top-1 class
 DTYPES = {"<f4": np.float32, "<i8": np.int64, "<i4": np.int32}
 
 
@@ -86,10 +88,11 @@ def compare(ours: np.ndarray, ref: np.ndarray, precision: str) -> dict:
     return {"max_rel_err": rel, "cosine": cosine, "ok": bool(ok)}
 
 
-def top1(ours: np.ndarray, ref: np.ndarray) -> bool | None:
-    if ours.ndim != 2 or ours.shape[-1] < 100:  # classifiers only
+def top1(ours: np.ndarray, ref: np.ndarray) -> float | None:
+    """The share of samples whose top-1 class is the reference's (classifiers only)."""
+    if ours.ndim != 2 or ours.shape[-1] < 100:
         return None
-    return bool((ours.argmax(-1) == ref.argmax(-1)).all())
+    return float((ours.argmax(-1) == ref.argmax(-1)).mean())
 
 
 def time_calls(fn, runs: int, sync) -> float:
@@ -167,9 +170,10 @@ def check_case(root: Path, entry: dict, args) -> dict:
     for name, expected in zip(outputs, ref):
         got = ours[name]
         result = compare(got, expected, entry["precision"])
-        if (same := top1(got, expected)) is not None:
-            result["top1_agrees"] = same
-            result["ok"] = result["ok"] and same
+        if (share := top1(got, expected)) is not None:
+            result["top1_agreement"] = share
+            need = INT8_TOP1 if entry["precision"] == "int8" else 1.0
+            result["ok"] = result["ok"] and share >= need
         row["outputs"][name] = result
     row["ok"] = all(r["ok"] for r in row["outputs"].values())
     compile_ = args.compile and time.perf_counter() - args.started < args.budget

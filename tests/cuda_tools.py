@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, tirx
 
@@ -15,6 +16,17 @@ needs_nvcc = pytest.mark.skipif(
     shutil.which("nvcc") is None or shutil.which("gcc") is None,
     reason="needs nvcc (CUDA toolkit) and gcc: the CUDA target compiles kernels ahead of time",
 )
+
+
+def serial(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Thread-bound loops become serial loops (exact for schedules without shared memory)."""
+
+    def visit(loop: tirx.For) -> tirx.For:
+        if loop.thread_binding is None:
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.For, visit)]))
 
 
 def matmul_kernel() -> tirx.PrimFunc:

@@ -100,7 +100,7 @@ def test_groups_name_known_models_and_precisions():
     for cases in prep.GROUPS.values():
         for name, batch, precision in cases:
             assert name in (*prep.CNNS, *prep.BLOCKS, "minilm")
-            assert precision in ("fp32", "fp16", "bf16") and batch in (1, 32)
+            assert precision in ("fp32", "fp16", "bf16", "int8") and batch in (1, 8, 32)
 
 
 @pytest.mark.slow  # two CUDA compiles

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-import tvm_ffi
-from cuda_tools import matmul_kernel
+from cuda_tools import matmul_kernel, serial
 from tvm import relax, tirx
 from tvm.script import relax as R
 
@@ -24,17 +23,6 @@ from graphopt.targets.cuda.target import Cuda
 from graphopt.testing import single_input_module
 
 LLVM = _tvm.make_target({"kind": "llvm"})
-
-
-def _serial(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Thread-bound loops become serial loops (exact for schedules without shared memory)."""
-
-    def visit(loop: tirx.For) -> tirx.For:
-        if loop.thread_binding is None:
-            return loop
-        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body)
-
-    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.For, visit)]))
 
 
 def _kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
@@ -66,7 +54,7 @@ def _check(func: tirx.PrimFunc, expected_rule: str) -> None:
     ]
     arrays[-1][...] = 0
     want = _run(func, [a.copy() for a in arrays])
-    got = _run(_serial(outcome.func.without_attr("tirx.is_scheduled")), arrays)
+    got = _run(serial(outcome.func.without_attr("tirx.is_scheduled")), arrays)
     tol = 1e-5 if want.dtype == np.float32 else 2e-3
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
