@@ -56,7 +56,10 @@ def build(recipe: Recipe) -> Built:
     else:
         raise PipelineError(f"materialize-int8-cuda: no GPU kernel for int8 op '{recipe.kind}'")
     text = dataclasses.replace(recipe, isa=ISA).text()
-    built.kernel = built.kernel.with_attr(RECIPE_ATTR, text)
+    # TE names every function `main`: without the symbol, the module's GlobalVar names it.
+    built.kernel = built.kernel.without_attr("global_symbol").with_attr(RECIPE_ATTR, text)
+    if built.row_scale is not None:
+        built.row_scale = built.row_scale.without_attr("global_symbol")
     return built
 
 
