@@ -213,6 +213,7 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
         "onnx": f"models/{key}.onnx",
         "reference": f"refs/{key}.npz",
         "precision": precision,
+        "classifier": name in CNNS,  # top-1 agreement is checked for ImageNet logits only
         "vocab": VOCAB,
         "compile_seconds": round(seconds, 1),
         "bundle_bytes": _bundle_size(full),
