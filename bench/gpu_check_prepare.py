@@ -21,7 +21,10 @@ graph without its large weights, bench/onnx_skeleton.py: PyTorch and onnxruntime
 with random weights of the same shapes) and `refs/<key>.npz` (onnxruntime CPU fp32 outputs of
 the real model for the inputs `gpu_check.make_inputs` draws, computed here), and `cases.json`.
 int8 cases are calibrated on `make_inputs` draws with other seeds than the checked inputs
-(static for the CNN, dynamic per-row for MiniLM, as docs/INT8.md does them). The models'
+(static for the CNN, dynamic per-row for MiniLM, as docs/INT8.md does them), and carry a
+second reference, `refs/<case>-cpu.npz`: the same quantization built for this CPU and run on
+the checked inputs (the integer arithmetic is exact on both, so the GPU must give its numbers;
+against fp32, random inputs make near-tied logits and top-1 flips mean little). The models'
 weights travel only inside graphopt's libraries. MiniLM's word-embedding table
 is cut to its first VOCAB rows (47 MB of 90; inputs draw token ids below VOCAB): the same
 graph, a smaller constant. Batch 32 copies of the batch-1 CNNs get their batch axis widened
@@ -158,6 +161,24 @@ def _quantization(model, name: str, directory: Path):
     return QuantOptions(str(path), sensitivity=False)
 
 
+def _cpu_int8_reference(out: Path, model, quant, case: str) -> str:
+    """refs/<case>-cpu.npz: the int8 model built for this host, run on the checked inputs."""
+    from gpu_check import io_spec, make_inputs
+
+    import graphopt
+    from graphopt.target_infra import host_target
+
+    host = host_target().name
+    art = graphopt.compile(
+        model, out / ".bundles" / f"{case}-{host}", target=host, quantization=quant
+    )
+    inputs, _ = io_spec(out / case)
+    outputs = art.run(make_inputs(inputs, 0, VOCAB))
+    path = f"refs/{case}-cpu.npz"
+    np.savez(out / path, **{k: np.asarray(v.numpy()) for k, v in outputs.items()})
+    return path
+
+
 def _bundle_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
@@ -204,6 +225,7 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
     for item in ("model.so", "io.txt", "manifest.json"):
         shutil.copy2(full / item, dest / item)
     _write_model(out, key, model, dest, name, batch)
+    cpu_int8 = _cpu_int8_reference(out, model, quant, case) if int8 else None
     stats = next(
         r["stats"] for r in art.manifest["report"]["passes"] if r["pass"] == "schedule-cuda"
     )
@@ -218,6 +240,7 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
         "compile_seconds": round(seconds, 1),
         "bundle_bytes": _bundle_size(full),
         "rules": {k[10:]: v for k, v in stats.items() if k.startswith("scheduled_") and v},
+        **({"cpu_int8_reference": cpu_int8} if cpu_int8 else {}),
     }
 
 

@@ -96,7 +96,7 @@ def test_inputs_are_seeded_and_in_range():
     assert (a["attention_mask"] == 1).all()
 
 
-def test_int8_cases_need_cosine_and_most_top1_classes():
+def test_int8_cases_need_fp32_cosine_and_the_cpu_int8_numbers(tmp_path):
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(8, 1000)).astype(np.float32)
     close = ref + rng.normal(0, 0.1, ref.shape).astype(np.float32)  # cosine about 0.995
@@ -104,7 +104,12 @@ def test_int8_cases_need_cosine_and_most_top1_classes():
     assert not gpu_check.compare(close, ref, "fp16")["ok"]  # int8's bar is lower, not fp16's
     flipped = ref.copy()
     flipped[:2, ref[:2].argmin(-1)] = 100.0  # two of eight samples change class
-    assert gpu_check.top1(flipped, ref) == 0.75 >= gpu_check.INT8_TOP1
+    assert gpu_check.top1(flipped, ref) == 0.75
+    np.savez(tmp_path / "cpu.npz", logits=ref)
+    assert gpu_check.same_as_cpu_int8({"logits": ref * (1 + 1e-6)}, tmp_path / "cpu.npz")["logits"][
+        "ok"
+    ]
+    assert not gpu_check.same_as_cpu_int8({"logits": flipped}, tmp_path / "cpu.npz")["logits"]["ok"]
 
 
 def test_int8_calibration_is_other_draws_of_the_same_inputs(tmp_path):
