@@ -5,8 +5,8 @@ portable kernels of `lower-int8` (which the CPU kernels are tested against) and 
 integer model, with the constants as `materialize-int8-cuda` packs them (padded panels,
 uint8 shift folded into corr). The `int8-dp4a` schedule is checked structurally (dp4a, shared
 tiles, thread bindings) and, with `__dp4a` written out as its four products, its thread loops
-run serially on the CPU against the same numbers; `window` (depthwise) and `elementwise`
-(residual add) run serially as in test_cuda_rules.py.
+run serially on the CPU and give the unscheduled kernel's numbers; `window` (depthwise) and
+`elementwise` (residual add) run serially as in test_cuda_rules.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from cuda_tools import serial
 from tvm import tirx
 
@@ -205,6 +206,51 @@ def test_depthwise_runs_in_the_window_rule(name):
     assert outcome.rule == "window", outcome.errors
     want = _run(built.kernel, [x, *consts, _out(built.out_shape, "int8")])
     got = _run(serial(outcome.func), [x, *consts, _out(built.out_shape, "int8")])
+    np.testing.assert_array_equal(got, want)
+
+
+def _on_cpu(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A scheduled GPU kernel the CPU can run: thread loops serial (each "thread" then stages
+    whole shared tiles itself, the same values), `__dp4a` written out as its four int8
+    products and `__fdiv_rn` as IEEE division (which is what it is)."""
+
+    def rewrite(call):
+        name = str(call.args[0]) if call.args else ""
+        if "__fdiv_rn" in name:
+            return call.args[1] / call.args[2]
+        if "__dp4a" not in name:
+            return call
+        a, b, acc = call.args[1:]
+        for i in range(4):
+            ai = tirx.BufferLoad(a.source, [a.indices[0].base + i])
+            bi = tirx.BufferLoad(b.source, [b.indices[0].base + i])
+            acc = acc + tirx.Cast("int32", ai) * tirx.Cast("int32", bi)
+        return acc
+
+    func = serial(func)
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tvm.ir.Call, rewrite)]))
+
+
+@pytest.mark.parametrize("name", ["3x3-stride2", "grouped", "dilated", "1x1-uint8"])
+def test_scheduled_conv_gemm_computes_the_unscheduled_numbers(name):
+    spec, zp, x, consts = _conv_case(name, REQ_I8)
+    built = M.build(Recipe("conv2d", spec, zp, REQ_I8))
+    outcome = _schedule(built.kernel)
+    arrays = [x, *built.pack(consts), _out(built.out_shape, "int8")]
+    want = _run(built.kernel, [a.copy() for a in arrays])
+    np.testing.assert_array_equal(_run(_on_cpu(outcome.func), arrays), want)
+
+
+@pytest.mark.parametrize("name", list(MATMULS))
+def test_scheduled_matmul_gemm_computes_the_unscheduled_numbers(name):
+    spec, ep, zp = MATMULS[name]
+    x, consts, xs = _matmul_case(spec, ep, zp)
+    built = M.build(Recipe("matmul", spec, zp, ep, x_shape=(spec.rows, spec.k)))
+    if spec.fused_quant:
+        xs = _run(_on_cpu(built.row_scale), [x, _out(spec.rows, "float32")])
+    arrays = [x, *built.pack(consts), xs, _out(built.out_shape, ep.out_dtype)]
+    want = _run(_on_cpu(built.kernel), [a.copy() for a in arrays])  # unscheduled
+    got = _run(_on_cpu(_schedule(built.kernel).func), arrays)
     np.testing.assert_array_equal(got, want)
 
 
