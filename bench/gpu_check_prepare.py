@@ -175,7 +175,7 @@ def _cpu_int8_reference(out: Path, model, quant, case: str) -> str:
     inputs, _ = io_spec(out / case)
     outputs = art.run(make_inputs(inputs, 0, VOCAB))
     path = f"refs/{case}-cpu.npz"
-    np.savez(out / path, **{k: np.asarray(v.numpy()) for k, v in outputs.items()})
+    np.savez(out / path, **{k: np.asarray(v) for k, v in outputs.items()})
     return path
 
 

@@ -57,7 +57,7 @@ def _register() -> None:
     _REGISTERED.append(True)
 
 
-def _is_gemm(sch: s_tir.Schedule, blocks) -> bool:
+def is_int8_gemm(sch: s_tir.Schedule, blocks) -> bool:
     """xp (int8, spatial), acc (int32 reduction reading xp and an int8 parameter along its
     last axis, K a whole number of tiles), one epilogue."""
     if len(blocks) != 3:
@@ -97,7 +97,7 @@ def _cooperative(sch: s_tir.Schedule, block, at) -> None:
 def schedule_dp4a(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(get_root_block(sch))
-    if not _is_gemm(sch, blocks):
+    if not is_int8_gemm(sch, blocks):
         return None
     if not _REGISTERED:
         _register()

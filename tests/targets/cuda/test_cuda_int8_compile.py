@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
-from cuda_tools import needs_nvcc
+from cuda_tools import big_matmul, needs_nvcc
 from tvm import relax
 from tvm.relax import op as R
 
@@ -117,6 +117,28 @@ def test_every_int8_op_of_the_cnns_was_built_for_the_gpu(int8_build):
     lowered = stats["lower-int8"]
     ops = lowered["lowered_conv2d"] + lowered["lowered_matmul"] + lowered["lowered_add"]
     assert ops >= 3 and stats["materialize-int8-cuda"]["calls"] == ops
+
+
+# slow: the first tensor-core schedule in a process imports tvm.s_tir.tensor_intrin (about 45 s
+# on an idle core, minutes on a busy 2-core machine); `make test-slow` runs it.
+@pytest.mark.slow
+def test_large_int8_matmuls_use_tensor_cores_on_sm90(tmp_path):
+    path = big_matmul(tmp_path / "big.onnx")
+    calib = tmp_path / "big.npz"
+    np.savez(calib, x=np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32))
+    quant = QuantOptions(str(calib), sensitivity=False)
+    stats = {}
+    for arch in ("sm_90", "sm_75"):
+        art = graphopt.compile(
+            path, tmp_path / arch, target="cuda", target_options={"arch": arch}, quantization=quant
+        )
+        rows = art.manifest["report"]["passes"]
+        stats[arch] = next(r["stats"] for r in rows if r["pass"].startswith("schedule-cuda"))
+        ptx = fatbin.ptx_text(art.library_path)
+        if arch == "sm_90":
+            assert "wmma.mma.sync" in ptx and ".s8" in ptx
+    assert stats["sm_90"]["scheduled_int8-tensorcore"] == 1
+    assert stats["sm_75"]["scheduled_int8-dp4a"] == 1  # Turing: dp4a
 
 
 def _lowered_cnn(tmp_path) -> tuple[tvm.IRModule, np.ndarray]:

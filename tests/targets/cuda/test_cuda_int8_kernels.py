@@ -172,9 +172,20 @@ def test_residual_add_equals_numpy():
     np.testing.assert_array_equal(got, reference_add(a, b, spec))
 
 
-def _schedule(func: tirx.PrimFunc) -> rules.Outcome:
-    with Cuda(Cuda.Options(arch="sm_75")).tvm_target() as target:
+def _schedule(func: tirx.PrimFunc, arch: str = "sm_75") -> rules.Outcome:
+    with Cuda(Cuda.Options(arch=arch)).tvm_target() as target:
         return rules.schedule_func(func, target)
+
+
+def test_tensor_cores_are_kept_for_large_gemms_on_sm80_and_newer():
+    """Small GEMMs, and any GEMM before Ampere, stay on dp4a (decided before the tensor
+    intrinsics are imported; the tensor-core build is a slow test)."""
+    small = MATMULS["static-int8"]
+    kernel = M.build(Recipe("matmul", small[0], small[2], small[1], x_shape=(20, 50))).kernel
+    assert _schedule(kernel, "sm_90").rule == "int8-dp4a"
+    large = MatmulSpec(128, 256, 192, "int8")
+    kernel = M.build(Recipe("matmul", large, 0, REQ_I8, x_shape=(128, 256))).kernel
+    assert _schedule(kernel, "sm_75").rule == "int8-dp4a"
 
 
 @pytest.mark.parametrize("name", ["3x3-stride2", "grouped", "1x1-uint8"])
