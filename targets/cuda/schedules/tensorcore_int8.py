@@ -1,13 +1,13 @@
-"""Large int8 GEMMs on tensor cores (wmma 16x16x16 s8 x s8 -> s32; sm_80 and newer).
+"""Large int8 matmuls on tensor cores (wmma 16x16x16 s8 x s8 -> s32; sm_80 and newer).
 
-Takes the same GEMM form as `int8-dp4a` (`targets/cuda/int8/gemm.py`) when M, N and K all
-exceed 64, and hands it to dlight's Matmul, whose int8 path (MatmulInt8Tensorization) stages
-the operands in shared memory, multiplies 16x16x16 fragments with int32 accumulation and
-runs the epilogue from the accumulators (without its software pipelining, which TVM 0.27
-cannot lower for int8 fragments). A tensor-core instruction does many times the
-multiply-adds of a dp4a, but pads every dimension to its tile: smaller GEMMs stay on dp4a.
-Importing TVM's tensor intrinsics (about 45 s on an idle core) happens on the first GEMM
-that qualifies.
+Takes the GEMM form of `int8-dp4a` (`targets/cuda/int8/gemm.py`) when M, N and K all exceed
+64 and no group / image axis leads it (matmuls; convs stay on dp4a), and hands it to
+dlight's Matmul, whose int8 path (MatmulInt8Tensorization) stages the operands in shared
+memory, multiplies 16x16x16 fragments with int32 accumulation and runs the epilogue from the
+accumulators (without its software pipelining, which TVM 0.27 cannot lower for int8
+fragments). A tensor-core instruction does many times the multiply-adds of a dp4a, but pads
+every dimension to its tile: smaller GEMMs stay on dp4a. Importing TVM's tensor intrinsics
+(about 45 s on an idle core) happens on the first matmul that qualifies.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def schedule_int8_tensorcore(func: tirx.PrimFunc, target) -> s_tir.Schedule | No
     blocks = sch.get_child_blocks(get_root_block(sch))
     if not is_int8_gemm(sch, blocks):
         return None
-    extents = [int(iv.dom.extent) for iv in sch.get(blocks[1]).iter_vars[-3:]]
+    # dlight's own test (every axis but the first above 64) plus M: a conv's GEMM has its
+    # group and image axes in front, so convs stay on dp4a (and cost no intrinsic import).
+    iter_vars = sch.get(blocks[1]).iter_vars
+    extents = [int(iv.dom.extent) for iv in [*iter_vars[1:], iter_vars[-3]]]
     if min(extents) <= MIN_EXTENT:
         return None
     scheduled = dlight.gpu.Matmul().apply(func, target, False)
