@@ -2,7 +2,8 @@
 
 Runs after FuseTIR, under the CUDA target (`tvm.target.Target.current()`). Each PrimFunc gets
 the first rule of `graphopt.targets.cuda.schedules.rules.RULES` that schedules it: graphopt's
-`window` (depthwise convs, pooling), `elementwise` (vectorized, coalesced injective kernels),
+`int8-tensorcore` and `int8-dp4a` (the int8 GEMMs of materialize-int8-cuda), `window`
+(depthwise convs, pooling), `elementwise` (vectorized, coalesced injective kernels),
 `softmax` and `layer-norm` (a warp per row, shuffle reductions) and `matmul-bf16` (bf16 on
 tensor cores), then dlight's Matmul (tensor cores for fp16 / int8 with every dimension above
 64), GEMV, Reduction, GeneralReduction, Transpose and, last, Fallback. The
