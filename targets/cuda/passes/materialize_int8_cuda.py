@@ -3,11 +3,12 @@
 The CUDA counterpart of the CPU's `materialize-int8`: first in the CUDA schedule stage, it
 replaces every portable int8 kernel (plain scalar TIR marked scheduled, which a GPU cannot run)
 by unscheduled GPU kernels (`targets/cuda/int8/`) that `schedule-cuda` then schedules: convs
-and matmuls as int8 GEMMs for the `int8-dp4a` rule, depthwise convs for `window`, residual
-adds for `elementwise`, the row scales of dynamic matmuls for dlight's reductions. Each call's
+and matmuls as int8 GEMMs for the `int8-dp4a` rule, depthwise convs for `window`, residual adds
+for `elementwise`, the row scales of dynamic matmuls for dlight's reductions. Each call's
 constants are packed at compile time; reshapes around a call (matmul rows, conv outputs) are
-views. Retargeting an int8 graph from a CPU to a GPU is running this stage on the same
-lowered module.
+views. The graph's own quantize kernels divide in IEEE arithmetic (`int8/exact_quantize.py`),
+so int8 tensors are the CPU's from the first quantize on. Retargeting an int8 graph from a CPU
+to a GPU is running this stage on the same lowered module.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import tvm
 from tvm import relax
 
 from graphopt.int8_ops import recipe_of
+from graphopt.pass_helpers import with_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.passes._swap import packed_constants, portable_entry, swap_kernels
 from graphopt.targets.cuda.int8 import materialize as M
+from graphopt.targets.cuda.int8.exact_quantize import exact_quantize_kernels
 
 _CONSTANTS = {"conv2d": 4, "matmul": 4, "add": 0}
 _INPUTS = {"conv2d": 1, "matmul": 1, "add": 2}
@@ -42,12 +45,16 @@ class MaterializeInt8Cuda(GraphPass):
                 continue
             built[gvar] = (recipe, M.build(recipe))
         stats["kernels"] = len(built)
-        if not built:
+        new = mod
+        if built:
+            mutator = _Materialize(mod, built)
+            new = swap_kernels(mod, built, mutator)
+            stats["calls"] = mutator.calls
+        exact = exact_quantize_kernels(new)
+        stats["exact_quantize"] = len(exact)
+        if not built and not exact:
             return PassResult(mod, False, stats)
-        mutator = _Materialize(mod, built)
-        new = swap_kernels(mod, built, mutator)
-        stats["calls"] = mutator.calls
-        return PassResult(new, True, stats)
+        return PassResult(with_functions(new, exact), True, stats)
 
 
 @relax.expr_functor.mutator

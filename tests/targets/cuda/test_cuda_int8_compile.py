@@ -100,11 +100,14 @@ def test_int8_kernels_are_dp4a_in_the_fatbin(int8_build, name, arch, mode):
     data = art.library_path.read_bytes()
     assert {(e.kind, e.arch) for e in fatbin.entries(data)} >= {("elf", arch), ("ptx", arch)}
     assert not fatbin.carries_source(data)
-    assert "dp4a.s32.s32" in fatbin.ptx_text(art.library_path)
+    ptx = fatbin.ptx_text(art.library_path)
+    assert "dp4a.s32.s32" in ptx
     built, scheduled = stats["materialize-int8-cuda"], stats["schedule-cuda"]
     assert built["kernels"] >= 1 and built["calls"] >= built["kernels"]
     assert scheduled["scheduled_int8-dp4a"] >= 1
     assert scheduled["scheduled_fallback"] == 0 and scheduled["untouched"] == 0
+    if mode == "static":  # the input's quantize divides in IEEE arithmetic, as on the CPU
+        assert built["exact_quantize"] >= 1 and "div.rn" in ptx
     if name == "expand_depthwise":
         assert scheduled["scheduled_window"] >= 1  # the int8 depthwise conv
     if name == "transformer_block":

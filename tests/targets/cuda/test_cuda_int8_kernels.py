@@ -16,7 +16,7 @@ import pytest
 import tvm
 import tvm_ffi
 from cuda_tools import serial
-from tvm import tirx
+from tvm import relax, tirx
 
 from graphopt import _tvm
 from graphopt.int8_ops import (
@@ -32,6 +32,7 @@ from graphopt.int8_ops import (
 from graphopt.passes import _int8_reference as portable
 from graphopt.targets.cuda.int8 import gemm, kernels
 from graphopt.targets.cuda.int8 import materialize as M
+from graphopt.targets.cuda.int8.exact_quantize import exact_division
 from graphopt.targets.cuda.schedules import rules
 from graphopt.targets.cuda.target import Cuda
 
@@ -274,3 +275,28 @@ def test_residual_add_runs_in_the_elementwise_rule():
     a, b = (_activations(rng, spec.shape, "int8") for _ in range(2))
     got = _run(serial(outcome.func), [a, b, _out(spec.shape, "int8")])
     np.testing.assert_array_equal(got, reference_add(a, b, spec))
+
+
+def _legalized(build, dtype: str = "float32") -> tirx.PrimFunc:
+    x = relax.Var("x", relax.TensorType((2, 8), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(build(x))
+        bb.emit_func_output(out)
+    with Cuda().tvm_target():
+        mod = relax.transform.LegalizeOps()(bb.get())
+    return next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
+
+
+def test_quantize_kernels_divide_exactly_and_others_keep_fast_math():
+    scale, zp = relax.const(0.05, "float32"), relax.const(3, "int8")
+    quantize = _legalized(lambda x: relax.op.quantize(x, scale, zp, axis=-1, out_dtype="int8"))
+    exact = exact_division(quantize)
+    assert exact is not None and "__fdiv_rn" in exact.script()
+    x = np.random.default_rng(0).normal(0, 1, (2, 8)).astype(np.float32)
+    x[0, 0] = np.float32(0.125)  # 2.5 steps in real numbers, just under in float32
+    want = _run(quantize, [x, _out((2, 8), "int8")])
+    assert want[0, 0] == 5  # round(2.5) = 2, + zero point 3
+    np.testing.assert_array_equal(_run(_on_cpu(exact), [x, _out((2, 8), "int8")]), want)
+    assert exact_division(_legalized(lambda x: relax.op.divide(x, relax.const(3.0)))) is None
