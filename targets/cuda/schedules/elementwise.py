@@ -50,8 +50,8 @@ def _contiguous(block) -> bool:
 
 def _widest_bits(block) -> int:
     """The widest value type the block stores, loads or casts to: a quantize (fp32 -> int8)
-    or an int8 add (int32 inside) vectorizes by its 32-bit values, since CUDA has no
-    float32x16 or int32x16 type."""
+    or an int8 add (int32 inside) vectorizes by its 32-bit values (16 int8 lanes would make
+    float32x16 / int32x16 values, which TVM's CUDA codegen has no type for)."""
     store = block.body
     widths = [block.writes[0].source.dtype.bits]
 
@@ -80,10 +80,13 @@ def schedule_elementwise(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     if not loops or not all(isinstance(e, tirx.IntImm) for e in extents):
         return None
     stmt = sch.get(block)
-    bits = _widest_bits(stmt)
+    bits = stmt.writes[0].source.dtype.bits
     # TVM's CUDA codegen packs a gather of 16-bit lanes wrongly (make_uint4 of 8 halves), so
     # narrow types vectorize only when every load is contiguous too; fp32 gathers are fine.
     lanes = _vector_lanes(int(extents[-1]), bits) if bits >= 32 or _contiguous(stmt) else 1
+    if bits == 8:  # int8 outputs of 32-bit values (quantize, int8 add): 4 lanes of them
+        while lanes > 1 and lanes * _widest_bits(stmt) > VECTOR_BYTES * 8:
+            lanes //= 2
     inner = loops[-1]
     if lanes > 1:
         inner, vec = sch.split(loops[-1], [None, lanes])

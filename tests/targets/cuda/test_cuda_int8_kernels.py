@@ -271,6 +271,7 @@ def test_residual_add_runs_in_the_elementwise_rule():
     spec = AddSpec((1, 16, 8, 8), "int8", "int8", 2, -4, ma, mb, shift, Epilogue("int8"))
     outcome = _schedule(kernels.add(spec))
     assert outcome.rule == "elementwise", outcome.errors
+    assert "T.vectorized(4)" in outcome.func.script()  # int32 inside: 4 lanes, not 16
     rng = np.random.default_rng(1)
     a, b = (_activations(rng, spec.shape, "int8") for _ in range(2))
     got = _run(serial(outcome.func), [a, b, _out(spec.shape, "int8")])
