@@ -5,7 +5,7 @@
 #
 # Here (no GPU):   .venv/bin/python bench/gpu_check_prepare.py build/gpu_check [--group fp16]
 # On the GPU host: bench/gpu_check.sh build/gpu_check        (results in $OUT or CHECK_DIR/results)
-# One group of cases per call (fp16, bf16, fp32, fp32-b32, minilm, minilm-fp32, blocks).
+# One group of cases per call (fp16, bf16, fp32, fp32-b32, minilm, minilm-fp32, blocks, int8).
 # See docs/CUDA.md.
 set -uo pipefail
 DIR=${1:-build/gpu_check}

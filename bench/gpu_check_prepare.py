@@ -13,13 +13,19 @@ script stops with an error when a group outgrows it):
     minilm          all-MiniLM-L6-v2 (sequence 128) in fp16 and bf16
     minilm-fp32     all-MiniLM-L6-v2 in fp32
     blocks          the generated MobileNet and transformer blocks in all three precisions
+    int8            MobileNetV2 (batch 8) and all-MiniLM-L6-v2 with --quantize int8 (dp4a)
 
 The directory holds the runner and the TVM / CUDA runtime libraries once (`run`, `lib/`), per
 case `model.so`, `io.txt` and `manifest.json`, per model and batch `models/<key>.onnx` (the
 graph without its large weights, bench/onnx_skeleton.py: PyTorch and onnxruntime CUDA time it
 with random weights of the same shapes) and `refs/<key>.npz` (onnxruntime CPU fp32 outputs of
 the real model for the inputs `gpu_check.make_inputs` draws, computed here), and `cases.json`.
-The models' weights travel only inside graphopt's libraries. MiniLM's word-embedding table
+int8 cases are calibrated on `make_inputs` draws with other seeds than the checked inputs
+(static for the CNN, dynamic per-row for MiniLM, as docs/INT8.md does them), and carry a
+second reference, `refs/<case>-cpu.npz`: the same quantization built for this CPU and run on
+the checked inputs (the integer arithmetic is exact on both, so the GPU must give its numbers;
+against fp32, random inputs make near-tied logits and top-1 flips mean little). The models'
+weights travel only inside graphopt's libraries. MiniLM's word-embedding table
 is cut to its first VOCAB rows (47 MB of 90; inputs draw token ids below VOCAB): the same
 graph, a smaller constant. Batch 32 copies of the batch-1 CNNs get their batch axis widened
 (`rebatch`), checked here against the batch-1 model.
@@ -52,7 +58,9 @@ GROUPS: dict[str, list[tuple[str, int, str]]] = {
     "minilm": [("minilm", 1, "fp16"), ("minilm", 1, "bf16")],
     "minilm-fp32": [("minilm", 1, "fp32")],
     "blocks": [(m, 1, p) for m in BLOCKS for p in ("fp32", "fp16", "bf16")],
+    "int8": [("mobilenet_v2", 8, "int8"), ("minilm", 1, "int8")],
 }
+CALIB_SEEDS = range(1, 5)  # calibration draws; the checked inputs are seed 0
 
 
 def load_model(name: str, batch: int):
@@ -132,6 +140,45 @@ def _reference(model, case_dir: Path, name: str, batch: int, seed: int) -> dict:
     return ref
 
 
+def _quantization(model, name: str, directory: Path):
+    """--quantize int8 options for a case, calibrated on seeded draws (not the checked ones):
+    static for CNNs, dynamic per-row for transformers."""
+    from gpu_check import make_inputs
+
+    from graphopt.compress.int8.flow import QuantOptions
+
+    kinds = {1: "<f4", 7: "<i8", 6: "<i4"}
+    specs = [
+        (i.name, kinds[i.type.tensor_type.elem_type],
+         tuple(d.dim_value for d in i.type.tensor_type.shape.dim))
+        for i in model.graph.input
+    ]  # fmt: skip
+    draws = [make_inputs(specs, seed, VOCAB) for seed in CALIB_SEEDS]
+    path = directory / f"{name}-calibration.npz"
+    np.savez(path, **{k: np.concatenate([d[k] for d in draws]) for k in draws[0]})
+    if name == "minilm":
+        return QuantOptions(str(path), mode="dynamic", granularity="row", sensitivity=False)
+    return QuantOptions(str(path), sensitivity=False)
+
+
+def _cpu_int8_reference(out: Path, model, quant, case: str) -> str:
+    """refs/<case>-cpu.npz: the int8 model built for this host, run on the checked inputs."""
+    from gpu_check import io_spec, make_inputs
+
+    import graphopt
+    from graphopt.target_infra import host_target
+
+    host = host_target().name
+    art = graphopt.compile(
+        model, out / ".bundles" / f"{case}-{host}", target=host, quantization=quant
+    )
+    inputs, _ = io_spec(out / case)
+    outputs = art.run(make_inputs(inputs, 0, VOCAB))
+    path = f"refs/{case}-cpu.npz"
+    np.savez(out / path, **{k: np.asarray(v) for k, v in outputs.items()})
+    return path
+
+
 def _bundle_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
@@ -159,9 +206,15 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
     key, case = f"{name}-b{batch}", f"{name}-b{batch}-{precision}"
     model = load_model(name, batch)
     full = out / ".bundles" / case
+    int8 = precision == "int8"
+    quant = _quantization(model, name, out) if int8 else None
     start = time.perf_counter()
     art = graphopt.compile(
-        model, full, target="cuda", target_options={"arch": arch, "precision": precision}
+        model,
+        full,
+        target="cuda",
+        target_options={"arch": arch, "precision": "fp32" if int8 else precision},
+        quantization=quant,
     )
     seconds = time.perf_counter() - start
     if not (out / "run").is_file():  # runner and libraries once for every case
@@ -172,6 +225,7 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
     for item in ("model.so", "io.txt", "manifest.json"):
         shutil.copy2(full / item, dest / item)
     _write_model(out, key, model, dest, name, batch)
+    cpu_int8 = _cpu_int8_reference(out, model, quant, case) if int8 else None
     stats = next(
         r["stats"] for r in art.manifest["report"]["passes"] if r["pass"] == "schedule-cuda"
     )
@@ -181,10 +235,12 @@ def _build_case(out: Path, name: str, batch: int, precision: str, arch: str) -> 
         "onnx": f"models/{key}.onnx",
         "reference": f"refs/{key}.npz",
         "precision": precision,
+        "classifier": name in CNNS,  # top-1 agreement is checked for ImageNet logits only
         "vocab": VOCAB,
         "compile_seconds": round(seconds, 1),
         "bundle_bytes": _bundle_size(full),
         "rules": {k[10:]: v for k, v in stats.items() if k.startswith("scheduled_") and v},
+        **({"cpu_int8_reference": cpu_int8} if cpu_int8 else {}),
     }
 
 
@@ -192,6 +248,8 @@ def prepare(out: Path, arch: str, group: str) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     listed = [_build_case(out, *case, arch) for case in GROUPS[group]]
     shutil.rmtree(out / ".bundles")
+    for calibration in out.glob("*-calibration.npz"):
+        calibration.unlink()
     (out / "cases.json").write_text(json.dumps(listed, indent=2) + "\n")
     return listed
 

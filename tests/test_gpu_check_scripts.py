@@ -96,11 +96,39 @@ def test_inputs_are_seeded_and_in_range():
     assert (a["attention_mask"] == 1).all()
 
 
+def test_int8_cases_need_fp32_cosine_and_the_cpu_int8_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(8, 1000)).astype(np.float32)
+    close = ref + rng.normal(0, 0.1, ref.shape).astype(np.float32)  # cosine about 0.995
+    assert gpu_check.compare(close, ref, "int8")["ok"]
+    assert not gpu_check.compare(close, ref, "fp16")["ok"]  # int8's bar is lower, not fp16's
+    flipped = ref.copy()
+    flipped[:2, ref[:2].argmin(-1)] = 100.0  # two of eight samples change class
+    assert gpu_check.top1(flipped, ref) == 0.75
+    np.savez(tmp_path / "cpu.npz", logits=ref)
+    assert gpu_check.same_as_cpu_int8({"logits": ref * (1 + 1e-6)}, tmp_path / "cpu.npz")["logits"][
+        "ok"
+    ]
+    assert not gpu_check.same_as_cpu_int8({"logits": flipped}, tmp_path / "cpu.npz")["logits"]["ok"]
+
+
+def test_int8_calibration_is_other_draws_of_the_same_inputs(tmp_path):
+    model = _classifier(1)
+    quant = prep._quantization(model, "mobilenet_v2", tmp_path)
+    assert quant.mode == "static" and not quant.sensitivity
+    with np.load(quant.calibration) as calib:
+        x = calib["x"]
+    assert x.shape == (len(prep.CALIB_SEEDS), 3, 16, 16)
+    checked = gpu_check.make_inputs([("x", "<f4", (1, 3, 16, 16))], 0)["x"]
+    assert not any(np.array_equal(sample, checked[0]) for sample in x)
+    assert prep._quantization(model, "minilm", tmp_path).granularity == "row"
+
+
 def test_groups_name_known_models_and_precisions():
     for cases in prep.GROUPS.values():
         for name, batch, precision in cases:
             assert name in (*prep.CNNS, *prep.BLOCKS, "minilm")
-            assert precision in ("fp32", "fp16", "bf16") and batch in (1, 32)
+            assert precision in ("fp32", "fp16", "bf16", "int8") and batch in (1, 8, 32)
 
 
 @pytest.mark.slow  # two CUDA compiles

@@ -1,7 +1,7 @@
 """The CUDA target (NVIDIA GPUs): options and stages (target.py), the toolchain that compiles
 kernels ahead of time into fatbins (toolchain.py, stub/), reading them back (fatbin.py), its
-passes (passes/: schedule-cuda, mixed-precision, cuda-graphs) and GPU schedule rules
-(schedules/).
+passes (passes/: schedule-cuda, mixed-precision, cuda-graphs, materialize-int8-cuda), GPU
+schedule rules (schedules/) and the int8 ops' GPU kernels (int8/).
 
 Importing this package registers the target and its passes.
 """

@@ -50,10 +50,11 @@ def legalize_stage(precision: str, rules: tuple[str, ...] = ()) -> list[str]:
 
 
 def schedule_stage(tuning_db: Path | None, rules: tuple[str, ...]) -> list[str]:
-    """Tuning records first, then graphopt's GPU rules and dlight's for the rest."""
+    """Tuning records first, the int8 ops' GPU kernels (a no-op without --quantize int8),
+    then graphopt's GPU rules and dlight's for the rest."""
     stage = [f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}"] if tuning_db else []
     option = f"{{rules={':'.join(rules)}}}" if rules else ""
-    return [*stage, f"schedule-cuda{option}"]
+    return [*stage, "materialize-int8-cuda", f"schedule-cuda{option}"]
 
 
 def lower_stage(cuda_graphs: bool) -> list[str]:

@@ -2,7 +2,8 @@
 
 Runs after FuseTIR, under the CUDA target (`tvm.target.Target.current()`). Each PrimFunc gets
 the first rule of `graphopt.targets.cuda.schedules.rules.RULES` that schedules it: graphopt's
-`window` (depthwise convs, pooling), `elementwise` (vectorized, coalesced injective kernels),
+`int8-tensorcore` and `int8-dp4a` (the int8 GEMMs of materialize-int8-cuda), `window`
+(depthwise convs, pooling), `elementwise` (vectorized, coalesced injective kernels),
 `softmax` and `layer-norm` (a warp per row, shuffle reductions) and `matmul-bf16` (bf16 on
 tensor cores), then dlight's Matmul (tensor cores for fp16 / int8 with every dimension above
 64), GEMV, Reduction, GeneralReduction, Transpose and, last, Fallback. The
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 import tvm
 
 from graphopt.errors import PipelineError
+from graphopt.int4_ops import RECIPE_ATTR as INT4_ATTR
 from graphopt.pass_helpers import check_rule_names, schedule_kernels, with_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.sparse_ops import RECIPE_ATTR as SPARSE_ATTR
 from graphopt.targets.cuda.schedules import rules
 
 
@@ -54,8 +57,8 @@ class ScheduleCuda(GraphPass):
 
 def _check_bound(mod: tvm.IRModule) -> None:
     """Every kernel must run on GPU threads: one without a thread binding would be built as
-    host code reading device memory. PipelineError naming them (e.g. the CPU int8 kernels of
-    --quantize int8, which come marked as scheduled)."""
+    host code reading device memory. PipelineError naming them (e.g. the CPU kernels of
+    --quantize int4 or of block-sparse pruning, which come marked as scheduled)."""
     unbound = sorted(
         gvar.name_hint
         for gvar, func in mod.functions.items()
@@ -63,9 +66,19 @@ def _check_bound(mod: tvm.IRModule) -> None:
     )
     if not unbound:
         return
-    int8 = any('"int8"' in mod[name].script() for name in unbound)
-    hint = "; int8 kernels (--quantize int8) are not supported on cuda yet" if int8 else ""
+    kinds = sorted(
+        {kind for name in unbound for attr, kind in _CPU_ONLY.items() if attr in _attrs(mod[name])}
+    )
+    hint = f"; {' and '.join(kinds)} kernels are CPU-only (not supported on cuda)" if kinds else ""
     raise PipelineError(  # a user error, shown as one line
         f"schedule-cuda: {len(unbound)} kernels have no GPU schedule "
         f"({', '.join(unbound[:5])}{', ...' if len(unbound) > 5 else ''}){hint}"
     )
+
+
+# Recipe attributes of compression kernels that only CPU targets build.
+_CPU_ONLY = {INT4_ATTR: "--quantize int4", SPARSE_ATTR: "block-sparse (--prune)"}
+
+
+def _attrs(func) -> dict:
+    return dict(func.attrs.items()) if func.attrs is not None else {}

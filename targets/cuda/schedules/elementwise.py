@@ -11,11 +11,12 @@ are 128-bit and coalesced.
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 
-from graphopt.targets.cpu.schedules.common import buffer_loads
+from graphopt.targets.cpu.schedules.common import buffer_loads, walk
 
 THREADS = 256
 VECTOR_BYTES = 16
@@ -47,6 +48,22 @@ def _contiguous(block) -> bool:
     return True
 
 
+def _widest_bits(block) -> int:
+    """The widest value type the block stores, loads or casts to: a quantize (fp32 -> int8)
+    or an int8 add (int32 inside) vectorizes by its 32-bit values (16 int8 lanes would make
+    float32x16 / int32x16 values, which TVM's CUDA codegen has no type for)."""
+    store = block.body
+    widths = [block.writes[0].source.dtype.bits]
+
+    def visit(expr) -> None:
+        if isinstance(expr, (tvm.ir.TensorLoad, tirx.Cast)):
+            widths.append(expr.ty.dtype.bits)
+
+    if isinstance(store, tirx.BufferStore):
+        walk(store.value, visit)
+    return max(widths)
+
+
 def schedule_elementwise(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     """The schedule, or None when the function is not one injective output block of static
     shape after inlining."""
@@ -67,6 +84,9 @@ def schedule_elementwise(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     # TVM's CUDA codegen packs a gather of 16-bit lanes wrongly (make_uint4 of 8 halves), so
     # narrow types vectorize only when every load is contiguous too; fp32 gathers are fine.
     lanes = _vector_lanes(int(extents[-1]), bits) if bits >= 32 or _contiguous(stmt) else 1
+    if bits == 8:  # int8 outputs of 32-bit values (quantize, int8 add): 4 lanes of them
+        while lanes > 1 and lanes * _widest_bits(stmt) > VECTOR_BYTES * 8:
+            lanes //= 2
     inner = loops[-1]
     if lanes > 1:
         inner, vec = sch.split(loops[-1], [None, lanes])

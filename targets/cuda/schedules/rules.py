@@ -1,8 +1,8 @@
 """The ordered GPU rules and `schedule_func`, which names the rule that scheduled a kernel.
 
 graphopt's rules come first where dlight is weak (the fused attention group, which dlight
-leaves to its Fallback; few-tap windows such as depthwise convs,
-injective kernels, softmax and layer norm rows, bf16 tensor cores), then dlight's rules for
+leaves to its Fallback; int8 GEMMs on tensor cores or dp4a, few-tap windows such as depthwise
+convs, injective kernels, softmax and layer norm rows, bf16 tensor cores), then dlight's rules for
 the rest, in the order TVM's default CUDA pipeline uses, with Transpose before the Fallback.
 A dlight matmul that came out on tensor cores (wmma / mma intrinsics in the scheduled
 function) is reported as `matmul-tensorcore`.
@@ -19,8 +19,10 @@ from tvm.s_tir import dlight
 
 from graphopt.targets.cuda.schedules.attention import schedule_attention
 from graphopt.targets.cuda.schedules.elementwise import schedule_elementwise
+from graphopt.targets.cuda.schedules.int8_dp4a import schedule_dp4a
 from graphopt.targets.cuda.schedules.row_reduction import schedule_rows
 from graphopt.targets.cuda.schedules.tensorcore_bf16 import schedule_matmul_bf16
+from graphopt.targets.cuda.schedules.tensorcore_int8 import schedule_int8_tensorcore
 from graphopt.targets.cuda.schedules.window import schedule_window
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -38,6 +40,8 @@ def _own(schedule) -> Apply:
 # name -> how to apply; graphopt's own first. The order is the order of trial.
 RULES: dict[str, Apply] = {
     "attention": _own(schedule_attention),
+    "int8-tensorcore": schedule_int8_tensorcore,
+    "int8-dp4a": _own(schedule_dp4a),
     "window": _own(schedule_window),
     "elementwise": _own(schedule_elementwise),
     "softmax": _own(schedule_rows("softmax")),
@@ -50,7 +54,16 @@ RULES: dict[str, Apply] = {
     "transpose": _dlight(dlight.gpu.Transpose()),
     "fallback": _dlight(dlight.gpu.Fallback()),
 }
-OWN_RULES = ("attention", "window", "elementwise", "softmax", "layer-norm", "matmul-bf16")
+OWN_RULES = (
+    "attention",
+    "int8-tensorcore",
+    "int8-dp4a",
+    "window",
+    "elementwise",
+    "softmax",
+    "layer-norm",
+    "matmul-bf16",
+)
 # What the compile report can name besides RULES.
 REPORTED = (*RULES, "matmul-tensorcore")
 _TENSOR_CORE_SCOPES = ("wmma.matrix_a", "m16n8k8.matrixA", "m16n8k16.matrixA", "warp")

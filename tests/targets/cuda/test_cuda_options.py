@@ -41,13 +41,16 @@ def test_bad_options_are_one_line_errors(options, words):
 def test_stages_follow_the_options(tmp_path):
     plain = Cuda().stages()
     assert "mixed-precision" not in plain["legalize"]
-    assert plain["schedule"] == ["schedule-cuda"]
+    assert plain["schedule"] == ["materialize-int8-cuda", "schedule-cuda"]
     assert "cuda-graphs" not in plain["lower"]
     half = Cuda(Cuda.Options(precision="fp16", cuda_graphs=True, rules=("matmul", "fallback")))
     stages = half.stages(tmp_path)
     assert stages["legalize"].index("mixed-precision") < stages["legalize"].index("tvm.LegalizeOps")
     assert stages["schedule"][0].startswith("tvm.MetaScheduleApplyDatabase")
-    assert stages["schedule"][1] == "schedule-cuda{rules=matmul:fallback}"
+    assert stages["schedule"][1:] == [
+        "materialize-int8-cuda",
+        "schedule-cuda{rules=matmul:fallback}",
+    ]
     assert "cuda-graphs" in stages["lower"]
     assert Cuda().device_kind() == "cuda"
 
@@ -56,7 +59,8 @@ def test_registered_with_its_passes():
     from graphopt.pass_infra import registered_passes
 
     assert "cuda" in registered_targets()
-    assert {"schedule-cuda", "mixed-precision", "cuda-graphs"} <= set(registered_passes())
+    names = {"schedule-cuda", "mixed-precision", "cuda-graphs", "materialize-int8-cuda"}
+    assert names <= set(registered_passes())
 
 
 def test_missing_nvcc_is_a_one_line_error(monkeypatch, tmp_path):
