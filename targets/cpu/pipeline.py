@@ -49,12 +49,18 @@ def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[
     """The int8 kernels for the target first (`materialize-int8`: lower-int8's portable
     kernels rebuilt for the target's dot instruction, constants packed; `materialize-int4`:
     lower-int4's int4-weight matmuls as panel kernels; `materialize-sparse`: sparsify's
-    block-sparse kernels vectorized), then tuned records
+    block-sparse kernels vectorized; `materialize-precision`: lower-precision's 16-bit
+    matmuls as panel kernels), then tuned records
     (when a database is given), then rule-based schedules for the rest.
 
     `schedule-cpu` skips kernels the database already scheduled, and the int8 kernels.
     """
-    stage = ["materialize-int8", "materialize-int4", "materialize-sparse"]
+    stage = [
+        "materialize-int8",
+        "materialize-int4",
+        "materialize-precision",
+        "materialize-sparse",
+    ]
     if tuning_db:
         stage.append(f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}")
     return stage + (["schedule-cpu"] if default_schedules else [])
