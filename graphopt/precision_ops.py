@@ -92,7 +92,8 @@ def to_bits(x, precision: str) -> np.ndarray:
     """fp32 -> 16-bit bit patterns (uint16) of `precision`, round to nearest even."""
     if precision == "bf16":
         return f32_to_bf16_bits(x)
-    return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
+    with np.errstate(over="ignore"):  # overflow rounds to Inf, as the hardware's does
+        return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
 
 
 def from_bits(bits, precision: str) -> np.ndarray:
@@ -230,7 +231,7 @@ def kernel_note(target: tvm.target.Target | None, precision: str) -> str:
         return f"{precision} computed in fp32 on this target: {present}"
     if precision == "bf16":
         if "avx512bf16" in features:
-            return "bf16 with vdpbf16ps (AVX512_BF16): bf16 products, fp32 sums"
+            return "bf16 computed in fp32 on this target: AVX512_BF16 present, no vdpbf16ps kernel"
         return "bf16 computed in fp32 on this target: no AVX512_BF16"
     if "avx512fp16" in features:
         return "fp16 computed in fp32 on this target: AVX512_FP16 present, no fp16 kernel yet"

@@ -57,13 +57,16 @@ def store_macro(n: int, lanes: int = LANES):
 def round_macro(spec: PrecisionMatmulSpec):
     """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K)."""
     k, kp, prec = spec.k, spec.k_pairs * 2, spec.precision
+    vec = k // LANES * LANES
+    # a K under one vector: the vector loop does element 0 (again below), never extent 0
+    head = max(vec, 1)
 
     @T.macro
     def round_rows(xf, xr, rows):
         for m in T.parallel(rows):
-            for kk in T.vectorized(k // LANES * LANES):
+            for kk in T.vectorized(head):
                 xr[m, kk] = tir_round(xf[m, kk], prec)
-            for kk in range(k // LANES * LANES, kp):
+            for kk in range(vec, kp):
                 xr[m, kk] = T.if_then_else(kk < k, tir_round(xf[m, T.min(kk, k - 1)], prec), 0.0)
 
     return round_rows
