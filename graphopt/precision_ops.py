@@ -26,7 +26,9 @@ from tvm.script import tirx as T
 
 RECIPE_ATTR = "graphopt.precision_kernel"
 PRECISIONS = ("bf16", "fp16")
-_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+# op_pattern 8 (opaque): FuseOps never fuses these kernels with their neighbours (their bodies
+# are loops, not blocks), and the target stage finds each one whole.
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 
 @dataclass(frozen=True)
@@ -188,18 +190,14 @@ def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
 
 
 def round_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
-    """PrimFunc(x, out): out = r(x), elementwise (the --max-drop search's switchable graph)."""
-    size = int(np.prod(shape, dtype=np.int64))
+    """PrimFunc(x, out): out = r(x), elementwise, as an ordinary block kernel (the --max-drop
+    search's switchable graph; schedule rules vectorize it like any elementwise op)."""
+    from tvm import te
 
-    @T.prim_func
-    def round16(x: T.Buffer(shape, "float32"), out: T.Buffer(shape, "float32")):
-        T.func_attr(_ATTRS)
-        xf = T.decl_buffer((size,), "float32", data=x.data)
-        of = T.decl_buffer((size,), "float32", data=out.data)
-        for i in T.parallel(size):
-            of[i] = tir_round(xf[i], precision)
-
-    return round16.without_attr("global_symbol")
+    dims = [tvm.tirx.IntImm("int64", d) for d in shape]  # as Relax's shapes (FuseTIR)
+    x = te.placeholder(dims, "float32", name="x")
+    out = te.compute(dims, lambda *i: tir_round(x(*i), precision), name="round16")
+    return te.create_prim_func([x, out]).without_attr("global_symbol")
 
 
 # -- the gate: what a CPU target computes 16-bit layers with ------------------------------------

@@ -1,0 +1,197 @@
+"""`compile --precision bf16|fp16|mixed`: the artifact against numpy's 16-bit arithmetic, the
+stored weight bytes, first/last layer defaults, the --max-drop budget keeping a fragile layer
+fp32, the target gate's note, composition with int8, bad flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt
+from graphopt import precision_ops as P
+from graphopt.cli import main
+
+D, OUT, ROWS = 64, 16, 8
+ZNVER3 = ["--target-opt", "mcpu=znver3"]
+
+
+def _model(ws: list[np.ndarray], sub: bool = False) -> onnx.ModelProto:
+    """x [8, 64] -> MatMul chain with Relu between; sub: y = Relu(x@A - x@B) @ C."""
+    names = [f"w{i}" for i in range(len(ws))]
+    if sub:
+        nodes = [
+            helper.make_node("MatMul", ["x", "w0"], ["a"]),
+            helper.make_node("MatMul", ["x", "w1"], ["b"]),
+            helper.make_node("Sub", ["a", "b"], ["d"]),
+            helper.make_node("Relu", ["d"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ]
+    else:
+        nodes, prev = [], "x"
+        for i, name in enumerate(names):
+            out = "y" if i == len(ws) - 1 else f"h{i}"
+            nodes.append(helper.make_node("MatMul", [prev, name], [out]))
+            if out != "y":
+                nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+                prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [ROWS, ws[-1].shape[1]])],
+        [numpy_helper.from_array(w, n) for w, n in zip(ws, names)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _chain_weights(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = [(D, D), (D, D), (D, OUT)]
+    return [(rng.standard_normal(s) / 8).astype(np.float32) for s in shapes]
+
+
+def _fragile_weights(seed: int = 1) -> list[np.ndarray]:
+    """A = 1 + 0.01 R and B = 1: x@A - x@B is 0.01 x@R, which bf16 weights (2^-8 steps
+    near 1) or activations destroy; C after it is an ordinary layer."""
+    rng = np.random.default_rng(seed)
+    a = (1 + 0.01 * rng.standard_normal((D, D))).astype(np.float32)
+    b = np.ones((D, D), np.float32)
+    c = (rng.standard_normal((D, OUT)) / 8).astype(np.float32)
+    return [a, b, c]
+
+
+def _x(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, ROWS, D)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("precision")
+    onnx.save(_model(_chain_weights()), root / "chain.onnx")
+    onnx.save(_model(_fragile_weights(), sub=True), root / "fragile.onnx")
+    np.savez(root / "calib.npz", x=_x(16, 2))
+    return root
+
+
+def _compile(files, model: str, name: str, *flags: str):
+    out = files / name
+    assert main(["compile", str(files / model), "-o", str(out), *flags]) == 0
+    return graphopt.load(out), json.loads((out / "manifest.json").read_text())
+
+
+def _numpy_chain(x: np.ndarray, ws: list[np.ndarray], precision: str, low: list[bool]):
+    """The artifact's arithmetic in numpy: 16-bit layers as the op defines them."""
+    for i, w in enumerate(ws):
+        if low[i]:
+            spec = P.PrecisionMatmulSpec(x.shape, w.shape[1], precision)
+            x = P.reference_matmul(x, P.to_bits(w, precision), spec)
+        else:
+            x = x @ w
+        if i < len(ws) - 1:
+            x = np.maximum(x, 0)
+    return x
+
+
+@pytest.mark.parametrize("precision", P.PRECISIONS)
+def test_every_layer_16bit_matches_numpy(files, precision, capsys):
+    art, manifest = _compile(
+        files, "chain.onnx", precision, "--precision", precision, "--precision-edges", *ZNVER3
+    )
+    m = manifest["precision"]
+    assert [r["precision"] for r in m["layers"]] == [precision] * 3
+    assert m["size"]["ratio"] == 0.5
+    x = _x(1, 5)[0]
+    got = art.run({"x": x})["y"]
+    ws = _chain_weights()
+    want = _numpy_chain(x, ws, precision, [True] * 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # the sums' order, nothing else
+    fp32 = _numpy_chain(x, ws, precision, [False] * 3)
+    assert np.abs(got - fp32).max() > 10 * np.abs(got - want).max()
+    text = capsys.readouterr().out
+    assert f"precision {precision}: 3/3 layers" in text and "note: " in text
+    passes = {r["pass"]: r["stats"] for r in manifest["report"]["passes"]}
+    assert passes["materialize-precision"]["calls"] == 3
+
+
+def test_defaults_keep_first_and_last_fp32_and_store_half(files):
+    art, manifest = _compile(files, "chain.onnx", "edges", "--precision", "bf16", *ZNVER3)
+    rows = manifest["precision"]["layers"]
+    assert [(r["precision"], r["reason"]) for r in rows] == [
+        ("fp32", "first layer"),
+        ("bf16", None),
+        ("fp32", "last layer"),
+    ]
+    assert rows[1]["bytes"] == D * D * 2 == rows[1]["fp32_bytes"] // 2
+    x = _x(1, 6)[0]
+    want = _numpy_chain(x, _chain_weights(), "bf16", [False, True, False])
+    np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_library_stores_the_16bit_weights(files, tmp_path):
+    """The library itself shrinks by the weight bytes saved (a 1 MiB fp32 matmul)."""
+    rng = np.random.default_rng(3)
+    ws = [(rng.standard_normal((D, 4096)) / 8).astype(np.float32)]
+    ws.append((rng.standard_normal((4096, OUT)) / 64).astype(np.float32))
+    onnx.save(_model(ws), files / "wide.onnx")
+    _a, fp32 = _compile(files, "wide.onnx", "wide32", *ZNVER3)
+    _b, bf16 = _compile(files, "wide.onnx", "wide16", "--precision", "bf16", "--precision-edges")
+    saved = (D * 4096 + 4096 * OUT) * 2
+    size32 = (files / "wide32" / fp32["library"]).stat().st_size
+    size16 = (files / "wide16" / bf16["library"]).stat().st_size
+    assert size32 - size16 > 0.9 * saved
+
+
+def test_budget_keeps_the_fragile_layer_fp32(files, capsys):
+    _art, manifest = _compile(
+        files, "fragile.onnx", "mixed", "--precision", "mixed", "--max-drop", "1",
+        "--calibration", str(files / "calib.npz"), "--quant-metric", "cosine", *ZNVER3,
+    )  # fmt: skip
+    m = manifest["precision"]
+    by_name = {r["layer"]: r for r in m["layers"]}
+    assert by_name["matmul_0"]["precision"] == "fp32"  # x@A: the fragile one
+    assert by_name["matmul_0"]["reason"] in ("max-drop", "artifact budget")
+    assert by_name["matmul_2"]["precision"] == "bf16"  # C: ordinary
+    a = m["accuracy"]
+    assert a["all_16bit"] < a["fp32"] - 1  # bf16 everywhere misses the budget ...
+    assert a["artifact"] >= a["fp32"] - 1 - 1e-6  # ... what ships meets it
+    assert a["order"][0] in ("matmul_0", "matmul_1")
+    assert "accuracy (min_cosine" in capsys.readouterr().out
+
+
+def test_gate_note_without_avx512_bf16(files):
+    _art, manifest = _compile(files, "chain.onnx", "gate3", "--precision", "bf16", *ZNVER3)
+    assert manifest["precision"]["note"] == "bf16 computed in fp32 on this target: no AVX512_BF16"
+
+
+def test_composes_with_int8(files):
+    art, manifest = _compile(
+        files, "fragile.onnx", "int8bf16", "--quantize", "int8", "--quant-mode", "dynamic",
+        "--max-drop", "1", "--calibration", str(files / "calib.npz"), "--quant-metric",
+        "cosine", "--precision", "bf16", "--precision-edges", *ZNVER3,
+    )  # fmt: skip
+    q, p = manifest["quantization"], manifest["precision"]
+    assert q and p["layers"]  # int8 took what its budget allowed, bf16 looked at the rest
+    x = _x(1, 9)[0]
+    a, b, c = _fragile_weights()
+    want = np.maximum(x @ a - x @ b, 0) @ c
+    got = art.run({"x": x})["y"]
+    cos = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
+    assert cos > 0.97
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--precision", "bf16", "--target", "cuda"], "--precision is for CPU targets"),
+        (["--precision", "mixed"], "--precision mixed needs --max-drop"),
+        (["--precision", "bf16", "--max-drop", "1"], "--max-drop needs data"),
+    ],
+)
+def test_bad_flags_are_one_line(files, flags, message, capsys):
+    code = main(["compile", str(files / "chain.onnx"), "-o", str(files / "bad"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and message in err and "\n" not in err
