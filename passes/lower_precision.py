@@ -1,10 +1,15 @@
-"""Matmuls with constant fp32 weights -> 16-bit (bf16 or fp16) weight matmul ops.
+"""Matmuls and 1x1 convs with constant fp32 weights -> 16-bit (bf16 or fp16) weight matmul ops.
 
 Each `matmul(x, W)` (x fp32 [.., K] of static shape, W a constant [K, N]: the matmul layers of
 `compress/common/layers.py`) not in `skip` becomes one `call_tir` of the 16-bit matmul op
 (`graphopt.precision_ops`): W is stored as its 16-bit bit patterns (uint16 [K, N], rounded to
 nearest even), the op rounds x to the same format and sums the exact products in fp32. The
 fp32 weight leaves the graph, so the artifact stores half its bytes.
+
+A pointwise conv (1x1 kernel, stride 1, no padding, one group: `pointwise`) is the same op over
+channels: x [N, C, H, W] -> permute to [N, H, W, C] -> the op with W^T [C, O] -> permute back.
+On x86 the `layout` stage cancels those permutes against its own NHWC transposes where the
+neighbours are NHWC convs.
 
 The kernel emitted is the portable one (`graphopt.precision_ops.portable_kernel`, carrying its
 spec); a target stage (`materialize-precision`) replaces it with a kernel for its instructions.
@@ -14,10 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax import op as R
 
 from graphopt.compress.common.layers import find_layers
+from graphopt.compress.precision.layers import supported
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_ops import PRECISIONS, PrecisionMatmulSpec, portable_kernel, to_bits
@@ -43,11 +51,12 @@ class LowerPrecision(GraphPass):
             )
         skip = set(filter(None, o.skip.split(":")))
         todo = {
-            ly.var: ly
-            for ly in find_layers(mod["main"])
-            if ly.kind == "matmul" and ly.name not in skip and _static(ly.data)
+            ly.var: ly for ly in find_layers(mod["main"]) if supported(ly) and ly.name not in skip
         }
-        stats = {"matmuls": len(todo)}
+        stats = {
+            "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
+            "pointwise_convs": sum(ly.kind == "conv2d" for ly in todo.values()),
+        }
         if not todo:
             return PassResult(mod, False, stats)
         rewriter = _Rewriter(mod, todo, o.precision)
@@ -56,11 +65,6 @@ class LowerPrecision(GraphPass):
         new["main"] = relax.analysis.remove_all_unused(new_func)
         new = relax.transform.DeadCodeElimination()(new)
         return PassResult(new, True, stats)
-
-
-def _static(expr: relax.Expr) -> bool:
-    values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    return values is not None and all(isinstance(v, tvm.tirx.IntImm) for v in values)
 
 
 @relax.expr_functor.mutator
@@ -83,13 +87,17 @@ class _Rewriter(relax.PyExprMutator):
             return
         layer = self.todo[binding.var]
         x = self.visit_expr(layer.call.args[0])
-        shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
         w = layer.weight
+        if layer.kind == "conv2d":  # [N, C, H, W] -> [N, H, W, C] @ W^T [C, O] -> back
+            x = self.builder_.emit(R.permute_dims(x, [0, 2, 3, 1]))
+            w = np.ascontiguousarray(w[:, :, 0, 0].T)
+        shape = tuple(int(d) for d in x.ty.shape.values)
         spec = PrecisionMatmulSpec(shape, int(w.shape[1]), self.precision)
-        ty = binding.var.ty
         call = relax.call_tir(
             self._kernel(spec),
             relax.Tuple([x, relax.const(to_bits(w, self.precision))]),
-            relax.TensorType(ty.shape, ty.dtype),
+            relax.TensorType(spec.out_shape, "float32"),
         )
+        if layer.kind == "conv2d":
+            call = R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2])
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))

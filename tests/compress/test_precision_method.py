@@ -195,3 +195,55 @@ def test_bad_flags_are_one_line(files, flags, message, capsys):
     code = main(["compile", str(files / "chain.onnx"), "-o", str(files / "bad"), *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and message in err and "\n" not in err
+
+
+def _cnn(seed: int = 4) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """x [1, 8, 6, 6] -> Conv 1x1 (8 -> 16) -> Relu -> Conv 3x3 pad 1 (16 -> 16) -> y."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((16, 8, 1, 1)) / 3).astype(np.float32)
+    w2 = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w1, w2
+
+
+def _conv3x3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """NCHW 3x3 conv, padding 1, in float64."""
+    _n, _c, h, wd = x.shape
+    p = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((1, w.shape[0], h, wd))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", p[:, :, i : i + h, j : j + wd], w[:, :, i, j])
+    return out
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_pointwise_conv_is_the_16bit_matmul_over_channels(files, layout):
+    model, w1, w2 = _cnn()
+    onnx.save(model, files / "cnn.onnx")
+    art, manifest = _compile(
+        files, "cnn.onnx", f"cnn_{layout}", "--precision", "bf16", "--precision-edges",
+        *ZNVER3, "--target-opt", f"layout={layout}",
+    )  # fmt: skip
+    rows = manifest["precision"]["layers"]
+    assert [(r["precision"], r["reason"]) for r in rows] == [
+        ("bf16", None),
+        ("fp32", "no 16-bit kernel (not 1x1)"),
+    ]
+    x = np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    xt = x.transpose(0, 2, 3, 1)  # the op runs over channels: [N, H, W, C] @ W^T
+    spec = P.PrecisionMatmulSpec(xt.shape, 16, "bf16")
+    h = P.reference_matmul(xt, P.to_bits(w1[:, :, 0, 0].T, "bf16"), spec).transpose(0, 3, 1, 2)
+    want = _conv3x3(np.maximum(h, 0), w2)
+    np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)

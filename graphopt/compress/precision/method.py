@@ -1,11 +1,11 @@
-"""`--precision bf16|fp16|mixed`: matmul layers with 16-bit weights and activations, fp32 sums.
+"""`--precision bf16|fp16|mixed`: layers with 16-bit weights and activations, fp32 sums.
 
-Which layers: every constant-weight matmul of static shape (`compress/common/layers.py`),
-lowered by the `lower-precision` pass; kept fp32 are the layers named in `skip`, the model's
-first and last layer (unless `edges`), and, with --max-drop, the most sensitive layers the
-budget keeps (budget.py; the first and last layer are then measured like any other). `mixed`
-is bf16 with the budget. Convs stay fp32 (no 16-bit conv kernel yet), as do reductions
-(softmax, layer norm, pooling): only matmul layers change.
+Which layers: every constant-weight matmul and pointwise (1x1) conv of static shape
+(`layers.py`), lowered by the `lower-precision` pass; kept fp32 are the layers named in `skip`,
+the model's first and last layer (unless `edges`), and, with --max-drop, the most sensitive
+layers the budget keeps (budget.py; the first and last layer are then measured like any
+other). `mixed` is bf16 with the budget. Other convs (3x3, depthwise, strided) stay fp32 (no
+16-bit kernel for them yet), as do reductions (softmax, layer norm, pooling).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
 from .budget import Choice, SwitchRunner, choose, switch_module
+from .layers import supported
 from .report import format_report, layer_rows
 
 MANIFEST_KEY = "precision"
@@ -68,11 +69,6 @@ def check_options(o: PrecisionOptions, target: str) -> None:
         raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
 
 
-def _static(layer: Layer) -> bool:
-    values = getattr(getattr(layer.data.ty, "shape", None), "values", None)
-    return values is not None and all(isinstance(v, tvm.tirx.IntImm) for v in values)
-
-
 @dataclass
 class Precision:
     """bf16 / fp16 matmul layers (docs/PRECISION.md)."""
@@ -87,7 +83,7 @@ class Precision:
         if "lower-precision" not in registered_passes():
             raise CalibrationError("--precision needs the lower-precision pass (graphopt.passes)")
         every = find_layers(mod["main"])
-        candidates = [ly for ly in every if ly.kind == "matmul" and _static(ly)]
+        candidates = [ly for ly in every if supported(ly)]
         held = {ly.name: "skip" for ly in candidates if ly.name in o.skip}
         if o.max_drop is None and not o.edges and every:
             for ly, why in ((every[0], "first layer"), (every[-1], "last layer")):

@@ -19,10 +19,8 @@ def layer_rows(
         p = precisions[ly.name]
         size = fp32 // 2 if p != "fp32" else fp32
         reason = why.get(ly.name)
-        if p == "fp32" and reason is None:
-            reason = "conv: no 16-bit conv kernel" if ly.kind == "conv2d" else "dynamic shape"
-        if ly.name not in names and ly.kind == "conv2d":
-            reason = "conv: no 16-bit conv kernel"
+        if ly.name not in names:
+            reason = "no 16-bit kernel (not 1x1)" if ly.kind == "conv2d" else "dynamic shape"
         rows.append({"layer": ly.name, "what": ly.describe(), "precision": p,
                      "fp32_bytes": fp32, "bytes": size, "reason": reason})  # fmt: skip
         fp32_total += fp32
