@@ -7,10 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from tvm import relax
+from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt import precision_ops as P
+from graphopt.pass_infra import make_pass
+from graphopt.target_infra import make_target
 from graphopt.targets.cpu.precision import kernels as K
+from graphopt.testing import apply_checked, run_through_target
 
 ZNVER3 = {"kind": "llvm", "mcpu": "znver3", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 SPECIAL = [
@@ -177,3 +182,39 @@ def test_cpu_kernel_widens_in_registers(precision, instruction):
 def test_gate_reads_the_target_not_the_host(mcpu, precision, note):
     target = _tvm.make_target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
     assert note in P.kernel_note(target, precision)
+
+
+def _matmul_module(w: np.ndarray, rows: int):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, rows, w.shape[0]), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(R.matmul(x, relax.const(w)))
+            out = bb.emit_output(R.add(y, relax.const(np.float32(1))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("precision", P.PRECISIONS)
+def test_stage_replaces_the_portable_kernel(precision):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((70, 20)).astype(np.float32)
+    lowered = apply_checked(
+        make_pass("lower-precision", {"precision": precision}), _matmul_module(w, 5)
+    )
+    assert lowered.stats == {"matmuls": 1, "pointwise_convs": 0}
+    result = make_pass("materialize-precision").run(lowered.module)
+    assert result.stats == {"kernels": 1, "calls": 1}
+    specs = [P.spec_of(f) for f in result.module.functions.values()]
+    assert [s.layout for s in specs if s is not None] == [K.LAYOUT]
+    x = rng.standard_normal((1, 5, 70)).astype(np.float32)
+    got = run_through_target(lowered.module, x)  # the x86 stages materialize it themselves
+    spec = P.PrecisionMatmulSpec((1, 5, 70), 20, precision)
+    want = P.reference_matmul(x, P.to_bits(w, precision), spec) + np.float32(1)
+    np.testing.assert_array_equal(got, want)
+    assert not make_pass("materialize-precision").run(result.module).modified
+
+
+def test_cpu_targets_schedule_16bit_kernels():
+    for name in ("x86", "arm"):
+        assert "materialize-precision" in make_target(name).stages()["schedule"]

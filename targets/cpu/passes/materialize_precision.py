@@ -2,10 +2,11 @@
 
 `lower-precision` leaves portable kernels (scalar TIR, natural [K, N] bits) that carry their
 spec (`graphopt.precision_ops`). This pass, in the CPU schedule stage, replaces each with the
-CPU kernel the target's instructions allow (`targets/cpu/precision/gate.py`): on an x86 CPU
-with AVX512_BF16 a bf16 matmul becomes the `vdpbf16ps` kernel (pair-interleaved weights),
-anywhere else the panel kernel that widens 16-bit weights in registers and runs fp32 FMAs.
-The constants are repacked at compile time, still 16 bits a weight.
+panel kernel every CPU runs (`targets/cpu/precision/kernels.py`: 16-bit weights widened in
+registers, fp32 FMAs) and repacks the constants at compile time, still 16 bits a weight. What
+the target's own 16-bit instructions would allow (AVX512_BF16, AVX512_FP16, ARM +bf16 /
++fullfp16) is said in the compile report (`graphopt.precision_ops.kernel_note`); no kernel
+uses them yet (docs/PRECISION.md).
 """
 
 from __future__ import annotations
@@ -26,19 +27,17 @@ from graphopt.targets.cpu.precision import materialize as M
 
 @register_pass
 class MaterializePrecision(GraphPass):
-    """Portable 16-bit matmuls -> the CPU kernels (vdpbf16ps where the target has it)."""
+    """Portable 16-bit matmuls -> the CPU panel kernels (16-bit weights, fp32 FMAs)."""
 
     name = "materialize-precision"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        target = tvm.target.Target.current(allow_none=True)
         built = {}
         for gvar, func in mod.functions.items():
             spec = spec_of(func)
             if spec is not None and spec.layout == "natural":
-                built[gvar] = M.build(spec, target)
+                built[gvar] = M.build(spec)
         stats = {"kernels": len(built), "calls": 0}
-        stats["dpbf16_kernels"] = sum(e[2] == M.DPBF16 for e in built.values())
         if not built:
             return PassResult(mod, False, stats)
         mutator = _Materialize(mod, built)
@@ -62,7 +61,7 @@ class _Materialize(relax.PyExprMutator):
         entry = portable_entry(call, self.built)
         if entry is None:
             return call
-        _func, pack, _kind = entry
+        _func, pack = entry
         x, w = list(call.args[1].fields)
         (packed,) = packed_constants("materialize-precision", call, [w], pack)
         self.calls += 1
