@@ -59,7 +59,8 @@ class LowerPrecision(GraphPass):
         }
         if not todo:
             return PassResult(mod, False, stats)
-        rewriter = _Rewriter(mod, todo, o.precision)
+        work = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the builder edits it
+        rewriter = _Rewriter(work, todo, o.precision)
         new_func = rewriter.visit_expr(mod["main"])
         new = rewriter.builder_.get()
         new["main"] = relax.analysis.remove_all_unused(new_func)

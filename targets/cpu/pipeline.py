@@ -35,10 +35,13 @@ CPU_LEGALIZE = [
 # maps whose width is no whole number of vectors computed over one H*W row
 # (targets/cpu/passes/flatten_pointwise.py). After the layout, `sparsify` gives 1x1 convs and
 # matmuls whose constant weights are mostly zero blocks the block-sparse op (the x86 target
-# fills in its block size and threshold: targets/cpu/sparse/rules.py).
+# fills in its block size and threshold: targets/cpu/sparse/rules.py). `sink-transposes` moves
+# the transposes left around `lower-precision`'s pointwise convs below their bias adds and
+# activations, so the pairs cancel.
 X86_LEGALIZE = [
     *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
     "layout",
+    "sink-transposes",
     "sparsify",
     "flatten-pointwise",
     *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],

@@ -89,6 +89,7 @@ CASES = {
     "rows_3d_odd_k": ((2, 3, 33), 17),
     "rows_9_tail_row": ((9, 130), 40),
     "k_under_a_vector": ((2, 5), 9),
+    "rows_150_three_chunks": ((150, 40), 24),
 }
 
 

@@ -7,8 +7,9 @@ k step reads 32 bytes, half of the fp32 weight's. bf16 widens with a zero-extend
 fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on ARM).
 
 Activations are rounded to the 16-bit format once per call into a scratch row [rows, K'] (the
-op's r(x)); each task (one panel) then runs MR x 2 register tiles of rows, k in the op's pair
-order (`graphopt.precision_ops`). Products of two 16-bit values are exact in fp32, so the
+op's r(x)); each task then runs MR x 2 register tiles of rows, k in the op's pair
+order (`graphopt.precision_ops`); a parallel task is one panel and a chunk of CHUNK rows, so a
+pointwise conv over a large map (many rows, one or two panels) still uses every core. Products of two 16-bit values are exact in fp32, so the
 result equals `reference_matmul` bit for bit.
 """
 
@@ -23,6 +24,7 @@ from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
 PANEL = 16
 LANES = 8
 MR = 4  # rows per register tile: 4 x 2 accumulators
+CHUNK = 64  # rows per parallel task (with one panel): many-row layers use every core
 LAYOUT = "cpu16"
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
@@ -77,12 +79,14 @@ def _fma(a, b, c):
 
 
 def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
-    """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per column panel."""
+    """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per panel and row chunk."""
     rows, n, prec = spec.rows, spec.n, spec.precision
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
     store, round_rows = store_macro(n), round_macro(spec)
     mr = min(MR, rows)
-    row_tiles = -(-rows // mr)
+    chunk = min(CHUNK, -(-rows // mr) * mr)  # rows per task, whole tiles
+    chunks = -(-rows // chunk)
+    tiles = chunk // mr
     loop = T.parallel if rows * kp * n >= 1 << 18 else T.serial
 
     def widen(wp, p, kk, half):
@@ -99,10 +103,12 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
         of = T.decl_buffer((rows, n), "float32", data=out.data)
         xr = T.decl_buffer((rows, kp), "float32")
         round_rows(xf, xr, rows)
-        for p in loop(p_count):
+        for task in loop(p_count * chunks):
+            p = T.meta_var(task % p_count)
             acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
             tail = T.decl_buffer((LANES,), "float32", scope="local")
-            for t in range(row_tiles):
+            for t in range(tiles):
+                row = T.meta_var(task // p_count * chunk + t * mr)
                 for i in T.unroll(2 * mr):
                     acc[i] = T.broadcast(T.float32(0), LANES)
                 for pr in range(pairs):
@@ -111,12 +117,12 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                         w0 = T.meta_var(widen(wp, p, kk, 0))
                         w1 = T.meta_var(widen(wp, p, kk, 1))
                         for r in T.unroll(mr):
-                            xv = T.meta_var(T.broadcast(xr[T.min(t * mr + r, rows - 1), kk], LANES))
+                            xv = T.meta_var(T.broadcast(xr[T.min(row + r, rows - 1), kk], LANES))
                             acc[2 * r] = _fma(xv, w0, acc[2 * r])
                             acc[2 * r + 1] = _fma(xv, w1, acc[2 * r + 1])
                 for r in T.unroll(mr):
-                    if t * mr + r < rows:
-                        store(of, tail, t * mr + r, p * PANEL, acc[2 * r])
-                        store(of, tail, t * mr + r, p * PANEL + LANES, acc[2 * r + 1])
+                    if row + r < rows:
+                        store(of, tail, row + r, p * PANEL, acc[2 * r])
+                        store(of, tail, row + r, p * PANEL + LANES, acc[2 * r + 1])
 
     return matmul16
