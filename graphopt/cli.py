@@ -126,6 +126,7 @@ def _precision_method(args: argparse.Namespace):
         precision=args.precision,
         skip=_layer_list(args.precision_skip),
         edges=args.precision_edges,
+        embeddings=args.precision_embeddings,
         max_drop=args.max_drop,
         calibration=args.calibration,
         eval_data=args.eval,
@@ -330,6 +331,12 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="also the first and last layer 16-bit without a budget (default: kept fp32)",
+    )
+    q.add_argument(
+        "--precision-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="16-bit embedding tables (gathers from a constant of 1 MiB or more; default on)",
     )
 
 

@@ -200,6 +200,17 @@ def round_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
     return te.create_prim_func([x, out]).without_attr("global_symbol")
 
 
+def widen_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
+    """PrimFunc(bits, out): out = the fp32 value of 16-bit bit patterns, elementwise, as an
+    ordinary block kernel (gathered embedding rows; FuseOps fuses it with the gather)."""
+    from tvm import te
+
+    dims = [tvm.tirx.IntImm("int64", d) for d in shape]
+    bits = te.placeholder(dims, "uint16", name="bits")
+    out = te.compute(dims, lambda *i: tir_widen(bits(*i), precision), name="widen16")
+    return te.create_prim_func([bits, out]).without_attr("global_symbol")
+
+
 # -- the gate: what a CPU target computes 16-bit layers with ------------------------------------
 # The features come from the target (`mcpu`, `mattr`), never from this host: `mcpu=znver4`
 # compiles AVX512_BF16 code on any machine; `mcpu=znver3` gets the fp32 fallback everywhere.

@@ -8,8 +8,11 @@ fp32 weight leaves the graph, so the artifact stores half its bytes.
 
 A pointwise conv (1x1 kernel, stride 1, no padding, one group: `pointwise`) is the same op over
 channels: x [N, C, H, W] -> permute to [N, H, W, C] -> the op with W^T [C, O] -> permute back.
-On x86 the `layout` stage cancels those permutes against its own NHWC transposes where the
-neighbours are NHWC convs.
+On x86 the `layout` and `sink-transposes` stages cancel those permutes against the NHWC
+transposes of the neighbours.
+
+With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
+least 1 MiB (`compress/int4/embedding.py`) gathers 16-bit rows and widens them (exact).
 
 The kernel emitted is the portable one (`graphopt.precision_ops.portable_kernel`, carrying its
 spec); a target stage (`materialize-precision`) replaces it with a kernel for its instructions.
@@ -24,11 +27,18 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt.compress.common.layers import find_layers
+from graphopt.compress.common.layers import bound_constants, find_layers
+from graphopt.compress.int4.embedding import embedding_table, find_tables
 from graphopt.compress.precision.layers import supported
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.precision_ops import PRECISIONS, PrecisionMatmulSpec, portable_kernel, to_bits
+from graphopt.precision_ops import (
+    PRECISIONS,
+    PrecisionMatmulSpec,
+    portable_kernel,
+    to_bits,
+    widen_kernel,
+)
 
 
 @register_pass
@@ -41,6 +51,7 @@ class LowerPrecision(GraphPass):
     class Options:
         precision: str = "bf16"  # bf16 | fp16
         skip: str = ""  # ":"-separated layer names kept fp32
+        embeddings: bool = False  # also 16-bit embedding tables (take of a constant >= 1 MiB)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -57,11 +68,13 @@ class LowerPrecision(GraphPass):
             "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
             "pointwise_convs": sum(ly.kind == "conv2d" for ly in todo.values()),
         }
-        if not todo:
-            return PassResult(mod, False, stats)
+        tables = bound_constants(mod["main"]) if o.embeddings else None
+        if not todo and not (tables is not None and find_tables(mod["main"], 1)):
+            return PassResult(mod, False, {**stats, "embeddings": 0})
         work = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the builder edits it
-        rewriter = _Rewriter(work, todo, o.precision)
+        rewriter = _Rewriter(work, todo, o.precision, tables)
         new_func = rewriter.visit_expr(mod["main"])
+        stats["embeddings"] = rewriter.tables
         new = rewriter.builder_.get()
         new["main"] = relax.analysis.remove_all_unused(new_func)
         new = relax.transform.DeadCodeElimination()(new)
@@ -72,10 +85,24 @@ class LowerPrecision(GraphPass):
 class _Rewriter(relax.PyExprMutator):
     """Replaces each planned matmul binding by the 16-bit op."""
 
-    def __init__(self, mod: tvm.IRModule, todo: dict, precision: str) -> None:
+    def __init__(self, mod: tvm.IRModule, todo: dict, precision: str, consts) -> None:
         super().__init__(mod)
-        self.todo, self.precision = todo, precision
+        self.todo, self.precision, self.consts = todo, precision, consts
         self.kernels: dict[PrecisionMatmulSpec, relax.GlobalVar] = {}
+        self.tables = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        """A gather from a large constant table: the 16-bit rows, widened to fp32."""
+        table = embedding_table(call, self.consts, 1) if self.consts is not None else None
+        if table is None:
+            return super().visit_call_(call)
+        self.tables += 1
+        idx = self.visit_expr(call.args[1])
+        bits = relax.const(to_bits(table, self.precision))
+        rows = self.builder_.emit(R.take(bits, idx, axis=0, mode=call.attrs.mode))
+        shape = tuple(int(d) for d in call.ty.shape.values)
+        widen = self.builder_.add_func(widen_kernel(shape, self.precision), "widen16")
+        return relax.call_tir(widen, [rows], relax.TensorType(shape, "float32"))
 
     def _kernel(self, spec: PrecisionMatmulSpec) -> relax.GlobalVar:
         if spec not in self.kernels:

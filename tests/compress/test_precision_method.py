@@ -247,3 +247,33 @@ def test_pointwise_conv_is_the_16bit_matmul_over_channels(files, layout):
     h = P.reference_matmul(xt, P.to_bits(w1[:, :, 0, 0].T, "bf16"), spec).transpose(0, 3, 1, 2)
     want = _conv3x3(np.maximum(h, 0), w2)
     np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", P.PRECISIONS)
+def test_embedding_table_gathers_16bit_rows(files, precision):
+    rng = np.random.default_rng(6)
+    table = rng.standard_normal((1024, 256)).astype(np.float32)  # 1 MiB: the smallest taken
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+        "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 256])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), files / "e.onnx"
+    )
+    art, manifest = _compile(files, "e.onnx", f"embed_{precision}", "--precision", precision)
+    rows = manifest["precision"]["layers"]
+    assert rows == [
+        {"layer": "embedding", "what": "take [1024, 256]", "precision": precision,
+         "fp32_bytes": 1 << 20, "bytes": 1 << 19, "reason": None}
+    ]  # fmt: skip
+    ids = np.array([[0, 5, 1023, 17, 5]], np.int64)
+    want = P.round_to(table, precision)[ids]
+    np.testing.assert_array_equal(art.run({"ids": ids})["y"], want)
+    _art, kept = _compile(
+        files, "e.onnx", f"embed32_{precision}", "--precision", precision,
+        "--no-precision-embeddings",
+    )  # fmt: skip
+    assert kept["precision"]["layers"] == []

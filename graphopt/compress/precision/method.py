@@ -5,7 +5,9 @@ Which layers: every constant-weight matmul and pointwise (1x1) conv of static sh
 the model's first and last layer (unless `edges`), and, with --max-drop, the most sensitive
 layers the budget keeps (budget.py; the first and last layer are then measured like any
 other). `mixed` is bf16 with the budget. Other convs (3x3, depthwise, strided) stay fp32 (no
-16-bit kernel for them yet), as do reductions (softmax, layer norm, pooling).
+16-bit kernel for them yet), as do reductions (softmax, layer norm, pooling). Embedding
+tables of at least 1 MiB are 16-bit too (`embeddings`); the budget does not move them (the
+artifact check scores them with the rest).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
+from ..int4.embedding import find_tables
 from .budget import Choice, SwitchRunner, choose, switch_module
 from .layers import supported
 from .report import format_report, layer_rows
@@ -39,6 +42,7 @@ class PrecisionOptions:
     precision: str = "bf16"  # bf16 | fp16 | mixed (bf16 under --max-drop)
     skip: tuple[str, ...] = ()  # layers kept fp32
     edges: bool = False  # also the first and last layer 16-bit (without a budget)
+    embeddings: bool = True  # 16-bit embedding tables (gathers from a constant >= 1 MiB)
     max_drop: float | None = None
     calibration: str | None = None
     eval_data: str | None = None
@@ -88,7 +92,7 @@ class Precision:
         if o.max_drop is None and not o.edges and every:
             for ly, why in ((every[0], "first layer"), (every[-1], "last layer")):
                 held.setdefault(ly.name, why)
-        planner = _Planner(o, every, candidates, held, ctx)
+        planner = _Planner(o, every, candidates, held, ctx, mod["main"])
         if o.max_drop is not None:
             planner.budget(mod)
         return planner.plan(planner.choice.level if planner.choice else 0)
@@ -103,8 +107,16 @@ class _Planner:
     candidates: list[Layer]
     held: dict[str, str]
     ctx: CompressionContext
+    ctx_func: object = None  # main before compression (the embedding tables)
     choice: Choice | None = None
     check: object = None
+
+    @property
+    def tables(self) -> list[list[int]]:
+        """Shapes of the embedding tables made 16-bit (not budgeted: 16-bit in every mix)."""
+        if not self.o.embeddings:
+            return []
+        return [list(t.shape) for t in find_tables(self.ctx_func, 1)]
 
     def budget(self, mod: tvm.IRModule) -> None:
         from ..int8.flow import evaluation_target
@@ -148,14 +160,14 @@ class _Planner:
         o, choice = self.o, self.choice
         precisions, why = self.precisions(level)
         skip = [name for name, p in precisions.items() if p == "fp32"]
-        opts = {"precision": o.dtype}
+        opts = {"precision": o.dtype, "embeddings": "true" if o.embeddings else "false"}
         if skip:
             opts["skip"] = ":".join(skip)
         manifest = {
             "scheme": o.dtype,
             "settings": {**asdict(o), "skip": list(o.skip)},
             "note": kernel_note(self.ctx.target.tvm_target(), o.dtype),
-            **layer_rows(self.every, precisions, why, self.candidates),
+            **layer_rows(self.every, precisions, why, self.candidates, self.tables, o.dtype),
             "accuracy": _accuracy(choice, level),
         }
         more = choice is not None and level < len(choice.order)

@@ -9,9 +9,15 @@ from ..common.layers import Layer
 
 
 def layer_rows(
-    every: list[Layer], precisions: dict[str, str], why: dict[str, str], candidates: list[Layer]
+    every: list[Layer],
+    precisions: dict[str, str],
+    why: dict[str, str],
+    candidates: list[Layer],
+    tables: list[list[int]],
+    dtype: str,
 ) -> dict:
-    """Per layer: op, precision, reason kept fp32, fp32 and stored weight bytes; the totals."""
+    """Per layer (and 16-bit embedding table): op, precision, reason kept fp32, fp32 and
+    stored weight bytes; the totals."""
     names = {ly.name for ly in candidates}
     rows, fp32_total, stored = [], 0, 0
     for ly in every:
@@ -25,6 +31,12 @@ def layer_rows(
                      "fp32_bytes": fp32, "bytes": size, "reason": reason})  # fmt: skip
         fp32_total += fp32
         stored += size
+    for shape in tables:
+        fp32 = shape[0] * shape[1] * 4
+        rows.append({"layer": "embedding", "what": f"take {shape}", "precision": dtype,
+                     "fp32_bytes": fp32, "bytes": fp32 // 2, "reason": None})  # fmt: skip
+        fp32_total += fp32
+        stored += fp32 // 2
     ratio = round(stored / fp32_total, 4) if fp32_total else None
     return {
         "layers": rows,

@@ -7,10 +7,10 @@ k step reads 32 bytes, half of the fp32 weight's. bf16 widens with a zero-extend
 fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on ARM).
 
 Activations are rounded to the 16-bit format once per call into a scratch row [rows, K'] (the
-op's r(x)); each task then runs MR x 2 register tiles of rows, k in the op's pair
-order (`graphopt.precision_ops`); a parallel task is one panel and a chunk of CHUNK rows, so a
-pointwise conv over a large map (many rows, one or two panels) still uses every core. Products of two 16-bit values are exact in fp32, so the
-result equals `reference_matmul` bit for bit.
+op's r(x)). A parallel task is one panel and a chunk of CHUNK rows (so a pointwise conv over a
+large map, many rows and one or two panels, still uses every core); it runs MR x 2 register
+tiles of rows, k in the op's pair order (`graphopt.precision_ops`). Products of two 16-bit
+values are exact in fp32, so the result equals `reference_matmul` bit for bit.
 """
 
 from __future__ import annotations
