@@ -277,3 +277,13 @@ def test_embedding_table_gathers_16bit_rows(files, precision):
         "--no-precision-embeddings",
     )  # fmt: skip
     assert kept["precision"]["layers"] == []
+
+
+def test_report_shows_precision_next_to_accuracy_and_speed(files, capsys):
+    _compile(files, "chain.onnx", "rep", "--precision", "bf16", *ZNVER3)
+    capsys.readouterr()
+    model = str(files / "chain.onnx")
+    assert main(["report", str(files / "rep"), "--vs", model, "--runs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16: 1/3 layers bf16" in out and "first layer" in out
+    assert "note: bf16 computed in fp32 on this target: no AVX512_BF16" in out
