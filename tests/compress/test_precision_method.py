@@ -168,19 +168,23 @@ def test_gate_note_without_avx512_bf16(files):
 
 
 def test_composes_with_int8(files):
+    """int8 first (dynamic per row, the middle layer skipped), then --precision on what int8
+    left fp32: one model with int8 and bf16 layers."""
+    pipeline = "O2,quantize{mode=dynamic,granularity=row,skip=matmul_1},lower-int8{layout=NHWC}"
     art, manifest = _compile(
-        files, "fragile.onnx", "int8bf16", "--quantize", "int8", "--quant-mode", "dynamic",
-        "--max-drop", "1", "--calibration", str(files / "calib.npz"), "--quant-metric",
-        "cosine", "--precision", "bf16", "--precision-edges", *ZNVER3,
+        files, "chain.onnx", "int8bf16", "--pipeline", pipeline, "--precision", "bf16",
+        "--precision-edges", *ZNVER3,
     )  # fmt: skip
-    q, p = manifest["quantization"], manifest["precision"]
-    assert q and p["layers"]  # int8 took what its budget allowed, bf16 looked at the rest
+    passes = {r["pass"]: r["stats"] for r in manifest["report"]["passes"]}
+    assert passes["lower-int8"]["lowered_matmul"] == 2
+    assert passes["lower-precision"]["matmuls"] == 1  # the layer int8 skipped
+    rows = manifest["precision"]["layers"]
+    assert [(r["what"], r["precision"]) for r in rows] == [(f"matmul [{D}, {D}]", "bf16")]
     x = _x(1, 9)[0]
-    a, b, c = _fragile_weights()
-    want = np.maximum(x @ a - x @ b, 0) @ c
+    want = _numpy_chain(x, _chain_weights(), "bf16", [False, True, False])
     got = art.run({"x": x})["y"]
     cos = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
-    assert cos > 0.97
+    assert cos > 0.999
 
 
 @pytest.mark.parametrize(
