@@ -75,7 +75,7 @@ def check_options(o: PrecisionOptions, target: str) -> None:
 
 @dataclass
 class Precision:
-    """bf16 / fp16 matmul layers (docs/PRECISION.md)."""
+    """bf16 / fp16 matmuls, pointwise convs and embedding tables (docs/PRECISION.md)."""
 
     options: PrecisionOptions
     name: str = "precision"
@@ -107,7 +107,7 @@ class _Planner:
     candidates: list[Layer]
     held: dict[str, str]
     ctx: CompressionContext
-    ctx_func: object = None  # main before compression (the embedding tables)
+    func: object = None  # main before compression (the embedding tables)
     choice: Choice | None = None
     check: object = None
 
@@ -116,7 +116,7 @@ class _Planner:
         """Shapes of the embedding tables made 16-bit (not budgeted: 16-bit in every mix)."""
         if not self.o.embeddings:
             return []
-        return [list(t.shape) for t in find_tables(self.ctx_func, 1)]
+        return [list(t.shape) for t in find_tables(self.func, 1)]
 
     def budget(self, mod: tvm.IRModule) -> None:
         from ..int8.flow import evaluation_target
