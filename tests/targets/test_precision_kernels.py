@@ -90,6 +90,7 @@ CASES = {
     "rows_9_tail_row": ((9, 130), 40),
     "k_under_a_vector": ((2, 5), 9),
     "rows_150_three_chunks": ((150, 40), 24),
+    "rows_130_parallel_rounding": ((130, 130), 20),
 }
 
 

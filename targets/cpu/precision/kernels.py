@@ -56,8 +56,9 @@ def store_macro(n: int, lanes: int = LANES):
     return store
 
 
-def round_macro(spec: PrecisionMatmulSpec):
-    """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K)."""
+def round_macro(spec: PrecisionMatmulSpec, loop=T.parallel):
+    """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K); `loop` over rows
+    (serial for small inputs: a parallel launch costs more than the rounding)."""
     k, kp, prec = spec.k, spec.k_pairs * 2, spec.precision
     vec = k // LANES * LANES
     # a K under one vector: the vector loop does element 0 (again below), never extent 0
@@ -65,7 +66,7 @@ def round_macro(spec: PrecisionMatmulSpec):
 
     @T.macro
     def round_rows(xf, xr, rows):
-        for m in T.parallel(rows):
+        for m in loop(rows):
             for kk in T.vectorized(head):
                 xr[m, kk] = tir_round(xf[m, kk], prec)
             for kk in range(vec, kp):
@@ -82,12 +83,13 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per panel and row chunk."""
     rows, n, prec = spec.rows, spec.n, spec.precision
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
-    store, round_rows = store_macro(n), round_macro(spec)
     mr = min(MR, rows)
     chunk = min(CHUNK, -(-rows // mr) * mr)  # rows per task, whole tiles
     chunks = -(-rows // chunk)
     tiles = chunk // mr
     loop = T.parallel if rows * kp * n >= 1 << 18 else T.serial
+    store = store_macro(n)
+    round_rows = round_macro(spec, T.parallel if rows * kp >= 1 << 14 else T.serial)
 
     def widen(wp, p, kk, half):
         return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
