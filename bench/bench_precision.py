@@ -13,6 +13,8 @@ onnxruntime fp32 and OpenVINO fp32 and its default precision hint.
   threads; ratios over graphopt fp32 and onnxruntime fp32. Run it on a quiet machine.
 - OpenVINO (the bench extras): `INFERENCE_PRECISION_HINT=f32`, and its default hint (bf16
   on a CPU with AVX512_BF16 or AMX, f32 elsewhere: the hint it chose is recorded).
+- Batch-1 matmuls alone (MiniLM's FFN shapes, MobileNetV2's classifier): graphopt fp32 vs
+  bf16 vs onnxruntime, where half the weight bytes should show.
 `--quick`: quality and sizes only (no timing), for a correctness run on a loaded machine.
 Writes bench/results/precision.json and precision.md.
 """
@@ -150,6 +152,41 @@ def _timing(name: str, feed: dict, runs: int, runners: dict) -> dict:
     return {"latency": {k: t.to_json() for k, t in timings.items()}, "time_ratios": ratios}
 
 
+GEMV_SHAPES = ((384, 1536), (1536, 384), (1280, 1000))  # MiniLM FFN, MobileNetV2 classifier
+
+
+def gemv(workdir: Path, runs: int) -> list[dict[str, Any]]:
+    """Batch-1 matmuls alone (x [1, K] @ W [K, N]): graphopt fp32 vs bf16 vs onnxruntime,
+    where halving the weight bytes read should show."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows = []
+    for k, n in GEMV_SHAPES:
+        w = np.random.default_rng(k).standard_normal((k, n)).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+            [numpy_helper.from_array(w, "w")],
+        )  # fmt: skip
+        path = workdir / f"gemv_{k}x{n}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        bf16 = [Precision(PrecisionOptions("bf16", edges=True))]
+        arts = {
+            "graphopt_fp32": graphopt.compile(path, workdir / f"g32_{k}x{n}"),
+            "graphopt_bf16": graphopt.compile(path, workdir / f"g16_{k}x{n}", compression=bf16),
+        }
+        feed = {"x": np.ones((1, k), np.float32)}
+        ort = ort_session(path)
+        contestants = {"ort_fp32": lambda o=ort, f=feed: ort_run(o, f)}
+        contestants.update({name: a.runner(feed) for name, a in arts.items()})
+        timings = interleaved(contestants, runs=runs, warmup=5, settle=1)
+        med = {name: round(t.median_ms * 1000, 1) for name, t in timings.items()}
+        rows.append({"shape": [k, n], "median_us": med})
+    return rows
+
+
 def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     rows = []
     for r in results:
@@ -175,6 +212,16 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     )
 
 
+def _gemv_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    names = list(rows[0]["median_us"])
+    table = [
+        [f"{r['shape'][0]}x{r['shape'][1]}", *(r["median_us"][n] for n in names)] for r in rows
+    ]
+    return "\nBatch-1 matmuls, median us:\n\n" + format_table(["K x N", *names], table) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
@@ -186,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             (Path(tmp) / name).mkdir()
             results.append(bench_model(name, args.runs, Path(tmp) / name, args.quick))
+    gemvs = []
+    if not args.quick:
+        with tempfile.TemporaryDirectory(prefix="bench-precision-gemv-") as tmp:
+            gemvs = gemv(Path(tmp), args.runs * 4)
     machine = machine_info()
-    text = markdown(results, machine)
+    text = markdown(results, machine) + _gemv_markdown(gemvs)
     stem = "precision-quick" if args.quick else "precision"
-    write_results(RESULTS, stem, {"machine": machine, "results": results}, text)
+    data = {"machine": machine, "results": results, "gemv": gemvs}
+    write_results(RESULTS, stem, data, text)
     print(text)
     return 0
 
