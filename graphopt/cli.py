@@ -322,7 +322,7 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--precision",
         choices=["bf16", "fp16", "mixed"],
-        help="matmul layers with 16-bit weights and activations, fp32 sums (CPU targets); "
+        help="matmuls and 1x1 convs with 16-bit weights and activations, fp32 sums (CPU); "
         "mixed: bf16 where --max-drop allows",
     )
     q.add_argument("--precision-skip", metavar="LAYERS", help="layers kept fp32 (matmul_3,...)")
