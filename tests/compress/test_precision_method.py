@@ -167,6 +167,15 @@ def test_gate_note_without_avx512_bf16(files):
     assert manifest["precision"]["note"] == "bf16 computed in fp32 on this target: no AVX512_BF16"
 
 
+def test_gate_note_with_avx512_bf16_compile_only(files):
+    """mcpu=znver4 has the instruction (the note says so) and builds here without running."""
+    out = files / "gate4"
+    flags = ["--precision", "bf16", "--target-opt", "mcpu=znver4"]
+    assert main(["compile", str(files / "chain.onnx"), "-o", str(out), *flags]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "AVX512_BF16 present" in manifest["precision"]["note"]
+
+
 def test_composes_with_int8(files):
     """int8 first (dynamic per row, the middle layer skipped), then --precision on what int8
     left fp32: one model with int8 and bf16 layers."""
