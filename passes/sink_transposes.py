@@ -27,6 +27,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
 ELEMENTWISE = {
@@ -42,15 +43,14 @@ class SinkTransposes(GraphPass):
     name = "sink-transposes"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        sinker = _Sink(tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs))  # a copy
-        new_main = sinker.visit_expr(mod["main"])
-        stats = {"ops_sunk": sinker.sunk, "transposes_removed": sinker.removed}
-        if not (sinker.sunk or sinker.removed):
-            return PassResult(mod, False, stats)
-        new = sinker.builder_.get()
-        new["main"] = relax.analysis.remove_all_unused(new_main)
-        new = relax.transform.DeadCodeElimination()(new)
-        if _tvm.structural_equal(new, mod):  # nothing cancelled: the sunk copies were dead
+        stats = {"ops_sunk": 0, "transposes_removed": 0}
+
+        def sinker(module: tvm.IRModule) -> _Sink:
+            return _Sink(module, stats)
+
+        new, _count = rewrite_relax_functions(mod, sinker, finish=relax.analysis.remove_all_unused)
+        new = relax.transform.DeadCodeElimination()(new) if new is not mod else mod
+        if new is mod or _tvm.structural_equal(new, mod):  # the sunk copies were all dead
             return PassResult(mod, False, dict.fromkeys(stats, 0))
         return PassResult(new, True, stats)
 
@@ -70,11 +70,12 @@ def _axes(call: relax.Expr) -> list[int] | None:
 class _Sink(relax.PyExprMutator):
     """Carries, per variable, the tensor it is a transpose of (`lazy`: var -> (source, axes))."""
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, stats: dict) -> None:
         super().__init__(mod)
         self.lazy: dict = {}
         self.consts: dict = {}  # variables bound to constants
-        self.sunk = self.removed = 0
+        self.stats = stats
+        self.count = 0  # rewrites (rewrite_relax_functions keeps a function only if any)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = binding.value
@@ -93,7 +94,7 @@ class _Sink(relax.PyExprMutator):
         source, inner = self.lazy.get(value.args[0], (src, list(range(len(axes)))))
         composed = [inner[a] for a in axes]
         if composed == list(range(len(axes))):  # the identity: the source itself
-            self.removed += 1
+            self._counted("transposes_removed")
             self.builder_.emit_normalized(relax.VarBinding(binding.var, source))
             return True
         self.lazy[binding.var] = (source, composed)
@@ -104,6 +105,10 @@ class _Sink(relax.PyExprMutator):
             )
             return True
         return False
+
+    def _counted(self, stat: str) -> None:
+        self.stats[stat] += 1
+        self.count += 1
 
     def _elementwise(self, binding, value) -> bool:
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
@@ -124,7 +129,7 @@ class _Sink(relax.PyExprMutator):
         super().visit_var_binding_(binding)  # the original stays for other consumers
         inner = self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
         self.lazy[binding.var] = (inner, axes)
-        self.sunk += 1
+        self._counted("ops_sunk")
         return True
 
     def _operand(self, arg: relax.Expr, axes: list[int], ndim: int):

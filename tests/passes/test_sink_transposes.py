@@ -8,7 +8,12 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt.pass_infra import make_pass
-from graphopt.testing import check_no_change, check_numerics, single_input_module
+from graphopt.testing import (
+    apply_checked,
+    check_no_change,
+    check_numerics,
+    single_input_module,
+)
 
 NCHW, NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
@@ -66,3 +71,15 @@ def test_other_layout_consumers_keep_theirs():
 def test_no_transpose_no_change():
     mod = single_input_module((2, 3), lambda bb, x: R.add(x, relax.const(np.float32(1))))
     check_no_change(make_pass("sink-transposes"), mod)
+
+
+def test_every_relax_function_not_only_main():
+    """The int8 speed check builds single-layer modules with no `main`."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 5, 5, 8), "float32"))
+    with bb.function("layer", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(_block(bb, x, residual=True))
+        bb.emit_func_output(out)
+    result = apply_checked(make_pass("sink-transposes"), bb.get())
+    assert result.modified and _permutes(result.module) == 0
