@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-prune bench-prune-accuracy bench-shapes lint clean
+.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-precision bench-prune bench-prune-accuracy bench-shapes lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-int8: $(BENCH_STAMP)
 ## int4 weights on MiniLM vs onnxruntime MatMulNBits (writes bench/results/int4.*).
 bench-int4: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_int4
+
+## bf16 / mixed precision on MobileNetV2, EfficientNet-Lite0, MiniLM vs onnxruntime and OpenVINO
+## (writes bench/results/precision.*).
+bench-precision: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_precision
 
 ## Block-sparse kernels and a 70%-block-sparse MobileNetV2 (writes bench/results/prune.*).
 bench-prune: $(BENCH_STAMP)

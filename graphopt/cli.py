@@ -73,6 +73,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from .compress.int8.flow import format_report
 
         print(format_report(art.manifest["quantization"]))
+    if "precision" in art.manifest:
+        from .compress.precision.report import format_report as precision_report
+
+        print(precision_report(art.manifest["precision"]))
     if "int4" in art.manifest:
         from .compress.int4.method import format_report as int4_report
 
@@ -106,9 +110,30 @@ def _compression_methods(args: argparse.Namespace) -> list:
 
     methods = [_prune_method(args)] if args.prune is not None else []
     if args.quantize == "int4":
-        return [*methods, _int4_method(args)]
-    quant = _quant_options(args)
-    return [*methods, Int8(quant)] if quant is not None else methods
+        methods.append(_int4_method(args))
+    else:
+        quant = _quant_options(args)
+        methods += [Int8(quant)] if quant is not None else []
+    return methods + ([_precision_method(args)] if args.precision else [])
+
+
+def _precision_method(args: argparse.Namespace):
+    """`--precision bf16|fp16|mixed` (docs/PRECISION.md): after any quantization, on the
+    layers it left fp32, with the same --max-drop budget."""
+    from .compress.precision.method import Precision, PrecisionOptions, check_options
+
+    options = PrecisionOptions(
+        precision=args.precision,
+        skip=_layer_list(args.precision_skip),
+        edges=args.precision_edges,
+        embeddings=args.precision_embeddings,
+        max_drop=args.max_drop,
+        calibration=args.calibration,
+        eval_data=args.eval,
+        metric=_metric_name(args.quant_metric),
+    )
+    check_options(options, args.target)
+    return Precision(options)
 
 
 def _prune_method(args: argparse.Namespace):
@@ -198,7 +223,7 @@ def _quant_options(args: argparse.Namespace):
 
     if args.quantize is None:
         given = [f for f in ("calibration", "max_drop", "eval") if getattr(args, f) is not None]
-        if given and args.prune is None:
+        if given and args.prune is None and not args.precision:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             raise InputError(f"{flags} only apply with --quantize int8 or int4, or --prune")
         return None
@@ -289,6 +314,30 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
         q.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
     _add_int4_options(parser)
     _add_prune_options(parser)
+    _add_precision_options(parser)
+
+
+def _add_precision_options(parser: argparse.ArgumentParser) -> None:
+    q = parser.add_argument_group("16-bit precision (--precision, docs/PRECISION.md)")
+    q.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "mixed"],
+        help="matmuls and 1x1 convs with 16-bit weights and activations, fp32 sums (CPU); "
+        "mixed: bf16 where --max-drop allows",
+    )
+    q.add_argument("--precision-skip", metavar="LAYERS", help="layers kept fp32 (matmul_3,...)")
+    q.add_argument(
+        "--precision-edges",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also the first and last layer 16-bit without a budget (default: kept fp32)",
+    )
+    q.add_argument(
+        "--precision-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="16-bit embedding tables (gathers from a constant of 1 MiB or more; default on)",
+    )
 
 
 def _add_prune_options(parser: argparse.ArgumentParser) -> None:
@@ -627,6 +676,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"(target {art.manifest['target']['name']}, pipeline {art.manifest['pipeline'] or '-'})"
     )
     print(result.table())
+    if "precision" in art.manifest:
+        from .compress.precision.report import format_report as precision_report
+
+        print(precision_report(art.manifest["precision"]))
     if "int4" in art.manifest:  # per-layer bits and the size breakdown
         from .compress.int4.method import format_report as int4_report
 

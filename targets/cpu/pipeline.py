@@ -35,10 +35,13 @@ CPU_LEGALIZE = [
 # maps whose width is no whole number of vectors computed over one H*W row
 # (targets/cpu/passes/flatten_pointwise.py). After the layout, `sparsify` gives 1x1 convs and
 # matmuls whose constant weights are mostly zero blocks the block-sparse op (the x86 target
-# fills in its block size and threshold: targets/cpu/sparse/rules.py).
+# fills in its block size and threshold: targets/cpu/sparse/rules.py). `sink-transposes` moves
+# the transposes left around `lower-precision`'s pointwise convs below their bias adds and
+# activations, so the pairs cancel.
 X86_LEGALIZE = [
     *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
     "layout",
+    "sink-transposes",
     "sparsify",
     "flatten-pointwise",
     *CPU_LEGALIZE[CPU_LEGALIZE.index("fold-pad") + 1 :],
@@ -49,12 +52,18 @@ def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[
     """The int8 kernels for the target first (`materialize-int8`: lower-int8's portable
     kernels rebuilt for the target's dot instruction, constants packed; `materialize-int4`:
     lower-int4's int4-weight matmuls as panel kernels; `materialize-sparse`: sparsify's
-    block-sparse kernels vectorized), then tuned records
+    block-sparse kernels vectorized; `materialize-precision`: lower-precision's 16-bit
+    matmuls as panel kernels), then tuned records
     (when a database is given), then rule-based schedules for the rest.
 
     `schedule-cpu` skips kernels the database already scheduled, and the int8 kernels.
     """
-    stage = ["materialize-int8", "materialize-int4", "materialize-sparse"]
+    stage = [
+        "materialize-int8",
+        "materialize-int4",
+        "materialize-precision",
+        "materialize-sparse",
+    ]
     if tuning_db:
         stage.append(f"tvm.MetaScheduleApplyDatabase{{work_dir={tuning_db}}}")
     return stage + (["schedule-cpu"] if default_schedules else [])

@@ -65,12 +65,13 @@ def test_schedule_cpu_sees_neon():
 def test_same_stages_as_x86():
     """ARM reuses x86's legalize/schedule/lower stages, so graph passes and int8 work alike.
 
-    x86 adds legalize passes measured only there (NHWC layout, flatten-pointwise, sparsify)."""
+    x86 adds legalize passes measured only there (NHWC layout and sink-transposes after it,
+    flatten-pointwise, sparsify)."""
     from graphopt.targets.cpu.pipeline import CPU_LEGALIZE, X86_LEGALIZE
 
     x86 = registered_targets()["x86"]().stages()
     x86_only = set(X86_LEGALIZE) - set(CPU_LEGALIZE)
-    assert x86_only == {"layout", "flatten-pointwise", "sparsify"}
+    assert x86_only == {"layout", "sink-transposes", "flatten-pointwise", "sparsify"}
     x86["legalize"] = [p for p in x86["legalize"] if p.split("{")[0] not in x86_only]
     assert arm().stages() == x86
     assert "schedule-cpu" not in arm(schedules=False).stages()["schedule"]

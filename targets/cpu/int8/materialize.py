@@ -26,6 +26,7 @@ import tvm
 
 from graphopt.int4_ops import RECIPE_ATTR as INT4_ATTR
 from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe
+from graphopt.precision_ops import RECIPE_ATTR as PRECISION_ATTR
 from graphopt.sparse_ops import RECIPE_ATTR as SPARSE_ATTR
 from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
@@ -165,8 +166,8 @@ def input_count(recipe: Recipe) -> int:
 
 
 def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
-    """Apply a module pass with the generated kernels (int8, int4, block-sparse) set aside, then
-    put them back.
+    """Apply a module pass with the generated kernels (int8, int4, 16-bit, block-sparse) set
+    aside, then put them back.
 
     The kernels (int4 ones too) are low-level TIR with no root block; passes written for
     scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an
@@ -179,7 +180,9 @@ def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
         for gvar, func in mod.functions.items()
         if isinstance(func, tvm.tirx.PrimFunc)
         and func.attrs is not None
-        and any(attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, SPARSE_ATTR))
+        and any(
+            attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, PRECISION_ATTR, SPARSE_ATTR)
+        )
     }
     if not kernels:
         return transform(mod)

@@ -1,0 +1,191 @@
+"""`--precision bf16|fp16|mixed`: layers with 16-bit weights and activations, fp32 sums.
+
+Which layers: every constant-weight matmul and pointwise (1x1) conv of static shape
+(`layers.py`), lowered by the `lower-precision` pass; kept fp32 are the layers named in `skip`,
+the model's first and last layer (unless `edges`), and, with --max-drop, the most sensitive
+layers the budget keeps (budget.py; the first and last layer are then measured like any
+other). `mixed` is bf16 with the budget. Other convs (3x3, depthwise, strided) stay fp32 (no
+16-bit kernel for them yet), as do reductions (softmax, layer norm, pooling). Embedding
+tables of at least 1 MiB are 16-bit too (`embeddings`); the budget does not move them (the
+artifact check scores them with the rest).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import tvm
+
+from ...pass_infra import make_pass, registered_passes
+from ...precision_ops import kernel_note
+from .. import CompressionContext, CompressionPlan
+from ..common.budget import eval_feeds
+from ..common.data import load_calibration
+from ..common.errors import CalibrationError
+from ..common.layers import Layer, find_layers
+from ..common.metrics import Metric
+from ..int4.embedding import find_tables
+from .budget import Choice, SwitchRunner, choose, switch_module
+from .layers import supported
+from .report import format_report, layer_rows
+
+MANIFEST_KEY = "precision"
+CHOICES = ("bf16", "fp16", "mixed")
+TARGETS = ("x86", "arm")
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    """What `--precision ...` asks for."""
+
+    precision: str = "bf16"  # bf16 | fp16 | mixed (bf16 under --max-drop)
+    skip: tuple[str, ...] = ()  # layers kept fp32
+    edges: bool = False  # also the first and last layer 16-bit (without a budget)
+    embeddings: bool = True  # 16-bit embedding tables (gathers from a constant >= 1 MiB)
+    max_drop: float | None = None
+    calibration: str | None = None
+    eval_data: str | None = None
+    metric: str = "auto"
+    sensitivity_samples: int = 32  # feeds the budget is scored on (without --eval)
+    layer_samples: int = 8  # feeds each layer's sensitivity is measured on
+
+    @property
+    def dtype(self) -> str:
+        return "bf16" if self.precision == "mixed" else self.precision
+
+
+def check_options(o: PrecisionOptions, target: str) -> None:
+    if o.precision not in CHOICES:
+        raise CalibrationError(f"--precision must be one of {', '.join(CHOICES)}")
+    if target not in TARGETS:
+        raise CalibrationError(
+            f"--precision is for CPU targets ({', '.join(TARGETS)}); for cuda use "
+            "--target-opt precision=fp16|bf16"
+        )
+    if o.precision == "mixed" and o.max_drop is None:
+        raise CalibrationError("--precision mixed needs --max-drop X (and --calibration or --eval)")
+    if o.max_drop is not None and o.max_drop < 0:
+        raise CalibrationError("--max-drop must be >= 0")
+    if o.max_drop is not None and not (o.calibration or o.eval_data):
+        raise CalibrationError("--max-drop needs data: --calibration or --eval")
+    if o.metric not in Metric.KINDS:
+        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
+
+
+@dataclass
+class Precision:
+    """bf16 / fp16 matmuls, pointwise convs and embedding tables (docs/PRECISION.md)."""
+
+    options: PrecisionOptions
+    name: str = "precision"
+    requires: tuple[str, ...] = ("fold-constants",)
+
+    def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
+        o = self.options
+        check_options(o, ctx.target.name)
+        if "lower-precision" not in registered_passes():
+            raise CalibrationError("--precision needs the lower-precision pass (graphopt.passes)")
+        every = find_layers(mod["main"])
+        candidates = [ly for ly in every if supported(ly)]
+        held = {ly.name: "skip" for ly in candidates if ly.name in o.skip}
+        if o.max_drop is None and not o.edges and every:
+            for ly, why in ((every[0], "first layer"), (every[-1], "last layer")):
+                held.setdefault(ly.name, why)
+        planner = _Planner(o, every, candidates, held, ctx, mod["main"])
+        if o.max_drop is not None:
+            planner.budget(mod)
+        return planner.plan(planner.choice.level if planner.choice else 0)
+
+
+@dataclass
+class _Planner:
+    """The plan at any level of the budget (how many sensitive layers stay fp32)."""
+
+    o: PrecisionOptions
+    every: list[Layer]
+    candidates: list[Layer]
+    held: dict[str, str]
+    ctx: CompressionContext
+    func: object = None  # main before compression (the embedding tables)
+    choice: Choice | None = None
+    check: object = None
+
+    @property
+    def tables(self) -> list[list[int]]:
+        """Shapes of the embedding tables made 16-bit (not budgeted: 16-bit in every mix)."""
+        if not self.o.embeddings:
+            return []
+        return [list(t.shape) for t in find_tables(self.func, 1)]
+
+    def budget(self, mod: tvm.IRModule) -> None:
+        from ..int8.flow import evaluation_target
+
+        o, ctx = self.o, self.ctx
+        layers = [ly for ly in self.candidates if ly.name not in self.held]
+        calib = load_calibration(o.calibration, ctx.inputs) if o.calibration else []
+        feeds, labels = eval_feeds(o.eval_data, ctx.inputs, calib, o.sensitivity_samples)
+        if not feeds:
+            raise CalibrationError("--max-drop: no evaluation feeds in the data given")
+        if not layers:
+            return
+        clock = time.perf_counter()
+        ctx.progress(f"precision max-drop: building the switchable graph ({len(layers)} layers)")
+        runner = SwitchRunner(
+            switch_module(mod, layers, o.dtype), layers, evaluation_target(ctx.target)
+        )
+        self.choice = choose(
+            runner, feeds, o.max_drop, labels=labels, metric=o.metric,
+            layer_samples=o.layer_samples, say=ctx.progress,
+        )  # fmt: skip
+        self.choice.seconds["total"] = round(time.perf_counter() - clock, 2)
+        params = [p.name for p in mod["main"].params]
+        inputs = [[feed[p] for p in params] for feed in feeds]
+        score = self.choice.score_outputs
+        self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def precisions(self, level: int) -> tuple[dict[str, str], dict[str, str]]:
+        """Per layer: precision and, for the layers kept fp32, why."""
+        why = dict(self.held)
+        if self.choice is not None:
+            chosen = self.choice.level
+            for i, name in enumerate(self.choice.kept(level)):
+                why[name] = "max-drop" if i < chosen else "artifact budget"
+        dtype = self.o.dtype
+        names = {ly.name for ly in self.candidates}
+        return {ly.name: dtype if ly.name in names and ly.name not in why else "fp32"
+                for ly in self.every}, why  # fmt: skip
+
+    def plan(self, level: int) -> CompressionPlan:
+        o, choice = self.o, self.choice
+        precisions, why = self.precisions(level)
+        skip = [name for name, p in precisions.items() if p == "fp32"]
+        opts = {"precision": o.dtype, "embeddings": "true" if o.embeddings else "false"}
+        if skip:
+            opts["skip"] = ":".join(skip)
+        manifest = {
+            "scheme": o.dtype,
+            "settings": {**asdict(o), "skip": list(o.skip)},
+            "note": kernel_note(self.ctx.target.tvm_target(), o.dtype),
+            **layer_rows(self.every, precisions, why, self.candidates, self.tables, o.dtype),
+            "accuracy": _accuracy(choice, level),
+        }
+        more = choice is not None and level < len(choice.order)
+        return CompressionPlan(
+            MANIFEST_KEY,
+            [make_pass("lower-precision", opts)],
+            manifest,
+            format_report(manifest),
+            self.check,
+            budget=choice.scores["fp32"] - o.max_drop if choice else None,
+            tighten=(lambda: self.plan(level + 1)) if more else None,
+        )
+
+
+def _accuracy(c: Choice | None, level: int) -> dict | None:
+    if c is None:
+        return None
+    return {
+        "metric": c.metric, "samples": c.samples, **c.scores, "level": level,
+        "order": c.order, "layers": c.rows, "seconds": c.seconds,
+    }  # fmt: skip

@@ -1,0 +1,248 @@
+"""The 16-bit matmul op that `lower-precision` emits and a target's stage materializes.
+
+    y [.., N] = r(x) [.., K] @ W,  W [K, N] stored as 16-bit (bf16 or fp16) bit patterns
+
+r rounds each activation to the same 16-bit format (round to nearest, ties to even, as the
+hardware converts), both operands are widened to fp32 exactly, and products are summed in
+fp32. A product of two 16-bit numbers is exact in fp32 (8 + 8 or 11 + 11 significant bits),
+so fused or separate multiply-add give the same sums; only the order matters. The order is
+the pair order of x86's `vdpbf16ps`: k = 1, 0, 3, 2, ... (odd before even in each pair, K
+padded with a zero), so the fp32 fallback kernels and the bf16 dot-product kernel add the same
+numbers in the same order. `reference_matmul` is the numpy model of it.
+
+The portable kernel (`portable_kernel`) carries its spec (`RECIPE_ATTR`, JSON) so a target stage
+(`materialize-precision` on CPUs) can replace it and repack the weights for its instructions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+RECIPE_ATTR = "graphopt.precision_kernel"
+PRECISIONS = ("bf16", "fp16")
+# op_pattern 8 (opaque): FuseOps never fuses these kernels with their neighbours (their bodies
+# are loops, not blocks), and the target stage finds each one whole.
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
+
+
+@dataclass(frozen=True)
+class PrecisionMatmulSpec:
+    x_shape: tuple[int, ...]  # x's full shape; rows = product of all but the last
+    n: int
+    precision: str  # bf16 | fp16
+    layout: str = "natural"  # natural [K, N] | a target's packed layout (e.g. "cpu16")
+
+    @property
+    def k(self) -> int:
+        return int(self.x_shape[-1])
+
+    @property
+    def k_pairs(self) -> int:
+        return -(-self.k // 2)
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.x_shape[:-1], dtype=np.int64))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (*self.x_shape[:-1], self.n)
+
+    def text(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def parse(cls, text: str) -> PrecisionMatmulSpec:
+        raw = json.loads(text)
+        raw["x_shape"] = tuple(raw["x_shape"])
+        return cls(**raw)
+
+
+def spec_of(func) -> PrecisionMatmulSpec | None:
+    """The spec of a 16-bit matmul kernel, or None when `func` is none."""
+    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) else None
+    if attrs is None or RECIPE_ATTR not in attrs:
+        return None
+    return PrecisionMatmulSpec.parse(str(attrs[RECIPE_ATTR]))
+
+
+# -- numpy conversions (the reference every kernel is tested against) --------------------------
+
+
+def f32_to_bf16_bits(x) -> np.ndarray:
+    """fp32 -> bf16 bit patterns (uint16), round to nearest even; NaN stays NaN (quieted,
+    sign kept), Inf stays Inf, overflow rounds to Inf, denormals round like any other value."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(nan, quiet, rounded).astype(np.uint16)
+
+
+def bf16_bits_to_f32(bits) -> np.ndarray:
+    """bf16 bit patterns -> fp32 (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def to_bits(x, precision: str) -> np.ndarray:
+    """fp32 -> 16-bit bit patterns (uint16) of `precision`, round to nearest even."""
+    if precision == "bf16":
+        return f32_to_bf16_bits(x)
+    with np.errstate(over="ignore"):  # overflow rounds to Inf, as the hardware's does
+        return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
+
+
+def from_bits(bits, precision: str) -> np.ndarray:
+    """16-bit bit patterns of `precision` -> fp32 (exact)."""
+    if precision == "bf16":
+        return bf16_bits_to_f32(bits)
+    return np.asarray(bits, np.uint16).view(np.float16).astype(np.float32)
+
+
+def round_to(x, precision: str) -> np.ndarray:
+    """x rounded to `precision`, as fp32 (what the kernels compute with)."""
+    return from_bits(to_bits(x, precision), precision)
+
+
+def pair_order(k: int) -> list[int]:
+    """The summation order of the op: 1, 0, 3, 2, ... (a padding index K is skipped)."""
+    return [i for j in range(0, k, 2) for i in (j + 1, j) if i < k]
+
+
+def reference_matmul(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
+    """numpy model of the op: rounded operands, exact products, fp32 sums in pair order."""
+    xr = round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), spec.precision)
+    w = from_bits(w_bits, spec.precision)
+    acc = np.zeros((spec.rows, spec.n), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for kk in pair_order(spec.k):
+            acc = acc + xr[:, kk : kk + 1] * w[kk]
+    return acc.reshape(spec.out_shape)
+
+
+# -- TIR helpers shared by every kernel of the op ----------------------------------------------
+
+
+def tir_round(v, precision: str, lanes: int = 1):
+    """TIR: fp32 value (or vector) rounded to `precision` and widened back to fp32 (the same
+    rounding as `to_bits`)."""
+    f32 = "float32" if lanes == 1 else f"float32x{lanes}"
+    if precision == "fp16":
+        half = "float16" if lanes == 1 else f"float16x{lanes}"
+        return T.Cast(f32, T.Cast(half, v))
+    u32 = "uint32" if lanes == 1 else f"uint32x{lanes}"
+
+    def c(value: int):
+        return T.uint32(value) if lanes == 1 else T.broadcast(T.uint32(value), lanes)
+
+    u = T.reinterpret(u32, v)
+    odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
+    rounded = T.bitwise_and(u + c(0x7FFF) + odd, c(0xFFFF0000))
+    quiet = T.bitwise_and(T.bitwise_or(u, c(0x400000)), c(0xFFFF0000))
+    nan = T.bitwise_and(u, c(0x7FFFFFFF)) > c(0x7F800000)
+    return T.reinterpret(f32, T.Select(nan, quiet, rounded))
+
+
+def tir_widen(bits, precision: str, lanes: int = 1):
+    """TIR: 16-bit bit patterns (uint16 scalar or vector) -> fp32, exact."""
+    f32 = "float32" if lanes == 1 else f"float32x{lanes}"
+    if precision == "fp16":
+        return T.Cast(f32, T.reinterpret("float16" if lanes == 1 else f"float16x{lanes}", bits))
+    u32 = "uint32" if lanes == 1 else f"uint32x{lanes}"
+    sixteen = T.uint32(16) if lanes == 1 else T.broadcast(T.uint32(16), lanes)
+    return T.reinterpret(f32, T.shift_left(T.Cast(u32, bits), sixteen))
+
+
+def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
+    """The op as plain scalar TIR over the natural [K, N] bits (builds and runs on any target;
+    only the row loop is parallel): PrimFunc(x, w, out), carrying its spec."""
+    rows, k, n, prec = spec.rows, spec.k, spec.n, spec.precision
+    pairs = spec.k_pairs
+
+    @T.prim_func
+    def matmul16(
+        x: T.Buffer(spec.x_shape, "float32"),
+        w: T.Buffer((k, n), "uint16"),
+        out: T.Buffer(spec.out_shape, "float32"),
+    ):
+        T.func_attr(_ATTRS)
+        xf = T.decl_buffer((rows, k), "float32", data=x.data)
+        of = T.decl_buffer((rows, n), "float32", data=out.data)
+        for m in T.parallel(rows):
+            acc = T.decl_buffer((1,), "float32", scope="local")
+            for j in range(n):
+                acc[0] = T.float32(0)
+                for pr in range(pairs):
+                    for h in range(2):
+                        kk = T.meta_var(pr * 2 + 1 - h)
+                        if kk < k:
+                            xv = T.meta_var(tir_round(xf[m, kk], prec))
+                            acc[0] = acc[0] + xv * tir_widen(w[kk, j], prec)
+                of[m, j] = acc[0]
+
+    return matmul16.without_attr("global_symbol").with_attr(RECIPE_ATTR, spec.text())
+
+
+def round_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, out): out = r(x), elementwise, as an ordinary block kernel (the --max-drop
+    search's switchable graph; schedule rules vectorize it like any elementwise op)."""
+    from tvm import te
+
+    dims = [tvm.tirx.IntImm("int64", d) for d in shape]  # as Relax's shapes (FuseTIR)
+    x = te.placeholder(dims, "float32", name="x")
+    out = te.compute(dims, lambda *i: tir_round(x(*i), precision), name="round16")
+    return te.create_prim_func([x, out]).without_attr("global_symbol")
+
+
+def widen_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
+    """PrimFunc(bits, out): out = the fp32 value of 16-bit bit patterns, elementwise, as an
+    ordinary block kernel (gathered embedding rows; FuseOps fuses it with the gather)."""
+    from tvm import te
+
+    dims = [tvm.tirx.IntImm("int64", d) for d in shape]
+    bits = te.placeholder(dims, "uint16", name="bits")
+    out = te.compute(dims, lambda *i: tir_widen(bits(*i), precision), name="widen16")
+    return te.create_prim_func([bits, out]).without_attr("global_symbol")
+
+
+# -- the gate: what a CPU target computes 16-bit layers with ------------------------------------
+# The features come from the target (`mcpu`, `mattr`), never from this host: `mcpu=znver4`
+# compiles AVX512_BF16 code on any machine; `mcpu=znver3` gets the fp32 fallback everywhere.
+
+
+def cpu_features(target: tvm.target.Target | None) -> set[str]:
+    """The LLVM CPU features of an LLVM target (empty for anything else)."""
+    from tvm.target import codegen
+
+    if target is None or target.kind.name != "llvm":
+        return set()
+    return set(codegen.llvm_get_cpu_features(target))
+
+
+def _is_arm(target: tvm.target.Target | None) -> bool:
+    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
+    return triple.startswith(("aarch64", "arm64"))
+
+
+def kernel_note(target: tvm.target.Target | None, precision: str) -> str:
+    """One line for the compile report: what the 16-bit layers run on this target."""
+    features = cpu_features(target)
+    if _is_arm(target):
+        has = "+bf16" if precision == "bf16" else "+fullfp16"
+        flag = "bf16" if precision == "bf16" else "fullfp16"
+        present = f"{has} present but no kernel for it yet" if flag in features else f"no {has}"
+        return f"{precision} computed in fp32 on this target: {present}"
+    if precision == "bf16":
+        if "avx512bf16" in features:
+            return "bf16 computed in fp32 on this target: AVX512_BF16 present, no vdpbf16ps kernel"
+        return "bf16 computed in fp32 on this target: no AVX512_BF16"
+    if "avx512fp16" in features:
+        return "fp16 computed in fp32 on this target: AVX512_FP16 present, no fp16 kernel yet"
+    conv = "F16C conversions" if "f16c" in features else "software conversions"
+    return f"fp16 computed in fp32 on this target ({conv}): no AVX512_FP16"

@@ -1,0 +1,131 @@
+"""Matmuls and 1x1 convs with constant fp32 weights -> 16-bit (bf16 or fp16) weight matmul ops.
+
+Each `matmul(x, W)` (x fp32 [.., K] of static shape, W a constant [K, N]: the matmul layers of
+`compress/common/layers.py`) not in `skip` becomes one `call_tir` of the 16-bit matmul op
+(`graphopt.precision_ops`): W is stored as its 16-bit bit patterns (uint16 [K, N], rounded to
+nearest even), the op rounds x to the same format and sums the exact products in fp32. The
+fp32 weight leaves the graph, so the artifact stores half its bytes.
+
+A pointwise conv (1x1 kernel, stride 1, no padding, one group: `pointwise`) is the same op over
+channels: x [N, C, H, W] -> permute to [N, H, W, C] -> the op with W^T [C, O] -> permute back.
+On x86 the `layout` and `sink-transposes` stages cancel those permutes against the NHWC
+transposes of the neighbours.
+
+With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
+least 1 MiB (`compress/int4/embedding.py`) gathers 16-bit rows and widens them (exact).
+
+The kernel emitted is the portable one (`graphopt.precision_ops.portable_kernel`, carrying its
+spec); a target stage (`materialize-precision`) replaces it with a kernel for its instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from graphopt.compress.common.layers import bound_constants, find_layers
+from graphopt.compress.int4.embedding import embedding_table, find_tables
+from graphopt.compress.precision.layers import supported
+from graphopt.errors import PipelineError
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.precision_ops import (
+    PRECISIONS,
+    PrecisionMatmulSpec,
+    portable_kernel,
+    to_bits,
+    widen_kernel,
+)
+
+
+@register_pass
+class LowerPrecision(GraphPass):
+    """Constant-weight matmuls -> 16-bit weight ops (bf16 / fp16 weights, fp32 sums)."""
+
+    name = "lower-precision"
+
+    @dataclass(frozen=True)
+    class Options:
+        precision: str = "bf16"  # bf16 | fp16
+        skip: str = ""  # ":"-separated layer names kept fp32
+        embeddings: bool = False  # also 16-bit embedding tables (take of a constant >= 1 MiB)
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        o = self.options
+        if o.precision not in PRECISIONS:
+            raise PipelineError(
+                f"lower-precision: precision must be one of {', '.join(PRECISIONS)}, "
+                f"not {o.precision!r}"
+            )
+        skip = set(filter(None, o.skip.split(":")))
+        todo = {
+            ly.var: ly for ly in find_layers(mod["main"]) if supported(ly) and ly.name not in skip
+        }
+        stats = {
+            "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
+            "pointwise_convs": sum(ly.kind == "conv2d" for ly in todo.values()),
+        }
+        tables = bound_constants(mod["main"]) if o.embeddings else None
+        if not todo and not (tables is not None and find_tables(mod["main"], 1)):
+            return PassResult(mod, False, {**stats, "embeddings": 0})
+        work = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the builder edits it
+        rewriter = _Rewriter(work, todo, o.precision, tables)
+        new_func = rewriter.visit_expr(mod["main"])
+        stats["embeddings"] = rewriter.tables
+        new = rewriter.builder_.get()
+        new["main"] = relax.analysis.remove_all_unused(new_func)
+        new = relax.transform.DeadCodeElimination()(new)
+        return PassResult(new, True, stats)
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """Replaces each planned matmul binding by the 16-bit op."""
+
+    def __init__(self, mod: tvm.IRModule, todo: dict, precision: str, consts) -> None:
+        super().__init__(mod)
+        self.todo, self.precision, self.consts = todo, precision, consts
+        self.kernels: dict[PrecisionMatmulSpec, relax.GlobalVar] = {}
+        self.tables = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        """A gather from a large constant table: the 16-bit rows, widened to fp32."""
+        table = embedding_table(call, self.consts, 1) if self.consts is not None else None
+        if table is None:
+            return super().visit_call_(call)
+        self.tables += 1
+        idx = self.visit_expr(call.args[1])
+        bits = relax.const(to_bits(table, self.precision))
+        rows = self.builder_.emit(R.take(bits, idx, axis=0, mode=call.attrs.mode))
+        shape = tuple(int(d) for d in call.ty.shape.values)
+        widen = self.builder_.add_func(widen_kernel(shape, self.precision), "widen16")
+        return relax.call_tir(widen, [rows], relax.TensorType(shape, "float32"))
+
+    def _kernel(self, spec: PrecisionMatmulSpec) -> relax.GlobalVar:
+        if spec not in self.kernels:
+            self.kernels[spec] = self.builder_.add_func(portable_kernel(spec), "matmul16")
+        return self.kernels[spec]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.todo:
+            super().visit_var_binding_(binding)
+            return
+        layer = self.todo[binding.var]
+        x = self.visit_expr(layer.call.args[0])
+        w = layer.weight
+        if layer.kind == "conv2d":  # [N, C, H, W] -> [N, H, W, C] @ W^T [C, O] -> back
+            x = self.builder_.emit(R.permute_dims(x, [0, 2, 3, 1]))
+            w = np.ascontiguousarray(w[:, :, 0, 0].T)
+        shape = tuple(int(d) for d in x.ty.shape.values)
+        spec = PrecisionMatmulSpec(shape, int(w.shape[1]), self.precision)
+        call = relax.call_tir(
+            self._kernel(spec),
+            relax.Tuple([x, relax.const(to_bits(w, self.precision))]),
+            relax.TensorType(spec.out_shape, "float32"),
+        )
+        if layer.kind == "conv2d":
+            call = R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2])
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))

@@ -1,0 +1,130 @@
+"""The 16-bit-weight x fp32 matmul kernel every CPU runs: weights widened in registers, fp32
+FMAs (the fallback for CPUs without a bf16 dot-product instruction).
+
+Weights are read as column panels of PANEL = 16 output channels (two 8-lane fp32 vectors):
+wp [P, K', 16] uint16, K' = K rounded up to even (zero rows past K, zero channels past N), so a
+k step reads 32 bytes, half of the fp32 weight's. bf16 widens with a zero-extend and a shift,
+fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on ARM).
+
+Activations are rounded to the 16-bit format once per call into a scratch row [rows, K'] (the
+op's r(x)). A parallel task is one panel and a chunk of CHUNK rows (so a pointwise conv over a
+large map, many rows and one or two panels, still uses every core); it runs MR x 2 register
+tiles of rows, k in the op's pair order (`graphopt.precision_ops`). Products of two 16-bit
+values are exact in fp32, so the result equals `reference_matmul` bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
+
+PANEL = 16
+LANES = 8
+MR = 4  # rows per register tile: 4 x 2 accumulators
+CHUNK = 64  # rows per parallel task (with one panel): many-row layers use every core
+LAYOUT = "cpu16"
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+
+
+def panels(n: int) -> int:
+    return -(-n // PANEL)
+
+
+def pack_panels(w_bits: np.ndarray, spec: PrecisionMatmulSpec) -> np.ndarray:
+    """Natural bits [K, N] -> [P, K', 16] (zero padding past K and N)."""
+    k, n, p = spec.k, spec.n, panels(spec.n)
+    wp = np.zeros((spec.k_pairs * 2, p * PANEL), np.uint16)
+    wp[:k, :n] = w_bits
+    return np.ascontiguousarray(wp.reshape(-1, p, PANEL).transpose(1, 0, 2))
+
+
+def store_macro(n: int, lanes: int = LANES):
+    """TIR macro: vector `v` to channels col .. col + lanes - 1 of row m (those below n)."""
+
+    @T.macro
+    def store(of, tail, m, col, v):
+        if col + lanes <= n:
+            of[m, T.ramp(col, 1, lanes)] = v
+        elif col < n:
+            tail[T.ramp(0, 1, lanes)] = v
+            for lane in range(n - col):
+                of[m, col + lane] = tail[lane]
+
+    return store
+
+
+def round_macro(spec: PrecisionMatmulSpec, loop=T.parallel):
+    """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K); `loop` over rows
+    (serial for small inputs: a parallel launch costs more than the rounding)."""
+    k, kp, prec = spec.k, spec.k_pairs * 2, spec.precision
+    vec = k // LANES * LANES
+    # a K under one vector: the vector loop does element 0 (again below), never extent 0
+    head = max(vec, 1)
+
+    @T.macro
+    def round_rows(xf, xr, rows):
+        for m in loop(rows):
+            for kk in T.vectorized(head):
+                xr[m, kk] = tir_round(xf[m, kk], prec)
+            for kk in range(vec, kp):
+                xr[m, kk] = T.if_then_else(kk < k, tir_round(xf[m, T.min(kk, k - 1)], prec), 0.0)
+
+    return round_rows
+
+
+def _fma(a, b, c):
+    return T.call_llvm_pure_intrin(f"float32x{LANES}", "llvm.fma", a, b, c)
+
+
+def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per panel and row chunk."""
+    rows, n, prec = spec.rows, spec.n, spec.precision
+    kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
+    mr = min(MR, rows)
+    chunk = min(CHUNK, -(-rows // mr) * mr)  # rows per task, whole tiles
+    chunks = -(-rows // chunk)
+    tiles = chunk // mr
+    loop = T.parallel if rows * kp * n >= 1 << 18 else T.serial
+    store = store_macro(n)
+    round_rows = round_macro(spec, T.parallel if rows * kp >= 1 << 14 else T.serial)
+
+    def widen(wp, p, kk, half):
+        return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
+
+    @T.prim_func
+    def matmul16(
+        x: T.Buffer(spec.x_shape, "float32"),
+        wp: T.Buffer((p_count, kp, PANEL), "uint16"),
+        out: T.Buffer(spec.out_shape, "float32"),
+    ):
+        T.func_attr(_ATTRS)
+        xf = T.decl_buffer((rows, spec.k), "float32", data=x.data)
+        of = T.decl_buffer((rows, n), "float32", data=out.data)
+        xr = T.decl_buffer((rows, kp), "float32")
+        round_rows(xf, xr, rows)
+        for task in loop(p_count * chunks):
+            p = T.meta_var(task % p_count)
+            acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
+            tail = T.decl_buffer((LANES,), "float32", scope="local")
+            for t in range(tiles):
+                row = T.meta_var(task // p_count * chunk + t * mr)
+                for i in T.unroll(2 * mr):
+                    acc[i] = T.broadcast(T.float32(0), LANES)
+                for pr in range(pairs):
+                    for h in T.unroll(2):
+                        kk = T.meta_var(pr * 2 + 1 - h)
+                        w0 = T.meta_var(widen(wp, p, kk, 0))
+                        w1 = T.meta_var(widen(wp, p, kk, 1))
+                        for r in T.unroll(mr):
+                            xv = T.meta_var(T.broadcast(xr[T.min(row + r, rows - 1), kk], LANES))
+                            acc[2 * r] = _fma(xv, w0, acc[2 * r])
+                            acc[2 * r + 1] = _fma(xv, w1, acc[2 * r + 1])
+                for r in T.unroll(mr):
+                    if row + r < rows:
+                        store(of, tail, row + r, p * PANEL, acc[2 * r])
+                        store(of, tail, row + r, p * PANEL + LANES, acc[2 * r + 1])
+
+    return matmul16

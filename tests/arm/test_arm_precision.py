@@ -1,0 +1,58 @@
+"""16-bit precision on ARM: a matmul chain compiled with `--precision fp16|bf16` for a
+Raspberry Pi 5 (the fallback kernel: 16-bit weights widened in NEON registers, fp32 FMAs) gives
+the x86 build's numbers bit for bit under qemu (same products, same summation order)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from aarch64_tools import needs_aarch64_tools
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt
+from graphopt import bundle
+from graphopt.compress.precision.method import Precision, PrecisionOptions
+
+pytestmark = [pytest.mark.arm, pytest.mark.slow, needs_aarch64_tools]
+D = 48
+
+
+def _chain() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    ws = [(rng.standard_normal((D, D)) / 7).astype(np.float32) for _ in range(2)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w1"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, D])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("precision,widen", [("fp16", "fcvtl"), ("bf16", "shll")])
+def test_precision_on_rpi5_matches_x86(tmp_path, precision, widen):
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain(), path)
+    method = [Precision(PrecisionOptions(precision, edges=True))]
+    x86 = graphopt.compile(path, tmp_path / "x86", compression=method)
+    arm = graphopt.compile(
+        path, tmp_path / "arm", target="arm", target_options={"board": "rpi5"}, compression=method
+    )
+    assert arm.manifest["precision"]["low_layers"] == 2
+    assert "computed in fp32 on this target" in arm.manifest["precision"]["note"]
+    asm = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(arm.library_path)], capture_output=True, text=True
+    ).stdout
+    assert widen in asm
+    x = np.random.default_rng(1).standard_normal((3, D)).astype(np.float32)
+    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
+    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
