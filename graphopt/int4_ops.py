@@ -34,6 +34,7 @@ class Int4MatmulSpec:
     symmetric: bool
     layout: str = "natural"  # natural | a target's packed layout (e.g. "cpu16")
     scale_dtype: str = "float32"  # float32 | float16 (converted to fp32 exactly when read)
+    act: str = "float32"  # float32 (W4 x fp32) | int8 (W4A8: rows quantized at run time)
 
     @property
     def k(self) -> int:
@@ -107,6 +108,10 @@ def portable_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     """The op as plain scalar TIR over natural-layout constants (builds and runs on any
     target; only the row loop is parallel, nothing is fast): PrimFunc(x, packed, scales,
     zeros, out), carrying its spec. A target stage replaces it (`materialize-int4`)."""
+    if spec.act == "int8":
+        from graphopt.int4_a8_ops import portable_a8_kernel
+
+        return portable_a8_kernel(spec)
     rows, k, n, group = spec.rows, spec.k, spec.n, spec.group
     z_shape = (1,) if spec.symmetric else (n, spec.groups)
 

@@ -12,8 +12,10 @@ With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D]
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
 scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
 
-The kernel emitted is the portable one (`graphopt.int4_ops.portable_kernel`, carrying its
-spec); a target stage (`materialize-int4`) replaces it with a kernel for its instructions.
+With `act=int8` the ops are W4A8 (`graphopt.int4_a8_ops`): each row of x quantized to int8 at
+run time, integer dot products per group. The kernel emitted is the portable one
+(`graphopt.int4_ops.portable_kernel`, carrying its spec); a target stage
+(`materialize-int4`) replaces it with a kernel for its instructions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from graphopt.errors import PipelineError
 from graphopt.int4_ops import Int4MatmulSpec, portable_kernel
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
+ACTS = ("float32", "int8")
+
 
 @register_pass
 class LowerInt4(GraphPass):
@@ -50,11 +54,14 @@ class LowerInt4(GraphPass):
         clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
         scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
         embedding_group: int = 0  # group of the embedding rows (0: `group`)
+        act: str = "float32"  # float32: W4 x fp32 ops | int8: W4A8 (rows quantized at run time)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
         if o.group <= 0 or o.group % 2:
             raise PipelineError(f"lower-int4: group must be a positive even number, not {o.group}")
+        if o.act not in ACTS:
+            raise PipelineError(f"lower-int4: act must be one of {', '.join(ACTS)}, not {o.act!r}")
         stored = load_weights(o.weights)
         skip = set(filter(None, o.skip.split(":")))
         func = mod["main"]
@@ -116,7 +123,9 @@ class _Rewriter(relax.PyExprMutator):
         if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
             x = self.builder_.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
         shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
-        spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype))
+        spec = Int4MatmulSpec(
+            shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype), act=self.options.act
+        )
         consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
         ty = binding.var.ty
         call = relax.call_tir(

@@ -32,6 +32,7 @@ from .store import save_weights
 
 MANIFEST_KEY = "int4"
 METHODS = ("rtn", "gptq")
+ACTIVATIONS = ("fp32", "int8")  # --int4-activations: what an int4 layer's kernel multiplies
 LOWER_INT8 = "lower-int8"
 
 
@@ -56,6 +57,7 @@ class Int4Options:
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
     awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
+    activations: str = "fp32"  # fp32: W4 x fp32 kernels | int8: W4A8 (rows quantized at run time)
     # --max-drop: keep the most sensitive layers off int4 (budget.py)
     max_drop: float | None = None
     fallback: str = "int8"  # int8 (dynamic per-row) | fp32: what a layer kept off int4 runs
@@ -76,6 +78,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
     if o.awq and not o.calibration:
         raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
+    if o.activations not in ACTIVATIONS:
+        raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     if o.max_drop is not None and o.max_drop < 0:
@@ -153,7 +157,9 @@ class _Planner:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
         tables = self._table if o.embeddings else None
-        switched = switch_module(mod, layers, self.weights, o.fallback, tables)
+        switched = switch_module(
+            mod, layers, self.weights, o.fallback, tables, a8=o.activations == "int8"
+        )
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -259,6 +265,7 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
         "clip": "true" if o.clip else "false",
         "scale_dtype": o.scale_dtype,
         "embedding_group": str(o.embedding_group or o.group),
+        "act": "int8" if o.activations == "int8" else "float32",
     }
     if skip:
         opts["skip"] = ":".join(skip)
@@ -362,6 +369,7 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, 
         "scheme": "int4",
         "settings": {**asdict(o), "skip": list(o.skip)},
         "kernels": "int4-weight matmul (lower-int4; materialize-int4 where the target has it)",
+        "activations": o.activations,
         "layers": rows,
         "int4_layers": sum(r["bits"] == 4 for r in rows),
         "int8_layers": sum(r["bits"] == 8 for r in rows),
@@ -390,7 +398,8 @@ def format_report(m: dict) -> str:
     s, o = m["size"], m["settings"]
     head = (
         f"int4 ({o['method']}, group {o['group']}, "
-        f"{'symmetric' if o['symmetric'] else 'asymmetric'}): {m['int4_layers']}/"
+        f"{'symmetric' if o['symmetric'] else 'asymmetric'}, "
+        f"{'W4A8' if o.get('activations') == 'int8' else 'W4 x fp32'}): {m['int4_layers']}/"
         f"{len(m['layers'])} matmuls int4, {m.get('int8_layers', 0)} int8, "
         f"{len(m['embeddings'])} embedding table(s)"
     )

@@ -1,0 +1,286 @@
+"""The W4A8 matmul kernels: int4 weights x int8 activations quantized per row at run time.
+
+The arithmetic is the op's (`graphopt.int4_a8_ops`): int32 dot products of the activation
+codes with the unsigned nibbles per group, the zero point subtracted through the activations'
+group sums, then f32(acc) * scale fused into an fp32 sum over groups and one multiply by the
+row's scale. The inner step is the int8 flow's dot instruction of the target's scheme
+(`targets/cpu/int8/kernels.py`), on operands made from the nibbles in registers:
+
+    isa      lanes  k/word  weight word from the packed nibbles         instruction
+    avx2     8      2       byte b: (b | b << 12) & 0x000F000F (s16 x2)  vpmaddwd (s16 x s16)
+    vnni     16     4       u16 v:  (v & 0x0F0F) | (v << 12 & 0x0F0F0000) vpdpbusd (u8 nibbles
+                                                                         x s8 activations)
+    sdot     4      4       as vnni                                       sdot (s8 x s8, ARM)
+    generic  4      2       as avx2                                       int16-pair multiply-add
+
+A panel is 2 vectors of output channels (PL = 2 x lanes). wp[p, kq, c] holds word kq of
+channel PL p + c: one byte (two k) or one uint16 (four k, stored k0 k2 k1 k3 so that the
+decode above puts them in byte order). The kernel first quantizes x's rows into words, keeping
+each row's scale and per-group sums; then one task per (panel, chunk of row tiles): a single
+row tile decodes each weight load straight into the dot; more rows decode the task's panel
+once into int32 words and run mr x 2 register tiles over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from graphopt.int4_a8_ops import EPS, QMAX, codes
+from graphopt.int4_ops import Int4MatmulSpec
+from graphopt.targets.cpu.int8 import kernels as K8
+
+KPACK = {"vnni": 4, "avx2": 2, "sdot": 4, "generic": 2}
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+
+
+@dataclass(frozen=True)
+class A8Plan:
+    isa: K8.Isa
+    kpack: int
+    lanes: int
+    mr: int  # rows per register tile
+
+    @property
+    def pl(self) -> int:
+        return 2 * self.lanes
+
+    @property
+    def layout(self) -> str:
+        return f"a8-{self.isa.name}"
+
+
+def plan_for(spec: Int4MatmulSpec, isa: K8.Isa) -> A8Plan:
+    kpack = KPACK[isa.name]
+    if spec.group % kpack:
+        raise ValueError(f"W4A8 on {isa.name} needs groups of a multiple of {kpack} weights")
+    return A8Plan(isa, kpack, isa.lanes, max(1, min(isa.accumulators // 4, spec.rows)))
+
+
+def pack_a8(packed, scales, zeros, spec: Int4MatmulSpec, plan: A8Plan) -> list[np.ndarray]:
+    """Natural constants -> wp [P, KW, PL] (uint8 or uint16 words), scales [P, G, PL], zero
+    points [P, G, PL] uint8 (symmetric: the [1] as it was). Padding nibbles are 0 (their
+    activations are 0) and padded channels get scale 0."""
+    pl, kp = plan.pl, plan.kpack
+    p, kw, g = -(-spec.n // pl), -(-spec.k // kp), spec.groups
+    q = np.zeros((p * pl, kw * kp), np.uint32)
+    q[: spec.n, : spec.k] = codes(spec, packed)
+    q = q.reshape(p * pl, kw, kp)
+    if kp == 2:
+        words = (q[..., 0] | q[..., 1] << 4).astype(np.uint8)
+    else:
+        words = (q[..., 0] | q[..., 2] << 4 | q[..., 1] << 8 | q[..., 3] << 12).astype(np.uint16)
+    wp = words.reshape(p, pl, kw).transpose(0, 2, 1)
+
+    def panels(a, dtype):
+        out = np.zeros((p * pl, g), dtype)
+        out[: spec.n] = a
+        return np.ascontiguousarray(out.reshape(p, pl, g).transpose(0, 2, 1))
+
+    zp = zeros if spec.symmetric else panels(zeros, np.uint8)
+    return [np.ascontiguousarray(wp), panels(scales, scales.dtype), zp]
+
+
+def _decode(plan: A8Plan):
+    """TIR: int32xL weight words (dot operands) of vector u of panel p at word kq."""
+    n = plan.lanes
+
+    def c(v):
+        return T.broadcast(T.int32(v), n)
+
+    def decode(wp, p, kq, u):
+        v = T.Cast(f"int32x{n}", wp[p, kq, T.ramp(u * n, 1, n)])
+        if plan.kpack == 2:
+            return (v | (v << c(12))) & c(0x000F000F)
+        return (v & c(0x0F0F)) | ((v << c(12)) & c(0x0F0F0000))
+
+    return decode
+
+
+def _dot(plan: A8Plan):
+    """TIR: acc + the word dot products; `act` broadcast activation words, `wt` weights."""
+    isa, n = plan.isa, plan.lanes
+
+    def c(v):
+        return T.broadcast(T.int32(v), n)
+
+    def dot(acc, act, wt):
+        if isa.name == "vnni":  # vpdpbusd: the unsigned operand first (the nibbles)
+            return isa.dot(acc, wt, act)
+        if isa.name == "generic":  # two int16 halves per word
+
+            def lo(v):
+                return T.shift_right(v << c(16), c(16))
+
+            return acc + lo(act) * lo(wt) + T.shift_right(act, c(16)) * T.shift_right(wt, c(16))
+        return isa.dot(acc, act, wt)
+
+    return dot
+
+
+def _quantize_rows(spec: Int4MatmulSpec, plan: A8Plan):
+    """TIR macro: row m of x -> its scale xs[m], words[m, :] of int8 codes, group sums."""
+    k, group, kp = spec.k, spec.group, plan.kpack
+    kw = -(-k // kp)
+
+    @T.macro
+    def quantize(xf, xs, words, asum, m):
+        a = T.decl_buffer((kw * kp,), "int32")
+        amax = T.decl_buffer((1,), "float32", scope="local")
+        amax[0] = T.float32(0)
+        for kk in range(k):
+            amax[0] = T.max(amax[0], T.fabs(xf[m, kk]))
+        xs[m] = T.max(amax[0], T.float32(EPS)) / T.float32(QMAX)
+        for kk in range(k):
+            v = T.round(xf[m, kk] / xs[m])
+            a[kk] = T.Cast("int32", T.min(T.max(v, T.float32(-128)), T.float32(127)))
+        for kk in range(k, kw * kp):
+            a[kk] = 0
+        for g in range(spec.groups):
+            asum[m, g] = 0
+            for kk in range(g * group, T.min(k, g * group + group)):
+                asum[m, g] = asum[m, g] + a[kk]
+        for kq in range(kw):
+            words[m, kq] = K8._word([a[kq * kp + j] for j in range(kp)], kp)
+
+    return quantize
+
+
+@dataclass(frozen=True)
+class _Shape:
+    rows: int
+    k: int
+    n: int
+    kw: int  # words per row
+    gw: int  # words per group
+    panels: int
+    row_tiles: int
+    chunks: int  # row-tile chunks per panel (parallel tasks: panels x chunks)
+    per_chunk: int
+
+
+def _shape(spec: Int4MatmulSpec, plan: A8Plan) -> _Shape:
+    panels = -(-spec.n // plan.pl)
+    row_tiles = -(-spec.rows // plan.mr)
+    chunks = max(1, min(row_tiles, -(-K8.MIN_TASKS // panels)))
+    per_chunk = -(-row_tiles // chunks)
+    kw = -(-spec.k // plan.kpack)
+    return _Shape(
+        spec.rows, spec.k, spec.n, kw, spec.group // plan.kpack, panels, row_tiles,
+        -(-row_tiles // per_chunk), per_chunk,
+    )  # fmt: skip
+
+
+def _fma(a, b, c, lanes: int):
+    return T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.fma", a, b, c)
+
+
+def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
+    """TIR macro: the mr x 2-vector register tile of rows m0 .. m0 + mr - 1 and panel p: per
+    group the int32 dot products, the zero-point term, f32 x scale into fp32 accumulators;
+    then the row scales and the stores (valid rows and channels only)."""
+    mr, nl, rows, n = plan.mr, plan.lanes, sh.rows, sh.n
+    dot, decode = _dot(plan), _decode(plan)
+    inline = sh.row_tiles == 1  # one row tile (batch-1 GEMV): decode at each load
+
+    def zvec(zp, p, g, u):
+        if spec.symmetric:
+            return T.broadcast(T.int32(8), nl)
+        return T.Cast(f"int32x{nl}", zp[p, g, T.ramp(u * nl, 1, nl)])
+
+    def weight(wp, wd, p, kq, u):
+        return decode(wp, p, kq, u) if inline else wd[kq, T.ramp(u * nl, 1, nl)]
+
+    def scale(sp, p, g, u):
+        return T.Cast(f"float32x{nl}", sp[p, g, T.ramp(u * nl, 1, nl)])
+
+    @T.macro
+    def store(of, tail, m, col, v):
+        if col + nl <= n:
+            of[m, T.ramp(col, 1, nl)] = v
+        elif col < n:
+            tail[T.ramp(0, 1, nl)] = v
+            for lane in range(n - col):
+                of[m, col + lane] = tail[lane]
+
+    @T.macro
+    def tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, p, m0):
+        for i in T.unroll(2 * mr):
+            facc[i] = T.broadcast(T.float32(0), nl)
+        for g in range(spec.groups):
+            for i in T.unroll(2 * mr):
+                iacc[i] = T.broadcast(T.int32(0), nl)
+            for kq in range(g * sh.gw, T.min(sh.kw, g * sh.gw + sh.gw)):
+                for r in T.unroll(mr):
+                    for u in T.unroll(2):
+                        iacc[2 * r + u] = dot(
+                            iacc[2 * r + u],
+                            T.broadcast(words[T.min(m0 + r, rows - 1), kq], nl),
+                            weight(wp, wd, p, kq, u),
+                        )
+            for r in T.unroll(mr):
+                for u in T.unroll(2):
+                    zs = T.meta_var(T.broadcast(asum[T.min(m0 + r, rows - 1), g], nl))
+                    exact = T.meta_var(iacc[2 * r + u] - zvec(zp, p, g, u) * zs)
+                    facc[2 * r + u] = _fma(
+                        T.Cast(f"float32x{nl}", exact), scale(sp, p, g, u), facc[2 * r + u], nl
+                    )
+        for r in T.unroll(mr):
+            if m0 + r < rows:
+                for u in T.unroll(2):
+                    store(
+                        of,
+                        tail,
+                        m0 + r,
+                        p * plan.pl + u * nl,
+                        facc[2 * r + u] * T.broadcast(xs[m0 + r], nl),
+                    )
+
+    return tile
+
+
+def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, wp, sp, zp, out) of `pack_a8`'s constants (module docstring)."""
+    sh = _shape(spec, plan)
+    rows, k, n, nl, pl = sh.rows, sh.k, sh.n, plan.lanes, plan.pl
+    wdtype = "uint8" if plan.kpack == 2 else "uint16"
+    z_shape = (1,) if spec.symmetric else (sh.panels, spec.groups, pl)
+    quantize, tile, decode = _quantize_rows(spec, plan), _tile(spec, plan, sh), _decode(plan)
+    inline = sh.row_tiles == 1
+    loop_rows = K8._loop(16 * rows * k)
+    loop_tasks = K8._loop(rows * k * n)
+    mr, chunks, per_chunk = plan.mr, sh.chunks, sh.per_chunk
+
+    @T.prim_func
+    def int4_a8_matmul(
+        x: T.Buffer(spec.x_shape, "float32"),
+        wp: T.Buffer((sh.panels, sh.kw, pl), wdtype),
+        sp: T.Buffer((sh.panels, spec.groups, pl), spec.scale_dtype),
+        zp: T.Buffer(z_shape, "uint8"),
+        out: T.Buffer(spec.out_shape, "float32"),
+    ):
+        T.func_attr(_ATTRS)
+        xf = T.decl_buffer((rows, k), "float32", data=x.data)
+        of = T.decl_buffer((rows, n), "float32", data=out.data)
+        words = T.decl_buffer((rows, sh.kw), "int32")
+        asum = T.decl_buffer((rows, spec.groups), "int32")
+        xs = T.decl_buffer((rows,), "float32")
+        for m in loop_rows(rows):
+            quantize(xf, xs, words, asum, m)
+        for task in loop_tasks(sh.panels * chunks):
+            iacc = T.decl_buffer((2 * mr,), f"int32x{nl}", scope="local")
+            facc = T.decl_buffer((2 * mr,), f"float32x{nl}", scope="local")
+            tail = T.decl_buffer((nl,), "float32", scope="local")
+            wd = T.decl_buffer((1 if inline else sh.kw, pl), "int32")
+            if not inline:
+                for kq in range(sh.kw):
+                    for u in T.unroll(2):
+                        wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, task // chunks, kq, u)
+            t0 = T.meta_var(task % chunks * per_chunk)
+            for t in range(t0, T.min(t0 + per_chunk, sh.row_tiles)):
+                tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, task // chunks, t * mr)
+
+    return int4_a8_matmul
