@@ -1,7 +1,7 @@
 """int4 weights on all-MiniLM-L6-v2: graphopt int4 (GPTQ and round-to-nearest) vs fp32, graphopt
 int8 and onnxruntime's MatMulNBits.
 
-    python -m bench.bench_int4 [--runs 50] [--rounds 4] [--group 32]
+    python -m bench.bench_int4 [--runs 50] [--rounds 4] [--group 32] [--no-timing]
 
 - Quality: minimum and mean embedding cosine vs onnxruntime fp32 on the 24 evaluation
   sentences (bench/models/inputs.py); GPTQ calibrates on other sentences (CALIB below, none of
@@ -13,7 +13,8 @@ int8 and onnxruntime's MatMulNBits.
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
 - Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
   format, embeddings int4), int4 GPTQ with `--max-drop` (per layer int4 or int8, budgeted on
-  sentences neither calibration nor evaluation uses); onnxruntime fp32 and MatMulNBits (block
+  sentences neither calibration nor evaluation uses), the GPTQ and budget ones again as W4A8
+  (`--int4-activations int8`); onnxruntime fp32 and MatMulNBits (block
   32, symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
   graphopt (its weights as they are, on graphopt's int4 kernels); OpenVINO fp32 and NNCF's
   int4 weight compression (INT4_SYM, group 32) on OpenVINO, both with
@@ -177,6 +178,10 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
         "graphopt_int4_gptq": Int4Options(
             "gptq", calibration=str(calib), samples=len(CALIB), **fmt
         ),
+        # the same GPTQ weights as W4A8: rows quantized to int8 at run time, int8 dot products
+        "graphopt_int4_gptq_w4a8": Int4Options(
+            "gptq", calibration=str(calib), samples=len(CALIB), activations="int8", **fmt
+        ),
         "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
         # per layer int4 / int8 / fp32 under a budget of min cosine >= 0.99 on the BUDGET
         # sentences (the evaluation sentences stay unseen)
@@ -187,6 +192,16 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
             max_drop=MIXED_MAX_DROP,
             metric="min_cosine",
             eval_data=str(budget),
+            **fmt,
+        ),
+        "graphopt_int4_int8_budget_w4a8": Int4Options(
+            "gptq",
+            calibration=str(calib),
+            samples=len(CALIB),
+            max_drop=MIXED_MAX_DROP,
+            metric="min_cosine",
+            eval_data=str(budget),
+            activations="int8",
             **fmt,
         ),
     }
@@ -355,6 +370,7 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
             "fp32": {},
             "int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
             "int4": {"compression": [Int4(Int4Options("rtn", **rtn))]},
+            "int4_w4a8": {"compression": [Int4(Int4Options("rtn", activations="int8", **rtn))]},
         }
         arts = {
             name: graphopt.compile(model, workdir / f"gemv_{k}_{n}_{name}", **kw)
@@ -371,6 +387,7 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
                 "ms": ms,
                 "int4_weight_bytes": nbytes,
                 "int4_GBps": round(nbytes / ms["int4"] / 1e6, 2),
+                "int4_w4a8_GBps": round(nbytes / ms["int4_w4a8"] / 1e6, 2),
                 "fp32_GBps": round(k * n * 4 / ms["fp32"] / 1e6, 2),
             }
         )
@@ -459,12 +476,15 @@ def markdown(doc: dict[str, Any]) -> str:
             r["ms"]["fp32"],
             r["ms"]["int8"],
             r["ms"]["int4"],
+            r["ms"].get("int4_w4a8", "-"),
             r["int4_GBps"],
+            r.get("int4_w4a8_GBps", "-"),
             r["fp32_GBps"],
         ]
         for r in doc["gemv"]
     ]
-    lines.append(format_table(["K x N", "fp32", "int8", "int4", "int4 GB/s", "fp32 GB/s"], g))
+    cols = ["K x N", "fp32", "int8", "int4 W4 x fp32", "int4 W4A8", "W4 x fp32 GB/s"]
+    lines.append(format_table([*cols, "W4A8 GB/s", "fp32 GB/s"], g))
     return "\n".join(lines) + "\n"
 
 
@@ -478,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damp", type=float, default=0.1)
     parser.add_argument("--embedding-group", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="accuracy and sizes only (a loaded machine); writes int4_quality.json / .md",
+    )
     parser.add_argument("--time-one", nargs=2, metavar=("KEY", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     env.configure_for_benchmarks()
@@ -501,10 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
         doc["quality"] = quality(paths)
         _say(json.dumps(doc["quality"]))
-        doc["latency"] = latency(paths, args.runs, args.rounds)
-        doc["gemv"] = gemv(Path(tmp), fmt, args.runs)
+        timed = not args.no_timing
+        doc["latency"] = latency(paths, args.runs, args.rounds) if timed else {}
+        doc["gemv"] = gemv(Path(tmp), fmt, args.runs) if timed else []
     text = markdown(doc)
-    write_results(args.out, "int4", doc, text)
+    write_results(args.out, "int4" if timed else "int4_quality", doc, text)
     print(text)
     return 0
 

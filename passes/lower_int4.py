@@ -1,7 +1,9 @@
 """Matmuls with constant fp32 weights -> int4-weight matmul ops; large embedding tables -> int4.
 
 Each `matmul(x, W)` (x fp32 [.., K], W a constant [K, N]: the layers of
-`compress/common/layers.py`) becomes one `call_tir` of the int4 op (`graphopt.int4_ops`) with
+`compress/common/layers.py`) and each 1x1 conv (stride 1, no padding, not grouped:
+`compress/int4/layers.py`; its NCHW input moved channels-last around the op) becomes one
+`call_tir` of the int4 op (`graphopt.int4_ops`) with
 the packed nibbles, the per-group scales and zero points as its constants: the fp32 weight
 leaves the graph. Weights come from `weights` (the .npz `--quantize int4` writes, GPTQ's
 for instance: `compress/int4/store.py`; checked against the graph's shapes) or are quantized
@@ -27,8 +29,9 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt.compress.common.layers import bound_constants, find_layers
+from graphopt.compress.common.layers import bound_constants
 from graphopt.compress.int4.embedding import embedding_table
+from graphopt.compress.int4.layers import int4_layers, weight_matrix
 from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
 from graphopt.compress.int4.store import load_weights
 from graphopt.errors import PipelineError
@@ -66,8 +69,8 @@ class LowerInt4(GraphPass):
         skip = set(filter(None, o.skip.split(":")))
         func = mod["main"]
         todo = {}
-        for layer in find_layers(func):
-            if layer.kind != "matmul" or layer.name in skip:
+        for layer in int4_layers(func):
+            if layer.name in skip:
                 continue
             todo[layer.var] = (layer, self._weight(layer, stored))
         rewriter = _Rewriter(mod, todo, bound_constants(func), o)
@@ -81,7 +84,7 @@ class LowerInt4(GraphPass):
         return PassResult(new, True, stats)
 
     def _weight(self, layer, stored: dict) -> Int4Weight:
-        w = layer.weight
+        w = weight_matrix(layer)
         if layer.name not in stored:
             o = self.options
             return quantize_rtn(w, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
@@ -119,19 +122,25 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         layer, q = self.todo[binding.var]
+        bb, conv = self.builder_, layer.kind == "conv2d"
         x = self.visit_expr(layer.call.args[0])
+        if conv:  # NCHW -> NHWC: the input channels are K
+            x = bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
-            x = self.builder_.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
-        shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
+            x = bb.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
+        shape = tuple(int(d) for d in x.ty.shape.values)
         spec = Int4MatmulSpec(
             shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype), act=self.options.act
         )
         consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
-        ty = binding.var.ty
         call = relax.call_tir(
-            self._kernel(spec), relax.Tuple([x, *consts]), relax.TensorType(ty.shape, ty.dtype)
+            self._kernel(spec),
+            relax.Tuple([x, *consts]),
+            relax.TensorType(spec.out_shape, "float32"),
         )
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+        if conv:
+            call = R.permute_dims(bb.emit(call), [0, 3, 1, 2])
+        bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         o = self.options

@@ -3,7 +3,8 @@
 Each layer gets one of three precisions: int4 weights (fp32 activations, the W4 x fp32
 kernels), the fallback (int8 weights with dynamic per-row int8 activations, as
 `--quant-mode dynamic --quant-granularity row` builds them; or fp32) and fp32. Scoring every
-choice needs the model run with any mix of them, so, as for int8, one graph is built with the
+choice needs the model run with any mix of them (a 1x1 conv has no int8 fallback: the
+dynamic int8 flow has matmuls only, so its g_i leaves it fp32), so, as for int8, one graph is built with the
 choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 
     x' = where(f_i, x * a_i, where(g_i, QDQ_row(x), x))
@@ -45,6 +46,7 @@ from ..common.budget import fewest_kept
 from ..common.layers import Layer, bound_constants, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from ..int8.qdq import dequant_weight_np, emit_dynamic_qdq, weight_qparams
+from .layers import layer_weight
 from .quant import Int4Weight
 
 FALLBACKS = ("int8", "fp32")
@@ -139,25 +141,29 @@ class _Switch(PyExprMutator):
         layer = self.layers[i]
         x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
         q = self.int4[layer.name]
+        conv = layer.kind == "conv2d"  # a 1x1 conv: K is axis 1 of its NCHW input
         x4 = x
         if q.act_scale is not None:
-            x4 = self.builder_.emit(R_op.multiply(x, relax.const(q.act_scale)))
+            a = q.act_scale.reshape(-1, 1, 1) if conv else q.act_scale
+            x4 = self.builder_.emit(R_op.multiply(x, relax.const(a)))
         if self.a8:
-            x4 = row_fake_quant(self.builder_, x4)
-        if self.fallback_flags:
+            x4 = row_fake_quant(self.builder_, x4, axis=1 if conv else -1)
+        if self.fallback_flags and not conv:  # int8 fallback: the matmul flow (no convs)
             g = self.fallback_flags[i]
             x = self._where(g, emit_dynamic_qdq(self.builder_, x, per_row=True), x)
             wq, scale = weight_qparams(layer.weight, layer.weight_axis)
             w = self._where(g, relax.const(dequant_weight_np(wq, scale, layer.weight_axis)), w)
         x = self._where(self.flags[i], x4, x)
-        w = self._where(self.flags[i], relax.const(q.dequantize()), w)
+        dq4 = layer_weight(layer, q.dequantize())
+        w = self._where(self.flags[i], relax.const(dq4), w)
         return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
 
 
-def row_fake_quant(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
-    """x rounded as the W4A8 kernels quantize it, in fp32: per row (last axis) s = max(max|x|,
-    eps) / 127, clamp(round_half_even(x / s), -128, 127) * s (`graphopt.int4_a8_ops`)."""
-    amax = bb.emit(R_op.max(R_op.abs(x), axis=-1, keepdims=True))
+def row_fake_quant(bb: relax.BlockBuilder, x: relax.Expr, axis: int = -1) -> relax.Expr:
+    """x rounded as the W4A8 kernels quantize it, in fp32: per row (the values along `axis`,
+    the op's K) s = max(max|x|, eps) / 127, clamp(round_half_even(x / s), -128, 127) * s
+    (`graphopt.int4_a8_ops`)."""
+    amax = bb.emit(R_op.max(R_op.abs(x), axis=axis, keepdims=True))
     s = bb.emit(R_op.divide(R_op.maximum(amax, relax.const(EPS, "float32")), relax.const(QMAX)))
     q = R_op.clip(R_op.round(R_op.divide(x, s)), -128, 127)
     return bb.emit(R_op.multiply(q, s))
