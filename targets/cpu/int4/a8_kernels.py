@@ -34,6 +34,7 @@ from graphopt.int4_ops import Int4MatmulSpec
 from graphopt.targets.cpu.int8 import kernels as K8
 
 KPACK = {"vnni": 4, "avx2": 2, "sdot": 4, "generic": 2}
+QV = 16  # activation values quantized at a time
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
 
@@ -100,6 +101,32 @@ def _decode(plan: A8Plan):
     return decode
 
 
+def _decode_signed(plan: A8Plan, spec: Int4MatmulSpec):
+    """TIR: the words of q - z (signed narrow fields) of vector u of panel p at word kq in
+    group g: what a panel decoded once for many rows holds, so no zero-point term is left."""
+    n, kp = plan.lanes, plan.kpack
+
+    def c(v):
+        return T.broadcast(T.int32(v), n)
+
+    def decode(wp, zp, p, kq, u, g):
+        v = T.Cast(f"int32x{n}", wp[p, kq, T.ramp(u * n, 1, n)])
+        if spec.symmetric:
+            z = c(8)
+        else:
+            z = T.Cast(f"int32x{n}", zp[p, g, T.ramp(u * n, 1, n)])
+        if kp == 2:
+            lo, hi = (v & c(15)) - z, T.shift_right(v, c(4)) - z
+            return (lo & c(0xFFFF)) | (hi << c(16))
+        fields = [(T.shift_right(v, c(s)) & c(15)) - z for s in (0, 8, 4, 12)]  # k0 k1 k2 k3
+        word = fields[0] & c(255)
+        for j in (1, 2):
+            word = word | ((fields[j] & c(255)) << c(8 * j))
+        return word | (fields[3] << c(24))
+
+    return decode
+
+
 def _dot(plan: A8Plan):
     """TIR: acc + the word dot products; `act` broadcast activation words, `wt` weights."""
     isa, n = plan.isa, plan.lanes
@@ -126,24 +153,48 @@ def _quantize_rows(spec: Int4MatmulSpec, plan: A8Plan):
     k, group, kp = spec.k, spec.group, plan.kpack
     kw = -(-k // kp)
 
+    qv, narrow = QV, {2: "int16", 4: "int8"}[kp]
+    kvec, wvec = k // qv * qv, kw * kp // qv * qv  # values done qv at a time
+
+    def code(v, s, n: int):
+        """int32 code(s) of fp32 value(s) v with scale s (n lanes)."""
+        if n == 1:
+            q = T.min(T.max(T.round(v / s), T.float32(-128)), T.float32(127))
+            return T.Cast("int32", q)
+        lo, hi = T.broadcast(T.float32(-128), n), T.broadcast(T.float32(127), n)
+        return T.Cast(f"int32x{n}", T.min(T.max(T.round(v / T.broadcast(s, n)), lo), hi))
+
     @T.macro
     def quantize(xf, xs, words, asum, m):
         a = T.decl_buffer((kw * kp,), "int32")
+        vmax = T.decl_buffer((qv,), "float32", scope="local")
         amax = T.decl_buffer((1,), "float32", scope="local")
+        vmax[T.ramp(0, 1, qv)] = T.broadcast(T.float32(0), qv)
+        for kb in range(kvec // qv):
+            vmax[T.ramp(0, 1, qv)] = T.max(
+                vmax[T.ramp(0, 1, qv)], T.fabs(xf[m, T.ramp(kb * qv, 1, qv)])
+            )
         amax[0] = T.float32(0)
-        for kk in range(k):
+        for j in range(qv):
+            amax[0] = T.max(amax[0], vmax[j])
+        for kk in range(kvec, k):
             amax[0] = T.max(amax[0], T.fabs(xf[m, kk]))
         xs[m] = T.max(amax[0], T.float32(EPS)) / T.float32(QMAX)
-        for kk in range(k):
-            v = T.round(xf[m, kk] / xs[m])
-            a[kk] = T.Cast("int32", T.min(T.max(v, T.float32(-128)), T.float32(127)))
+        for kb in range(kvec // qv):
+            a[T.ramp(kb * qv, 1, qv)] = code(xf[m, T.ramp(kb * qv, 1, qv)], xs[m], qv)
+        for kk in range(kvec, k):
+            a[kk] = code(xf[m, kk], xs[m], 1)
         for kk in range(k, kw * kp):
             a[kk] = 0
         for g in range(spec.groups):
             asum[m, g] = 0
             for kk in range(g * group, T.min(k, g * group + group)):
                 asum[m, g] = asum[m, g] + a[kk]
-        for kq in range(kw):
+        for kb in range(wvec // qv):
+            words[m, T.ramp(kb * (qv // kp), 1, qv // kp)] = T.reinterpret(
+                f"int32x{qv // kp}", T.Cast(f"{narrow}x{qv}", a[T.ramp(kb * qv, 1, qv)])
+            )
+        for kq in range(wvec // kp, kw):
             words[m, kq] = K8._word([a[kq * kp + j] for j in range(kp)], kp)
 
     return quantize
@@ -174,6 +225,12 @@ def _shape(spec: Int4MatmulSpec, plan: A8Plan) -> _Shape:
     )  # fmt: skip
 
 
+def signed_panel(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape) -> bool:
+    """Whether the task decodes its panel once into q - z words (several row tiles; not on
+    vnni, whose unsigned operand must be the nibbles)."""
+    return sh.row_tiles > 1 and plan.isa.name != "vnni"
+
+
 def _fma(a, b, c, lanes: int):
     return T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.fma", a, b, c)
 
@@ -187,6 +244,8 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
     inline = sh.row_tiles == 1  # one row tile (batch-1 GEMV): decode at each load
 
     def zvec(zp, p, g, u):
+        if signed_panel(spec, plan, sh):  # the decoded panel holds q - z
+            return T.broadcast(T.int32(0), nl)
         if spec.symmetric:
             return T.broadcast(T.int32(8), nl)
         return T.Cast(f"int32x{nl}", zp[p, g, T.ramp(u * nl, 1, nl)])
@@ -248,8 +307,10 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
     rows, k, n, nl, pl = sh.rows, sh.k, sh.n, plan.lanes, plan.pl
     wdtype = "uint8" if plan.kpack == 2 else "uint16"
     z_shape = (1,) if spec.symmetric else (sh.panels, spec.groups, pl)
-    quantize, tile, decode = _quantize_rows(spec, plan), _tile(spec, plan, sh), _decode(plan)
-    inline = sh.row_tiles == 1
+    quantize, tile = _quantize_rows(spec, plan), _tile(spec, plan, sh)
+    inline, signed = sh.row_tiles == 1, signed_panel(spec, plan, sh)
+    decode, decode_signed = _decode(plan), _decode_signed(plan, spec)
+    gw = sh.gw
     loop_rows = K8._loop(16 * rows * k)
     loop_tasks = K8._loop(rows * k * n)
     mr, chunks, per_chunk = plan.mr, sh.chunks, sh.per_chunk
@@ -278,7 +339,12 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
             if not inline:
                 for kq in range(sh.kw):
                     for u in T.unroll(2):
-                        wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, task // chunks, kq, u)
+                        if signed:
+                            wd[kq, T.ramp(u * nl, 1, nl)] = decode_signed(
+                                wp, zp, task // chunks, kq, u, kq // gw
+                            )
+                        else:
+                            wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, task // chunks, kq, u)
             t0 = T.meta_var(task % chunks * per_chunk)
             for t in range(t0, T.min(t0 + per_chunk, sh.row_tiles)):
                 tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, task // chunks, t * mr)
