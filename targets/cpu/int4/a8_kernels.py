@@ -44,10 +44,11 @@ class A8Plan:
     kpack: int
     lanes: int
     mr: int  # rows per register tile
+    nv: int = 2  # vectors of output channels per panel (a register tile's columns)
 
     @property
     def pl(self) -> int:
-        return 2 * self.lanes
+        return self.nv * self.lanes
 
     @property
     def layout(self) -> str:
@@ -239,7 +240,7 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
     """TIR macro: the mr x 2-vector register tile of rows m0 .. m0 + mr - 1 and panel p: per
     group the int32 dot products, the zero-point term, f32 x scale into fp32 accumulators;
     then the row scales and the stores (valid rows and channels only)."""
-    mr, nl, rows, n = plan.mr, plan.lanes, sh.rows, sh.n
+    mr, nl, rows, n, nv = plan.mr, plan.lanes, sh.rows, sh.n, plan.nv
     dot, decode = _dot(plan), _decode(plan)
     inline = sh.row_tiles == 1  # one row tile (batch-1 GEMV): decode at each load
 
@@ -267,35 +268,35 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
 
     @T.macro
     def tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, p, m0):
-        for i in T.unroll(2 * mr):
+        for i in T.unroll(nv * mr):
             facc[i] = T.broadcast(T.float32(0), nl)
         for g in range(spec.groups):
-            for i in T.unroll(2 * mr):
+            for i in T.unroll(nv * mr):
                 iacc[i] = T.broadcast(T.int32(0), nl)
             for kq in range(g * sh.gw, T.min(sh.kw, g * sh.gw + sh.gw)):
                 for r in T.unroll(mr):
-                    for u in T.unroll(2):
-                        iacc[2 * r + u] = dot(
-                            iacc[2 * r + u],
+                    for u in T.unroll(nv):
+                        iacc[nv * r + u] = dot(
+                            iacc[nv * r + u],
                             T.broadcast(words[T.min(m0 + r, rows - 1), kq], nl),
                             weight(wp, wd, p, kq, u),
                         )
             for r in T.unroll(mr):
-                for u in T.unroll(2):
+                for u in T.unroll(nv):
                     zs = T.meta_var(T.broadcast(asum[T.min(m0 + r, rows - 1), g], nl))
-                    exact = T.meta_var(iacc[2 * r + u] - zvec(zp, p, g, u) * zs)
-                    facc[2 * r + u] = _fma(
-                        T.Cast(f"float32x{nl}", exact), scale(sp, p, g, u), facc[2 * r + u], nl
+                    exact = T.meta_var(iacc[nv * r + u] - zvec(zp, p, g, u) * zs)
+                    facc[nv * r + u] = _fma(
+                        T.Cast(f"float32x{nl}", exact), scale(sp, p, g, u), facc[nv * r + u], nl
                     )
         for r in T.unroll(mr):
             if m0 + r < rows:
-                for u in T.unroll(2):
+                for u in T.unroll(nv):
                     store(
                         of,
                         tail,
                         m0 + r,
                         p * plan.pl + u * nl,
-                        facc[2 * r + u] * T.broadcast(xs[m0 + r], nl),
+                        facc[nv * r + u] * T.broadcast(xs[m0 + r], nl),
                     )
 
     return tile
@@ -313,7 +314,7 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
     gw = sh.gw
     loop_rows = K8._loop(16 * rows * k)
     loop_tasks = K8._loop(rows * k * n)
-    mr, chunks, per_chunk = plan.mr, sh.chunks, sh.per_chunk
+    mr, chunks, per_chunk, nv = plan.mr, sh.chunks, sh.per_chunk, plan.nv
 
     @T.prim_func
     def int4_a8_matmul(
@@ -332,13 +333,13 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
         for m in loop_rows(rows):
             quantize(xf, xs, words, asum, m)
         for task in loop_tasks(sh.panels * chunks):
-            iacc = T.decl_buffer((2 * mr,), f"int32x{nl}", scope="local")
-            facc = T.decl_buffer((2 * mr,), f"float32x{nl}", scope="local")
+            iacc = T.decl_buffer((nv * mr,), f"int32x{nl}", scope="local")
+            facc = T.decl_buffer((nv * mr,), f"float32x{nl}", scope="local")
             tail = T.decl_buffer((nl,), "float32", scope="local")
             wd = T.decl_buffer((1 if inline else sh.kw, pl), "int32")
             if not inline:
                 for kq in range(sh.kw):
-                    for u in T.unroll(2):
+                    for u in T.unroll(nv):
                         if signed:
                             wd[kq, T.ramp(u * nl, 1, nl)] = decode_signed(
                                 wp, zp, task // chunks, kq, u, kq // gw
