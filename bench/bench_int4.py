@@ -39,6 +39,8 @@ import numpy as np
 
 import graphopt
 from bench.bench_int8 import CALIB_SENTENCES, cosine_quality
+from bench.int4_cnn import MODELS as CNNS
+from bench.int4_cnn import bench_cnn, cnn_table
 from bench.writing import write_results
 from graphopt import env
 from graphopt.machine import machine_info
@@ -423,13 +425,22 @@ def _notes(doc: dict[str, Any]) -> list[str]:
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
-        "# int4 weights: all-MiniLM-L6-v2",
+        "# int4 weights: all-MiniLM-L6-v2, MobileNetV2, EfficientNet-Lite0",
         "",
         f"Machine: {m.get('cpu', '?')}, load {m.get('load_average', '?')}; 2 threads per "
         f"runtime, one process each, {doc['rounds']} rounds x {doc['runs']} runs "
         "(`python -m bench.bench_int4`).",
         "",
     ]
+    if "contestants" in doc:
+        lines += _minilm_markdown(doc)
+    if doc.get("cnn"):
+        lines += ["", *cnn_table(doc["cnn"])]
+    return "\n".join(lines) + "\n"
+
+
+def _minilm_markdown(doc: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lat, q, size, facts = doc["latency"], doc["quality"], doc["sizes"], doc["facts"]
     base = lat.get("graphopt_int8", {}).get("median_ms")
     rows = []
@@ -468,6 +479,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     lines += _notes(doc)
+    if not doc["gemv"]:
+        return lines
     lines.append("Batch-1 matmuls alone (graphopt artifacts of one MatMul, medians, ms):")
     lines.append("")
     g = [
@@ -485,12 +498,31 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     cols = ["K x N", "fp32", "int8", "int4 W4 x fp32", "int4 W4A8", "W4 x fp32 GB/s"]
     lines.append(format_table([*cols, "W4A8 GB/s", "fp32 GB/s"], g))
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _minilm(doc: dict[str, Any], workdir: Path, args: argparse.Namespace, timed: bool) -> None:
+    """MiniLM's contestants: quality, sizes, latency and the batch-1 matmuls, into `doc`."""
+    fmt = {
+        "group": args.group,
+        "symmetric": args.symmetric,
+        "scale_dtype": args.scale_dtype,
+        "damp": args.damp,
+        "embedding_group": args.embedding_group,
+    }
+    paths, facts = build(workdir, fmt)
+    doc.update(int4_format=fmt, mixed_max_drop=MIXED_MAX_DROP)
+    doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
+    doc["quality"] = quality(paths)
+    _say(json.dumps(doc["quality"]))
+    doc["latency"] = latency(paths, args.runs, args.rounds) if timed else {}
+    doc["gemv"] = gemv(workdir, fmt, args.runs) if timed else []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--models", default=",".join(("minilm", *CNNS)))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--group", type=int, default=32)
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False)
@@ -512,23 +544,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[env.NUM_THREADS.name] = THREADS
     machine = machine_info()
     machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    models = args.models.split(",")
+    timed = not args.no_timing
+    doc: dict[str, Any] = {"machine": machine, "runs": args.runs, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
-        fmt = {
-            "group": args.group,
-            "symmetric": args.symmetric,
-            "scale_dtype": args.scale_dtype,
-            "damp": args.damp,
-            "embedding_group": args.embedding_group,
-        }
-        paths, facts = build(Path(tmp), fmt)
-        doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}
-        doc["mixed_max_drop"] = MIXED_MAX_DROP
-        doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
-        doc["quality"] = quality(paths)
-        _say(json.dumps(doc["quality"]))
-        timed = not args.no_timing
-        doc["latency"] = latency(paths, args.runs, args.rounds) if timed else {}
-        doc["gemv"] = gemv(Path(tmp), fmt, args.runs) if timed else []
+        if "minilm" in models:
+            _minilm(doc, Path(tmp), args, timed)
+        doc["cnn"] = [
+            bench_cnn(name, Path(tmp), timed, args.runs, _say) for name in models if name in CNNS
+        ]
     text = markdown(doc)
     write_results(args.out, "int4" if timed else "int4_quality", doc, text)
     print(text)
