@@ -10,7 +10,8 @@ emitted by `lower-int4` and by the MatMulNBits importer) carries the spec (`RECI
 JSON) so a target stage (`materialize-int4` on CPUs) can replace it with a kernel for its
 instructions and repack the constants. Each product x * W[k, n] is accumulated in fp32 in
 k order (fused multiply-adds where the target has FMA); `reference_matmul` is the numpy
-model of it.
+model of it. With `act == "int8"` the op is W4A8 instead: x quantized per row at run time and
+integer dot products per group (`graphopt.int4_a8_ops`, its arithmetic and numpy model).
 """
 
 from __future__ import annotations
