@@ -4,8 +4,8 @@ Each layer gets one of three precisions: int4 weights (fp32 activations, the W4 
 kernels), the fallback (int8 weights with dynamic per-row int8 activations, as
 `--quant-mode dynamic --quant-granularity row` builds them; or fp32) and fp32. Scoring every
 choice needs the model run with any mix of them (a 1x1 conv has no int8 fallback: the
-dynamic int8 flow has matmuls only, so its g_i leaves it fp32), so, as for int8, one graph is built with the
-choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
+dynamic int8 flow has matmuls only, so its g_i leaves it fp32), so, as for int8, one graph
+is built with the choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 
     x' = where(f_i, x * a_i, where(g_i, QDQ_row(x), x))
     W' = where(f_i, DQ4_i, where(g_i, DQ8_i, W))
