@@ -33,7 +33,7 @@ from graphopt.int4_a8_ops import EPS, QMAX, codes
 from graphopt.int4_ops import Int4MatmulSpec
 from graphopt.targets.cpu.int8 import kernels as K8
 
-KPACK = {"vnni": 4, "avx2": 2, "sdot": 4, "generic": 2}
+KPACK = {"vnni": 4, "avx2": 4, "sdot": 4, "generic": 2}
 QV = 16  # activation values quantized at a time
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
@@ -138,6 +138,13 @@ def _dot(plan: A8Plan):
     def dot(acc, act, wt):
         if isa.name == "vnni":  # vpdpbusd: the unsigned operand first (the nibbles)
             return isa.dot(acc, wt, act)
+        if isa.name == "avx2":  # vpmaddubsw: u8 nibbles x s8 codes, pairs summed into int16
+            return acc + T.call_llvm_pure_intrin(
+                f"int16x{2 * n}",
+                "llvm.x86.avx2.pmadd.ub.sw",
+                T.reinterpret(f"int8x{4 * n}", wt),
+                T.reinterpret(f"int8x{4 * n}", act),
+            )
         if isa.name == "generic":  # two int16 halves per word
 
             def lo(v):
@@ -147,6 +154,31 @@ def _dot(plan: A8Plan):
         return isa.dot(acc, act, wt)
 
     return dot
+
+
+# avx2: words of 4 k summed by vpmaddubsw into int16 pairs; |pair| <= 2 * 15 * 128 = 3840,
+# so 8 words (one group of 32) add up in int16 (<= 30720) before vpmaddwd widens them.
+AVX2_RUN = 8
+
+
+def narrow_acc(plan: A8Plan) -> tuple[str, int, int]:
+    """(dtype, lanes, words per run) of the accumulators a run of words is summed in."""
+    if plan.isa.name == "avx2":
+        return "int16", 2 * plan.lanes, AVX2_RUN
+    return "int32", plan.lanes, 1 << 30
+
+
+def _widen(plan: A8Plan):
+    """TIR: a run's narrow accumulator as int32 lanes (avx2: vpmaddwd with ones)."""
+    n = plan.lanes
+
+    def widen(t):
+        if plan.isa.name != "avx2":
+            return t
+        ones = T.broadcast(T.int16(1), 2 * n)
+        return T.call_llvm_pure_intrin(f"int32x{n}", "llvm.x86.avx2.pmadd.wd", t, ones)
+
+    return widen
 
 
 def _quantize_rows(spec: Int4MatmulSpec, plan: A8Plan):
@@ -229,7 +261,7 @@ def _shape(spec: Int4MatmulSpec, plan: A8Plan) -> _Shape:
 def signed_panel(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape) -> bool:
     """Whether the task decodes its panel once into q - z words (several row tiles; not on
     vnni, whose unsigned operand must be the nibbles)."""
-    return sh.row_tiles > 1 and plan.isa.name != "vnni"
+    return sh.row_tiles > 1 and plan.isa.name not in ("vnni", "avx2")
 
 
 def _fma(a, b, c, lanes: int):
@@ -242,6 +274,9 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
     then the row scales and the stores (valid rows and channels only)."""
     mr, nl, rows, n, nv = plan.mr, plan.lanes, sh.rows, sh.n, plan.nv
     dot, decode = _dot(plan), _decode(plan)
+    nt, nn, run = narrow_acc(plan)
+    runs = -(-sh.gw // run)
+    widen = _widen(plan)
     inline = sh.row_tiles == 1  # one row tile (batch-1 GEMV): decode at each load
 
     def zvec(zp, p, g, u):
@@ -267,20 +302,28 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
                 of[m, col + lane] = tail[lane]
 
     @T.macro
-    def tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, p, m0):
+    def tile(wp, wd, sp, zp, words, asum, xs, iacc, tacc, facc, tail, of, p, m0):
         for i in T.unroll(nv * mr):
             facc[i] = T.broadcast(T.float32(0), nl)
         for g in range(spec.groups):
             for i in T.unroll(nv * mr):
                 iacc[i] = T.broadcast(T.int32(0), nl)
-            for kq in range(g * sh.gw, T.min(sh.kw, g * sh.gw + sh.gw)):
-                for r in T.unroll(mr):
-                    for u in T.unroll(nv):
-                        iacc[nv * r + u] = dot(
-                            iacc[nv * r + u],
-                            T.broadcast(words[T.min(m0 + r, rows - 1), kq], nl),
-                            weight(wp, wd, p, kq, u),
-                        )
+            for rb in range(runs):  # runs of words summed in the narrow type, then widened
+                for i in T.unroll(nv * mr):
+                    tacc[i] = T.broadcast(T.Cast(nt, 0), nn)
+                for kq in range(
+                    g * sh.gw + rb * run,
+                    T.min(T.min(sh.kw, g * sh.gw + sh.gw), g * sh.gw + rb * run + run),
+                ):
+                    for r in T.unroll(mr):
+                        for u in T.unroll(nv):
+                            tacc[nv * r + u] = dot(
+                                tacc[nv * r + u],
+                                T.broadcast(words[T.min(m0 + r, rows - 1), kq], nl),
+                                weight(wp, wd, p, kq, u),
+                            )
+                for i in T.unroll(nv * mr):
+                    iacc[i] = iacc[i] + widen(tacc[i])
             for r in T.unroll(mr):
                 for u in T.unroll(nv):
                     zs = T.meta_var(T.broadcast(asum[T.min(m0 + r, rows - 1), g], nl))
@@ -315,6 +358,7 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
     loop_rows = K8._loop(16 * rows * k)
     loop_tasks = K8._loop(rows * k * n)
     mr, chunks, per_chunk, nv = plan.mr, sh.chunks, sh.per_chunk, plan.nv
+    nt, nn, _run = narrow_acc(plan)
 
     @T.prim_func
     def int4_a8_matmul(
@@ -334,6 +378,7 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
             quantize(xf, xs, words, asum, m)
         for task in loop_tasks(sh.panels * chunks):
             iacc = T.decl_buffer((nv * mr,), f"int32x{nl}", scope="local")
+            tacc = T.decl_buffer((nv * mr,), f"{nt}x{nn}", scope="local")
             facc = T.decl_buffer((nv * mr,), f"float32x{nl}", scope="local")
             tail = T.decl_buffer((nl,), "float32", scope="local")
             wd = T.decl_buffer((1 if inline else sh.kw, pl), "int32")
@@ -348,6 +393,21 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
                             wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, task // chunks, kq, u)
             t0 = T.meta_var(task % chunks * per_chunk)
             for t in range(t0, T.min(t0 + per_chunk, sh.row_tiles)):
-                tile(wp, wd, sp, zp, words, asum, xs, iacc, facc, tail, of, task // chunks, t * mr)
+                tile(
+                    wp,
+                    wd,
+                    sp,
+                    zp,
+                    words,
+                    asum,
+                    xs,
+                    iacc,
+                    tacc,
+                    facc,
+                    tail,
+                    of,
+                    task // chunks,
+                    t * mr,
+                )
 
     return int4_a8_matmul
