@@ -6,19 +6,21 @@ group sums, then f32(acc) * scale fused into an fp32 sum over groups and one mul
 row's scale. The inner step is the int8 flow's dot instruction of the target's scheme
 (`targets/cpu/int8/kernels.py`), on operands made from the nibbles in registers:
 
-    isa      lanes  k/word  weight word from the packed nibbles         instruction
-    avx2     8      2       byte b: (b | b << 12) & 0x000F000F (s16 x2)  vpmaddwd (s16 x s16)
-    vnni     16     4       u16 v:  (v & 0x0F0F) | (v << 12 & 0x0F0F0000) vpdpbusd (u8 nibbles
-                                                                         x s8 activations)
-    sdot     4      4       as vnni                                       sdot (s8 x s8, ARM)
-    generic  4      2       as avx2                                       int16-pair multiply-add
+    isa      lanes  k/word  weight word from the packed nibbles          instruction
+    avx2     8      4       u16 v: (v & 0x0F0F) | (v << 12 & 0x0F0F0000)  vpmaddubsw (u8 nibbles
+                                                                          x s8 -> int16 pairs),
+                                                                          vpmaddwd widens a run
+    vnni     16     4       as avx2                                        vpdpbusd (u8 x s8)
+    sdot     4      4       as avx2                                        sdot (s8 x s8, ARM)
+    generic  4      2       byte b: (b | b << 12) & 0x000F000F (s16 x2)    int16-pair multiply-add
 
 A panel is 2 vectors of output channels (PL = 2 x lanes). wp[p, kq, c] holds word kq of
 channel PL p + c: one byte (two k) or one uint16 (four k, stored k0 k2 k1 k3 so that the
 decode above puts them in byte order). The kernel first quantizes x's rows into words, keeping
 each row's scale and per-group sums; then one task per (panel, chunk of row tiles): a single
 row tile decodes each weight load straight into the dot; more rows decode the task's panel
-once into int32 words and run mr x 2 register tiles over it.
+once (into q - z words where the operand may be signed: sdot, generic) and run mr x 2
+register tiles over it.
 """
 
 from __future__ import annotations
