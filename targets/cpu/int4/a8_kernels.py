@@ -31,12 +31,12 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.int4_a8_ops import EPS, QMAX, codes
+from graphopt.int4_a8_ops import codes
 from graphopt.int4_ops import Int4MatmulSpec
+from graphopt.targets.cpu.int4.a8_rows import quantize_rows_macro
 from graphopt.targets.cpu.int8 import kernels as K8
 
 KPACK = {"vnni": 4, "avx2": 4, "sdot": 4, "generic": 2}
-QV = 16  # activation values quantized at a time
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
 
@@ -183,58 +183,6 @@ def _widen(plan: A8Plan):
     return widen
 
 
-def _quantize_rows(spec: Int4MatmulSpec, plan: A8Plan):
-    """TIR macro: row m of x -> its scale xs[m], words[m, :] of int8 codes, group sums."""
-    k, group, kp = spec.k, spec.group, plan.kpack
-    kw = -(-k // kp)
-
-    qv, narrow = QV, {2: "int16", 4: "int8"}[kp]
-    kvec, wvec = k // qv * qv, kw * kp // qv * qv  # values done qv at a time
-
-    def code(v, s, n: int):
-        """int32 code(s) of fp32 value(s) v with scale s (n lanes)."""
-        if n == 1:
-            q = T.min(T.max(T.round(v / s), T.float32(-128)), T.float32(127))
-            return T.Cast("int32", q)
-        lo, hi = T.broadcast(T.float32(-128), n), T.broadcast(T.float32(127), n)
-        return T.Cast(f"int32x{n}", T.min(T.max(T.round(v / T.broadcast(s, n)), lo), hi))
-
-    @T.macro
-    def quantize(xf, xs, words, asum, m):
-        a = T.decl_buffer((kw * kp,), "int32")
-        vmax = T.decl_buffer((qv,), "float32", scope="local")
-        amax = T.decl_buffer((1,), "float32", scope="local")
-        vmax[T.ramp(0, 1, qv)] = T.broadcast(T.float32(0), qv)
-        for kb in range(kvec // qv):
-            vmax[T.ramp(0, 1, qv)] = T.max(
-                vmax[T.ramp(0, 1, qv)], T.fabs(xf[m, T.ramp(kb * qv, 1, qv)])
-            )
-        amax[0] = T.float32(0)
-        for j in range(qv):
-            amax[0] = T.max(amax[0], vmax[j])
-        for kk in range(kvec, k):
-            amax[0] = T.max(amax[0], T.fabs(xf[m, kk]))
-        xs[m] = T.max(amax[0], T.float32(EPS)) / T.float32(QMAX)
-        for kb in range(kvec // qv):
-            a[T.ramp(kb * qv, 1, qv)] = code(xf[m, T.ramp(kb * qv, 1, qv)], xs[m], qv)
-        for kk in range(kvec, k):
-            a[kk] = code(xf[m, kk], xs[m], 1)
-        for kk in range(k, kw * kp):
-            a[kk] = 0
-        for g in range(spec.groups):
-            asum[m, g] = 0
-            for kk in range(g * group, T.min(k, g * group + group)):
-                asum[m, g] = asum[m, g] + a[kk]
-        for kb in range(wvec // qv):
-            words[m, T.ramp(kb * (qv // kp), 1, qv // kp)] = T.reinterpret(
-                f"int32x{qv // kp}", T.Cast(f"{narrow}x{qv}", a[T.ramp(kb * qv, 1, qv)])
-            )
-        for kq in range(wvec // kp, kw):
-            words[m, kq] = K8._word([a[kq * kp + j] for j in range(kp)], kp)
-
-    return quantize
-
-
 @dataclass(frozen=True)
 class _Shape:
     rows: int
@@ -353,7 +301,7 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
     rows, k, n, nl, pl = sh.rows, sh.k, sh.n, plan.lanes, plan.pl
     wdtype = "uint8" if plan.kpack == 2 else "uint16"
     z_shape = (1,) if spec.symmetric else (sh.panels, spec.groups, pl)
-    quantize, tile = _quantize_rows(spec, plan), _tile(spec, plan, sh)
+    quantize, tile = quantize_rows_macro(spec, plan.kpack), _tile(spec, plan, sh)
     inline, signed = sh.row_tiles == 1, signed_panel(spec, plan, sh)
     decode, decode_signed = _decode(plan), _decode_signed(plan, spec)
     gw = sh.gw
