@@ -16,11 +16,11 @@ row's scale. The inner step is the int8 flow's dot instruction of the target's s
 
 A panel is 2 vectors of output channels (PL = 2 x lanes). wp[p, kq, c] holds word kq of
 channel PL p + c: one byte (two k) or one uint16 (four k, stored k0 k2 k1 k3 so that the
-decode above puts them in byte order). The kernel first quantizes x's rows into words (`a8_rows.py`), keeping
-each row's scale and per-group sums; then one task per (panel, chunk of row tiles): a single
-row tile decodes each weight load straight into the dot; more rows decode the task's panel
-once (into q - z words where the operand may be signed: sdot, generic) and run mr x 2
-register tiles over it.
+decode above puts them in byte order). The kernel first quantizes x's rows into words
+(`a8_rows.py`), keeping each row's scale and per-group sums; then one task per (panel, chunk
+of row tiles): a single row tile decodes each weight load straight into the dot; more rows
+decode the task's panel once (into q - z words where the operand may be signed: sdot,
+generic) and run mr x nv register tiles over it.
 """
 
 from __future__ import annotations
