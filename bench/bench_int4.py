@@ -11,11 +11,11 @@ int8 and onnxruntime's MatMulNBits.
 - Latency: one runtime per process (/work/shared/PEERS.md): rounds of processes in alternating
   order (A B C .. then .. C B A), each process warm-up then the median of --runs runs of one
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
-- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
-  format, embeddings int4), int4 GPTQ with `--max-drop` (per layer int4 or int8, budgeted on
-  sentences neither calibration nor evaluation uses), the GPTQ and budget ones again as W4A8
-  (`--int4-activations int8`); onnxruntime fp32 and MatMulNBits (block
-  32, symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
+- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN W4 x fp32 (the
+  same format, embeddings int4), int4 GPTQ W4 x fp32 with `--max-drop` (per layer int4 or
+  int8, budgeted on sentences neither calibration nor evaluation uses), the GPTQ and budget
+  ones again as W4A8 (`--int4-activations int8`); onnxruntime fp32 and MatMulNBits (block 32,
+  symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
   graphopt (its weights as they are, on graphopt's int4 kernels); OpenVINO fp32 and NNCF's
   int4 weight compression (INT4_SYM, group 32) on OpenVINO, both with
   INFERENCE_PRECISION_HINT=f32, when openvino and nncf are installed (the bench extras).
@@ -178,13 +178,15 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     np.savez(budget, **{k: np.concatenate([c[k] for c in held]) for k in held[0]})
     int4 = {
         "graphopt_int4_gptq": Int4Options(
-            "gptq", calibration=str(calib), samples=len(CALIB), **fmt
+            "gptq", calibration=str(calib), samples=len(CALIB), activations="fp32", **fmt
         ),
         # the same GPTQ weights as W4A8: rows quantized to int8 at run time, int8 dot products
         "graphopt_int4_gptq_w4a8": Int4Options(
             "gptq", calibration=str(calib), samples=len(CALIB), activations="int8", **fmt
         ),
-        "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
+        "graphopt_int4_rtn": Int4Options(
+            "rtn", activations="fp32", **{k: v for k, v in fmt.items() if k != "damp"}
+        ),
         # per layer int4 / int8 / fp32 under a budget of min cosine >= 0.99 on the BUDGET
         # sentences (the evaluation sentences stay unseen)
         "graphopt_int4_int8_budget": Int4Options(
@@ -194,6 +196,7 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
             max_drop=MIXED_MAX_DROP,
             metric="min_cosine",
             eval_data=str(budget),
+            activations="fp32",
             **fmt,
         ),
         "graphopt_int4_int8_budget_w4a8": Int4Options(
@@ -371,7 +374,7 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
         kinds = {
             "fp32": {},
             "int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
-            "int4": {"compression": [Int4(Int4Options("rtn", **rtn))]},
+            "int4": {"compression": [Int4(Int4Options("rtn", activations="fp32", **rtn))]},
             "int4_w4a8": {"compression": [Int4(Int4Options("rtn", activations="int8", **rtn))]},
         }
         arts = {

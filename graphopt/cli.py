@@ -359,10 +359,10 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--int4-activations",
-        choices=["fp32", "int8"],
-        default="fp32",
-        help="what int4 layers multiply the weights with: fp32 activations (W4 x fp32), or int8 "
-        "(W4A8: each row quantized at run time, int8 dot products)",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="what int4 layers multiply the weights with: int8 (W4A8, the default: each row "
+        "quantized at run time, int8 dot products) or fp32 activations (W4 x fp32)",
     )
     q.add_argument(
         "--int4-fallback",

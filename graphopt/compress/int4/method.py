@@ -58,7 +58,7 @@ class Int4Options:
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
     awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
-    activations: str = "fp32"  # fp32: W4 x fp32 kernels | int8: W4A8 (rows quantized at run time)
+    activations: str = "int8"  # int8: W4A8 (rows quantized at run time) | fp32: W4 x fp32
     # --max-drop: keep the most sensitive layers off int4 (budget.py)
     max_drop: float | None = None
     fallback: str = "int8"  # int8 (dynamic per-row) | fp32: what a layer kept off int4 runs
