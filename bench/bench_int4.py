@@ -1,7 +1,7 @@
 """int4 weights on all-MiniLM-L6-v2: graphopt int4 (GPTQ and round-to-nearest) vs fp32, graphopt
 int8 and onnxruntime's MatMulNBits.
 
-    python -m bench.bench_int4 [--runs 50] [--rounds 4] [--group 32]
+    python -m bench.bench_int4 [--runs 50] [--rounds 4] [--group 32] [--no-timing]
 
 - Quality: minimum and mean embedding cosine vs onnxruntime fp32 on the 24 evaluation
   sentences (bench/models/inputs.py); GPTQ calibrates on other sentences (CALIB below, none of
@@ -11,10 +11,11 @@ int8 and onnxruntime's MatMulNBits.
 - Latency: one runtime per process (/work/shared/PEERS.md): rounds of processes in alternating
   order (A B C .. then .. C B A), each process warm-up then the median of --runs runs of one
   sentence; per contestant the median over rounds, with the rounds' spread. 2 threads each.
-- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN (the same
-  format, embeddings int4), int4 GPTQ with `--max-drop` (per layer int4 or int8, budgeted on
-  sentences neither calibration nor evaluation uses); onnxruntime fp32 and MatMulNBits (block
-  32, symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
+- Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN W4 x fp32 (the
+  same format, embeddings int4), int4 GPTQ W4 x fp32 with `--max-drop` (per layer int4 or
+  int8, budgeted on sentences neither calibration nor evaluation uses), the GPTQ and budget
+  ones again as W4A8 (`--int4-activations int8`); onnxruntime fp32 and MatMulNBits (block 32,
+  symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
   graphopt (its weights as they are, on graphopt's int4 kernels); OpenVINO fp32 and NNCF's
   int4 weight compression (INT4_SYM, group 32) on OpenVINO, both with
   INFERENCE_PRECISION_HINT=f32, when openvino and nncf are installed (the bench extras).
@@ -38,6 +39,8 @@ import numpy as np
 
 import graphopt
 from bench.bench_int8 import CALIB_SENTENCES, cosine_quality
+from bench.int4_cnn import MODELS as CNNS
+from bench.int4_cnn import bench_cnn, cnn_table
 from bench.writing import write_results
 from graphopt import env
 from graphopt.machine import machine_info
@@ -159,41 +162,71 @@ def _onnx_weight_bytes(path: Path) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
+def _int4_variants(calib: Path, budget: Path, fmt: dict) -> dict[str, Any]:
+    """graphopt's int4 contestants: GPTQ and RTN, W4 x fp32 and W4A8, alone and under the
+    int4 / int8 budget (min cosine >= 0.99 on the BUDGET sentences; the evaluation sentences
+    stay unseen)."""
+    from graphopt.compress.int4.method import Int4Options
+
+    gptq = {"calibration": str(calib), "samples": len(CALIB), **fmt}
+    budgeted = {
+        **gptq,
+        "max_drop": MIXED_MAX_DROP,
+        "metric": "min_cosine",
+        "eval_data": str(budget),
+    }
+    rtn = {k: v for k, v in fmt.items() if k != "damp"}
+    return {
+        "graphopt_int4_gptq": Int4Options("gptq", activations="fp32", **gptq),
+        # the same GPTQ weights as W4A8: rows quantized to int8 at run time, int8 dot products
+        "graphopt_int4_gptq_w4a8": Int4Options("gptq", activations="int8", **gptq),
+        "graphopt_int4_rtn": Int4Options("rtn", activations="fp32", **rtn),
+        "graphopt_int4_int8_budget": Int4Options("gptq", activations="fp32", **budgeted),
+        "graphopt_int4_int8_budget_w4a8": Int4Options("gptq", activations="int8", **budgeted),
+    }
+
+
+def _int4_facts(manifest: dict) -> dict[str, Any]:
+    m = manifest["int4"]
+    facts: dict[str, Any] = {"quantize_s": m["seconds"]["quantize"], "manifest_size": m["size"]}
+    facts["settings"] = {
+        k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
+    }
+    facts["layers_by_bits"] = {"4": m["int4_layers"], "8": m["int8_layers"]}
+    if m.get("accuracy"):
+        acc = m["accuracy"]
+        facts["budget"] = {k: acc.get(k) for k in ("final", "artifact", "seconds")}
+    facts["layer_output_mse"] = {
+        r["layer"]: [r["rtn_mse"], r["mse"]] for r in m["layers"] if "mse" in r
+    }
+    return facts
+
+
+def _sentence_files(workdir: Path) -> tuple[Path, Path]:
+    """Calibration and budget sentences as tokenized .npz files."""
+    from bench.models.inputs import tokenize
+
+    files = []
+    for name, sentences in (("calib", CALIB), ("budget", BUDGET)):
+        tokens = [tokenize(s) for s in sentences]
+        path = workdir / f"{name}.npz"
+        np.savez(path, **{k: np.concatenate([t[k] for t in tokens]) for k in tokens[0]})
+        files.append(path)
+    return files[0], files[1]
+
+
 def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
     """Every contestant's model or artifact path, and the compile facts (times, manifests)."""
     from bench.models.export import export
-    from bench.models.inputs import tokenize
-    from graphopt.compress.int4.method import Int4, Int4Options
+    from graphopt.compress.int4.method import Int4
     from graphopt.compress.int8.flow import QuantOptions
 
     onnx_path = export("minilm")
-    cal = [tokenize(s) for s in CALIB]
-    calib = workdir / "calib.npz"
-    np.savez(calib, **{k: np.concatenate([c[k] for c in cal]) for k in cal[0]})
-    held = [tokenize(s) for s in BUDGET]
-    budget = workdir / "budget.npz"
-    np.savez(budget, **{k: np.concatenate([c[k] for c in held]) for k in held[0]})
-    int4 = {
-        "graphopt_int4_gptq": Int4Options(
-            "gptq", calibration=str(calib), samples=len(CALIB), **fmt
-        ),
-        "graphopt_int4_rtn": Int4Options("rtn", **{k: v for k, v in fmt.items() if k != "damp"}),
-        # per layer int4 / int8 / fp32 under a budget of min cosine >= 0.99 on the BUDGET
-        # sentences (the evaluation sentences stay unseen)
-        "graphopt_int4_int8_budget": Int4Options(
-            "gptq",
-            calibration=str(calib),
-            samples=len(CALIB),
-            max_drop=MIXED_MAX_DROP,
-            metric="min_cosine",
-            eval_data=str(budget),
-            **fmt,
-        ),
-    }
+    calib, budget = _sentence_files(workdir)
     variants: dict[str, dict] = {
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
-        **{k: {"compression": [Int4(o)]} for k, o in int4.items()},
+        **{k: {"compression": [Int4(o)]} for k, o in _int4_variants(calib, budget, fmt).items()},
     }
     paths: dict[str, Path] = {"ort_fp32": onnx_path}
     facts: dict[str, Any] = {}
@@ -203,18 +236,7 @@ def build(workdir: Path, fmt: dict) -> tuple[dict[str, Path], dict[str, Any]]:
         art = graphopt.compile(onnx_path, workdir / key, opt_level=2, progress=_say, **kw)
         facts[key] = {"compile_s": round(time.perf_counter() - start, 1)}
         if "int4" in art.manifest:
-            m = art.manifest["int4"]
-            facts[key].update(quantize_s=m["seconds"]["quantize"], manifest_size=m["size"])
-            facts[key]["settings"] = {
-                k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
-            }
-            facts[key]["layers_by_bits"] = {"4": m["int4_layers"], "8": m["int8_layers"]}
-            if m.get("accuracy"):
-                acc = m["accuracy"]
-                facts[key]["budget"] = {k: acc.get(k) for k in ("final", "artifact", "seconds")}
-            facts[key]["layer_output_mse"] = {
-                r["layer"]: [r["rtn_mse"], r["mse"]] for r in m["layers"] if "mse" in r
-            }
+            facts[key].update(_int4_facts(art.manifest))
         paths[key] = workdir / key
     start = time.perf_counter()
     paths["ort_int4_matmulnbits"] = _ort_nbits(onnx_path, workdir / "ort_int4.onnx")
@@ -354,7 +376,8 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
         kinds = {
             "fp32": {},
             "int8": {"quantization": QuantOptions(mode="dynamic", granularity="row")},
-            "int4": {"compression": [Int4(Int4Options("rtn", **rtn))]},
+            "int4": {"compression": [Int4(Int4Options("rtn", activations="fp32", **rtn))]},
+            "int4_w4a8": {"compression": [Int4(Int4Options("rtn", activations="int8", **rtn))]},
         }
         arts = {
             name: graphopt.compile(model, workdir / f"gemv_{k}_{n}_{name}", **kw)
@@ -371,6 +394,7 @@ def gemv(workdir: Path, fmt: dict, runs: int) -> list[dict[str, Any]]:
                 "ms": ms,
                 "int4_weight_bytes": nbytes,
                 "int4_GBps": round(nbytes / ms["int4"] / 1e6, 2),
+                "int4_w4a8_GBps": round(nbytes / ms["int4_w4a8"] / 1e6, 2),
                 "fp32_GBps": round(k * n * 4 / ms["fp32"] / 1e6, 2),
             }
         )
@@ -406,13 +430,22 @@ def _notes(doc: dict[str, Any]) -> list[str]:
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
-        "# int4 weights: all-MiniLM-L6-v2",
+        "# int4 weights: all-MiniLM-L6-v2, MobileNetV2, EfficientNet-Lite0",
         "",
         f"Machine: {m.get('cpu', '?')}, load {m.get('load_average', '?')}; 2 threads per "
         f"runtime, one process each, {doc['rounds']} rounds x {doc['runs']} runs "
         "(`python -m bench.bench_int4`).",
         "",
     ]
+    if "contestants" in doc:
+        lines += _minilm_markdown(doc)
+    if doc.get("cnn"):
+        lines += ["", *cnn_table(doc["cnn"])]
+    return "\n".join(lines) + "\n"
+
+
+def _minilm_markdown(doc: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lat, q, size, facts = doc["latency"], doc["quality"], doc["sizes"], doc["facts"]
     base = lat.get("graphopt_int8", {}).get("median_ms")
     rows = []
@@ -451,6 +484,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     lines += _notes(doc)
+    if not doc["gemv"]:
+        return lines
     lines.append("Batch-1 matmuls alone (graphopt artifacts of one MatMul, medians, ms):")
     lines.append("")
     g = [
@@ -459,18 +494,40 @@ def markdown(doc: dict[str, Any]) -> str:
             r["ms"]["fp32"],
             r["ms"]["int8"],
             r["ms"]["int4"],
+            r["ms"].get("int4_w4a8", "-"),
             r["int4_GBps"],
+            r.get("int4_w4a8_GBps", "-"),
             r["fp32_GBps"],
         ]
         for r in doc["gemv"]
     ]
-    lines.append(format_table(["K x N", "fp32", "int8", "int4", "int4 GB/s", "fp32 GB/s"], g))
-    return "\n".join(lines) + "\n"
+    cols = ["K x N", "fp32", "int8", "int4 W4 x fp32", "int4 W4A8", "W4 x fp32 GB/s"]
+    lines.append(format_table([*cols, "W4A8 GB/s", "fp32 GB/s"], g))
+    return lines
+
+
+def _minilm(doc: dict[str, Any], workdir: Path, args: argparse.Namespace, timed: bool) -> None:
+    """MiniLM's contestants: quality, sizes, latency and the batch-1 matmuls, into `doc`."""
+    fmt = {
+        "group": args.group,
+        "symmetric": args.symmetric,
+        "scale_dtype": args.scale_dtype,
+        "damp": args.damp,
+        "embedding_group": args.embedding_group,
+    }
+    paths, facts = build(workdir, fmt)
+    doc.update(int4_format=fmt, mixed_max_drop=MIXED_MAX_DROP)
+    doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
+    doc["quality"] = quality(paths)
+    _say(json.dumps(doc["quality"]))
+    doc["latency"] = latency(paths, args.runs, args.rounds) if timed else {}
+    doc["gemv"] = gemv(workdir, fmt, args.runs) if timed else []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--models", default=",".join(("minilm", *CNNS)))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--group", type=int, default=32)
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False)
@@ -478,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damp", type=float, default=0.1)
     parser.add_argument("--embedding-group", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="accuracy and sizes only (a loaded machine); writes int4_quality.json / .md",
+    )
     parser.add_argument("--time-one", nargs=2, metavar=("KEY", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     env.configure_for_benchmarks()
@@ -487,24 +549,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[env.NUM_THREADS.name] = THREADS
     machine = machine_info()
     machine["load_average"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    models = args.models.split(",")
+    timed = not args.no_timing
+    doc: dict[str, Any] = {"machine": machine, "runs": args.runs, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
-        fmt = {
-            "group": args.group,
-            "symmetric": args.symmetric,
-            "scale_dtype": args.scale_dtype,
-            "damp": args.damp,
-            "embedding_group": args.embedding_group,
-        }
-        paths, facts = build(Path(tmp), fmt)
-        doc = {"machine": machine, "runs": args.runs, "rounds": args.rounds, "int4_format": fmt}
-        doc["mixed_max_drop"] = MIXED_MAX_DROP
-        doc.update(contestants=list(paths), facts=facts, sizes=sizes(paths))
-        doc["quality"] = quality(paths)
-        _say(json.dumps(doc["quality"]))
-        doc["latency"] = latency(paths, args.runs, args.rounds)
-        doc["gemv"] = gemv(Path(tmp), fmt, args.runs)
+        if "minilm" in models:
+            _minilm(doc, Path(tmp), args, timed)
+        doc["cnn"] = [
+            bench_cnn(name, Path(tmp), timed, args.runs, _say) for name in models if name in CNNS
+        ]
     text = markdown(doc)
-    write_results(args.out, "int4", doc, text)
+    write_results(args.out, "int4" if timed else "int4_quality", doc, text)
     print(text)
     return 0
 

@@ -199,6 +199,7 @@ def _int4_method(args: argparse.Namespace):
         embedding_group=args.int4_embedding_group,
         skip=_layer_list(args.int4_skip),
         awq=args.int4_awq,
+        activations=args.int4_activations,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
         eval_data=args.eval,
@@ -404,6 +405,13 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="activation-aware input scaling before rounding or GPTQ (needs --calibration)",
+    )
+    q.add_argument(
+        "--int4-activations",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="what int4 layers multiply the weights with: int8 (W4A8, the default: each row "
+        "quantized at run time, int8 dot products) or fp32 activations (W4 x fp32)",
     )
     q.add_argument(
         "--int4-fallback",

@@ -10,7 +10,8 @@ emitted by `lower-int4` and by the MatMulNBits importer) carries the spec (`RECI
 JSON) so a target stage (`materialize-int4` on CPUs) can replace it with a kernel for its
 instructions and repack the constants. Each product x * W[k, n] is accumulated in fp32 in
 k order (fused multiply-adds where the target has FMA); `reference_matmul` is the numpy
-model of it.
+model of it. With `act == "int8"` the op is W4A8 instead: x quantized per row at run time and
+integer dot products per group (`graphopt.int4_a8_ops`, its arithmetic and numpy model).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Int4MatmulSpec:
     symmetric: bool
     layout: str = "natural"  # natural | a target's packed layout (e.g. "cpu16")
     scale_dtype: str = "float32"  # float32 | float16 (converted to fp32 exactly when read)
+    act: str = "float32"  # float32 (W4 x fp32) | int8 (W4A8: rows quantized at run time)
 
     @property
     def k(self) -> int:
@@ -107,6 +109,10 @@ def portable_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     """The op as plain scalar TIR over natural-layout constants (builds and runs on any
     target; only the row loop is parallel, nothing is fast): PrimFunc(x, packed, scales,
     zeros, out), carrying its spec. A target stage replaces it (`materialize-int4`)."""
+    if spec.act == "int8":
+        from graphopt.int4_a8_ops import portable_a8_kernel
+
+        return portable_a8_kernel(spec)
     rows, k, n, group = spec.rows, spec.k, spec.n, spec.group
     z_shape = (1,) if spec.symmetric else (n, spec.groups)
 

@@ -1,7 +1,9 @@
 """Matmuls with constant fp32 weights -> int4-weight matmul ops; large embedding tables -> int4.
 
 Each `matmul(x, W)` (x fp32 [.., K], W a constant [K, N]: the layers of
-`compress/common/layers.py`) becomes one `call_tir` of the int4 op (`graphopt.int4_ops`) with
+`compress/common/layers.py`) and each 1x1 conv (stride 1, no padding, not grouped:
+`compress/int4/layers.py`; its NCHW input moved channels-last around the op) becomes one
+`call_tir` of the int4 op (`graphopt.int4_ops`) with
 the packed nibbles, the per-group scales and zero points as its constants: the fp32 weight
 leaves the graph. Weights come from `weights` (the .npz `--quantize int4` writes, GPTQ's
 for instance: `compress/int4/store.py`; checked against the graph's shapes) or are quantized
@@ -12,8 +14,10 @@ With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D]
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
 scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
 
-The kernel emitted is the portable one (`graphopt.int4_ops.portable_kernel`, carrying its
-spec); a target stage (`materialize-int4`) replaces it with a kernel for its instructions.
+With `act=int8` the ops are W4A8 (`graphopt.int4_a8_ops`): each row of x quantized to int8 at
+run time, integer dot products per group. The kernel emitted is the portable one
+(`graphopt.int4_ops.portable_kernel`, carrying its spec); a target stage
+(`materialize-int4`) replaces it with a kernel for its instructions.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt.compress.common.layers import bound_constants, find_layers
+from graphopt.compress.common.layers import bound_constants
 from graphopt.compress.int4.embedding import embedding_table
+from graphopt.compress.int4.layers import int4_layers, weight_matrix
 from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
 from graphopt.compress.int4.store import load_weights
 from graphopt.errors import PipelineError
 from graphopt.int4_ops import Int4MatmulSpec, portable_kernel
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+
+ACTS = ("float32", "int8")
 
 
 @register_pass
@@ -50,17 +57,20 @@ class LowerInt4(GraphPass):
         clip: bool = False  # round-to-nearest: search each group's range (quant.clip_search)
         scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
         embedding_group: int = 0  # group of the embedding rows (0: `group`)
+        act: str = "float32"  # float32: W4 x fp32 ops | int8: W4A8 (rows quantized at run time)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
         if o.group <= 0 or o.group % 2:
             raise PipelineError(f"lower-int4: group must be a positive even number, not {o.group}")
+        if o.act not in ACTS:
+            raise PipelineError(f"lower-int4: act must be one of {', '.join(ACTS)}, not {o.act!r}")
         stored = load_weights(o.weights)
         skip = set(filter(None, o.skip.split(":")))
         func = mod["main"]
         todo = {}
-        for layer in find_layers(func):
-            if layer.kind != "matmul" or layer.name in skip:
+        for layer in int4_layers(func):
+            if layer.name in skip:
                 continue
             todo[layer.var] = (layer, self._weight(layer, stored))
         rewriter = _Rewriter(mod, todo, bound_constants(func), o)
@@ -74,7 +84,7 @@ class LowerInt4(GraphPass):
         return PassResult(new, True, stats)
 
     def _weight(self, layer, stored: dict) -> Int4Weight:
-        w = layer.weight
+        w = weight_matrix(layer)
         if layer.name not in stored:
             o = self.options
             return quantize_rtn(w, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
@@ -112,17 +122,25 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         layer, q = self.todo[binding.var]
+        bb, conv = self.builder_, layer.kind == "conv2d"
         x = self.visit_expr(layer.call.args[0])
+        if conv:  # NCHW -> NHWC: the input channels are K
+            x = bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
-            x = self.builder_.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
-        shape = tuple(int(d) for d in layer.call.args[0].ty.shape.values)
-        spec = Int4MatmulSpec(shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype))
-        consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
-        ty = binding.var.ty
-        call = relax.call_tir(
-            self._kernel(spec), relax.Tuple([x, *consts]), relax.TensorType(ty.shape, ty.dtype)
+            x = bb.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
+        shape = tuple(int(d) for d in x.ty.shape.values)
+        spec = Int4MatmulSpec(
+            shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype), act=self.options.act
         )
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+        consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
+        call = relax.call_tir(
+            self._kernel(spec),
+            relax.Tuple([x, *consts]),
+            relax.TensorType(spec.out_shape, "float32"),
+        )
+        if conv:
+            call = R.permute_dims(bb.emit(call), [0, 3, 1, 2])
+        bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         o = self.options

@@ -3,8 +3,9 @@
 Each layer gets one of three precisions: int4 weights (fp32 activations, the W4 x fp32
 kernels), the fallback (int8 weights with dynamic per-row int8 activations, as
 `--quant-mode dynamic --quant-granularity row` builds them; or fp32) and fp32. Scoring every
-choice needs the model run with any mix of them, so, as for int8, one graph is built with the
-choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
+choice needs the model run with any mix of them (a 1x1 conv has no int8 fallback: the
+dynamic int8 flow has matmuls only, so its g_i leaves it fp32), so, as for int8, one graph
+is built with the choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 
     x' = where(f_i, x * a_i, where(g_i, QDQ_row(x), x))
     W' = where(f_i, DQ4_i, where(g_i, DQ8_i, W))
@@ -12,6 +13,9 @@ choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 DQ4_i is the dequantized int4 weight the kernels compute with ((q - z) * s), a_i its AWQ input
 scale (`awq.py`; none without AWQ), DQ8_i the dequantized int8 weight; `where` selects
 exactly, so f_i = 1 is the int4 layer's operands bit for bit and all flags 0 the fp32 graph.
+With W4A8 int4 layers (`--int4-activations int8`) the int4 branch's x * a_i is also rounded
+per row as the W4A8 kernels round it (`row_fake_quant`: the same scale, division and round
+half to even); the integer sums the kernels add in another order are left to fp32.
 
 The search orders layers by their sensitivity (SQNR of the model output with only that
 layer int4, lowest first) and walks a ladder of levels: level k <= n moves the k most
@@ -35,12 +39,14 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...artifact import flatten_outputs
 from ...build import compile_module
+from ...int4_a8_ops import EPS, QMAX
 from ...progress import Meter
 from ...target_infra import Target
 from ..common.budget import fewest_kept
 from ..common.layers import Layer, bound_constants, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from ..int8.qdq import dequant_weight_np, emit_dynamic_qdq, weight_qparams
+from .layers import layer_weight
 from .quant import Int4Weight
 
 FALLBACKS = ("int8", "fp32")
@@ -85,16 +91,18 @@ def switch_module(
     int4: Mapping[str, Int4Weight],
     fallback: str,
     table: Callable[[relax.Call, dict], np.ndarray | None] | None = None,
+    a8: bool = False,
 ) -> tvm.IRModule:
     """`mod` with every layer of `layers` switchable (module docstring): main takes, after its
     own inputs, f_1..f_n, then (int8 fallback) g_1..g_n, then one flag e for every int4
-    embedding table. `table(take, constants)`: the dequantized int4 table a gather reads in
+    embedding table. a8: the int4 layers are W4A8 (their inputs rounded per row).
+    `table(take, constants)`: the dequantized int4 table a gather reads in
     the artifact (None: not an int4 table); embeddings are not budgeted, they are int4 in
     every mix, and e = 0 only for the fp32 reference."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     wanted = {ly.name for ly in layers}  # the same names in the rewritten function
     layers = [ly for ly in find_layers(func) if ly.name in wanted]
-    rewriter = _Switch(layers, int4, fallback == "int8", table, bound_constants(func))
+    rewriter = _Switch(layers, int4, fallback == "int8", table, bound_constants(func), a8)
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.flags, *rewriter.fallback_flags, rewriter.table_flag]
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -108,9 +116,10 @@ def _flag(name: str) -> relax.Var:
 
 @mutator
 class _Switch(PyExprMutator):
-    def __init__(self, layers, int4, int8: bool, table, consts: dict) -> None:
+    def __init__(self, layers, int4, int8: bool, table, consts: dict, a8: bool = False) -> None:
         super().__init__()
         self.layers, self.int4, self.table, self.consts = layers, int4, table, consts
+        self.a8 = a8
         self.flags = [_flag(f"f_{ly.name}") for ly in layers]
         self.fallback_flags = [_flag(f"g_{ly.name}") for ly in layers] if int8 else []
         self.table_flag = _flag("e_tables")
@@ -132,17 +141,32 @@ class _Switch(PyExprMutator):
         layer = self.layers[i]
         x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
         q = self.int4[layer.name]
+        conv = layer.kind == "conv2d"  # a 1x1 conv: K is axis 1 of its NCHW input
         x4 = x
         if q.act_scale is not None:
-            x4 = self.builder_.emit(R_op.multiply(x, relax.const(q.act_scale)))
-        if self.fallback_flags:
+            a = q.act_scale.reshape(-1, 1, 1) if conv else q.act_scale
+            x4 = self.builder_.emit(R_op.multiply(x, relax.const(a)))
+        if self.a8:
+            x4 = row_fake_quant(self.builder_, x4, axis=1 if conv else -1)
+        if self.fallback_flags and not conv:  # int8 fallback: the matmul flow (no convs)
             g = self.fallback_flags[i]
             x = self._where(g, emit_dynamic_qdq(self.builder_, x, per_row=True), x)
             wq, scale = weight_qparams(layer.weight, layer.weight_axis)
             w = self._where(g, relax.const(dequant_weight_np(wq, scale, layer.weight_axis)), w)
         x = self._where(self.flags[i], x4, x)
-        w = self._where(self.flags[i], relax.const(q.dequantize()), w)
+        dq4 = layer_weight(layer, q.dequantize())
+        w = self._where(self.flags[i], relax.const(dq4), w)
         return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
+
+
+def row_fake_quant(bb: relax.BlockBuilder, x: relax.Expr, axis: int = -1) -> relax.Expr:
+    """x rounded as the W4A8 kernels quantize it, in fp32: per row (the values along `axis`,
+    the op's K) s = max(max|x|, eps) / 127, clamp(round_half_even(x / s), -128, 127) * s
+    (`graphopt.int4_a8_ops`)."""
+    amax = bb.emit(R_op.max(R_op.abs(x), axis=axis, keepdims=True))
+    s = bb.emit(R_op.divide(R_op.maximum(amax, relax.const(EPS, "float32")), relax.const(QMAX)))
+    q = R_op.clip(R_op.round(R_op.divide(x, s)), -128, 127)
+    return bb.emit(R_op.multiply(q, s))
 
 
 class SwitchRunner:

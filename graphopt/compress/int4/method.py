@@ -27,11 +27,13 @@ from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
+from .layers import int4_layers, out_channels, weight_matrix
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
 METHODS = ("rtn", "gptq")
+ACTIVATIONS = ("fp32", "int8")  # --int4-activations: what an int4 layer's kernel multiplies
 LOWER_INT8 = "lower-int8"
 
 
@@ -56,6 +58,7 @@ class Int4Options:
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
     awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
+    activations: str = "int8"  # int8: W4A8 (rows quantized at run time) | fp32: W4 x fp32
     # --max-drop: keep the most sensitive layers off int4 (budget.py)
     max_drop: float | None = None
     fallback: str = "int8"  # int8 (dynamic per-row) | fp32: what a layer kept off int4 runs
@@ -76,6 +79,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
     if o.awq and not o.calibration:
         raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
+    if o.activations not in ACTIVATIONS:
+        raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     if o.max_drop is not None and o.max_drop < 0:
@@ -97,8 +102,7 @@ class Int4:
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         o = self.options
         check_options(o)
-        matmuls = [ly for ly in find_layers(mod["main"]) if ly.kind == "matmul"]
-        layers = [ly for ly in matmuls if ly.name not in o.skip]
+        layers = [ly for ly in int4_layers(mod["main"]) if ly.name not in o.skip]
         if not layers and not o.embeddings:
             return None
         clock = time.perf_counter()
@@ -108,7 +112,7 @@ class Int4:
         else:
             weights = {
                 ly.name: quantize_rtn(
-                    ly.weight, o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype
+                    weight_matrix(ly), o.group, o.symmetric, o.clip, scale_dtype=o.scale_dtype
                 )
                 for ly in layers
             }
@@ -153,7 +157,9 @@ class _Planner:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
         tables = self._table if o.embeddings else None
-        switched = switch_module(mod, layers, self.weights, o.fallback, tables)
+        switched = switch_module(
+            mod, layers, self.weights, o.fallback, tables, a8=o.activations == "int8"
+        )
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -180,11 +186,13 @@ class _Planner:
         return np.ascontiguousarray(q.dequantize().T)
 
     def bits(self, level: int) -> dict[str, int]:
+        """Per layer 4, 8 or 32 at `level`; a conv the ladder moves to int8 runs fp32 (the
+        int8 fallback is the dynamic per-row matmul flow, which has no conv)."""
         bits = {name: 32 for name in self.o.skip}
         bits.update({name: 4 for name in self.weights})
         if self.choice is not None:
             bits.update(self.choice.bits(level))
-        return bits
+        return {n: 32 if b == 8 and n.startswith("conv2d") else b for n, b in bits.items()}
 
     def plan(self, level: int) -> CompressionPlan:
         o, bits = self.o, self.bits(level)
@@ -238,11 +246,12 @@ class _Planner:
         the matmuls left (every conv stays as it was)."""
         if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
             return []
-        layers = find_layers(self.func)
-        left = [ly.name for ly in layers if ly.kind == "matmul" and bits.get(ly.name) != 4]
+        layers = [ly for ly in find_layers(self.func) if bits.get(ly.name) != 4]
+        left = [ly.name for ly in layers if ly.kind == "matmul"]
         renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
         skip = [renamed[n] for n in left if bits.get(n, 32) == 32]
-        skip += [ly.name for ly in layers if ly.kind == "conv2d"]
+        convs = sum(ly.kind == "conv2d" for ly in layers)  # every conv left stays fp32
+        skip += [f"conv2d_{j}" for j in range(convs)]
         opts = {"mode": "dynamic", "granularity": "row", "embeddings": "false"}
         if skip:
             opts["skip"] = ":".join(skip)
@@ -259,6 +268,7 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
         "clip": "true" if o.clip else "false",
         "scale_dtype": o.scale_dtype,
         "embedding_group": str(o.embedding_group or o.group),
+        "act": "int8" if o.activations == "int8" else "float32",
     }
     if skip:
         opts["skip"] = ":".join(skip)
@@ -280,7 +290,7 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
     weights: dict[str, Int4Weight] = {}
     meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
     for i, ly in enumerate(layers):
-        w, h, n_rows = ly.weight, hs[ly.name], rows[ly.name]
+        w, h, n_rows = weight_matrix(ly), hs[ly.name], rows[ly.name]
         weights[ly.name], alpha = _quantize_layer(w, h, n_rows, o)
         mean_h = h / max(n_rows, 1)  # per-row output error, per channel
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
@@ -328,7 +338,7 @@ def _weight_bytes(q: Int4Weight) -> dict:
 
 def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, reasons) -> dict:
     """Per-layer bits and bytes, the embedding tables, and the size breakdown."""
-    layers = [ly for ly in find_layers(func) if ly.kind == "matmul"]
+    layers = int4_layers(func)
     rows = []
     total = {"fp32": 0, "packed": 0, "scales": 0, "zeros": 0, "int8": 0, "kept_fp32": 0}
     for ly in layers:
@@ -337,7 +347,7 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, 
         b = bits.get(ly.name, 32)
         row = {"layer": ly.name, "what": ly.describe(), "bits": b, "fp32_bytes": fp32}
         if b != 4:
-            n = ly.weight_shape[1]
+            n = out_channels(ly)
             size = fp32 // 4 + 4 * n if b == 8 else fp32  # int8: one byte, a scale a channel
             total["int8" if b == 8 else "kept_fp32"] += size
             rows.append({**row, "bytes": {"weights": size}, "reason": reasons.get(ly.name)})
@@ -362,6 +372,7 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, 
         "scheme": "int4",
         "settings": {**asdict(o), "skip": list(o.skip)},
         "kernels": "int4-weight matmul (lower-int4; materialize-int4 where the target has it)",
+        "activations": o.activations,
         "layers": rows,
         "int4_layers": sum(r["bits"] == 4 for r in rows),
         "int8_layers": sum(r["bits"] == 8 for r in rows),
@@ -390,8 +401,9 @@ def format_report(m: dict) -> str:
     s, o = m["size"], m["settings"]
     head = (
         f"int4 ({o['method']}, group {o['group']}, "
-        f"{'symmetric' if o['symmetric'] else 'asymmetric'}): {m['int4_layers']}/"
-        f"{len(m['layers'])} matmuls int4, {m.get('int8_layers', 0)} int8, "
+        f"{'symmetric' if o['symmetric'] else 'asymmetric'}, "
+        f"{'W4A8' if o.get('activations') == 'int8' else 'W4 x fp32'}): {m['int4_layers']}/"
+        f"{len(m['layers'])} layers int4, {m.get('int8_layers', 0)} int8, "
         f"{len(m['embeddings'])} embedding table(s)"
     )
     cols = ["layer", "op", "bits", "fp32 bytes", "bytes", "output MSE rounding -> chosen"]

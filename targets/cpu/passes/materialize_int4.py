@@ -2,12 +2,16 @@
 
 `lower-int4` leaves portable kernels (scalar TIR, natural-layout nibbles) that carry their
 spec (`graphopt.int4_ops`). This pass, in the CPU schedule stage, replaces each with the
-W4 x fp32 panel kernel (`targets/cpu/int4/kernels.py`: nibbles unpacked in registers, FMAs)
-and repacks each call's constants at compile time, so the artifact stores the panel layout,
-still two weights per byte. Kernels already built (layout not `natural`) are kept.
+W4 x fp32 panel kernel (`targets/cpu/int4/kernels.py`: nibbles unpacked in registers, FMAs),
+or, for W4A8 ops, the int8-dot kernel of the target's scheme (`targets/cpu/int4/a8_kernels.py`:
+vnni, avx2, sdot or generic, as `materialize-int8` picks it), and repacks each call's
+constants at compile time, so the artifact stores the panel layout, still two weights a byte.
+Kernels already built (layout not `natural`) are kept.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax
@@ -22,6 +26,7 @@ from graphopt.targets.cpu.passes._swap import (
     portable_entry,
     swap_kernels,
 )
+from graphopt.targets.cpu.passes.materialize_int8 import resolve_isa
 
 
 @register_pass
@@ -30,13 +35,23 @@ class MaterializeInt4(GraphPass):
 
     name = "materialize-int4"
 
+    @dataclass(frozen=True)
+    class Options:
+        # W4A8 dot-product scheme: auto (the current target's, else this host's) | vnni |
+        # avx2 | sdot | generic (as materialize-int8's)
+        isa: str = "auto"
+
     def run(self, mod: tvm.IRModule) -> PassResult:
-        built = {}
+        built, isa, a8 = {}, None, 0
         for gvar, func in mod.functions.items():
             spec = spec_of(func)
             if spec is not None and spec.layout == "natural":
-                built[gvar] = M.build(spec)
+                isa = isa or resolve_isa(self.options.isa)
+                built[gvar] = M.build(spec, isa)
+                a8 += spec.act == "int8"
         stats = {"kernels": len(built), "calls": 0}
+        if a8:
+            stats.update({"w4a8_kernels": a8, f"isa_{isa.name}": 1})
         if not built:
             return PassResult(mod, False, stats)
         mutator = _Materialize(mod, built)
