@@ -60,7 +60,7 @@ def _kernels(m: int, k: int, n: int, tiles: bool):
     from graphopt.targets.cpu.int4 import a8_kernels as A8
     from graphopt.targets.cpu.int4 import kernels as K4
     from graphopt.targets.cpu.int8 import kernels as K8
-    from graphopt.targets.cpu.passes.materialize_int8 import resolve_isa
+    from graphopt.targets.cpu.int8.kernels import resolve_isa
 
     rng = np.random.default_rng(0)
     q = quantize_rtn(rng.standard_normal((k, n)).astype(np.float32), 32, False)

@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if not only or c.name in only]
 
     from graphopt.target_infra import make_target
-    from graphopt.targets.cpu.passes.materialize_int8 import resolve_isa
+    from graphopt.targets.cpu.int8.kernels import resolve_isa
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

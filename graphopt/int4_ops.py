@@ -16,19 +16,19 @@ integer dot products per group (`graphopt.int4_a8_ops`, its arithmetic and numpy
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.matmul_recipe import MatmulRecipe, recipe_on
+
 RECIPE_ATTR = "graphopt.int4_kernel"
 
 
 @dataclass(frozen=True)
-class Int4MatmulSpec:
+class Int4MatmulSpec(MatmulRecipe):
     x_shape: tuple[int, ...]  # x's full shape; rows = product of all but the last
     n: int
     group: int
@@ -42,33 +42,13 @@ class Int4MatmulSpec:
         return int(self.x_shape[-1])
 
     @property
-    def rows(self) -> int:
-        return int(np.prod(self.x_shape[:-1], dtype=np.int64))
-
-    @property
     def groups(self) -> int:
         return -(-self.k // self.group)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (*self.x_shape[:-1], self.n)
-
-    def text(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def parse(cls, text: str) -> Int4MatmulSpec:
-        raw = json.loads(text)
-        raw["x_shape"] = tuple(raw["x_shape"])
-        return cls(**raw)
 
 
 def spec_of(func) -> Int4MatmulSpec | None:
     """The spec of an int4 kernel, or None when `func` is none."""
-    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) else None
-    if attrs is None or RECIPE_ATTR not in attrs:
-        return None
-    return Int4MatmulSpec.parse(str(attrs[RECIPE_ATTR]))
+    return recipe_on(func, RECIPE_ATTR, Int4MatmulSpec)
 
 
 def dequantized_weight(spec: Int4MatmulSpec, packed, scales, zeros) -> np.ndarray:

@@ -16,13 +16,13 @@ The portable kernel (`portable_kernel`) carries its spec (`RECIPE_ATTR`, JSON) s
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
+
+from graphopt.matmul_recipe import MatmulRecipe, recipe_on
 
 RECIPE_ATTR = "graphopt.precision_kernel"
 PRECISIONS = ("bf16", "fp16")
@@ -32,7 +32,7 @@ _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 
 @dataclass(frozen=True)
-class PrecisionMatmulSpec:
+class PrecisionMatmulSpec(MatmulRecipe):
     x_shape: tuple[int, ...]  # x's full shape; rows = product of all but the last
     n: int
     precision: str  # bf16 | fp16
@@ -46,30 +46,10 @@ class PrecisionMatmulSpec:
     def k_pairs(self) -> int:
         return -(-self.k // 2)
 
-    @property
-    def rows(self) -> int:
-        return int(np.prod(self.x_shape[:-1], dtype=np.int64))
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return (*self.x_shape[:-1], self.n)
-
-    def text(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def parse(cls, text: str) -> PrecisionMatmulSpec:
-        raw = json.loads(text)
-        raw["x_shape"] = tuple(raw["x_shape"])
-        return cls(**raw)
-
 
 def spec_of(func) -> PrecisionMatmulSpec | None:
     """The spec of a 16-bit matmul kernel, or None when `func` is none."""
-    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) else None
-    if attrs is None or RECIPE_ATTR not in attrs:
-        return None
-    return PrecisionMatmulSpec.parse(str(attrs[RECIPE_ATTR]))
+    return recipe_on(func, RECIPE_ATTR, PrecisionMatmulSpec)
 
 
 # -- numpy conversions (the reference every kernel is tested against) --------------------------

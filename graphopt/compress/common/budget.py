@@ -9,6 +9,7 @@ import numpy as np
 
 from ...progress import Meter
 from .data import Spec, batch_feeds
+from .errors import CalibrationError
 from .metrics import Metric, cosines, sqnr_db
 
 
@@ -94,3 +95,46 @@ def unit_rows(layers, run, ref_k, which, say, what: str = "sensitivity") -> list
         )
         meter.update(i + 1, f"{layer.name} SQNR {rows[-1]['sqnr_db']} dB")
     return rows
+
+
+def check_budget_options(opts) -> None:
+    """One-line errors for the budget flags every method shares: `opts` has max_drop,
+    calibration, eval_data and metric."""
+    if opts.metric not in Metric.KINDS:
+        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
+    if opts.max_drop is not None and opts.max_drop < 0:
+        raise CalibrationError("--max-drop must be >= 0")
+    if opts.max_drop is not None and not (opts.calibration or opts.eval_data):
+        raise CalibrationError("--max-drop needs data: --calibration or --eval")
+
+
+class FlagGraph:
+    """A switchable graph built once: `main(*model inputs, *flags)`, each flag a [1] fp32
+    tensor that selects a layer's compressed (1) or original (0) arithmetic. The budget
+    searches score any mix of layers on it without rebuilding."""
+
+    def __init__(self, mod, target, flags: int) -> None:
+        from tvm import relax
+
+        from ...build import compile_module
+
+        self.params = [p.name for p in mod["main"].params[:-flags]]  # the model's own inputs
+        self.vm = relax.VirtualMachine(compile_module(mod, target), target.device())
+        self._flag = {v: _tensor(np.full(1, v, np.float32)) for v in (0.0, 1.0)}
+
+    def flag(self, on: bool):
+        return self._flag[float(on)]
+
+    def __call__(self, feed: Mapping[str, np.ndarray], flags: Sequence) -> np.ndarray:
+        """The model's first output for `feed` with these flag tensors."""
+        from ...artifact import flatten_outputs
+
+        args = [_tensor(np.asarray(feed[p])) for p in self.params]
+        out = self.vm["main"](*args, *flags)
+        return flatten_outputs([out] if hasattr(out, "numpy") else list(out))[0]
+
+
+def _tensor(array: np.ndarray):
+    import tvm
+
+    return tvm.runtime.tensor(array)

@@ -37,12 +37,10 @@ from tvm import relax
 from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ...artifact import flatten_outputs
-from ...build import compile_module
 from ...int4_a8_ops import EPS, QMAX
 from ...progress import Meter
 from ...target_infra import Target
-from ..common.budget import fewest_kept
+from ..common.budget import FlagGraph, fewest_kept
 from ..common.layers import Layer, bound_constants, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 from ..int8.qdq import dequant_weight_np, emit_dynamic_qdq, weight_qparams
@@ -176,20 +174,16 @@ class SwitchRunner:
 
     def __init__(self, mod: tvm.IRModule, layers: list[Layer], fallback: str, target: Target):
         self.names = [ly.name for ly in layers]
-        flags = len(layers) * (2 if fallback == "int8" else 1) + 1
-        self.params = [p.name for p in mod["main"].params[:-flags]]  # the model's own inputs
         self.fallback = fallback
-        self.vm = relax.VirtualMachine(compile_module(mod, target), target.device())
-        self._flag = {v: tvm.runtime.tensor(np.full(1, v, np.float32)) for v in (0.0, 1.0)}
+        flags = len(layers) * (2 if fallback == "int8" else 1) + 1
+        self.graph = FlagGraph(mod, target, flags)
 
     def run(self, bits: Mapping[str, int] | None, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        chosen = bits or {}
-        f = [self._flag[float(chosen.get(n, 32) == 4)] for n in self.names]
-        g = [self._flag[float(chosen.get(n, 32) == 8)] for n in self.names]
-        args = [tvm.runtime.tensor(np.asarray(feed[p])) for p in self.params]
-        flags = [*f, *(g if self.fallback == "int8" else []), self._flag[float(bits is not None)]]
-        out = self.vm["main"](*args, *flags)
-        return flatten_outputs([out] if hasattr(out, "numpy") else list(out))[0]
+        chosen, flag = bits or {}, self.graph.flag
+        f = [flag(chosen.get(n, 32) == 4) for n in self.names]
+        g = [flag(chosen.get(n, 32) == 8) for n in self.names]
+        g = g if self.fallback == "int8" else []
+        return self.graph(feed, [*f, *g, flag(bits is not None)])
 
 
 def choose(

@@ -18,11 +18,10 @@ from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...progress import Meter
 from ...target_infra import Target
 from .. import CompressionContext, CompressionPlan
-from ..common.budget import eval_feeds
+from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
-from ..common.metrics import Metric
 from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
@@ -83,12 +82,7 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
-    if o.max_drop is not None and o.max_drop < 0:
-        raise CalibrationError("--max-drop must be >= 0")
-    if o.max_drop is not None and not (o.calibration or o.eval_data):
-        raise CalibrationError("--max-drop needs data: --calibration or --eval")
-    if o.metric not in Metric.KINDS:
-        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
+    check_budget_options(o)
 
 
 @dataclass

@@ -400,14 +400,9 @@ def _check(opts: QuantOptions) -> None:
             "--quantize int8 needs --calibration DATA (an .npz of samples, or a directory of "
             ".npy files or images); or use --quant-mode dynamic"
         )
-    from ..common.metrics import Metric
+    from ..common.budget import check_budget_options
 
-    if opts.metric not in Metric.KINDS:
-        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
-    if opts.max_drop is not None and opts.max_drop < 0:
-        raise CalibrationError("--max-drop must be >= 0")
-    if opts.max_drop is not None and not (opts.calibration or opts.eval_data):
-        raise CalibrationError("--max-drop needs data: --calibration or --eval")
+    check_budget_options(opts)
 
 
 def format_report(q: dict) -> str:

@@ -26,11 +26,9 @@ from tvm import relax
 from tvm.relax import op as R
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ...artifact import flatten_outputs
-from ...build import compile_module
 from ...precision_ops import round_kernel, round_to
 from ...target_infra import Target
-from ..common.budget import fewest_kept
+from ..common.budget import FlagGraph, fewest_kept
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric, cosines, sqnr_db
 
@@ -104,15 +102,10 @@ class SwitchRunner:
 
     def __init__(self, mod: tvm.IRModule, layers: list[Layer], target: Target):
         self.names = [ly.name for ly in layers]
-        self.params = [p.name for p in mod["main"].params[: -len(layers)]]
-        self.vm = relax.VirtualMachine(compile_module(mod, target), target.device())
-        self._flag = {v: tvm.runtime.tensor(np.full(1, v, np.float32)) for v in (0.0, 1.0)}
+        self.graph = FlagGraph(mod, target, len(layers))
 
     def run(self, on: set[str], feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        flags = [self._flag[float(n in on)] for n in self.names]
-        args = [tvm.runtime.tensor(np.asarray(feed[p])) for p in self.params]
-        out = self.vm["main"](*args, *flags)
-        return flatten_outputs([out] if hasattr(out, "numpy") else list(out))[0]
+        return self.graph(feed, [self.graph.flag(n in on) for n in self.names])
 
 
 def choose(

@@ -20,11 +20,10 @@ import tvm
 from ...pass_infra import make_pass, registered_passes
 from ...precision_ops import kernel_note
 from .. import CompressionContext, CompressionPlan
-from ..common.budget import eval_feeds
+from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
-from ..common.metrics import Metric
 from ..int4.embedding import find_tables
 from .budget import Choice, SwitchRunner, choose, switch_module
 from .layers import supported
@@ -65,12 +64,7 @@ def check_options(o: PrecisionOptions, target: str) -> None:
         )
     if o.precision == "mixed" and o.max_drop is None:
         raise CalibrationError("--precision mixed needs --max-drop X (and --calibration or --eval)")
-    if o.max_drop is not None and o.max_drop < 0:
-        raise CalibrationError("--max-drop must be >= 0")
-    if o.max_drop is not None and not (o.calibration or o.eval_data):
-        raise CalibrationError("--max-drop needs data: --calibration or --eval")
-    if o.metric not in Metric.KINDS:
-        raise CalibrationError(f"metric must be one of {', '.join(Metric.KINDS)}")
+    check_budget_options(o)
 
 
 @dataclass

@@ -33,6 +33,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt import _tvm
+from graphopt.errors import PipelineError
 from graphopt.int8_ops import (  # noqa: F401 - the op types, re-exported for the CPU kernels
     AddSpec,
     ConvSpec,
@@ -116,6 +118,18 @@ def isa_for_target(target: tvm.target.Target) -> Isa:
     if "avx2" in features:
         return ISAS["avx2"]
     return ISAS["generic"]
+
+
+def resolve_isa(name: str) -> Isa:
+    """The scheme an `isa=` option names; `auto`: the current target's, else this host's."""
+    if name == "auto":
+        target = tvm.target.Target.current(allow_none=True)
+        if target is None or target.kind.name != "llvm":
+            target = _tvm.make_target({"kind": "llvm", "mcpu": _tvm.host_cpu_name()})
+        return isa_for_target(target)
+    if name not in ISAS:
+        raise PipelineError(f"unknown isa '{name}' (auto, {', '.join(ISAS)})")
+    return ISAS[name]
 
 
 def pack_words(values: np.ndarray, kpack: int) -> np.ndarray:

@@ -18,15 +18,10 @@ from tvm import relax
 
 from graphopt.errors import PipelineError
 from graphopt.int4_ops import spec_of
+from graphopt.kernel_swap import materialize, packed_constants
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int4 import materialize as M
-from graphopt.targets.cpu.passes._swap import (
-    add_kernels,
-    packed_constants,
-    portable_entry,
-    swap_kernels,
-)
-from graphopt.targets.cpu.passes.materialize_int8 import resolve_isa
+from graphopt.targets.cpu.int8.kernels import resolve_isa
 
 
 @register_pass
@@ -49,40 +44,19 @@ class MaterializeInt4(GraphPass):
                 isa = isa or resolve_isa(self.options.isa)
                 built[gvar] = M.build(spec, isa)
                 a8 += spec.act == "int8"
-        stats = {"kernels": len(built), "calls": 0}
+        stats = {"kernels": len(built)}
         if a8:
             stats.update({"w4a8_kernels": a8, f"isa_{isa.name}": 1})
-        if not built:
-            return PassResult(mod, False, stats)
-        mutator = _Materialize(mod, built)
-        new = swap_kernels(mod, built, mutator)
-        stats["calls"] = mutator.calls
-        return PassResult(new, True, stats)
+        new, changed = materialize(mod, built, _operands, stats)
+        return PassResult(new, changed, stats)
 
 
-@relax.expr_functor.mutator
-class _Materialize(relax.PyExprMutator):
-    """Points the calls of portable int4 kernels at the panel kernels, constants repacked."""
-
-    def __init__(self, mod: tvm.IRModule, built: dict) -> None:
-        super().__init__(mod)
-        self.built = built
-        self.renamed = add_kernels(self.builder_, built, lambda entry: entry[0])
-        self.calls = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        entry = portable_entry(call, self.built)
-        if entry is None:
-            return call
-        _func, pack = entry
-        x, *consts = list(call.args[1].fields)
-        if len(consts) != M.CONSTANTS:
-            raise PipelineError(
-                f"materialize-int4: {call.args[0].name_hint} takes {len(consts)} constants, "
-                f"not {M.CONSTANTS}"
-            )
-        packed = packed_constants("materialize-int4", call, consts, pack)
-        self.calls += 1
-        args = relax.Tuple([x, *packed])
-        return relax.call_tir(self.renamed[call.args[0]], args, call.ty)
+def _operands(call: relax.Call, entry) -> list:
+    """The activation and the kernel's constants repacked into panels."""
+    x, *consts = list(call.args[1].fields)
+    if len(consts) != M.CONSTANTS:
+        raise PipelineError(
+            f"materialize-int4: {call.args[0].name_hint} takes {len(consts)} constants, "
+            f"not {M.CONSTANTS}"
+        )
+    return [x, *packed_constants("materialize-int4", call, consts, entry[1])]

@@ -18,18 +18,11 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
-from graphopt import _tvm
-from graphopt.errors import PipelineError
 from graphopt.int8_ops import recipe_of
+from graphopt.kernel_swap import materialize, packed_constants
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import materialize as M
-from graphopt.targets.cpu.passes._swap import (
-    add_kernels,
-    packed_constants,
-    portable_entry,
-    swap_kernels,
-)
 
 
 @register_pass
@@ -45,7 +38,7 @@ class MaterializeInt8(GraphPass):
         isa: str = "auto"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        isa = resolve_isa(self.options.isa)
+        isa = K.resolve_isa(self.options.isa)
         stats = {"kernels": 0, "calls": 0, "already_built": 0, f"isa_{isa.name}": 1}
         built = {}
         for gvar, func in mod.functions.items():
@@ -57,46 +50,15 @@ class MaterializeInt8(GraphPass):
                 continue
             built[gvar] = (recipe, *M.build(recipe, isa))
         stats["kernels"] = len(built)
-        if not built:
-            return PassResult(mod, False, stats)
-        mutator = _Materialize(mod, built)
-        new = swap_kernels(mod, built, mutator)
-        stats["calls"] = mutator.calls
-        return PassResult(new, True, stats)
+        new, changed = materialize(mod, built, _operands, stats, kernel_of=lambda e: e[1])
+        return PassResult(new, changed, stats)
 
 
-def resolve_isa(name: str) -> K.Isa:
-    """The scheme `isa=` names; `auto`: the current target's, else this host's."""
-    if name == "auto":
-        target = tvm.target.Target.current(allow_none=True)
-        if target is None or target.kind.name != "llvm":
-            target = _tvm.make_target({"kind": "llvm", "mcpu": _tvm.host_cpu_name()})
-        return K.isa_for_target(target)
-    if name not in K.ISAS:
-        raise PipelineError(f"materialize-int8: unknown isa '{name}' (auto, {', '.join(K.ISAS)})")
-    return K.ISAS[name]
-
-
-@relax.expr_functor.mutator
-class _Materialize(relax.PyExprMutator):
-    """Points the calls of portable kernels at the built ones, constants packed."""
-
-    def __init__(self, mod: tvm.IRModule, built: dict) -> None:
-        super().__init__(mod)
-        self.built = built
-        self.renamed = add_kernels(self.builder_, built, lambda entry: entry[1])
-        self.calls = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        entry = portable_entry(call, self.built)
-        if entry is None:
-            return call
-        recipe, _func, pack = entry
-        args = list(call.args[1].fields)
-        first = M.input_count(recipe)
-        consts = args[first : first + M.constant_count(recipe)]
-        packed = packed_constants("materialize-int8", call, consts, pack)
-        new_args = [*args[:first], *packed, *args[first + len(consts) :]]
-        self.calls += 1
-        return relax.call_tir(self.renamed[call.args[0]], relax.Tuple(new_args), call.ty)
+def _operands(call: relax.Call, entry) -> list:
+    """The call's operands with the kernel's constants packed for it."""
+    recipe, _func, pack = entry
+    args = list(call.args[1].fields)
+    first = M.input_count(recipe)
+    consts = args[first : first + M.constant_count(recipe)]
+    packed = packed_constants("materialize-int8", call, consts, pack)
+    return [*args[:first], *packed, *args[first + len(consts) :]]

@@ -14,14 +14,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from graphopt.kernel_swap import materialize, packed_constants
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_ops import spec_of
-from graphopt.targets.cpu.passes._swap import (
-    add_kernels,
-    packed_constants,
-    portable_entry,
-    swap_kernels,
-)
 from graphopt.targets.cpu.precision import materialize as M
 
 
@@ -37,32 +32,12 @@ class MaterializePrecision(GraphPass):
             spec = spec_of(func)
             if spec is not None and spec.layout == "natural":
                 built[gvar] = M.build(spec)
-        stats = {"kernels": len(built), "calls": 0}
-        if not built:
-            return PassResult(mod, False, stats)
-        mutator = _Materialize(mod, built)
-        new = swap_kernels(mod, built, mutator)
-        stats["calls"] = mutator.calls
-        return PassResult(new, True, stats)
+        stats = {"kernels": len(built)}
+        new, changed = materialize(mod, built, _operands, stats)
+        return PassResult(new, changed, stats)
 
 
-@relax.expr_functor.mutator
-class _Materialize(relax.PyExprMutator):
-    """Points the calls of portable 16-bit kernels at the CPU kernels, weights repacked."""
-
-    def __init__(self, mod: tvm.IRModule, built: dict) -> None:
-        super().__init__(mod)
-        self.built = built
-        self.renamed = add_kernels(self.builder_, built, lambda entry: entry[0])
-        self.calls = 0
-
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        entry = portable_entry(call, self.built)
-        if entry is None:
-            return call
-        _func, pack = entry
-        x, w = list(call.args[1].fields)
-        (packed,) = packed_constants("materialize-precision", call, [w], pack)
-        self.calls += 1
-        return relax.call_tir(self.renamed[call.args[0]], relax.Tuple([x, packed]), call.ty)
+def _operands(call: relax.Call, entry) -> list:
+    """The activation and the weight repacked into 16-bit panels."""
+    x, w = list(call.args[1].fields)
+    return [x, *packed_constants("materialize-precision", call, [w], entry[1])]

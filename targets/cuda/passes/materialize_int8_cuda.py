@@ -17,9 +17,9 @@ import tvm
 from tvm import relax
 
 from graphopt.int8_ops import recipe_of
+from graphopt.kernel_swap import packed_constants, portable_entry, swap_kernels
 from graphopt.pass_helpers import with_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.targets.cpu.passes._swap import packed_constants, portable_entry, swap_kernels
 from graphopt.targets.cuda.int8 import materialize as M
 from graphopt.targets.cuda.int8.exact_quantize import exact_quantize_kernels
 

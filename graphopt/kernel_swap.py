@@ -1,4 +1,9 @@
-"""Shared by the materialize stages: put target kernels in place of portable ones."""
+"""Shared by the targets' materialize stages: put target kernels in place of portable ones.
+
+A graph pass leaves a portable kernel (scalar TIR that carries its recipe) per compressed
+layer; a target's materialize stage builds its own kernel for each and points the calls at
+it, with the constants repacked for it. The swapping is the same for every kernel family and
+target, so it lives here, below the targets."""
 
 from __future__ import annotations
 
@@ -45,3 +50,38 @@ def packed_constants(stage: str, call: relax.Call, consts: list, pack) -> list[r
             "cannot pack them"
         )
     return [relax.const(c) for c in pack([_tvm.constant_value(a) for a in consts])]
+
+
+@relax.expr_functor.mutator
+class RepackCalls(relax.PyExprMutator):
+    """Points the calls of the portable kernels in `built` (GlobalVar -> entry) at the target
+    kernels (`kernel_of(entry)`); `operands(call, entry)` gives each new call's arguments."""
+
+    def __init__(self, mod: tvm.IRModule, built: dict, operands, kernel_of) -> None:
+        super().__init__(mod)
+        self.built = built
+        self.operands = operands
+        self.renamed = add_kernels(self.builder_, built, kernel_of)
+        self.calls = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        entry = portable_entry(call, self.built)
+        if entry is None:
+            return call
+        self.calls += 1
+        args = relax.Tuple(self.operands(call, entry))
+        return relax.call_tir(self.renamed[call.args[0]], args, call.ty)
+
+
+def materialize(mod: tvm.IRModule, built: dict, operands, stats: dict, kernel_of=None):
+    """`mod` with the calls of `built`'s portable kernels swapped (RepackCalls; an entry's
+    kernel is its first item unless `kernel_of` says otherwise), and `stats` with their
+    count; `mod` itself when nothing was built."""
+    if not built:
+        stats["calls"] = 0
+        return mod, False
+    mutator = RepackCalls(mod, built, operands, kernel_of or (lambda entry: entry[0]))
+    new = swap_kernels(mod, built, mutator)
+    stats["calls"] = mutator.calls
+    return new, True
