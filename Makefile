@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-arm conformance bench bench-int8 bench-int4 bench-precision bench-prune bench-prune-accuracy bench-shapes lint clean
+.PHONY: demo test test-slow test-cuda-tensorcore test-arm conformance bench bench-int8 bench-int4 bench-precision bench-prune bench-prune-accuracy bench-shapes lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(STAMP)
 ## Slow tests: real models (needs the bench extras) and more.
 test-slow: $(BENCH_STAMP)
 	$(BIN)/pytest -m slow -q
+
+## CUDA tensor-core schedules, compile only (no GPU): fp16 mma, bf16 and s8 wmma in the PTX.
+## Slow (TVM's tensor intrinsics take minutes to import), so out of `make test`; CI runs it.
+test-cuda-tensorcore: $(STAMP)
+	$(BIN)/pytest -m tensorcore -q tests/targets/cuda
 
 ## ARM bundles under emulation: installs the aarch64 cross compiler and qemu (Debian, as root)
 ## when missing, then runs every `arm` test (the real-model one too).

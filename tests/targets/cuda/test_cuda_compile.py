@@ -110,9 +110,10 @@ def test_attention_and_layer_norm_reduce_with_warp_shuffles(cuda_build):
     assert "shfl.sync" in fatbin.ptx_text(art.library_path)
 
 
-# In the default run although the first tensor-core schedule in a process imports
-# tvm.s_tir.tensor_intrin (about 45 s on an idle core): tensor cores are the point of fp16 on a
-# GPU, and CI has no GPU to notice their loss any other way.
+# slow: the first tensor-core schedule in a process imports tvm.s_tir.tensor_intrin (about
+# 170 s on an idle 2-core machine); `make test-cuda-tensorcore` (in CI) and `make test-slow`.
+@pytest.mark.slow
+@pytest.mark.tensorcore
 def test_fp16_matmul_runs_on_tensor_cores(cuda_build, tmp_path):
     art, stats = cuda_build("big_matmul", "fp16", path=big_matmul(tmp_path / "mm.onnx"))
     assert stats["scheduled_matmul-tensorcore"] == 1

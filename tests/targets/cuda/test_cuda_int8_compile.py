@@ -124,6 +124,7 @@ def test_every_int8_op_of_the_cnns_was_built_for_the_gpu(int8_build):
 
 # slow: the first tensor-core schedule in a process imports tvm.s_tir.tensor_intrin (about 45 s
 # on an idle core, minutes on a busy 2-core machine); `make test-slow` runs it.
+@pytest.mark.tensorcore
 @pytest.mark.slow
 def test_large_int8_matmuls_use_tensor_cores_on_sm90(tmp_path):
     path = big_matmul(tmp_path / "big.onnx")

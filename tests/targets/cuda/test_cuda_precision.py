@@ -40,6 +40,7 @@ def test_bf16_mixed_precision_keeps_the_numbers(model_files, name):
 
 @pytest.mark.cuda
 @needs_nvcc
+@pytest.mark.tensorcore
 @pytest.mark.slow  # imports TVM's tensor intrinsics (about 45 s on an idle core)
 def test_bf16_matmul_runs_on_tensor_cores(tmp_path):
     art = graphopt.compile(
