@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
-from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt.compress.int4.quant import pack_nibbles, quantize_rtn
@@ -22,6 +20,7 @@ from graphopt.pass_infra import make_pass
 from graphopt.targets.cpu.int4 import a8_kernels as A8
 from graphopt.targets.cpu.int8 import kernels as K8
 from graphopt.testing import apply_checked, run_through_target
+from tests.relax_builders import matmul_add_module
 
 FEATURES = _tvm.host_cpu_features()
 HOST_AVX2 = "avx2" in FEATURES and "fma" in FEATURES
@@ -167,24 +166,13 @@ def test_group_not_a_multiple_of_the_word_is_refused():
     assert A8.plan_for(spec, K8.ISAS["generic"]).kpack == 2
 
 
-def _matmul_module(w: np.ndarray, rows: int) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, rows, w.shape[0]), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(R.matmul(x, relax.const(w)))
-            out = bb.emit_output(R.add(y, relax.const(np.float32(1))))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 @pytest.mark.skipif(not HOST_AVX2, reason="the stage picks avx2 on this host")
 @pytest.mark.parametrize("rows", [1, 7])
 def test_stage_builds_w4a8_kernels(rows):
     rng = np.random.default_rng(rows)
     w = rng.standard_normal((70, 20)).astype(np.float32)
     opts = {"symmetric": "false", "act": "int8"}
-    lowered = apply_checked(make_pass("lower-int4", opts), _matmul_module(w, rows))
+    lowered = apply_checked(make_pass("lower-int4", opts), matmul_add_module(w, rows))
     result = make_pass("materialize-int4").run(lowered.module)
     assert result.stats["w4a8_kernels"] == 1 and result.stats["isa_avx2"] == 1
     specs = [spec_of(f) for f in result.module.functions.values()]
@@ -202,7 +190,7 @@ def test_lower_int4_rejects_an_unknown_activation_type():
 
     w = np.ones((64, 8), np.float32)
     with pytest.raises(PipelineError, match="act must be one of"):
-        make_pass("lower-int4", {"act": "int4"})(_matmul_module(w, 1))
+        make_pass("lower-int4", {"act": "int4"})(matmul_add_module(w, 1))
 
 
 def test_four_nibble_words_decode_in_k_order():

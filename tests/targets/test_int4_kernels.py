@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
-from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt.compress.int4.quant import quantize_rtn
@@ -14,6 +12,7 @@ from graphopt.int4_ops import Int4MatmulSpec, reference_matmul, spec_of
 from graphopt.pass_infra import make_pass
 from graphopt.targets.cpu.int4 import kernels as K4
 from graphopt.testing import apply_checked, run_through_target
+from tests.relax_builders import matmul_add_module
 
 HOST_FMA = "fma" in _tvm.host_cpu_features()
 pytestmark = pytest.mark.skipif(not HOST_FMA, reason="the kernel's numpy model assumes FMA")
@@ -86,23 +85,12 @@ def test_panels_hold_two_weights_per_byte():
     assert sp.shape == (3, 2, 16)
 
 
-def _matmul_module(w: np.ndarray, rows: int) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, rows, w.shape[0]), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(R.matmul(x, relax.const(w)))
-            out = bb.emit_output(R.add(y, relax.const(np.float32(1))))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 @pytest.mark.parametrize("rows", [1, 6])
 def test_stage_replaces_the_portable_kernel(rows):
     rng = np.random.default_rng(rows)
     w = rng.standard_normal((70, 20)).astype(np.float32)
     lowered = apply_checked(
-        make_pass("lower-int4", {"symmetric": "false"}), _matmul_module(w, rows)
+        make_pass("lower-int4", {"symmetric": "false"}), matmul_add_module(w, rows)
     )
     result = make_pass("materialize-int4").run(lowered.module)
     assert result.stats == {"kernels": 1, "calls": 1}

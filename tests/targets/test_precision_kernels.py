@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
-from tvm.relax import op as R
 
 from graphopt import _tvm
 from graphopt import precision_ops as P
@@ -16,6 +14,7 @@ from graphopt.pass_infra import make_pass
 from graphopt.target_infra import make_target
 from graphopt.targets.cpu.precision import kernels as K
 from graphopt.testing import apply_checked, run_through_target
+from tests.relax_builders import matmul_add_module
 
 ZNVER3 = {"kind": "llvm", "mcpu": "znver3", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 SPECIAL = [
@@ -186,23 +185,12 @@ def test_gate_reads_the_target_not_the_host(mcpu, precision, note):
     assert note in P.kernel_note(target, precision)
 
 
-def _matmul_module(w: np.ndarray, rows: int):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, rows, w.shape[0]), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(R.matmul(x, relax.const(w)))
-            out = bb.emit_output(R.add(y, relax.const(np.float32(1))))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 @pytest.mark.parametrize("precision", P.PRECISIONS)
 def test_stage_replaces_the_portable_kernel(precision):
     rng = np.random.default_rng(7)
     w = rng.standard_normal((70, 20)).astype(np.float32)
     lowered = apply_checked(
-        make_pass("lower-precision", {"precision": precision}), _matmul_module(w, 5)
+        make_pass("lower-precision", {"precision": precision}), matmul_add_module(w, 5)
     )
     assert lowered.stats == {"matmuls": 1, "pointwise_convs": 0, "embeddings": 0}
     result = make_pass("materialize-precision").run(lowered.module)
