@@ -106,6 +106,46 @@ class Epilogue:
         return np.clip(value, np.float32(lo), np.float32(hi)).astype(np.float32)
 
 
+def epilogue_for(lo: float, hi: float, requant, dynamic: bool) -> tuple[Epilogue, float | None]:
+    """The epilogue of a layer clamped to [lo, hi] (real values) that requantizes to
+    `requant` = (scale, zero point, dtype) or, when None, dequantizes; and the requantize
+    scale. Shared by `lower-int8` and the int8 probe graph, so both use the same bounds."""
+    if requant is None:
+        return Epilogue("float32", lo=lo, hi=hi, dynamic=dynamic), None
+    s_o, zp_o, out_dtype = requant
+    lo_q = max(-math.inf, round(lo / s_o) + zp_o) if lo > -math.inf else -math.inf
+    hi_q = min(math.inf, round(hi / s_o) + zp_o) if hi < math.inf else math.inf
+    return Epilogue(out_dtype, zp=zp_o, lo=lo_q, hi=hi_q), s_o
+
+
+def epilogue_constants(
+    ep: Epilogue,
+    s_x: float | None,
+    zp_x: int,
+    s_w: np.ndarray,
+    bias: np.ndarray | None,
+    w_sum: np.ndarray,
+    s_out: float | None,
+) -> list[np.ndarray]:
+    """Per-channel (corr int32, scale fp32, fbias fp32) of a conv / matmul epilogue (module
+    docstring): `lower-int8` passes them to the kernels, the int8 probe graph to its exact
+    simulation of them, so both compute the same numbers."""
+    corr = -zp_x * w_sum.astype(np.int64)
+    bias = np.zeros_like(s_w) if bias is None else bias
+    if ep.requant:
+        real = np.float64(s_x) * s_w.astype(np.float64)
+        corr = corr + np.round(bias.astype(np.float64) / real).astype(np.int64)
+        scale = (real / s_out).astype(np.float32)
+        fbias = np.zeros_like(s_w)
+    elif ep.dynamic:
+        scale, fbias = s_w.astype(np.float32), bias
+    else:
+        scale = (np.float32(s_x) * s_w).astype(np.float32)
+        fbias = bias
+    corr = np.clip(corr, -(2**31), 2**31 - 1).astype(np.int32)
+    return [corr, scale, fbias.astype(np.float32)]
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """A conv2d's shapes and attributes (NCHW / OIHW terms, whatever the layout)."""

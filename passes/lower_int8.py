@@ -70,6 +70,8 @@ from graphopt.int8_ops import (
     MatmulSpec,
     Recipe,
     add_multipliers,
+    epilogue_constants,
+    epilogue_for,
 )
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_reference as ref
@@ -240,12 +242,7 @@ def _match(graph: BindingGraph, var, call, dynamic: bool, fuse: bool, nhwc: bool
 
 def _epilogue(lo: float, hi: float, requant, is_dynamic: bool) -> tuple[Epilogue, float | None]:
     """The epilogue (clamp bounds in the output's domain) and the requantize scale."""
-    if requant is None:
-        return Epilogue("float32", lo=lo, hi=hi, dynamic=is_dynamic), None
-    s_o, zp_o, out_dtype = requant
-    lo_q = max(-math.inf, round(lo / s_o) + zp_o) if lo > -math.inf else -math.inf
-    hi_q = min(math.inf, round(hi / s_o) + zp_o) if hi < math.inf else math.inf
-    return Epilogue(out_dtype, zp=zp_o, lo=lo_q, hi=hi_q), s_o
+    return epilogue_for(lo, hi, requant, is_dynamic)
 
 
 def _row_quantize_source(graph: BindingGraph, deq_x, q):
@@ -335,21 +332,9 @@ def _per_row_scale(deq_x, q) -> bool:
 
 def _constants(layer: _Layer, w_sum: np.ndarray) -> list[np.ndarray]:
     """Per-channel (corr int32, scale fp32, fbias fp32) of the op's epilogue."""
-    ep, s_w = layer.ep, layer.s_w
-    corr = -layer.zp_x * w_sum.astype(np.int64)
-    bias = np.zeros_like(s_w) if layer.bias is None else layer.bias
-    if ep.requant:
-        real = np.float64(layer.s_x) * s_w.astype(np.float64)
-        corr = corr + np.round(bias.astype(np.float64) / real).astype(np.int64)
-        scale = (real / layer.s_out).astype(np.float32)
-        fbias = np.zeros_like(s_w)
-    elif ep.dynamic:
-        scale, fbias = s_w.astype(np.float32), bias
-    else:
-        scale = (np.float32(layer.s_x) * s_w).astype(np.float32)
-        fbias = bias
-    corr = np.clip(corr, -(2**31), 2**31 - 1).astype(np.int32)
-    return [corr, scale, fbias.astype(np.float32)]
+    return epilogue_constants(
+        layer.ep, layer.s_x, layer.zp_x, layer.s_w, layer.bias, w_sum, layer.s_out
+    )
 
 
 def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:

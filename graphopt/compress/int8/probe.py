@@ -46,10 +46,10 @@ from ...artifact import flatten_outputs
 from ...build import compile_module
 from ...target_infra import Target
 from ..common.layers import Join, Layer, find_joins, find_layers
-from .bias_correction import KEY as BIAS_KEY
 from .calibrate import tap_module
 from .equalize import find_pairs
-from .qdq import QRANGE, act_qparams, dequant_weight_np, emit_dynamic_qdq, weight_qparams
+from .exact import Edges, FlagPlan, JoinConsts, LayerConsts, correction_of, find_edges
+from .qdq import DYNAMIC_EPS, QRANGE, WEIGHT_QMAX, row_axis, weight_qparams
 
 FP32_CACHE_BYTES = 64 << 20
 
@@ -62,19 +62,15 @@ class Settings:
     granularity: str = "tensor"
 
 
-JOIN_KEYS = ("input", "input_b", "output")  # a join's ranges entry: a, b, a + b
-
-
 @dataclass
 class ProbeModule:
     mod: tvm.IRModule
     layers: list[Layer]  # in flag order
     taps: int  # leading outputs that are taps (layer inputs, then 3 per join)
-    equalized: list[int]  # layers with an equalization input K, in input order
+    equalized: list[int]  # depthwise layers with an equalization input K, in input order
     joins: list[Join]  # flags after the layers' (static mode)
-    # per join and operand (a, b): who may give the operand tensor its range, in the
-    # quantize pass's order: the layers reading it, then (join, key) of the joins holding it
-    sources: list[tuple[tuple[list[int], list[tuple[int, str]]], ...]]
+    edges: Edges  # who reads each unit's output (what its kernel's epilogue depends on)
+    producers: dict[int, int]  # equalized layer -> the layer whose output it reads
 
     @property
     def units(self) -> list[Layer | Join]:
@@ -85,31 +81,26 @@ class ProbeModule:
 def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> ProbeModule:
     """The probe graph of `mod` (module docstring); `taps=False` leaves out the taps."""
     src = tap_module(mod)[0] if taps else relax.transform.ToNonDataflow()(mod)
-    func = src["main"]
+    func = relax.transform.ToNonDataflow()(src)["main"]
     layers = find_layers(func)
+    names = [ly.name for ly in layers]
     # pairs of `mod` itself: in the tap graph every depthwise input is also an output, and a
     # pair needs its links single-use (layer names are the same in both)
-    consumers = {p.consumer.name for p in find_pairs(mod)} if settings.mode == "static" else ()
-    equalized = [i for i, ly in enumerate(layers) if ly.name in consumers]
+    pairs = find_pairs(mod) if settings.mode == "static" else []
+    producers = {names.index(p.consumer.name): names.index(p.producer.name) for p in pairs}
+    equalized = sorted(producers)
     joins = find_joins(func) if settings.mode == "static" else []
-    rewriter = _Probe(layers, equalized, settings, joins)
+    n_taps = len(layers) + 3 * len(find_joins(func)) if taps else 0
+    edges = find_edges(func, src, layers, joins, n_taps)
+    rewriter = _Probe(layers, producers, settings, joins, edges)
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.inputs()]
     new_func = relax.Function(params, body.body, body.ret_ty, attrs=func.attrs)
     new = tvm.IRModule(dict(src.functions.items()), attrs=src.attrs)
     new["main"] = new_func
-    n_taps = len(layers) + 3 * len(find_joins(func)) if taps else 0
     # back into a dataflow block (see tap_module)
     new = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
-    sources = [tuple(_sources(t, layers, joins) for t in j.call.args) for j in joins]
-    return ProbeModule(new, layers, n_taps, equalized, joins, sources)
-
-
-def _sources(tensor: relax.Expr, layers: list[Layer], joins: list[Join]):
-    readers = [i for i, ly in enumerate(layers) if ly.data.same_as(tensor)]
-    holders = [(j, key) for j, jn in enumerate(joins) for t, key in zip(jn.tensors, JOIN_KEYS)
-               if t.same_as(tensor)]  # fmt: skip
-    return readers, holders
+    return ProbeModule(new, layers, n_taps, equalized, joins, edges, producers)
 
 
 def _param(name: str, shape: Sequence[int], dtype: str = "float32") -> relax.Var:
@@ -123,7 +114,7 @@ def _channel_shape(ndim: int, axis: int, channels: int) -> list[int]:
 
 
 def _corr_shape(layer: Layer) -> list[int]:
-    """The bias correction laid out to broadcast over the layer's output channels."""
+    """Per-channel constants laid out to broadcast over the layer's output channels."""
     ndim = len(layer.call.ty.shape.values)
     if layer.kind == "conv2d":
         return _channel_shape(ndim, 1, layer.weight_shape[0])
@@ -135,76 +126,152 @@ def _k_shape(layer: Layer) -> list[int]:
     return _channel_shape(4, 1, layer.weight_shape[0])
 
 
+LAYER_INPUTS = ("f", "s", "zp", "corr", "scale", "fbias", "lo", "hi", "r", "zpo", "so")
+JOIN_INPUTS = ("g", "sa", "za", "sb", "zb", "r", "ma", "mb", "inv", "zpo", "so", "lo", "hi")
+_CHANNEL_INPUTS = ("corr", "scale", "fbias")
+
+
 @mutator
 class _Probe(PyExprMutator):
-    def __init__(self, layers, equalized: list[int], settings: Settings, joins) -> None:
+    """Rebinds each unit's tail to where(flag, the integer kernels' result, the fp32 one)."""
+
+    def __init__(self, layers, producers: dict[int, int], settings: Settings, joins, edges):
         super().__init__()
         self.s = settings
         self.layers = layers
-        self.joins = {j.var: j for j in joins}
-        # per join: flag, then scale and zero point of operand a, of operand b
-        self.join_inputs = [
-            [_param(f"{q}_{j.name}", [1]) for q in ("g", "sa", "za", "sb", "zb")] for j in joins
-        ]
-        # one [1] input per layer and quantity: slicing one vector cost a kernel per slice
+        self.joins = joins
+        self.layer_tail = {t.var: i for i, t in enumerate(edges.layer_tails)}
+        self.join_tail = {t.var: j for j, t in enumerate(edges.join_tails)}
+        self.join_var = {jn.var: j for j, jn in enumerate(joins)}
+        self.join_sum: dict[int, tuple] = {}  # join -> (q_a - z_a, q_b - z_b) (float)
+        # one [1] input per unit and quantity: slicing one vector cost a kernel per slice
         # (as many kernels again as the model has: twice the build time)
-        self.flags = [_param(f"f_{ly.name}", [1]) for ly in layers]
-        self.scale = [_param(f"s_{ly.name}", [1]) for ly in layers]
-        self.zp = [_param(f"zp_{ly.name}", [1]) for ly in layers]  # float32: whole numbers
-        self.c = [_param(f"c_{ly.name}", _corr_shape(ly)) for ly in layers]
-        self.k = {i: _param(f"k_{layers[i].name}", _k_shape(layers[i])) for i in equalized}
+        self.layer_in = [
+            {q: _param(f"{q}_{ly.name}", *_input_type(ly, q)) for q in LAYER_INPUTS}
+            for ly in layers
+        ]
+        self.join_in = [{q: _param(f"{q}_{jn.name}", [1]) for q in JOIN_INPUTS} for jn in joins]
+        # equalization: the depthwise layer quantizes K x with W / K, its producer writes K y
+        # with weights W K (each int8 weight an input), which the probe divides back by K
+        self.k = {i: _param(f"k_{layers[i].name}", _k_shape(layers[i])) for i in producers}
+        self.kout = {p: self.k[i] for i, p in producers.items()}
+        self.w = {
+            i: _param(f"w_{layers[i].name}", layers[i].weight_shape, "float64")
+            for i in sorted({*producers, *producers.values()})
+        }
 
     def inputs(self) -> list[relax.Var]:
-        joins = [v for per_join in self.join_inputs for v in per_join]
-        return [*self.flags, *self.scale, *self.zp, *self.c, *self.k.values(), *joins]
+        layer = [v for per in self.layer_in for v in per.values()]
+        joins = [v for per in self.join_in for v in per.values()]
+        return [*layer, *self.k.values(), *self.w.values(), *joins]
 
-    def _qdq(self, x: relax.Expr, i: int) -> relax.Expr:
-        if self.s.mode == "dynamic":
-            return emit_dynamic_qdq(self.builder_, x, self.s.granularity == "row")
-        return self._qdq_with(x, self.scale[i], self.zp[i], self.k.get(i))
+    def _emit(self, expr) -> relax.Var:
+        return self.builder_.emit(expr)
 
-    def _qdq_with(self, x: relax.Expr, s, zp, k=None) -> relax.Expr:
-        """QDQ in float ops (round(x / s) + zp, clipped, minus zp, times s: the arithmetic
-        of TVM's quantize and dequantize): with run-time s and zp, relax.quantize's kernels
-        fused and scheduled badly (a graph twice as slow to build and to run)."""
-        bb = self.builder_
-        xk = x if k is None else bb.emit(R_op.multiply(x, k))
+    def _quant(self, x, s, zp) -> relax.Expr:
+        """clip(round(x / s) + zp): TVM's quantize (its legalization), values as float."""
         qmin, qmax = QRANGE[self.s.act_dtype]
-        q = R_op.clip(R_op.add(R_op.round(R_op.divide(xk, s)), zp), qmin, qmax)
-        xq = bb.emit(R_op.multiply(R_op.subtract(q, zp), s))
-        return xq if k is None else bb.emit(R_op.divide(xq, k))
-
-    def _mix(self, x: relax.Expr, xq: relax.Expr, f: relax.Var) -> relax.Expr:
-        """x + f * (xq - x): x exactly at f = 0, xq at f = 1."""
-        return self.builder_.emit(R_op.add(x, R_op.multiply(f, R_op.subtract(xq, x))))
+        return self._emit(R_op.clip(R_op.add(R_op.round(R_op.divide(x, s)), zp), qmin, qmax))
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        join = self.joins.get(binding.var)
-        if join is None:
-            super().visit_var_binding_(binding)
-            return
-        g, sa, za, sb, zb = self.join_inputs[list(self.joins).index(binding.var)]
-        a, b = (self.visit_expr(arg) for arg in join.call.args)
-        a = self._mix(a, self._qdq_with(a, sa, za), g)
-        b = self._mix(b, self._qdq_with(b, sb, zb), g)
-        value = self.builder_.normalize(R_op.add(a, b))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+        var = binding.var
+        if var in self.join_var:
+            value = self._join_value(self.join_var[var])
+        else:
+            value = self.visit_expr(binding.value)
+        if var in self.layer_tail:
+            value = self._layer_tail(self.layer_tail[var], self._emit(value))
+        if var in self.join_tail:
+            value = self._join_tail(self.join_tail[var], self._emit(value))
+        self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(value)))
 
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
-        if i is None:
-            return super().visit_call_(call)
-        bb, layer = self.builder_, self.layers[i]
-        f = self.flags[i]
-        x = self.visit_expr(call.args[0])
-        x_mix = self._mix(x, self._qdq(x, i), f)
-        w = self.visit_expr(call.args[1])
-        # DQ(Wq) - W as one constant (numpy, the same float32 math as TVM's dequantize):
-        # dequantizing every weight at run time made the graph slow to build and to run.
-        delta = relax.const(_weight_delta(layer, np.asarray(layer.weight, np.float32), self.s))
-        w_mix = bb.emit(R_op.add(w, R_op.multiply(f, delta)))
-        y = bb.emit(relax.Call(call.op, [x_mix, w_mix], call.attrs, call.ty_args))
-        return R_op.subtract(y, R_op.multiply(f, self.c[i]))
+    def _select(self, flag, quantized, fp32) -> relax.Expr:
+        return R_op.where(R_op.greater(flag, relax.const(0.0, "float32")), quantized, fp32)
+
+    def _layer_tail(self, i: int, fp32: relax.Var) -> relax.Expr:
+        """The layer's int8 kernel (int32 sum exact in float64, then its epilogue) or fp32."""
+        inp, layer = self.layer_in[i], self.layers[i]
+        x = self.visit_expr(layer.data)
+        if self.s.mode == "dynamic":
+            q, xs = self._dynamic_quant(x)
+            centered = q
+        else:
+            xs = None
+            xk = x if i not in self.k else self._emit(R_op.multiply(x, self.k[i]))
+            q = self._quant(xk, inp["s"], inp["zp"])
+            centered = self._emit(R_op.subtract(q, inp["zp"]))
+        acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
+        t = self._emit(R_op.astype(R_op.add(acc, inp["corr"]), "float32"))
+        value = self._emit(R_op.multiply(t, inp["scale"]))
+        if xs is not None:
+            value = self._emit(R_op.multiply(value, xs))
+        deq = R_op.minimum(R_op.maximum(R_op.add(value, inp["fbias"]), inp["lo"]), inp["hi"])
+        out = self._emit(deq)
+        if self.s.mode == "static":
+            out = self._emit(self._select(inp["r"], self._requant(value, inp), out))
+        if i in self.kout:
+            out = self._emit(R_op.divide(out, R_op.reshape(self.kout[i], _corr_shape(layer))))
+        return self._select(inp["f"], out, fp32)
+
+    def _requant(self, value, inp) -> relax.Expr:
+        """clamp(round(v) + zp_o, lo, hi) as the consumer's real value (q - zp_o) * s_o."""
+        q = R_op.add(R_op.round(value), inp["zpo"])
+        q = R_op.minimum(R_op.maximum(q, inp["lo"]), inp["hi"])
+        return R_op.multiply(R_op.subtract(self._emit(q), inp["zpo"]), inp["so"])
+
+    def _int_op(self, i: int, centered) -> relax.Call:
+        """The layer's conv2d / matmul on (q - zp) and the int8 weight, in float64: every
+        partial sum is an integer below 2^53, so the result is the int32 sum, in any order."""
+        layer = self.layers[i]
+        if i in self.w:
+            w = self.w[i]
+        else:
+            wq, _s = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
+            w = relax.const(wq.astype(np.float64))
+        if layer.kind == "matmul":
+            return R_op.matmul(centered, w, out_dtype="float64")
+        a = layer.call.attrs
+        return R_op.nn.conv2d(
+            centered, w, a.strides, a.padding, a.dilation, int(a.groups),
+            str(a.data_layout), str(a.kernel_layout), str(a.out_layout), "float64",
+        )  # fmt: skip
+
+    def _dynamic_quant(self, x) -> tuple[relax.Expr, relax.Expr]:
+        """(q, s): run-time symmetric int8, per row or per tensor (`emit_dynamic_qdq`)."""
+        per_row = self.s.granularity == "row" and row_axis(x) is not None
+        amax = R_op.max(R_op.abs(x), axis=-1, keepdims=True) if per_row else R_op.max(R_op.abs(x))
+        amax = R_op.maximum(self._emit(amax), relax.const(DYNAMIC_EPS, "float32"))
+        s = self._emit(R_op.divide(self._emit(amax), relax.const(float(WEIGHT_QMAX), "float32")))
+        q = R_op.clip(R_op.round(R_op.divide(x, s)), -128, 127)
+        return self._emit(q), s
+
+    def _join_value(self, j: int) -> relax.Expr:
+        """a + b, or with the join's flag DQ(Q(a)) + DQ(Q(b)) (`quantize`'s QDQ form)."""
+        inp, call = self.join_in[j], self.joins[j].call
+        a, b = (self.visit_expr(arg) for arg in call.args)
+        ca = self._emit(R_op.subtract(self._quant(a, inp["sa"], inp["za"]), inp["za"]))
+        cb = self._emit(R_op.subtract(self._quant(b, inp["sb"], inp["zb"]), inp["zb"]))
+        self.join_sum[j] = (ca, cb)
+        dq = R_op.add(R_op.multiply(ca, inp["sa"]), R_op.multiply(cb, inp["sb"]))
+        return self._select(inp["g"], self._emit(dq), self._emit(R_op.add(a, b)))
+
+    def _join_tail(self, j: int, value: relax.Var) -> relax.Expr:
+        """The int8 add op's result (exact fixed-point rescale, in float64) where lowered."""
+        inp = self.join_in[j]
+        ca, cb = (self._emit(R_op.astype(c, "float64")) for c in self.join_sum[j])
+        ma, mb, inv = (self._emit(R_op.astype(inp[k], "float64")) for k in ("ma", "mb", "inv"))
+        acc = R_op.add(R_op.multiply(ca, ma), R_op.multiply(cb, mb))
+        q = R_op.astype(R_op.round(R_op.multiply(self._emit(acc), inv)), "float32")
+        q = R_op.minimum(R_op.maximum(R_op.add(self._emit(q), inp["zpo"]), inp["lo"]), inp["hi"])
+        real = R_op.multiply(R_op.subtract(self._emit(q), inp["zpo"]), inp["so"])
+        on = self._emit(R_op.multiply(inp["g"], inp["r"]))
+        return self._select(on, self._emit(real), value)
+
+
+def _input_type(layer: Layer, quantity: str) -> tuple[list[int], str]:
+    if quantity not in _CHANNEL_INPUTS:
+        return [1], "float32"
+    return _corr_shape(layer), "float64" if quantity == "corr" else "float32"
 
 
 class ProbeRunner:
@@ -215,13 +282,10 @@ class ProbeRunner:
         self.probe = probe
         self.vm = relax.VirtualMachine(compile_module(probe.mod, target), target.device())
         self.fixed: list = []
-        self._layer_q: tuple[np.ndarray, np.ndarray] = (np.ones(0), np.zeros(0))
-        self._join_q: dict[tuple[int, str], tuple[float, float]] = {}
         self._scalars: dict[float, object] = {}
+        self._args: dict[bytes, list] = {}  # per set of flags: the units' inputs
         self._fp32: list[tuple[list, list[np.ndarray]]] = []
         self._fp32_bytes = 0
-        self._one = tvm.runtime.tensor(np.ones(1, np.float32))
-        self._zero = tvm.runtime.tensor(np.zeros(1, np.float32))
         self.configure({}, {}, Settings())
 
     @property
@@ -237,47 +301,69 @@ class ProbeRunner:
     ) -> None:
         """Activation ranges and bias corrections from `ranges`, equalization K per depthwise
         layer from `scales` (missing: 1)."""
-        layers = self.probe.layers
-        corr = [_correction(ly, ranges, settings) for ly in layers]
-        ks = [_k_input(layers[i], scales.get(layers[i].name)) for i in self.probe.equalized]
-        scale, zp = _act_inputs(layers, ranges, settings)
-        arrays = [*scale.reshape(-1, 1), *zp.reshape(-1, 1), *corr, *ks]
+        p = self.probe
+        self.settings, self.ranges = settings, ranges
+        self.plan = FlagPlan(p.layers, p.joins, p.edges, ranges, settings)
+        self.corrections = [correction_of(ly, ranges, settings) for ly in p.layers]
+        ks = {i: scales.get(p.layers[i].name) for i in p.equalized}
+        for i, k in ks.items():
+            if k is not None:
+                self.plan.equalize(i, p.producers[i], np.asarray(k))
+        weights = [self.plan.weight(i)[0].astype(np.float64) for i in sorted(
+            {*p.producers, *p.producers.values()})]  # fmt: skip
+        arrays = [*(_k_input(p.layers[i], k) for i, k in ks.items()), *weights]
         self.fixed = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
-        self._layer_q = (scale, zp)
-        self._join_q = {
-            (j, key): _qparams(ranges[join.name][key], settings)
-            for j, join in enumerate(self.probe.joins)
-            if join.name in ranges
-            for key in JOIN_KEYS
-        }
+        self._off = [self._layer_args(ly, None) for ly in p.layers]
+        self._args = {}
 
     def _run(self, inputs: Sequence[np.ndarray], flags: np.ndarray):
-        flags = np.asarray(flags)
+        flags = np.asarray(flags, np.float32)
         if flags.shape != (self.n,):
             raise ValueError(f"{self.n} flags expected (layers, then joins), got {flags.shape}")
-        on = [self._one if f else self._zero for f in flags]
+        key = flags.tobytes()
+        if key not in self._args:
+            if len(self._args) >= 64:
+                self._args.clear()
+            self._args[key] = self._unit_args(flags)
+        layers, joins = self._args[key]
         args = [tvm.runtime.tensor(a) for a in inputs]
-        joins = self._join_args(flags)
-        out = self.vm["main"](*args, *on[: len(self.probe.layers)], *self.fixed, *joins)
+        out = self.vm["main"](*args, *layers, *self.fixed, *joins)
         return [out] if hasattr(out, "numpy") else list(out)
 
-    def _join_args(self, flags: np.ndarray) -> list:
-        """Per join: its flag, then each operand's (scale, zero point) as `quantize` picks
-        them for this set of flags (the first flagged layer reading the tensor, else the
-        first flagged join holding it)."""
-        n_layers, (scale, zp) = len(self.probe.layers), self._layer_q
-        args: list = []
-        for j, operands in enumerate(self.probe.sources):
-            args.append(self._one if flags[n_layers + j] else self._zero)
-            for readers, holders in operands:
-                layer = next((i for i in readers if flags[i]), None)
-                if layer is not None:
-                    q = (scale[layer], zp[layer])
-                else:
-                    held = (h for h in holders if flags[n_layers + h[0]] and h in self._join_q)
-                    q = self._join_q.get(next(held, None), (1.0, 0.0))
-                args += [self._scalar(v) for v in q]
-        return args
+    def _unit_args(self, flags: np.ndarray) -> tuple[list, list]:
+        """Every unit's inputs for these flags (`exact.FlagPlan`: the kernels' constants)."""
+        n = len(self.probe.layers)
+        flags = flags.copy()
+        if not any(flags[i] and ly.name in self.ranges for i, ly in enumerate(self.probe.layers)):
+            flags[n:] = 0  # `quantize` leaves the joins fp32 when no layer is int8
+        layers: list = []
+        for i, ly in enumerate(self.probe.layers):
+            on = flags[i] and (self.settings.mode == "dynamic" or ly.name in self.ranges)
+            consts = self.plan.layer(i, flags, self.corrections[i]) if on else None
+            layers += self._off[i] if consts is None else self._layer_args(ly, consts)
+        joins: list = []
+        for j, jn in enumerate(self.probe.joins):
+            on = bool(flags[n + j]) and jn.name in self.ranges
+            c = self.plan.join(j, flags) if on else JoinConsts((1.0, 0), (1.0, 0), None)
+            add = c.add or (1.0, 1.0, 1.0, 0.0, 1.0, -np.inf, np.inf)
+            values = [float(on), *c.a, *c.b, float(c.add is not None), *add]
+            joins += [self._scalar(v) for v in values]
+        return layers, joins
+
+    def _layer_args(self, layer: Layer, c: LayerConsts | None) -> list:
+        """A layer's inputs in `LAYER_INPUTS` order (`c` None: fp32, neutral values)."""
+        shape, on = _corr_shape(layer), c is not None
+        if c is None:
+            ones = np.ones(shape, np.float32)
+            c = LayerConsts(1.0, 0, np.zeros(shape), ones, ones * 0, -np.inf, np.inf, False)
+        channel = [
+            c.centered_corr.reshape(shape),
+            np.asarray(c.scale, np.float32).reshape(shape),
+            np.asarray(c.fbias, np.float32).reshape(shape),
+        ]
+        head = [self._scalar(float(v)) for v in (on, c.s_x, c.zp_x)]
+        tail = [self._scalar(float(v)) for v in (c.lo, c.hi, c.requant, c.zp_o, c.s_o)]
+        return [*head, *(tvm.runtime.tensor(a) for a in channel), *tail]
 
     def _scalar(self, value: float):
         """A [1] float32 tensor of `value`, made once (every run passes ~4 per join)."""
@@ -317,37 +403,3 @@ class ProbeRunner:
 def _k_input(layer: Layer, k: np.ndarray | None) -> np.ndarray:
     shape = _k_shape(layer)
     return np.ones(shape, np.float32) if k is None else np.asarray(k, np.float32).reshape(shape)
-
-
-def _weight_delta(layer: Layer, w: np.ndarray, settings: Settings) -> np.ndarray:
-    """DQ(Q(W)) - W in numpy: the same float32 math as TVM's dequantize."""
-    wq, s_w = weight_qparams(w, layer.weight_axis, settings.per_channel)
-    return dequant_weight_np(wq, s_w, layer.weight_axis) - w
-
-
-def _correction(layer: Layer, ranges: Mapping[str, dict], settings: Settings) -> np.ndarray:
-    shape = _corr_shape(layer)
-    corr = ranges.get(layer.name, {}).get(BIAS_KEY) if settings.mode == "static" else None
-    if corr is None:
-        return np.zeros(shape, np.float32)
-    return np.asarray(corr, np.float32).reshape(shape)
-
-
-def _qparams(lohi: Sequence[float], settings: Settings) -> tuple[float, float]:
-    """(scale, zero point) of a range, as `quantize` computes them."""
-    qmin, qmax = QRANGE[settings.act_dtype]
-    q = act_qparams(*lohi, settings.act_dtype)
-    return float(np.float32(q.scale)), float(np.clip(q.zero_point, qmin, qmax))
-
-
-def _act_inputs(layers: list[Layer], ranges: Mapping[str, dict], settings: Settings):
-    """Per-layer activation scale and zero point; a layer without a range gets (1, 0) (only
-    flag 0 may select it)."""
-    scale = np.ones(len(layers), np.float32)
-    zp = np.zeros(len(layers), np.float32)
-    for i, layer in enumerate(layers):
-        entry = ranges.get(layer.name)
-        if entry is None or settings.mode != "static":
-            continue
-        scale[i], zp[i] = _qparams(entry["input"], settings)
-    return scale, zp
