@@ -54,6 +54,20 @@ def quantize_embeddings(
     return new, rewriter.tables
 
 
+def gather_dequantized(bb: relax.BlockBuilder, table: np.ndarray, idx, mode) -> relax.Expr:
+    """The int8 rows of `table` gathered at `idx` and dequantized (what `quantize` emits;
+    the int8 probe graph emits the same)."""
+    wq, scale = embedding_qparams(table)
+    rows = bb.emit(R_op.take(relax.const(wq), idx, axis=0, mode=mode))
+    scales = bb.emit(R_op.take(relax.const(scale), idx, axis=0, mode=mode))
+    return R_op.multiply(R_op.astype(rows, "float32"), scales)
+
+
+def embedding_table(call: relax.Call, consts: dict, min_bytes: int = MIN_BYTES):
+    """The fp32 [V, D] constant table `call` gathers rows of, when it is worth quantizing."""
+    return _table(call, consts, min_bytes)
+
+
 def _table(call: relax.Call, consts: dict, min_bytes: int) -> np.ndarray | None:
     """The fp32 [V, D] constant table `call` gathers rows of, when it is worth quantizing."""
     if not isinstance(call.op, tvm.ir.Op) or call.op.name != TAKE:
@@ -86,9 +100,5 @@ class _Rewriter(PyExprMutator):
         if table is None:
             return super().visit_call_(call)
         idx = self.visit_expr(call.args[1])
-        mode = call.attrs.mode
-        wq, scale = embedding_qparams(table)
-        rows = self.builder_.emit(R_op.take(relax.const(wq), idx, axis=0, mode=mode))
-        scales = self.builder_.emit(R_op.take(relax.const(scale), idx, axis=0, mode=mode))
         self.tables.append(list(table.shape))
-        return R_op.multiply(R_op.astype(rows, "float32"), scales)
+        return gather_dequantized(self.builder_, table, idx, call.attrs.mode)

@@ -105,24 +105,44 @@ def scaled_module(mod: tvm.IRModule, scales: Mapping[str, np.ndarray]) -> tvm.IR
     return relax.transform.Normalize()(new)
 
 
+def scaled_constants(
+    pairs: list[Pair], scales: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(weights, biases) by layer name: what equalization by `scales` makes of the pairs'
+    constants (producer weight and bias times k, depthwise weight over k). `scaled_module`
+    and the int8 probe graph both use it, so both hold the same numbers."""
+    # A layer could be both a consumer and a producer: factors of one weight multiply.
+    weights: dict = {}  # layer name -> (layer, factor [O, I or 1, 1, 1])
+    biases: dict[str, np.ndarray] = {}
+    for pair in pairs:
+        k = scales.get(pair.consumer.name)
+        if k is None:
+            continue
+        _scale(weights, pair.producer, k.reshape(-1, 1, 1, 1))
+        _scale(weights, pair.consumer, 1 / k.reshape(-1, 1, 1, 1))
+        b = _tvm.constant_value(pair.bias_const)
+        biases[pair.producer.name] = (b * _bias_shape(k, b)).astype(np.float32)
+    scaled = {
+        name: (np.asarray(layer.weight, np.float64) * factor).astype(np.float32)
+        for name, (layer, factor) in weights.items()
+    }
+    return scaled, biases
+
+
 @mutator
 class _Scale(PyExprMutator):
     def __init__(self, plan: Mapping) -> None:
         super().__init__()
-        # A layer could be both a consumer and a producer: factors of one weight multiply.
-        weights: dict = {}  # layer name -> (layer, factor [O, I or 1, 1, 1])
+        pairs = [pair for pair, _k in plan.values()]
+        weights, biases = scaled_constants(pairs, {n: k for n, (_p, k) in plan.items()})
+        layers = {ly.name: ly for pair in pairs for ly in (pair.producer, pair.consumer)}
         self.edits = []  # (original call, arg index, new constant)
-        for pair, k in plan.values():
-            p, d = pair.producer, pair.consumer
-            _scale(weights, p, k.reshape(-1, 1, 1, 1))
-            _scale(weights, d, 1 / k.reshape(-1, 1, 1, 1))
+        for pair in pairs:
             add = pair.bias
-            i = 1 if add.args[0].same_as(p.var) else 0
-            b = _tvm.constant_value(pair.bias_const)
-            self.edits.append((add, i, relax.const((b * _bias_shape(k, b)).astype(np.float32))))
-        for layer, factor in weights.values():
-            w = (np.asarray(layer.weight, np.float64) * factor).astype(np.float32)
-            self.edits.append((layer.call, 1, relax.const(w)))
+            i = 1 if add.args[0].same_as(pair.producer.var) else 0
+            self.edits.append((add, i, relax.const(biases[pair.producer.name])))
+        for name, w in weights.items():
+            self.edits.append((layers[name].call, 1, relax.const(w)))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         for orig, i, value in self.edits:

@@ -41,6 +41,7 @@ class Tail:
     lo: float
     hi: float
     bias: np.ndarray | None = None  # a layer's bias, one value per output channel
+    bias_var: relax.Var | None = None  # the var bound to the bias add
     readers: list[int] = field(default_factory=list)
     holders: list[tuple[int, str]] = field(default_factory=list)
     others: bool = False
@@ -80,7 +81,8 @@ def find_edges(
         shape = ly.call.ty.shape.values
         channels = int(shape[1] if ly.kind == "conv2d" else shape[-1])
         var, bias, lo, hi, _ = epilogue_chain(graph, ly.var, ly.kind, channels, True)
-        layer_tails.append(_tail(graph, Tail(var, lo, hi, bias), layers, joins))
+        bias_var = graph.only_user(ly.var) if bias is not None else None
+        layer_tails.append(_tail(graph, Tail(var, lo, hi, bias, bias_var), layers, joins))
     join_tails = []
     for jn in joins:
         var, lo, hi, _ = clamp_chain(graph, jn.var, graph.only_user(jn.var), -math.inf, math.inf)
@@ -145,7 +147,7 @@ class FlagPlan:
         self.layers, self.joins, self.edges = layers, joins, edges
         self.ranges, self.s = ranges, settings
         self.weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.bias_k: dict[int, np.ndarray] = {}  # equalized producers: bias times k
+        self.bias_eq: dict[int, np.ndarray] = {}  # equalized producers' biases
 
     def weight(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(int8 weight, per-channel scale) of layer i, as `quantize` makes them."""
@@ -155,15 +157,16 @@ class FlagPlan:
             self.weights[i] = (wq, s_w)
         return self.weights[i]
 
-    def equalize(self, consumer: int, producer: int, k: np.ndarray) -> None:
-        """Equalization by k: the depthwise consumer's weights W / k, its producer's W k and
-        bias b k (`equalize.scaled_module`'s arithmetic), then quantized as `quantize` does."""
-        k4 = k.reshape(-1, 1, 1, 1)
-        for i, factor in ((producer, k4), (consumer, 1 / k4)):
-            ly = self.layers[i]
-            w = (np.asarray(ly.weight, np.float64) * factor).astype(np.float32)
-            self.weights[i] = weight_qparams(w, ly.weight_axis, self.s.per_channel)
-        self.bias_k[producer] = k
+    def equalize(self, weights: Mapping[str, np.ndarray], biases: Mapping[str, np.ndarray]):
+        """Equalized weights and biases by layer name (`equalize.scaled_constants`): the
+        int8 weights are then those of the equalized ones, as `quantize` makes them."""
+        self.bias_eq = {}
+        for i, ly in enumerate(self.layers):
+            if ly.name in weights:
+                w = weights[ly.name]
+                self.weights[i] = weight_qparams(w, ly.weight_axis, self.s.per_channel)
+            if ly.name in biases:
+                self.bias_eq[i] = np.asarray(biases[ly.name], np.float32).reshape(-1)
 
     def qparams(self, tensor, flags: Sequence[float]) -> tuple[float, int] | None:
         """The (scale, zero point) `quantize` gives `tensor` for these flags, else None."""
@@ -198,8 +201,7 @@ class FlagPlan:
         static = self.s.mode == "static"
         s_x, zp_x = self.qparams(ly.data, flags) if static else (None, 0)
         bias = tail.bias
-        if bias is not None and i in self.bias_k:
-            bias = (bias * self.bias_k[i].reshape(bias.shape)).astype(np.float32)
+        bias = self.bias_eq.get(i, bias)
         if correction is not None:
             c = np.asarray(correction, np.float32).reshape(-1)
             bias = -c if bias is None else (bias - c).astype(np.float32)

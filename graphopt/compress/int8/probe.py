@@ -42,12 +42,14 @@ from tvm import relax
 from tvm.relax import op as R_op
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ... import _tvm
 from ...artifact import flatten_outputs
 from ...build import compile_module
 from ...target_infra import Target
-from ..common.layers import Join, Layer, find_joins, find_layers
+from ..common.layers import Join, Layer, bound_constants, find_joins, find_layers
 from .calibrate import tap_module
-from .equalize import find_pairs
+from .embedding import embedding_table, gather_dequantized
+from .equalize import Pair, find_pairs, scaled_constants
 from .exact import Edges, FlagPlan, JoinConsts, LayerConsts, correction_of, find_edges
 from .qdq import DYNAMIC_EPS, QRANGE, WEIGHT_QMAX, row_axis, weight_qparams
 
@@ -67,10 +69,16 @@ class ProbeModule:
     mod: tvm.IRModule
     layers: list[Layer]  # in flag order
     taps: int  # leading outputs that are taps (layer inputs, then 3 per join)
-    equalized: list[int]  # depthwise layers with an equalization input K, in input order
+    pairs: list[Pair]  # equalization pairs (of the module before the taps)
     joins: list[Join]  # flags after the layers' (static mode)
     edges: Edges  # who reads each unit's output (what its kernel's epilogue depends on)
-    producers: dict[int, int]  # equalized layer -> the layer whose output it reads
+    scaled: list[int]  # layers of the pairs: their fp32 weights are inputs too
+
+    @property
+    def equalized(self) -> list[int]:
+        """The depthwise layers of equalization pairs."""
+        names = [ly.name for ly in self.layers]
+        return [names.index(p.consumer.name) for p in self.pairs]
 
     @property
     def units(self) -> list[Layer | Join]:
@@ -87,12 +95,13 @@ def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> Pr
     # pairs of `mod` itself: in the tap graph every depthwise input is also an output, and a
     # pair needs its links single-use (layer names are the same in both)
     pairs = find_pairs(mod) if settings.mode == "static" else []
-    producers = {names.index(p.consumer.name): names.index(p.producer.name) for p in pairs}
-    equalized = sorted(producers)
+    scaled = sorted({names.index(ly.name) for p in pairs for ly in (p.producer, p.consumer)})
     joins = find_joins(func) if settings.mode == "static" else []
     n_taps = len(layers) + 3 * len(find_joins(func)) if taps else 0
     edges = find_edges(func, src, layers, joins, n_taps)
-    rewriter = _Probe(layers, producers, settings, joins, edges)
+    bias_shapes = {names.index(p.producer.name): _dims(p.bias_const) for p in pairs}
+    rewriter = _Probe(layers, scaled, bias_shapes, settings, joins, edges)
+    rewriter.consts = bound_constants(func)
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.inputs()]
     new_func = relax.Function(params, body.body, body.ret_ty, attrs=func.attrs)
@@ -100,7 +109,7 @@ def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> Pr
     new["main"] = new_func
     # back into a dataflow block (see tap_module)
     new = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
-    return ProbeModule(new, layers, n_taps, equalized, joins, edges, producers)
+    return ProbeModule(new, layers, n_taps, pairs, joins, edges, scaled)
 
 
 def _param(name: str, shape: Sequence[int], dtype: str = "float32") -> relax.Var:
@@ -121,9 +130,8 @@ def _corr_shape(layer: Layer) -> list[int]:
     return _channel_shape(ndim, ndim - 1, layer.weight_shape[1])
 
 
-def _k_shape(layer: Layer) -> list[int]:
-    """An equalization K laid out over a depthwise layer's NCHW input channels."""
-    return _channel_shape(4, 1, layer.weight_shape[0])
+def _dims(expr) -> list[int]:
+    return [int(d) for d in expr.ty.shape.values]
 
 
 LAYER_INPUTS = ("f", "s", "zp", "corr", "scale", "fbias", "lo", "hi", "r", "zpo", "so")
@@ -135,7 +143,7 @@ _CHANNEL_INPUTS = ("corr", "scale", "fbias")
 class _Probe(PyExprMutator):
     """Rebinds each unit's tail to where(flag, the integer kernels' result, the fp32 one)."""
 
-    def __init__(self, layers, producers: dict[int, int], settings: Settings, joins, edges):
+    def __init__(self, layers, scaled: list[int], bias_shapes: dict, settings, joins, edges):
         super().__init__()
         self.s = settings
         self.layers = layers
@@ -151,19 +159,39 @@ class _Probe(PyExprMutator):
             for ly in layers
         ]
         self.join_in = [{q: _param(f"{q}_{jn.name}", [1]) for q in JOIN_INPUTS} for jn in joins]
-        # equalization: the depthwise layer quantizes K x with W / K, its producer writes K y
-        # with weights W K (each int8 weight an input), which the probe divides back by K
-        self.k = {i: _param(f"k_{layers[i].name}", _k_shape(layers[i])) for i in producers}
-        self.kout = {p: self.k[i] for i, p in producers.items()}
+        # equalization pairs: the fp32 weights (and the producer's bias) are inputs, the
+        # equalized ones whenever a unit is int8 (what the artifact holds), else the original
+        # ones; the int8 weights too (those of the equalized weights)
         self.w = {
-            i: _param(f"w_{layers[i].name}", layers[i].weight_shape, "float64")
-            for i in sorted({*producers, *producers.values()})
+            i: _param(f"w_{layers[i].name}", layers[i].weight_shape, "float64") for i in scaled
         }
+        self.w32 = {i: _param(f"w32_{layers[i].name}", layers[i].weight_shape) for i in scaled}
+        self.b32 = {i: _param(f"b32_{layers[i].name}", s) for i, s in bias_shapes.items()}
+        self.layer_call = {layers[i].call: i for i in scaled}
+        self.bias_add = {edges.layer_tails[i].bias_var: i for i in bias_shapes}
+        # large embedding tables: int8 rows whenever any unit is int8 (`quantize` always
+        # makes them int8), so flags 0 stay the fp32 graph
+        self.emb = _param("emb", [1])
+        self.consts: dict = {}
 
     def inputs(self) -> list[relax.Var]:
         layer = [v for per in self.layer_in for v in per.values()]
         joins = [v for per in self.join_in for v in per.values()]
-        return [*layer, *self.k.values(), *self.w.values(), *joins]
+        scaled = [*self.w.values(), *self.w32.values(), *self.b32.values()]
+        return [*layer, *scaled, *joins, self.emb]
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        i = self.layer_call.get(call)
+        if i is not None:  # an equalization pair's layer: its weight is an input
+            args = [self.visit_expr(call.args[0]), self.w32[i]]
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        table = embedding_table(call, self.consts)
+        if table is None:
+            return super().visit_call_(call)
+        fp32 = self._emit(super().visit_call_(call))
+        idx = self.visit_expr(call.args[1])
+        int8 = self._emit(gather_dequantized(self.builder_, table, idx, call.attrs.mode))
+        return self._select(self.emb, int8, fp32)
 
     def _emit(self, expr) -> relax.Var:
         return self.builder_.emit(expr)
@@ -177,6 +205,11 @@ class _Probe(PyExprMutator):
         var = binding.var
         if var in self.join_var:
             value = self._join_value(self.join_var[var])
+        elif var in self.bias_add:  # an equalization producer's bias: an input
+            call, i = binding.value, self.bias_add[var]
+            args = [self.visit_expr(a) for a in call.args]
+            args[0 if call.args[1].same_as(self.layers[i].var) else 1] = self.b32[i]
+            value = relax.Call(call.op, args, call.attrs, call.ty_args)
         else:
             value = self.visit_expr(binding.value)
         if var in self.layer_tail:
@@ -197,8 +230,7 @@ class _Probe(PyExprMutator):
             centered = q
         else:
             xs = None
-            xk = x if i not in self.k else self._emit(R_op.multiply(x, self.k[i]))
-            q = self._quant(xk, inp["s"], inp["zp"])
+            q = self._quant(x, inp["s"], inp["zp"])
             centered = self._emit(R_op.subtract(q, inp["zp"]))
         acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
         t = self._emit(R_op.astype(R_op.add(acc, inp["corr"]), "float32"))
@@ -209,8 +241,6 @@ class _Probe(PyExprMutator):
         out = self._emit(deq)
         if self.s.mode == "static":
             out = self._emit(self._select(inp["r"], self._requant(value, inp), out))
-        if i in self.kout:
-            out = self._emit(R_op.divide(out, R_op.reshape(self.kout[i], _corr_shape(layer))))
         return self._select(inp["f"], out, fp32)
 
     def _requant(self, value, inp) -> relax.Expr:
@@ -305,14 +335,17 @@ class ProbeRunner:
         self.settings, self.ranges = settings, ranges
         self.plan = FlagPlan(p.layers, p.joins, p.edges, ranges, settings)
         self.corrections = [correction_of(ly, ranges, settings) for ly in p.layers]
-        ks = {i: scales.get(p.layers[i].name) for i in p.equalized}
-        for i, k in ks.items():
-            if k is not None:
-                self.plan.equalize(i, p.producers[i], np.asarray(k))
-        weights = [self.plan.weight(i)[0].astype(np.float64) for i in sorted(
-            {*p.producers, *p.producers.values()})]  # fmt: skip
-        arrays = [*(_k_input(p.layers[i], k) for i, k in ks.items()), *weights]
-        self.fixed = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+        weights, biases = scaled_constants(p.pairs, scales)
+        self.plan.equalize(weights, biases)
+        names = [p.layers[i].name for i in p.scaled]
+        ints = [self.plan.weight(i)[0].astype(np.float64) for i in p.scaled]
+        self.fixed = [tvm.runtime.tensor(w) for w in ints]
+        original = [*(p.layers[i].weight for i in p.scaled), *_biases(p.pairs, {})]
+        scaled = [*(weights.get(n, w) for n, w in zip(names, original)), *_biases(p.pairs, biases)]
+        self._fp32_weights = {
+            eq: [tvm.runtime.tensor(np.ascontiguousarray(a, np.float32)) for a in arrays]
+            for eq, arrays in ((False, original), (True, scaled))
+        }
         self._off = [self._layer_args(ly, None) for ly in p.layers]
         self._args = {}
 
@@ -327,7 +360,9 @@ class ProbeRunner:
             self._args[key] = self._unit_args(flags)
         layers, joins = self._args[key]
         args = [tvm.runtime.tensor(a) for a in inputs]
-        out = self.vm["main"](*args, *layers, *self.fixed, *joins)
+        on = bool(flags.any())  # the artifact's int8 embeddings and equalized weights
+        weights = self._fp32_weights[on]
+        out = self.vm["main"](*args, *layers, *self.fixed, *weights, *joins, self._scalar(on))
         return [out] if hasattr(out, "numpy") else list(out)
 
     def _unit_args(self, flags: np.ndarray) -> tuple[list, list]:
@@ -400,6 +435,10 @@ class ProbeRunner:
             self._fp32_bytes += size
 
 
-def _k_input(layer: Layer, k: np.ndarray | None) -> np.ndarray:
-    shape = _k_shape(layer)
-    return np.ones(shape, np.float32) if k is None else np.asarray(k, np.float32).reshape(shape)
+def _biases(pairs: list[Pair], scaled: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Each pair's producer bias: scaled where `scaled` has it, else the original."""
+    out = []
+    for pair in pairs:
+        original = _tvm.constant_value(pair.bias_const)
+        out.append(scaled.get(pair.producer.name, original))
+    return out
