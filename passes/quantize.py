@@ -133,7 +133,7 @@ class Quantize(GraphPass):
                     )
             plan[layer.name] = layer
         joins = []
-        if plan and o.mode == "static" and o.joins:
+        if o.mode == "static" and o.joins:  # a join is a unit of its own, like a layer
             joins = [
                 j
                 for j in find_joins(mod["main"])
@@ -143,7 +143,7 @@ class Quantize(GraphPass):
         if joins:
             stats["joins"] = len(joins)
         new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        if plan:
+        if plan or joins:
             new["main"] = _Rewriter(plan, ranges, o, weights, joins).rewrite(mod["main"])
         if (
             o.embeddings and o.mode != "imported"
@@ -151,7 +151,7 @@ class Quantize(GraphPass):
             new["main"], tables = quantize_embeddings(new["main"])
             if tables:
                 stats["embedding_tables"] = len(tables)
-        if not plan and "embedding_tables" not in stats:
+        if not plan and not joins and "embedding_tables" not in stats:
             return PassResult(mod, False, stats)
         return PassResult(new, not _tvm.structural_equal(new, mod), stats)
 

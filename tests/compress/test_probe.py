@@ -103,10 +103,7 @@ def test_one_flag_quantizes_one_layer():
     assert probe.n == 4  # three layers, one join
     base = probe.outputs([x], np.zeros(4))[0]
     moved = [np.abs(probe.outputs([x], np.eye(4)[i])[0] - base).max() for i in range(4)]
-    # the join alone is fp32: `quantize` quantizes joins only when some layer is int8
-    assert all(m > 0 for m in moved[:3]) and moved[3] == 0
-    with_layer = probe.outputs([x], np.array([0, 0, 1, 0]))[0]
-    assert np.abs(probe.outputs([x], np.array([0, 0, 1, 1]))[0] - with_layer).max() > 0
+    assert all(m > 0 for m in moved)
     together = np.abs(probe.outputs([x], np.ones(4))[0] - base).max()
     assert together >= 0.5 * max(moved)
 

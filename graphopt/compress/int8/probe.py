@@ -368,9 +368,6 @@ class ProbeRunner:
     def _unit_args(self, flags: np.ndarray) -> tuple[list, list]:
         """Every unit's inputs for these flags (`exact.FlagPlan`: the kernels' constants)."""
         n = len(self.probe.layers)
-        flags = flags.copy()
-        if not any(flags[i] and ly.name in self.ranges for i, ly in enumerate(self.probe.layers)):
-            flags[n:] = 0  # `quantize` leaves the joins fp32 when no layer is int8
         layers: list = []
         for i, ly in enumerate(self.probe.layers):
             on = flags[i] and (self.settings.mode == "dynamic" or ly.name in self.ranges)
