@@ -134,6 +134,7 @@ def _dims(expr) -> list[int]:
     return [int(d) for d in expr.ty.shape.values]
 
 
+SPLIT_MAX = 15  # |hi| <= 8, 0 <= lo <= 15 in wq = 16 hi + lo (wq in [-127, 127])
 LAYER_INPUTS = ("f", "s", "zp", "corr", "scale", "fbias", "lo", "hi", "r", "zpo", "so")
 JOIN_INPUTS = ("g", "sa", "za", "sb", "zb", "r", "ma", "mb", "inv", "zpo", "so", "lo", "hi")
 _CHANNEL_INPUTS = ("corr", "scale", "fbias")
@@ -162,12 +163,13 @@ class _Probe(PyExprMutator):
         # equalization pairs: the fp32 weights (and the producer's bias) are inputs, the
         # equalized ones whenever a unit is int8 (what the artifact holds), else the original
         # ones; the int8 weights too (those of the equalized weights)
-        self.w = {
-            i: _param(f"w_{layers[i].name}", layers[i].weight_shape, "float64") for i in scaled
-        }
+        self.w = {i: _param(f"w_{layers[i].name}", layers[i].weight_shape) for i in scaled}
         self.w32 = {i: _param(f"w32_{layers[i].name}", layers[i].weight_shape) for i in scaled}
         self.b32 = {i: _param(f"b32_{layers[i].name}", s) for i, s in bias_shapes.items()}
-        self.layer_call = {layers[i].call: i for i in scaled}
+        self.layer_call = {ly.call: i for i, ly in enumerate(layers)}
+        self.centered: dict[int, tuple] = {}  # layer -> (q - zp as float, run-time scale)
+        self.acc: dict[int, relax.Var] = {}  # layer -> its conv / matmul when shared
+        self.low: dict[int, relax.Var] = {}  # layer -> the sum with the weight's low 4 bits
         self.bias_add = {edges.layer_tails[i].bias_var: i for i in bias_shapes}
         # large embedding tables: int8 rows whenever any unit is int8 (`quantize` always
         # makes them int8), so flags 0 stay the fp32 graph
@@ -182,9 +184,8 @@ class _Probe(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         i = self.layer_call.get(call)
-        if i is not None:  # an equalization pair's layer: its weight is an input
-            args = [self.visit_expr(call.args[0]), self.w32[i]]
-            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        if i is not None:
+            return self._layer_call(i, call)
         table = embedding_table(call, self.consts)
         if table is None:
             return super().visit_call_(call)
@@ -221,18 +222,61 @@ class _Probe(PyExprMutator):
     def _select(self, flag, quantized, fp32) -> relax.Expr:
         return R_op.where(R_op.greater(flag, relax.const(0.0, "float32")), quantized, fp32)
 
-    def _layer_tail(self, i: int, fp32: relax.Var) -> relax.Expr:
-        """The layer's int8 kernel (int32 sum exact in float64, then its epilogue) or fp32."""
-        inp, layer = self.layer_in[i], self.layers[i]
-        x = self.visit_expr(layer.data)
+    def _layer_call(self, i: int, call: relax.Call) -> relax.Expr:
+        """The layer's op. When its int32 sums are exact in fp32 (`_fp32_exact`), one op
+        serves both branches: (q - zp, int8 weight) with the flag, else (x, W), so the probe
+        costs no second conv; else the fp32 op, and `_layer_tail` adds one in float64."""
+        x = self.visit_expr(call.args[0])
+        w = self.w32[i] if i in self.w32 else self.visit_expr(call.args[1])
+        self.centered[i] = self._centered(i, x)
+        centered = self.centered[i][0]
+        if not self._fp32_exact(i, SPLIT_MAX):
+            return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
+        wq = self._int_weight(i, "float32")
+        if not self._fp32_exact(i, WEIGHT_QMAX):  # wq = 16 hi + lo: two exact sums
+            hi = self._emit(R_op.floor(R_op.divide(wq, relax.const(16.0, "float32"))))
+            lo = self._emit(R_op.subtract(wq, R_op.multiply(hi, relax.const(16.0, "float32"))))
+            self.low[i] = self._emit(relax.Call(call.op, [centered, lo], call.attrs, call.ty_args))
+            wq = hi
+        f = self.layer_in[i]["f"]
+        x_in = self._emit(self._select(f, centered, x))
+        w_in = self._emit(self._select(f, wq, w))
+        self.acc[i] = self._emit(relax.Call(call.op, [x_in, w_in], call.attrs, call.ty_args))
+        return self.acc[i]
+
+    def _fp32_exact(self, i: int, w_max: int) -> bool:
+        """Every partial sum of (q - zp) * w, |w| <= w_max, is an integer below 2^24."""
+        layer = self.layers[i]
+        shape = layer.weight_shape
+        k = shape[0] if layer.kind == "matmul" else shape[1] * shape[2] * shape[3]
+        return k * (128 if self.s.mode == "dynamic" else 255) * w_max < 2**24
+
+    def _centered(self, i: int, x) -> tuple[relax.Expr, relax.Expr | None]:
+        """(q - zp as float, the run-time scale or None) of the layer's input x."""
         if self.s.mode == "dynamic":
-            q, xs = self._dynamic_quant(x)
-            centered = q
+            return self._dynamic_quant(x)
+        inp = self.layer_in[i]
+        q = self._quant(x, inp["s"], inp["zp"])
+        return self._emit(R_op.subtract(q, inp["zp"])), None
+
+    def _int_weight(self, i: int, dtype: str) -> relax.Expr:
+        if i in self.w:
+            return self.w[i] if dtype == "float32" else self._emit(R_op.astype(self.w[i], dtype))
+        layer = self.layers[i]
+        wq, _s = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
+        return relax.const(wq.astype(dtype))
+
+    def _layer_tail(self, i: int, fp32: relax.Var) -> relax.Expr:
+        """The layer's int8 kernel (its int32 sum, then its epilogue) or fp32."""
+        inp = self.layer_in[i]
+        centered, xs = self.centered[i]
+        if i in self.acc:
+            acc = self._emit(R_op.astype(self.acc[i], "float64"))
+            if i in self.low:  # 16 hi + lo, exact in float64
+                low = R_op.astype(self.low[i], "float64")
+                acc = self._emit(R_op.add(R_op.multiply(acc, relax.const(16.0, "float64")), low))
         else:
-            xs = None
-            q = self._quant(x, inp["s"], inp["zp"])
-            centered = self._emit(R_op.subtract(q, inp["zp"]))
-        acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
+            acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
         t = self._emit(R_op.astype(R_op.add(acc, inp["corr"]), "float32"))
         value = self._emit(R_op.multiply(t, inp["scale"]))
         if xs is not None:
@@ -253,11 +297,7 @@ class _Probe(PyExprMutator):
         """The layer's conv2d / matmul on (q - zp) and the int8 weight, in float64: every
         partial sum is an integer below 2^53, so the result is the int32 sum, in any order."""
         layer = self.layers[i]
-        if i in self.w:
-            w = self.w[i]
-        else:
-            wq, _s = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
-            w = relax.const(wq.astype(np.float64))
+        w = self._int_weight(i, "float64")
         if layer.kind == "matmul":
             return R_op.matmul(centered, w, out_dtype="float64")
         a = layer.call.attrs
@@ -338,7 +378,7 @@ class ProbeRunner:
         weights, biases = scaled_constants(p.pairs, scales)
         self.plan.equalize(weights, biases)
         names = [p.layers[i].name for i in p.scaled]
-        ints = [self.plan.weight(i)[0].astype(np.float64) for i in p.scaled]
+        ints = [self.plan.weight(i)[0].astype(np.float32) for i in p.scaled]
         self.fixed = [tvm.runtime.tensor(w) for w in ints]
         original = [*(p.layers[i].weight for i in p.scaled), *_biases(p.pairs, {})]
         scaled = [*(weights.get(n, w) for n, w in zip(names, original)), *_biases(p.pairs, biases)]
