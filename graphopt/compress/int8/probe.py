@@ -159,7 +159,9 @@ class _Probe(PyExprMutator):
             {q: _param(f"{q}_{ly.name}", *_input_type(ly, q)) for q in LAYER_INPUTS}
             for ly in layers
         ]
-        self.join_in = [{q: _param(f"{q}_{jn.name}", [1]) for q in JOIN_INPUTS} for jn in joins]
+        self.join_in = [
+            {q: _param(f"{q}_{jn.name}", [1], _dtype(q)) for q in JOIN_INPUTS} for jn in joins
+        ]
         # equalization pairs: the fp32 weights (and the producer's bias) are inputs, the
         # equalized ones whenever a unit is int8 (what the artifact holds), else the original
         # ones; the int8 weights too (those of the equalized weights)
@@ -173,7 +175,7 @@ class _Probe(PyExprMutator):
         self.bias_add = {edges.layer_tails[i].bias_var: i for i in bias_shapes}
         # large embedding tables: int8 rows whenever any unit is int8 (`quantize` always
         # makes them int8), so flags 0 stay the fp32 graph
-        self.emb = _param("emb", [1])
+        self.emb = _param("emb", [1], "bool")
         self.consts: dict = {}
 
     def inputs(self) -> list[relax.Var]:
@@ -220,7 +222,7 @@ class _Probe(PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(value)))
 
     def _select(self, flag, quantized, fp32) -> relax.Expr:
-        return R_op.where(R_op.greater(flag, relax.const(0.0, "float32")), quantized, fp32)
+        return R_op.where(flag, quantized, fp32)
 
     def _layer_call(self, i: int, call: relax.Call) -> relax.Expr:
         """The layer's op. When its int32 sums are exact in fp32 (`_fp32_exact`), one op
@@ -234,15 +236,24 @@ class _Probe(PyExprMutator):
             return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
         wq = self._int_weight(i, "float32")
         if not self._fp32_exact(i, WEIGHT_QMAX):  # wq = 16 hi + lo: two exact sums
-            hi = self._emit(R_op.floor(R_op.divide(wq, relax.const(16.0, "float32"))))
-            lo = self._emit(R_op.subtract(wq, R_op.multiply(hi, relax.const(16.0, "float32"))))
+            wq, lo = self._split(i, wq)
             self.low[i] = self._emit(relax.Call(call.op, [centered, lo], call.attrs, call.ty_args))
-            wq = hi
         f = self.layer_in[i]["f"]
         x_in = self._emit(self._select(f, centered, x))
         w_in = self._emit(self._select(f, wq, w))
         self.acc[i] = self._emit(relax.Call(call.op, [x_in, w_in], call.attrs, call.ty_args))
         return self.acc[i]
+
+    def _split(self, i: int, wq) -> tuple[relax.Expr, relax.Expr]:
+        """(hi, lo) with wq = 16 hi + lo, 0 <= lo < 16 (numpy for a constant weight: folding
+        it in the graph cost a kernel build per op)."""
+        if i not in self.w:
+            w = self._int_weight_np(i)
+            hi = np.floor_divide(w, 16)
+            return relax.const(hi.astype(np.float32)), relax.const((w - 16 * hi).astype(np.float32))
+        sixteen = relax.const(16.0, "float32")
+        hi = self._emit(R_op.floor(R_op.divide(wq, sixteen)))
+        return hi, self._emit(R_op.subtract(wq, R_op.multiply(hi, sixteen)))
 
     def _fp32_exact(self, i: int, w_max: int) -> bool:
         """Every partial sum of (q - zp) * w, |w| <= w_max, is an integer below 2^24."""
@@ -262,9 +273,11 @@ class _Probe(PyExprMutator):
     def _int_weight(self, i: int, dtype: str) -> relax.Expr:
         if i in self.w:
             return self.w[i] if dtype == "float32" else self._emit(R_op.astype(self.w[i], dtype))
+        return relax.const(self._int_weight_np(i).astype(dtype))
+
+    def _int_weight_np(self, i: int) -> np.ndarray:
         layer = self.layers[i]
-        wq, _s = weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)
-        return relax.const(wq.astype(dtype))
+        return weight_qparams(layer.weight, layer.weight_axis, self.s.per_channel)[0]
 
     def _layer_tail(self, i: int, fp32: relax.Var) -> relax.Expr:
         """The layer's int8 kernel (its int32 sum, then its epilogue) or fp32."""
@@ -334,13 +347,17 @@ class _Probe(PyExprMutator):
         q = R_op.astype(R_op.round(R_op.multiply(self._emit(acc), inv)), "float32")
         q = R_op.minimum(R_op.maximum(R_op.add(self._emit(q), inp["zpo"]), inp["lo"]), inp["hi"])
         real = R_op.multiply(R_op.subtract(self._emit(q), inp["zpo"]), inp["so"])
-        on = self._emit(R_op.multiply(inp["g"], inp["r"]))
-        return self._select(on, self._emit(real), value)
+        return self._select(inp["r"], self._emit(real), value)
+
+
+def _dtype(quantity: str) -> str:
+    """Flags are bool inputs (`where` takes them as they are), the rest float32."""
+    return "bool" if quantity in ("f", "g", "r") else "float32"
 
 
 def _input_type(layer: Layer, quantity: str) -> tuple[list[int], str]:
     if quantity not in _CHANNEL_INPUTS:
-        return [1], "float32"
+        return [1], _dtype(quantity)
     return _corr_shape(layer), "float64" if quantity == "corr" else "float32"
 
 
@@ -352,7 +369,7 @@ class ProbeRunner:
         self.probe = probe
         self.vm = relax.VirtualMachine(compile_module(probe.mod, target), target.device())
         self.fixed: list = []
-        self._scalars: dict[float, object] = {}
+        self._scalars: dict[tuple, object] = {}
         self._args: dict[bytes, list] = {}  # per set of flags: the units' inputs
         self._fp32: list[tuple[list, list[np.ndarray]]] = []
         self._fp32_bytes = 0
@@ -418,8 +435,8 @@ class ProbeRunner:
             on = bool(flags[n + j]) and jn.name in self.ranges
             c = self.plan.join(j, flags) if on else JoinConsts((1.0, 0), (1.0, 0), None)
             add = c.add or (1.0, 1.0, 1.0, 0.0, 1.0, -np.inf, np.inf)
-            values = [float(on), *c.a, *c.b, float(c.add is not None), *add]
-            joins += [self._scalar(v) for v in values]
+            values = [on, *c.a, *c.b, on and c.add is not None, *add]
+            joins += [self._scalar(v if isinstance(v, bool) else float(v)) for v in values]
         return layers, joins
 
     def _layer_args(self, layer: Layer, c: LayerConsts | None) -> list:
@@ -433,15 +450,18 @@ class ProbeRunner:
             np.asarray(c.scale, np.float32).reshape(shape),
             np.asarray(c.fbias, np.float32).reshape(shape),
         ]
-        head = [self._scalar(float(v)) for v in (on, c.s_x, c.zp_x)]
-        tail = [self._scalar(float(v)) for v in (c.lo, c.hi, c.requant, c.zp_o, c.s_o)]
+        head = [self._scalar(on), self._scalar(float(c.s_x)), self._scalar(float(c.zp_x))]
+        tail = [self._scalar(float(v)) for v in (c.lo, c.hi)]
+        tail += [self._scalar(bool(c.requant)), *(self._scalar(float(v)) for v in (c.zp_o, c.s_o))]
         return [*head, *(tvm.runtime.tensor(a) for a in channel), *tail]
 
-    def _scalar(self, value: float):
-        """A [1] float32 tensor of `value`, made once (every run passes ~4 per join)."""
-        hit = self._scalars.get(value)
+    def _scalar(self, value: float | bool):
+        """A [1] tensor of `value` (bool: a flag, else float32), made once per value."""
+        key = (isinstance(value, bool), value)
+        hit = self._scalars.get(key)
         if hit is None:
-            hit = self._scalars[value] = tvm.runtime.tensor(np.full(1, value, np.float32))
+            dtype = bool if key[0] else np.float32
+            hit = self._scalars[key] = tvm.runtime.tensor(np.full(1, value, dtype))
         return hit
 
     def taps(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
