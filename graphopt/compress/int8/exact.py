@@ -125,8 +125,10 @@ class LayerConsts:
 
     @property
     def centered_corr(self) -> np.ndarray:
-        """corr for a sum over (q - zp_x) instead of q: acc + corr is the same integer."""
-        return self.corr.astype(np.float64) + self.zp_x * np.asarray(self.w_sum, np.float64)
+        """corr for a sum over (q - zp_x) instead of q: acc + corr is the same int32
+        (wrapped to int32 like the kernels' int32 adds)."""
+        total = self.corr.astype(np.int64) + int(self.zp_x) * np.asarray(self.w_sum, np.int64)
+        return ((total + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
 @dataclass(frozen=True)

@@ -283,28 +283,27 @@ class _Probe(PyExprMutator):
         """The layer's int8 kernel (its int32 sum, then its epilogue) or fp32."""
         inp = self.layer_in[i]
         centered, xs = self.centered[i]
-        if i in self.acc:
-            acc = self._emit(R_op.astype(self.acc[i], "float64"))
-            if i in self.low:  # 16 hi + lo, exact in float64
-                low = R_op.astype(self.low[i], "float64")
-                acc = self._emit(R_op.add(R_op.multiply(acc, relax.const(16.0, "float64")), low))
-        else:
+        if i not in self.acc:
             acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
-        t = self._emit(R_op.astype(R_op.add(acc, inp["corr"]), "float32"))
+        else:
+            acc = self.acc[i]
+        acc = R_op.astype(acc, "int32")  # an exact integer: the kernel's int32 sum
+        if i in self.low:  # 16 hi + lo
+            acc = R_op.add(
+                R_op.multiply(acc, relax.const(16, "int32")), R_op.astype(self.low[i], "int32")
+            )
+        t = self._emit(R_op.astype(R_op.add(self._emit(acc), inp["corr"]), "float32"))
         value = self._emit(R_op.multiply(t, inp["scale"]))
         if xs is not None:
             value = self._emit(R_op.multiply(value, xs))
-        deq = R_op.minimum(R_op.maximum(R_op.add(value, inp["fbias"]), inp["lo"]), inp["hi"])
-        out = self._emit(deq)
-        if self.s.mode == "static":
-            out = self._emit(self._select(inp["r"], self._requant(value, inp), out))
+        deq = R_op.add(value, inp["fbias"])
+        if self.s.mode == "static":  # requantize: round(v) + zp_o, the same clamp
+            deq = self._select(inp["r"], R_op.add(R_op.round(value), inp["zpo"]), deq)
+        out = self._emit(R_op.minimum(R_op.maximum(self._emit(deq), inp["lo"]), inp["hi"]))
+        if self.s.mode == "static":  # requantized: the consumer's real value (q - zp_o) * s_o
+            real = R_op.multiply(R_op.subtract(out, inp["zpo"]), inp["so"])
+            out = self._emit(self._select(inp["r"], real, out))
         return self._select(inp["f"], out, fp32)
-
-    def _requant(self, value, inp) -> relax.Expr:
-        """clamp(round(v) + zp_o, lo, hi) as the consumer's real value (q - zp_o) * s_o."""
-        q = R_op.add(R_op.round(value), inp["zpo"])
-        q = R_op.minimum(R_op.maximum(q, inp["lo"]), inp["hi"])
-        return R_op.multiply(R_op.subtract(self._emit(q), inp["zpo"]), inp["so"])
 
     def _int_op(self, i: int, centered) -> relax.Call:
         """The layer's conv2d / matmul on (q - zp) and the int8 weight, in float64: every
@@ -358,7 +357,7 @@ def _dtype(quantity: str) -> str:
 def _input_type(layer: Layer, quantity: str) -> tuple[list[int], str]:
     if quantity not in _CHANNEL_INPUTS:
         return [1], _dtype(quantity)
-    return _corr_shape(layer), "float64" if quantity == "corr" else "float32"
+    return _corr_shape(layer), "int32" if quantity == "corr" else "float32"
 
 
 class ProbeRunner:
@@ -446,7 +445,7 @@ class ProbeRunner:
             ones = np.ones(shape, np.float32)
             c = LayerConsts(1.0, 0, np.zeros(shape), ones, ones * 0, -np.inf, np.inf, False)
         channel = [
-            c.centered_corr.reshape(shape),
+            c.centered_corr.reshape(shape).astype(np.int32),
             np.asarray(c.scale, np.float32).reshape(shape),
             np.asarray(c.fbias, np.float32).reshape(shape),
         ]
