@@ -1,34 +1,30 @@
 """One build for calibration and sensitivity: the probe graph.
 
 Calibration needs the fp32 graph with every layer input (and residual join) as an output;
-sensitivity and the `--max-drop` search need the graph with any subset of layers
-fake-quantized. Both used to be separate builds, and the second one could only start after
-calibration, because the activation ranges, bias corrections and equalized weights were
-baked into it as constants. Here they are inputs instead, so one graph serves every step:
+sensitivity and the `--max-drop` search need the graph with any subset of units (layers and
+residual joins) int8, computing what the artifact's integer kernels compute. The activation
+ranges, bias corrections and equalization are found by calibration, so they are inputs, not
+constants, and one build serves every step:
 
-    main(*inputs, f_1..f_n, s_1..s_n, zp_1..zp_n, C_1..C_n, K_1..K_m, joins...)
-        -> (layer inputs..., join operands and results..., outputs...)
+    main(*inputs, per layer (f, s, zp, corr, scale, fbias, lo, hi, r, zpo, so),
+         the equalization pairs' weights, per join (g, sa, za, sb, zb, r, ma, mb, inv, zpo,
+         so, lo, hi), emb) -> (layer inputs..., join operands and results..., outputs...)
 
-Per layer i with flag f_i, activation scale s_i and zero point zp_i, each a [1] tensor (see
-`sensitivity.py` for the math):
-    x_i' = x_i + f_i * (QDQ(K_i * x_i; s_i, zp_i) / K_i - x_i)
-    W_i' = W_i + f_i * D_i                    (D_i = DQ(Q(W_i)) - W_i, a numpy constant)
-    y_i  = layer(x_i', W_i') - f_i * C_i      (C_i: the layer's bias correction)
-K_i (per input channel, only for a depthwise layer with an equalization producer) is the
-equalization of `equalize.py`: the equalized graph quantizes K x with weights W / K, which for
-a depthwise conv is the same product as QDQ(K x) / K with weights W; the producer's scaled
-weights and bias are per-channel exact, up to the relu6 bound K never crosses on the
-calibration samples. f = 0 is the fp32 graph exactly, whatever the other inputs hold, so
-calibration runs it before any range is known; ranges, corrections and equalization change
-inputs, not the build, and the weights stay constants (as fast to build as the plain graph).
-The fp32 outputs of the feeds calibration ran are kept: sensitivity's reference is free.
-
-Residual joins (static mode) are units like layers, with a flag g_j and each operand's scale
-and zero point as inputs:  y_j = a' + b',  a' = a + g_j * (QDQ(a; s_a, zp_a) - a).
-The `quantize` pass quantizes a join's operands (and through them, the block stays int8)
-with one range per tensor: the first quantized layer reading it, else the first quantized
-join's; `ProbeRunner` picks the same range per run from the flags (`_join_args`),
-so any subset of flags is the arithmetic of the graph `quantize` makes for that subset.
+Each unit's tail (the tensor its kernel writes: after the bias and relu / clip a layer's
+kernel absorbs) is rebound to where(flag, the int8 kernel's result, the fp32 value). A
+flagged layer quantizes x as `R.quantize` does, sums (q - zp) * w_int8 exactly (integer
+values in fp32 below 2^24, else split or float64), adds `corr` in int32 and runs the
+epilogue of `graphopt.int8_ops` with its constants; `r` picks requantize (the readers are all
+int8: their value is (q - zp_o) * s_o) or dequantize. A flagged join quantizes its operands
+(`quantize`'s QDQ form) and, where `lower-int8` makes it the int8 add op, returns that op's
+fixed-point result. `exact.FlagPlan` computes every input from the flags with the functions
+`lower-int8` uses, so any set of flags computes, bit for bit, what the artifact built with
+the matching skip list computes (tests/compress/test_probe_exact.py). Flags 0 is the fp32
+graph exactly, whatever the other inputs hold, so calibration runs it before any range is
+known. Equalization pairs take their fp32 weights (and the producer's bias) as inputs: the
+equalized ones whenever a unit is int8 (the artifact equalizes whatever stays fp32), else
+the original ones. The fp32 outputs of the feeds calibration ran are kept: sensitivity's
+reference is free.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """Accuracy control: per-layer sensitivity and the `--max-drop` search.
 
-Both need the model run with any subset of layers quantized. Instead of compiling one model per
-subset, they run the probe graph (`probe.py`, the same build calibration used) whose input
-`flags` (one fp32 per layer) selects, layer by layer, the fake-quantized or the fp32 operands:
-    xf = x + f * (QDQ(x) - x),  wf = W + f * (DQ(Wq) - W)
-f = 1 is the QDQ form's math (to an ulp), f = 0 is fp32 exactly; a layer's bias correction
-(`bias_correction.py`) is subtracted times f. Same ranges, same weights, same
-rounding as the `quantize` pass (both use `graphopt.compress.int8.qdq`). Residual joins are
-units too (their operands' QDQ): the search may keep a join fp32 as it keeps a layer.
+Both need the model run with any subset of units (layers, residual joins) int8. Instead of
+compiling one model per subset, they run the probe graph (`probe.py`, the same build
+calibration used) whose input flags select, unit by unit, the int8 kernels' arithmetic or
+fp32: any set of flags computes, bit for bit, what the artifact built with that skip list
+computes (`exact.py` gives each unit's kernel constants per set of flags, with the functions
+`lower-int8` uses). The search may keep a join fp32 as it keeps a layer.
 """
 
 from __future__ import annotations
