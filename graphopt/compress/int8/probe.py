@@ -47,6 +47,7 @@ from .calibrate import tap_module
 from .embedding import embedding_table, gather_dequantized
 from .equalize import Pair, find_pairs, scaled_constants
 from .exact import Edges, FlagPlan, JoinConsts, LayerConsts, correction_of, find_edges
+from .probe_kernels import emit_epilogue, emit_input
 from .qdq import DYNAMIC_EPS, QRANGE, WEIGHT_QMAX, row_axis, weight_qparams
 
 FP32_CACHE_BYTES = 64 << 20
@@ -102,6 +103,9 @@ def probe_module(mod: tvm.IRModule, settings: Settings, taps: bool = True) -> Pr
     params = [*func.params, *rewriter.inputs()]
     new_func = relax.Function(params, body.body, body.ret_ty, attrs=func.attrs)
     new = tvm.IRModule(dict(src.functions.items()), attrs=src.attrs)
+    for gvar, kernel in rewriter.builder_.get().functions.items():
+        if isinstance(kernel, tvm.tirx.PrimFunc):  # the `probe_kernels` kernels
+            new[gvar] = kernel
     new["main"] = new_func
     # back into a dataflow block (see tap_module)
     new = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
@@ -226,16 +230,24 @@ class _Probe(PyExprMutator):
         costs no second conv; else the fp32 op, and `_layer_tail` adds one in float64."""
         x = self.visit_expr(call.args[0])
         w = self.w32[i] if i in self.w32 else self.visit_expr(call.args[1])
-        self.centered[i] = self._centered(i, x)
-        centered = self.centered[i][0]
+        whole = self._fp32_exact(i, WEIGHT_QMAX)
+        if self.s.mode == "dynamic" or not whole:
+            self.centered[i] = self._centered(i, x)
+        else:
+            self.centered[i] = (None, None)
         if not self._fp32_exact(i, SPLIT_MAX):
             return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
         wq = self._int_weight(i, "float32")
-        if not self._fp32_exact(i, WEIGHT_QMAX):  # wq = 16 hi + lo: two exact sums
+        centered = self.centered[i][0]
+        if not whole:  # wq = 16 hi + lo: two exact sums
             wq, lo = self._split(i, wq)
             self.low[i] = self._emit(relax.Call(call.op, [centered, lo], call.attrs, call.ty_args))
         f = self.layer_in[i]["f"]
-        x_in = self._emit(self._select(f, centered, x))
+        if centered is None:  # static: quantize, center and select in one kernel
+            inp, (qmin, qmax) = self.layer_in[i], QRANGE[self.s.act_dtype]
+            x_in = self._emit(emit_input(self.builder_, x, inp["s"], inp["zp"], f, qmin, qmax))
+        else:
+            x_in = self._emit(self._select(f, centered, x))
         w_in = self._emit(self._select(f, wq, w))
         self.acc[i] = self._emit(relax.Call(call.op, [x_in, w_in], call.attrs, call.ty_args))
         return self.acc[i]
@@ -283,23 +295,8 @@ class _Probe(PyExprMutator):
             acc = self._emit(self._int_op(i, R_op.astype(centered, "float64")))
         else:
             acc = self.acc[i]
-        acc = R_op.astype(acc, "int32")  # an exact integer: the kernel's int32 sum
-        if i in self.low:  # 16 hi + lo
-            acc = R_op.add(
-                R_op.multiply(acc, relax.const(16, "int32")), R_op.astype(self.low[i], "int32")
-            )
-        t = self._emit(R_op.astype(R_op.add(self._emit(acc), inp["corr"]), "float32"))
-        value = self._emit(R_op.multiply(t, inp["scale"]))
-        if xs is not None:
-            value = self._emit(R_op.multiply(value, xs))
-        deq = R_op.add(value, inp["fbias"])
-        if self.s.mode == "static":  # requantize: round(v) + zp_o, the same clamp
-            deq = self._select(inp["r"], R_op.add(R_op.round(value), inp["zpo"]), deq)
-        out = self._emit(R_op.minimum(R_op.maximum(self._emit(deq), inp["lo"]), inp["hi"]))
-        if self.s.mode == "static":  # requantized: the consumer's real value (q - zp_o) * s_o
-            real = R_op.multiply(R_op.subtract(out, inp["zpo"]), inp["so"])
-            out = self._emit(self._select(inp["r"], real, out))
-        return self._select(inp["f"], out, fp32)
+        low = self.low.get(i)
+        return emit_epilogue(self.builder_, acc, low, inp, xs, fp32, self.s.mode == "static")
 
     def _int_op(self, i: int, centered) -> relax.Call:
         """The layer's conv2d / matmul on (q - zp) and the int8 weight, in float64: every
