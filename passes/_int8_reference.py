@@ -12,7 +12,16 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.int8_ops import WORD_CHANNELS, AddSpec, ConvSpec, Epilogue, MatmulSpec, add_value
+from graphopt.int8_ops import (
+    WORD_CHANNELS,
+    AddSpec,
+    ConvSpec,
+    Epilogue,
+    MatmulSpec,
+    add_value,
+    row_count,
+    tir_shape,
+)
 
 # op_pattern 8 (opaque): FuseOps never fuses an int8 kernel with its neighbours. A target
 # stage finds each kernel by its recipe, and FuseTIR cannot merge one with a legalized op
@@ -23,7 +32,8 @@ _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 def matmul_reference(spec: MatmulSpec, x_shape: tuple, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w [K, N], corr, scale, fbias [N], xs, out [.., N])."""
-    rows, k, n = spec.rows, spec.k, spec.n
+    x_shape = tir_shape(x_shape)  # symbolic rows: size vars
+    rows, k, n = row_count(x_shape), spec.k, spec.n
     fused = spec.fused_quant
     x_dtype = "float32" if fused else spec.act_dtype
     xs_shape = (rows,) if spec.per_row and not fused else ()

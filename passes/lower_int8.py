@@ -56,6 +56,7 @@ from graphopt.binding_graph import (
     const_value,
     epilogue_chain,
     op_name,
+    shape_dims,
     static_dims,
     static_quantize,
 )
@@ -70,6 +71,7 @@ from graphopt.int8_ops import (
     MatmulSpec,
     Recipe,
     add_multipliers,
+    symbolic_rows,
 )
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_reference as ref
@@ -222,10 +224,13 @@ def _match(graph: BindingGraph, var, call, dynamic: bool, fuse: bool, nhwc: bool
         return None
     if is_dynamic and not per_row and _dims(deq_x.args[1]) != ():
         return None
-    if (s_x is not None and s_x.size != 1) or _dims(call) is None:
+    out_shape = shape_dims(call)
+    if (s_x is not None and s_x.size != 1) or out_shape is None:
         return None
     kind = "conv2d" if _op(call) == "relax.nn.conv2d" else "matmul"
-    channels = _dims(call)[1] if kind == "conv2d" else _dims(call)[-1]
+    channels = out_shape[1] if kind == "conv2d" else out_shape[-1]
+    if not isinstance(channels, int):
+        return None
     if int(deq_w.attrs.axis) % w8.ndim != (0 if kind == "conv2d" else 1) and s_w.size != 1:
         return None
     s_w = np.broadcast_to(s_w.astype(np.float32).reshape(-1), (channels,))
@@ -269,7 +274,7 @@ def _row_quantize_source(graph: BindingGraph, deq_x, q):
     if red is None or _op(red) != "relax.max" or red.attrs.keepdims:
         return None
     x = qc.args[0]
-    ndim = len(_dims(x) or ())
+    ndim = len(shape_dims(x) or ())
     axes = [int(a) % max(ndim, 1) for a in red.attrs.axis or []]
     absx = graph.resolve(red.args[0])
     if axes != [ndim - 1] or _op(absx) != "relax.abs" or not absx.args[0].same_as(x):
@@ -322,7 +327,7 @@ def _match_add(graph: BindingGraph, var, call, nhwc: bool) -> _Plan | None:
 def _per_row_scale(deq_x, q) -> bool:
     """A run-time scale with one value per row of q [1.., rows, K] (axis ndim-2): per-token
     dynamic quantization, which the matmul op applies row by row in its epilogue."""
-    x_shape, s_shape = _dims(q), _dims(deq_x.args[1])
+    x_shape, s_shape = shape_dims(q), shape_dims(deq_x.args[1])
     if x_shape is None or len(x_shape) < 2 or any(d != 1 for d in x_shape[:-2]):
         return False
     axis = int(deq_x.attrs.axis) % len(x_shape)
@@ -405,12 +410,12 @@ def _image_quantize(graph: BindingGraph, q):
 
 def _matmul_plan(graph: BindingGraph, layer: _Layer, dyn, fuse: bool) -> _Plan | None:
     q, w8 = layer.q, layer.w8
-    x_shape = _dims(q)
+    x_shape = shape_dims(q)  # rows may be symbolic (`symbolic_rows`)
     if x_shape is None or len(x_shape) < 2 or w8.ndim != 2 or x_shape[-1] != w8.shape[0]:
         return None
     if w8.shape[0] > MAX_K:
         return None
-    rows = int(np.prod(x_shape[:-1]))
+    rows = symbolic_rows(x_shape)
     fused = _row_quantize_source(graph, layer.deq_x, q) if dyn == "row" and fuse else None
     spec = MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype), per_row=dyn == "row")
     if fused is not None:  # the op quantizes its own fp32 rows

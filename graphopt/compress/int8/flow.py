@@ -16,7 +16,9 @@ from pathlib import Path
 
 import tvm
 
+from ...binding_graph import shape_dims
 from ...build import resolve_target
+from ...errors import SymbolicShapeError
 from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...target_infra import Target, host_target
 from ..common.budget import eval_feeds as load_eval_feeds
@@ -110,6 +112,8 @@ def speed_check(
         why = "dynamic mode: not measured (run-time activation scales)"
     elif not lowered:
         why = "fake-quant kernels: nothing to compare"
+    elif any(_symbolic(p) for p in mod["main"].params):
+        why = "symbolic dims: kernel times need one static shape (none measured)"
     elif not target.availability().can_run:
         why = f"cross target {target.name}: kernel times need the target itself (none measured)"
     elif not names:
@@ -147,6 +151,7 @@ def quantize_step(
     _check(opts)
     target = resolve_target(target, target_options)
     layers = find_layers(mod["main"])
+    _check_symbolic_convs(layers)
     feeds = (
         load_calibration(opts.calibration, inputs, limit=opts.samples) if opts.calibration else []
     )
@@ -201,6 +206,23 @@ def quantize_step(
     decided.lower_options = target.pass_options(LOWER_PASS)
     decided.seconds = {k: round(v, 2) for k, v in seconds.items()}
     return decided.step(skip, {})
+
+
+def _check_symbolic_convs(layers: Sequence[Layer]) -> None:
+    """int8 kernels take a symbolic row count (matmuls: tokens), not symbolic conv shapes;
+    such a conv would stay fake-quant (fp32 math, slower than fp32): one line instead."""
+    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data)]
+    if convs:
+        raise SymbolicShapeError(
+            f"--quantize int8 with symbolic dims lowers matmuls only, and {len(convs)} "
+            f"convolutions ({convs[0]}, ...) have symbolic shapes: pin the dims "
+            "(--input-shape NAME=static sizes)"
+        )
+
+
+def _symbolic(expr) -> bool:
+    dims = shape_dims(expr)
+    return dims is None or any(isinstance(d, str) for d in dims)
 
 
 def _calibration_probe(mod, settings: Settings, sensitivity: bool, run_target: Target, say):
