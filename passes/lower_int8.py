@@ -302,10 +302,10 @@ def _static_dequantize(graph: BindingGraph, expr):
 def _match_add(graph: BindingGraph, var, call, nhwc: bool) -> _Plan | None:
     """A join: add of two static dequantizes, [relu | clip], then a static quantize."""
     operands = [_static_dequantize(graph, arg) for arg in call.args]
-    shape = _dims(call)
+    shape = shape_dims(call)  # a symbolic batch is a name
     if None in operands or shape is None or str(call.ty.dtype) != "float32":
         return None
-    if any(_dims(q) != shape for q, _s, _z in operands):
+    if any(shape_dims(q) != shape for q, _s, _z in operands):
         return None
     tail, lo, hi, nxt = clamp_chain(graph, var, graph.only_user(var), -math.inf, math.inf)
     if nxt is None or _op(graph.value[nxt]) != "relax.quantize":
@@ -360,8 +360,10 @@ def _constants(layer: _Layer, w_sum: np.ndarray) -> list[np.ndarray]:
 def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
     attrs, q, w8 = layer.call.attrs, layer.q, layer.w8
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-    x_shape = _dims(q)
+    x_shape = shape_dims(q)
     if layouts != ("NCHW", "OIHW", "NCHW") or x_shape is None or w8.ndim != 4:
+        return None
+    if not all(isinstance(d, int) for d in x_shape[1:]):  # only the batch may be symbolic
         return None
     spec = ConvSpec(
         *x_shape,
@@ -378,6 +380,8 @@ def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
         return None
     # NHWC: plain convs and depthwise ones (grouped convs keep NCHW).
     nhwc = nhwc and (spec.groups == 1 or (spec.depthwise and spec.fp32_exact))
+    if not nhwc and isinstance(spec.batch, str):  # the NCHW kernels take static shapes
+        return None
     pad, image = 0, None
     if nhwc and spec.groups == 1 and not spec.pointwise:
         # Window convs: input channels padded to whole 4-byte words (an RGB input: 3 -> 4, by
@@ -400,10 +404,10 @@ def _image_quantize(graph: BindingGraph, q):
         return None
     x = call.args[0]
     s, zp = _const(graph.resolve(call.args[1])), _const(graph.resolve(call.args[2]))
-    dims = _dims(x)
+    dims = shape_dims(x)
     if s is None or zp is None or s.size != 1 or zp.size != 1 or str(x.ty.dtype) != "float32":
         return None
-    if dims is None or len(dims) != 4 or dims[1] > WORD_CHANNELS:
+    if dims is None or len(dims) != 4 or not isinstance(dims[1], int) or dims[1] > WORD_CHANNELS:
         return None
     return x, float(s.reshape(())), int(zp.reshape(()))
 
@@ -485,7 +489,7 @@ class _Rewriter(relax.PyExprMutator):
                 relax.VarBinding(binding.var, self.builder_.normalize(call))
             )
             return
-        n, c, h, w = _dims(binding.var)
+        n, c, h, w = binding.var.ty.shape.values  # n may be symbolic
         out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, c]), ty.dtype)
         out = self.builder_.emit(relax.call_tir(self._kernel(plan.recipe), args, out_ty))
         back = self.builder_.normalize(relax.op.permute_dims(out, [0, 3, 1, 2]))
@@ -510,10 +514,10 @@ class _Rewriter(relax.PyExprMutator):
 
     def _quantize_image(self, plan: _Plan):
         x, scale, zp = plan.image
-        dims = _dims(x)
+        dims = shape_dims(x)
         dtype = str(plan.q.ty.dtype)
         recipe = Recipe("quantize_nhwc", dims, zp, layout="NHWC", out_dtype=dtype)
-        n, _c, h, w = dims
+        n, _c, h, w = x.ty.shape.values
         out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, WORD_CHANNELS]), dtype)
         args = [self.visit_expr(x), relax.const(np.array(scale, np.float32))]
         return self.builder_.emit(relax.call_tir(self._kernel(recipe), args, out_ty))
@@ -542,7 +546,8 @@ class _Rewriter(relax.PyExprMutator):
         else:
             return None
         mean = relax.op.mean(real, [1, 2], bool(call.attrs.keepdims))
-        return self.builder_.normalize(relax.op.reshape(self.builder_.emit(mean), _dims(call)))
+        shape = call.ty.shape  # the mean's shape, symbolic batch included
+        return self.builder_.normalize(relax.op.reshape(self.builder_.emit(mean), shape))
 
     def _nhwc(self, expr):
         """expr (NCHW) as NHWC: the op output it came from, else a transpose."""

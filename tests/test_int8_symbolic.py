@@ -1,13 +1,16 @@
-"""int8 with symbolic dims: one build's integer matmul kernels run every row count in range.
+"""int8 with symbolic dims: one build's integer kernels run every row count or batch in range.
 
 The kernels are checked against numpy at several row counts (one build); a transformer block
 compiled with a symbolic sequence and `--quantize int8` lowers every matmul to the integer
 kernels, matches its static int8 builds at the same sizes, and stays close to onnxruntime
-fp32; calibration takes samples of any length in range and refuses others; a CNN whose
-convolutions have a symbolic batch is a one-line error (convolution kernels are static).
+fp32; calibration takes samples of any length in range and refuses others. A CNN with a
+symbolic batch lowers its convolutions too (its kernels loop over the batch), checked
+against its static builds; a symbolic image size is a one-line error.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +26,7 @@ from graphopt.compress.int8.flow import QuantOptions
 from graphopt.compress.int8.method import Int8
 from graphopt.errors import GraphoptError
 from graphopt.frontend import SymDim, TensorSpec
+from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
 from tests import model_builders as mb
 
@@ -193,12 +197,117 @@ def test_calibration_samples_outside_the_range_are_refused():
         batch_feeds({"x": np.zeros((3, 20, 8), np.float32)}, [spec])
 
 
-def test_symbolic_batch_convolutions_are_one_line(tmp_path):
-    with pytest.raises(GraphoptError, match="lowers matmuls only") as info:
+def test_symbolic_image_size_convolutions_are_one_line(tmp_path):
+    with pytest.raises(GraphoptError, match="not a symbolic image size") as info:
         graphopt.compile(
-            mb.cnn(batch="N"),
+            mb.cnn(size="hw"),
             tmp_path / "q",
-            input_shapes={"x": ("1..4", 3, 16, 16)},
+            input_shapes={"x": (1, 3, "8..32", "hw")},
             compression=[Int8(QuantOptions(mode="dynamic"))],
         )
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A symbolic batch: the convolution kernels loop over it
+
+
+def _ints(rng, shape, dtype):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def test_depthwise_nhwc_kernel_exact_at_every_batch():
+    isa = K.ISAS["avx2"]
+    spec = O.ConvSpec("N", 12, 9, 11, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12, "int8")
+    ep = O.Epilogue("int8", zp=-4, lo=-4.0, hi=90.0)
+    lib = _build(DW.depthwise_nhwc_kernel(spec, isa, -9, ep))
+    rng = np.random.default_rng(2)
+    cp = DW.channel_pad(spec.cout, isa)
+    w = rng.integers(-127, 128, (spec.cout, 1, 3, 3)).astype(np.int8)
+    corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
+
+    def padded(v):
+        out = np.zeros((*v.shape[:-1], cp), v.dtype)
+        out[..., : spec.cout] = v
+        return out
+
+    consts = [padded(w.reshape(spec.cout, -1).T), padded(corr), padded(scale)]
+    oh, ow = spec.out_hw
+    for batch in (1, 3):
+        x = _ints(rng, (batch, 12, 9, 11), "int8")
+        args = [x.transpose(0, 2, 3, 1), *consts, np.zeros(cp, np.float32)]
+        got = _run(lib, args, (batch, oh, ow, 12), "int8")
+        static = dataclasses.replace(spec, batch=batch)
+        c4 = (1, -1, 1, 1)
+        acc = O.reference_conv2d(x, w, static, -9)
+        want = ep.numpy(acc, corr.reshape(c4), scale.reshape(c4), 0).transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(got, want, err_msg=f"batch={batch}")
+
+
+def test_add_kernel_exact_at_every_batch():
+    ma, mb_, shift = O.add_multipliers(0.0473, 0.0219, 0.0617)
+    ep = O.Epilogue("int8", zp=-2)
+    spec = O.AddSpec(("N", 5, 7, 24), "int8", "int8", 3, -7, ma, mb_, shift, ep)
+    lib = _build(K.add_kernel(spec))
+    rng = np.random.default_rng(4)
+    for batch in (1, 3):
+        shape = (batch, 5, 7, 24)
+        a, b = _ints(rng, shape, "int8"), _ints(rng, shape, "int8")
+        static = dataclasses.replace(spec, shape=shape)
+        got = _run(lib, [a, b], shape, "int8")
+        np.testing.assert_array_equal(got, O.reference_add(a, b, static), err_msg=f"{batch}")
+
+
+def _image_feeds(n: int, channels: int, size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(n)
+    return {"x": rng.standard_normal((n, channels, size, size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "size", "lowered", "batches"),
+    [
+        ("cnn", 3, 16, {"lowered_conv2d": 2}, (1, 3)),  # RGB stem, window conv, NHWC pool
+        ("expand_depthwise", 4, 10, {"lowered_conv2d": 3}, (3,)),  # equalized depthwise
+    ],
+)
+def test_symbolic_batch_cnn_runs_its_static_int8_kernels(
+    tmp_path, name, channels, size, lowered, batches
+):
+    """Static int8 (calibrated, equalized, bias-corrected) with a batch of 1..4: every conv
+    lowered as in the static builds, and their outputs."""
+    model = getattr(mb, name)(batch="N")
+    cal = tmp_path / "cal.npz"
+    rng = np.random.default_rng(9)
+    np.savez(cal, x=rng.standard_normal((6, channels, size, size)).astype(np.float32))
+
+    def build(key, batch):
+        return graphopt.compile(
+            model,
+            tmp_path / key,
+            input_shapes={"x": (batch, channels, size, size)},
+            compression=[Int8(QuantOptions(calibration=str(cal)))],
+        )
+
+    sym = build("symbolic", "1..4")
+    stats = _lower_stats(sym)
+    assert stats["left"] == 0 and {k: stats[k] for k in lowered} == lowered
+    for n in batches:
+        feeds = _image_feeds(n, channels, size)
+        static = build(f"s{n}", n)
+        assert _lower_stats(static) == stats
+        got = next(iter(sym.run(feeds).values()))
+        want = next(iter(static.run(feeds).values()))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_joins_found_with_a_symbolic_batch():
+    """A join's operands are compared by shape, a symbolic batch by name: the quantize pass
+    makes the same int8 adds as for a static batch."""
+    from graphopt.compress.common.layers import find_joins
+    from graphopt.frontend import import_onnx
+
+    static = import_onnx(mb.expand_depthwise(), {"x": (1, 4, 10, 10)})
+    symbolic = import_onnx(mb.expand_depthwise(batch="N"), {"x": ("1..4", 4, 10, 10)})
+    assert len(find_joins(symbolic.mod["main"])) == len(find_joins(static.mod["main"])) == 1

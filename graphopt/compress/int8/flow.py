@@ -209,20 +209,22 @@ def quantize_step(
 
 
 def _check_symbolic_convs(layers: Sequence[Layer]) -> None:
-    """int8 kernels take a symbolic row count (matmuls: tokens), not symbolic conv shapes;
-    such a conv would stay fake-quant (fp32 math, slower than fp32): one line instead."""
-    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data)]
+    """int8 kernels take a symbolic row count (matmuls: tokens) and a symbolic batch, not a
+    symbolic image size; such a conv would stay fake-quant (fp32 math, slower than fp32):
+    one line instead."""
+    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data, 1)]
     if convs:
         raise SymbolicShapeError(
-            f"--quantize int8 with symbolic dims lowers matmuls only, and {len(convs)} "
-            f"convolutions ({convs[0]}, ...) have symbolic shapes: pin the dims "
-            "(--input-shape NAME=static sizes)"
+            f"--quantize int8 with symbolic dims takes a symbolic batch, not a symbolic image "
+            f"size, and {len(convs)} convolutions ({convs[0]}, ...) have one: pin the height "
+            "and width (--input-shape NAME=N,C,H,W with static H, W)"
         )
 
 
-def _symbolic(expr) -> bool:
+def _symbolic(expr, first: int = 0) -> bool:
+    """Whether the dims of `expr` from `first` on are not all static."""
     dims = shape_dims(expr)
-    return dims is None or any(isinstance(d, str) for d in dims)
+    return dims is None or any(isinstance(d, str) for d in dims[first:])
 
 
 def _calibration_probe(mod, settings: Settings, sensitivity: bool, run_target: Target, say):

@@ -175,9 +175,9 @@ MIN_TASKS = 8
 PARALLEL_MIN_WORK = 1 << 20
 
 
-def _loop(work: int):
-    """T.parallel for kernels worth splitting, else T.serial."""
-    return T.parallel if work >= PARALLEL_MIN_WORK else T.serial
+def _loop(work):
+    """T.parallel for kernels worth splitting, else T.serial (work symbolic: parallel)."""
+    return T.parallel if not isinstance(work, int) or work >= PARALLEL_MIN_WORK else T.serial
 
 
 def _work(rows, k: int, n: int) -> int:
@@ -467,10 +467,11 @@ def matmul_kernel(
     words: `window_words` says how rows are packed, `pack_window_weight` the weights. `zp` is
     what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
-    shape = tir_shape(shape)  # symbolic rows: size vars
-    g = _geometry(spec, plan, row_count(shape) if window is None else spec.rows)
+    shape = tir_shape(shape)  # symbolic rows (or batch): size vars
+    rows = row_count(shape) if window is None else shape[0] * window.out_hw[0] * window.out_hw[1]
+    g = _geometry(spec, plan, rows)
     rows, k, n, mr, lanes, qv = g.rows, g.k, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
-    out_shape = (*shape[:-1], n) if window is None else (window.batch, *window.out_hw, n)
+    out_shape = (*shape[:-1], n) if window is None else (shape[0], *window.out_hw, n)
     xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
     x_dtype = "float32" if spec.fused_quant else spec.act_dtype
     if spec.fused_quant:
@@ -573,11 +574,10 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int):
 
 def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(a, b, out): the int8 residual add, vectorized over the flattened tensor."""
-    total = int(np.prod(spec.shape))
+    shape = tir_shape(spec.shape)  # a symbolic batch: a size var
+    total = row_count((*shape, 1))
     lanes = 16
-    vecs = total // lanes
     per_task = 64  # vectors per parallel task
-    tasks = -(-vecs // per_task)
     ep = spec.ep
 
     def value(a, b, lanes_):
@@ -585,11 +585,13 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
 
     @T.prim_func
     def add(
-        a: T.Buffer(spec.shape, spec.a_dtype),
-        b: T.Buffer(spec.shape, spec.b_dtype),
-        out: T.Buffer(spec.shape, ep.out_dtype),
+        a: T.Buffer(shape, spec.a_dtype),
+        b: T.Buffer(shape, spec.b_dtype),
+        out: T.Buffer(shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        vecs = total // lanes  # let-bound when symbolic
+        tasks = (vecs + per_task - 1) // per_task
         af = T.decl_buffer((total,), spec.a_dtype, data=a.data)
         bf = T.decl_buffer((total,), spec.b_dtype, data=b.data)
         of = T.decl_buffer((total,), ep.out_dtype, data=out.data)
