@@ -2,15 +2,16 @@
 graphopt build per size, and onnxruntime, at each size.
 
     python -m bench.bench_shapes [--models minilm,mobilenet_v2] [--opt-levels 2,3] [--rounds N]
-    python -m bench.bench_shapes --models minilm_int8 --opt-levels 2 --out shapes_int8
+    python -m bench.bench_shapes --models minilm_int8,mobilenet_v2_int8 --out shapes_int8
 
 MiniLM (all-MiniLM-L6-v2, exported with a symbolic sequence length) at 16/32/128/384 tokens,
 compiled once with `--input-shape input_ids=1,1..512`; MobileNetV2 (symbolic batch) at batch
 1 and 8, compiled once with `--input-shape input=1..8,3,224,224`. Each static build pins the
 same ONNX file to one size (`input_ids=1,128`). Builds at -O2 and -O3 (`--opt-levels`),
 untuned. `minilm_int8`: the same MiniLM builds with dynamic per-row int8 (`--quantize int8
---quant-mode dynamic --dynamic-granularity row`), symbolic against static. Outputs of both builds
-are checked against onnxruntime at every size. Timing: one runtime per process
+--quant-mode dynamic --dynamic-granularity row`); `mobilenet_v2_int8`: static int8
+calibrated on the int8 bench's calibration crops; symbolic against static in both. Outputs
+of both builds are checked against onnxruntime at every size. Timing: one runtime per process
 (bench/shapes_worker.py), processes alternated A B C C B A for `--rounds` rounds, each warm-up
 then `--runs` runs; medians over all runs, and the median of the per-round ratios. Writes
 bench/results/shapes.{json,md} with the machine, versions and load.
@@ -47,13 +48,22 @@ class Case:
     dynamic: str  # --input-shape dims of the one symbolic build
     static: str  # the same with {n} for a static build's size
     sizes: tuple[int, ...]
-    int8: bool = False  # dynamic per-row int8 builds (no calibration data needed)
+    int8: str = ""  # "dynamic" (per-row, no calibration data) | "static" (calibrated)
 
 
 CASES = {
     "minilm": Case("minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384)),
     "minilm_int8": Case(
-        "minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384), True
+        "minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384), "dynamic"
+    ),
+    "mobilenet_v2_int8": Case(
+        "mobilenet_v2_dynamic",
+        "image",
+        "input",
+        "1..8,3,224,224",
+        "{n},3,224,224",
+        (1, 8),
+        "static",
     ),
     "mobilenet_v2": Case(
         "mobilenet_v2_dynamic", "image", "input", "1..8,3,224,224", "{n},3,224,224", (1, 8)
@@ -87,7 +97,7 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
             out,
             opt_level=level,
             input_shapes=dict([parse_shape_arg(f"{case.input}={dims}")]),
-            compression=_compression(case),
+            compression=_compression(case, work),
         )
         builds["compile_s"][str(key)] = round(time.perf_counter() - start, 1)
         if key == "dynamic":
@@ -97,13 +107,20 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
     return builds
 
 
-def _compression(case: Case) -> list:
+def _compression(case: Case, work: Path) -> list:
     if not case.int8:
         return []
     from graphopt.compress.int8.flow import QuantOptions
     from graphopt.compress.int8.method import Int8
 
-    return [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+    if case.int8 == "dynamic":
+        return [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+    from bench.bench_int8 import calibration_images
+
+    cal = work / "calibration.npz"
+    if not cal.exists():
+        np.savez(cal, x=np.concatenate(calibration_images()))
+    return [Int8(QuantOptions(calibration=str(cal)))]
 
 
 def check_outputs(case: Case, builds: dict[str, Any]) -> dict[str, Any]:
