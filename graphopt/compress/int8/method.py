@@ -38,8 +38,8 @@ class Int8:
     options: QuantOptions
     name: str = "int8"
     requires: tuple[str, ...] = ("fold-constants",)
-    # Calibrates on samples of any size in the dims' ranges; its matmul kernels take
-    # symbolic row counts (convolutions need static shapes: they stay fake-quant, said so).
+    # Calibrates on samples of any size in the dims' ranges; its kernels take a symbolic
+    # row count or batch (a symbolic image size is a one-line error: flow.py).
     symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
