@@ -222,8 +222,11 @@ def _plan_compression(
 
 
 def _apply_plan(mod: tvm.IRModule, plan: CompressionPlan, job: _Compilation) -> tvm.IRModule:
+    first = len(job.log.rows)
     mod = _run_graph_passes(mod, plan.passes, job, stage="compress")
     plan.manifest["pipeline"] = canonical_text(plan.passes)
+    # what the method's passes did (a report can say how many layers got integer kernels)
+    plan.manifest["pass_stats"] = {row["pass"]: row["stats"] for row in job.log.rows[first:]}
     if job.verifier is not None:  # later passes are checked against the compressed graph
         job.verifier.start(mod)
     return mod

@@ -451,9 +451,11 @@ def format_report(q: dict) -> str:
                 d["precision"] + (f" ({d['reason']})" if "reason" in d else ""),
             ]
         )
+    left = q.get("pass_stats", {}).get(LOWER_PASS, {}).get("left", 0)
+    fake = f" ({left} as fake-quant: no integer kernel for them)" if left else ""
     lines = [
         f"int8 ({q['settings']['mode']}, {q['kernels']}): {q['int8_layers']}/{len(q['layers'])} "
-        "layers int8",
+        f"layers int8{fake}",
         format_table(
             ["layer", "op", "SQNR dB (alone)", "cosine (alone)", "fp32 ms", "int8 ms", "precision"],
             rows,
