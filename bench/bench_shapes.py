@@ -2,13 +2,16 @@
 graphopt build per size, and onnxruntime, at each size.
 
     python -m bench.bench_shapes [--models minilm,mobilenet_v2] [--opt-levels 2,3] [--rounds N]
+    python -m bench.bench_shapes --models minilm_int8,mobilenet_v2_int8 --out shapes_int8
 
 MiniLM (all-MiniLM-L6-v2, exported with a symbolic sequence length) at 16/32/128/384 tokens,
 compiled once with `--input-shape input_ids=1,1..512`; MobileNetV2 (symbolic batch) at batch
 1 and 8, compiled once with `--input-shape input=1..8,3,224,224`. Each static build pins the
 same ONNX file to one size (`input_ids=1,128`). Builds at -O2 and -O3 (`--opt-levels`),
-untuned. Outputs of both builds
-are checked against onnxruntime at every size. Timing: one runtime per process
+untuned. `minilm_int8`: the same MiniLM builds with dynamic per-row int8 (`--quantize int8
+--quant-mode dynamic --dynamic-granularity row`); `mobilenet_v2_int8`: static int8
+calibrated on the int8 bench's calibration crops; symbolic against static in both. Outputs
+of both builds are checked against onnxruntime at every size. Timing: one runtime per process
 (bench/shapes_worker.py), processes alternated A B C C B A for `--rounds` rounds, each warm-up
 then `--runs` runs; medians over all runs, and the median of the per-round ratios. Writes
 bench/results/shapes.{json,md} with the machine, versions and load.
@@ -45,10 +48,23 @@ class Case:
     dynamic: str  # --input-shape dims of the one symbolic build
     static: str  # the same with {n} for a static build's size
     sizes: tuple[int, ...]
+    int8: str = ""  # "dynamic" (per-row, no calibration data) | "static" (calibrated)
 
 
 CASES = {
     "minilm": Case("minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384)),
+    "minilm_int8": Case(
+        "minilm_dynamic", "text", "input_ids", "1,1..512", "1,{n}", (16, 32, 128, 384), "dynamic"
+    ),
+    "mobilenet_v2_int8": Case(
+        "mobilenet_v2_dynamic",
+        "image",
+        "input",
+        "1..8,3,224,224",
+        "{n},3,224,224",
+        (1, 8),
+        "static",
+    ),
     "mobilenet_v2": Case(
         "mobilenet_v2_dynamic", "image", "input", "1..8,3,224,224", "{n},3,224,224", (1, 8)
     ),
@@ -81,6 +97,7 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
             out,
             opt_level=level,
             input_shapes=dict([parse_shape_arg(f"{case.input}={dims}")]),
+            compression=_compression(case, work),
         )
         builds["compile_s"][str(key)] = round(time.perf_counter() - start, 1)
         if key == "dynamic":
@@ -88,6 +105,22 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
         else:
             builds["static"][str(key)] = str(out)
     return builds
+
+
+def _compression(case: Case, work: Path) -> list:
+    if not case.int8:
+        return []
+    from graphopt.compress.int8.flow import QuantOptions
+    from graphopt.compress.int8.method import Int8
+
+    if case.int8 == "dynamic":
+        return [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+    from bench.bench_int8 import calibration_images
+
+    cal = work / "calibration.npz"
+    if not cal.exists():
+        np.savez(cal, x=np.concatenate(calibration_images()))
+    return [Int8(QuantOptions(calibration=str(cal)))]
 
 
 def check_outputs(case: Case, builds: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +211,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     ]
     rows = []
     for r in results:
-        unit = "tokens" if r["model"] == "minilm" else "batch"
+        unit = "tokens" if r["model"].startswith("minilm") else "batch"
         for n, s in r["sizes"].items():
             err = r["accuracy_vs_onnxruntime"][n]["dynamic_max_abs_error"]
             rows.append(
@@ -217,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--opt-levels", default="2,3", help="comma-separated -O levels")
+    parser.add_argument("--out", default="shapes", help="results name under bench/results")
     args = parser.parse_args(argv)
     from graphopt.machine import machine_info
 
@@ -228,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 case = CASES[name]
                 results.append(bench_case(name, case, Path(tmp), level, args.rounds, args.runs))
     data = {"machine": machine, "load_after": _load(), "results": results}
-    write_results(RESULTS, "shapes", data, markdown(results, machine))
+    write_results(RESULTS, args.out, data, markdown(results, machine))
     print(markdown(results, machine))
     return 0
 

@@ -9,7 +9,7 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,39 @@ def op_counts(mod: tvm.IRModule) -> dict[str, int]:
     return counts
 
 
-def estimate_flops(mod: tvm.IRModule) -> int:
-    """Floating point operations of every TIR kernel, times how often the graph calls it."""
+def specialize_dims(func: tvm.tirx.PrimFunc, sizes: Mapping[str, int]) -> tvm.tirx.PrimFunc | None:
+    """The function with each symbolic dim at its size (by name), through buffers of static
+    shape (PrimFunc.specialize binds the dims from the buffers); None when a shape is an
+    expression of the dims rather than a dim itself, or a dim has no size."""
+    tirx = tvm.tirx
+    binds = {}
+    for param in func.params:
+        shape = getattr(param.ty, "shape", None)
+        if shape is None or all(isinstance(d, tirx.IntImm) for d in shape):
+            continue
+        if not all(isinstance(d, tirx.IntImm) or getattr(d, "name", None) in sizes for d in shape):
+            return None
+        static = [
+            d if isinstance(d, tirx.IntImm) else tirx.IntImm(str(d.ty), sizes[d.name])
+            for d in shape
+        ]
+        binds[param] = tirx.decl_buffer(
+            static,
+            param.ty.dtype,
+            param.name,
+            data=param.data,
+            elem_offset=param.elem_offset,
+            data_alignment=param.data_alignment,
+            offset_factor=param.offset_factor,
+        )
+    return func.specialize(binds) if binds else None
+
+
+def estimate_flops(mod: tvm.IRModule, sizes: Mapping[str, int] | None = None) -> int:
+    """Floating point operations of every TIR kernel, times how often the graph calls it.
+
+    Kernels with symbolic dims count at `sizes` (name -> size); without sizes, or when a
+    kernel cannot be specialized, they are left out (their loop counts are unknown)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     calls: dict[str, int] = {}
@@ -179,12 +210,24 @@ def estimate_flops(mod: tvm.IRModule) -> int:
     total = 0
     for gvar, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc) and gvar.name_hint in calls:
+            if _symbolic(func):
+                func = specialize_dims(func, sizes or {}) if sizes else None
+                if func is None:
+                    continue
             try:
                 flops = estimate_tir_flops(tvm.IRModule({"main": func}))
             except Exception:  # noqa: BLE001 - kernels with opaque loops have no estimate
                 continue
             total += int(flops) * calls[gvar.name_hint]
     return total
+
+
+def _symbolic(func: tvm.tirx.PrimFunc) -> bool:
+    return any(
+        not isinstance(d, tvm.tirx.IntImm)
+        for p in func.params
+        for d in (getattr(p.ty, "shape", None) or [])
+    )
 
 
 def well_formed_error(mod: tvm.IRModule) -> str | None:

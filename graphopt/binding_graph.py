@@ -35,6 +35,23 @@ def static_dims(expr) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values)
 
 
+def shape_dims(expr) -> tuple[int | str, ...] | None:
+    """An expression's shape with its symbolic dims by name (`("1", "seq", 384)` is `(1,
+    "seq", 384)`); None when the shape is unknown or a dim is an expression of symbols."""
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    if values is None:
+        return None
+    dims: list[int | str] = []
+    for v in values:
+        if isinstance(v, tvm.tirx.IntImm):
+            dims.append(int(v))
+        elif isinstance(v, tvm.tirx.Var):
+            dims.append(str(v.name))
+        else:
+            return None
+    return tuple(dims)
+
+
 class BindingGraph:
     """Bindings and use counts of one function (what the matchers walk)."""
 
@@ -86,8 +103,9 @@ def epilogue_chain(graph: BindingGraph, var, kind: str, channels: int, is_dynami
         add = graph.value[nxt]
         other = add.args[1] if add.args[0].same_as(tail) else add.args[0]
         b = const_value(graph.resolve(other))
-        b = _channel_vector(b, kind, channels, len(static_dims(add) or ()))
-        if b is not None and static_dims(add) == static_dims(graph.value[var]):
+        shape = shape_dims(add)
+        b = _channel_vector(b, kind, channels, len(shape or ()))
+        if b is not None and shape is not None and shape == shape_dims(graph.value[var]):
             tail, bias = nxt, b
             nxt = graph.only_user(tail)
     tail, lo, hi, nxt = clamp_chain(graph, tail, nxt, lo, hi)

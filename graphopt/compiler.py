@@ -25,6 +25,7 @@ from .build import evaluate, run_stages, stage_passes, tvm_compile, vm_runner
 from .compress import CompressionContext, CompressionPlan, default_methods, split_for_compression
 from .errors import PipelineError, SymbolicShapeError
 from .frontend import ImportedModel, import_onnx
+from .frontend.dims import SymDim
 from .inputs import random_inputs
 from .instrument import VerifyEach
 from .pass_infra import GraphPass, PassResult, make_pass
@@ -97,6 +98,8 @@ class _Compilation:
     verifier: VerifyEach | None = None
     # The graph before compression, and the pass-log and ran-list lengths then (for rebuilds).
     pre_compression: tuple[tvm.IRModule, int, int] | None = None
+    # Symbolic dims at the sizes the report counts FLOPs at (the example inputs').
+    example_sizes: dict[str, int] = field(default_factory=dict)
 
     def timed(self, key: str, start: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
@@ -146,17 +149,20 @@ def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
 
 
 def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
-    """Symbolic dims build for x86 without compression; anything else is one line, before
-    any work (quantization calibrates and scores at one static shape; the ARM and CUDA
-    runners read static shapes)."""
+    """Symbolic dims build for x86, with int8 as the one compression method; anything else
+    is one line, before any work (int4, pruning and 16-bit precision calibrate and score at
+    one static shape; the ARM and CUDA runners read static shapes)."""
     if not imported.dims:
         return
+    job.example_sizes = {n: SymDim(n, lo, hi).example for n, (lo, hi) in imported.dims.items()}
     names = ", ".join(f"{n}:{lo}..{hi}" for n, (lo, hi) in imported.dims.items())
     example = imported.example_inputs()[0]
     pin = f"--input-shape {example.name}={','.join(str(d) for d in example.shape)}"
-    if job.opts.compression:
+    static_only = [m.name for m in job.opts.compression if not getattr(m, "symbolic_shapes", 0)]
+    if static_only:
         raise SymbolicShapeError(
-            f"--quantize needs static input shapes, got symbolic dims {names}: pin them ({pin})"
+            f"{', '.join(static_only)} needs static input shapes, got symbolic dims {names}: "
+            f"pin them ({pin})"
         )
     if job.target.name != "x86":
         raise SymbolicShapeError(
@@ -200,7 +206,7 @@ def _plan_compression(
     """Every selected compression method in turn: the graph passes it requires, its plan on
     the current graph, its passes."""
     methods = list(job.opts.compression) or default_methods()
-    ctx = CompressionContext(imported.inputs, job.target, job.say)
+    ctx = CompressionContext(imported.ranged_inputs(), job.target, job.say)
     for method in methods:
         start = time.perf_counter()
         prefix = [make_pass(name) for name in method.requires if name not in job.ran]
@@ -216,8 +222,11 @@ def _plan_compression(
 
 
 def _apply_plan(mod: tvm.IRModule, plan: CompressionPlan, job: _Compilation) -> tvm.IRModule:
+    first = len(job.log.rows)
     mod = _run_graph_passes(mod, plan.passes, job, stage="compress")
     plan.manifest["pipeline"] = canonical_text(plan.passes)
+    # what the method's passes did (a report can say how many layers got integer kernels)
+    plan.manifest["pass_stats"] = {row["pass"]: row["stats"] for row in job.log.rows[first:]}
     if job.verifier is not None:  # later passes are checked against the compressed graph
         job.verifier.start(mod)
     return mod
@@ -257,7 +266,7 @@ def _target_stages(mod: tvm.IRModule, job: _Compilation) -> tvm.IRModule:
             progress=job.say,
         )
         if stage == "legalize":
-            job.report["flops"] = _tvm.estimate_flops(mod)
+            job.report["flops"] = _tvm.estimate_flops(mod, job.example_sizes)
             # distinct TIR kernels (identical ones are shared) and call_tir launches
             job.report["kernels"] = sum(
                 1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)

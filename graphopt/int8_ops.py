@@ -189,9 +189,39 @@ class ConvSpec:
         return self.kh * self.kw * 255 * 128 < 2**24
 
 
+Dim = int | str  # a static size, or a symbolic dim by name ("seq")
+
+
+def tir_shape(shape: tuple[Dim, ...]) -> tuple:
+    """A recipe's shape for a kernel's buffers: each named dim becomes one int32 size var
+    (the runtime binds it from the tensor's shape), the same var wherever the name repeats."""
+    names: dict[str, tvm.tirx.Var] = {}
+    return tuple(
+        names.setdefault(d, tvm.tirx.Var(d, "int32")) if isinstance(d, str) else d for d in shape
+    )
+
+
+def row_count(shape: tuple) -> int | tvm.tirx.PrimExpr:
+    """The rows of a matmul input: the product of its leading dims (int when all are)."""
+    rows = 1
+    for d in shape[:-1]:
+        rows = rows * d
+    return rows
+
+
+def symbolic_rows(shape: tuple[Dim, ...]) -> Dim:
+    """`MatmulSpec.rows` for an input of `shape`: the row count, or its symbolic dims' names
+    (`"seq"`, `"n*h*w"`: what the kernel's row count is a product of, times static dims)."""
+    if all(isinstance(d, int) for d in shape[:-1]):
+        return int(np.prod(shape[:-1], dtype=np.int64))
+    return "*".join(str(d) for d in shape[:-1] if d != 1)
+
+
 @dataclass(frozen=True)
 class MatmulSpec:
-    rows: int  # M times the batch dims
+    # M times the batch dims; a string when symbolic (`symbolic_rows`): the kernel then
+    # counts its rows from its input's shape at run time and plans for any count.
+    rows: Dim
     k: int
     n: int
     act_dtype: str

@@ -12,7 +12,16 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.int8_ops import WORD_CHANNELS, AddSpec, ConvSpec, Epilogue, MatmulSpec, add_value
+from graphopt.int8_ops import (
+    WORD_CHANNELS,
+    AddSpec,
+    ConvSpec,
+    Epilogue,
+    MatmulSpec,
+    add_value,
+    row_count,
+    tir_shape,
+)
 
 # op_pattern 8 (opaque): FuseOps never fuses an int8 kernel with its neighbours. A target
 # stage finds each kernel by its recipe, and FuseTIR cannot merge one with a legalized op
@@ -23,7 +32,8 @@ _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 def matmul_reference(spec: MatmulSpec, x_shape: tuple, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w [K, N], corr, scale, fbias [N], xs, out [.., N])."""
-    rows, k, n = spec.rows, spec.k, spec.n
+    x_shape = tir_shape(x_shape)  # symbolic rows: size vars
+    rows, k, n = row_count(x_shape), spec.k, spec.n
     fused = spec.fused_quant
     x_dtype = "float32" if fused else spec.act_dtype
     xs_shape = (rows,) if spec.per_row and not fused else ()
@@ -72,7 +82,8 @@ def matmul_reference(spec: MatmulSpec, x_shape: tuple, ep: Epilogue) -> tvm.tirx
 
 def conv2d_reference(spec: ConvSpec, layout: str, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w OIHW, corr, scale, fbias [Cout], out), x / out NCHW or NHWC."""
-    n, cin, h, w, cout = spec.batch, spec.cin, spec.height, spec.width, spec.cout
+    n = tir_shape((spec.batch,))[0]  # may be symbolic
+    cin, h, w, cout = spec.cin, spec.height, spec.width, spec.cout
     cg, og, kh, kw = cin // spec.groups, cout // spec.groups, spec.kh, spec.kw
     oh, ow = spec.out_hw
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
@@ -119,15 +130,16 @@ def conv2d_reference(spec: ConvSpec, layout: str, zp: int, ep: Epilogue) -> tvm.
 
 def add_reference(spec: AddSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(a, b, out): the int8 residual add, element by element."""
+    shape = tir_shape(spec.shape)  # a symbolic batch: a size var
     total = 1
-    for d in spec.shape:
-        total *= d
+    for d in shape:
+        total = total * d
 
     @T.prim_func
     def add(
-        a: T.Buffer(spec.shape, spec.a_dtype),
-        b: T.Buffer(spec.shape, spec.b_dtype),
-        out: T.Buffer(spec.shape, spec.ep.out_dtype),
+        a: T.Buffer(shape, spec.a_dtype),
+        b: T.Buffer(shape, spec.b_dtype),
+        out: T.Buffer(shape, spec.ep.out_dtype),
     ):
         T.func_attr(_ATTRS)
         af = T.decl_buffer((total,), spec.a_dtype, data=a.data)
@@ -142,7 +154,7 @@ def add_reference(spec: AddSpec) -> tvm.tirx.PrimFunc:
 def quantize_nhwc_reference(shape: tuple, zp: int, out_dtype: str) -> tvm.tirx.PrimFunc:
     """PrimFunc(x fp32 NCHW [n, c <= 4, h, w], s fp32 [], out [n, h, w, 4]): quantize
     (round half to even, clamp) into NHWC; channels >= c hold zp."""
-    n, c, h, w = shape
+    n, c, h, w = tir_shape(shape)
     info = np.iinfo(out_dtype)
 
     def quant(x, s, b, ch, y, xx):

@@ -56,6 +56,7 @@ from graphopt.binding_graph import (
     const_value,
     epilogue_chain,
     op_name,
+    shape_dims,
     static_dims,
     static_quantize,
 )
@@ -72,6 +73,7 @@ from graphopt.int8_ops import (
     add_multipliers,
     epilogue_constants,
     epilogue_for,
+    symbolic_rows,
 )
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes import _int8_reference as ref
@@ -224,10 +226,13 @@ def _match(graph: BindingGraph, var, call, dynamic: bool, fuse: bool, nhwc: bool
         return None
     if is_dynamic and not per_row and _dims(deq_x.args[1]) != ():
         return None
-    if (s_x is not None and s_x.size != 1) or _dims(call) is None:
+    out_shape = shape_dims(call)
+    if (s_x is not None and s_x.size != 1) or out_shape is None:
         return None
     kind = "conv2d" if _op(call) == "relax.nn.conv2d" else "matmul"
-    channels = _dims(call)[1] if kind == "conv2d" else _dims(call)[-1]
+    channels = out_shape[1] if kind == "conv2d" else out_shape[-1]
+    if not isinstance(channels, int):
+        return None
     if int(deq_w.attrs.axis) % w8.ndim != (0 if kind == "conv2d" else 1) and s_w.size != 1:
         return None
     s_w = np.broadcast_to(s_w.astype(np.float32).reshape(-1), (channels,))
@@ -266,7 +271,7 @@ def _row_quantize_source(graph: BindingGraph, deq_x, q):
     if red is None or _op(red) != "relax.max" or red.attrs.keepdims:
         return None
     x = qc.args[0]
-    ndim = len(_dims(x) or ())
+    ndim = len(shape_dims(x) or ())
     axes = [int(a) % max(ndim, 1) for a in red.attrs.axis or []]
     absx = graph.resolve(red.args[0])
     if axes != [ndim - 1] or _op(absx) != "relax.abs" or not absx.args[0].same_as(x):
@@ -294,10 +299,10 @@ def _static_dequantize(graph: BindingGraph, expr):
 def _match_add(graph: BindingGraph, var, call, nhwc: bool) -> _Plan | None:
     """A join: add of two static dequantizes, [relu | clip], then a static quantize."""
     operands = [_static_dequantize(graph, arg) for arg in call.args]
-    shape = _dims(call)
+    shape = shape_dims(call)  # a symbolic batch is a name
     if None in operands or shape is None or str(call.ty.dtype) != "float32":
         return None
-    if any(_dims(q) != shape for q, _s, _z in operands):
+    if any(shape_dims(q) != shape for q, _s, _z in operands):
         return None
     tail, lo, hi, nxt = clamp_chain(graph, var, graph.only_user(var), -math.inf, math.inf)
     if nxt is None or _op(graph.value[nxt]) != "relax.quantize":
@@ -319,7 +324,7 @@ def _match_add(graph: BindingGraph, var, call, nhwc: bool) -> _Plan | None:
 def _per_row_scale(deq_x, q) -> bool:
     """A run-time scale with one value per row of q [1.., rows, K] (axis ndim-2): per-token
     dynamic quantization, which the matmul op applies row by row in its epilogue."""
-    x_shape, s_shape = _dims(q), _dims(deq_x.args[1])
+    x_shape, s_shape = shape_dims(q), shape_dims(deq_x.args[1])
     if x_shape is None or len(x_shape) < 2 or any(d != 1 for d in x_shape[:-2]):
         return False
     axis = int(deq_x.attrs.axis) % len(x_shape)
@@ -340,8 +345,10 @@ def _constants(layer: _Layer, w_sum: np.ndarray) -> list[np.ndarray]:
 def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
     attrs, q, w8 = layer.call.attrs, layer.q, layer.w8
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-    x_shape = _dims(q)
+    x_shape = shape_dims(q)
     if layouts != ("NCHW", "OIHW", "NCHW") or x_shape is None or w8.ndim != 4:
+        return None
+    if not all(isinstance(d, int) for d in x_shape[1:]):  # only the batch may be symbolic
         return None
     spec = ConvSpec(
         *x_shape,
@@ -358,6 +365,8 @@ def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
         return None
     # NHWC: plain convs and depthwise ones (grouped convs keep NCHW).
     nhwc = nhwc and (spec.groups == 1 or (spec.depthwise and spec.fp32_exact))
+    if not nhwc and isinstance(spec.batch, str):  # the NCHW kernels take static shapes
+        return None
     pad, image = 0, None
     if nhwc and spec.groups == 1 and not spec.pointwise:
         # Window convs: input channels padded to whole 4-byte words (an RGB input: 3 -> 4, by
@@ -380,22 +389,22 @@ def _image_quantize(graph: BindingGraph, q):
         return None
     x = call.args[0]
     s, zp = _const(graph.resolve(call.args[1])), _const(graph.resolve(call.args[2]))
-    dims = _dims(x)
+    dims = shape_dims(x)
     if s is None or zp is None or s.size != 1 or zp.size != 1 or str(x.ty.dtype) != "float32":
         return None
-    if dims is None or len(dims) != 4 or dims[1] > WORD_CHANNELS:
+    if dims is None or len(dims) != 4 or not isinstance(dims[1], int) or dims[1] > WORD_CHANNELS:
         return None
     return x, float(s.reshape(())), int(zp.reshape(()))
 
 
 def _matmul_plan(graph: BindingGraph, layer: _Layer, dyn, fuse: bool) -> _Plan | None:
     q, w8 = layer.q, layer.w8
-    x_shape = _dims(q)
+    x_shape = shape_dims(q)  # rows may be symbolic (`symbolic_rows`)
     if x_shape is None or len(x_shape) < 2 or w8.ndim != 2 or x_shape[-1] != w8.shape[0]:
         return None
     if w8.shape[0] > MAX_K:
         return None
-    rows = int(np.prod(x_shape[:-1]))
+    rows = symbolic_rows(x_shape)
     fused = _row_quantize_source(graph, layer.deq_x, q) if dyn == "row" and fuse else None
     spec = MatmulSpec(rows, w8.shape[0], w8.shape[1], str(q.ty.dtype), per_row=dyn == "row")
     if fused is not None:  # the op quantizes its own fp32 rows
@@ -465,7 +474,7 @@ class _Rewriter(relax.PyExprMutator):
                 relax.VarBinding(binding.var, self.builder_.normalize(call))
             )
             return
-        n, c, h, w = _dims(binding.var)
+        n, c, h, w = binding.var.ty.shape.values  # n may be symbolic
         out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, c]), ty.dtype)
         out = self.builder_.emit(relax.call_tir(self._kernel(plan.recipe), args, out_ty))
         back = self.builder_.normalize(relax.op.permute_dims(out, [0, 3, 1, 2]))
@@ -490,10 +499,10 @@ class _Rewriter(relax.PyExprMutator):
 
     def _quantize_image(self, plan: _Plan):
         x, scale, zp = plan.image
-        dims = _dims(x)
+        dims = shape_dims(x)
         dtype = str(plan.q.ty.dtype)
         recipe = Recipe("quantize_nhwc", dims, zp, layout="NHWC", out_dtype=dtype)
-        n, _c, h, w = dims
+        n, _c, h, w = x.ty.shape.values
         out_ty = relax.TensorType(relax.ShapeExpr([n, h, w, WORD_CHANNELS]), dtype)
         args = [self.visit_expr(x), relax.const(np.array(scale, np.float32))]
         return self.builder_.emit(relax.call_tir(self._kernel(recipe), args, out_ty))
@@ -522,7 +531,8 @@ class _Rewriter(relax.PyExprMutator):
         else:
             return None
         mean = relax.op.mean(real, [1, 2], bool(call.attrs.keepdims))
-        return self.builder_.normalize(relax.op.reshape(self.builder_.emit(mean), _dims(call)))
+        shape = call.ty.shape  # the mean's shape, symbolic batch included
+        return self.builder_.normalize(relax.op.reshape(self.builder_.emit(mean), shape))
 
     def _nhwc(self, expr):
         """expr (NCHW) as NHWC: the op output it came from, else a transpose."""

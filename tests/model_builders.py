@@ -300,7 +300,7 @@ def leftovers(parent) -> list[str]:
     return sorted(p.name for p in Path(parent).iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-def expand_depthwise(seed: int = 7, residual: bool = True) -> onnx.ModelProto:
+def expand_depthwise(seed: int = 7, residual: bool = True, batch: int | str = 1) -> onnx.ModelProto:
     """(h) An inverted-residual block: 1x1 expand (half its channels 50x smaller, as batch-norm
     folding leaves MobileNets) -> Clip(0, 6) -> depthwise 3x3 -> 1x1 project, plus the input
     (a residual join): every piece int8 calibration treats specially."""
@@ -315,4 +315,5 @@ def expand_depthwise(seed: int = 7, residual: bool = True) -> onnx.ModelProto:
     )
     y = g.conv(h, e, c, 1)
     y = g.op("Add", [y, "x"]) if residual else y
-    return g.model([_value_info("x", [1, c, 10, 10])], [("y", y, [1, c, 10, 10])], "expand_dw")
+    x = _value_info("x", [batch, c, 10, 10])
+    return g.model([x], [("y", y, [batch, c, 10, 10])], "expand_dw")

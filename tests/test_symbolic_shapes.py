@@ -3,7 +3,7 @@
 A small transformer block (symbolic sequence) and a small CNN (symbolic batch, and symbolic
 height and width) are compiled once and run at several sizes against onnxruntime; the
 manifest records the ranges; sizes outside them, bad range text and --quantize with a range
-are one-line errors (exit 2 through the CLI).
+(int8 in tests/test_int8_symbolic.py) are one-line errors (exit 2 through the CLI).
 """
 
 from __future__ import annotations
@@ -100,16 +100,17 @@ def test_range_on_a_static_dim_is_an_error():
         import_onnx(mb.cnn(), {"x": ("1..4", 3, 16, 16)})
 
 
-def test_quantize_with_a_range_is_one_line(tmp_path):
-    from graphopt.compress.int8.flow import QuantOptions
-    from graphopt.compress.int8.method import Int8
+def test_int4_with_a_range_is_one_line(tmp_path):
+    """int8 takes symbolic dims (tests/test_int8_symbolic.py); int4 calibrates and scores at
+    one static shape."""
+    from graphopt.compress.int4.method import Int4, Int4Options
 
-    with pytest.raises(GraphoptError, match="--quantize needs static input shapes") as info:
+    with pytest.raises(GraphoptError, match="int4 needs static input shapes") as info:
         graphopt.compile(
             mb.cnn(batch="N"),
             tmp_path / "q",
             input_shapes={"x": ("1..4", 3, 16, 16)},
-            compression=[Int8(QuantOptions())],
+            compression=[Int4(Int4Options())],
         )
     assert "\n" not in str(info.value)
 

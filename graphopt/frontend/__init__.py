@@ -56,6 +56,16 @@ class ImportedModel:
         """The inputs with every symbolic dim at a concrete size inside its range."""
         return [example_spec(s, self.dims) for s in self.inputs]
 
+    def ranged_inputs(self) -> list[TensorSpec]:
+        """The inputs with each symbolic dim as a `SymDim` carrying its range (what
+        calibration data is checked against)."""
+        from .dims import SymDim
+
+        def dim(d):
+            return SymDim(d, *self.dims[d]) if isinstance(d, str) else d
+
+        return [TensorSpec(s.name, tuple(dim(d) for d in s.shape), s.dtype) for s in self.inputs]
+
 
 def import_onnx(
     source: str | Path | onnx.ModelProto,

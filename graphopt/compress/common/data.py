@@ -22,8 +22,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Spec(Protocol):
     name: str
-    shape: tuple[int, ...]
+    shape: tuple  # ints; symbolic dims as SymDim-likes (name, lo, hi) or bare names
     dtype: str
+
+
+def _fits(size: int, dim) -> bool:
+    """A sample's size against an input dim: equal to a static one, inside a symbolic one's
+    range (any size when the range is unknown)."""
+    if isinstance(dim, int):
+        return size == dim
+    lo, hi = getattr(dim, "lo", None), getattr(dim, "hi", None)
+    return (lo is None or size >= lo) and (hi is None or size <= hi)
+
+
+def _batch(shape: tuple) -> int:
+    """Samples per feed: the static batch, a symbolic batch's smallest size (at least 1)."""
+    if not shape:
+        return 1
+    dim = shape[0]
+    return dim if isinstance(dim, int) else max(1, getattr(dim, "lo", None) or 1)
+
+
+def _describe(dim) -> str:
+    if isinstance(dim, int):
+        return str(dim)
+    lo, hi = getattr(dim, "lo", None), getattr(dim, "hi", None)
+    name = getattr(dim, "name", dim)
+    return f"{name}:{lo}..{hi}" if lo is not None else str(name)
 
 
 def load_calibration(
@@ -67,15 +92,16 @@ def batch_feeds(arrays: dict[str, np.ndarray], specs: Sequence[Spec]) -> list[di
             )
         arr = np.asarray(arrays[spec.name])
         shape = tuple(spec.shape)
-        if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
-            arr = arr.reshape(-1, *shape[1:]) if shape else arr
-        if arr.ndim != len(shape) or (shape and arr.shape[1:] != shape[1:]):
+        if arr.ndim == len(shape) + 1 and _all_fit(arr.shape[1:], shape):
+            arr = arr.reshape(-1, *arr.shape[2:]) if shape else arr
+        if arr.ndim != len(shape) or (shape and not _all_fit(arr.shape[1:], shape[1:])):
+            want = ", ".join(_describe(d) for d in shape[1:])
             raise CalibrationError(
                 f"calibration samples for '{spec.name}' have shape {list(arr.shape)}; expected "
-                f"[N, {', '.join(map(str, shape[1:]))}] (samples of the input {list(shape)})"
+                f"[N, {want}] (samples of the input [{', '.join(_describe(d) for d in shape)}])"
             )
         arrays[spec.name] = _cast(arr, spec)
-        counts[spec.name] = arr.shape[0] // shape[0] if shape and shape[0] else 1
+        counts[spec.name] = arr.shape[0] // _batch(shape) if shape and _batch(shape) else 1
     n = min(counts.values())
     if n == 0:
         raise CalibrationError(
@@ -86,10 +112,14 @@ def batch_feeds(arrays: dict[str, np.ndarray], specs: Sequence[Spec]) -> list[di
     for i in range(n):
         feed = {}
         for spec in specs:
-            b = spec.shape[0] if spec.shape else 1
+            b = _batch(tuple(spec.shape))
             feed[spec.name] = arrays[spec.name][i * b : (i + 1) * b]
         feeds.append(feed)
     return feeds
+
+
+def _all_fit(sizes: tuple, dims: tuple) -> bool:
+    return len(sizes) == len(dims) and all(_fits(s, d) for s, d in zip(sizes, dims))
 
 
 def _cast(arr: np.ndarray, spec: Spec) -> np.ndarray:

@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from ... import _tvm
+from ...binding_graph import shape_dims
 
 CONV2D = "relax.nn.conv2d"
 MATMUL = "relax.matmul"
@@ -186,11 +187,9 @@ def find_joins(func: relax.Function) -> list[Join]:
     return joins
 
 
-def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
+def _shape(expr: relax.Expr) -> tuple[int | str, ...] | None:
+    """Static dims, a symbolic one (a CNN's batch) by name."""
+    return shape_dims(expr)
 
 
 def bound_constants(func: relax.Function) -> dict:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import tvm
 
+from ...binding_graph import shape_dims
 from ...build import resolve_target
+from ...errors import SymbolicShapeError
 from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...target_infra import Target, host_target
 from ..common.budget import eval_feeds as load_eval_feeds
@@ -110,6 +112,8 @@ def speed_check(
         why = "dynamic mode: not measured (run-time activation scales)"
     elif not lowered:
         why = "fake-quant kernels: nothing to compare"
+    elif any(_symbolic(p) for p in mod["main"].params):
+        why = "symbolic dims: kernel times need one static shape (none measured)"
     elif not target.availability().can_run:
         why = f"cross target {target.name}: kernel times need the target itself (none measured)"
     elif not names:
@@ -147,6 +151,7 @@ def quantize_step(
     _check(opts)
     target = resolve_target(target, target_options)
     layers = find_layers(mod["main"])
+    _check_symbolic_convs(layers)
     feeds = (
         load_calibration(opts.calibration, inputs, limit=opts.samples) if opts.calibration else []
     )
@@ -201,6 +206,25 @@ def quantize_step(
     decided.lower_options = target.pass_options(LOWER_PASS)
     decided.seconds = {k: round(v, 2) for k, v in seconds.items()}
     return decided.step(skip, {})
+
+
+def _check_symbolic_convs(layers: Sequence[Layer]) -> None:
+    """int8 kernels take a symbolic row count (matmuls: tokens) and a symbolic batch, not a
+    symbolic image size; such a conv would stay fake-quant (fp32 math, slower than fp32):
+    one line instead."""
+    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data, 1)]
+    if convs:
+        raise SymbolicShapeError(
+            f"--quantize int8 with symbolic dims takes a symbolic batch, not a symbolic image "
+            f"size, and {len(convs)} convolutions ({convs[0]}, ...) have one: pin the height "
+            "and width (--input-shape NAME=N,C,H,W with static H, W)"
+        )
+
+
+def _symbolic(expr, first: int = 0) -> bool:
+    """Whether the dims of `expr` from `first` on are not all static."""
+    dims = shape_dims(expr)
+    return dims is None or any(isinstance(d, str) for d in dims[first:])
 
 
 def _calibration_probe(mod, settings: Settings, sensitivity: bool, run_target: Target, say):
@@ -427,9 +451,11 @@ def format_report(q: dict) -> str:
                 d["precision"] + (f" ({d['reason']})" if "reason" in d else ""),
             ]
         )
+    left = q.get("pass_stats", {}).get(LOWER_PASS, {}).get("left", 0)
+    fake = f" ({left} as fake-quant: no integer kernel for them)" if left else ""
     lines = [
         f"int8 ({q['settings']['mode']}, {q['kernels']}): {q['int8_layers']}/{len(q['layers'])} "
-        "layers int8",
+        f"layers int8{fake}",
         format_table(
             ["layer", "op", "SQNR dB (alone)", "cosine (alone)", "fp32 ms", "int8 ms", "precision"],
             rows,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import tvm
 
@@ -37,6 +38,9 @@ class Int8:
     options: QuantOptions
     name: str = "int8"
     requires: tuple[str, ...] = ("fold-constants",)
+    # Calibrates on samples of any size in the dims' ranges; its kernels take a symbolic
+    # row count or batch (a symbolic image size is a one-line error: flow.py).
+    symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         return _plan(quantize_step(mod, ctx.inputs, self.options, ctx.target, None, ctx.progress))

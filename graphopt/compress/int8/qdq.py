@@ -126,11 +126,16 @@ def emit_act_qdq(bb: relax.BlockBuilder, x: relax.Expr, q: ActQuant) -> relax.Va
 
 
 def row_axis(x: relax.Expr) -> int | None:
-    """The axis of rows for per-row scales: ndim-2 when every other leading dim is 1."""
-    shape = [int(d) for d in x.ty.shape.values]
-    if len(shape) < 2 or any(d != 1 for d in shape[:-2]):
+    """The axis of rows for per-row scales: ndim-2 when every other leading dim is 1 (the
+    row count itself may be symbolic)."""
+    shape = list(x.ty.shape.values)
+    if len(shape) < 2 or any(not _is_one(d) for d in shape[:-2]):
         return None
     return len(shape) - 2
+
+
+def _is_one(dim) -> bool:
+    return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
 
 
 def emit_dynamic_qdq(bb: relax.BlockBuilder, x: relax.Expr, per_row: bool = False) -> relax.Var:
@@ -145,13 +150,21 @@ def emit_dynamic_qdq(bb: relax.BlockBuilder, x: relax.Expr, per_row: bool = Fals
         zp = relax.const(0, "int8")
         axis = -1
     else:
-        rows = int(x.ty.shape.values[axis])
+        rows = x.ty.shape.values[axis]
         amax = bb.emit(R_op.reshape(R_op.max(R_op.abs(x), axis=-1), (rows,)))
-        zp = relax.const(np.zeros(rows, np.int8))
+        zp = _row_zeros(rows)
     amax = bb.emit(R_op.maximum(amax, relax.const(DYNAMIC_EPS, "float32")))
     s = bb.emit(R_op.divide(amax, relax.const(float(WEIGHT_QMAX), "float32")))
     xq = bb.emit(R_op.quantize(x, s, zp, axis=axis, out_dtype="int8"))
     return bb.emit(R_op.dequantize(xq, s, zp, axis=axis, out_dtype="float32"))
+
+
+def _row_zeros(rows) -> relax.Expr:
+    """The zero points of per-row int8: one per row for a static row count, else the scalar
+    0 (a constant either way, as `lower-int8` wants it)."""
+    if isinstance(rows, tvm.tirx.IntImm):
+        return relax.const(np.zeros(int(rows), np.int8))
+    return relax.const(0, "int8")
 
 
 def weight_dequantize(wq: np.ndarray, scale: np.ndarray, axis: int) -> relax.Call:

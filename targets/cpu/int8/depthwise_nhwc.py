@@ -18,6 +18,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.int8_ops import tir_shape
 from graphopt.targets.cpu.int8.kernels import ConvSpec, Epilogue, Isa, _loop
 
 # Output rows per task (stride 1; strided convs take half: their input rows are 2x taller).
@@ -114,7 +115,8 @@ def depthwise_nhwc_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tv
     One task: `rows` output rows of one channel block; its input rows are loaded first
     (`_load_rows`), then the rows computed (`_output_rows`)."""
     lanes = isa.lanes
-    n, ch, h, w = spec.batch, spec.cin, spec.height, spec.width
+    n = tir_shape((spec.batch,))[0]  # may be symbolic
+    ch, h, w = spec.cin, spec.height, spec.width
     kh, kw = spec.kh, spec.kw
     oh, ow = spec.out_hw
     (sh, sw), (dh, dw) = spec.stride, spec.dilation

@@ -41,6 +41,8 @@ from graphopt.int8_ops import (  # noqa: F401 - the op types, re-exported for th
     Epilogue,
     MatmulSpec,
     add_value,
+    row_count,
+    tir_shape,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -173,9 +175,15 @@ MIN_TASKS = 8
 PARALLEL_MIN_WORK = 1 << 20
 
 
-def _loop(work: int):
-    """T.parallel for kernels worth splitting, else T.serial."""
-    return T.parallel if work >= PARALLEL_MIN_WORK else T.serial
+def _loop(work):
+    """T.parallel for kernels worth splitting, else T.serial (work symbolic: parallel)."""
+    return T.parallel if not isinstance(work, int) or work >= PARALLEL_MIN_WORK else T.serial
+
+
+def _work(rows, k: int, n: int) -> int:
+    """A matmul's multiply-adds; symbolic rows count as many (a kernel that may be large
+    runs in parallel)."""
+    return rows * k * n if isinstance(rows, int) else PARALLEL_MIN_WORK
 
 
 # fp32 values a fused-quantization matmul reads and quantizes at a time (two AVX2 registers).
@@ -191,7 +199,7 @@ class MatmulPlan:
     mr: int
     nr: int
     kwords: int
-    rows_pad: int
+    rows_pad: int  # 0 for symbolic rows
     n_pad: int  # N padded to a multiple of nr * lanes (one weight panel each)
 
 
@@ -200,10 +208,12 @@ def matmul_plan(spec: MatmulSpec, isa: Isa) -> MatmulPlan:
     # 2 panels of 3 vectors, not 2 of 4 with a quarter computed and dropped.
     widest = max(1, min(4, -(-spec.n // isa.lanes), isa.accumulators // 4))
     nr = min(range(widest, 0, -1), key=lambda v: -(-spec.n // (v * isa.lanes)) * v)
-    mr = max(1, min(isa.accumulators // nr, spec.rows))
+    symbolic = isinstance(spec.rows, str)  # any row count: the whole register tile
+    mr = isa.accumulators // nr if symbolic else max(1, min(isa.accumulators // nr, spec.rows))
     step = nr * isa.lanes
     kwords = -(-spec.k // isa.kpack)
-    return MatmulPlan(isa, mr, nr, kwords, -(-spec.rows // mr) * mr, -(-spec.n // step) * step)
+    rows_pad = 0 if symbolic else -(-spec.rows // mr) * mr
+    return MatmulPlan(isa, mr, nr, kwords, rows_pad, -(-spec.n // step) * step)
 
 
 def pack_matmul_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
@@ -218,9 +228,10 @@ def pack_matmul_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Geometry:
-    """The sizes one matmul kernel is generated from (its spec and plan, derived)."""
+    """The sizes one matmul kernel is generated from (its spec and plan, derived). With
+    symbolic rows, `rows`, `row_tiles`, `col_chunks` and `chunk` are expressions of them."""
 
-    rows: int
+    rows: int | tvm.tirx.PrimExpr
     k: int
     n: int
     kwords: int
@@ -230,22 +241,29 @@ class _Geometry:
     kpack: int
     off: int  # added to activations to reach the scheme's operand domain
     col_tiles: int
-    row_tiles: int
-    col_chunks: int  # column-tile chunks per row tile (parallel tasks)
-    chunk: int  # column tiles per task
+    row_tiles: int | tvm.tirx.PrimExpr
+    col_chunks: int | tvm.tirx.PrimExpr  # column-tile chunks per row tile (parallel tasks)
+    chunk: int | tvm.tirx.PrimExpr  # column tiles per task
 
     @property
     def step(self) -> int:
         return self.nr * self.lanes
 
 
-def _geometry(spec: MatmulSpec, plan: MatmulPlan) -> _Geometry:
+def _geometry(spec: MatmulSpec, plan: MatmulPlan, rows) -> _Geometry:
+    """`rows`: the row count, an expression of size vars when `spec.rows` is symbolic."""
     isa, mr, step = plan.isa, plan.mr, plan.nr * plan.isa.lanes
-    row_tiles, col_tiles = plan.rows_pad // mr, plan.n_pad // step
-    col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
-    chunk = -(-col_tiles // col_chunks)
+    col_tiles = plan.n_pad // step
+    if isinstance(rows, int):
+        row_tiles = plan.rows_pad // mr
+        col_chunks = max(1, min(col_tiles, -(-MIN_TASKS // row_tiles)))
+        chunk = -(-col_tiles // col_chunks)
+    else:  # the same plan, computed at run time
+        row_tiles = (rows + mr - 1) // mr
+        col_chunks = T.max(1, T.min(col_tiles, (MIN_TASKS + row_tiles - 1) // row_tiles))
+        chunk = (col_tiles + col_chunks - 1) // col_chunks
     return _Geometry(
-        spec.rows,
+        rows,
         spec.k,
         spec.n,
         plan.kwords,
@@ -256,7 +274,7 @@ def _geometry(spec: MatmulSpec, plan: MatmulPlan) -> _Geometry:
         isa.offset(spec.act_dtype),
         col_tiles,
         row_tiles,
-        -(-col_tiles // chunk),
+        -(-col_tiles // chunk) if isinstance(chunk, int) else (col_tiles + chunk - 1) // chunk,
         chunk,
     )
 
@@ -380,7 +398,7 @@ def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
     """TIR macro: one task's column tiles: the mr x nr register tile over all words, then the
     epilogue per output vector (the tail vector's valid lanes only)."""
     mr, nr, lanes, n, step = g.mr, g.nr, g.lanes, g.n, g.step
-    full_rows = g.rows % mr == 0
+    full_rows = isinstance(g.rows, int) and g.rows % mr == 0
 
     def row_scale(xs, rs, r, m):
         if spec.fused_quant:
@@ -395,9 +413,8 @@ def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
         )
 
     @T.macro
-    def gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, task):
-        c0 = T.meta_var(task % g.col_chunks * g.chunk)
-        for c in range(c0, T.min(c0 + g.chunk, g.col_tiles)):
+    def gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk):
+        for c in range(c0, T.min(c0 + chunk, g.col_tiles)):
             for i in T.unroll(mr * nr):
                 acc[i] = T.broadcast(T.int32(0), lanes)
             for kq in range(g.kwords):
@@ -450,9 +467,11 @@ def matmul_kernel(
     words: `window_words` says how rows are packed, `pack_window_weight` the weights. `zp` is
     what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
-    g = _geometry(spec, plan)
+    shape = tir_shape(shape)  # symbolic rows (or batch): size vars
+    rows = row_count(shape) if window is None else shape[0] * window.out_hw[0] * window.out_hw[1]
+    g = _geometry(spec, plan, rows)
     rows, k, n, mr, lanes, qv = g.rows, g.k, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
-    out_shape = (*shape[:-1], n) if window is None else (window.batch, *window.out_hw, n)
+    out_shape = (*shape[:-1], n) if window is None else (shape[0], *window.out_hw, n)
     xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
     x_dtype = "float32" if spec.fused_quant else spec.act_dtype
     if spec.fused_quant:
@@ -476,16 +495,22 @@ def matmul_kernel(
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((rows, k) if window is None else (1, 1), x_dtype, data=x.data)
         of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
+        # With symbolic rows these three are let-bound (computed once, not inlined into every
+        # index: LowerIntrin's floordiv expansion of the nested divisions never finished).
+        row_tiles = g.row_tiles
+        col_chunks = g.col_chunks
+        chunk = g.chunk
         # One task: mr rows (packed into words here) times a chunk of column tiles.
-        for task in _loop(rows * k * n)(g.row_tiles * g.col_chunks):
-            m0 = T.meta_var(task // g.col_chunks * mr)
+        for task in _loop(_work(rows, k, n))(row_tiles * col_chunks):
+            m0 = T.meta_var(task // col_chunks * mr)
+            c0 = T.meta_var(task % col_chunks * chunk)
             words = T.decl_buffer((mr, g.kwords), "int32")
             acc = T.decl_buffer((mr * g.nr,), f"int32x{lanes}", scope="local")
             tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
             rs = T.decl_buffer((mr,), "float32", scope="local")
             vmax = T.decl_buffer((qv,), "float32", scope="local")
             pack_rows(x, xf, words, rs, vmax, m0)
-            gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, task)
+            gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk)
 
     return matmul
 
@@ -549,11 +574,10 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int):
 
 def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(a, b, out): the int8 residual add, vectorized over the flattened tensor."""
-    total = int(np.prod(spec.shape))
+    shape = tir_shape(spec.shape)  # a symbolic batch: a size var
+    total = row_count((*shape, 1))
     lanes = 16
-    vecs = total // lanes
     per_task = 64  # vectors per parallel task
-    tasks = -(-vecs // per_task)
     ep = spec.ep
 
     def value(a, b, lanes_):
@@ -561,11 +585,13 @@ def add_kernel(spec: AddSpec) -> tvm.tirx.PrimFunc:
 
     @T.prim_func
     def add(
-        a: T.Buffer(spec.shape, spec.a_dtype),
-        b: T.Buffer(spec.shape, spec.b_dtype),
-        out: T.Buffer(spec.shape, ep.out_dtype),
+        a: T.Buffer(shape, spec.a_dtype),
+        b: T.Buffer(shape, spec.b_dtype),
+        out: T.Buffer(shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        vecs = total // lanes  # let-bound when symbolic
+        tasks = (vecs + per_task - 1) // per_task
         af = T.decl_buffer((total,), spec.a_dtype, data=a.data)
         bf = T.decl_buffer((total,), spec.b_dtype, data=b.data)
         of = T.decl_buffer((total,), ep.out_dtype, data=out.data)

@@ -25,7 +25,7 @@ import numpy as np
 import tvm
 
 from graphopt.int4_ops import RECIPE_ATTR as INT4_ATTR
-from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe
+from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe, symbolic_rows
 from graphopt.precision_ops import RECIPE_ATTR as PRECISION_ATTR
 from graphopt.sparse_ops import RECIPE_ATTR as SPARSE_ATTR
 from graphopt.targets.cpu.int8 import conv_nchw as CN
@@ -114,7 +114,7 @@ def _conv_nhwc(recipe: Recipe, isa: K.Isa):
     n, h, w, cin = spec.batch, spec.height, spec.width, spec.cin
     x_shape = (n, h, w, cin)
     if spec.pointwise:  # a 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out]
-        mspec = MatmulSpec(n * h * w, cin, spec.cout, spec.act_dtype)
+        mspec = MatmulSpec(symbolic_rows(x_shape), cin, spec.cout, spec.act_dtype)
         plan = K.matmul_plan(mspec, isa)
         func = K.matmul_kernel(mspec, plan, x_shape, zp, ep)
 
@@ -123,7 +123,7 @@ def _conv_nhwc(recipe: Recipe, isa: K.Isa):
     else:  # the same matmul over each output pixel's window, packed from NHWC per task
         oh, ow = spec.out_hw
         k = spec.kh * spec.kw * K.window_words(cin, isa) * isa.kpack
-        mspec = MatmulSpec(n * oh * ow, k, spec.cout, spec.act_dtype)
+        mspec = MatmulSpec(symbolic_rows((n, oh, ow, k)), k, spec.cout, spec.act_dtype)
         plan = K.matmul_plan(mspec, isa)
         func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)
 

@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.int8_ops import WORD_CHANNELS
+from graphopt.int8_ops import WORD_CHANNELS, tir_shape
 from graphopt.targets.cpu.int8.kernels import _loop
 
 LANES = 16
@@ -27,7 +27,7 @@ def quantize_nhwc_kernel(
     """PrimFunc(x fp32 NCHW [n, c <= 4, h, w], scale fp32 [], out [n, h, w, 4]); channels
     >= c hold zp. (The scale is an operand: Relax's RewriteDataflowReshape inspects kernels
     with one input and fails on a body without blocks.)"""
-    n, c, h, w = shape
+    n, c, h, w = tir_shape(shape)  # n may be symbolic
     assert c <= CHANNELS
     info = np.iinfo(out_dtype)
     vec_w = w // LANES * LANES

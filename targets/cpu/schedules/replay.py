@@ -19,6 +19,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
+from graphopt import _tvm
 from graphopt.targets.cpu.schedules.symbolic import NOMINAL_EXTENT
 
 # Rules that schedule symbolic extents directly (symbolic.py, matmul.py).
@@ -37,29 +38,8 @@ def symbolic_vars(func: tirx.PrimFunc) -> list[tirx.Var]:
 
 
 def specialize(func: tirx.PrimFunc, sizes: Mapping[str, int]) -> tirx.PrimFunc | None:
-    """The function with each symbolic dim at its size, through buffers of static shape
-    (PrimFunc.specialize binds the dims from the buffers); None when a shape is an
-    expression of the dims rather than a dim itself."""
-    binds = {}
-    for param in func.params:
-        shape = getattr(param.ty, "shape", None)
-        if shape is None or all(isinstance(d, tirx.IntImm) for d in shape):
-            continue
-        if not all(isinstance(d, (tirx.IntImm, tirx.Var)) for d in shape):
-            return None
-        static = [
-            tirx.IntImm("int64", sizes[d.name]) if isinstance(d, tirx.Var) else d for d in shape
-        ]
-        binds[param] = tirx.decl_buffer(
-            static,
-            param.ty.dtype,
-            param.name,
-            data=param.data,
-            elem_offset=param.elem_offset,
-            data_alignment=param.data_alignment,
-            offset_factor=param.offset_factor,
-        )
-    return func.specialize(binds) if binds else None
+    """The function with each symbolic dim at its size (`_tvm.specialize_dims`)."""
+    return _tvm.specialize_dims(func, sizes)
 
 
 def batch_dims(func: tirx.PrimFunc) -> set[str]:

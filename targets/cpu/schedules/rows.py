@@ -122,7 +122,16 @@ def _keys_and_lane(sch: Schedule, loops: list, partial) -> tuple:
 
 def _vectorize_with_tail(sch: Schedule, loop, lanes: int) -> None:
     """Whole vectors over a symbolic loop and a scalar tail: the split's guard goes to
-    LoopPartition (the hint), which peels the last partial vector off the main loop."""
+    LoopPartition (the hint), which peels the last partial vector off the main loop. A
+    static loop is split exactly by the widest vector dividing it, no guard: partitioning
+    a static 28 (8-lane vectors) in a kernel with a symbolic batch made TVM 0.27's
+    lowering fail (int32 against int64 in the partition's condition)."""
+    extent = common.const_int(sch.get(loop).extent)
+    if extent is not None:
+        width = common.vector_width(extent, lanes)
+        if width > 1:
+            sch.vectorize(sch.split(loop, [None, width])[1] if extent > width else loop)
+        return
     outer, inner = sch.split(loop, [None, lanes])
     sch.annotate(outer, "pragma_loop_partition_hint", 1)
     sch.vectorize(inner)
