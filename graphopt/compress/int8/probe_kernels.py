@@ -16,7 +16,11 @@ from tvm import relax, te
 def _at(tensor: te.Tensor, idx) -> tuple:
     """`tensor`'s index for output index `idx` under numpy broadcasting."""
     nd, out_nd = len(tensor.shape), len(idx)
-    return tuple(idx[out_nd - nd + d] if int(tensor.shape[d]) != 1 else 0 for d in range(nd))
+
+    def one(dim) -> bool:  # a symbolic dim (rows of a symbolic batch) is not broadcast
+        return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
+
+    return tuple(idx[out_nd - nd + d] if not one(tensor.shape[d]) else 0 for d in range(nd))
 
 
 def emit_epilogue(
