@@ -1,6 +1,7 @@
 """`--quantize int4`: group-wise int4 matmul weights (and embedding tables), round-to-nearest
 or GPTQ from calibration activations, after W4A8 smoothing (the default with calibration) or
-AWQ scaling, lowered by the `lower-int4` pass; with --max-drop, per-layer int4 / int8 / fp32 under the accuracy budget (budget.py)."""
+AWQ scaling, lowered by the `lower-int4` pass; with --max-drop, per-layer int4 / int8 / fp32
+under the accuracy budget (budget.py)."""
 
 from __future__ import annotations
 
@@ -197,18 +198,21 @@ class _Planner:
         return np.ascontiguousarray(q.dequantize().T)
 
     def bits(self, level: int) -> dict[str, int]:
-        """Per layer 4, 8 or 32 at `level`; a conv the ladder moves to int8 runs fp32 (the
-        int8 fallback is the dynamic per-row matmul flow, which has no conv)."""
+        """Per layer 4, 8 or 32 at `level` (a 1x1 conv at 8 runs as an int8 matmul of its
+        pixels: `lower-int4`'s int8_convs, then the dynamic per-row int8 flow)."""
         bits = {name: 32 for name in self.o.skip}
         bits.update({name: 4 for name in self.weights})
         if self.choice is not None:
             bits.update(self.choice.bits(level))
-        return {n: 32 if b == 8 and n.startswith("conv2d") else b for n, b in bits.items()}
+        return bits
 
     def plan(self, level: int) -> CompressionPlan:
         o, bits = self.o, self.bits(level)
         reasons = self._reasons(bits)
         opts = _lower_options(o, self.path, [n for n, b in bits.items() if b != 4])
+        int8_convs = [n for n, b in bits.items() if b == 8 and n.startswith("conv2d")]
+        if int8_convs:
+            opts["int8_convs"] = ":".join(int8_convs)
         passes = [make_pass("lower-int4", opts), *self._int8_passes(bits)]
         accuracy = self._accuracy(level)
         manifest = _manifest(o, self.func, self.weights, self.errors, self.seconds, bits, reasons)
@@ -253,15 +257,17 @@ class _Planner:
 
     def _int8_passes(self, bits: dict[str, int]) -> list[GraphPass]:
         """Dynamic per-row int8 for the layers the budget moved to int8. They run after
-        lower-int4, whose layers are no longer matmuls: layer names count from 0 again over
-        the matmuls left (every conv stays as it was)."""
+        lower-int4, whose int4 layers are no longer matmuls and whose int8 1x1 convs are
+        matmuls now: layer names count from 0 again over the matmuls left, in binding order
+        (every conv left stays fp32)."""
         if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
             return []
         layers = [ly for ly in find_layers(self.func) if bits.get(ly.name) != 4]
-        left = [ly.name for ly in layers if ly.kind == "matmul"]
+        matmul = [ly.kind == "matmul" or bits.get(ly.name) == 8 for ly in layers]
+        left = [ly.name for ly, m in zip(layers, matmul, strict=True) if m]
         renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
         skip = [renamed[n] for n in left if bits.get(n, 32) == 32]
-        convs = sum(ly.kind == "conv2d" for ly in layers)  # every conv left stays fp32
+        convs = len(layers) - len(left)  # every conv left stays fp32
         skip += [f"conv2d_{j}" for j in range(convs)]
         opts = {"mode": "dynamic", "granularity": "row", "embeddings": "false"}
         if skip:
@@ -304,7 +310,9 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
     meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
     for i, ly in enumerate(layers):
         w, h, n_rows = weight_matrix(ly), hs[ly.name], rows[ly.name]
-        weights[ly.name], alpha = _quantize_layer(w, h, n_rows, o, (sample, ly.name) if sample else None)
+        weights[ly.name], alpha = _quantize_layer(
+            w, h, n_rows, o, (sample, ly.name) if sample else None
+        )
         mean_h = h / max(n_rows, 1)  # per-row output error, per channel
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
         errors[ly.name] = {
