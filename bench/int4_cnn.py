@@ -5,8 +5,9 @@ evaluation and validation photos disjoint): GPTQ calibrated on the calibration c
 `--max-drop` budget scored on them too (top-1 agreement with fp32, as bench_int8's --max-drop
 rows), quality measured on the evaluation and validation crops against onnxruntime fp32.
 Contestants: graphopt fp32, graphopt int8 (the default static flow of bench_int8, every layer
-int8), int4 W4A8 with every 1x1 conv and the classifier int4, and the same under the budget
-(layers the budget keeps off int4 run int8 when they are matmuls, fp32 when convs). Weights:
+int8), int4 W4A8 with every 1x1 conv and the classifier int4 (inputs smoothed per layer, the
+default with calibration data, and without), and the same under the budget (the layers it
+keeps off int4 run int8: a 1x1 conv as the dynamic per-row int8 matmul of its pixels). Weights:
 tensor bytes in the library (graphopt.sizes) over fp32's. Latency (timed runs only):
 interleaved medians in one process, vs graphopt int8.
 """
@@ -40,7 +41,8 @@ def _variants(calib: Path, int8_quant) -> dict[str, dict]:
     return {
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": int8_quant},
-        "graphopt_int4_w4a8": int4(),
+        "graphopt_int4_w4a8": int4(),  # inputs smoothed per layer (the default, smooth.py)
+        "graphopt_int4_w4a8_unsmoothed": int4(smooth=False),
         "graphopt_int4_w4a8_budget": int4(**budget),
     }
 
