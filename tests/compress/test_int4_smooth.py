@@ -146,3 +146,12 @@ def test_flag_errors(tmp_path, capsys):
         assert main([*base, *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.startswith("error: "), err
+
+
+def test_channels_dead_on_calibration_get_no_large_input_multiplier():
+    """A channel that never fired on the calibration data is floored at a tenth of the median
+    channel's maximum: on other inputs a value in it must not set its row's int8 scale."""
+    amax = np.full(8, 2.0)
+    amax[3] = 0.0
+    s = smooth_scales(amax, 1.0)
+    np.testing.assert_allclose(s.max() / s[3], 10.0, rtol=1e-6)

@@ -5,9 +5,9 @@ W4A8 rounds each row of a layer's input to int8 with one scale per row (`int4_a8
 input channel that runs far larger than the rest sets that scale, and every other channel of
 the row keeps fewer levels. Dividing input channel k by s_k and multiplying weight row k by it
 (x @ W = (x / s) @ (s W)) moves part of that range into the weights, which int4 rounds in
-groups with their own scales. s = max|x_k|^a over the calibration rows (normalized to max x
-min = 1); a in 0, 0.1, .., 1 is chosen per layer by the W4A8 output error on a sample of the
-calibration rows,
+groups with their own scales. s = max|x_k|^a over the calibration rows (a channel's maximum
+at least a tenth of the median channel's; normalized to max x min = 1); a in 0, 0.1, .., 1
+is chosen per layer by the W4A8 output error on a sample of the calibration rows,
 
     || X W - rowq(X * (1 / s)) @ Q(s W) ||^2     (rowq: the kernels' per-row int8 rounding)
 
@@ -30,10 +30,17 @@ from .awq import ALPHAS, with_input_scale
 from .quant import Int4Weight
 
 
+# A channel's maximum counts as at least this share of the median channel's: a channel (almost)
+# never active on the calibration data (a ReLU's dead channel) would otherwise get 1 / s_k in
+# the thousands, and one value of it on other inputs would set its whole row's int8 scale.
+FLOOR = 0.1
+
+
 def smooth_scales(amax: np.ndarray, alpha: float) -> np.ndarray:
-    """s [K] = max|x_k|^alpha, normalized to max * min = 1 (channels never seen: 1e-4)."""
-    s = np.maximum(np.asarray(amax, np.float64), 1e-8) ** alpha
-    s = np.maximum(s, 1e-4)
+    """s [K] = max(max|x_k|, FLOOR x the median channel's)^alpha, normalized to max * min = 1."""
+    amax = np.asarray(amax, np.float64)
+    floor = max(FLOOR * float(np.median(amax)), 1e-8)
+    s = np.maximum(amax, floor) ** alpha
     return (s / np.sqrt(s.max() * s.min())).astype(np.float32)
 
 
