@@ -29,7 +29,6 @@ from ...int4_a8_ops import fake_quant_rows
 from .awq import ALPHAS, with_input_scale
 from .quant import Int4Weight
 
-
 # A channel's maximum counts as at least this share of the median channel's: a channel (almost)
 # never active on the calibration data (a ReLU's dead channel) would otherwise get 1 / s_k in
 # the thousands, and one value of it on other inputs would set its whole row's int8 scale.
