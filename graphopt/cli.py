@@ -412,7 +412,7 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="W4A8: per-layer input smoothing searched on the W4A8 output error (default: on "
-        "with --calibration and --int4-activations int8, unless --int4-awq)",
+        "for matmuls with --calibration and --int4-activations int8, unless --int4-awq)",
     )
     q.add_argument(
         "--int4-activations",

@@ -59,7 +59,8 @@ class Int4Options:
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
     awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
-    # W4A8 input smoothing searched on the W4A8 output error (smooth.py); None: on for W4A8
+    # W4A8 input smoothing searched on the W4A8 output error (smooth.py); None: on for the
+    # matmuls (not the 1x1 convs: no gain measured on the CNNs) of W4A8
     # with calibration data and without AWQ
     smooth: bool | None = None
     activations: str = "int8"  # int8: W4A8 (rows quantized at run time) | fp32: W4 x fp32
@@ -96,11 +97,14 @@ def check_options(o: Int4Options) -> None:
     check_budget_options(o)
 
 
-def smoothing(o: Int4Options) -> bool:
-    """Whether the W4A8 smoothing runs: as asked, else with calibration data for W4A8."""
+def smoothing(o: Int4Options, layer: Layer | None = None) -> bool:
+    """Whether the W4A8 smoothing runs (for `layer`): as asked, else with calibration data for
+    W4A8 matmuls. 1x1 convs only when asked: on MobileNetV2 and EfficientNet-Lite0 it did not
+    raise the top-1 agreement (docs/INT4.md)."""
     if o.smooth is not None:
         return o.smooth
-    return bool(o.calibration) and o.activations == "int8" and not o.awq
+    auto = bool(o.calibration) and o.activations == "int8" and not o.awq
+    return auto and (layer is None or layer.kind == "matmul")
 
 
 @dataclass
@@ -119,7 +123,7 @@ class Int4:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if (o.method == "gptq" or o.awq or smoothing(o)) and layers:
+        if (o.method == "gptq" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
             weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
@@ -299,7 +303,7 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
     from .hessian import RowSample, hessians
 
     feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
-    smooth = smoothing(o)
+    smooth = any(smoothing(o, ly) for ly in layers)
     what = "awq + " * o.awq + "smooth + " * smooth + o.method
     ctx.progress(f"int4 {what}: {len(layers)} layers, {len(feeds)} calibration feeds")
     target = evaluation_target(ctx.target)
@@ -310,8 +314,9 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
     meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
     for i, ly in enumerate(layers):
         w, h, n_rows = weight_matrix(ly), hs[ly.name], rows[ly.name]
+        smoothed = sample is not None and smoothing(o, ly)
         weights[ly.name], alpha = _quantize_layer(
-            w, h, n_rows, o, (sample, ly.name) if sample else None
+            w, h, n_rows, o, (sample, ly.name) if smoothed else None
         )
         mean_h = h / max(n_rows, 1)  # per-row output error, per channel
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
@@ -319,7 +324,7 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
             "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
             "mse": round(output_error(w, weights[ly.name], mean_h) / w.shape[1], 8),
             **({"awq_alpha": alpha} if o.awq else {}),
-            **({"smooth_alpha": alpha} if smooth else {}),
+            **({"smooth_alpha": alpha} if smoothed else {}),
         }
         meter.update(i + 1, ly.name)
     return weights
