@@ -62,6 +62,7 @@ def bench_cnn(name: str, workdir: Path, timed: bool, runs: int, say) -> dict[str
 
     entry: dict[str, Any] = {"model": name}
     path, _feeds, _labels, calib, quant = model_data(name, workdir, "mse", None, entry)
+    entry.pop("validation_feeds", None)  # arrays (bench_int8's): not for the results' JSON
     calib_path = workdir / f"{name}_calib.npz"
     np.savez(calib_path, **calib)
     quant = dataclasses.replace(quant, calibration=str(calib_path), speed_check=False)
