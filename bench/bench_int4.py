@@ -14,7 +14,8 @@ int8 and onnxruntime's MatMulNBits.
 - Contestants: graphopt fp32, int8 (dynamic, per row), int4 GPTQ and int4 RTN W4 x fp32 (the
   same format, embeddings int4), int4 GPTQ W4 x fp32 with `--max-drop` (per layer int4 or
   int8, budgeted on sentences neither calibration nor evaluation uses), the GPTQ and budget
-  ones again as W4A8 (`--int4-activations int8`); onnxruntime fp32 and MatMulNBits (block 32,
+  ones again as W4A8 (`--int4-activations int8`, inputs smoothed per layer, the default with
+  calibration data) and GPTQ W4A8 without the smoothing; onnxruntime fp32 and MatMulNBits (block 32,
   symmetric, accuracy_level 4; its Gather stays fp32); that MatMulNBits model imported by
   graphopt (its weights as they are, on graphopt's int4 kernels); OpenVINO fp32 and NNCF's
   int4 weight compression (INT4_SYM, group 32) on OpenVINO, both with
@@ -178,8 +179,12 @@ def _int4_variants(calib: Path, budget: Path, fmt: dict) -> dict[str, Any]:
     rtn = {k: v for k, v in fmt.items() if k != "damp"}
     return {
         "graphopt_int4_gptq": Int4Options("gptq", activations="fp32", **gptq),
-        # the same GPTQ weights as W4A8: rows quantized to int8 at run time, int8 dot products
+        # W4A8: rows quantized to int8 at run time, int8 dot products; with calibration data
+        # the inputs are smoothed per layer first (the default, smooth.py), and without
         "graphopt_int4_gptq_w4a8": Int4Options("gptq", activations="int8", **gptq),
+        "graphopt_int4_gptq_w4a8_unsmoothed": Int4Options(
+            "gptq", activations="int8", smooth=False, **gptq
+        ),
         "graphopt_int4_rtn": Int4Options("rtn", activations="fp32", **rtn),
         "graphopt_int4_int8_budget": Int4Options("gptq", activations="fp32", **budgeted),
         "graphopt_int4_int8_budget_w4a8": Int4Options("gptq", activations="int8", **budgeted),
@@ -193,6 +198,9 @@ def _int4_facts(manifest: dict) -> dict[str, Any]:
         k: m["settings"][k] for k in ("method", "group", "symmetric", "scale_dtype", "damp")
     }
     facts["layers_by_bits"] = {"4": m["int4_layers"], "8": m["int8_layers"]}
+    alphas = {r["layer"]: r["smooth_alpha"] for r in m["layers"] if "smooth_alpha" in r}
+    if alphas:
+        facts["smooth_alpha"] = alphas
     if m.get("accuracy"):
         acc = m["accuracy"]
         facts["budget"] = {k: acc.get(k) for k in ("final", "artifact", "seconds")}

@@ -5,8 +5,10 @@ evaluation and validation photos disjoint): GPTQ calibrated on the calibration c
 `--max-drop` budget scored on them too (top-1 agreement with fp32, as bench_int8's --max-drop
 rows), quality measured on the evaluation and validation crops against onnxruntime fp32.
 Contestants: graphopt fp32, graphopt int8 (the default static flow of bench_int8, every layer
-int8), int4 W4A8 with every 1x1 conv and the classifier int4, and the same under the budget
-(layers the budget keeps off int4 run int8 when they are matmuls, fp32 when convs). Weights:
+int8), int4 W4A8 with every 1x1 conv and the classifier int4 (the default: the classifier's
+input smoothed, smooth.py; and every layer's, --int4-smooth), and the same under the budget
+(the layers it keeps off int4 run int8: a 1x1 conv as the dynamic per-row int8 matmul of its
+pixels). Weights:
 tensor bytes in the library (graphopt.sizes) over fp32's. Latency (timed runs only):
 interleaved medians in one process, vs graphopt int8.
 """
@@ -40,7 +42,8 @@ def _variants(calib: Path, int8_quant) -> dict[str, dict]:
     return {
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": int8_quant},
-        "graphopt_int4_w4a8": int4(),
+        "graphopt_int4_w4a8": int4(),  # the classifier's input smoothed (the default)
+        "graphopt_int4_w4a8_smoothed": int4(smooth=True),  # every layer's (--int4-smooth)
         "graphopt_int4_w4a8_budget": int4(**budget),
     }
 
@@ -59,6 +62,7 @@ def bench_cnn(name: str, workdir: Path, timed: bool, runs: int, say) -> dict[str
 
     entry: dict[str, Any] = {"model": name}
     path, _feeds, _labels, calib, quant = model_data(name, workdir, "mse", None, entry)
+    entry.pop("validation_feeds", None)  # arrays (bench_int8's): not for the results' JSON
     calib_path = workdir / f"{name}_calib.npz"
     np.savez(calib_path, **calib)
     quant = dataclasses.replace(quant, calibration=str(calib_path), speed_check=False)
@@ -78,7 +82,8 @@ def bench_cnn(name: str, workdir: Path, timed: bool, runs: int, say) -> dict[str
             facts[key]["manifest_size"] = m["size"]
             if m.get("accuracy"):
                 acc = m["accuracy"]
-                facts[key]["budget"] = {k: acc.get(k) for k in ("fp32", "final", "artifact")}
+                keys = ("fp32", "final", "artifact")
+                facts[key]["budget"] = {k: _number(acc.get(k)) for k in keys}
     fp32_w = library_weights(arts["graphopt_fp32"].library_path).weight_bytes
     entry["weights_ratio"] = {
         k: round(library_weights(a.library_path).weight_bytes / fp32_w, 4) for k, a in arts.items()
@@ -95,6 +100,11 @@ def bench_cnn(name: str, workdir: Path, timed: bool, runs: int, say) -> dict[str
         entry["latency_ms"] = {k: round(v.median_ms, 3) for k, v in t.items()}
     say(f"[{name}] {entry['quality']} {entry['weights_ratio']}")
     return entry
+
+
+def _number(v) -> float | None:
+    """A score as a plain float (the artifact check's may be a numpy scalar)."""
+    return None if v is None else float(v)
 
 
 def _bits(m: dict) -> dict[str, int]:

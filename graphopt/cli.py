@@ -199,6 +199,7 @@ def _int4_method(args: argparse.Namespace):
         embedding_group=args.int4_embedding_group,
         skip=_layer_list(args.int4_skip),
         awq=args.int4_awq,
+        smooth=args.int4_smooth,
         activations=args.int4_activations,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
@@ -405,6 +406,13 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="activation-aware input scaling before rounding or GPTQ (needs --calibration)",
+    )
+    q.add_argument(
+        "--int4-smooth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="W4A8: per-layer input smoothing searched on the W4A8 output error (default: on "
+        "for matmuls with --calibration and --int4-activations int8, unless --int4-awq)",
     )
     q.add_argument(
         "--int4-activations",

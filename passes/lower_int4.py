@@ -10,6 +10,11 @@ for instance: `compress/int4/store.py`; checked against the graph's shapes) or a
 here by round-to-nearest with `group` and `symmetric`. A weight with an AWQ input scale gets
 `x * act_scale` in front of its op.
 
+The 1x1 convs named in `int8_convs` (those `--max-drop` keeps int8) stay fp32 here but become
+matmuls of their pixels, `reshape(permute(x, NHWC), [1, B*H*W, C]) @ W [C, N]`, so that the
+dynamic per-row int8 flow (`quantize{mode=dynamic, granularity=row}`, `lower-int8`), which
+takes matmuls only and rows of a [1, rows, K] input, runs them with one scale per pixel.
+
 With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
 scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
@@ -58,6 +63,7 @@ class LowerInt4(GraphPass):
         scale_dtype: str = "float32"  # round-to-nearest: float32 | float16 scales
         embedding_group: int = 0  # group of the embedding rows (0: `group`)
         act: str = "float32"  # float32: W4 x fp32 ops | int8: W4A8 (rows quantized at run time)
+        int8_convs: str = ""  # ":"-separated 1x1 convs rewritten as fp32 matmuls (for int8)
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -67,15 +73,19 @@ class LowerInt4(GraphPass):
             raise PipelineError(f"lower-int4: act must be one of {', '.join(ACTS)}, not {o.act!r}")
         stored = load_weights(o.weights)
         skip = set(filter(None, o.skip.split(":")))
+        as_matmul = set(filter(None, o.int8_convs.split(":")))
         func = mod["main"]
         todo = {}
         for layer in int4_layers(func):
-            if layer.name in skip:
-                continue
-            todo[layer.var] = (layer, self._weight(layer, stored))
+            if layer.name in as_matmul and layer.kind == "conv2d":
+                todo[layer.var] = (layer, None)
+            elif layer.name not in skip:
+                todo[layer.var] = (layer, self._weight(layer, stored))
         rewriter = _Rewriter(mod, todo, bound_constants(func), o)
         new_func = rewriter.visit_expr(func)
-        stats = {"int4_matmuls": len(todo), "int4_embeddings": len(rewriter.tables)}
+        convs = sum(q is None for _ly, q in todo.values())
+        stats = {"int4_matmuls": len(todo) - convs, "int4_embeddings": len(rewriter.tables)}
+        stats["conv_matmuls"] = convs
         if not todo and not rewriter.tables:
             return PassResult(mod, False, stats)
         new = rewriter.builder_.get()
@@ -124,6 +134,10 @@ class _Rewriter(relax.PyExprMutator):
         layer, q = self.todo[binding.var]
         bb, conv = self.builder_, layer.kind == "conv2d"
         x = self.visit_expr(layer.call.args[0])
+        if q is None:
+            call = self._conv_matmul(layer, x)
+            bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
+            return
         if conv:  # NCHW -> NHWC: the input channels are K
             x = bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
@@ -141,6 +155,16 @@ class _Rewriter(relax.PyExprMutator):
         if conv:
             call = R.permute_dims(bb.emit(call), [0, 3, 1, 2])
         bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
+
+    def _conv_matmul(self, layer, x: relax.Expr) -> relax.Expr:
+        """A 1x1 conv (NCHW) as the fp32 matmul of its pixels [1, B*H*W, C] @ W [C, N]."""
+        bb = self.builder_
+        b, c, h, w = (int(d) for d in layer.call.args[0].ty.shape.values)
+        rows = bb.emit(R.reshape(bb.emit(R.permute_dims(x, [0, 2, 3, 1])), [1, b * h * w, c]))
+        weight = weight_matrix(layer)
+        y = bb.emit(R.matmul(rows, relax.const(weight)))
+        y = bb.emit(R.reshape(y, [b, h, w, weight.shape[1]]))
+        return R.permute_dims(y, [0, 3, 1, 2])
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         o = self.options

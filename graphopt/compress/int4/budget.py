@@ -2,10 +2,11 @@
 
 Each layer gets one of three precisions: int4 weights (fp32 activations, the W4 x fp32
 kernels), the fallback (int8 weights with dynamic per-row int8 activations, as
-`--quant-mode dynamic --quant-granularity row` builds them; or fp32) and fp32. Scoring every
-choice needs the model run with any mix of them (a 1x1 conv has no int8 fallback: the
-dynamic int8 flow has matmuls only, so its g_i leaves it fp32), so, as for int8, one graph
-is built with the choice as inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
+`--quant-mode dynamic --quant-granularity row` builds them; or fp32) and fp32. A 1x1 conv's
+int8 is that flow on the matmul of its pixels (`lower-int4`'s int8_convs): one scale per
+pixel over the channels, one per output channel of the weight. Scoring every choice needs the
+model run with any mix of them, so, as for int8, one graph is built with the choice as
+inputs: per layer i, [1] flags f_i (int4) and g_i (int8),
 
     x' = where(f_i, x * a_i, where(g_i, QDQ_row(x), x))
     W' = where(f_i, DQ4_i, where(g_i, DQ8_i, W))
@@ -126,6 +127,18 @@ class _Switch(PyExprMutator):
         on = R_op.greater(flag, relax.const(0.5, "float32"))
         return self.builder_.emit(R_op.where(on, yes, no))
 
+    def _int8_rows_2d(self, x: relax.Expr) -> relax.Expr:
+        return emit_dynamic_qdq(self.builder_, x, per_row=True)
+
+    def _int8_rows(self, x: relax.Expr) -> relax.Expr:
+        """A conv's NCHW input rounded as the int8 matmul of its pixels rounds it: through
+        the same [1, B*H*W, C] rows and the int8 flow's own per-row quantize / dequantize."""
+        bb = self.builder_
+        b, c, h, w = (int(d) for d in x.ty.shape.values)
+        rows = bb.emit(R_op.reshape(bb.emit(R_op.permute_dims(x, [0, 2, 3, 1])), [1, b * h * w, c]))
+        back = bb.emit(R_op.reshape(emit_dynamic_qdq(bb, rows, per_row=True), [b, h, w, c]))
+        return bb.emit(R_op.permute_dims(back, [0, 3, 1, 2]))
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
         if i is None:
@@ -146,9 +159,9 @@ class _Switch(PyExprMutator):
             x4 = self.builder_.emit(R_op.multiply(x, relax.const(a)))
         if self.a8:
             x4 = row_fake_quant(self.builder_, x4, axis=1 if conv else -1)
-        if self.fallback_flags and not conv:  # int8 fallback: the matmul flow (no convs)
+        if self.fallback_flags:  # int8 fallback: the dynamic per-row matmul flow
             g = self.fallback_flags[i]
-            x = self._where(g, emit_dynamic_qdq(self.builder_, x, per_row=True), x)
+            x = self._where(g, self._int8_rows(x) if conv else self._int8_rows_2d(x), x)
             wq, scale = weight_qparams(layer.weight, layer.weight_axis)
             w = self._where(g, relax.const(dequant_weight_np(wq, scale, layer.weight_axis)), w)
         x = self._where(self.flags[i], x4, x)

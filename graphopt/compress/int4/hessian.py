@@ -11,6 +11,7 @@ input channels at each pixel (`conv_rows`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -43,6 +44,29 @@ def layer_rows(layer: Layer, x: np.ndarray, mask: np.ndarray | None = None) -> n
     return _rows(x, mask) if layer.kind == "matmul" else conv_rows(layer, x)
 
 
+@dataclass
+class RowSample:
+    """What the W4A8 smoothing search (`smooth.py`) needs besides H: each layer's channel
+    maxima over every calibration row, and up to about `cap` of the rows (evenly spaced
+    within each feed: a CNN's feed has thousands of pixels, a sentence a few dozen tokens)."""
+
+    feeds: int
+    cap: int = 4096
+    maxes: dict[str, np.ndarray] = field(default_factory=dict)
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, name: str, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        m = np.abs(x).max(axis=0)
+        self.maxes[name] = np.maximum(self.maxes[name], m) if name in self.maxes else m
+        step = -(-len(x) // max(1, self.cap // max(self.feeds, 1)))
+        self.parts.setdefault(name, []).append(np.asarray(x[::step], np.float32))
+
+    def rows(self, name: str) -> np.ndarray:
+        return np.concatenate(self.parts[name])
+
+
 def hessians(
     mod: tvm.IRModule,
     feeds: Sequence[Mapping[str, np.ndarray]],
@@ -51,10 +75,12 @@ def hessians(
     progress: Callable[[str], None] = lambda _m: None,
     skip_padding: bool = True,
     sums: dict[str, np.ndarray] | None = None,
+    sample: RowSample | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """({layer: H [K, K] float64}, {layer: rows seen}) for the layers named in `wanted`;
     skip_padding: leave out the rows an `attention_mask` feed marks as padding. sums: filled
-    with each layer's summed rows (its mean input times the rows seen)."""
+    with each layer's summed rows (its mean input times the rows seen). sample: filled with
+    channel maxima and a sample of rows (`RowSample`)."""
     layers: list[Layer] = find_layers(mod["main"])
     index = {ly.name: i for i, ly in enumerate(layers)}
     picked = [n for n in wanted if n in index]
@@ -72,6 +98,8 @@ def hessians(
             acc[name] = acc.get(name, 0.0) + x.T @ x
             if sums is not None:
                 sums[name] = sums.get(name, 0.0) + x.sum(axis=0)
+            if sample is not None:
+                sample.add(name, x)
             rows[name] = rows.get(name, 0) + x.shape[0]
         meter.update(i + 1)
     return acc, rows

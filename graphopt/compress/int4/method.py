@@ -1,6 +1,7 @@
 """`--quantize int4`: group-wise int4 matmul weights (and embedding tables), round-to-nearest
-or GPTQ from calibration activations, optionally after AWQ scaling, lowered by the `lower-int4`
-pass; with --max-drop, per-layer int4 / int8 / fp32 under the accuracy budget (budget.py)."""
+or GPTQ from calibration activations, after W4A8 smoothing (the default with calibration) or
+AWQ scaling, lowered by the `lower-int4` pass; with --max-drop, per-layer int4 / int8 / fp32
+under the accuracy budget (budget.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
 from .layers import int4_layers, out_channels, weight_matrix
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
+from .smooth import search_smooth
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
@@ -57,6 +59,10 @@ class Int4Options:
     embeddings: bool = True  # int4 embedding tables too
     skip: tuple[str, ...] = ()  # layers kept fp32
     awq: bool = False  # activation-aware input scaling before rounding / GPTQ (awq.py)
+    # W4A8 input smoothing searched on the W4A8 output error (smooth.py); None: on for the
+    # matmuls (not the 1x1 convs: no gain measured on the CNNs) of W4A8
+    # with calibration data and without AWQ
+    smooth: bool | None = None
     activations: str = "int8"  # int8: W4A8 (rows quantized at run time) | fp32: W4 x fp32
     # --max-drop: keep the most sensitive layers off int4 (budget.py)
     max_drop: float | None = None
@@ -78,11 +84,27 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
     if o.awq and not o.calibration:
         raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
+    if o.smooth and not o.calibration:
+        raise CalibrationError("--int4-smooth needs --calibration DATA (activation statistics)")
+    if o.smooth and o.awq:
+        raise CalibrationError("--int4-smooth and --int4-awq both scale the inputs: pick one")
+    if o.smooth and o.activations != "int8":
+        raise CalibrationError("--int4-smooth is for W4A8 (--int4-activations int8)")
     if o.activations not in ACTIVATIONS:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     check_budget_options(o)
+
+
+def smoothing(o: Int4Options, layer: Layer | None = None) -> bool:
+    """Whether the W4A8 smoothing runs (for `layer`): as asked, else with calibration data for
+    W4A8 matmuls. 1x1 convs only when asked: on MobileNetV2 and EfficientNet-Lite0 it did not
+    raise the top-1 agreement (docs/INT4.md)."""
+    if o.smooth is not None:
+        return o.smooth
+    auto = bool(o.calibration) and o.activations == "int8" and not o.awq
+    return auto and (layer is None or layer.kind == "matmul")
 
 
 @dataclass
@@ -101,7 +123,7 @@ class Int4:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if (o.method == "gptq" or o.awq) and layers:
+        if (o.method == "gptq" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
             weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
@@ -180,18 +202,21 @@ class _Planner:
         return np.ascontiguousarray(q.dequantize().T)
 
     def bits(self, level: int) -> dict[str, int]:
-        """Per layer 4, 8 or 32 at `level`; a conv the ladder moves to int8 runs fp32 (the
-        int8 fallback is the dynamic per-row matmul flow, which has no conv)."""
+        """Per layer 4, 8 or 32 at `level` (a 1x1 conv at 8 runs as an int8 matmul of its
+        pixels: `lower-int4`'s int8_convs, then the dynamic per-row int8 flow)."""
         bits = {name: 32 for name in self.o.skip}
         bits.update({name: 4 for name in self.weights})
         if self.choice is not None:
             bits.update(self.choice.bits(level))
-        return {n: 32 if b == 8 and n.startswith("conv2d") else b for n, b in bits.items()}
+        return bits
 
     def plan(self, level: int) -> CompressionPlan:
         o, bits = self.o, self.bits(level)
         reasons = self._reasons(bits)
         opts = _lower_options(o, self.path, [n for n, b in bits.items() if b != 4])
+        int8_convs = [n for n, b in bits.items() if b == 8 and n.startswith("conv2d")]
+        if int8_convs:
+            opts["int8_convs"] = ":".join(int8_convs)
         passes = [make_pass("lower-int4", opts), *self._int8_passes(bits)]
         accuracy = self._accuracy(level)
         manifest = _manifest(o, self.func, self.weights, self.errors, self.seconds, bits, reasons)
@@ -236,15 +261,17 @@ class _Planner:
 
     def _int8_passes(self, bits: dict[str, int]) -> list[GraphPass]:
         """Dynamic per-row int8 for the layers the budget moved to int8. They run after
-        lower-int4, whose layers are no longer matmuls: layer names count from 0 again over
-        the matmuls left (every conv stays as it was)."""
+        lower-int4, whose int4 layers are no longer matmuls and whose int8 1x1 convs are
+        matmuls now: layer names count from 0 again over the matmuls left, in binding order
+        (every conv left stays fp32)."""
         if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
             return []
         layers = [ly for ly in find_layers(self.func) if bits.get(ly.name) != 4]
-        left = [ly.name for ly in layers if ly.kind == "matmul"]
+        matmul = [ly.kind == "matmul" or bits.get(ly.name) == 8 for ly in layers]
+        left = [ly.name for ly, m in zip(layers, matmul, strict=True) if m]
         renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
         skip = [renamed[n] for n in left if bits.get(n, 32) == 32]
-        convs = sum(ly.kind == "conv2d" for ly in layers)  # every conv left stays fp32
+        convs = len(layers) - len(left)  # every conv left stays fp32
         skip += [f"conv2d_{j}" for j in range(convs)]
         opts = {"mode": "dynamic", "granularity": "row", "embeddings": "false"}
         if skip:
@@ -273,32 +300,39 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
     """{layer: Int4Weight} from calibration: AWQ scaling (--int4-awq), then GPTQ or rounding;
     `errors` gets each layer's output error, plain rounding's beside it."""
     from ..int8.flow import evaluation_target
-    from .hessian import hessians
+    from .hessian import RowSample, hessians
 
     feeds = load_calibration(o.calibration, ctx.inputs, limit=o.samples)
-    what = "awq + " * o.awq + o.method
+    smooth = any(smoothing(o, ly) for ly in layers)
+    what = "awq + " * o.awq + "smooth + " * smooth + o.method
     ctx.progress(f"int4 {what}: {len(layers)} layers, {len(feeds)} calibration feeds")
     target = evaluation_target(ctx.target)
     names = [ly.name for ly in layers]
-    hs, rows = hessians(mod, feeds, names, target, ctx.progress, o.skip_padding)
+    sample = RowSample(len(feeds)) if smooth else None
+    hs, rows = hessians(mod, feeds, names, target, ctx.progress, o.skip_padding, sample=sample)
     weights: dict[str, Int4Weight] = {}
     meter = Meter(len(layers), f"int4 {what}", ctx.progress, unit="layers", every=0.5)
     for i, ly in enumerate(layers):
         w, h, n_rows = weight_matrix(ly), hs[ly.name], rows[ly.name]
-        weights[ly.name], alpha = _quantize_layer(w, h, n_rows, o)
+        smoothed = sample is not None and smoothing(o, ly)
+        weights[ly.name], alpha = _quantize_layer(
+            w, h, n_rows, o, (sample, ly.name) if smoothed else None
+        )
         mean_h = h / max(n_rows, 1)  # per-row output error, per channel
         rtn = quantize_rtn(w, o.group, o.symmetric)  # plain rounding: the baseline
         errors[ly.name] = {
             "rtn_mse": round(output_error(w, rtn, mean_h) / w.shape[1], 8),
             "mse": round(output_error(w, weights[ly.name], mean_h) / w.shape[1], 8),
             **({"awq_alpha": alpha} if o.awq else {}),
+            **({"smooth_alpha": alpha} if smoothed else {}),
         }
         meter.update(i + 1, ly.name)
     return weights
 
 
-def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options):
-    """One layer's int4 weight (and AWQ's alpha, None without AWQ)."""
+def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options, sample=None):
+    """One layer's int4 weight (and the alpha of AWQ or, with `sample` = (RowSample, layer
+    name), of the W4A8 smoothing; None without either)."""
 
     def rtn(weight: np.ndarray, importance=None) -> Int4Weight:
         return quantize_rtn(
@@ -309,6 +343,17 @@ def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options):
     if o.awq:
         s, alpha, _errors = search_scale(w, h, rows, lambda ws: rtn(ws, np.diag(h)))
         w, h = w * s[:, None], scaled_hessian(h, s)
+    elif sample is not None and sample[1] in sample[0].maxes:
+        found, name = sample[0], sample[1]
+
+        def scaled(ws: np.ndarray, sc: np.ndarray) -> Int4Weight:
+            return rtn(ws, np.diag(h) / np.asarray(sc, np.float64) ** 2)
+
+        s, alpha, _errors = search_smooth(w, found.rows(name), found.maxes[name], scaled)
+        if alpha == 0:  # no scaling won: no input multiply in the graph
+            s = None
+        else:
+            w, h = w * s[:, None], scaled_hessian(h, s)
     if o.method == "gptq":
         q = quantize_gptq(
             w,
