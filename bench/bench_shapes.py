@@ -238,7 +238,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads per "
         f"runtime; {machine['date']}. Dynamic builds: {builds}; static builds pin each size. "
         "Times are medians over every run of every round; ratios are medians of per-round "
-        "ratios (lower is faster). Load is the 1-minute load average before each size.\n\n"
+        "ratios (lower is faster). Load is the 1-minute load average before each size. "
+        "onnxruntime runs the fp32 model (the int8 rows' errors are int8 against fp32).\n\n"
         + format_table(header, rows)
         + "\n"
     )
