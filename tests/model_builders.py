@@ -317,3 +317,16 @@ def expand_depthwise(seed: int = 7, residual: bool = True, batch: int | str = 1)
     y = g.op("Add", [y, "x"]) if residual else y
     x = _value_info("x", [batch, c, 10, 10])
     return g.model([x], [("y", y, [batch, c, 10, 10])], "expand_dw")
+
+
+def single_matmul(w: np.ndarray, rows: int = 16) -> onnx.ModelProto:
+    """y = x @ w for x [rows, K], the weight [K, N] an initializer: one int4-able layer."""
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

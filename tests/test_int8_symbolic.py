@@ -15,7 +15,6 @@ import dataclasses
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tvm
 
 import graphopt
 from graphopt import _tvm
@@ -29,6 +28,9 @@ from graphopt.frontend import SymDim, TensorSpec
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
 from tests import model_builders as mb
+from tests.int8_kernel_tools import build_kernel, padded
+from tests.int8_kernel_tools import call_kernel as _run
+from tests.int8_kernel_tools import random_ints as _ints
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -39,14 +41,7 @@ ROWS = (1, 5, 37)  # one row, a part of a register tile, several tiles and a tai
 
 
 def _build(func):
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
-    return tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
-
-
-def _run(lib, args, out_shape, out_dtype):
-    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
-    lib["main"](*[tvm.runtime.tensor(np.require(a, requirements="C")) for a in args], out)
-    return out.numpy()
+    return build_kernel(func, "znver3")
 
 
 def _constants(rng, k, n, plan, shift):
@@ -56,9 +51,7 @@ def _constants(rng, k, n, plan, shift):
     fbias = rng.normal(size=n).astype(np.float32)
 
     def pad(v, dtype):
-        out = np.zeros(plan.n_pad, dtype)
-        out[:n] = v
-        return out
+        return padded(v, plan.n_pad, dtype)
 
     packed = [K.pack_matmul_weight(w, plan), pad(corr, np.int32), pad(scale, np.float32)]
     return w, scale, fbias, [*packed, pad(fbias, np.float32)]
@@ -212,11 +205,6 @@ def test_symbolic_image_size_convolutions_are_one_line(tmp_path):
 # A symbolic batch: the convolution kernels loop over it
 
 
-def _ints(rng, shape, dtype):
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
-
-
 def test_depthwise_nhwc_kernel_exact_at_every_batch():
     isa = K.ISAS["avx2"]
     spec = O.ConvSpec("N", 12, 9, 11, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12, "int8")
@@ -228,12 +216,7 @@ def test_depthwise_nhwc_kernel_exact_at_every_batch():
     corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
     scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
 
-    def padded(v):
-        out = np.zeros((*v.shape[:-1], cp), v.dtype)
-        out[..., : spec.cout] = v
-        return out
-
-    consts = [padded(w.reshape(spec.cout, -1).T), padded(corr), padded(scale)]
+    consts = [padded(w.reshape(spec.cout, -1).T, cp), padded(corr, cp), padded(scale, cp)]
     oh, ow = spec.out_hw
     for batch in (1, 3):
         x = _ints(rng, (batch, 12, 9, 11), "int8")

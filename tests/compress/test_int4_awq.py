@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt.cli import main
@@ -18,6 +17,7 @@ from graphopt.frontend import import_onnx
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.testing import run_module
+from tests import model_builders as mb
 
 K, N = 128, 48
 
@@ -58,14 +58,7 @@ def test_input_scale_survives_the_weights_file(tmp_path):
 
 
 def _matmul_model() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, N])],
-        [numpy_helper.from_array(_weight(), "w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return mb.single_matmul(_weight())
 
 
 def test_lower_int4_multiplies_the_input_by_the_stored_scale(tmp_path):

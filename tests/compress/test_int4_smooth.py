@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt.cli import main
@@ -18,6 +17,7 @@ from graphopt.compress.int4.quant import quantize_rtn
 from graphopt.compress.int4.smooth import a8_output_error, search_smooth, smooth_scales
 from graphopt.int4_a8_ops import reference_a8_matmul
 from graphopt.int4_ops import Int4MatmulSpec
+from tests import model_builders as mb
 
 K, N = 128, 48
 
@@ -77,14 +77,7 @@ def test_row_sample_keeps_maxima_of_every_row_and_caps_the_rows():
 
 
 def _matmul_model() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, N])],
-        [numpy_helper.from_array(_weight(), "w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return mb.single_matmul(_weight())
 
 
 def _compile(tmp_path, name: str, *flags: str):

@@ -20,6 +20,10 @@ from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import quantize_nhwc as QN
+from tests.int8_kernel_tools import build_kernel as _build
+from tests.int8_kernel_tools import call_kernel as _call
+from tests.int8_kernel_tools import padded
+from tests.int8_kernel_tools import random_ints as _ints
 
 HOST_VNNI = {"avx512vnni", "avx512bw", "avx512f"} <= _tvm.host_cpu_features()
 HOST_AVX2 = "avx2" in _tvm.host_cpu_features()
@@ -33,22 +37,6 @@ RUNNABLE = [
     # The portable fallback: same code paths, checked in the slow run.
     pytest.param("generic", "x86-64", marks=pytest.mark.slow),
 ]
-
-
-def _build(func, mcpu: str):
-    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-    return tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
-
-
-def _ints(rng, shape, dtype):
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
-
-
-def _call(lib, args, out_shape, out_dtype):
-    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
-    lib["main"](*[tvm.runtime.tensor(np.require(a, requirements="C")) for a in args], out)
-    return out.numpy()
 
 
 CONVS = {
@@ -87,13 +75,11 @@ def test_conv2d_requant_exact(isa, mcpu, name, act_dtype):
     corr = bias - (zp + scheme.offset(act_dtype)) * colsum
     scale = rng.uniform(0.001, 0.02, spec.cout).astype(np.float32)
 
-    def padded(v, dtype):
-        out = np.zeros((spec.groups, plan.og_pad), dtype)
-        out[:, :og] = v.reshape(spec.groups, og)
-        return out.reshape(-1)
+    def per_group(v, dtype):
+        return padded(v.reshape(spec.groups, og), plan.og_pad, dtype).reshape(-1)
 
-    args = [x, CN.pack_conv_weight(w, spec, plan), padded(corr, np.int32)]
-    args += [padded(scale, np.float32), np.zeros(spec.groups * plan.og_pad, np.float32)]
+    args = [x, CN.pack_conv_weight(w, spec, plan), per_group(corr, np.int32)]
+    args += [per_group(scale, np.float32), np.zeros(spec.groups * plan.og_pad, np.float32)]
     lib = _build(CN.conv2d_kernel(spec, plan, zp, ep), mcpu)
     got = _call(lib, args, (spec.batch, spec.cout, *spec.out_hw), "int8")
     acc = O.reference_conv2d(x, w, spec, zp)
@@ -212,13 +198,8 @@ def test_depthwise_nhwc_exact(isa, mcpu, dims, act_dtype):
     corr = rng.integers(-1000, 1000, spec.cout).astype(np.int32)
     scale = rng.uniform(0.001, 0.01, spec.cout).astype(np.float32)
 
-    def padded(v):
-        out = np.zeros((*v.shape[:-1], cp), v.dtype)
-        out[..., : spec.cout] = v
-        return out
-
-    args = [x.transpose(0, 2, 3, 1), padded(w.reshape(spec.cout, -1).T), padded(corr)]
-    args += [padded(scale), np.zeros(cp, np.float32)]
+    args = [x.transpose(0, 2, 3, 1), padded(w.reshape(spec.cout, -1).T, cp), padded(corr, cp)]
+    args += [padded(scale, cp), np.zeros(cp, np.float32)]
     lib = _build(DW.depthwise_nhwc_kernel(spec, scheme, zp, ep), mcpu)
     oh, ow = spec.out_hw
     got = _call(lib, args, (spec.batch, oh, ow, spec.cout), "int8")
@@ -240,9 +221,7 @@ def _matmul(isa, mcpu, shape, n, act_dtype, ep, zp, rng):
     fbias = rng.normal(size=n).astype(np.float32)
 
     def pad(v, dtype):
-        out = np.zeros(plan.n_pad, dtype)
-        out[:n] = v
-        return out
+        return padded(v, plan.n_pad, dtype)
 
     xs = np.array(0.37, np.float32)
     args = [x, K.pack_matmul_weight(w, plan), pad(corr, np.int32), pad(scale, np.float32)]
