@@ -155,7 +155,7 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
     n_out = len(result.fields) if isinstance(result, relax.Tuple) else 1
     ctx.progress(f"prune macs: measuring {len(regions)} regions on {len(feeds)} feeds")
     target: Target = evaluation_target(resolve_target(ctx.target))
-    run = build_runner(tapped, target)
+    run = build_runner(tapped, target, arg_checks=False)
     params = [p.name for p in mod["main"].params]
     stats = {r.name: RegionStats() for r in regions}
     ref = []

@@ -119,7 +119,9 @@ class FlagGraph:
         from ...build import compile_module
 
         self.params = [p.name for p in mod["main"].params[:-flags]]  # the model's own inputs
-        self.vm = relax.VirtualMachine(compile_module(mod, target), target.device())
+        self.vm = relax.VirtualMachine(
+            compile_module(mod, target, arg_checks=False), target.device()
+        )
         self._flag = {v: _tensor(np.full(1, v, np.float32)) for v in (0.0, 1.0)}
 
     def flag(self, on: bool):
