@@ -26,6 +26,7 @@ from graphopt.errors import TargetError
 from graphopt.target_infra import Availability, Target, register_target
 from graphopt.targets.cpu import lowering as cpu_lowering
 from graphopt.targets.cpu.pipeline import CPU_LEGALIZE, CPU_LOWER, cpu_schedule_stage
+from graphopt.targets.cpu.sparse.rules import sparsify_item
 
 DEFAULT_CC = "aarch64-linux-gnu-g++"
 CC_PACKAGE = "g++-aarch64-linux-gnu"
@@ -71,6 +72,9 @@ class Arm(Target):
         triple: str = "aarch64-linux-gnu"
         cc: str = DEFAULT_CC  # cross compiler (name on PATH or path)
         schedules: bool = True  # schedule-cpu, as for x86
+        # Block-sparse kernels (4x1 NEON blocks) for matmuls / Gemm whose constant weights are
+        # mostly zero blocks (`sparsify`, docs/SPARSITY.md); false: every layer dense.
+        sparse: bool = True
         bundle: bool = True  # add runner + runtime libraries (false: model.so + manifest only)
         wheel_platform: str = "manylinux_2_28_aarch64"  # where the board runtime comes from
         # This machine is the board (an aarch64 host): build in memory and run here, as host
@@ -125,10 +129,18 @@ class Arm(Target):
 
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
-            "legalize": list(CPU_LEGALIZE),
+            "legalize": self._legalize(),
             "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
             "lower": list(CPU_LOWER),
         }
+
+    def _legalize(self) -> list[str]:
+        """The CPU legalize stage, with `sparsify` after `fold-pad` as on x86 (convs stay NCHW
+        here, so only matmuls and Gemm can take the block-sparse op)."""
+        stage = list(CPU_LEGALIZE)
+        if self.options.sparse:
+            stage.insert(stage.index("fold-pad") + 1, sparsify_item(self.tvm_target()))
+        return stage
 
     def tir_pipeline(self) -> str:
         return cpu_lowering.tir_pipeline()

@@ -66,14 +66,22 @@ def test_same_stages_as_x86():
     """ARM reuses x86's legalize/schedule/lower stages, so graph passes and int8 work alike.
 
     x86 adds legalize passes measured only there (NHWC layout and sink-transposes after it,
-    flatten-pointwise, sparsify)."""
+    flatten-pointwise); `sparsify` runs on both with the target's own block (its SIMD width)."""
     from graphopt.targets.cpu.pipeline import CPU_LEGALIZE, X86_LEGALIZE
 
+    def name(item: str) -> str:
+        return item.split("{")[0]
+
     x86 = registered_targets()["x86"]().stages()
-    x86_only = set(X86_LEGALIZE) - set(CPU_LEGALIZE)
-    assert x86_only == {"layout", "sink-transposes", "flatten-pointwise", "sparsify"}
-    x86["legalize"] = [p for p in x86["legalize"] if p.split("{")[0] not in x86_only]
-    assert arm().stages() == x86
+    x86_only = set(X86_LEGALIZE) - set(CPU_LEGALIZE) - {"sparsify"}
+    assert x86_only == {"layout", "sink-transposes", "flatten-pointwise"}
+    x86["legalize"] = [p for p in x86["legalize"] if name(p) not in x86_only]
+    strip = [p for p in arm().stages()["legalize"] if name(p) != "sparsify"]
+    assert strip == [p for p in x86["legalize"] if name(p) != "sparsify"]
+    assert {**arm().stages(), "legalize": None} == {**x86, "legalize": None}
+    sparsify = [p for p in arm().stages()["legalize"] if name(p) == "sparsify"]
+    assert sparsify == ["sparsify{block=4,wide_block=8,max_density=0.5}"]
+    assert "sparsify" not in map(name, arm(sparse=False).stages()["legalize"])
     assert "schedule-cpu" not in arm(schedules=False).stages()["schedule"]
 
 
