@@ -219,14 +219,23 @@ def build_runner(cc: str, runtime: Runtime) -> Path:
 
 def io_spec_text(manifest: dict[str, Any]) -> str:
     """io.txt: "device NAME", then "input|output DESCR NDIM D0 .. NAME" per line (numpy dtype
-    strings); the runner opens the device the manifest names."""
+    strings); the runner opens the device the manifest names. A symbolic input dim is
+    `name=min..max` (the runner checks the range), a symbolic output dim `?`."""
+    dims = manifest.get("dims") or {}
     lines = [f"device {manifest.get('target', {}).get('device', 'cpu')}"]
     for kind in ("input", "output"):
         for spec in manifest[f"{kind}s"]:
-            shape = [int(d) for d in spec["shape"]]
+            shape = [_dim_token(d, dims) for d in spec["shape"]]
             descr = np.dtype(spec["dtype"]).str
-            lines.append(" ".join([kind, descr, str(len(shape)), *map(str, shape), spec["name"]]))
+            lines.append(" ".join([kind, descr, str(len(shape)), *shape, spec["name"]]))
     return "\n".join(lines) + "\n"
+
+
+def _dim_token(dim: int | str, dims: dict[str, Any]) -> str:
+    if not isinstance(dim, str):
+        return str(int(dim)) if int(dim) >= 0 else "?"
+    r = dims.get(dim)
+    return f"{dim}={r['min']}..{r['max']}" if r is not None else "?"
 
 
 _VERSION = re.compile(rb"(GLIBC|GLIBCXX)_(\d+(?:\.\d+)+)")

@@ -149,9 +149,9 @@ def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
 
 
 def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
-    """Symbolic dims build for x86, with int8 as the one compression method; anything else
-    is one line, before any work (int4, pruning and 16-bit precision calibrate and score at
-    one static shape; the ARM and CUDA runners read static shapes)."""
+    """Symbolic dims build for x86 and ARM, with int8 as the one compression method; anything
+    else is one line, before any work (int4, pruning and 16-bit precision calibrate and score
+    at one static shape; CUDA's symbolic schedules are not verified on a GPU)."""
     if not imported.dims:
         return
     job.example_sizes = {n: SymDim(n, lo, hi).example for n, (lo, hi) in imported.dims.items()}
@@ -164,9 +164,9 @@ def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
             f"{', '.join(static_only)} needs static input shapes, got symbolic dims {names}: "
             f"pin them ({pin})"
         )
-    if job.target.name != "x86":
+    if job.target.name not in ("x86", "arm"):
         raise SymbolicShapeError(
-            f"symbolic dims ({names}) build for the x86 target only, not {job.target.name}: "
+            f"symbolic dims ({names}) build for the x86 and arm targets, not {job.target.name}: "
             f"pin them ({pin})"
         )
 

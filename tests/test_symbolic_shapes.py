@@ -115,6 +115,16 @@ def test_int4_with_a_range_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_cuda_with_a_range_is_one_line(tmp_path):
+    """Symbolic dims build for x86 and arm (tests/arm/test_arm_symbolic.py), not CUDA."""
+    with pytest.raises(GraphoptError, match="x86 and arm targets, not cuda") as info:
+        graphopt.compile(
+            mb.dynamic_batch(), tmp_path / "c", target="cuda", input_shapes={"x": ("2..6", 16)}
+        )
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "c").exists()
+
+
 def test_tune_with_a_range_is_one_line():
     from graphopt.compiler import CompileOptions
     from graphopt.tuning.tune import kernels_to_tune

@@ -8,8 +8,8 @@
 // (vm_load_executable, then vm_initialization(device type, id, allocator) for the device io.txt
 // names: cpu, or cuda with inputs copied to the GPU and outputs back), calls
 // "main" and writes the outputs. When io.txt sits next to model.so (graphopt writes it), inputs
-// are matched by name and checked against the declared dtype and shape; outputs get the model's
-// names. --repeat N runs N more times and prints the median wall time (meaningless under an
+// are matched by name and checked against the declared dtype and shape (a symbolic dim: its
+// range, and one size per name across the inputs); outputs get the model's names. --repeat N runs N more times and prints the median wall time (meaningless under an
 // emulator).
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/array.h>
@@ -37,15 +37,36 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
+// One dim of a declared shape: static (lo == hi, no name) or symbolic (its name and range).
+struct Dim {
+  std::string name;
+  int64_t lo = 0, hi = 0;
+};
+
 struct Decl {
   std::string name, descr;
-  std::vector<int64_t> shape;
+  std::vector<Dim> shape;
 };
 
 struct IoSpec {
   std::vector<Decl> inputs, outputs;
   std::string device = "cpu";
 };
+
+// A dim token of io.txt: "224", or "seq=1..512" (a symbolic dim and its range), or "?" (an
+// output's symbolic dim, not checked).
+Dim ParseDim(const std::string& token) {
+  Dim d;
+  size_t eq = token.find('='), dots = token.find("..");
+  if (eq == std::string::npos || dots == std::string::npos || dots < eq) {
+    d.lo = d.hi = token == "?" ? -1 : std::stoll(token);
+    return d;
+  }
+  d.name = token.substr(0, eq);
+  d.lo = std::stoll(token.substr(eq + 1, dots - eq - 1));
+  d.hi = std::stoll(token.substr(dots + 2));
+  return d;
+}
 
 // io.txt lines: "device NAME" (the manifest's target device), then
 // "input|output DESCR NDIM D0 .. Dn-1 NAME" (the name is the rest of the line).
@@ -65,7 +86,11 @@ IoSpec ReadIoSpec(const std::string& path) {
     }
     if (!(in >> d.descr >> ndim)) continue;
     d.shape.resize(ndim);
-    for (auto& x : d.shape) in >> x;
+    for (auto& x : d.shape) {
+      std::string token;
+      in >> token;
+      x = ParseDim(token);
+    }
     std::getline(in >> std::ws, d.name);
     (kind == "input" ? spec.inputs : spec.outputs).push_back(d);
   }
@@ -76,6 +101,45 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
+}
+
+std::string ShapeText(const std::vector<Dim>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const Dim& d = shape[i];
+    s += (i ? ", " : "") + (d.name.empty() ? std::to_string(d.lo) : d.name);
+  }
+  return s + "]";
+}
+
+// What is wrong with an input's shape (empty: nothing); binds each symbolic dim's size in
+// `sizes` (the first input that has it sets it, later ones must agree), as graphopt.load does.
+std::string ShapeProblems(const Decl& d, const std::vector<int64_t>& have,
+                          std::vector<std::pair<std::string, int64_t>>* sizes) {
+  std::string wrong = "; input '" + d.name + "' has shape " + ShapeText(have) + ", expected " +
+                      ShapeText(d.shape);
+  if (have.size() != d.shape.size()) return wrong;
+  std::string problems;
+  for (size_t axis = 0; axis < have.size(); ++axis) {
+    const Dim& dim = d.shape[axis];
+    const std::string at = "; input '" + d.name + "' dim " + std::to_string(axis) + " (" +
+                           dim.name + ") is " + std::to_string(have[axis]);
+    if (dim.name.empty()) {
+      if (have[axis] != dim.lo) return wrong;
+    } else if (have[axis] < dim.lo || have[axis] > dim.hi) {
+      problems += at + ", outside the range " + std::to_string(dim.lo) + ".." +
+                  std::to_string(dim.hi) + " it was compiled for";
+    } else {
+      auto bound = std::find_if(sizes->begin(), sizes->end(),
+                                [&](const auto& s) { return s.first == dim.name; });
+      if (bound == sizes->end()) {
+        sizes->emplace_back(dim.name, have[axis]);
+      } else if (bound->second != have[axis]) {
+        problems += at + ", but another input has " + dim.name + "=" + std::to_string(bound->second);
+      }
+    }
+  }
+  return problems;
 }
 
 DLDataType ToDLType(const std::string& descr) {
@@ -199,6 +263,7 @@ std::vector<npy::Array> LoadInputs(const std::string& path, const IoSpec& spec) 
                      " inputs: pass them in one .npz");
   }
   std::vector<npy::Array> ordered;
+  std::vector<std::pair<std::string, int64_t>> sizes;
   std::string problems;
   for (const Decl& d : spec.inputs) {
     auto it = std::find_if(given.begin(), given.end(), [&](const npy::Array& a) { return a.name == d.name; });
@@ -209,10 +274,7 @@ std::vector<npy::Array> LoadInputs(const std::string& path, const IoSpec& spec) 
     if (it->descr != d.descr) {
       problems += "; input '" + d.name + "' has dtype " + it->descr + ", expected " + d.descr;
     }
-    if (it->shape != d.shape) {
-      problems += "; input '" + d.name + "' has shape " + ShapeText(it->shape) + ", expected " +
-                  ShapeText(d.shape);
-    }
+    problems += ShapeProblems(d, it->shape, &sizes);
     ordered.push_back(*it);
   }
   if (!problems.empty()) throw npy::Error(problems.substr(2));
