@@ -38,6 +38,9 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+# shared with the int4 and 16-bit specs; the int8 kernels import them from here
+from graphopt.matmul_recipe import Dim, row_count, tir_shape  # noqa: F401
+
 RECIPE_ATTR = "graphopt.int8_kernel"
 
 # Largest reduction whose int32 sum cannot overflow: 255 * 128 per product.
@@ -187,26 +190,6 @@ class ConvSpec:
     def fp32_exact(self) -> bool:
         """A depthwise window sum is exact in fp32 (|sum| < 2^24): kernels may use FMAs."""
         return self.kh * self.kw * 255 * 128 < 2**24
-
-
-Dim = int | str  # a static size, or a symbolic dim by name ("seq")
-
-
-def tir_shape(shape: tuple[Dim, ...]) -> tuple:
-    """A recipe's shape for a kernel's buffers: each named dim becomes one int32 size var
-    (the runtime binds it from the tensor's shape), the same var wherever the name repeats."""
-    names: dict[str, tvm.tirx.Var] = {}
-    return tuple(
-        names.setdefault(d, tvm.tirx.Var(d, "int32")) if isinstance(d, str) else d for d in shape
-    )
-
-
-def row_count(shape: tuple) -> int | tvm.tirx.PrimExpr:
-    """The rows of a matmul input: the product of its leading dims (int when all are)."""
-    rows = 1
-    for d in shape[:-1]:
-        rows = rows * d
-    return rows
 
 
 def symbolic_rows(shape: tuple[Dim, ...]) -> Dim:

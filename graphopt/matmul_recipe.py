@@ -13,12 +13,32 @@ import json
 import numpy as np
 import tvm
 
+Dim = int | str  # a static size, or a symbolic dim by name ("seq")
+
+
+def tir_shape(shape: tuple[Dim, ...]) -> tuple:
+    """A recipe's shape for a kernel's buffers: each named dim becomes one int32 size var
+    (the runtime binds it from the tensor's shape), the same var wherever the name repeats."""
+    names: dict[str, tvm.tirx.Var] = {}
+    return tuple(
+        names.setdefault(d, tvm.tirx.Var(d, "int32")) if isinstance(d, str) else d for d in shape
+    )
+
+
+def row_count(shape: tuple) -> int | tvm.tirx.PrimExpr:
+    """The rows of a matmul input: the product of its leading dims (int when all are)."""
+    rows = 1
+    for d in shape[:-1]:
+        rows = rows * d
+    return rows
+
 
 class MatmulRecipe:
     """Mixin for frozen dataclasses with fields `x_shape` (the input's shape) and `n`."""
 
     @property
     def rows(self) -> int:
+        """The row count of a static input (kernels with symbolic dims use `row_count`)."""
         return int(np.prod(self.x_shape[:-1], dtype=np.int64))
 
     @property

@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.matmul_recipe import MatmulRecipe, recipe_on
+from graphopt.matmul_recipe import Dim, MatmulRecipe, recipe_on, row_count, tir_shape
 
 RECIPE_ATTR = "graphopt.precision_kernel"
 PRECISIONS = ("bf16", "fp16")
@@ -33,7 +33,7 @@ _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}
 
 @dataclass(frozen=True)
 class PrecisionMatmulSpec(MatmulRecipe):
-    x_shape: tuple[int, ...]  # x's full shape; rows = product of all but the last
+    x_shape: tuple[Dim, ...]  # x's full shape (symbolic dims by name); rows: all but the last
     n: int
     precision: str  # bf16 | fp16
     layout: str = "natural"  # natural [K, N] | a target's packed layout (e.g. "cpu16")
@@ -142,14 +142,15 @@ def tir_widen(bits, precision: str, lanes: int = 1):
 def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     """The op as plain scalar TIR over the natural [K, N] bits (builds and runs on any target;
     only the row loop is parallel): PrimFunc(x, w, out), carrying its spec."""
-    rows, k, n, prec = spec.rows, spec.k, spec.n, spec.precision
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, prec = row_count(x_shape), spec.k, spec.n, spec.precision
     pairs = spec.k_pairs
 
     @T.prim_func
     def matmul16(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         w: T.Buffer((k, n), "uint16"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, k), "float32", data=x.data)
@@ -169,23 +170,33 @@ def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     return matmul16.without_attr("global_symbol").with_attr(RECIPE_ATTR, spec.text())
 
 
-def round_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
+def te_dims(shape: tuple[Dim, ...]) -> list:
+    """A shape for a TE kernel, int64 as Relax's shapes (FuseTIR fuses these kernels with
+    legalized ops): static dims as constants, each named dim one int64 size var."""
+    names: dict[str, tvm.tirx.Var] = {}
+    return [
+        names.setdefault(d, tvm.tirx.Var(d, "int64")) if isinstance(d, str) else
+        tvm.tirx.IntImm("int64", d) for d in shape
+    ]  # fmt: skip
+
+
+def round_kernel(shape: tuple[Dim, ...], precision: str) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, out): out = r(x), elementwise, as an ordinary block kernel (the --max-drop
     search's switchable graph; schedule rules vectorize it like any elementwise op)."""
     from tvm import te
 
-    dims = [tvm.tirx.IntImm("int64", d) for d in shape]  # as Relax's shapes (FuseTIR)
+    dims = te_dims(shape)
     x = te.placeholder(dims, "float32", name="x")
     out = te.compute(dims, lambda *i: tir_round(x(*i), precision), name="round16")
     return te.create_prim_func([x, out]).without_attr("global_symbol")
 
 
-def widen_kernel(shape: tuple[int, ...], precision: str) -> tvm.tirx.PrimFunc:
+def widen_kernel(shape: tuple[Dim, ...], precision: str) -> tvm.tirx.PrimFunc:
     """PrimFunc(bits, out): out = the fp32 value of 16-bit bit patterns, elementwise, as an
     ordinary block kernel (gathered embedding rows; FuseOps fuses it with the gather)."""
     from tvm import te
 
-    dims = [tvm.tirx.IntImm("int64", d) for d in shape]
+    dims = te_dims(shape)
     bits = te.placeholder(dims, "uint16", name="bits")
     out = te.compute(dims, lambda *i: tir_widen(bits(*i), precision), name="widen16")
     return te.create_prim_func([bits, out]).without_attr("global_symbol")

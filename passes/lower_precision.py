@@ -1,10 +1,11 @@
 """Matmuls and 1x1 convs with constant fp32 weights -> 16-bit (bf16 or fp16) weight matmul ops.
 
-Each `matmul(x, W)` (x fp32 [.., K] of static shape, W a constant [K, N]: the matmul layers of
-`compress/common/layers.py`) not in `skip` becomes one `call_tir` of the 16-bit matmul op
-(`graphopt.precision_ops`): W is stored as its 16-bit bit patterns (uint16 [K, N], rounded to
-nearest even), the op rounds x to the same format and sums the exact products in fp32. The
-fp32 weight leaves the graph, so the artifact stores half its bytes.
+Each `matmul(x, W)` (x fp32 [.., K] with a static K, other dims possibly symbolic; W a
+constant [K, N]: the matmul layers of `compress/common/layers.py`) not in `skip` becomes one
+`call_tir` of the 16-bit matmul op (`graphopt.precision_ops`): W is stored as its 16-bit bit
+patterns (uint16 [K, N], rounded to nearest even), the op rounds x to the same format and sums
+the exact products in fp32. The fp32 weight leaves the graph, so the artifact stores half its
+bytes.
 
 A pointwise conv (1x1 kernel, stride 1, no padding, one group: `pointwise`) is the same op over
 channels: x [N, C, H, W] -> permute to [N, H, W, C] -> the op with W^T [C, O] -> permute back.
@@ -27,6 +28,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
+from graphopt.binding_graph import shape_dims
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.compress.int4.embedding import embedding_table, find_tables
 from graphopt.compress.precision.layers import supported
@@ -100,9 +102,9 @@ class _Rewriter(relax.PyExprMutator):
         idx = self.visit_expr(call.args[1])
         bits = relax.const(to_bits(table, self.precision))
         rows = self.builder_.emit(R.take(bits, idx, axis=0, mode=call.attrs.mode))
-        shape = tuple(int(d) for d in call.ty.shape.values)
-        widen = self.builder_.add_func(widen_kernel(shape, self.precision), "widen16")
-        return relax.call_tir(widen, [rows], relax.TensorType(shape, "float32"))
+        widen = widen_kernel(shape_dims(call), self.precision)  # symbolic dims by name
+        widen = self.builder_.add_func(widen, "widen16")
+        return relax.call_tir(widen, [rows], relax.TensorType(call.ty.shape, "float32"))
 
     def _kernel(self, spec: PrecisionMatmulSpec) -> relax.GlobalVar:
         if spec not in self.kernels:
@@ -119,12 +121,12 @@ class _Rewriter(relax.PyExprMutator):
         if layer.kind == "conv2d":  # [N, C, H, W] -> [N, H, W, C] @ W^T [C, O] -> back
             x = self.builder_.emit(R.permute_dims(x, [0, 2, 3, 1]))
             w = np.ascontiguousarray(w[:, :, 0, 0].T)
-        shape = tuple(int(d) for d in x.ty.shape.values)
-        spec = PrecisionMatmulSpec(shape, int(w.shape[1]), self.precision)
+        spec = PrecisionMatmulSpec(shape_dims(x), int(w.shape[1]), self.precision)
+        out_shape = [*x.ty.shape.values[:-1], spec.n]  # symbolic dims as the graph has them
         call = relax.call_tir(
             self._kernel(spec),
             relax.Tuple([x, relax.const(to_bits(w, self.precision))]),
-            relax.TensorType(spec.out_shape, "float32"),
+            relax.TensorType(out_shape, "float32"),
         )
         if layer.kind == "conv2d":
             call = R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2])

@@ -26,6 +26,7 @@ from tvm import relax
 from tvm.relax import op as R
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ...binding_graph import shape_dims
 from ...precision_ops import round_kernel, round_to
 from ...target_infra import Target
 from ..common.budget import FlagGraph, fewest_kept
@@ -77,12 +78,13 @@ class _Switch(PyExprMutator):
         return self.builder_.emit(R.where(on, yes, no))
 
     def _rounded(self, x: relax.Expr) -> relax.Expr:
-        shape = tuple(int(d) for d in x.ty.shape.values)
+        shape = shape_dims(x)  # symbolic dims by name
         if shape not in self.kernels:
             self.kernels[shape] = self.builder_.add_func(
                 round_kernel(shape, self.precision), "round16"
             )
-        call = relax.call_tir(self.kernels[shape], [x], relax.TensorType(shape, "float32"))
+        out = relax.TensorType(x.ty.shape, "float32")
+        call = relax.call_tir(self.kernels[shape], [x], out)
         return self.builder_.emit(call)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:

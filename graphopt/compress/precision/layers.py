@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import tvm
 from tvm import relax
 
+from ...binding_graph import shape_dims
 from ..common.layers import Layer
 
 
-def static(expr: relax.Expr) -> bool:
-    values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    return values is not None and all(isinstance(v, tvm.tirx.IntImm) for v in values)
+def known_channels(expr: relax.Expr, axis: int) -> bool:
+    """The input's shape is known, its reduced (channel) axis static; other dims may be
+    symbolic by name (a sequence length, a batch, an image size)."""
+    dims = shape_dims(expr)
+    return dims is not None and isinstance(dims[axis], int)
 
 
 def pointwise(layer: Layer) -> bool:
@@ -27,5 +29,7 @@ def pointwise(layer: Layer) -> bool:
 
 
 def supported(layer: Layer) -> bool:
-    """Layers this pass lowers: matmuls and pointwise convs of static shape."""
-    return (layer.kind == "matmul" or pointwise(layer)) and static(layer.data)
+    """Layers this pass lowers: matmuls and pointwise convs whose input channels are static."""
+    if layer.kind == "matmul":
+        return known_channels(layer.data, -1)
+    return pointwise(layer) and known_channels(layer.data, 1)

@@ -1,19 +1,20 @@
 """`--precision bf16|fp16|mixed`: layers with 16-bit weights and activations, fp32 sums.
 
-Which layers: every constant-weight matmul and pointwise (1x1) conv of static shape
-(`layers.py`), lowered by the `lower-precision` pass; kept fp32 are the layers named in `skip`,
-the model's first and last layer (unless `edges`), and, with --max-drop, the most sensitive
-layers the budget keeps (budget.py; the first and last layer are then measured like any
-other). `mixed` is bf16 with the budget. Other convs (3x3, depthwise, strided) stay fp32 (no
-16-bit kernel for them yet), as do reductions (softmax, layer norm, pooling). Embedding
-tables of at least 1 MiB are 16-bit too (`embeddings`); the budget does not move them (the
-artifact check scores them with the rest).
+Which layers: every constant-weight matmul and pointwise (1x1) conv with static input
+channels (`layers.py`; the other dims may be symbolic), lowered by the `lower-precision`
+pass; kept fp32 are the layers named in `skip`, the model's first and last layer (unless
+`edges`), and, with --max-drop, the most sensitive layers the budget keeps (budget.py; the
+first and last layer are then measured like any other). `mixed` is bf16 with the budget.
+Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
+reductions (softmax, layer norm, pooling). Embedding tables of at least 1 MiB are 16-bit too
+(`embeddings`); the budget does not move them (the artifact check scores them with the rest).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import tvm
 
@@ -73,6 +74,7 @@ class Precision:
 
     options: PrecisionOptions
     name: str = "precision"
+    symbolic_shapes: ClassVar[bool] = True  # kernels take symbolic rows; data any size in range
     requires: tuple[str, ...] = ("fold-constants",)
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:

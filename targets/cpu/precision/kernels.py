@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
 
 PANEL = 16
@@ -81,24 +82,33 @@ def _fma(a, b, c):
 
 def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per panel and row chunk."""
-    rows, n, prec = spec.rows, spec.n, spec.precision
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, n, prec = row_count(x_shape), spec.n, spec.precision
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
-    mr = min(MR, rows)
-    chunk = min(CHUNK, -(-rows // mr) * mr)  # rows per task, whole tiles
-    chunks = -(-rows // chunk)
+    symbolic = not isinstance(rows, int)  # any row count: whole tiles and chunks, parallel
+    mr = MR if symbolic else min(MR, rows)
+    chunk = CHUNK if symbolic else min(CHUNK, -(-rows // mr) * mr)  # rows per task
+    chunks = (rows + chunk - 1) // chunk
     tiles = chunk // mr
-    loop = T.parallel if rows * kp * n >= 1 << 18 else T.serial
+    loop = T.parallel if symbolic or rows * kp * n >= 1 << 18 else T.serial
     store = store_macro(n)
-    round_rows = round_macro(spec, T.parallel if rows * kp >= 1 << 14 else T.serial)
+    round_rows = round_macro(spec, T.parallel if symbolic or rows * kp >= 1 << 14 else T.serial)
+
+    def task_tiles(task):
+        """Register tiles of a task: all of its chunk, or (symbolic rows) those that hold a
+        row, so a one-token call does not run a chunk of clamped rows."""
+        if not symbolic:
+            return tiles
+        return T.min(tiles, (rows - task // p_count * chunk + mr - 1) // mr)
 
     def widen(wp, p, kk, half):
         return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
 
     @T.prim_func
     def matmul16(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         wp: T.Buffer((p_count, kp, PANEL), "uint16"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, spec.k), "float32", data=x.data)
@@ -109,7 +119,7 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
             p = T.meta_var(task % p_count)
             acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
             tail = T.decl_buffer((LANES,), "float32", scope="local")
-            for t in range(tiles):
+            for t in range(task_tiles(task)):
                 row = T.meta_var(task // p_count * chunk + t * mr)
                 for i in T.unroll(2 * mr):
                     acc[i] = T.broadcast(T.float32(0), LANES)
