@@ -72,3 +72,49 @@ def test_cnn_any_batch_on_arm(tmp_path):
         got = bundle.run_emulated(art.directory, feeds)
         for name, want in _ort(model, feeds).items():
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-4)
+
+
+def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
+    """Dynamic per-row int8 with a sequence range: the rpi5 build's sdot kernels take any
+    length and give the x86 symbolic build's numbers under qemu (the int8 sums are exact; the
+    fp32 layer norms and softmax sum 4 NEON lanes against 8 AVX2 lanes: 1e-5)."""
+    from graphopt.compress.int8.flow import QuantOptions
+    from graphopt.compress.int8.method import Int8
+
+    model = mb.transformer_block(seq="seq")
+    shapes = {"x": (1, "1..40", 32)}
+    method = [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+    x86 = graphopt.compile(model, tmp_path / "x86", input_shapes=shapes, compression=method)
+    arm = graphopt.compile(
+        model,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "rpi5"},
+        input_shapes=shapes,
+        compression=method,
+    )
+    lowered = next(r for r in arm.manifest["report"]["passes"] if r["pass"] == "lower-int8")
+    assert lowered["stats"]["lowered_matmul"] > 0 and lowered["stats"]["left"] == 0
+    for n in (3, 29):
+        got = bundle.run_emulated(arm.directory, _block_feeds(n), cpu="cortex-a76")
+        for name, want in x86.run(_block_feeds(n)).items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
+
+
+def test_symbolic_batch_int8_cnn_on_arm_is_one_line(tmp_path):
+    """ARM's int8 conv kernels are NCHW with static shapes: a symbolic batch would leave the
+    convs fake-quant (slower than fp32), so it is refused before any work."""
+    from graphopt.compress.int8.flow import QuantOptions
+    from graphopt.compress.int8.method import Int8
+    from graphopt.errors import GraphoptError
+
+    with pytest.raises(GraphoptError, match="no int8 conv kernel for a symbolic batch") as info:
+        graphopt.compile(
+            mb.cnn(batch="N"),
+            tmp_path / "q",
+            target="arm",
+            input_shapes={"x": ("1..4", 3, 16, 16)},
+            compression=[Int8(QuantOptions(mode="dynamic"))],
+        )
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "q").exists()
