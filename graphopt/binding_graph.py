@@ -9,6 +9,7 @@ clamps, a final quantize). The QDQ matchers (`lower-int8`) and the quantization 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import tvm
@@ -37,18 +38,23 @@ def static_dims(expr) -> tuple[int, ...] | None:
 
 def shape_dims(expr) -> tuple[int | str, ...] | None:
     """An expression's shape with its symbolic dims by name (`("1", "seq", 384)` is `(1,
-    "seq", 384)`); None when the shape is unknown or a dim is an expression of symbols."""
+    "seq", 384)`); a dim that is an expression of symbols (a strided conv's output height)
+    gets a name derived from the expression, the same for the same expression. None when
+    the shape is unknown."""
     values = getattr(getattr(expr.ty, "shape", None), "values", None)
     if values is None:
         return None
     dims: list[int | str] = []
     for v in values:
+        if not isinstance(v, (tvm.tirx.IntImm, tvm.tirx.Var)):  # one form per value
+            v = tvm.sym.Analyzer().simplify(v)
         if isinstance(v, tvm.tirx.IntImm):
             dims.append(int(v))
         elif isinstance(v, tvm.tirx.Var):
             dims.append(str(v.name))
         else:
-            return None
+            text = re.sub(r"T\.int(?:32|64)\((-?\d+)\)", r"\1", str(v))
+            dims.append("_" + re.sub(r"\W+", "_", text).strip("_"))
     return tuple(dims)
 
 
@@ -153,7 +159,9 @@ def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:
     if op in ("relax.maximum", "relax.minimum"):
         kind, args = op[len("relax.") : len("relax.") + 3], list(call.args)
     elif op == "relax.call_tir" and isinstance(call.args[1], relax.Tuple):
-        kind, args = minmax_kernel(graph.mod[call.args[0]]), list(call.args[1].fields)
+        # symbolic sizes the kernel cannot read off its buffers come as trailing scalars
+        fields = [f for f in call.args[1].fields if not isinstance(f.ty, tvm.ir.PrimType)]
+        kind, args = minmax_kernel(graph.mod[call.args[0]]), fields
     else:
         return None
     if kind is None or len(args) != 2 or not args[0].same_as(data):
@@ -167,7 +175,10 @@ def _clamp(graph: BindingGraph, var, data) -> tuple[float, float] | None:
 
 def minmax_kernel(func) -> str | None:
     """'max' / 'min' when a PrimFunc is out[i..] = max|min(a[i..], b[]) in a single block."""
-    if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 3:
+    if not isinstance(func, tvm.tirx.PrimFunc):
+        return None
+    params = [p for p in func.params if not isinstance(p.ty, tvm.ir.PrimType)]  # buffers
+    if len(params) != 3:
         return None
     try:
         sch = tvm.s_tir.Schedule(func)
@@ -183,7 +194,7 @@ def minmax_kernel(func) -> str | None:
     kind = "max" if isinstance(value, tvm.tirx.Max) else "min"
     if not isinstance(value, (tvm.tirx.Max, tvm.tirx.Min)):
         return None
-    a, b = func.params[:2]  # 0.27: a load's source is the parameter itself
+    a, b = params[:2]  # 0.27: a load's source is the parameter itself
     first, second = value.a, value.b
     loads = all(isinstance(e, tvm.ir.TensorLoad) for e in (first, second))
     if not loads or not first.source.same_as(a) or not second.source.same_as(b):

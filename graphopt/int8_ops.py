@@ -151,12 +151,14 @@ def epilogue_constants(
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A conv2d's shapes and attributes (NCHW / OIHW terms, whatever the layout)."""
+    """A conv2d's shapes and attributes (NCHW / OIHW terms, whatever the layout). The batch,
+    height and width may be symbolic (names); kernels then take them from x's shape at run
+    time and compute the output size with `spatial`."""
 
-    batch: int
+    batch: Dim
     cin: int
-    height: int
-    width: int
+    height: Dim
+    width: Dim
     cout: int
     kh: int
     kw: int
@@ -167,11 +169,19 @@ class ConvSpec:
     act_dtype: str
 
     @property
-    def out_hw(self) -> tuple[int, int]:
+    def out_hw(self) -> tuple[Dim, Dim]:
+        """The output height and width; for a symbolic size, a name for it (planning only:
+        kernels compute the size itself with `spatial`)."""
+        if isinstance(self.height, int) and isinstance(self.width, int):
+            return self.spatial(self.height, self.width)
+        return f"{self.height}_out", f"{self.width}_out"
+
+    def spatial(self, h, w):
+        """The output height and width for input sizes h, w (ints or TIR expressions)."""
         (sh, sw), (dh, dw) = self.stride, self.dilation
         pt, pl, pb, pr = self.padding
-        oh = (self.height + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
-        ow = (self.width + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
+        oh = (h + pt + pb - dh * (self.kh - 1) - 1) // sh + 1
+        ow = (w + pl + pr - dw * (self.kw - 1) - 1) // sw + 1
         return oh, ow
 
     @property

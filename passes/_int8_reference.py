@@ -82,10 +82,10 @@ def matmul_reference(spec: MatmulSpec, x_shape: tuple, ep: Epilogue) -> tvm.tirx
 
 def conv2d_reference(spec: ConvSpec, layout: str, zp: int, ep: Epilogue) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, w OIHW, corr, scale, fbias [Cout], out), x / out NCHW or NHWC."""
-    n = tir_shape((spec.batch,))[0]  # may be symbolic
-    cin, h, w, cout = spec.cin, spec.height, spec.width, spec.cout
+    n, h, w = tir_shape((spec.batch, spec.height, spec.width))  # any may be symbolic
+    cin, cout = spec.cin, spec.cout
     cg, og, kh, kw = cin // spec.groups, cout // spec.groups, spec.kh, spec.kw
-    oh, ow = spec.out_hw
+    oh, ow = spec.spatial(h, w)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pt, pl = spec.padding[0], spec.padding[1]
     nchw = layout == "NCHW"

@@ -348,7 +348,7 @@ def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
     x_shape = shape_dims(q)
     if layouts != ("NCHW", "OIHW", "NCHW") or x_shape is None or w8.ndim != 4:
         return None
-    if not all(isinstance(d, int) for d in x_shape[1:]):  # only the batch may be symbolic
+    if not isinstance(x_shape[1], int):  # the channels must be static
         return None
     spec = ConvSpec(
         *x_shape,
@@ -365,7 +365,7 @@ def _conv_plan(graph: BindingGraph, layer: _Layer, nhwc: bool) -> _Plan | None:
         return None
     # NHWC: plain convs and depthwise ones (grouped convs keep NCHW).
     nhwc = nhwc and (spec.groups == 1 or (spec.depthwise and spec.fp32_exact))
-    if not nhwc and isinstance(spec.batch, str):  # the NCHW kernels take static shapes
+    if not nhwc and any(isinstance(d, str) for d in x_shape):  # NCHW kernels: static shapes
         return None
     pad, image = 0, None
     if nhwc and spec.groups == 1 and not spec.pointwise:

@@ -300,10 +300,17 @@ def leftovers(parent) -> list[str]:
     return sorted(p.name for p in Path(parent).iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-def expand_depthwise(seed: int = 7, residual: bool = True, batch: int | str = 1) -> onnx.ModelProto:
+def expand_depthwise(
+    seed: int = 7,
+    residual: bool = True,
+    batch: int | str = 1,
+    size: int | str = 10,
+    stride: int = 1,
+) -> onnx.ModelProto:
     """(h) An inverted-residual block: 1x1 expand (half its channels 50x smaller, as batch-norm
     folding leaves MobileNets) -> Clip(0, 6) -> depthwise 3x3 -> 1x1 project, plus the input
-    (a residual join): every piece int8 calibration treats specially."""
+    (a residual join): every piece int8 calibration treats specially. `size` (height and
+    width) may be a dim_param name; `stride` 2 (the depthwise conv's) drops the join."""
     g = GraphBuilder(seed)
     c, e = 4, 8
     h = g.conv("x", c, e, 1)
@@ -311,12 +318,20 @@ def expand_depthwise(seed: int = 7, residual: bool = True, batch: int | str = 1)
     h = g.op("Clip", [g.op("Mul", [h, small]), g.const(np.float32(0.0)), g.const(np.float32(6.0))])
     h = g.op(
         "Clip",
-        [g.conv(h, e, e, 3, group=e, pad=1), g.const(np.float32(0.0)), g.const(np.float32(6.0))],
+        [
+            g.conv(h, e, e, 3, group=e, pad=1, stride=stride),
+            g.const(np.float32(0.0)),
+            g.const(np.float32(6.0)),
+        ],
     )
     y = g.conv(h, e, c, 1)
-    y = g.op("Add", [y, "x"]) if residual else y
-    x = _value_info("x", [batch, c, 10, 10])
-    return g.model([x], [("y", y, [batch, c, 10, 10])], "expand_dw")
+    y = g.op("Add", [y, "x"]) if residual and stride == 1 else y
+    x = _value_info("x", [batch, c, size, size])
+    if stride == 1:
+        out = size
+    else:  # a symbolic size: the output's is left unnamed
+        out = None if isinstance(size, str) else (size - 1) // stride + 1
+    return g.model([x], [("y", y, [batch, c, out, out])], "expand_dw")
 
 
 def single_matmul(w: np.ndarray, rows: int = 16) -> onnx.ModelProto:

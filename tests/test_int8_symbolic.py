@@ -5,7 +5,8 @@ compiled with a symbolic sequence and `--quantize int8` lowers every matmul to t
 kernels, matches its static int8 builds at the same sizes, and stays close to onnxruntime
 fp32; calibration takes samples of any length in range and refuses others. A CNN with a
 symbolic batch lowers its convolutions too (its kernels loop over the batch), checked
-against its static builds; a symbolic image size is a one-line error.
+against its static builds, and so does one with a symbolic height and width (its NHWC conv
+kernels take the sizes from the input's shape).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from graphopt.compress.common.data import batch_feeds
 from graphopt.compress.common.errors import CalibrationError
 from graphopt.compress.int8.flow import QuantOptions
 from graphopt.compress.int8.method import Int8
-from graphopt.errors import GraphoptError
 from graphopt.frontend import SymDim, TensorSpec
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
@@ -190,17 +190,6 @@ def test_calibration_samples_outside_the_range_are_refused():
         batch_feeds({"x": np.zeros((3, 20, 8), np.float32)}, [spec])
 
 
-def test_symbolic_image_size_convolutions_are_one_line(tmp_path):
-    with pytest.raises(GraphoptError, match="not a symbolic image size") as info:
-        graphopt.compile(
-            mb.cnn(size="hw"),
-            tmp_path / "q",
-            input_shapes={"x": (1, 3, "8..32", "hw")},
-            compression=[Int8(QuantOptions(mode="dynamic"))],
-        )
-    assert "\n" not in str(info.value)
-
-
 # ---------------------------------------------------------------------------------------------
 # A symbolic batch: the convolution kernels loop over it
 
@@ -241,6 +230,11 @@ def test_add_kernel_exact_at_every_batch():
         static = dataclasses.replace(spec, shape=shape)
         got = _run(lib, [a, b], shape, "int8")
         np.testing.assert_array_equal(got, O.reference_add(a, b, static), err_msg=f"{batch}")
+
+
+def _ort(model, feeds) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
 
 
 def _image_feeds(n: int, channels: int, size: int) -> dict[str, np.ndarray]:
@@ -294,3 +288,101 @@ def test_residual_joins_found_with_a_symbolic_batch():
     static = import_onnx(mb.expand_depthwise(), {"x": (1, 4, 10, 10)})
     symbolic = import_onnx(mb.expand_depthwise(batch="N"), {"x": ("1..4", 4, 10, 10)})
     assert len(find_joins(symbolic.mod["main"])) == len(find_joins(static.mod["main"])) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A symbolic height and width: the NHWC conv kernels compute the output size at run time
+
+
+def test_depthwise_nhwc_kernel_exact_at_every_image_size():
+    isa = K.ISAS["avx2"]
+    ep = O.Epilogue("int8", zp=-4, lo=-4.0, hi=90.0)
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (12, 1, 3, 3)).astype(np.int8)
+    corr = rng.integers(-1000, 1000, 12).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, 12).astype(np.float32)
+    cp = DW.channel_pad(12, isa)
+    consts = [padded(w.reshape(12, -1).T, cp), padded(corr, cp), padded(scale, cp)]
+    for stride in (1, 2):
+        spec = O.ConvSpec(1, 12, "H", "W", 12, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), 12,
+                          "int8")  # fmt: skip
+        lib = _build(DW.depthwise_nhwc_kernel(spec, isa, -9, ep))
+        for h, wd in ((9, 11), (14, 5), (3, 17)):
+            static = dataclasses.replace(spec, height=h, width=wd)
+            x = _ints(rng, (1, 12, h, wd), "int8")
+            args = [x.transpose(0, 2, 3, 1), *consts, np.zeros(cp, np.float32)]
+            got = _run(lib, args, (1, *static.out_hw, 12), "int8")
+            c4 = (1, -1, 1, 1)
+            acc = O.reference_conv2d(x, w, static, -9)
+            want = ep.numpy(acc, corr.reshape(c4), scale.reshape(c4), 0).transpose(0, 2, 3, 1)
+            np.testing.assert_array_equal(got, want, err_msg=f"stride {stride}, {h}x{wd}")
+
+
+def test_window_conv_kernel_exact_at_every_image_size():
+    """A 3x3 stride-2 conv over NHWC as the matmul over windows, one build for any size."""
+    from graphopt.targets.cpu.int8 import materialize as M
+
+    isa = K.ISAS["avx2"]
+    ep = O.Epilogue("int8", zp=3, lo=-128.0, hi=127.0)
+    spec = O.ConvSpec(1, 8, "H", "W", 16, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, "int8")
+    func, pack = M.build(O.Recipe("conv2d", spec, -5, ep, "NHWC"), isa)
+    lib = _build(func.with_attr("global_symbol", "main"))
+    rng = np.random.default_rng(6)
+    w = rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8)
+    corr = rng.integers(-1000, 1000, 16).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, 16).astype(np.float32)
+    # the op adds its corr to sum(x * w) (padding reads the zero point -5), the reference
+    # sums (x + 5) * w: sum(x * w) = reference - 5 * sum(w), so corr = c + 5 * sum(w)
+    natural = (corr + 5 * w.reshape(16, -1).astype(np.int64).sum(1)).astype(np.int32)
+    consts = pack([w, natural, scale, np.zeros(16, np.float32)])
+    for h, wd in ((7, 7), (12, 9), (4, 15)):
+        static = dataclasses.replace(spec, height=h, width=wd)
+        x = _ints(rng, (1, 8, h, wd), "int8")
+        got = _run(lib, [x.transpose(0, 2, 3, 1), *consts], (1, *static.out_hw, 16), "int8")
+        c4 = (1, -1, 1, 1)
+        acc = O.reference_conv2d(x, w, static, -5)
+        want = ep.numpy(acc, corr.reshape(c4), scale.reshape(c4), 0).transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(got, want, err_msg=f"{h}x{wd}")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "channels", "lowered"),
+    [
+        ("cnn", {}, 3, {"lowered_conv2d": 2}),  # RGB stem, window conv, NHWC pool
+        ("expand_depthwise", {}, 4, {"lowered_conv2d": 3}),  # equalized depthwise, residual
+        ("expand_depthwise", {"stride": 2}, 4, {"lowered_conv2d": 3}),  # strided depthwise
+    ],
+)
+def test_symbolic_image_size_cnn_runs_its_static_int8_kernels(
+    tmp_path, name, kwargs, channels, lowered
+):
+    """Static int8 with a symbolic height and width (one build for 8..24 pixels): every conv
+    lowered as in the static build calibrated on the same 12-pixel samples, and its outputs
+    at 12; at other sizes close to onnxruntime fp32."""
+    model = getattr(mb, name)(size="hw", **kwargs)
+    cal = tmp_path / "cal.npz"
+    rng = np.random.default_rng(9)
+    np.savez(cal, x=rng.standard_normal((6, channels, 12, 12)).astype(np.float32))
+
+    def build(key, size):
+        return graphopt.compile(
+            model,
+            tmp_path / key,
+            input_shapes={"x": (1, channels, size, "hw" if isinstance(size, str) else size)},
+            compression=[Int8(QuantOptions(calibration=str(cal)))],
+        )
+
+    sym, static = build("symbolic", "8..24"), build("static", 12)
+    stats = _lower_stats(sym)
+    assert stats["left"] == 0 and {k: stats[k] for k in lowered} == lowered
+    assert _lower_stats(static) == stats, (_lower_stats(static), stats)
+    feeds = _image_feeds(1, channels, 12)
+    got, want = (next(iter(a.run(feeds).values())) for a in (sym, static))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for size in (8, 17, 24):
+        feeds = _image_feeds(1, channels, size)
+        got = next(iter(sym.run(feeds).values()))
+        ref = _ort(model, feeds)[0]
+        assert got.shape == ref.shape
+        cos = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref)))
+        assert cos > 0.99, (size, cos)

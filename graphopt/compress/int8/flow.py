@@ -209,23 +209,16 @@ def quantize_step(
 
 
 def _check_symbolic_convs(layers: Sequence[Layer], target: Target) -> None:
-    """int8 kernels take a symbolic row count (matmuls: tokens) and, in NHWC, a symbolic
-    batch, not a symbolic image size; a conv outside that would stay fake-quant (fp32 math,
-    slower than fp32): one line instead."""
+    """int8 conv kernels take symbolic sizes (batch, height, width) in NHWC only (x86); on a
+    target whose int8 convs are NCHW kernels with static shapes, a conv with a symbolic size
+    would stay fake-quant (fp32 math, slower than fp32): one line instead."""
     nhwc = target.pass_options(LOWER_PASS).get("layout") == "NHWC"
-    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data, 1)]
-    if convs:
+    convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data)]
+    if convs and not nhwc:
         raise SymbolicShapeError(
-            f"--quantize int8 with symbolic dims takes a symbolic batch, not a symbolic image "
-            f"size, and {len(convs)} convolutions ({convs[0]}, ...) have one: pin the height "
-            "and width (--input-shape NAME=N,C,H,W with static H, W)"
-        )
-    batched = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data)]
-    if batched and not nhwc:
-        raise SymbolicShapeError(
-            f"--quantize int8 on target {target.name} has no int8 conv kernel for a symbolic "
-            f"batch ({len(batched)} convolutions, {batched[0]}, ...): pin the batch "
-            "(--input-shape NAME=1,C,H,W); symbolic sequence lengths work"
+            f"--quantize int8 on target {target.name} has no int8 conv kernel for symbolic "
+            f"sizes ({len(convs)} convolutions, {convs[0]}, ...): pin the batch, height and "
+            "width (--input-shape NAME=1,C,H,W); symbolic sequence lengths work"
         )
 
 

@@ -39,7 +39,7 @@ class Int8:
     name: str = "int8"
     requires: tuple[str, ...] = ("fold-constants",)
     # Calibrates on samples of any size in the dims' ranges; its kernels take a symbolic
-    # row count or batch (a symbolic image size is a one-line error: flow.py).
+    # row count, and NHWC convs a symbolic batch, height and width (flow.py).
     symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:

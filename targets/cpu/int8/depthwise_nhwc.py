@@ -32,10 +32,11 @@ def channel_pad(channels: int, isa: Isa) -> int:
     return -(-channels // isa.lanes) * isa.lanes
 
 
-def _load_rows(spec: ConvSpec, zp: int, lanes: int, rows_in: int, cols_in: int):
+def _load_rows(spec: ConvSpec, zp: int, lanes: int, rows_in: int, cols_in, hw: tuple):
     """TIR macro: the input rows and columns a task reads (one channel block), minus the zero
-    point, as fp32, into its buffer; 0 outside the input (padding)."""
-    h, w, ch, sh = spec.height, spec.width, spec.cin, spec.stride[0]
+    point, as fp32, into its buffer; 0 outside the input (padding). `hw`: the input's height
+    and width (ints, or size vars)."""
+    (h, w), ch, sh = hw, spec.cin, spec.stride[0]
     pt, pl = spec.padding[0], spec.padding[1]
     f32 = f"float32x{lanes}"
 
@@ -62,11 +63,12 @@ def _load_rows(spec: ConvSpec, zp: int, lanes: int, rows_in: int, cols_in: int):
     return load
 
 
-def _output_rows(spec: ConvSpec, ep: Epilogue, lanes: int, rows: int):
+def _output_rows(spec: ConvSpec, ep: Epilogue, lanes: int, rows: int, out_hw: tuple):
     """TIR macro: a task's output rows: window sums of COLS columns at a time (independent FMA
-    chains), then the rest one by one; the channel block's tail stores its valid lanes only."""
+    chains), then the rest one by one; the channel block's tail stores its valid lanes only.
+    `out_hw`: the output's height and width (ints, or expressions of the input's size vars)."""
     ch, kh, kw = spec.cin, spec.kh, spec.kw
-    oh, ow = spec.out_hw
+    oh, ow = out_hw
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     col_blocks = ow // COLS
 
@@ -115,20 +117,20 @@ def depthwise_nhwc_kernel(spec: ConvSpec, isa: Isa, zp: int, ep: Epilogue) -> tv
     One task: `rows` output rows of one channel block; its input rows are loaded first
     (`_load_rows`), then the rows computed (`_output_rows`)."""
     lanes = isa.lanes
-    n = tir_shape((spec.batch,))[0]  # may be symbolic
-    ch, h, w = spec.cin, spec.height, spec.width
-    kh, kw = spec.kh, spec.kw
-    oh, ow = spec.out_hw
+    n, h, w = tir_shape((spec.batch, spec.height, spec.width))  # any may be symbolic
+    ch, kh, kw = spec.cin, spec.kh, spec.kw
+    oh, ow = spec.spatial(h, w)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     cp = channel_pad(ch, isa)
     cblocks = cp // lanes
     rows = ROWS if (sh, sw) == (1, 1) else ROWS // 2
-    row_blocks = -(-oh // rows)
+    row_blocks = (oh + rows - 1) // rows
     rows_in = (rows - 1) * sh + (kh - 1) * dh + 1
+    # a symbolic width sizes the task's buffer at run time (heap scratch, not the stack)
     cols_in = (ow - 1) * sw + (kw - 1) * dw + 1
     f32 = f"float32x{lanes}"
-    load = _load_rows(spec, zp, lanes, rows_in, cols_in)
-    compute = _output_rows(spec, ep, lanes, rows)
+    load = _load_rows(spec, zp, lanes, rows_in, cols_in, (h, w))
+    compute = _output_rows(spec, ep, lanes, rows, (oh, ow))
 
     @T.prim_func
     def depthwise(

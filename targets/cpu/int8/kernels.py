@@ -380,10 +380,11 @@ def _fused_rows(g: _Geometry, spec: MatmulSpec):
     return pack_rows
 
 
-def _window_rows(g: _Geometry, window: ConvSpec, isa: Isa, zp: int):
+def _window_rows(g: _Geometry, window: ConvSpec, isa: Isa, zp: int, sizes: tuple):
     """TIR macro: the windows of mr output pixels (rows) into words, unrolled over a small
-    window's words (tap offsets become constants)."""
-    window_word = _window_words(window, isa, zp)
+    window's words (tap offsets become constants). `sizes`: h, w, oh, ow (ints, or
+    expressions of x's size vars)."""
+    window_word = _window_words(window, isa, zp, sizes)
 
     @T.macro
     def pack_rows(x, xf, words, rs, vmax, m0):
@@ -467,17 +468,21 @@ def matmul_kernel(
     words: `window_words` says how rows are packed, `pack_window_weight` the weights. `zp` is
     what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
-    shape = tir_shape(shape)  # symbolic rows (or batch): size vars
-    rows = row_count(shape) if window is None else shape[0] * window.out_hw[0] * window.out_hw[1]
+    shape = tir_shape(shape)  # symbolic rows (or batch, height, width): size vars
+    if window is None:
+        rows, out_hw = row_count(shape), None
+    else:  # output pixels; out_hw an expression of x's size vars when they are symbolic
+        out_hw = window.spatial(shape[1], shape[2])
+        rows = shape[0] * out_hw[0] * out_hw[1]
     g = _geometry(spec, plan, rows)
     rows, k, n, mr, lanes, qv = g.rows, g.k, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
-    out_shape = (*shape[:-1], n) if window is None else (shape[0], *window.out_hw, n)
+    out_shape = (*shape[:-1], n) if window is None else (shape[0], *out_hw, n)
     xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
     x_dtype = "float32" if spec.fused_quant else spec.act_dtype
     if spec.fused_quant:
         pack_rows = _fused_rows(g, spec)
     elif window is not None:
-        pack_rows = _window_rows(g, window, plan.isa, zp)
+        pack_rows = _window_rows(g, window, plan.isa, zp, (*shape[1:3], *out_hw))
     else:
         pack_rows = _plain_rows(g)
     gemm = _gemm_tiles(g, plan.isa, spec, ep)
@@ -529,10 +534,11 @@ def pack_window_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
     return pack_matmul_weight(taps.reshape(cout, -1).T, plan)
 
 
-def _window_words(conv: ConvSpec, isa: Isa, zp: int):
-    """TIR: word kq of output pixel m's window over NHWC x (padding reads the zero point)."""
+def _window_words(conv: ConvSpec, isa: Isa, zp: int, sizes: tuple):
+    """TIR: word kq of output pixel m's window over NHWC x (padding reads the zero point).
+    `sizes`: h, w, oh, ow (ints, or expressions of x's size vars)."""
     kpack, off = isa.kpack, isa.offset(conv.act_dtype)
-    oh, ow = conv.out_hw
+    h, w, oh, ow = sizes
     (sh, sw), (dh, dw) = conv.stride, conv.dilation
     pt, pl = conv.padding[0], conv.padding[1]
     wpt = window_words(conv.cin, isa)
@@ -545,9 +551,9 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int):
         b, oy, ox = m // (oh * ow), m // ow % oh, m % ow
         y = oy * sh + tap // conv.kw * dh - pt
         xx = ox * sw + tap % conv.kw * dw - pl
-        inside = tvm.tirx.all(0 <= y, y < conv.height, 0 <= xx, xx < conv.width)
-        yc = T.max(T.min(y, conv.height - 1), 0)
-        xc = T.max(T.min(xx, conv.width - 1), 0)
+        inside = tvm.tirx.all(0 <= y, y < h, 0 <= xx, xx < w)
+        yc = T.max(T.min(y, h - 1), 0)
+        xc = T.max(T.min(xx, w - 1), 0)
         if conv.cin % kpack == 0:  # a tap's word is kpack consecutive channels
             if kpack == 1:
                 value = T.Cast("int32", x[b, yc, xc, j]) + off
