@@ -256,3 +256,74 @@ def test_cli_prune_macs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prune macs=0.7" in out and "accuracy vs the unpruned model" in out
     assert not (tmp_path / "bad").exists()
+
+
+def _two_ffn_model() -> onnx.ModelProto:
+    """Two FFN blocks with residuals: x -> (MatMul, Relu, MatMul) + x -> (MatMul, Relu,
+    MatMul) + r: two regions, the second's inputs moved by the first's pruning."""
+    rng = np.random.default_rng(11)
+    inits = {
+        "w1": rng.standard_normal((D, H)) / 6,
+        "w2": rng.standard_normal((H, D)) / 8,
+        "w3": rng.standard_normal((D, H)) / 6,
+        "w4": rng.standard_normal((H, D)) / 8,
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("MatMul", ["ar", "w2"], ["b"]),
+        helper.make_node("Add", ["b", "x"], ["r"]),
+        helper.make_node("MatMul", ["r", "w3"], ["c"]),
+        helper.make_node("Relu", ["c"], ["cr"]),
+        helper.make_node("MatMul", ["cr", "w4"], ["d"]),
+        helper.make_node("Add", ["d", "r"], ["y"]),
+    ]
+    return _model(nodes, inits, [1, 16, D], [1, 16, D])
+
+
+def _ridge(xp: np.ndarray, target: np.ndarray, prior: np.ndarray, damp: float):
+    """numpy reference: centered least squares of target on xp, pulled toward prior."""
+    xc, yc = xp - xp.mean(0), target - target.mean(0)
+    n = len(xp)
+    gram = xc.T @ xc / n
+    lam = damp * np.mean(np.diag(gram)) + 1e-12
+    w = np.linalg.solve(gram + lam * np.eye(len(gram)), xc.T @ yc / n + lam * prior)
+    return w, target.mean(0) - xp.mean(0) @ w
+
+
+def test_sequential_refit_equals_a_numpy_reference():
+    from graphopt.compress.channels.sequential import sequential_refit
+    from graphopt.target_infra import host_target
+
+    model = _two_ffn_model()
+    w = {k: v.astype(np.float64) for k, v in _weights(model).items()}
+    mod = _graph(model)
+    regions = find_regions(mod)
+    assert [(r.producer.name, r.consumer.name) for r in regions] == [
+        ("matmul_0", "matmul_1"),
+        ("matmul_2", "matmul_3"),
+    ]
+    rng = np.random.default_rng(12)
+    xs = rng.standard_normal((6, 1, 16, D))
+    kept = {"matmul_0": np.arange(0, H, 2), "matmul_2": np.arange(H // 2)}
+    got = sequential_refit(
+        mod, regions, [{"x": x.astype(np.float32)} for x in xs], kept, 0.1, host_target(),
+        lambda _m: None,
+    )  # fmt: skip
+    x = xs.reshape(-1, D)
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    k1, k2 = kept["matmul_0"], kept["matmul_2"]
+    # region 1: nothing before it is pruned
+    h1 = relu(x @ w["w1"])
+    w2, c2 = _ridge(h1[:, k1], h1 @ w["w2"], w["w2"][k1], 0.1)
+    # region 2: its inputs in the model with region 1 pruned, toward the dense outputs
+    r_dense, r_pruned = h1 @ w["w2"] + x, h1[:, k1] @ w2 + c2 + x
+    h2_dense, h2_pruned = relu(r_dense @ w["w3"]), relu(r_pruned @ w["w3"])
+    w4, c4 = _ridge(h2_pruned[:, k2], h2_dense @ w["w4"], w["w4"][k2], 0.1)
+    for name, (wr, cr) in {"matmul_0": (w2, c2), "matmul_2": (w4, c4)}.items():
+        np.testing.assert_array_equal(got[name]["keep"], kept[name])
+        np.testing.assert_allclose(got[name]["weight"], wr, rtol=2e-3, atol=2e-4)
+        np.testing.assert_allclose(got[name]["bias"], cr, rtol=2e-3, atol=2e-4)
+    # and it is not the one-shot fit: region 2 saw region 1's error
+    w4_oneshot, _ = _ridge(h2_dense[:, k2], h2_dense @ w["w4"], w["w4"][k2], 0.1)
+    assert np.abs(w4_oneshot - got["matmul_2"]["weight"]).max() > 1e-3

@@ -28,11 +28,15 @@ from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
 from ..int8.calibrate import tap_module
+from ..prune.layers import as_kn
 from .chains import Region, find_regions
 from .fit import RegionStats, channel_scores, choose_kept, refit
+from .sequential import sequential_refit
 
 MANIFEST_KEY = "channels"
 MASK_INPUT = "attention_mask"
+SELECT = ("obs", "magnitude")
+ROWS_PER_CHANNEL = 4  # fewer calibration rows than this per fitted channel: warn
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class ChannelOptions:
     # 1.0 48/64, 3.0 44/64 (-25%: 1.0 27/64, 3.0 11/64)
     damp: float = 1.0
     pull: float = 0.0  # refit: toward the original weights (fit.refit; hurt on MobileNetV2)
+    # refit each consumer on the already-pruned model's inputs, in graph order (sequential.py);
+    # damp is then its pull toward the original weights
+    sequential: bool = True
+    select: str = "obs"  # "obs" (OBS cost per MAC) or "magnitude" (consumer row norms per MAC)
     eval_data: str | None = None  # --eval: what the artifact is scored on (else calibration)
 
 
@@ -57,6 +65,8 @@ def check_options(o: ChannelOptions) -> None:
         raise CalibrationError(f"--prune macs={o.macs:g}: keep a fraction between 0 and 1")
     if not o.calibration:
         raise CalibrationError("--prune macs=... needs --calibration DATA (the refit needs it)")
+    if o.select not in SELECT:
+        raise CalibrationError(f"--prune macs: select={o.select}: one of {', '.join(SELECT)}")
 
 
 def layer_macs(layer: Layer) -> float:
@@ -109,7 +119,14 @@ class Channels:
                 f"{region_macs / all_macs:.0%} of the multiply-adds; macs >= "
                 f"{1 - (1 - o.min_keep) * region_macs / all_macs:.2f} is the most this model allows"
             )
+        _warn_small(regions, stats, ctx.progress)
         decision = _decide(regions, stats, per_channel, target, o)
+        if o.sequential and o.refit:
+            from ..int8.flow import evaluation_target
+
+            kept = {n: d["keep"] for n, d in decision.items()}
+            run_target = evaluation_target(resolve_target(ctx.target))
+            decision = sequential_refit(mod, regions, feeds, kept, o.damp, run_target, ctx.progress)
         seconds = round(time.perf_counter() - clock, 2)
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-channels-")
         path = Path(workdir.name) / "channels.npz"
@@ -171,16 +188,32 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
     return stats, ref
 
 
-def _consumer_weight(q: Layer) -> np.ndarray:
-    """The consumer's weight as [C, N] (rows: the hidden channels)."""
-    w = q.weight
-    return w if q.kind == "matmul" else w[:, :, 0, 0].T
+def _warn_small(regions: list[Region], stats: dict, say) -> None:
+    """One line when the calibration rows are few for the widest region's channels: the refit
+    then fits those samples (a few photos' pixels, a few short sentences' tokens) and the
+    pruned model generalizes worse."""
+    worst = min(regions, key=lambda r: stats[r.name].n / r.channels)
+    rows = stats[worst.name].n
+    if rows < ROWS_PER_CHANNEL * worst.channels:
+        say(
+            f"warning: prune macs: {rows} calibration rows for the {worst.channels} channels "
+            f"of {worst.name} (fewer than {ROWS_PER_CHANNEL} per channel): the refit may fit "
+            "these samples; give more, more varied calibration data"
+        )
+
+
+def _scores(w: np.ndarray, cov: np.ndarray, o: ChannelOptions) -> np.ndarray:
+    """Per-channel cost: OBS with the refit, or the consumer rows' share of its weight norm."""
+    if o.select == "magnitude":
+        norms = np.sum(np.asarray(w, np.float64) ** 2, axis=1)
+        return norms / max(float(norms.sum()), 1e-30)
+    return channel_scores(w, cov, o.refit)
 
 
 def _decide(regions, stats, per_channel, target: float, o: ChannelOptions) -> dict:
     moments = {r.name: stats[r.name].moments(o.damp) for r in regions}
-    weights = {r.name: _consumer_weight(r.consumer) for r in regions}
-    scores = {r.name: channel_scores(weights[r.name], moments[r.name][1], o.refit) for r in regions}
+    weights = {r.name: as_kn(r.consumer) for r in regions}
+    scores = {r.name: _scores(weights[r.name], moments[r.name][1], o) for r in regions}
     kept = choose_kept(scores, per_channel, target, o.multiple, o.min_keep)
     decision = {}
     for r in regions:
