@@ -47,11 +47,11 @@ def probe_for(mod, regions: list[Region], target) -> tuple[WeightProbe, dict[str
 
 
 def sequential_refit(
-    mod, regions: list[Region], feeds, kept: dict, damp: float, target, say
+    mod, regions: list[Region], feeds, kept: dict, damp: float, target, say, probe=None
 ) -> dict[str, dict[str, np.ndarray]]:
     """{region: {keep, weight [K, N], bias [N]}}, consumers refit in graph order (module
-    docstring); `kept` are the channels each region keeps."""
-    probe, index = probe_for(mod, regions, target)
+    docstring); `kept` are the channels each region keeps; `probe`: probe_for's, if built."""
+    probe, index = probe or probe_for(mod, regions, target)
     order = sorted(regions, key=lambda r: index[r.consumer.name])
     params = [p.name for p in mod["main"].params]
     wanted = [index[r.consumer.name] for r in order]
