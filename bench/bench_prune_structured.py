@@ -38,12 +38,14 @@ env.configure_for_benchmarks(spinning=False)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {"mobilenet_v2": (0.95, 0.9, 0.85, 0.8, 0.75), "minilm": (0.9, 0.8, 0.7)}
-# (label, select, refit, sequential)
+KINDS = {"mobilenet_v2": ("channels",), "minilm": ("channels", "heads", "all")}
+# (label, select, refit, sequential: False, "local" (consumer outputs) or "residual")
 VARIANTS = (
     ("magnitude, kept rows", "magnitude", False, False),
-    ("magnitude + sequential refit", "magnitude", True, True),
+    ("magnitude + sequential refit", "magnitude", True, "residual"),
     ("OBS + one-shot refit", "obs", True, False),
-    ("OBS + sequential refit", "obs", True, True),
+    ("OBS + sequential refit", "obs", True, "local"),
+    ("OBS + sequential refit + residual", "obs", True, "residual"),
 )
 
 
@@ -66,8 +68,8 @@ class Setup:
 
     def __init__(self, name: str) -> None:
         from bench.models.export import export
-        from graphopt.compress.channels.chains import find_regions
         from graphopt.compress.channels.fit import RegionStats
+        from graphopt.compress.channels.heads import find_all
         from graphopt.compress.channels.method import MASK_INPUT, _rows
         from graphopt.compress.channels.sequential import probe_for
         from graphopt.frontend import import_onnx
@@ -76,13 +78,13 @@ class Setup:
 
         self.name, self.src = name, export(name)
         self.mod = run_passes(import_onnx(self.src).mod, instantiate(parse_pipeline("O2")))
-        self.regions = find_regions(self.mod)
+        self.regions = find_all(self.mod)
         self.params = [p.name for p in self.mod["main"].params]
         self.calib, self.eval = _feeds(name)
         self.target = host_target()
         _say(f"[{name}] building the probe ({len(self.regions)} regions)")
         self.probe = probe_for(self.mod, self.regions, self.target)
-        probe, index = self.probe
+        probe, index = self.probe.runner, self.probe.index
         self.stats = {r.name: RegionStats() for r in self.regions}
         for feed in self.calib:
             out = probe.run(self._arrays(feed), {})
@@ -100,37 +102,53 @@ class Setup:
 
         weights, shifts = {}, {}
         for r in self.regions:
-            d = decision[r.name]
+            d = decision.get(r.name)
+            if d is None:
+                continue
             weights[r.consumer.name] = full_rows(r.consumer, d["keep"], d["weight"])
             shifts[r.consumer.name] = -np.asarray(d["bias"], np.float32)
-        got = [self.probe[0].run(self._arrays(f), weights, shifts)[-1] for f in self.eval]
+        got = [self.probe.runner.run(self._arrays(f), weights, shifts)[-1] for f in self.eval]
         if self.name == "mobilenet_v2":
             return quality(self.ref, got)
         return cosine_quality(self.ref, got)
 
 
-def point(s: Setup, macs: float, variant: tuple, damp: float) -> dict[str, Any]:
+def point(s: Setup, macs: float, variant: tuple, damp: float, kinds: str) -> dict[str, Any]:
     """One (MACs, variant): the kept channels and refit as `--prune macs=` makes them."""
+    from graphopt.compress.channels.heads import find_all
     from graphopt.compress.channels.method import ChannelOptions, decide, region_budget
     from graphopt.compress.channels.sequential import sequential_refit
 
     label, select, refit, sequential = variant
-    o = ChannelOptions(macs, "bench", select=select, refit=refit, damp=damp)
+    o = ChannelOptions(macs, "bench", select=select, refit=refit, damp=damp, kinds=kinds)
     start = time.perf_counter()
-    all_macs, per_channel, target = region_budget(s.mod["main"], s.regions, macs, o.min_keep)
-    decision = decide(s.regions, s.stats, per_channel, target, o)
+    regions = [r for r in s.regions if r.name in {x.name for x in find_all(s.mod, kinds)}]
+    all_macs, per_channel, target = region_budget(s.mod["main"], regions, macs, o.min_keep)
+    decision = decide(regions, s.stats, per_channel, target, o)
     if sequential:
         kept = {n: d["keep"] for n, d in decision.items()}
         decision = sequential_refit(
-            s.mod, s.regions, s.calib, kept, damp, s.target, lambda _m: None, probe=s.probe
-        )
+            s.mod, regions, s.calib, kept, damp, s.target, lambda _m: None, probe=s.probe,
+            residual=sequential == "residual",
+        )  # fmt: skip
     removed = sum(
-        (r.channels - len(decision[r.name]["keep"])) * per_channel[r.name] for r in s.regions
+        (r.channels - len(decision[r.name]["keep"])) * per_channel[r.name] for r in regions
     )
     row = {"macs_target": macs, "macs": round(1 - removed / all_macs, 4), "variant": label}
-    row.update(s.score(decision), seconds=round(time.perf_counter() - start, 1))
+    row.update(kinds=kinds, **s.score(decision), seconds=round(time.perf_counter() - start, 1))
     _say(f"[{s.name}] {row} (load {_load()})")
     return row
+
+
+def _point_or_error(s: Setup, macs: float, variant: tuple, damp: float, kinds: str) -> dict:
+    """`point`, or the reason the level is out of reach (heads alone hold too few MACs)."""
+    from graphopt.compress.common.errors import CalibrationError
+
+    try:
+        return point(s, macs, variant, damp, kinds)
+    except CalibrationError as err:
+        _say(f"[{s.name}] {kinds} at {macs}: {err}")
+        return {"macs_target": macs, "variant": variant[0], "kinds": kinds, "error": str(err)}
 
 
 def timed(s: Setup, macs: float, damp: float, runs: int) -> dict[str, Any]:
@@ -152,6 +170,32 @@ def timed(s: Setup, macs: float, damp: float, runs: int) -> dict[str, Any]:
                 "timing": alternate(dense, pruned, s.eval[0], runs)}  # fmt: skip
 
 
+def _cell(r: dict, mobile: bool) -> str:
+    if "error" in r:
+        return "not reachable"
+    if mobile:
+        return f"{r['top1']}/{r['n']} (cos {r['cosine']})"
+    return f"{r['min_cosine']:.3f} (mean {r['mean_cosine']:.3f})"
+
+
+def _table(m: dict, kinds: str, mobile: bool) -> list[str]:
+    """One table: a row per MAC level, a column per variant (MACs as reached, OBS's)."""
+    labels = [v[0] for v in VARIANTS if any(r["variant"] == v[0] for r in m["points"])]
+    lines = ["", f"Regions: {kinds}", "", "| MACs | " + " | ".join(labels) + " |"]
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for level in m["levels"]:
+        rows = [r for r in m["points"] if r["macs_target"] == level and r["kinds"] == kinds]
+        if not rows:
+            continue
+        macs = next((r["macs"] for r in rows if "macs" in r), None)
+        cells = [f"{macs:.2f}x" if macs else f"{level}x"]
+        for label in labels:
+            r = next((r for r in rows if r["variant"] == label), None)
+            cells.append(_cell(r, mobile) if r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(info: dict[str, Any]) -> str:
     lines = [
         "# Structured pruning (`--prune macs=X`): quality against MACs",
@@ -163,19 +207,8 @@ def markdown(info: dict[str, Any]) -> str:
         mobile = name == "mobilenet_v2"
         what = "top-1 agreement with fp32" if mobile else "min cosine of the embedding"
         lines += ["", f"## {name}: {what} ({m['calibration']} calibration, {m['scored']} scored)"]
-        lines += ["", "| MACs | " + " | ".join(v[0] for v in VARIANTS) + " |"]
-        lines.append("|---" * (len(VARIANTS) + 1) + "|")
-        for level in m["levels"]:
-            rows = [r for r in m["points"] if r["macs_target"] == level]
-            cells = [f"{rows[0]['macs']:.2f}x"]
-            for v in VARIANTS:
-                r = next(r for r in rows if r["variant"] == v[0])
-                cells.append(
-                    f"{r['top1']}/{r['n']} (cos {r['cosine']})"
-                    if mobile
-                    else f"{r['min_cosine']:.3f} (mean {r['mean_cosine']:.3f})"
-                )
-            lines.append("| " + " | ".join(cells) + " |")
+        for kinds in m["kinds"]:
+            lines += _table(m, kinds, mobile)
         t = m.get("time")
         if t:
             tt = t["timing"]
@@ -197,13 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--damp", type=float, default=1.0)
     ap.add_argument("--time", type=float, default=None, help="compile and time at these MACs")
     ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--levels", default=None, help="MAC levels (default: the model's)")
+    ap.add_argument("--variants", default=None, help="variant numbers, e.g. 0,3")
     ap.add_argument("--stem", default="prune_structured")
     args = ap.parse_args(argv)
     info: dict[str, Any] = {"damp": args.damp, "load": _load(), "models": {}}
+    variants = VARIANTS
+    if args.variants:
+        variants = tuple(VARIANTS[int(i)] for i in args.variants.split(","))
     for name in args.models.split(","):
         s = Setup(name)
-        m = {"calibration": len(s.calib), "scored": len(s.eval), "levels": list(LEVELS[name])}
-        m["points"] = [point(s, lv, v, args.damp) for lv in LEVELS[name] for v in VARIANTS]
+        levels = [float(v) for v in args.levels.split(",")] if args.levels else LEVELS[name]
+        m = {"calibration": len(s.calib), "scored": len(s.eval), "levels": list(levels)}
+        m["kinds"] = list(KINDS[name])
+        m["points"] = [
+            _point_or_error(s, lv, v, args.damp, kinds)
+            for kinds in KINDS[name]
+            for lv in levels
+            for v in variants
+        ]
         if args.time is not None:
             m["time"] = timed(s, args.time, args.damp, args.runs)
         info["models"][name] = m

@@ -88,12 +88,27 @@ def choose_kept(
     """Kept unit indices per region (channels, or heads) so the regions' multiply-adds drop
     to `target` of theirs: units leave in order of score per MAC, each region keeping at
     least `min_keep` of its units and a multiple of `multiple` (SIMD-friendly widths; one per
-    region when a dict)."""
+    region when a dict). Rounding up gives units back, so the greedy pass is repeated with
+    the shortfall added until the target is met (the result is at or just below it)."""
     total = sum(macs[r] * len(s) for r, s in scores.items())
     budget = total * (1.0 - target)  # multiply-adds to remove
     order = sorted(
         ((float(s[j]) / macs[r], r, j) for r, s in scores.items() for j in range(len(s))),
     )
+    step = multiple if isinstance(multiple, dict) else dict.fromkeys(scores, multiple)
+    goal = budget
+    for _ in range(16):
+        dropped = _greedy(order, scores, macs, goal, min_keep)
+        kept = {r: _kept(scores[r], dropped[r], step[r]) for r in scores}
+        removed = sum(macs[r] * (len(s) - len(kept[r])) for r, s in scores.items())
+        if removed >= budget * (1 - 1e-9):
+            break
+        goal += budget - removed
+    return kept
+
+
+def _greedy(order, scores, macs, budget: float, min_keep: float) -> dict[str, list[int]]:
+    """Units dropped in `order` (cheapest error per MAC first) until `budget` MACs are gone."""
     dropped = {r: [] for r in scores}
     removed = 0.0
     for _cost, r, j in order:
@@ -104,8 +119,7 @@ def choose_kept(
             continue
         dropped[r].append(j)
         removed += macs[r]
-    step = multiple if isinstance(multiple, dict) else dict.fromkeys(scores, multiple)
-    return {r: _kept(scores[r], dropped[r], step[r]) for r in scores}
+    return dropped
 
 
 def _kept(score: np.ndarray, dropped: list[int], multiple: int) -> np.ndarray:
