@@ -49,14 +49,15 @@ VARIANTS = (
 )
 
 
-def _feeds(name: str) -> tuple[list[dict], list[dict]]:
-    """(calibration feeds, evaluation feeds)."""
+def _feeds(name: str, role: str = "evaluation") -> tuple[list[dict], list[dict]]:
+    """(calibration feeds, scored feeds: MobileNetV2's `role` crops, validation for choosing
+    settings)."""
     if name == "mobilenet_v2":
         from bench.bench_int8 import calibration_images
         from bench.models.inputs import split_crops
 
         calib = [{"input": x} for x in calibration_images()]
-        return calib, [{"input": x} for _, x in split_crops("evaluation")]
+        return calib, [{"input": x} for _, x in split_crops(role)]
     from bench.bench_int4 import CALIB
     from bench.models.inputs import sentence_batch, tokenize
 
@@ -66,7 +67,7 @@ def _feeds(name: str) -> tuple[list[dict], list[dict]]:
 class Setup:
     """One model: -O2 graph, regions, dense statistics, the probe, fp32 outputs."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, role: str = "evaluation") -> None:
         from bench.models.export import export
         from graphopt.compress.channels.fit import RegionStats
         from graphopt.compress.channels.heads import find_all
@@ -80,7 +81,7 @@ class Setup:
         self.mod = run_passes(import_onnx(self.src).mod, instantiate(parse_pipeline("O2")))
         self.regions = find_all(self.mod)
         self.params = [p.name for p in self.mod["main"].params]
-        self.calib, self.eval = _feeds(name)
+        self.calib, self.eval = _feeds(name, role)
         self.target = host_target()
         _say(f"[{name}] building the probe ({len(self.regions)} regions)")
         self.probe = probe_for(self.mod, self.regions, self.target)
@@ -232,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--levels", default=None, help="MAC levels (default: the model's)")
     ap.add_argument("--variants", default=None, help="variant numbers, e.g. 0,3")
+    ap.add_argument("--role", default="evaluation", choices=["evaluation", "validation"])
     ap.add_argument("--stem", default="prune_structured")
     args = ap.parse_args(argv)
-    info: dict[str, Any] = {"damp": args.damp, "load": _load(), "models": {}}
+    info: dict[str, Any] = {"damp": args.damp, "role": args.role, "load": _load(), "models": {}}
     variants = VARIANTS
     if args.variants:
         variants = tuple(VARIANTS[int(i)] for i in args.variants.split(","))
     for name in args.models.split(","):
-        s = Setup(name)
+        s = Setup(name, args.role)
         levels = [float(v) for v in args.levels.split(",")] if args.levels else LEVELS[name]
         m = {"calibration": len(s.calib), "scored": len(s.eval), "levels": list(levels)}
         m["kinds"] = list(KINDS[name])

@@ -5,6 +5,9 @@ producer layer's name: `<region>.keep` kept channel indices, `<region>.weight` t
 refit weight [K, N], `<region>.bias` the bias [N] that keeps its output mean): the producer
 keeps only those output channels, every per-channel constant and depthwise filter in between
 is sliced the same way, and the consumer gets its refit weight with the bias added after it.
+Attention heads (`heads.py`, regions named `heads_<Q layer>`, kept channels whole heads): the
+Q, K and V projections keep those output columns (and their biases), the reshapes that split
+and merge the heads take the kept head count, and the output projection is the consumer.
 The model computes what the plan's numpy refit says (tested against it); the graph stays
 dense, only smaller.
 """

@@ -251,6 +251,11 @@ def test_cli_prune_macs(tmp_path, capsys):
     assert "needs --calibration" in capsys.readouterr().err
     assert main([*base, "macs=x", "-o", str(tmp_path / "bad")]) == 2
     assert "not a number" in capsys.readouterr().err
+    calib_args = ["--calibration", str(tmp_path / "calib.npz")]
+    assert main([*base, "macs=0.7,heads=2", *calib_args, "-o", str(tmp_path / "bad")]) == 2
+    assert "unknown setting" in capsys.readouterr().err
+    assert main([*base, "macs=0.7,regions=x", *calib_args, "-o", str(tmp_path / "bad")]) == 2
+    assert "regions=x: one of" in capsys.readouterr().err
     calib = ["--calibration", str(tmp_path / "calib.npz")]
     assert main([*base, "macs=0.7", *calib, "-o", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out

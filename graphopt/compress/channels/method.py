@@ -69,7 +69,7 @@ def check_options(o: ChannelOptions) -> None:
     if not o.calibration:
         raise CalibrationError("--prune macs=... needs --calibration DATA (the refit needs it)")
     if o.kinds not in KINDS:
-        raise CalibrationError(f"--prune macs: kinds={o.kinds}: one of {', '.join(KINDS)}")
+        raise CalibrationError(f"--prune macs: regions={o.kinds}: one of {', '.join(KINDS)}")
     if o.select not in SELECT:
         raise CalibrationError(f"--prune macs: select={o.select}: one of {', '.join(SELECT)}")
 

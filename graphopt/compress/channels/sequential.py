@@ -11,7 +11,10 @@ model's outputs X_d W on the same calibration feeds:
 (the unstructured pruner's refit, `prune/sequential.py`, on the kept columns; lambda = `damp`
 x the mean diagonal of X_p's covariance, the pull that keeps a few dozen photos from being
 fitted exactly; c keeps the output mean). Each consumer so makes up for what earlier regions
-changed. One build serves every step: the consumers' weights and output shifts are inputs
+changed. When the consumer's output joins a residual add y + r (through its bias), the target
+is X_d W + (r_d - r_p): the error the skip path carries from earlier blocks is made up too, so
+the block's sum, not only its branch, follows the dense model (`residual=True`, the default).
+One build serves every step: the consumers' weights and output shifts are inputs
 (`prune/probe.py`); a pruned region runs as its consumer with zero rows for the dropped
 channels and the refit bias as its shift, which computes what the smaller graph computes.
 """
