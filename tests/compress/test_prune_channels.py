@@ -341,3 +341,17 @@ def test_sequential_refit_equals_a_numpy_reference():
     w4_oneshot, _ = _ridge(h2_dense[:, k2], h2_dense @ w["w4"], w["w4"][k2], 0.1)
     assert np.abs(w4_oneshot - local["matmul_2"]["weight"]).max() > 1e-3
     assert np.abs(w4r - w4).max() > 1e-3
+
+
+def test_few_calibration_rows_give_one_warning():
+    from graphopt.compress.channels.method import _warn_small
+
+    regions = find_regions(_graph(_ffn_model()))  # 64 hidden units
+    said: list[str] = []
+    few, many = RegionStats(), RegionStats()
+    few.add(np.ones((100, H)))
+    many.add(np.ones((400, H)))
+    _warn_small(regions, {regions[0].name: few}, said.append)
+    assert len(said) == 1 and said[0].startswith("warning: prune macs: 100 calibration rows")
+    _warn_small(regions, {regions[0].name: many}, said.append)
+    assert len(said) == 1
