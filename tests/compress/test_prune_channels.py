@@ -202,6 +202,7 @@ def test_channels_method_end_to_end(make, tmp_path):
     art = graphopt.compile(tmp_path / "m.onnx", tmp_path / "out", compression=[method])
     m = art.manifest["channels"]
     assert m["ratio"] <= 0.8 and all(r["kept"] % 4 == 0 for r in m["regions"])
+    assert m["refit"] == "sequential"  # 64 feeds: rows enough for the region's channels
     assert "artifact" in m["accuracy"]
     xs = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     want = _ort(model, xs)
@@ -351,7 +352,8 @@ def test_few_calibration_rows_give_one_warning():
     few, many = RegionStats(), RegionStats()
     few.add(np.ones((100, H)))
     many.add(np.ones((400, H)))
-    _warn_small(regions, {regions[0].name: few}, said.append)
+    assert not _warn_small(regions, {regions[0].name: few}, said.append, sequential=True)
     assert len(said) == 1 and said[0].startswith("warning: prune macs: 100 calibration rows")
-    _warn_small(regions, {regions[0].name: many}, said.append)
+    assert said[0].endswith("refitting one-shot, not sequentially")
+    assert _warn_small(regions, {regions[0].name: many}, said.append)
     assert len(said) == 1
