@@ -188,7 +188,10 @@ def _table(m: dict, kinds: str, mobile: bool) -> list[str]:
         rows = [r for r in m["points"] if r["macs_target"] == level and r["kinds"] == kinds]
         if not rows:
             continue
-        macs = next((r["macs"] for r in rows if "macs" in r), None)
+        # MACs as OBS reached them (magnitude's rounding can land up to 0.02 lower)
+        reached = [r["macs"] for r in rows if "macs" in r]
+        obs = [r["macs"] for r in rows if "macs" in r and r["variant"].startswith("OBS")]
+        macs = (obs or reached or [None])[0]
         cells = [f"{macs:.2f}x" if macs else f"{level}x"]
         for label in labels:
             r = next((r for r in rows if r["variant"] == label), None)
