@@ -48,8 +48,11 @@ class PruneChannels(GraphPass):
         if not regions:
             return PassResult(mod, False, {"regions": 0})
         rewriter = _Rewriter(mod, regions, plan, Operands(mod, bound_constants(func)))
-        new = rewriter.builder_.get()
-        new["main"] = rewriter.visit_expr(func)
+        main = rewriter.visit_expr(func)
+        # a new module: the builder's is `mod` itself, which a pass must leave as it was
+        built = rewriter.builder_.get()
+        new = tvm.IRModule(dict(built.functions.items()), attrs=built.attrs)
+        new["main"] = main
         removed = sum(r.channels - len(plan[f"{r.name}.keep"]) for r in regions)
         return PassResult(new, True, {"regions": len(regions), "channels_removed": removed})
 

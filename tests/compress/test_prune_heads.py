@@ -92,6 +92,8 @@ def test_removing_heads_equals_onnxruntime_on_the_pruned_weights(tmp_path):
     text = out["main"].script(show_meta=False)
     assert f"R.shape([1, 8, {len(keep_heads)}, {HD}])" in text  # the split's head count
     assert f"R.shape([1, 8, {NH}, {HD}])" not in text
+    # the pass leaves its input as it was (the builder's module is the input itself)
+    assert f"R.shape([1, 8, {NH}, {HD}])" in mod["main"].script(show_meta=False)
     x, mask = _inputs(2)
     want = ort_run(ort_session(_pruned_onnx(model, keep_heads, w_o, bias).SerializeToString()),
                    {"x": x, "mask": mask})["y"]  # fmt: skip
