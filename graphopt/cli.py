@@ -167,16 +167,24 @@ def _channels_method(args: argparse.Namespace, alone: bool):
     """`--prune macs=X`: structured pruning of hidden channels (docs/SPARSITY.md)."""
     from .compress.channels.method import ChannelOptions, Channels, check_options
 
-    text = args.prune.strip()[len("macs=") :]
+    text, *rest = args.prune.strip()[len("macs=") :].split(",")
     try:
         macs = float(text)
     except ValueError:
         raise InputError(f"--prune macs={text}: not a number (macs=0.75 keeps 75%)") from None
+    kinds = "all"
+    for item in rest:
+        key, _, value = item.partition("=")
+        if key.strip() != "regions":
+            raise InputError(f"--prune macs: unknown setting {item!r} (regions=all|channels|heads)")
+        kinds = value.strip()
     options = ChannelOptions(
         macs,
         calibration=args.calibration,
         samples=args.calib_samples,
         eval_data=args.eval if alone else None,
+        sequential=args.prune_sequential,
+        kinds=kinds,
     )
     check_options(options)
     return Channels(options)
@@ -347,7 +355,8 @@ def _add_prune_options(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--prune",
         metavar="SPEC",
-        help="zero weights of matmuls and 1x1 convs: unstructured=0.5, block=0.7 or 2:4",
+        help="zero weights of matmuls and 1x1 convs: unstructured=0.5, block=0.7 or 2:4; or "
+        "remove channels and attention heads: macs=0.75[,regions=all|channels|heads]",
     )
     q.add_argument(
         "--prune-method",
@@ -372,8 +381,8 @@ def _add_prune_options(parser: argparse.ArgumentParser) -> None:
         "--prune-sequential",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="sparsegpt: layer by layer on the pruned model's inputs, refitted toward the dense "
-        "model's outputs (default on); off: every layer from the dense model's inputs",
+        help="sparsegpt and macs=: layer by layer on the pruned model's inputs, refitted toward "
+        "the dense model's outputs (default on); off: every layer from the dense model's inputs",
     )
     q.add_argument(
         "--prune-pull",

@@ -5,6 +5,9 @@ producer layer's name: `<region>.keep` kept channel indices, `<region>.weight` t
 refit weight [K, N], `<region>.bias` the bias [N] that keeps its output mean): the producer
 keeps only those output channels, every per-channel constant and depthwise filter in between
 is sliced the same way, and the consumer gets its refit weight with the bias added after it.
+Attention heads (`heads.py`, regions named `heads_<Q layer>`, kept channels whole heads): the
+Q, K and V projections keep those output columns (and their biases), the reshapes that split
+and merge the heads take the kept head count, and the output projection is the consumer.
 The model computes what the plan's numpy refit says (tested against it); the graph stays
 dense, only smaller.
 """
@@ -18,7 +21,8 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from graphopt.compress.channels.chains import Operands, Region, find_regions
+from graphopt.compress.channels.chains import Operands, Region
+from graphopt.compress.channels.heads import HeadRegion, find_all
 from graphopt.compress.common.layers import bound_constants
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
@@ -26,7 +30,7 @@ from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
 @register_pass
 class PruneChannels(GraphPass):
-    """Drop hidden channels of FFN / expansion regions and refit their consumers (a plan file)."""
+    """Drop hidden channels (FFN / expansion) and attention heads, refit consumers (a plan file)."""
 
     name = "prune-channels"
 
@@ -40,12 +44,15 @@ class PruneChannels(GraphPass):
         with np.load(self.options.plan) as data:
             plan = {k: data[k] for k in data.files}
         func = mod["main"]
-        regions = [r for r in find_regions(mod) if f"{r.name}.keep" in plan]
+        regions = [r for r in find_all(mod) if f"{r.name}.keep" in plan]
         if not regions:
             return PassResult(mod, False, {"regions": 0})
         rewriter = _Rewriter(mod, regions, plan, Operands(mod, bound_constants(func)))
-        new = rewriter.builder_.get()
-        new["main"] = rewriter.visit_expr(func)
+        main = rewriter.visit_expr(func)
+        # a new module: the builder's is `mod` itself, which a pass must leave as it was
+        built = rewriter.builder_.get()
+        new = tvm.IRModule(dict(built.functions.items()), attrs=built.attrs)
+        new["main"] = main
         removed = sum(r.channels - len(plan[f"{r.name}.keep"]) for r in regions)
         return PassResult(new, True, {"regions": len(regions), "channels_removed": removed})
 
@@ -55,11 +62,19 @@ class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod, regions: list[Region], plan: dict, ops: Operands) -> None:
         super().__init__(mod)
         self.plan, self.ops, self.consts = plan, ops, ops.consts
-        self.role: dict = {}  # var -> (region, "producer" | "inner" | "consumer")
+        self.role: dict = {}  # var -> (region, "producer" | "inner" | ... | "consumer")
+        self.layers: dict = {}  # producer var -> its layer
         for r in regions:
-            self.role[r.producer.var] = (r, "producer")
-            for var in r.bindings[1:]:
+            heads = isinstance(r, HeadRegion)
+            for ly in r.qkv if heads else [r.producer]:
+                self.role[ly.var] = (r, "producer")
+                self.layers[ly.var] = ly
+            for var in r.bindings if heads else r.bindings[1:]:
                 self.role[var] = (r, "inner")
+            for var in r.splits if heads else []:
+                self.role[var] = (r, "split")
+            if heads:
+                self.role[r.merge] = (r, "merge")
             self.role[r.consumer.var] = (r, "consumer")
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -72,13 +87,16 @@ class _Rewriter(relax.PyExprMutator):
         call = binding.value
         if role == "inner":
             value = self._inner(call, region, keep)
+        elif role in ("split", "merge"):
+            value = self._reshape(call, region, len(keep), role)
         else:
             args = [self.visit_expr(a) for a in call.args]
             if role == "consumer":
                 self._consumer(binding, region, args)
                 return
-            w = region.producer.weight
-            args[1] = relax.const(w[:, keep] if region.producer.kind == "matmul" else w[keep])
+            layer = self.layers[binding.var]
+            w = layer.weight
+            args[1] = relax.const(w[:, keep] if layer.kind == "matmul" else w[keep])
             value = relax.Call(call.op, args, call.attrs, call.ty_args)
         new_var = self.builder_.emit(value)
         self.set_var_remap(binding.var, new_var)
@@ -115,6 +133,15 @@ class _Rewriter(relax.PyExprMutator):
         if call.op.name == "relax.call_tir":
             return R.maximum(*args) if name == "relax.maximum" else R.minimum(*args)
         return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def _reshape(self, call: relax.Call, region: HeadRegion, kept: int, role: str):
+        """A head split [.., H, D] or merge [.., H*D] reshape with the kept head count."""
+        shape = [int(d) for d in call.ty.shape.values]
+        if role == "split":
+            shape[-2] = kept // region.head_dim
+        else:
+            shape[-1] = kept
+        return R.reshape(self.visit_expr(call.args[0]), shape)
 
     def _consumer(self, binding: relax.VarBinding, region: Region, args: list) -> None:
         """The consumer with its refit weight, then + bias (the same output variable)."""

@@ -170,11 +170,13 @@ def mlp(seed: int = 2) -> onnx.ModelProto:
 TRANSFORMER = {"batch": 1, "seq": 8, "dim": 32, "heads": 4, "ffn": 64}
 
 
-def transformer_block(seed: int = 3, seq: int | str | None = None) -> onnx.ModelProto:
+def transformer_block(
+    seed: int = 3, seq: int | str | None = None, attn_output: bool = True
+) -> onnx.ModelProto:
     """(d) Pre-norm transformer block: LayerNormalization, multi-head self-attention with an
     additive mask input, residual adds, Erf-GELU feed-forward. Two outputs: the block's output
-    `y` and the attention probabilities `attn`. `seq` a name: a symbolic sequence length (the
-    reshapes then copy dims with 0, as exporters write them)."""
+    `y` and the attention probabilities `attn` (unless not `attn_output`). `seq` a name: a
+    symbolic sequence length (the reshapes then copy dims with 0, as exporters write them)."""
     g = GraphBuilder(seed)
     b, s, d, nh, ffn = (TRANSFORMER[k] for k in ("batch", "seq", "dim", "heads", "ffn"))
     s = s if seq is None else seq
@@ -198,7 +200,7 @@ def transformer_block(seed: int = 3, seq: int | str | None = None) -> onnx.Model
     y = g.op("Add", [x1, ff])
     inputs = [_value_info("x", [b, s, d]), _value_info("mask", [b, 1, s, s])]
     outputs = [("y", y, [b, s, d]), ("attn", probs, [b, nh, s, s])]
-    return g.model(inputs, outputs, "transformer_block")
+    return g.model(inputs, outputs[: 2 if attn_output else 1], "transformer_block")
 
 
 def causal_mask(seq: int = TRANSFORMER["seq"], batch: int = TRANSFORMER["batch"]) -> np.ndarray:

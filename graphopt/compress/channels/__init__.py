@@ -1,2 +1,2 @@
-"""Structured pruning: hidden channels (FFN units, expansion channels) removed with a
-least-squares refit of their consumer (`--prune macs=X`)."""
+"""Structured pruning: hidden channels (FFN units, expansion channels) and attention heads
+removed with a least-squares refit of their consumer (`--prune macs=X`)."""

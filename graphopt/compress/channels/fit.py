@@ -50,6 +50,21 @@ def channel_scores(w: np.ndarray, cov: np.ndarray, refit: bool = True) -> np.nda
     return np.sum(w * w, axis=1) * per_channel / energy
 
 
+def group_scores(w: np.ndarray, cov: np.ndarray, size: int, refit: bool = True) -> np.ndarray:
+    """`channel_scores` for groups of `size` channels leaving together (attention heads):
+    with the refit, the block OBS cost trace(W_G^T ((S^-1)_GG)^-1 W_G)."""
+    w = np.asarray(w, np.float64)
+    inv = np.linalg.inv(cov) if refit else None
+    energy = max(float(np.sum((cov @ w) * w)), 1e-30)
+    out = []
+    for g in range(0, len(w), size):
+        wg = w[g : g + size]
+        block = inv[g : g + size, g : g + size] if refit else None
+        m = np.linalg.solve(block, wg) if refit else cov[g : g + size, g : g + size] @ wg
+        out.append(float(np.sum(m * wg)))
+    return np.array(out) / energy
+
+
 def refit(w: np.ndarray, mu: np.ndarray, cov: np.ndarray, keep: np.ndarray, pull: float = 0.0):
     """(W' [K, N], c [N]): the consumer's weights over the kept channels and the bias that
     keeps its output mean. `pull` (times S's mean diagonal) adds lambda ||W' - W_K||^2 to the
@@ -67,17 +82,33 @@ def choose_kept(
     scores: dict[str, np.ndarray],
     macs: dict[str, float],
     target: float,
-    multiple: int = 8,
+    multiple: int | dict[str, int] = 8,
     min_keep: float = 0.1,
 ) -> dict[str, np.ndarray]:
-    """Kept channel indices per region so the regions' multiply-adds drop to `target` of
-    theirs: channels leave in order of score per MAC, each region keeping at least
-    `min_keep` of its channels and a multiple of `multiple` (SIMD-friendly widths)."""
+    """Kept unit indices per region (channels, or heads) so the regions' multiply-adds drop
+    to `target` of theirs: units leave in order of score per MAC, each region keeping at
+    least `min_keep` of its units and a multiple of `multiple` (SIMD-friendly widths; one per
+    region when a dict). Rounding up gives units back, so the greedy pass is repeated with
+    the shortfall added until the target is met (the result is at or just below it)."""
     total = sum(macs[r] * len(s) for r, s in scores.items())
     budget = total * (1.0 - target)  # multiply-adds to remove
     order = sorted(
         ((float(s[j]) / macs[r], r, j) for r, s in scores.items() for j in range(len(s))),
     )
+    step = multiple if isinstance(multiple, dict) else dict.fromkeys(scores, multiple)
+    goal = budget
+    for _ in range(16):
+        dropped = _greedy(order, scores, macs, goal, min_keep)
+        kept = {r: _kept(scores[r], dropped[r], step[r]) for r in scores}
+        removed = sum(macs[r] * (len(s) - len(kept[r])) for r, s in scores.items())
+        if removed >= budget * (1 - 1e-9):
+            break
+        goal += budget - removed
+    return kept
+
+
+def _greedy(order, scores, macs, budget: float, min_keep: float) -> dict[str, list[int]]:
+    """Units dropped in `order` (cheapest error per MAC first) until `budget` MACs are gone."""
     dropped = {r: [] for r in scores}
     removed = 0.0
     for _cost, r, j in order:
@@ -88,7 +119,7 @@ def choose_kept(
             continue
         dropped[r].append(j)
         removed += macs[r]
-    return {r: _kept(scores[r], dropped[r], multiple) for r in scores}
+    return dropped
 
 
 def _kept(score: np.ndarray, dropped: list[int], multiple: int) -> np.ndarray:

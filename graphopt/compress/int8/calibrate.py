@@ -38,15 +38,15 @@ from .ranges import write_ranges
 JOIN_METHOD = "minmax"
 
 
-def tap_module(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
+def tap_module(mod: tvm.IRModule, extra=None) -> tuple[tvm.IRModule, list[str]]:
     """`main` returning (input of each layer..., operands and result of each join (residual
-    add)..., original outputs...); and the layer names."""
+    add)..., `extra(func)` tensors if given..., original outputs...); and the layer names."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     layers = find_layers(func)
     joins = [t for j in find_joins(func) for t in j.tensors]  # residual adds: a, b, a + b
     body = func.body
     outputs = list(body.body.fields) if isinstance(body.body, relax.Tuple) else [body.body]
-    taps = [*(ly.data for ly in layers), *joins]
+    taps = [*(ly.data for ly in layers), *joins, *(extra(func) if extra else [])]
     result = relax.BlockBuilder().normalize(relax.Tuple([*taps, *outputs]))
     new_body = relax.SeqExpr(body.blocks, result)
     new_func = relax.Function(func.params, new_body, result.ty, attrs=func.attrs)

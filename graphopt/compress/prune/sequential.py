@@ -86,10 +86,14 @@ def dense_error(h, c, hd, w: np.ndarray, new: np.ndarray) -> float:
     return max(err, 0.0) / max(energy, 1e-30)
 
 
-def refit(h: np.ndarray, c: np.ndarray, w: np.ndarray, pull: float) -> np.ndarray:
-    """W* = (H + pull I)^-1 (C W + pull W), pull relative to H's mean diagonal."""
+def refit(
+    h: np.ndarray, c: np.ndarray, w: np.ndarray, pull: float, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """W* = (H + pull I)^-1 (C W + pull W0), pull relative to H's mean diagonal; W0 = `prior`
+    (default W: structured pruning passes the kept rows of W, its inputs being fewer)."""
     lam = pull * float(np.mean(np.diag(h))) + 1e-12
-    return np.linalg.solve(h + lam * np.eye(h.shape[0]), c @ w + lam * w)
+    w0 = w if prior is None else prior
+    return np.linalg.solve(h + lam * np.eye(h.shape[0]), c @ w + lam * w0)
 
 
 def sequential_prune(
