@@ -203,6 +203,7 @@ def _int4_method(args: argparse.Namespace):
         activations=args.int4_activations,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
+        budget_order=args.int4_budget_order,
         eval_data=args.eval,
         metric=_metric_name(args.quant_metric),
     )
@@ -396,9 +397,10 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
     q = parser.add_argument_group("int4 weights (--quantize int4, docs/INT4.md)")
     q.add_argument(
         "--int4-method",
-        choices=["gptq", "rtn"],
+        choices=["gptq", "adaround", "rtn"],
         default=None,
-        help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
+        help="gptq: error-compensated from --calibration (the default with it); adaround: "
+        "learned up/down rounding on the int4 model's inputs (--calibration); rtn: rounding",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
     q.add_argument(
@@ -426,6 +428,13 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         choices=["int8", "fp32"],
         default="int8",
         help="with --max-drop: what the layers kept off int4 run (int8: dynamic per-row)",
+    )
+    q.add_argument(
+        "--int4-budget-order",
+        choices=["bytes", "sensitivity"],
+        default="bytes",
+        help="with --max-drop: the order layers leave int4, by output noise per byte they add "
+        "(default) or by sensitivity alone",
     )
     q.add_argument(
         "--int4-skip",

@@ -19,7 +19,8 @@ per row as the W4A8 kernels round it (`row_fake_quant`: the same scale, division
 half to even); the integer sums the kernels add in another order are left to fp32.
 
 The search orders layers by their sensitivity (SQNR of the model output with only that
-layer int4, lowest first) and walks a ladder of levels: level k <= n moves the k most
+layer int4, lowest first), or by default by the output noise that layer alone adds per byte
+it would add off int4 (`ladder_order`), and walks a ladder of levels: level k <= n moves the k most
 sensitive layers to int8, level n + k then keeps the k most sensitive fp32 (with the fp32
 fallback the ladder is only the second half). Bisection finds the lowest level within the
 budget (`common.budget.fewest_kept`); the compile's artifact check climbs one level at a time
@@ -207,15 +208,17 @@ def choose(
     labels: np.ndarray | None = None,
     metric: str = "auto",
     layer_samples: int = 8,
+    cost: Mapping[str, float] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Choice:
-    """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32."""
+    """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32; `cost`:
+    the bytes each layer adds off int4 (the ladder by noise per byte, `ladder_order`)."""
     clock, names = time.perf_counter(), runner.names
     ref = [runner.run(None, feed) for feed in feeds]
     m = Metric.choose(ref, labels, metric)
     fp32 = m.score(ref, ref)
     rows = _rows(runner, feeds, ref, layer_samples, say)
-    order = [r["layer"] for r in sorted(rows, key=lambda r: r["sqnr_db"])]
+    order = ladder_order(rows, cost)
     seconds = {"layers": time.perf_counter() - clock}
     clock = time.perf_counter()
 
@@ -238,6 +241,21 @@ def choose(
     choice.seconds = {k: round(v, 2) for k, v in seconds.items()}
     choice.score_outputs = lambda got: m.score(ref, got)
     return choice
+
+
+def ladder_order(rows: Sequence[dict], cost: Mapping[str, float] | None = None) -> list[str]:
+    """The layers in the order the ladder moves them off int4: by sensitivity (output SQNR
+    with only that layer int4, lowest first), or with `cost` (bytes a layer adds when it
+    leaves int4) by the output noise it removes per byte, 10^(-SQNR / 10) / cost, highest
+    first: under a size goal a small sensitive layer goes before a large one a little more
+    sensitive."""
+    if cost is None:
+        return [r["layer"] for r in sorted(rows, key=lambda r: r["sqnr_db"])]
+
+    def per_byte(r: dict) -> float:
+        return 10 ** (-r["sqnr_db"] / 10) / max(float(cost[r["layer"]]), 1.0)
+
+    return [r["layer"] for r in sorted(rows, key=per_byte, reverse=True)]
 
 
 def _rows(runner: SwitchRunner, feeds, ref, samples: int, say) -> list[dict]:

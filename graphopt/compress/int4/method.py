@@ -33,16 +33,17 @@ from .smooth import search_smooth
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "adaround")
 ACTIVATIONS = ("fp32", "int8")  # --int4-activations: what an int4 layer's kernel multiplies
 LOWER_INT8 = "lower-int8"
+BUDGET_ORDERS = ("bytes", "sensitivity")
 
 
 @dataclass(frozen=True)
 class Int4Options:
     """What `--quantize int4 ...` asks for."""
 
-    method: str = "gptq"  # gptq (needs --calibration) | rtn
+    method: str = "gptq"  # gptq | adaround (both need --calibration) | rtn
     group: int = 32
     symmetric: bool = True
     calibration: str | None = None
@@ -71,6 +72,9 @@ class Int4Options:
     metric: str = "auto"
     sensitivity_samples: int = 32  # feeds the budget is scored on (without --eval)
     layer_samples: int = 8  # feeds each layer's sensitivity is measured on
+    adaround_iters: int = 1000  # Adam steps a layer (adaround.py)
+    # --max-drop ladder: "bytes" (output noise removed per byte added) | "sensitivity"
+    budget_order: str = "bytes"
 
 
 def check_options(o: Int4Options) -> None:
@@ -80,8 +84,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--int4-scale-dtype must be one of {', '.join(SCALE_DTYPES)}")
     if o.group not in GROUP_SIZES or (o.embedding_group or o.group) not in GROUP_SIZES:
         raise CalibrationError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
-    if o.method == "gptq" and not o.calibration:
-        raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
+    if o.method != "rtn" and not o.calibration:
+        raise CalibrationError(f"--int4-method {o.method} needs --calibration DATA (or use rtn)")
     if o.awq and not o.calibration:
         raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
     if o.smooth and not o.calibration:
@@ -92,6 +96,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError("--int4-smooth is for W4A8 (--int4-activations int8)")
     if o.activations not in ACTIVATIONS:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
+    if o.budget_order not in BUDGET_ORDERS:
+        raise CalibrationError(f"--int4-budget-order must be one of {', '.join(BUDGET_ORDERS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     check_budget_options(o)
@@ -123,7 +129,7 @@ class Int4:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if (o.method == "gptq" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
+        if (o.method != "rtn" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
             weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
@@ -184,12 +190,22 @@ class _Planner:
             labels=labels,
             metric=o.metric,
             layer_samples=o.layer_samples,
+            cost=self._costs(layers) if o.budget_order == "bytes" else None,
             say=ctx.progress,
         )
         params = [p.name for p in mod["main"].params]
         inputs = [[feed[p] for p in params] for feed in feeds]
         score = self.choice.score_outputs
         self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def _costs(self, layers: list[Layer]) -> dict[str, float]:
+        """Bytes each layer adds when the ladder moves it off int4 (to the fallback)."""
+        out = {}
+        for ly in layers:
+            fp32 = int(np.prod(ly.weight_shape)) * 4
+            off = fp32 // 4 + 4 * out_channels(ly) if self.o.fallback == "int8" else fp32
+            out[ly.name] = off - self.weights[ly.name].nbytes
+        return out
 
     def _table(self, call: relax.Call, consts: dict) -> np.ndarray | None:
         """The int4 embedding table as `lower-int4` dequantizes its gathered rows."""
@@ -327,7 +343,27 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
             **({"smooth_alpha": alpha} if smoothed else {}),
         }
         meter.update(i + 1, ly.name)
+    if o.method == "adaround":
+        _adaround(mod, layers, weights, feeds, o, target, ctx.progress, (hs, rows), errors)
     return weights
+
+
+def _adaround(mod, layers, weights, feeds, o: Int4Options, target, progress, hr, errors) -> None:
+    """Replaces the round-to-nearest `weights` by AdaRound's (qinputs.py) and records both
+    output errors per layer: on the quantized inputs (`adaround`), and on the fp32 inputs
+    (`mse`, as GPTQ's)."""
+    from .adaround import AdaRoundOptions
+    from .qinputs import adaround_model
+
+    a8 = o.activations == "int8"
+    opts = AdaRoundOptions(iters=o.adaround_iters)
+    learned, errs = adaround_model(mod, layers, weights, feeds, target, a8, opts, progress)
+    hs, rows = hr
+    for ly in layers:
+        weights[ly.name] = learned[ly.name]
+        w, mean_h = weight_matrix(ly), hs[ly.name] / max(rows[ly.name], 1)
+        errors[ly.name]["mse"] = round(output_error(w, learned[ly.name], mean_h) / w.shape[1], 8)
+        errors[ly.name]["adaround"] = errs.get(ly.name)
 
 
 def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options, sample=None):
