@@ -204,6 +204,7 @@ def _int4_method(args: argparse.Namespace):
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
         budget_order=args.int4_budget_order,
+        windows=args.int4_windows,
         eval_data=args.eval,
         metric=_metric_name(args.quant_metric),
     )
@@ -435,6 +436,13 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         default="bytes",
         help="with --max-drop: the order layers leave int4, by output noise per byte they add "
         "(default) or by sensitivity alone",
+    )
+    q.add_argument(
+        "--int4-windows",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="the convs int4 does not take (depthwise, stem): weights stored int8, one scale "
+        "per output channel (default), or fp32",
     )
     q.add_argument(
         "--int4-skip",

@@ -92,17 +92,22 @@ def switch_module(
     fallback: str,
     table: Callable[[relax.Call, dict], np.ndarray | None] | None = None,
     a8: bool = False,
+    windows: Mapping[str, np.ndarray] | None = None,
 ) -> tvm.IRModule:
     """`mod` with every layer of `layers` switchable (module docstring): main takes, after its
     own inputs, f_1..f_n, then (int8 fallback) g_1..g_n, then one flag e for every int4
     embedding table. a8: the int4 layers are W4A8 (their inputs rounded per row).
     `table(take, constants)`: the dequantized int4 table a gather reads in
     the artifact (None: not an int4 table); embeddings are not budgeted, they are int4 in
-    every mix, and e = 0 only for the fp32 reference."""
+    every mix, and e = 0 only for the fp32 reference. `windows`: {conv: its weight as the
+    artifact computes with it} for the convs stored int8 (`graphopt.w8_conv_ops`), read
+    under the same flag e."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     wanted = {ly.name for ly in layers}  # the same names in the rewritten function
     layers = [ly for ly in find_layers(func) if ly.name in wanted]
     rewriter = _Switch(layers, int4, fallback == "int8", table, bound_constants(func), a8)
+    rewriter.windows = {ly.call: windows[ly.name] for ly in find_layers(func)
+                        if ly.name in (windows or {})}  # fmt: skip
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.flags, *rewriter.fallback_flags, rewriter.table_flag]
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -123,6 +128,7 @@ class _Switch(PyExprMutator):
         self.flags = [_flag(f"f_{ly.name}") for ly in layers]
         self.fallback_flags = [_flag(f"g_{ly.name}") for ly in layers] if int8 else []
         self.table_flag = _flag("e_tables")
+        self.windows: dict = {}  # {conv call: its int8 weight dequantized}
 
     def _where(self, flag: relax.Var, yes: relax.Expr, no: relax.Expr) -> relax.Expr:
         on = R_op.greater(flag, relax.const(0.5, "float32"))
@@ -142,6 +148,11 @@ class _Switch(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
+        window = next((w for c, w in self.windows.items() if c.same_as(call)), None)
+        if window is not None:
+            x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
+            w = self._where(self.table_flag, relax.const(window), w)
+            return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
         if i is None:
             table = self.table(call, self.consts) if self.table is not None else None
             if table is None:

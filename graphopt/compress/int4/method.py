@@ -18,6 +18,7 @@ from tvm import relax
 from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...progress import Meter
 from ...target_infra import Target
+from ...w8_conv_ops import dequantize_conv_weight, quantize_conv_weight
 from .. import CompressionContext, CompressionPlan
 from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
@@ -27,7 +28,7 @@ from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
-from .layers import int4_layers, out_channels, weight_matrix
+from .layers import int4_layers, out_channels, weight_matrix, window_convs
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .smooth import search_smooth
 from .store import save_weights
@@ -37,6 +38,7 @@ METHODS = ("rtn", "gptq", "adaround")
 ACTIVATIONS = ("fp32", "int8")  # --int4-activations: what an int4 layer's kernel multiplies
 LOWER_INT8 = "lower-int8"
 BUDGET_ORDERS = ("bytes", "sensitivity")
+WINDOWS = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Int4Options:
     sensitivity_samples: int = 32  # feeds the budget is scored on (without --eval)
     layer_samples: int = 8  # feeds each layer's sensitivity is measured on
     adaround_iters: int = 1000  # Adam steps a layer (adaround.py)
+    # the convs int4 does not take (depthwise, stem): int8 weights (w8_conv_ops) | fp32
+    windows: str = "int8"
     # --max-drop ladder: "bytes" (output noise removed per byte added) | "sensitivity"
     budget_order: str = "bytes"
 
@@ -98,9 +102,22 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.budget_order not in BUDGET_ORDERS:
         raise CalibrationError(f"--int4-budget-order must be one of {', '.join(BUDGET_ORDERS)}")
+    if o.windows not in WINDOWS:
+        raise CalibrationError(f"--int4-windows must be one of {', '.join(WINDOWS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     check_budget_options(o)
+
+
+def window_weights(func: relax.Function, o: Int4Options) -> dict[str, np.ndarray]:
+    """{conv: the weight it computes with} of the convs stored int8 (`--int4-windows int8`:
+    depthwise, stem and other convs int4 does not take, unless skipped); {} with fp32."""
+    if o.windows != "int8":
+        return {}
+    return {
+        ly.name: dequantize_conv_weight(*quantize_conv_weight(ly.weight))
+        for ly in window_convs(func, o.skip)
+    }
 
 
 def smoothing(o: Int4Options, layer: Layer | None = None) -> bool:
@@ -179,9 +196,8 @@ class _Planner:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
         tables = self._table if o.embeddings else None
-        switched = switch_module(
-            mod, layers, self.weights, o.fallback, tables, a8=o.activations == "int8"
-        )
+        a8, windows = o.activations == "int8", window_weights(mod["main"], o)
+        switched = switch_module(mod, layers, self.weights, o.fallback, tables, a8, windows)
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -282,7 +298,10 @@ class _Planner:
         (every conv left stays fp32)."""
         if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
             return []
-        layers = [ly for ly in find_layers(self.func) if bits.get(ly.name) != 4]
+        windows = window_weights(self.func, self.o)  # int8 convs: no longer conv2d layers
+        layers = [
+            ly for ly in find_layers(self.func) if bits.get(ly.name) != 4 and ly.name not in windows
+        ]
         matmul = [ly.kind == "matmul" or bits.get(ly.name) == 8 for ly in layers]
         left = [ly.name for ly, m in zip(layers, matmul, strict=True) if m]
         renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
@@ -306,6 +325,7 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
         "scale_dtype": o.scale_dtype,
         "embedding_group": str(o.embedding_group or o.group),
         "act": "int8" if o.activations == "int8" else "float32",
+        "int8_windows": "true" if o.windows == "int8" else "false",
     }
     if skip:
         opts["skip"] = ":".join(skip)
@@ -357,7 +377,8 @@ def _adaround(mod, layers, weights, feeds, o: Int4Options, target, progress, hr,
 
     a8 = o.activations == "int8"
     opts = AdaRoundOptions(iters=o.adaround_iters)
-    learned, errs = adaround_model(mod, layers, weights, feeds, target, a8, opts, progress)
+    windows = window_weights(mod["main"], o)
+    learned, errs = adaround_model(mod, layers, weights, feeds, target, a8, opts, progress, windows)
     hs, rows = hr
     for ly in layers:
         weights[ly.name] = learned[ly.name]
@@ -441,6 +462,10 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, 
         total["fp32"] += t.nbytes
         for key, n in parts.items():
             total[key] += n
+    for ly in window_convs(func, o.skip) if o.windows == "int8" else []:
+        fp32 = int(np.prod(ly.weight_shape)) * 4
+        total["fp32"] += fp32
+        total["int8_windows"] = total.get("int8_windows", 0) + fp32 // 4 + 4 * out_channels(ly)
     stored = sum(v for k, v in total.items() if k != "fp32")
     total["ratio"] = round(stored / total["fp32"], 4) if total["fp32"] else None
     return {
@@ -485,7 +510,8 @@ def format_report(m: dict) -> str:
     cols.append("why not int4")
     tail = (
         f"weights {s['fp32']} B fp32 -> {s['packed']} packed + {s['scales']} scales + "
-        f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + {s['kept_fp32']} kept fp32 "
+        f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + "
+        f"{s.get('int8_windows', 0)} int8 window convs + {s['kept_fp32']} kept fp32 "
         f"(ratio {s['ratio']})"
     )
     lines = [head, format_table(cols, rows), tail]

@@ -32,12 +32,15 @@ from .quant import Int4Weight
 
 @mutator
 class _FakeQuant(PyExprMutator):
-    def __init__(self, layers: list[Layer], int4: Mapping[str, Int4Weight], a8: bool) -> None:
+    def __init__(self, layers: list[Layer], int4: Mapping[str, Int4Weight], a8: bool, windows):
         super().__init__()
-        self.layers, self.int4, self.a8 = layers, int4, a8
+        self.layers, self.int4, self.a8, self.windows = layers, int4, a8, windows
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         layer = next((ly for ly in self.layers if ly.call.same_as(call)), None)
+        if layer is not None and layer.name in self.windows:
+            w = relax.const(self.windows[layer.name])
+            return relax.Call(call.op, [self.visit_expr(call.args[0]), w], call.attrs, call.ty_args)
         if layer is None or layer.name not in self.int4:
             return super().visit_call_(call)
         q = self.int4[layer.name]
@@ -52,11 +55,17 @@ class _FakeQuant(PyExprMutator):
         return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
 
 
-def fake_quant_module(mod: tvm.IRModule, int4: Mapping[str, Int4Weight], a8: bool) -> tvm.IRModule:
-    """`mod` computing with the int4 weights' values (and W4A8's rounded inputs); its layers
-    keep their names and order (`find_layers`), their inputs being the quantized ones."""
+def fake_quant_module(
+    mod: tvm.IRModule,
+    int4: Mapping[str, Int4Weight],
+    a8: bool,
+    windows: Mapping[str, np.ndarray] | None = None,
+) -> tvm.IRModule:
+    """`mod` computing with the int4 weights' values (and W4A8's rounded inputs) and the
+    `windows` convs' int8 weights ({conv: dequantized OIHW}); its layers keep their names and
+    order (`find_layers`), their inputs being the quantized ones."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
-    body = _FakeQuant(find_layers(func), int4, a8).visit_expr(func)
+    body = _FakeQuant(find_layers(func), int4, a8, windows or {}).visit_expr(func)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     new["main"] = relax.Function(func.params, body.body, body.ret_ty, attrs=func.attrs)
     return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
@@ -69,6 +78,7 @@ def quantized_input_stats(
     target,
     a8: bool,
     progress: Callable[[str], None] = lambda _m: None,
+    windows: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """{layer: (H_q, C, H, rows)} for the layers of `int4` (module docstring, H = X^T X),
     float64 sums."""
@@ -77,7 +87,7 @@ def quantized_input_stats(
     picked = [n for n in int4 if n in index]
     progress(f"adaround: building the fp32 and the int4 graph ({len(picked)} layer inputs)")
     run_fp = calibration_runner(mod, target)
-    run_q = calibration_runner(fake_quant_module(mod, int4, a8), target)
+    run_q = calibration_runner(fake_quant_module(mod, int4, a8, windows), target)
     params = [p.name for p in mod["main"].params]
     meter = Meter(len(feeds), "adaround inputs", progress, unit="feeds", every=0.5)
     out: dict[str, list] = {}
@@ -106,11 +116,12 @@ def adaround_model(
     a8: bool,
     options: AdaRoundOptions | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    windows: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Int4Weight], dict[str, dict]]:
     """Every layer of `start` (round-to-nearest int4 on its grid) with AdaRound's learned
     rounding on the quantized model's inputs; ({layer: weight}, {layer: output errors per
     row and output channel, the start's and AdaRound's})."""
-    stats = quantized_input_stats(mod, start, feeds, target, a8, progress)
+    stats = quantized_input_stats(mod, start, feeds, target, a8, progress, windows)
     out, errors = dict(start), {}
     meter = Meter(len(layers), "adaround", progress, unit="layers", every=0.5)
     for i, ly in enumerate(layers):
