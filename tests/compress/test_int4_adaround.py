@@ -41,9 +41,7 @@ def _layer(seed: int = 0):
 def test_adaround_rounds_each_weight_up_or_down_and_beats_rounding():
     x, xq, w = _layer()
     start = quantize_rtn(w, 32, True, clip=True, scale_dtype="float16")
-    h, b = xq.T @ xq / ROWS, xq.T @ x @ w / ROWS
-    offset = float(((x @ w) ** 2).sum()) / ROWS
-    q, errors = adaround(w, h, b, start, AdaRoundOptions(iters=400), offset)
+    q, errors = adaround(w, xq, x @ w, start, AdaRoundOptions(iters=400))
     step = q.codes().astype(int) - start.codes().astype(int)
     assert np.abs(step).max() == 1  # some weights rounded the other way, none further
     np.testing.assert_array_equal(q.scales, start.scales)  # the same grid
@@ -56,12 +54,25 @@ def test_adaround_rounds_each_weight_up_or_down_and_beats_rounding():
 def test_adaround_keeps_rounding_that_learning_does_not_beat():
     x, xq, w = _layer(1)
     start = quantize_rtn(w, 32, False)
-    h, b = xq.T @ xq / ROWS, xq.T @ x @ w / ROWS
     bad = AdaRoundOptions(iters=30, lam=0.0, lr=5.0)  # a step so large it learns noise
-    q, errors = adaround(w, h, b, start, bad)
+    q, errors = adaround(w, xq, x @ w, start, bad)
     assert not errors["learned"] and errors["adaround"] > errors["start"]
     np.testing.assert_array_equal(q.codes(), start.codes())
     np.testing.assert_array_equal(q.zeros, start.zeros)
+
+
+def test_adaround_through_few_rows_is_the_same_fit():
+    """Fewer rows than K / 2 (a classifier's pooled rows): the gradient goes through the rows
+    instead of H; both forms learn the same rounding."""
+    x, xq, w = _layer(2)
+    x, xq = x[:40], xq[:40]
+    start = quantize_rtn(w, 32, True)
+    q, errors = adaround(w, xq, x @ w, start, AdaRoundOptions(iters=200))
+    wide = np.concatenate([xq, np.zeros((60, K))])  # 100 rows: the H form, same problem
+    y = np.concatenate([x @ w, np.zeros((60, N))])
+    q2, errors2 = adaround(w, wide, y, start, AdaRoundOptions(iters=200))
+    assert errors["adaround"] < errors["start"]
+    assert (q.codes() != q2.codes()).mean() < 0.01
 
 
 def test_ladder_by_bytes_puts_small_sensitive_layers_first():

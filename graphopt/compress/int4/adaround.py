@@ -12,8 +12,8 @@ gamma) + gamma, 0, 1) a rectified sigmoid, V learned by Adam on
 with X the layer's fp32 inputs, X_q the inputs the quantized model feeds it (W4A8: rounded
 per row), Q = (code - z) s. The regularizer, off for the first `warmup` of the iterations,
 then with beta annealed from 20 to 2, pushes every h to 0 or 1; the result rounds h at 0.5.
-Only the statistics enter: H = X_q^T X_q and B = X_q^T X W (K x K and K x N), so an
-iteration costs one K x K x N product whatever the number of calibration pixels. Each code
+A step costs one K x K x N product through H = X_q^T X_q and B = X_q^T X W, or, with fewer
+rows than K / 2 (a classifier's pooled rows), two through the rows. Each code
 stays within one step of round-to-nearest's (floor or floor + 1); a layer keeps the grid's
 round-to-nearest codes when the learned ones do not lower the output error.
 """
@@ -48,10 +48,22 @@ def grid(q: Int4Weight) -> tuple[np.ndarray, np.ndarray]:
     return s, np.repeat(q.zeros.astype(np.float32).T, q.group, axis=0)[: q.k]
 
 
-def objective(q: np.ndarray, h: np.ndarray, b: np.ndarray) -> float:
-    """tr(Q^T H Q) - 2 tr(Q^T B): the output error ||X_q Q - X W||^2 up to a constant."""
-    q = np.asarray(q, np.float64)
-    return float(((h @ q) * q).sum() - 2.0 * (q * b).sum())
+def output_error(xq: np.ndarray, y: np.ndarray, q: np.ndarray) -> float:
+    """||X_q Q - Y||^2 per row."""
+    d = np.asarray(xq, np.float64) @ np.asarray(q, np.float64) - y
+    return float((d * d).sum()) / max(len(xq), 1)
+
+
+def _gradient(xq: np.ndarray, y: np.ndarray):
+    """d/dQ ||X_q Q - Y||^2 / rows, as a function of Q, in the cheaper form: through the
+    rows (2 rows K N a step), or through H = X_q^T X_q and B = X_q^T Y (K K N a step)."""
+    m, k = xq.shape
+    if 2 * m < k:
+        x32, y32 = np.asarray(xq, np.float32), np.asarray(y, np.float32)
+        return lambda q: (2.0 / m) * (x32.T @ (x32 @ q - y32))
+    h = (np.asarray(xq, np.float64).T @ xq / m).astype(np.float32)
+    b = (np.asarray(xq, np.float64).T @ y / m).astype(np.float32)
+    return lambda q: 2.0 * (h @ q - b)
 
 
 def _rect_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,55 +82,43 @@ def _init_v(rest: np.ndarray) -> np.ndarray:
 
 def adaround(
     w: np.ndarray,
-    h: np.ndarray,
-    b: np.ndarray,
+    xq: np.ndarray,
+    y: np.ndarray,
     start: Int4Weight,
     o: AdaRoundOptions | None = None,
-    offset: float = 0.0,
-    say=None,
 ) -> tuple[Int4Weight, dict]:
     """The int4 weight on `start`'s grid with learned rounding of w [K, N] (the weight in the
-    quantized layer's space: AWQ / smoothing scale applied), minimizing the output error
-    whose statistics are h = X_q^T X_q / rows [K, K] and b = X_q^T X W / rows [K, N].
-    Returns the weight (`start`'s codes where learning did not help) and both output errors
-    per row (`offset`: tr(W^T H_fp32 W), the constant that makes them absolute)."""
+    quantized layer's space: AWQ / smoothing scale applied) fitting X_q Q to Y = X W on the
+    rows xq [M, K], y [M, N]. Returns the weight (`start`'s codes where learning did not
+    lower the error) and both output errors per row."""
     o = o or AdaRoundOptions()
     s, z = grid(start)
     w = np.asarray(w, np.float32)
     base = np.floor(w / s) + z
     free = (base >= 0) & (base <= 14)  # others are clipped: their code is start's
     fixed = start.codes().T.astype(np.float32)
-    h32, b32 = np.asarray(h, np.float32), np.asarray(b, np.float32)
+    gradient = _gradient(xq, y)
     # the reconstruction term in units of plain rounding's expected error (s^2 / 12 a weight)
-    norm = max(float(np.trace(h)) * float(np.mean(s.astype(np.float64) ** 2)) / 12, 1e-30)
-    norm *= w.shape[1]
+    energy = float((np.asarray(xq, np.float64) ** 2).sum()) / max(len(xq), 1)
+    norm = max(energy * float(np.mean(s.astype(np.float64) ** 2)) / 12 * w.shape[1], 1e-30)
     v = _init_v(w / s + z - base)
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     warm = int(o.warmup * o.iters)
-    count = v.size
-
-    def weights(hv: np.ndarray) -> np.ndarray:
-        return np.where(free, base + hv, fixed) - z
-
     for t in range(o.iters):
         hv, dh = _rect_sigmoid(v)
-        qs = weights(hv) * s
-        grad = (2.0 / norm) * (h32 @ qs - b32) * s
+        grad = gradient((np.where(free, base + hv, fixed) - z) * s) * s / norm
         if t >= warm:
-            frac = (t - warm) / max(o.iters - warm, 1)
-            beta = o.beta[0] + (o.beta[1] - o.beta[0]) * frac
+            beta = o.beta[0] + (o.beta[1] - o.beta[0]) * (t - warm) / max(o.iters - warm, 1)
             d = 2 * hv - 1
-            grad -= (o.lam / count) * beta * np.abs(d) ** (beta - 1) * np.sign(d) * 2
+            grad -= (o.lam / v.size) * beta * np.abs(d) ** (beta - 1) * np.sign(d) * 2
         g = np.where(free, grad * dh, 0.0)
         m1 = 0.9 * m1 + 0.1 * g
         m2 = 0.999 * m2 + 0.001 * g * g
         step = m1 / (1 - 0.9 ** (t + 1)) / (np.sqrt(m2 / (1 - 0.999 ** (t + 1))) + 1e-8)
         v = v - o.lr * step
-        if say is not None and (t + 1) % max(o.iters // 4, 1) == 0:
-            say(t + 1)
     hard = np.clip(np.where(free, base + (v >= 0), fixed), 0, 15)  # h(V) >= 0.5 at V >= 0
-    learned = objective((hard - z) * s, h, b) + offset
-    plain = objective((fixed - z) * s, h, b) + offset
+    learned = output_error(xq, y, (hard - z) * s)
+    plain = output_error(xq, y, (fixed - z) * s)
     codes = hard if learned <= plain else fixed
     q = from_codes(codes.T, start.scales, start.zeros, start.k, start.group, start.symmetric,
                    str(start.scales.dtype))  # fmt: skip

@@ -1,13 +1,16 @@
-"""The statistics AdaRound (`adaround.py`) fits each layer on: what the quantized model feeds
-the layer against what the fp32 model feeds it.
+"""Sequential AdaRound (`adaround.py`) over a model: each layer in graph order fitted on the
+inputs the int4 model gives it, with every earlier layer already learned.
 
-Per layer, over every calibration row, H_q = X_q^T X_q and C = X_q^T X, with X the layer's
-input in the fp32 model and X_q its input in the int4 model of the first rounding (every
-layer's weights dequantized, each W4A8 layer's input multiplied by its smoothing scale and
-rounded per row as the kernels round it, `budget.row_fake_quant`). Fitting Q to X W from X_q
-makes a layer correct part of the error its predecessors' rounding left, which fitting on
-the fp32 inputs cannot; the predecessors are those of the first rounding, not the learned
-ones (one tapped build for the whole model instead of one a layer).
+X is a layer's input in the fp32 model, X_q its input in the int4 model: every earlier
+layer's learned int4 values, the later ones' round-to-nearest ones (they do not reach it),
+the depthwise and stem convs' int8 weights, and each W4A8 layer's input multiplied by its
+smoothing scale and rounded per row as the kernels round it (`budget.row_fake_quant`).
+Fitting Q to X W from X_q makes a layer correct part of the error its predecessors' rounding
+left, which fitting on the fp32 inputs cannot. Both come from two builds: the fp32 graph
+tapped once per feed, and the int4 graph with the layers' weights as inputs
+(`prune.probe.WeightProbe` over the tapped graph), run once per layer and feed with the
+weights learned so far. Rows: up to 4096 a layer, evenly spaced in each feed (a CNN's
+feed has thousands of pixels), the same rows of X and X_q.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...progress import Meter
 from ..common.layers import Layer, find_layers
-from ..int8.calibrate import calibration_runner
+from ..int8.calibrate import calibration_runner, tap_module
+from ..prune.probe import WeightProbe
 from .adaround import AdaRoundOptions, adaround
 from .budget import row_fake_quant
 from .hessian import MASK_INPUT, layer_rows
@@ -71,40 +75,11 @@ def fake_quant_module(
     return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(new))
 
 
-def quantized_input_stats(
-    mod: tvm.IRModule,
-    int4: Mapping[str, Int4Weight],
-    feeds: Sequence[Mapping[str, np.ndarray]],
-    target,
-    a8: bool,
-    progress: Callable[[str], None] = lambda _m: None,
-    windows: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """{layer: (H_q, C, H, rows)} for the layers of `int4` (module docstring, H = X^T X),
-    float64 sums."""
-    layers = find_layers(mod["main"])
-    index = {ly.name: i for i, ly in enumerate(layers)}
-    picked = [n for n in int4 if n in index]
-    progress(f"adaround: building the fp32 and the int4 graph ({len(picked)} layer inputs)")
-    run_fp = calibration_runner(mod, target)
-    run_q = calibration_runner(fake_quant_module(mod, int4, a8, windows), target)
-    params = [p.name for p in mod["main"].params]
-    meter = Meter(len(feeds), "adaround inputs", progress, unit="feeds", every=0.5)
-    out: dict[str, list] = {}
-    for i, feed in enumerate(feeds):
-        arrays = [feed[p] for p in params]
-        fp, qt = run_fp(arrays), run_q(arrays)
-        keep = feed.get(MASK_INPUT)
-        for name in picked:
-            ly = layers[index[name]]
-            x, xq = layer_rows(ly, fp[index[name]], keep), layer_rows(ly, qt[index[name]], keep)
-            acc = out.setdefault(name, [0.0, 0.0, 0.0, 0])
-            acc[0] = acc[0] + xq.T @ xq
-            acc[1] = acc[1] + xq.T @ x
-            acc[2] = acc[2] + x.T @ x
-            acc[3] += x.shape[0]
-        meter.update(i + 1)
-    return {n: tuple(a) for n, a in out.items()}
+def _pick(x: np.ndarray, per_feed: int) -> np.ndarray:
+    """Up to `per_feed` evenly spaced rows of x (the same rows for the same shape)."""
+    if len(x) <= per_feed:
+        return x
+    return x[np.linspace(0, len(x) - 1, per_feed).astype(np.int64)]
 
 
 def adaround_model(
@@ -117,23 +92,48 @@ def adaround_model(
     options: AdaRoundOptions | None = None,
     progress: Callable[[str], None] = lambda _m: None,
     windows: Mapping[str, np.ndarray] | None = None,
+    rows: int = 4096,
 ) -> tuple[dict[str, Int4Weight], dict[str, dict]]:
-    """Every layer of `start` (round-to-nearest int4 on its grid) with AdaRound's learned
-    rounding on the quantized model's inputs; ({layer: weight}, {layer: output errors per
-    row and output channel, the start's and AdaRound's})."""
-    stats = quantized_input_stats(mod, start, feeds, target, a8, progress, windows)
-    out, errors = dict(start), {}
-    meter = Meter(len(layers), "adaround", progress, unit="layers", every=0.5)
-    for i, ly in enumerate(layers):
-        if ly.name not in stats:
-            continue
-        hq, cross, h, rows = stats[ly.name]
-        q0 = start[ly.name]
-        w = weight_matrix(ly).astype(np.float64)
-        ws = w if q0.act_scale is None else w / q0.act_scale[:, None]
-        offset = float(((h @ w) * w).sum()) / rows  # ||X W||^2 a row: errors absolute
-        out[ly.name], e = adaround(ws, hq / rows, cross @ w / rows, q0, options, offset)
-        n = w.shape[1]
-        errors[ly.name] = {k: round(v / n, 8) if isinstance(v, float) else v for k, v in e.items()}
+    """Every layer of `start` (round-to-nearest int4 on its grid) in graph order, with
+    AdaRound's learned rounding on the inputs the int4 model with every earlier layer already
+    learned gives it (module docstring), on up to `rows` calibration rows a layer (evenly
+    spaced in each feed); ({layer: weight}, {layer: output errors per row and channel, the
+    start's and AdaRound's}). `windows`: the int8 convs' weights (`fake_quant_module`)."""
+    names = [ly.name for ly in layers if ly.name in start]
+    progress(f"adaround: building the fp32 graph and the int4 graph ({len(names)} layers)")
+    run_fp = calibration_runner(mod, target)
+    probe = WeightProbe(tap_module(fake_quant_module(mod, start, a8, windows))[0], names, target)
+    index = {ly.name: i for i, ly in enumerate(find_layers(mod["main"]))}
+    params = [p.name for p in mod["main"].params]
+    per_feed = max(1, rows // max(len(feeds), 1))
+    dense: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:  # the fp32 inputs, kept: every layer's fit reads them
+        taps = run_fp([feed[p] for p in params])
+        for ly in layers:
+            if ly.name in dense:
+                x = layer_rows(ly, taps[index[ly.name]], feed.get(MASK_INPUT))
+                dense[ly.name].append(_pick(x, per_feed))
+    out, errors, learned = dict(start), {}, {}
+    meter = Meter(len(names), "adaround", progress, unit="layers", every=0.5)
+    for i, ly in enumerate(ly for ly in layers if ly.name in start):
+        xq = []
+        for feed in feeds:
+            taps = probe.run([feed[p] for p in params], learned)
+            x = layer_rows(ly, taps[index[ly.name]], feed.get(MASK_INPUT))
+            xq.append(_pick(x, per_feed))
+        out[ly.name], e = _fit(ly, start[ly.name], np.concatenate(xq), dense[ly.name], options)
+        learned[ly.name] = layer_weight(ly, out[ly.name].dequantize())
+        errors[ly.name] = e
         meter.update(i + 1, f"{ly.name} {e['start']:.4g} -> {e['adaround']:.4g}")
     return out, errors
+
+
+def _fit(ly: Layer, q0: Int4Weight, xq: np.ndarray, xd: list[np.ndarray], options):
+    """AdaRound of one layer on its rows: quantized inputs xq, fp32 inputs xd."""
+    x = np.concatenate(xd)
+    w = weight_matrix(ly).astype(np.float64)
+    ws = w if q0.act_scale is None else w / q0.act_scale[:, None]
+    y = x @ w
+    q, e = adaround(ws, xq, y, q0, options)
+    n = w.shape[1]
+    return q, {k: round(v / n, 8) if isinstance(v, float) else v for k, v in e.items()}
