@@ -205,6 +205,7 @@ def _int4_method(args: argparse.Namespace):
         fallback=args.int4_fallback,
         budget_order=args.int4_budget_order,
         windows=args.int4_windows,
+        max_size=args.int4_max_size,
         eval_data=args.eval,
         metric=_metric_name(args.quant_metric),
     )
@@ -436,6 +437,14 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         default="bytes",
         help="with --max-drop: the order layers leave int4, by output noise per byte they add "
         "(default) or by sensitivity alone",
+    )
+    q.add_argument(
+        "--int4-max-size",
+        type=float,
+        default=None,
+        metavar="R",
+        help="keep the quantized layers' weights within R x their fp32 bytes: the budget's "
+        "ladder moves layers to int8 (by output noise per byte) only while they fit",
     )
     q.add_argument(
         "--int4-windows",

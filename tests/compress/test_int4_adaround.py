@@ -14,7 +14,7 @@ import graphopt
 from graphopt.cli import main
 from graphopt.compress.common.layers import find_layers
 from graphopt.compress.int4.adaround import AdaRoundOptions, adaround
-from graphopt.compress.int4.budget import ladder_order
+from graphopt.compress.int4.budget import ladder_order, size_limit
 from graphopt.compress.int4.layers import int4_layers, layer_weight, weight_matrix
 from graphopt.compress.int4.qinputs import fake_quant_module
 from graphopt.compress.int4.quant import quantize_rtn
@@ -88,6 +88,18 @@ def test_ladder_by_bytes_puts_small_sensitive_layers_first():
     assert ladder_order(rows, cost) == ["small", "mid", "big"]
 
 
+def test_size_limit_is_the_last_level_that_fits():
+    order = ["a", "b", "c"]
+    size = {4: 1, 8: 2, 32: 8}
+
+    def fits(bits: dict) -> bool:
+        return sum(size[b] for b in bits.values()) <= 5  # all int4: 3; each int8 adds 1
+
+    assert size_limit(order, "int8", fits) == 2  # a, b int8: 5; all three: 6
+    assert size_limit(order, "fp32", fits) == 0  # one fp32 layer alone: 10
+    assert size_limit(order, "int8", lambda _b: True) == 6
+
+
 def _cnn() -> onnx.ModelProto:
     """1x1 32 -> 64, ReLU, depthwise 3x3, ReLU, 1x1 64 -> 32, average pool, Gemm 32 -> 10."""
     g = GraphBuilder(5)
@@ -148,6 +160,19 @@ def test_adaround_cnn_end_to_end(files):
     assert cos.min() > 0.99, cos
     _rtn, m_rtn = _compile(files, "rtn")
     assert m_rtn["size"] == m["size"]  # the same format: only the codes differ
+
+
+def test_max_size_moves_layers_to_int8_while_they_fit(files):
+    out = files / "capped"
+    args = ["compile", str(files / "cnn.onnx"), "-o", str(out), "--quantize", "int4"]
+    args += ["--int4-method", "rtn", "--calibration", str(files / "calib.npz")]
+    assert main([*args, "--int4-max-size", "0.2"]) == 0
+    m = json.loads((out / "manifest.json").read_text())["int4"]
+    bits = {r["layer"]: r["bits"] for r in m["layers"]}
+    assert 8 in bits.values() and 4 in bits.values()  # all int4 is smaller, all int8 larger
+    assert m["size"]["ratio"] <= 0.2
+    reasons = {r.get("reason") for r in m["layers"] if r["bits"] == 8}
+    assert reasons == {"max-size"}
 
 
 def test_adaround_needs_calibration(files, capsys):

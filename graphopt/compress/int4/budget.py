@@ -65,11 +65,13 @@ class Choice:
     samples: int
     seconds: dict = field(default_factory=dict)
     score_outputs: Callable[[list[np.ndarray]], float] | None = field(default=None, repr=False)
+    limit: int | None = None  # the highest level within the size cap (None: no cap)
 
     @property
     def top(self) -> int:
-        """The highest level: every layer fp32."""
-        return len(self.order) * (2 if self.fallback == "int8" else 1)
+        """The highest level: every layer fp32, or the last one within the size cap."""
+        top = len(self.order) * (2 if self.fallback == "int8" else 1)
+        return top if self.limit is None else min(top, self.limit)
 
     def bits(self, level: int | None = None) -> dict[str, int]:
         return ladder_bits(self.order, self.level if level is None else level, self.fallback)
@@ -211,19 +213,31 @@ class SwitchRunner:
         return self.graph(feed, [*f, *g, flag(bits is not None)])
 
 
+def size_limit(order: Sequence[str], fallback: str, fits: Callable[[dict], bool]) -> int:
+    """The highest ladder level whose bits `fits` the size cap (levels only add bytes)."""
+    top = len(order) * (2 if fallback == "int8" else 1)
+    level = 0
+    while level < top and fits(ladder_bits(order, level + 1, fallback)):
+        level += 1
+    return level
+
+
 def choose(
     runner: SwitchRunner,
     feeds: Sequence[Mapping[str, np.ndarray]],
-    max_drop: float,
+    max_drop: float | None,
     *,
     labels: np.ndarray | None = None,
     metric: str = "auto",
     layer_samples: int = 8,
     cost: Mapping[str, float] | None = None,
+    fits: Callable[[dict], bool] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Choice:
     """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32; `cost`:
-    the bytes each layer adds off int4 (the ladder by noise per byte, `ladder_order`)."""
+    the bytes each layer adds off int4 (the ladder by noise per byte, `ladder_order`); `fits`:
+    whether a mix's weights are within the size cap: no level above the last that fits, and
+    without `max_drop` that level."""
     clock, names = time.perf_counter(), runner.names
     ref = [runner.run(None, feed) for feed in feeds]
     m = Metric.choose(ref, labels, metric)
@@ -242,8 +256,15 @@ def choose(
 
     all_int4 = score(0)
     choice = Choice(order, 0, runner.fallback, rows, {}, m.kind, len(feeds))
-    if fp32 - all_int4 > max_drop:
+    if fits is not None:
+        choice.limit = size_limit(order, runner.fallback, fits)
+    if max_drop is None:
+        choice.level = choice.top
+        final = score(choice.level) if choice.level else all_int4
+    elif fp32 - all_int4 > max_drop and choice.top > 0:
         choice.level, final = fewest_kept(choice.top, score, fp32, max_drop)
+        if choice.limit is not None and choice.level == choice.top:
+            final = score(choice.level)  # the cap's level: fewest_kept did not run it
     else:
         final = all_int4
     seconds["search"] = time.perf_counter() - clock

@@ -79,6 +79,8 @@ class Int4Options:
     windows: str = "int8"
     # --max-drop ladder: "bytes" (output noise removed per byte added) | "sensitivity"
     budget_order: str = "bytes"
+    # --int4-max-size: the quantized layers' bytes at most this fraction of their fp32 bytes
+    max_size: float | None = None
 
 
 def check_options(o: Int4Options) -> None:
@@ -102,6 +104,10 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
     if o.budget_order not in BUDGET_ORDERS:
         raise CalibrationError(f"--int4-budget-order must be one of {', '.join(BUDGET_ORDERS)}")
+    if o.max_size is not None and not 0 < o.max_size <= 1:
+        raise CalibrationError("--int4-max-size must be in (0, 1]: a fraction of fp32's bytes")
+    if o.max_size is not None and not (o.calibration or o.eval_data):
+        raise CalibrationError("--int4-max-size needs data (--calibration or --eval)")
     if o.windows not in WINDOWS:
         raise CalibrationError(f"--int4-windows must be one of {', '.join(WINDOWS)}")
     if o.fallback not in FALLBACKS:
@@ -162,7 +168,7 @@ class Int4:
         path = Path(workdir.name) / "int4_weights.npz"
         save_weights(path, weights)
         planner = _Planner(o, mod["main"], weights, errors, seconds, path, workdir, ctx.target)
-        if o.max_drop is not None and layers:
+        if (o.max_drop is not None or o.max_size is not None) and layers:
             clock = time.perf_counter()
             planner.budget(mod, layers, ctx)
             seconds["budget"] = round(time.perf_counter() - clock, 2)
@@ -207,12 +213,19 @@ class _Planner:
             metric=o.metric,
             layer_samples=o.layer_samples,
             cost=self._costs(layers) if o.budget_order == "bytes" else None,
+            fits=None if o.max_size is None else self._fits,
             say=ctx.progress,
         )
         params = [p.name for p in mod["main"].params]
         inputs = [[feed[p] for p in params] for feed in feeds]
         score = self.choice.score_outputs
         self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def _fits(self, bits: dict[str, int]) -> bool:
+        """Whether the mix's weights (the manifest's ratio) are within --int4-max-size."""
+        mix = {**self.bits(0), **bits}
+        size = _manifest(self.o, self.func, self.weights, {}, {}, mix, {})["size"]
+        return size["ratio"] is not None and size["ratio"] <= self.o.max_size
 
     def _costs(self, layers: list[Layer]) -> dict[str, float]:
         """Bytes each layer adds when the ladder moves it off int4 (to the fallback)."""
@@ -262,7 +275,7 @@ class _Planner:
             format_report(manifest),
             self.check,
             cleanup=self.workdir.cleanup,
-            budget=accuracy["fp32"] - o.max_drop if accuracy else None,
+            budget=accuracy["fp32"] - o.max_drop if accuracy and o.max_drop is not None else None,
             tighten=(lambda: self.plan(level + 1)) if more else None,
         )
 
@@ -270,7 +283,7 @@ class _Planner:
         chosen = self.bits(self.choice.level) if self.choice else bits
         return {
             name: "skip" if name in self.o.skip
-            else "max-drop" if chosen[name] == b
+            else ("max-drop" if self.o.max_drop is not None else "max-size") if chosen[name] == b
             else "artifact budget"
             for name, b in bits.items()
             if b != 4
