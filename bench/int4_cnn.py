@@ -44,7 +44,7 @@ def _variants(calib: Path, int8_quant) -> dict[str, dict]:
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": int8_quant},
         # depthwise and stem convs fp32 (the earlier default)
-        "graphopt_int4_gptq_fp32_windows": int4(windows="fp32"),
+        "graphopt_int4_gptq_fp32_windows": int4(method="gptq", windows="fp32"),
         "graphopt_int4_gptq": int4(method="gptq"),  # depthwise and stem convs int8 weights
         "graphopt_int4_adaround": int4(method="adaround"),
         "graphopt_int4_adaround_budget": int4(method="adaround", **budget),  # noise per byte

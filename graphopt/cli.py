@@ -187,7 +187,7 @@ def _int4_method(args: argparse.Namespace):
     from .compress.int4.method import Int4, Int4Options, check_options
 
     options = Int4Options(
-        method=args.int4_method or ("gptq" if args.calibration else "rtn"),
+        method=args.int4_method or "auto",
         group=args.group_size,
         symmetric=args.int4_symmetric,
         calibration=args.calibration,
@@ -401,8 +401,9 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         "--int4-method",
         choices=["gptq", "adaround", "rtn"],
         default=None,
-        help="gptq: error-compensated from --calibration (the default with it); adaround: "
-        "learned up/down rounding on the int4 model's inputs (--calibration); rtn: rounding",
+        help="gptq: error-compensated from --calibration (the default with it for models "
+        "without convs); adaround: learned up/down rounding on the int4 model's inputs (the "
+        "default with --calibration for CNNs); rtn: rounding (the default without data)",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
     q.add_argument(
