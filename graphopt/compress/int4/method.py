@@ -129,7 +129,7 @@ def window_weights(func: relax.Function, o: Int4Options) -> dict[str, np.ndarray
 
 def resolve_method(o: Int4Options, layers: list[Layer]) -> str:
     """auto: round-to-nearest without calibration data; with it AdaRound for a model with
-    int4 convs (a CNN: on MobileNetV2 it kept 52 of 64 top-1 agreements where GPTQ kept 49,
+    int4 convs (a CNN: on MobileNetV2 it kept 52 of 64 top-1 agreements where GPTQ kept 50,
     docs/INT4.md), GPTQ otherwise (transformers: measured with GPTQ)."""
     if o.method != "auto":
         return o.method
