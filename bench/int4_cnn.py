@@ -5,10 +5,11 @@ evaluation and validation photos disjoint): GPTQ calibrated on the calibration c
 `--max-drop` budget scored on them too (top-1 agreement with fp32, as bench_int8's --max-drop
 rows), quality measured on the evaluation and validation crops against onnxruntime fp32.
 Contestants: graphopt fp32, graphopt int8 (the default static flow of bench_int8, every layer
-int8), int4 W4A8 with every 1x1 conv and the classifier int4 (the default: the classifier's
-input smoothed, smooth.py; and every layer's, --int4-smooth), and the same under the budget
-(the layers it keeps off int4 run int8: a 1x1 conv as the dynamic per-row int8 matmul of its
-pixels). Weights:
+int8), int4 W4A8 with every 1x1 conv and the classifier int4 (the classifier's input smoothed,
+smooth.py): GPTQ with the depthwise and stem convs fp32 (the earlier default) or int8
+(`--int4-windows int8`, the default now), AdaRound (`--int4-method adaround`), and AdaRound
+under a size cap (`--int4-max-size`: the layers the ladder moves off int4, by output noise per
+byte, run int8: a 1x1 conv as the dynamic per-row int8 matmul of its pixels). Weights:
 tensor bytes in the library (graphopt.sizes) over fp32's. Latency (timed runs only):
 interleaved medians in one process, vs graphopt int8.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import graphopt
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
-CNN_MAX_DROP = 3.0  # top-1 agreement points on the calibration crops
+CNN_MAX_SIZE = 0.163  # --int4-max-size: quantized layers' bytes over fp32 (library ~0.17x)
 INT4_FORMAT = {"group": 32, "symmetric": True, "scale_dtype": "float16"}
 
 
@@ -34,17 +35,20 @@ def _variants(calib: Path, int8_quant) -> dict[str, dict]:
 
     def int4(**kw) -> dict:
         opts = Int4Options(
-            "gptq", calibration=str(calib), samples=32, activations="int8", **INT4_FORMAT, **kw
+            calibration=str(calib), samples=32, activations="int8", **INT4_FORMAT, **kw
         )
         return {"compression": [Int4(opts)]}
 
-    budget = {"max_drop": CNN_MAX_DROP, "metric": "top1_agreement", "eval_data": str(calib)}
+    budget = {"max_size": CNN_MAX_SIZE, "metric": "top1_agreement", "eval_data": str(calib)}
     return {
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": int8_quant},
-        "graphopt_int4_w4a8": int4(),  # the classifier's input smoothed (the default)
-        "graphopt_int4_w4a8_smoothed": int4(smooth=True),  # every layer's (--int4-smooth)
-        "graphopt_int4_w4a8_budget": int4(**budget),
+        # depthwise and stem convs fp32 (the earlier default)
+        "graphopt_int4_gptq_fp32_windows": int4(method="gptq", windows="fp32"),
+        "graphopt_int4_gptq": int4(method="gptq"),  # depthwise and stem convs int8 weights
+        "graphopt_int4_adaround": int4(method="adaround"),
+        # layers to int8 by output noise per byte while the size cap holds
+        "graphopt_int4_adaround_max_size": int4(method="adaround", **budget),
     }
 
 
@@ -119,8 +123,9 @@ def cnn_table(rows: list[dict[str, Any]]) -> list[str]:
     from graphopt.tables import format_table
 
     lines = [
-        "CNNs (photo split of bench_int8; int4 group 32, symmetric, fp16 scales, GPTQ on the "
-        f"calibration crops; budget: --max-drop {CNN_MAX_DROP} top-1 points on them):",
+        "CNNs (photo split of bench_int8; int4 group 32, symmetric, fp16 scales, GPTQ or "
+        f"AdaRound on the calibration crops; budget: --int4-max-size {CNN_MAX_SIZE}, layers "
+        "ranked on them):",
         "",
     ]
     table = []
@@ -137,11 +142,13 @@ def cnn_table(rows: list[dict[str, Any]]) -> list[str]:
                     q["evaluation"]["top1_agreement"],
                     q["validation"]["top1_agreement"],
                     e["weights_ratio"][key],
+                    e["facts"].get(key, {}).get("compile_s", "-"),
                     bits,
                     t if t is not None else "-",
                     round(t / base, 2) if t and base else "-",
                 ]
             )
     cols = ["model", "contestant", "top-1 agree (eval)", "top-1 agree (valid)", "weights"]
+    cols.append("compile s")
     lines.append(format_table([*cols, "layers by bits", "latency ms", "vs int8"], table))
     return lines

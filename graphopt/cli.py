@@ -195,7 +195,7 @@ def _int4_method(args: argparse.Namespace):
     from .compress.int4.method import Int4, Int4Options, check_options
 
     options = Int4Options(
-        method=args.int4_method or ("gptq" if args.calibration else "rtn"),
+        method=args.int4_method or "auto",
         group=args.group_size,
         symmetric=args.int4_symmetric,
         calibration=args.calibration,
@@ -211,6 +211,9 @@ def _int4_method(args: argparse.Namespace):
         activations=args.int4_activations,
         max_drop=args.max_drop,
         fallback=args.int4_fallback,
+        budget_order=args.int4_budget_order,
+        windows=args.int4_windows,
+        max_size=args.int4_max_size,
         eval_data=args.eval,
         metric=_metric_name(args.quant_metric),
     )
@@ -405,9 +408,11 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
     q = parser.add_argument_group("int4 weights (--quantize int4, docs/INT4.md)")
     q.add_argument(
         "--int4-method",
-        choices=["gptq", "rtn"],
+        choices=["gptq", "adaround", "rtn"],
         default=None,
-        help="gptq: error-compensated from --calibration (the default with it); rtn: rounding",
+        help="gptq: error-compensated from --calibration (the default with it for models "
+        "without convs); adaround: learned up/down rounding on the int4 model's inputs (the "
+        "default with --calibration for CNNs); rtn: rounding (the default without data)",
     )
     q.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32)
     q.add_argument(
@@ -435,6 +440,28 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         choices=["int8", "fp32"],
         default="int8",
         help="with --max-drop: what the layers kept off int4 run (int8: dynamic per-row)",
+    )
+    q.add_argument(
+        "--int4-budget-order",
+        choices=["bytes", "sensitivity"],
+        default="bytes",
+        help="with --max-drop: the order layers leave int4, by output noise per byte they add "
+        "(default) or by sensitivity alone",
+    )
+    q.add_argument(
+        "--int4-max-size",
+        type=float,
+        default=None,
+        metavar="R",
+        help="keep the quantized layers' weights within R x their fp32 bytes: the budget's "
+        "ladder moves layers to int8 (by output noise per byte) only while they fit",
+    )
+    q.add_argument(
+        "--int4-windows",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="the convs int4 does not take (depthwise, stem): weights stored int8, one scale "
+        "per output channel (default), or fp32",
     )
     q.add_argument(
         "--int4-skip",

@@ -19,6 +19,10 @@ With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D]
 least 1 MiB (`compress/int4/embedding.py`) becomes the gather of its packed rows and their
 scales, unpacked and dequantized by elementwise ops (only the gathered rows are dequantized).
 
+With `int8_windows`, every other conv (depthwise, stem: `window_convs`) not in `skip` runs on
+its weight stored int8 with one scale per output channel, fp32 activations
+(`graphopt.w8_conv_ops`).
+
 With `act=int8` the ops are W4A8 (`graphopt.int4_a8_ops`): each row of x quantized to int8 at
 run time, integer dot products per group. The kernel emitted is the portable one
 (`graphopt.int4_ops.portable_kernel`, carrying its spec); a target stage
@@ -36,12 +40,13 @@ from tvm.relax import op as R
 
 from graphopt.compress.common.layers import bound_constants
 from graphopt.compress.int4.embedding import embedding_table
-from graphopt.compress.int4.layers import int4_layers, weight_matrix
+from graphopt.compress.int4.layers import int4_layers, weight_matrix, window_convs
 from graphopt.compress.int4.quant import Int4Weight, quantize_rtn
 from graphopt.compress.int4.store import load_weights
 from graphopt.errors import PipelineError
 from graphopt.int4_ops import Int4MatmulSpec, portable_kernel
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.w8_conv_ops import quantize_conv_weight, w8_conv_kernel
 
 ACTS = ("float32", "int8")
 
@@ -64,6 +69,8 @@ class LowerInt4(GraphPass):
         embedding_group: int = 0  # group of the embedding rows (0: `group`)
         act: str = "float32"  # float32: W4 x fp32 ops | int8: W4A8 (rows quantized at run time)
         int8_convs: str = ""  # ":"-separated 1x1 convs rewritten as fp32 matmuls (for int8)
+        # the other convs (depthwise, stem: not int4 layers) with int8 weights (w8_conv_ops)
+        int8_windows: bool = False
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -81,12 +88,14 @@ class LowerInt4(GraphPass):
                 todo[layer.var] = (layer, None)
             elif layer.name not in skip:
                 todo[layer.var] = (layer, self._weight(layer, stored))
-        rewriter = _Rewriter(mod, todo, bound_constants(func), o)
+        windows = {ly.var: ly for ly in window_convs(func, skip)} if o.int8_windows else {}
+        rewriter = _Rewriter(mod, todo, bound_constants(func), o, windows)
         new_func = rewriter.visit_expr(func)
         convs = sum(q is None for _ly, q in todo.values())
         stats = {"int4_matmuls": len(todo) - convs, "int4_embeddings": len(rewriter.tables)}
         stats["conv_matmuls"] = convs
-        if not todo and not rewriter.tables:
+        stats["int8_window_convs"] = len(windows)
+        if not todo and not rewriter.tables and not windows:
             return PassResult(mod, False, stats)
         new = rewriter.builder_.get()
         new["main"] = relax.analysis.remove_all_unused(new_func)
@@ -116,9 +125,10 @@ def _zeros(q: Int4Weight) -> np.ndarray:
 class _Rewriter(relax.PyExprMutator):
     """Replaces each planned matmul binding by the int4 op and each large gather by int4 rows."""
 
-    def __init__(self, mod: tvm.IRModule, todo: dict, consts: dict, options) -> None:
+    def __init__(self, mod: tvm.IRModule, todo: dict, consts: dict, options, windows) -> None:
         super().__init__(mod)
         self.todo, self.consts, self.options = todo, consts, options
+        self.windows = windows
         self.kernels: dict[Int4MatmulSpec, relax.GlobalVar] = {}
         self.tables: list[list[int]] = []
 
@@ -128,6 +138,11 @@ class _Rewriter(relax.PyExprMutator):
         return self.kernels[spec]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.windows:
+            layer, bb = self.windows[binding.var], self.builder_
+            call = self._w8_conv(layer, self.visit_expr(layer.call.args[0]))
+            bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
+            return
         if binding.var not in self.todo:
             super().visit_var_binding_(binding)
             return
@@ -155,6 +170,22 @@ class _Rewriter(relax.PyExprMutator):
         if conv:
             call = R.permute_dims(bb.emit(call), [0, 3, 1, 2])
         bb.emit_normalized(relax.VarBinding(binding.var, bb.normalize(call)))
+
+    def _w8_conv(self, layer, x: relax.Expr) -> relax.Expr:
+        """A window conv on its int8 weight (`graphopt.w8_conv_ops`)."""
+        a = layer.call.attrs
+        wq, scale = quantize_conv_weight(layer.weight)
+        kernel = w8_conv_kernel(
+            tuple(int(d) for d in layer.call.args[0].ty.shape.values),
+            tuple(wq.shape),
+            tuple(int(v) for v in a.strides),
+            tuple(int(v) for v in a.padding),
+            tuple(int(v) for v in a.dilation),
+            int(a.groups),
+        )
+        gv = self.builder_.add_func(kernel, "w8_conv2d")
+        args = relax.Tuple([x, relax.const(wq), relax.const(scale)])
+        return relax.call_tir(gv, args, relax.TensorType(layer.call.ty.shape, "float32"))
 
     def _conv_matmul(self, layer, x: relax.Expr) -> relax.Expr:
         """A 1x1 conv (NCHW) as the fp32 matmul of its pixels [1, B*H*W, C] @ W [C, N]."""

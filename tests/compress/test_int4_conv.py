@@ -98,7 +98,7 @@ def files(tmp_path_factory):
 def test_pointwise_convs_run_the_int4_op(files, a8, capsys):
     out = files / f"a8_{a8}"
     args = ["compile", str(files / "cnn.onnx"), "-o", str(out), "--quantize", "int4"]
-    args += ["--int4-method", "rtn", "--no-int4-clip"]
+    args += ["--int4-method", "rtn", "--no-int4-clip", "--int4-windows", "fp32"]
     assert main([*args, "--int4-activations", "int8" if a8 else "fp32"]) == 0
     m = json.loads((out / "manifest.json").read_text())["int4"]
     assert {r["layer"]: r["bits"] for r in m["layers"]} == {"conv2d_0": 4, "conv2d_2": 4}

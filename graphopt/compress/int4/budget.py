@@ -19,7 +19,8 @@ per row as the W4A8 kernels round it (`row_fake_quant`: the same scale, division
 half to even); the integer sums the kernels add in another order are left to fp32.
 
 The search orders layers by their sensitivity (SQNR of the model output with only that
-layer int4, lowest first) and walks a ladder of levels: level k <= n moves the k most
+layer int4, lowest first), or by default by the output noise that layer alone adds per byte
+it would add off int4 (`ladder_order`), and walks a ladder of levels: level k <= n moves the k most
 sensitive layers to int8, level n + k then keeps the k most sensitive fp32 (with the fp32
 fallback the ladder is only the second half). Bisection finds the lowest level within the
 budget (`common.budget.fewest_kept`); the compile's artifact check climbs one level at a time
@@ -64,11 +65,13 @@ class Choice:
     samples: int
     seconds: dict = field(default_factory=dict)
     score_outputs: Callable[[list[np.ndarray]], float] | None = field(default=None, repr=False)
+    limit: int | None = None  # the highest level within the size cap (None: no cap)
 
     @property
     def top(self) -> int:
-        """The highest level: every layer fp32."""
-        return len(self.order) * (2 if self.fallback == "int8" else 1)
+        """The highest level: every layer fp32, or the last one within the size cap."""
+        top = len(self.order) * (2 if self.fallback == "int8" else 1)
+        return top if self.limit is None else min(top, self.limit)
 
     def bits(self, level: int | None = None) -> dict[str, int]:
         return ladder_bits(self.order, self.level if level is None else level, self.fallback)
@@ -91,17 +94,22 @@ def switch_module(
     fallback: str,
     table: Callable[[relax.Call, dict], np.ndarray | None] | None = None,
     a8: bool = False,
+    windows: Mapping[str, np.ndarray] | None = None,
 ) -> tvm.IRModule:
     """`mod` with every layer of `layers` switchable (module docstring): main takes, after its
     own inputs, f_1..f_n, then (int8 fallback) g_1..g_n, then one flag e for every int4
     embedding table. a8: the int4 layers are W4A8 (their inputs rounded per row).
     `table(take, constants)`: the dequantized int4 table a gather reads in
     the artifact (None: not an int4 table); embeddings are not budgeted, they are int4 in
-    every mix, and e = 0 only for the fp32 reference."""
+    every mix, and e = 0 only for the fp32 reference. `windows`: {conv: its weight as the
+    artifact computes with it} for the convs stored int8 (`graphopt.w8_conv_ops`), read
+    under the same flag e."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
     wanted = {ly.name for ly in layers}  # the same names in the rewritten function
     layers = [ly for ly in find_layers(func) if ly.name in wanted]
     rewriter = _Switch(layers, int4, fallback == "int8", table, bound_constants(func), a8)
+    rewriter.windows = {ly.call: windows[ly.name] for ly in find_layers(func)
+                        if ly.name in (windows or {})}  # fmt: skip
     body = rewriter.visit_expr(func)
     params = [*func.params, *rewriter.flags, *rewriter.fallback_flags, rewriter.table_flag]
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
@@ -122,6 +130,7 @@ class _Switch(PyExprMutator):
         self.flags = [_flag(f"f_{ly.name}") for ly in layers]
         self.fallback_flags = [_flag(f"g_{ly.name}") for ly in layers] if int8 else []
         self.table_flag = _flag("e_tables")
+        self.windows: dict = {}  # {conv call: its int8 weight dequantized}
 
     def _where(self, flag: relax.Var, yes: relax.Expr, no: relax.Expr) -> relax.Expr:
         on = R_op.greater(flag, relax.const(0.5, "float32"))
@@ -141,6 +150,11 @@ class _Switch(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         i = next((i for i, ly in enumerate(self.layers) if ly.call.same_as(call)), None)
+        window = next((w for c, w in self.windows.items() if c.same_as(call)), None)
+        if window is not None:
+            x, w = self.visit_expr(call.args[0]), self.visit_expr(call.args[1])
+            w = self._where(self.table_flag, relax.const(window), w)
+            return relax.Call(call.op, [x, w], call.attrs, call.ty_args)
         if i is None:
             table = self.table(call, self.consts) if self.table is not None else None
             if table is None:
@@ -199,23 +213,37 @@ class SwitchRunner:
         return self.graph(feed, [*f, *g, flag(bits is not None)])
 
 
+def size_limit(order: Sequence[str], fallback: str, fits: Callable[[dict], bool]) -> int:
+    """The highest ladder level whose bits `fits` the size cap (levels only add bytes)."""
+    top = len(order) * (2 if fallback == "int8" else 1)
+    level = 0
+    while level < top and fits(ladder_bits(order, level + 1, fallback)):
+        level += 1
+    return level
+
+
 def choose(
     runner: SwitchRunner,
     feeds: Sequence[Mapping[str, np.ndarray]],
-    max_drop: float,
+    max_drop: float | None,
     *,
     labels: np.ndarray | None = None,
     metric: str = "auto",
     layer_samples: int = 8,
+    cost: Mapping[str, float] | None = None,
+    fits: Callable[[dict], bool] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Choice:
-    """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32."""
+    """Sensitivity per layer, then the lowest ladder level within `max_drop` of fp32; `cost`:
+    the bytes each layer adds off int4 (the ladder by noise per byte, `ladder_order`); `fits`:
+    whether a mix's weights are within the size cap: no level above the last that fits, and
+    without `max_drop` that level."""
     clock, names = time.perf_counter(), runner.names
     ref = [runner.run(None, feed) for feed in feeds]
     m = Metric.choose(ref, labels, metric)
     fp32 = m.score(ref, ref)
     rows = _rows(runner, feeds, ref, layer_samples, say)
-    order = [r["layer"] for r in sorted(rows, key=lambda r: r["sqnr_db"])]
+    order = ladder_order(rows, cost)
     seconds = {"layers": time.perf_counter() - clock}
     clock = time.perf_counter()
 
@@ -228,8 +256,15 @@ def choose(
 
     all_int4 = score(0)
     choice = Choice(order, 0, runner.fallback, rows, {}, m.kind, len(feeds))
-    if fp32 - all_int4 > max_drop:
+    if fits is not None:
+        choice.limit = size_limit(order, runner.fallback, fits)
+    if max_drop is None:
+        choice.level = choice.top
+        final = score(choice.level) if choice.level else all_int4
+    elif fp32 - all_int4 > max_drop and choice.top > 0:
         choice.level, final = fewest_kept(choice.top, score, fp32, max_drop)
+        if choice.limit is not None and choice.level == choice.top:
+            final = score(choice.level)  # the cap's level: fewest_kept did not run it
     else:
         final = all_int4
     seconds["search"] = time.perf_counter() - clock
@@ -238,6 +273,21 @@ def choose(
     choice.seconds = {k: round(v, 2) for k, v in seconds.items()}
     choice.score_outputs = lambda got: m.score(ref, got)
     return choice
+
+
+def ladder_order(rows: Sequence[dict], cost: Mapping[str, float] | None = None) -> list[str]:
+    """The layers in the order the ladder moves them off int4: by sensitivity (output SQNR
+    with only that layer int4, lowest first), or with `cost` (bytes a layer adds when it
+    leaves int4) by the output noise it removes per byte, 10^(-SQNR / 10) / cost, highest
+    first: under a size goal a small sensitive layer goes before a large one a little more
+    sensitive."""
+    if cost is None:
+        return [r["layer"] for r in sorted(rows, key=lambda r: r["sqnr_db"])]
+
+    def per_byte(r: dict) -> float:
+        return 10 ** (-r["sqnr_db"] / 10) / max(float(cost[r["layer"]]), 1.0)
+
+    return [r["layer"] for r in sorted(rows, key=per_byte, reverse=True)]
 
 
 def _rows(runner: SwitchRunner, feeds, ref, samples: int, say) -> list[dict]:

@@ -32,6 +32,16 @@ def int4_layers(func: relax.Function) -> list[Layer]:
     return [ly for ly in find_layers(func) if is_int4_layer(ly)]
 
 
+def window_convs(func: relax.Function, skip=()) -> list[Layer]:
+    """The convs int4 does not take (depthwise, stem, any non-pointwise conv) and not in
+    `skip`: `--quantize int4` stores their weights int8 (`graphopt.w8_conv_ops`)."""
+    return [
+        ly
+        for ly in find_layers(func)
+        if ly.kind == "conv2d" and not is_int4_layer(ly) and ly.name not in skip
+    ]
+
+
 def weight_matrix(layer: Layer) -> np.ndarray:
     """The layer's weight as W [K, N] (y = x @ W; a 1x1 conv's [O, I, 1, 1] transposed)."""
     w = layer.weight

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from tvm import relax
 from ...pass_infra import GraphPass, make_pass, registered_passes
 from ...progress import Meter
 from ...target_infra import Target
+from ...w8_conv_ops import dequantize_conv_weight, quantize_conv_weight
 from .. import CompressionContext, CompressionPlan
 from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
@@ -27,22 +28,25 @@ from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
 from .gptq import output_error, quantize_gptq
-from .layers import int4_layers, out_channels, weight_matrix
+from .layers import int4_layers, out_channels, weight_matrix, window_convs
 from .quant import GROUP_SIZES, SCALE_DTYPES, Int4Weight, quantize_rtn
 from .smooth import search_smooth
 from .store import save_weights
 
 MANIFEST_KEY = "int4"
-METHODS = ("rtn", "gptq")
+METHODS = ("auto", "rtn", "gptq", "adaround")
 ACTIVATIONS = ("fp32", "int8")  # --int4-activations: what an int4 layer's kernel multiplies
 LOWER_INT8 = "lower-int8"
+BUDGET_ORDERS = ("bytes", "sensitivity")
+WINDOWS = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
 class Int4Options:
     """What `--quantize int4 ...` asks for."""
 
-    method: str = "gptq"  # gptq (needs --calibration) | rtn
+    # gptq | adaround (both need --calibration) | rtn | auto (`resolve_method`)
+    method: str = "auto"
     group: int = 32
     symmetric: bool = True
     calibration: str | None = None
@@ -71,6 +75,13 @@ class Int4Options:
     metric: str = "auto"
     sensitivity_samples: int = 32  # feeds the budget is scored on (without --eval)
     layer_samples: int = 8  # feeds each layer's sensitivity is measured on
+    adaround_iters: int = 1000  # Adam steps a layer (adaround.py)
+    # the convs int4 does not take (depthwise, stem): int8 weights (w8_conv_ops) | fp32
+    windows: str = "int8"
+    # --max-drop ladder: "bytes" (output noise removed per byte added) | "sensitivity"
+    budget_order: str = "bytes"
+    # --int4-max-size: the quantized layers' bytes at most this fraction of their fp32 bytes
+    max_size: float | None = None
 
 
 def check_options(o: Int4Options) -> None:
@@ -80,8 +91,8 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError(f"--int4-scale-dtype must be one of {', '.join(SCALE_DTYPES)}")
     if o.group not in GROUP_SIZES or (o.embedding_group or o.group) not in GROUP_SIZES:
         raise CalibrationError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
-    if o.method == "gptq" and not o.calibration:
-        raise CalibrationError("--int4-method gptq needs --calibration DATA (or use rtn)")
+    if o.method not in ("rtn", "auto") and not o.calibration:
+        raise CalibrationError(f"--int4-method {o.method} needs --calibration DATA (or use rtn)")
     if o.awq and not o.calibration:
         raise CalibrationError("--int4-awq needs --calibration DATA (activation statistics)")
     if o.smooth and not o.calibration:
@@ -92,9 +103,39 @@ def check_options(o: Int4Options) -> None:
         raise CalibrationError("--int4-smooth is for W4A8 (--int4-activations int8)")
     if o.activations not in ACTIVATIONS:
         raise CalibrationError(f"--int4-activations must be one of {', '.join(ACTIVATIONS)}")
+    if o.budget_order not in BUDGET_ORDERS:
+        raise CalibrationError(f"--int4-budget-order must be one of {', '.join(BUDGET_ORDERS)}")
+    if o.max_size is not None and not 0 < o.max_size <= 1:
+        raise CalibrationError("--int4-max-size must be in (0, 1]: a fraction of fp32's bytes")
+    if o.max_size is not None and not (o.calibration or o.eval_data):
+        raise CalibrationError("--int4-max-size needs data (--calibration or --eval)")
+    if o.windows not in WINDOWS:
+        raise CalibrationError(f"--int4-windows must be one of {', '.join(WINDOWS)}")
     if o.fallback not in FALLBACKS:
         raise CalibrationError(f"--int4-fallback must be one of {', '.join(FALLBACKS)}")
     check_budget_options(o)
+
+
+def window_weights(func: relax.Function, o: Int4Options) -> dict[str, np.ndarray]:
+    """{conv: the weight it computes with} of the convs stored int8 (`--int4-windows int8`:
+    depthwise, stem and other convs int4 does not take, unless skipped); {} with fp32."""
+    if o.windows != "int8":
+        return {}
+    return {
+        ly.name: dequantize_conv_weight(*quantize_conv_weight(ly.weight))
+        for ly in window_convs(func, o.skip)
+    }
+
+
+def resolve_method(o: Int4Options, layers: list[Layer]) -> str:
+    """auto: round-to-nearest without calibration data; with it AdaRound for a model with
+    int4 convs (a CNN: on MobileNetV2 it kept 52 of 64 top-1 agreements where GPTQ kept 50,
+    docs/INT4.md), GPTQ otherwise (transformers: measured with GPTQ)."""
+    if o.method != "auto":
+        return o.method
+    if not o.calibration:
+        return "rtn"
+    return "adaround" if any(ly.kind == "conv2d" for ly in layers) else "gptq"
 
 
 def smoothing(o: Int4Options, layer: Layer | None = None) -> bool:
@@ -116,14 +157,14 @@ class Int4:
     requires: tuple[str, ...] = ("fold-constants",)
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
-        o = self.options
-        check_options(o)
-        layers = [ly for ly in int4_layers(mod["main"]) if ly.name not in o.skip]
+        check_options(self.options)
+        layers = [ly for ly in int4_layers(mod["main"]) if ly.name not in self.options.skip]
+        o = replace(self.options, method=resolve_method(self.options, layers))
         if not layers and not o.embeddings:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        if (o.method == "gptq" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
+        if (o.method != "rtn" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
             weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
@@ -139,7 +180,7 @@ class Int4:
         path = Path(workdir.name) / "int4_weights.npz"
         save_weights(path, weights)
         planner = _Planner(o, mod["main"], weights, errors, seconds, path, workdir, ctx.target)
-        if o.max_drop is not None and layers:
+        if (o.max_drop is not None or o.max_size is not None) and layers:
             clock = time.perf_counter()
             planner.budget(mod, layers, ctx)
             seconds["budget"] = round(time.perf_counter() - clock, 2)
@@ -173,9 +214,8 @@ class _Planner:
             raise CalibrationError("--max-drop: no evaluation feeds in the data given")
         ctx.progress(f"int4 max-drop: building the switchable graph ({len(layers)} layers)")
         tables = self._table if o.embeddings else None
-        switched = switch_module(
-            mod, layers, self.weights, o.fallback, tables, a8=o.activations == "int8"
-        )
+        a8, windows = o.activations == "int8", window_weights(mod["main"], o)
+        switched = switch_module(mod, layers, self.weights, o.fallback, tables, a8, windows)
         runner = SwitchRunner(switched, layers, o.fallback, evaluation_target(ctx.target))
         self.choice = choose(
             runner,
@@ -184,12 +224,29 @@ class _Planner:
             labels=labels,
             metric=o.metric,
             layer_samples=o.layer_samples,
+            cost=self._costs(layers) if o.budget_order == "bytes" else None,
+            fits=None if o.max_size is None else self._fits,
             say=ctx.progress,
         )
         params = [p.name for p in mod["main"].params]
         inputs = [[feed[p] for p in params] for feed in feeds]
         score = self.choice.score_outputs
         self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
+
+    def _fits(self, bits: dict[str, int]) -> bool:
+        """Whether the mix's weights (the manifest's ratio) are within --int4-max-size."""
+        mix = {**self.bits(0), **bits}
+        size = _manifest(self.o, self.func, self.weights, {}, {}, mix, {})["size"]
+        return size["ratio"] is not None and size["ratio"] <= self.o.max_size
+
+    def _costs(self, layers: list[Layer]) -> dict[str, float]:
+        """Bytes each layer adds when the ladder moves it off int4 (to the fallback)."""
+        out = {}
+        for ly in layers:
+            fp32 = int(np.prod(ly.weight_shape)) * 4
+            off = fp32 // 4 + 4 * out_channels(ly) if self.o.fallback == "int8" else fp32
+            out[ly.name] = off - self.weights[ly.name].nbytes
+        return out
 
     def _table(self, call: relax.Call, consts: dict) -> np.ndarray | None:
         """The int4 embedding table as `lower-int4` dequantizes its gathered rows."""
@@ -230,7 +287,7 @@ class _Planner:
             format_report(manifest),
             self.check,
             cleanup=self.workdir.cleanup,
-            budget=accuracy["fp32"] - o.max_drop if accuracy else None,
+            budget=accuracy["fp32"] - o.max_drop if accuracy and o.max_drop is not None else None,
             tighten=(lambda: self.plan(level + 1)) if more else None,
         )
 
@@ -238,7 +295,7 @@ class _Planner:
         chosen = self.bits(self.choice.level) if self.choice else bits
         return {
             name: "skip" if name in self.o.skip
-            else "max-drop" if chosen[name] == b
+            else ("max-drop" if self.o.max_drop is not None else "max-size") if chosen[name] == b
             else "artifact budget"
             for name, b in bits.items()
             if b != 4
@@ -266,7 +323,10 @@ class _Planner:
         (every conv left stays fp32)."""
         if not any(b == 8 for b in bits.values()) or LOWER_INT8 not in registered_passes():
             return []
-        layers = [ly for ly in find_layers(self.func) if bits.get(ly.name) != 4]
+        windows = window_weights(self.func, self.o)  # int8 convs: no longer conv2d layers
+        layers = [
+            ly for ly in find_layers(self.func) if bits.get(ly.name) != 4 and ly.name not in windows
+        ]
         matmul = [ly.kind == "matmul" or bits.get(ly.name) == 8 for ly in layers]
         left = [ly.name for ly, m in zip(layers, matmul, strict=True) if m]
         renamed = {name: f"matmul_{j}" for j, name in enumerate(left)}
@@ -290,6 +350,7 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
         "scale_dtype": o.scale_dtype,
         "embedding_group": str(o.embedding_group or o.group),
         "act": "int8" if o.activations == "int8" else "float32",
+        "int8_windows": "true" if o.windows == "int8" else "false",
     }
     if skip:
         opts["skip"] = ":".join(skip)
@@ -327,7 +388,28 @@ def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContex
             **({"smooth_alpha": alpha} if smoothed else {}),
         }
         meter.update(i + 1, ly.name)
+    if o.method == "adaround":
+        _adaround(mod, layers, weights, feeds, o, target, ctx.progress, (hs, rows), errors)
     return weights
+
+
+def _adaround(mod, layers, weights, feeds, o: Int4Options, target, progress, hr, errors) -> None:
+    """Replaces the round-to-nearest `weights` by AdaRound's (qinputs.py) and records both
+    output errors per layer: on the quantized inputs (`adaround`), and on the fp32 inputs
+    (`mse`, as GPTQ's)."""
+    from .adaround import AdaRoundOptions
+    from .qinputs import adaround_model
+
+    a8 = o.activations == "int8"
+    opts = AdaRoundOptions(iters=o.adaround_iters)
+    windows = window_weights(mod["main"], o)
+    learned, errs = adaround_model(mod, layers, weights, feeds, target, a8, opts, progress, windows)
+    hs, rows = hr
+    for ly in layers:
+        weights[ly.name] = learned[ly.name]
+        w, mean_h = weight_matrix(ly), hs[ly.name] / max(rows[ly.name], 1)
+        errors[ly.name]["mse"] = round(output_error(w, learned[ly.name], mean_h) / w.shape[1], 8)
+        errors[ly.name]["adaround"] = errs.get(ly.name)
 
 
 def _quantize_layer(w: np.ndarray, h: np.ndarray, rows: int, o: Int4Options, sample=None):
@@ -405,6 +487,10 @@ def _manifest(o: Int4Options, func, weights: dict, errors: dict, seconds, bits, 
         total["fp32"] += t.nbytes
         for key, n in parts.items():
             total[key] += n
+    for ly in window_convs(func, o.skip) if o.windows == "int8" else []:
+        fp32 = int(np.prod(ly.weight_shape)) * 4
+        total["fp32"] += fp32
+        total["int8_windows"] = total.get("int8_windows", 0) + fp32 // 4 + 4 * out_channels(ly)
     stored = sum(v for k, v in total.items() if k != "fp32")
     total["ratio"] = round(stored / total["fp32"], 4) if total["fp32"] else None
     return {
@@ -449,7 +535,8 @@ def format_report(m: dict) -> str:
     cols.append("why not int4")
     tail = (
         f"weights {s['fp32']} B fp32 -> {s['packed']} packed + {s['scales']} scales + "
-        f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + {s['kept_fp32']} kept fp32 "
+        f"{s['zeros']} zero points + {s.get('int8', 0)} int8 + "
+        f"{s.get('int8_windows', 0)} int8 window convs + {s['kept_fp32']} kept fp32 "
         f"(ratio {s['ratio']})"
     )
     lines = [head, format_table(cols, rows), tail]
