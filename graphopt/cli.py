@@ -441,6 +441,11 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
         default="int8",
         help="with --max-drop: what the layers kept off int4 run (int8: dynamic per-row)",
     )
+    _add_int4_layer_options(q)
+
+
+def _add_int4_layer_options(q) -> None:
+    """Which layers int4 takes: the budget's order and size cap, window convs, skips."""
     q.add_argument(
         "--int4-budget-order",
         choices=["bytes", "sensitivity"],
@@ -459,9 +464,9 @@ def _add_int4_options(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--int4-windows",
         choices=["int8", "fp32"],
-        default="int8",
-        help="the convs int4 does not take (depthwise, stem): weights stored int8, one scale "
-        "per output channel (default), or fp32",
+        default="fp32",
+        help="the convs int4 does not take (depthwise, stem): fp32 (default), or weights "
+        "stored int8, one scale per output channel (smaller, slower: a generic kernel)",
     )
     q.add_argument(
         "--int4-skip",
