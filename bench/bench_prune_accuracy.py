@@ -279,12 +279,20 @@ def markdown(info: dict[str, Any]) -> str:
                 f"layers block-sparse, their weights {c['sparsify']['weight_bytes_dense']} B -> "
                 f"{c['sparsify']['weight_bytes_sparse']} B; model.so "
                 f"{c['library_bytes']['dense']} B -> {c['library_bytes']['pruned']} B.",
-                f"Speed, 2 threads, {t['runs']} alternated calls each: dense "
-                f"{t['median_ms']['dense']} ms, pruned {t['median_ms']['pruned']} ms: "
-                f"**{t['speedup']}x** (median of pairwise ratios {t['pairwise_speedup_median']}x; "
+                f"Speed, 2 threads, {t['runs']} alternated calls each: {dense_vs_pruned(t)} "
+                f"(median of pairwise ratios {t['pairwise_speedup_median']}x; "
                 f"load {t['load'][0]} -> {t['load'][1]}).",
             ]
     return "\n".join(lines) + "\n"
+
+
+def dense_vs_pruned(t: dict) -> str:
+    """The timing's medians and speed-up as the results files print them (also used by
+    bench_prune_structured)."""
+    return (
+        f"dense {t['median_ms']['dense']} ms, pruned {t['median_ms']['pruned']} ms: "
+        f"**{t['speedup']}x**"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_prune_accuracy import _load, _say, alternate, quality
+from bench.bench_prune_accuracy import _load, _say, alternate, dense_vs_pruned, quality
 from bench.writing import write_results
 from graphopt import env
 
@@ -219,9 +219,8 @@ def markdown(info: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"Speed at {t['ratio']:.2f}x MACs (`--prune macs={t['macs']}`, 2 threads, "
-                f"{tt['runs']} alternated calls): dense {tt['median_ms']['dense']} ms, pruned "
-                f"{tt['median_ms']['pruned']} ms: **{tt['speedup']}x** (load {tt['load'][0]} -> "
-                f"{tt['load'][1]}).",
+                f"{tt['runs']} alternated calls): {dense_vs_pruned(tt)} (load {tt['load'][0]} "
+                f"-> {tt['load'][1]}).",
             ]
     return "\n".join(lines) + "\n"
 
