@@ -216,6 +216,11 @@ def cpu_features(target: tvm.target.Target | None) -> set[str]:
     return set(codegen.llvm_get_cpu_features(target))
 
 
+def has_dpbf16(target: tvm.target.Target | None) -> bool:
+    """Whether the target's CPU has `vdpbf16ps` (x86 AVX512_BF16)."""
+    return {"avx512bf16", "avx512f"} <= cpu_features(target)
+
+
 def _is_arm(target: tvm.target.Target | None) -> bool:
     triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
     return triple.startswith(("aarch64", "arm64"))
@@ -230,8 +235,8 @@ def kernel_note(target: tvm.target.Target | None, precision: str) -> str:
         present = f"{has} present but no kernel for it yet" if flag in features else f"no {has}"
         return f"{precision} computed in fp32 on this target: {present}"
     if precision == "bf16":
-        if "avx512bf16" in features:
-            return "bf16 computed in fp32 on this target: AVX512_BF16 present, no vdpbf16ps kernel"
+        if has_dpbf16(target):
+            return "bf16 dot products on this target: vdpbf16ps (AVX512_BF16)"
         return "bf16 computed in fp32 on this target: no AVX512_BF16"
     if "avx512fp16" in features:
         return "fp16 computed in fp32 on this target: AVX512_FP16 present, no fp16 kernel yet"

@@ -173,7 +173,7 @@ def test_gate_note_with_avx512_bf16_compile_only(files):
     flags = ["--precision", "bf16", "--target-opt", "mcpu=znver4"]
     assert main(["compile", str(files / "chain.onnx"), "-o", str(out), *flags]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "AVX512_BF16 present" in manifest["precision"]["note"]
+    assert "vdpbf16ps (AVX512_BF16)" in manifest["precision"]["note"]
 
 
 def test_composes_with_int8(files):

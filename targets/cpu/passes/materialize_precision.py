@@ -2,14 +2,16 @@
 
 `lower-precision` leaves portable kernels (scalar TIR, natural [K, N] bits) that carry their
 spec (`graphopt.precision_ops`). This pass, in the CPU schedule stage, replaces each with the
-panel kernel every CPU runs (`targets/cpu/precision/kernels.py`: 16-bit weights widened in
-registers, fp32 FMAs) and repacks the constants at compile time, still 16 bits a weight. What
-the target's own 16-bit instructions would allow (AVX512_BF16, AVX512_FP16, ARM +bf16 /
-+fullfp16) is said in the compile report (`graphopt.precision_ops.kernel_note`); no kernel
-uses them yet (docs/PRECISION.md).
+kernel of the target being compiled for and repacks the constants at compile time, still 16
+bits a weight: bf16 on an x86 CPU with AVX512_BF16 runs `vdpbf16ps` on pair-interleaved
+weights (`targets/cpu/precision/dpbf16.py`); everything else runs the panel kernel every CPU
+has (`targets/cpu/precision/kernels.py`: 16-bit weights widened in registers, fp32 FMAs). The
+compile report says which (`graphopt.precision_ops.kernel_note`; docs/PRECISION.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax
@@ -22,17 +24,25 @@ from graphopt.targets.cpu.precision import materialize as M
 
 @register_pass
 class MaterializePrecision(GraphPass):
-    """Portable 16-bit matmuls -> the CPU panel kernels (16-bit weights, fp32 FMAs)."""
+    """Portable 16-bit matmuls -> the target's CPU kernels (vdpbf16ps, else fp32 FMAs)."""
 
     name = "materialize-precision"
 
+    @dataclass(frozen=True)
+    class Options:
+        # Kernel: auto (vdpbf16ps for bf16 where the current target, else this host, has
+        # AVX512_BF16; else fma) | fma (16-bit weights, fp32 FMAs) | dpbf16.
+        kernel: str = "auto"
+
     def run(self, mod: tvm.IRModule) -> PassResult:
-        built = {}
+        built, stats = {}, {"kernels": 0}
         for gvar, func in mod.functions.items():
             spec = spec_of(func)
             if spec is not None and spec.layout == "natural":
-                built[gvar] = M.build(spec)
-        stats = {"kernels": len(built)}
+                kernel = M.resolve_kernel(self.options.kernel, spec.precision)
+                built[gvar] = M.build(spec, kernel)
+                stats[f"kernel_{kernel}"] = stats.get(f"kernel_{kernel}", 0) + 1
+        stats["kernels"] = len(built)
         new, changed = materialize(mod, built, _operands, stats)
         return PassResult(new, changed, stats)
 

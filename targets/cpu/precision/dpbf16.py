@@ -1,0 +1,199 @@
+"""The bf16 matmul kernel for x86 CPUs with AVX512_BF16: `vdpbf16ps` (two bf16 products per
+fp32 lane per instruction, 32 products per zmm) on pair-interleaved weights.
+
+TVM 0.27 legalizes every bfloat16 value away before code generation, so the kernel never holds
+one: weights and rounded activations are int32 words of two bf16 bit patterns (k even in the
+low half, k odd in the high half), and the instruction is reached through a small LLVM IR
+function imported into the kernel (`pragma_import_llvm`, inlined by LLVM) that reinterprets
+two `<16 x i32>` as `<32 x bfloat>` and calls `llvm.x86.avx512bf16.dpbf16ps.512`.
+
+Weights: wp [P, K'/2, 16] int32, P = panels of 16 output channels, padded to a whole number of
+register tiles' worth (zero words past K and N). Activations are rounded to bf16 once per call
+into a scratch [rows, K'/2] of words (the op's r(x), software round to nearest even, as
+`precision_ops.to_bits`). A parallel task is NR panels and a chunk of rows, run as MR x NR
+register tiles (MR * NR zmm accumulators).
+
+The instruction adds, per lane and per k pair, the odd product then the even one, each step
+rounded to fp32 (the op's pair order), with denormal inputs read as zero and denormal results
+flushed; `reference_dpbf16` is its numpy model. On normal numbers that equals
+`precision_ops.reference_matmul`, the fallback kernel's model, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from graphopt.matmul_recipe import row_count, tir_shape
+from graphopt.precision_ops import PrecisionMatmulSpec, pair_order, round_to
+from graphopt.targets.cpu.precision.kernels import store_macro
+
+PANEL = 16
+LAYOUT = "dpbf16"
+CHUNK_ROWS = 48  # rows per parallel task (a multiple of every MR below)
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+_DP = "graphopt_dpbf16ps"
+_DP_IR = f"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(
+  <16 x float>, <32 x bfloat>, <32 x bfloat>)
+define <16 x float> @{_DP}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) {{
+  %av = bitcast <16 x i32> %a to <32 x bfloat>
+  %bv = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(
+    <16 x float> %acc, <32 x bfloat> %av, <32 x bfloat> %bv)
+  ret <16 x float> %r
+}}
+"""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A register tile: MR rows x NR panels of 16 channels (MR * NR accumulators)."""
+
+    mr: int
+    nr: int
+
+
+def tile_for(spec: PrecisionMatmulSpec) -> Tile:
+    """The register tile of a layer: as many panels per tile as wastes no padding (up to 4),
+    rows to keep about 24 of the 32 zmm registers accumulating; one row for a GEMV."""
+    p = -(-spec.n // PANEL)
+    nr = next(c for c in (4, 3, 2, 1) if p % c == 0 and (c == 1 or p >= c))
+    if p >= 4 and nr == 1:
+        nr = 2  # an odd panel count: one zero panel beats single-panel tiles
+    mr = {4: 6, 3: 8, 2: 8, 1: 8}[nr]
+    if all(isinstance(d, int) for d in spec.x_shape[:-1]):
+        mr = min(mr, spec.rows)
+    return Tile(mr, nr)
+
+
+def padded_panels(spec: PrecisionMatmulSpec, tile: Tile) -> int:
+    p = -(-spec.n // PANEL)
+    return -(-p // tile.nr) * tile.nr
+
+
+def pack_pairs(w_bits: np.ndarray, spec: PrecisionMatmulSpec) -> np.ndarray:
+    """Natural bf16 bits [K, N] -> [P, K'/2, 16] int32 words (k even low, k odd high)."""
+    p = padded_panels(spec, tile_for(spec))
+    wp = np.zeros((spec.k_pairs * 2, p * PANEL), np.uint16)
+    wp[: spec.k, : spec.n] = w_bits
+    pairs = wp.reshape(spec.k_pairs, 2, p, PANEL).transpose(2, 0, 3, 1)  # [P, K'/2, 16, 2]
+    return np.ascontiguousarray(pairs).view(np.int32)[..., 0]
+
+
+def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
+    """numpy model of the kernel (the instruction's arithmetic): per lane, per k pair, the
+    odd product then the even one added to the fp32 sum, each step rounded; bf16 denormal
+    inputs read as zero, denormal sums flushed to zero."""
+
+    def daz(v):
+        return np.where(np.abs(v) < np.float32(2.0**-126), np.float32(0), v).astype(np.float32)
+
+    from graphopt.precision_ops import bf16_bits_to_f32
+
+    xr = daz(round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), "bf16"))
+    w = daz(bf16_bits_to_f32(w_bits))
+    acc = np.zeros((spec.rows, spec.n), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for kk in pair_order(spec.k):
+            acc = daz(acc + xr[:, kk : kk + 1] * w[kk])
+    return acc.reshape(spec.out_shape)
+
+
+def _bf16_word(v):
+    """TIR: fp32 -> its bf16 bit pattern in the low 16 bits of a uint32 (round to nearest
+    even; NaN quieted with its sign), as `precision_ops.f32_to_bf16_bits`."""
+    u = T.reinterpret("uint32", v)
+    odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
+    rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
+    quiet = T.bitwise_or(T.shift_right(u, T.uint32(16)), T.uint32(0x40))
+    nan = T.bitwise_and(u, T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
+    return T.Select(nan, quiet, rounded)
+
+
+def round_pairs_macro(k: int, pairs: int, loop):
+    """TIR macro: x [rows, K] fp32 -> words [rows, K'/2] of two rounded bf16 (zero past K),
+    16 words per vector step."""
+    full = k // 2  # pairs whose both halves exist
+    vec = full // PANEL * PANEL
+
+    def word(xf, m, j):
+        lo = _bf16_word(xf[m, 2 * j])
+        hi = _bf16_word(xf[m, 2 * j + 1])
+        return T.reinterpret("int32", T.bitwise_or(lo, T.shift_left(hi, T.uint32(16))))
+
+    @T.macro
+    def round_pairs(xf, xw, rows):
+        for m in loop(rows):
+            for j0 in range(vec // PANEL):
+                for j in T.vectorized(PANEL):
+                    xw[m, j0 * PANEL + j] = word(xf, m, j0 * PANEL + j)
+            for j in range(vec, full):
+                xw[m, j] = word(xf, m, j)
+            for j in range(full, pairs):  # odd K: the last word's high half is zero
+                xw[m, j] = T.reinterpret("int32", _bf16_word(xf[m, k - 1]))
+
+    return round_pairs
+
+
+def _dp(acc, a, b):
+    return T.call_pure_extern("float32x16", _DP, acc, a, b)
+
+
+def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, wp [P, K'/2, 16] int32, out): one parallel task per NR panels and row chunk."""
+    x_shape = tir_shape(spec.x_shape)
+    rows, n, pairs = row_count(x_shape), spec.n, spec.k_pairs
+    tile = tile_for(spec)
+    mr, nr = tile.mr, tile.nr
+    p_count = padded_panels(spec, tile)
+    groups = p_count // nr
+    symbolic = not isinstance(rows, int)
+    chunk = CHUNK_ROWS if symbolic else min(CHUNK_ROWS // mr * mr, -(-rows // mr) * mr)
+    chunks = (rows + chunk - 1) // chunk
+    tiles = chunk // mr
+    loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
+    big = symbolic or rows * pairs >= 1 << 13
+    round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial)
+    store = store_macro(n, PANEL)
+
+    def task_tiles(task):
+        if not symbolic:
+            return tiles
+        return T.min(tiles, (rows - task // groups * chunk + mr - 1) // mr)
+
+    @T.prim_func
+    def matmul_dpbf16(
+        x: T.Buffer(x_shape, "float32"),
+        wp: T.Buffer((p_count, pairs, PANEL), "int32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
+    ):
+        T.func_attr(_ATTRS)
+        with T.attr(0, "pragma_import_llvm", _DP_IR):
+            xf = T.decl_buffer((rows, spec.k), "float32", data=x.data)
+            of = T.decl_buffer((rows, n), "float32", data=out.data)
+            xw = T.decl_buffer((rows, pairs), "int32")
+            round_pairs(xf, xw, rows)
+            for task in loop(groups * chunks):
+                g = T.meta_var(task % groups)
+                acc = T.decl_buffer((mr * nr,), "float32x16", scope="local")
+                tail = T.decl_buffer((PANEL,), "float32", scope="local")
+                for t in range(task_tiles(task)):
+                    row = T.meta_var(task // groups * chunk + t * mr)
+                    for i in T.unroll(mr * nr):
+                        acc[i] = T.broadcast(T.float32(0), PANEL)
+                    for pr in range(pairs):
+                        for r in T.unroll(mr):
+                            xv = T.meta_var(T.broadcast(xw[T.min(row + r, rows - 1), pr], PANEL))
+                            for j in T.unroll(nr):
+                                w = T.meta_var(wp[g * nr + j, pr, T.ramp(0, 1, PANEL)])
+                                acc[r * nr + j] = _dp(acc[r * nr + j], xv, w)
+                    for r in T.unroll(mr):
+                        if row + r < rows:
+                            for j in T.unroll(nr):
+                                store(of, tail, row + r, (g * nr + j) * PANEL, acc[r * nr + j])
+
+    return matmul_dpbf16
