@@ -16,6 +16,7 @@ The portable kernel (`portable_kernel`) carries its spec (`RECIPE_ATTR`, JSON) s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,14 @@ class PrecisionMatmulSpec(MatmulRecipe):
     n: int
     precision: str  # bf16 | fp16
     layout: str = "natural"  # natural [K, N] | a target's packed layout (e.g. "cpu16")
+    # The epilogue `fuse-precision-epilogue` folds in, applied to each fp32 sum in this order:
+    # + bias [N] (an operand after the weight), GELU, clamp to [lo, hi], + residual (an
+    # operand of the output's shape, last before the output).
+    bias: bool = False
+    gelu: bool = False
+    lo: float = -math.inf
+    hi: float = math.inf
+    residual: bool = False
 
     @property
     def k(self) -> int:
@@ -141,20 +150,16 @@ def tir_widen(bits, precision: str, lanes: int = 1):
 
 def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     """The op as plain scalar TIR over the natural [K, N] bits (builds and runs on any target;
-    only the row loop is parallel): PrimFunc(x, w, out), carrying its spec."""
+    only the row loop is parallel): PrimFunc(x, w, [bias], [residual], out), carrying its
+    spec; the epilogue is the spec's (`graphopt.precision_epilogue`)."""
+    from graphopt.precision_epilogue import kernel_func, tir_epilogue
+
     x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
     rows, k, n, prec = row_count(x_shape), spec.k, spec.n, spec.precision
     pairs = spec.k_pairs
 
-    @T.prim_func
-    def matmul16(
-        x: T.Buffer(x_shape, "float32"),
-        w: T.Buffer((k, n), "uint16"),
-        out: T.Buffer((*x_shape[:-1], n), "float32"),
-    ):
-        T.func_attr(_ATTRS)
-        xf = T.decl_buffer((rows, k), "float32", data=x.data)
-        of = T.decl_buffer((rows, n), "float32", data=out.data)
+    @T.macro
+    def body(xf, w, bias, rf, of):
         for m in T.parallel(rows):
             acc = T.decl_buffer((1,), "float32", scope="local")
             for j in range(n):
@@ -165,9 +170,10 @@ def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                         if kk < k:
                             xv = T.meta_var(tir_round(xf[m, kk], prec))
                             acc[0] = acc[0] + xv * tir_widen(w[kk, j], prec)
-                of[m, j] = acc[0]
+                of[m, j] = tir_epilogue(acc[0], spec, bias, rf, m, j)
 
-    return matmul16.without_attr("global_symbol").with_attr(RECIPE_ATTR, spec.text())
+    func = kernel_func(body, spec, x_shape, (k, n), "uint16", _ATTRS)
+    return func.with_attr(RECIPE_ATTR, spec.text())
 
 
 def te_dims(shape: tuple[Dim, ...]) -> list:

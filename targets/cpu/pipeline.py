@@ -15,11 +15,14 @@ CPU_LOWER = [*VM_LOWER_HEAD, *VM_LOWER_TAIL]
 # Importer pad kernels folded into the convs that read them (passes/fold_pad.py), operators to
 # TIR (fp32 erf / GELU and softmax first, with polynomials that vectorize: fast-erf and
 # fast-softmax in targets/cpu/passes/), then fold what became constant and fuse elementwise
-# tails into kernels: plain tvm.compile on CPU does neither.
+# tails into kernels: plain tvm.compile on CPU does neither. `fuse-precision-epilogue` folds
+# the bias adds, activations and residual adds after `lower-precision`'s 16-bit matmuls into
+# them (FuseOps cannot: those kernels are opaque loops).
 CPU_LEGALIZE = [
     "tvm.backend.DispatchSampling",
     "tvm.backend.DispatchSortScan",
     "fold-pad",
+    "fuse-precision-epilogue",
     "fast-erf",
     "fast-softmax",
     "tvm.LegalizeOps",
@@ -37,7 +40,8 @@ CPU_LEGALIZE = [
 # matmuls whose constant weights are mostly zero blocks the block-sparse op (the x86 target
 # fills in its block size and threshold: targets/cpu/sparse/rules.py). `sink-transposes` moves
 # the transposes left around `lower-precision`'s pointwise convs below their bias adds and
-# activations, so the pairs cancel.
+# activations, so the pairs cancel (before `fuse-precision-epilogue` folds those into the
+# matmuls).
 X86_LEGALIZE = [
     *CPU_LEGALIZE[: CPU_LEGALIZE.index("fold-pad") + 1],
     "layout",

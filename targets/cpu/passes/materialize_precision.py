@@ -48,6 +48,6 @@ class MaterializePrecision(GraphPass):
 
 
 def _operands(call: relax.Call, entry) -> list:
-    """The activation and the weight repacked into 16-bit panels."""
-    x, w = list(call.args[1].fields)
-    return [x, *packed_constants("materialize-precision", call, [w], entry[1])]
+    """The activation, the weight repacked for the kernel, then the epilogue's operands."""
+    x, w, *epilogue = list(call.args[1].fields)
+    return [x, *packed_constants("materialize-precision", call, [w], entry[1]), *epilogue]

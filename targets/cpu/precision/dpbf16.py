@@ -28,6 +28,7 @@ import tvm
 from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
+from graphopt.precision_epilogue import kernel_func
 from graphopt.precision_ops import PrecisionMatmulSpec, pair_order, round_to
 from graphopt.targets.cpu.precision.kernels import store_macro
 
@@ -68,6 +69,14 @@ def tile_for(spec: PrecisionMatmulSpec) -> Tile:
     if all(isinstance(d, int) for d in spec.x_shape[:-1]):
         mr = min(mr, spec.rows)
     return Tile(mr, nr)
+
+
+def even_chunk(rows: int, mr: int) -> int:
+    """Rows per task for a static row count: at most CHUNK_ROWS, split evenly into whole
+    register tiles (49 rows: chunks of 30 and 19, not 48 and 1)."""
+    count = -(-rows // CHUNK_ROWS)
+    per_task = -(-rows // count)
+    return -(-per_task // mr) * mr
 
 
 def padded_panels(spec: PrecisionMatmulSpec, tile: Tile) -> int:
@@ -144,7 +153,8 @@ def _dp(acc, a, b):
 
 
 def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
-    """PrimFunc(x, wp [P, K'/2, 16] int32, out): one parallel task per NR panels and row chunk."""
+    """PrimFunc(x, wp [P, K'/2, 16] int32, [bias], [residual], out): one parallel task per
+    NR panels and row chunk."""
     x_shape = tir_shape(spec.x_shape)
     rows, n, pairs = row_count(x_shape), spec.n, spec.k_pairs
     tile = tile_for(spec)
@@ -152,48 +162,48 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     p_count = padded_panels(spec, tile)
     groups = p_count // nr
     symbolic = not isinstance(rows, int)
-    chunk = CHUNK_ROWS if symbolic else min(CHUNK_ROWS // mr * mr, -(-rows // mr) * mr)
+    chunk = CHUNK_ROWS if symbolic else even_chunk(rows, mr)
     chunks = (rows + chunk - 1) // chunk
     tiles = chunk // mr
     loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
     big = symbolic or rows * pairs >= 1 << 13
     round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial)
-    store = store_macro(n, PANEL)
+    store = store_macro(spec, PANEL)
 
     def task_tiles(task):
-        if not symbolic:
+        """Register tiles of a task: those of its chunk that hold a row (the last chunk may
+        be short), so 49 rows do not run two whole chunks."""
+        if not symbolic and rows % chunk == 0:
             return tiles
         return T.min(tiles, (rows - task // groups * chunk + mr - 1) // mr)
 
-    @T.prim_func
-    def matmul_dpbf16(
-        x: T.Buffer(x_shape, "float32"),
-        wp: T.Buffer((p_count, pairs, PANEL), "int32"),
-        out: T.Buffer((*x_shape[:-1], n), "float32"),
-    ):
-        T.func_attr(_ATTRS)
-        with T.attr(0, "pragma_import_llvm", _DP_IR):
-            xf = T.decl_buffer((rows, spec.k), "float32", data=x.data)
-            of = T.decl_buffer((rows, n), "float32", data=out.data)
-            xw = T.decl_buffer((rows, pairs), "int32")
-            round_pairs(xf, xw, rows)
-            for task in loop(groups * chunks):
-                g = T.meta_var(task % groups)
-                acc = T.decl_buffer((mr * nr,), "float32x16", scope="local")
-                tail = T.decl_buffer((PANEL,), "float32", scope="local")
-                for t in range(task_tiles(task)):
-                    row = T.meta_var(task // groups * chunk + t * mr)
-                    for i in T.unroll(mr * nr):
-                        acc[i] = T.broadcast(T.float32(0), PANEL)
-                    for pr in range(pairs):
-                        for r in T.unroll(mr):
-                            xv = T.meta_var(T.broadcast(xw[T.min(row + r, rows - 1), pr], PANEL))
-                            for j in T.unroll(nr):
-                                w = T.meta_var(wp[g * nr + j, pr, T.ramp(0, 1, PANEL)])
-                                acc[r * nr + j] = _dp(acc[r * nr + j], xv, w)
+    @T.macro
+    def body(xf, wp, bias, rf, of):
+        xw = T.decl_buffer((rows, pairs), "int32")
+        round_pairs(xf, xw, rows)
+        for task in loop(groups * chunks):
+            g = T.meta_var(task % groups)
+            acc = T.decl_buffer((mr * nr,), "float32x16", scope="local")
+            tail = T.decl_buffer((PANEL,), "float32", scope="local")
+            for t in range(task_tiles(task)):
+                row = T.meta_var(task // groups * chunk + t * mr)
+                for i in T.unroll(mr * nr):
+                    acc[i] = T.broadcast(T.float32(0), PANEL)
+                for pr in range(pairs):
                     for r in T.unroll(mr):
-                        if row + r < rows:
-                            for j in T.unroll(nr):
-                                store(of, tail, row + r, (g * nr + j) * PANEL, acc[r * nr + j])
+                        xv = T.meta_var(T.broadcast(xw[T.min(row + r, rows - 1), pr], PANEL))
+                        for j in T.unroll(nr):
+                            w = T.meta_var(wp[g * nr + j, pr, T.ramp(0, 1, PANEL)])
+                            acc[r * nr + j] = _dp(acc[r * nr + j], xv, w)
+                for r in T.unroll(mr):
+                    if row + r < rows:
+                        for j in T.unroll(nr):
+                            col = T.meta_var((g * nr + j) * PANEL)
+                            store(of, tail, row + r, col, acc[r * nr + j], bias, rf)
 
-    return matmul_dpbf16
+    @T.macro
+    def with_instruction(xf, wp, bias, rf, of):
+        with T.attr(0, "pragma_import_llvm", _DP_IR):
+            body(xf, wp, bias, rf, of)
+
+    return kernel_func(with_instruction, spec, x_shape, (p_count, pairs, PANEL), "int32", _ATTRS)

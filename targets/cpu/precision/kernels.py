@@ -20,6 +20,7 @@ import tvm
 from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
+from graphopt.precision_epilogue import kernel_func, tir_epilogue
 from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
 
 PANEL = 16
@@ -42,17 +43,19 @@ def pack_panels(w_bits: np.ndarray, spec: PrecisionMatmulSpec) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(-1, p, PANEL).transpose(1, 0, 2))
 
 
-def store_macro(n: int, lanes: int = LANES):
-    """TIR macro: vector `v` to channels col .. col + lanes - 1 of row m (those below n)."""
+def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES):
+    """TIR macro: the epilogue of vector `v` to channels col .. col + lanes - 1 of row m
+    (those below N); bias and residual as `graphopt.precision_epilogue.tir_epilogue` reads."""
+    n = spec.n
 
     @T.macro
-    def store(of, tail, m, col, v):
+    def store(of, tail, m, col, v, bias, rf):
         if col + lanes <= n:
-            of[m, T.ramp(col, 1, lanes)] = v
+            of[m, T.ramp(col, 1, lanes)] = tir_epilogue(v, spec, bias, rf, m, col, lanes)
         elif col < n:
             tail[T.ramp(0, 1, lanes)] = v
             for lane in range(n - col):
-                of[m, col + lane] = tail[lane]
+                of[m, col + lane] = tir_epilogue(tail[lane], spec, bias, rf, m, col + lane)
 
     return store
 
@@ -81,7 +84,8 @@ def _fma(a, b, c):
 
 
 def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
-    """PrimFunc(x, wp [P, K', 16] uint16, out): one parallel task per panel and row chunk."""
+    """PrimFunc(x, wp [P, K', 16] uint16, [bias], [residual], out): one parallel task per
+    panel and row chunk."""
     x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
     rows, n, prec = row_count(x_shape), spec.n, spec.precision
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
@@ -91,7 +95,7 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     chunks = (rows + chunk - 1) // chunk
     tiles = chunk // mr
     loop = T.parallel if symbolic or rows * kp * n >= 1 << 18 else T.serial
-    store = store_macro(n)
+    store = store_macro(spec)
     round_rows = round_macro(spec, T.parallel if symbolic or rows * kp >= 1 << 14 else T.serial)
 
     def task_tiles(task):
@@ -104,15 +108,8 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     def widen(wp, p, kk, half):
         return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
 
-    @T.prim_func
-    def matmul16(
-        x: T.Buffer(x_shape, "float32"),
-        wp: T.Buffer((p_count, kp, PANEL), "uint16"),
-        out: T.Buffer((*x_shape[:-1], n), "float32"),
-    ):
-        T.func_attr(_ATTRS)
-        xf = T.decl_buffer((rows, spec.k), "float32", data=x.data)
-        of = T.decl_buffer((rows, n), "float32", data=out.data)
+    @T.macro
+    def body(xf, wp, bias, rf, of):
         xr = T.decl_buffer((rows, kp), "float32")
         round_rows(xf, xr, rows)
         for task in loop(p_count * chunks):
@@ -134,7 +131,7 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                             acc[2 * r + 1] = _fma(xv, w1, acc[2 * r + 1])
                 for r in T.unroll(mr):
                     if row + r < rows:
-                        store(of, tail, row + r, p * PANEL, acc[2 * r])
-                        store(of, tail, row + r, p * PANEL + LANES, acc[2 * r + 1])
+                        store(of, tail, row + r, p * PANEL, acc[2 * r], bias, rf)
+                        store(of, tail, row + r, p * PANEL + LANES, acc[2 * r + 1], bias, rf)
 
-    return matmul16
+    return kernel_func(body, spec, x_shape, (p_count, kp, PANEL), "uint16", _ATTRS)

@@ -1,0 +1,203 @@
+"""Fold the elementwise ops after a 16-bit matmul into its kernel, so its output is written once.
+
+Before:  y = call_tir(matmul16, (x, W)); b = add(y, bias); g = gelu(b) or clip(b, 0, 6)
+         r = add(g, skip)
+After:   r = call_tir(matmul16', (x, W, bias, skip))  # spec: bias, GELU or clamp, residual
+
+`lower-precision`'s 16-bit matmul kernels are opaque to `tvm.FuseOps` (their bodies are loops,
+not blocks), so without this pass every bias add, activation and residual add after one is a
+kernel of its own that reads and writes the whole activation again (MobileNetV2: 34 pointwise
+convs, MiniLM: 34 matmuls). Taken, through single-use bindings, in this order: a bias add of
+one constant per output channel, then GELU (`relax.nn.gelu`, or the erf form exporters write:
+`h * (erf(h / sqrt 2) + 1) * 0.5`) or ReLU / clip / max / min clamps, then an add of another
+tensor of the output's shape. The kernel computes each step in fp32 as the graph does (GELU
+with the polynomial erf `fast-erf` gives the graph: `graphopt.precision_epilogue`).
+
+Only the portable kernels with no epilogue yet are taken (a target's `materialize-precision`
+builds the fused spec for its instructions). Counters: `fused` (kernels given an epilogue),
+`bias`, `gelu`, `clamp`, `residual` (steps folded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, shape_dims
+from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.precision_epilogue import has_epilogue
+from graphopt.precision_ops import portable_kernel, spec_of
+
+
+@register_pass
+class FusePrecisionEpilogue(GraphPass):
+    """Bias, GELU / clamp and residual adds after 16-bit matmuls folded into their kernels."""
+
+    name = "fuse-precision-epilogue"
+
+    def run(self, mod: tvm.IRModule) -> PassResult:
+        stats = dict.fromkeys(("fused", "bias", "gelu", "clamp", "residual"), 0)
+        canonical = relax.transform.CanonicalizeBindings()(mod)  # no var-to-var aliases
+        new, changed, kernels = canonical, False, {}
+        for gvar, func in canonical.functions.items():
+            if not isinstance(func, relax.Function):
+                continue
+            plans = _plans(BindingGraph(func, new), stats)
+            if not plans:
+                continue
+            rewriter = _Rewriter(new, plans, kernels)
+            rewritten = rewriter.visit_expr(func)
+            new = rewriter.builder_.get()
+            new[gvar] = rewritten
+            changed = True
+        if not changed:
+            return PassResult(mod, False, stats)
+        return PassResult(relax.transform.DeadCodeElimination()(new), True, stats)
+
+
+@dataclasses.dataclass
+class _Plan:
+    args: list  # x, W, then the epilogue's operands
+    spec: object
+    out_ty: relax.TensorType
+
+
+def _plans(graph: BindingGraph, stats: dict) -> dict:
+    """tail var -> _Plan for every portable 16-bit matmul with an epilogue to fold."""
+    plans = {}
+    for var in graph.order:
+        call = graph.value[var]
+        spec = _portable_spec(graph, call)
+        if spec is None:
+            continue
+        tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", spec.n, True)
+        gelu = None
+        if math.isinf(lo) and math.isinf(hi) and bias is not None:
+            gelu = _gelu_tail(graph, tail)
+            tail = tail if gelu is None else gelu
+        residual = _residual(graph, tail)
+        tail = residual[0] if residual else tail
+        spec = dataclasses.replace(
+            spec, bias=bias is not None, gelu=gelu is not None, lo=lo, hi=hi,
+            residual=residual is not None,
+        )  # fmt: skip
+        if not has_epilogue(spec):
+            continue
+        args = list(call.args[1].fields)
+        if bias is not None:
+            args.append(relax.const(bias.astype(np.float32)))
+        if residual is not None:
+            args.append(residual[1])
+        plans[tail] = _Plan(args, spec, call.ty)
+        _count(stats, spec)
+    return plans
+
+
+def _count(stats: dict, spec) -> None:
+    stats["fused"] += 1
+    stats["bias"] += spec.bias
+    stats["gelu"] += spec.gelu
+    stats["clamp"] += spec.lo > -math.inf or spec.hi < math.inf
+    stats["residual"] += spec.residual
+
+
+def _portable_spec(graph: BindingGraph, call):
+    """The spec of a call_tir of a portable 16-bit matmul without an epilogue, else None."""
+    if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
+        return None
+    spec = spec_of(graph.mod[call.args[0]])
+    if spec is None or spec.layout != "natural" or has_epilogue(spec):
+        return None
+    return spec if len(call.args[1].fields) == 2 else None
+
+
+def _scalar(graph: BindingGraph, expr) -> float | None:
+    c = const_value(graph.resolve(expr))
+    return float(c.reshape(())) if c is not None and c.size == 1 else None
+
+
+def _other(call, var):
+    """The operand of a binary call that is not `var` (None when neither or both are)."""
+    a, b = call.args[0], call.args[1]
+    if a.same_as(var) != b.same_as(var):
+        return b if a.same_as(var) else a
+    return None
+
+
+def _gelu_tail(graph: BindingGraph, h):
+    """The var that ends a GELU of `h` (relax.nn.gelu, or h * (erf(h / sqrt 2) + 1) * 0.5)."""
+    users = graph.users.get(h, [])
+    if len(users) == 1 and users[0] is not None:
+        return users[0] if op_name(graph.value[users[0]]) == "relax.nn.gelu" else None
+    if len(users) != 2 or any(u is None for u in users):
+        return None
+    by_op = {op_name(graph.value[u]): u for u in users}
+    div, mul = by_op.get("relax.divide"), by_op.get("relax.multiply")
+    if div is None or mul is None:
+        return None
+    if _scalar(graph, _other(graph.value[div], h)) not in _near(2**0.5):
+        return None
+    erf = graph.only_user(div)
+    one = graph.only_user(erf) if erf is not None else None
+    if erf is None or op_name(graph.value[erf]) != "relax.erf" or one is None:
+        return None
+    if op_name(graph.value[one]) != "relax.add":
+        return None
+    if _scalar(graph, _other(graph.value[one], erf)) != 1.0:
+        return None
+    user = graph.only_user(one)
+    if user is None or not user.same_as(mul) or not _other(graph.value[mul], one).same_as(h):
+        return None
+    half = graph.only_user(mul)
+    if half is None or op_name(graph.value[half]) != "relax.multiply":
+        return None
+    return half if _scalar(graph, _other(graph.value[half], mul)) == 0.5 else None
+
+
+def _near(value: float) -> set[float]:
+    """The fp32 spellings of a constant an exporter may write."""
+    return {float(np.float32(value)), value}
+
+
+def _residual(graph: BindingGraph, tail):
+    """(add var, other operand) when the only user of `tail` adds a tensor of its shape."""
+    add = graph.only_user(tail)
+    if add is None or op_name(graph.value[add]) != "relax.add":
+        return None
+    other = _other(graph.value[add], tail)
+    if other is None or const_value(graph.resolve(other)) is not None:
+        return None
+    ty = getattr(other, "ty", None)
+    if str(getattr(ty, "dtype", "")) != "float32":
+        return None
+    same = shape_dims(other) == shape_dims(graph.value[add]) == shape_dims(tail)
+    return (add, other) if same and shape_dims(other) is not None else None
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """Replaces each plan's tail binding by the fused kernel's call (the rest dies in DCE)."""
+
+    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict) -> None:
+        super().__init__(mod)
+        self.plans = plans
+        self.kernels = kernels  # spec text -> GlobalVar, shared by identical layers
+
+    def _kernel(self, spec) -> tvm.ir.GlobalVar:
+        key = spec.text()
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(portable_kernel(spec), "matmul16")
+        return self.kernels[key]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        plan = self.plans.get(binding.var)
+        if plan is None:
+            super().visit_var_binding_(binding)
+            return
+        args = [self.visit_expr(a) for a in plan.args]
+        call = relax.call_tir(self._kernel(plan.spec), relax.Tuple(args), plan.out_ty)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
