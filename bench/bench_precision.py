@@ -2,15 +2,17 @@
 graphopt fp32, bf16 (first and last layer fp32) and mixed (bf16 under --max-drop) against
 onnxruntime fp32 and OpenVINO fp32 and its default precision hint.
 
-    python -m bench.bench_precision [--runs 50] [--models mobilenet_v2,minilm] [--quick]
+    python -m bench.bench_precision [--runs 50] [--rounds 3] [--models minilm] [--quick]
 
 - Quality vs onnxruntime fp32: CNNs top-1 agreement (and min cosine of the logits) on the
   evaluation photo crops (bench/models/inputs.py); MiniLM min / mean embedding cosine on the
   24 evaluation sentences. mixed budgets on other data (the calibration crops, the
   calibration sentences of bench_int8).
 - Size: the tensor constants in each graphopt library (graphopt.sizes), over fp32's.
-- Latency: every runtime interleaved in one process on one input (graphopt.timing), 2
-  threads; ratios over graphopt fp32 and onnxruntime fp32. Run it on a quiet machine.
+- Latency: each runtime in its own process (2 threads, one input, warm-up, then `--runs`
+  timed runs), the contestants in alternating order for `--rounds` rounds; medians over
+  rounds, ratios over graphopt fp32 and onnxruntime fp32. Run it on a quiet machine.
+- graphopt at `-O3` (`--opt-level`): fp32, bf16 (first and last layer fp32) and mixed.
 - OpenVINO (the bench extras): `INFERENCE_PRECISION_HINT=f32`, and its default hint (bf16
   on a CPU with AVX512_BF16 or AMX, f32 elsewhere: the hint it chose is recorded).
 - Batch-1 matmuls alone (MiniLM's FFN shapes, MobileNetV2's classifier): graphopt fp32 vs
@@ -22,7 +24,10 @@ Writes bench/results/precision.json and precision.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +39,7 @@ import numpy as np
 import graphopt
 from bench.bench_int8 import CALIB_SENTENCES, calibration_images, cnn_quality, cosine_quality
 from bench.writing import write_results
+from graphopt import env
 from graphopt.compress.precision.method import Precision, PrecisionOptions
 from graphopt.machine import machine_info
 from graphopt.reference import ort_run, ort_session
@@ -44,6 +50,8 @@ from graphopt.timing import interleaved
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v2", "efficientnet_lite0", "minilm")
 MAX_DROP = {"minilm": 0.5, "cnn": 2.0}  # min-cosine points / top-1 agreement points
+THREADS = "2"
+OV_HINTS = {"openvino_f32": {"INFERENCE_PRECISION_HINT": "f32"}, "openvino_default": {}}
 
 
 def _say(msg: str) -> None:
@@ -65,7 +73,7 @@ def _data(name: str, workdir: Path):
     return path, feeds, "top1_agreement", MAX_DROP["cnn"]
 
 
-def _graphopt(path, workdir: Path, name: str, metric: str, max_drop: float):
+def _graphopt(path, workdir: Path, name: str, metric: str, max_drop: float, opt_level: int):
     """graphopt fp32, bf16 and mixed artifacts and their compile seconds."""
     variants = {
         "graphopt_fp32": None,
@@ -79,48 +87,57 @@ def _graphopt(path, workdir: Path, name: str, metric: str, max_drop: float):
         _say(f"[{name}] {key}")
         start = time.perf_counter()
         compression = [Precision(opts)] if opts else []
-        arts[key] = graphopt.compile(path, workdir / key, compression=compression, progress=_say)
+        arts[key] = graphopt.compile(
+            path, workdir / key, opt_level=opt_level, compression=compression, progress=_say
+        )
         seconds[key] = round(time.perf_counter() - start, 1)
     return arts, seconds
 
 
-def _openvino(path) -> dict[str, Any]:
-    """OpenVINO runners: f32 and the default precision hint (what it chose is recorded)."""
+def _openvino(path, key: str):
+    """An OpenVINO runner (`key`: openvino_f32 or openvino_default) and the precision it chose."""
     import openvino as ov
 
-    core, out = ov.Core(), {}
-    model = ov.convert_model(str(path))
-    threads = {"INFERENCE_NUM_THREADS": str(os.cpu_count() or 1), "PERFORMANCE_HINT": "LATENCY"}
-    for key, hint in (
-        ("openvino_f32", {"INFERENCE_PRECISION_HINT": "f32"}),
-        ("openvino_default", {}),
-    ):
-        compiled = core.compile_model(model, "CPU", {**threads, **hint})
-        request, output = compiled.create_infer_request(), compiled.output(0)
-        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        out[key] = (lambda f, r=request, o=output: np.array(r.infer(f)[o]), precision)
-    return out
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", **OV_HINTS[key]}
+    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return (lambda f: np.array(request.infer(f)[output])), precision
 
 
-def bench_model(name: str, runs: int, workdir: Path, quick: bool) -> dict[str, Any]:
+def _runner(key: str, path: Path):
+    """A callable running one feed for a contestant: a graphopt artifact directory, or the
+    ONNX file for onnxruntime and OpenVINO."""
+    if key.startswith("graphopt"):
+        art = graphopt.load(path)
+        out = art.outputs[0].name
+        return lambda f: art.run(f)[out]
+    if key.startswith("openvino"):
+        return _openvino(path, key)[0]
+    session = ort_session(path, threads=int(THREADS))
+    out = session.get_outputs()[0].name
+    return lambda f: ort_run(session, f)[out]
+
+
+def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     path, feeds, metric, max_drop = _data(name, workdir)
-    arts, seconds = _graphopt(path, workdir, name, metric, max_drop)
+    arts, seconds = _graphopt(path, workdir, name, metric, max_drop, args.opt_level)
     entry: dict[str, Any] = {"model": name, "compile_s": seconds, "max_drop": max_drop}
-    out = arts["graphopt_fp32"].outputs[0].name
-    ort = ort_session(path)
-    runners = {"ort_fp32": lambda f: ort_run(ort, f)[out]}
-    runners.update({k: (lambda f, a=a: a.run(f)[out]) for k, a in arts.items()})
+    entry["opt_level"] = args.opt_level
+    paths = {"ort_fp32": path, **{k: a.directory for k, a in arts.items()}}
     try:
-        for key, (run, precision) in _openvino(path).items():
-            runners[key] = run
-            entry.setdefault("openvino_precision", {})[key] = precision
+        for key in OV_HINTS:
+            entry.setdefault("openvino_precision", {})[key] = _openvino(path, key)[1]
+            paths[key] = path
     except ImportError as err:
         entry["openvino"] = f"skipped: not installed ({err})"
+    runners = {k: _runner(k, p) for k, p in paths.items()}
     ref = [runners["ort_fp32"](f) for f in feeds]
     quality = cosine_quality if name == "minilm" else cnn_quality
     entry["quality_vs_ort_fp32"] = {
         k: quality(ref, [run(f) for f in feeds]) for k, run in runners.items()
     }
+    del runners
     w32 = library_weights(arts["graphopt_fp32"].library_path).weight_bytes
     entry["weight_bytes"] = {
         k: library_weights(a.library_path).weight_bytes for k, a in arts.items()
@@ -129,8 +146,8 @@ def bench_model(name: str, runs: int, workdir: Path, quick: bool) -> dict[str, A
     entry["layers"] = {
         k: _layer_counts(a.manifest) for k, a in arts.items() if k != "graphopt_fp32"
     }
-    if not quick:
-        entry.update(_timing(name, feeds[0], runs, runners))
+    if not args.quick:
+        entry.update(_latency(name, paths, args.runs, args.rounds))
     return entry
 
 
@@ -139,17 +156,53 @@ def _layer_counts(manifest: dict) -> dict:
     return {"bf16": m.get("low_layers"), "layers": len(m.get("layers", [])), "note": m.get("note")}
 
 
-def _timing(name: str, feed: dict, runs: int, runners: dict) -> dict:
-    contestants = {k: (lambda run=run: run(feed)) for k, run in runners.items()}
-    _say(f"[{name}] timing {', '.join(contestants)} interleaved, {runs} runs")
-    timings = interleaved(contestants, runs=runs, warmup=3, settle=1)
-    med = {k: t.median_ms for k, t in timings.items()}
+def _feed(name: str) -> dict[str, np.ndarray]:
+    """The one input every timed run uses: the first evaluation sentence / photo crop."""
+    from bench.models.inputs import sentence_batch, split_crops
+
+    return sentence_batch(1)[0] if name == "minilm" else {"input": split_crops("evaluation")[0][1]}
+
+
+def time_one(name: str, key: str, path: Path, runs: int) -> dict[str, float]:
+    """In this process only: warm-up, then `runs` timed runs of one input."""
+    feed, run = _feed(name), _runner(key, path)
+    for _ in range(5):
+        run(feed)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(feed)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+
+
+def _latency(name: str, paths: dict[str, Path], runs: int, rounds: int) -> dict[str, Any]:
+    """Each contestant in its own process, rounds in alternating order; medians over rounds."""
+    env_vars = {**os.environ, env.NUM_THREADS.name: THREADS}
+    keys = list(paths)
+    got: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            cmd = [sys.executable, "-m", "bench.bench_precision", "--time-one", name, key]
+            proc = subprocess.run(
+                [*cmd, str(paths[key]), "--runs", str(runs)],
+                env=env_vars, capture_output=True, text=True,
+            )  # fmt: skip
+            if proc.returncode:
+                raise RuntimeError(f"timing {key} failed: {proc.stderr.strip()[-500:]}")
+            got[key].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"])
+            _say(f"[{name}] round {r + 1}/{rounds} {key}: {got[key][-1]:.2f} ms")
+    med = {k: statistics.median(v) for k, v in got.items()}
     ratios = {
         k: {"over_graphopt_fp32": round(v / med["graphopt_fp32"], 3),
             "over_ort_fp32": round(v / med["ort_fp32"], 3)}
         for k, v in med.items()
     }  # fmt: skip
-    return {"latency": {k: t.to_json() for k, t in timings.items()}, "time_ratios": ratios}
+    latency = {
+        k: {"median_ms": round(med[k], 3), "rounds_ms": [round(x, 3) for x in v]}
+        for k, v in got.items()
+    }
+    return {"latency": latency, "time_ratios": ratios}
 
 
 GEMV_SHAPES = ((384, 1536), (1536, 384), (1280, 1000))  # MiniLM FFN, MobileNetV2 classifier
@@ -226,13 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=3, help="processes per contestant")
+    ap.add_argument("--opt-level", type=int, default=3, help="graphopt's -O for every variant")
     ap.add_argument("--quick", action="store_true", help="quality and sizes only, no timing")
+    ap.add_argument("--time-one", nargs=3, metavar=("MODEL", "KEY", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.time_one:
+        name, key, path = args.time_one
+        print(json.dumps(time_one(name, key, Path(path), args.runs)))
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         for name in args.models.split(","):
             (Path(tmp) / name).mkdir()
-            results.append(bench_model(name, args.runs, Path(tmp) / name, args.quick))
+            results.append(bench_model(name, args, Path(tmp) / name))
     gemvs = []
     if not args.quick:
         with tempfile.TemporaryDirectory(prefix="bench-precision-gemv-") as tmp:
