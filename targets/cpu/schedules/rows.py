@@ -31,9 +31,11 @@ from tvm.s_tir import Schedule
 from graphopt.targets.cpu.schedules import common
 
 
-def schedule_rows(func: tirx.PrimFunc, info: common.CpuInfo) -> Schedule | None:
+def schedule_rows(
+    func: tirx.PrimFunc, info: common.CpuInfo, parallel: bool = True
+) -> Schedule | None:
     """The schedule above, or None where `func` is not a row kernel with rows of at least
-    two SIMD vectors."""
+    two SIMD vectors; `parallel=False` keeps the rows on one thread (small kernels)."""
     sch = Schedule(func)
     _inline_single_use(sch)
     root = sch.get_sblock("root")
@@ -53,6 +55,8 @@ def schedule_rows(func: tirx.PrimFunc, info: common.CpuInfo) -> Schedule | None:
     names = [sch.get(b).name_hint for b in _nest_blocks(sch, root)]
     for level in range(nrow):
         _merge_level(sch, names, level)
+    if not parallel:
+        return Schedule(sch.mod["main"])
     level = next((i for i, e in enumerate(extents) if e != 1), 0)
     row_var = sch.get(sch.get_loops(sch.get_sblock(names[-1]))[level]).loop_var
     return Schedule(_parallel_loop(sch.mod["main"], row_var))
@@ -60,9 +64,14 @@ def schedule_rows(func: tirx.PrimFunc, info: common.CpuInfo) -> Schedule | None:
 
 def _inline_single_use(sch: Schedule) -> None:
     """Elementwise steps into their one reader (softmax's x - max). A step read by two blocks
-    (the exp, read by the sum and the output) stays, so it runs once per element."""
-    for block in list(sch.get_child_blocks(sch.get_sblock("root")))[:-1]:
-        if len(sch.get_consumers(block)) != 1:
+    (the exp, read by the sum and the output) stays, so it runs once per element; a per-row
+    step (fewer loops than the output: layer norm's mean = sum / n) is inlined into all its
+    readers, where it is loop-invariant."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    depth = len(sch.get_loops(blocks[-1]))
+    for block in blocks[:-1]:
+        per_row = len(sch.get_loops(block)) < depth
+        if len(sch.get_consumers(block)) != 1 and not per_row:
             continue
         try:
             sch.compute_inline(block)
