@@ -56,6 +56,10 @@ class CpuInfo:
     # Schedule symbolic extents (a build with --input-shape ranges: schedules/symbolic.py).
     # Off, kernels of run-time shapes (NonZero, a Resize of computed size) stay as they are.
     symbolic: bool = False
+    # Take every kernel's work as worth threads: its sizes are symbolic beyond a batch (an
+    # image's height and width) and it is planned at a nominal size that may be far below the
+    # sizes it runs at (MobileNetV2's 7x7 maps at 224 pixels are 4x4 at the nominal 128).
+    large_work: bool = False
 
     @property
     def accumulators(self) -> int:

@@ -360,6 +360,13 @@ def _reduction_size(shape: WindowShape, ext: list[int]) -> int:
     return size
 
 
+def _work(shape: WindowShape, ext: list[int], info: CpuInfo) -> int:
+    """Multiply-adds (the threads' threshold counts them); `large_work`: enough for threads."""
+    if info.large_work:
+        return 8 * MIN_PARALLEL_WORK
+    return product(ext[p] for p in shape.spatial) * _reduction_size(shape, ext)
+
+
 def _parallel_outer(sch: Schedule, loops: list, work: int) -> None:
     if loops and work >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
@@ -410,10 +417,7 @@ def _conv_channel_vector(
             outer.append(loops[p])
     red = [loops[p] for p in shape.reductions]
     sch.reorder(*outer, xo, *red, xi, fin)
-    elems = 1
-    for p in shape.spatial:
-        elems *= ext[p]
-    work = elems * _reduction_size(shape, ext)
+    work = _work(shape, ext, info)
     tasks = product(const_int(sch.get(lp).extent) or 1 for lp in outer)
     at = xo
     if _channel_last_depthwise(shape):
@@ -474,7 +478,7 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
     outputs keep the block's own loop order instead, which LLVM vectorizes with shuffles (a
     strided TIR vector load is a gather: slower there), and only gain parallelism and locality.
     """
-    work = product(ext[p] for p in shape.spatial) * _reduction_size(shape, ext)
+    work = _work(shape, ext, info)
     if shape.x_stride != 1 and ext[shape.x] >= 2 * info.lanes:
         _width_strided(sch, conv_rv, out_rv, shape, work, info, local_pads)
         return
