@@ -486,7 +486,10 @@ def _conv_width_vector(sch, conv_rv, out_rv, shape, ext, info, local_pads, phase
     par, xo, red, tile = _split_width_tile(sch, conv_rv, shape, sizes, work)
     _pads_per_task(sch, local_pads, par, phased, info)
     _tile_writer_at(sch, out_rv, xo)
-    _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, vector=sizes[0] > 1)
+    # A window that slides over no rows (global pooling) is the whole map: symbolic where the
+    # image size is, so not unrolled.
+    whole_map = info.large_work and shape.y is None
+    _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, sizes[0] > 1, not whole_map)
 
 
 def _width_strided(sch, conv_rv, out_rv, shape, work, info, local_pads) -> None:
@@ -571,12 +574,12 @@ def _tile_writer_at(sch, out_rv, loop) -> None:
         sch.vectorize(out_loops[-1])
 
 
-def _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, vector: bool) -> None:
+def _unroll_width_tile(sch, conv_rv, shape, ext, red, tile, vector: bool, window_too=True):
     """Unroll the window (3x3, 5x5, ...) and the tile so LLVM sees which loaded rows repeat."""
     window = [lp for lp, p in zip(red, shape.reductions) if ext[p] > 1]
     for lp in tile[:-1]:
         sch.unroll(lp)
-    if _reduction_size(shape, ext) <= 64:
+    if window_too and _reduction_size(shape, ext) <= 64:
         for lp in window[-2:]:
             sch.unroll(lp)
     if vector:
