@@ -103,7 +103,11 @@ def partition_symbolic_loops(sch: Schedule) -> None:
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         for rv in sch.get_loops(block):
             loop = sch.get(rv)
-            if const_int(loop.extent) is None and loop.kind == tirx.ForKind.SERIAL and not _has_minmax(loop.extent):
+            if (
+                const_int(loop.extent) is None
+                and loop.kind == tirx.ForKind.SERIAL
+                and not _has_minmax(loop.extent)
+            ):
                 sch.annotate(rv, "pragma_loop_partition_hint", 1)
 
 
