@@ -5,6 +5,7 @@ Each model is compiled once with `--input-shape x=1,C,hw:8..40,hw` and run at th
 scheduled by the `conv` rule (its schedule replayed from the nominal size), not by the
 row-wise fallback a kernel gets when the replay fails, and the Clip kernels that take the
 image size as a scalar must convert to NHWC with the convs (no transposes between them).
+The slow test does the same for MobileNetV2's layers (random weights).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
+from tests import model_builders as mb
 from tests.model_builders import GraphBuilder, _value_info
 
 SIZES = (8, 23, 40)
@@ -77,3 +79,19 @@ def test_global_pool_over_symbolic_image_size_takes_the_window_rule(tmp_path):
     schedule = _stats(art, "schedule-cpu")
     assert schedule["scheduled_window"] == 1 and schedule["scheduled_conv"] == 1, schedule
     _matches_onnxruntime(art, model, 32)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_layers_over_a_symbolic_image_size(tmp_path):
+    """Every conv of MobileNetV2's layers takes the conv rule (none the row-wise fallback),
+    and one build for 96..256 pixels matches onnxruntime at three sizes."""
+    model = mb.mobilenet_v2_layers(size="hw")
+    art = graphopt.compile(model, tmp_path, input_shapes={"x": (1, 3, "hw:96..256", "hw")})
+    schedule = _stats(art, "schedule-cpu")
+    assert schedule["scheduled_reduction"] == 0 and schedule["untouched"] == 0, schedule
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in (96, 161, 224):
+        x = np.random.default_rng(size).standard_normal((1, 3, size, size))
+        feeds = {"x": x.astype(np.float32)}
+        got = next(iter(art.run(feeds).values()))
+        np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
