@@ -257,7 +257,7 @@ def schedule_window(sch: Schedule, func: tirx.PrimFunc, info: CpuInfo, need_weig
     for p in producers:
         if not any(p.block.same_as(q.block) for q in local_pads):
             if phased is None or not p.block.same_as(phased.block):
-                schedule_pad(sch, p, info, rows=info.symbolic)
+                schedule_pad(sch, p, info, rows=info.large_work)
 
     conv_rv = conv.rv
     out_rv = tile_writer(sch, conv_rv, consumers, info)
