@@ -5,7 +5,8 @@ kernel whose symbolic dims are outer ones (a CNN's batch, a sequence), the funct
 specialized at a nominal size (each symbolic dim at min(upper bound, NOMINAL_EXTENT)), the
 rules schedule that static copy, and the schedule's trace is replayed on the symbolic
 function. Every schedule primitive keeps the numbers, so a replay that succeeds is correct
-at every size; splits planned for the nominal size get a guard on the others. The rules that
+at every size; splits planned for the nominal size get a guard on the others (confined to
+the last tile by LoopPartition where the sizes are symbolic beyond a batch). The rules that
 handle symbolic extents themselves (matmul pads symbolic M/N to whole tiles, elementwise)
 schedule the symbolic function directly. A replay that fails leaves the rules on the
 symbolic function as they are.
