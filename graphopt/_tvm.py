@@ -169,16 +169,21 @@ def op_counts(mod: tvm.IRModule) -> dict[str, int]:
 
 def specialize_dims(func: tvm.tirx.PrimFunc, sizes: Mapping[str, int]) -> tvm.tirx.PrimFunc | None:
     """The function with each symbolic dim at its size (by name), through buffers of static
-    shape (PrimFunc.specialize binds the dims from the buffers); None when a shape is an
-    expression of the dims rather than a dim itself, or a dim has no size."""
+    shape and scalar parameters (PrimFunc.specialize binds the dims from them: a strided conv
+    takes `hw` as a scalar and its buffers are `(hw - 1) // 2 + 1` high); None when some
+    shape stays symbolic or nothing is bound."""
     tirx = tvm.tirx
     binds = {}
     for param in func.params:
+        if isinstance(param.ty, tvm.ir.PrimType):
+            if param.name in sizes:
+                binds[param] = tirx.IntImm(str(param.ty.dtype), sizes[param.name])
+            continue
         shape = getattr(param.ty, "shape", None)
         if shape is None or all(isinstance(d, tirx.IntImm) for d in shape):
             continue
         if not all(isinstance(d, tirx.IntImm) or getattr(d, "name", None) in sizes for d in shape):
-            return None
+            continue  # an expression of the dims: static once they are bound elsewhere
         static = [
             d if isinstance(d, tirx.IntImm) else tirx.IntImm(str(d.ty), sizes[d.name])
             for d in shape
@@ -192,7 +197,14 @@ def specialize_dims(func: tvm.tirx.PrimFunc, sizes: Mapping[str, int]) -> tvm.ti
             data_alignment=param.data_alignment,
             offset_factor=param.offset_factor,
         )
-    return func.specialize(binds) if binds else None
+    if not binds:
+        return None
+    out = func.specialize(binds)
+    for param in out.params:
+        shape = getattr(param.ty, "shape", None) or []
+        if not all(isinstance(d, tirx.IntImm) for d in shape):
+            return None
+    return out
 
 
 def estimate_flops(mod: tvm.IRModule, sizes: Mapping[str, int] | None = None) -> int:

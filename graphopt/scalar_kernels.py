@@ -26,16 +26,20 @@ _TIR_TO_RELAX = {
 def scalar_elementwise(func) -> object | None:
     """The Relax op of `out[i..] = op(x[i..], s[()])` (either order), else None: one store
     indexed by the block's own iterators, of one max / min / add / multiply of a load of the
-    first parameter at those indices and a load of a 0-d second parameter."""
-    store = _tvm.single_block_store(func, 3)
-    if store is None or not store.buffer.same_as(func.params[2]):
+    first parameter at those indices and a load of a 0-d second parameter. With symbolic
+    shapes the kernel also takes the symbols as scalar parameters; they are ignored."""
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    buffers = [p for p in func.params if isinstance(p.ty, tirx.BufferType)]
+    store = _tvm.single_block_store(func, len(func.params))
+    if store is None or len(buffers) != 3 or not store.buffer.same_as(buffers[2]):
         return None
     make = _TIR_TO_RELAX.get(type(store.value))
     if make is None:
         return None
     loads = [e for e in (store.value.a, store.value.b) if isinstance(e, tvm.ir.TensorLoad)]
-    tensor = [ld for ld in loads if ld.source.same_as(func.params[0])]
-    scalar = [ld for ld in loads if ld.source.same_as(func.params[1])]
+    tensor = [ld for ld in loads if ld.source.same_as(buffers[0])]
+    scalar = [ld for ld in loads if ld.source.same_as(buffers[1])]
     if len(loads) != 2 or len(tensor) != 1 or len(scalar) != 1 or scalar[0].indices:
         return None
     idx = list(tensor[0].indices)
@@ -58,9 +62,12 @@ class _Raise(relax.PyExprMutator):
             return call
         make = self.ops.get(call.args[0].name_hint)
         args = call.args[1]
-        if make is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+        if make is None or not isinstance(args, relax.Tuple) or len(args.fields) < 2:
             return call
-        x, s = args.fields
+        # Past the two tensors: the symbolic dims of a kernel of symbolic shape.
+        x, s, *dims = args.fields
+        if not all(isinstance(d.ty, tvm.ir.PrimType) for d in dims):
+            return call
         xt, st, out = x.ty, s.ty, call.ty
         typed = all(isinstance(t, relax.TensorType) for t in (xt, st, out))
         if not typed or st.ndim != 0 or xt.dtype != out.dtype or st.dtype != out.dtype:

@@ -347,3 +347,34 @@ def single_matmul(w: np.ndarray, rows: int = 16) -> onnx.ModelProto:
         [numpy_helper.from_array(w, "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+# torchvision's MobileNetV2 table: expansion t, channels c, repeats n, first stride s.
+MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
+
+
+def mobilenet_v2_layers(size: int | str = 224, seed: int = 8) -> onnx.ModelProto:
+    """(i) MobileNetV2's layers with random weights, batch norm folded into the convs as the
+    exporters leave it (Conv + bias, Clip(0, 6)), residual adds, pooling and the classifier:
+    the real model's kernels without its weight files. `size` may be a dim_param name."""
+    g = GraphBuilder(seed)
+    lo, hi = g.const(np.float32(0.0)), g.const(np.float32(6.0))
+
+    def conv(x: str, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1, act=True):
+        y = g.conv(x, cin, cout, k, group=group, pad=(k - 1) // 2, stride=stride)
+        return g.op("Clip", [y, lo, hi]) if act else y
+
+    h, cin = conv("x", 3, 32, stride=2), 32
+    for t, c, n, s in MOBILENET_V2:
+        for i in range(n):
+            stride, hidden = (s if i == 0 else 1), cin * t
+            y = conv(h, cin, hidden, k=1) if t != 1 else h
+            y = conv(y, hidden, hidden, stride=stride, group=hidden)
+            y = conv(y, hidden, c, k=1, act=False)
+            h = g.op("Add", [h, y]) if stride == 1 and cin == c else y
+            cin = c
+    h = g.op("Flatten", [g.op("GlobalAveragePool", [conv(h, cin, 1280, k=1)])], axis=1)
+    logits = g.op("Gemm", [h, g.weight([1000, 1280], 0.03), g.weight([1000], 0.1, "b")], transB=1)
+    x = _value_info("x", [1, 3, size, size])
+    return g.model([x], [("logits", logits, [1, 1000])], "mobilenet_v2_layers")

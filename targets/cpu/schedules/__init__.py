@@ -143,6 +143,7 @@ def _schedule_symbolic(func, info, target, enabled, upper) -> Outcome | None:
     errors: list[str] = []
     # Only batch dims: the rules that pad symbolic extents (matmul) plan for one item too.
     batch_only = {v.name for v in replay.symbolic_vars(func)} <= replay.batch_dims(func)
+    info = dataclasses.replace(info, large_work=not batch_only)
 
     def attempt(rule: ScheduleRule):
         if not rule.applies(static, info):

@@ -56,6 +56,10 @@ class CpuInfo:
     # Schedule symbolic extents (a build with --input-shape ranges: schedules/symbolic.py).
     # Off, kernels of run-time shapes (NonZero, a Resize of computed size) stay as they are.
     symbolic: bool = False
+    # Take every kernel's work as worth threads: its sizes are symbolic beyond a batch (an
+    # image's height and width) and it is planned at a nominal size that may be far below the
+    # sizes it runs at (MobileNetV2's 7x7 maps at 224 pixels are 4x4 at the nominal 128).
+    large_work: bool = False
 
     @property
     def accumulators(self) -> int:
@@ -278,9 +282,10 @@ def is_pad(view: BlockView) -> bool:
     return store is not None and _has_if_then_else(store.value)
 
 
-def schedule_pad(sch: Schedule, view: BlockView, info: CpuInfo) -> None:
+def schedule_pad(sch: Schedule, view: BlockView, info: CpuInfo, rows: bool = False) -> None:
     """A copy that pads nothing is inlined; a real pad becomes a zero fill plus an interior
-    copy without conditions (`decompose_padding`), both parallel and vectorized."""
+    copy without conditions (`decompose_padding`), both parallel and vectorized (`rows`: by
+    rows, see `schedule_rows_injective`)."""
     store = view.store()
     if store is not None and not _has_if_then_else(store.value):
         sch.compute_inline(view.rv)
@@ -289,9 +294,28 @@ def schedule_pad(sch: Schedule, view: BlockView, info: CpuInfo) -> None:
         fill = sch.decompose_padding(view.rv, sch.get_loops(view.rv)[0])
     except Exception:  # noqa: BLE001 - not a pad pattern: one conditional copy
         fill = None
+    schedule = schedule_rows_injective if rows else schedule_injective
     if fill is not None:
-        schedule_injective(sch, fill, info)
-    schedule_injective(sch, view.rv, info)
+        schedule(sch, fill, info)
+    schedule(sch, view.rv, info)
+
+
+def schedule_rows_injective(sch: Schedule, rv, info: CpuInfo) -> None:
+    """Rows in parallel, each row's innermost loop vectorized on its own: no loop is fused
+    with another, so the schedule replays on a kernel whose height and width are symbolic (a
+    vector split of a fused padded height x width x channels fails there)."""
+    loops = list(sch.get_loops(rv))
+    if len(loops) < 2:
+        return
+    extent = const_int(sch.get(loops[-1]).extent) or 1
+    width = vector_width(extent, info.lanes)
+    if width > 1:
+        inner = sch.split(loops[-1], [None, width])[1] if extent > width else loops[-1]
+        sch.vectorize(inner)
+    elif extent <= 8:
+        sch.unroll(loops[-1])
+    outer = loops[:-2] if len(loops) > 2 else loops[:1]
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 def _split_epilogue(
