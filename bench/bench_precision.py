@@ -244,7 +244,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     rows = []
     for r in results:
         for k, q in r["quality_vs_ort_fp32"].items():
-            score = q.get("top1_agreement") or f"{q['min_cosine']:.4f} / {q['mean_cosine']:.4f}"
+            score = q.get("top1_agreement") or f"{q['min_cosine']:.6f} / {q['mean_cosine']:.6f}"
             lat = r.get("latency", {}).get(k, {}).get("median_ms")
             ratio = r.get("time_ratios", {}).get(k, {}).get("over_graphopt_fp32")
             rows.append(
