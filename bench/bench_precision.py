@@ -38,6 +38,7 @@ import numpy as np
 
 import graphopt
 from bench.bench_int8 import CALIB_SENTENCES, calibration_images, cnn_quality, cosine_quality
+from bench.worker import time_calls
 from bench.writing import write_results
 from graphopt import env
 from graphopt.compress.precision.method import Precision, PrecisionOptions
@@ -166,13 +167,7 @@ def _feed(name: str) -> dict[str, np.ndarray]:
 def time_one(name: str, key: str, path: Path, runs: int) -> dict[str, float]:
     """In this process only: warm-up, then `runs` timed runs of one input."""
     feed, run = _feed(name), _runner(key, path)
-    for _ in range(5):
-        run(feed)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(feed)
-        samples.append((time.perf_counter() - start) * 1e3)
+    samples = json.loads(time_calls(lambda: run(feed), runs, warmup=5))["ms"]
     return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
 
 

@@ -11,6 +11,32 @@ from graphopt import _tvm
 from graphopt.pass_infra import PassResult
 
 
+def rewrite_planned(
+    mod: tvm.IRModule,
+    plans_of: Callable[[object], dict],
+    rewriter_of: Callable[[tvm.IRModule, dict], relax.PyExprMutator],
+) -> tvm.IRModule | None:
+    """Plan, then rewrite, each Relax function: `plans_of(BindingGraph)` says what to replace
+    (binding var -> plan), `rewriter_of(module, plans)` a mutator that does it, its builder
+    adding kernels to a copy of `mod`. The rewritten module after dead-code elimination, or
+    None when no function had a plan."""
+    from graphopt.binding_graph import BindingGraph
+
+    new, changed = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs), False
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        plans = plans_of(BindingGraph(func, new))
+        if not plans:
+            continue
+        rewriter = rewriter_of(new, plans)
+        rewritten = rewriter.visit_expr(func)
+        new = rewriter.builder_.get()
+        new[gvar] = rewritten
+        changed = True
+    return relax.transform.DeadCodeElimination()(new) if changed else None
+
+
 def call_count(mod: tvm.IRModule, op_name: str | None = None) -> int:
     """Number of calls in the module's Relax functions (of one operator, if given)."""
     counts = _tvm.op_counts(mod)

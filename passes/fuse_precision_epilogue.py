@@ -28,6 +28,7 @@ import tvm
 from tvm import relax
 
 from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, shape_dims
+from graphopt.pass_helpers import rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_epilogue import has_epilogue
 from graphopt.precision_ops import portable_kernel, spec_of
@@ -42,21 +43,13 @@ class FusePrecisionEpilogue(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         stats = dict.fromkeys(("fused", "bias", "gelu", "clamp", "residual"), 0)
         canonical = relax.transform.CanonicalizeBindings()(mod)  # no var-to-var aliases
-        new, changed, kernels = canonical, False, {}
-        for gvar, func in canonical.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
-            plans = _plans(BindingGraph(func, new), stats)
-            if not plans:
-                continue
-            rewriter = _Rewriter(new, plans, kernels)
-            rewritten = rewriter.visit_expr(func)
-            new = rewriter.builder_.get()
-            new[gvar] = rewritten
-            changed = True
-        if not changed:
-            return PassResult(mod, False, stats)
-        return PassResult(relax.transform.DeadCodeElimination()(new), True, stats)
+        kernels: dict = {}
+        new = rewrite_planned(
+            canonical,
+            lambda graph: _plans(graph, stats),
+            lambda module, plans: _Rewriter(module, plans, kernels),
+        )
+        return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ from tvm import relax
 
 from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, static_dims
 from graphopt.errors import PipelineError
+from graphopt.pass_helpers import rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes._sparse_reference import reference_kernel
 from graphopt.sparse_ops import SparseSpec, block_density, to_bsr
@@ -59,23 +60,13 @@ class Sparsify(GraphPass):
             raise PipelineError("sparsify: block >= 1 and 0 <= max_density <= 1")
         stats = {"layers_sparse": 0, "layers_dense": 0}
         stats.update(weight_bytes_dense=0, weight_bytes_sparse=0)
-        new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-        changed, kernels = False, {}
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
-            graph = BindingGraph(func, new)
-            plans = self._plans(graph, stats)
-            if not plans:
-                continue
-            rewriter = _Rewriter(new, plans, kernels)
-            rewritten = rewriter.visit_expr(func)
-            new = rewriter.builder_.get()
-            new[gvar] = rewritten
-            changed = True
-        if not changed:
-            return PassResult(mod, False, stats)
-        return PassResult(relax.transform.DeadCodeElimination()(new), True, stats)
+        kernels: dict = {}
+        new = rewrite_planned(
+            mod,
+            lambda graph: self._plans(graph, stats),
+            lambda module, plans: _Rewriter(module, plans, kernels),
+        )
+        return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
     def _block(self, w: np.ndarray) -> int | None:
         """The block size for W [K, N]: the wide block where the zeros allow, else `block`
