@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax
@@ -35,6 +36,41 @@ def rewrite_planned(
         new[gvar] = rewritten
         changed = True
     return relax.transform.DeadCodeElimination()(new) if changed else None
+
+
+@dataclass
+class KernelCall:
+    """What a planned binding becomes: a call_tir of the kernel built from `spec` (a recipe
+    with `.text()`), on `args`, returning `out_ty`."""
+
+    spec: object
+    args: list
+    out_ty: relax.Type
+
+
+@relax.expr_functor.mutator
+class PlannedCalls(relax.PyExprMutator):
+    """Replaces each planned binding (var -> KernelCall) by its call (what fed it dies in
+    DCE); `kernel_of(spec)` builds a kernel once per spec, shared by identical layers."""
+
+    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict, kernel_of, name: str):
+        super().__init__(mod)
+        self.plans, self.kernels, self.kernel_of, self.name = plans, kernels, kernel_of, name
+
+    def _kernel(self, spec) -> tvm.ir.GlobalVar:
+        key = spec.text()
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(self.kernel_of(spec), self.name)
+        return self.kernels[key]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        plan = self.plans.get(binding.var)
+        if plan is None:
+            super().visit_var_binding_(binding)
+            return
+        args = relax.Tuple([self.visit_expr(a) for a in plan.args])
+        call = relax.call_tir(self._kernel(plan.spec), args, plan.out_ty)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
 
 
 def call_count(mod: tvm.IRModule, op_name: str | None = None) -> int:

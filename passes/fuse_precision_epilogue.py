@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 
 from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, shape_dims
-from graphopt.pass_helpers import rewrite_planned
+from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_epilogue import has_epilogue
 from graphopt.precision_ops import portable_kernel, spec_of
@@ -47,16 +47,9 @@ class FusePrecisionEpilogue(GraphPass):
         new = rewrite_planned(
             canonical,
             lambda graph: _plans(graph, stats),
-            lambda module, plans: _Rewriter(module, plans, kernels),
+            lambda module, plans: PlannedCalls(module, plans, kernels, portable_kernel, "matmul16"),
         )
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
-
-
-@dataclasses.dataclass
-class _Plan:
-    args: list  # x, W, then the epilogue's operands
-    spec: object
-    out_ty: relax.TensorType
 
 
 def _plans(graph: BindingGraph, stats: dict) -> dict:
@@ -85,7 +78,7 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
             args.append(relax.const(bias.astype(np.float32)))
         if residual is not None:
             args.append(residual[1])
-        plans[tail] = _Plan(args, spec, call.ty)
+        plans[tail] = KernelCall(spec, args, call.ty)
         _count(stats, spec)
     return plans
 
@@ -169,28 +162,3 @@ def _residual(graph: BindingGraph, tail):
         return None
     same = shape_dims(other) == shape_dims(graph.value[add]) == shape_dims(tail)
     return (add, other) if same and shape_dims(other) is not None else None
-
-
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    """Replaces each plan's tail binding by the fused kernel's call (the rest dies in DCE)."""
-
-    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict) -> None:
-        super().__init__(mod)
-        self.plans = plans
-        self.kernels = kernels  # spec text -> GlobalVar, shared by identical layers
-
-    def _kernel(self, spec) -> tvm.ir.GlobalVar:
-        key = spec.text()
-        if key not in self.kernels:
-            self.kernels[key] = self.builder_.add_func(portable_kernel(spec), "matmul16")
-        return self.kernels[key]
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        plan = self.plans.get(binding.var)
-        if plan is None:
-            super().visit_var_binding_(binding)
-            return
-        args = [self.visit_expr(a) for a in plan.args]
-        call = relax.call_tir(self._kernel(plan.spec), relax.Tuple(args), plan.out_ty)
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))

@@ -29,7 +29,7 @@ from tvm import relax
 
 from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, static_dims
 from graphopt.errors import PipelineError
-from graphopt.pass_helpers import rewrite_planned
+from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.passes._sparse_reference import reference_kernel
 from graphopt.sparse_ops import SparseSpec, block_density, to_bsr
@@ -64,7 +64,9 @@ class Sparsify(GraphPass):
         new = rewrite_planned(
             mod,
             lambda graph: self._plans(graph, stats),
-            lambda module, plans: _Rewriter(module, plans, kernels),
+            lambda module, plans: PlannedCalls(
+                module, plans, kernels, reference_kernel, "bsr_matmul"
+            ),
         )
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
@@ -97,7 +99,9 @@ class Sparsify(GraphPass):
             values, indices, indptr = to_bsr(w, block)
             bias = np.zeros(n, np.float32) if bias is None else bias
             spec = SparseSpec(static_dims(x), n, block, len(indices), lo, hi)
-            plans[tail] = _Plan(x, spec, [values, indices, indptr, bias])
+            consts = [relax.const(c) for c in (values, indices, indptr, bias)]
+            out_ty = relax.TensorType(relax.ShapeExpr(list(spec.out_shape)), "float32")
+            plans[tail] = KernelCall(spec, [x, *consts], out_ty)
             stats["layers_sparse"] += 1
             stats["weight_bytes_dense"] += w.nbytes
             stats["weight_bytes_sparse"] += values.nbytes + indices.nbytes + indptr.nbytes
@@ -114,13 +118,6 @@ def _block_for(n: int, block: int) -> int | None:
 def _wide_pays(w: np.ndarray, block: int, wide: int) -> bool:
     """The zeros come in `wide` blocks about as well as in `block` blocks."""
     return w.shape[1] % wide == 0 and block_density(w, wide) <= 1.05 * block_density(w, block)
-
-
-@dataclass
-class _Plan:
-    x: relax.Expr
-    spec: SparseSpec
-    consts: list
 
 
 def _match(graph: BindingGraph, var) -> tuple[relax.Expr, np.ndarray] | None:
@@ -148,29 +145,3 @@ def _pointwise_nhwc(attrs, w: np.ndarray) -> bool:
     ints = [int(v) for v in (*attrs.strides, *attrs.dilation, *attrs.padding)]
     plain = ints == [1, 1, 1, 1, 0, 0, 0, 0] and int(attrs.groups) == 1
     return plain and w.ndim == 4 and w.shape[1:3] == (1, 1)
-
-
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    """Replaces each plan's tail binding by the sparse op's call (the rest dies in DCE)."""
-
-    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict) -> None:
-        super().__init__(mod)
-        self.plans = plans
-        self.kernels = kernels  # recipe text -> GlobalVar, shared by identical layers
-
-    def _kernel(self, spec: SparseSpec) -> tvm.ir.GlobalVar:
-        key = spec.text()
-        if key not in self.kernels:
-            self.kernels[key] = self.builder_.add_func(reference_kernel(spec), "bsr_matmul")
-        return self.kernels[key]
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        plan = self.plans.get(binding.var)
-        if plan is None:
-            super().visit_var_binding_(binding)
-            return
-        args = [self.visit_expr(plan.x), *(relax.const(c) for c in plan.consts)]
-        out_ty = relax.TensorType(relax.ShapeExpr(list(plan.spec.out_shape)), "float32")
-        call = relax.call_tir(self._kernel(plan.spec), relax.Tuple(args), out_ty)
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
