@@ -1,6 +1,6 @@
 """16-bit conversions and the 16-bit-weight matmul kernels (graphopt.precision_ops,
 targets/cpu/precision) against numpy: rounding incl. NaN/Inf/denormals, the portable and the
-CPU panel kernel bit for bit, the vdpbf16ps arithmetic model, the target gate."""
+CPU panel kernel bit for bit, against the vdpbf16ps arithmetic model, the target gate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from graphopt import _tvm
 from graphopt import precision_ops as P
 from graphopt.pass_infra import make_pass
 from graphopt.target_infra import make_target
+from graphopt.targets.cpu.precision import dpbf16 as D
 from graphopt.targets.cpu.precision import kernels as K
 from graphopt.testing import apply_checked, run_through_target
 from tests.relax_builders import matmul_add_module
@@ -131,34 +132,18 @@ def test_portable_kernel_bit_exact_vs_numpy(precision):
     assert np.array_equal(got, P.reference_matmul(x, wb, spec))
 
 
-def _dpbf16_model(x, w_bits, spec) -> np.ndarray:
-    """numpy model of a vdpbf16ps matmul: per output lane, per k pair, acc += x[2i+1] *
-    w[2i+1], then acc += x[2i] * w[2i] (Intel SDM order), each step rounded to fp32; bf16
-    denormal inputs read as zero (DAZ), denormal results flushed (FTZ)."""
-
-    def daz(v):
-        return np.where(np.abs(v) < np.float32(2.0**-126), np.float32(0), v).astype(np.float32)
-
-    xr = daz(P.round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), "bf16"))
-    w = daz(P.bf16_bits_to_f32(w_bits))
-    acc = np.zeros((spec.rows, spec.n), np.float32)
-    for kk in P.pair_order(spec.k):
-        acc = daz(acc + xr[:, kk : kk + 1] * w[kk])
-    return acc.reshape(spec.out_shape)
-
-
 def test_fallback_kernel_computes_what_vdpbf16ps_would():
     """The fallback sums in vdpbf16ps's order, so with normal numbers it gives the dot
     instruction's results bit for bit (denormals differ: the instruction flushes them)."""
     spec, x, wb = _case("rows_9_tail_row", "bf16")
     got = _run(K.matmul16_kernel(spec), x, [K.pack_panels(wb, spec)], spec.out_shape)
-    assert np.array_equal(got, _dpbf16_model(x, wb, spec))
+    assert np.array_equal(got, D.reference_dpbf16(x, wb, spec))
     tiny = P.PrecisionMatmulSpec((1, 2), 1, "bf16")
     x1 = np.array([[1e-39, 0.0]], np.float32)  # a denormal activation, still one in bf16
     w1 = P.to_bits(np.array([[1.0], [0.0]], np.float32), "bf16")
     got = _run(K.matmul16_kernel(tiny), x1, [K.pack_panels(w1, tiny)], tiny.out_shape)
     assert got[0, 0] != 0 and np.array_equal(got, P.reference_matmul(x1, w1, tiny))
-    assert _dpbf16_model(x1, w1, tiny)[0, 0] == 0
+    assert D.reference_dpbf16(x1, w1, tiny)[0, 0] == 0
 
 
 @pytest.mark.parametrize("precision,instruction", [("bf16", "vpslld"), ("fp16", "vcvtph2ps")])

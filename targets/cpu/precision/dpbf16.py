@@ -29,7 +29,7 @@ from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func
-from graphopt.precision_ops import PrecisionMatmulSpec, pair_order, round_to
+from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, round_to
 from graphopt.targets.cpu.precision.kernels import store_macro
 
 PANEL = 16
@@ -100,8 +100,6 @@ def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
 
     def daz(v):
         return np.where(np.abs(v) < np.float32(2.0**-126), np.float32(0), v).astype(np.float32)
-
-    from graphopt.precision_ops import bf16_bits_to_f32
 
     xr = daz(round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), "bf16"))
     w = daz(bf16_bits_to_f32(w_bits))
