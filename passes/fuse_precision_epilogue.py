@@ -53,7 +53,7 @@ class FusePrecisionEpilogue(GraphPass):
 
 
 def _plans(graph: BindingGraph, stats: dict) -> dict:
-    """tail var -> _Plan for every portable 16-bit matmul with an epilogue to fold."""
+    """tail var -> KernelCall for every portable 16-bit matmul with an epilogue to fold."""
     plans = {}
     for var in graph.order:
         call = graph.value[var]
