@@ -347,7 +347,6 @@ CORPUS: dict[str, Entry] = {
                 "h": ("float32", (1, 1, 128)),
                 "c": ("float32", (1, 1, 128)),
             },
-            unsupported="LSTM",
             shipped=_shipped("silero_vad", "data/silero_vad_16k_sequence.onnx"),
         ),
     ]
