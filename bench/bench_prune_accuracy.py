@@ -45,6 +45,19 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def finish(info: dict, stem: str, markdown) -> int:
+    """Record the load at the end and the machine, write results/<stem>.json and .md (the
+    text from `markdown(info)`), print the text; the exit status."""
+    from graphopt.machine import machine_info
+
+    info["load_end"] = _load()
+    info["machine"] = machine_info()
+    text = markdown(info)
+    write_results(RESULTS, stem, info, text)
+    print(text)
+    return 0
+
+
 def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -298,7 +311,6 @@ def dense_vs_pruned(t: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
 
     from graphopt.compress.prune.spec import PruneSpec
-    from graphopt.machine import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
@@ -339,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             c = compiled_block(s, Path(tmp), args.block_level, args.runs)
             info["block"]["compiled"] = c
             _say(f"[block compiled] {c['quality']} {c['timing']}")
-    info["load_end"] = _load()
-    info["machine"] = machine_info()
-    write_results(RESULTS, args.stem, info, markdown(info))
-    print(markdown(info))
-    return 0
+    return finish(info, args.stem, markdown)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_prune_accuracy import _load, _say, alternate, dense_vs_pruned, quality
-from bench.writing import write_results
+from bench.bench_prune_accuracy import _load, _say, alternate, dense_vs_pruned, finish, quality
 from graphopt import env
 
 env.configure_for_benchmarks(spinning=False)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {"mobilenet_v2": (0.95, 0.9, 0.85, 0.8, 0.75), "minilm": (0.9, 0.8, 0.7)}
 KINDS = {"mobilenet_v2": ("channels",), "minilm": ("channels", "heads", "all")}
 # (label, select, refit, sequential: False, "local" (consumer outputs) or "residual")
@@ -226,7 +224,6 @@ def markdown(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from graphopt.machine import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mobilenet_v2,minilm")
@@ -256,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.time is not None:
             m["time"] = timed(s, args.time, args.damp, args.runs)
         info["models"][name] = m
-    info["load_end"] = _load()
-    info["machine"] = machine_info()
-    write_results(RESULTS, args.stem, info, markdown(info))
-    print(markdown(info))
-    return 0
+    return finish(info, args.stem, markdown)
 
 
 if __name__ == "__main__":

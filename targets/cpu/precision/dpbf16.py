@@ -31,6 +31,7 @@ from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func
 from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, round_to
 from graphopt.targets.cpu.precision.kernels import store_macro
+from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
 PANEL = 16
 LAYOUT = "dpbf16"
@@ -69,14 +70,6 @@ def tile_for(spec: PrecisionMatmulSpec) -> Tile:
     if all(isinstance(d, int) for d in spec.x_shape[:-1]):
         mr = min(mr, spec.rows)
     return Tile(mr, nr)
-
-
-def even_chunk(rows: int, mr: int) -> int:
-    """Rows per task for a static row count: at most CHUNK_ROWS, split evenly into whole
-    register tiles (49 rows: chunks of 30 and 19, not 48 and 1)."""
-    count = -(-rows // CHUNK_ROWS)
-    per_task = -(-rows // count)
-    return -(-per_task // mr) * mr
 
 
 def padded_panels(spec: PrecisionMatmulSpec, tile: Tile) -> int:
@@ -160,31 +153,22 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     p_count = padded_panels(spec, tile)
     groups = p_count // nr
     symbolic = not isinstance(rows, int)
-    chunk = CHUNK_ROWS if symbolic else even_chunk(rows, mr)
-    chunks = (rows + chunk - 1) // chunk
-    tiles = chunk // mr
+    chunks = row_chunks(rows, mr, CHUNK_ROWS)
     loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
     big = symbolic or rows * pairs >= 1 << 13
     round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial)
     store = store_macro(spec, PANEL)
 
-    def task_tiles(task):
-        """Register tiles of a task: those of its chunk that hold a row (the last chunk may
-        be short), so 49 rows do not run two whole chunks."""
-        if not symbolic and rows % chunk == 0:
-            return tiles
-        return T.min(tiles, (rows - task // groups * chunk + mr - 1) // mr)
-
     @T.macro
     def body(xf, wp, bias, rf, of):
         xw = T.decl_buffer((rows, pairs), "int32")
         round_pairs(xf, xw, rows)
-        for task in loop(groups * chunks):
+        for task in loop(groups * chunks.count):
             g = T.meta_var(task % groups)
             acc = T.decl_buffer((mr * nr,), "float32x16", scope="local")
             tail = T.decl_buffer((PANEL,), "float32", scope="local")
-            for t in range(task_tiles(task)):
-                row = T.meta_var(task // groups * chunk + t * mr)
+            for t in range(chunks.task_tiles(task // groups)):
+                row = T.meta_var(chunks.first_row(task // groups, t))
                 for i in T.unroll(mr * nr):
                     acc[i] = T.broadcast(T.float32(0), PANEL)
                 for pr in range(pairs):

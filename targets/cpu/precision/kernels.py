@@ -7,8 +7,9 @@ k step reads 32 bytes, half of the fp32 weight's. bf16 widens with a zero-extend
 fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on ARM).
 
 Activations are rounded to the 16-bit format once per call into a scratch row [rows, K'] (the
-op's r(x)). A parallel task is one panel and a chunk of CHUNK rows (so a pointwise conv over a
-large map, many rows and one or two panels, still uses every core); it runs MR x 2 register
+op's r(x)). A parallel task is one panel and a chunk of up to CHUNK rows (`row_chunks.py`;
+so a pointwise conv over a large map, many rows and one or two panels, still uses every core);
+it runs MR x 2 register
 tiles of rows, k in the op's pair order (`graphopt.precision_ops`). Products of two 16-bit
 values are exact in fp32, so the result equals `reference_matmul` bit for bit.
 """
@@ -22,6 +23,7 @@ from tvm.script import tirx as T
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func, tir_epilogue
 from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
+from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
 PANEL = 16
 LANES = 8
@@ -91,19 +93,10 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
     symbolic = not isinstance(rows, int)  # any row count: whole tiles and chunks, parallel
     mr = MR if symbolic else min(MR, rows)
-    chunk = CHUNK if symbolic else min(CHUNK, -(-rows // mr) * mr)  # rows per task
-    chunks = (rows + chunk - 1) // chunk
-    tiles = chunk // mr
+    chunks = row_chunks(rows, mr, CHUNK)
     loop = T.parallel if symbolic or rows * kp * n >= 1 << 18 else T.serial
     store = store_macro(spec)
     round_rows = round_macro(spec, T.parallel if symbolic or rows * kp >= 1 << 14 else T.serial)
-
-    def task_tiles(task):
-        """Register tiles of a task: all of its chunk, or (symbolic rows) those that hold a
-        row, so a one-token call does not run a chunk of clamped rows."""
-        if not symbolic:
-            return tiles
-        return T.min(tiles, (rows - task // p_count * chunk + mr - 1) // mr)
 
     def widen(wp, p, kk, half):
         return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
@@ -112,12 +105,12 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     def body(xf, wp, bias, rf, of):
         xr = T.decl_buffer((rows, kp), "float32")
         round_rows(xf, xr, rows)
-        for task in loop(p_count * chunks):
+        for task in loop(p_count * chunks.count):
             p = T.meta_var(task % p_count)
             acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
             tail = T.decl_buffer((LANES,), "float32", scope="local")
-            for t in range(task_tiles(task)):
-                row = T.meta_var(task // p_count * chunk + t * mr)
+            for t in range(chunks.task_tiles(task // p_count)):
+                row = T.meta_var(chunks.first_row(task // p_count, t))
                 for i in T.unroll(2 * mr):
                     acc[i] = T.broadcast(T.float32(0), LANES)
                 for pr in range(pairs):
