@@ -127,6 +127,7 @@ def _precision_method(args: argparse.Namespace):
         skip=_layer_list(args.precision_skip),
         edges=args.precision_edges,
         embeddings=args.precision_embeddings,
+        attention=args.precision_attention,
         max_drop=args.max_drop,
         calibration=args.calibration,
         eval_data=args.eval,
@@ -350,6 +351,12 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="16-bit embedding tables (gathers from a constant of 1 MiB or more; default on)",
+    )
+    q.add_argument(
+        "--precision-attention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 attention (-O3's fused attention, x86 with AVX512_BF16; default on)",
     )
 
 

@@ -26,6 +26,9 @@ from tvm.script import tirx as T
 from graphopt.matmul_recipe import Dim, MatmulRecipe, recipe_on, row_count, tir_shape
 
 RECIPE_ATTR = "graphopt.precision_kernel"
+# Module attribute `lower-precision{attention=true}` sets to the precision the fused attention
+# groups should take (a target's `precision-attention` pass reads it after `fuse`).
+ATTENTION_ATTR = "graphopt.precision_attention"
 PRECISIONS = ("bf16", "fp16")
 # op_pattern 8 (opaque): FuseOps never fuses these kernels with their neighbours (their bodies
 # are loops, not blocks), and the target stage finds each one whole.

@@ -35,6 +35,7 @@ from graphopt.compress.precision.layers import supported
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_ops import (
+    ATTENTION_ATTR,
     PRECISIONS,
     PrecisionMatmulSpec,
     portable_kernel,
@@ -54,6 +55,9 @@ class LowerPrecision(GraphPass):
         precision: str = "bf16"  # bf16 | fp16
         skip: str = ""  # ":"-separated layer names kept fp32
         embeddings: bool = False  # also 16-bit embedding tables (take of a constant >= 1 MiB)
+        # mark the module so the target's precision-attention pass puts the fused attention
+        # groups (made later by fuse) on its 16-bit attention kernel where it has one
+        attention: bool = False
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         o = self.options
@@ -70,9 +74,11 @@ class LowerPrecision(GraphPass):
             "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
             "pointwise_convs": sum(ly.kind == "conv2d" for ly in todo.values()),
         }
+        if o.attention:
+            mod = mod.with_attr(ATTENTION_ATTR, o.precision)
         tables = bound_constants(mod["main"]) if o.embeddings else None
         if not todo and not (tables is not None and find_tables(mod["main"], 1)):
-            return PassResult(mod, False, {**stats, "embeddings": 0})
+            return PassResult(mod, o.attention, {**stats, "embeddings": 0})
         work = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the builder edits it
         rewriter = _Rewriter(work, todo, o.precision, tables)
         new_func = rewriter.visit_expr(mod["main"])

@@ -23,6 +23,7 @@ CPU_LEGALIZE = [
     "tvm.backend.DispatchSortScan",
     "fold-pad",
     "fuse-precision-epilogue",
+    "precision-attention",
     "fast-erf",
     "fast-softmax",
     "tvm.LegalizeOps",

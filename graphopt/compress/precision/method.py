@@ -6,7 +6,9 @@ pass; kept fp32 are the layers named in `skip`, the model's first and last layer
 `edges`), and, with --max-drop, the most sensitive layers the budget keeps (budget.py; the
 first and last layer are then measured like any other). `mixed` is bf16 with the budget.
 Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
-reductions (softmax, layer norm, pooling). Embedding tables of at least 1 MiB are 16-bit too
+reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
+groups run on the bf16 attention kernel where the target has one (`attention`; the budget's
+artifact check scores it with the rest). Embedding tables of at least 1 MiB are 16-bit too
 (`embeddings`); the budget does not move them (the artifact check scores them with the rest).
 """
 
@@ -43,6 +45,7 @@ class PrecisionOptions:
     skip: tuple[str, ...] = ()  # layers kept fp32
     edges: bool = False  # also the first and last layer 16-bit (without a budget)
     embeddings: bool = True  # 16-bit embedding tables (gathers from a constant >= 1 MiB)
+    attention: bool = True  # bf16: fused attention groups on vdpbf16ps where the target has it
     max_drop: float | None = None
     calibration: str | None = None
     eval_data: str | None = None
@@ -156,7 +159,11 @@ class _Planner:
         o, choice = self.o, self.choice
         precisions, why = self.precisions(level)
         skip = [name for name, p in precisions.items() if p == "fp32"]
-        opts = {"precision": o.dtype, "embeddings": "true" if o.embeddings else "false"}
+        opts = {
+            "precision": o.dtype,
+            "embeddings": "true" if o.embeddings else "false",
+            "attention": "true" if o.attention and o.dtype == "bf16" else "false",
+        }
         if skip:
             opts["skip"] = ":".join(skip)
         manifest = {

@@ -32,6 +32,7 @@ from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import quantize_nhwc as QN
+from graphopt.targets.cpu.precision.attention import KERNEL_ATTR as ATTENTION16_ATTR
 
 # natural constants -> the kernel's constant operands
 Pack = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -169,19 +170,22 @@ def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
     """Apply a module pass with the generated kernels (int8, int4, 16-bit, block-sparse) set
     aside, then put them back.
 
-    The kernels (int4 ones too) are low-level TIR with no root block; passes written for
-    scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which schedule-cpu runs when an
-    fp32 conv was prepacked beside them in a partly-quantized or partly-sparse model) abort on
-    such a function. They only see call_tir of a GlobalVar they do not rewrite, so the kernels
-    are unaffected.
+    The kernels (int4 ones and the bf16 attention kernel too) are low-level TIR with no root
+    block; passes written for scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which
+    schedule-cpu runs when an fp32 conv was prepacked beside them in a partly-quantized or
+    partly-sparse model) abort on such a function. They only see call_tir of a GlobalVar they
+    do not rewrite, so the kernels are unaffected.
     """
     kernels = {
         gvar: func
         for gvar, func in mod.functions.items()
         if isinstance(func, tvm.tirx.PrimFunc)
         and func.attrs is not None
-        and any(
-            attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, PRECISION_ATTR, SPARSE_ATTR)
+        and (
+            any(
+                attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, PRECISION_ATTR, SPARSE_ATTR)
+            )
+            or ATTENTION16_ATTR in func.attrs
         )
     }
     if not kernels:

@@ -20,7 +20,7 @@ Pack = Callable[[list[np.ndarray]], list[np.ndarray]]
 KERNELS = ("auto", "fma", "dpbf16")
 
 
-def _current_target() -> tvm.target.Target:
+def current_target() -> tvm.target.Target:
     target = tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         target = _tvm.make_target({"kind": "llvm", "mcpu": _tvm.host_cpu_name()})
@@ -35,7 +35,7 @@ def resolve_kernel(name: str, precision: str) -> str:
         raise PipelineError(f"unknown 16-bit kernel '{name}' ({', '.join(KERNELS)})")
     if precision != "bf16" or name == "fma":
         return "fma"
-    available = has_dpbf16(_current_target())
+    available = has_dpbf16(current_target())
     if name == "dpbf16" and not available:
         raise PipelineError(
             "kernel=dpbf16 needs a target CPU with AVX512_BF16 (mcpu=znver4, sapphirerapids, ...)"
