@@ -61,14 +61,15 @@ def _run(lib, q, k, v, mask) -> np.ndarray:
 @needs_bf16
 @pytest.mark.parametrize("case", list(SPECS))
 def test_kernel_vs_numpy_model(case):
-    """Equal to the model up to the exp's and the row sum's rounding: a probability whose
-    bf16 rounding flips moves an output by at most 2^-8 of that probability times |v|."""
+    """Equal to the model up to the exp's and the row sum's rounding: an exp whose bf16
+    rounding flips moves an output by at most 2^-8 of its probability times |v|."""
     spec = SPECS[case]
     q, k, v, mask = _operands(spec)
     got = _run(_build(A.attention16_kernel(spec)), q, k, v, mask)
     want = A.reference_attention16(q, k, v, mask, spec)
     assert np.abs(got - want).max() <= 2.0**-8 * np.abs(v).max()
-    assert np.mean(got == want) > 0.5  # most outputs are bit for bit the model's
+    # most outputs agree to fp32 rounding (the row sums' order differs)
+    assert np.median(np.abs(got - want) / (np.abs(want) + 1e-6)) < 1e-5
 
 
 @needs_bf16

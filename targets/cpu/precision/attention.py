@@ -6,22 +6,26 @@ leave them before their head reshapes):
 
     scores = r(q_h * q_scale) @ r(k_h * k_scale)^T      bf16 operands, fp32 sums
     t      = scores * score_scale + mask                fp32
-    p      = exp(t - max t) / sum exp(t - max t)        fp32, per query row; NaN -> nan_value
-    out_h  = r(p) @ r(v_h)                              bf16 operands, fp32 sums
+    e      = exp(t - max t),  z = sum e                 fp32, per query row
+    out_h  = (r(e) @ r(v_h)) / z                        bf16 operands, fp32 sums
 
-r rounds to bf16 (nearest even), the sums run in the instruction's pair order. The first step
-packs K and V per (b, h) into the instruction's words: K as [key panels of 16, D/2, 16] (a
-score vector is 16 keys), V as [D/16 panels, keys/2, 16] (an output vector is 16 of the head
-dim); padded keys are zero words. A parallel task is then MR query rows of one head: their
-Q words, the scores tile (MR rows x 2 key panels of accumulators at a time) into a per-task
-row buffer, the softmax over each row in SIMD lanes (exp as TVM's `fast_exp`: range reduction
-and a degree-7 polynomial, ~1e-7 relative), the probabilities rounded into words in place of
-nothing bigger than the row, and the output tile (MR rows x D/16 panels). Nothing of size
-heads x keys x keys is ever stored.
+r rounds to bf16 (nearest even), the sums run in the instruction's pair order. Dividing the
+output rows by z instead of the probabilities saves a pass over every row; r(e / z) and
+r(e) / z differ only in where the one rounding falls. A row of -inf scores (NaN in the graph's
+softmax) gives NaN, or zeros under the graph's NaN guard (`where(isnan(p), 0, p)`).
 
-Limits (the pass leaves other attentions fp32): static shapes, D a multiple of 16.
-`reference_attention16` is the numpy model (np.exp for the exp: equal up to the exp's and the
-softmax sum's rounding).
+The first step packs K and V per (b, h) into the instruction's words: K as [key panels of 16,
+D/2, 16] (a score vector is 16 keys), V as [D/16 panels, keys/2, 16] (an output vector is 16
+of the head dim); padded keys are zero words. Parallel workers then run tasks of MR query rows
+of one head: their Q words, the scores tile (MR rows x 2 key panels of accumulators at a time)
+into a per-worker row buffer, the softmax over each row in SIMD lanes (exp as TVM's
+`fast_exp`: range reduction and a degree-7 polynomial, ~1e-7 relative) writing r(e) as bf16
+bits, and the output tile (MR rows x D/16 panels). Nothing of size heads x keys x keys is
+ever stored.
+
+Limits (the pass leaves other attentions fp32): static shapes, D a multiple of 16, a NaN
+guard value of 0 or none. `reference_attention16` is the numpy model (np.exp for the exp:
+equal up to the exp's and the row sum's rounding).
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ class AttentionSpec:
 
     @property
     def supported(self) -> bool:
-        return self.head_dim % PANEL == 0 and self.seq_k > 0 and self.seq_q > 0
+        guard_ok = self.nan_value in (None, 0.0)  # a row of -inf: NaN or zeros
+        return self.head_dim % PANEL == 0 and self.seq_k > 0 and self.seq_q > 0 and guard_ok
 
 
 def fast_exp(x):
@@ -137,13 +142,24 @@ def _mask_at(spec: AttentionSpec, mask, b, h, i, j):
     return mask[tuple(0 if n == 1 else x for n, x in zip(spec.mask_shape, dims))]
 
 
+def _folds_mask(spec: AttentionSpec) -> bool:
+    """Whether the score tiles hold no padded keys, so their stores can add the scale and
+    mask and keep the row maxima (one pass over the rows fewer)."""
+    return spec.key_panels * PANEL == spec.seq_k
+
+
 def _scores_macro(spec: AttentionSpec):
-    """TIR macro: the MR rows' scores (raw sums) into sc [MR, key panels * 16]."""
+    """TIR macro: the MR rows' scores into sc [MR, key panels * 16]: raw sums, or (keys a
+    whole number of tiles) scaled and masked, with each row's maxima in SIMD lanes top16."""
     half = spec.head_dim // 2
+    ss = T.float32(spec.score_scale)
+    fold = _folds_mask(spec)
 
     @T.macro
-    def scores(qw, kp, sc, bh):
+    def scores(qw, kp, sc, top16, mask, bh, b, h, row0):
         acc = T.decl_buffer((MR * SCORE_PANELS,), "float32x16", scope="local")
+        for r in T.unroll(MR):
+            top16[r] = T.broadcast(T.float32(-np.inf), PANEL)
         for g in range(spec.key_panels // SCORE_PANELS):
             for a in T.unroll(MR * SCORE_PANELS):
                 acc[a] = T.broadcast(T.float32(0), PANEL)
@@ -155,44 +171,52 @@ def _scores_macro(spec: AttentionSpec):
                         acc[r * SCORE_PANELS + j] = D._dp(acc[r * SCORE_PANELS + j], qv, kv)
             for r in T.unroll(MR):
                 for j in T.unroll(SCORE_PANELS):
-                    sc[r, T.ramp((g * SCORE_PANELS + j) * PANEL, 1, PANEL)] = acc[
-                        r * SCORE_PANELS + j
-                    ]
+                    cols = T.meta_var(T.ramp((g * SCORE_PANELS + j) * PANEL, 1, PANEL))
+                    if fold:
+                        i = T.meta_var(T.min(row0 + r, spec.seq_q - 1))
+                        masked = T.meta_var(
+                            acc[r * SCORE_PANELS + j] * T.broadcast(ss, PANEL)
+                            + _mask_at(spec, mask, b, h, i, cols)
+                        )
+                        sc[r, cols] = masked
+                        top16[r] = T.max(top16[r], sc[r, cols])
+                    else:
+                        sc[r, cols] = acc[r * SCORE_PANELS + j]
 
     return scores
 
 
 def _softmax_macro(spec: AttentionSpec):
-    """TIR macro: each row of sc -> its probabilities' bf16 bits p16 [MR, padded keys] (zero
-    past the keys; two of them are one word of the output matmul's operand)."""
+    """TIR macro: each row of sc -> exp(t - max t)'s bf16 bits p16 [MR, padded keys] (zero
+    past the keys; two of them are one word of the output matmul's operand) and the row's sum
+    z [MR] of the fp32 exps, by which the output is divided (one pass over the row fewer than
+    normalizing first). A row of -inf scores (NaN in the graph's softmax): z NaN, or with the
+    NaN guard (0) a zero row and z 1."""
     sk, vec = spec.seq_k, spec.seq_k // PANEL * PANEL
     padded = spec.key_panels * PANEL
     ss = T.float32(spec.score_scale)
-    guard = spec.nan_value
+    empty_z = T.float32(np.nan if spec.nan_value is None else 1.0)
+    fold = _folds_mask(spec)
 
-    def prob(e, top, z):
-        """e / z; a row whose scores are all -inf is NaN (as the graph's softmax); NaN ->
-        the guard's value (tested on the bits: T.isnan does not vectorize, and the
-        simplifier folds p != p to false)."""
-        p = T.Select(top == T.float32(-np.inf), T.float32(np.nan), e / z)
-        if guard is None:
-            return p
-        nan = T.bitwise_and(T.reinterpret("uint32", p), T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
-        return T.Select(nan, T.float32(guard), p)
+    def bits(e, top):
+        return T.Select(top == T.float32(-np.inf), T.uint16(0), T.Cast("uint16", D._bf16_word(e)))
 
     @T.macro
-    def softmax(sc, p16, mask, b, h, row0):
+    def softmax(sc, top16, p16, z, mask, b, h, row0):
         lanes = T.decl_buffer((PANEL,), "float32", scope="local")
         top = T.decl_buffer((2,), "float32", scope="local")  # row max, row sum
         for r in range(MR):
             i = T.meta_var(T.min(row0 + r, spec.seq_q - 1))
-            for lane in T.vectorized(PANEL):
-                lanes[lane] = T.float32(-np.inf)
-            for j0 in range(vec // PANEL):
+            if fold:
+                lanes[T.ramp(0, 1, PANEL)] = top16[r]
+            else:
                 for lane in T.vectorized(PANEL):
-                    j = T.meta_var(j0 * PANEL + lane)
-                    sc[r, j] = sc[r, j] * ss + _mask_at(spec, mask, b, h, i, j)
-                    lanes[lane] = T.max(lanes[lane], sc[r, j])
+                    lanes[lane] = T.float32(-np.inf)
+                for j0 in range(vec // PANEL):
+                    for lane in T.vectorized(PANEL):
+                        j = T.meta_var(j0 * PANEL + lane)
+                        sc[r, j] = sc[r, j] * ss + _mask_at(spec, mask, b, h, i, j)
+                        lanes[lane] = T.max(lanes[lane], sc[r, j])
             top[0] = T.float32(-np.inf)
             for lane in range(PANEL):
                 top[0] = T.max(top[0], lanes[lane])
@@ -204,23 +228,19 @@ def _softmax_macro(spec: AttentionSpec):
             for j0 in range(vec // PANEL):
                 for lane in T.vectorized(PANEL):
                     j = T.meta_var(j0 * PANEL + lane)
-                    sc[r, j] = fast_exp(sc[r, j] - top[0])
-                    lanes[lane] = lanes[lane] + sc[r, j]
-            for j in range(vec, sk):
-                sc[r, j] = fast_exp(sc[r, j] - top[0])
+                    e = T.meta_var(fast_exp(sc[r, j] - top[0]))
+                    p16[r, j] = bits(e, top[0])
+                    lanes[lane] = lanes[lane] + e
             top[1] = T.float32(0)
             for lane in range(PANEL):
                 top[1] = top[1] + lanes[lane]
             for j in range(vec, sk):
+                sc[r, j] = fast_exp(sc[r, j] - top[0])
+                p16[r, j] = bits(sc[r, j], top[0])
                 top[1] = top[1] + sc[r, j]
-            for j0 in range(vec // PANEL):
-                for lane in T.vectorized(PANEL):
-                    j = T.meta_var(j0 * PANEL + lane)
-                    p16[r, j] = T.Cast("uint16", D._bf16_word(prob(sc[r, j], top[0], top[1])))
-            for j in range(vec, sk):
-                p16[r, j] = T.Cast("uint16", D._bf16_word(prob(sc[r, j], top[0], top[1])))
             for j in range(sk, padded):
                 p16[r, j] = T.uint16(0)
+            z[r] = T.Select(top[0] == T.float32(-np.inf), empty_z, top[1])
 
     return softmax
 
@@ -231,7 +251,7 @@ def _output_macro(spec: AttentionSpec):
     nr = 2 if vpan % 2 == 0 else 1
 
     @T.macro
-    def output(pw, vp, out, bh, b, col, row0):
+    def output(pw, vp, z, out, bh, b, col, row0):
         acc = T.decl_buffer((MR * nr,), "float32x16", scope="local")
         for g in range(vpan // nr):
             for a in T.unroll(MR * nr):
@@ -245,9 +265,8 @@ def _output_macro(spec: AttentionSpec):
             for r in T.unroll(MR):
                 if row0 + r < spec.seq_q:
                     for j in T.unroll(nr):
-                        out[b, row0 + r, T.ramp(col + (g * nr + j) * PANEL, 1, PANEL)] = acc[
-                            r * nr + j
-                        ]
+                        cols = T.meta_var(T.ramp(col + (g * nr + j) * PANEL, 1, PANEL))
+                        out[b, row0 + r, cols] = acc[r * nr + j] / T.broadcast(z[r], PANEL)
 
     return output
 
@@ -276,6 +295,8 @@ def attention16_kernel(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
             sc = T.decl_buffer((MR, padded), "float32")
             p16 = T.decl_buffer((MR, padded), "uint16")
             pw = T.decl_buffer((MR, padded // 2), "int32", data=p16.data)  # the same bytes
+            z = T.decl_buffer((MR,), "float32")
+            top16 = T.decl_buffer((MR,), "float32x16")
             for task in range(worker * per_worker, T.min((worker + 1) * per_worker, tasks)):
                 bh = T.meta_var(task // tiles)
                 b = T.meta_var(bh // heads)
@@ -286,9 +307,9 @@ def attention16_kernel(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
                     qw[r, t] = _pair_word(
                         q[b, i, h * dim + 2 * t] * qs, q[b, i, h * dim + 2 * t + 1] * qs
                     )
-                scores(qw, kp, sc, bh)
-                softmax(sc, p16, mask, b, h, row0)
-                output(pw, vp, out, bh, b, h * dim, row0)
+                scores(qw, kp, sc, top16, mask, bh, b, h, row0)
+                softmax(sc, top16, p16, z, mask, b, h, row0)
+                output(pw, vp, z, out, bh, b, h * dim, row0)
 
     @T.macro
     def with_instruction(q, k, v, mask, out):
@@ -351,8 +372,10 @@ def reference_attention16(q, k, v, mask, spec: AttentionSpec) -> np.ndarray:
             t = s * f32(spec.score_scale) + m[min(b, m.shape[0] - 1), min(h, m.shape[1] - 1)]
             with np.errstate(invalid="ignore"):  # rows of -inf: NaN, as the graph's softmax
                 e = np.exp(t - t.max(axis=1, keepdims=True)).astype(f32)
-                p = (e / e.sum(axis=1, keepdims=True, dtype=f32)).astype(f32)
-            if spec.nan_value is not None:
-                p = np.where(np.isnan(p), f32(spec.nan_value), p)
-            out[b, :, h] = D.reference_dpbf16(p, to_bits(vh[b, :, h], "bf16"), o_spec)
+            z = e.sum(axis=1, keepdims=True, dtype=f32)
+            empty = np.isneginf(t.max(axis=1))
+            e[empty] = 0
+            z[empty] = np.nan if spec.nan_value is None else 1
+            with np.errstate(invalid="ignore"):
+                out[b, :, h] = D.reference_dpbf16(e, to_bits(vh[b, :, h], "bf16"), o_spec) / z
     return out.reshape(bsz, sq, heads * dim)
