@@ -386,11 +386,19 @@ def _window_rows(g: _Geometry, window: ConvSpec, isa: Isa, zp: int, sizes: tuple
     expressions of x's size vars)."""
     window_word = _window_words(window, isa, zp, sizes)
 
+    _h, _w, oh, ow = sizes
+
     @T.macro
     def pack_rows(x, xf, words, rs, vmax, m0):
         for r in range(g.mr):
+            # the pixel's (image, row, column) once per row, not per word: with a symbolic
+            # image size these are integer divisions (the stem conv ran 2.8x its static time)
+            m = T.meta_var(T.min(m0 + r, g.rows - 1))
+            pb = m // (oh * ow)
+            py = m // ow % oh
+            px = m % ow
             for kq in (T.unroll if g.kwords <= 64 else T.serial)(g.kwords):
-                words[r, kq] = window_word(x, T.min(m0 + r, g.rows - 1), kq)
+                words[r, kq] = window_word(x, (pb, py, px), kq)
 
     return pack_rows
 
@@ -546,9 +554,9 @@ def _window_words(conv: ConvSpec, isa: Isa, zp: int, sizes: tuple):
     narrow_np = {4: np.int8, 2: np.int16, 1: np.int32}[kpack]
     pad_word = T.int32(int(np.full(kpack, zp + off).astype(narrow_np).view(np.int32)[0]))
 
-    def word(x, m, kq):
+    def word(x, pixel, kq):
         tap, j = kq // wpt, kq % wpt
-        b, oy, ox = m // (oh * ow), m // ow % oh, m % ow
+        b, oy, ox = pixel  # output pixel m's (m // (oh * ow), m // ow % oh, m % ow)
         y = oy * sh + tap // conv.kw * dh - pt
         xx = ox * sw + tap % conv.kw * dw - pl
         inside = tvm.tirx.all(0 <= y, y < h, 0 <= xx, xx < w)
