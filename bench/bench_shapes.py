@@ -6,7 +6,9 @@ graphopt build per size, and onnxruntime, at each size.
 
 MiniLM (all-MiniLM-L6-v2, exported with a symbolic sequence length) at 16/32/128/384 tokens,
 compiled once with `--input-shape input_ids=1,1..512`; MobileNetV2 (symbolic batch) at batch
-1 and 8, compiled once with `--input-shape input=1..8,3,224,224`. Each static build pins the
+1 and 8, compiled once with `--input-shape input=1..8,3,224,224`; `mobilenet_v2_hw` (and `_int8`):
+MobileNetV2 exported with a symbolic height and width, at 160x160 and 224x224, compiled once
+with `--input-shape input=1,3,96..256,96..256`. Each static build pins the
 same ONNX file to one size (`input_ids=1,128`). Builds at -O2 and -O3 (`--opt-levels`),
 untuned. `minilm_int8`: the same MiniLM builds with dynamic per-row int8 (`--quantize int8
 --quant-mode dynamic --dynamic-granularity row`); `mobilenet_v2_int8`: static int8
@@ -67,6 +69,18 @@ CASES = {
     ),
     "mobilenet_v2": Case(
         "mobilenet_v2_dynamic", "image", "input", "1..8,3,224,224", "{n},3,224,224", (1, 8)
+    ),
+    "mobilenet_v2_hw": Case(
+        "mobilenet_v2_hw", "image_hw", "input", "1,3,96..256,96..256", "1,3,{n},{n}", (160, 224)
+    ),
+    "mobilenet_v2_hw_int8": Case(
+        "mobilenet_v2_hw",
+        "image_hw",
+        "input",
+        "1,3,96..256,96..256",
+        "1,3,{n},{n}",
+        (160, 224),
+        "static",
     ),
 }
 
@@ -211,14 +225,15 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     ]
     rows = []
     for r in results:
-        unit = "tokens" if r["model"].startswith("minilm") else "batch"
         for n, s in r["sizes"].items():
+            size = f"{n} tokens" if r["model"].startswith("minilm") else f"{n} batch"
+            size = f"{n}x{n} pixels" if "_hw" in r["model"] else size
             err = r["accuracy_vs_onnxruntime"][n]["dynamic_max_abs_error"]
             rows.append(
                 [
                     r["model"],
                     str(r["opt_level"]),
-                    f"{n} {unit}",
+                    size,
                     f"{s['onnxruntime']['median_ms']:.2f}",
                     f"{s['graphopt_static']['median_ms']:.2f}",
                     f"{s['graphopt_dynamic']['median_ms']:.2f}",

@@ -3,7 +3,8 @@
     python -m bench.shapes_worker RUNTIME MODEL KIND SIZE RUNS WARMUP
 
 RUNTIME: graphopt (MODEL an artifact directory) or onnxruntime (MODEL an ONNX file). KIND:
-text (input_ids and attention_mask of SIZE tokens) or image (a batch of SIZE 224x224 images).
+text (input_ids and attention_mask of SIZE tokens), image (a batch of SIZE 224x224 images) or
+image_hw (one SIZE x SIZE image).
 The inputs are fixed random values: the speed of these builds does not depend on them. Prints
 one JSON line: {"ms": [wall ms per run], "cpu_ms": [process CPU ms per run]}.
 """
@@ -18,12 +19,15 @@ from bench.worker import time_calls
 
 
 def feeds(kind: str, size: int) -> dict[str, np.ndarray]:
-    """The inputs of `kind` at `size` (tokens for text, images for image)."""
+    """The inputs of `kind` at `size` (tokens for text, images for image, pixels a side for
+    image_hw)."""
     rng = np.random.default_rng(size)
     if kind == "text":
         ids = rng.integers(1000, 20000, (1, size)).astype(np.int64)
         ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP]
         return {"input_ids": ids, "attention_mask": np.ones((1, size), np.int64)}
+    if kind == "image_hw":
+        return {"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
     return {"input": rng.standard_normal((size, 3, 224, 224)).astype(np.float32)}
 
 

@@ -200,11 +200,13 @@ MODELS: dict[str, tuple[Callable, Callable, list[str], list[str]]] = {
         ["embedding"],
     ),
     "mobilenet_v2_dynamic": (build_mobilenet_v2, _image_example, ["input"], ["logits"]),
+    "mobilenet_v2_hw": (build_mobilenet_v2, _image_example, ["input"], ["logits"]),
 }
 # Symbolic axes of the *_dynamic exports (bench/bench_shapes.py, docs/SHAPES.md).
 DYNAMIC_AXES = {
     "minilm_dynamic": {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}},
     "mobilenet_v2_dynamic": {"input": {0: "batch"}, "logits": {0: "batch"}},
+    "mobilenet_v2_hw": {"input": {2: "height", 3: "width"}},
 }
 
 
