@@ -104,6 +104,10 @@ class Target:
         """Entered around `tvm.compile` (CUDA: nvcc compiles kernels into fatbins meanwhile)."""
         return contextlib.nullcontext()
 
+    # Whether lower-int8's NHWC conv kernels build for this target (int8 with a symbolic batch
+    # or image size takes them where the target's own choice is NCHW).
+    int8_nhwc_convs: bool = False
+
     def pass_options(self, pass_name: str) -> dict[str, str]:
         """Options this target wants for a target-independent pass that compression methods
         add (e.g. x86: `lower-int8{layout=NHWC}`), as pipeline text values: the pass stays

@@ -62,6 +62,9 @@ class Arm(Target):
     """aarch64 CPU (LLVM, NEON), cross-compiled to a bundle; board=rpi4|rpi5|rk3588|graviton2.."""
 
     name = "arm"
+    # int8 convs are NCHW kernels here (static shapes); a symbolic batch or image size takes
+    # the NHWC ones, which build for aarch64 too (checked under qemu: tests/arm).
+    int8_nhwc_convs = True
 
     @dataclass(frozen=True)
     class Options:

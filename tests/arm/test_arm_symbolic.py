@@ -1,7 +1,8 @@
 """Symbolic dims on ARM: one aarch64 build of a transformer block with any sequence length in
-its range, and of a CNN with any batch, run under qemu by the bundle's own runner and equal
-onnxruntime at several sizes; the runner (io.txt) refuses sizes outside the range and a
-symbolic dim two inputs disagree on, in one line."""
+its range, and of a CNN with any batch or image size (fp32 and int8), run under qemu by the
+bundle's own runner and equal onnxruntime (int8: the x86 build) at several sizes; the runner
+(io.txt) refuses sizes outside the range and a symbolic dim two inputs disagree on, in one
+line."""
 
 from __future__ import annotations
 
@@ -101,20 +102,45 @@ def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
 
 
-def test_symbolic_batch_int8_cnn_on_arm_is_one_line(tmp_path):
-    """ARM's int8 conv kernels are NCHW with static shapes: a symbolic batch would leave the
-    convs fake-quant (slower than fp32), so it is refused before any work."""
+@pytest.mark.parametrize(
+    ("name", "kwargs", "channels", "shape", "sizes"),
+    [
+        ("cnn", {"size": "hw"}, 3, (1, 3, "8..24", "hw"), [(1, 8), (1, 17)]),
+        ("expand_depthwise", {"size": "hw", "stride": 2}, 4, (1, 4, "8..24", "hw"), [(1, 13)]),
+        ("cnn", {"batch": "N"}, 3, ("1..4", 3, 16, 16), [(3, 16)]),
+    ],
+)
+def test_symbolic_int8_cnn_on_arm_matches_x86(tmp_path, name, kwargs, channels, shape, sizes):
+    """ARM's own int8 convs are NCHW kernels with static shapes; a symbolic batch or image
+    size takes the NHWC int8 kernels instead (the x86 ones, built with sdot). Under qemu the
+    rpi5 build gives the x86 symbolic build's numbers (int8 sums exact; fp32 parts sum in
+    other lane counts) and stays close to onnxruntime fp32."""
     from graphopt.compress.int8.flow import QuantOptions
     from graphopt.compress.int8.method import Int8
-    from graphopt.errors import GraphoptError
 
-    with pytest.raises(GraphoptError, match="no int8 conv kernel for symbolic sizes") as info:
-        graphopt.compile(
-            mb.cnn(batch="N"),
-            tmp_path / "q",
-            target="arm",
-            input_shapes={"x": ("1..4", 3, 16, 16)},
-            compression=[Int8(QuantOptions(mode="dynamic"))],
-        )
-    assert "\n" not in str(info.value)
-    assert not (tmp_path / "q").exists()
+    model = getattr(mb, name)(**kwargs)
+    cal = tmp_path / "cal.npz"
+    rng = np.random.default_rng(9)
+    np.savez(cal, x=rng.standard_normal((6, channels, 16, 16)).astype(np.float32))
+    method = [Int8(QuantOptions(calibration=str(cal)))]
+    x86 = graphopt.compile(model, tmp_path / "x86", input_shapes={"x": shape}, compression=method)
+    arm = graphopt.compile(
+        model,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "rpi5"},
+        input_shapes={"x": shape},
+        compression=method,
+    )
+    lowered = next(r for r in arm.manifest["report"]["passes"] if r["pass"] == "lower-int8")
+    assert lowered["stats"]["lowered_conv2d"] >= 2 and lowered["stats"]["left"] == 0
+    for n, size in sizes:
+        x = np.random.default_rng(size).standard_normal((n, channels, size, size))
+        feeds = {"x": x.astype(np.float32)}
+        got = next(iter(bundle.run_emulated(arm.directory, feeds, cpu="cortex-a76").values()))
+        want = next(iter(x86.run(feeds).values()))
+        ref = next(iter(_ort(model, feeds).values()))
+        assert got.shape == want.shape == ref.shape
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        cos = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref)))
+        assert cos > 0.99, (size, cos)

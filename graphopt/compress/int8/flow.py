@@ -151,7 +151,7 @@ def quantize_step(
     _check(opts)
     target = resolve_target(target, target_options)
     layers = find_layers(mod["main"])
-    _check_symbolic_convs(layers, target)
+    lower_options = _lower_options(layers, target)
     feeds = (
         load_calibration(opts.calibration, inputs, limit=opts.samples) if opts.calibration else []
     )
@@ -203,23 +203,28 @@ def quantize_step(
         opts, layers, ranges, ranges_path, scales, sens, timings, speed, lowered, workdir
     )
     decided.eval_inputs = [[feed[p] for p in params] for feed in eval_feeds]
-    decided.lower_options = target.pass_options(LOWER_PASS)
+    decided.lower_options = lower_options
     decided.seconds = {k: round(v, 2) for k, v in seconds.items()}
     return decided.step(skip, {})
 
 
-def _check_symbolic_convs(layers: Sequence[Layer], target: Target) -> None:
-    """int8 conv kernels take symbolic sizes (batch, height, width) in NHWC only (x86); on a
-    target whose int8 convs are NCHW kernels with static shapes, a conv with a symbolic size
-    would stay fake-quant (fp32 math, slower than fp32): one line instead."""
-    nhwc = target.pass_options(LOWER_PASS).get("layout") == "NHWC"
+def _lower_options(layers: Sequence[Layer], target: Target) -> dict[str, str]:
+    """The target's lower-int8 options. int8 conv kernels take symbolic sizes (batch, height,
+    width) in NHWC only: a target whose int8 convs are NCHW kernels with static shapes (ARM)
+    lowers a model with a symbolic conv size to the NHWC kernels when it can build them
+    (`Target.int8_nhwc_convs`); elsewhere such a conv would stay fake-quant (fp32 math,
+    slower than fp32): one line instead."""
+    options = target.pass_options(LOWER_PASS)
     convs = [ly.name for ly in layers if ly.kind == "conv2d" and _symbolic(ly.data)]
-    if convs and not nhwc:
-        raise SymbolicShapeError(
-            f"--quantize int8 on target {target.name} has no int8 conv kernel for symbolic "
-            f"sizes ({len(convs)} convolutions, {convs[0]}, ...): pin the batch, height and "
-            "width (--input-shape NAME=1,C,H,W); symbolic sequence lengths work"
-        )
+    if not convs or options.get("layout") == "NHWC":
+        return options
+    if target.int8_nhwc_convs:
+        return {**options, "layout": "NHWC"}
+    raise SymbolicShapeError(
+        f"--quantize int8 on target {target.name} has no int8 conv kernel for symbolic "
+        f"sizes ({len(convs)} convolutions, {convs[0]}, ...): pin the batch, height and "
+        "width (--input-shape NAME=1,C,H,W); symbolic sequence lengths work"
+    )
 
 
 def _symbolic(expr, first: int = 0) -> bool:
