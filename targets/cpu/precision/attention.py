@@ -142,6 +142,25 @@ def _mask_at(spec: AttentionSpec, mask, b, h, i, j):
     return mask[tuple(0 if n == 1 else x for n, x in zip(spec.mask_shape, dims))]
 
 
+def _tile_macro(nr: int, steps: int):
+    """TIR macro: acc [MR * nr] = the MR rows' words a [MR, steps] against nr panels of b
+    [.., panels, steps, 16] from panel g * nr: per step one broadcast word a row, one
+    `vdpbf16ps` per row and panel."""
+
+    @T.macro
+    def tile(acc, a, b, bh, g):
+        for i in T.unroll(MR * nr):
+            acc[i] = T.broadcast(T.float32(0), PANEL)
+        for t in range(steps):
+            for r in T.unroll(MR):
+                av = T.meta_var(T.broadcast(a[r, t], PANEL))
+                for j in T.unroll(nr):
+                    bv = T.meta_var(b[bh, g * nr + j, t, T.ramp(0, 1, PANEL)])
+                    acc[r * nr + j] = D._dp(acc[r * nr + j], av, bv)
+
+    return tile
+
+
 def _folds_mask(spec: AttentionSpec) -> bool:
     """Whether the score tiles hold no padded keys, so their stores can add the scale and
     mask and keep the row maxima (one pass over the rows fewer)."""
@@ -151,9 +170,9 @@ def _folds_mask(spec: AttentionSpec) -> bool:
 def _scores_macro(spec: AttentionSpec):
     """TIR macro: the MR rows' scores into sc [MR, key panels * 16]: raw sums, or (keys a
     whole number of tiles) scaled and masked, with each row's maxima in SIMD lanes top16."""
-    half = spec.head_dim // 2
     ss = T.float32(spec.score_scale)
     fold = _folds_mask(spec)
+    tile = _tile_macro(SCORE_PANELS, spec.head_dim // 2)
 
     @T.macro
     def scores(qw, kp, sc, top16, mask, bh, b, h, row0):
@@ -161,14 +180,7 @@ def _scores_macro(spec: AttentionSpec):
         for r in T.unroll(MR):
             top16[r] = T.broadcast(T.float32(-np.inf), PANEL)
         for g in range(spec.key_panels // SCORE_PANELS):
-            for a in T.unroll(MR * SCORE_PANELS):
-                acc[a] = T.broadcast(T.float32(0), PANEL)
-            for t in range(half):
-                for r in T.unroll(MR):
-                    qv = T.meta_var(T.broadcast(qw[r, t], PANEL))
-                    for j in T.unroll(SCORE_PANELS):
-                        kv = T.meta_var(kp[bh, g * SCORE_PANELS + j, t, T.ramp(0, 1, PANEL)])
-                        acc[r * SCORE_PANELS + j] = D._dp(acc[r * SCORE_PANELS + j], qv, kv)
+            tile(acc, qw, kp, bh, g)
             for r in T.unroll(MR):
                 for j in T.unroll(SCORE_PANELS):
                     cols = T.meta_var(T.ramp((g * SCORE_PANELS + j) * PANEL, 1, PANEL))
@@ -249,19 +261,13 @@ def _output_macro(spec: AttentionSpec):
     """TIR macro: out rows [row0, row0 + MR) of head h = pw @ V words, D/16 panels at a time."""
     vpan, pairs = spec.head_dim // PANEL, spec.key_panels * PANEL // 2
     nr = 2 if vpan % 2 == 0 else 1
+    tile = _tile_macro(nr, pairs)
 
     @T.macro
     def output(pw, vp, z, out, bh, b, col, row0):
         acc = T.decl_buffer((MR * nr,), "float32x16", scope="local")
         for g in range(vpan // nr):
-            for a in T.unroll(MR * nr):
-                acc[a] = T.broadcast(T.float32(0), PANEL)
-            for u in range(pairs):
-                for r in T.unroll(MR):
-                    pv = T.meta_var(T.broadcast(pw[r, u], PANEL))
-                    for j in T.unroll(nr):
-                        vv = T.meta_var(vp[bh, g * nr + j, u, T.ramp(0, 1, PANEL)])
-                        acc[r * nr + j] = D._dp(acc[r * nr + j], pv, vv)
+            tile(acc, pw, vp, bh, g)
             for r in T.unroll(MR):
                 if row0 + r < spec.seq_q:
                     for j in T.unroll(nr):
