@@ -85,12 +85,13 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
     """The PrimFunc (x, w, [bias], [residual], out) of a 16-bit matmul kernel whose `body`
     macro takes (x [rows, K], w, bias, residual [rows, N] or None, out [rows, N])."""
     rows, k, n = row_count(x_shape), spec.k, spec.n
+    x_dtype = "uint16" if spec.x_bits else "float32"  # bit patterns: `precision-handoff`
     out_shape = (*x_shape[:-1], n)
     if spec.residual:
 
         @T.prim_func
         def with_residual(
-            x: T.Buffer(x_shape, "float32"),
+            x: T.Buffer(x_shape, x_dtype),
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
             residual: T.Buffer(out_shape, "float32"),
@@ -104,7 +105,7 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
 
         @T.prim_func
         def plain(
-            x: T.Buffer(x_shape, "float32"),
+            x: T.Buffer(x_shape, x_dtype),
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
             out: T.Buffer(out_shape, "float32"),
