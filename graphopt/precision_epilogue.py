@@ -86,6 +86,7 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
     macro takes (x [rows, K], w, bias, residual [rows, N] or None, out [rows, N])."""
     rows, k, n = row_count(x_shape), spec.k, spec.n
     x_dtype = "uint16" if spec.x_bits else "float32"  # bit patterns: `precision-handoff`
+    out_dtype = "uint16" if spec.out_bits else "float32"
     out_shape = (*x_shape[:-1], n)
     if spec.residual:
 
@@ -95,7 +96,7 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
             residual: T.Buffer(out_shape, "float32"),
-            out: T.Buffer(out_shape, "float32"),
+            out: T.Buffer(out_shape, out_dtype),
         ):
             T.func_attr(attrs)
             body(x.view(rows, k), w, bias, residual.view(rows, n), out.view(rows, n))
@@ -108,7 +109,7 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
             x: T.Buffer(x_shape, x_dtype),
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
-            out: T.Buffer(out_shape, "float32"),
+            out: T.Buffer(out_shape, out_dtype),
         ):
             T.func_attr(attrs)
             body(x.view(rows, k), w, bias, None, out.view(rows, n))

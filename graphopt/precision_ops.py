@@ -49,6 +49,9 @@ class PrecisionMatmulSpec(MatmulRecipe):
     # x arrives already rounded, as 16-bit bit patterns (uint16) of `precision`: its producer
     # stored r(x) (`precision-handoff`), so the kernel widens it instead of rounding it.
     x_bits: bool = False
+    # the output stored as r(epilogue(sum)) bit patterns (uint16), for readers that are
+    # 16-bit matmuls of the same precision only (`precision-handoff`).
+    out_bits: bool = False
 
     @property
     def k(self) -> int:
@@ -149,17 +152,28 @@ def tir_round(v, precision: str, lanes: int = 1):
     return T.reinterpret(f32, T.Select(nan, quiet, rounded))
 
 
-def tir_bits(v, precision: str):
-    """TIR: fp32 scalar -> its 16-bit bit pattern (uint16) in `precision`, the same rounding
-    as `to_bits` (bf16: nearest even, NaN quieted with its sign)."""
+def tir_bits(v, precision: str, lanes: int = 1):
+    """TIR: fp32 value (or vector) -> its 16-bit bit pattern (uint16) in `precision`, the
+    same rounding as `to_bits` (bf16: nearest even, NaN quieted with its sign)."""
+    u16 = "uint16" if lanes == 1 else f"uint16x{lanes}"
     if precision == "fp16":
-        return T.reinterpret("uint16", T.Cast("float16", v))
-    u = T.reinterpret("uint32", v)
-    odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
-    rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
-    quiet = T.bitwise_or(T.shift_right(u, T.uint32(16)), T.uint32(0x40))
-    nan = T.bitwise_and(u, T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
-    return T.Cast("uint16", T.Select(nan, quiet, rounded))
+        return T.reinterpret(u16, T.Cast("float16" if lanes == 1 else f"float16x{lanes}", v))
+    u32 = "uint32" if lanes == 1 else f"uint32x{lanes}"
+
+    def c(value: int):
+        return T.uint32(value) if lanes == 1 else T.broadcast(T.uint32(value), lanes)
+
+    u = T.reinterpret(u32, v)
+    odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
+    rounded = T.shift_right(u + c(0x7FFF) + odd, c(16))
+    quiet = T.bitwise_or(T.shift_right(u, c(16)), c(0x40))
+    nan = T.bitwise_and(u, c(0x7FFFFFFF)) > c(0x7F800000)
+    return T.Cast(u16, T.Select(nan, quiet, rounded))
+
+
+def tir_store_value(v, spec: PrecisionMatmulSpec, lanes: int = 1):
+    """TIR: what a kernel stores for the fp32 result `v`: v, or its bits (`out_bits`)."""
+    return tir_bits(v, spec.precision, lanes) if spec.out_bits else v
 
 
 def tir_widen(bits, precision: str, lanes: int = 1):
@@ -194,7 +208,7 @@ def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                         if kk < k:
                             xv = T.meta_var(_x_value(xf[m, kk], spec))
                             acc[0] = acc[0] + xv * tir_widen(w[kk, j], prec)
-                of[m, j] = tir_epilogue(acc[0], spec, bias, rf, m, j)
+                of[m, j] = tir_store_value(tir_epilogue(acc[0], spec, bias, rf, m, j), spec)
 
     func = kernel_func(body, spec, x_shape, (k, n), "uint16", _ATTRS)
     return func.with_attr(RECIPE_ATTR, spec.text())

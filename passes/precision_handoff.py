@@ -15,11 +15,16 @@ its pair words in place). The rounding is an ordinary elementwise kernel, so `tv
 fuses it into the producer's kernel (a depthwise conv + bias + ReLU6 in MobileNetV2 and
 EfficientNet-Lite0), which then stores uint16.
 
-Taken: a binding of a Relax operator (not a call_tir: an opaque kernel cannot take the
-rounding as an epilogue) whose fp32 value is used only as the input x of portable 16-bit
-matmuls of one precision (never as their residual, never by anything else). Runs in the CPU
-legalize stage after `fuse-precision-epilogue` and before `tvm.LegalizeOps`.
-Counters: `producers` (values stored as 16-bit), `matmuls` (matmuls reading them).
+A 16-bit matmul feeding only 16-bit matmuls of its precision (MobileNetV2's first projection,
+112x112x16, read only by the next expansion) stores the bits itself: its kernel rounds each
+result after its epilogue (`PrecisionMatmulSpec.out_bits`).
+
+Taken: a binding of a Relax operator, or of a portable 16-bit matmul, whose fp32 value is used
+only as the input x of portable 16-bit matmuls of one precision (never as their residual,
+never by anything else); other opaque kernels (call_tir) keep fp32. Runs in the CPU legalize
+stage after `fuse-precision-epilogue` and before `tvm.LegalizeOps`.
+Counters: `producers` (Relax ops whose value is stored as 16-bit), `matmul_producers` (16-bit
+matmuls storing their output as 16-bit), `matmuls` (matmuls reading bit patterns).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class PrecisionHandoff(GraphPass):
     name = "precision-handoff"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        stats = {"producers": 0, "matmuls": 0}
+        stats = {"producers": 0, "matmul_producers": 0, "matmuls": 0}
         canonical = relax.transform.CanonicalizeBindings()(mod)  # no var-to-var aliases
         kernels: dict = {}
         new = rewrite_planned(
@@ -54,11 +59,11 @@ class PrecisionHandoff(GraphPass):
 
 
 def _matmul_spec(graph: BindingGraph, call):
-    """The spec of a call_tir of a portable 16-bit matmul that rounds its x, else None."""
+    """The spec of a call_tir of a portable 16-bit matmul reading and writing fp32, else None."""
     if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
         return None
     spec = spec_of(graph.mod[call.args[0]])
-    if spec is None or spec.layout != "natural" or spec.x_bits:
+    if spec is None or spec.layout != "natural" or spec.x_bits or spec.out_bits:
         return None
     return spec
 
@@ -83,22 +88,34 @@ def _handed(graph: BindingGraph, var) -> dict | None:
 
 
 def _plans(graph: BindingGraph, stats: dict) -> dict:
-    """matmul var -> KernelCall on the producer's bits; producer var -> its precision."""
+    """Producer var -> its precision (a Relax op: a rounding kernel follows it), or ->
+    KernelCall (a 16-bit matmul: reads and / or writes bit patterns), in binding order."""
     plans: dict = {}
     for var in graph.order:
-        if op_name(graph.value[var]) in ("", "relax.call_tir") or var in plans:
+        value = graph.value[var]
+        if op_name(value) == "" or str(getattr(var.ty, "dtype", "")) != "float32":
             continue
-        if str(getattr(var.ty, "dtype", "")) != "float32" or shape_dims(var) is None:
-            continue
-        specs = _handed(graph, var)
+        specs = _handed(graph, var) if shape_dims(var) is not None else None
         if specs is None:
             continue
-        plans[var] = next(iter(specs.values())).precision
+        precision = next(iter(specs.values())).precision
+        if op_name(value) == "relax.call_tir":
+            own = _matmul_spec(graph, value)
+            if own is None or own.precision != precision:
+                continue
+            plan = plans.get(var) or KernelCall(own, list(value.args[1].fields), value.ty)
+            out_ty = relax.TensorType(var.ty.shape, "uint16")
+            plans[var] = KernelCall(
+                dataclasses.replace(plan.spec, out_bits=True), plan.args, out_ty
+            )
+            stats["matmul_producers"] += 1
+        else:
+            plans[var] = precision
+            stats["producers"] += 1
         for user, spec in specs.items():
             call = graph.value[user]
             args = list(call.args[1].fields)
             plans[user] = KernelCall(dataclasses.replace(spec, x_bits=True), args, call.ty)
-        stats["producers"] += 1
         stats["matmuls"] += len(specs)
     return plans
 
@@ -124,12 +141,16 @@ class _Handoff(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             if plan is not None:  # a producer: its bits follow it
                 self.bits[binding.var] = self._emit_bits(binding.var, plan)
-        else:  # a matmul: the same layer reading the bits
+        else:  # a matmul: the same layer reading and / or writing bit patterns
             gvar = self._kernel(plan.spec.text(), lambda: (portable_kernel(plan.spec), "matmul16"))
             x, *rest = plan.args
-            args = relax.Tuple([self.bits[x], *(self.visit_expr(a) for a in rest)])
+            x = self.bits[x] if plan.spec.x_bits else self.visit_expr(x)
+            args = relax.Tuple([x, *(self.visit_expr(a) for a in rest)])
             call = self.builder_.normalize(relax.call_tir(gvar, args, plan.out_ty))
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
+            if plan.spec.out_bits:  # a new var: its type changed, and only matmuls read it
+                self.bits[binding.var] = self.builder_.emit(call)
+            else:
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
 
     def _emit_bits(self, var, precision: str) -> relax.Var:
         shape = shape_dims(var)

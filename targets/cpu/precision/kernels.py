@@ -22,7 +22,7 @@ from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func, tir_epilogue
-from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
+from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_store_value, tir_widen
 from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
 PANEL = 16
@@ -53,11 +53,13 @@ def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES):
     @T.macro
     def store(of, tail, m, col, v, bias, rf):
         if col + lanes <= n:
-            of[m, T.ramp(col, 1, lanes)] = tir_epilogue(v, spec, bias, rf, m, col, lanes)
+            y = T.meta_var(tir_epilogue(v, spec, bias, rf, m, col, lanes))
+            of[m, T.ramp(col, 1, lanes)] = tir_store_value(y, spec, lanes)
         elif col < n:
             tail[T.ramp(0, 1, lanes)] = v
             for lane in range(n - col):
-                of[m, col + lane] = tir_epilogue(tail[lane], spec, bias, rf, m, col + lane)
+                y = T.meta_var(tir_epilogue(tail[lane], spec, bias, rf, m, col + lane))
+                of[m, col + lane] = tir_store_value(y, spec)
 
     return store
 
