@@ -148,8 +148,7 @@ def tir_round(v, precision: str, lanes: int = 1):
     odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
     rounded = T.bitwise_and(u + c(0x7FFF) + odd, c(0xFFFF0000))
     quiet = T.bitwise_and(T.bitwise_or(u, c(0x400000)), c(0xFFFF0000))
-    nan = T.bitwise_and(u, c(0x7FFFFFFF)) > c(0x7F800000)
-    return T.reinterpret(f32, T.Select(nan, quiet, rounded))
+    return T.reinterpret(f32, T.Select(T.isnan(v), quiet, rounded))  # one unordered compare
 
 
 def tir_bits(v, precision: str, lanes: int = 1):
@@ -167,8 +166,7 @@ def tir_bits(v, precision: str, lanes: int = 1):
     odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
     rounded = T.shift_right(u + c(0x7FFF) + odd, c(16))
     quiet = T.bitwise_or(T.shift_right(u, c(16)), c(0x40))
-    nan = T.bitwise_and(u, c(0x7FFFFFFF)) > c(0x7F800000)
-    return T.Cast(u16, T.Select(nan, quiet, rounded))
+    return T.Cast(u16, T.Select(T.isnan(v), quiet, rounded))  # one unordered compare
 
 
 def tir_store_value(v, spec: PrecisionMatmulSpec, lanes: int = 1):

@@ -111,8 +111,7 @@ def _bf16_word(v):
     odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
     rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
     quiet = T.bitwise_or(T.shift_right(u, T.uint32(16)), T.uint32(0x40))
-    nan = T.bitwise_and(u, T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
-    return T.Select(nan, quiet, rounded)
+    return T.Select(T.isnan(v), quiet, rounded)  # one unordered compare
 
 
 def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False):
