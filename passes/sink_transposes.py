@@ -82,11 +82,12 @@ def _op(value: relax.Expr) -> str | None:
     return None
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
+def _unit_axes(expr: relax.Expr) -> set[int] | None:
+    """The axes of `expr`'s shape known to be 1 (None: no shape)."""
     shape = getattr(getattr(expr, "ty", None), "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+    if shape is None:
         return None
-    return [int(d) for d in shape]
+    return {i for i, d in enumerate(shape) if isinstance(d, tvm.tirx.IntImm) and int(d) == 1}
 
 
 @relax.expr_functor.mutator
@@ -188,10 +189,10 @@ class _Sink(relax.PyExprMutator):
         if _op(value) != "relax.reshape" or value.args[0] not in self.lazy:
             return False
         source, axes = self.lazy[value.args[0]]
-        dims = _static_shape(source)
-        if dims is None:
+        units = _unit_axes(source)
+        if units is None:
             return False
-        moved = [a for a in axes if dims[a] != 1]
+        moved = [a for a in axes if a not in units]  # a symbolic dim counts as not 1
         if moved != sorted(moved):
             return False
         self._counted("transposes_removed")

@@ -137,3 +137,14 @@ def test_reshape_through_unit_axes_only():
     assert _permutes(result.module) == 0
     moved = single_input_module((1, 2, 1, 8), flat)  # H of 2: the order of the elements moves
     assert _permutes(check_numerics(sink, moved, rtol=0).module) == 1
+
+
+def test_reshape_through_unit_axes_with_a_symbolic_batch():
+    """[n, 1, 1, C] -> [n, C, 1, 1] keeps n before C: the reshape to [n, C] reads x as it is."""
+    n = tvm.tirx.Var("n", "int64")
+
+    def flat(bb, x):
+        return R.reshape(R.permute_dims(x, NCHW), relax.ShapeExpr([n, 8]))
+
+    result = apply_checked(make_pass("sink-transposes"), single_input_module((n, 1, 1, 8), flat))
+    assert result.modified and _permutes(result.module) == 0
