@@ -85,16 +85,18 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
     """The PrimFunc (x, w, [bias], [residual], out) of a 16-bit matmul kernel whose `body`
     macro takes (x [rows, K], w, bias, residual [rows, N] or None, out [rows, N])."""
     rows, k, n = row_count(x_shape), spec.k, spec.n
+    x_dtype = "uint16" if spec.x_bits else "float32"  # bit patterns: `precision-handoff`
+    out_dtype = "uint16" if spec.out_bits else "float32"
     out_shape = (*x_shape[:-1], n)
     if spec.residual:
 
         @T.prim_func
         def with_residual(
-            x: T.Buffer(x_shape, "float32"),
+            x: T.Buffer(x_shape, x_dtype),
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
             residual: T.Buffer(out_shape, "float32"),
-            out: T.Buffer(out_shape, "float32"),
+            out: T.Buffer(out_shape, out_dtype),
         ):
             T.func_attr(attrs)
             body(x.view(rows, k), w, bias, residual.view(rows, n), out.view(rows, n))
@@ -104,10 +106,10 @@ def kernel_func(body, spec: PrecisionMatmulSpec, x_shape, w_shape, w_dtype: str,
 
         @T.prim_func
         def plain(
-            x: T.Buffer(x_shape, "float32"),
+            x: T.Buffer(x_shape, x_dtype),
             w: T.Buffer(w_shape, w_dtype),
             bias: T.Buffer((n,), "float32"),
-            out: T.Buffer(out_shape, "float32"),
+            out: T.Buffer(out_shape, out_dtype),
         ):
             T.func_attr(attrs)
             body(x.view(rows, k), w, bias, None, out.view(rows, n))

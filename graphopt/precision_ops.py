@@ -49,6 +49,12 @@ class PrecisionMatmulSpec(MatmulRecipe):
     lo: float = -math.inf
     hi: float = math.inf
     residual: bool = False
+    # x arrives already rounded, as 16-bit bit patterns (uint16) of `precision`: its producer
+    # stored r(x) (`precision-handoff`), so the kernel widens it instead of rounding it.
+    x_bits: bool = False
+    # the output stored as r(epilogue(sum)) bit patterns (uint16), for readers that are
+    # 16-bit matmuls of the same precision only (`precision-handoff`).
+    out_bits: bool = False
 
     @property
     def k(self) -> int:
@@ -102,14 +108,22 @@ def round_to(x, precision: str) -> np.ndarray:
     return from_bits(to_bits(x, precision), precision)
 
 
+def x_rounded(x, spec: PrecisionMatmulSpec) -> np.ndarray:
+    """r(x) as fp32: x rounded, or x's bit patterns widened for an `x_bits` spec."""
+    if spec.x_bits:
+        return from_bits(x, spec.precision)
+    return round_to(np.asarray(x, np.float32), spec.precision)
+
+
 def pair_order(k: int) -> list[int]:
     """The summation order of the op: 1, 0, 3, 2, ... (a padding index K is skipped)."""
     return [i for j in range(0, k, 2) for i in (j + 1, j) if i < k]
 
 
 def reference_matmul(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
-    """numpy model of the op: rounded operands, exact products, fp32 sums in pair order."""
-    xr = round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), spec.precision)
+    """numpy model of the op: rounded operands, exact products, fp32 sums in pair order
+    (x: fp32, or its bit patterns for an `x_bits` spec)."""
+    xr = x_rounded(x, spec).reshape(spec.rows, spec.k)
     w = from_bits(w_bits, spec.precision)
     acc = np.zeros((spec.rows, spec.n), np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -137,8 +151,30 @@ def tir_round(v, precision: str, lanes: int = 1):
     odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
     rounded = T.bitwise_and(u + c(0x7FFF) + odd, c(0xFFFF0000))
     quiet = T.bitwise_and(T.bitwise_or(u, c(0x400000)), c(0xFFFF0000))
-    nan = T.bitwise_and(u, c(0x7FFFFFFF)) > c(0x7F800000)
-    return T.reinterpret(f32, T.Select(nan, quiet, rounded))
+    return T.reinterpret(f32, T.Select(T.isnan(v), quiet, rounded))  # one unordered compare
+
+
+def tir_bits(v, precision: str, lanes: int = 1):
+    """TIR: fp32 value (or vector) -> its 16-bit bit pattern (uint16) in `precision`, the
+    same rounding as `to_bits` (bf16: nearest even, NaN quieted with its sign)."""
+    u16 = "uint16" if lanes == 1 else f"uint16x{lanes}"
+    if precision == "fp16":
+        return T.reinterpret(u16, T.Cast("float16" if lanes == 1 else f"float16x{lanes}", v))
+    u32 = "uint32" if lanes == 1 else f"uint32x{lanes}"
+
+    def c(value: int):
+        return T.uint32(value) if lanes == 1 else T.broadcast(T.uint32(value), lanes)
+
+    u = T.reinterpret(u32, v)
+    odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
+    rounded = T.shift_right(u + c(0x7FFF) + odd, c(16))
+    quiet = T.bitwise_or(T.shift_right(u, c(16)), c(0x40))
+    return T.Cast(u16, T.Select(T.isnan(v), quiet, rounded))  # one unordered compare
+
+
+def tir_store_value(v, spec: PrecisionMatmulSpec, lanes: int = 1):
+    """TIR: what a kernel stores for the fp32 result `v`: v, or its bits (`out_bits`)."""
+    return tir_bits(v, spec.precision, lanes) if spec.out_bits else v
 
 
 def tir_widen(bits, precision: str, lanes: int = 1):
@@ -171,12 +207,17 @@ def portable_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                     for h in range(2):
                         kk = T.meta_var(pr * 2 + 1 - h)
                         if kk < k:
-                            xv = T.meta_var(tir_round(xf[m, kk], prec))
+                            xv = T.meta_var(_x_value(xf[m, kk], spec))
                             acc[0] = acc[0] + xv * tir_widen(w[kk, j], prec)
-                of[m, j] = tir_epilogue(acc[0], spec, bias, rf, m, j)
+                of[m, j] = tir_store_value(tir_epilogue(acc[0], spec, bias, rf, m, j), spec)
 
     func = kernel_func(body, spec, x_shape, (k, n), "uint16", _ATTRS)
     return func.with_attr(RECIPE_ATTR, spec.text())
+
+
+def _x_value(v, spec: PrecisionMatmulSpec):
+    """TIR: r(x) of one element of x as fp32 (widened where x holds bit patterns)."""
+    return tir_widen(v, spec.precision) if spec.x_bits else tir_round(v, spec.precision)
 
 
 def te_dims(shape: tuple[Dim, ...]) -> list:
@@ -197,6 +238,18 @@ def round_kernel(shape: tuple[Dim, ...], precision: str) -> tvm.tirx.PrimFunc:
     dims = te_dims(shape)
     x = te.placeholder(dims, "float32", name="x")
     out = te.compute(dims, lambda *i: tir_round(x(*i), precision), name="round16")
+    return te.create_prim_func([x, out]).without_attr("global_symbol")
+
+
+def bits_kernel(shape: tuple[Dim, ...], precision: str) -> tvm.tirx.PrimFunc:
+    """PrimFunc(x, out): out = the 16-bit bit patterns (uint16) of r(x), elementwise, as an
+    ordinary block kernel (`precision-handoff`: FuseOps fuses it into x's producer, which then
+    stores 16 bits a value)."""
+    from tvm import te
+
+    dims = te_dims(shape)
+    x = te.placeholder(dims, "float32", name="x")
+    out = te.compute(dims, lambda *i: tir_bits(x(*i), precision), name="bits16")
     return te.create_prim_func([x, out]).without_attr("global_symbol")
 
 

@@ -17,13 +17,18 @@ CPU_LOWER = [*VM_LOWER_HEAD, *VM_LOWER_TAIL]
 # fast-softmax in targets/cpu/passes/), then fold what became constant and fuse elementwise
 # tails into kernels: plain tvm.compile on CPU does neither. `fuse-precision-epilogue` folds
 # the bias adds, activations and residual adds after `lower-precision`'s 16-bit matmuls into
-# them (FuseOps cannot: those kernels are opaque loops).
+# them (FuseOps cannot: those kernels are opaque loops); `precision-attention` puts -O3's
+# fused attention groups of a bf16 model on the bf16 attention kernel (where the target has
+# AVX512_BF16); `precision-handoff` then has the
+# producers of activations read only by 16-bit matmuls store them rounded to 16 bits (the
+# rounding an elementwise kernel FuseOps fuses into the producer).
 CPU_LEGALIZE = [
     "tvm.backend.DispatchSampling",
     "tvm.backend.DispatchSortScan",
     "fold-pad",
     "fuse-precision-epilogue",
     "precision-attention",
+    "precision-handoff",
     "fast-erf",
     "fast-softmax",
     "tvm.LegalizeOps",

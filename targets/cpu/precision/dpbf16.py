@@ -11,7 +11,8 @@ Weights: wp [P, K'/2, 16] int32, P = panels of 16 output channels, padded to a w
 register tiles' worth (zero words past K and N). Activations are rounded to bf16 once per call
 into a scratch [rows, K'/2] of words (the op's r(x), software round to nearest even, as
 `precision_ops.to_bits`). A parallel task is NR panels and a chunk of rows, run as MR x NR
-register tiles (MR * NR zmm accumulators).
+register tiles (MR * NR zmm accumulators). An input already stored as bf16 bit patterns
+(`x_bits`, from `precision-handoff`) with an even K is read as those words in place: no pass.
 
 The instruction adds, per lane and per k pair, the odd product then the even one, each step
 rounded to fp32 (the op's pair order), with denormal inputs read as zero and denormal results
@@ -29,7 +30,7 @@ from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func
-from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, round_to
+from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, x_rounded
 from graphopt.targets.cpu.precision.kernels import store_macro
 from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
@@ -94,7 +95,7 @@ def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
     def daz(v):
         return np.where(np.abs(v) < np.float32(2.0**-126), np.float32(0), v).astype(np.float32)
 
-    xr = daz(round_to(np.asarray(x, np.float32).reshape(spec.rows, spec.k), "bf16"))
+    xr = daz(x_rounded(x, spec).reshape(spec.rows, spec.k))
     w = daz(bf16_bits_to_f32(w_bits))
     acc = np.zeros((spec.rows, spec.n), np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -110,19 +111,21 @@ def _bf16_word(v):
     odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
     rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
     quiet = T.bitwise_or(T.shift_right(u, T.uint32(16)), T.uint32(0x40))
-    nan = T.bitwise_and(u, T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
-    return T.Select(nan, quiet, rounded)
+    return T.Select(T.isnan(v), quiet, rounded)  # one unordered compare
 
 
-def round_pairs_macro(k: int, pairs: int, loop):
+def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False):
     """TIR macro: x [rows, K] fp32 -> words [rows, K'/2] of two rounded bf16 (zero past K),
-    16 words per vector step."""
+    16 words per vector step (`x_bits`: x holds the bf16 bit patterns already)."""
     full = k // 2  # pairs whose both halves exist
     vec = full // PANEL * PANEL
 
+    def half(v):
+        return T.Cast("uint32", v) if x_bits else _bf16_word(v)
+
     def word(xf, m, j):
-        lo = _bf16_word(xf[m, 2 * j])
-        hi = _bf16_word(xf[m, 2 * j + 1])
+        lo = half(xf[m, 2 * j])
+        hi = half(xf[m, 2 * j + 1])
         return T.reinterpret("int32", T.bitwise_or(lo, T.shift_left(hi, T.uint32(16))))
 
     @T.macro
@@ -134,7 +137,7 @@ def round_pairs_macro(k: int, pairs: int, loop):
             for j in range(vec, full):
                 xw[m, j] = word(xf, m, j)
             for j in range(full, pairs):  # odd K: the last word's high half is zero
-                xw[m, j] = T.reinterpret("int32", _bf16_word(xf[m, k - 1]))
+                xw[m, j] = T.reinterpret("int32", half(xf[m, k - 1]))
 
     return round_pairs
 
@@ -156,13 +159,11 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     chunks = row_chunks(rows, mr, CHUNK_ROWS)
     loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
     big = symbolic or rows * pairs >= 1 << 13
-    round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial)
+    round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial, spec.x_bits)
     store = store_macro(spec, PANEL)
 
     @T.macro
-    def body(xf, wp, bias, rf, of):
-        xw = T.decl_buffer((rows, pairs), "int32")
-        round_pairs(xf, xw, rows)
+    def tiles(xw, wp, bias, rf, of):
         for task in loop(groups * chunks.count):
             g = T.meta_var(task % groups)
             acc = T.decl_buffer((mr * nr,), "float32x16", scope="local")
@@ -182,6 +183,19 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                         for j in T.unroll(nr):
                             col = T.meta_var((g * nr + j) * PANEL)
                             store(of, tail, row + r, col, acc[r * nr + j], bias, rf)
+
+    @T.macro
+    def rounded(xf, wp, bias, rf, of):
+        xw = T.decl_buffer((rows, pairs), "int32")
+        round_pairs(xf, xw, rows)
+        tiles(xw, wp, bias, rf, of)
+
+    @T.macro
+    def as_words(xf, wp, bias, rf, of):  # even K of bit patterns: x's rows are the words
+        xw = T.decl_buffer((rows, pairs), "int32", data=xf.data)
+        tiles(xw, wp, bias, rf, of)
+
+    body = as_words if spec.x_bits and spec.k % 2 == 0 else rounded
 
     @T.macro
     def with_instruction(xf, wp, bias, rf, of):

@@ -22,7 +22,7 @@ from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func, tir_epilogue
-from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_widen
+from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_store_value, tir_widen
 from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
 PANEL = 16
@@ -53,30 +53,36 @@ def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES):
     @T.macro
     def store(of, tail, m, col, v, bias, rf):
         if col + lanes <= n:
-            of[m, T.ramp(col, 1, lanes)] = tir_epilogue(v, spec, bias, rf, m, col, lanes)
+            y = T.meta_var(tir_epilogue(v, spec, bias, rf, m, col, lanes))
+            of[m, T.ramp(col, 1, lanes)] = tir_store_value(y, spec, lanes)
         elif col < n:
             tail[T.ramp(0, 1, lanes)] = v
             for lane in range(n - col):
-                of[m, col + lane] = tir_epilogue(tail[lane], spec, bias, rf, m, col + lane)
+                y = T.meta_var(tir_epilogue(tail[lane], spec, bias, rf, m, col + lane))
+                of[m, col + lane] = tir_store_value(y, spec)
 
     return store
 
 
 def round_macro(spec: PrecisionMatmulSpec, loop=T.parallel):
     """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K); `loop` over rows
-    (serial for small inputs: a parallel launch costs more than the rounding)."""
+    (serial for small inputs: a parallel launch costs more than the rounding). An `x_bits`
+    spec's x is already rounded: its bit patterns are widened (exact)."""
     k, kp, prec = spec.k, spec.k_pairs * 2, spec.precision
     vec = k // LANES * LANES
     # a K under one vector: the vector loop does element 0 (again below), never extent 0
     head = max(vec, 1)
 
+    def r(v):
+        return tir_widen(v, prec) if spec.x_bits else tir_round(v, prec)
+
     @T.macro
     def round_rows(xf, xr, rows):
         for m in loop(rows):
             for kk in T.vectorized(head):
-                xr[m, kk] = tir_round(xf[m, kk], prec)
+                xr[m, kk] = r(xf[m, kk])
             for kk in range(vec, kp):
-                xr[m, kk] = T.if_then_else(kk < k, tir_round(xf[m, T.min(kk, k - 1)], prec), 0.0)
+                xr[m, kk] = T.if_then_else(kk < k, r(xf[m, T.min(kk, k - 1)]), 0.0)
 
     return round_rows
 
