@@ -111,7 +111,7 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
             out,
             opt_level=level,
             input_shapes=dict([parse_shape_arg(f"{case.input}={dims}")]),
-            compression=_compression(case, work),
+            compression=_compression(case, work, None if key == "dynamic" else key),
         )
         builds["compile_s"][str(key)] = round(time.perf_counter() - start, 1)
         if key == "dynamic":
@@ -121,7 +121,9 @@ def compile_builds(name: str, case: Case, work: Path, level: int) -> dict[str, A
     return builds
 
 
-def _compression(case: Case, work: Path) -> list:
+def _compression(case: Case, work: Path, size: int | None) -> list:
+    """int8 settings of a build; a static image_hw build of `size` pixels calibrates on the
+    calibration crops sampled down to its size (nearest pixels), the others at 224."""
     if not case.int8:
         return []
     from graphopt.compress.int8.flow import QuantOptions
@@ -131,9 +133,12 @@ def _compression(case: Case, work: Path) -> list:
         return [Int8(QuantOptions(mode="dynamic", granularity="row"))]
     from bench.bench_int8 import calibration_images
 
-    cal = work / "calibration.npz"
+    side = size if case.kind == "image_hw" and size else 224
+    cal = work / f"calibration{side}.npz"
     if not cal.exists():
-        np.savez(cal, x=np.concatenate(calibration_images()))
+        images = np.concatenate(calibration_images())
+        pick = np.arange(side) * images.shape[-1] // side
+        np.savez(cal, x=images[:, :, pick][:, :, :, pick])
     return [Int8(QuantOptions(calibration=str(cal)))]
 
 
