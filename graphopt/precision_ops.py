@@ -138,20 +138,7 @@ def reference_matmul(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
 def tir_round(v, precision: str, lanes: int = 1):
     """TIR: fp32 value (or vector) rounded to `precision` and widened back to fp32 (the same
     rounding as `to_bits`)."""
-    f32 = "float32" if lanes == 1 else f"float32x{lanes}"
-    if precision == "fp16":
-        half = "float16" if lanes == 1 else f"float16x{lanes}"
-        return T.Cast(f32, T.Cast(half, v))
-    u32 = "uint32" if lanes == 1 else f"uint32x{lanes}"
-
-    def c(value: int):
-        return T.uint32(value) if lanes == 1 else T.broadcast(T.uint32(value), lanes)
-
-    u = T.reinterpret(u32, v)
-    odd = T.bitwise_and(T.shift_right(u, c(16)), c(1))
-    rounded = T.bitwise_and(u + c(0x7FFF) + odd, c(0xFFFF0000))
-    quiet = T.bitwise_and(T.bitwise_or(u, c(0x400000)), c(0xFFFF0000))
-    return T.reinterpret(f32, T.Select(T.isnan(v), quiet, rounded))  # one unordered compare
+    return tir_widen(tir_bits(v, precision, lanes), precision, lanes)  # widening is exact
 
 
 def tir_bits(v, precision: str, lanes: int = 1):
