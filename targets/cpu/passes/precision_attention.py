@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
+from graphopt.errors import PipelineError
 from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_ops import ATTENTION_ATTR, has_dpbf16
@@ -50,8 +51,6 @@ class PrecisionAttention(GraphPass):
         mode: str = "auto"
 
     def run(self, mod: tvm.IRModule) -> PassResult:
-        from graphopt.errors import PipelineError
-
         mode = self.options.mode
         if mode not in MODES:
             raise PipelineError(f"precision-attention: mode must be one of {', '.join(MODES)}")
