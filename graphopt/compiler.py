@@ -149,9 +149,9 @@ def _start(opts: CompileOptions, say: Callable[[str], None]) -> _Compilation:
 
 
 def _check_symbolic(imported: ImportedModel, job: _Compilation) -> None:
-    """Symbolic dims build for x86 and ARM, with int8 as the one compression method; anything
-    else is one line, before any work (int4, pruning and 16-bit precision calibrate and score
-    at one static shape; CUDA's symbolic schedules are not verified on a GPU)."""
+    """Symbolic dims build for x86 and ARM, with the compression methods whose kernels take
+    symbolic sizes (`symbolic_shapes`: int8, int4, pruning, 16-bit precision); anything else
+    is one line, before any work (CUDA's symbolic schedules are not verified on a GPU)."""
     if not imported.dims:
         return
     job.example_sizes = {n: SymDim(n, lo, hi).example for n, (lo, hi) in imported.dims.items()}
@@ -206,7 +206,7 @@ def _plan_compression(
     """Every selected compression method in turn: the graph passes it requires, its plan on
     the current graph, its passes."""
     methods = list(job.opts.compression) or default_methods()
-    ctx = CompressionContext(imported.ranged_inputs(), job.target, job.say)
+    ctx = CompressionContext(imported.ranged_inputs(), job.target, job.say, job.example_sizes)
     for method in methods:
         start = time.perf_counter()
         prefix = [make_pass(name) for name in method.requires if name not in job.ran]

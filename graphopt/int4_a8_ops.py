@@ -22,6 +22,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 from graphopt.int4_ops import RECIPE_ATTR, Int4MatmulSpec
+from graphopt.matmul_recipe import row_count, tir_shape
 
 EPS = 1e-8  # the int8 flow's DYNAMIC_EPS: an all-zero row must not divide by zero
 QMAX = 127.0
@@ -79,7 +80,8 @@ def fake_quant_rows(x: np.ndarray) -> np.ndarray:
 def portable_a8_kernel(spec: Int4MatmulSpec):
     """The W4A8 op as scalar TIR over natural-layout constants (any target; slow): each row
     quantized into a scratch row, then the group dot products of every column."""
-    rows, k, n, group, groups = spec.rows, spec.k, spec.n, spec.group, spec.groups
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, group, groups = row_count(x_shape), spec.k, spec.n, spec.group, spec.groups
     z_shape = (1,) if spec.symmetric else (n, groups)
 
     def zero(zeros, j, g):
@@ -87,11 +89,11 @@ def portable_a8_kernel(spec: Int4MatmulSpec):
 
     @T.prim_func
     def int4_a8_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         packed: T.Buffer((n, (k + 1) // 2), "uint8"),
         scales: T.Buffer((n, groups), spec.scale_dtype),
         zeros: T.Buffer(z_shape, "uint8"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, k), "float32", data=x.data)

@@ -22,14 +22,14 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.matmul_recipe import MatmulRecipe, recipe_on
+from graphopt.matmul_recipe import Dim, MatmulRecipe, recipe_on, row_count, tir_shape
 
 RECIPE_ATTR = "graphopt.int4_kernel"
 
 
 @dataclass(frozen=True)
 class Int4MatmulSpec(MatmulRecipe):
-    x_shape: tuple[int, ...]  # x's full shape; rows = product of all but the last
+    x_shape: tuple[Dim, ...]  # x's full shape (symbolic dims by name); rows: all but the last
     n: int
     group: int
     symmetric: bool
@@ -93,7 +93,8 @@ def portable_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
         from graphopt.int4_a8_ops import portable_a8_kernel
 
         return portable_a8_kernel(spec)
-    rows, k, n, group = spec.rows, spec.k, spec.n, spec.group
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, group = row_count(x_shape), spec.k, spec.n, spec.group
     z_shape = (1,) if spec.symmetric else (n, spec.groups)
 
     def zero(zeros, j, kk):
@@ -103,11 +104,11 @@ def portable_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
 
     @T.prim_func
     def int4_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         packed: T.Buffer((n, (k + 1) // 2), "uint8"),
         scales: T.Buffer((n, spec.groups), spec.scale_dtype),
         zeros: T.Buffer(z_shape, "uint8"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, k), "float32", data=x.data)

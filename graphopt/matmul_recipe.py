@@ -42,6 +42,11 @@ class MatmulRecipe:
         return int(np.prod(self.x_shape[:-1], dtype=np.int64))
 
     @property
+    def symbolic(self) -> bool:
+        """Whether the row count is symbolic (a dim before the last is named)."""
+        return any(isinstance(d, str) for d in self.x_shape[:-1])
+
+    @property
     def out_shape(self) -> tuple[int, ...]:
         return (*self.x_shape[:-1], self.n)
 

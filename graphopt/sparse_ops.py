@@ -5,7 +5,8 @@ weight is mostly zero blocks (an NHWC 1x1 conv, a matmul / Gemm / dense layer) b
 a portable kernel carrying a recipe (`RECIPE_ATTR`, JSON); the CPU stage `materialize-sparse`
 swaps in a vectorized kernel with the same operands. The operands, all but x constants:
 
-    x        [.., K] fp32 (rows = the product of the leading dims: pixels, or tokens)
+    x        [.., K] fp32 (rows = the product of the leading dims: pixels, or tokens; the
+             dims may be symbolic, the kernels then take any row count)
     values   [nnzb, block] fp32: the nonzero blocks, block = `block` consecutive output
              channels of one input channel (BSR over W^T: output-channel blocks x 1)
     indices  [nnzb] int32: the input channel of each block
@@ -28,6 +29,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.matmul_recipe import Dim
+
 RECIPE_ATTR = "graphopt.sparse_kernel"
 
 
@@ -35,7 +38,7 @@ RECIPE_ATTR = "graphopt.sparse_kernel"
 class SparseSpec:
     """Shapes and epilogue of one block-sparse matmul (what its kernel is built from)."""
 
-    x_shape: tuple[int, ...]
+    x_shape: tuple[Dim, ...]  # symbolic dims by name (a sequence, a batch, an image size)
     n: int
     block: int
     nnzb: int
@@ -45,7 +48,12 @@ class SparseSpec:
 
     @property
     def rows(self) -> int:
+        """The row count of a static input (kernels with symbolic dims use `row_count`)."""
         return math.prod(self.x_shape[:-1])
+
+    @property
+    def symbolic(self) -> bool:
+        return any(isinstance(d, str) for d in self.x_shape[:-1])
 
     @property
     def k(self) -> int:

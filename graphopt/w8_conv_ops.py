@@ -21,6 +21,14 @@ import tvm
 from graphopt.compress.int8.qdq import dequant_weight_np, weight_qparams
 
 
+def _int64(d):
+    """A static dim as an int64 immediate; an expression cast to int64 where it is not."""
+    d = d if isinstance(d, int) else tvm.sym.Analyzer().simplify(d)
+    if isinstance(d, (int, tvm.tirx.IntImm)):
+        return tvm.tirx.IntImm("int64", int(d))
+    return d if str(d.ty) == "int64" else tvm.tirx.Cast("int64", d)
+
+
 def quantize_conv_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 OIHW weight, fp32 [O] scale) of an fp32 OIHW conv weight."""
     wq, scale = weight_qparams(np.asarray(w, np.float32), 0)
@@ -33,7 +41,7 @@ def dequantize_conv_weight(wq: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def w8_conv_kernel(
-    x_shape: tuple[int, ...],
+    x_shape: tuple,  # ints, or the graph's dims (size vars and expressions of them)
     w_shape: tuple[int, ...],
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
@@ -44,8 +52,8 @@ def w8_conv_kernel(
     LegalizeOps gives a conv2d), padding [top, left, bottom, right]."""
     from tvm import te, topi
 
-    def dims(shape):
-        return [tvm.tirx.IntImm("int64", d) for d in shape]  # as Relax's shapes (FuseTIR)
+    def dims(shape):  # int64 as Relax's shapes (FuseTIR); a symbolic dim as the graph has it
+        return [d if isinstance(d, tvm.tirx.Var) else _int64(d) for d in shape]
 
     x = te.placeholder(dims(x_shape), "float32", name="x")
     wq = te.placeholder(dims(w_shape), "int8", name="wq")
@@ -58,5 +66,5 @@ def w8_conv_kernel(
     else:
         y = topi.nn.group_conv2d_nchw(x, w, strides, padding, dilation, groups, "float32")
     # topi's output shape has int32 dims where Relax's are int64 (FuseTIR needs them equal)
-    out = te.compute(dims([int(d) for d in y.shape]), lambda *i: y(*i), name="w8_conv2d")
+    out = te.compute(dims(y.shape), lambda *i: y(*i), name="w8_conv2d")
     return te.create_prim_func([x, wq, s, out]).without_attr("global_symbol")

@@ -21,6 +21,7 @@ from tvm.relax.dpl import GlobalVarPattern, is_const, is_op, wildcard
 from tvm.relax.dpl.pattern import DFPattern, TuplePattern
 
 from graphopt import _tvm
+from graphopt.binding_graph import const_value
 
 PREFIX = "graphopt."
 FusionPattern = relax.transform.FusionPattern
@@ -90,8 +91,25 @@ def _known_tir_calls(ctx, elementwise: frozenset[str] = frozenset()) -> bool:
     return True
 
 
+def _mostly_zeros(w: np.ndarray) -> bool:
+    return w is not None and w.size > 0 and np.count_nonzero(w) * 2 <= w.size
+
+
+def _sparse_weight(ctx) -> bool:
+    """Whether a conv or matmul of the group has a constant weight at least half zeros: such a
+    layer stays a bare binding (and out of combined Q/K/V matmuls), which the target's
+    `sparsify` matches, so a pruned model at -O3 gets the block-sparse kernels of -O2."""
+    for value in ctx.matched_bindings.values():
+        if _op_name(value) in ("relax.nn.conv2d", "relax.matmul"):
+            data = const_value(value.args[1])
+            if data is not None and _mostly_zeros(data):
+                return True
+    return False
+
+
 def check_group(ctx, elementwise: frozenset[str] = frozenset()) -> bool:
-    return _group_is_closed(ctx) and _known_tir_calls(ctx, elementwise)
+    closed = _group_is_closed(ctx) and _known_tir_calls(ctx, elementwise)
+    return closed and not _sparse_weight(ctx)
 
 
 def elementwise_kernels(mod: tvm.IRModule) -> frozenset[str]:
@@ -508,7 +526,8 @@ def combine_parallel_matmuls(mod: tvm.IRModule, gvars: list) -> tuple[tvm.IRModu
         return mod, 0
 
     def only_constant_weights(_lhs, rhs, bias, _bindings) -> bool:
-        return all(v in consts for v in rhs) and all(v in consts for v in bias)
+        dense = not any(_mostly_zeros(const_value(consts[v])) for v in rhs if v in consts)
+        return all(v in consts for v in rhs) and all(v in consts for v in bias) and dense
 
     combined = relax.transform.CombineParallelMatmul(only_constant_weights)(hoisted)
     new = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)

@@ -6,22 +6,31 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 
 
 def reference_kernel(spec: SparseSpec) -> tvm.tirx.PrimFunc:
     """out[m, n] = clamp(bias[n] + sum over the blocks of n's block of x[m, k] * value)."""
-    rows, k, n, bs, nnzb, nb = spec.rows, spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, bs, nnzb, nb = (
+        row_count(x_shape),
+        spec.k,
+        spec.n,
+        spec.block,
+        spec.nnzb,
+        spec.blocks,
+    )
     lo, hi = spec.lo, spec.hi
 
     @T.prim_func(private=True)
     def bsr_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         values: T.Buffer((nnzb, bs), "float32"),
         indices: T.Buffer((nnzb,), "int32"),
         indptr: T.Buffer((nb + 1,), "int32"),
         bias: T.Buffer((n,), "float32"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         xf = T.decl_buffer((rows, k), "float32", data=x.data)

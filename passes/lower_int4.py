@@ -38,6 +38,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
+from graphopt.binding_graph import shape_dims
 from graphopt.compress.common.layers import bound_constants
 from graphopt.compress.int4.embedding import embedding_table
 from graphopt.compress.int4.layers import int4_layers, weight_matrix, window_convs
@@ -157,15 +158,14 @@ class _Rewriter(relax.PyExprMutator):
             x = bb.emit(R.permute_dims(x, [0, 2, 3, 1]))
         if q.act_scale is not None:  # AWQ: the weights were quantized for x * act_scale
             x = bb.emit(R.multiply(x, relax.const(q.act_scale.astype(np.float32))))
-        shape = tuple(int(d) for d in x.ty.shape.values)
         spec = Int4MatmulSpec(
-            shape, q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype), act=self.options.act
-        )
+            shape_dims(x), q.n, q.group, q.symmetric, scale_dtype=str(q.scales.dtype),
+            act=self.options.act,
+        )  # fmt: skip
         consts = [relax.const(a) for a in (q.packed, q.scales, _zeros(q))]
+        out_shape = [*x.ty.shape.values[:-1], q.n]  # symbolic dims as the graph has them
         call = relax.call_tir(
-            self._kernel(spec),
-            relax.Tuple([x, *consts]),
-            relax.TensorType(spec.out_shape, "float32"),
+            self._kernel(spec), relax.Tuple([x, *consts]), relax.TensorType(out_shape, "float32")
         )
         if conv:
             call = R.permute_dims(bb.emit(call), [0, 3, 1, 2])
@@ -176,7 +176,7 @@ class _Rewriter(relax.PyExprMutator):
         a = layer.call.attrs
         wq, scale = quantize_conv_weight(layer.weight)
         kernel = w8_conv_kernel(
-            tuple(int(d) for d in layer.call.args[0].ty.shape.values),
+            tuple(layer.call.args[0].ty.shape.values),
             tuple(wq.shape),
             tuple(int(v) for v in a.strides),
             tuple(int(v) for v in a.padding),
@@ -190,7 +190,7 @@ class _Rewriter(relax.PyExprMutator):
     def _conv_matmul(self, layer, x: relax.Expr) -> relax.Expr:
         """A 1x1 conv (NCHW) as the fp32 matmul of its pixels [1, B*H*W, C] @ W [C, N]."""
         bb = self.builder_
-        b, c, h, w = (int(d) for d in layer.call.args[0].ty.shape.values)
+        b, c, h, w = layer.call.args[0].ty.shape.values  # symbolic dims stay expressions
         rows = bb.emit(R.reshape(bb.emit(R.permute_dims(x, [0, 2, 3, 1])), [1, b * h * w, c]))
         weight = weight_matrix(layer)
         y = bb.emit(R.matmul(rows, relax.const(weight)))

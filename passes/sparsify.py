@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, static_dims
+from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, shape_dims
 from graphopt.errors import PipelineError
 from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
@@ -98,9 +98,10 @@ class Sparsify(GraphPass):
             tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", n, True)
             values, indices, indptr = to_bsr(w, block)
             bias = np.zeros(n, np.float32) if bias is None else bias
-            spec = SparseSpec(static_dims(x), n, block, len(indices), lo, hi)
+            spec = SparseSpec(shape_dims(x), n, block, len(indices), lo, hi)
             consts = [relax.const(c) for c in (values, indices, indptr, bias)]
-            out_ty = relax.TensorType(relax.ShapeExpr(list(spec.out_shape)), "float32")
+            out_shape = [*x.ty.shape.values[:-1], n]  # symbolic dims as the graph has them
+            out_ty = relax.TensorType(relax.ShapeExpr(out_shape), "float32")
             plans[tail] = KernelCall(spec, [x, *consts], out_ty)
             stats["layers_sparse"] += 1
             stats["weight_bytes_dense"] += w.nbytes
@@ -127,7 +128,7 @@ def _match(graph: BindingGraph, var) -> tuple[relax.Expr, np.ndarray] | None:
     if op not in ("relax.nn.conv2d", "relax.matmul"):
         return None
     x, w = call.args[0], const_value(graph.resolve(call.args[1]))
-    dims = static_dims(x)
+    dims = shape_dims(x)
     if w is None or w.dtype != np.float32 or dims is None or len(dims) < 2:
         return None
     if str(x.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":

@@ -100,19 +100,25 @@ def test_range_on_a_static_dim_is_an_error():
         import_onnx(mb.cnn(), {"x": ("1..4", 3, 16, 16)})
 
 
-def test_int4_with_a_range_is_one_line(tmp_path):
-    """int8 takes symbolic dims (tests/test_int8_symbolic.py); int4 calibrates and scores at
-    one static shape."""
-    from graphopt.compress.int4.method import Int4, Int4Options
+def test_a_method_for_static_shapes_only_is_one_line(tmp_path):
+    """int8, int4, pruning and 16-bit precision take symbolic dims (tests/test_*_symbolic.py);
+    a compression method that does not say it does is refused before any work."""
 
-    with pytest.raises(GraphoptError, match="int4 needs static input shapes") as info:
+    class StaticOnly:
+        name, requires = "static-only", ()
+
+        def plan(self, mod, ctx):
+            raise AssertionError("never planned")
+
+    with pytest.raises(GraphoptError, match="static-only needs static input shapes") as info:
         graphopt.compile(
             mb.cnn(batch="N"),
             tmp_path / "q",
             input_shapes={"x": ("1..4", 3, 16, 16)},
-            compression=[Int4(Int4Options())],
+            compression=[StaticOnly()],
         )
     assert "\n" not in str(info.value)
+    assert not (tmp_path / "q").exists()
 
 
 def test_cuda_with_a_range_is_one_line(tmp_path):

@@ -35,6 +35,8 @@ class CompressionContext:
     inputs: Sequence[Any]  # frontend TensorSpecs of the model's inputs
     target: Target
     progress: Callable[[str], None] = lambda _msg: None
+    # The example size of each symbolic dim (its range's), for what is counted at one size
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -719,3 +719,21 @@ def test_a_family_whose_rewrite_fails_is_declined_not_fatal(monkeypatch):
     assert set(p.errors) == {"parallel_matmul", "layer_norm"}
     assert "normalize" in p.errors["layer_norm"]
     check_numerics(fuse(), mod)
+
+
+def test_layers_with_mostly_zero_weights_stay_bare_for_sparsify():
+    """A pruned Q/K/V (weights at least half zeros) is neither combined nor grouped with its
+    bias: `sparsify` matches bare layers, so -O3 keeps the block-sparse kernels of -O2."""
+    zeros = np.zeros((16, 16), np.float32)
+    zeros[:4] = RNG.standard_normal((4, 16))
+
+    def body(bb, x):
+        outs = []
+        for _ in range(3):
+            mm = bb.emit(relax.op.matmul(x, relax.const(zeros)))
+            outs.append(bb.emit(relax.op.add(mm, const((16,)))))
+        return relax.Tuple(outs)
+
+    result = apply_checked(fuse(), build({"x": (2, 4, 16)}, body))
+    assert not composites(result.module)
+    assert main_ops(result.module)["relax.matmul"] == 3

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tvm
@@ -83,24 +84,27 @@ def layer_macs(layer: Layer) -> float:
     return float(np.prod(out)) * w[0]
 
 
-def _channel_macs(region: Region, func) -> float:
+def _channel_macs(region: Region, func, macs: dict[str, float]) -> float:
     """Multiply-adds one hidden channel of the region costs (producer, depthwise, consumer)."""
     p, q = region.producer, region.consumer
     if isinstance(region, HeadRegion):  # Q, K, V and the output projection
-        return sum(layer_macs(ly) for ly in (*region.qkv, q)) / region.channels
-    total = layer_macs(p) / region.channels + layer_macs(q) / region.channels
+        return sum(macs[ly.name] for ly in (*region.qkv, q)) / region.channels
+    total = macs[p.name] / region.channels + macs[q.name] / region.channels
     dw = {ly.var: ly for ly in find_layers(func) if ly.kind == "conv2d"}
     for var in region.bindings[1:]:
         if var in dw:
-            total += layer_macs(dw[var]) / region.channels
+            total += macs[dw[var].name] / region.channels
     return total
 
 
-def region_budget(func, regions: list[Region], macs: float, min_keep: float):
+def region_budget(func, regions: list[Region], macs: float, min_keep: float, sizes=None):
     """(all layers' multiply-adds, per-channel multiply-adds per region, the fraction of the
-    regions' multiply-adds to keep so the whole model keeps `macs` of its own)."""
-    all_macs = sum(layer_macs(ly) for ly in find_layers(func))
-    per_channel = {r.name: _channel_macs(r, func) for r in regions}
+    regions' multiply-adds to keep so the whole model keeps `macs` of its own). Symbolic dims
+    count at `sizes` (name -> size: the example sizes of their ranges)."""
+    static = func.bind_symbolic_vars(sizes) if sizes else func
+    by_name = {ly.name: layer_macs(ly) for ly in find_layers(static)}
+    all_macs = sum(by_name.values())
+    per_channel = {r.name: _channel_macs(r, func, by_name) for r in regions}
     region_macs = sum(per_channel[r.name] * r.channels for r in regions)
     target = 1.0 - (1.0 - macs) * all_macs / region_macs
     if target < min_keep:
@@ -119,6 +123,9 @@ class Channels:
     options: ChannelOptions
     name: str = "prune-channels"
     requires: tuple[str, ...] = ("fold-constants",)
+    # Fits on samples of any size in the dims' ranges; multiply-adds count at the example
+    # sizes (CompressionContext.sizes); the pruned layers are dense layers of any size
+    symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         o = self.options
@@ -132,7 +139,8 @@ class Channels:
         feeds = fitting_feeds(o.calibration, ctx.inputs, o.samples, ctx.progress, "prune macs")
         scored, _labels = eval_feeds(o.eval_data, ctx.inputs, feeds)
         stats, ref = _measure(mod, regions, feeds, scored, ctx)
-        all_macs, per_channel, target = region_budget(func, regions, o.macs, o.min_keep)
+        budget = region_budget(func, regions, o.macs, o.min_keep, ctx.sizes)
+        all_macs, per_channel, target = budget
         enough = _warn_small(regions, stats, ctx.progress, o.sequential and o.refit)
         decision = decide(regions, stats, per_channel, target, o)
         how = "sequential" if o.sequential and o.refit and enough else "one-shot"
@@ -184,8 +192,8 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
 
     tapped, names = tap_module(mod)
     index = {n: i for i, n in enumerate(names)}
-    result = mod["main"].body.body
-    n_out = len(result.fields) if isinstance(result, relax.Tuple) else 1
+    result = mod["main"].body.body.ty  # a tuple of outputs may be bound to a var
+    n_out = len(result.fields) if isinstance(result, relax.TupleType) else 1
     ctx.progress(f"prune macs: measuring {len(regions)} regions on {len(feeds)} feeds")
     target: Target = evaluation_target(resolve_target(ctx.target))
     run = build_runner(tapped, target, arg_checks=False)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tvm
@@ -156,6 +157,9 @@ class Int4:
     options: Int4Options
     name: str = "int4"
     requires: tuple[str, ...] = ("fold-constants",)
+    # Calibrates on samples of any size in the dims' ranges; its kernels take a symbolic
+    # row count (a sequence range, a symbolic batch or image size)
+    symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         check_options(self.options)

@@ -7,6 +7,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tvm
@@ -66,6 +67,9 @@ class Prune:
     options: PruneOptions
     name: str = "prune"
     requires: tuple[str, ...] = ("fold-constants",)
+    # Calibrates on samples of any size in the dims' ranges; the block-sparse kernels take a
+    # symbolic row count
+    symbolic_shapes: ClassVar[bool] = True
 
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         o = self.options

@@ -33,6 +33,7 @@ from tvm.script import tirx as T
 
 from graphopt.int4_a8_ops import codes
 from graphopt.int4_ops import Int4MatmulSpec
+from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.targets.cpu.int4.a8_rows import quantize_rows_macro
 from graphopt.targets.cpu.int8 import kernels as K8
 
@@ -61,7 +62,8 @@ def plan_for(spec: Int4MatmulSpec, isa: K8.Isa) -> A8Plan:
     kpack = KPACK[isa.name]
     if spec.group % kpack:
         raise ValueError(f"W4A8 on {isa.name} needs groups of a multiple of {kpack} weights")
-    return A8Plan(isa, kpack, isa.lanes, max(1, min(isa.accumulators // 4, spec.rows)))
+    tile = isa.accumulators // 4  # rows of a register tile: all of them for symbolic rows
+    return A8Plan(isa, kpack, isa.lanes, tile if spec.symbolic else max(1, min(tile, spec.rows)))
 
 
 def pack_a8(packed, scales, zeros, spec: Int4MatmulSpec, plan: A8Plan) -> list[np.ndarray]:
@@ -185,52 +187,66 @@ def _widen(plan: A8Plan):
 
 @dataclass(frozen=True)
 class _Shape:
-    rows: int
+    x_shape: tuple  # x's shape for the buffers (symbolic dims: size vars)
+    rows: int | tvm.tirx.PrimExpr  # an expression of x's size vars when they are symbolic
     k: int
     n: int
     kw: int  # words per row
     gw: int  # words per group
     panels: int
-    row_tiles: int
-    chunks: int  # row-tile chunks per panel (parallel tasks: panels x chunks)
-    per_chunk: int
+    row_tiles: int | tvm.tirx.PrimExpr
+    chunks: int | tvm.tirx.PrimExpr  # row-tile chunks per panel (tasks: panels x chunks)
+    per_chunk: int | tvm.tirx.PrimExpr
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
 
 
 def _shape(spec: Int4MatmulSpec, plan: A8Plan) -> _Shape:
+    x_shape = tir_shape(spec.x_shape)
+    rows = row_count(x_shape)
     panels = -(-spec.n // plan.pl)
-    row_tiles = -(-spec.rows // plan.mr)
-    chunks = max(1, min(row_tiles, -(-K8.MIN_TASKS // panels)))
-    per_chunk = -(-row_tiles // chunks)
+    row_tiles = _ceil_div(rows, plan.mr)
+    want = -(-K8.MIN_TASKS // panels)  # chunks that make enough tasks
+    chunks = min(row_tiles, want) if isinstance(rows, int) else tvm.tirx.min(row_tiles, want)
+    per_chunk = _ceil_div(row_tiles, chunks)
     kw = -(-spec.k // plan.kpack)
     return _Shape(
-        spec.rows, spec.k, spec.n, kw, spec.group // plan.kpack, panels, row_tiles,
-        -(-row_tiles // per_chunk), per_chunk,
+        x_shape, rows, spec.k, spec.n, kw, spec.group // plan.kpack, panels, row_tiles,
+        _ceil_div(row_tiles, per_chunk), per_chunk,
     )  # fmt: skip
 
 
-def signed_panel(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape) -> bool:
-    """Whether the task decodes its panel once into q - z words (several row tiles; not on
-    vnni, whose unsigned operand must be the nibbles)."""
-    return sh.row_tiles > 1 and plan.isa.name not in ("vnni", "avx2")
+def one_tile(sh: _Shape) -> bool | tvm.tirx.PrimExpr:
+    """Whether the rows fit one register tile (batch-1 GEMV): a condition of the kernel's when
+    the rows are symbolic."""
+    return sh.row_tiles == 1
+
+
+def signed_panel(plan: A8Plan) -> bool:
+    """Whether a task that decodes its panel once (several row tiles) decodes it into q - z
+    words (not on vnni and avx2, whose unsigned operand must be the nibbles)."""
+    return plan.isa.name not in ("vnni", "avx2")
 
 
 def _fma(a, b, c, lanes: int):
     return T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.fma", a, b, c)
 
 
-def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
+def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape, inline: bool):
     """TIR macro: the mr x 2-vector register tile of rows m0 .. m0 + mr - 1 and panel p: per
     group the int32 dot products, the zero-point term, f32 x scale into fp32 accumulators;
-    then the row scales and the stores (valid rows and channels only)."""
+    then the row scales and the stores (valid rows and channels only). inline: the weights
+    are decoded at each load (one row tile), else read from the task's decoded panel."""
     mr, nl, rows, n, nv = plan.mr, plan.lanes, sh.rows, sh.n, plan.nv
     dot, decode = _dot(plan), _decode(plan)
     nt, nn, run = narrow_acc(plan)
     runs = -(-sh.gw // run)
     widen = _widen(plan)
-    inline = sh.row_tiles == 1  # one row tile (batch-1 GEMV): decode at each load
 
     def zvec(zp, p, g, u):
-        if signed_panel(spec, plan, sh):  # the decoded panel holds q - z
+        if not inline and signed_panel(plan):  # the decoded panel holds q - z
             return T.broadcast(T.int32(0), nl)
         if spec.symmetric:
             return T.broadcast(T.int32(8), nl)
@@ -295,28 +311,53 @@ def _tile(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape):
     return tile
 
 
+def _task_macro(spec: Int4MatmulSpec, plan: A8Plan, sh: _Shape, inline: bool):
+    """TIR macro: the row tiles t0 .. t1 - 1 of one task on panel p, decoding the panel once
+    into `wd` first unless `inline`."""
+    tile = _tile(spec, plan, sh, inline)
+    decode, decode_signed = _decode(plan), _decode_signed(plan, spec)
+    signed, gw, nl, nv, mr = signed_panel(plan), sh.gw, plan.lanes, plan.nv, plan.mr
+
+    @T.macro
+    def task(wp, wd, sp, zp, words, asum, xs, iacc, tacc, facc, tail, of, p, t0, t1):
+        if not inline:
+            for kq in range(sh.kw):
+                for u in T.unroll(nv):
+                    if signed:
+                        wd[kq, T.ramp(u * nl, 1, nl)] = decode_signed(wp, zp, p, kq, u, kq // gw)
+                    else:
+                        wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, p, kq, u)
+        for t in range(t0, t1):
+            tile(wp, wd, sp, zp, words, asum, xs, iacc, tacc, facc, tail, of, p, t * mr)
+
+    return task
+
+
 def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFunc:
-    """PrimFunc(x, wp, sp, zp, out) of `pack_a8`'s constants (module docstring)."""
+    """PrimFunc(x, wp, sp, zp, out) of `pack_a8`'s constants (module docstring). With
+    symbolic rows, whether the weights are decoded at each load (one row tile) is decided at
+    run time."""
     sh = _shape(spec, plan)
     rows, k, n, nl, pl = sh.rows, sh.k, sh.n, plan.lanes, plan.pl
     wdtype = "uint8" if plan.kpack == 2 else "uint16"
     z_shape = (1,) if spec.symmetric else (sh.panels, spec.groups, pl)
-    quantize, tile = quantize_rows_macro(spec, plan.kpack), _tile(spec, plan, sh)
-    inline, signed = sh.row_tiles == 1, signed_panel(spec, plan, sh)
-    decode, decode_signed = _decode(plan), _decode_signed(plan, spec)
-    gw = sh.gw
+    quantize = quantize_rows_macro(spec, plan.kpack)
+    inline = one_tile(sh)
+    task_inline = _task_macro(spec, plan, sh, inline=True)
+    task_decoded = _task_macro(spec, plan, sh, inline=False)
     loop_rows = K8._loop(16 * rows * k)
     loop_tasks = K8._loop(rows * k * n)
-    mr, chunks, per_chunk, nv = plan.mr, sh.chunks, sh.per_chunk, plan.nv
+    mr, nv = plan.mr, plan.nv
     nt, nn, _run = narrow_acc(plan)
+    wd_rows = 1 if inline is True else sh.kw  # the decoded panel (unused when inline)
 
     @T.prim_func
     def int4_a8_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(sh.x_shape, "float32"),
         wp: T.Buffer((sh.panels, sh.kw, pl), wdtype),
         sp: T.Buffer((sh.panels, spec.groups, pl), spec.scale_dtype),
         zp: T.Buffer(z_shape, "uint8"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*sh.x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, k), "float32", data=x.data)
@@ -326,38 +367,24 @@ def int4_a8_matmul_kernel(spec: Int4MatmulSpec, plan: A8Plan) -> tvm.tirx.PrimFu
         xs = T.decl_buffer((rows,), "float32")
         for m in loop_rows(rows):
             quantize(xf, xs, words, asum, m)
+        # With symbolic rows these three are let-bound: computed once, not expanded into
+        # every index (LowerIntrin's floordiv expansion of them took over a minute a kernel)
+        row_tiles = sh.row_tiles
+        chunks = sh.chunks
+        per_chunk = sh.per_chunk
         for task in loop_tasks(sh.panels * chunks):
             iacc = T.decl_buffer((nv * mr,), f"int32x{nl}", scope="local")
             tacc = T.decl_buffer((nv * mr,), f"{nt}x{nn}", scope="local")
             facc = T.decl_buffer((nv * mr,), f"float32x{nl}", scope="local")
             tail = T.decl_buffer((nl,), "float32", scope="local")
-            wd = T.decl_buffer((1 if inline else sh.kw, pl), "int32")
-            if not inline:
-                for kq in range(sh.kw):
-                    for u in T.unroll(nv):
-                        if signed:
-                            wd[kq, T.ramp(u * nl, 1, nl)] = decode_signed(
-                                wp, zp, task // chunks, kq, u, kq // gw
-                            )
-                        else:
-                            wd[kq, T.ramp(u * nl, 1, nl)] = decode(wp, task // chunks, kq, u)
+            wd = T.decl_buffer((wd_rows, pl), "int32")
+            p = T.meta_var(task // chunks)
             t0 = T.meta_var(task % chunks * per_chunk)
-            for t in range(t0, T.min(t0 + per_chunk, sh.row_tiles)):
-                tile(
-                    wp,
-                    wd,
-                    sp,
-                    zp,
-                    words,
-                    asum,
-                    xs,
-                    iacc,
-                    tacc,
-                    facc,
-                    tail,
-                    of,
-                    task // chunks,
-                    t * mr,
-                )
+            t1 = T.meta_var(T.min(t0 + per_chunk, row_tiles))
+            scratch = T.meta_var((words, asum, xs, iacc, tacc, facc, tail))
+            if inline:
+                task_inline(wp, wd, sp, zp, *scratch, of, p, t0, t1)
+            else:
+                task_decoded(wp, wd, sp, zp, *scratch, of, p, t0, t1)
 
     return int4_a8_matmul

@@ -10,7 +10,8 @@ multiply-adds in k order (`graphopt.int4_ops.reference_matmul(fma=True)`).
 One parallel task is one panel. For a single row (batch-1 GEMV, where the weights' bytes are
 the cost) each 8-byte load is decoded straight into the two FMAs. For more rows the task
 dequantizes its panel once into an fp32 buffer [K, 16] (L2) and runs MR x 2 register tiles of
-rows over it, so decoding is paid once per weight, not once per row.
+rows over it, so decoding is paid once per weight, not once per row. With a symbolic row count
+(a sequence range, a symbolic batch) the kernel makes that choice at run time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tvm
 from tvm.script import tirx as T
 
 from graphopt.int4_ops import Int4MatmulSpec
+from graphopt.matmul_recipe import row_count, tir_shape
 
 PANEL = 16
 LANES = 8
@@ -99,22 +101,24 @@ def _fma(a, b, c):
 
 def int4_matmul_kernel(spec: Int4MatmulSpec) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K, 8], sp [P, G, 16], zp, out): one task per column panel."""
-    rows, k, n, p_count = spec.rows, spec.k, spec.n, panels(spec.n)
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, p_count = row_count(x_shape), spec.k, spec.n, panels(spec.n)
     z_shape = (1,) if spec.symmetric else (p_count, spec.groups, PANEL)
     (load_group, weights), store = _decoders(spec), _store_macro(n)
     group, groups = spec.group, spec.groups
-    mr = min(MR, rows)
-    row_tiles = -(-rows // mr)
-    loop = T.parallel if rows * k * n >= 1 << 18 else T.serial
-    gemv = rows == 1
+    symbolic = not isinstance(rows, int)  # any row count: whole tiles, parallel, GEMV at run time
+    mr = MR if symbolic else min(MR, rows)
+    row_tiles = (rows + mr - 1) // mr
+    loop = T.parallel if symbolic or rows * k * n >= 1 << 18 else T.serial
+    gemv = rows == 1  # a condition of the kernel when rows is symbolic
 
     @T.prim_func
     def int4_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         wp: T.Buffer((p_count, k, HALF), "uint8"),
         sp: T.Buffer((p_count, spec.groups, PANEL), spec.scale_dtype),
         zp: T.Buffer(z_shape, "uint8"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr(_ATTRS)
         xf = T.decl_buffer((rows, k), "float32", data=x.data)

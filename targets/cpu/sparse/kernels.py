@@ -7,7 +7,9 @@ input channels stream by, each one broadcast of x[row, k] and one FMA per vector
 block's values; bias and clamp are applied on the tile in registers before it is stored.
 Work per task is proportional to the nonzeros, so time scales with the block density. Tasks
 (row tiles x output blocks, row-tile major so neighbouring tasks share the x tile) run in
-parallel. Batch-1 GEMV is the same kernel with mr = 1: the tasks are the output blocks.
+parallel. Batch-1 GEMV is the same kernel with mr = 1: the tasks are the output blocks. With
+a symbolic row count (a sequence range, a symbolic batch or image size) the tile is the
+tallest the registers hold and the last one stores only its valid rows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 from graphopt.targets.cpu.schedules.common import CpuInfo
 
@@ -56,11 +59,21 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
     A tile with fewer than 4 accumulators (batch-1 GEMV) would wait on the FMA latency, so the
     nonzero blocks are split round-robin over `ways` partial sums, added at the end.
     """
-    rows, k, n, bs, nnzb, nb = spec.rows, spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
-    vl, vecs, split, mr = _plan(rows, bs, info)
+    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
+    rows, k, n, bs, nnzb, nb = (
+        row_count(x_shape),
+        spec.k,
+        spec.n,
+        spec.block,
+        spec.nnzb,
+        spec.blocks,
+    )
+    symbolic = not isinstance(rows, int)  # any row count: whole register tiles, parallel
+    vl, vecs, split, mr = _plan(1 << 30 if symbolic else rows, bs, info)
     ways = max(1, 4 // (mr * vecs))
-    tiles, full, lo, hi = -(-rows // mr), rows % mr == 0, spec.lo, spec.hi
-    loop = T.parallel if rows * nnzb * bs >= PARALLEL_MIN_WORK else T.serial
+    full = not symbolic and rows % mr == 0
+    lo, hi = spec.lo, spec.hi
+    loop = T.parallel if symbolic or rows * nnzb * bs >= PARALLEL_MIN_WORK else T.serial
 
     @T.macro
     def fma(acc, xf, values, indices, j, task, way):
@@ -76,16 +89,17 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
 
     @T.prim_func(private=True)
     def bsr_matmul(
-        x: T.Buffer(spec.x_shape, "float32"),
+        x: T.Buffer(x_shape, "float32"),
         values: T.Buffer((nnzb, bs), "float32"),
         indices: T.Buffer((nnzb,), "int32"),
         indptr: T.Buffer((nb + 1,), "int32"),
         bias: T.Buffer((n,), "float32"),
-        out: T.Buffer(spec.out_shape, "float32"),
+        out: T.Buffer((*x_shape[:-1], n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xf = T.decl_buffer((rows, k), "float32", data=x.data)
         of = T.decl_buffer((rows, n), "float32", data=out.data)
+        tiles = (rows + mr - 1) // mr  # let-bound when symbolic
         for task in loop(tiles * nb * split):
             acc = T.decl_buffer((ways * mr * vecs,), f"float32x{vl}", scope="local")
             start = T.meta_var(indptr[task // split % nb])
