@@ -1,18 +1,19 @@
 """16-bit precision (`--precision`) on MobileNetV2, EfficientNet-Lite0 and all-MiniLM-L6-v2:
-graphopt fp32, bf16 (first and last layer fp32) and mixed (bf16 under --max-drop) against
+graphopt fp32, bf16 (first and last layer measured) and mixed (bf16 under --max-drop) against
 onnxruntime fp32 and OpenVINO fp32 and its default precision hint.
 
     python -m bench.bench_precision [--runs 50] [--rounds 3] [--models minilm] [--quick]
 
 - Quality vs onnxruntime fp32: CNNs top-1 agreement (and min cosine of the logits) on the
   evaluation photo crops (bench/models/inputs.py); MiniLM min / mean embedding cosine on the
-  24 evaluation sentences. mixed budgets on other data (the calibration crops, the
-  calibration sentences of bench_int8).
+  24 evaluation sentences. bf16 measures its first and last layer, and mixed budgets, on
+  other data (the calibration crops, the calibration sentences of bench_int8).
 - Size: the tensor constants in each graphopt library (graphopt.sizes), over fp32's.
 - Latency: each runtime in its own process (2 threads, one input, warm-up, then `--runs`
   timed runs), the contestants in alternating order for `--rounds` rounds; medians over
   rounds, ratios over graphopt fp32 and onnxruntime fp32. Run it on a quiet machine.
-- graphopt at `-O3` (`--opt-level`): fp32, bf16 (first and last layer fp32) and mixed.
+- graphopt at `-O3` (`--opt-level`): fp32, bf16 (`--precision bf16 --calibration ...`: the
+  first and last layer 16-bit where measured safe) and mixed.
 - OpenVINO (the bench extras): `INFERENCE_PRECISION_HINT=f32`, and its default hint (bf16
   on a CPU with AVX512_BF16 or AMX, f32 elsewhere: the hint it chose is recorded).
 - Batch-1 matmuls alone (MiniLM's FFN shapes, MobileNetV2's classifier): graphopt fp32 vs
@@ -78,7 +79,9 @@ def _graphopt(path, workdir: Path, name: str, metric: str, max_drop: float, opt_
     """graphopt fp32, bf16 and mixed artifacts and their compile seconds."""
     variants = {
         "graphopt_fp32": None,
-        "graphopt_bf16": PrecisionOptions("bf16"),
+        "graphopt_bf16": PrecisionOptions(
+            "bf16", calibration=str(workdir / "budget.npz"), metric=metric
+        ),
         "graphopt_mixed": PrecisionOptions(
             "mixed", max_drop=max_drop, calibration=str(workdir / "budget.npz"), metric=metric
         ),

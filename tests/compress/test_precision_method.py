@@ -131,6 +131,24 @@ def test_defaults_keep_first_and_last_fp32_and_store_half(files):
     np.testing.assert_allclose(art.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
 
 
+def test_edges_measured_safe_with_data_go_16bit(files, capsys):
+    """With calibration data and no budget, the first and last layer are measured alone: the
+    chain's are ordinary (16-bit), the fragile model's first layer (x@A) stays fp32."""
+    calib = ("--calibration", str(files / "calib.npz"), "--quant-metric", "cosine")
+    _art, manifest = _compile(files, "chain.onnx", "measured", "--precision", "bf16", *calib)
+    m = manifest["precision"]
+    assert [r["precision"] for r in m["layers"]] == ["bf16"] * 3
+    assert m["accuracy"]["measured"] == ["matmul_0", "matmul_2"]
+    assert "first and last layer measured (min_cosine" in capsys.readouterr().out
+    _art, manifest = _compile(files, "fragile.onnx", "fragile16", "--precision", "bf16", *calib)
+    rows = {r["layer"]: r for r in manifest["precision"]["layers"]}
+    assert (rows["matmul_0"]["precision"], rows["matmul_0"]["reason"]) == (
+        "fp32",
+        "first layer, measured",
+    )
+    assert rows["matmul_1"]["precision"] == rows["matmul_2"]["precision"] == "bf16"
+
+
 def test_library_stores_the_16bit_weights(files, tmp_path):
     """The library itself shrinks by the weight bytes saved (a 1 MiB fp32 matmul)."""
     rng = np.random.default_rng(3)

@@ -3,8 +3,10 @@
 Which layers: every constant-weight matmul and pointwise (1x1) conv with static input
 channels (`layers.py`; the other dims may be symbolic), lowered by the `lower-precision`
 pass; kept fp32 are the layers named in `skip`, the model's first and last layer (unless
-`edges`), and, with --max-drop, the most sensitive layers the budget keeps (budget.py; the
-first and last layer are then measured like any other). `mixed` is bf16 with the budget.
+`edges`, or unless measured safe: with calibration or evaluation data and no --max-drop, each
+stays fp32 only if making it 16-bit moves the model's score on that data by more than
+EDGE_MAX_DROP), and, with --max-drop, the most sensitive layers the budget keeps (budget.py;
+the first and last layer are then measured like any other). `mixed` is bf16 with the budget.
 Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
 reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
 groups run on the bf16 attention kernel where the target has one (`attention`; the budget's
@@ -33,6 +35,10 @@ from .layers import supported
 from .report import format_report, layer_rows
 
 MANIFEST_KEY = "precision"
+# How far (metric points: top-1 agreement or min cosine, x100) 16-bit first and last layers
+# may move the score on the given data and still be taken: 0.1 lets no photo change class
+# among fewer than a thousand, and min cosine move by at most 0.001
+EDGE_MAX_DROP = 0.1
 CHOICES = ("bf16", "fp16", "mixed")
 TARGETS = ("x86", "arm")
 
@@ -88,12 +94,18 @@ class Precision:
         every = find_layers(mod["main"])
         candidates = [ly for ly in every if supported(ly)]
         held = {ly.name: "skip" for ly in candidates if ly.name in o.skip}
+        edges = {}
         if o.max_drop is None and not o.edges and every:
-            for ly, why in ((every[0], "first layer"), (every[-1], "last layer")):
-                held.setdefault(ly.name, why)
+            edges = {every[0].name: "first layer", every[-1].name: "last layer"}
+        measured = bool(edges) and bool(o.calibration or o.eval_data)
+        if not measured:
+            for name, why in edges.items():
+                held.setdefault(name, why)
         planner = _Planner(o, every, candidates, held, ctx, mod["main"])
         if o.max_drop is not None:
-            planner.budget(mod)
+            planner.budget(mod, o.max_drop)
+        elif measured:
+            planner.budget(mod, EDGE_MAX_DROP, edges)
         return planner.plan(planner.choice.level if planner.choice else 0)
 
 
@@ -109,6 +121,8 @@ class _Planner:
     func: object = None  # main before compression (the embedding tables)
     choice: Choice | None = None
     check: object = None
+    max_drop: float | None = None  # the budget the choice was made under
+    reasons: dict[str, str] | None = None  # the layers measured (the edges): why kept fp32
 
     @property
     def tables(self) -> list[list[int]]:
@@ -117,24 +131,30 @@ class _Planner:
             return []
         return [list(t.shape) for t in find_tables(self.func, 1)]
 
-    def budget(self, mod: tvm.IRModule) -> None:
+    def budget(self, mod: tvm.IRModule, max_drop: float, only: dict | None = None) -> None:
+        """Choose which layers stay fp32 within `max_drop` of the fp32 score: all candidates,
+        or those named in `only` (name -> why kept, the edges measured for safety)."""
         from ..int8.flow import evaluation_target
 
         o, ctx = self.o, self.ctx
         layers = [ly for ly in self.candidates if ly.name not in self.held]
+        if only is not None:
+            layers = [ly for ly in layers if ly.name in only]
+        self.max_drop, self.reasons = max_drop, only
+        if not layers:
+            return
         calib = load_calibration(o.calibration, ctx.inputs) if o.calibration else []
         feeds, labels = eval_feeds(o.eval_data, ctx.inputs, calib, o.sensitivity_samples)
         if not feeds:
-            raise CalibrationError("--max-drop: no evaluation feeds in the data given")
-        if not layers:
-            return
+            raise CalibrationError("--precision: no evaluation feeds in the data given")
         clock = time.perf_counter()
-        ctx.progress(f"precision max-drop: building the switchable graph ({len(layers)} layers)")
+        what = "first and last layer" if only else "max-drop"
+        ctx.progress(f"precision {what}: building the switchable graph ({len(layers)} layers)")
         runner = SwitchRunner(
             switch_module(mod, layers, o.dtype), layers, evaluation_target(ctx.target)
         )
         self.choice = choose(
-            runner, feeds, o.max_drop, labels=labels, metric=o.metric,
+            runner, feeds, max_drop, labels=labels, metric=o.metric,
             layer_samples=o.layer_samples, say=ctx.progress,
         )  # fmt: skip
         self.choice.seconds["total"] = round(time.perf_counter() - clock, 2)
@@ -150,6 +170,8 @@ class _Planner:
             chosen = self.choice.level
             for i, name in enumerate(self.choice.kept(level)):
                 why[name] = "max-drop" if i < chosen else "artifact budget"
+                if self.reasons:  # an edge that was measured unsafe
+                    why[name] = f"{self.reasons[name]}, measured"
         dtype = self.o.dtype
         names = {ly.name for ly in self.candidates}
         return {ly.name: dtype if ly.name in names and ly.name not in why else "fp32"
@@ -173,14 +195,19 @@ class _Planner:
             **layer_rows(self.every, precisions, why, self.candidates, self.tables, o.dtype),
             "accuracy": _accuracy(choice, level),
         }
-        more = choice is not None and level < len(choice.order)
+        if choice is not None and self.reasons:
+            manifest["accuracy"]["measured"] = sorted(self.reasons)
+        # The edges' measurement is of each alone, not a budget for the whole model: the
+        # artifact is scored but not held to it
+        budgeted = choice is not None and self.reasons is None
+        more = budgeted and level < len(choice.order)
         return CompressionPlan(
             MANIFEST_KEY,
             [make_pass("lower-precision", opts)],
             manifest,
             format_report(manifest),
             self.check,
-            budget=choice.scores["fp32"] - o.max_drop if choice else None,
+            budget=choice.scores["fp32"] - self.max_drop if budgeted else None,
             tighten=(lambda: self.plan(level + 1)) if more else None,
         )
 
