@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.matmul_recipe import Dim
+from graphopt.matmul_recipe import Dim, row_count, tir_shape
 
 RECIPE_ATTR = "graphopt.sparse_kernel"
 
@@ -48,12 +48,13 @@ class SparseSpec:
 
     @property
     def rows(self) -> int:
-        """The row count of a static input (kernels with symbolic dims use `row_count`)."""
+        """The row count of a static input (kernels with symbolic dims use `kernel_dims`)."""
         return math.prod(self.x_shape[:-1])
 
-    @property
-    def symbolic(self) -> bool:
-        return any(isinstance(d, str) for d in self.x_shape[:-1])
+    def kernel_dims(self) -> tuple[tuple, int | tvm.tirx.PrimExpr]:
+        """(x's shape for a kernel's buffers, its row count): symbolic dims as size vars."""
+        x_shape = tir_shape(self.x_shape)
+        return x_shape, row_count(x_shape)
 
     @property
     def k(self) -> int:

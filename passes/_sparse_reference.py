@@ -6,21 +6,13 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 
 
 def reference_kernel(spec: SparseSpec) -> tvm.tirx.PrimFunc:
     """out[m, n] = clamp(bias[n] + sum over the blocks of n's block of x[m, k] * value)."""
-    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
-    rows, k, n, bs, nnzb, nb = (
-        row_count(x_shape),
-        spec.k,
-        spec.n,
-        spec.block,
-        spec.nnzb,
-        spec.blocks,
-    )
+    x_shape, rows = spec.kernel_dims()
+    k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
     lo, hi = spec.lo, spec.hi
 
     @T.prim_func(private=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
 from graphopt.targets.cpu.schedules.common import CpuInfo
 
@@ -59,15 +58,8 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
     A tile with fewer than 4 accumulators (batch-1 GEMV) would wait on the FMA latency, so the
     nonzero blocks are split round-robin over `ways` partial sums, added at the end.
     """
-    x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
-    rows, k, n, bs, nnzb, nb = (
-        row_count(x_shape),
-        spec.k,
-        spec.n,
-        spec.block,
-        spec.nnzb,
-        spec.blocks,
-    )
+    x_shape, rows = spec.kernel_dims()
+    k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
     symbolic = not isinstance(rows, int)  # any row count: whole register tiles, parallel
     vl, vecs, split, mr = _plan(1 << 30 if symbolic else rows, bs, info)
     ways = max(1, 4 // (mr * vecs))
