@@ -19,7 +19,7 @@ onnxruntime fp32 and OpenVINO fp32 and its default precision hint.
 - Batch-1 matmuls alone (MiniLM's FFN shapes, MobileNetV2's classifier): graphopt fp32 vs
   bf16 vs onnxruntime, where half the weight bytes should show.
 `--quick`: quality and sizes only (no timing), for a correctness run on a loaded machine.
-Writes bench/results/precision.json and precision.md.
+Writes bench/results/precision.json and precision.md (`--out NAME`: NAME.json, NAME.md).
 """
 
 from __future__ import annotations
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="processes per contestant")
     ap.add_argument("--opt-level", type=int, default=3, help="graphopt's -O for every variant")
     ap.add_argument("--quick", action="store_true", help="quality and sizes only, no timing")
+    ap.add_argument("--out", default=None, help="results name under bench/results")
     ap.add_argument("--time-one", nargs=3, metavar=("MODEL", "KEY", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.time_one:
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             gemvs = gemv(Path(tmp), args.runs * 4)
     machine = machine_info()
     text = markdown(results, machine) + _gemv_markdown(gemvs)
-    stem = "precision-quick" if args.quick else "precision"
+    stem = args.out or ("precision-quick" if args.quick else "precision")
     data = {"machine": machine, "results": results, "gemv": gemvs}
     write_results(RESULTS, stem, data, text)
     print(text)
