@@ -212,7 +212,7 @@ class _Rewriter(relax.PyExprMutator):
         q = quantize_rtn(table.T, group, o.symmetric, o.clip, scale_dtype=o.scale_dtype)
         vocab, dim = table.shape
         mode = call.attrs.mode
-        out_shape = [int(d) for d in call.ty.shape.values]
+        out_shape = list(call.ty.shape.values)  # symbolic dims (a sequence) as they are
         lead = out_shape[:-1]
         rows = bb.emit(R.take(relax.const(q.packed), idx, axis=0, mode=mode))
         lo = R.bitwise_and(rows, relax.const(np.uint8(15)))

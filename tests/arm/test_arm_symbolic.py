@@ -102,6 +102,32 @@ def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
 
 
+def test_symbolic_int4_transformer_on_rpi5_matches_x86(tmp_path):
+    """W4A8 with a sequence range: the rpi5 build's sdot kernels (panels decoded into q - z
+    words, or decoded at each load for one row tile) take any length and give the x86
+    symbolic build's (VNNI) numbers under qemu (the integer sums are exact)."""
+    from graphopt.compress.int4.method import Int4, Int4Options
+
+    model = mb.transformer_block(seq="seq")
+    shapes = {"x": (1, "1..40", 32)}
+    method = [Int4(Int4Options(method="rtn"))]
+    x86 = graphopt.compile(model, tmp_path / "x86", input_shapes=shapes, compression=method)
+    arm = graphopt.compile(
+        model,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "rpi5"},
+        input_shapes=shapes,
+        compression=method,
+    )
+    stats = next(r for r in arm.manifest["report"]["passes"] if r["pass"] == "materialize-int4")
+    assert stats["stats"]["isa_sdot"] == stats["stats"]["kernels"] > 0
+    for n in (1, 29):
+        got = bundle.run_emulated(arm.directory, _block_feeds(n), cpu="cortex-a76")
+        for name, want in x86.run(_block_feeds(n)).items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs", "channels", "shape", "sizes"),
     [
