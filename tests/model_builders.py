@@ -354,6 +354,25 @@ MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 
                 (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
 
 
+def embedding_matmul(seq: int | str = 16, seed: int = 5) -> onnx.ModelProto:
+    """ids [1, seq] -> Gather(table [1024, 256], 1 MiB: an int4 embedding) -> MatMul -> y
+    [1, seq, 32]. `seq` may be a dim_param name (symbolic)."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((1024, 256)).astype(np.float32)
+    w = (rng.standard_normal((256, 32)) / 16).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"]),
+            helper.make_node("MatMul", ["e", "w"], ["y"]),
+        ],
+        "embed",
+        [_value_info("ids", [1, seq], TensorProto.INT64)],
+        [_value_info("y", [1, seq, 32])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
 def mobilenet_v2_layers(size: int | str = 224, seed: int = 8) -> onnx.ModelProto:
     """(i) MobileNetV2's layers with random weights, batch norm folded into the convs as the
     exporters leave it (Conv + bias, Clip(0, 6)), residual adds, pooling and the classifier:

@@ -75,16 +75,10 @@ def test_cnn_any_batch_on_arm(tmp_path):
             np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-4)
 
 
-def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
-    """Dynamic per-row int8 with a sequence range: the rpi5 build's sdot kernels take any
-    length and give the x86 symbolic build's numbers under qemu (the int8 sums are exact; the
-    fp32 layer norms and softmax sum 4 NEON lanes against 8 AVX2 lanes: 1e-5)."""
-    from graphopt.compress.int8.flow import QuantOptions
-    from graphopt.compress.int8.method import Int8
-
-    model = mb.transformer_block(seq="seq")
-    shapes = {"x": (1, "1..40", 32)}
-    method = [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+def _x86_and_rpi5(tmp_path, method: list):
+    """The transformer block with a sequence range 1..40 compressed by `method`, built for
+    this host and for a Raspberry Pi 5."""
+    model, shapes = mb.transformer_block(seq="seq"), {"x": (1, "1..40", 32)}
     x86 = graphopt.compile(model, tmp_path / "x86", input_shapes=shapes, compression=method)
     arm = graphopt.compile(
         model,
@@ -94,6 +88,18 @@ def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
         input_shapes=shapes,
         compression=method,
     )
+    return x86, arm
+
+
+def test_symbolic_int8_transformer_on_rpi5_matches_x86(tmp_path):
+    """Dynamic per-row int8 with a sequence range: the rpi5 build's sdot kernels take any
+    length and give the x86 symbolic build's numbers under qemu (the int8 sums are exact; the
+    fp32 layer norms and softmax sum 4 NEON lanes against 8 AVX2 lanes: 1e-5)."""
+    from graphopt.compress.int8.flow import QuantOptions
+    from graphopt.compress.int8.method import Int8
+
+    method = [Int8(QuantOptions(mode="dynamic", granularity="row"))]
+    x86, arm = _x86_and_rpi5(tmp_path, method)
     lowered = next(r for r in arm.manifest["report"]["passes"] if r["pass"] == "lower-int8")
     assert lowered["stats"]["lowered_matmul"] > 0 and lowered["stats"]["left"] == 0
     for n in (3, 29):
@@ -108,18 +114,7 @@ def test_symbolic_int4_transformer_on_rpi5_matches_x86(tmp_path):
     symbolic build's (VNNI) numbers under qemu (the integer sums are exact)."""
     from graphopt.compress.int4.method import Int4, Int4Options
 
-    model = mb.transformer_block(seq="seq")
-    shapes = {"x": (1, "1..40", 32)}
-    method = [Int4(Int4Options(method="rtn"))]
-    x86 = graphopt.compile(model, tmp_path / "x86", input_shapes=shapes, compression=method)
-    arm = graphopt.compile(
-        model,
-        tmp_path / "arm",
-        target="arm",
-        target_options={"board": "rpi5"},
-        input_shapes=shapes,
-        compression=method,
-    )
+    x86, arm = _x86_and_rpi5(tmp_path, [Int4(Int4Options(method="rtn"))])
     stats = next(r for r in arm.manifest["report"]["passes"] if r["pass"] == "materialize-int4")
     assert stats["stats"]["isa_sdot"] == 1  # the scheme the kernels use
     assert stats["stats"]["w4a8_kernels"] == stats["stats"]["kernels"] > 0

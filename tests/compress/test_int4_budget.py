@@ -19,6 +19,7 @@ from graphopt.compress.int8.qdq import dequant_weight_np, weight_qparams
 from graphopt.frontend import import_onnx
 from graphopt.pipeline import instantiate, parse_pipeline, run_passes
 from graphopt.target_infra import host_target
+from tests import model_builders as mb
 
 D = 64
 
@@ -130,26 +131,8 @@ def test_max_drop_needs_data(files, capsys):
     assert not (files / "nodata").exists()
 
 
-def _embedding_model() -> onnx.ModelProto:
-    """ids[1, 16] -> Gather(table [1024, 256], 1 MiB: an int4 embedding) -> MatMul -> y."""
-    rng = np.random.default_rng(5)
-    table = rng.standard_normal((1024, 256)).astype(np.float32)
-    w = (rng.standard_normal((256, 32)) / 16).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "ids"], ["e"]),
-            helper.make_node("MatMul", ["e", "w"], ["y"]),
-        ],
-        "embed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def test_switch_graph_reads_the_int4_table_except_for_the_reference():
-    model = _embedding_model()
+    model = mb.embedding_matmul()
     table, w = (numpy_helper.to_array(t) for t in model.graph.initializer)
     mod = run_passes(import_onnx(model).mod, instantiate(parse_pipeline("fold-constants")))
     layers = find_layers(mod["main"])
