@@ -3,9 +3,9 @@
 Which layers: every constant-weight matmul and pointwise (1x1) conv with static input
 channels (`layers.py`; the other dims may be symbolic), lowered by the `lower-precision`
 pass; kept fp32 are the layers named in `skip`, the model's first and last layer (unless
-`edges`, or unless measured safe: with calibration or evaluation data and no --max-drop, each
-stays fp32 only if making it 16-bit moves the model's score on that data by more than
-EDGE_MAX_DROP), and, with --max-drop, the most sensitive layers the budget keeps (budget.py;
+`edges`, or unless measured safe: with calibration or evaluation data and no --max-drop, the
+two are made 16-bit, every other layer fp32, and while that moves the model's score on the
+data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the most sensitive layers the budget keeps (budget.py;
 the first and last layer are then measured like any other). `mixed` is bf16 with the budget.
 Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
 reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
@@ -140,6 +140,7 @@ class _Planner:
         layers = [ly for ly in self.candidates if ly.name not in self.held]
         if only is not None:
             layers = [ly for ly in layers if ly.name in only]
+            only = {ly.name: only[ly.name] for ly in layers}  # the edges that are candidates
         self.max_drop, self.reasons = max_drop, only
         if not layers:
             return

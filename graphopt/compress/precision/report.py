@@ -59,7 +59,7 @@ def format_report(m: dict) -> str:
     tail = f"layer weights {s['fp32']} B fp32 -> {s['stored']} B (ratio {s['ratio']})"
     lines = [head, format_table(cols, rows), tail, f"note: {m['note']}"]
     a = m.get("accuracy")
-    if a and a.get("measured"):  # the first and last layer measured alone
+    if a and a.get("measured"):  # the first and last layer measured, not the whole model
         lines.append(
             f"first and last layer measured ({a['metric']}, {a['samples']} feeds): fp32 "
             f"{a['fp32']:.4f}, with them {m['scheme']} {a['all_16bit']:.4f}, chosen "
