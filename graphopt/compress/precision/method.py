@@ -5,8 +5,9 @@ channels (`layers.py`; the other dims may be symbolic), lowered by the `lower-pr
 pass; kept fp32 are the layers named in `skip`, the model's first and last layer (unless
 `edges`, or unless measured safe: with calibration or evaluation data and no --max-drop, the
 two are made 16-bit, every other layer fp32, and while that moves the model's score on the
-data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the most sensitive layers the budget keeps (budget.py;
-the first and last layer are then measured like any other). `mixed` is bf16 with the budget.
+data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the
+most sensitive layers the budget keeps (budget.py; the first and last layer are then
+measured like any other). `mixed` is bf16 with the budget.
 Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
 reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
 groups run on the bf16 attention kernel where the target has one (`attention`; the budget's
