@@ -225,3 +225,26 @@ def _channel_vector(b, kind: str, channels: int, ndim: int) -> np.ndarray | None
     if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(b.reshape(-1), (channels,)).astype(np.float32)
+
+
+def other_operand(call, var):
+    """The operand of a binary call that is not `var` (None when neither or both are)."""
+    a, b = call.args[0], call.args[1]
+    if a.same_as(var) != b.same_as(var):
+        return b if a.same_as(var) else a
+    return None
+
+
+def residual_add(graph: BindingGraph, tail):
+    """(add var, other operand) when the only user of `tail` adds a tensor of its shape."""
+    add = graph.only_user(tail)
+    if add is None or op_name(graph.value[add]) != "relax.add":
+        return None
+    other = other_operand(graph.value[add], tail)
+    if other is None or const_value(graph.resolve(other)) is not None:
+        return None
+    ty = getattr(other, "ty", None)
+    if str(getattr(ty, "dtype", "")) != "float32":
+        return None
+    same = shape_dims(other) == shape_dims(graph.value[add]) == shape_dims(tail)
+    return (add, other) if same and shape_dims(other) is not None else None

@@ -12,7 +12,8 @@ swaps in a vectorized kernel with the same operands. The operands, all but x con
     indices  [nnzb] int32: the input channel of each block
     indptr   [N / block + 1] int32: blocks of output-channel block b are indptr[b] .. b+1
     bias     [N] fp32 (zeros when the layer has none)
-    out      [.., N] fp32 = clamp(x @ W + bias, lo, hi)
+    residual [.., N] fp32, only with `residual`: a tensor added last (a residual join)
+    out      [.., N] fp32 = clamp(x @ W + bias, lo, hi) [+ residual]
 
 Only the nonzero blocks are stored, so the artifact shrinks with the block density (a model
 with 70% zero blocks keeps 30% of those weights plus one int32 index per block).
@@ -44,6 +45,7 @@ class SparseSpec:
     nnzb: int
     lo: float = -math.inf
     hi: float = math.inf
+    residual: bool = False  # a tensor of the output's shape added after the clamp
     isa: str | None = None  # set by the target stage that built the kernel
 
     @property
@@ -131,6 +133,63 @@ def from_bsr(values, indices, indptr, k: int, block: int) -> np.ndarray:
         for j in range(indptr[b], indptr[b + 1]):
             w[indices[j], b * block : (b + 1) * block] = values[j]
     return w
+
+
+def kernel_func(body, spec: SparseSpec, dims: tuple, attrs: dict) -> tvm.tirx.PrimFunc:
+    """The PrimFunc (x, values, indices, indptr, bias, [residual], out) of a block-sparse
+    kernel whose `body` macro takes (x [rows, K], values, indices, indptr, bias,
+    residual [rows, N] or None, out [rows, N]); `dims` is the `spec.kernel_dims()` the body
+    was built with (its symbolic dims are the function's)."""
+    x_shape, rows = dims
+    k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
+    out_shape = (*x_shape[:-1], n)
+    if spec.residual:
+
+        @T.prim_func(private=True)
+        def bsr_matmul_add(
+            x: T.Buffer(x_shape, "float32"),
+            values: T.Buffer((nnzb, bs), "float32"),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((nb + 1,), "int32"),
+            bias: T.Buffer((n,), "float32"),
+            residual: T.Buffer(out_shape, "float32"),
+            out: T.Buffer(out_shape, "float32"),
+        ):
+            T.func_attr(attrs)
+            body(
+                x.view(rows, k),
+                values,
+                indices,
+                indptr,
+                bias,
+                residual.view(rows, n),
+                out.view(rows, n),
+            )
+
+        func = bsr_matmul_add
+    else:
+
+        @T.prim_func(private=True)
+        def bsr_matmul(
+            x: T.Buffer(x_shape, "float32"),
+            values: T.Buffer((nnzb, bs), "float32"),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((nb + 1,), "int32"),
+            bias: T.Buffer((n,), "float32"),
+            out: T.Buffer(out_shape, "float32"),
+        ):
+            T.func_attr(attrs)
+            body(x.view(rows, k), values, indices, indptr, bias, None, out.view(rows, n))
+
+        func = bsr_matmul
+    return func.with_attr(RECIPE_ATTR, spec.text())
+
+
+def epilogue(value, spec: SparseSpec, bias, residual, row, col, lanes: int = 1):
+    """TIR: clamp(value + bias[col..]) [+ residual[row, col..]] for `lanes` channels."""
+    idx = col if lanes == 1 else T.ramp(col, 1, lanes)
+    value = clamp(value + bias[idx], spec.lo, spec.hi, lanes)
+    return value + residual[row, idx] if spec.residual else value
 
 
 def clamp(value, lo: float, hi: float, lanes: int = 1):

@@ -27,7 +27,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from graphopt.binding_graph import BindingGraph, const_value, epilogue_chain, op_name, shape_dims
+from graphopt.binding_graph import (
+    BindingGraph,
+    const_value,
+    epilogue_chain,
+    op_name,
+    other_operand,
+    residual_add,
+)
 from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_epilogue import has_epilogue
@@ -65,7 +72,7 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
         if math.isinf(lo) and math.isinf(hi) and bias is not None:
             gelu = _gelu_tail(graph, tail)
             tail = tail if gelu is None else gelu
-        residual = _residual(graph, tail)
+        residual = residual_add(graph, tail)
         tail = residual[0] if residual else tail
         spec = dataclasses.replace(
             spec, bias=bias is not None, gelu=gelu is not None, lo=lo, hi=hi,
@@ -106,14 +113,6 @@ def _scalar(graph: BindingGraph, expr) -> float | None:
     return float(c.reshape(())) if c is not None and c.size == 1 else None
 
 
-def _other(call, var):
-    """The operand of a binary call that is not `var` (None when neither or both are)."""
-    a, b = call.args[0], call.args[1]
-    if a.same_as(var) != b.same_as(var):
-        return b if a.same_as(var) else a
-    return None
-
-
 def _gelu_tail(graph: BindingGraph, h):
     """The var that ends a GELU of `h` (relax.nn.gelu, or h * (erf(h / sqrt 2) + 1) * 0.5)."""
     users = graph.users.get(h, [])
@@ -125,7 +124,7 @@ def _gelu_tail(graph: BindingGraph, h):
     div, mul = by_op.get("relax.divide"), by_op.get("relax.multiply")
     if div is None or mul is None:
         return None
-    if _scalar(graph, _other(graph.value[div], h)) not in _near(2**0.5):
+    if _scalar(graph, other_operand(graph.value[div], h)) not in _near(2**0.5):
         return None
     erf = graph.only_user(div)
     one = graph.only_user(erf) if erf is not None else None
@@ -133,32 +132,17 @@ def _gelu_tail(graph: BindingGraph, h):
         return None
     if op_name(graph.value[one]) != "relax.add":
         return None
-    if _scalar(graph, _other(graph.value[one], erf)) != 1.0:
+    if _scalar(graph, other_operand(graph.value[one], erf)) != 1.0:
         return None
     user = graph.only_user(one)
-    if user is None or not user.same_as(mul) or not _other(graph.value[mul], one).same_as(h):
+    if user is None or not user.same_as(mul) or not other_operand(graph.value[mul], one).same_as(h):
         return None
     half = graph.only_user(mul)
     if half is None or op_name(graph.value[half]) != "relax.multiply":
         return None
-    return half if _scalar(graph, _other(graph.value[half], mul)) == 0.5 else None
+    return half if _scalar(graph, other_operand(graph.value[half], mul)) == 0.5 else None
 
 
 def _near(value: float) -> set[float]:
     """The fp32 spellings of a constant an exporter may write."""
     return {float(np.float32(value)), value}
-
-
-def _residual(graph: BindingGraph, tail):
-    """(add var, other operand) when the only user of `tail` adds a tensor of its shape."""
-    add = graph.only_user(tail)
-    if add is None or op_name(graph.value[add]) != "relax.add":
-        return None
-    other = _other(graph.value[add], tail)
-    if other is None or const_value(graph.resolve(other)) is not None:
-        return None
-    ty = getattr(other, "ty", None)
-    if str(getattr(ty, "dtype", "")) != "float32":
-        return None
-    same = shape_dims(other) == shape_dims(graph.value[add]) == shape_dims(tail)
-    return (add, other) if same and shape_dims(other) is not None else None

@@ -23,25 +23,36 @@ def block_sparse(k: int, n: int, block: int, density: float, seed: int = 0) -> n
 
 def conv1x1_nhwc(w: np.ndarray, hw=(7, 7), clip=True, stride=1) -> relax.Function:
     """NHWC 1x1 conv (OHWI weight from W [K, N]) + bias [+ relu6], as `layout` leaves it."""
+    return single_input_module((1, *hw, w.shape[0]), lambda bb, x: _conv1x1(bb, x, w, clip, stride))
+
+
+def residual_conv1x1(w: np.ndarray, hw=(7, 7), clip=False) -> relax.Function:
+    """x + (NHWC 1x1 conv of x with W [K, K] + bias [+ relu6]): a projection and its residual
+    join, as MobileNetV2's blocks end."""
+
+    def build(bb, x):
+        y = _conv1x1(bb, x, w, clip, 1)
+        return relax.op.add(y if isinstance(y, relax.Var) else bb.emit(y), x)
+
+    return single_input_module((1, *hw, w.shape[0]), build)
+
+
+def _conv1x1(bb, x, w: np.ndarray, clip: bool, stride: int):
     k, n = w.shape
     bias = np.linspace(-1, 1, n, dtype=np.float32)
     ohwi = np.ascontiguousarray(w.T.reshape(n, 1, 1, k))
-
-    def build(bb, x):
-        y = bb.emit(
-            relax.op.nn.conv2d(
-                x,
-                relax.const(ohwi),
-                strides=stride,
-                data_layout="NHWC",
-                kernel_layout="OHWI",
-                out_layout="NHWC",
-            )
+    y = bb.emit(
+        relax.op.nn.conv2d(
+            x,
+            relax.const(ohwi),
+            strides=stride,
+            data_layout="NHWC",
+            kernel_layout="OHWI",
+            out_layout="NHWC",
         )
-        y = bb.emit(relax.op.add(y, relax.const(bias)))
-        return relax.op.clip(y, 0.0, 6.0) if clip else y
-
-    return single_input_module((1, *hw, k), build)
+    )
+    y = bb.emit(relax.op.add(y, relax.const(bias)))
+    return relax.op.clip(y, 0.0, 6.0) if clip else y
 
 
 def dense(w: np.ndarray, rows=(1,), relu=False) -> relax.Function:

@@ -9,7 +9,7 @@ from graphopt.binding_graph import op_name
 from graphopt.pass_infra import make_pass
 from graphopt.sparse_ops import block_density, from_bsr, spec_of, to_bsr
 from graphopt.testing import check_no_change, check_numerics
-from tests.sparse_models import block_sparse, conv1x1_nhwc, dense
+from tests.sparse_models import block_sparse, conv1x1_nhwc, dense, residual_conv1x1
 
 SPARSIFY = make_pass("sparsify", {"block": "8", "max_density": "0.6"})
 
@@ -99,3 +99,19 @@ def test_wide_block_where_the_zeros_allow():
     by8 = wide.run(dense(block_sparse(64, 64, 8, 0.3)))
     assert [s.block for s in _kernels(by16.module)] == [16]
     assert [s.block for s in _kernels(by8.module)] == [8]
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["add", "clip_then_add"])
+def test_residual_add_folded_into_the_op(clip):
+    result = check_numerics(SPARSIFY, residual_conv1x1(block_sparse(32, 32, 8, 0.3), clip=clip))
+    assert result.stats["residual_adds"] == 1
+    (spec,) = _kernels(result.module)
+    assert spec.residual and spec.hi == (6.0 if clip else np.inf)
+    ops = [op_name(b.value) for b in result.module["main"].body.blocks[0].bindings]
+    assert [o for o in ops if o] == ["relax.call_tir"]
+
+
+def test_residual_left_out_when_asked():
+    pass_ = make_pass("sparsify", {"block": "8", "max_density": "0.6", "residual": "false"})
+    result = check_numerics(pass_, residual_conv1x1(block_sparse(32, 32, 8, 0.3)))
+    assert result.stats["residual_adds"] == 0 and not _kernels(result.module)[0].residual

@@ -15,7 +15,7 @@ from graphopt.targets.cpu.schedules.common import CpuInfo
 from graphopt.targets.cpu.sparse.kernels import _plan, bsr_kernel, row_tile
 from graphopt.targets.cpu.sparse.rules import sparsify_item
 from graphopt.testing import run_through_target
-from tests.sparse_models import block_sparse, conv1x1_nhwc, dense
+from tests.sparse_models import block_sparse, conv1x1_nhwc, dense, residual_conv1x1
 
 HOST_AVX2 = "avx2" in _tvm.host_cpu_features()
 AVX2 = CpuInfo(lanes=8, registers=16, cores=2)
@@ -45,19 +45,23 @@ def _target(mcpu):
         ((1, 7, 7, 32), 64, 16, AVX2),  # 49 rows: each half of a 16-block its own task
         ((1, 5, 32), 64, 16, AVX512),  # 16-lane block (compiled here as two AVX2 halves)
         ((1, 5, 32), 64, 8, AVX512),  # block narrower than the register
+        ((1, 7, 7, 32), 32, 16, AVX512),  # 49 rows in tiles of 13: the last one overlaps
     ],
 )
-def test_kernel_matches_numpy(x_shape, n, block, info):
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_kernel_matches_numpy(x_shape, n, block, info, residual):
     rng = np.random.default_rng(0)
     k = x_shape[-1]
     w = block_sparse(k, n, block, 0.3)
     values, indices, indptr = to_bsr(w, block)
     bias = rng.standard_normal(n).astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    spec = SparseSpec(x_shape, n, block, len(indices), -1.0, 2.0)
-    got, _ = _run_kernel(spec, info, [x, values, indices, indptr, bias])
+    spec = SparseSpec(x_shape, n, block, len(indices), -1.0, 2.0, residual)
+    skip = rng.standard_normal(spec.out_shape).astype(np.float32)
+    operands = [x, values, indices, indptr, bias] + ([skip] if residual else [])
+    got, _ = _run_kernel(spec, info, operands)
     want = np.clip(x.reshape(-1, k) @ w + bias, -1.0, 2.0).reshape(spec.out_shape)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want + skip if residual else want, rtol=1e-5, atol=1e-5)
 
 
 @needs_avx2
@@ -70,6 +74,17 @@ def test_kernel_is_vectorized_fma():
     assert "%ymm" in text
 
 
+def test_partial_tile_reads_rows_at_constant_offsets():
+    """49 rows in tiles of 13 (AVX-512, compiled only): the last tile is moved back, not
+    clamped row by row, so each FMA reads its input straight from memory at a constant
+    offset (no per-row index extracted from a vector register)."""
+    spec = SparseSpec((1, 49, 64), 64, 16, 64)
+    func = bsr_kernel(spec, AVX512).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=_target("skylake-avx512"))
+    text = lib.inspect_source("asm")
+    assert "{1to16}, %zmm" in text and "vpextrd" not in text
+
+
 def test_wide_block_split_when_its_tile_is_partial():
     assert _plan(49, 16, AVX2) == (8, 1, 2, 7)
     assert _plan(48, 16, AVX2) == (8, 2, 1, 6)
@@ -79,7 +94,8 @@ def test_row_tile_prefers_divisors():
     assert row_tile(12544, 12) == 8
     assert row_tile(196, 12) == 7
     assert row_tile(1, 12) == 1
-    assert row_tile(13, 12) == 12  # no divisor in [6, 12]: one partial tile
+    assert row_tile(13, 12) == 7  # no divisor in [6, 12]: two tiles of 7, overlapping
+    assert row_tile(49, 16) == 13
 
 
 @needs_avx2
@@ -90,6 +106,7 @@ def test_row_tile_prefers_divisors():
         pytest.param(dense(block_sparse(64, 40, 8, 0.3)), id="gemv"),
         pytest.param(dense(block_sparse(96, 64, 8, 0.4), rows=(1, 12), relu=True), id="gemm"),
         pytest.param(dense(block_sparse(96, 64, 16, 0.3), rows=(1, 12)), id="gemm_16x1_blocks"),
+        pytest.param(residual_conv1x1(block_sparse(48, 48, 8, 0.3)), id="conv1x1_residual"),
     ],
 )
 def test_sparse_build_equals_dense_build(mod):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from graphopt.sparse_ops import RECIPE_ATTR, SparseSpec, clamp
+from graphopt.sparse_ops import SparseSpec, epilogue, kernel_func
 from graphopt.targets.cpu.schedules.common import CpuInfo
 
 # Kernels with fewer multiply-adds than this run serially: waking the runtime's sleeping
@@ -29,12 +29,13 @@ PARALLEL_MIN_WORK = 1 << 19
 
 def row_tile(rows: int, most: int) -> int:
     """Rows per task: a divisor of `rows` in [most/2, most] when there is one (no partial
-    tile), else `most` (the last tile stores only its valid rows)."""
+    tile), else the fewest tiles of at most `most` rows, evened out (49 rows: 4 tiles of 13,
+    not of 16; the last tile overlaps the one before and stores only its own rows)."""
     most = max(1, min(most, rows))
     for mr in range(most, (most + 1) // 2 - 1, -1):
         if rows % mr == 0:
             return mr
-    return most
+    return -(-rows // -(-rows // most))
 
 
 def _plan(rows: int, bs: int, info: CpuInfo) -> tuple[int, int, int, int]:
@@ -58,14 +59,28 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
     A tile with fewer than 4 accumulators (batch-1 GEMV) would wait on the FMA latency, so the
     nonzero blocks are split round-robin over `ways` partial sums, added at the end.
     """
-    x_shape, rows = spec.kernel_dims()
-    k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
+    dims = spec.kernel_dims()
+    rows = dims[1]
+    bs, nb = spec.block, spec.blocks
     symbolic = not isinstance(rows, int)  # any row count: whole register tiles, parallel
     vl, vecs, split, mr = _plan(1 << 30 if symbolic else rows, bs, info)
     ways = max(1, 4 // (mr * vecs))
     full = not symbolic and rows % mr == 0
-    lo, hi = spec.lo, spec.hi
-    loop = T.parallel if symbolic or rows * nnzb * bs >= PARALLEL_MIN_WORK else T.serial
+    loop = T.parallel if symbolic or rows * spec.nnzb * bs >= PARALLEL_MIN_WORK else T.serial
+
+    # The row a tile's row r reads. A static tile reads rows row0 .. row0 + mr - 1, the last
+    # tile moved back to end at the last row (it stores only the rows that are its own): the
+    # rows are then constant offsets from one base, one broadcast-FMA instruction each. A
+    # symbolic row count may be below mr, so there each row is clamped on its own.
+    shift_last = not symbolic and not full and rows >= mr
+
+    def row_of(task, r):
+        first = task // (nb * split) * mr
+        if full:
+            return first + r
+        if shift_last:
+            return T.min(first, rows - mr) + r
+        return T.min(first + r, rows - 1)
 
     @T.macro
     def fma(acc, xf, values, indices, j, task, way):
@@ -73,24 +88,12 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
             for u in T.unroll(vecs):
                 acc[(way * mr + r) * vecs + u] = (
                     acc[(way * mr + r) * vecs + u]
-                    + T.broadcast(
-                        xf[T.min(task // (nb * split) * mr + r, rows - 1), indices[j]], vl
-                    )
+                    + T.broadcast(xf[row_of(task, r), indices[j]], vl)
                     * values[j, T.ramp((task % split * vecs + u) * vl, 1, vl)]
                 )
 
-    @T.prim_func(private=True)
-    def bsr_matmul(
-        x: T.Buffer(x_shape, "float32"),
-        values: T.Buffer((nnzb, bs), "float32"),
-        indices: T.Buffer((nnzb,), "int32"),
-        indptr: T.Buffer((nb + 1,), "int32"),
-        bias: T.Buffer((n,), "float32"),
-        out: T.Buffer((*x_shape[:-1], n), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xf = T.decl_buffer((rows, k), "float32", data=x.data)
-        of = T.decl_buffer((rows, n), "float32", data=out.data)
+    @T.macro
+    def body(xf, values, indices, indptr, bias, residual, of):
         tiles = (rows + mr - 1) // mr  # let-bound when symbolic
         for task in loop(tiles * nb * split):
             acc = T.decl_buffer((ways * mr * vecs,), f"float32x{vl}", scope="local")
@@ -107,21 +110,16 @@ def bsr_kernel(spec: SparseSpec, info: CpuInfo) -> tvm.tirx.PrimFunc:
                 for i in T.unroll(mr * vecs):
                     acc[i] = acc[i] + acc[way * mr * vecs + i]
             for r in T.unroll(mr):
-                if full or task // (nb * split) * mr + r < rows:
+                if (
+                    full
+                    or (shift_last and row_of(task, r) >= task // (nb * split) * mr)
+                    or (not shift_last and task // (nb * split) * mr + r < rows)
+                ):
                     for u in T.unroll(vecs):
-                        of[
-                            task // (nb * split) * mr + r,
-                            T.ramp(task // split % nb * bs + (task % split * vecs + u) * vl, 1, vl),
-                        ] = clamp(
-                            acc[r * vecs + u]
-                            + bias[
-                                T.ramp(
-                                    task // split % nb * bs + (task % split * vecs + u) * vl, 1, vl
-                                )
-                            ],
-                            lo,
-                            hi,
-                            vl,
+                        col = T.meta_var(task // split % nb * bs + (task % split * vecs + u) * vl)
+                        of[row_of(task, r), T.ramp(col, 1, vl)] = epilogue(
+                            acc[r * vecs + u], spec, bias, residual, row_of(task, r), col, vl
                         )
 
-    return bsr_matmul.with_attr(RECIPE_ATTR, spec.text())
+    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True}
+    return kernel_func(body, spec, dims, attrs)
