@@ -115,3 +115,14 @@ def test_residual_left_out_when_asked():
     pass_ = make_pass("sparsify", {"block": "8", "max_density": "0.6", "residual": "false"})
     result = check_numerics(pass_, residual_conv1x1(block_sparse(32, 32, 8, 0.3)))
     assert result.stats["residual_adds"] == 0 and not _kernels(result.module)[0].residual
+
+
+def test_flop_estimate_counts_the_stored_blocks():
+    """TIR's estimate cannot count loops over `indptr`; the recipe can: 2 flops per stored
+    weight per row, the dense layer's count times the block density."""
+    from graphopt import _tvm
+
+    w = block_sparse(64, 32, 8, 0.25)
+    mod = SPARSIFY.run(conv1x1_nhwc(w, hw=(7, 7), clip=False)).module
+    rows, k, n = 49, 64, 32
+    assert _tvm.estimate_flops(mod) == 2 * rows * k * n * block_density(w, 8)
