@@ -2,7 +2,7 @@
 onnxruntime and DeepSparse.
 
     python -m bench.bench_prune [--part kernels|model|all] [--rounds N] [--runs N]
-                                [--process-rounds N] [--deepsparse-python PATH]
+                                [--process-rounds N] [--no-spin] [--deepsparse-python PATH]
 
 Kernels (bench/prune_kernels.py): MobileNetV2's 1x1 convs and classifier, MiniLM's matmuls,
 dense vs block-sparse at 50/70/90% (16x1 blocks), interleaved in one process; wall clock and
@@ -14,7 +14,10 @@ sparse kernels) and beside it the original dense model and the pruned model with
 (`sparse=false`). Outputs checked (sparse vs dense kernels on the same zeros); sizes of the
 libraries and of the weights they store. Timing: one runtime per process (bench/prune_worker.py),
 processes alternated A B C .. C B A for `--process-rounds` rounds, each warm-up then `--runs`
-runs; medians over all runs, and the median and spread of the per-round ratios. onnxruntime
+runs; medians over all runs, and the median and spread of the per-round ratios. Idle threads
+spin as deployed (graphopt's bounded spin, onnxruntime the same); `--no-spin` makes them sleep
+at once, for CPU time that is the work done (each parallel kernel then pays a worker wake-up,
+the same in every build, which narrows the ratios). onnxruntime
 runs the same two ONNX files; DeepSparse 1.8.0 too when `--deepsparse-python` names a Python
 with it installed (it needs its own virtual environment). Writes bench/results/prune.{json,md}.
 """
@@ -140,14 +143,17 @@ def contestants(info: dict, deepsparse_python: str | None) -> dict[str, tuple[st
     return out
 
 
-def _one_process(python: str, runtime: str, model: str, runs: int, threads: int) -> dict:
+def _one_process(
+    python: str, runtime: str, model: str, runs: int, threads: int, spin: bool
+) -> dict:
     cmd = [python, "-m", "bench.prune_worker", runtime, model, str(runs), "10", str(threads)]
+    cmd.append("spin" if spin else "nospin")
     environ = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def time_processes(procs: dict, rounds: int, runs: int, threads: int) -> dict[str, Any]:
+def time_processes(procs: dict, rounds: int, runs: int, threads: int, spin: bool) -> dict[str, Any]:
     """Alternate one process per contestant (A B C .. C B A ..); pooled medians and per-round
     medians of wall and CPU time."""
     names = list(procs)
@@ -156,7 +162,7 @@ def time_processes(procs: dict, rounds: int, runs: int, threads: int) -> dict[st
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             _say(f"[model] round {r + 1}/{rounds}: {name} (load {_load()})")
-            got = _one_process(*procs[name], runs, threads)
+            got = _one_process(*procs[name], runs, threads, spin)
             for key in ("ms", "cpu_ms"):
                 pooled[name][key] += got[key]
                 per_round[name][key].append(float(np.median(got[key])))
@@ -190,7 +196,8 @@ def bench_model(args, work: Path) -> dict[str, Any]:
     _say(f"[model] checks: {info['check']}")
     procs = contestants(info, args.deepsparse_python)
     info["load_before"] = _load()
-    info["timing"] = time_processes(procs, args.process_rounds, args.runs, args.threads)
+    info["spinning"] = args.spin
+    info["timing"] = time_processes(procs, args.process_rounds, args.runs, args.threads, args.spin)
     info["load_after"] = _load()
     t = info["timing"]
     for key in ("ms", "cpu_ms"):
@@ -236,6 +243,7 @@ def model_markdown(info: dict[str, Any]) -> str:
     lines = [
         format_table(head, rows),
         "",
+        f"Idle threads {'spin as deployed' if info.get('spinning', True) else 'sleep at once'}. "
         "Speed-up: over graphopt's dense model (medians of all runs). Per round, the sparse "
         f"build over the dense model: {per_round}. Load average before / after: "
         f"{info['load_before']} / {info['load_after']}.",
@@ -271,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=60, help="timed runs per model process")
     ap.add_argument("--process-rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--spin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whole model: idle threads spin as deployed (--no-spin: they sleep, for CPU time)",
+    )
     ap.add_argument("--deepsparse-python", default=None)
     ap.add_argument("--stem", default=None, help="results file stem (default: prune[_part])")
     args = ap.parse_args(argv)

@@ -1,14 +1,15 @@
 """Time one runtime on one model in this process (bench_prune runs one per process).
 
-    python -m bench.prune_worker RUNTIME MODEL RUNS WARMUP THREADS
+    python -m bench.prune_worker RUNTIME MODEL RUNS WARMUP THREADS [spin|nospin]
 
 RUNTIME: graphopt (MODEL an artifact directory), onnxruntime or deepsparse (MODEL an ONNX
 file). The input is a fixed random image (1, 3, 224, 224): these builds' speed does not depend
 on the values. Prints one JSON line: {"ms": [wall ms per run], "cpu_ms": [process CPU ms per
-run]}. Idle threads do not spin (graphopt and onnxruntime: GRAPHOPT_SPIN_US=0), so CPU time is
-the work done, which other processes on a shared machine disturb less than the wall clock
-(DeepSparse's own threads may still spin). Imports nothing of graphopt for deepsparse, which
-runs in its own virtual environment.
+run]}. `spin` (the default): idle threads spin as deployed (graphopt's bounded spin, the same
+for onnxruntime), so the wall clock is what a user sees. `nospin`: they sleep at once, so CPU
+time is the work done, which other processes on a shared machine disturb less than the wall
+clock, and each parallel kernel pays a worker wake-up (DeepSparse's own threads may still
+spin). Imports nothing of graphopt for deepsparse, which runs in its own virtual environment.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ import numpy as np
 from bench.worker import time_calls
 
 
-def _runner(runtime: str, model: str, threads: int, feed: np.ndarray):
+def _runner(runtime: str, model: str, threads: int, feed: np.ndarray, spinning: bool):
     if runtime == "graphopt":
         import graphopt
         from graphopt import env
 
-        env.configure_for_benchmarks(spinning=False)
+        env.configure_for_benchmarks(spinning=spinning)
         art = graphopt.load(model)
         return art.runner({art.manifest["inputs"][0]["name"]: feed})
     if runtime == "onnxruntime":
         from graphopt import env
         from graphopt.reference import ort_session
 
-        env.configure_for_benchmarks(spinning=False)
+        env.configure_for_benchmarks(spinning=spinning)
         session = ort_session(model, threads=threads)
         feeds = {session.get_inputs()[0].name: feed}
         return lambda: session.run(None, feeds)
@@ -45,7 +46,8 @@ def _runner(runtime: str, model: str, threads: int, feed: np.ndarray):
 def main(argv: list[str]) -> int:
     runtime, model, runs, warmup, threads = argv[0], argv[1], *map(int, argv[2:5])
     feed = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    run = _runner(runtime, model, threads, feed)
+    spinning = (argv[5] if len(argv) > 5 else "spin") == "spin"
+    run = _runner(runtime, model, threads, feed, spinning)
     print(time_calls(run, runs, warmup))
     return 0
 
