@@ -248,3 +248,43 @@ def residual_add(graph: BindingGraph, tail):
         return None
     same = shape_dims(other) == shape_dims(graph.value[add]) == shape_dims(tail)
     return (add, other) if same and shape_dims(other) is not None else None
+
+
+def _scalar(graph: BindingGraph, expr) -> float | None:
+    c = const_value(graph.resolve(expr))
+    return float(c.reshape(())) if c is not None and c.size == 1 else None
+
+
+def gelu_tail(graph: BindingGraph, h):
+    """The var that ends a GELU of `h` (relax.nn.gelu, or h * (erf(h / sqrt 2) + 1) * 0.5)."""
+    users = graph.users.get(h, [])
+    if len(users) == 1 and users[0] is not None:
+        return users[0] if op_name(graph.value[users[0]]) == "relax.nn.gelu" else None
+    if len(users) != 2 or any(u is None for u in users):
+        return None
+    by_op = {op_name(graph.value[u]): u for u in users}
+    div, mul = by_op.get("relax.divide"), by_op.get("relax.multiply")
+    if div is None or mul is None:
+        return None
+    if _scalar(graph, other_operand(graph.value[div], h)) not in _near(2**0.5):
+        return None
+    erf = graph.only_user(div)
+    one = graph.only_user(erf) if erf is not None else None
+    if erf is None or op_name(graph.value[erf]) != "relax.erf" or one is None:
+        return None
+    if op_name(graph.value[one]) != "relax.add":
+        return None
+    if _scalar(graph, other_operand(graph.value[one], erf)) != 1.0:
+        return None
+    user = graph.only_user(one)
+    if user is None or not user.same_as(mul) or not other_operand(graph.value[mul], one).same_as(h):
+        return None
+    half = graph.only_user(mul)
+    if half is None or op_name(graph.value[half]) != "relax.multiply":
+        return None
+    return half if _scalar(graph, other_operand(graph.value[half], mul)) == 0.5 else None
+
+
+def _near(value: float) -> set[float]:
+    """The fp32 spellings of a constant an exporter may write."""
+    return {float(np.float32(value)), value}

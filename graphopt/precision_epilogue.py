@@ -4,8 +4,8 @@ output is written once instead of re-read by a chain of elementwise kernels.
 
 `reference_epilogue` is its numpy model, `tir_epilogue` the expression every kernel stores,
 `kernel_func` the PrimFunc signature shared by the kernels (x, w, [bias], [residual], out).
-GELU is x * (0.5 + erf(x / sqrt 2) * 0.5) with erf as Eigen's rational polynomial, the one
-the CPU targets' `fast-erf` pass gives the unfused graph.
+GELU is `graphopt.gelu`'s, the arithmetic the CPU targets' `fast-erf` pass gives the unfused
+graph.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.gelu import numpy_gelu, tir_gelu
 from graphopt.matmul_recipe import row_count
 from graphopt.precision_ops import PrecisionMatmulSpec
 
@@ -24,35 +25,13 @@ def has_epilogue(spec: PrecisionMatmulSpec) -> bool:
     return spec.bias or spec.gelu or spec.residual or spec.lo > -math.inf or spec.hi < math.inf
 
 
-_ERF_NUM = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-             -1.60960333262415e-02)  # fmt: skip
-_ERF_DEN = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-            -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
-
-
-def _gelu(v, const, clamp):
-    """x * (0.5 + erf(x / sqrt 2) * 0.5) with erf as Eigen's rational polynomial (what
-    `fast-erf` legalizes the graph's erf to), over numpy arrays or TIR expressions."""
-    x = clamp(v * const(0.5**0.5))
-    x2 = x * x
-    p = const(_ERF_NUM[0])
-    for c in _ERF_NUM[1:]:
-        p = x2 * p + const(c)
-    q = const(_ERF_DEN[0])
-    for c in _ERF_DEN[1:]:
-        q = x2 * q + const(c)
-    return v * (const(0.5) + x * p / q * const(0.5))
-
-
 def reference_epilogue(y, spec: PrecisionMatmulSpec, bias=None, residual=None) -> np.ndarray:
     """numpy model of the fused epilogue on the fp32 sums `y` [.., N]."""
     y = np.asarray(y, np.float32)
     if spec.bias:
         y = y + np.asarray(bias, np.float32)
     if spec.gelu:
-        f32 = np.float32
-        y = _gelu(y, f32, lambda x: np.clip(x, f32(-4), f32(4))).astype(np.float32)
+        y = numpy_gelu(y)
     if spec.lo > -math.inf or spec.hi < math.inf:
         y = np.clip(y, np.float32(spec.lo), np.float32(spec.hi))
     if spec.residual:
@@ -71,7 +50,7 @@ def tir_epilogue(v, spec: PrecisionMatmulSpec, bias, residual, m, col, lanes: in
     if spec.bias:
         v = v + bias[idx]
     if spec.gelu:
-        v = _gelu(v, const, lambda x: T.max(T.min(x, const(4.0)), const(-4.0)))
+        v = tir_gelu(v, lanes)
     if spec.lo > -math.inf:
         v = T.max(v, const(spec.lo))
     if spec.hi < math.inf:

@@ -13,7 +13,7 @@ swaps in a vectorized kernel with the same operands. The operands, all but x con
     indptr   [N / block + 1] int32: blocks of output-channel block b are indptr[b] .. b+1
     bias     [N] fp32 (zeros when the layer has none)
     residual [.., N] fp32, only with `residual`: a tensor added last (a residual join)
-    out      [.., N] fp32 = clamp(x @ W + bias, lo, hi) [+ residual]
+    out      [.., N] fp32 = clamp([gelu](x @ W + bias), lo, hi) [+ residual]
 
 Only the nonzero blocks are stored, so the artifact shrinks with the block density (a model
 with 70% zero blocks keeps 30% of those weights plus one int32 index per block).
@@ -30,6 +30,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from graphopt.gelu import tir_gelu
 from graphopt.matmul_recipe import Dim, row_count, tir_shape
 
 RECIPE_ATTR = "graphopt.sparse_kernel"
@@ -46,6 +47,7 @@ class SparseSpec:
     lo: float = -math.inf
     hi: float = math.inf
     residual: bool = False  # a tensor of the output's shape added after the clamp
+    gelu: bool = False  # GELU (graphopt.gelu) after the bias, before the clamp
     isa: str | None = None  # set by the target stage that built the kernel
 
     @property
@@ -186,9 +188,10 @@ def kernel_func(body, spec: SparseSpec, dims: tuple, attrs: dict) -> tvm.tirx.Pr
 
 
 def epilogue(value, spec: SparseSpec, bias, residual, row, col, lanes: int = 1):
-    """TIR: clamp(value + bias[col..]) [+ residual[row, col..]] for `lanes` channels."""
+    """TIR: clamp([gelu](value + bias[col..])) [+ residual[row, col..]] for `lanes` channels."""
     idx = col if lanes == 1 else T.ramp(col, 1, lanes)
-    value = clamp(value + bias[idx], spec.lo, spec.hi, lanes)
+    value = value + bias[idx]
+    value = clamp(tir_gelu(value, lanes) if spec.gelu else value, spec.lo, spec.hi, lanes)
     return value + residual[row, idx] if spec.residual else value
 
 

@@ -29,10 +29,9 @@ from tvm import relax
 
 from graphopt.binding_graph import (
     BindingGraph,
-    const_value,
     epilogue_chain,
+    gelu_tail,
     op_name,
-    other_operand,
     residual_add,
 )
 from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
@@ -70,7 +69,7 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
         tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", spec.n, True)
         gelu = None
         if math.isinf(lo) and math.isinf(hi) and bias is not None:
-            gelu = _gelu_tail(graph, tail)
+            gelu = gelu_tail(graph, tail)
             tail = tail if gelu is None else gelu
         residual = residual_add(graph, tail)
         tail = residual[0] if residual else tail
@@ -106,43 +105,3 @@ def _portable_spec(graph: BindingGraph, call):
     if spec is None or spec.layout != "natural" or has_epilogue(spec):
         return None
     return spec if len(call.args[1].fields) == 2 else None
-
-
-def _scalar(graph: BindingGraph, expr) -> float | None:
-    c = const_value(graph.resolve(expr))
-    return float(c.reshape(())) if c is not None and c.size == 1 else None
-
-
-def _gelu_tail(graph: BindingGraph, h):
-    """The var that ends a GELU of `h` (relax.nn.gelu, or h * (erf(h / sqrt 2) + 1) * 0.5)."""
-    users = graph.users.get(h, [])
-    if len(users) == 1 and users[0] is not None:
-        return users[0] if op_name(graph.value[users[0]]) == "relax.nn.gelu" else None
-    if len(users) != 2 or any(u is None for u in users):
-        return None
-    by_op = {op_name(graph.value[u]): u for u in users}
-    div, mul = by_op.get("relax.divide"), by_op.get("relax.multiply")
-    if div is None or mul is None:
-        return None
-    if _scalar(graph, other_operand(graph.value[div], h)) not in _near(2**0.5):
-        return None
-    erf = graph.only_user(div)
-    one = graph.only_user(erf) if erf is not None else None
-    if erf is None or op_name(graph.value[erf]) != "relax.erf" or one is None:
-        return None
-    if op_name(graph.value[one]) != "relax.add":
-        return None
-    if _scalar(graph, other_operand(graph.value[one], erf)) != 1.0:
-        return None
-    user = graph.only_user(one)
-    if user is None or not user.same_as(mul) or not other_operand(graph.value[mul], one).same_as(h):
-        return None
-    half = graph.only_user(mul)
-    if half is None or op_name(graph.value[half]) != "relax.multiply":
-        return None
-    return half if _scalar(graph, other_operand(graph.value[half], mul)) == 0.5 else None
-
-
-def _near(value: float) -> set[float]:
-    """The fp32 spellings of a constant an exporter may write."""
-    return {float(np.float32(value)), value}

@@ -4,7 +4,8 @@ Matches, with W an fp32 constant:
 
     y = conv2d(x, W)  NHWC, 1x1, stride 1, no padding, one group (a matmul over channels)
     y = matmul(x, W)  W [K, N] (Gemm / dense / MatMul after fold-constants)
-    [+ bias constant per output channel] [relu | clip | max / min with a scalar]
+    [+ bias constant per output channel] [GELU (relax.nn.gelu or the erf form exporters
+    write) | relu | clip | max / min with a scalar]
     [+ another tensor of the output's shape: a residual join]
 
 and, where the fraction of nonzero `block` x 1 blocks of W (`block` consecutive output
@@ -15,8 +16,9 @@ blocks stored). Layers above the threshold, and weights with no zeros, stay as t
 The block size and the threshold are the target's (the x86 stage passes its SIMD width and
 its measured break-even density: docs/SPARSITY.md); the pass itself generates no target code:
 `materialize-sparse` swaps in the vectorized kernel. Counters: `layers_sparse`,
-`layers_dense` (candidates kept dense), `residual_adds` (folded in), `weight_bytes_dense` /
-`weight_bytes_sparse` (of the layers made sparse: stored before / after, indices included).
+`layers_dense` (candidates kept dense), `gelus` and `residual_adds` (folded in),
+`weight_bytes_dense` / `weight_bytes_sparse` (of the layers made sparse: stored before /
+after, indices included).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from graphopt.binding_graph import (
     BindingGraph,
     const_value,
     epilogue_chain,
+    gelu_tail,
     op_name,
     residual_add,
     shape_dims,
@@ -68,7 +71,7 @@ class Sparsify(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         if self.options.block < 1 or not 0.0 <= self.options.max_density <= 1.0:
             raise PipelineError("sparsify: block >= 1 and 0 <= max_density <= 1")
-        stats = {"layers_sparse": 0, "layers_dense": 0, "residual_adds": 0}
+        stats = {"layers_sparse": 0, "layers_dense": 0, "residual_adds": 0, "gelus": 0}
         stats.update(weight_bytes_dense=0, weight_bytes_sparse=0)
         kernels: dict = {}
         new = rewrite_planned(
@@ -106,17 +109,21 @@ class Sparsify(GraphPass):
                 stats["layers_dense"] += 1
                 continue
             tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", n, True)
+            gelu = gelu_tail(graph, tail) if math.isinf(lo) and math.isinf(hi) else None
+            tail = tail if gelu is None else gelu
             residual = residual_add(graph, tail) if self.options.residual else None
             tail = residual[0] if residual else tail
             values, indices, indptr = to_bsr(w, block)
             bias = np.zeros(n, np.float32) if bias is None else bias
-            spec = SparseSpec(shape_dims(x), n, block, len(indices), lo, hi, residual is not None)
+            epilogue = (lo, hi, residual is not None, gelu is not None)
+            spec = SparseSpec(shape_dims(x), n, block, len(indices), *epilogue)
             args = [x, *(relax.const(c) for c in (values, indices, indptr, bias))]
             out_shape = [*x.ty.shape.values[:-1], n]  # symbolic dims as the graph has them
             out_ty = relax.TensorType(relax.ShapeExpr(out_shape), "float32")
             plans[tail] = KernelCall(spec, args + [residual[1]] if residual else args, out_ty)
             stats["layers_sparse"] += 1
             stats["residual_adds"] += residual is not None
+            stats["gelus"] += gelu is not None
             stats["weight_bytes_dense"] += w.nbytes
             stats["weight_bytes_sparse"] += values.nbytes + indices.nbytes + indptr.nbytes
         return plans

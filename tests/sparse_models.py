@@ -65,3 +65,20 @@ def dense(w: np.ndarray, rows=(1,), relu=False) -> relax.Function:
         return relax.op.nn.relu(y) if relu else y
 
     return single_input_module((*rows, k), build)
+
+
+def dense_gelu(w: np.ndarray, rows=(1, 12), erf_form: bool = True) -> relax.Function:
+    """GELU(x @ W + bias): a transformer's first FFN matmul, its GELU in the erf form exporters
+    write (h * (erf(h / sqrt 2) + 1) * 0.5) or as relax.nn.gelu."""
+    k, n = w.shape
+    bias = np.linspace(-1, 1, n, dtype=np.float32)
+
+    def build(bb, x):
+        h = bb.emit(relax.op.add(bb.emit(relax.op.matmul(x, relax.const(w))), relax.const(bias)))
+        if not erf_form:
+            return relax.op.nn.gelu(h)
+        erf = bb.emit(relax.op.erf(bb.emit(relax.op.divide(h, relax.const(np.float32(2**0.5))))))
+        one = bb.emit(relax.op.add(erf, relax.const(np.float32(1.0))))
+        return relax.op.multiply(bb.emit(relax.op.multiply(h, one)), relax.const(np.float32(0.5)))
+
+    return single_input_module((*rows, k), build)

@@ -9,7 +9,7 @@ from graphopt.binding_graph import op_name
 from graphopt.pass_infra import make_pass
 from graphopt.sparse_ops import block_density, from_bsr, spec_of, to_bsr
 from graphopt.testing import check_no_change, check_numerics
-from tests.sparse_models import block_sparse, conv1x1_nhwc, dense, residual_conv1x1
+from tests.sparse_models import block_sparse, conv1x1_nhwc, dense, dense_gelu, residual_conv1x1
 
 SPARSIFY = make_pass("sparsify", {"block": "8", "max_density": "0.6"})
 
@@ -126,3 +126,14 @@ def test_flop_estimate_counts_the_stored_blocks():
     mod = SPARSIFY.run(conv1x1_nhwc(w, hw=(7, 7), clip=False)).module
     rows, k, n = 49, 64, 32
     assert _tvm.estimate_flops(mod) == 2 * rows * k * n * block_density(w, 8)
+
+
+@pytest.mark.parametrize("erf_form", [True, False], ids=["erf_form", "relax_gelu"])
+def test_gelu_folded_into_the_op(erf_form):
+    mod = dense_gelu(block_sparse(64, 48, 8, 0.3), erf_form=erf_form)
+    result = check_numerics(SPARSIFY, mod)
+    assert result.stats["gelus"] == 1
+    (spec,) = _kernels(result.module)
+    assert spec.gelu
+    ops = [op_name(b.value) for b in result.module["main"].body.blocks[0].bindings]
+    assert [o for o in ops if o] == ["relax.call_tir"]

@@ -15,7 +15,13 @@ from graphopt.targets.cpu.schedules.common import CpuInfo
 from graphopt.targets.cpu.sparse.kernels import _plan, bsr_kernel, row_tile
 from graphopt.targets.cpu.sparse.rules import sparsify_item
 from graphopt.testing import run_through_target
-from tests.sparse_models import block_sparse, conv1x1_nhwc, dense, residual_conv1x1
+from tests.sparse_models import (
+    block_sparse,
+    conv1x1_nhwc,
+    dense,
+    dense_gelu,
+    residual_conv1x1,
+)
 
 HOST_AVX2 = "avx2" in _tvm.host_cpu_features()
 AVX2 = CpuInfo(lanes=8, registers=16, cores=2)
@@ -107,6 +113,7 @@ def test_row_tile_prefers_divisors():
         pytest.param(dense(block_sparse(96, 64, 8, 0.4), rows=(1, 12), relu=True), id="gemm"),
         pytest.param(dense(block_sparse(96, 64, 16, 0.3), rows=(1, 12)), id="gemm_16x1_blocks"),
         pytest.param(residual_conv1x1(block_sparse(48, 48, 8, 0.3)), id="conv1x1_residual"),
+        pytest.param(dense_gelu(block_sparse(96, 64, 8, 0.3)), id="gemm_gelu"),
     ],
 )
 def test_sparse_build_equals_dense_build(mod):
