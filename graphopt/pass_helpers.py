@@ -51,16 +51,18 @@ class KernelCall:
 @relax.expr_functor.mutator
 class PlannedCalls(relax.PyExprMutator):
     """Replaces each planned binding (var -> KernelCall) by its call (what fed it dies in
-    DCE); `kernel_of(spec)` builds a kernel once per spec, shared by identical layers."""
+    DCE); `kernel_of(spec)` builds a kernel once per spec, shared by identical layers, named
+    `name` (or `name(spec)`)."""
 
-    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict, kernel_of, name: str):
+    def __init__(self, mod: tvm.IRModule, plans: dict, kernels: dict, kernel_of, name):
         super().__init__(mod)
         self.plans, self.kernels, self.kernel_of, self.name = plans, kernels, kernel_of, name
 
     def _kernel(self, spec) -> tvm.ir.GlobalVar:
         key = spec.text()
         if key not in self.kernels:
-            self.kernels[key] = self.builder_.add_func(self.kernel_of(spec), self.name)
+            name = self.name(spec) if callable(self.name) else self.name
+            self.kernels[key] = self.builder_.add_func(self.kernel_of(spec), name)
         return self.kernels[key]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

@@ -13,6 +13,8 @@ one constant per output channel, then GELU (`relax.nn.gelu`, or the erf form exp
 tensor of the output's shape. The kernel computes each step in fp32 as the graph does (GELU
 with the polynomial erf `fast-erf` gives the graph: `graphopt.precision_epilogue`).
 
+The 16-bit depthwise convs (`graphopt.precision_depthwise`) take their bias and clamp the same
+way (no GELU, no residual add: MobileNetV2 and EfficientNet-Lite0 follow theirs with ReLU6).
 Only the portable kernels with no epilogue yet are taken (a target's `materialize-precision`
 builds the fused spec for its instructions). Counters: `fused` (kernels given an epilogue),
 `bias`, `gelu`, `clamp`, `residual` (steps folded).
@@ -37,7 +39,8 @@ from graphopt.binding_graph import (
 from graphopt.pass_helpers import KernelCall, PlannedCalls, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_epilogue import has_epilogue
-from graphopt.precision_ops import portable_kernel, spec_of
+from graphopt.precision_kernels import kernel_name, portable_for, spec_of16
+from graphopt.precision_ops import PrecisionMatmulSpec
 
 
 @register_pass
@@ -53,7 +56,9 @@ class FusePrecisionEpilogue(GraphPass):
         new = rewrite_planned(
             canonical,
             lambda graph: _plans(graph, stats),
-            lambda module, plans: PlannedCalls(module, plans, kernels, portable_kernel, "matmul16"),
+            lambda module, plans: PlannedCalls(
+                module, plans, kernels, portable_for, kernel_name
+            ),
         )
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
@@ -66,17 +71,19 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
         spec = _portable_spec(graph, call)
         if spec is None:
             continue
-        tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", spec.n, True)
+        matmul = isinstance(spec, PrecisionMatmulSpec)
+        channels = spec.n if matmul else spec.channels
+        tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", channels, True)
         gelu = None
-        if math.isinf(lo) and math.isinf(hi) and bias is not None:
+        if matmul and math.isinf(lo) and math.isinf(hi) and bias is not None:
             gelu = gelu_tail(graph, tail)
             tail = tail if gelu is None else gelu
-        residual = residual_add(graph, tail)
+        residual = residual_add(graph, tail) if matmul else None
         tail = residual[0] if residual else tail
-        spec = dataclasses.replace(
-            spec, bias=bias is not None, gelu=gelu is not None, lo=lo, hi=hi,
-            residual=residual is not None,
-        )  # fmt: skip
+        steps = {"bias": bias is not None, "lo": lo, "hi": hi}
+        if matmul:
+            steps.update(gelu=gelu is not None, residual=residual is not None)
+        spec = dataclasses.replace(spec, **steps)
         if not has_epilogue(spec):
             continue
         args = list(call.args[1].fields)
@@ -98,10 +105,11 @@ def _count(stats: dict, spec) -> None:
 
 
 def _portable_spec(graph: BindingGraph, call):
-    """The spec of a call_tir of a portable 16-bit matmul without an epilogue, else None."""
+    """The spec of a call_tir of a portable 16-bit matmul or depthwise conv without an
+    epilogue, else None."""
     if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
         return None
-    spec = spec_of(graph.mod[call.args[0]])
+    spec = spec_of16(graph.mod[call.args[0]])
     if spec is None or spec.layout != "natural" or has_epilogue(spec):
         return None
     return spec if len(call.args[1].fields) == 2 else None

@@ -12,6 +12,9 @@ channels: x [N, C, H, W] -> permute to [N, H, W, C] -> the op with W^T [C, O] ->
 On x86 the `layout` and `sink-transposes` stages cancel those permutes against the NHWC
 transposes of the neighbours.
 
+With `depthwise`, a depthwise conv (one filter per channel, static shapes) becomes the 16-bit
+depthwise op (`graphopt.precision_depthwise`), also in NHWC between two permutes.
+
 With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
 least 1 MiB (`compress/int4/embedding.py`) gathers 16-bit rows and widens them (exact).
 
@@ -31,9 +34,11 @@ from tvm.relax import op as R
 from graphopt.binding_graph import shape_dims
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.compress.int4.embedding import embedding_table, find_tables
-from graphopt.compress.precision.layers import supported
+from graphopt.compress.precision.layers import depthwise, pointwise, supported
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.precision_depthwise import DepthwiseSpec
+from graphopt.precision_depthwise import portable_kernel as depthwise_kernel
 from graphopt.precision_ops import (
     ATTENTION_ATTR,
     PRECISIONS,
@@ -55,6 +60,7 @@ class LowerPrecision(GraphPass):
         precision: str = "bf16"  # bf16 | fp16
         skip: str = ""  # ":"-separated layer names kept fp32
         embeddings: bool = False  # also 16-bit embedding tables (take of a constant >= 1 MiB)
+        depthwise: bool = False  # also depthwise convs (static shapes)
         # mark the module so the target's precision-attention pass puts the fused attention
         # groups (made later by fuse) on its 16-bit attention kernel where it has one
         attention: bool = False
@@ -68,11 +74,14 @@ class LowerPrecision(GraphPass):
             )
         skip = set(filter(None, o.skip.split(":")))
         todo = {
-            ly.var: ly for ly in find_layers(mod["main"]) if supported(ly) and ly.name not in skip
+            ly.var: ly
+            for ly in find_layers(mod["main"])
+            if supported(ly, o.depthwise) and ly.name not in skip
         }
         stats = {
             "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
-            "pointwise_convs": sum(ly.kind == "conv2d" for ly in todo.values()),
+            "pointwise_convs": sum(pointwise(ly) for ly in todo.values()),
+            "depthwise_convs": sum(depthwise(ly) for ly in todo.values()),
         }
         if o.attention:
             mod = mod.with_attr(ATTENTION_ATTR, o.precision)
@@ -96,7 +105,7 @@ class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, todo: dict, precision: str, consts) -> None:
         super().__init__(mod)
         self.todo, self.precision, self.consts = todo, precision, consts
-        self.kernels: dict[PrecisionMatmulSpec, relax.GlobalVar] = {}
+        self.kernels: dict[PrecisionMatmulSpec | DepthwiseSpec, relax.GlobalVar] = {}
         self.tables = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -122,6 +131,10 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         layer = self.todo[binding.var]
+        if depthwise(layer):
+            call = self._depthwise(layer)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
+            return
         x = self.visit_expr(layer.call.args[0])
         w = layer.weight
         if layer.kind == "conv2d":  # [N, C, H, W] -> [N, H, W, C] @ W^T [C, O] -> back
@@ -137,3 +150,24 @@ class _Rewriter(relax.PyExprMutator):
         if layer.kind == "conv2d":
             call = R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2])
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+
+    def _depthwise(self, layer) -> relax.Expr:
+        """[N, C, H, W] -> [N, H, W, C], the 16-bit depthwise op, back to NCHW."""
+        x = self.builder_.emit(R.permute_dims(self.visit_expr(layer.call.args[0]), [0, 2, 3, 1]))
+        a = layer.call.attrs
+        w = np.ascontiguousarray(layer.weight[:, 0].transpose(1, 2, 0))  # [KH, KW, C]
+        spec = DepthwiseSpec(
+            tuple(shape_dims(x)),
+            (int(w.shape[0]), int(w.shape[1])),
+            tuple(int(v) for v in a.strides),
+            tuple(int(v) for v in a.padding),
+            self.precision,
+        )
+        if spec not in self.kernels:
+            self.kernels[spec] = self.builder_.add_func(depthwise_kernel(spec), "depthwise16")
+        call = relax.call_tir(
+            self.kernels[spec],
+            relax.Tuple([x, relax.const(to_bits(w, self.precision))]),
+            relax.TensorType(spec.out_shape, "float32"),
+        )
+        return self.builder_.normalize(R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2]))

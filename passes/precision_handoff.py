@@ -19,12 +19,16 @@ A 16-bit matmul feeding only 16-bit matmuls of its precision (MobileNetV2's firs
 112x112x16, read only by the next expansion) stores the bits itself: its kernel rounds each
 result after its epilogue (`PrecisionMatmulSpec.out_bits`).
 
-Taken: a binding of a Relax operator, or of a portable 16-bit matmul, whose fp32 value is used
-only as the input x of portable 16-bit matmuls of one precision (never as their residual,
-never by anything else); other opaque kernels (call_tir) keep fp32. Runs in the CPU legalize
-stage after `fuse-precision-epilogue` and before `tvm.LegalizeOps`.
+The 16-bit depthwise convs (`graphopt.precision_depthwise`, x86) are such readers and writers
+too: with them MobileNetV2's expansion matmuls store their 112x112x96 .. 7x7x960 outputs as
+16 bits for the depthwise conv after them, which stores its own for the projection after it.
+
+Taken: a binding of a Relax operator, or of a portable 16-bit kernel, whose fp32 value is used
+only as the input x of portable 16-bit kernels of one precision (never as a matmul's
+residual, never by anything else); other opaque kernels (call_tir) keep fp32. Runs in the
+CPU legalize stage after `fuse-precision-epilogue` and before `tvm.LegalizeOps`.
 Counters: `producers` (Relax ops whose value is stored as 16-bit), `matmul_producers` (16-bit
-matmuls storing their output as 16-bit), `matmuls` (matmuls reading bit patterns).
+kernels storing their output as 16-bit), `matmuls` (16-bit kernels reading bit patterns).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from tvm import relax
 from graphopt.binding_graph import BindingGraph, op_name, shape_dims
 from graphopt.pass_helpers import KernelCall, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
-from graphopt.precision_ops import bits_kernel, portable_kernel, spec_of
+from graphopt.precision_kernels import kernel_name, portable_for, spec_of16
+from graphopt.precision_ops import bits_kernel
 
 
 @register_pass
@@ -58,11 +63,12 @@ class PrecisionHandoff(GraphPass):
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
 
-def _matmul_spec(graph: BindingGraph, call):
-    """The spec of a call_tir of a portable 16-bit matmul reading and writing fp32, else None."""
+def _kernel_spec(graph: BindingGraph, call):
+    """The spec of a call_tir of a portable 16-bit matmul or depthwise conv reading and
+    writing fp32, else None."""
     if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
         return None
-    spec = spec_of(graph.mod[call.args[0]])
+    spec = spec_of16(graph.mod[call.args[0]])
     if spec is None or spec.layout != "natural" or spec.x_bits or spec.out_bits:
         return None
     return spec
@@ -75,7 +81,7 @@ def _handed(graph: BindingGraph, var) -> dict | None:
     specs = {}
     for user in users:
         call = graph.value.get(user) if user is not None else None
-        spec = _matmul_spec(graph, call) if call is not None else None
+        spec = _kernel_spec(graph, call) if call is not None else None
         if spec is None or user in specs:  # another consumer, or x used twice by one call
             return None
         fields = list(call.args[1].fields)
@@ -100,7 +106,7 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
             continue
         precision = next(iter(specs.values())).precision
         if op_name(value) == "relax.call_tir":
-            own = _matmul_spec(graph, value)
+            own = _kernel_spec(graph, value)
             if own is None or own.precision != precision:
                 continue
             plan = plans.get(var) or KernelCall(own, list(value.args[1].fields), value.ty)
@@ -142,7 +148,9 @@ class _Handoff(relax.PyExprMutator):
             if plan is not None:  # a producer: its bits follow it
                 self.bits[binding.var] = self._emit_bits(binding.var, plan)
         else:  # a matmul: the same layer reading and / or writing bit patterns
-            gvar = self._kernel(plan.spec.text(), lambda: (portable_kernel(plan.spec), "matmul16"))
+            gvar = self._kernel(
+                plan.spec.text(), lambda: (portable_for(plan.spec), kernel_name(plan.spec))
+            )
             x, *rest = plan.args
             x = self.bits[x] if plan.spec.x_bits else self.visit_expr(x)
             args = relax.Tuple([x, *(self.visit_expr(a) for a in rest)])

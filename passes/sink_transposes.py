@@ -4,9 +4,10 @@ Before:  a = permute_dims(x, [0, 3, 1, 2]); b = add(a, c [1, C, 1, 1]); d = clip
          e = permute_dims(d, [0, 2, 3, 1]); y = some_op(e)
 After:   b' = add(x, c' [1, 1, 1, C]); d' = clip(b', 0, 6); y = some_op(d')
 
-An elementwise op (add, subtract, multiply, divide, maximum, minimum, clip, relu) whose tensor
-operands are all the same transpose of other tensors, or constants of the same rank (permuted
-here) or scalars, is computed before the transpose: `op(P(x), P(z), c) = P(op(x, z, P^-1(c)))`,
+An elementwise op (add, subtract, multiply, divide, maximum, minimum, clip, relu, and the ONNX
+importer's one-block max / min kernels of its Clip, as the Relax ops) whose tensor operands
+are all the same transpose of other tensors, or constants of the same rank (permuted here) or
+scalars, is computed before the transpose: `op(P(x), P(z), c) = P(op(x, z, P^-1(c)))`,
 exact (same numbers, other order in memory). A reduction (mean, sum, max, min) of such a
 tensor reduces the matching axes of the untransposed one, `mean(P(x), A) = P'(mean(x, P(A)))`
 (P' the transpose of the axes left), when P keeps the reduced axes in their order (so each
@@ -36,6 +37,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt import _tvm
+from graphopt.binding_graph import minmax_kernel
 from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
@@ -137,26 +139,43 @@ class _Sink(relax.PyExprMutator):
         self.count += 1
 
     def _elementwise(self, binding, value) -> bool:
-        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+        found = self._elementwise_op(value)
+        if found is None:
             return False
-        if value.op.name not in ELEMENTWISE:
-            return False
+        make, operands = found
         ndim = binding.var.ty.ndim
-        tensors = [a for a in value.args if a in self.lazy]
+        tensors = [a for a in operands if a in self.lazy]
         if not tensors:
             return False
         axes = self.lazy[tensors[0]][1]
         args = []
-        for a in value.args:
+        for a in operands:
             moved = self._operand(a, axes, ndim)
             if moved is None:
                 return False
             args.append(moved)
         super().visit_var_binding_(binding)  # the original stays for other consumers
-        inner = self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
+        inner = self.builder_.emit(make(args))
         self.lazy[binding.var] = (inner, axes)
         self._counted("ops_sunk")
         return True
+
+    def _elementwise_op(self, value):
+        """(args -> the op on them, its operands) for an elementwise op: a Relax one, or the
+        ONNX importer's one-block max / min kernel (its Clip) with a scalar, as the Relax op."""
+        if _op(value) in ELEMENTWISE:
+            return lambda args: relax.Call(value.op, args, value.attrs, value.ty_args), value.args
+        if _op(value) != "relax.call_tir" or not isinstance(value.args[0], tvm.ir.GlobalVar):
+            return None
+        kind = minmax_kernel(self.builder_.get()[value.args[0]])
+        operands = list(value.args[1].fields) if isinstance(value.args[1], relax.Tuple) else []
+        if kind is None or len(operands) != 2:  # symbolic sizes come as more operands
+            return None
+        scalar = self.consts.get(operands[1], operands[1])
+        if not isinstance(scalar, tvm.ir.GenericConst) or _tvm.constant_value(scalar).ndim:
+            return None
+        op = R.maximum if kind == "max" else R.minimum
+        return (lambda args: op(*args)), operands
 
     def _reduction(self, binding, value) -> bool:
         """A reduction of a transposed tensor, computed on its source (see the module doc)."""

@@ -270,7 +270,7 @@ def test_pointwise_conv_is_the_16bit_matmul_over_channels(files, layout):
     rows = manifest["precision"]["layers"]
     assert [(r["precision"], r["reason"]) for r in rows] == [
         ("bf16", None),
-        ("fp32", "no 16-bit kernel (not 1x1)"),
+        ("fp32", "no 16-bit kernel (not 1x1 or depthwise)"),
     ]
     x = np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32)
     xt = x.transpose(0, 2, 3, 1)  # the op runs over channels: [N, H, W, C] @ W^T

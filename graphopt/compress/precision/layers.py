@@ -28,8 +28,28 @@ def pointwise(layer: Layer) -> bool:
     )
 
 
-def supported(layer: Layer) -> bool:
-    """Layers this pass lowers: matmuls and pointwise convs whose input channels are static."""
+def depthwise(layer: Layer) -> bool:
+    """A depthwise conv (one filter per channel, no dilation, NCHW / OIHW) of a static input:
+    the 16-bit depthwise op's layers (`graphopt.precision_depthwise`)."""
+    if layer.kind != "conv2d":
+        return False
+    a, dims = layer.call.attrs, shape_dims(layer.data)
+    if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims):
+        return False
+    layouts = (a.data_layout, a.kernel_layout, a.out_layout or a.data_layout)
+    return (
+        tuple(str(v) for v in layouts) == ("NCHW", "OIHW", "NCHW")
+        and int(a.groups) == dims[1] == layer.weight_shape[0]
+        and layer.weight_shape[1] == 1
+        and all(int(v) == 1 for v in a.dilation)
+    )
+
+
+def supported(layer: Layer, depthwise_convs: bool = False) -> bool:
+    """Layers this pass lowers: matmuls and pointwise convs whose input channels are static,
+    and with `depthwise_convs` depthwise convs of a static input."""
     if layer.kind == "matmul":
         return known_channels(layer.data, -1)
+    if depthwise_convs and depthwise(layer):
+        return True
     return pointwise(layer) and known_channels(layer.data, 1)

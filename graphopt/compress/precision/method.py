@@ -8,7 +8,8 @@ two are made 16-bit, every other layer fp32, and while that moves the model's sc
 data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the
 most sensitive layers the budget keeps (budget.py; the first and last layer are then
 measured like any other). `mixed` is bf16 with the budget.
-Other convs (3x3, depthwise, strided) stay fp32 (no 16-bit kernel for them yet), as do
+On x86, depthwise convs of static shapes are 16-bit layers too (`depthwise`); other convs
+(the stem's 3x3, grouped, dilated) stay fp32 (no 16-bit kernel for them yet), as do
 reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
 groups run on the bf16 attention kernel where the target has one (`attention`; the budget's
 artifact check scores it with the rest). Embedding tables of at least 1 MiB are 16-bit too
@@ -93,7 +94,7 @@ class Precision:
         if "lower-precision" not in registered_passes():
             raise CalibrationError("--precision needs the lower-precision pass (graphopt.passes)")
         every = find_layers(mod["main"])
-        candidates = [ly for ly in every if supported(ly)]
+        candidates = [ly for ly in every if supported(ly, _depthwise_kernel(ctx.target.name))]
         held = {ly.name: "skip" for ly in candidates if ly.name in o.skip}
         edges = {}
         if o.max_drop is None and not o.edges and every:
@@ -185,6 +186,7 @@ class _Planner:
         skip = [name for name, p in precisions.items() if p == "fp32"]
         opts = {
             "precision": o.dtype,
+            "depthwise": "true" if _depthwise_kernel(self.ctx.target.name) else "false",
             "embeddings": "true" if o.embeddings else "false",
             "attention": "true" if o.attention and o.dtype == "bf16" else "false",
         }
@@ -194,7 +196,10 @@ class _Planner:
             "scheme": o.dtype,
             "settings": {**asdict(o), "skip": list(o.skip)},
             "note": kernel_note(self.ctx.target.tvm_target(), o.dtype),
-            **layer_rows(self.every, precisions, why, self.candidates, self.tables, o.dtype),
+            **layer_rows(
+                self.every, precisions, why, self.candidates, self.tables, o.dtype,
+                _depthwise_kernel(self.ctx.target.name),
+            ),  # fmt: skip
             "accuracy": _accuracy(choice, level),
         }
         if choice is not None and self.reasons:
@@ -212,6 +217,12 @@ class _Planner:
             budget=choice.scores["fp32"] - self.max_drop if budgeted else None,
             tighten=(lambda: self.plan(level + 1)) if more else None,
         )
+
+
+def _depthwise_kernel(target: str) -> bool:
+    """Whether the target has a vectorized 16-bit depthwise kernel (x86; on ARM the scalar
+    portable one would be slower than its fp32 convs, so they stay fp32 there)."""
+    return target == "x86"
 
 
 def _accuracy(c: Choice | None, level: int) -> dict | None:

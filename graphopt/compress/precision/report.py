@@ -15,9 +15,10 @@ def layer_rows(
     candidates: list[Layer],
     tables: list[list[int]],
     dtype: str,
+    depthwise: bool = False,
 ) -> dict:
     """Per layer (and 16-bit embedding table): op, precision, reason kept fp32, fp32 and
-    stored weight bytes; the totals."""
+    stored weight bytes; the totals. `depthwise`: the target has 16-bit depthwise convs."""
     names = {ly.name for ly in candidates}
     rows, fp32_total, stored = [], 0, 0
     for ly in every:
@@ -25,8 +26,10 @@ def layer_rows(
         p = precisions[ly.name]
         size = fp32 // 2 if p != "fp32" else fp32
         reason = why.get(ly.name)
-        if ly.name not in names:
-            reason = "no 16-bit kernel (not 1x1)" if ly.kind == "conv2d" else "dynamic shape"
+        if ly.name not in names and ly.kind != "conv2d":
+            reason = "dynamic shape"
+        elif ly.name not in names:
+            reason = "no 16-bit kernel (not 1x1" + (" or depthwise)" if depthwise else ")")
         rows.append({"layer": ly.name, "what": ly.describe(), "precision": p,
                      "fp32_bytes": fp32, "bytes": size, "reason": reason})  # fmt: skip
         fp32_total += fp32

@@ -26,6 +26,7 @@ import tvm
 
 from graphopt.int4_ops import RECIPE_ATTR as INT4_ATTR
 from graphopt.int8_ops import RECIPE_ATTR, MatmulSpec, Recipe, symbolic_rows
+from graphopt.precision_depthwise import RECIPE_ATTR as DEPTHWISE16_ATTR
 from graphopt.precision_ops import RECIPE_ATTR as PRECISION_ATTR
 from graphopt.sparse_ops import RECIPE_ATTR as SPARSE_ATTR
 from graphopt.targets.cpu.int8 import conv_nchw as CN
@@ -170,11 +171,11 @@ def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
     """Apply a module pass with the generated kernels (int8, int4, 16-bit, block-sparse) set
     aside, then put them back.
 
-    The kernels (int4 ones and the bf16 attention kernel too) are low-level TIR with no root
-    block; passes written for scheduled TE kernels (e.g. `SplitLayoutRewritePreproc`, which
-    schedule-cpu runs when an fp32 conv was prepacked beside them in a partly-quantized or
-    partly-sparse model) abort on such a function. They only see call_tir of a GlobalVar they
-    do not rewrite, so the kernels are unaffected.
+    The kernels (int4 ones, the 16-bit attention and depthwise kernels too) are low-level TIR
+    with no root block; passes written for scheduled TE kernels (e.g.
+    `SplitLayoutRewritePreproc`, which schedule-cpu runs when an fp32 conv was prepacked beside
+    them in a partly-quantized, partly-sparse or 16-bit model) abort on such a function. They
+    only see call_tir of a GlobalVar they do not rewrite, so the kernels are unaffected.
     """
     kernels = {
         gvar: func
@@ -186,6 +187,7 @@ def without_int8_kernels(transform, mod: tvm.IRModule) -> tvm.IRModule:
                 attr in func.attrs for attr in (RECIPE_ATTR, INT4_ATTR, PRECISION_ATTR, SPARSE_ATTR)
             )
             or ATTENTION16_ATTR in func.attrs
+            or DEPTHWISE16_ATTR in func.attrs
         )
     }
     if not kernels:

@@ -7,6 +7,9 @@ bits a weight: bf16 on an x86 CPU with AVX512_BF16 runs `vdpbf16ps` on pair-inte
 weights (`targets/cpu/precision/dpbf16.py`); everything else runs the panel kernel every CPU
 has (`targets/cpu/precision/kernels.py`: 16-bit weights widened in registers, fp32 FMAs). The
 compile report says which (`graphopt.precision_ops.kernel_note`; docs/PRECISION.md).
+The 16-bit depthwise convs (`graphopt.precision_depthwise`) become the vectorized kernel of
+`targets/cpu/precision/depthwise.py` (vectors of channels as wide as the target's SIMD
+registers; weights as they are).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tvm import relax
 
 from graphopt.kernel_swap import materialize, packed_constants
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
+from graphopt.precision_depthwise import spec_of as depthwise_spec_of
 from graphopt.precision_ops import spec_of
 from graphopt.targets.cpu.precision import materialize as M
 
@@ -42,6 +46,10 @@ class MaterializePrecision(GraphPass):
                 kernel = M.resolve_kernel(self.options.kernel, spec.precision)
                 built[gvar] = M.build(spec, kernel)
                 stats[f"kernel_{kernel}"] = stats.get(f"kernel_{kernel}", 0) + 1
+            dw = depthwise_spec_of(func)
+            if dw is not None and dw.layout == "natural":
+                built[gvar] = M.build_depthwise(dw)
+                stats["depthwise"] = stats.get("depthwise", 0) + 1
         stats["kernels"] = len(built)
         new, changed = materialize(mod, built, _operands, stats)
         return PassResult(new, changed, stats)

@@ -12,9 +12,12 @@ import tvm
 
 from graphopt import _tvm
 from graphopt.errors import PipelineError
+from graphopt.precision_depthwise import DepthwiseSpec
 from graphopt.precision_ops import RECIPE_ATTR, PrecisionMatmulSpec, has_dpbf16
 from graphopt.targets.cpu.precision import dpbf16 as D
 from graphopt.targets.cpu.precision import kernels as K
+from graphopt.targets.cpu.precision.depthwise import depthwise16_kernel
+from graphopt.targets.cpu.schedules.common import cpu_info
 
 Pack = Callable[[list[np.ndarray]], list[np.ndarray]]
 KERNELS = ("auto", "fma", "dpbf16")
@@ -55,3 +58,11 @@ def build(spec: PrecisionMatmulSpec, kernel: str = "fma") -> tuple[tvm.tirx.Prim
         return [pack_one(consts[0], spec)]
 
     return func.without_attr("global_symbol").with_attr(RECIPE_ATTR, built.text()), pack
+
+
+def build_depthwise(spec: DepthwiseSpec) -> tuple[tvm.tirx.PrimFunc, Pack]:
+    """The vectorized depthwise kernel for the current target's SIMD width (weights as
+    they are: [KH, KW, C] bits, a vector of channels a load)."""
+    info = cpu_info(current_target())
+    func = depthwise16_kernel(spec, info.lanes if info is not None else 4)
+    return func.without_attr("global_symbol"), lambda consts: [consts[0]]

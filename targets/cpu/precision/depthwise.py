@@ -1,0 +1,89 @@
+"""The CPU kernel of the 16-bit depthwise conv (`graphopt.precision_depthwise`): NHWC, vectors
+of channels, fp32 FMAs on widened 16-bit operands.
+
+A parallel task is one output row of one image and one vector of channels (`lanes` of them:
+16 with AVX-512); it runs the row in tiles of up to TILE output pixels whose accumulators
+stay in registers while the taps go by: per tap one load of the channel vector per pixel
+(16 bits a value with `x_bits`: widened with a zero-extend and a shift), one FMA. Tiles whose
+taps all fall inside the image read without checks; the border tiles mask the taps that fall
+on the padding (AVX-512: a masked FMA), so every tap is added exactly where the op adds it
+and the result equals `reference_depthwise` bit for bit. When TILE does not divide the row,
+the last tile moves back to end at the row's end and stores only its own pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tvm
+from tvm.script import tirx as T
+
+from graphopt.precision_depthwise import DepthwiseSpec, kernel_func, x_value
+from graphopt.precision_epilogue import tir_epilogue
+from graphopt.precision_ops import tir_store_value, tir_widen
+from graphopt.targets.cpu.schedules.common import vector_width
+from graphopt.targets.cpu.sparse.kernels import row_tile
+
+TILE = 8  # output pixels per register tile
+LAYOUT = "cpu"
+_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
+
+
+def depthwise16_kernel(spec: DepthwiseSpec, lanes: int) -> tvm.tirx.PrimFunc:
+    """The vectorized kernel of `spec` for `lanes`-wide fp32 vectors (its recipe records it)."""
+    n, oh, ow, c = spec.out_shape
+    _, h, wd, _ = spec.x_shape
+    (kh, kw), (sh, sw), (top, left, _, _) = spec.kernel, spec.strides, spec.pads
+    vl = vector_width(c, lanes)
+    blocks, tw = c // vl, row_tile(ow, TILE)
+    tiles, prec = -(-ow // tw), spec.precision
+
+    def first_pixel(tile):
+        return T.min(tile * tw, ow - tw) if ow % tw else tile * tw
+
+    def inside(tile):
+        """Every tap of the tile's pixels inside the image's columns."""
+        p0 = first_pixel(tile)
+        return T.And(p0 * sw - left >= 0, (p0 + tw - 1) * sw + kw - 1 - left < wd)
+
+    @T.macro
+    def taps(x, w, acc, img, row, c0, p0, checked):
+        for i in T.unroll(kh):
+            ih = T.meta_var(row * sh + i - top)
+            if 0 <= ih and ih < h:
+                for j in T.unroll(kw):
+                    wv = T.meta_var(tir_widen(w[i, j, T.ramp(c0, 1, vl)], prec, vl))
+                    for u in T.unroll(tw):
+                        iw = T.meta_var((p0 + u) * sw + j - left)
+                        col = T.meta_var(T.max(T.min(iw, wd - 1), 0) if checked else iw)
+                        xv = T.meta_var(x_value(x[img, ih, col, T.ramp(c0, 1, vl)], spec, vl))
+                        if checked:
+                            acc[u] = T.Select(
+                                T.And(0 <= iw, iw < wd), acc[u] + xv * wv, acc[u]
+                            )
+                        else:
+                            acc[u] = acc[u] + xv * wv
+
+    @T.macro
+    def body(x, w, bias, out):
+        for task in T.parallel(n * oh * blocks):
+            img = T.meta_var(task // (oh * blocks))
+            row = T.meta_var(task // blocks % oh)
+            c0 = T.meta_var(task % blocks * vl)
+            acc = T.decl_buffer((tw,), f"float32x{vl}", scope="local")
+            for tile in range(tiles):
+                for u in T.unroll(tw):
+                    acc[u] = T.broadcast(T.float32(0), vl)
+                if inside(tile):
+                    taps(x, w, acc, img, row, c0, first_pixel(tile), False)
+                else:
+                    taps(x, w, acc, img, row, c0, first_pixel(tile), True)
+                for u in T.unroll(tw):
+                    if first_pixel(tile) + u >= tile * tw:
+                        value = T.meta_var(tir_epilogue(acc[u], spec, bias, None, 0, c0, vl))
+                        out[img, row, first_pixel(tile) + u, T.ramp(c0, 1, vl)] = tir_store_value(
+                            value, spec, vl
+                        )
+
+    built = dataclasses.replace(spec, layout=LAYOUT)
+    return kernel_func(body, built, _ATTRS)
