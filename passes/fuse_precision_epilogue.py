@@ -56,9 +56,7 @@ class FusePrecisionEpilogue(GraphPass):
         new = rewrite_planned(
             canonical,
             lambda graph: _plans(graph, stats),
-            lambda module, plans: PlannedCalls(
-                module, plans, kernels, portable_for, kernel_name
-            ),
+            lambda module, plans: PlannedCalls(module, plans, kernels, portable_for, kernel_name),
         )
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 

@@ -197,7 +197,12 @@ class _Planner:
             "settings": {**asdict(o), "skip": list(o.skip)},
             "note": kernel_note(self.ctx.target.tvm_target(), o.dtype),
             **layer_rows(
-                self.every, precisions, why, self.candidates, self.tables, o.dtype,
+                self.every,
+                precisions,
+                why,
+                self.candidates,
+                self.tables,
+                o.dtype,
                 _depthwise_kernel(self.ctx.target.name),
             ),  # fmt: skip
             "accuracy": _accuracy(choice, level),

@@ -21,6 +21,8 @@ from tvm.script import tirx as T
 from graphopt.precision_depthwise import DepthwiseSpec, kernel_func, x_value
 from graphopt.precision_epilogue import tir_epilogue
 from graphopt.precision_ops import tir_store_value, tir_widen
+from graphopt.targets.cpu.precision.cvt_bf16 import CVT_IR, bf16_bits
+from graphopt.targets.cpu.precision.cvt_bf16 import LANES as CVT_LANES
 from graphopt.targets.cpu.schedules.common import vector_width
 from graphopt.targets.cpu.sparse.kernels import row_tile
 
@@ -29,12 +31,19 @@ LAYOUT = "cpu"
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
 
-def depthwise16_kernel(spec: DepthwiseSpec, lanes: int) -> tvm.tirx.PrimFunc:
-    """The vectorized kernel of `spec` for `lanes`-wide fp32 vectors (its recipe records it)."""
+def depthwise16_kernel(spec: DepthwiseSpec, lanes: int, cvt: bool = False) -> tvm.tirx.PrimFunc:
+    """The vectorized kernel of `spec` for `lanes`-wide fp32 vectors (its recipe records it).
+    `cvt`: the CPU has AVX512_BF16, so bf16 bit patterns are stored by `vcvtneps2bf16`
+    (`cvt_bf16.py`: denormal results become zero)."""
     n, oh, ow, c = spec.out_shape
     _, h, wd, _ = spec.x_shape
     (kh, kw), (sh, sw), (top, left, _, _) = spec.kernel, spec.strides, spec.pads
     vl = vector_width(c, lanes)
+    cvt = cvt and spec.out_bits and spec.precision == "bf16" and vl == CVT_LANES
+
+    def stored(value):
+        return bf16_bits(value, vl) if cvt else tir_store_value(value, spec, vl)
+
     blocks, tw = c // vl, row_tile(ow, TILE)
     tiles, prec = -(-ow // tw), spec.precision
 
@@ -58,9 +67,7 @@ def depthwise16_kernel(spec: DepthwiseSpec, lanes: int) -> tvm.tirx.PrimFunc:
                         col = T.meta_var(T.max(T.min(iw, wd - 1), 0) if checked else iw)
                         xv = T.meta_var(x_value(x[img, ih, col, T.ramp(c0, 1, vl)], spec, vl))
                         if checked:
-                            acc[u] = T.Select(
-                                T.And(0 <= iw, iw < wd), acc[u] + xv * wv, acc[u]
-                            )
+                            acc[u] = T.Select(T.And(0 <= iw, iw < wd), acc[u] + xv * wv, acc[u])
                         else:
                             acc[u] = acc[u] + xv * wv
 
@@ -81,9 +88,12 @@ def depthwise16_kernel(spec: DepthwiseSpec, lanes: int) -> tvm.tirx.PrimFunc:
                 for u in T.unroll(tw):
                     if first_pixel(tile) + u >= tile * tw:
                         value = T.meta_var(tir_epilogue(acc[u], spec, bias, None, 0, c0, vl))
-                        out[img, row, first_pixel(tile) + u, T.ramp(c0, 1, vl)] = tir_store_value(
-                            value, spec, vl
-                        )
+                        out[img, row, first_pixel(tile) + u, T.ramp(c0, 1, vl)] = stored(value)
+
+    @T.macro
+    def with_instruction(x, w, bias, out):
+        with T.attr(0, "pragma_import_llvm", CVT_IR):
+            body(x, w, bias, out)
 
     built = dataclasses.replace(spec, layout=LAYOUT)
-    return kernel_func(body, built, _ATTRS)
+    return kernel_func(with_instruction if cvt else body, built, _ATTRS)

@@ -31,6 +31,7 @@ from tvm.script import tirx as T
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func
 from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, x_rounded
+from graphopt.targets.cpu.precision.cvt_bf16 import CVT_IR, bf16_bits
 from graphopt.targets.cpu.precision.kernels import store_macro
 from graphopt.targets.cpu.precision.row_chunks import row_chunks
 
@@ -160,7 +161,7 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
     big = symbolic or rows * pairs >= 1 << 13
     round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial, spec.x_bits)
-    store = store_macro(spec, PANEL)
+    store = store_macro(spec, PANEL, bf16_bits)  # an out_bits spec: vcvtneps2bf16
 
     @T.macro
     def tiles(xw, wp, bias, rf, of):
@@ -199,7 +200,7 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
 
     @T.macro
     def with_instruction(xf, wp, bias, rf, of):
-        with T.attr(0, "pragma_import_llvm", _DP_IR):
+        with T.attr(0, "pragma_import_llvm", _DP_IR + (CVT_IR if spec.out_bits else "")):
             body(xf, wp, bias, rf, of)
 
     return kernel_func(with_instruction, spec, x_shape, (p_count, pairs, PANEL), "int32", _ATTRS)

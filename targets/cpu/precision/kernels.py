@@ -45,21 +45,30 @@ def pack_panels(w_bits: np.ndarray, spec: PrecisionMatmulSpec) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(-1, p, PANEL).transpose(1, 0, 2))
 
 
-def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES):
+def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES, bits=None):
     """TIR macro: the epilogue of vector `v` to channels col .. col + lanes - 1 of row m
-    (those below N); bias and residual as `graphopt.precision_epilogue.tir_epilogue` reads."""
+    (those below N); bias and residual as `graphopt.precision_epilogue.tir_epilogue` reads.
+    `bits(value, lanes)`: how an `out_bits` spec's values become bit patterns (default: the
+    portable rounding)."""
     n = spec.n
+
+    def value(y, lanes_=1):
+        return (
+            bits(y, lanes_)
+            if bits is not None and spec.out_bits
+            else tir_store_value(y, spec, lanes_)
+        )
 
     @T.macro
     def store(of, tail, m, col, v, bias, rf):
         if col + lanes <= n:
             y = T.meta_var(tir_epilogue(v, spec, bias, rf, m, col, lanes))
-            of[m, T.ramp(col, 1, lanes)] = tir_store_value(y, spec, lanes)
+            of[m, T.ramp(col, 1, lanes)] = value(y, lanes)
         elif col < n:
             tail[T.ramp(0, 1, lanes)] = v
             for lane in range(n - col):
                 y = T.meta_var(tir_epilogue(tail[lane], spec, bias, rf, m, col + lane))
-                of[m, col + lane] = tir_store_value(y, spec)
+                of[m, col + lane] = value(y)
 
     return store
 

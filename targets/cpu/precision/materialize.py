@@ -63,6 +63,7 @@ def build(spec: PrecisionMatmulSpec, kernel: str = "fma") -> tuple[tvm.tirx.Prim
 def build_depthwise(spec: DepthwiseSpec) -> tuple[tvm.tirx.PrimFunc, Pack]:
     """The vectorized depthwise kernel for the current target's SIMD width (weights as
     they are: [KH, KW, C] bits, a vector of channels a load)."""
-    info = cpu_info(current_target())
-    func = depthwise16_kernel(spec, info.lanes if info is not None else 4)
+    target = current_target()
+    info = cpu_info(target)
+    func = depthwise16_kernel(spec, info.lanes if info is not None else 4, has_dpbf16(target))
     return func.without_attr("global_symbol"), lambda consts: [consts[0]]
