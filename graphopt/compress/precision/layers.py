@@ -28,21 +28,28 @@ def pointwise(layer: Layer) -> bool:
     )
 
 
-def depthwise(layer: Layer) -> bool:
-    """A depthwise conv (one filter per channel, no dilation, NCHW / OIHW) of a static input:
-    the 16-bit depthwise op's layers (`graphopt.precision_depthwise`)."""
+def per_channel(layer: Layer) -> bool:
+    """A depthwise conv: one filter per channel, no dilation, NCHW / OIHW."""
     if layer.kind != "conv2d":
         return False
     a, dims = layer.call.attrs, shape_dims(layer.data)
-    if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims):
+    if dims is None or len(dims) != 4:
         return False
     layouts = (a.data_layout, a.kernel_layout, a.out_layout or a.data_layout)
     return (
         tuple(str(v) for v in layouts) == ("NCHW", "OIHW", "NCHW")
-        and int(a.groups) == dims[1] == layer.weight_shape[0]
+        and int(a.groups) == layer.weight_shape[0]
+        and dims[1] == layer.weight_shape[0]
         and layer.weight_shape[1] == 1
         and all(int(v) == 1 for v in a.dilation)
     )
+
+
+def depthwise(layer: Layer) -> bool:
+    """A depthwise conv of a static input: the 16-bit depthwise op's layers
+    (`graphopt.precision_depthwise`; a symbolic image size keeps the fp32 conv)."""
+    dims = shape_dims(layer.data)
+    return per_channel(layer) and all(isinstance(d, int) for d in dims)
 
 
 def supported(layer: Layer, depthwise_convs: bool = False) -> bool:

@@ -204,7 +204,7 @@ class _Planner:
                 self.tables,
                 o.dtype,
                 _depthwise_kernel(self.ctx.target.name),
-            ),  # fmt: skip
+            ),
             "accuracy": _accuracy(choice, level),
         }
         if choice is not None and self.reasons:
@@ -225,8 +225,9 @@ class _Planner:
 
 
 def _depthwise_kernel(target: str) -> bool:
-    """Whether the target has a vectorized 16-bit depthwise kernel (x86; on ARM the scalar
-    portable one would be slower than its fp32 convs, so they stay fp32 there)."""
+    """Whether `--precision` makes depthwise convs 16-bit on the target: x86, where the
+    kernel was measured. The kernel builds for ARM too (`lower-precision{depthwise=true}`),
+    unmeasured on a board, so `--precision` keeps ARM's scheduled fp32 convs."""
     return target == "x86"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..common.layers import Layer
+from .layers import per_channel
 
 
 def layer_rows(
@@ -26,7 +27,7 @@ def layer_rows(
         p = precisions[ly.name]
         size = fp32 // 2 if p != "fp32" else fp32
         reason = why.get(ly.name)
-        if ly.name not in names and ly.kind != "conv2d":
+        if ly.name not in names and (ly.kind != "conv2d" or depthwise and per_channel(ly)):
             reason = "dynamic shape"
         elif ly.name not in names:
             reason = "no 16-bit kernel (not 1x1" + (" or depthwise)" if depthwise else ")")
