@@ -36,13 +36,13 @@ from __future__ import annotations
 import dataclasses
 
 import tvm
-from tvm import relax
+from tvm import relax, te
 
 from graphopt.binding_graph import BindingGraph, op_name, shape_dims
 from graphopt.pass_helpers import KernelCall, rewrite_planned
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_kernels import kernel_name, portable_for, spec_of16
-from graphopt.precision_ops import bits_kernel
+from graphopt.precision_ops import bits_kernel, tir_bits
 
 
 @register_pass
@@ -162,6 +162,15 @@ class _Handoff(relax.PyExprMutator):
 
     def _emit_bits(self, var, precision: str) -> relax.Var:
         shape = shape_dims(var)
+        if not all(isinstance(d, int) for d in shape):
+            # a kernel over the var's own shape expressions (s, (s - 1) // 32 + 1, ..), with
+            # their vars passed in: FuseOps puts it in the producer's group, whose other
+            # kernels see the same expressions (one size var per dim would not match them)
+            return self.builder_.emit_te(
+                lambda x: te.compute(x.shape, lambda *i: tir_bits(x(*i), precision), "bits16"),
+                self.visit_expr(var),
+                primfunc_name_hint="bits16",
+            )
         key = f"bits16/{precision}/{shape}"
         gvar = self._kernel(key, lambda: (bits_kernel(shape, precision), "bits16"))
         out = relax.TensorType(var.ty.shape, "uint16")

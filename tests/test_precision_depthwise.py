@@ -95,9 +95,10 @@ def test_taps_on_the_padding_are_skipped():
 # -- compiled: depthwise convs 16-bit on x86, bit patterns handed between the layers --------
 
 
-def _block(c: int = 32, seed: int = 3) -> onnx.ModelProto:
+def _block(c: int = 32, seed: int = 3, size: int | str = 14) -> onnx.ModelProto:
     """x [1, 8, 14, 14] -> pw (8 -> c) + ReLU6 -> depthwise 3x3 stride 2 + ReLU6 -> pw (c -> 8)
-    -> depthwise 5x5 + ReLU6 -> y: MobileNetV2's and EfficientNet's blocks in small."""
+    -> depthwise 5x5 + ReLU6 -> y: MobileNetV2's and EfficientNet's blocks in small. `size`
+    may be a dim_param name (a symbolic image size)."""
     rng = np.random.default_rng(seed)
 
     def weight(name, shape):
@@ -124,8 +125,8 @@ def _block(c: int = 32, seed: int = 3) -> onnx.ModelProto:
     ]  # fmt: skip
     graph = helper.make_graph(
         nodes, "block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 14, 14])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 7, 7])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])],
         inits,
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -162,3 +163,28 @@ def test_lowering_takes_depthwise_convs_only_when_asked(depthwise):
     assert result.stats["pointwise_convs"] == 2
     convs = _tvm.op_counts(result.module).get("relax.nn.conv2d", 0)
     assert convs == (0 if depthwise else 2)
+
+
+def test_symbolic_image_size_keeps_depthwise_convs_fp32(tmp_path):
+    """One build for 14..28 pixels: the pointwise convs bf16, the depthwise convs fp32 (no
+    kernel for a symbolic size; the report says why), and the depthwise conv's output, whose
+    size is an expression of the input's ((s - 1) // 2 + 1), handed to the bf16 conv as bits."""
+    model = _block(size="s")
+    art = graphopt.compile(
+        model,
+        tmp_path / "sym",
+        input_shapes={"x": (1, 8, "s:14..28", "s")},
+        compression=[Precision(PrecisionOptions("bf16", edges=True))],
+    )
+    rows = {r["layer"]: r for r in art.manifest["precision"]["layers"]}
+    assert [rows[f"conv2d_{i}"]["precision"] for i in range(4)] == ["bf16", "fp32", "bf16", "fp32"]
+    assert rows["conv2d_1"]["reason"] == "dynamic shape"
+    stats = {r["pass"]: r["stats"] for r in art.manifest["report"]["passes"]}
+    assert stats["precision-handoff"]["producers"] >= 1
+    onnx.save(model, tmp_path / "block.onnx")
+    session = ort_session(tmp_path / "block.onnx")
+    for size in (14, 23, 28):
+        x = np.random.default_rng(size).standard_normal((1, 8, size, size)).astype(np.float32)
+        ref = ort_run(session, {"x": x})["y"]
+        got = art.run({"x": x})["y"]
+        assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
