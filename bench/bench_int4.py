@@ -318,16 +318,11 @@ def quality(paths: dict[str, Path]) -> dict[str, Any]:
 def time_one(key: str, path: Path, runs: int) -> dict[str, float]:
     """In this process only: warm-up, then `runs` timed runs of one sentence."""
     from bench.models.inputs import sentence_batch
+    from bench.worker import time_calls
 
     feed = sentence_batch(1)[0]
     run = _runner(key, path)
-    for _ in range(5):
-        run(feed)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(feed)
-        samples.append((time.perf_counter() - start) * 1e3)
+    samples = json.loads(time_calls(lambda: run(feed), runs, warmup=5))["ms"]
     return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
 
 
