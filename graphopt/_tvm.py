@@ -214,6 +214,8 @@ def estimate_flops(mod: tvm.IRModule, sizes: Mapping[str, int] | None = None) ->
     kernel cannot be specialized, they are left out (their loop counts are unknown)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from graphopt.kernel_flops import recipe_flops
+
     calls: dict[str, int] = {}
     for call in iter_relax_calls(mod):
         if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir":
@@ -222,9 +224,9 @@ def estimate_flops(mod: tvm.IRModule, sizes: Mapping[str, int] | None = None) ->
     total = 0
     for gvar, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc) and gvar.name_hint in calls:
-            sparse = _sparse_flops(func, sizes or {})
-            if sparse is not None:
-                total += sparse * calls[gvar.name_hint]
+            known = recipe_flops(func, sizes or {})
+            if known is not None:  # generated kernels count their op (graphopt.kernel_flops)
+                total += known * calls[gvar.name_hint]
                 continue
             if _symbolic(func):
                 func = specialize_dims(func, sizes or {}) if sizes else None
@@ -236,21 +238,6 @@ def estimate_flops(mod: tvm.IRModule, sizes: Mapping[str, int] | None = None) ->
                 continue
             total += int(flops) * calls[gvar.name_hint]
     return total
-
-
-def _sparse_flops(func: tvm.tirx.PrimFunc, sizes: Mapping[str, int]) -> int | None:
-    """A block-sparse kernel's multiply-adds (2 flops each) from its recipe: its loops run
-    over the stored blocks (`indptr`), which TIR's estimate cannot count. 0 when a symbolic
-    dim has no size; None for any other kernel."""
-    from graphopt.sparse_ops import spec_of
-
-    spec = spec_of(func)
-    if spec is None:
-        return None
-    rows = 1
-    for d in spec.x_shape[:-1]:
-        rows *= sizes.get(d, 0) if isinstance(d, str) else d
-    return 2 * rows * spec.nnzb * spec.block
 
 
 def _symbolic(func: tvm.tirx.PrimFunc) -> bool:

@@ -188,3 +188,14 @@ def test_symbolic_image_size_keeps_depthwise_convs_fp32(tmp_path):
         ref = ort_run(session, {"x": x})["y"]
         got = art.run({"x": x})["y"]
         assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
+
+
+def test_flops_counted_from_the_recipes():
+    """The report counts the ops' multiply-adds, not the rounding and padding loops."""
+    from graphopt import precision_ops as P
+    from graphopt.kernel_flops import recipe_flops
+
+    spec = SPECS["5x5_stride2_bits"]
+    assert recipe_flops(portable_kernel(spec), {}) == 2 * (2 * 6 * 5 * 16) * 25
+    matmul = P.PrecisionMatmulSpec((1, "seq", 64), 32, "bf16")
+    assert recipe_flops(P.portable_kernel(matmul), {"seq": 10}) == 2 * 10 * 64 * 32
