@@ -56,3 +56,23 @@ def test_precision_on_rpi5_matches_x86(tmp_path, precision, widen):
     x = np.random.default_rng(1).standard_normal((3, D)).astype(np.float32)
     got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
     np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+
+
+def test_depthwise_16bit_on_rpi5_matches_x86(tmp_path):
+    """`--precision` keeps ARM's depthwise convs fp32 (unmeasured on a board), but the 16-bit
+    depthwise kernel builds for NEON from a pipeline and gives the x86 build's numbers bit
+    for bit under qemu (4-lane vectors of channels; bits handed between the layers)."""
+    from tests.test_precision_depthwise import _block
+
+    path = tmp_path / "block.onnx"
+    onnx.save(_block(), path)
+    pipe = "O2,lower-precision{precision=bf16,depthwise=true}"
+    x86 = graphopt.compile(path, tmp_path / "x86", pipeline=pipe)
+    arm = graphopt.compile(
+        path, tmp_path / "arm", pipeline=pipe, target="arm", target_options={"board": "rpi5"}
+    )
+    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    assert stats["materialize-precision"]["depthwise"] == 2
+    x = np.random.default_rng(1).standard_normal((1, 8, 14, 14)).astype(np.float32)
+    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
+    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
