@@ -145,45 +145,33 @@ def kernel_func(body, spec: SparseSpec, dims: tuple, attrs: dict) -> tvm.tirx.Pr
     x_shape, rows = dims
     k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
     out_shape = (*x_shape[:-1], n)
-    if spec.residual:
+    residual_view = (lambda b: b.view(rows, n)) if spec.residual else (lambda b: None)
 
-        @T.prim_func(private=True)
-        def bsr_matmul_add(
-            x: T.Buffer(x_shape, "float32"),
-            values: T.Buffer((nnzb, bs), "float32"),
-            indices: T.Buffer((nnzb,), "int32"),
-            indptr: T.Buffer((nb + 1,), "int32"),
-            bias: T.Buffer((n,), "float32"),
-            residual: T.Buffer(out_shape, "float32"),
-            out: T.Buffer(out_shape, "float32"),
-        ):
-            T.func_attr(attrs)
-            body(
-                x.view(rows, k),
-                values,
-                indices,
-                indptr,
-                bias,
-                residual.view(rows, n),
-                out.view(rows, n),
-            )
+    @T.prim_func(private=True)
+    def bsr_matmul(
+        x: T.Buffer(x_shape, "float32"),
+        values: T.Buffer((nnzb, bs), "float32"),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        bias: T.Buffer((n,), "float32"),
+        residual: T.Buffer(out_shape, "float32"),
+        out: T.Buffer(out_shape, "float32"),
+    ):
+        T.func_attr(attrs)
+        body(
+            x.view(rows, k),
+            values,
+            indices,
+            indptr,
+            bias,
+            residual_view(residual),
+            out.view(rows, n),
+        )
 
-        func = bsr_matmul_add
-    else:
-
-        @T.prim_func(private=True)
-        def bsr_matmul(
-            x: T.Buffer(x_shape, "float32"),
-            values: T.Buffer((nnzb, bs), "float32"),
-            indices: T.Buffer((nnzb,), "int32"),
-            indptr: T.Buffer((nb + 1,), "int32"),
-            bias: T.Buffer((n,), "float32"),
-            out: T.Buffer(out_shape, "float32"),
-        ):
-            T.func_attr(attrs)
-            body(x.view(rows, k), values, indices, indptr, bias, None, out.view(rows, n))
-
-        func = bsr_matmul
+    func = bsr_matmul
+    if not spec.residual:  # the body never reads it
+        params = [p for p in func.params if p.name != "residual"]
+        func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
     return func.with_attr(RECIPE_ATTR, spec.text())
 
 
