@@ -1,9 +1,10 @@
 """Block magnitude pruning of an ONNX model's 1x1 convs and Gemm / MatMul layers, so the
 benchmarks have a sparse model to compile (accuracy is not the point here).
 
-Blocks are `block` consecutive output channels of one input channel (what `sparsify` looks
-for); in each layer the blocks with the smallest L2 norms are zeroed until `sparsity` of them
-are. Output channel counts that are no multiple of the block end in a shorter block.
+Blocks are `block` consecutive output channels of `depth` consecutive input channels (16 x 1:
+what `sparsify` looks for; 16 x 4: what the int8 sparse kernels skip, and 16 x 1 blocks too);
+in each layer the blocks with the smallest L2 norms are zeroed until `sparsity` of them are.
+Channel counts that are no multiple of the block end in shorter blocks.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from pathlib import Path
 import numpy as np
 
 
-def prune_blocks(w: np.ndarray, sparsity: float, block: int) -> np.ndarray:
-    """W [O, I] with the `sparsity` fraction of its block x 1 blocks (smallest norms) zeroed."""
+def prune_blocks(w: np.ndarray, sparsity: float, block: int, depth: int = 1) -> np.ndarray:
+    """W [O, I] with the `sparsity` fraction of its block x depth blocks (smallest norms)
+    zeroed."""
     o, i = w.shape
-    padded = np.concatenate([w, np.zeros((-o % block, i), w.dtype)])
-    norms = np.sqrt((padded.reshape(-1, block, i) ** 2).sum(axis=1))  # [O / block, I]
+    padded = np.zeros((o + -o % block, i + -i % depth), w.dtype)
+    padded[:o, :i] = w
+    blocks = padded.reshape(padded.shape[0] // block, block, -1, depth)
+    norms = np.sqrt((blocks.astype(np.float64) ** 2).sum(axis=(1, 3)))  # [O / block, I / depth]
     order = np.argsort(norms, axis=None, kind="stable")
     keep = np.ones(norms.size, bool)
     keep[order[: round(sparsity * norms.size)]] = False
-    mask = np.repeat(keep.reshape(norms.shape), block, axis=0)[:o]
-    return (w * mask).astype(w.dtype)
+    mask = np.repeat(np.repeat(keep.reshape(norms.shape), block, axis=0), depth, axis=1)
+    return (w * mask[:o, :i]).astype(w.dtype)
 
 
 def _as_oi(node, w: np.ndarray) -> tuple[np.ndarray, bool] | None:
@@ -36,7 +40,7 @@ def _as_oi(node, w: np.ndarray) -> tuple[np.ndarray, bool] | None:
     return (w.T, False) if w.ndim == 2 else None
 
 
-def prune_model(src: Path, dst: Path, sparsity: float, block: int = 16) -> int:
+def prune_model(src: Path, dst: Path, sparsity: float, block: int = 16, depth: int = 1) -> int:
     """Write `src` with its 1x1 convs and Gemm / MatMul weights block-pruned; returns how many
     layers were pruned."""
     import onnx
@@ -54,7 +58,7 @@ def prune_model(src: Path, dst: Path, sparsity: float, block: int = 16) -> int:
         if layer is None:
             continue
         oi, stored = layer
-        new = prune_blocks(oi, sparsity, block)
+        new = prune_blocks(oi, sparsity, block, depth)
         new = new.reshape(w.shape) if stored else new.T
         tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), tensor.name))
         pruned += 1

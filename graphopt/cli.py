@@ -137,6 +137,12 @@ def _precision_method(args: argparse.Namespace):
     return Precision(options)
 
 
+def _default_block(args: argparse.Namespace) -> str:
+    """16 output channels of one input channel; with int8, of 4 (the int8 sparse kernels'
+    block on VNNI and ARM sdot, and two of AVX2's 8x2)."""
+    return "16x4" if args.quantize == "int8" else "16"
+
+
 def _prune_method(args: argparse.Namespace):
     """`--prune SPEC` and its flags (docs/SPARSITY.md). `--max-drop` and `--eval` budget the
     pruning when no quantization is asked for (with `--quantize` they are its budget)."""
@@ -148,7 +154,7 @@ def _prune_method(args: argparse.Namespace):
         return _channels_method(args, alone)
     return Prune(
         PruneOptions(
-            spec=parse_spec(args.prune, args.prune_block),
+            spec=parse_spec(args.prune, args.prune_block or _default_block(args)),
             method=args.prune_method or ("sparsegpt" if args.calibration else "magnitude"),
             calibration=args.calibration,
             samples=args.calib_samples,
@@ -376,10 +382,10 @@ def _add_prune_options(parser: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--prune-block",
-        type=int,
-        default=16,
-        metavar="B",
-        help="block=...: output channels per zero block (default 16, what x86 kernels skip)",
+        default=None,
+        metavar="BxD",
+        help="block=...: output x input channels per zero block (default 16, what the x86 "
+        "kernels skip; 16x4 with --quantize int8, what the int8 sparse kernels skip)",
     )
     q.add_argument(
         "--prune-damp",

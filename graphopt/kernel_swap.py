@@ -31,8 +31,20 @@ def swap_kernels(mod: tvm.IRModule, built: dict, mutator) -> tvm.IRModule:
 
 def add_kernels(builder, built: dict, kernel_of) -> dict:
     """The built kernels added under new GlobalVars (a GlobalVar's type is its function's
-    signature, which changed): portable GlobalVar -> target kernel's GlobalVar."""
-    return {g: builder.add_func(kernel_of(entry), g.name_hint) for g, entry in built.items()}
+    signature, which changed): portable GlobalVar -> target kernel's GlobalVar, or -> {variant:
+    GlobalVar} where `kernel_of` gives several variants ({variant: kernel}; e.g. dense and
+    block-sparse, chosen per call by the call's constants)."""
+    renamed = {}
+    for gvar, entry in built.items():
+        kernels = kernel_of(entry)
+        if isinstance(kernels, dict):
+            renamed[gvar] = {
+                variant: builder.add_func(func, f"{gvar.name_hint}_{variant}")
+                for variant, func in kernels.items()
+            }
+        else:
+            renamed[gvar] = builder.add_func(kernels, gvar.name_hint)
+    return renamed
 
 
 def portable_entry(call: relax.Call, built: dict):
@@ -55,7 +67,8 @@ def packed_constants(stage: str, call: relax.Call, consts: list, pack) -> list[r
 @relax.expr_functor.mutator
 class RepackCalls(relax.PyExprMutator):
     """Points the calls of the portable kernels in `built` (GlobalVar -> entry) at the target
-    kernels (`kernel_of(entry)`); `operands(call, entry)` gives each new call's arguments."""
+    kernels (`kernel_of(entry)`); `operands(call, entry)` gives each new call's arguments, or
+    (variant, arguments) where the entry has variants."""
 
     def __init__(self, mod: tvm.IRModule, built: dict, operands, kernel_of) -> None:
         super().__init__(mod)
@@ -70,8 +83,11 @@ class RepackCalls(relax.PyExprMutator):
         if entry is None:
             return call
         self.calls += 1
-        args = relax.Tuple(self.operands(call, entry))
-        return relax.call_tir(self.renamed[call.args[0]], args, call.ty)
+        kernel, operands = self.renamed[call.args[0]], self.operands(call, entry)
+        if isinstance(kernel, dict):
+            variant, operands = operands
+            kernel = kernel[variant]
+        return relax.call_tir(kernel, relax.Tuple(operands), call.ty)
 
 
 def materialize(mod: tvm.IRModule, built: dict, operands, stats: dict, kernel_of=None):

@@ -75,8 +75,9 @@ class Arm(Target):
         triple: str = "aarch64-linux-gnu"
         cc: str = DEFAULT_CC  # cross compiler (name on PATH or path)
         schedules: bool = True  # schedule-cpu, as for x86
-        # Block-sparse kernels (4x1 NEON blocks) for matmuls / Gemm whose constant weights are
-        # mostly zero blocks (`sparsify`, docs/SPARSITY.md); false: every layer dense.
+        # Block-sparse kernels (4x1 NEON blocks; int8: 4x4 sdot blocks) for matmuls / Gemm whose
+        # constant weights are mostly zero blocks (`sparsify`, `materialize-int8`,
+        # docs/SPARSITY.md); false: every layer dense.
         sparse: bool = True
         bundle: bool = True  # add runner + runtime libraries (false: model.so + manifest only)
         wheel_platform: str = "manylinux_2_28_aarch64"  # where the board runtime comes from
@@ -133,7 +134,7 @@ class Arm(Target):
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
             "legalize": self._legalize(),
-            "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
+            "schedule": cpu_schedule_stage(tuning_db, self.options.schedules, self.options.sparse),
             "lower": list(CPU_LOWER),
         }
 

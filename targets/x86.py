@@ -39,7 +39,8 @@ class X86(Target):
         # imported).
         layout: str = "NHWC"
         # Block-sparse kernels for 1x1 convs and matmuls whose constant weights are mostly
-        # zero blocks (`sparsify`, docs/SPARSITY.md); false: every layer dense.
+        # zero blocks (`sparsify`; int8 layers: `materialize-int8`; docs/SPARSITY.md); false:
+        # every layer dense.
         sparse: bool = True
 
         def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class X86(Target):
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {
             "legalize": [self._item(p) for p in X86_LEGALIZE if self._wanted(p)],
-            "schedule": cpu_schedule_stage(tuning_db, self.options.schedules),
+            "schedule": cpu_schedule_stage(tuning_db, self.options.schedules, self.options.sparse),
             "lower": list(CPU_LOWER),
         }
 

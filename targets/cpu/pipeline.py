@@ -58,7 +58,9 @@ X86_LEGALIZE = [
 ]
 
 
-def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[str]:
+def cpu_schedule_stage(
+    tuning_db: Path | None, default_schedules: bool, sparse: bool = True
+) -> list[str]:
     """The int8 kernels for the target first (`materialize-int8`: lower-int8's portable
     kernels rebuilt for the target's dot instruction, constants packed; `materialize-int4`:
     lower-int4's int4-weight matmuls as panel kernels; `materialize-sparse`: sparsify's
@@ -67,9 +69,10 @@ def cpu_schedule_stage(tuning_db: Path | None, default_schedules: bool) -> list[
     (when a database is given), then rule-based schedules for the rest.
 
     `schedule-cpu` skips kernels the database already scheduled, and the int8 kernels.
+    `sparse=False` keeps int8 layers with mostly zero weight blocks dense too.
     """
     stage = [
-        "materialize-int8",
+        "materialize-int8" if sparse else "materialize-int8{sparse=false}",
         "materialize-int4",
         "materialize-precision",
         "materialize-sparse",

@@ -30,11 +30,12 @@ def _check_pattern(w: np.ndarray, spec: PruneSpec) -> None:
         groups = zero.reshape(-1, spec.m, w.shape[1]).sum(axis=1)
         assert (groups == spec.n).all()
     else:
-        b = spec.block
-        padded = np.pad(zero, ((0, 0), (0, -w.shape[1] % b)), mode="edge")  # short last block
-        blocks = padded.reshape(w.shape[0], -1, b)
-        whole = blocks.all(axis=2)
-        assert (blocks.any(axis=2) == whole).all(), "zeros must come in whole blocks"
+        b, d = spec.block, spec.depth
+        # short last blocks
+        padded = np.pad(zero, ((0, -w.shape[0] % d), (0, -w.shape[1] % b)), mode="edge")
+        blocks = padded.reshape(padded.shape[0] // d, d, -1, b)
+        whole = blocks.all(axis=(1, 3))
+        assert (blocks.any(axis=(1, 3)) == whole).all(), "zeros must come in whole blocks"
         assert whole.sum() == round(spec.sparsity * whole.size)
 
 
@@ -45,6 +46,8 @@ SPECS = [
     parse_spec("1:8"),
     parse_spec("block=0.7"),
     parse_spec("block=0.5", block=8),
+    parse_spec("block=0.7", block="16x4"),  # the int8 sparse kernels' block
+    parse_spec("block=0.5", block="8x2"),
 ]
 
 
@@ -102,3 +105,17 @@ def test_sparsegpt_dead_inputs():
 def test_bad_specs(text, message):
     with pytest.raises(CalibrationError, match=message):
         parse_spec(text)
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [("0", "between 1 and"), ("16x3", "depth must be one of"), ("16y4", "use B or BxD")],
+)
+def test_bad_blocks(block, message):
+    with pytest.raises(CalibrationError, match=message):
+        parse_spec("block=0.5", block)
+
+
+def test_block_text_names_both_sizes():
+    assert parse_spec("block=0.7", "16X4").text() == "block16x4=0.7"
+    assert parse_spec("block=0.7").text() == "block16x1=0.7"

@@ -114,6 +114,29 @@ def test_block_zeros_take_sparse_kernels(files):
     assert stats["weight_bytes_sparse"] < stats["weight_bytes_dense"]
 
 
+def test_block_16x4_then_int8_takes_sparse_int8_kernels(files):
+    """With --quantize int8 the default block is 16x4: the int8 layers left with at most
+    `MAX_DENSITY` of their blocks run the block-sparse int8 kernel, computing exactly what the
+    dense int8 kernels compute on the same zeros (`sparse=false`), from fewer stored bytes."""
+    flags = ["--prune", "block=0.7", "--prune-method", "magnitude", "--quantize", "int8"]
+    flags += ["--calibration", str(files / "calib.npz")]
+    sparse, manifest = _compile(files, "mlp.onnx", "blk-int8", *flags)
+    dense, dense_manifest = _compile(
+        files, "mlp.onnx", "blk-int8-dense", *flags, "--target-opt", "sparse=false"
+    )
+    assert manifest["pruning"]["settings"]["spec"] == "block16x4=0.7"
+
+    def stats(m):
+        return [e for e in m["report"]["passes"] if e["pass"] == "materialize-int8"][0]["stats"]
+
+    got = stats(manifest)
+    assert got["layers_sparse"] == 2  # the two int8 layers with at least 1024 weights
+    assert got["sparse_bytes_stored"] < 0.5 * got["sparse_bytes_dense"]
+    assert stats(dense_manifest)["layers_sparse"] == 0
+    x = np.random.default_rng(0).standard_normal(MLP_X).astype(np.float32)
+    np.testing.assert_array_equal(sparse.run({"x": x})["probs"], dense.run({"x": x})["probs"])
+
+
 def _magnitude_convs(path, spec_text: str) -> onnx.ModelProto:
     """The numpy reference for 1x1 convs: W [O, I, 1, 1] pruned as [K = I, N = O]."""
     model = onnx.load(str(path))
@@ -179,6 +202,7 @@ def test_few_samples_warn(files, capsys):
         (["--prune", "dense"], "not a pruning spec"),
         (["--prune", "2:4", "--prune-method", "sparsegpt"], "needs --calibration"),
         (["--prune", "block=0.5", "--prune-block", "0"], "--prune-block"),
+        (["--prune", "block=0.5", "--prune-block", "16x3"], "depth must be one of"),
     ],
 )
 def test_user_errors(files, capsys, flags, message):

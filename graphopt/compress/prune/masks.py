@@ -13,16 +13,19 @@ def zero_count(units: int, sparsity: float) -> int:
     return int(round(sparsity * units))
 
 
-def block_scores(values: np.ndarray, block: int) -> np.ndarray:
-    """[R, N] -> [R, ceil(N / block)]: the sum of each block's values (a short last block)."""
+def block_scores(values: np.ndarray, block: int, depth: int = 1) -> np.ndarray:
+    """[R, N] -> [ceil(R / depth), ceil(N / block)]: the sum of each block's values (short
+    last blocks)."""
     r, n = values.shape
-    padded = np.concatenate([values, np.zeros((r, -n % block), values.dtype)], axis=1)
-    return padded.reshape(r, -1, block).sum(axis=2)
+    padded = np.zeros((r + -r % depth, n + -n % block), values.dtype)
+    padded[:r, :n] = values
+    return padded.reshape(padded.shape[0] // depth, depth, -1, block).sum(axis=(1, 3))
 
 
-def expand_blocks(mask: np.ndarray, block: int, n: int) -> np.ndarray:
-    """Block mask [R, ceil(N / block)] -> element mask [R, N]."""
-    return np.repeat(mask, block, axis=1)[:, :n]
+def expand_blocks(mask: np.ndarray, block: int, shape: tuple, depth: int = 1) -> np.ndarray:
+    """Block mask [ceil(R / depth), ceil(N / block)] -> element mask of `shape` [R, N]."""
+    r, n = shape
+    return np.repeat(np.repeat(mask, block, axis=1), depth, axis=0)[:r, :n]
 
 
 def smallest(scores: np.ndarray, count: int) -> np.ndarray:
@@ -48,9 +51,9 @@ def pattern_mask(scores: np.ndarray, spec: PruneSpec, count: int | None = None) 
     if spec.pattern == "nm":
         return nm_mask(scores, spec.n, spec.m)
     if spec.pattern == "block":
-        blocks = block_scores(scores, spec.block)
+        blocks = block_scores(scores, spec.block, spec.depth)
         n = zero_count(blocks.size, spec.sparsity) if count is None else count
-        return expand_blocks(smallest(blocks, n), spec.block, scores.shape[1])
+        return expand_blocks(smallest(blocks, n), spec.block, scores.shape, spec.depth)
     n = zero_count(scores.size, spec.sparsity) if count is None else count
     return smallest(scores, n)
 

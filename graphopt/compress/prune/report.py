@@ -33,24 +33,33 @@ def _error(r: dict) -> str:
     return f"{r['error_magnitude']:.3g}" if "error_magnitude" in r else "-"
 
 
+def _pass_stats(manifest: dict, name: str) -> dict | None:
+    passes = manifest.get("report", {}).get("passes", [])
+    return next((e["stats"] for e in passes if e["pass"] == name), None)
+
+
 def storage_line(manifest: dict) -> str | None:
-    """What the artifact stores for the pruned weights: the layers `sparsify` made block-sparse
-    (x86) and their bytes before and after; None when it did not run."""
-    stats = next(
-        (
-            e["stats"]
-            for e in manifest.get("report", {}).get("passes", [])
-            if e["pass"] == "sparsify"
-        ),
-        None,
-    )
-    if stats is None:
-        return None
-    return (
-        f"stored: {stats['layers_sparse']} layer(s) block-sparse, their weights "
-        f"{stats['weight_bytes_dense']} B -> {stats['weight_bytes_sparse']} B (values + indices); "
-        f"{stats['layers_dense']} candidate(s) above the density threshold stay dense"
-    )
+    """What the artifact stores for the pruned weights: the fp32 layers `sparsify` made
+    block-sparse and the int8 layers `materialize-int8` did, with their bytes before and after;
+    None when neither ran."""
+    fp32 = _pass_stats(manifest, "sparsify")
+    int8 = _pass_stats(manifest, "materialize-int8")
+    parts = []
+    int8_sparse = int8 is not None and int8.get("layers_sparse", 0) > 0
+    if fp32 is not None and (fp32["layers_sparse"] or fp32["layers_dense"] or not int8_sparse):
+        parts.append(
+            f"stored: {fp32['layers_sparse']} layer(s) block-sparse, their weights "
+            f"{fp32['weight_bytes_dense']} B -> {fp32['weight_bytes_sparse']} B (values + "
+            f"indices); {fp32['layers_dense']} candidate(s) above the density threshold stay "
+            "dense"
+        )
+    if int8 is not None and int8.get("kernels", 0) and "layers_sparse" in int8:
+        parts.append(
+            f"stored: {int8['layers_sparse']} int8 layer(s) "
+            f"block-sparse, {int8['sparse_bytes_dense']} B -> {int8['sparse_bytes_stored']} B; "
+            f"{int8['layers_dense']} int8 layer(s) with zero blocks stay dense"
+        )
+    return "\n".join(parts) or None
 
 
 def format_report(m: dict, storage: str | None = None) -> str:

@@ -21,8 +21,10 @@ from .spec import PruneSpec
 
 
 def _units(spec: PruneSpec, rows: int, n: int) -> int:
-    """Maskable units in `rows` rows: elements, or blocks of output channels."""
-    return rows * (-(-n // spec.block) if spec.pattern == "block" else n)
+    """Maskable units in `rows` rows: elements, or blocks (of output and input channels)."""
+    if spec.pattern == "block":
+        return -(-rows // spec.depth) * -(-n // spec.block)
+    return rows * n
 
 
 def prune_sparsegpt(

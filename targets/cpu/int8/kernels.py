@@ -403,9 +403,10 @@ def _window_rows(g: _Geometry, window: ConvSpec, isa: Isa, zp: int, sizes: tuple
     return pack_rows
 
 
-def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
-    """TIR macro: one task's column tiles: the mr x nr register tile over all words, then the
-    epilogue per output vector (the tail vector's valid lanes only)."""
+def tile_store(g: _Geometry, spec: MatmulSpec, ep: Epilogue):
+    """TIR macro: the epilogue of an mr x nr register tile whose first column tile is `c`,
+    stored per output vector (the tail vector's valid lanes only). Shared by the dense and
+    the block-sparse (`sparse.py`, nr = 1) matmuls."""
     mr, nr, lanes, n, step = g.mr, g.nr, g.lanes, g.n, g.step
     full_rows = isinstance(g.rows, int) and g.rows % mr == 0
 
@@ -422,7 +423,36 @@ def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
         )
 
     @T.macro
-    def gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk):
+    def store(acc, tail, of, corr, scale, fbias, xs, rs, m0, c):
+        for r in T.unroll(mr):
+            if full_rows or m0 + r < g.rows:
+                for u in T.unroll(nr):
+                    col = T.meta_var(c * step + u * lanes)
+                    xs_row = T.meta_var(row_scale(xs, rs, r, m0 + r))
+                    if col + lanes <= n:
+                        of[m0 + r, T.ramp(col, 1, lanes)] = result(
+                            acc[r * nr + u], corr, scale, fbias, xs_row, col
+                        )
+                    elif col < n:
+                        # Vector epilogue (the constants are padded to n_pad), then only
+                        # the valid lanes are stored.
+                        tail[T.ramp(0, 1, lanes)] = result(
+                            acc[r * nr + u], corr, scale, fbias, xs_row, col
+                        )
+                        for lane in range(n - col):
+                            of[m0 + r, col + lane] = tail[lane]
+
+    return store
+
+
+def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue) -> Gemm:
+    """TIR macro: one task's column tiles: the mr x nr register tile over all words, then the
+    epilogue per output vector (`_tile_store`)."""
+    mr, nr, lanes = g.mr, g.nr, g.lanes
+    store = tile_store(g, spec, ep)
+
+    @T.macro
+    def gemm(weights, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk):
         for c in range(c0, T.min(c0 + chunk, g.col_tiles)):
             for i in T.unroll(mr * nr):
                 acc[i] = T.broadcast(T.int32(0), lanes)
@@ -432,27 +462,87 @@ def _gemm_tiles(g: _Geometry, isa: Isa, spec: MatmulSpec, ep: Epilogue):
                         acc[r * nr + u] = isa.dot(
                             acc[r * nr + u],
                             T.broadcast(words[r, kq], lanes),
-                            wq[c, kq, T.ramp(u * lanes, 1, lanes)],
+                            weights[0][c, kq, T.ramp(u * lanes, 1, lanes)],
                         )
-            for r in T.unroll(mr):
-                if full_rows or m0 + r < g.rows:
-                    for u in T.unroll(nr):
-                        col = T.meta_var(c * step + u * lanes)
-                        xs_row = T.meta_var(row_scale(xs, rs, r, m0 + r))
-                        if col + lanes <= n:
-                            of[m0 + r, T.ramp(col, 1, lanes)] = result(
-                                acc[r * nr + u], corr, scale, fbias, xs_row, col
-                            )
-                        elif col < n:
-                            # Vector epilogue (the constants are padded to n_pad), then only
-                            # the valid lanes are stored.
-                            tail[T.ramp(0, 1, lanes)] = result(
-                                acc[r * nr + u], corr, scale, fbias, xs_row, col
-                            )
-                            for lane in range(n - col):
-                                of[m0 + r, col + lane] = tail[lane]
+            store(acc, tail, of, corr, scale, fbias, xs, rs, m0, c)
 
-    return gemm
+    return Gemm(gemm, 1)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A task's GEMM macro and how many partial sums per accumulator it keeps (`ways`)."""
+
+    run: object
+    ways: int
+
+
+@dataclass(frozen=True)
+class KernelParts:
+    """What a matmul kernel (dense or block-sparse) is generated from besides its GEMM: the
+    geometry, the buffers' shapes and dtypes, and the macro packing a task's rows."""
+
+    g: _Geometry
+    shape: tuple
+    out_shape: tuple
+    xs_shape: tuple
+    x_dtype: str
+    xf_shape: tuple  # x as [rows, k] (a window conv reads x in NHWC: unused, (1, 1))
+    pack_rows: object
+
+
+def kernel_parts(
+    spec: MatmulSpec, plan: MatmulPlan, shape: tuple, zp: int, window: ConvSpec | None
+) -> KernelParts:
+    """The geometry and row packing of `matmul_kernel`'s arguments (see there)."""
+    shape = tir_shape(shape)  # symbolic rows (or batch, height, width): size vars
+    if window is None:
+        rows, out_hw = row_count(shape), None
+    else:  # output pixels; out_hw an expression of x's size vars when they are symbolic
+        out_hw = window.spatial(shape[1], shape[2])
+        rows = shape[0] * out_hw[0] * out_hw[1]
+    g = _geometry(spec, plan, rows)
+    out_shape = (*shape[:-1], spec.n) if window is None else (shape[0], *out_hw, spec.n)
+    xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
+    x_dtype = "float32" if spec.fused_quant else spec.act_dtype
+    if spec.fused_quant:
+        pack_rows = _fused_rows(g, spec)
+    elif window is not None:
+        pack_rows = _window_rows(g, window, plan.isa, zp, (*shape[1:3], *out_hw))
+    else:
+        pack_rows = _plain_rows(g)
+    xf_shape = (rows, spec.k) if window is None else (1, 1)
+    return KernelParts(g, shape, out_shape, xs_shape, x_dtype, xf_shape, pack_rows)
+
+
+def task_loop(parts: KernelParts, ep: Epilogue, gemm, work):
+    """TIR macro: the body the dense and the block-sparse matmuls share. One task packs mr rows
+    into words and runs `gemm` over a chunk of column tiles with `weights` (the kernel's weight
+    buffers, a tuple); tasks run in parallel when `work` (multiply-adds) is worth it."""
+    g, pack_rows, x_dtype = parts.g, parts.pack_rows, parts.x_dtype
+    rows, n, mr, lanes, qv = g.rows, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
+
+    @T.macro
+    def tasks(x, weights, corr, scale, fbias, xs, out):
+        xf = T.decl_buffer(parts.xf_shape, x_dtype, data=x.data)
+        of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
+        # With symbolic rows these three are let-bound (computed once, not inlined into every
+        # index: LowerIntrin's floordiv expansion of the nested divisions never finished).
+        row_tiles = g.row_tiles
+        col_chunks = g.col_chunks
+        chunk = g.chunk
+        for task in _loop(work)(row_tiles * col_chunks):
+            m0 = T.meta_var(task // col_chunks * mr)
+            c0 = T.meta_var(task % col_chunks * chunk)
+            words = T.decl_buffer((mr, g.kwords), "int32")
+            acc = T.decl_buffer((mr * g.nr * gemm.ways,), f"int32x{lanes}", scope="local")
+            tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
+            rs = T.decl_buffer((mr,), "float32", scope="local")
+            vmax = T.decl_buffer((qv,), "float32", scope="local")
+            pack_rows(x, xf, words, rs, vmax, m0)
+            gemm.run(weights, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk)
+
+    return tasks
 
 
 def matmul_kernel(
@@ -476,28 +566,13 @@ def matmul_kernel(
     words: `window_words` says how rows are packed, `pack_window_weight` the weights. `zp` is
     what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
-    shape = tir_shape(shape)  # symbolic rows (or batch, height, width): size vars
-    if window is None:
-        rows, out_hw = row_count(shape), None
-    else:  # output pixels; out_hw an expression of x's size vars when they are symbolic
-        out_hw = window.spatial(shape[1], shape[2])
-        rows = shape[0] * out_hw[0] * out_hw[1]
-    g = _geometry(spec, plan, rows)
-    rows, k, n, mr, lanes, qv = g.rows, g.k, g.n, g.mr, g.lanes, FUSED_QUANT_LANES
-    out_shape = (*shape[:-1], n) if window is None else (shape[0], *out_hw, n)
-    xs_shape = (rows,) if spec.per_row and not spec.fused_quant else ()
-    x_dtype = "float32" if spec.fused_quant else spec.act_dtype
-    if spec.fused_quant:
-        pack_rows = _fused_rows(g, spec)
-    elif window is not None:
-        pack_rows = _window_rows(g, window, plan.isa, zp, (*shape[1:3], *out_hw))
-    else:
-        pack_rows = _plain_rows(g)
-    gemm = _gemm_tiles(g, plan.isa, spec, ep)
+    parts = kernel_parts(spec, plan, shape, zp, window)
+    g, shape, out_shape, xs_shape = parts.g, parts.shape, parts.out_shape, parts.xs_shape
+    tasks = task_loop(parts, ep, _gemm_tiles(g, plan.isa, spec, ep), _work(g.rows, g.k, g.n))
 
     @T.prim_func
     def matmul(
-        x: T.Buffer(shape, x_dtype),
+        x: T.Buffer(shape, parts.x_dtype),
         wq: T.Buffer((g.col_tiles, g.kwords, g.step), "int32"),
         corr: T.Buffer((plan.n_pad,), "int32"),
         scale: T.Buffer((plan.n_pad,), "float32"),
@@ -506,24 +581,7 @@ def matmul_kernel(
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        xf = T.decl_buffer((rows, k) if window is None else (1, 1), x_dtype, data=x.data)
-        of = T.decl_buffer((rows, n), ep.out_dtype, data=out.data)
-        # With symbolic rows these three are let-bound (computed once, not inlined into every
-        # index: LowerIntrin's floordiv expansion of the nested divisions never finished).
-        row_tiles = g.row_tiles
-        col_chunks = g.col_chunks
-        chunk = g.chunk
-        # One task: mr rows (packed into words here) times a chunk of column tiles.
-        for task in _loop(_work(rows, k, n))(row_tiles * col_chunks):
-            m0 = T.meta_var(task // col_chunks * mr)
-            c0 = T.meta_var(task % col_chunks * chunk)
-            words = T.decl_buffer((mr, g.kwords), "int32")
-            acc = T.decl_buffer((mr * g.nr,), f"int32x{lanes}", scope="local")
-            tail = T.decl_buffer((lanes,), ep.out_dtype, scope="local")
-            rs = T.decl_buffer((mr,), "float32", scope="local")
-            vmax = T.decl_buffer((qv,), "float32", scope="local")
-            pack_rows(x, xf, words, rs, vmax, m0)
-            gemm(wq, words, acc, tail, of, corr, scale, fbias, xs, rs, m0, c0, chunk)
+        tasks(x, (wq,), corr, scale, fbias, xs, out)
 
     return matmul
 
@@ -533,13 +591,18 @@ def window_words(cin: int, isa: Isa) -> int:
     return -(-cin // isa.kpack)
 
 
-def pack_window_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
-    """OIHW int8 weights -> the panels of the [KH*KW*Cin_padded, Cout] matmul weight."""
+def window_matrix(w: np.ndarray, isa: Isa) -> np.ndarray:
+    """OIHW int8 weights -> the [KH*KW*Cin_padded, Cout] matmul weight over windows."""
     cout, cin, kh, kw = w.shape
-    cin_p = window_words(cin, plan.isa) * plan.isa.kpack
+    cin_p = window_words(cin, isa) * isa.kpack
     taps = np.zeros((cout, kh, kw, cin_p), np.int8)
     taps[..., :cin] = w.transpose(0, 2, 3, 1)
-    return pack_matmul_weight(taps.reshape(cout, -1).T, plan)
+    return taps.reshape(cout, -1).T
+
+
+def pack_window_weight(w: np.ndarray, plan: MatmulPlan) -> np.ndarray:
+    """OIHW int8 weights -> the panels of the [KH*KW*Cin_padded, Cout] matmul weight."""
+    return pack_matmul_weight(window_matrix(w, plan.isa), plan)
 
 
 def _window_words(conv: ConvSpec, isa: Isa, zp: int, sizes: tuple):

@@ -33,6 +33,7 @@ from graphopt.targets.cpu.int8 import conv_nchw as CN
 from graphopt.targets.cpu.int8 import depthwise_nhwc as DW
 from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.int8 import quantize_nhwc as QN
+from graphopt.targets.cpu.int8 import sparse as SP
 from graphopt.targets.cpu.precision.attention import KERNEL_ATTR as ATTENTION16_ATTR
 
 # natural constants -> the kernel's constant operands
@@ -113,34 +114,75 @@ def _conv_nhwc(recipe: Recipe, isa: K.Isa):
             return [taps, *(_padded(a, cp) for a in (corr, scale, fbias))]
 
         return DW.depthwise_nhwc_kernel(spec, isa, zp, ep), pack_depthwise
-    n, h, w, cin = spec.batch, spec.height, spec.width, spec.cin
-    x_shape = (n, h, w, cin)
-    if spec.pointwise:  # a 1x1 conv over NHWC is the matmul [N*H*W, C_in] x [C_in, C_out]
-        mspec = MatmulSpec(symbolic_rows(x_shape), cin, spec.cout, spec.act_dtype)
-        plan = K.matmul_plan(mspec, isa)
-        func = K.matmul_kernel(mspec, plan, x_shape, zp, ep)
-
-        def weights(wt):
-            return K.pack_matmul_weight(wt.reshape(spec.cout, cin).T, plan)
-    else:  # the same matmul over each output pixel's window, packed from NHWC per task
-        oh, ow = spec.out_hw
-        k = spec.kh * spec.kw * K.window_words(cin, isa) * isa.kpack
-        mspec = MatmulSpec(symbolic_rows((n, oh, ow, k)), k, spec.cout, spec.act_dtype)
-        plan = K.matmul_plan(mspec, isa)
-        func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=spec)
-
-        def weights(wt):
-            return K.pack_window_weight(wt, plan)
-
+    mspec, x_shape, window = _nhwc_matmul(spec, isa)
+    plan = K.matmul_plan(mspec, isa)
+    func = K.matmul_kernel(mspec, plan, x_shape, zp, ep, window=window)
     off = isa.offset(spec.act_dtype)
 
     def pack(consts):
         wt, corr, scale, fbias = consts
         corr = _shifted(corr, _conv_sums(wt), off)
         per_channel = [_padded(a, plan.n_pad) for a in (corr, scale, fbias)]
-        return [weights(wt), *per_channel, np.array(1.0, np.float32)]  # no run-time scale
+        weights = K.pack_matmul_weight(matmul_weight(recipe, isa, wt), plan)
+        return [weights, *per_channel, np.array(1.0, np.float32)]  # no run-time scale
 
     return func, pack
+
+
+def _nhwc_matmul(spec, isa: K.Isa) -> tuple[MatmulSpec, tuple, object]:
+    """An NHWC conv as the int8 matmul: its spec, x's shape and the window (None for a 1x1
+    conv, the matmul [N*H*W, C_in] x [C_in, C_out]; else the matmul over each output pixel's
+    window, packed from NHWC per task)."""
+    n, h, w, cin = spec.batch, spec.height, spec.width, spec.cin
+    x_shape = (n, h, w, cin)
+    if spec.pointwise:
+        return MatmulSpec(symbolic_rows(x_shape), cin, spec.cout, spec.act_dtype), x_shape, None
+    oh, ow = spec.out_hw
+    k = spec.kh * spec.kw * K.window_words(cin, isa) * isa.kpack
+    mspec = MatmulSpec(symbolic_rows((n, oh, ow, k)), k, spec.cout, spec.act_dtype)
+    return mspec, x_shape, spec
+
+
+def has_matmul_weight(recipe: Recipe) -> bool:
+    """Whether the op's kernel is the int8 matmul over a weight (matmuls, NHWC convs other than
+    depthwise), which has a block-sparse variant."""
+    if recipe.kind == "matmul":
+        return True
+    return recipe.kind == "conv2d" and recipe.layout != "NCHW" and not recipe.spec.depthwise
+
+
+def matmul_weight(recipe: Recipe, isa: K.Isa, w: np.ndarray) -> np.ndarray:
+    """The int8 [K, N] matrix the kernel of a `has_matmul_weight` op multiplies by, from the
+    op's natural-layout weight."""
+    if recipe.kind == "matmul":
+        return w
+    if recipe.spec.pointwise:
+        return w.reshape(recipe.spec.cout, -1).T
+    return K.window_matrix(w, isa)
+
+
+def build_sparse(recipe: Recipe, isa: K.Isa, density: float) -> tuple[tvm.tirx.PrimFunc, Pack]:
+    """The block-sparse kernel (`sparse.py`) of a matmul or NHWC conv recipe and its packer;
+    `density`: the largest block density of the layers that will call it."""
+    conv = recipe.kind == "conv2d"
+    if conv:
+        mspec, x_shape, window = _nhwc_matmul(recipe.spec, isa)
+    else:
+        mspec, x_shape, window = recipe.spec, recipe.x_shape, None
+    plan = SP.sparse_plan(mspec, isa)
+    func = SP.sparse_matmul_kernel(mspec, plan, x_shape, recipe.zp, recipe.ep, density, window)
+    off = isa.offset(mspec.act_dtype)
+
+    def pack(consts):
+        w, corr, scale, fbias = consts
+        kn = matmul_weight(recipe, isa, w)
+        corr = _shifted(corr, kn.astype(np.int64).sum(axis=0), off)
+        per_channel = [_padded(a, plan.n_pad) for a in (corr, scale, fbias)]
+        run_time_scale = [np.array(1.0, np.float32)] if conv else []
+        return [*SP.pack_bsr(kn, isa), *per_channel, *run_time_scale]
+
+    built = dataclasses.replace(recipe, isa=isa.name)
+    return func.without_attr("global_symbol").with_attr(RECIPE_ATTR, built.text()), pack
 
 
 def _matmul(recipe: Recipe, isa: K.Isa):
