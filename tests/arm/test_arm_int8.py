@@ -66,3 +66,48 @@ def test_int8_digits_on_rpi5_matches_x86(tmp_path):
         feed = {name: x[i : i + 1]}
         got = bundle.run_emulated(arm.directory, feed, cpu="cortex-a76")[out]
         np.testing.assert_allclose(got, x86.run(feed)[out], rtol=1e-6, atol=1e-6)
+
+
+def test_sparse_int8_matmuls_on_rpi5_match_dense(tmp_path):
+    """A 16x4 block-pruned MLP in int8: the ARM stage builds block-sparse sdot kernels (4x4
+    blocks) that give the dense sdot build's numbers bit for bit under qemu."""
+    import model_builders as mb
+
+    from graphopt.compress.common.data import load_calibration
+    from graphopt.compress.int8.calibrate import calibrate_to_file
+    from graphopt.frontend import import_onnx
+    from graphopt.pipeline import instantiate, parse_pipeline
+
+    path = tmp_path / "mlp.onnx"
+    mb.save(mb.mlp(), path)
+    x = np.random.default_rng(0).standard_normal((64, 4, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x.reshape(-1, 32))
+    imported = import_onnx(str(path))
+    prune = "prune{pattern=block,sparsity=0.7,block=16,depth=4}"
+    mod = imported.mod
+    for p in instantiate(parse_pipeline(f"O2,{prune}")):
+        mod = p(mod).module
+    ranges = tmp_path / "ranges.json"
+    feeds = load_calibration(str(tmp_path / "calib.npz"), imported.inputs, limit=32)
+    calibrate_to_file(ranges, mod, feeds, "minmax")
+    pipeline = f"O2,{prune},quantize{{ranges={ranges}}},lower-int8"
+    arts = {
+        sparse: graphopt.compile(
+            path,
+            tmp_path / f"arm_{sparse}",
+            target="arm",
+            target_options={"board": "rpi5", "sparse": sparse},
+            pipeline=pipeline,
+        )
+        for sparse in ("true", "false")
+    }
+    built = next(
+        p for p in arts["true"].manifest["report"]["passes"] if p["pass"] == "materialize-int8"
+    )["stats"]
+    assert built["isa_sdot"] == 1 and built["layers_sparse"] == 2
+    feed = {"x": x[0]}
+    got = {
+        s: bundle.run_emulated(a.directory, feed, cpu="cortex-a76")["probs"]
+        for s, a in arts.items()
+    }
+    np.testing.assert_array_equal(got["true"], got["false"])
