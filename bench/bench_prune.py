@@ -148,7 +148,10 @@ def _one_process(
 ) -> dict:
     cmd = [python, "-m", "bench.prune_worker", runtime, model, str(runs), "10", str(threads)]
     cmd.append("spin" if spin else "nospin")
-    environ = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    # From the user's environment: this process does not spin (its kernel timings), the
+    # workers spin unless told not to (`nospin`).
+    environ = {**env.user_environment(), "TVM_NUM_THREADS": str(threads)}
+    environ["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(cmd, cwd=ROOT, env=environ, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

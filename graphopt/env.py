@@ -50,6 +50,10 @@ ALL = (CACHE_DIR, DEBUG, NUM_THREADS, SPIN_US, TVM_NUM_THREADS, TVM_SPIN)
 # The spin count the user gave TVM, if any (graphopt sets the variable itself otherwise).
 _USER_TVM_SPIN = os.environ.get(TVM_SPIN.name)
 
+# The runtime variables as the user set them (None: unset), before graphopt configured this
+# process: a benchmark starts its timing workers from these, not from its own settings.
+_USER_RUNTIME = {v.name: os.environ.get(v.name) for v in (SPIN_US, TVM_NUM_THREADS, TVM_SPIN)}
+
 
 def cache_dir() -> Path:
     return Path(CACHE_DIR.get())
@@ -93,6 +97,20 @@ def configure_tvm_runtime() -> None:
     os.environ.setdefault(TVM_NUM_THREADS.name, str(num_threads()))
     if _USER_TVM_SPIN is None:
         os.environ[TVM_SPIN.name] = str(tvm_spin_count(spin_us()))
+
+
+def user_environment() -> dict[str, str]:
+    """os.environ with graphopt's runtime variables as the user had set them. A benchmark
+    that stops spinning in its own process (`configure_for_benchmarks(spinning=False)`) passes
+    this to the workers it times as deployed: they would otherwise inherit a spin of 0 and
+    take it for the user's choice."""
+    out = dict(os.environ)
+    for name, value in _USER_RUNTIME.items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 def configure_for_benchmarks(spinning: bool = True) -> None:

@@ -101,3 +101,32 @@ def test_onnxruntime_spins_as_long_as_graphopt(monkeypatch, spin_us, expected):
         assert entries == {"session.intra_op.allow_spinning": "0"}
     else:
         assert entries == {"session.intra_op.spin_duration_us": expected}
+
+
+def test_workers_of_a_non_spinning_benchmark_get_the_users_environment():
+    """A benchmark that stops spinning in its own process hands its timing workers the
+    user's runtime variables, not its own spin of 0 (which they would take as the user's)."""
+    script = textwrap.dedent(
+        """
+        import json, os
+        from graphopt import env
+        env.configure_for_benchmarks(spinning=False)
+        child = env.user_environment()
+        names = [env.SPIN_US.name, env.TVM_SPIN.name]
+        print(json.dumps([[os.environ.get(n) for n in names], [child.get(n) for n in names]]))
+        """
+    )
+    base = {k: v for k, v in os.environ.items() if k not in (env.SPIN_US.name, env.TVM_SPIN.name)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=base, capture_output=True, text=True, check=True
+    )
+    own, child = json.loads(done.stdout.strip().splitlines()[-1])
+    assert own == ["0", "0"] and child == [None, None]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**base, env.SPIN_US.name: "50"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1])[1][0] == "50"
