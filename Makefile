@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 MODEL := graphopt/models/digits_cnn.onnx
 EVAL := graphopt/models/digits_eval.npz
 
-.PHONY: demo test test-slow test-cuda-tensorcore test-arm conformance bench bench-int8 bench-int4 bench-precision bench-prune bench-prune-accuracy bench-shapes lint clean
+.PHONY: demo test test-slow test-cuda-tensorcore test-arm conformance bench bench-int8 bench-int4 bench-precision bench-prune bench-prune-int8 bench-prune-accuracy bench-shapes lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench-precision: $(BENCH_STAMP)
 ## Block-sparse kernels and a 70%-block-sparse MobileNetV2 (writes bench/results/prune.*).
 bench-prune: $(BENCH_STAMP)
 	$(BIN)/python -m bench.bench_prune
+
+## Block-sparse int8 kernels, MobileNetV2 and MiniLM in int8 with 70% zero 16x4 blocks
+## (writes bench/results/prune_int8.*).
+bench-prune-int8: $(BENCH_STAMP)
+	$(BIN)/python -m bench.bench_prune_int8
 
 ## Post-training pruning on MobileNetV2: magnitude vs SparseGPT, the curve, block-sparse speed
 ## (writes bench/results/prune_accuracy.*).

@@ -144,10 +144,10 @@ def contestants(info: dict, deepsparse_python: str | None) -> dict[str, tuple[st
 
 
 def _one_process(
-    python: str, runtime: str, model: str, runs: int, threads: int, spin: bool
+    python: str, runtime: str, model: str, runs: int, threads: int, spin: bool, feed: str = ""
 ) -> dict:
     cmd = [python, "-m", "bench.prune_worker", runtime, model, str(runs), "10", str(threads)]
-    cmd.append("spin" if spin else "nospin")
+    cmd += ["spin" if spin else "nospin", *([feed] if feed else [])]
     # From the user's environment: this process does not spin (its kernel timings), the
     # workers spin unless told not to (`nospin`).
     environ = {**env.user_environment(), "TVM_NUM_THREADS": str(threads)}
@@ -156,16 +156,18 @@ def _one_process(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def time_processes(procs: dict, rounds: int, runs: int, threads: int, spin: bool) -> dict[str, Any]:
+def time_processes(
+    procs: dict, rounds: int, runs: int, threads: int, spin: bool, feed: str = ""
+) -> dict[str, Any]:
     """Alternate one process per contestant (A B C .. C B A ..); pooled medians and per-round
-    medians of wall and CPU time."""
+    medians of wall and CPU time. `feed`: an .npz of named inputs (default: a random image)."""
     names = list(procs)
     pooled = {n: {"ms": [], "cpu_ms": []} for n in names}
     per_round = {n: {"ms": [], "cpu_ms": []} for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             _say(f"[model] round {r + 1}/{rounds}: {name} (load {_load()})")
-            got = _one_process(*procs[name], runs, threads, spin)
+            got = _one_process(*procs[name], runs, threads, spin, feed)
             for key in ("ms", "cpu_ms"):
                 pooled[name][key] += got[key]
                 per_round[name][key].append(float(np.median(got[key])))
