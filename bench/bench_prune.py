@@ -317,16 +317,21 @@ def main(argv: list[str] | None = None) -> int:
             "## MobileNetV2, 70% 16x1-block sparse 1x1 convs and classifier\n\n"
             + model_markdown(report["model"])
         )
+    stem = args.stem or ("prune" if args.part == "all" else f"prune_{args.part}")
+    finish(report, text, stem, args.threads)
+    return 0
+
+
+def finish(report: dict, text: str, stem: str, threads: int) -> None:
+    """The machine and versions under the text; results written (json and md) and shown."""
     m = report["machine"]
     text += (
-        f"\nMachine: {m['cpu']} ({m['llvm_cpu']}), {args.threads} threads; versions: "
+        f"\nMachine: {m['cpu']} ({m['llvm_cpu']}), {threads} threads; versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".\n"
     )
-    stem = args.stem or ("prune" if args.part == "all" else f"prune_{args.part}")
     write_results(RESULTS, stem, report, text)
     _say(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,15 +34,21 @@ from typing import Any
 import numpy as np
 
 from bench import prune_int8_kernels
-from bench.bench_prune import _load, _mb, _pass_stats, _say, ratios, time_processes
+from bench.bench_prune import (
+    _load,
+    _mb,
+    _pass_stats,
+    _say,
+    finish,
+    ratios,
+    time_processes,
+)
 from bench.prune_kernels import LAYERS
 from bench.prune_magnitude import prune_model
-from bench.writing import write_results
 from graphopt import env
 
 env.configure_for_benchmarks(spinning=False)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SPARSITY = 0.7
 BASE = "graphopt_int8_dense_model"
 SPARSE = "graphopt_int8_pruned_sparse"
@@ -255,15 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 report["models"][name] = bench_model(CASES[name], args, Path(tmp))
             text += f"## {CASES[name].title}\n\n" + model_markdown(report["models"][name]) + "\n"
-    m = report["machine"]
-    text += (
-        f"\nMachine: {m['cpu']} ({m['llvm_cpu']}), {args.threads} threads; versions: "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + ".\n"
-    )
     stem = args.stem or ("prune_int8" if args.part == "all" else f"prune_int8_{args.part}")
-    write_results(RESULTS, stem, report, text)
-    _say(text)
+    finish(report, text, stem, args.threads)
     return 0
 
 
