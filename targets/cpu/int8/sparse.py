@@ -27,11 +27,13 @@ from graphopt.targets.cpu.int8 import kernels as K
 from graphopt.targets.cpu.sparse.kernels import row_tile
 
 # A layer takes the sparse kernel when at most this fraction of its blocks hold a nonzero and
-# it has at least MIN_WEIGHTS weights. Measured on Zen 4 (vnni, 2 threads, the sparse kernel
-# against the dense int8 kernel, docs/SPARSITY.md): the sparse kernel runs at about the dense
-# kernel's rate per nonzero block, so it breaks even near 0.9 on the deep reductions and near
-# 0.6 on the classifier's GEMV (1280 -> 1000: 1.14x at 0.5, 0.86x at 0.7).
-MAX_DENSITY = 0.6
+# it has at least MIN_WEIGHTS weights. The sparse kernel runs at about the dense kernel's rate
+# per nonzero block, so it breaks even near 0.8-0.9 on the deep reductions; the batch-1 GEMV
+# (MobileNetV2's classifier, 1280 -> 1000) sets the threshold. Measured here (2 threads):
+# vnni on Zen 4 1.14x at 0.5, 0.86x at 0.7; avx2 (compiled for znver3) 1.14x at 0.4, 0.81x at
+# 0.6. Schemes not measured (sdot, generic) take the lower one.
+MAX_DENSITY = {"vnni": 0.6, "avx2": 0.5}
+DEFAULT_MAX_DENSITY = 0.5
 MIN_WEIGHTS = 1024
 
 

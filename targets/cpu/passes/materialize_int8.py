@@ -46,9 +46,10 @@ class MaterializeInt8(GraphPass):
         # Dot-product scheme: auto (the current target's, else this host's) | vnni | avx2 |
         # sdot | generic.
         isa: str = "auto"
-        # Block-sparse kernels for layers with at most `max_density` nonzero weight blocks.
+        # Block-sparse kernels for layers with at most `max_density` nonzero weight blocks
+        # (0: the scheme's measured threshold, `sparse.MAX_DENSITY`).
         sparse: bool = True
-        max_density: float = SP.MAX_DENSITY
+        max_density: float = 0.0
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         isa = K.resolve_isa(self.options.isa)
@@ -62,7 +63,8 @@ class MaterializeInt8(GraphPass):
                 stats["already_built"] += 1
                 continue
             recipes[gvar] = recipe
-        rule = _SparseRule(isa, self.options.max_density if self.options.sparse else -1.0)
+        threshold = self.options.max_density or SP.MAX_DENSITY.get(isa.name, SP.DEFAULT_MAX_DENSITY)
+        rule = _SparseRule(isa, threshold if self.options.sparse else -1.0)
         densities = _call_densities(mod, recipes, rule)
         built = {gvar: _Built.of(r, isa, densities.get(gvar, [])) for gvar, r in recipes.items()}
         stats["kernels"] = len(built)
