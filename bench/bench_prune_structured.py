@@ -30,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_prune_accuracy import _load, _say, alternate, dense_vs_pruned, finish, quality
+from bench.bench_prune_accuracy import (
+    _load,
+    _say,
+    alternate,
+    dense_vs_pruned,
+    finish,
+    quality,
+    timing_protocol,
+)
 from graphopt import env
 
 env.configure_for_benchmarks(spinning=False)
@@ -217,8 +225,9 @@ def markdown(info: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"Speed at {t['ratio']:.2f}x MACs (`--prune macs={t['macs']}`, 2 threads, "
-                f"{tt['runs']} alternated calls): {dense_vs_pruned(tt)} (load {tt['load'][0]} "
-                f"-> {tt['load'][1]}).",
+                f"{timing_protocol(tt)}): {dense_vs_pruned(tt)} (median of the per-round "
+                f"ratios {tt['pairwise_speedup_median']}x; load {tt['load'][0]} -> "
+                f"{tt['load'][1]}).",
             ]
     return "\n".join(lines) + "\n"
 
