@@ -144,3 +144,28 @@ def test_dot_reads_the_row_word_as_a_broadcast():
     assert asm.count("vpdpbusd") == plan.mr == 17
     assert len(re.findall(r"vpbroadcastd\t\d*\(%r\w+,%r\w+,4\), %zmm", asm)) == 17
     assert "vpextrd" not in asm and "vpermd" not in asm
+
+
+@pytest.mark.parametrize("isa,mcpu", RUNNABLE)
+def test_symbolic_rows(isa, mcpu):
+    """One kernel for any token count (a sequence range): the dense kernel's outputs at 37
+    rows (a partial last tile) and at 3 (fewer than one tile)."""
+    scheme = K.ISAS[isa]
+    rng = np.random.default_rng(6)
+    k, n = 96, 48
+    w = _block_sparse(rng, k, n, scheme, 0.4)
+    spec = K.MatmulSpec("s", k, n, "int8", fused_quant=True)
+    ep = K.Epilogue("float32")
+    dplan, splan = K.matmul_plan(spec, scheme), S.sparse_plan(spec, scheme)
+    dense = build_kernel(K.matmul_kernel(spec, dplan, ("s", k), 0, ep), mcpu)
+    sparse = build_kernel(S.sparse_matmul_kernel(spec, splan, ("s", k), 0, ep, 0.4), mcpu)
+    scale = padded(rng.uniform(0.001, 0.02, n).astype(np.float32), dplan.n_pad)
+    zeros = np.zeros(dplan.n_pad, np.int32), np.zeros(dplan.n_pad, np.float32)
+    channels = [zeros[0], scale, zeros[1], np.array(1.0, np.float32)]
+    for rows in (37, 3):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        want = call_kernel(dense, [x, K.pack_matmul_weight(w, dplan), *channels], (rows, n),
+                           "float32")  # fmt: skip
+        got = call_kernel(sparse, [x, *S.pack_bsr(w, scheme), *channels], (rows, n), "float32")
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(want).max() > 0
