@@ -97,6 +97,12 @@ def _print_pruning(manifest: dict) -> None:
         from .compress.prune.report import format_report, storage_line
 
         print(format_report(manifest["pruning"], storage_line(manifest)))
+    else:
+        from .compress.prune.report import sparsity_line
+
+        line = sparsity_line(manifest)
+        if line:
+            print(line)
     if "channels" in manifest:
         from .compress.channels.method import format_report as channels_report
 

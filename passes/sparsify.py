@@ -16,7 +16,9 @@ blocks stored). Layers above the threshold, and weights with no zeros, stay as t
 The block size and the threshold are the target's (the x86 stage passes its SIMD width and
 its measured break-even density: docs/SPARSITY.md); the pass itself generates no target code:
 `materialize-sparse` swaps in the vectorized kernel. Counters: `layers_sparse`,
-`layers_dense` (candidates kept dense), `gelus` and `residual_adds` (folded in),
+`layers_dense` (candidates kept dense), `layers_scattered_zeros` (kept dense although at
+least half their weights are zero: the zeros are not in whole blocks), `gelus` and
+`residual_adds` (folded in),
 `weight_bytes_dense` / `weight_bytes_sparse` (of the layers made sparse: stored before /
 after, indices included).
 """
@@ -71,7 +73,8 @@ class Sparsify(GraphPass):
     def run(self, mod: tvm.IRModule) -> PassResult:
         if self.options.block < 1 or not 0.0 <= self.options.max_density <= 1.0:
             raise PipelineError("sparsify: block >= 1 and 0 <= max_density <= 1")
-        stats = {"layers_sparse": 0, "layers_dense": 0, "residual_adds": 0, "gelus": 0}
+        stats = {"layers_sparse": 0, "layers_dense": 0, "layers_scattered_zeros": 0}
+        stats.update(residual_adds=0, gelus=0)
         stats.update(weight_bytes_dense=0, weight_bytes_sparse=0)
         kernels: dict = {}
         new = rewrite_planned(
@@ -107,6 +110,7 @@ class Sparsify(GraphPass):
                 continue
             if block_density(w, block) > self.options.max_density:
                 stats["layers_dense"] += 1
+                stats["layers_scattered_zeros"] += int(np.count_nonzero(w) <= w.size // 2)
                 continue
             tail, bias, lo, hi, _ = epilogue_chain(graph, var, "matmul", n, True)
             gelu = gelu_tail(graph, tail) if math.isinf(lo) and math.isinf(hi) else None

@@ -219,3 +219,24 @@ def test_report_shows_pruning(files, capsys):
     out = capsys.readouterr().out
     assert "pruning (block8x1=0.7, magnitude): 3/3 layers pruned" in out
     assert "matmul_1" in out and "stored: " in out and "block-sparse" in out
+
+
+@pytest.mark.parametrize(
+    "pipeline, expect",
+    [
+        ("O2,prune{pattern=block,sparsity=0.8,block=16}", "stored: 2 layer(s) block-sparse"),
+        ("O2,prune{pattern=unstructured,sparsity=0.8}", "note: 2 layer(s) at least half zeros"),
+    ],
+    ids=["blocks", "scattered"],
+)
+def test_compile_says_what_became_of_zeros(files, capsys, pipeline, expect):
+    """A model that comes with zeros (here written by a pipeline, not --prune): compile says
+    which layers went block-sparse, and why zeros that are not in blocks gained nothing."""
+    out = files / f"zeros-{expect[:5]}"
+    assert main(["compile", str(files / "mlp.onnx"), "-o", str(out), "--pipeline", pipeline]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith(expect) for ln in lines), lines
+    plain = files / "zeros-none"
+    assert main(["compile", str(files / "mlp.onnx"), "-o", str(plain)]) == 0
+    out_lines = capsys.readouterr().out.splitlines()
+    assert not any(ln.startswith(("stored:", "note:")) for ln in out_lines)

@@ -59,7 +59,23 @@ def storage_line(manifest: dict) -> str | None:
             f"block-sparse, {int8['sparse_bytes_dense']} B -> {int8['sparse_bytes_stored']} B; "
             f"{int8['layers_dense']} int8 layer(s) with zero blocks stay dense"
         )
+    scattered = sum((s or {}).get("layers_scattered_zeros", 0) for s in (fp32, int8))
+    if scattered:
+        parts.append(
+            f"note: {scattered} layer(s) at least half zeros stay dense: their zeros are not in "
+            "whole blocks of output channels (16x1; int8 16x4), the only zeros the kernels "
+            "skip (prune with --prune block=..., docs/SPARSITY.md)"
+        )
     return "\n".join(parts) or None
+
+
+def sparsity_line(manifest: dict) -> str | None:
+    """`storage_line` for a model that came with zeros (no --prune): only when some layer
+    went block-sparse or was left dense with many zeros."""
+    stats = [_pass_stats(manifest, p) or {} for p in ("sparsify", "materialize-int8")]
+    if any(s.get("layers_sparse") or s.get("layers_scattered_zeros") for s in stats):
+        return storage_line(manifest)
+    return None
 
 
 def format_report(m: dict, storage: str | None = None) -> str:

@@ -13,8 +13,10 @@ current target, else this host); kernels a forced run already built are kept as 
 Matmuls and NHWC convs whose int8 weights are mostly zero blocks (one dot instruction's
 worth: 16 output x 4 input channels on vnni) take the block-sparse kernel instead
 (`targets/cpu/int8/sparse.py`), decided per call from its constant weight; `sparse=false`
-keeps every layer dense. Counters: `layers_sparse`, `layers_dense` (matmul-shaped layers that
-stayed dense) and the int8 weight bytes of the sparse layers before and after
+keeps every layer dense. Counters: `layers_sparse`, `layers_dense` (matmul-shaped layers with
+zero blocks that stayed dense), `layers_scattered_zeros` (among them, those at least half
+zeros: the zeros are not in whole blocks) and the int8 weight bytes of the sparse layers
+before and after
 (`sparse_bytes_dense`, `sparse_bytes_stored`: values plus one int32 index per block).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -102,7 +105,7 @@ class _SparseRule:
 
     def __init__(self, isa: K.Isa, max_density: float) -> None:
         self.isa, self.max_density = isa, max_density
-        self.stats = {"layers_sparse": 0, "layers_dense": 0}
+        self.stats = {"layers_sparse": 0, "layers_dense": 0, "layers_scattered_zeros": 0}
         self.stats.update(sparse_bytes_dense=0, sparse_bytes_stored=0)
 
     def density(self, recipe: Recipe, call: relax.Call) -> float | None:
@@ -135,6 +138,9 @@ class _SparseRule:
             self._count_sparse(consts[0], packed)
         elif density is not None and density < 1.0:
             self.stats["layers_dense"] += 1
+            weight = _tvm.constant_value(consts[0])
+            scattered = np.count_nonzero(weight) <= weight.size // 2
+            self.stats["layers_scattered_zeros"] += int(scattered)
         if entry.sparse is None:
             return operands
         return ("sparse" if sparse else "dense"), operands
