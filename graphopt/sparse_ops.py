@@ -15,6 +15,10 @@ swaps in a vectorized kernel with the same operands. The operands, all but x con
     residual [.., N] fp32, only with `residual`: a tensor added last (a residual join)
     out      [.., N] fp32 = clamp([gelu](x @ W + bias), lo, hi) [+ residual]
 
+With `layout="nchw"` (a 1x1 conv over NCHW: ARM, or x86 with `layout=NCHW`) x is
+[B, K, H, W] and out, residual [B, N, H, W]; the weights are the same BSR arrays (a block of
+1 output channel is plain CSR: unstructured zeros).
+
 Only the nonzero blocks are stored, so the artifact shrinks with the block density (a model
 with 70% zero blocks keeps 30% of those weights plus one int32 index per block).
 """
@@ -49,23 +53,36 @@ class SparseSpec:
     residual: bool = False  # a tensor of the output's shape added after the clamp
     gelu: bool = False  # GELU (graphopt.gelu) after the bias, before the clamp
     isa: str | None = None  # set by the target stage that built the kernel
+    layout: str = "rows"  # "rows": x [.., K]; "nchw": x [B, K, H, W] (static)
+
+    @property
+    def nchw(self) -> bool:
+        return self.layout == "nchw"
 
     @property
     def rows(self) -> int:
-        """The row count of a static input (kernels with symbolic dims use `kernel_dims`)."""
-        return math.prod(self.x_shape[:-1])
+        """The row count of a static input (kernels with symbolic dims use `kernel_dims`);
+        NCHW: the images."""
+        return self.x_shape[0] if self.nchw else math.prod(self.x_shape[:-1])
+
+    @property
+    def pixels(self) -> int:
+        """NCHW: pixels per image."""
+        return self.x_shape[2] * self.x_shape[3]
 
     def kernel_dims(self) -> tuple[tuple, int | tvm.tirx.PrimExpr]:
         """(x's shape for a kernel's buffers, its row count): symbolic dims as size vars."""
         x_shape = tir_shape(self.x_shape)
-        return x_shape, row_count(x_shape)
+        return x_shape, (x_shape[0] if self.nchw else row_count(x_shape))
 
     @property
     def k(self) -> int:
-        return self.x_shape[-1]
+        return self.x_shape[1] if self.nchw else self.x_shape[-1]
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        if self.nchw:
+            return (self.x_shape[0], self.n, *self.x_shape[2:])
         return (*self.x_shape[:-1], self.n)
 
     @property
@@ -144,8 +161,14 @@ def kernel_func(body, spec: SparseSpec, dims: tuple, attrs: dict) -> tvm.tirx.Pr
     was built with (its symbolic dims are the function's)."""
     x_shape, rows = dims
     k, n, bs, nnzb, nb = spec.k, spec.n, spec.block, spec.nnzb, spec.blocks
-    out_shape = (*x_shape[:-1], n)
-    residual_view = (lambda b: b.view(rows, n)) if spec.residual else (lambda b: None)
+    if spec.nchw:  # views [B, K, H*W] and [B, N, H*W]
+        out_shape = (x_shape[0], n, *x_shape[2:])
+        pixels = x_shape[2] * x_shape[3]
+        x_view, out_dims = (rows, k, pixels), (rows, n, pixels)
+    else:
+        out_shape = (*x_shape[:-1], n)
+        x_view, out_dims = (rows, k), (rows, n)
+    residual_view = (lambda b: b.view(*out_dims)) if spec.residual else (lambda b: None)
 
     @T.prim_func(private=True)
     def bsr_matmul(
@@ -159,13 +182,13 @@ def kernel_func(body, spec: SparseSpec, dims: tuple, attrs: dict) -> tvm.tirx.Pr
     ):
         T.func_attr(attrs)
         body(
-            x.view(rows, k),
+            x.view(*x_view),
             values,
             indices,
             indptr,
             bias,
             residual_view(residual),
-            out.view(rows, n),
+            out.view(*out_dims),
         )
 
     func = bsr_matmul
@@ -181,6 +204,14 @@ def epilogue(value, spec: SparseSpec, bias, residual, row, col, lanes: int = 1):
     value = value + bias[idx]
     value = clamp(tir_gelu(value, lanes) if spec.gelu else value, spec.lo, spec.hi, lanes)
     return value + residual[row, idx] if spec.residual else value
+
+
+def epilogue_nchw(value, spec: SparseSpec, bias, residual, image, channel, pixel, lanes=1):
+    """TIR, NCHW: the same for `lanes` pixels of one channel (one bias value for all)."""
+    idx = pixel if lanes == 1 else T.ramp(pixel, 1, lanes)
+    value = value + (bias[channel] if lanes == 1 else T.broadcast(bias[channel], lanes))
+    value = clamp(tir_gelu(value, lanes) if spec.gelu else value, spec.lo, spec.hi, lanes)
+    return value + residual[image, channel, idx] if spec.residual else value
 
 
 def clamp(value, lo: float, hi: float, lanes: int = 1):

@@ -55,6 +55,22 @@ def _conv1x1(bb, x, w: np.ndarray, clip: bool, stride: int):
     return relax.op.clip(y, 0.0, 6.0) if clip else y
 
 
+def conv1x1_nchw(w: np.ndarray, hw=(7, 7), clip=True, batch=1, residual=False):
+    """NCHW 1x1 conv (OIHW weight from W [K, N]) + bias [1, N, 1, 1] [+ relu6] [+ x]: as the
+    ONNX importer brings a pointwise conv in (ARM, or x86 with layout=NCHW)."""
+    k, n = w.shape
+
+    def build(bb, x):
+        oihw = np.ascontiguousarray(w.T.reshape(n, k, 1, 1))
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(oihw)))
+        bias = np.linspace(-1, 1, n, dtype=np.float32).reshape(1, n, 1, 1)
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        y = bb.emit(relax.op.clip(y, 0.0, 6.0)) if clip else y
+        return relax.op.add(y, x) if residual else y
+
+    return single_input_module((batch, k, *hw), build)
+
+
 def dense(w: np.ndarray, rows=(1,), relu=False) -> relax.Function:
     """x [rows.., K] @ W + bias [+ relu]: a Gemm / MatMul + Add layer."""
     k, n = w.shape

@@ -63,3 +63,43 @@ def test_sparse_matmuls_on_arm_match_numpy_and_dense(tmp_path, rows):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     got_dense = bundle.run_emulated(dense.directory, {"x": x})["y"]
     np.testing.assert_allclose(got, got_dense, rtol=1e-5, atol=1e-5)
+
+
+def _pointwise_convs() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """x [1, 32, 9, 9] -> 1x1 Conv (85% zeros anywhere) + Relu -> 1x1 Conv (zero 16x1 blocks)."""
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((48, 32)) * (rng.random((48, 32)) < 0.15)
+    w1 = block_sparse(48, 32, 16, 0.5, seed=5).T  # [O=32, I=48]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1"], ["y"]),
+    ]
+    ws = [w.astype(np.float32).reshape(*w.shape, 1, 1) for w in (w0, w1)]
+    graph = helper.make_graph(
+        nodes,
+        "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 9, 9])],
+        [numpy_helper.from_array(w, n) for n, w in zip(("w0", "w1"), ws)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, ws[0].reshape(48, 32), ws[1].reshape(32, 48)
+
+
+def test_sparse_pointwise_convs_on_arm(tmp_path):
+    """ARM keeps convs in NCHW: 1x1 convs take the pixels-in-lanes kernel, for unstructured
+    zeros (single weights) and zero blocks alike, and equal numpy under qemu."""
+    model, w0, w1 = _pointwise_convs()
+    path = tmp_path / "pointwise.onnx"
+    onnx.save(model, path)
+    sparse = graphopt.compile(path, tmp_path / "sparse", target="arm")
+    stats = _sparse_stats(sparse)
+    assert (
+        stats["layers_sparse"] == 2 and stats["weight_bytes_sparse"] < stats["weight_bytes_dense"]
+    )
+    x = np.random.default_rng(0).standard_normal((1, 32, 9, 9)).astype(np.float32)
+    hidden = np.maximum(np.einsum("ok,kp->op", w0, x.reshape(32, -1)), 0)
+    want = np.einsum("ok,kp->op", w1, hidden).reshape(1, 32, 9, 9)
+    got = bundle.run_emulated(sparse.directory, {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -13,10 +13,12 @@ from graphopt.sparse_ops import SparseSpec, spec_of, to_bsr
 from graphopt.target_infra import make_target
 from graphopt.targets.cpu.schedules.common import CpuInfo
 from graphopt.targets.cpu.sparse.kernels import _plan, bsr_kernel, row_tile
+from graphopt.targets.cpu.sparse.nchw import bsr_nchw_kernel
 from graphopt.targets.cpu.sparse.rules import sparsify_item
 from graphopt.testing import run_through_target
 from tests.sparse_models import (
     block_sparse,
+    conv1x1_nchw,
     conv1x1_nhwc,
     dense,
     dense_gelu,
@@ -154,3 +156,79 @@ def test_x86_stages_carry_the_rule():
 def test_model_without_zeros_builds_dense():
     mod = dense(block_sparse(96, 64, 8, 1.0), rows=(1, 12))
     assert _sparse_kernels(make_target("x86", {"mcpu": "haswell"}), mod) == []
+
+
+# ---- NCHW 1x1 convs: pixels in lanes, any zero pattern -------------------------------------
+
+
+def _unstructured(k: int, n: int, density: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    return (w * (rng.random((k, n)) < density)).astype(np.float32)
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    "x_shape,n,block",
+    [
+        ((1, 32, 7, 7), 48, 1),  # 49 pixels: 3 full vectors (AVX-512) and one single pixel
+        ((2, 24, 5, 5), 16, 4),  # two images, a block of 4 channels
+        ((1, 16, 14, 14), 32, 1),  # 196 pixels: full tiles, a shorter tile and singles
+        ((1, 8, 2, 2), 8, 2),  # fewer pixels than a register: scalar lanes
+    ],
+)
+@pytest.mark.parametrize("info", [AVX2, AVX512], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_nchw_kernel_matches_numpy(x_shape, n, block, info, residual):
+    rng = np.random.default_rng(block)
+    b, k = x_shape[:2]
+    keep = np.repeat(rng.random((k, n // block)) < 0.3, block, axis=1)
+    w = (rng.standard_normal((k, n)) * keep).astype(np.float32)
+    values, indices, indptr = to_bsr(w, block)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    spec = SparseSpec(x_shape, n, block, len(indices), 0.0, 6.0, residual, layout="nchw")
+    skip = rng.standard_normal(spec.out_shape).astype(np.float32)
+    func = bsr_nchw_kernel(spec, info).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=_target("haswell"))
+    out = tvm.runtime.tensor(np.zeros(spec.out_shape, np.float32))
+    operands = [x, values, indices, indptr, bias] + ([skip] if residual else [])
+    lib["main"](*[tvm.runtime.tensor(a) for a in operands], out)
+    y = np.einsum("bkp,kn->bnp", x.reshape(b, k, -1), w) + bias[None, :, None]
+    want = np.clip(y, 0.0, 6.0).reshape(spec.out_shape)
+    np.testing.assert_allclose(out.numpy(), want + skip if residual else want, atol=1e-5)
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    "w, block",
+    [
+        pytest.param(_unstructured(48, 48, 0.15), 1, id="unstructured_85pc"),
+        pytest.param(block_sparse(48, 48, 16, 0.5), 8, id="16x1_blocks_50pc"),
+    ],
+)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_nchw_build_equals_dense_build(w, block, residual):
+    """x86 with layout=NCHW: sparsify takes NCHW 1x1 convs, with the largest block whose
+    density clears its threshold (unstructured zeros: single weights), and the build gives
+    the dense build's numbers; the residual join is folded in."""
+    mod = conv1x1_nchw(w, hw=(9, 9), clip=not residual, residual=residual)
+    x_shape = [int(d) for d in mod["main"].params[0].ty.shape]
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    opts = {"mcpu": "haswell", "num_cores": "2", "layout": "NCHW"}
+    on, off = make_target("x86", opts), make_target("x86", {**opts, "sparse": "false"})
+    specs = _sparse_kernels(on, mod)
+    assert [(s.layout, s.block, s.residual) for s in specs] == [("nchw", block, residual)]
+    np.testing.assert_allclose(
+        run_through_target(mod, x, target=on),
+        run_through_target(mod, x, target=off),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@needs_avx2
+def test_nchw_unstructured_too_dense_stays_dense():
+    mod = conv1x1_nchw(_unstructured(64, 48, 0.4), hw=(9, 9))
+    target = make_target("x86", {"mcpu": "haswell", "layout": "NCHW"})
+    assert _sparse_kernels(target, mod) == []

@@ -17,6 +17,7 @@ from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.sparse_ops import spec_of
 from graphopt.targets.cpu.schedules.common import cpu_info
 from graphopt.targets.cpu.sparse.kernels import bsr_kernel
+from graphopt.targets.cpu.sparse.nchw import bsr_nchw_kernel
 from graphopt.targets.cpu.sparse.rules import current_target
 
 
@@ -38,6 +39,6 @@ class MaterializeSparse(GraphPass):
                 stats["already_built"] += 1
                 continue
             built = dataclasses.replace(spec, isa=f"simd{info.lanes}")
-            new[gvar] = bsr_kernel(built, info)
+            new[gvar] = (bsr_nchw_kernel if spec.nchw else bsr_kernel)(built, info)
             stats["kernels"] += 1
         return PassResult(new if stats["kernels"] else mod, stats["kernels"] > 0, stats)
