@@ -240,3 +240,16 @@ def test_compile_says_what_became_of_zeros(files, capsys, pipeline, expect):
     assert main(["compile", str(files / "mlp.onnx"), "-o", str(plain)]) == 0
     out_lines = capsys.readouterr().out.splitlines()
     assert not any(ln.startswith(("stored:", "note:")) for ln in out_lines)
+
+
+def test_int8_layers_with_scattered_zeros_are_named(files, capsys):
+    flags = ["--prune", "unstructured=0.8", "--prune-method", "magnitude", "--quantize", "int8"]
+    flags += ["--calibration", str(files / "calib.npz")]
+    out = files / "int8-scattered"
+    assert main(["compile", str(files / "mlp.onnx"), "-o", str(out), *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "stored: 0 int8 layer(s) block-sparse, 0 B -> 0 B; 2 int8 layer(s) with zeros stay dense"
+        in lines
+    )
+    assert any(ln.startswith("note: 2 layer(s) at least half zeros stay dense") for ln in lines)

@@ -45,8 +45,8 @@ def storage_line(manifest: dict) -> str | None:
     fp32 = _pass_stats(manifest, "sparsify")
     int8 = _pass_stats(manifest, "materialize-int8")
     parts = []
-    int8_sparse = int8 is not None and int8.get("layers_sparse", 0) > 0
-    if fp32 is not None and (fp32["layers_sparse"] or fp32["layers_dense"] or not int8_sparse):
+    int8_ran = int8 is not None and int8.get("kernels", 0) > 0
+    if fp32 is not None and (fp32["layers_sparse"] or fp32["layers_dense"] or not int8_ran):
         parts.append(
             f"stored: {fp32['layers_sparse']} layer(s) block-sparse, their weights "
             f"{fp32['weight_bytes_dense']} B -> {fp32['weight_bytes_sparse']} B (values + "
@@ -57,7 +57,7 @@ def storage_line(manifest: dict) -> str | None:
         parts.append(
             f"stored: {int8['layers_sparse']} int8 layer(s) "
             f"block-sparse, {int8['sparse_bytes_dense']} B -> {int8['sparse_bytes_stored']} B; "
-            f"{int8['layers_dense']} int8 layer(s) with zero blocks stay dense"
+            f"{int8['layers_dense']} int8 layer(s) with zeros stay dense"
         )
     scattered = sum((s or {}).get("layers_scattered_zeros", 0) for s in (fp32, int8))
     if scattered:

@@ -16,8 +16,8 @@ worth: 16 output x 4 input channels on vnni) take the block-sparse kernel instea
 keeps every layer dense. Counters: `layers_sparse`, `layers_dense` (matmul-shaped layers with
 zero blocks that stayed dense), `layers_scattered_zeros` (among them, those at least half
 zeros: the zeros are not in whole blocks) and the int8 weight bytes of the sparse layers
-before and after
-(`sparse_bytes_dense`, `sparse_bytes_stored`: values plus one int32 index per block).
+before and after (`sparse_bytes_dense`, `sparse_bytes_stored`: values plus one int32 index
+per block).
 """
 
 from __future__ import annotations
@@ -128,18 +128,18 @@ class _SparseRule:
         args, recipe = _args(call), entry.recipe
         first = M.input_count(recipe)
         consts = args[first : first + M.constant_count(recipe)]
-        density = self.density(recipe, call) if entry.sparse is not None else None
-        sparse = self.takes_sparse(density)
+        density = self.density(recipe, call)
+        sparse = entry.sparse is not None and self.takes_sparse(density)
         packed = packed_constants(
             "materialize-int8", call, consts, (entry.sparse if sparse else entry.dense)[1]
         )
         operands = [*args[:first], *packed, *args[first + len(consts) :]]
         if sparse:
             self._count_sparse(consts[0], packed)
-        elif density is not None and density < 1.0:
-            self.stats["layers_dense"] += 1
+        elif density is not None:
             weight = _tvm.constant_value(consts[0])
             scattered = np.count_nonzero(weight) <= weight.size // 2
+            self.stats["layers_dense"] += int(density < 1.0 or scattered)
             self.stats["layers_scattered_zeros"] += int(scattered)
         if entry.sparse is None:
             return operands
