@@ -166,11 +166,15 @@ def _densities(text: str) -> list[tuple[int, float]]:
     for item in filter(None, text.split("/")):
         block, _, density = item.partition(":")
         try:
-            pairs.append((int(block), float(density)))
+            pair = int(block), float(density)
         except ValueError:
+            pair = (0, 0.0)
+        if pair[0] < 1 or not 0.0 < pair[1] <= 1.0:
             raise PipelineError(
-                f"sparsify: nchw_densities item '{item}' is not block:density (8:0.6)"
-            ) from None
+                f"sparsify: nchw_densities item '{item}' is not block:density (8:0.6; a block "
+                "of at least 1 channel, a density in (0, 1])"
+            )
+        pairs.append(pair)
     return pairs
 
 
