@@ -80,7 +80,9 @@ def test_same_stages_as_x86():
     assert strip == [p for p in x86["legalize"] if name(p) != "sparsify"]
     assert {**arm().stages(), "legalize": None} == {**x86, "legalize": None}
     sparsify = [p for p in arm().stages()["legalize"] if name(p) == "sparsify"]
-    assert sparsify == ["sparsify{block=4,wide_block=8,max_density=0.5}"]
+    assert sparsify == [
+        "sparsify{block=4,wide_block=8,max_density=0.5,nchw_densities=8:0.6/4:0.5/2:0.3/1:0.2}"
+    ]
     assert "sparsify" not in map(name, arm(sparse=False).stages()["legalize"])
     assert "schedule-cpu" not in arm(schedules=False).stages()["schedule"]
 
