@@ -567,13 +567,25 @@ def matmul_kernel(
     what the window's padding reads (a plain matmul has none: its zero point is in `corr`).
     """
     parts = kernel_parts(spec, plan, shape, zp, window)
-    g, shape, out_shape, xs_shape = parts.g, parts.shape, parts.out_shape, parts.xs_shape
+    g = parts.g
     tasks = task_loop(parts, ep, _gemm_tiles(g, plan.isa, spec, ep), _work(g.rows, g.k, g.n))
+    return matmul_func(parts, plan, ep, tasks, sparse=False)
+
+
+def matmul_func(parts: KernelParts, plan: MatmulPlan, ep: Epilogue, tasks, sparse: bool):
+    """The PrimFunc of a dense (x, w_panels, ...) or block-sparse (x, values, indices,
+    indptr, ...) int8 matmul running `tasks` (`task_loop`); the per-channel operands, xs and
+    out are the same. One signature holds both weight forms; the unused ones are dropped."""
+    g, shape, out_shape, xs_shape = parts.g, parts.shape, parts.out_shape, parts.xs_shape
+    nnzb = tvm.tirx.Var("nnzb", "int32")  # sparse: any number of nonzero blocks
 
     @T.prim_func
     def matmul(
         x: T.Buffer(shape, parts.x_dtype),
         wq: T.Buffer((g.col_tiles, g.kwords, g.step), "int32"),
+        values: T.Buffer((nnzb, g.lanes), "int32"),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((g.col_tiles + 1,), "int32"),
         corr: T.Buffer((plan.n_pad,), "int32"),
         scale: T.Buffer((plan.n_pad,), "float32"),
         fbias: T.Buffer((plan.n_pad,), "float32"),
@@ -581,9 +593,14 @@ def matmul_kernel(
         out: T.Buffer(out_shape, ep.out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        tasks(x, (wq,), corr, scale, fbias, xs, out)
+        if sparse:
+            tasks(x, (values, indices, indptr), corr, scale, fbias, xs, out)
+        else:
+            tasks(x, (wq,), corr, scale, fbias, xs, out)
 
-    return matmul
+    unused = ("wq",) if sparse else ("values", "indices", "indptr")
+    params = [p for p in matmul.params if p.name not in unused]
+    return tvm.tirx.PrimFunc(params, matmul.body, matmul.ret_type, matmul.attrs)
 
 
 def window_words(cin: int, isa: Isa) -> int:

@@ -126,25 +126,8 @@ def sparse_matmul_kernel(
     as BSR words (`pack_bsr`, any number of blocks). `density` (the largest of the layers
     sharing the kernel) only decides whether the tasks are worth running in parallel."""
     parts = K.kernel_parts(spec, plan, shape, zp, window)
-    g, shape, out_shape, xs_shape = parts.g, parts.shape, parts.out_shape, parts.xs_shape
-    nnzb = tvm.tirx.Var("nnzb", "int32")
+    g = parts.g
     rows = g.rows
     work = K.PARALLEL_MIN_WORK if not isinstance(rows, int) else rows * g.k * g.n * density
     tasks = K.task_loop(parts, ep, _sparse_tiles(g, plan.isa, spec, ep), int(work))
-
-    @T.prim_func
-    def sparse_matmul(
-        x: T.Buffer(shape, parts.x_dtype),
-        values: T.Buffer((nnzb, g.lanes), "int32"),
-        indices: T.Buffer((nnzb,), "int32"),
-        indptr: T.Buffer((g.col_tiles + 1,), "int32"),
-        corr: T.Buffer((plan.n_pad,), "int32"),
-        scale: T.Buffer((plan.n_pad,), "float32"),
-        fbias: T.Buffer((plan.n_pad,), "float32"),
-        xs: T.Buffer(xs_shape, "float32"),
-        out: T.Buffer(out_shape, ep.out_dtype),
-    ):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        tasks(x, (values, indices, indptr), corr, scale, fbias, xs, out)
-
-    return sparse_matmul
+    return K.matmul_func(parts, plan, ep, tasks, sparse=True)
