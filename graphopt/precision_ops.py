@@ -270,7 +270,7 @@ def has_dpbf16(target: tvm.target.Target | None) -> bool:
     return {"avx512bf16", "avx512f"} <= cpu_features(target)
 
 
-def _is_arm(target: tvm.target.Target | None) -> bool:
+def is_arm(target: tvm.target.Target | None) -> bool:
     triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
     return triple.startswith(("aarch64", "arm64"))
 
@@ -278,11 +278,13 @@ def _is_arm(target: tvm.target.Target | None) -> bool:
 def kernel_note(target: tvm.target.Target | None, precision: str) -> str:
     """One line for the compile report: what the 16-bit layers run on this target."""
     features = cpu_features(target)
-    if _is_arm(target):
-        has = "+bf16" if precision == "bf16" else "+fullfp16"
-        flag = "bf16" if precision == "bf16" else "fullfp16"
-        present = f"{has} present but no kernel for it yet" if flag in features else f"no {has}"
-        return f"{precision} computed in fp32 on this target: {present}"
+    if is_arm(target):
+        flag, instruction = {"bf16": ("bf16", "BFMLALB/BFMLALT"), "fp16": ("fp16fml", "FMLAL")}[
+            precision
+        ]
+        if flag in features:
+            return f"{precision} multiply-adds into fp32 on this target: {instruction} (+{flag})"
+        return f"{precision} computed in fp32 on this target: no +{flag}"
     if precision == "bf16":
         if has_dpbf16(target):
             return "bf16 dot products on this target: vdpbf16ps (AVX512_BF16)"

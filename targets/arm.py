@@ -40,7 +40,8 @@ class Board:
 
 
 # Names accepted by board=: cores and the boards built on them. LLVM derives the features from
-# the CPU name (cortex-a76 and neoverse-n1 have dotprod and fp16; a53/a72 do not).
+# the CPU name (cortex-a76 and neoverse-n1 have dotprod and fp16; a53/a72 do not; neoverse-v1
+# and -n2 add bf16 and fp16fml, the 16-bit multiply-adds into fp32).
 BOARDS: dict[str, Board] = {
     "generic": Board("", 4, "any ARMv8-A with NEON"),
     "cortex-a53": Board("cortex-a53", 4, "ARMv8-A, NEON"),
@@ -48,12 +49,15 @@ BOARDS: dict[str, Board] = {
     "cortex-a72": Board("cortex-a72", 4, "ARMv8-A, NEON"),
     "cortex-a76": Board("cortex-a76", 4, "ARMv8.2-A, NEON, dotprod, fp16"),
     "neoverse-n1": Board("neoverse-n1", 4, "ARMv8.2-A, NEON, dotprod, fp16"),
+    "neoverse-v1": Board("neoverse-v1", 4, "ARMv8.4-A, NEON, SVE, dotprod, i8mm, bf16, fp16fml"),
+    "neoverse-n2": Board("neoverse-n2", 4, "ARMv9-A, NEON, SVE2, dotprod, i8mm, bf16, fp16fml"),
     "rpi3": Board("cortex-a53", 4, "Raspberry Pi 3 (Cortex-A53)"),
     "rpi4": Board("cortex-a72", 4, "Raspberry Pi 4 (Cortex-A72)"),
     "rpi5": Board("cortex-a76", 4, "Raspberry Pi 5 (Cortex-A76)"),
     "rk3588": Board("cortex-a76", 4, "Rockchip RK3588 (4x Cortex-A76 big cores)"),
     "jetson-orin": Board("cortex-a78ae", 6, "NVIDIA Jetson Orin (Cortex-A78AE; 6-12 cores)"),
     "graviton2": Board("neoverse-n1", 4, "AWS Graviton2 (Neoverse-N1; set num_cores)"),
+    "graviton3": Board("neoverse-v1", 4, "AWS Graviton3 (Neoverse-V1; set num_cores)"),
 }
 
 

@@ -76,3 +76,64 @@ def test_depthwise_16bit_on_rpi5_matches_x86(tmp_path):
     x = np.random.default_rng(1).standard_normal((1, 8, 14, 14)).astype(np.float32)
     got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
     np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+
+
+def _handoff_pair(rows: int) -> onnx.ModelProto:
+    """x @ W0 + b0 read only by the next matmul (stored as bits, read as words), an odd K and
+    channel counts that are not whole panels."""
+    rng = np.random.default_rng(2)
+    inits = {
+        "w0": (rng.standard_normal((37, 40)) / 6).astype(np.float32),
+        "b0": rng.standard_normal(40).astype(np.float32),
+        "w1": (rng.standard_normal((40, 24)) / 6).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("Add", ["h", "b0"], ["hb"]),
+        helper.make_node("MatMul", ["hb", "w1"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 37])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 24])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("rows", [1, 13])
+@pytest.mark.parametrize(
+    "precision,kernel,instructions",
+    [("bf16", "bfmlal", ("bfmlalt", "bfmlalb")), ("fp16", "fmlal", ("fmlal\t", "fmlal2"))],
+)
+def test_widening_multiply_add_on_graviton3_matches_x86(
+    tmp_path, precision, kernel, instructions, rows
+):
+    """A Neoverse-V1 has +bf16 and +fp16fml: the 16-bit matmuls run BFMLALT/B or FMLAL/2
+    (no widening instruction) and give the fallback kernel's numbers bit for bit under qemu
+    (GEMV and row tiles; odd K; bias folded; bits handed to the second matmul)."""
+    path = tmp_path / "pair.onnx"
+    onnx.save(_handoff_pair(rows), path)
+    method = [Precision(PrecisionOptions(precision, edges=True))]
+    x86 = graphopt.compile(
+        path, tmp_path / "x86", target_options={"mcpu": "znver3"}, compression=method
+    )
+    arm = graphopt.compile(
+        path,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "graviton3"},
+        compression=method,
+    )
+    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    assert stats["materialize-precision"][f"kernel_{kernel}"] == 2
+    assert "into fp32 on this target" in arm.manifest["precision"]["note"]
+    asm = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(arm.library_path)], capture_output=True, text=True
+    ).stdout
+    assert all(name in asm for name in instructions)
+    x = np.random.default_rng(3).standard_normal((rows, 37)).astype(np.float32)
+    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="max")["y"]
+    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])

@@ -60,3 +60,32 @@ def test_minilm_on_rpi5_matches_x86(tmp_path):
     ref = ort_run(ort_session(path), feed)[out]
     assert max_relative_error([want], [got]) <= 1e-5
     assert max_relative_error([ref], [got]) <= 1e-4
+
+
+@pytest.mark.parametrize("precision,kernel", [("bf16", "bfmlal"), ("fp16", "fmlal")])
+def test_mobilenet_v2_16bit_on_graviton3_matches_onnxruntime(tmp_path, precision, kernel):
+    """`--precision` on a Neoverse-V1: every 16-bit matmul runs the widening multiply-add
+    kernel; the emulated output is within 16-bit rounding of onnxruntime fp32."""
+    pytest.importorskip("skimage", reason="bench extras not installed (make test-slow)")
+    from bench.models.inputs import image_batch
+    from graphopt.compress.precision.method import Precision, PrecisionOptions
+
+    path = model_file("mobilenet_v2")
+    arm = graphopt.compile(
+        path,
+        tmp_path / "arm",
+        target="arm",
+        target_options={"board": "graviton3"},
+        compression=[Precision(PrecisionOptions(precision))],
+    )
+    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    assert (
+        stats["materialize-precision"][f"kernel_{kernel}"]
+        == stats["materialize-precision"]["kernels"]
+    )
+    feed = {"input": image_batch(1)[0]}
+    out = arm.outputs[0].name
+    got = bundle.run_emulated(arm.directory, feed, cpu="max")[out].ravel()
+    ref = ort_run(ort_session(path), feed)[out].ravel()
+    assert float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)) >= 0.999
+    assert int(np.argmax(got)) == int(np.argmax(ref))

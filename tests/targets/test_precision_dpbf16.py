@@ -14,11 +14,14 @@ from graphopt.errors import PipelineError
 from graphopt.pass_infra import make_pass
 from graphopt.targets.cpu.precision import dpbf16 as D
 from graphopt.targets.cpu.precision import materialize as M
+from graphopt.targets.cpu.precision.neon_long import BFMLAL, FMLAL
 from graphopt.testing import apply_checked
 from tests.relax_builders import matmul_add_module
 
 ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 ZNVER3 = {**ZNVER4, "mcpu": "znver3"}
+GRAVITON3 = {"kind": "llvm", "mcpu": "neoverse-v1", "mtriple": "aarch64-linux-gnu"}
+RPI5 = {**GRAVITON3, "mcpu": "cortex-a76"}
 HOST_BF16 = {"avx512bf16", "avx512f"} <= _tvm.host_cpu_features()
 needs_bf16 = pytest.mark.skipif(not HOST_BF16, reason="this host has no AVX512_BF16")
 
@@ -119,6 +122,35 @@ def test_pack_pairs_interleaves_k_pairs_per_channel():
     assert not words[1, :, 2:].any()  # channels past N are zero
 
 
+def test_split_pairs_hold_a_panel_at_k_even_then_at_k_odd():
+    """FMLAL's layout: a pair's 16 words are the 16 channels at k even, then at k odd."""
+    spec = P.PrecisionMatmulSpec((5, 3), 18, "fp16")
+    bits = np.arange(3 * 18, dtype=np.uint16).reshape(3, 18) + 1
+    halves = D.pack_pairs(bits, spec, FMLAL).view(np.uint16)
+    assert halves.shape == (2, 2, 32)  # 2 panels, 2 k pairs, 32 halves a pair
+    assert list(halves[0, 0, :16]) == list(bits[0, :16])
+    assert list(halves[0, 0, 16:]) == list(bits[1, :16])
+    assert list(halves[1, 1, :2]) == list(bits[2, 16:])  # k = 2, channels 16 and 17
+    assert not halves[1, 1, 16:].any()  # K padded with a zero row
+
+
+@pytest.mark.parametrize(
+    "rows,n,instr,want",
+    [
+        (1, 64, D.DPBF16, (1, 4)),
+        (128, 64, D.DPBF16, (6, 4)),
+        (128, 48, D.DPBF16, (8, 3)),
+        (1, 64, BFMLAL, (1, 4)),  # a GEMV: four panels, one row
+        (128, 64, BFMLAL, (2, 2)),  # 4 accumulators of 4 NEON registers each
+        (128, 48, BFMLAL, (4, 1)),
+        (128, 80, FMLAL, (2, 2)),  # 5 panels: one zero panel, tiles of 2
+    ],
+)
+def test_register_tile_fits_the_instructions_registers(rows, n, instr, want):
+    tile = D.tile_for(P.PrecisionMatmulSpec((rows, 64), n, instr.precision), instr)
+    assert (tile.mr, tile.nr) == want
+
+
 @pytest.mark.parametrize(
     "target,precision,option,want",
     [
@@ -126,6 +158,10 @@ def test_pack_pairs_interleaves_k_pairs_per_channel():
         (ZNVER3, "bf16", "auto", "fma"),
         (ZNVER4, "fp16", "auto", "fma"),
         (ZNVER4, "bf16", "fma", "fma"),
+        (GRAVITON3, "bf16", "auto", "bfmlal"),
+        (GRAVITON3, "fp16", "auto", "fmlal"),
+        (RPI5, "bf16", "auto", "fma"),  # Cortex-A76: fp16 arithmetic, no bf16, no fp16fml
+        (RPI5, "fp16", "auto", "fma"),
     ],
 )
 def test_kernel_choice_reads_the_target(target, precision, option, want):
@@ -133,9 +169,18 @@ def test_kernel_choice_reads_the_target(target, precision, option, want):
         assert M.resolve_kernel(option, precision) == want
 
 
-def test_forcing_dpbf16_without_the_instruction_is_an_error():
-    with _tvm.make_target(ZNVER3), pytest.raises(PipelineError, match="AVX512_BF16"):
-        M.resolve_kernel("dpbf16", "bf16")
+@pytest.mark.parametrize(
+    "target,kernel,precision,message",
+    [
+        (ZNVER3, "dpbf16", "bf16", "AVX512_BF16"),
+        (ZNVER4, "bfmlal", "bf16", r"\+bf16"),
+        (RPI5, "fmlal", "fp16", r"\+fp16fml"),
+        (GRAVITON3, "fmlal", "bf16", r"fp16 on a target CPU with \+fp16fml"),
+    ],
+)
+def test_forcing_a_missing_instruction_is_an_error(target, kernel, precision, message):
+    with _tvm.make_target(target), pytest.raises(PipelineError, match=message):
+        M.resolve_kernel(kernel, precision)
 
 
 def test_stage_counts_the_kernel_it_chose():

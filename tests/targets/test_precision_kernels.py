@@ -163,10 +163,15 @@ def test_cpu_kernel_widens_in_registers(precision, instruction):
         ("znver4", "bf16", "vdpbf16ps (AVX512_BF16)"),
         ("sapphirerapids", "fp16", "AVX512_FP16 present"),
         ("znver3", "fp16", "F16C conversions"),
+        ("neoverse-v1", "bf16", "BFMLALB/BFMLALT (+bf16)"),
+        ("neoverse-v1", "fp16", "FMLAL (+fp16fml)"),
+        ("cortex-a76", "bf16", "computed in fp32 on this target: no +bf16"),
+        ("cortex-a76", "fp16", "computed in fp32 on this target: no +fp16fml"),
     ],
 )
 def test_gate_reads_the_target_not_the_host(mcpu, precision, note):
-    target = _tvm.make_target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    triple = "x86_64-linux-gnu" if mcpu.startswith(("zn", "sap")) else "aarch64-linux-gnu"
+    target = _tvm.make_target({"kind": "llvm", "mcpu": mcpu, "mtriple": triple})
     assert note in P.kernel_note(target, precision)
 
 

@@ -1,5 +1,8 @@
-"""The bf16 matmul kernel for x86 CPUs with AVX512_BF16: `vdpbf16ps` (two bf16 products per
-fp32 lane per instruction, 32 products per zmm) on pair-interleaved weights.
+"""The pair kernel of the 16-bit matmul: register tiles over words of a k pair, one call of an
+instruction that multiplies 16-bit values into fp32 sums per pair (`PairInstruction`). On x86
+CPUs with AVX512_BF16 that is `vdpbf16ps` (two bf16 products per fp32 lane per instruction, 32
+products per zmm) on pair-interleaved weights, described here; ARM's widening multiply-adds
+(FMLAL, BFMLALB/T) run the same tiles (`neon_long.py`).
 
 TVM 0.27 legalizes every bfloat16 value away before code generation, so the kernel never holds
 one: weights and rounded activations are int32 words of two bf16 bit patterns (k even in the
@@ -30,7 +33,13 @@ from tvm.script import tirx as T
 
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func
-from graphopt.precision_ops import PrecisionMatmulSpec, bf16_bits_to_f32, pair_order, x_rounded
+from graphopt.precision_ops import (
+    PrecisionMatmulSpec,
+    bf16_bits_to_f32,
+    pair_order,
+    tir_bits,
+    x_rounded,
+)
 from graphopt.targets.cpu.precision.cvt_bf16 import CVT_IR, bf16_bits
 from graphopt.targets.cpu.precision.kernels import store_macro
 from graphopt.targets.cpu.precision.row_chunks import row_chunks
@@ -54,6 +63,33 @@ define <16 x float> @{_DP}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) {{
 
 
 @dataclass(frozen=True)
+class PairInstruction:
+    """What one call of a pair kernel's instruction does: 16 fp32 sums (16 output channels)
+    += x's k pair (one broadcast word) times 16 words of weights, the odd k's product added
+    first, then the even k's, each step rounded to fp32. `function` is an LLVM IR function
+    (`ir`, imported into the kernel) taking (acc <16 x float>, x <16 x i32>, w <16 x i32>).
+
+    `tile_rows`: rows of a register tile by its panel count (up to `row_panels` panels where
+    there is more than one row); `split`: a pair's 16 weight words hold the 16 channels' even
+    k then their odd k (16-bit each) instead of one (even, odd) word per channel; `cvt`:
+    outputs stored as bf16 bits use `vcvtneps2bf16`."""
+
+    name: str
+    precision: str
+    function: str
+    ir: str
+    tile_rows: tuple[tuple[int, int], ...]
+    row_panels: int
+    split: bool = False
+    cvt: bool = False
+
+
+DPBF16 = PairInstruction(
+    "dpbf16", "bf16", _DP, _DP_IR, ((4, 6), (3, 8), (2, 8), (1, 8)), row_panels=4, cvt=True
+)
+
+
+@dataclass(frozen=True)
 class Tile:
     """A register tile: MR rows x NR panels of 16 channels (MR * NR accumulators)."""
 
@@ -61,15 +97,18 @@ class Tile:
     nr: int
 
 
-def tile_for(spec: PrecisionMatmulSpec) -> Tile:
-    """The register tile of a layer: as many panels per tile as wastes no padding (up to 4),
-    rows to keep about 24 of the 32 zmm registers accumulating; one row for a GEMV."""
+def tile_for(spec: PrecisionMatmulSpec, instr: PairInstruction = DPBF16) -> Tile:
+    """The register tile of a layer: as many panels per tile as wastes no padding (up to 4,
+    or the instruction's `row_panels` for more than one row), and the instruction's rows for
+    that many panels; one row for a GEMV."""
     p = -(-spec.n // PANEL)
-    nr = next(c for c in (4, 3, 2, 1) if p % c == 0 and (c == 1 or p >= c))
-    if p >= 4 and nr == 1:
+    static = all(isinstance(d, int) for d in spec.x_shape[:-1])
+    most = 4 if static and spec.rows == 1 else instr.row_panels
+    nr = next(c for c in (4, 3, 2, 1) if c <= most and p % c == 0 and (c == 1 or p >= c))
+    if p >= 4 and nr == 1 and most >= 2:
         nr = 2  # an odd panel count: one zero panel beats single-panel tiles
-    mr = {4: 6, 3: 8, 2: 8, 1: 8}[nr]
-    if all(isinstance(d, int) for d in spec.x_shape[:-1]):
+    mr = dict(instr.tile_rows)[nr]
+    if static:
         mr = min(mr, spec.rows)
     return Tile(mr, nr)
 
@@ -79,13 +118,18 @@ def padded_panels(spec: PrecisionMatmulSpec, tile: Tile) -> int:
     return -(-p // tile.nr) * tile.nr
 
 
-def pack_pairs(w_bits: np.ndarray, spec: PrecisionMatmulSpec) -> np.ndarray:
-    """Natural bf16 bits [K, N] -> [P, K'/2, 16] int32 words (k even low, k odd high)."""
-    p = padded_panels(spec, tile_for(spec))
+def pack_pairs(
+    w_bits: np.ndarray, spec: PrecisionMatmulSpec, instr: PairInstruction = DPBF16
+) -> np.ndarray:
+    """Natural 16-bit patterns [K, N] -> [P, K'/2, 16] int32 words: per channel (k even low,
+    k odd high), or for a `split` instruction 16 channels' k even then their k odd."""
+    p = padded_panels(spec, tile_for(spec, instr))
     wp = np.zeros((spec.k_pairs * 2, p * PANEL), np.uint16)
     wp[: spec.k, : spec.n] = w_bits
-    pairs = wp.reshape(spec.k_pairs, 2, p, PANEL).transpose(2, 0, 3, 1)  # [P, K'/2, 16, 2]
-    return np.ascontiguousarray(pairs).view(np.int32)[..., 0]
+    pairs = wp.reshape(spec.k_pairs, 2, p, PANEL)
+    order = (2, 0, 1, 3) if instr.split else (2, 0, 3, 1)  # [P, K'/2, 2, 16] / [P, K'/2, 16, 2]
+    words = np.ascontiguousarray(pairs.transpose(order)).reshape(p, spec.k_pairs, PANEL, 2)
+    return words.view(np.int32)[..., 0]
 
 
 def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
@@ -105,9 +149,11 @@ def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
     return acc.reshape(spec.out_shape)
 
 
-def _bf16_word(v):
-    """TIR: fp32 -> its bf16 bit pattern in the low 16 bits of a uint32 (round to nearest
-    even; NaN quieted with its sign), as `precision_ops.f32_to_bf16_bits`."""
+def _word_half(v, precision: str):
+    """TIR: fp32 -> its 16-bit pattern in the low 16 bits of a uint32 (bf16: round to nearest
+    even, NaN quieted with its sign, as `precision_ops.f32_to_bf16_bits`)."""
+    if precision != "bf16":
+        return T.Cast("uint32", tir_bits(v, precision))
     u = T.reinterpret("uint32", v)
     odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
     rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
@@ -115,14 +161,23 @@ def _bf16_word(v):
     return T.Select(T.isnan(v), quiet, rounded)  # one unordered compare
 
 
-def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False):
-    """TIR macro: x [rows, K] fp32 -> words [rows, K'/2] of two rounded bf16 (zero past K),
-    16 words per vector step (`x_bits`: x holds the bf16 bit patterns already)."""
+def _bf16_word(v):
+    return _word_half(v, "bf16")
+
+
+def _dp(acc, a, b):
+    """`vdpbf16ps` on 16 fp32 sums (the attention kernel's calls)."""
+    return T.call_pure_extern("float32x16", _DP, acc, a, b)
+
+
+def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False, precision: str = "bf16"):
+    """TIR macro: x [rows, K] fp32 -> words [rows, K'/2] of two rounded 16-bit values (zero
+    past K), 16 words per vector step (`x_bits`: x holds the bit patterns already)."""
     full = k // 2  # pairs whose both halves exist
     vec = full // PANEL * PANEL
 
     def half(v):
-        return T.Cast("uint32", v) if x_bits else _bf16_word(v)
+        return T.Cast("uint32", v) if x_bits else _word_half(v, precision)
 
     def word(xf, m, j):
         lo = half(xf[m, 2 * j])
@@ -143,16 +198,17 @@ def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False):
     return round_pairs
 
 
-def _dp(acc, a, b):
-    return T.call_pure_extern("float32x16", _DP, acc, a, b)
-
-
 def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
+    """The `vdpbf16ps` kernel (x86 AVX512_BF16)."""
+    return pair_kernel(spec, DPBF16)
+
+
+def pair_kernel(spec: PrecisionMatmulSpec, instr: PairInstruction) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K'/2, 16] int32, [bias], [residual], out): one parallel task per
-    NR panels and row chunk."""
+    NR panels and row chunk, `instr` for each k pair of each register tile."""
     x_shape = tir_shape(spec.x_shape)
     rows, n, pairs = row_count(x_shape), spec.n, spec.k_pairs
-    tile = tile_for(spec)
+    tile = tile_for(spec, instr)
     mr, nr = tile.mr, tile.nr
     p_count = padded_panels(spec, tile)
     groups = p_count // nr
@@ -160,8 +216,13 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
     chunks = row_chunks(rows, mr, CHUNK_ROWS)
     loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
     big = symbolic or rows * pairs >= 1 << 13
-    round_pairs = round_pairs_macro(spec.k, pairs, T.parallel if big else T.serial, spec.x_bits)
-    store = store_macro(spec, PANEL, bf16_bits)  # an out_bits spec: vcvtneps2bf16
+    round_pairs = round_pairs_macro(
+        spec.k, pairs, T.parallel if big else T.serial, spec.x_bits, spec.precision
+    )
+    store = store_macro(spec, PANEL, bf16_bits if instr.cvt else None)  # vcvtneps2bf16
+
+    def step(acc, x, w):
+        return T.call_pure_extern("float32x16", instr.function, acc, x, w)
 
     @T.macro
     def tiles(xw, wp, bias, rf, of):
@@ -178,7 +239,7 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
                         xv = T.meta_var(T.broadcast(xw[T.min(row + r, rows - 1), pr], PANEL))
                         for j in T.unroll(nr):
                             w = T.meta_var(wp[g * nr + j, pr, T.ramp(0, 1, PANEL)])
-                            acc[r * nr + j] = _dp(acc[r * nr + j], xv, w)
+                            acc[r * nr + j] = step(acc[r * nr + j], xv, w)
                 for r in T.unroll(mr):
                     if row + r < rows:
                         for j in T.unroll(nr):
@@ -198,9 +259,11 @@ def dpbf16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
 
     body = as_words if spec.x_bits and spec.k % 2 == 0 else rounded
 
+    ir = instr.ir + (CVT_IR if instr.cvt and spec.out_bits else "")
+
     @T.macro
     def with_instruction(xf, wp, bias, rf, of):
-        with T.attr(0, "pragma_import_llvm", _DP_IR + (CVT_IR if spec.out_bits else "")):
+        with T.attr(0, "pragma_import_llvm", ir):
             body(xf, wp, bias, rf, of)
 
     return kernel_func(with_instruction, spec, x_shape, (p_count, pairs, PANEL), "int32", _ATTRS)

@@ -1,6 +1,8 @@
 """Which CPU kernel a 16-bit matmul op becomes and how its natural weights are packed for it
-(used by `materialize-precision`): `vdpbf16ps` for bf16 on x86 CPUs with AVX512_BF16, else the
-fp32-FMA panel kernel every CPU runs."""
+(used by `materialize-precision`): a pair kernel where the target has an instruction that
+multiplies 16-bit values into fp32 sums (`vdpbf16ps` for bf16 on x86 with AVX512_BF16; on
+aarch64 BFMLALB/T for bf16 with +bf16, FMLAL for fp16 with +fp16fml), else the fp32-FMA panel
+kernel every CPU runs."""
 
 from __future__ import annotations
 
@@ -13,14 +15,22 @@ import tvm
 from graphopt import _tvm
 from graphopt.errors import PipelineError
 from graphopt.precision_depthwise import DepthwiseSpec
-from graphopt.precision_ops import RECIPE_ATTR, PrecisionMatmulSpec, has_dpbf16
+from graphopt.precision_ops import (
+    RECIPE_ATTR,
+    PrecisionMatmulSpec,
+    cpu_features,
+    has_dpbf16,
+    is_arm,
+)
 from graphopt.targets.cpu.precision import dpbf16 as D
 from graphopt.targets.cpu.precision import kernels as K
 from graphopt.targets.cpu.precision.depthwise import depthwise16_kernel
+from graphopt.targets.cpu.precision.neon_long import BFMLAL, FMLAL
 from graphopt.targets.cpu.schedules.common import cpu_info
 
 Pack = Callable[[list[np.ndarray]], list[np.ndarray]]
-KERNELS = ("auto", "fma", "dpbf16")
+PAIR_KERNELS = {i.name: i for i in (D.DPBF16, BFMLAL, FMLAL)}
+KERNELS = ("auto", "fma", *PAIR_KERNELS)
 
 
 def current_target() -> tvm.target.Target:
@@ -30,26 +40,48 @@ def current_target() -> tvm.target.Target:
     return target
 
 
+def pair_instruction(target: tvm.target.Target, precision: str) -> D.PairInstruction | None:
+    """The instruction `target` multiplies `precision` values into fp32 sums with, if any."""
+    features = cpu_features(target)
+    if is_arm(target):
+        wanted = {"bf16": (BFMLAL, "bf16"), "fp16": (FMLAL, "fp16fml")}[precision]
+        return wanted[0] if wanted[1] in features else None
+    return D.DPBF16 if precision == "bf16" and has_dpbf16(target) else None
+
+
 def resolve_kernel(name: str, precision: str) -> str:
     """The kernel a `kernel=` option names for `precision` on the current target (else this
-    host); `auto`: dpbf16 for bf16 where the CPU has AVX512_BF16, else fma. fp16 always runs
-    fma (no fp16 dot-product kernel)."""
+    host); `auto`: the target's pair instruction where it has one for `precision`, else fma."""
     if name not in KERNELS:
         raise PipelineError(f"unknown 16-bit kernel '{name}' ({', '.join(KERNELS)})")
-    if precision != "bf16" or name == "fma":
+    if name == "fma":
         return "fma"
-    available = has_dpbf16(current_target())
-    if name == "dpbf16" and not available:
+    available = pair_instruction(current_target(), precision)
+    if name == "auto":
+        return available.name if available is not None else "fma"
+    if available is None or available.name != name:
+        wanted = PAIR_KERNELS[name]
         raise PipelineError(
-            "kernel=dpbf16 needs a target CPU with AVX512_BF16 (mcpu=znver4, sapphirerapids, ...)"
+            f"kernel={name} needs {wanted.precision} on a target CPU with {_NEEDS[name]}"
         )
-    return "dpbf16" if available else "fma"
+    return name
+
+
+_NEEDS = {
+    "dpbf16": "AVX512_BF16 (mcpu=znver4, sapphirerapids, ...)",
+    "bfmlal": "+bf16 (aarch64: neoverse-v1, neoverse-n2, ...)",
+    "fmlal": "+fp16fml (aarch64: neoverse-v1, neoverse-n2, ...)",
+}
 
 
 def build(spec: PrecisionMatmulSpec, kernel: str = "fma") -> tuple[tvm.tirx.PrimFunc, Pack]:
     """The `kernel` of `spec` (its recipe now says the packed layout) and its weight packer."""
-    if kernel == "dpbf16":
-        func, layout, pack_one = D.dpbf16_kernel(spec), D.LAYOUT, D.pack_pairs
+    if kernel in PAIR_KERNELS:
+        instr = PAIR_KERNELS[kernel]
+        func, layout = D.pair_kernel(spec, instr), kernel
+
+        def pack_one(w, spec):
+            return D.pack_pairs(w, spec, instr)
     else:
         func, layout, pack_one = K.matmul16_kernel(spec), K.LAYOUT, K.pack_panels
     built = dataclasses.replace(spec, layout=layout)
