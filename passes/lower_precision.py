@@ -15,6 +15,11 @@ transposes of the neighbours.
 With `depthwise`, a depthwise conv (one filter per channel, static shapes) becomes the 16-bit
 depthwise op (`graphopt.precision_depthwise`), also in NHWC between two permutes.
 
+With `windows`, a full conv (one group, static shapes, not pointwise: a 3x3 stem, a strided
+1x1) becomes the 16-bit matmul over its windows (`graphopt.precision_window`): x permuted to
+NHWC, its windows gathered as 16-bit bit patterns [N, OH, OW, KH*KW*C], the op with those as
+its (already rounded) input, the result permuted back.
+
 With `embeddings`, a gather `take(table, idx, axis=0)` of a constant fp32 [V, D] table of at
 least 1 MiB (`compress/int4/embedding.py`) gathers 16-bit rows and widens them (exact).
 
@@ -34,7 +39,7 @@ from tvm.relax import op as R
 from graphopt.binding_graph import shape_dims
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.compress.int4.embedding import embedding_table, find_tables
-from graphopt.compress.precision.layers import depthwise, pointwise, supported
+from graphopt.compress.precision.layers import depthwise, pointwise, supported, window
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 from graphopt.precision_depthwise import DepthwiseSpec
@@ -47,6 +52,7 @@ from graphopt.precision_ops import (
     to_bits,
     widen_kernel,
 )
+from graphopt.precision_window import PAD_BITS, Window, window_bits_kernel, window_weight
 
 
 @register_pass
@@ -61,6 +67,7 @@ class LowerPrecision(GraphPass):
         skip: str = ""  # ":"-separated layer names kept fp32
         embeddings: bool = False  # also 16-bit embedding tables (take of a constant >= 1 MiB)
         depthwise: bool = False  # also depthwise convs (static shapes)
+        windows: bool = False  # also full convs of static shapes (3x3 stem, strided 1x1)
         # mark the module so the target's precision-attention pass puts the fused attention
         # groups (made later by fuse) on its 16-bit attention kernel where it has one
         attention: bool = False
@@ -76,12 +83,13 @@ class LowerPrecision(GraphPass):
         todo = {
             ly.var: ly
             for ly in find_layers(mod["main"])
-            if supported(ly, o.depthwise) and ly.name not in skip
+            if supported(ly, o.depthwise, o.windows) and ly.name not in skip
         }
         stats = {
             "matmuls": sum(ly.kind == "matmul" for ly in todo.values()),
             "pointwise_convs": sum(pointwise(ly) for ly in todo.values()),
             "depthwise_convs": sum(depthwise(ly) for ly in todo.values()),
+            "window_convs": sum(window(ly) for ly in todo.values()),
         }
         if o.attention:
             mod = mod.with_attr(ATTENTION_ATTR, o.precision)
@@ -131,8 +139,8 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         layer = self.todo[binding.var]
-        if depthwise(layer):
-            call = self._depthwise(layer)
+        if depthwise(layer) or window(layer):
+            call = self._depthwise(layer) if depthwise(layer) else self._window(layer)
             self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
             return
         x = self.visit_expr(layer.call.args[0])
@@ -150,6 +158,30 @@ class _Rewriter(relax.PyExprMutator):
         if layer.kind == "conv2d":
             call = R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2])
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
+
+    def _window(self, layer) -> relax.Expr:
+        """[N, C, H, W] -> [N, H, W, C], its windows as bits, the 16-bit matmul, NCHW."""
+        x = self.builder_.emit(R.permute_dims(self.visit_expr(layer.call.args[0]), [0, 2, 3, 1]))
+        a = layer.call.attrs
+        win = Window(
+            tuple(shape_dims(x)),
+            tuple(layer.weight_shape[2:]),
+            tuple(int(v) for v in a.strides),
+            tuple(int(v) for v in a.padding),
+            tuple(int(v) for v in a.dilation),
+        )
+        gather = self.builder_.add_func(window_bits_kernel(win, self.precision), "window16")
+        patches_type = relax.TensorType(win.patches_shape, "uint16")
+        pad = relax.const(PAD_BITS)
+        patches = self.builder_.emit(relax.call_tir(gather, [x, pad], patches_type))
+        w = window_weight(layer.weight)
+        spec = PrecisionMatmulSpec(win.patches_shape, int(w.shape[1]), self.precision, x_bits=True)
+        call = relax.call_tir(
+            self._kernel(spec),
+            relax.Tuple([patches, relax.const(to_bits(w, self.precision))]),
+            relax.TensorType(spec.out_shape, "float32"),
+        )
+        return self.builder_.normalize(R.permute_dims(self.builder_.emit(call), [0, 3, 1, 2]))
 
     def _depthwise(self, layer) -> relax.Expr:
         """[N, C, H, W] -> [N, H, W, C], the 16-bit depthwise op, back to NCHW."""

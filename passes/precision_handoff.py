@@ -63,13 +63,14 @@ class PrecisionHandoff(GraphPass):
         return PassResult(mod, False, stats) if new is None else PassResult(new, True, stats)
 
 
-def _kernel_spec(graph: BindingGraph, call):
-    """The spec of a call_tir of a portable 16-bit matmul or depthwise conv reading and
-    writing fp32, else None."""
+def _kernel_spec(graph: BindingGraph, call, reading: bool = True):
+    """The spec of a call_tir of a portable 16-bit matmul or depthwise conv writing fp32 and
+    (`reading`) reading fp32, else None. (A window conv's matmul reads its gathered windows
+    as bits from the start: it can store bits, not read them from its producer.)"""
     if op_name(call) != "relax.call_tir" or not isinstance(call.args[0], tvm.ir.GlobalVar):
         return None
     spec = spec_of16(graph.mod[call.args[0]])
-    if spec is None or spec.layout != "natural" or spec.x_bits or spec.out_bits:
+    if spec is None or spec.layout != "natural" or spec.out_bits or reading and spec.x_bits:
         return None
     return spec
 
@@ -106,7 +107,7 @@ def _plans(graph: BindingGraph, stats: dict) -> dict:
             continue
         precision = next(iter(specs.values())).precision
         if op_name(value) == "relax.call_tir":
-            own = _kernel_spec(graph, value)
+            own = _kernel_spec(graph, value, reading=False)
             if own is None or own.precision != precision:
                 continue
             plan = plans.get(var) or KernelCall(own, list(value.args[1].fields), value.ty)
@@ -152,7 +153,7 @@ class _Handoff(relax.PyExprMutator):
                 plan.spec.text(), lambda: (portable_for(plan.spec), kernel_name(plan.spec))
             )
             x, *rest = plan.args
-            x = self.bits[x] if plan.spec.x_bits else self.visit_expr(x)
+            x = self.bits[x] if x in self.bits else self.visit_expr(x)  # handed, or as it was
             args = relax.Tuple([x, *(self.visit_expr(a) for a in rest)])
             call = self.builder_.normalize(relax.call_tir(gvar, args, plan.out_ty))
             if plan.spec.out_bits:  # a new var: its type changed, and only matmuls read it

@@ -137,3 +137,23 @@ def test_widening_multiply_add_on_graviton3_matches_x86(
     x = np.random.default_rng(3).standard_normal((rows, 37)).astype(np.float32)
     got = bundle.run_emulated(arm.directory, {"x": x}, cpu="max")["y"]
     np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+
+
+def test_window_conv_16bit_on_graviton3_matches_x86(tmp_path):
+    """A 3x3 stem and a strided 1x1 as the 16-bit matmul over their windows (from a pipeline:
+    `--precision` keeps ARM's convs fp32): the gather builds for NEON, the matmuls run
+    BFMLALT/B, and the numbers equal the x86 build's bit for bit under qemu."""
+    from tests.test_precision_window import _stem
+
+    path = tmp_path / "stem.onnx"
+    onnx.save(_stem(), path)
+    pipe = "O2,lower-precision{precision=bf16,windows=true}"
+    x86 = graphopt.compile(path, tmp_path / "x86", pipeline=pipe)
+    arm = graphopt.compile(
+        path, tmp_path / "arm", pipeline=pipe, target="arm", target_options={"board": "graviton3"}
+    )
+    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    assert stats["materialize-precision"]["kernel_bfmlal"] == 2
+    x = np.random.default_rng(1).standard_normal((1, 3, 20, 20)).astype(np.float32)
+    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="max")["y"]
+    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])

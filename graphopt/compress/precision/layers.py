@@ -52,11 +52,27 @@ def depthwise(layer: Layer) -> bool:
     return per_channel(layer) and all(isinstance(d, int) for d in dims)
 
 
-def supported(layer: Layer, depthwise_convs: bool = False) -> bool:
+def window(layer: Layer) -> bool:
+    """A full conv (one group) of a static NCHW input that is not pointwise: a 3x3 stem, a
+    strided 1x1 (the 16-bit matmul over its gathered windows, `graphopt.precision_window`)."""
+    if layer.kind != "conv2d" or pointwise(layer):
+        return False
+    a, dims = layer.call.attrs, shape_dims(layer.data)
+    layouts = (a.data_layout, a.kernel_layout, a.out_layout or a.data_layout)
+    return (
+        dims is not None
+        and len(dims) == 4
+        and all(isinstance(d, int) for d in dims)
+        and tuple(str(v) for v in layouts) == ("NCHW", "OIHW", "NCHW")
+        and int(a.groups) == 1
+    )
+
+
+def supported(layer: Layer, depthwise_convs: bool = False, window_convs: bool = False) -> bool:
     """Layers this pass lowers: matmuls and pointwise convs whose input channels are static,
-    and with `depthwise_convs` depthwise convs of a static input."""
+    and (each with its flag) depthwise and window convs of a static input."""
     if layer.kind == "matmul":
         return known_channels(layer.data, -1)
-    if depthwise_convs and depthwise(layer):
+    if depthwise_convs and depthwise(layer) or window_convs and window(layer):
         return True
     return pointwise(layer) and known_channels(layer.data, 1)

@@ -8,11 +8,12 @@ two are made 16-bit, every other layer fp32, and while that moves the model's sc
 data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the
 most sensitive layers the budget keeps (budget.py; the first and last layer are then
 measured like any other). `mixed` is bf16 with the budget.
-On x86, depthwise convs of static shapes are 16-bit layers too (`depthwise`); other convs
-(the stem's 3x3, grouped, dilated) stay fp32 (no 16-bit kernel for them yet), as do
-reductions (softmax, layer norm, pooling), except that a bf16 model's fused attention
-groups run on the bf16 attention kernel where the target has one (`attention`; the budget's
-artifact check scores it with the rest). Embedding tables of at least 1 MiB are 16-bit too
+On x86, depthwise and full (one-group) convs of static shapes are 16-bit layers too
+(`depthwise`, `windows`: the stem's 3x3 as the matmul over its gathered windows); grouped
+convs stay fp32 (no 16-bit kernel for them), as do reductions (softmax, layer norm,
+pooling), except that a bf16 model's fused attention groups run on the bf16 attention
+kernel where the target has one (`attention`; the budget's artifact check scores it with
+the rest). Embedding tables of at least 1 MiB are 16-bit too
 (`embeddings`); the budget does not move them (the artifact check scores them with the rest).
 """
 
@@ -94,7 +95,8 @@ class Precision:
         if "lower-precision" not in registered_passes():
             raise CalibrationError("--precision needs the lower-precision pass (graphopt.passes)")
         every = find_layers(mod["main"])
-        candidates = [ly for ly in every if supported(ly, _depthwise_kernel(ctx.target.name))]
+        convs = _conv_kernels(ctx.target.name)
+        candidates = [ly for ly in every if supported(ly, convs, convs)]
         held = {ly.name: "skip" for ly in candidates if ly.name in o.skip}
         edges = {}
         if o.max_drop is None and not o.edges and every:
@@ -186,7 +188,8 @@ class _Planner:
         skip = [name for name, p in precisions.items() if p == "fp32"]
         opts = {
             "precision": o.dtype,
-            "depthwise": "true" if _depthwise_kernel(self.ctx.target.name) else "false",
+            "depthwise": "true" if _conv_kernels(self.ctx.target.name) else "false",
+            "windows": "true" if _conv_kernels(self.ctx.target.name) else "false",
             "embeddings": "true" if o.embeddings else "false",
             "attention": "true" if o.attention and o.dtype == "bf16" else "false",
         }
@@ -203,7 +206,7 @@ class _Planner:
                 self.candidates,
                 self.tables,
                 o.dtype,
-                _depthwise_kernel(self.ctx.target.name),
+                _conv_kernels(self.ctx.target.name),
             ),
             "accuracy": _accuracy(choice, level),
         }
@@ -224,10 +227,11 @@ class _Planner:
         )
 
 
-def _depthwise_kernel(target: str) -> bool:
-    """Whether `--precision` makes depthwise convs 16-bit on the target: x86, where the
-    kernel was measured. The kernel builds for ARM too (`lower-precision{depthwise=true}`),
-    unmeasured on a board, so `--precision` keeps ARM's scheduled fp32 convs."""
+def _conv_kernels(target: str) -> bool:
+    """Whether `--precision` makes depthwise and window convs 16-bit on the target: x86,
+    where the kernels were measured. They build for ARM too (`lower-precision{depthwise=true,
+    windows=true}`), unmeasured on a board, so `--precision` keeps ARM's scheduled fp32
+    convs."""
     return target == "x86"
 
 

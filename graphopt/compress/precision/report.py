@@ -16,10 +16,11 @@ def layer_rows(
     candidates: list[Layer],
     tables: list[list[int]],
     dtype: str,
-    depthwise: bool = False,
+    convs: bool = False,
 ) -> dict:
     """Per layer (and 16-bit embedding table): op, precision, reason kept fp32, fp32 and
-    stored weight bytes; the totals. `depthwise`: the target has 16-bit depthwise convs."""
+    stored weight bytes; the totals. `convs`: the target has 16-bit depthwise and window
+    convs."""
     names = {ly.name for ly in candidates}
     rows, fp32_total, stored = [], 0, 0
     for ly in every:
@@ -27,10 +28,10 @@ def layer_rows(
         p = precisions[ly.name]
         size = fp32 // 2 if p != "fp32" else fp32
         reason = why.get(ly.name)
-        if ly.name not in names and (ly.kind != "conv2d" or depthwise and per_channel(ly)):
+        if ly.name not in names and (ly.kind != "conv2d" or convs and _one_group(ly)):
             reason = "dynamic shape"
         elif ly.name not in names:
-            reason = "no 16-bit kernel (not 1x1" + (" or depthwise)" if depthwise else ")")
+            reason = "no 16-bit kernel (grouped conv)" if convs else "no 16-bit kernel (not 1x1)"
         rows.append({"layer": ly.name, "what": ly.describe(), "precision": p,
                      "fp32_bytes": fp32, "bytes": size, "reason": reason})  # fmt: skip
         fp32_total += fp32
@@ -47,6 +48,11 @@ def layer_rows(
         "low_layers": sum(r["precision"] != "fp32" for r in rows),
         "size": {"fp32": fp32_total, "stored": stored, "ratio": ratio},
     }
+
+
+def _one_group(layer: Layer) -> bool:
+    """A conv some 16-bit kernel takes when its shape is static (depthwise, or one group)."""
+    return per_channel(layer) or int(layer.call.attrs.groups) == 1
 
 
 def format_report(m: dict) -> str:
