@@ -183,7 +183,8 @@ def test_stage_replaces_the_portable_kernel(precision):
         make_pass("lower-precision", {"precision": precision}), matmul_add_module(w, 5)
     )
     assert lowered.stats == {
-        "matmuls": 1, "pointwise_convs": 0, "depthwise_convs": 0, "embeddings": 0
+        "matmuls": 1, "pointwise_convs": 0, "depthwise_convs": 0, "window_convs": 0,
+        "embeddings": 0,
     }  # fmt: skip
     with _tvm.make_target(ZNVER3):  # the fallback kernel (test_precision_dpbf16: the other)
         result = make_pass("materialize-precision").run(lowered.module)

@@ -149,20 +149,15 @@ def reference_dpbf16(x, w_bits, spec: PrecisionMatmulSpec) -> np.ndarray:
     return acc.reshape(spec.out_shape)
 
 
-def _word_half(v, precision: str):
-    """TIR: fp32 -> its 16-bit pattern in the low 16 bits of a uint32 (bf16: round to nearest
-    even, NaN quieted with its sign, as `precision_ops.f32_to_bf16_bits`)."""
-    if precision != "bf16":
-        return T.Cast("uint32", tir_bits(v, precision))
+def _bf16_word(v):
+    """TIR: fp32 -> its bf16 bit pattern in the low 16 bits of a uint32 (round to nearest
+    even; NaN quieted with its sign), as `precision_ops.f32_to_bf16_bits` (the attention
+    kernel's scalar roundings)."""
     u = T.reinterpret("uint32", v)
     odd = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
     rounded = T.shift_right(u + T.uint32(0x7FFF) + odd, T.uint32(16))
     quiet = T.bitwise_or(T.shift_right(u, T.uint32(16)), T.uint32(0x40))
     return T.Select(T.isnan(v), quiet, rounded)  # one unordered compare
-
-
-def _bf16_word(v):
-    return _word_half(v, "bf16")
 
 
 def _dp(acc, a, b):
@@ -172,28 +167,25 @@ def _dp(acc, a, b):
 
 def round_pairs_macro(k: int, pairs: int, loop, x_bits: bool = False, precision: str = "bf16"):
     """TIR macro: x [rows, K] fp32 -> words [rows, K'/2] of two rounded 16-bit values (zero
-    past K), 16 words per vector step (`x_bits`: x holds the bit patterns already)."""
-    full = k // 2  # pairs whose both halves exist
-    vec = full // PANEL * PANEL
+    past K; `x_bits`: x holds the bit patterns already). The words are written as their
+    16-bit halves (k even is the low half), 32 values a vector expression: a rounding inside
+    a `T.vectorized` loop stays scalar (its NaN test, docs/TVM_NOTES.md)."""
+    step = 2 * PANEL
+    vec = k // step * step
 
-    def half(v):
-        return T.Cast("uint32", v) if x_bits else _word_half(v, precision)
-
-    def word(xf, m, j):
-        lo = half(xf[m, 2 * j])
-        hi = half(xf[m, 2 * j + 1])
-        return T.reinterpret("int32", T.bitwise_or(lo, T.shift_left(hi, T.uint32(16))))
+    def half(v, lanes=1):
+        return v if x_bits else tir_bits(v, precision, lanes)
 
     @T.macro
     def round_pairs(xf, xw, rows):
+        xh = T.decl_buffer((rows, pairs * 2), "uint16", data=xw.data)
         for m in loop(rows):
-            for j0 in range(vec // PANEL):
-                for j in T.vectorized(PANEL):
-                    xw[m, j0 * PANEL + j] = word(xf, m, j0 * PANEL + j)
-            for j in range(vec, full):
-                xw[m, j] = word(xf, m, j)
-            for j in range(full, pairs):  # odd K: the last word's high half is zero
-                xw[m, j] = T.reinterpret("int32", half(xf[m, k - 1]))
+            for v in range(vec // step):
+                xh[m, T.ramp(v * step, 1, step)] = half(xf[m, T.ramp(v * step, 1, step)], step)
+            for kk in range(vec, k):
+                xh[m, kk] = half(xf[m, kk])
+            for kk in range(k, pairs * 2):  # odd K: the last word's high half is zero
+                xh[m, kk] = T.uint16(0)
 
     return round_pairs
 

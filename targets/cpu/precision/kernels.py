@@ -76,22 +76,24 @@ def store_macro(spec: PrecisionMatmulSpec, lanes: int = LANES, bits=None):
 def round_macro(spec: PrecisionMatmulSpec, loop=T.parallel):
     """TIR macro: r(x) into the scratch rows xr [rows, K'] (zero past K); `loop` over rows
     (serial for small inputs: a parallel launch costs more than the rounding). An `x_bits`
-    spec's x is already rounded: its bit patterns are widened (exact)."""
+    spec's x is already rounded: its bit patterns are widened (exact). LANES values a vector
+    expression: a rounding inside a `T.vectorized` loop stays scalar (its NaN test,
+    docs/TVM_NOTES.md)."""
     k, kp, prec = spec.k, spec.k_pairs * 2, spec.precision
     vec = k // LANES * LANES
-    # a K under one vector: the vector loop does element 0 (again below), never extent 0
-    head = max(vec, 1)
 
-    def r(v):
-        return tir_widen(v, prec) if spec.x_bits else tir_round(v, prec)
+    def r(v, lanes=1):
+        return tir_widen(v, prec, lanes) if spec.x_bits else tir_round(v, prec, lanes)
 
     @T.macro
     def round_rows(xf, xr, rows):
         for m in loop(rows):
-            for kk in T.vectorized(head):
+            for v in range(vec // LANES):
+                xr[m, T.ramp(v * LANES, 1, LANES)] = r(xf[m, T.ramp(v * LANES, 1, LANES)], LANES)
+            for kk in range(vec, k):
                 xr[m, kk] = r(xf[m, kk])
-            for kk in range(vec, kp):
-                xr[m, kk] = T.if_then_else(kk < k, r(xf[m, T.min(kk, k - 1)]), 0.0)
+            for kk in range(k, kp):
+                xr[m, kk] = T.float32(0)
 
     return round_rows
 
