@@ -133,14 +133,17 @@ def test_defaults_keep_first_and_last_fp32_and_store_half(files):
 
 
 def test_edges_measured_safe_with_data_go_16bit(files, capsys):
-    """With calibration data and no budget, the first and last layer are measured alone: the
-    chain's are ordinary (16-bit), the fragile model's first layer (x@A) stays fp32."""
+    """With calibration data and no budget, the first and last layer are measured in the
+    model with its other layers 16-bit: the chain's are ordinary (16-bit), the fragile
+    model's first layer (x@A) stays fp32."""
     calib = ("--calibration", str(files / "calib.npz"), "--quant-metric", "cosine")
     _art, manifest = _compile(files, "chain.onnx", "measured", "--precision", "bf16", *calib)
     m = manifest["precision"]
     assert [r["precision"] for r in m["layers"]] == ["bf16"] * 3
     assert m["accuracy"]["measured"] == ["matmul_0", "matmul_2"]
-    assert "first and last layer measured (min_cosine" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "first and last layer measured in the bf16 model (min_cosine" in out
+    assert "artifact against fp32" in out
     _art, manifest = _compile(files, "fragile.onnx", "fragile16", "--precision", "bf16", *calib)
     rows = {r["layer"]: r for r in manifest["precision"]["layers"]}
     assert (rows["matmul_0"]["precision"], rows["matmul_0"]["reason"]) == (

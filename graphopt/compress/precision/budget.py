@@ -100,14 +100,25 @@ class _Switch(PyExprMutator):
 
 class SwitchRunner:
     """The built switchable graph: `run(on, feed)` -> the model's first output with the layers
-    named in `on` 16-bit (every other fp32)."""
+    named in `on` 16-bit. `measured`: the layers a choice is about (default: every switchable
+    layer); the others are 16-bit in every run (the context the measured ones are judged in),
+    except in `fp32`."""
 
-    def __init__(self, mod: tvm.IRModule, layers: list[Layer], target: Target):
-        self.names = [ly.name for ly in layers]
+    def __init__(
+        self, mod: tvm.IRModule, layers: list[Layer], target: Target, measured=None
+    ) -> None:
+        self.flags = [ly.name for ly in layers]  # the graph's flags, in its order
+        self.names = list(measured) if measured is not None else list(self.flags)
+        self.context = set(self.flags) - set(self.names)
         self.graph = FlagGraph(mod, target, len(layers))
 
     def run(self, on: set[str], feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.graph(feed, [self.graph.flag(n in on) for n in self.names])
+        on = on | self.context
+        return self.graph(feed, [self.graph.flag(n in on) for n in self.flags])
+
+    def fp32(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Every layer fp32."""
+        return self.graph(feed, [self.graph.flag(False) for _ in self.flags])
 
 
 def choose(

@@ -4,8 +4,9 @@ Which layers: every constant-weight matmul and pointwise (1x1) conv with static 
 channels (`layers.py`; the other dims may be symbolic), lowered by the `lower-precision`
 pass; kept fp32 are the layers named in `skip`, the model's first and last layer (unless
 `edges`, or unless measured safe: with calibration or evaluation data and no --max-drop, the
-two are made 16-bit, every other layer fp32, and while that moves the model's score on the
-data by more than EDGE_MAX_DROP the more sensitive stays fp32), and, with --max-drop, the
+model with every other candidate 16-bit, as deployed, runs with the two fp32 and 16-bit, and
+while making them 16-bit moves its score on the data by more than EDGE_MAX_DROP the more
+sensitive stays fp32), and, with --max-drop, the
 most sensitive layers the budget keeps (budget.py; the first and last layer are then
 measured like any other). `mixed` is bf16 with the budget.
 On x86, depthwise and full (one-group) convs of static shapes are 16-bit layers too
@@ -32,6 +33,7 @@ from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
+from ..common.metrics import Metric
 from ..int4.embedding import find_tables
 from .budget import Choice, SwitchRunner, choose, switch_module
 from .layers import supported
@@ -142,11 +144,12 @@ class _Planner:
 
         o, ctx = self.o, self.ctx
         layers = [ly for ly in self.candidates if ly.name not in self.held]
-        if only is not None:
-            layers = [ly for ly in layers if ly.name in only]
-            only = {ly.name: only[ly.name] for ly in layers}  # the edges that are candidates
+        measured = layers
+        if only is not None:  # the edges, judged inside the model with every other layer 16-bit
+            measured = [ly for ly in layers if ly.name in only]
+            only = {ly.name: only[ly.name] for ly in measured}  # the edges that are candidates
         self.max_drop, self.reasons = max_drop, only
-        if not layers:
+        if not measured:
             return
         calib = load_calibration(o.calibration, ctx.inputs) if o.calibration else []
         feeds, labels = eval_feeds(o.eval_data, ctx.inputs, calib, o.sensitivity_samples)
@@ -156,7 +159,10 @@ class _Planner:
         what = "first and last layer" if only else "max-drop"
         ctx.progress(f"precision {what}: building the switchable graph ({len(layers)} layers)")
         runner = SwitchRunner(
-            switch_module(mod, layers, o.dtype), layers, evaluation_target(ctx.target)
+            switch_module(mod, layers, o.dtype),
+            layers,
+            evaluation_target(ctx.target),
+            [ly.name for ly in measured],
         )
         self.choice = choose(
             runner, feeds, max_drop, labels=labels, metric=o.metric,
@@ -166,6 +172,13 @@ class _Planner:
         params = [p.name for p in mod["main"].params]
         inputs = [[feed[p] for p in params] for feed in feeds]
         score = self.choice.score_outputs
+        if only is not None:  # the artifact is scored against fp32, not the 16-bit context
+            ref = [runner.fp32(feed) for feed in feeds]
+            metric = Metric.choose(ref, labels, o.metric)
+
+            def score(got):
+                return metric.score(ref, got)
+
         self.check = lambda run: score([run(arrays)[0] for arrays in inputs])
 
     def precisions(self, level: int) -> tuple[dict[str, str], dict[str, str]]:

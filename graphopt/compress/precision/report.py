@@ -71,9 +71,10 @@ def format_report(m: dict) -> str:
     a = m.get("accuracy")
     if a and a.get("measured"):  # the first and last layer measured, not the whole model
         lines.append(
-            f"first and last layer measured ({a['metric']}, {a['samples']} feeds): fp32 "
-            f"{a['fp32']:.4f}, with them {m['scheme']} {a['all_16bit']:.4f}, chosen "
-            f"{a['final']:.4f}" + (f"; artifact {a['artifact']:.4f}" if "artifact" in a else "")
+            f"first and last layer measured in the {m['scheme']} model ({a['metric']}, "
+            f"{a['samples']} feeds, against it with them fp32: {a['fp32']:.4f}): with them "
+            f"{m['scheme']} {a['all_16bit']:.4f}, chosen {a['final']:.4f}"
+            + (f"; artifact against fp32 {a['artifact']:.4f}" if "artifact" in a else "")
         )
     elif a:
         artifact = f", artifact {a['artifact']:.4f}" if "artifact" in a else ""
