@@ -112,11 +112,17 @@ def _case(name: str, precision: str):
     return P.PrecisionMatmulSpec(shape, n, precision), x, P.to_bits(w, precision)
 
 
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("precision", P.PRECISIONS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_cpu_kernel_bit_exact_vs_numpy(case, precision):
+def test_cpu_kernel_bit_exact_vs_numpy(case, precision, lanes):
+    """8 lanes: 4 rows x 2 vectors a register tile; 16 (AVX-512): 8 rows x 1 vector."""
+    if lanes == 16 and "avx512f" not in _tvm.host_cpu_features():
+        pytest.skip("this host has no AVX-512")
     spec, x, wb = _case(case, precision)
-    got = _run(K.matmul16_kernel(spec), x, [K.pack_panels(wb, spec)], spec.out_shape)
+    target = ZNVER3 if lanes == 8 else {**ZNVER3, "mcpu": "znver4"}
+    func = K.matmul16_kernel(spec, lanes)
+    got = _run(func, x, [K.pack_panels(wb, spec)], spec.out_shape, target)
     want = P.reference_matmul(x, wb, spec)
     assert np.array_equal(got, want)
     # and the rounding really happened: fp32 arithmetic gives other numbers

@@ -1,7 +1,8 @@
 """The 16-bit-weight x fp32 matmul kernel every CPU runs: weights widened in registers, fp32
 FMAs (the fallback for CPUs without a bf16 dot-product instruction).
 
-Weights are read as column panels of PANEL = 16 output channels (two 8-lane fp32 vectors):
+Weights are read as column panels of PANEL = 16 output channels (two 8-lane fp32 vectors, or
+one of 16):
 wp [P, K', 16] uint16, K' = K rounded up to even (zero rows past K, zero channels past N), so a
 k step reads 32 bytes, half of the fp32 weight's. bf16 widens with a zero-extend and a shift,
 fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on ARM).
@@ -9,9 +10,9 @@ fp16 with a half-to-float conversion (`vcvtph2ps` on x86 with F16C, `fcvtl` on A
 Activations are rounded to the 16-bit format once per call into a scratch row [rows, K'] (the
 op's r(x)). A parallel task is one panel and a chunk of up to CHUNK rows (`row_chunks.py`;
 so a pointwise conv over a large map, many rows and one or two panels, still uses every core);
-it runs MR x 2 register
-tiles of rows, k in the op's pair order (`graphopt.precision_ops`). Products of two 16-bit
-values are exact in fp32, so the result equals `reference_matmul` bit for bit.
+it runs register tiles of MR rows x 2 vectors of 8 lanes (AVX2, NEON) or 2 * MR rows x one
+vector of 16 (AVX-512), k in the op's pair order (`graphopt.precision_ops`). Products of two
+16-bit values are exact in fp32, so the result equals `reference_matmul` bit for bit.
 """
 
 from __future__ import annotations
@@ -98,25 +99,27 @@ def round_macro(spec: PrecisionMatmulSpec, loop=T.parallel):
     return round_rows
 
 
-def _fma(a, b, c):
-    return T.call_llvm_pure_intrin(f"float32x{LANES}", "llvm.fma", a, b, c)
+def _fma(a, b, c, lanes: int):
+    return T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.fma", a, b, c)
 
 
-def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
+def matmul16_kernel(spec: PrecisionMatmulSpec, lanes: int = LANES) -> tvm.tirx.PrimFunc:
     """PrimFunc(x, wp [P, K', 16] uint16, [bias], [residual], out): one parallel task per
-    panel and row chunk."""
+    panel and row chunk. `lanes`: fp32 lanes a vector, 8 (AVX2, NEON pairs) or 16 (AVX-512:
+    a panel is one zmm, so a register tile is 8 rows x 1 vector instead of 4 x 2)."""
     x_shape = tir_shape(spec.x_shape)  # symbolic dims: size vars
     rows, n, prec = row_count(x_shape), spec.n, spec.precision
     kp, pairs, p_count = spec.k_pairs * 2, spec.k_pairs, panels(spec.n)
+    per_row = PANEL // lanes  # vectors a row of a panel
     symbolic = not isinstance(rows, int)  # any row count: whole tiles and chunks, parallel
-    mr = MR if symbolic else min(MR, rows)
+    mr = MR * 2 // per_row if symbolic else min(MR * 2 // per_row, rows)
     chunks = row_chunks(rows, mr, CHUNK)
     loop = T.parallel if symbolic or rows * kp * n >= 1 << 18 else T.serial
-    store = store_macro(spec)
+    store = store_macro(spec, lanes)
     round_rows = round_macro(spec, T.parallel if symbolic or rows * kp >= 1 << 14 else T.serial)
 
-    def widen(wp, p, kk, half):
-        return tir_widen(wp[p, kk, T.ramp(half * LANES, 1, LANES)], prec, LANES)
+    def widen(wp, p, kk, part):
+        return tir_widen(wp[p, kk, T.ramp(part * lanes, 1, lanes)], prec, lanes)
 
     @T.macro
     def body(xf, wp, bias, rf, of):
@@ -124,24 +127,26 @@ def matmul16_kernel(spec: PrecisionMatmulSpec) -> tvm.tirx.PrimFunc:
         round_rows(xf, xr, rows)
         for task in loop(p_count * chunks.count):
             p = T.meta_var(task % p_count)
-            acc = T.decl_buffer((2 * mr,), f"float32x{LANES}", scope="local")
-            tail = T.decl_buffer((LANES,), "float32", scope="local")
+            acc = T.decl_buffer((per_row * mr,), f"float32x{lanes}", scope="local")
+            tail = T.decl_buffer((lanes,), "float32", scope="local")
             for t in range(chunks.task_tiles(task // p_count)):
                 row = T.meta_var(chunks.first_row(task // p_count, t))
-                for i in T.unroll(2 * mr):
-                    acc[i] = T.broadcast(T.float32(0), LANES)
+                for i in T.unroll(per_row * mr):
+                    acc[i] = T.broadcast(T.float32(0), lanes)
                 for pr in range(pairs):
                     for h in T.unroll(2):
                         kk = T.meta_var(pr * 2 + 1 - h)
-                        w0 = T.meta_var(widen(wp, p, kk, 0))
-                        w1 = T.meta_var(widen(wp, p, kk, 1))
-                        for r in T.unroll(mr):
-                            xv = T.meta_var(T.broadcast(xr[T.min(row + r, rows - 1), kk], LANES))
-                            acc[2 * r] = _fma(xv, w0, acc[2 * r])
-                            acc[2 * r + 1] = _fma(xv, w1, acc[2 * r + 1])
+                        for v in T.unroll(per_row):
+                            w = T.meta_var(widen(wp, p, kk, v))
+                            for r in T.unroll(mr):
+                                xv = T.meta_var(
+                                    T.broadcast(xr[T.min(row + r, rows - 1), kk], lanes)
+                                )
+                                acc[per_row * r + v] = _fma(xv, w, acc[per_row * r + v], lanes)
                 for r in T.unroll(mr):
                     if row + r < rows:
-                        store(of, tail, row + r, p * PANEL, acc[2 * r], bias, rf)
-                        store(of, tail, row + r, p * PANEL + LANES, acc[2 * r + 1], bias, rf)
+                        for v in T.unroll(per_row):
+                            col = T.meta_var(p * PANEL + v * lanes)
+                            store(of, tail, row + r, col, acc[per_row * r + v], bias, rf)
 
     return kernel_func(body, spec, x_shape, (p_count, kp, PANEL), "uint16", _ATTRS)

@@ -83,7 +83,9 @@ def build(spec: PrecisionMatmulSpec, kernel: str = "fma") -> tuple[tvm.tirx.Prim
         def pack_one(w, spec):
             return D.pack_pairs(w, spec, instr)
     else:
-        func, layout, pack_one = K.matmul16_kernel(spec), K.LAYOUT, K.pack_panels
+        info = cpu_info(current_target())
+        lanes = 16 if info is not None and info.lanes >= 16 else K.LANES
+        func, layout, pack_one = K.matmul16_kernel(spec, lanes), K.LAYOUT, K.pack_panels
     built = dataclasses.replace(spec, layout=layout)
 
     def pack(consts: list[np.ndarray]) -> list[np.ndarray]:
