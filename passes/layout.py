@@ -29,6 +29,10 @@ wrapped in a private function for the while, which ConvertLayout cannot see into
 its layout and gets transposes at its edges; they are inlined again afterwards. Should TVM's
 layout inference still fail, the pass leaves the whole module unchanged (`declined_whole`).
 
+With `sparse_nchw_density` (x86's default) a model whose 1x1 convs are nearly all scattered
+zeros keeps NCHW, where the sparse kernels take single zeros (`_sparse_layout.py`; counter
+`kept_sparse_nchw`).
+
 Counters: `ops_declined`, `declined_whole`, `convs_converted`, `elementwise_raised`,
 `constants_folded`, `transposes_left` (activation transposes in the result: the graph's entry
 and exit, and any op the layout could not pass) and `transposes_removed` (of the two per conv
@@ -46,6 +50,7 @@ from tvm import relax, tirx
 from graphopt import _tvm
 from graphopt.pass_helpers import rewrite_relax_functions
 from graphopt.pass_infra import GraphPass, PassResult, make_pass, register_pass
+from graphopt.passes._sparse_layout import sparse_nchw_pays
 from graphopt.scalar_kernels import raise_scalar_elementwise
 
 _TRANSPOSES = ("relax.permute_dims", "relax.layout_transform")
@@ -61,6 +66,12 @@ class Layout(GraphPass):
     class Options:
         data_layout: str = "NHWC"
         kernel_layout: str = "OHWI"
+        # > 0: keep NCHW when 1x1 convs with at most this fraction of nonzero weights, their
+        # zeros scattered (not in `sparse_block`-channel blocks of density up to
+        # `sparse_block_density`), do two thirds of the convs' work (`_sparse_layout.py`)
+        sparse_nchw_density: float = 0.0
+        sparse_block: int = 16
+        sparse_block_density: float = 0.5
 
     def run(self, mod: tvm.IRModule) -> PassResult:
         stats = dict.fromkeys(
@@ -72,10 +83,19 @@ class Layout(GraphPass):
                 "transposes_removed",
                 "ops_declined",
                 "declined_whole",
+                "kept_sparse_nchw",
             ),
             0,
         )
         todo = _convs_to_convert(mod, self.options.data_layout)
+        o = self.options
+        if (
+            todo
+            and o.sparse_nchw_density > 0
+            and sparse_nchw_pays(mod, o.sparse_nchw_density, o.sparse_block, o.sparse_block_density)
+        ):
+            stats["kept_sparse_nchw"] = 1
+            return PassResult(mod, False, stats)
         if not todo:
             return PassResult(mod, False, stats)
         before = _count(mod, _TRANSPOSES)

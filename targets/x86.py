@@ -13,7 +13,7 @@ from graphopt.errors import TargetError
 from graphopt.target_infra import Target, register_target
 from graphopt.targets.cpu import lowering as cpu_lowering
 from graphopt.targets.cpu.pipeline import CPU_LOWER, X86_LEGALIZE, cpu_schedule_stage
-from graphopt.targets.cpu.sparse.rules import sparsify_item
+from graphopt.targets.cpu.sparse.rules import layout_item, sparsify_item
 
 
 @register_target
@@ -35,17 +35,18 @@ class X86(Target):
         fast_erf: bool = True
         # fp32 softmax with a vectorizable exp (relative error ~1e-7); false: libm expf.
         fast_softmax: bool = True
-        # Activation layout of the convs: NHWC (converted by the `layout` pass) or NCHW (as
-        # imported).
-        layout: str = "NHWC"
+        # Activation layout of the convs: NHWC (converted by the `layout` pass), NCHW (as
+        # imported), or auto: NHWC unless the 1x1 convs are nearly all scattered zeros and
+        # `sparse` is on (then NCHW, where the sparse kernels take single zeros).
+        layout: str = "auto"
         # Block-sparse kernels for 1x1 convs and matmuls whose constant weights are mostly
         # zero blocks (`sparsify`; int8 layers: `materialize-int8`; docs/SPARSITY.md); false:
         # every layer dense.
         sparse: bool = True
 
         def __post_init__(self) -> None:
-            if self.layout not in ("NHWC", "NCHW"):
-                raise TargetError(f"x86 option layout={self.layout!r}: use NHWC or NCHW")
+            if self.layout not in ("auto", "NHWC", "NCHW"):
+                raise TargetError(f"x86 option layout={self.layout!r}: use auto, NHWC or NCHW")
 
     @classmethod
     def default_options(cls) -> Options:
@@ -72,7 +73,11 @@ class X86(Target):
 
     def _item(self, stage_pass: str) -> str:
         """The pipeline item of a stage pass, with the options this target gives it."""
-        return sparsify_item(self.tvm_target()) if stage_pass == "sparsify" else stage_pass
+        if stage_pass == "sparsify":
+            return sparsify_item(self.tvm_target())
+        if stage_pass == "layout" and self.options.layout == "auto" and self.options.sparse:
+            return layout_item(self.tvm_target())
+        return stage_pass
 
     def stages(self, tuning_db: Path | None = None) -> dict[str, list[str]]:
         return {

@@ -151,8 +151,13 @@ def test_conv_groups_of_fuse_are_inlined_so_transposes_cancel():
 
 
 def test_x86_layout_option():
-    assert "layout" in make_target("x86").stages()["legalize"]
-    assert "layout" not in make_target("x86", {"layout": "NCHW"}).stages()["legalize"]
+    auto = make_target("x86").stages()["legalize"]
+    assert any(p.startswith("layout{sparse_nchw_density=") for p in auto)
+    assert "layout" in make_target("x86", {"layout": "NHWC"}).stages()["legalize"]
+    assert "layout" in make_target("x86", {"sparse": "false"}).stages()["legalize"]
+    assert not any(
+        p.startswith("layout") for p in make_target("x86", {"layout": "NCHW"}).stages()["legalize"]
+    )
     with pytest.raises(TargetError, match="NHWC or NCHW"):
         make_target("x86", {"layout": "NCWH"})
 

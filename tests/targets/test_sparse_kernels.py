@@ -228,6 +228,34 @@ def test_nchw_build_equals_dense_build(w, block, residual):
 
 
 @needs_avx2
+@pytest.mark.parametrize(
+    "density, options, nchw",
+    [
+        (0.08, {}, True),  # 92% scattered zeros: the default (layout=auto) keeps NCHW
+        (0.3, {}, False),  # 70%: NHWC, dense
+        (0.08, {"layout": "NHWC"}, False),
+        (0.08, {"sparse": "false"}, False),
+    ],
+)
+def test_layout_auto_keeps_nchw_for_scattered_zeros(density, options, nchw):
+    """x86's default layout: NCHW where nearly all conv work is 1x1 convs of scattered zeros
+    (the NCHW sparse kernels take single weights), NHWC otherwise; the numbers are the
+    dense build's."""
+    mod = conv1x1_nchw(_unstructured(96, 48, density), hw=(9, 9))
+    target = make_target("x86", {"mcpu": "haswell", "num_cores": "2", **options})
+    specs = _sparse_kernels(target, mod)
+    assert [(s.layout, s.block) for s in specs] == ([("nchw", 1)] if nchw else [])
+    x = np.random.default_rng(2).standard_normal((1, 96, 9, 9)).astype(np.float32)
+    dense = make_target("x86", {"mcpu": "haswell", "num_cores": "2", "sparse": "false"})
+    np.testing.assert_allclose(
+        run_through_target(mod, x, target=target),
+        run_through_target(mod, x, target=dense),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@needs_avx2
 def test_nchw_unstructured_too_dense_stays_dense():
     mod = conv1x1_nchw(_unstructured(64, 48, 0.4), hw=(9, 9))
     target = make_target("x86", {"mcpu": "haswell", "layout": "NCHW"})
