@@ -38,24 +38,37 @@ def _chain() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("precision,widen", [("fp16", "fcvtl"), ("bf16", "shll")])
-def test_precision_on_rpi5_matches_x86(tmp_path, precision, widen):
-    path = tmp_path / "chain.onnx"
-    onnx.save(_chain(), path)
-    method = [Precision(PrecisionOptions(precision, edges=True))]
-    x86 = graphopt.compile(path, tmp_path / "x86", compression=method)
+def _x86_and_arm(tmp_path, model: onnx.ModelProto, board: str, x86_options=None, **options):
+    """`model` compiled with `options` for x86 (`x86_options`) and for `board`: the two
+    artifacts, the ARM build's pass counters and the disassembly of its library."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    x86 = graphopt.compile(path, tmp_path / "x86", target_options=x86_options, **options)
     arm = graphopt.compile(
-        path, tmp_path / "arm", target="arm", target_options={"board": "rpi5"}, compression=method
+        path, tmp_path / "arm", target="arm", target_options={"board": board}, **options
     )
-    assert arm.manifest["precision"]["low_layers"] == 2
-    assert "computed in fp32 on this target" in arm.manifest["precision"]["note"]
+    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
     asm = subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(arm.library_path)], capture_output=True, text=True
     ).stdout
+    return x86, arm, stats, asm
+
+
+def _assert_same_numbers(x86, arm, x: np.ndarray, cpu: str) -> None:
+    """The ARM bundle under qemu (`cpu`) gives the x86 artifact's output bit for bit."""
+    got = bundle.run_emulated(arm.directory, {"x": x}, cpu=cpu)["y"]
+    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+
+
+@pytest.mark.parametrize("precision,widen", [("fp16", "fcvtl"), ("bf16", "shll")])
+def test_precision_on_rpi5_matches_x86(tmp_path, precision, widen):
+    method = [Precision(PrecisionOptions(precision, edges=True))]
+    x86, arm, _stats, asm = _x86_and_arm(tmp_path, _chain(), "rpi5", compression=method)
+    assert arm.manifest["precision"]["low_layers"] == 2
+    assert "computed in fp32 on this target" in arm.manifest["precision"]["note"]
     assert widen in asm
     x = np.random.default_rng(1).standard_normal((3, D)).astype(np.float32)
-    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
-    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+    _assert_same_numbers(x86, arm, x, "cortex-a76")
 
 
 def test_depthwise_16bit_on_rpi5_matches_x86(tmp_path):
@@ -64,18 +77,11 @@ def test_depthwise_16bit_on_rpi5_matches_x86(tmp_path):
     for bit under qemu (4-lane vectors of channels; bits handed between the layers)."""
     from tests.test_precision_depthwise import _block
 
-    path = tmp_path / "block.onnx"
-    onnx.save(_block(), path)
     pipe = "O2,lower-precision{precision=bf16,depthwise=true}"
-    x86 = graphopt.compile(path, tmp_path / "x86", pipeline=pipe)
-    arm = graphopt.compile(
-        path, tmp_path / "arm", pipeline=pipe, target="arm", target_options={"board": "rpi5"}
-    )
-    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    x86, arm, stats, _asm = _x86_and_arm(tmp_path, _block(), "rpi5", pipeline=pipe)
     assert stats["materialize-precision"]["depthwise"] == 2
     x = np.random.default_rng(1).standard_normal((1, 8, 14, 14)).astype(np.float32)
-    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="cortex-a76")["y"]
-    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+    _assert_same_numbers(x86, arm, x, "cortex-a76")
 
 
 def _handoff_pair(rows: int) -> onnx.ModelProto:
@@ -114,29 +120,15 @@ def test_widening_multiply_add_on_graviton3_matches_x86(
     """A Neoverse-V1 has +bf16 and +fp16fml: the 16-bit matmuls run BFMLALT/B or FMLAL/2
     (no widening instruction) and give the fallback kernel's numbers bit for bit under qemu
     (GEMV and row tiles; odd K; bias folded; bits handed to the second matmul)."""
-    path = tmp_path / "pair.onnx"
-    onnx.save(_handoff_pair(rows), path)
     method = [Precision(PrecisionOptions(precision, edges=True))]
-    x86 = graphopt.compile(
-        path, tmp_path / "x86", target_options={"mcpu": "znver3"}, compression=method
+    x86, arm, stats, asm = _x86_and_arm(
+        tmp_path, _handoff_pair(rows), "graviton3", {"mcpu": "znver3"}, compression=method
     )
-    arm = graphopt.compile(
-        path,
-        tmp_path / "arm",
-        target="arm",
-        target_options={"board": "graviton3"},
-        compression=method,
-    )
-    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
     assert stats["materialize-precision"][f"kernel_{kernel}"] == 2
     assert "into fp32 on this target" in arm.manifest["precision"]["note"]
-    asm = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(arm.library_path)], capture_output=True, text=True
-    ).stdout
     assert all(name in asm for name in instructions)
     x = np.random.default_rng(3).standard_normal((rows, 37)).astype(np.float32)
-    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="max")["y"]
-    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+    _assert_same_numbers(x86, arm, x, "max")
 
 
 def test_window_conv_16bit_on_graviton3_matches_x86(tmp_path):
@@ -145,15 +137,8 @@ def test_window_conv_16bit_on_graviton3_matches_x86(tmp_path):
     BFMLALT/B, and the numbers equal the x86 build's bit for bit under qemu."""
     from tests.test_precision_window import _stem
 
-    path = tmp_path / "stem.onnx"
-    onnx.save(_stem(), path)
     pipe = "O2,lower-precision{precision=bf16,windows=true}"
-    x86 = graphopt.compile(path, tmp_path / "x86", pipeline=pipe)
-    arm = graphopt.compile(
-        path, tmp_path / "arm", pipeline=pipe, target="arm", target_options={"board": "graviton3"}
-    )
-    stats = {r["pass"]: r["stats"] for r in arm.manifest["report"]["passes"]}
+    x86, arm, stats, _asm = _x86_and_arm(tmp_path, _stem(), "graviton3", pipeline=pipe)
     assert stats["materialize-precision"]["kernel_bfmlal"] == 2
     x = np.random.default_rng(1).standard_normal((1, 3, 20, 20)).astype(np.float32)
-    got = bundle.run_emulated(arm.directory, {"x": x}, cpu="max")["y"]
-    np.testing.assert_array_equal(got, x86.run({"x": x})["y"])
+    _assert_same_numbers(x86, arm, x, "max")
