@@ -27,7 +27,8 @@ def sparse_nchw_pays(mod: tvm.IRModule, density: float, block: int, block_densit
     not in the `block`-channel blocks NHWC's kernels take (block density above
     `block_density_max`), do at least SHARE of the convs' multiply-adds (static shapes)."""
     total, scattered = 0, 0
-    for layer in find_layers(mod["main"]):
+    funcs = [f for f in mod.functions.values() if isinstance(f, tvm.relax.Function)]
+    for layer in (ly for func in funcs for ly in find_layers(func)):
         if layer.kind != "conv2d":
             continue
         out = shape_dims(layer.var)
