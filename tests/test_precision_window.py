@@ -32,6 +32,19 @@ WINDOWS = {
 }
 
 
+def _one_conv(w: np.ndarray, x_shape: list[int], **attrs) -> onnx.ModelProto:
+    """A model of one Conv (no bias) with weight `w` and the given attributes."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.mark.parametrize("name", list(WINDOWS))
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_window_gather_equals_numpy(name, precision):
@@ -52,18 +65,8 @@ def test_window_geometry_matches_onnxruntime_conv(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.integers(-3, 4, win.x_shape).astype(np.float32)
     w = rng.integers(-3, 4, (7, win.x_shape[3], *win.kernel)).astype(np.float32)
-    t, left, b, r = win.pads
-    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[t, left, b, r], kernel_shape=[5, 5])
-    graph = helper.make_graph(
-        [node],
-        "c",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 9, 7])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w")],
-    )
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c.onnx"
-    )
+    model = _one_conv(w, [2, 5, 9, 7], pads=list(win.pads), kernel_shape=[5, 5])
+    onnx.save(model, tmp_path / "c.onnx")
     want = ort_run(ort_session(tmp_path / "c.onnx"), {"x": x.transpose(0, 3, 1, 2).copy()})["y"]
     got = reference_window(x, w, win, "bf16").transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(got, want)
@@ -145,15 +148,7 @@ def test_lowering_takes_window_convs_only_when_asked(windows):
 def test_grouped_conv_stays_fp32_and_says_why(tmp_path):
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((8, 2, 3, 3)) / 4).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], group=4, kernel_shape=[3, 3])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _one_conv(w, [1, 8, 10, 10], group=4, kernel_shape=[3, 3])
     art = graphopt.compile(
         model, tmp_path / "g", compression=[Precision(PrecisionOptions("bf16", edges=True))]
     )

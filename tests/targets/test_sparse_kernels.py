@@ -161,6 +161,16 @@ def test_model_without_zeros_builds_dense():
 # ---- NCHW 1x1 convs: pixels in lanes, any zero pattern -------------------------------------
 
 
+def _assert_same_numbers(mod, x: np.ndarray, target, dense) -> None:
+    """`mod` built for `target` gives the `dense` build's numbers (fp32, within 1e-5)."""
+    np.testing.assert_allclose(
+        run_through_target(mod, x, target=target),
+        run_through_target(mod, x, target=dense),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def _unstructured(k: int, n: int, density: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((k, n)).astype(np.float32)
@@ -219,12 +229,7 @@ def test_nchw_build_equals_dense_build(w, block, residual):
     on, off = make_target("x86", opts), make_target("x86", {**opts, "sparse": "false"})
     specs = _sparse_kernels(on, mod)
     assert [(s.layout, s.block, s.residual) for s in specs] == [("nchw", block, residual)]
-    np.testing.assert_allclose(
-        run_through_target(mod, x, target=on),
-        run_through_target(mod, x, target=off),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    _assert_same_numbers(mod, x, on, off)
 
 
 @needs_avx2
@@ -247,12 +252,7 @@ def test_layout_auto_keeps_nchw_for_scattered_zeros(density, options, nchw):
     assert [(s.layout, s.block) for s in specs] == ([("nchw", 1)] if nchw else [])
     x = np.random.default_rng(2).standard_normal((1, 96, 9, 9)).astype(np.float32)
     dense = make_target("x86", {"mcpu": "haswell", "num_cores": "2", "sparse": "false"})
-    np.testing.assert_allclose(
-        run_through_target(mod, x, target=target),
-        run_through_target(mod, x, target=dense),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    _assert_same_numbers(mod, x, target, dense)
 
 
 @needs_avx2
