@@ -185,19 +185,25 @@ def _channels_method(args: argparse.Namespace, alone: bool):
         macs = float(text)
     except ValueError:
         raise InputError(f"--prune macs={text}: not a number (macs=0.75 keeps 75%)") from None
-    kinds = "all"
+    settings = {"regions": "all", "distill": "0"}
     for item in rest:
         key, _, value = item.partition("=")
-        if key.strip() != "regions":
-            raise InputError(f"--prune macs: unknown setting {item!r} (regions=all|channels|heads)")
-        kinds = value.strip()
+        if key.strip() not in settings:
+            raise InputError(
+                f"--prune macs: unknown setting {item!r} "
+                "(regions=all|channels|heads, distill=STEPS)"
+            )
+        settings[key.strip()] = value.strip()
+    if not settings["distill"].isdigit():
+        raise InputError(f"--prune macs: distill={settings['distill']}: a number of steps")
     options = ChannelOptions(
         macs,
         calibration=args.calibration,
         samples=args.calib_samples,
         eval_data=args.eval if alone else None,
         sequential=args.prune_sequential,
-        kinds=kinds,
+        kinds=settings["regions"],
+        distill=int(settings["distill"]),
     )
     check_options(options)
     return Channels(options)
@@ -378,7 +384,8 @@ def _add_prune_options(parser: argparse.ArgumentParser) -> None:
         "--prune",
         metavar="SPEC",
         help="zero weights of matmuls and 1x1 convs: unstructured=0.5, block=0.7 or 2:4; or "
-        "remove channels and attention heads: macs=0.75[,regions=all|channels|heads]",
+        "remove channels and attention heads: "
+        "macs=0.75[,regions=all|channels|heads][,distill=STEPS]",
     )
     q.add_argument(
         "--prune-method",

@@ -8,6 +8,10 @@ is sliced the same way, and the consumer gets its refit weight with the bias add
 Attention heads (`heads.py`, regions named `heads_<Q layer>`, kept channels whole heads): the
 Q, K and V projections keep those output columns (and their biases), the reshapes that split
 and merge the heads take the kept head count, and the output projection is the consumer.
+Block distillation (`distill.py`) adds per region the producer's trained weight
+(`<region>.producer`, kept channels) and output shift (`<region>.producer_shift`), and per
+depthwise conv `<region>.dw.<layer>` / `<region>.dw_shift.<layer>`: the layer takes that
+weight and the shift is subtracted right after it, as the probe that trained them ran it.
 The model computes what the plan's numpy refit says (tested against it); the graph stays
 dense, only smaller.
 """
@@ -23,7 +27,7 @@ from tvm.relax import op as R
 
 from graphopt.compress.channels.chains import Operands, Region
 from graphopt.compress.channels.heads import HeadRegion, find_all
-from graphopt.compress.common.layers import bound_constants
+from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.errors import PipelineError
 from graphopt.pass_infra import GraphPass, PassResult, register_pass
 
@@ -63,12 +67,11 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.plan, self.ops, self.consts = plan, ops, ops.consts
         self.role: dict = {}  # var -> (region, "producer" | "inner" | ... | "consumer")
-        self.layers: dict = {}  # producer var -> its layer
+        self.layers: dict = {ly.var: ly for ly in find_layers(mod["main"])}
         for r in regions:
             heads = isinstance(r, HeadRegion)
             for ly in r.qkv if heads else [r.producer]:
                 self.role[ly.var] = (r, "producer")
-                self.layers[ly.var] = ly
             for var in r.bindings if heads else r.bindings[1:]:
                 self.role[var] = (r, "inner")
             for var in r.splits if heads else []:
@@ -86,7 +89,7 @@ class _Rewriter(relax.PyExprMutator):
         keep = self.plan[f"{region.name}.keep"]
         call = binding.value
         if role == "inner":
-            value = self._inner(call, region, keep)
+            value = self._inner(binding.var, call, region, keep)
         elif role in ("split", "merge"):
             value = self._reshape(call, region, len(keep), role)
         else:
@@ -95,13 +98,33 @@ class _Rewriter(relax.PyExprMutator):
                 self._consumer(binding, region, args)
                 return
             layer = self.layers[binding.var]
-            w = layer.weight
-            args[1] = relax.const(w[:, keep] if layer.kind == "matmul" else w[keep])
+            w = self.plan.get(f"{region.name}.producer")
+            if w is None:
+                w = layer.weight[:, keep] if layer.kind == "matmul" else layer.weight[keep]
+            args[1] = relax.const(np.asarray(w, np.float32))
             value = relax.Call(call.op, args, call.attrs, call.ty_args)
         new_var = self.builder_.emit(value)
+        shift = self._shift(region, binding.var, role)
+        if shift is not None:
+            new_var = self.builder_.emit(R.subtract(new_var, shift))
         self.set_var_remap(binding.var, new_var)
 
-    def _inner(self, call: relax.Call, region: Region, keep) -> relax.Expr:
+    def _shift(self, region: Region, var, role: str):
+        """The trained shift after a producer or depthwise conv (block distillation), shaped
+        to broadcast along the region's channel axis; None when the plan has none."""
+        if role == "producer":
+            key = f"{region.name}.producer_shift"
+        elif role == "inner" and var in self.layers:
+            key = f"{region.name}.dw_shift.{self.layers[var].name}"
+        else:
+            return None
+        if key not in self.plan:
+            return None
+        shape = [1] * len(var.ty.shape.values)
+        shape[region.axis] = -1
+        return relax.const(np.asarray(self.plan[key], np.float32).reshape(shape))
+
+    def _inner(self, var, call: relax.Call, region: Region, keep) -> relax.Expr:
         """A channel-wise op with its per-channel constants (or depthwise filter) sliced; the
         importer's Clip kernels become relax.maximum / minimum (their output types change)."""
         name, operands = self.ops.op_and_args(call)
@@ -109,6 +132,9 @@ class _Rewriter(relax.PyExprMutator):
         if name == "relax.nn.conv2d":  # depthwise
             a = call.attrs
             w = self.consts.get(operands[1], operands[1]).value.numpy()[keep]
+            layer = self.layers.get(var)
+            if layer is not None:
+                w = self.plan.get(f"{region.name}.dw.{layer.name}", w)
             return R.nn.conv2d(
                 args[0],
                 relax.const(w),

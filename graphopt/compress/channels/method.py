@@ -60,6 +60,8 @@ class ChannelOptions:
     # damp is then its pull toward the original weights
     sequential: bool = True
     kinds: str = "all"  # which regions: "channels" (FFN units, expansions), "heads", "all"
+    # Adam steps of block distillation after the refit (distill.py; 0: none)
+    distill: int = 0
     select: str = "obs"  # "obs" (OBS cost per MAC) or "magnitude" (consumer row norms per MAC)
     eval_data: str | None = None  # --eval: what the artifact is scored on (else calibration)
 
@@ -73,6 +75,8 @@ def check_options(o: ChannelOptions) -> None:
         raise CalibrationError(f"--prune macs: regions={o.kinds}: one of {', '.join(KINDS)}")
     if o.select not in SELECT:
         raise CalibrationError(f"--prune macs: select={o.select}: one of {', '.join(SELECT)}")
+    if o.distill < 0:
+        raise CalibrationError(f"--prune macs: distill={o.distill}: a number of steps, >= 0")
 
 
 def layer_macs(layer: Layer) -> float:
@@ -150,12 +154,17 @@ class Channels:
             kept = {n: d["keep"] for n, d in decision.items()}
             run_target = evaluation_target(resolve_target(ctx.target))
             decision = sequential_refit(mod, regions, feeds, kept, o.damp, run_target, ctx.progress)
+        gains = None
+        if o.distill:
+            decision, gains = _distilled(mod, regions, feeds, decision, o.distill, ctx)
         seconds = round(time.perf_counter() - clock, 2)
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-channels-")
         path = Path(workdir.name) / "channels.npz"
         np.savez(path, **{f"{n}.{k}": v for n, d in decision.items() for k, v in d.items()})
         manifest = _manifest(o, regions, decision, per_channel, all_macs, seconds)
         manifest["refit"] = how if o.refit else "none"
+        if gains is not None:
+            manifest["distill"] = {"steps": o.distill, "held_out_gain": gains}
         params = [p.name for p in func.params]
         inputs = [[feed[p] for p in params] for feed in scored]
         metric = Metric.choose(ref, None)
@@ -173,6 +182,14 @@ class Channels:
             check,
             cleanup=workdir.cleanup,
         )
+
+
+def _distilled(mod, regions, feeds, decision: dict, steps: int, ctx: CompressionContext):
+    from ..int8.flow import evaluation_target
+    from .distill import distill
+
+    run_target = evaluation_target(resolve_target(ctx.target))
+    return distill(mod, regions, feeds, decision, run_target, ctx.progress, steps=steps)
 
 
 def _rows(x: np.ndarray, axis: int, mask) -> np.ndarray:

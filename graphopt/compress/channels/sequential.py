@@ -81,7 +81,8 @@ class Probe:
     residual: dict[str, int]
 
 
-def probe_for(mod, regions: list[Region], target) -> Probe:
+def probe_for(mod, regions: list[Region], target, more=()) -> Probe:
+    """The probe of the regions' consumers (and of the layers named in `more`)."""
     consumers = [r.consumer.name for r in regions]
     found: list[str] = []
     base = {}
@@ -99,7 +100,7 @@ def probe_for(mod, regions: list[Region], target) -> Probe:
         return out
 
     tapped, _ = tap_module(mod, extra=residuals)
-    runner = WeightProbe(tapped, consumers, target)
+    runner = WeightProbe(tapped, [*consumers, *more], target)
     index = {ly.name: i for i, ly in enumerate(find_layers(mod["main"]))}
     return Probe(runner, index, {n: base["n"] + i for i, n in enumerate(found)})
 
