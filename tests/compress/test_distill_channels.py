@@ -35,9 +35,7 @@ def _net(mod, seed: int) -> BlockNet:
     net = BlockNet(region, Operands(mod, bound_constants(func)), layers, keep, w_q, 0 * w_q[0])
     rng = np.random.default_rng(seed)
     for v in net.params.values():
-        v += (0.2 * rng.standard_normal(v.shape) * max(float(np.abs(v).max()), 0.1)).astype(
-            v.dtype
-        )
+        v += (0.2 * rng.standard_normal(v.shape) * max(float(np.abs(v).max()), 0.1)).astype(v.dtype)
     return net
 
 
