@@ -12,12 +12,14 @@ import graphopt
 from graphopt import cli
 from graphopt.compress.channels.blocknet import BlockNet, erf
 from graphopt.compress.channels.chains import Operands, find_regions
-from graphopt.compress.channels.distill import _apply
+from graphopt.compress.channels.distill import _apply, probe_inputs
 from graphopt.compress.channels.method import ChannelOptions, Channels
+from graphopt.compress.channels.sequential import probe_for
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.compress.prune.layers import as_kn
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import run_passes
+from graphopt.target_infra import host_target
 from graphopt.testing import run_module
 from tests.compress.test_prune_channels import _conv_model, _ffn_model, _graph, _ort
 
@@ -83,7 +85,7 @@ def test_rewrite_computes_the_trained_block(name, tmp_path):
     mod = _graph(model)
     net = _net(mod, 3)
     region = net.region
-    decision = _apply(net, region, {"keep": net.keep}, {}, {})
+    decision = _apply(net, region, {"keep": net.keep})
     np.savez(tmp_path / "p.npz", **{f"{region.name}.{k}": v for k, v in decision.items()})
     out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
     rng = np.random.default_rng(4)
@@ -96,6 +98,13 @@ def test_rewrite_computes_the_trained_block(name, tmp_path):
         rows = net.forward(x.transpose(0, 2, 3, 1))[0]
         want = rows.reshape(1, 12, 12, -1).transpose(0, 3, 1, 2) + inits["bp"][:, None, None] + x
     np.testing.assert_allclose(run_module(out, [x])[0], want, rtol=1e-4, atol=1e-4)
+    # the probe that distillation runs computes the same model from whole-layer inputs
+    layers = {ly.name: ly for ly in find_layers(mod["main"])}
+    dws = [ly.name for ly in layers.values() if ly.var in region.bindings]
+    probe = probe_for(mod, [region], host_target(), more=[region.producer.name, *dws])
+    weights, shifts = probe_inputs([region], {region.name: decision}, layers)
+    got = probe.runner.run([x], weights, shifts)[-1]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_method_distills_and_the_artifact_follows_the_model(tmp_path):

@@ -114,11 +114,8 @@ def distill(mod, regions: list[Region], feeds, decision: dict, target, say, **ho
     probe = probe_for(mod, regions, target, more=[r.producer.name for r in chains] + inner)
     params = [p.name for p in func.params]
     dense = [probe.runner.run([f[p] for p in params], {}) for f in feeds]
-    weights, shifts = {}, {}
-    for r in regions:
-        d = decision[r.name]
-        weights[r.consumer.name] = full_rows(r.consumer, d["keep"], d["weight"])
-        shifts[r.consumer.name] = -np.asarray(d["bias"], np.float32)
+    by_name = {ly.name: ly for ly in layers.values()}
+    weights, shifts = probe_inputs(regions, decision, by_name)
     order = sorted(regions, key=lambda r: probe.index[r.consumer.name])
     rng, out, gains = np.random.default_rng(0), dict(decision), {}
     meter = Meter(len(order), "prune macs (block distillation)", say, unit="regions", every=0.5)
@@ -132,7 +129,10 @@ def distill(mod, regions: list[Region], feeds, decision: dict, target, say, **ho
         data = _region_data(r, probe, feeds, dense, (weights, shifts), params)
         steps, lr, batch = how.get("steps", 300), how.get("lr", 1e-3), how.get("batch", 4)
         gains[r.name] = _train(net, data, steps, lr, batch, rng)
-        out[r.name] = _apply(net, r, d, weights, shifts)
+        out[r.name] = _apply(net, r, d)
+        w, sh = probe_inputs([r], out, by_name)
+        weights.update(w)
+        shifts.update(sh)
         meter.update(n + 1, f"{r.name}: held-out error / {gains[r.name]:.2f}")
     return out, gains
 
@@ -158,35 +158,48 @@ def _kn(q) -> np.ndarray:
     return as_kn(q).astype(np.float32)
 
 
-def _apply(net: BlockNet, r: Region, d: dict, weights: dict, shifts: dict) -> dict:
-    """The trained block into the decision (kept channels) and into the probe's inputs (whole
-    layers: the dropped channels keep their dense values; the consumer ignores them)."""
-    pr, keep, p = net.params, d["keep"], r.producer
+def _apply(net: BlockNet, r: Region, d: dict) -> dict:
+    """The trained block into the region's decision (kept channels, stored layouts)."""
+    pr = net.params
     d["weight"], d["bias"] = pr["q.w"].copy(), pr["q.c"].copy()
-    weights[r.consumer.name] = full_rows(r.consumer, keep, d["weight"])
-    shifts[r.consumer.name] = -d["bias"]
-    full = np.array(p.weight, np.float32)
-    if p.kind == "matmul":
-        full[:, keep] = pr["p.w"]
+    if r.producer.kind == "matmul":
         d["producer"] = np.ascontiguousarray(pr["p.w"])
     else:
-        full[keep, :, 0, 0] = pr["p.w"].T
         d["producer"] = np.ascontiguousarray(pr["p.w"].T[:, :, None, None])
-    weights[p.name] = full
     d["producer_shift"] = pr["p.s"].copy()
-    shifts[p.name] = _full_shift(pr["p.s"], keep, r.channels)
     for st in net.steps:
-        if st.layer is None:
-            continue
-        name = st.layer.name
-        w = pr[f"{name}.w"].transpose(2, 0, 1)[:, None]  # [kept, 1, kh, kw]
-        dw_full = np.array(st.layer.weight, np.float32)
-        dw_full[keep] = w
-        weights[name] = dw_full
-        shifts[name] = _full_shift(pr[f"{name}.s"], keep, r.channels)
-        d[f"dw.{name}"] = np.ascontiguousarray(w)
-        d[f"dw_shift.{name}"] = pr[f"{name}.s"].copy()
+        if st.layer is not None:
+            name = st.layer.name
+            d[f"dw.{name}"] = np.ascontiguousarray(pr[f"{name}.w"].transpose(2, 0, 1)[:, None])
+            d[f"dw_shift.{name}"] = pr[f"{name}.s"].copy()
     return d
+
+
+def probe_inputs(regions: list[Region], decision: dict, layers: dict) -> tuple[dict, dict]:
+    """({layer: weight}, {layer: shift}) that make the probe (`sequential.probe_for` with the
+    producers and depthwise convs) compute the pruned model of `decision`: whole layers, the
+    dropped channels as they were (the consumers' zero rows ignore them). layers: by name."""
+    weights, shifts = {}, {}
+    for r in regions:
+        d, keep = decision[r.name], decision[r.name]["keep"]
+        weights[r.consumer.name] = full_rows(r.consumer, keep, d["weight"])
+        shifts[r.consumer.name] = -np.asarray(d["bias"], np.float32)
+        if "producer" not in d:
+            continue
+        p = r.producer
+        weights[p.name] = np.array(p.weight, np.float32)
+        if p.kind == "matmul":
+            weights[p.name][:, keep] = d["producer"]
+        else:
+            weights[p.name][keep] = d["producer"]
+        shifts[p.name] = _full_shift(d["producer_shift"], keep, r.channels)
+        for key in d:
+            if key.startswith("dw."):
+                name = key[3:]
+                weights[name] = np.array(layers[name].weight, np.float32)
+                weights[name][keep] = d[key]
+                shifts[name] = _full_shift(d[f"dw_shift.{name}"], keep, r.channels)
+    return weights, shifts
 
 
 def _full_shift(s: np.ndarray, keep, channels: int) -> np.ndarray:
