@@ -12,7 +12,9 @@ SENTENCES (none shared). Per MAC level, the same code as `compile --prune macs=X
 kept rows as they are, the one-shot refit, or the sequential refit. Every point runs through
 one build with the consumers' weights as inputs (`channels/sequential.py` probe_for): a
 pruned region runs with zero rows for its dropped channels and its bias as a shift, which
-computes what the smaller graph computes (tests/compress/test_prune_channels.py).
+computes what the smaller graph computes (tests/compress/test_prune_channels.py); the
+producers' and depthwise convs' weights are inputs too, for block distillation
+(`distill=STEPS`, tests/compress/test_distill_channels.py).
 
 --time MACS compiles the dense and the `--prune macs=MACS` models through graphopt.compile
 and times them alternated in one process (2 threads): run it on a quiet machine.
@@ -45,13 +47,15 @@ env.configure_for_benchmarks(spinning=False)
 
 LEVELS = {"mobilenet_v2": (0.95, 0.9, 0.85, 0.8, 0.75), "minilm": (0.9, 0.8, 0.7)}
 KINDS = {"mobilenet_v2": ("channels",), "minilm": ("channels", "heads", "all")}
-# (label, select, refit, sequential: False, "local" (consumer outputs) or "residual")
+# (label, select, refit, sequential: False, "local" (consumer outputs) or "residual",
+#  Adam steps of block distillation after the refit)
 VARIANTS = (
-    ("magnitude, kept rows", "magnitude", False, False),
-    ("magnitude + sequential refit", "magnitude", True, "residual"),
-    ("OBS + one-shot refit", "obs", True, False),
-    ("OBS + sequential refit", "obs", True, "local"),
-    ("OBS + sequential refit + residual", "obs", True, "residual"),
+    ("magnitude, kept rows", "magnitude", False, False, 0),
+    ("magnitude + sequential refit", "magnitude", True, "residual", 0),
+    ("OBS + one-shot refit", "obs", True, False, 0),
+    ("OBS + sequential refit", "obs", True, "local", 0),
+    ("OBS + sequential refit + residual", "obs", True, "residual", 0),
+    ("OBS + sequential refit + residual + block distillation", "obs", True, "residual", 300),
 )
 
 
@@ -79,6 +83,7 @@ class Setup:
         from graphopt.compress.channels.heads import find_all
         from graphopt.compress.channels.method import MASK_INPUT, _rows
         from graphopt.compress.channels.sequential import probe_for
+        from graphopt.compress.common.layers import find_layers
         from graphopt.frontend import import_onnx
         from graphopt.pipeline import instantiate, parse_pipeline, run_passes
         from graphopt.target_infra import host_target
@@ -90,7 +95,11 @@ class Setup:
         self.calib, self.eval = _feeds(name, role)
         self.target = host_target()
         _say(f"[{name}] building the probe ({len(self.regions)} regions)")
-        self.probe = probe_for(self.mod, self.regions, self.target)
+        self.layers = {ly.name: ly for ly in find_layers(self.mod["main"])}
+        chains = [r for r in self.regions if hasattr(r, "producer")]
+        more = [r.producer.name for r in chains]
+        more += [ly.name for ly in self.layers.values() for r in chains if ly.var in r.bindings]
+        self.probe = probe_for(self.mod, self.regions, self.target, more=more)
         probe, index = self.probe.runner, self.probe.index
         self.stats = {r.name: RegionStats() for r in self.regions}
         for feed in self.calib:
@@ -105,15 +114,10 @@ class Setup:
 
     def score(self, decision: dict) -> dict[str, Any]:
         from bench.bench_int8 import cosine_quality
-        from graphopt.compress.channels.sequential import full_rows
+        from graphopt.compress.channels.distill import probe_inputs
 
-        weights, shifts = {}, {}
-        for r in self.regions:
-            d = decision.get(r.name)
-            if d is None:
-                continue
-            weights[r.consumer.name] = full_rows(r.consumer, d["keep"], d["weight"])
-            shifts[r.consumer.name] = -np.asarray(d["bias"], np.float32)
+        regions = [r for r in self.regions if r.name in decision]
+        weights, shifts = probe_inputs(regions, decision, self.layers)
         got = [self.probe.runner.run(self._arrays(f), weights, shifts)[-1] for f in self.eval]
         if self.name == "mobilenet_v2":
             return quality(self.ref, got)
@@ -126,7 +130,7 @@ def point(s: Setup, macs: float, variant: tuple, damp: float, kinds: str) -> dic
     from graphopt.compress.channels.method import ChannelOptions, decide, region_budget
     from graphopt.compress.channels.sequential import sequential_refit
 
-    label, select, refit, sequential = variant
+    label, select, refit, sequential, distill_steps = variant
     o = ChannelOptions(macs, "bench", select=select, refit=refit, damp=damp, kinds=kinds)
     start = time.perf_counter()
     regions = [r for r in s.regions if r.name in {x.name for x in find_all(s.mod, kinds)}]
@@ -138,6 +142,12 @@ def point(s: Setup, macs: float, variant: tuple, damp: float, kinds: str) -> dic
             s.mod, regions, s.calib, kept, damp, s.target, lambda _m: None, probe=s.probe,
             residual=sequential == "residual",
         )  # fmt: skip
+    if distill_steps:
+        from graphopt.compress.channels.distill import distill
+
+        decision, _gains = distill(
+            s.mod, regions, s.calib, decision, s.target, lambda _m: None, steps=distill_steps
+        )
     removed = sum(
         (r.channels - len(decision[r.name]["keep"])) * per_channel[r.name] for r in regions
     )

@@ -61,6 +61,14 @@ class PruneChannels(GraphPass):
         return PassResult(new, True, {"regions": len(regions), "channels_removed": removed})
 
 
+def _binding_value(mod: tvm.IRModule, var) -> relax.Expr:
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            if b.var.same_as(var):
+                return b.value
+    raise PipelineError(f"prune-channels: {var} is not bound in main")
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod, regions: list[Region], plan: dict, ops: Operands) -> None:
@@ -68,6 +76,12 @@ class _Rewriter(relax.PyExprMutator):
         self.plan, self.ops, self.consts = plan, ops, ops.consts
         self.role: dict = {}  # var -> (region, "producer" | "inner" | ... | "consumer")
         self.layers: dict = {ly.var: ly for ly in find_layers(mod["main"])}
+        self.pending: dict = {}  # var -> its trained shift, folded into the bias add after it
+        self.readers: dict = {}
+        for block in mod["main"].body.blocks:
+            for b in block.bindings:
+                for v in relax.analysis.free_vars(b.value):
+                    self.readers[v] = self.readers.get(v, 0) + 1
         for r in regions:
             heads = isinstance(r, HeadRegion)
             for ly in r.qkv if heads else [r.producer]:
@@ -105,9 +119,24 @@ class _Rewriter(relax.PyExprMutator):
             value = relax.Call(call.op, args, call.attrs, call.ty_args)
         new_var = self.builder_.emit(value)
         shift = self._shift(region, binding.var, role)
-        if shift is not None:
-            new_var = self.builder_.emit(R.subtract(new_var, shift))
+        if shift is not None and self._bias_add_follows(region, binding.var):
+            self.pending[binding.var] = shift
+        elif shift is not None:
+            new_var = self.builder_.emit(R.subtract(new_var, relax.const(shift)))
         self.set_var_remap(binding.var, new_var)
+
+    def _bias_add_follows(self, region: Region, var) -> bool:
+        """Whether the only reader of `var` is the region's next binding, an add of a
+        constant: a trained shift then goes into that constant (no extra op, and the
+        conv + bias patterns of later passes still match)."""
+        at = list(region.bindings).index(var) if var in region.bindings else -1
+        if self.readers.get(var, 0) != 1 or not 0 <= at < len(region.bindings) - 1:
+            return False
+        name, operands = self.ops.op_and_args(_binding_value(self.ops.mod, region.bindings[at + 1]))
+        if name != "relax.add" or sum(a.same_as(var) for a in operands) != 1:
+            return False
+        other = next(a for a in operands if not a.same_as(var))
+        return isinstance(self.consts.get(other, other), tvm.ir.GenericConst)
 
     def _shift(self, region: Region, var, role: str):
         """The trained shift after a producer or depthwise conv (block distillation), shaped
@@ -122,7 +151,7 @@ class _Rewriter(relax.PyExprMutator):
             return None
         shape = [1] * len(var.ty.shape.values)
         shape[region.axis] = -1
-        return relax.const(np.asarray(self.plan[key], np.float32).reshape(shape))
+        return np.asarray(self.plan[key], np.float32).reshape(shape)
 
     def _inner(self, var, call: relax.Call, region: Region, keep) -> relax.Expr:
         """A channel-wise op with its per-channel constants (or depthwise filter) sliced; the
@@ -154,8 +183,13 @@ class _Rewriter(relax.PyExprMutator):
                 continue
             value = const.value.numpy()
             shape = [1] * (ndim - np.ndim(value)) + list(np.shape(value))
+            value = value.reshape(shape)
             if shape[region.axis] == region.channels:  # one value per channel: slice it
-                args[i] = relax.const(np.take(value.reshape(shape), keep, axis=region.axis))
+                value = np.take(value, keep, axis=region.axis)
+                args[i] = relax.const(value)
+            shifted = [a for a in operands if a in self.pending]
+            if name == "relax.add" and shifted:  # (y - s) + b = y + (b - s)
+                args[i] = relax.const((value - self.pending.pop(shifted[0])).astype(np.float32))
         if call.op.name == "relax.call_tir":
             return R.maximum(*args) if name == "relax.maximum" else R.minimum(*args)
         return relax.Call(call.op, args, call.attrs, call.ty_args)
