@@ -56,6 +56,7 @@ VARIANTS = (
     ("OBS + sequential refit", "obs", True, "local", 0),
     ("OBS + sequential refit + residual", "obs", True, "residual", 0),
     ("OBS + sequential refit + residual + block distillation", "obs", True, "residual", 300),
+    ("OBS + one-shot refit + block distillation", "obs", True, False, 300),
 )
 
 
