@@ -80,6 +80,7 @@ class Setup:
 
     def __init__(self, name: str, role: str = "evaluation") -> None:
         from bench.models.export import export
+        from graphopt.compress.channels.chains import Region
         from graphopt.compress.channels.fit import RegionStats
         from graphopt.compress.channels.heads import find_all
         from graphopt.compress.channels.method import MASK_INPUT, _rows
@@ -97,7 +98,7 @@ class Setup:
         self.target = host_target()
         _say(f"[{name}] building the probe ({len(self.regions)} regions)")
         self.layers = {ly.name: ly for ly in find_layers(self.mod["main"])}
-        chains = [r for r in self.regions if hasattr(r, "producer")]
+        chains = [r for r in self.regions if isinstance(r, Region)]
         more = [r.producer.name for r in chains]
         more += [ly.name for ly in self.layers.values() for r in chains if ly.var in r.bindings]
         self.probe = probe_for(self.mod, self.regions, self.target, more=more)

@@ -5,7 +5,10 @@ producer layer's name: `<region>.keep` kept channel indices, `<region>.weight` t
 refit weight [K, N], `<region>.bias` the bias [N] that keeps its output mean): the producer
 keeps only those output channels, every per-channel constant and depthwise filter in between
 is sliced the same way, and the consumer gets its refit weight with the bias added after it.
-Attention heads (`heads.py`, regions named `heads_<Q layer>`, kept channels whole heads): the
+A concatenation (`concat.py`, regions named `concat_<first producer>`, kept channels numbered
+in the concatenation) slices each branch by the channels that fall in it, and a branch that
+keeps none leaves the concatenation. Attention heads (`heads.py`, regions named
+`heads_<Q layer>`, kept channels whole heads): the
 Q, K and V projections keep those output columns (and their biases), the reshapes that split
 and merge the heads take the kept head count, and the output projection is the consumer.
 Block distillation (`distill.py`) adds per region the producer's trained weight
@@ -26,6 +29,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from graphopt.compress.channels.chains import Operands, Region
+from graphopt.compress.channels.concat import ConcatRegion
 from graphopt.compress.channels.heads import HeadRegion, find_all
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.errors import PipelineError
@@ -82,7 +86,11 @@ class _Rewriter(relax.PyExprMutator):
             for b in block.bindings:
                 for v in relax.analysis.free_vars(b.value):
                     self.readers[v] = self.readers.get(v, 0) + 1
+        self.branch: dict = {}  # var -> (kept channels numbered in its branch, channels)
         for r in regions:
+            if isinstance(r, ConcatRegion):
+                self._concat_roles(r, plan[f"{r.name}.keep"])
+                continue
             heads = isinstance(r, HeadRegion)
             for ly in r.qkv if heads else [r.producer]:
                 self.role[ly.var] = (r, "producer")
@@ -94,16 +102,35 @@ class _Rewriter(relax.PyExprMutator):
                 self.role[r.merge] = (r, "merge")
             self.role[r.consumer.var] = (r, "consumer")
 
+    def _concat_roles(self, r: ConcatRegion, keep) -> None:
+        """A concatenation's branches work on their own channel numbers (`self.branch`)."""
+        for b in r.branches:
+            self.role[b.bindings[0]] = (r, "producer")
+            for var in b.bindings:
+                self.branch[var] = (r.local_keep(keep, b), b.channels)
+            for var in b.bindings[1:]:
+                self.role[var] = (r, "inner")
+        self.role[r.bindings[0]] = (r, "concat")
+        for var in r.bindings[1:]:
+            self.role[var] = (r, "inner")
+        self.role[r.consumer.var] = (r, "consumer")
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         found = self.role.get(binding.var)
         if found is None:
             super().visit_var_binding_(binding)
             return
         region, role = found
-        keep = self.plan[f"{region.name}.keep"]
+        keep, channels = self.branch.get(
+            binding.var, (self.plan[f"{region.name}.keep"], region.channels)
+        )
+        if len(keep) == 0:
+            return  # a concatenated branch that keeps no channel: nothing reads it now
         call = binding.value
         if role == "inner":
-            value = self._inner(binding.var, call, region, keep)
+            value = self._inner(binding.var, call, region, keep, channels)
+        elif role == "concat":
+            value = self._concat(call, region)
         elif role in ("split", "merge"):
             value = self._reshape(call, region, len(keep), role)
         else:
@@ -153,7 +180,16 @@ class _Rewriter(relax.PyExprMutator):
         shape[region.axis] = -1
         return np.asarray(self.plan[key], np.float32).reshape(shape)
 
-    def _inner(self, var, call: relax.Call, region: Region, keep) -> relax.Expr:
+    def _concat(self, call: relax.Call, region: ConcatRegion) -> relax.Expr:
+        """The concatenation of the branches that keep channels."""
+        kept = [
+            self.visit_expr(f)
+            for f, b in zip(call.args[0].fields, region.branches)
+            if len(self.branch[b.bindings[0]][0])
+        ]
+        return R.concat(kept, axis=int(call.attrs.axis))
+
+    def _inner(self, var, call: relax.Call, region, keep, channels: int) -> relax.Expr:
         """A channel-wise op with its per-channel constants (or depthwise filter) sliced; the
         importer's Clip kernels become relax.maximum / minimum (their output types change)."""
         name, operands = self.ops.op_and_args(call)
@@ -184,7 +220,7 @@ class _Rewriter(relax.PyExprMutator):
             value = const.value.numpy()
             shape = [1] * (ndim - np.ndim(value)) + list(np.shape(value))
             value = value.reshape(shape)
-            if shape[region.axis] == region.channels:  # one value per channel: slice it
+            if shape[region.axis] == channels:  # one value per channel: slice it
                 value = np.take(value, keep, axis=region.axis)
                 args[i] = relax.const(value)
             shifted = [a for a in operands if a in self.pending]

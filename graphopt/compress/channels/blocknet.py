@@ -74,9 +74,9 @@ class BlockNet:
     """The region's network (module docstring): `forward`, `backward`, `params`."""
 
     def __init__(self, region: Region, ops: Operands, layers: dict, keep, w_q, c_q) -> None:
-        p = getattr(region, "producer", None)
-        if p is None:
-            raise Unsupported("attention heads")
+        if not isinstance(region, Region):
+            raise Unsupported(f"{type(region).__name__}: not one producer's channels")
+        p = region.producer
         if not _unit_producer(p):
             raise Unsupported(f"{p.name}: producer is not a 1x1 conv or matmul")
         self.region, self.keep = region, np.asarray(keep)

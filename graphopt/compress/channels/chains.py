@@ -8,8 +8,9 @@
 Channel k of h can be dropped from P's weight, from every per-channel constant and depthwise
 filter in between, and from Q's weight, when nothing else reads any tensor of the region:
 a transformer's FFN (matmul, bias, GELU, matmul) and MobileNetV2's expansion channels (1x1
-conv, relu6, depthwise conv, relu6, 1x1 projection) are such regions; residual sums and
-concatenations are not (their channels are shared), so they are left alone.
+conv, relu6, depthwise conv, relu6, 1x1 projection) are such regions. Channels that several
+producers share through a concatenation are `concat.py`'s regions; residual sums are left
+alone (every layer writing into the sum would lose the channel together).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def _consumer_ok(layer: Layer) -> bool:
     return int(a.groups) == 1 and shape[2:] == [1, 1] and all(int(p) == 0 for p in a.padding)
 
 
-def find_regions(mod: tvm.IRModule) -> list[Region]:
-    """Every prunable hidden-channel region of `mod`'s main, in binding order of the producer."""
+def find_regions(mod: tvm.IRModule) -> list:
+    """Every prunable hidden-channel region of `mod`'s main: single-producer regions in
+    binding order of the producer, then concatenations' (`concat.py`)."""
     func = mod["main"]
     layers = find_layers(func)
     by_var = {ly.var: ly for ly in layers}
@@ -98,19 +100,29 @@ def find_regions(mod: tvm.IRModule) -> list[Region]:
     position = {b.var: i for i, b in enumerate(bindings)}
     outputs = set(relax.analysis.free_vars(func.body.body))
     consts = bound_constants(func)
-    regions = []
+    from .concat import find_concat_regions
+
+    ops = Operands(mod, consts)
+    regions: list = []
     for p in layers:
         if p.kind == "conv2d" and int(p.call.attrs.groups) != 1:
             continue
         later = bindings[position[p.var] + 1 :]
-        region = _trace(p, later, by_var, outputs, Operands(mod, consts))
+        region = _trace(p, later, by_var, outputs, ops)
         if region is not None:
             regions.append(region)
+    regions += find_concat_regions(mod, layers, ops)
     # a layer is producer of one region or consumer of another, never both: a bottleneck
     # (MobileNetV2's projection feeding the next expansion directly) would need both of its
     # weight's axes cut; the expansion regions around it hold most multiply-adds
     consumers = {r.consumer.var for r in regions}
-    return [r for r in regions if r.producer.var not in consumers]
+    return [r for r in regions if not any(p.var in consumers for p in producers(r))]
+
+
+def producers(region) -> list[Layer]:
+    """The layers whose output channels a region removes: one, or a concatenation's."""
+    branches = getattr(region, "branches", None)
+    return [b.producer for b in branches] if branches else [region.producer]
 
 
 def _trace(p: Layer, later, by_var, outputs: set, ops: Operands) -> Region | None:
@@ -119,7 +131,19 @@ def _trace(p: Layer, later, by_var, outputs: set, ops: Operands) -> Region | Non
     axis = 1 if p.kind == "conv2d" else -1
     channels = p.weight_shape[0] if p.kind == "conv2d" else p.weight_shape[1]
     ndim = len(p.call.ty.shape.values)
-    region, consumer = [p.var], None
+    found = trace_forward(p.var, (axis, channels, ndim), later, by_var, outputs, ops)
+    if found is None:
+        return None
+    region, consumer = found
+    return Region(p, consumer, tuple(region), channels, axis)
+
+
+def trace_forward(start, geometry, later, by_var, outputs: set, ops: Operands):
+    """([start, the channel-wise bindings after it], the consumer layer) when `start`'s
+    channels (geometry: axis, channels, ndim) reach exactly one consumer and nothing else,
+    else None. `later`: the bindings after `start`, in order."""
+    axis, channels, ndim = geometry
+    region, consumer = [start], None
     for b in later:
         reads = [v for v in relax.analysis.free_vars(b.value) if v in region]
         if not reads:
@@ -135,7 +159,7 @@ def _trace(p: Layer, later, by_var, outputs: set, ops: Operands) -> Region | Non
         region.append(b.var)
     if consumer is None or any(v in outputs for v in region):
         return None
-    return Region(p, consumer, tuple(region), channels, axis)
+    return region, consumer
 
 
 @dataclass(frozen=True)

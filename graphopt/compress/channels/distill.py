@@ -109,7 +109,7 @@ def distill(mod, regions: list[Region], feeds, decision: dict, target, say, **ho
     func = mod["main"]
     ops = Operands(mod, bound_constants(func))
     layers = {ly.var: ly for ly in find_layers(func)}
-    chains = [r for r in regions if hasattr(r, "producer")]  # not attention heads
+    chains = [r for r in regions if isinstance(r, Region)]  # not heads, not concatenations
     inner = [layers[v].name for r in chains for v in r.bindings[1:] if v in layers]
     probe = probe_for(mod, regions, target, more=[r.producer.name for r in chains] + inner)
     params = [p.name for p in func.params]

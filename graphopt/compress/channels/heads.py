@@ -24,7 +24,7 @@ import tvm
 from tvm import relax
 
 from ..common.layers import Layer, bound_constants, find_layers
-from .chains import Operands, _channelwise, find_regions
+from .chains import Operands, _channelwise, find_regions, producers
 
 HEAD_OPS = {
     "relax.permute_dims",
@@ -181,11 +181,11 @@ def find_all(mod: tvm.IRModule, kinds: str = "all") -> list:
     channels = find_regions(mod) if kinds in ("all", "channels") else []
     heads = find_heads(mod) if kinds in ("all", "heads") else []
     consumers = {r.consumer.var for r in channels}
-    producers = {r.producer.var for r in channels}
+    cut = {p.var for r in channels for p in producers(r)}
     heads = [
         h
         for h in heads
-        if not any(ly.var in consumers for ly in h.qkv) and h.consumer.var not in producers
+        if not any(ly.var in consumers for ly in h.qkv) and h.consumer.var not in cut
     ]
     return [*channels, *heads]
 

@@ -30,7 +30,7 @@ from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
 from ..int8.calibrate import tap_module
 from ..prune.layers import as_kn
-from .chains import Region
+from .chains import Region, producers
 from .fit import RegionStats, channel_scores, choose_kept, group_scores, refit
 from .heads import HeadRegion, find_all, units
 from .sequential import sequential_refit
@@ -88,17 +88,18 @@ def layer_macs(layer: Layer) -> float:
     return float(np.prod(out)) * w[0]
 
 
-def _channel_macs(region: Region, func, macs: dict[str, float]) -> float:
-    """Multiply-adds one hidden channel of the region costs (producer, depthwise, consumer)."""
-    p, q = region.producer, region.consumer
+def _channel_macs(region, func, macs: dict[str, float]) -> float:
+    """Multiply-adds one hidden channel of the region costs (producers, depthwise convs,
+    consumer; a concatenation's channels at their average)."""
+    q = region.consumer
     if isinstance(region, HeadRegion):  # Q, K, V and the output projection
         return sum(macs[ly.name] for ly in (*region.qkv, q)) / region.channels
-    total = macs[p.name] / region.channels + macs[q.name] / region.channels
     dw = {ly.var: ly for ly in find_layers(func) if ly.kind == "conv2d"}
-    for var in region.bindings[1:]:
-        if var in dw:
-            total += macs[dw[var].name] / region.channels
-    return total
+    branches = getattr(region, "branches", None)
+    chains = [b.bindings for b in branches] if branches else [region.bindings]
+    total = macs[q.name] + sum(macs[p.name] for p in producers(region))
+    total += sum(macs[dw[v].name] for chain in chains for v in chain[1:] if v in dw)
+    return total / region.channels
 
 
 def region_budget(func, regions: list[Region], macs: float, min_keep: float, sizes=None):
