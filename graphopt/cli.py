@@ -201,6 +201,8 @@ def _channels_method(args: argparse.Namespace, alone: bool):
         calibration=args.calibration,
         samples=args.calib_samples,
         eval_data=args.eval if alone else None,
+        max_drop=args.max_drop if alone else None,
+        metric=_metric_name(args.quant_metric),
         sequential=args.prune_sequential,
         kinds=settings["regions"],
         distill=int(settings["distill"]),

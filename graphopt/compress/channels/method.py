@@ -62,6 +62,10 @@ class ChannelOptions:
     kinds: str = "all"  # which regions: "channels" (FFN units, expansions), "heads", "all"
     # Adam steps of block distillation after the refit (distill.py; 0: none)
     distill: int = 0
+    # --max-drop: the fewest multiply-adds, down to `macs`, within this many points of the
+    # unpruned model's score (budget.py); `metric` what is scored ("auto": as int8's)
+    max_drop: float | None = None
+    metric: str = "auto"
     select: str = "obs"  # "obs" (OBS cost per MAC) or "magnitude" (consumer row norms per MAC)
     eval_data: str | None = None  # --eval: what the artifact is scored on (else calibration)
 
@@ -135,62 +139,114 @@ class Channels:
     def plan(self, mod: tvm.IRModule, ctx: CompressionContext) -> CompressionPlan | None:
         o = self.options
         check_options(o)
-        func = mod["main"]
         regions = find_all(mod, o.kinds)
         if not regions:
             ctx.progress("prune macs: no prunable channels (no FFN / expansion / head regions)")
             return None
         clock = time.perf_counter()
         feeds = fitting_feeds(o.calibration, ctx.inputs, o.samples, ctx.progress, "prune macs")
-        scored, _labels = eval_feeds(o.eval_data, ctx.inputs, feeds)
+        scored, labels = eval_feeds(o.eval_data, ctx.inputs, feeds)
         stats, ref = _measure(mod, regions, feeds, scored, ctx)
-        budget = region_budget(func, regions, o.macs, o.min_keep, ctx.sizes)
-        all_macs, per_channel, target = budget
-        enough = _warn_small(regions, stats, ctx.progress, o.sequential and o.refit)
-        decision = decide(regions, stats, per_channel, target, o)
+        job = _Job(mod, ctx, o, regions, feeds, scored, stats, ref, labels, clock)
+        if o.max_drop is None:
+            return job.plan_at(o.macs)
+        from .budget import search_macs
+
+        job.search = search_macs(job)
+        if job.search.chosen is None:
+            ctx.progress(
+                f"prune macs: no level from {o.macs:g}x of the multiply-adds up keeps "
+                f"{job.metric.kind} within --max-drop {o.max_drop:g}: nothing pruned"
+            )
+            return None
+        return job.plan_at(job.search.chosen)
+
+
+@dataclass
+class _Job:
+    """One `--prune macs` compile: what every MAC level's plan is made from."""
+
+    mod: tvm.IRModule
+    ctx: CompressionContext
+    o: ChannelOptions
+    regions: list
+    feeds: list
+    scored: list
+    stats: dict
+    ref: list
+    labels: np.ndarray | None
+    clock: float
+    search: object = None  # budget.MacsSearch under --max-drop
+
+    @property
+    def metric(self) -> Metric:
+        return Metric.choose(self.ref, self.labels, self.o.metric)
+
+    @property
+    def run_target(self) -> Target:
+        from ..int8.flow import evaluation_target
+
+        return evaluation_target(resolve_target(self.ctx.target))
+
+    def plan_at(self, macs: float) -> CompressionPlan:
+        """The plan that keeps `macs` of the multiply-adds (under --max-drop: scored against
+        the budget, with the next level up as its tighter plan)."""
+        o, func, say = self.o, self.mod["main"], self.ctx.progress
+        all_macs, per_channel, target = region_budget(
+            func, self.regions, macs, o.min_keep, self.ctx.sizes
+        )
+        enough = _warn_small(self.regions, self.stats, say, o.sequential and o.refit)
+        decision = decide(self.regions, self.stats, per_channel, target, o)
         how = "sequential" if o.sequential and o.refit and enough else "one-shot"
         if how == "sequential":
-            from ..int8.flow import evaluation_target
-
             kept = {n: d["keep"] for n, d in decision.items()}
-            run_target = evaluation_target(resolve_target(ctx.target))
-            decision = sequential_refit(mod, regions, feeds, kept, o.damp, run_target, ctx.progress)
+            decision = sequential_refit(
+                self.mod, self.regions, self.feeds, kept, o.damp, self.run_target, say
+            )
         gains = None
         if o.distill:
-            decision, gains = _distilled(mod, regions, feeds, decision, o.distill, ctx)
-        seconds = round(time.perf_counter() - clock, 2)
+            decision, gains = _distilled(self, decision)
+        seconds = round(time.perf_counter() - self.clock, 2)
         workdir = tempfile.TemporaryDirectory(prefix="graphopt-channels-")
         path = Path(workdir.name) / "channels.npz"
         np.savez(path, **{f"{n}.{k}": v for n, d in decision.items() for k, v in d.items()})
-        manifest = _manifest(o, regions, decision, per_channel, all_macs, seconds)
+        manifest = _manifest(o, self.regions, decision, per_channel, all_macs, seconds)
         manifest["refit"] = how if o.refit else "none"
         if gains is not None:
             manifest["distill"] = {"steps": o.distill, "held_out_gain": gains}
-        params = [p.name for p in func.params]
-        inputs = [[feed[p] for p in params] for feed in scored]
-        metric = Metric.choose(ref, None)
-        data = "eval" if o.eval_data else "calibration"
-        manifest["accuracy"] = {"metric": metric.kind, "samples": len(scored), "data": data}
-
-        def check(run) -> float:
-            return metric.score(ref, [run(arrays)[0] for arrays in inputs])
-
-        return CompressionPlan(
+        plan = CompressionPlan(
             MANIFEST_KEY,
             [make_pass("prune-channels", {"plan": str(path)})],
             manifest,
             format_report(manifest),
-            check,
+            self._check(manifest),
             cleanup=workdir.cleanup,
         )
+        if self.search is not None:
+            self.search.attach(plan, macs, self.plan_at)
+        return plan
+
+    def _check(self, manifest: dict):
+        """The artifact's score on the scored feeds (calibration, or --eval)."""
+        params = [p.name for p in self.mod["main"].params]
+        inputs = [[feed[p] for p in params] for feed in self.scored]
+        metric, ref = self.metric, self.ref
+        data = "eval" if self.o.eval_data else "calibration"
+        manifest["accuracy"] = {"metric": metric.kind, "samples": len(inputs), "data": data}
+
+        def check(run) -> float:
+            return metric.score(ref, [run(arrays)[0] for arrays in inputs])
+
+        return check
 
 
-def _distilled(mod, regions, feeds, decision: dict, steps: int, ctx: CompressionContext):
-    from ..int8.flow import evaluation_target
+def _distilled(job: _Job, decision: dict):
     from .distill import distill
 
-    run_target = evaluation_target(resolve_target(ctx.target))
-    return distill(mod, regions, feeds, decision, run_target, ctx.progress, steps=steps)
+    return distill(
+        job.mod, job.regions, job.feeds, decision, job.run_target, job.ctx.progress,
+        steps=job.o.distill,
+    )  # fmt: skip
 
 
 def _rows(x: np.ndarray, axis: int, mask) -> np.ndarray:
@@ -202,6 +258,12 @@ def _rows(x: np.ndarray, axis: int, mask) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def output_count(mod) -> int:
+    """How many outputs `main` returns (a tuple of outputs may be bound to a var)."""
+    result = mod["main"].body.body.ty
+    return len(result.fields) if isinstance(result, relax.TupleType) else 1
+
+
 def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext):
     """Consumer-input statistics per region on `feeds`, and the fp32 outputs of `scored`
     (what the artifact will be compared with), from one tapped build."""
@@ -210,8 +272,7 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
 
     tapped, names = tap_module(mod)
     index = {n: i for i, n in enumerate(names)}
-    result = mod["main"].body.body.ty  # a tuple of outputs may be bound to a var
-    n_out = len(result.fields) if isinstance(result, relax.TupleType) else 1
+    n_out = output_count(mod)
     ctx.progress(f"prune macs: measuring {len(regions)} regions on {len(feeds)} feeds")
     target: Target = evaluation_target(resolve_target(ctx.target))
     run = build_runner(tapped, target, arg_checks=False)
@@ -316,12 +377,22 @@ def format_report(m: dict) -> str:
         [r["region"], r["consumer"], r["channels"], r["kept"], f"{r['kept'] / r['channels']:.0%}"]
         for r in m["regions"]
     ]
+    b = m.get("budget")
+    level = (
+        f"{b['chosen']:g} (floor {m['settings']['macs']:g})" if b else f"{m['settings']['macs']:g}"
+    )
     head = (
-        f"prune macs={m['settings']['macs']:g}: {len(m['regions'])} regions, layer "
+        f"prune macs={level}: {len(m['regions'])} regions, layer "
         f"multiply-adds {m['macs']['before'] / 1e6:.1f}M -> {m['macs']['after'] / 1e6:.1f}M "
         f"({m['ratio']:.0%})"
     )
     lines = [head, format_table(["region", "consumer", "channels", "kept", "share"], rows)]
+    if b:
+        tried = ", ".join(f"{k}x {v:.2f}" for k, v in b["levels"].items())
+        lines.append(
+            f"--max-drop {b['max_drop']:g}: chose {b['chosen']:g}x of the multiply-adds "
+            f"(unpruned {b['dense']:.2f}; one-shot plans scored: {tried})"
+        )
     a = m.get("accuracy", {})
     if "artifact" in a:
         lines.append(
