@@ -349,11 +349,14 @@ def test_few_calibration_rows_give_one_warning():
 
     regions = find_regions(_graph(_ffn_model()))  # 64 hidden units
     said: list[str] = []
-    few, many = RegionStats(), RegionStats()
-    few.add(np.ones((100, H)))
+    too_few, few, many = RegionStats(), RegionStats(), RegionStats()
+    too_few.add(np.ones((40, H)))  # under one row a channel: one-shot
+    few.add(np.ones((100, H)))  # under four: a warning, still sequential
     many.add(np.ones((400, H)))
-    assert not _warn_small(regions, {regions[0].name: few}, said.append, sequential=True)
-    assert len(said) == 1 and said[0].startswith("warning: prune macs: 100 calibration rows")
+    assert not _warn_small(regions, {regions[0].name: too_few}, said.append, sequential=True)
+    assert len(said) == 1 and said[0].startswith("warning: prune macs: 40 calibration rows")
     assert said[0].endswith("refitting one-shot, not sequentially")
+    assert _warn_small(regions, {regions[0].name: few}, said.append, sequential=True)
+    assert len(said) == 2 and said[1].endswith("give more, more varied calibration data")
     assert _warn_small(regions, {regions[0].name: many}, said.append)
-    assert len(said) == 1
+    assert len(said) == 2

@@ -3,12 +3,14 @@
 The channels' order is the method's own (OBS cost per multiply-add across every region, so
 each region's share follows its measured sensitivity); what the budget chooses is how far
 down that order to go. The levels run from X to 1 in steps of STEP of the multiply-adds;
-each is scored with its one-shot refit through one build with the consumers' weights as
-inputs (`sequential.probe_for`), on the --eval data (else the calibration data), by the
+each is planned as compile plans it (the sequential refit, or the one-shot one when the
+calibration rows are few; no distillation) and scored through one build with the
+consumers' weights as inputs (`sequential.probe_for`), on the --eval data (else the
+calibration data), by the
 search int8 and unstructured pruning use (`common/budget.py`): X itself first, then a
-bisection. The chosen level is then planned as without the budget (sequential refit,
-distillation), and the built artifact is scored: while it misses, compile takes the next
-level up (`CompressionPlan.tighten`).
+bisection. The chosen level is then planned as without the budget (distillation
+included), and the built artifact is scored: while it misses, compile takes the next level
+up (`CompressionPlan.tighten`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class MacsSearch:
     levels: list[float]
     dense: float  # the unpruned model's score
     max_drop: float
-    scores: dict[float, float] = field(default_factory=dict)  # level -> one-shot plan's score
+    scores: dict[float, float] = field(default_factory=dict)  # level -> its plan's score
     chosen: float | None = None
 
     def record(self) -> dict:
@@ -58,7 +60,7 @@ class MacsSearch:
 
 
 def search_macs(job) -> MacsSearch:
-    """The lowest MAC level whose one-shot plan scores within --max-drop (module docstring)."""
+    """The lowest MAC level whose plan scores within --max-drop (module docstring)."""
     from .method import decide, output_count, region_budget
 
     o, say = job.o, job.ctx.progress
@@ -78,7 +80,8 @@ def search_macs(job) -> MacsSearch:
         func = job.mod["main"]
         sizes = job.ctx.sizes
         _, per_channel, target = region_budget(func, job.regions, levels[k], o.min_keep, sizes)
-        decision = decide(job.regions, job.stats, per_channel, target, o)
+        decision = job.refit(decide(job.regions, job.stats, per_channel, target, o), probe)
+        job.refitted[levels[k]] = decision
         weights, shifts = probe_inputs(job.regions, decision, layers)
         got = [np.asarray(probe.runner.run(a, weights, shifts)[-n_out]) for a in arrays]
         search.scores[levels[k]] = metric.score(job.ref, got)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,6 +40,7 @@ MASK_INPUT = "attention_mask"
 SELECT = ("obs", "magnitude")
 KINDS = ("all", "channels", "heads")
 ROWS_PER_CHANNEL = 4  # fewer calibration rows than this per fitted channel: warn
+SEQUENTIAL_ROWS = 1  # fewer than this per channel: the one-shot refit (`_warn_small`)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,9 @@ class Channels:
         feeds = fitting_feeds(o.calibration, ctx.inputs, o.samples, ctx.progress, "prune macs")
         scored, labels = eval_feeds(o.eval_data, ctx.inputs, feeds)
         stats, ref = _measure(mod, regions, feeds, scored, ctx)
-        job = _Job(mod, ctx, o, regions, feeds, scored, stats, ref, labels, clock)
+        enough = _warn_small(regions, stats, ctx.progress, o.sequential and o.refit)
+        how = "sequential" if o.sequential and o.refit and enough else "one-shot"
+        job = _Job(mod, ctx, o, regions, feeds, scored, stats, ref, labels, clock, how)
         if o.max_drop is None:
             return job.plan_at(o.macs)
         from .budget import search_macs
@@ -176,7 +179,9 @@ class _Job:
     ref: list
     labels: np.ndarray | None
     clock: float
+    how: str  # the refit: "sequential" or "one-shot" (too few calibration rows)
     search: object = None  # budget.MacsSearch under --max-drop
+    refitted: dict = field(default_factory=dict)  # MAC level -> its refit decision
 
     @property
     def metric(self) -> Metric:
@@ -191,18 +196,13 @@ class _Job:
     def plan_at(self, macs: float) -> CompressionPlan:
         """The plan that keeps `macs` of the multiply-adds (under --max-drop: scored against
         the budget, with the next level up as its tighter plan)."""
-        o, func, say = self.o, self.mod["main"], self.ctx.progress
+        o, func = self.o, self.mod["main"]
         all_macs, per_channel, target = region_budget(
             func, self.regions, macs, o.min_keep, self.ctx.sizes
         )
-        enough = _warn_small(self.regions, self.stats, say, o.sequential and o.refit)
-        decision = decide(self.regions, self.stats, per_channel, target, o)
-        how = "sequential" if o.sequential and o.refit and enough else "one-shot"
-        if how == "sequential":
-            kept = {n: d["keep"] for n, d in decision.items()}
-            decision = sequential_refit(
-                self.mod, self.regions, self.feeds, kept, o.damp, self.run_target, say
-            )
+        decision = self.refitted.get(macs)  # the budget search planned this level already
+        if decision is None:
+            decision = self.refit(decide(self.regions, self.stats, per_channel, target, o))
         gains = None
         if o.distill:
             decision, gains = _distilled(self, decision)
@@ -211,7 +211,7 @@ class _Job:
         path = Path(workdir.name) / "channels.npz"
         np.savez(path, **{f"{n}.{k}": v for n, d in decision.items() for k, v in d.items()})
         manifest = _manifest(o, self.regions, decision, per_channel, all_macs, seconds)
-        manifest["refit"] = how if o.refit else "none"
+        manifest["refit"] = self.how if o.refit else "none"
         if gains is not None:
             manifest["distill"] = {"steps": o.distill, "held_out_gain": gains}
         plan = CompressionPlan(
@@ -225,6 +225,16 @@ class _Job:
         if self.search is not None:
             self.search.attach(plan, macs, self.plan_at)
         return plan
+
+    def refit(self, decision: dict, probe=None) -> dict:
+        """The one-shot decision refit sequentially when that is the job's refit."""
+        if self.how != "sequential":
+            return decision
+        kept = {n: d["keep"] for n, d in decision.items()}
+        return sequential_refit(
+            self.mod, self.regions, self.feeds, kept, self.o.damp, self.run_target,
+            self.ctx.progress, probe=probe,
+        )  # fmt: skip
 
     def _check(self, manifest: dict):
         """The artifact's score on the scored feeds (calibration, or --eval)."""
@@ -292,22 +302,25 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
 
 
 def _warn_small(regions: list[Region], stats: dict, say, sequential: bool = False) -> bool:
-    """Whether the calibration rows are enough for the widest region's channels; one line
-    when not: the refit then fits those samples (a few short sentences' tokens) and the pruned
-    model generalizes worse. The sequential refit, which also fits the errors it propagates,
-    is then left out (MiniLM, 600 tokens for 1536 FFN units: min cosine 0.74 sequential
-    against 0.82 one-shot at 0.7x MACs; MobileNetV2's pixels are plenty and it gains)."""
+    """Whether the sequential refit may run; one warning line when the calibration rows are
+    few for the widest region's channels (fewer than ROWS_PER_CHANNEL each): the refit then
+    fits those samples and the pruned model generalizes worse. Below SEQUENTIAL_ROWS a
+    channel, the sequential refit, which also fits the errors it propagates, is left out:
+    MiniLM, 600 tokens for 1536 FFN units (0.4 a channel), min cosine 0.74 sequential against
+    0.82 one-shot at 0.7x MACs; MobileNetV2 on 32 crops, 1568 rows for 960 channels (1.6),
+    top-1 38/64 sequential against 28/64 one-shot at 0.8x (docs/SPARSITY.md)."""
     worst = min(regions, key=lambda r: stats[r.name].n / r.channels)
     rows = stats[worst.name].n
+    enough = rows >= SEQUENTIAL_ROWS * worst.channels
     if rows >= ROWS_PER_CHANNEL * worst.channels:
         return True
     say(
         f"warning: prune macs: {rows} calibration rows for the {worst.channels} channels of "
         f"{worst.name} (fewer than {ROWS_PER_CHANNEL} per channel): the refit may fit these "
         "samples; give more, more varied calibration data"
-        + ("; refitting one-shot, not sequentially" if sequential else "")
+        + ("; refitting one-shot, not sequentially" if sequential and not enough else "")
     )
-    return False
+    return enough
 
 
 def _scores(w: np.ndarray, cov: np.ndarray, size: int, o: ChannelOptions) -> np.ndarray:
@@ -391,7 +404,7 @@ def format_report(m: dict) -> str:
         tried = ", ".join(f"{k}x {v:.2f}" for k, v in b["levels"].items())
         lines.append(
             f"--max-drop {b['max_drop']:g}: chose {b['chosen']:g}x of the multiply-adds "
-            f"(unpruned {b['dense']:.2f}; one-shot plans scored: {tried})"
+            f"(unpruned {b['dense']:.2f}; levels scored: {tried})"
         )
     a = m.get("accuracy", {})
     if "artifact" in a:
