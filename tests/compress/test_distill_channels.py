@@ -13,7 +13,7 @@ from graphopt import cli
 from graphopt.compress.channels.blocknet import BlockNet, erf
 from graphopt.compress.channels.chains import Operands, find_regions
 from graphopt.compress.channels.distill import _apply, probe_inputs
-from graphopt.compress.channels.method import ChannelOptions, Channels
+from graphopt.compress.channels.method import ChannelOptions, Channels, format_report
 from graphopt.compress.channels.sequential import probe_for
 from graphopt.compress.common.layers import bound_constants, find_layers
 from graphopt.compress.prune.layers import as_kn
@@ -120,6 +120,7 @@ def test_method_distills_and_the_artifact_follows_the_model(tmp_path):
     assert m["distill"]["steps"] == 60
     (gain,) = m["distill"]["held_out_gain"].values()
     assert gain >= 1.0  # the held-out error never ends above the refit's
+    assert "block distillation: 60 steps a region, 1 regions" in format_report(m)
     xs = np.random.default_rng(7).standard_normal([1, 8, 12, 12]).astype(np.float32)
     want, got = _ort(model, xs), art.run({"x": xs})["y"]
     assert float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want)) > 0.95

@@ -406,6 +406,13 @@ def format_report(m: dict) -> str:
             f"--max-drop {b['max_drop']:g}: chose {b['chosen']:g}x of the multiply-adds "
             f"(unpruned {b['dense']:.2f}; levels scored: {tried})"
         )
+    d = m.get("distill")
+    if d and d["held_out_gain"]:
+        gains = list(d["held_out_gain"].values())
+        lines.append(
+            f"block distillation: {d['steps']} steps a region, {len(gains)} regions; held-out "
+            f"error {min(gains):.2f}x to {max(gains):.2f}x lower than the refit's"
+        )
     a = m.get("accuracy", {})
     if "artifact" in a:
         lines.append(
