@@ -62,3 +62,13 @@ def test_cli_prune_macs_with_max_drop(tmp_path, capsys):
     assert "prune macs: --max-drop 1: scoring MAC levels 0.5x..1x" in err
     m = graphopt.load(tmp_path / "out").manifest["channels"]
     assert m["settings"]["max_drop"] == 1.0 and "budget" in m
+
+
+def test_a_negative_budget_is_a_user_error(tmp_path, capsys):
+    onnx.save(_conv_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.zeros((4, 8, 12, 12), np.float32))
+    argv = ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out")]
+    argv += ["--prune", "macs=0.5", "--max-drop", "-1", "--calibration", str(tmp_path / "c.npz")]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --max-drop must be >= 0"]
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ from ...build import resolve_target
 from ...pass_infra import make_pass
 from ...target_infra import Target
 from .. import CompressionContext, CompressionPlan
-from ..common.budget import eval_feeds
+from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import fitting_feeds
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
@@ -82,6 +82,7 @@ def check_options(o: ChannelOptions) -> None:
         raise CalibrationError(f"--prune macs: select={o.select}: one of {', '.join(SELECT)}")
     if o.distill < 0:
         raise CalibrationError(f"--prune macs: distill={o.distill}: a number of steps, >= 0")
+    check_budget_options(o)
 
 
 def layer_macs(layer: Layer) -> float:
