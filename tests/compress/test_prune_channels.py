@@ -360,3 +360,44 @@ def test_few_calibration_rows_give_one_warning():
     assert len(said) == 2 and said[1].endswith("give more, more varied calibration data")
     assert _warn_small(regions, {regions[0].name: many}, said.append)
     assert len(said) == 2
+
+
+def test_an_explicit_pad_before_a_strided_depthwise_conv_stays_in_the_region(tmp_path):
+    """TF-style exports pad asymmetrically with a Pad node; `--prune macs` runs fold-pad
+    first, so the expansion channels through that depthwise conv are still one region."""
+    rng = np.random.default_rng(8)
+    inits = {
+        "we": rng.standard_normal((E, C, 1, 1)) / 3,
+        "wd": rng.standard_normal((E, 1, 3, 3)) / 3,
+        "wp": rng.standard_normal((C, E, 1, 1)) / 7,
+        "pads": np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "we"], ["e"]),
+        helper.make_node("Relu", ["e"], ["er"]),
+        helper.make_node("Pad", ["er", "pads"], ["ep"]),
+        helper.make_node("Conv", ["ep", "wd"], ["d"], group=E, strides=[2, 2]),
+        helper.make_node("Relu", ["d"], ["dr"]),
+        helper.make_node("Conv", ["dr", "wp"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 6, 6])],
+        [
+            numpy_helper.from_array(v if k == "pads" else v.astype(np.float32), k)
+            for k, v in inits.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert find_regions(_graph(model)) == []  # the pad ends the region before fold-pad
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((32, C, 12, 12)).astype(np.float32))
+    opts = ChannelOptions(macs=0.8, calibration=str(tmp_path / "c.npz"), multiple=4)
+    art = graphopt.compile(tmp_path / "m.onnx", tmp_path / "out", compression=[Channels(opts)])
+    (row,) = art.manifest["channels"]["regions"]
+    assert row["kept"] < E
+    xs = rng.standard_normal((1, C, 12, 12)).astype(np.float32)
+    want, got = _ort(model, xs), art.run({"x": xs})["y"]
+    assert float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want)) > 0.9

@@ -133,7 +133,9 @@ class Channels:
 
     options: ChannelOptions
     name: str = "prune-channels"
-    requires: tuple[str, ...] = ("fold-constants",)
+    # fold-pad: a TF-style explicit zero pad before a strided depthwise conv (EfficientNet-
+    # Lite0) would end its region; folded into the conv's padding, 15 regions there, not 2
+    requires: tuple[str, ...] = ("fold-constants", "fold-pad")
     # Fits on samples of any size in the dims' ranges; multiply-adds count at the example
     # sizes (CompressionContext.sizes); the pruned layers are dense layers of any size
     symbolic_shapes: ClassVar[bool] = True
