@@ -1,10 +1,12 @@
 """Structured pruning (`--prune macs=X`): quality against the MACs kept, MobileNetV2 and
 all-MiniLM-L6-v2, channel choice by OBS against magnitude, one-shot against sequential refit.
 
-    python -m bench.bench_prune_structured [--models mobilenet_v2,minilm] [--damp 1.0]
+    python -m bench.bench_prune_structured [--models mobilenet_v2,minilm,efficientnet_lite0]
+                                           [--damp 1.0]
                                            [--time MACS] [--runs N]
 
-MobileNetV2: calibration on the 32 calibration crops of bench/models/inputs.py, top-1
+MobileNetV2 and EfficientNet-Lite0: calibration on the 32 calibration crops of
+bench/models/inputs.py, top-1
 agreement with fp32 on the 64 evaluation crops (other photos). MiniLM: calibration on the
 bench_int4 CALIB sentences, min / mean cosine of the sentence embedding on the 24 evaluation
 SENTENCES (none shared). Per MAC level, the same code as `compile --prune macs=X`
@@ -45,8 +47,11 @@ from graphopt import env
 
 env.configure_for_benchmarks(spinning=False)
 
+CNNS = ("mobilenet_v2", "efficientnet_lite0")  # scored by top-1 agreement on photo crops
 LEVELS = {"mobilenet_v2": (0.95, 0.9, 0.85, 0.8, 0.75), "minilm": (0.9, 0.8, 0.7)}
+LEVELS["efficientnet_lite0"] = LEVELS["mobilenet_v2"]
 KINDS = {"mobilenet_v2": ("channels",), "minilm": ("channels", "heads", "all")}
+KINDS["efficientnet_lite0"] = KINDS["mobilenet_v2"]
 # (label, select, refit, sequential: False, "local" (consumer outputs) or "residual",
 #  Adam steps of block distillation after the refit)
 VARIANTS = (
@@ -63,7 +68,7 @@ VARIANTS = (
 def _feeds(name: str, role: str = "evaluation") -> tuple[list[dict], list[dict]]:
     """(calibration feeds, scored feeds: MobileNetV2's `role` crops, validation for choosing
     settings)."""
-    if name == "mobilenet_v2":
+    if name in CNNS:
         from bench.bench_int8 import calibration_images
         from bench.models.inputs import split_crops
 
@@ -91,7 +96,9 @@ class Setup:
         from graphopt.target_infra import host_target
 
         self.name, self.src = name, export(name)
-        self.mod = run_passes(import_onnx(self.src).mod, instantiate(parse_pipeline("O2")))
+        # fold-pad as `--prune macs` runs it (Channels.requires)
+        pipeline = instantiate(parse_pipeline("O2,fold-pad"))
+        self.mod = run_passes(import_onnx(self.src).mod, pipeline)
         self.regions = find_all(self.mod)
         self.params = [p.name for p in self.mod["main"].params]
         self.calib, self.eval = _feeds(name, role)
@@ -121,7 +128,7 @@ class Setup:
         regions = [r for r in self.regions if r.name in decision]
         weights, shifts = probe_inputs(regions, decision, self.layers)
         got = [self.probe.runner.run(self._arrays(f), weights, shifts)[-1] for f in self.eval]
-        if self.name == "mobilenet_v2":
+        if self.name in CNNS:
             return quality(self.ref, got)
         return cosine_quality(self.ref, got)
 
@@ -226,7 +233,7 @@ def markdown(info: dict[str, Any]) -> str:
         f"damp {info['damp']}; load average {info['load']} -> {info['load_end']}.",
     ]
     for name, m in info["models"].items():
-        mobile = name == "mobilenet_v2"
+        mobile = name in CNNS
         what = "top-1 agreement with fp32" if mobile else "min cosine of the embedding"
         lines += ["", f"## {name}: {what} ({m['calibration']} calibration, {m['scored']} scored)"]
         for kinds in m["kinds"]:
