@@ -1,13 +1,14 @@
-"""Structured pruning (`--prune macs=X`): quality against the MACs kept, MobileNetV2 and
-all-MiniLM-L6-v2, channel choice by OBS against magnitude, one-shot against sequential refit.
+"""Structured pruning (`--prune macs=X`): quality against the MACs kept, MobileNetV2,
+EfficientNet-Lite0 and all-MiniLM-L6-v2, channel choice by OBS against magnitude, one-shot
+against sequential refit, block distillation.
 
     python -m bench.bench_prune_structured [--models mobilenet_v2,minilm,efficientnet_lite0]
                                            [--damp 1.0]
                                            [--time MACS] [--runs N]
 
 MobileNetV2 and EfficientNet-Lite0: calibration on the 32 calibration crops of
-bench/models/inputs.py, top-1
-agreement with fp32 on the 64 evaluation crops (other photos). MiniLM: calibration on the
+bench/models/inputs.py, top-1 agreement with fp32 on the 64 evaluation crops (other
+photos). MiniLM: calibration on the
 bench_int4 CALIB sentences, min / mean cosine of the sentence embedding on the 24 evaluation
 SENTENCES (none shared). Per MAC level, the same code as `compile --prune macs=X`
 (`compress/channels/`): channels chosen by OBS or by the consumer rows' norm (magnitude), the
