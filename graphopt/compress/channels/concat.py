@@ -66,6 +66,8 @@ def find_concat_regions(mod, layers: list[Layer], ops: Operands) -> list[ConcatR
         name, args = ops.op_and_args(b.value)
         if name != "relax.concat" or not isinstance(args[0], relax.Tuple):
             continue
+        if len(set(args[0].fields)) != len(args[0].fields):
+            continue  # one tensor concatenated twice: its channels sit at two offsets
         ndim = len(b.value.ty.shape.values)
         axis = int(b.value.attrs.axis) % ndim
         branches, offset = [], 0
