@@ -68,7 +68,11 @@ def residual_of(func, var, consts: dict):
 
 def _dims(expr) -> list[int] | None:
     values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    return None if values is None else [int(d) for d in values]
+    if values is None:
+        return None
+    return [
+        int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in values
+    ]  # symbolic: by name
 
 
 @dataclass
