@@ -66,13 +66,12 @@ def residual_of(func, var, consts: dict):
     return None
 
 
-def _dims(expr) -> list[int] | None:
+def _dims(expr) -> list[int | str] | None:
+    """A tensor's dims: sizes, and symbolic ones by name."""
     values = getattr(getattr(expr.ty, "shape", None), "values", None)
     if values is None:
         return None
-    return [
-        int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in values
-    ]  # symbolic: by name
+    return [int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in values]
 
 
 @dataclass
