@@ -964,7 +964,11 @@ def _add_run_bench_report(sub) -> None:
     rp = sub.add_parser("report", help="size, FLOPs, latency and accuracy vs onnxruntime")
     rp.add_argument("artifact")
     rp.add_argument("--vs", required=True, metavar="MODEL.onnx")
-    rp.add_argument("--eval", help=".npz with x (samples) and y (labels) for accuracy")
+    rp.add_argument(
+        "--eval",
+        help=".npz of samples (x, or named as the model's input): top-1 agreement with "
+        "onnxruntime; with labels y, accuracy too",
+    )
     rp.add_argument("--runs", type=int, default=100)
     rp.add_argument("--json", help="also write the numbers as JSON here")
     rp.set_defaults(func=cmd_report)
