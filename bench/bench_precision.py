@@ -2,16 +2,17 @@
 graphopt fp32, bf16 (first and last layer measured) and mixed (bf16 under --max-drop) against
 onnxruntime fp32 and OpenVINO fp32 and its default precision hint.
 
-    python -m bench.bench_precision [--runs 50] [--rounds 3] [--models minilm] [--quick]
+    python -m bench.bench_precision [--runs 20] [--rounds 25] [--models minilm] [--quick]
 
 - Quality vs onnxruntime fp32: CNNs top-1 agreement (and min cosine of the logits) on the
   evaluation photo crops (bench/models/inputs.py); MiniLM min / mean embedding cosine on the
   24 evaluation sentences. bf16 measures its first and last layer, and mixed budgets, on
   other data (the calibration crops, the calibration sentences of bench_int8).
 - Size: the tensor constants in each graphopt library (graphopt.sizes), over fp32's.
-- Latency: each runtime in its own process (2 threads, one input, warm-up, then `--runs`
-  timed runs), the contestants in alternating order for `--rounds` rounds; medians over
-  rounds, ratios over graphopt fp32 and onnxruntime fp32. Run it on a quiet machine.
+- Latency: each runtime in its own long-lived process (2 threads, one input, warm-up), asked
+  in turn for slots of `--runs` timed calls, `--rounds` rounds in alternating order
+  (bench/pool.py); medians over rounds of each slot's median, and ratios over graphopt fp32
+  and onnxruntime fp32 taken within each round (medians of those). Run it on a quiet machine.
 - graphopt at `-O3` (`--opt-level`): fp32, bf16 (`--precision bf16 --calibration ...`: the
   first and last layer 16-bit where measured safe) and mixed.
 - OpenVINO (the bench extras): `INFERENCE_PRECISION_HINT=f32`, and its default hint (bf16
@@ -25,10 +26,8 @@ Writes bench/results/precision.json and precision.md (`--out NAME`: NAME.json, N
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ import numpy as np
 
 import graphopt
 from bench.bench_int8 import CALIB_SENTENCES, calibration_images, cnn_quality, cosine_quality
-from bench.worker import time_calls
+from bench.pool import Pool, paired_ratios
+from bench.worker import serve
 from bench.writing import write_results
 from graphopt import env
 from graphopt.compress.precision.method import Precision, PrecisionOptions
@@ -167,35 +167,25 @@ def _feed(name: str) -> dict[str, np.ndarray]:
     return sentence_batch(1)[0] if name == "minilm" else {"input": split_crops("evaluation")[0][1]}
 
 
-def time_one(name: str, key: str, path: Path, runs: int) -> dict[str, float]:
-    """In this process only: warm-up, then `runs` timed runs of one input."""
+def serve_one(name: str, key: str, path: Path) -> None:
+    """This process times one contestant on one input, slot by slot (bench.worker.serve)."""
     feed, run = _feed(name), _runner(key, path)
-    samples = json.loads(time_calls(lambda: run(feed), runs, warmup=5))["ms"]
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+    serve(lambda: run(feed))
 
 
 def _latency(name: str, paths: dict[str, Path], runs: int, rounds: int) -> dict[str, Any]:
-    """Each contestant in its own process, rounds in alternating order; medians over rounds."""
+    """Each contestant in its own long-lived process, timed in `rounds` interleaved slots of
+    `runs` calls (bench/pool.py); medians over rounds, ratios within rounds."""
     env_vars = {**os.environ, env.NUM_THREADS.name: THREADS}
-    keys = list(paths)
-    got: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        for key in keys if r % 2 == 0 else keys[::-1]:
-            cmd = [sys.executable, "-m", "bench.bench_precision", "--time-one", name, key]
-            proc = subprocess.run(
-                [*cmd, str(paths[key]), "--runs", str(runs)],
-                env=env_vars, capture_output=True, text=True,
-            )  # fmt: skip
-            if proc.returncode:
-                raise RuntimeError(f"timing {key} failed: {proc.stderr.strip()[-500:]}")
-            got[key].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"])
-            _say(f"[{name}] round {r + 1}/{rounds} {key}: {got[key][-1]:.2f} ms")
+    me = [sys.executable, "-m", "bench.bench_precision", "--serve", name]
+    with Pool({k: [*me, k, str(p)] for k, p in paths.items()}, env_vars) as pool:
+        got = pool.rounds(rounds, runs, lambda m: _say(f"[{name}] {m}"))
     med = {k: statistics.median(v) for k, v in got.items()}
+    over_fp32, over_ort = paired_ratios(got, "graphopt_fp32"), paired_ratios(got, "ort_fp32")
     ratios = {
-        k: {"over_graphopt_fp32": round(v / med["graphopt_fp32"], 3),
-            "over_ort_fp32": round(v / med["ort_fp32"], 3)}
-        for k, v in med.items()
-    }  # fmt: skip
+        k: {"over_graphopt_fp32": round(over_fp32[k], 3), "over_ort_fp32": round(over_ort[k], 3)}
+        for k in got
+    }
     latency = {
         k: {"median_ms": round(med[k], 3), "rounds_ms": [round(x, 3) for x in v]}
         for k, v in got.items()
@@ -204,6 +194,7 @@ def _latency(name: str, paths: dict[str, Path], runs: int, rounds: int) -> dict[
 
 
 GEMV_SHAPES = ((384, 1536), (1536, 384), (1280, 1000))  # MiniLM FFN, MobileNetV2 classifier
+GEMV_RUNS = 200
 
 
 def gemv(workdir: Path, runs: int) -> list[dict[str, Any]]:
@@ -275,17 +266,16 @@ def _gemv_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=20, help="calls per contestant and round")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--rounds", type=int, default=3, help="processes per contestant")
+    ap.add_argument("--rounds", type=int, default=25, help="interleaved slots per contestant")
     ap.add_argument("--opt-level", type=int, default=3, help="graphopt's -O for every variant")
     ap.add_argument("--quick", action="store_true", help="quality and sizes only, no timing")
     ap.add_argument("--out", default=None, help="results name under bench/results")
-    ap.add_argument("--time-one", nargs=3, metavar=("MODEL", "KEY", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("MODEL", "KEY", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.time_one:
-        name, key, path = args.time_one
-        print(json.dumps(time_one(name, key, Path(path), args.runs)))
+    if args.serve:
+        serve_one(args.serve[0], args.serve[1], Path(args.serve[2]))
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
@@ -295,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     gemvs = []
     if not args.quick:
         with tempfile.TemporaryDirectory(prefix="bench-precision-gemv-") as tmp:
-            gemvs = gemv(Path(tmp), args.runs * 4)
+            gemvs = gemv(Path(tmp), GEMV_RUNS)
     machine = machine_info()
     text = markdown(results, machine) + _gemv_markdown(gemvs)
     stem = args.out or ("precision-quick" if args.quick else "precision")
