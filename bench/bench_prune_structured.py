@@ -116,7 +116,7 @@ class Setup:
             out = probe.run(self._arrays(feed), {})
             for r in self.regions:
                 x = np.asarray(out[index[r.consumer.name]])
-                self.stats[r.name].add(_rows(x, r.axis, feed.get(MASK_INPUT)))
+                self.stats[r.name].add(_rows(x, r, feed.get(MASK_INPUT)))
         self.ref = [probe.run(self._arrays(f), {})[-1] for f in self.eval]
 
     def _arrays(self, feed: dict) -> list[np.ndarray]:

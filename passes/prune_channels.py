@@ -2,7 +2,8 @@
 
 For each region of `graphopt/compress/channels/chains.py` named in the plan file (the
 producer layer's name: `<region>.keep` kept channel indices, `<region>.weight` the consumer's
-refit weight [K, N], `<region>.bias` the bias [N] that keeps its output mean): the producer
+refit weight [K, N] (a KxK conv's: the kept channels' windows, [kept x KH x KW, N]),
+`<region>.bias` the bias [N] that keeps its output mean): the producer
 keeps only those output channels, every per-channel constant and depthwise filter in between
 is sliced the same way, and the consumer gets its refit weight with the bias added after it.
 A concatenation (`concat.py`, regions named `concat_<first producer>`, kept channels numbered
@@ -246,8 +247,9 @@ class _Rewriter(relax.PyExprMutator):
         q = region.consumer
         if q.kind == "matmul":
             args[1] = relax.const(w)
-        else:
-            args[1] = relax.const(np.ascontiguousarray(w.T[:, :, None, None]))
+        else:  # [kept channels x KH x KW, O] -> OIHW
+            o, _c, kh, kw = q.weight_shape
+            args[1] = relax.const(np.ascontiguousarray(w.T.reshape(o, -1, kh, kw)))
             bias = bias.reshape(1, -1, 1, 1)
         call = binding.value
         out = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))

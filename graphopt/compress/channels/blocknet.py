@@ -79,6 +79,8 @@ class BlockNet:
         p = region.producer
         if not _unit_producer(p):
             raise Unsupported(f"{p.name}: producer is not a 1x1 conv or matmul")
+        if not _unit_producer(region.consumer):
+            raise Unsupported(f"{region.consumer.name}: consumer is not a 1x1 conv or matmul")
         self.region, self.keep = region, np.asarray(keep)
         ndim = len(p.call.ty.shape.values)
         wp = as_kn(p)[:, self.keep] if p.kind == "matmul" else p.weight[self.keep, :, 0, 0].T

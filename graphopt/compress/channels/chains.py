@@ -3,12 +3,14 @@
     h = P(x)           conv2d / matmul with a constant weight: its output channels
     h' = f(h, ...)     elementwise ops whose other operands are constants (scalars, or one
                        value per channel), depthwise convs: channel k stays channel k
-    y = Q(h')          matmul, or 1x1 conv (one group): h' is its reduction dimension
+    y = Q(h')          matmul, or conv of one group (1x1 or KxK, any stride and padding):
+                       h' is its reduction dimension (a KxK conv's: its channels' windows)
 
 Channel k of h can be dropped from P's weight, from every per-channel constant and depthwise
 filter in between, and from Q's weight, when nothing else reads any tensor of the region:
 a transformer's FFN (matmul, bias, GELU, matmul) and MobileNetV2's expansion channels (1x1
-conv, relu6, depthwise conv, relu6, 1x1 projection) are such regions. Channels that several
+conv, relu6, depthwise conv, relu6, 1x1 projection) and a ResNet block's inner channels
+(3x3 or 1x1 conv, relu, 3x3 conv) are such regions. Channels that several
 producers share through a concatenation are `concat.py`'s regions; residual sums are left
 alone (every layer writing into the sum would lose the channel together).
 """
@@ -82,12 +84,24 @@ def _depthwise(call: relax.Call, weight, channels: int) -> bool:
 
 
 def _consumer_ok(layer: Layer) -> bool:
-    """Q reduces over the hidden channels with one weight row per channel."""
+    """Q reduces over all the hidden channels: a matmul, or a conv of one group in NCHW."""
     if layer.kind == "matmul":
         return True
     a = layer.call.attrs
-    shape = layer.weight_shape
-    return int(a.groups) == 1 and shape[2:] == [1, 1] and all(int(p) == 0 for p in a.padding)
+    return int(a.groups) == 1 and a.data_layout == "NCHW" and a.kernel_layout == "OIHW"
+
+
+def taps(layer: Layer) -> int:
+    """Weight rows per input channel: a conv's window (KH x KW), else 1."""
+    if layer.kind != "conv2d":
+        return 1
+    return int(np.prod(layer.weight_shape[2:]))
+
+
+def window_rows(channels: np.ndarray, per_channel: int) -> np.ndarray:
+    """The rows of [C x taps, N] (`as_kn`'s conv layout) that belong to `channels`."""
+    channels = np.asarray(channels, np.int64)
+    return (channels[:, None] * per_channel + np.arange(per_channel)).ravel()
 
 
 def find_regions(mod: tvm.IRModule) -> list:

@@ -28,9 +28,10 @@ from ..common.data import fitting_feeds
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
 from ..common.metrics import Metric
+from ..int4.hessian import conv_rows
 from ..int8.calibrate import tap_module
 from ..prune.layers import as_kn
-from .chains import Region, producers
+from .chains import Region, producers, taps, window_rows
 from .fit import RegionStats, channel_scores, choose_kept, group_scores, refit
 from .heads import HeadRegion, find_all, units
 from .sequential import sequential_refit
@@ -262,10 +263,11 @@ def _distilled(job: _Job, decision: dict):
     )  # fmt: skip
 
 
-def _rows(x: np.ndarray, axis: int, mask) -> np.ndarray:
-    """The consumer input as rows [-1, C] (NCHW moved channel-last), without padding rows."""
-    if axis == 1:
-        return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+def _rows(x: np.ndarray, region, mask) -> np.ndarray:
+    """The consumer input as the rows its weight multiplies (a conv's windows, `conv_rows`),
+    without padding rows."""
+    if region.consumer.kind == "conv2d":
+        return conv_rows(region.consumer, np.asarray(x, np.float64))
     if mask is not None and x.ndim == 3 and tuple(np.shape(mask)) == x.shape[:2]:
         return x[np.asarray(mask) != 0]
     return x.reshape(-1, x.shape[-1])
@@ -296,7 +298,7 @@ def _measure(mod, regions: list[Region], feeds, scored, ctx: CompressionContext)
         out = run([feed[p] for p in params])
         for r in regions:
             x = np.asarray(out[index[r.consumer.name]])
-            stats[r.name].add(_rows(x, r.axis, feed.get(MASK_INPUT)))
+            stats[r.name].add(_rows(x, r, feed.get(MASK_INPUT)))
         ctx.progress(f"prune macs: calibration feed {i + 1}/{len(feeds)}")
     for feed in scored:
         out = run([feed[p] for p in params])
@@ -343,8 +345,10 @@ def decide(regions, stats, per_channel, target: float, o: ChannelOptions) -> dic
     moments = {r.name: stats[r.name].moments(o.damp) for r in regions}
     weights = {r.name: as_kn(r.consumer) for r in regions}
     size = {r.name: units(r) for r in regions}
+    window = {r.name: taps(r.consumer) for r in regions}  # weight rows per channel
     scores = {
-        r.name: _scores(weights[r.name], moments[r.name][1], size[r.name], o) for r in regions
+        r.name: _scores(weights[r.name], moments[r.name][1], size[r.name] * window[r.name], o)
+        for r in regions
     }
     per_unit = {n: m * size[n] for n, m in per_channel.items()}
     steps = {n: o.multiple if k == 1 else 1 for n, k in size.items()}
@@ -352,12 +356,13 @@ def decide(regions, stats, per_channel, target: float, o: ChannelOptions) -> dic
     decision = {}
     for r in regions:
         k = size[r.name]
-        keep = (kept[r.name][:, None] * k + np.arange(k)).ravel()  # units -> channels
+        keep = window_rows(kept[r.name], k)  # units -> channels
+        rows = window_rows(keep, window[r.name])  # channels -> the consumer's weight rows
         mu, cov = moments[r.name]
         if o.refit:
-            w_new, c = refit(weights[r.name], mu, cov, keep, o.pull)
+            w_new, c = refit(weights[r.name], mu, cov, rows, o.pull)
         else:
-            w_new, c = weights[r.name][keep], np.zeros(weights[r.name].shape[1], np.float32)
+            w_new, c = weights[r.name][rows], np.zeros(weights[r.name].shape[1], np.float32)
         decision[r.name] = {"keep": keep.astype(np.int64), "weight": w_new, "bias": c}
     return decision
 

@@ -34,14 +34,15 @@ from ..int8.calibrate import tap_module
 from ..prune.layers import as_kn, from_kn
 from ..prune.probe import WeightProbe
 from ..prune.sequential import _dense_taps, _Stats, refit
-from .chains import Region
+from .chains import Region, taps, window_rows
 
 
 def full_rows(q: Layer, keep: np.ndarray, w_new: np.ndarray) -> np.ndarray:
-    """A refit weight [K, N] as the consumer's whole weight, stored layout, zero rows for the
-    dropped channels (what the probe runs in place of the smaller graph)."""
+    """A refit weight [K, N] (the kept channels' rows) as the consumer's whole weight, stored
+    layout, zero rows for the dropped channels (what the probe runs in place of the smaller
+    graph)."""
     full = np.zeros_like(as_kn(q), np.float32)
-    full[keep] = w_new
+    full[window_rows(keep, taps(q))] = w_new
     return from_kn(q, full)
 
 
@@ -132,11 +133,11 @@ def sequential_refit(
     meter = Meter(len(order), "prune macs (sequential refit)", say, unit="regions", every=0.5)
     for n, r in enumerate(order):
         q, keep = r.consumer, np.asarray(kept[r.name])
-        fit = _Fit(q, keep, res.get(q.name))
-        for feed, taps in zip(feeds, dense):
+        fit = _Fit(q, window_rows(keep, taps(q)), res.get(q.name))
+        for feed, tapped in zip(feeds, dense):
             # nothing before the first consumer is pruned: its inputs are the dense ones
-            out = probe.runner.run([feed[p] for p in params], weights, shifts) if n else taps
-            fit.add(out, taps, index[q.name], feed.get(MASK_INPUT))
+            out = probe.runner.run([feed[p] for p in params], weights, shifts) if n else tapped
+            fit.add(out, tapped, index[q.name], feed.get(MASK_INPUT))
         w_new, bias = fit.solve(damp)
         decision[r.name] = {"keep": keep.astype(np.int64), "weight": w_new, "bias": bias}
         weights[q.name] = full_rows(q, keep, w_new)
@@ -145,8 +146,18 @@ def sequential_refit(
     return decision
 
 
+def output_rows(q: Layer, y: np.ndarray, mask) -> np.ndarray:
+    """A tensor shaped like the consumer's output as rows [-1, N], in the order of the rows
+    of its input (`layer_rows`): a conv's output pixels, channels last."""
+    y = np.asarray(y, np.float64)
+    if q.kind == "conv2d":
+        return y.transpose(0, 2, 3, 1).reshape(-1, y.shape[1])
+    return layer_rows(q, y, mask)
+
+
 class _Fit:
-    """One consumer's least squares: X_p[:, K] W' + c toward X_d W (+ r_d - r_p)."""
+    """One consumer's least squares: X_p[:, K] W' + c toward X_d W (+ r_d - r_p); `keep`: the
+    weight rows of the kept channels."""
 
     def __init__(self, q: Layer, keep: np.ndarray, residual: int | None) -> None:
         self.q, self.keep, self.residual = q, keep, residual
@@ -157,7 +168,7 @@ class _Fit:
         xp = layer_rows(self.q, out[i], mask)[:, self.keep]
         self.stats.add(xp, layer_rows(self.q, dense[i], mask))
         if self.residual is not None:
-            e = layer_rows(self.q, dense[self.residual] - out[self.residual], mask)
+            e = output_rows(self.q, dense[self.residual] - out[self.residual], mask)
             self.cross = self.cross + xp.T @ e
             self.sum_e = self.sum_e + e.sum(0)
 

@@ -4,8 +4,8 @@ rounding errors by), from the same tapped fp32 build int8 calibration runs (`tap
 Padding tokens: a transformer fed sentences padded to a fixed length computes rows for the
 padding that nothing downstream reads (attention and pooling mask them), and with short
 sentences they are most of the rows. When a feed has an `attention_mask` input [B, S] and a
-layer's input is [B, S, K], only the rows the mask keeps count. A 1x1 conv's rows are its
-input channels at each pixel (`conv_rows`).
+layer's input is [B, S, K], only the rows the mask keeps count. A conv's rows are its
+input windows at each output pixel (`conv_rows`; a 1x1 conv's: the channels).
 """
 
 from __future__ import annotations
@@ -31,11 +31,27 @@ def _rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def conv_rows(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """A 1x1 conv's NCHW input as the rows its weight multiplies: the channels at every output
-    pixel (stride applied), [-1, C]. Only 1x1 convs without padding are a matmul like this."""
-    s = [int(v) for v in layer.call.attrs.strides]
-    x = x[:, :, :: s[0], :: s[1]]
-    return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+    """A conv's NCHW input as the rows its OIHW weight multiplies, [-1, C x KH x KW]: the
+    window of every output pixel (stride, padding, dilation applied), channel-major like
+    the weight's `reshape(O, -1)`. A 1x1 conv without padding: its channels at every pixel."""
+    a = layer.call.attrs
+    s = [int(v) for v in a.strides]
+    kh, kw = layer.weight_shape[2:]
+    top, left, bottom, right = (int(v) for v in a.padding)
+    if kh == kw == 1 and not (top or left or bottom or right):
+        x = x[:, :, :: s[0], :: s[1]]
+        return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+    d = [int(v) for v in a.dilation]
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (x.shape[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (x.shape[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    taps = [
+        x[:, :, i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0],
+          j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1]]
+        for i in range(kh) for j in range(kw)
+    ]  # fmt: skip
+    windows = np.stack(taps, axis=2)  # [N, C, KH x KW, OH, OW]
+    return windows.transpose(0, 3, 4, 1, 2).reshape(-1, x.shape[1] * kh * kw)
 
 
 def layer_rows(layer: Layer, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

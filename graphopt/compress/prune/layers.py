@@ -22,11 +22,12 @@ def prunable(layer: Layer) -> bool:
 
 
 def as_kn(layer: Layer, w: np.ndarray | None = None) -> np.ndarray:
-    """The layer's weight (or `w`, stored as the layer stores it) as [K, N]."""
+    """The layer's weight (or `w`, stored as the layer stores it) as [K, N]; a conv's OIHW
+    weight as [C x KH x KW, O], the rows of `conv_rows` (a 1x1 conv's: [C, O])."""
     w = layer.weight if w is None else w
     if layer.kind == "matmul":
         return np.asarray(w)
-    return np.asarray(w).reshape(w.shape[0], w.shape[1]).T
+    return np.asarray(w).reshape(w.shape[0], -1).T
 
 
 def from_kn(layer: Layer, w: np.ndarray) -> np.ndarray:
