@@ -139,3 +139,32 @@ def test_prune_macs_end_to_end_on_a_resnet_block(tmp_path, sequential):
     want, got = _ort(model, xs), art.run({"x": xs})["y"]
     cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos > 0.95
+
+
+def test_a_bottleneck_keeps_the_region_into_its_kxk_conv():
+    """1x1 -> relu -> 3x3 -> relu -> 1x1 (+ x): the 3x3 conv ends one region and starts
+    another; a layer is never cut on both axes, so only the first region stays."""
+    rng = np.random.default_rng(16)
+    w = {
+        "wa": rng.standard_normal((H, C, 1, 1)) / 3, "ba": np.zeros(H),
+        "wb": rng.standard_normal((H, H, 3, 3)) / 14, "bb": np.zeros(H),
+        "wc": rng.standard_normal((C, H, 1, 1)) / 5, "bc": np.zeros(C),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a0"]),
+        helper.make_node("Relu", ["a0"], ["a"]),
+        helper.make_node("Conv", ["a", "wb", "bb"], ["b0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b0"], ["b"]),
+        helper.make_node("Conv", ["b", "wc", "bc"], ["c"]),
+        helper.make_node("Add", ["c", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bottleneck",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (region,) = find_regions(_graph(model))
+    assert region.producer.weight_shape == [H, C, 1, 1]
+    assert region.consumer.weight_shape == [H, H, 3, 3]
