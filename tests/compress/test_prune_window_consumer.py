@@ -18,7 +18,7 @@ from graphopt.compress.prune.layers import as_kn, from_kn
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import run_passes
 from graphopt.testing import run_module
-from tests.compress.test_prune_channels import _graph, _ort
+from tests.compress.test_prune_channels import _conv_model, _graph, _ort
 
 C, H, SIZE = 8, 24, 12  # block channels, inner channels, image size
 
@@ -168,3 +168,34 @@ def test_a_bottleneck_keeps_the_region_into_its_kxk_conv():
     (region,) = find_regions(_graph(model))
     assert region.producer.weight_shape == [H, C, 1, 1]
     assert region.consumer.weight_shape == [H, H, 3, 3]
+
+
+@pytest.mark.parametrize("make", [_block_model, _conv_model], ids=["resnet", "inverted"])
+def test_prune_macs_makes_the_same_cut_at_every_level(tmp_path, make):
+    """`--prune macs` runs before the passes that fuse layers away, so -O0 to -O3 find the
+    same region and keep the same channels; each build stays close to onnxruntime."""
+    import json
+
+    from graphopt.cli import main
+
+    model = make()
+    onnx.save(model, tmp_path / "m.onnx")
+    shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(17).standard_normal([32, *shape[1:]]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    xs = np.random.default_rng(18).standard_normal(shape).astype(np.float32)
+    want = _ort(model, xs)
+    kept = {}
+    for level in (0, 1, 2, 3):
+        out = tmp_path / f"O{level}"
+        argv = [
+            "compile", str(tmp_path / "m.onnx"), "-o", str(out), "-q", f"-O{level}",
+            "--prune", "macs=0.75", "--calibration", str(tmp_path / "calib.npz"),
+        ]  # fmt: skip
+        assert main(argv) == 0
+        regions = json.loads((out / "manifest.json").read_text())["channels"]["regions"]
+        kept[level] = [(r["region"], r["kept"]) for r in regions]
+        got = graphopt.load(out).run({"x": xs})["y"]
+        cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
+        assert cos > 0.9, (level, cos)
+    assert len(set(map(tuple, kept.values()))) == 1 and kept[0], kept
