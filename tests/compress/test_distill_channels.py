@@ -11,7 +11,7 @@ import pytest
 import graphopt
 from graphopt import cli
 from graphopt.compress.channels.blocknet import BlockNet, erf
-from graphopt.compress.channels.chains import Operands, find_regions
+from graphopt.compress.channels.chains import Operands, find_regions, taps, window_rows
 from graphopt.compress.channels.distill import _apply, probe_inputs
 from graphopt.compress.channels.method import ChannelOptions, Channels, format_report
 from graphopt.compress.channels.sequential import probe_for
@@ -33,7 +33,7 @@ def _net(mod, seed: int) -> BlockNet:
     region = find_regions(mod)[0]
     keep = np.arange(0, region.channels, 2)
     layers = {ly.var: ly for ly in find_layers(func)}
-    w_q = as_kn(region.consumer)[keep]
+    w_q = as_kn(region.consumer)[window_rows(keep, taps(region.consumer))]
     net = BlockNet(region, Operands(mod, bound_constants(func)), layers, keep, w_q, 0 * w_q[0])
     rng = np.random.default_rng(seed)
     for v in net.params.values():
@@ -53,9 +53,12 @@ def test_erf_matches_math_erf():
     np.testing.assert_allclose(erf(x), [exact(v) for v in x], atol=2e-7)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [*MODELS, "window"])
 def test_gradients_match_finite_differences(name):
-    mod = _graph(MODELS[name]())
+    """ "window": a strided 3x3 consumer with asymmetric padding (its rows are windows)."""
+    from tests.compress.test_prune_window_consumer import reduce_model
+
+    mod = _graph(MODELS[name]() if name in MODELS else reduce_model())
     net = _net(mod, 1)
     net.params = {k: v.astype(np.float64) for k, v in net.params.items()}
     rng = np.random.default_rng(2)

@@ -1,6 +1,6 @@
 """Structured pruning whose consumer is a KxK conv (a ResNet block's second conv): the
 region, the window rows the refit fits on, the rewrite against a hand-pruned ONNX model run by
-onnxruntime, and `--prune macs` end to end."""
+onnxruntime, block distillation through the windows, and `--prune macs` end to end."""
 
 from __future__ import annotations
 
@@ -53,6 +53,28 @@ def _block_model(w: dict | None = None, strided: bool = False) -> onnx.ModelProt
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, out, out])],
         [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def reduce_model() -> onnx.ModelProto:
+    """x -> 1x1 conv -> relu -> 3x3 conv, stride 2, asymmetric padding -> y (an Inception
+    branch's reduction and conv): a region block distillation can train."""
+    rng = np.random.default_rng(19)
+    w = {
+        "w1": rng.standard_normal((H, C, 1, 1)) / 3, "b1": rng.standard_normal(H) / 4,
+        "w2": rng.standard_normal((C, H, 3, 3)) / 14, "b2": rng.standard_normal(C) / 4,
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["h"]),
+        helper.make_node("Conv", ["h", "w2", "b2"], ["y"], strides=[2, 2], pads=[0, 1, 1, 0]),
+    ]
+    graph = helper.make_graph(
+        nodes, "reduce",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE // 2, SIZE // 2])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
+    )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -199,3 +221,35 @@ def test_prune_macs_makes_the_same_cut_at_every_level(tmp_path, make):
         cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
         assert cos > 0.9, (level, cos)
     assert len(set(map(tuple, kept.values()))) == 1 and kept[0], kept
+
+
+def test_distillation_trains_through_the_windows(tmp_path):
+    """A 1x1 producer and a strided 3x3 consumer: the block's forward is what the rewritten
+    graph computes, and `distill=` trains it (held-out error no worse than the refit's)."""
+    from graphopt.compress.channels.distill import _apply
+    from tests.compress.test_distill_channels import _net
+
+    model = reduce_model()
+    mod = _graph(model)
+    net = _net(mod, 20)
+    region = net.region
+    decision = _apply(net, region, {"keep": net.keep})
+    np.savez(tmp_path / "p.npz", **{f"{region.name}.{k}": v for k, v in decision.items()})
+    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    x = np.random.default_rng(21).standard_normal((1, C, SIZE, SIZE)).astype(np.float32)
+    rows = net.forward(x.transpose(0, 2, 3, 1))[0]
+    b2 = _weights(model)["b2"]
+    want = rows.reshape(1, SIZE // 2, SIZE // 2, C).transpose(0, 3, 1, 2) + b2[:, None, None]
+    np.testing.assert_allclose(run_module(out, [x])[0], want, rtol=1e-4, atol=1e-4)
+
+    onnx.save(model, tmp_path / "m.onnx")
+    xs = np.random.default_rng(22).standard_normal([32, C, SIZE, SIZE]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    opts = ChannelOptions(macs=0.7, calibration=str(tmp_path / "calib.npz"), multiple=4, distill=40)
+    art = graphopt.compile(tmp_path / "m.onnx", tmp_path / "out", compression=[Channels(opts)])
+    (gain,) = art.manifest["channels"]["distill"]["held_out_gain"].values()
+    assert gain >= 1.0
+
+
+def _weights(model) -> dict:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

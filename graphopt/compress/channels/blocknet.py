@@ -7,7 +7,8 @@ kept channels, channels last:
     h = f(h, ...)                  the region's bindings in order: elementwise ops with
                                    constants (sliced to the kept channels) or region tensors,
                                    depthwise convs h * Wd - sd
-    y = h Wq + c                   consumer on the kept rows, its refit bias
+    y = h Wq + c                   consumer on the kept rows, its refit bias (a KxK conv:
+                                   on h's windows, `consumer_rows`)
 
 Parameters are the producer's and the depthwise convs' weights and shifts and the consumer's
 weight and bias: the values the `WeightProbe` can stand in for (a weight input and a shift
@@ -79,8 +80,6 @@ class BlockNet:
         p = region.producer
         if not _unit_producer(p):
             raise Unsupported(f"{p.name}: producer is not a 1x1 conv or matmul")
-        if not _unit_producer(region.consumer):
-            raise Unsupported(f"{region.consumer.name}: consumer is not a 1x1 conv or matmul")
         self.region, self.keep = region, np.asarray(keep)
         ndim = len(p.call.ty.shape.values)
         wp = as_kn(p)[:, self.keep] if p.kind == "matmul" else p.weight[self.keep, :, 0, 0].T
@@ -122,17 +121,16 @@ class BlockNet:
         values = [x @ pr["p.w"] - pr["p.s"]]
         for st in self.steps:
             values.append(_forward(st, values, pr))
-        h = values[-1]
-        y = h.reshape(-1, h.shape[-1]) @ pr["q.w"] + pr["q.c"]
+        y = consumer_rows(values[-1], self.region.consumer) @ pr["q.w"] + pr["q.c"]
         return y, [x, *values]
 
     def backward(self, cache: list, g_y: np.ndarray) -> dict[str, np.ndarray]:
         """Gradients of every parameter for the output gradient g_y (rows)."""
         pr, x, values = self.params, cache[0], cache[1:]
-        h = values[-1]
-        grads = {"q.w": h.reshape(-1, h.shape[-1]).T @ g_y, "q.c": g_y.sum(0)}
+        h, q = values[-1], self.region.consumer
+        grads = {"q.w": consumer_rows(h, q).T @ g_y, "q.c": g_y.sum(0)}
         g = [None] * len(values)
-        g[-1] = (g_y @ pr["q.w"].T).reshape(h.shape)
+        g[-1] = consumer_rows_backward(g_y @ pr["q.w"].T, h.shape, q)
         for i in range(len(self.steps), 0, -1):
             if g[i] is not None:
                 _backward(self.steps[i - 1], values, i, g, grads, pr)
@@ -224,6 +222,49 @@ def _local_grad(op: str, v: list, k: int, y, gy):
 
 def _accumulate(g: list, j: int, value) -> None:
     g[j] = value if g[j] is None else g[j] + value
+
+
+def _windows(layer: Layer, padded_shape) -> tuple[list, tuple[int, int]]:
+    """The slices of a padded channels-last tensor that each tap of `layer` (a conv) reads,
+    tap by tap (i, then j), and the output's height and width."""
+    a = layer.call.attrs
+    sy, sx = (int(v) for v in a.strides)
+    dy, dx = (int(v) for v in a.dilation)
+    kh, kw = layer.weight_shape[2:]
+    oh = (padded_shape[1] - dy * (kh - 1) - 1) // sy + 1
+    ow = (padded_shape[2] - dx * (kw - 1) - 1) // sx + 1
+    taps = [
+        (slice(None), slice(i * dy, i * dy + sy * (oh - 1) + 1, sy),
+         slice(j * dx, j * dx + sx * (ow - 1) + 1, sx))
+        for i in range(kh) for j in range(kw)
+    ]  # fmt: skip
+    return taps, (oh, ow)
+
+
+def consumer_rows(h: np.ndarray, q: Layer) -> np.ndarray:
+    """The rows the consumer's [K, N] weight multiplies: h's channels, or for other convs
+    (KxK, strided, padded) the windows of channels-last h, channel-major as `as_kn` orders a
+    conv's weight."""
+    if _unit_producer(q):  # a matmul or a 1x1 conv of stride 1: the channels
+        return h.reshape(-1, h.shape[-1])
+    _sy, _sx, py, px = _geometry(q)
+    hp = np.pad(h, ((0, 0), py, px, (0, 0)))
+    taps, _ = _windows(q, hp.shape)
+    return np.stack([hp[t] for t in taps], axis=-1).reshape(-1, h.shape[-1] * len(taps))
+
+
+def consumer_rows_backward(g: np.ndarray, shape, q: Layer) -> np.ndarray:
+    """The gradient for h (its `shape`) of the gradient g for consumer_rows(h, q)."""
+    if _unit_producer(q):
+        return g.reshape(shape)
+    _sy, _sx, py, px = _geometry(q)
+    padded = (shape[0], shape[1] + sum(py), shape[2] + sum(px), shape[3])
+    taps, (oh, ow) = _windows(q, padded)
+    g = g.reshape(shape[0], oh, ow, shape[3], len(taps))
+    gp = np.zeros(padded, g.dtype)
+    for k, t in enumerate(taps):
+        gp[t] += g[..., k]
+    return gp[:, py[0] : py[0] + shape[1], px[0] : px[0] + shape[2]]
 
 
 def _geometry(layer: Layer):

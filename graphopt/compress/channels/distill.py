@@ -17,7 +17,7 @@ import numpy as np
 
 from ...progress import Meter
 from ..common.layers import bound_constants, find_layers
-from ..int4.hessian import MASK_INPUT
+from ..int4.hessian import MASK_INPUT, conv_rows
 from ..prune.layers import as_kn
 from .blocknet import BlockNet, Unsupported
 from .chains import Operands, Region
@@ -145,13 +145,20 @@ def _region_data(r: Region, probe, feeds, dense, current, params) -> _Data:
     for feed, taps in zip(feeds, dense):
         run = probe.runner.run([feed[p] for p in params], *current)
         x = _channels_last(np.asarray(run[index[r.producer.name]]), r.axis)
-        goal = _rows(np.asarray(taps[index[r.consumer.name]]), r.axis) @ _kn(r.consumer)
+        goal = _consumer_input_rows(r, np.asarray(taps[index[r.consumer.name]])) @ _kn(r.consumer)
         if r.consumer.name in res:
             i = res[r.consumer.name]
             goal = goal + _rows(np.asarray(taps[i]) - np.asarray(run[i]), r.axis)
         x = np.ascontiguousarray(x, np.float32)
         data.add(x, goal.astype(np.float32), feed.get(MASK_INPUT))
     return data
+
+
+def _consumer_input_rows(r: Region, x: np.ndarray) -> np.ndarray:
+    """The dense consumer input as the rows its weight multiplies (a conv's windows)."""
+    if r.consumer.kind == "conv2d":
+        return conv_rows(r.consumer, np.asarray(x, np.float64))
+    return _rows(x, r.axis)
 
 
 def _kn(q) -> np.ndarray:
