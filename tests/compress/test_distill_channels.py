@@ -41,6 +41,15 @@ def _net(mod, seed: int) -> BlockNet:
     return net
 
 
+def rewrite_trained(mod, net: BlockNet, tmp_path):
+    """(the block's parameters as a plan, the model prune-channels makes of that plan)."""
+    decision = _apply(net, net.region, {"keep": net.keep})
+    plan = {f"{net.region.name}.{k}": v for k, v in decision.items()}
+    np.savez(tmp_path / "p.npz", **plan)
+    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    return decision, out
+
+
 def _x(mod, net: BlockNet, rng) -> np.ndarray:
     k = net.params["p.w"].shape[0]
     return rng.standard_normal((2, 6, 6, k) if net.region.axis == 1 else (1, 16, k))
@@ -88,9 +97,7 @@ def test_rewrite_computes_the_trained_block(name, tmp_path):
     mod = _graph(model)
     net = _net(mod, 3)
     region = net.region
-    decision = _apply(net, region, {"keep": net.keep})
-    np.savez(tmp_path / "p.npz", **{f"{region.name}.{k}": v for k, v in decision.items()})
-    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    decision, out = rewrite_trained(mod, net, tmp_path)
     assert "R.subtract" not in out.script()  # the shifts went into the bias adds after them
     rng = np.random.default_rng(4)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -18,19 +18,34 @@ from graphopt.compress.prune.layers import as_kn, from_kn
 from graphopt.pass_infra import make_pass
 from graphopt.pipeline import run_passes
 from graphopt.testing import run_module
-from tests.compress.test_prune_channels import _conv_model, _graph, _ort
+from tests.compress.test_prune_channels import _conv_model, _graph, _ort, _weights
 
 C, H, SIZE = 8, 24, 12  # block channels, inner channels, image size
 
 
+def _conv_net(name: str, nodes: list, w: dict, out_size: int) -> onnx.ModelProto:
+    """x [1, C, SIZE, SIZE] -> `nodes` -> y [1, C, out_size, out_size], weights `w`."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, out_size, out_size])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _conv_weights(seed: int, **layers: tuple) -> dict[str, np.ndarray]:
+    """w<name> [out, in, k, k] / scale and b<name> [out] per layer name -> (out, in, k, scale)."""
+    rng = np.random.default_rng(seed)
+    w = {}
+    for name, (out, inp, k, scale) in layers.items():
+        w[f"w{name}"] = rng.standard_normal((out, inp, k, k)) / scale
+        w[f"b{name}"] = rng.standard_normal(out) / 4
+    return w
+
+
 def _block_weights() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(11)
-    return {
-        "w1": rng.standard_normal((H, C, 3, 3)) / 8,
-        "b1": rng.standard_normal(H) / 4,
-        "w2": rng.standard_normal((C, H, 3, 3)) / 14,
-        "b2": rng.standard_normal(C) / 4,
-    }
+    return _conv_weights(11, **{"1": (H, C, 3, 8), "2": (C, H, 3, 14)})
 
 
 def _block_model(w: dict | None = None, strided: bool = False) -> onnx.ModelProto:
@@ -45,37 +60,19 @@ def _block_model(w: dict | None = None, strided: bool = False) -> onnx.ModelProt
     ]
     if not strided:
         nodes.append(helper.make_node("Add", ["o", "x"], ["y"]))
-    out = SIZE // 2 if strided else SIZE
-    graph = helper.make_graph(
-        nodes,
-        "block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, out, out])],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _conv_net("block", nodes, w, SIZE // 2 if strided else SIZE)
 
 
 def reduce_model() -> onnx.ModelProto:
     """x -> 1x1 conv -> relu -> 3x3 conv, stride 2, asymmetric padding -> y (an Inception
     branch's reduction and conv): a region block distillation can train."""
-    rng = np.random.default_rng(19)
-    w = {
-        "w1": rng.standard_normal((H, C, 1, 1)) / 3, "b1": rng.standard_normal(H) / 4,
-        "w2": rng.standard_normal((C, H, 3, 3)) / 14, "b2": rng.standard_normal(C) / 4,
-    }  # fmt: skip
+    w = _conv_weights(19, **{"1": (H, C, 1, 3), "2": (C, H, 3, 14)})
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["h0"]),
         helper.make_node("Relu", ["h0"], ["h"]),
         helper.make_node("Conv", ["h", "w2", "b2"], ["y"], strides=[2, 2], pads=[0, 1, 1, 0]),
     ]
-    graph = helper.make_graph(
-        nodes, "reduce",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE // 2, SIZE // 2])],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
-    )  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _conv_net("reduce", nodes, w, SIZE // 2)
 
 
 @pytest.mark.parametrize("strided", [False, True])
@@ -166,12 +163,7 @@ def test_prune_macs_end_to_end_on_a_resnet_block(tmp_path, sequential):
 def test_a_bottleneck_keeps_the_region_into_its_kxk_conv():
     """1x1 -> relu -> 3x3 -> relu -> 1x1 (+ x): the 3x3 conv ends one region and starts
     another; a layer is never cut on both axes, so only the first region stays."""
-    rng = np.random.default_rng(16)
-    w = {
-        "wa": rng.standard_normal((H, C, 1, 1)) / 3, "ba": np.zeros(H),
-        "wb": rng.standard_normal((H, H, 3, 3)) / 14, "bb": np.zeros(H),
-        "wc": rng.standard_normal((C, H, 1, 1)) / 5, "bc": np.zeros(C),
-    }  # fmt: skip
+    w = _conv_weights(16, a=(H, C, 1, 3), b=(H, H, 3, 14), c=(C, H, 1, 5))
     nodes = [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a0"]),
         helper.make_node("Relu", ["a0"], ["a"]),
@@ -180,14 +172,7 @@ def test_a_bottleneck_keeps_the_region_into_its_kxk_conv():
         helper.make_node("Conv", ["b", "wc", "bc"], ["c"]),
         helper.make_node("Add", ["c", "x"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "bottleneck",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in w.items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    (region,) = find_regions(_graph(model))
+    (region,) = find_regions(_graph(_conv_net("bottleneck", nodes, w, SIZE)))
     assert region.producer.weight_shape == [H, C, 1, 1]
     assert region.consumer.weight_shape == [H, H, 3, 3]
 
@@ -226,16 +211,12 @@ def test_prune_macs_makes_the_same_cut_at_every_level(tmp_path, make):
 def test_distillation_trains_through_the_windows(tmp_path):
     """A 1x1 producer and a strided 3x3 consumer: the block's forward is what the rewritten
     graph computes, and `distill=` trains it (held-out error no worse than the refit's)."""
-    from graphopt.compress.channels.distill import _apply
-    from tests.compress.test_distill_channels import _net
+    from tests.compress.test_distill_channels import _net, rewrite_trained
 
     model = reduce_model()
     mod = _graph(model)
     net = _net(mod, 20)
-    region = net.region
-    decision = _apply(net, region, {"keep": net.keep})
-    np.savez(tmp_path / "p.npz", **{f"{region.name}.{k}": v for k, v in decision.items()})
-    out = run_passes(mod, [make_pass("prune-channels", {"plan": str(tmp_path / "p.npz")})])
+    _decision, out = rewrite_trained(mod, net, tmp_path)
     x = np.random.default_rng(21).standard_normal((1, C, SIZE, SIZE)).astype(np.float32)
     rows = net.forward(x.transpose(0, 2, 3, 1))[0]
     b2 = _weights(model)["b2"]
@@ -249,7 +230,3 @@ def test_distillation_trains_through_the_windows(tmp_path):
     art = graphopt.compile(tmp_path / "m.onnx", tmp_path / "out", compression=[Channels(opts)])
     (gain,) = art.manifest["channels"]["distill"]["held_out_gain"].values()
     assert gain >= 1.0
-
-
-def _weights(model) -> dict:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
