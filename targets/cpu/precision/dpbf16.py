@@ -42,7 +42,7 @@ from graphopt.precision_ops import (
 )
 from graphopt.targets.cpu.precision.cvt_bf16 import CVT_IR, bf16_bits
 from graphopt.targets.cpu.precision.kernels import store_macro
-from graphopt.targets.cpu.precision.row_chunks import row_chunks
+from graphopt.targets.cpu.precision.row_chunks import row_chunks, target_threads
 
 PANEL = 16
 LAYOUT = "dpbf16"
@@ -205,8 +205,9 @@ def pair_kernel(spec: PrecisionMatmulSpec, instr: PairInstruction) -> tvm.tirx.P
     p_count = padded_panels(spec, tile)
     groups = p_count // nr
     symbolic = not isinstance(rows, int)
-    chunks = row_chunks(rows, mr, CHUNK_ROWS)
-    loop = T.parallel if symbolic or rows * pairs * n >= 1 << 17 else T.serial
+    parallel = symbolic or rows * pairs * n >= 1 << 17
+    loop = T.parallel if parallel else T.serial
+    chunks = row_chunks(rows, mr, CHUNK_ROWS, groups, target_threads() if parallel else 1)
     big = symbolic or rows * pairs >= 1 << 13
     round_pairs = round_pairs_macro(
         spec.k, pairs, T.parallel if big else T.serial, spec.x_bits, spec.precision

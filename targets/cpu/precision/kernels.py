@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from graphopt.matmul_recipe import row_count, tir_shape
 from graphopt.precision_epilogue import kernel_func, tir_epilogue
 from graphopt.precision_ops import PrecisionMatmulSpec, tir_round, tir_store_value, tir_widen
-from graphopt.targets.cpu.precision.row_chunks import row_chunks
+from graphopt.targets.cpu.precision.row_chunks import row_chunks, target_threads
 
 PANEL = 16
 LANES = 8
@@ -113,8 +113,9 @@ def matmul16_kernel(spec: PrecisionMatmulSpec, lanes: int = LANES) -> tvm.tirx.P
     per_row = PANEL // lanes  # vectors a row of a panel
     symbolic = not isinstance(rows, int)  # any row count: whole tiles and chunks, parallel
     mr = MR * 2 // per_row if symbolic else min(MR * 2 // per_row, rows)
-    chunks = row_chunks(rows, mr, CHUNK)
-    loop = T.parallel if symbolic or rows * kp * n >= 1 << 18 else T.serial
+    parallel = symbolic or rows * kp * n >= 1 << 18
+    loop = T.parallel if parallel else T.serial
+    chunks = row_chunks(rows, mr, CHUNK, p_count, target_threads() if parallel else 1)
     store = store_macro(spec, lanes)
     round_rows = round_macro(spec, T.parallel if symbolic or rows * kp >= 1 << 14 else T.serial)
 

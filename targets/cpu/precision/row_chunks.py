@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm.script import tirx as T
+
+from graphopt.targets.cpu.schedules.common import cpu_info
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,35 @@ class RowChunks:
         return T.min(self.tiles, (self.rows - index * self.chunk + self.mr - 1) // self.mr)
 
 
-def row_chunks(rows, mr: int, max_chunk: int) -> RowChunks:
-    """Chunks of at most `max_chunk` rows (a multiple of `mr`) for `rows`."""
+def target_threads() -> int:
+    """The threads a kernel built now runs on: the current target's cores (1 unknown)."""
+    info = cpu_info(tvm.target.Target.current(allow_none=True))
+    return info.cores if info is not None else 1
+
+
+def row_chunks(rows, mr: int, max_chunk: int, groups: int = 1, threads: int = 1) -> RowChunks:
+    """Chunks of at most `max_chunk` rows (a multiple of `mr`) for `rows`; `groups` tasks
+    (panel groups) per chunk, run on `threads` threads: more chunks (up to four times the
+    fewest) only where that takes at least 2% off the register tiles of the busiest thread
+    (each task reloads its panels)."""
     if not isinstance(rows, int):
         return RowChunks(rows, mr, max_chunk)
-    count = -(-rows // max_chunk)
-    per_task = -(-rows // count)
-    return RowChunks(rows, mr, -(-per_task // mr) * mr)
+    fewest = -(-rows // max_chunk)
+    per_task = -(-rows // fewest)
+    chunk = -(-per_task // mr) * mr
+    if threads <= 1:
+        return RowChunks(rows, mr, chunk)
+    tiles = -(-rows // mr)
+    busiest = _busiest(tiles, chunk // mr, groups, threads)
+    for count in range(fewest + 1, min(tiles, 4 * fewest) + 1):
+        chunk_tiles = -(-tiles // count)
+        if _busiest(tiles, chunk_tiles, groups, threads) < 0.98 * busiest:
+            busiest, chunk = _busiest(tiles, chunk_tiles, groups, threads), chunk_tiles * mr
+    return RowChunks(rows, mr, chunk)
+
+
+def _busiest(tiles: int, chunk_tiles: int, groups: int, threads: int) -> int:
+    """Register tiles the busiest thread runs: TVM's static split gives each thread
+    ceil(tasks / threads) consecutive tasks."""
+    tasks = groups * -(-tiles // chunk_tiles)
+    return -(-tasks // threads) * chunk_tiles
