@@ -18,7 +18,7 @@ from graphopt.pass_infra import make_pass
 from graphopt.precision_depthwise import DepthwiseSpec, portable_kernel, reference_depthwise
 from graphopt.precision_ops import to_bits
 from graphopt.reference import ort_run, ort_session
-from graphopt.targets.cpu.precision.depthwise import depthwise16_kernel
+from graphopt.targets.cpu.precision.depthwise import channel_groups, depthwise16_kernel
 
 HOST = _tvm.host_cpu_features()
 SPECS = {
@@ -33,6 +33,9 @@ SPECS = {
     ),
     "13_wide_rows_24_channels": DepthwiseSpec(
         (1, 13, 13, 24), (3, 3), (1, 1), (1, 1, 1, 1), "bf16", bias=True, out_bits=True
+    ),
+    "3_rows_in_channel_groups": DepthwiseSpec(
+        (1, 3, 5, 64), (3, 3), (1, 1), (1, 1, 1, 1), "bf16", bias=True, lo=0.0, hi=6.0
     ),
 }
 
@@ -71,15 +74,27 @@ def test_portable_kernel_equals_numpy(name):
 @pytest.mark.parametrize("mcpu,lanes", [("haswell", 8), ("znver4", 16)], ids=["avx2", "avx512"])
 def test_cpu_kernel_equals_numpy(name, mcpu, lanes):
     """Vectors of channels, register tiles of pixels (13 wide: the last tile overlaps), the
-    border tiles masked: the same sums in the same order as the numpy model."""
+    border tiles masked, built for 2 threads (3 rows: tasks of half a row's channels): the
+    same sums in the same order as the numpy model."""
     needed = {"avx2"} if lanes == 8 else {"avx512f", "avx512bw"}
     if not needed <= HOST:
         pytest.skip(f"this host has no {'/'.join(sorted(needed))}")
     spec = SPECS[name]
     x, w, bias = _operands(spec, seed=1)
     target = _tvm.make_target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    got = _run(depthwise16_kernel(spec, lanes), spec, target, x, w, bias)
+    with target:
+        func = depthwise16_kernel(spec, lanes)
+    got = _run(func, spec, target, x, w, bias)
     np.testing.assert_array_equal(got, _want(spec, x, w, bias))
+
+
+def test_small_maps_split_rows_into_channel_groups():
+    """TVM gives each thread ceil(tasks / threads) consecutive tasks: 7 rows of a 7x7 map on
+    2 threads would run 4 on one; in two channel groups each thread runs 7 half rows."""
+    assert channel_groups(7, 60, threads=2) == 2
+    assert channel_groups(56, 6, threads=2) == 1  # even already
+    assert channel_groups(7, 60, threads=1) == 1
+    assert channel_groups(3, 4, threads=2) == 2
 
 
 def test_taps_on_the_padding_are_skipped():
