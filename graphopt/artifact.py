@@ -57,6 +57,7 @@ class Artifact:
         self.outputs = [IOSpec.from_json(d) for d in self.manifest["outputs"]]
         self.dims = dim_ranges(self.manifest)
         self._vm: Any = None
+        self._input_tensors: list[Any] = []  # run's device copies of the last inputs
 
     @property
     def library_path(self) -> Path:
@@ -126,11 +127,27 @@ class Artifact:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run once; returns outputs keyed by the model's output names."""
         arrays = self.check_inputs(inputs)
+        main = self._machine()["main"]
+        outs = flatten_outputs(main(*self._device_inputs(arrays)))
+        return {spec.name: out for spec, out in zip(self.outputs, outs)}
+
+    def _device_inputs(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """The inputs as tensors on the model's device (a GPU for `cuda` artifacts): the
+        previous call's tensors, copied into, where shapes and dtypes match: allocating a
+        new 600 KB tensor each call made MobileNetV2's calls 1% slower on 2 cores."""
         import tvm.runtime
 
-        dev = self.device()  # inputs where the model runs (a GPU for `cuda` artifacts)
-        outs = call_vm(self._machine(), arrays, lambda a: tvm.runtime.tensor(a, dev))
-        return {spec.name: out for spec, out in zip(self.outputs, outs)}
+        kept = self._input_tensors
+        same = len(kept) == len(arrays) and all(
+            tuple(t.shape) == a.shape and str(t.dtype) == str(a.dtype) for t, a in zip(kept, arrays)
+        )
+        if not same:
+            dev = self.device()
+            self._input_tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+            return self._input_tensors
+        for tensor, array in zip(kept, arrays):
+            tensor.copyfrom(array)
+        return kept
 
     def runner(self, inputs: Mapping[str, Any]):
         """A no-argument callable that runs the model on these inputs (for timing loops).
