@@ -16,7 +16,6 @@ from graphopt.compress.common.layers import find_layers
 from graphopt.compress.int4.adaround import AdaRoundOptions, adaround
 from graphopt.compress.int4.budget import ladder_order, size_limit
 from graphopt.compress.int4.layers import int4_layers, layer_weight, weight_matrix
-from graphopt.compress.int4.method import int8_values
 from graphopt.compress.int4.qinputs import fake_quant_module
 from graphopt.compress.int4.quant import quantize_rtn
 from graphopt.compress.int8.calibrate import tap_module
@@ -174,40 +173,6 @@ def test_max_size_moves_layers_to_int8_while_they_fit(files):
     assert m["size"]["ratio"] <= 0.2
     reasons = {r.get("reason") for r in m["layers"] if r["bits"] == 8}
     assert reasons == {"max-size"}
-
-
-def test_adaround_under_a_size_cap_fits_only_the_layers_left_int4(files):
-    """The cap chooses the int8 layers first; AdaRound then fits the int4 ones on inputs
-    computed with those int8 weights (not on int4 predecessors the cap later replaces)."""
-    out = files / "adaround_capped"
-    args = ["compile", str(files / "cnn.onnx"), "-o", str(out), "--quantize", "int4"]
-    args += ["--int4-method", "adaround", "--calibration", str(files / "calib.npz")]
-    assert main([*args, "--int4-max-size", "0.2"]) == 0
-    m = json.loads((out / "manifest.json").read_text())["int4"]
-    layers = {r["layer"]: r for r in m["layers"]}
-    held = {n for n, r in layers.items() if r["bits"] == 8}
-    assert held and held != set(layers) and m["size"]["ratio"] <= 0.2
-    assert all("adaround" not in r for n, r in layers.items() if n in held)
-    assert all(r["adaround"]["adaround"] <= r["adaround"]["start"] * (1 + 1e-6)
-               for n, r in layers.items() if n not in held)  # fmt: skip
-    x = np.random.default_rng(8).standard_normal((4, 1, 32, 8, 8)).astype(np.float32)
-    sess = ort.InferenceSession(str(files / "cnn.onnx"), providers=["CPUExecutionProvider"])
-    want = np.concatenate([sess.run(None, {"x": xi})[0] for xi in x])
-    got = np.concatenate([graphopt.load(out).run({"x": xi})["logits"] for xi in x])
-    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cos.min() > 0.99, cos
-
-
-def test_int8_values_are_per_output_channel():
-    mod = run_passes(import_onnx(_cnn()).mod, instantiate(parse_pipeline("fold-constants")))
-    for ly in int4_layers(mod["main"]):
-        w, got = ly.weight, int8_values(ly)
-        step = np.abs(w).max(axis=tuple(a for a in range(w.ndim) if a != ly.weight_axis)) / 127
-        shape = [-1 if a == ly.weight_axis else 1 for a in range(w.ndim)]
-        assert np.abs(got - w).max() <= (step.reshape(shape) / 2 * 1.0001).max()
-        np.testing.assert_allclose(
-            got / step.reshape(shape), np.round(got / step.reshape(shape)), atol=1e-3
-        )
 
 
 def test_adaround_needs_calibration(files, capsys):

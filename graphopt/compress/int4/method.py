@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -25,7 +25,6 @@ from ..common.budget import check_budget_options, eval_feeds
 from ..common.data import load_calibration
 from ..common.errors import CalibrationError
 from ..common.layers import Layer, find_layers
-from ..int8.qdq import dequant_weight_np, weight_qparams
 from .awq import scaled_hessian, search_scale, with_input_scale
 from .budget import FALLBACKS, Choice, SwitchRunner, choose, switch_module
 from .embedding import embedding_table, find_tables
@@ -170,9 +169,8 @@ class Int4:
             return None
         clock = time.perf_counter()
         errors: dict[str, dict] = {}
-        learn = None  # AdaRound held back until the size cap has chosen the int8 layers
         if (o.method != "rtn" or o.awq or any(smoothing(o, ly) for ly in layers)) and layers:
-            weights, learn = _calibrated(mod, layers, o, ctx, errors, o.max_size is not None)
+            weights = _calibrated(mod, layers, o, ctx, errors)
         else:
             weights = {
                 ly.name: quantize_rtn(
@@ -191,11 +189,6 @@ class Int4:
             clock = time.perf_counter()
             planner.budget(mod, layers, ctx)
             seconds["budget"] = round(time.perf_counter() - clock, 2)
-        if learn is not None:
-            clock = time.perf_counter()
-            learn(planner.bits(planner.choice.level if planner.choice else 0))
-            save_weights(path, weights)
-            seconds["quantize"] = round(seconds["quantize"] + time.perf_counter() - clock, 2)
         return planner.plan(planner.choice.level if planner.choice else 0)
 
 
@@ -369,15 +362,9 @@ def _lower_options(o: Int4Options, path: Path, skip: list[str]) -> dict[str, str
     return opts
 
 
-def _calibrated(
-    mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors, later=False
-):
-    """({layer: Int4Weight}, None) from calibration: AWQ scaling (--int4-awq), then GPTQ or
-    rounding, then AdaRound; `errors` gets each layer's output error, plain rounding's
-    beside it. `later`: AdaRound is returned instead, as learn(bits): it fits the layers
-    `bits` leaves int4 on the inputs of a model whose int8 layers (the size cap's) compute
-    with their int8 weights. Fitted first, each layer learned to correct int4 predecessors
-    that the cap then made int8 (docs/INT4.md)."""
+def _calibrated(mod, layers: list[Layer], o: Int4Options, ctx: CompressionContext, errors):
+    """{layer: Int4Weight} from calibration: AWQ scaling (--int4-awq), then GPTQ or rounding;
+    `errors` gets each layer's output error, plain rounding's beside it."""
     from ..int8.flow import evaluation_target
     from .hessian import RowSample, hessians
 
@@ -406,44 +393,22 @@ def _calibrated(
             **({"smooth_alpha": alpha} if smoothed else {}),
         }
         meter.update(i + 1, ly.name)
-    if o.method != "adaround":
-        return weights, None
-
-    def learn(bits: Mapping[str, int] | None = None) -> None:
-        bits = bits or {}
-        int4 = [ly for ly in layers if bits.get(ly.name, 4) == 4]
-        held = {ly.name: int8_values(ly) for ly in layers if bits.get(ly.name) == 8}
-        if held:
-            ctx.progress(f"int4 adaround: {len(held)} layer(s) int8 under the size cap")
-        _adaround(mod, int4, weights, feeds, o, target, ctx.progress, (hs, rows), errors, held)
-
-    if later:
-        return weights, learn
-    learn()
-    return weights, None
+    if o.method == "adaround":
+        _adaround(mod, layers, weights, feeds, o, target, ctx.progress, (hs, rows), errors)
+    return weights
 
 
-def int8_values(layer: Layer) -> np.ndarray:
-    """The weight an int8 fallback layer computes with: symmetric int8 per output channel."""
-    wq, scale = weight_qparams(np.asarray(layer.weight, np.float32), layer.weight_axis)
-    return np.asarray(dequant_weight_np(wq, scale, layer.weight_axis), np.float32)
-
-
-def _adaround(
-    mod, layers, weights, feeds, o: Int4Options, target, progress, hr, errors, held=None
-) -> None:
-    """Replaces the round-to-nearest `weights` of `layers` by AdaRound's (qinputs.py) and
-    records both output errors per layer: on the quantized inputs (`adaround`), and on the
-    fp32 inputs (`mse`, as GPTQ's). `held`: {layer: int8 weight values} of layers that
-    stay int8 (their inputs are not rounded as the int8 kernels round them)."""
+def _adaround(mod, layers, weights, feeds, o: Int4Options, target, progress, hr, errors) -> None:
+    """Replaces the round-to-nearest `weights` by AdaRound's (qinputs.py) and records both
+    output errors per layer: on the quantized inputs (`adaround`), and on the fp32 inputs
+    (`mse`, as GPTQ's)."""
     from .adaround import AdaRoundOptions
     from .qinputs import adaround_model
 
     a8 = o.activations == "int8"
     opts = AdaRoundOptions(iters=o.adaround_iters)
-    windows = {**window_weights(mod["main"], o), **(held or {})}
-    start = {ly.name: weights[ly.name] for ly in layers}
-    learned, errs = adaround_model(mod, layers, start, feeds, target, a8, opts, progress, windows)
+    windows = window_weights(mod["main"], o)
+    learned, errs = adaround_model(mod, layers, weights, feeds, target, a8, opts, progress, windows)
     hs, rows = hr
     for ly in layers:
         weights[ly.name] = learned[ly.name]
