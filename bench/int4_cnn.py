@@ -6,8 +6,8 @@ evaluation and validation photos disjoint): GPTQ calibrated on the calibration c
 rows), quality measured on the evaluation and validation crops against onnxruntime fp32.
 Contestants: graphopt fp32, graphopt int8 (the default static flow of bench_int8, every layer
 int8), int4 W4A8 with every 1x1 conv and the classifier int4 (the classifier's input smoothed,
-smooth.py): GPTQ with the depthwise and stem convs fp32 (the earlier default) or int8
-(`--int4-windows int8`, the default now), AdaRound (`--int4-method adaround`), and AdaRound
+smooth.py): GPTQ with the depthwise and stem convs fp32 (the default) or int8
+(`--int4-windows int8`, as every row after it), AdaRound (`--int4-method adaround`), and AdaRound
 under a size cap (`--int4-max-size`: the layers the ladder moves off int4, by output noise per
 byte, run int8: a 1x1 conv as the dynamic per-row int8 matmul of its pixels). Weights:
 tensor bytes in the library (graphopt.sizes) over fp32's. Latency (timed runs only):
@@ -40,15 +40,15 @@ def _variants(calib: Path, int8_quant) -> dict[str, dict]:
         return {"compression": [Int4(opts)]}
 
     budget = {"max_size": CNN_MAX_SIZE, "metric": "top1_agreement", "eval_data": str(calib)}
+    int8_windows = {"windows": "int8"}  # depthwise and stem convs: int8 weights
     return {
         "graphopt_fp32": {},
         "graphopt_int8": {"quantization": int8_quant},
-        # depthwise and stem convs fp32 (the earlier default)
         "graphopt_int4_gptq_fp32_windows": int4(method="gptq", windows="fp32"),
-        "graphopt_int4_gptq": int4(method="gptq"),  # depthwise and stem convs int8 weights
-        "graphopt_int4_adaround": int4(method="adaround"),
+        "graphopt_int4_gptq": int4(method="gptq", **int8_windows),
+        "graphopt_int4_adaround": int4(method="adaround", **int8_windows),
         # layers to int8 by output noise per byte while the size cap holds
-        "graphopt_int4_adaround_max_size": int4(method="adaround", **budget),
+        "graphopt_int4_adaround_max_size": int4(method="adaround", **int8_windows, **budget),
     }
 
 
