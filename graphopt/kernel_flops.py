@@ -26,10 +26,8 @@ def recipe_flops(func: tvm.tirx.PrimFunc, sizes: Mapping[str, int]) -> int | Non
     spec = sparse_ops.spec_of(func)
     if spec is not None:
         return 2 * rows(spec.x_shape) * spec.nnzb * spec.block
-    spec = precision_ops.spec_of(func)
-    if spec is not None:
-        return 2 * rows(spec.x_shape) * spec.k * spec.n
-    spec = precision_depthwise.spec_of(func)
-    if spec is not None:
-        return 2 * math.prod(spec.out_shape) * math.prod(spec.kernel)
-    return None
+    mm, dw = precision_ops.spec_of(func), precision_depthwise.spec_of(func)
+    if mm is None and dw is None:
+        return None  # a kernel may carry both (a pointwise and a depthwise conv fused)
+    flops = 2 * rows(mm.x_shape) * mm.k * mm.n if mm is not None else 0
+    return flops + (2 * math.prod(dw.out_shape) * math.prod(dw.kernel) if dw is not None else 0)

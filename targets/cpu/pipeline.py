@@ -65,7 +65,9 @@ def cpu_schedule_stage(
     kernels rebuilt for the target's dot instruction, constants packed; `materialize-int4`:
     lower-int4's int4-weight matmuls as panel kernels; `materialize-sparse`: sparsify's
     block-sparse kernels vectorized; `materialize-precision`: lower-precision's 16-bit
-    matmuls as panel kernels), then tuned records
+    matmuls as panel kernels; `fuse-expand-depthwise`: a bf16 pointwise conv and the
+    depthwise conv after it as one kernel where the map between them outgrows the L2
+    caches), then tuned records
     (when a database is given), then rule-based schedules for the rest.
 
     `schedule-cpu` skips kernels the database already scheduled, and the int8 kernels.
@@ -75,6 +77,7 @@ def cpu_schedule_stage(
         "materialize-int8" if sparse else "materialize-int8{sparse=false}",
         "materialize-int4",
         "materialize-precision",
+        "fuse-expand-depthwise",
         "materialize-sparse",
     ]
     if tuning_db:

@@ -37,6 +37,66 @@ LAYOUT = "cpu"
 _ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
 
+def row_macro(spec: DepthwiseSpec, lanes: int, cvt: bool):
+    """(macro, vector width, cvt used): the macro runs one output row of `spec`,
+    one_row(x, w, bias, out, img, row, x_row0, first_vector, vectors): every tile of the row
+    over `vectors` channel vectors from `first_vector`, reading input row ih of the image at
+    x[img, ih - x_row0] (x may hold only some of the image's rows: a band)."""
+    _, _, ow, c = spec.out_shape
+    _, h, wd, _ = spec.x_shape
+    (kh, kw), (sh, sw), (top, left, _, _) = spec.kernel, spec.strides, spec.pads
+    vl = vector_width(c, lanes)
+    cvt = cvt and spec.out_bits and spec.precision == "bf16" and vl == CVT_LANES
+    tw = row_tile(ow, TILE)
+    tiles, prec = -(-ow // tw), spec.precision
+
+    def stored(value):
+        return bf16_bits(value, vl) if cvt else tir_store_value(value, spec, vl)
+
+    def first_pixel(tile):
+        return T.min(tile * tw, ow - tw) if ow % tw else tile * tw
+
+    def inside(tile):
+        """Every tap of the tile's pixels inside the image's columns."""
+        p0 = first_pixel(tile)
+        return T.And(p0 * sw - left >= 0, (p0 + tw - 1) * sw + kw - 1 - left < wd)
+
+    @T.macro
+    def taps(x, w, acc, img, row, x_row0, c0, p0, checked):
+        for i in T.unroll(kh):
+            ih = T.meta_var(row * sh + i - top)
+            if 0 <= ih and ih < h:
+                for j in T.unroll(kw):
+                    wv = T.meta_var(tir_widen(w[i, j, T.ramp(c0, 1, vl)], prec, vl))
+                    for u in T.unroll(tw):
+                        iw = T.meta_var((p0 + u) * sw + j - left)
+                        col = T.meta_var(T.max(T.min(iw, wd - 1), 0) if checked else iw)
+                        xs = T.meta_var(x[img, ih - x_row0, col, T.ramp(c0, 1, vl)])
+                        xv = T.meta_var(x_value(xs, spec, vl))
+                        if checked:
+                            acc[u] = T.Select(T.And(0 <= iw, iw < wd), acc[u] + xv * wv, acc[u])
+                        else:
+                            acc[u] = acc[u] + xv * wv
+
+    @T.macro
+    def one_row(x, w, bias, out, img, row, x_row0, first_vector, vectors):
+        acc = T.decl_buffer((tw,), f"float32x{vl}", scope="local")
+        for tile, cb in T.grid(tiles, vectors):
+            c0 = T.meta_var((first_vector + cb) * vl)
+            for u in T.unroll(tw):
+                acc[u] = T.broadcast(T.float32(0), vl)
+            if inside(tile):
+                taps(x, w, acc, img, row, x_row0, c0, first_pixel(tile), False)
+            else:
+                taps(x, w, acc, img, row, x_row0, c0, first_pixel(tile), True)
+            for u in T.unroll(tw):
+                if first_pixel(tile) + u >= tile * tw:
+                    value = T.meta_var(tir_epilogue(acc[u], spec, bias, None, 0, c0, vl))
+                    out[img, row, first_pixel(tile) + u, T.ramp(c0, 1, vl)] = stored(value)
+
+    return one_row, vl, cvt
+
+
 def channel_groups(rows: int, blocks: int, threads: int) -> int:
     """Into how many groups a row's channel vectors split, so that `rows` x groups tasks
     share `threads` evenly (TVM gives each thread ceil(tasks / threads) consecutive ones): a
@@ -54,42 +114,9 @@ def depthwise16_kernel(spec: DepthwiseSpec, lanes: int, cvt: bool = False) -> tv
     """The vectorized kernel of `spec` for `lanes`-wide fp32 vectors (its recipe records it).
     `cvt`: the CPU has AVX512_BF16, so bf16 bit patterns are stored by `vcvtneps2bf16`
     (`cvt_bf16.py`: denormal results become zero)."""
-    n, oh, ow, c = spec.out_shape
-    _, h, wd, _ = spec.x_shape
-    (kh, kw), (sh, sw), (top, left, _, _) = spec.kernel, spec.strides, spec.pads
-    vl = vector_width(c, lanes)
-    cvt = cvt and spec.out_bits and spec.precision == "bf16" and vl == CVT_LANES
-
-    def stored(value):
-        return bf16_bits(value, vl) if cvt else tir_store_value(value, spec, vl)
-
-    blocks, tw = c // vl, row_tile(ow, TILE)
-    tiles, prec = -(-ow // tw), spec.precision
-
-    def first_pixel(tile):
-        return T.min(tile * tw, ow - tw) if ow % tw else tile * tw
-
-    def inside(tile):
-        """Every tap of the tile's pixels inside the image's columns."""
-        p0 = first_pixel(tile)
-        return T.And(p0 * sw - left >= 0, (p0 + tw - 1) * sw + kw - 1 - left < wd)
-
-    @T.macro
-    def taps(x, w, acc, img, row, c0, p0, checked):
-        for i in T.unroll(kh):
-            ih = T.meta_var(row * sh + i - top)
-            if 0 <= ih and ih < h:
-                for j in T.unroll(kw):
-                    wv = T.meta_var(tir_widen(w[i, j, T.ramp(c0, 1, vl)], prec, vl))
-                    for u in T.unroll(tw):
-                        iw = T.meta_var((p0 + u) * sw + j - left)
-                        col = T.meta_var(T.max(T.min(iw, wd - 1), 0) if checked else iw)
-                        xv = T.meta_var(x_value(x[img, ih, col, T.ramp(c0, 1, vl)], spec, vl))
-                        if checked:
-                            acc[u] = T.Select(T.And(0 <= iw, iw < wd), acc[u] + xv * wv, acc[u])
-                        else:
-                            acc[u] = acc[u] + xv * wv
-
+    n, oh, _, c = spec.out_shape
+    one_row, vl, cvt = row_macro(spec, lanes, cvt)
+    blocks = c // vl
     groups = channel_groups(n * oh, blocks, target_threads())
     per_group = blocks // groups
 
@@ -98,19 +125,7 @@ def depthwise16_kernel(spec: DepthwiseSpec, lanes: int, cvt: bool = False) -> tv
         for task in T.parallel(n * oh * groups):
             img = T.meta_var(task // (oh * groups))
             row = T.meta_var(task // groups % oh)
-            acc = T.decl_buffer((tw,), f"float32x{vl}", scope="local")
-            for tile, cb in T.grid(tiles, per_group):
-                c0 = T.meta_var((task % groups * per_group + cb) * vl)
-                for u in T.unroll(tw):
-                    acc[u] = T.broadcast(T.float32(0), vl)
-                if inside(tile):
-                    taps(x, w, acc, img, row, c0, first_pixel(tile), False)
-                else:
-                    taps(x, w, acc, img, row, c0, first_pixel(tile), True)
-                for u in T.unroll(tw):
-                    if first_pixel(tile) + u >= tile * tw:
-                        value = T.meta_var(tir_epilogue(acc[u], spec, bias, None, 0, c0, vl))
-                        out[img, row, first_pixel(tile) + u, T.ramp(c0, 1, vl)] = stored(value)
+            one_row(x, w, bias, out, img, row, 0, task % groups * per_group, per_group)
 
     @T.macro
     def with_instruction(x, w, bias, out):
