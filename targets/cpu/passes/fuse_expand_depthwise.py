@@ -50,9 +50,25 @@ class FuseExpandDepthwise(GraphPass):
             return PassResult(mod, False, {"fused": 0})
         fuser = _Fuser(mod, pairs, cache)
         main = fuser.visit_expr(mod["main"])
-        new = fuser.builder_.get()
+        new = tvm.IRModule(dict(fuser.builder_.get().functions), attrs=mod.attrs)
         new["main"] = main
-        return PassResult(new, True, {"fused": len(pairs)})
+        return PassResult(_without_unused(new, pairs), True, {"fused": len(pairs)})
+
+
+def _without_unused(mod: tvm.IRModule, pairs: dict) -> tvm.IRModule:
+    """`mod` without the kernels of the fused pairs that no call reads any more."""
+    called = set()
+
+    def visit(expr) -> None:
+        if _call_tir(expr):
+            called.add(expr.args[0])
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    fused = {call.args[0] for pair in pairs.values() for call in pair}
+    return tvm.IRModule(
+        {g: f for g, f in mod.functions.items() if g not in fused or g in called},
+        attrs=mod.attrs,
+    )
 
 
 def _spec(mod, call):
@@ -71,13 +87,9 @@ def _pairs(mod, main: relax.Function, floor: int) -> dict:
     """{matmul var: (matmul call, depthwise call)} of the pairs to fuse: the matmul's output
     read by that depthwise conv alone, the two fusable, the map above `floor` bytes."""
     bindings = [b for block in main.body.blocks for b in block.bindings]
-    uses: Counter = Counter()
-    for b in bindings:
-        for arg in _args(b.value):
-            if isinstance(arg, relax.Var):
-                uses[arg] += 1
-    for v in _leaves(main.body.body):
-        uses[v] += 1
+    uses: Counter = Counter()  # bindings (and the function's result) that read each var
+    for value in [b.value for b in bindings] + [main.body.body]:
+        uses.update(relax.analysis.free_vars(value))
     producers = {b.var: b.value for b in bindings if _call_tir(b.value)}
     pairs = {}
     for b in bindings:
@@ -91,20 +103,6 @@ def _pairs(mod, main: relax.Function, floor: int) -> dict:
         if fusable(mm, dw) and 2 * dw.x_shape[1] * dw.x_shape[2] * mm.n > floor:
             pairs[x] = (mm_call, b.value)
     return pairs
-
-
-def _args(value) -> list:
-    if _call_tir(value):
-        return list(value.args[1].fields)
-    if isinstance(value, relax.Call):
-        return list(value.args)
-    if isinstance(value, relax.Tuple):
-        return list(value.fields)
-    return [value]
-
-
-def _leaves(expr) -> list:
-    return list(expr.fields) if isinstance(expr, relax.Tuple) else [expr]
 
 
 @mutator
