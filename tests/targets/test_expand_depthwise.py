@@ -139,3 +139,16 @@ def test_small_map_left_alone(tmp_path):
     """40x40x96 in bf16 (0.3 MB) stays in L2 between the two kernels."""
     _art, count = _compile(_block(40), tmp_path / "small")
     assert count == 0
+
+
+def test_any_relax_function_not_only_main():
+    """Builds of their own (the int8 speed probe's) name their function otherwise."""
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("probe", [x]):
+        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
+    with _tvm.make_target(ZNVER4):
+        result = FuseExpandDepthwise().run(bb.get())
+    assert not result.modified and result.stats == {"fused": 0}

@@ -45,13 +45,17 @@ class FuseExpandDepthwise(GraphPass):
         floor = self.options.min_bytes
         if floor < 0:
             floor = cache[0] * cache[1] if info is not None else 1 << 62
-        pairs = _pairs(mod, mod["main"], floor)
+        funcs = {g: f for g, f in mod.functions.items() if isinstance(f, relax.Function)}
+        pairs = {}
+        for func in funcs.values():
+            pairs.update(_pairs(mod, func, floor))
         if not pairs:
             return PassResult(mod, False, {"fused": 0})
         fuser = _Fuser(mod, pairs, cache)
-        main = fuser.visit_expr(mod["main"])
+        updated = {g: fuser.visit_expr(f) for g, f in funcs.items()}
         new = tvm.IRModule(dict(fuser.builder_.get().functions), attrs=mod.attrs)
-        new["main"] = main
+        for gvar, func in updated.items():
+            new[gvar] = func
         return PassResult(_without_unused(new, pairs), True, {"fused": len(pairs)})
 
 
@@ -63,7 +67,9 @@ def _without_unused(mod: tvm.IRModule, pairs: dict) -> tvm.IRModule:
         if _call_tir(expr):
             called.add(expr.args[0])
 
-    relax.analysis.post_order_visit(mod["main"], visit)
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
     fused = {call.args[0] for pair in pairs.values() for call in pair}
     return tvm.IRModule(
         {g: f for g, f in mod.functions.items() if g not in fused or g in called},
@@ -83,12 +89,14 @@ def _call_tir(value) -> bool:
     return isinstance(value, relax.Call) and value.op.same_as(CALL_TIR)
 
 
-def _pairs(mod, main: relax.Function, floor: int) -> dict:
-    """{matmul var: (matmul call, depthwise call)} of the pairs to fuse: the matmul's output
-    read by that depthwise conv alone, the two fusable, the map above `floor` bytes."""
-    bindings = [b for block in main.body.blocks for b in block.bindings]
+def _pairs(mod, func: relax.Function, floor: int) -> dict:
+    """{matmul var: (matmul call, depthwise call)} of the pairs to fuse in `func`: the matmul's
+    output read by that depthwise conv alone, the two fusable, the map above `floor` bytes."""
+    if not isinstance(func.body, relax.SeqExpr):
+        return {}
+    bindings = [b for block in func.body.blocks for b in block.bindings]
     uses: Counter = Counter()  # bindings (and the function's result) that read each var
-    for value in [b.value for b in bindings] + [main.body.body]:
+    for value in [b.value for b in bindings] + [func.body.body]:
         uses.update(relax.analysis.free_vars(value))
     producers = {b.var: b.value for b in bindings if _call_tir(b.value)}
     pairs = {}
